@@ -1,0 +1,12 @@
+"""bigtrain: Keras-simple training that scales from one CPU to many machines.
+
+Example:
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    inputs = Input(shape=(1000,))
+    outputs = Dense(10, activation="softmax")(Dense(512, activation="relu")(inputs))
+    model = Model(inputs=inputs, outputs=outputs)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x_train, y_train, epochs=10, batch_size=32)
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,64 @@
+"""The callback contract the training loop calls, as in Keras.
+
+The loop sets `callback.model` (the bigtrain Model: `.optimizer` is the torch optimizer,
+`.stop_training` may be set to True, `.save(path)` / `.save_weights(path)` write
+safetensors) and `callback.params` (dict: epochs, steps, samples, batch_size, verbose,
+metrics: list of log keys) before `on_train_begin`.
+
+Hooks receive `logs`, a dict of Python floats that are already reduced across ranks
+(`loss`, metric names, `val_*` at epoch end, `lr`). Only rank 0 calls the hooks of
+callbacks whose `main_process_only` is True (everything that prints or writes files).
+Per-batch logs are produced only when some callback asks for them (`wants_batch_logs`), so
+the loop does not synchronise with the device on every step otherwise.
+"""
+from __future__ import annotations
+
+
+class Callback:
+    """Base class: every hook is a no-op. Override what you need."""
+
+    #: Called on rank 0 only (printing, files). Set False for callbacks that must run on
+    #: every rank (e.g. learning-rate changes, which must stay identical on all ranks).
+    main_process_only = True
+    #: Ask the loop for per-batch logs (costs a device sync each step).
+    wants_batch_logs = False
+
+    def __init__(self):
+        self.model = None
+        self.params: dict = {}
+
+    def set_model(self, model) -> None:
+        self.model = model
+
+    def set_params(self, params: dict) -> None:
+        self.params = params
+
+    def on_train_begin(self, logs=None): ...
+    def on_train_end(self, logs=None): ...
+    def on_epoch_begin(self, epoch: int, logs=None): ...
+    def on_epoch_end(self, epoch: int, logs=None): ...
+    def on_train_batch_begin(self, batch: int, logs=None): ...
+    def on_train_batch_end(self, batch: int, logs=None): ...
+
+
+class CallbackList:
+    """Calls every callback's hook in order; skips main-process-only ones on other ranks."""
+
+    def __init__(self, callbacks, model, params: dict, is_main: bool):
+        self.callbacks = [c for c in callbacks if is_main or not c.main_process_only]
+        for c in self.callbacks:
+            c.set_model(model)
+            c.set_params(params)
+
+    @property
+    def wants_batch_logs(self) -> bool:
+        return any(c.wants_batch_logs for c in self.callbacks)
+
+    def __getattr__(self, hook):
+        if not hook.startswith("on_"):
+            raise AttributeError(hook)
+
+        def call(*args, **kwargs):
+            for c in self.callbacks:
+                getattr(c, hook)(*args, **kwargs)
+        return call

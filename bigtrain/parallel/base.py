@@ -1,0 +1,223 @@
+"""The Strategy interface every way of splitting the work implements, and its name registry.
+
+A strategy is handed the single-device model and the process topology (`DistEnv`) and decides
+how the model, the optimizer, the data and one training step are split across ranks. The
+engine's loop (bigtrain.engine.loop) only talks to this interface, so `fit(strategy="ddp")`,
+`fit(strategy="zero3")` and `fit(strategy=ParameterServer(...))` run the same loop.
+
+Lifecycle on every rank (after the process group exists):
+    strategy.validate(world_size, global_batch)   # bad input -> ValueError, before any hang
+    strategy.setup(env)
+    module = strategy.setup_module(module)
+    opt = strategy.setup_optimizer(module, make_optimizer)
+    for each global batch: strategy.train_step(...)
+    full = strategy.full_state_dict(module)          # rank 0 gets unsharded weights
+
+Names and objects are interchangeable: `resolve_strategy("zero3")` and `Sharded(reshard=True)`
+give equal strategies (see `register`).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """Where this process sits in the job. Built once per rank and passed explicitly.
+
+    Attributes:
+        rank: global rank, 0..world_size-1.
+        world_size: number of processes in the job.
+        local_rank: rank on this host.
+        local_world_size: processes on this host.
+        device: the device this rank computes on (cpu, or cuda:<local_rank>).
+    """
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclass
+class StepBatch:
+    """One rank's share of one global batch, already split into micro-batches.
+
+    Attributes:
+        micro: list of (inputs, targets, sample_weight) on the rank's device; `inputs` is a
+            tensor or a tuple of tensors (multi-input models), `targets` likewise.
+        weights: per-micro-batch loss weights. Each is (samples in the micro-batch) /
+            (samples in the whole global batch) * (number of gradient-averaging replicas),
+            so that averaged gradients equal the gradient of the global-batch mean loss,
+            however unevenly the samples were split.
+    """
+    micro: list
+    weights: list[float]
+
+
+class Strategy:
+    """Base class: single-process behaviour; distributed strategies override pieces.
+
+    Subclasses set `name` and override what they change. Every method has a working default
+    so a new strategy only writes what differs.
+    """
+
+    name = "single"
+    #: Wraps the whole training step (pipeline, parameter server) instead of fwd/bwd hooks.
+    owns_step = False
+
+    def __init__(self):
+        self.env = DistEnv()
+
+    # ---- checks that must run before any process group exists ---------------------------
+    def num_processes(self, devices: int | None) -> int:
+        """How many processes this strategy needs when the user asked for `devices`."""
+        return 1 if devices is None else int(devices)
+
+    def validate(self, world_size: int, global_batch_size: int) -> None:
+        """Raise ValueError with a fix when this strategy cannot run on `world_size` ranks."""
+
+    # ---- setup on every rank ------------------------------------------------------------
+    def setup(self, env: DistEnv) -> None:
+        self.env = env
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        return module.to(self.env.device)
+
+    def setup_optimizer(self, module: nn.Module,
+                        make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+                        ) -> torch.optim.Optimizer:
+        return make_optimizer(module.parameters())
+
+    def data_shard(self) -> tuple[int, int]:
+        """(index, count): this rank reads data shard `index` of `count`."""
+        return (self.env.rank, self.env.world_size) if self.env.distributed else (0, 1)
+
+    @property
+    def grad_replicas(self) -> int:
+        """How many replicas average their gradients (loss weights are scaled by it)."""
+        return self.data_shard()[1]
+
+    def is_service_rank(self) -> bool:
+        """True on ranks that serve others (parameter servers) instead of running the loop."""
+        return False
+
+    def serve(self) -> None:
+        """Run this rank's service until the workers are done (only if `is_service_rank`)."""
+        raise RuntimeError(f"strategy {self.name!r} has no service ranks")
+
+    def teardown(self) -> None:
+        """Release what `setup` created (subgroups, threads). Called on every rank."""
+
+    # ---- one step -----------------------------------------------------------------------
+    def no_sync(self, module: nn.Module):
+        """Context that skips gradient synchronisation (all but the last micro-step)."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.step()
+
+    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
+        """Forward, backward and update for one global batch; returns (outputs, loss).
+
+        Args:
+            module: the module returned by `setup_module`.
+            optimizer: from `setup_optimizer`.
+            batch: this rank's micro-batches and their loss weights.
+            compute_loss: `compute_loss(outputs, targets, sample_weight) -> scalar mean loss`.
+            autocast: a context manager factory for mixed precision.
+
+        Returns:
+            (list of outputs per micro-batch, detached mean loss of this rank's samples).
+        """
+        outputs, total = [], 0.0
+        last = len(batch.micro) - 1
+        for i, ((x, y, sw), w) in enumerate(zip(batch.micro, batch.weights)):
+            sync = contextlib.nullcontext() if i == last else self.no_sync(module)
+            with sync:
+                with autocast():
+                    out = module(*x) if isinstance(x, tuple) else module(x)
+                    loss = compute_loss(out, y, sw)
+                self.backward(loss * w)
+            outputs.append(out.detach() if torch.is_tensor(out) else out)
+            total = total + loss.detach() * w
+        self.optimizer_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+        return outputs, total / max(sum(batch.weights), 1e-12)
+
+    # ---- reductions and state -----------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce `tensor` across all ranks in place (identity on one process)."""
+        if self.env.distributed:
+            dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                                        "min": dist.ReduceOp.MIN}[op])
+        return tensor
+
+    def barrier(self) -> None:
+        if self.env.distributed:
+            dist.barrier()
+
+    def unwrap(self, module: nn.Module) -> nn.Module:
+        """The user's module inside whatever wrapper `setup_module` added."""
+        return getattr(module, "module", module)
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Full, unsharded CPU state dict (every rank must call it; rank 0 uses it)."""
+        return {k: v.detach().cpu().clone() for k, v in self.unwrap(module).state_dict().items()}
+
+    def describe(self) -> str:
+        return self.name
+
+    def __eq__(self, other):
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.describe()})"
+
+
+_REGISTRY: dict[str, Callable[[], Strategy]] = {}
+
+
+def register(name: str, factory: Callable[[], Strategy]) -> None:
+    """Make `fit(strategy=name)` build `factory()`.
+
+    Example:
+        register("fsdp_offload", lambda: Sharded(reshard=True, offload=True))
+    """
+    _REGISTRY[name] = factory
+
+
+def strategy_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def resolve_strategy(strategy: str | Strategy | None) -> Strategy:
+    """A Strategy from a registered name, an instance, or None (single process)."""
+    if strategy is None:
+        strategy = "single"
+    if isinstance(strategy, Strategy):
+        return strategy
+    if isinstance(strategy, str) and strategy in _REGISTRY:
+        return _REGISTRY[strategy]()
+    raise ValueError(f"unknown strategy {strategy!r}; valid names: {', '.join(strategy_names())}"
+                     " (or pass a bigtrain.parallel.Strategy object)")
+
+
+register("single", Strategy)
