@@ -10,3 +10,8 @@ Example:
     model.fit(x_train, y_train, epochs=10, batch_size=32)
 """
 __version__ = "0.1.0"
+
+from bigtrain.parallel.distributed import is_main_process  # noqa: E402
+from bigtrain.utils import set_seed, to_categorical  # noqa: E402
+
+__all__ = ["__version__", "is_main_process", "set_seed", "to_categorical"]

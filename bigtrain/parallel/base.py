@@ -182,6 +182,10 @@ class Strategy:
         """Full, unsharded CPU state dict (every rank must call it; rank 0 uses it)."""
         return {k: v.detach().cpu().clone() for k, v in self.unwrap(module).state_dict().items()}
 
+    def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load a full, unsharded state dict into the (possibly wrapped) module."""
+        self.unwrap(module).load_state_dict(state)
+
     def describe(self) -> str:
         return self.name
 

@@ -1,0 +1,125 @@
+"""Turns a graph of Keras-style layer calls into one plain `nn.Module`.
+
+`GraphModule(inputs, outputs)` walks back from the outputs, orders the layer calls
+topologically and runs them in that order. Its layers are registered under their names
+(`layers.dense.linear.weight`), so the module is an ordinary torch module that every
+strategy can wrap.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bigtrain.api.layers.base import InputLayer, KerasTensor, Node
+
+
+def _topological_nodes(outputs: list[KerasTensor]) -> list[Node]:
+    order, seen = [], set()
+
+    def visit(node: Node):
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for t in node.inputs:
+            visit(t.node)
+        order.append(node)
+
+    for t in outputs:
+        visit(t.node)
+    return order
+
+
+class GraphModule(nn.Module):
+    """The functional graph from `inputs` to `outputs` as one module.
+
+    Args:
+        inputs: the `Input` tensor(s) the model takes, in call order.
+        outputs: the tensor(s) it returns.
+    """
+
+    def __init__(self, inputs: list[KerasTensor], outputs: list[KerasTensor]):
+        super().__init__()
+        self.input_tensors, self.output_tensors = list(inputs), list(outputs)
+        nodes = _topological_nodes(self.output_tensors)
+        given = {id(t.node) for t in self.input_tensors}
+        for node in nodes:
+            if isinstance(node.layer, InputLayer) and id(node) not in given:
+                raise ValueError(f"the outputs depend on input {node.layer.name!r}, which is not "
+                                 "in Model(inputs=...); add it to the inputs")
+        self.nodes = [n for n in nodes if not isinstance(n.layer, InputLayer)]
+        self.layers = nn.ModuleDict()
+        for node in self.nodes:  # a shared layer is registered once
+            if node.layer.name in self.layers and self.layers[node.layer.name] is not node.layer:
+                raise ValueError(f"two different layers are named {node.layer.name!r}; "
+                                 "give them unique names")
+            self.layers[node.layer.name] = node.layer
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.node.layer.name for t in self.input_tensors]
+
+    @property
+    def output_layers(self) -> list:
+        return [t.node.layer for t in self.output_tensors]
+
+    def forward(self, *xs):
+        if len(xs) != len(self.input_tensors):
+            raise ValueError(f"model takes {len(self.input_tensors)} input(s) "
+                             f"({', '.join(self.input_names)}), got {len(xs)}")
+        values = {id(t): x for t, x in zip(self.input_tensors, xs)}
+        for node in self.nodes:
+            args = [values[id(t)] for t in node.inputs]
+            out = node.layer(args) if node.takes_list else node.layer(args[0])
+            values[id(node.outputs[0])] = out
+        outs = [values[id(t)] for t in self.output_tensors]
+        return outs[0] if len(outs) == 1 else tuple(outs)
+
+    def chain(self) -> nn.Sequential | None:
+        """The layers as an `nn.Sequential` when the graph is a single chain, else None.
+
+        Pipeline and tensor-parallel strategies split chain models at layer boundaries.
+        """
+        if len(self.input_tensors) != 1 or len(self.output_tensors) != 1:
+            return None
+        prev = self.input_tensors[0]
+        for node in self.nodes:
+            if node.takes_list or len(node.inputs) != 1 or node.inputs[0] is not prev:
+                return None
+            prev = node.outputs[0]
+        return nn.Sequential(*[n.layer for n in self.nodes])
+
+
+def graph_config(module: GraphModule) -> dict:
+    """A JSON-serialisable description of the graph (layer configs and their connections)."""
+    names = {}
+    entries = []
+    for t in module.input_tensors:
+        names[id(t)] = t.node.layer.name
+        entries.append({"class": "InputLayer", "config": t.node.layer.get_config(), "inbound": []})
+    for i, node in enumerate(module.nodes):
+        ref = f"{node.layer.name}@{i}"
+        names[id(node.outputs[0])] = ref
+        entries.append({"class": type(node.layer).__name__, "config": node.layer.get_config(),
+                        "inbound": [names[id(t)] for t in node.inputs], "ref": ref,
+                        "list": node.takes_list})
+    return {"nodes": entries, "inputs": [names[id(t)] for t in module.input_tensors],
+            "outputs": [names[id(t)] for t in module.output_tensors]}
+
+
+def graph_from_config(config: dict) -> GraphModule:
+    """Rebuild a GraphModule from `graph_config` output (weights are loaded separately)."""
+    from bigtrain.api.layers import LAYER_CLASSES, Input
+    tensors, layers = {}, {}
+    for entry in config["nodes"]:
+        cfg = dict(entry["config"])
+        if entry["class"] == "InputLayer":
+            tensors[cfg["name"]] = Input(tuple(cfg["shape"]), cfg["dtype"], name=cfg["name"])
+            continue
+        if entry["class"] not in LAYER_CLASSES:
+            raise ValueError(f"unknown layer class {entry['class']!r} in the saved model")
+        layer = layers.get(cfg["name"]) or LAYER_CLASSES[entry["class"]](**cfg)
+        layers[cfg["name"]] = layer
+        args = [tensors[r] for r in entry["inbound"]]
+        tensors[entry["ref"]] = layer(args) if entry["list"] else layer(args[0])
+    return GraphModule([tensors[r] for r in config["inputs"]],
+                       [tensors[r] for r in config["outputs"]])

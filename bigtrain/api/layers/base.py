@@ -1,0 +1,179 @@
+"""Keras-style layers as torch modules, and the symbolic tensors of the functional API.
+
+A `Layer` is an `nn.Module`. Called on a `KerasTensor` (from `Input`), it records a graph
+node and returns a new `KerasTensor` whose shape it computed, building its weights on the
+way; called on a real tensor it runs like any module. `bigtrain.api.functional` turns the
+recorded graph into one `nn.Module`.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+_name_counters: dict[str, itertools.count] = defaultdict(itertools.count)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def unique_name(prefix: str) -> str:
+    """Keras-style automatic names: dense, dense_1, dense_2, ..."""
+    n = next(_name_counters[prefix])
+    return prefix if n == 0 else f"{prefix}_{n}"
+
+
+class KerasTensor:
+    """A symbolic tensor: a shape without the batch axis, a dtype and the node that made it."""
+
+    def __init__(self, shape: tuple, dtype: torch.dtype, node: "Node | None" = None, index: int = 0):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.node = node
+        self.index = index
+
+    def __repr__(self):
+        origin = self.node.layer.name if self.node else "?"
+        return f"<KerasTensor shape=(None, {', '.join(map(str, self.shape))}) from {origin}>"
+
+
+class Node:
+    """One call of a layer in the graph: the tensors it took and the ones it gave."""
+
+    def __init__(self, layer: "Layer", inputs: list[KerasTensor], takes_list: bool):
+        self.layer = layer
+        self.inputs = inputs
+        self.takes_list = takes_list
+        self.outputs: list[KerasTensor] = []
+
+
+def _fmt(shape) -> str:
+    return "(None, " + ", ".join(str(s) for s in shape) + ")"
+
+
+class Layer(nn.Module):
+    """Base class of every Keras-style layer.
+
+    Subclasses implement `build(input_shape)` (create torch submodules once the input shape is
+    known), `compute_output_shape(input_shape)` and `call(x)`. Shapes exclude the batch axis.
+    """
+
+    #: Merge layers (Concatenate, Add) take a list of tensors.
+    takes_list = False
+
+    def __init__(self, name: str | None = None, input_shape: tuple | None = None):
+        super().__init__()
+        self.name = name or unique_name(_snake(type(self).__name__))
+        self.built = False
+        self.input_shape_ = None  # shape(s) it was built for, without the batch axis
+        self.declared_input_shape = tuple(input_shape) if input_shape is not None else None
+
+    # ---- to implement --------------------------------------------------------------------
+    def build(self, input_shape) -> None:
+        """Create weights for inputs of `input_shape` (without the batch axis)."""
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def output_dtype(self, input_dtype):
+        return input_dtype if input_dtype.is_floating_point else torch.float32
+
+    def call(self, *args):
+        raise NotImplementedError(f"{type(self).__name__} must implement call()")
+
+    def get_config(self) -> dict:
+        """JSON-serialisable constructor arguments (used by `Model.save`)."""
+        return {"name": self.name}
+
+    # ---- machinery -----------------------------------------------------------------------
+    def forward(self, *args):
+        return self.call(*args)
+
+    def _ensure_built(self, input_shape) -> None:
+        if not self.built:
+            self.build(input_shape)
+            self.input_shape_ = input_shape
+            self.built = True
+
+    def __call__(self, *args, **kwargs):
+        first = args[0] if args else None
+        symbolic = isinstance(first, KerasTensor) or (
+            isinstance(first, (list, tuple)) and first and isinstance(first[0], KerasTensor))
+        if symbolic:
+            return self._call_symbolic(first)
+        if not self.built:
+            x = first
+            shape = [tuple(t.shape[1:]) for t in x] if self.takes_list else tuple(x.shape[1:])
+            self._ensure_built(shape)
+        return super().__call__(*args, **kwargs)
+
+    def _call_symbolic(self, inputs):
+        tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if not self.takes_list and len(tensors) != 1:
+            raise ValueError(f"layer {self.name!r} takes one input, got {len(tensors)}")
+        shape = [t.shape for t in tensors] if self.takes_list else tensors[0].shape
+        sources = ", ".join(f"layer {t.node.layer.name!r} with output shape {_fmt(t.shape)}"
+                            for t in tensors)
+        if self.built and self.input_shape_ != shape:
+            built = [_fmt(s) for s in self.input_shape_] if self.takes_list else _fmt(self.input_shape_)
+            raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
+                             f"({type(self).__name__}), which was built for inputs of shape {built}")
+        try:
+            self._ensure_built(shape)
+            out_shape = self.compute_output_shape(shape)
+        except ValueError as e:
+            raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
+                             f"({type(self).__name__}): {e}") from None
+        node = Node(self, tensors, self.takes_list)
+        out = KerasTensor(out_shape, self.output_dtype(tensors[0].dtype), node, 0)
+        node.outputs.append(out)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}"
+
+
+class InputLayer(Layer):
+    """The source of a functional graph; made by `Input`."""
+
+    def __init__(self, shape, dtype=torch.float32, name=None):
+        super().__init__(name=name or unique_name("input_layer"))
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.built = True
+        self.input_shape_ = self.shape
+
+    def call(self, x):
+        return x
+
+    def get_config(self):
+        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).split(".")[-1]}
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64}
+
+
+def Input(shape, dtype="float32", name: str | None = None) -> KerasTensor:
+    """A symbolic input of `shape` (without the batch axis), as `keras.Input`.
+
+    Example:
+        x = Input(shape=(1000,))
+        ids = Input(shape=(16,), dtype="int64")
+    """
+    if isinstance(shape, int):
+        shape = (shape,)
+    if not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"Input shape must be positive integers without the batch axis, got {shape}")
+    torch_dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
+    layer = InputLayer(shape, torch_dtype, name)
+    node = Node(layer, [], False)
+    out = KerasTensor(tuple(shape), torch_dtype, node, 0)
+    node.outputs.append(out)
+    return out

@@ -1,0 +1,190 @@
+"""Core Keras-style layers: Dense, Activation, Dropout, Flatten, Reshape, Embedding and the
+normalisations. Each wraps a plain torch module and initialises it as Keras does
+(glorot-uniform kernels, zero biases), so models port with the same behaviour.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigtrain.api.activations import get_activation
+from bigtrain.api.layers.base import Layer
+
+
+class Dense(Layer):
+    """`keras.layers.Dense`: y = activation(x @ kernel + bias) on the last axis.
+
+    The weights live in `self.linear` (an `nn.Linear`, weight shaped (units, inputs)), so
+    torch's tensor-parallel plans apply unchanged; `Model.get_weights` returns the kernel
+    Keras-style, shaped (inputs, units).
+
+    Example:
+        h = Dense(512, activation="relu")(Input(shape=(1000,)))
+    """
+
+    def __init__(self, units: int, activation=None, use_bias: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        self.units = units
+        self.use_bias = use_bias
+        self.activation_name, self.activation = get_activation(activation)
+        self._activation_arg = activation
+        #: Set by compile when the loss takes logits: the final softmax/sigmoid then moves
+        #: into the loss (numerically stable) and into `predict`.
+        self.defer_activation = False
+
+    def build(self, input_shape):
+        if len(input_shape) < 1:
+            raise ValueError("Dense needs inputs with at least one feature axis")
+        self.linear = nn.Linear(input_shape[-1], self.units, bias=self.use_bias)
+        nn.init.xavier_uniform_(self.linear.weight)  # Keras glorot_uniform
+        if self.use_bias:
+            nn.init.zeros_(self.linear.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.units)
+
+    def call(self, x):
+        y = self.linear(x)
+        return y if self.defer_activation else self.activation(y)
+
+    def get_config(self):
+        if self.activation_name is None:
+            raise ValueError(f"layer {self.name!r} uses a callable activation, which cannot be "
+                             "saved as JSON; use a named activation or save_weights()")
+        return {"name": self.name, "units": self.units, "activation": self.activation_name,
+                "use_bias": self.use_bias}
+
+
+class Activation(Layer):
+    """`keras.layers.Activation`: applies a named activation or a callable."""
+
+    def __init__(self, activation, **kwargs):
+        super().__init__(**kwargs)
+        self.activation_name, self.activation = get_activation(activation)
+        self.defer_activation = False
+
+    def call(self, x):
+        return x if self.defer_activation else self.activation(x)
+
+    def get_config(self):
+        if self.activation_name is None:
+            raise ValueError(f"layer {self.name!r} uses a callable activation; cannot save as JSON")
+        return {"name": self.name, "activation": self.activation_name}
+
+
+class Dropout(Layer):
+    """`keras.layers.Dropout`: zeroes a fraction `rate` of inputs during training."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
+        self.rate = float(rate)
+
+    def call(self, x):
+        return F.dropout(x, self.rate, self.training)
+
+    def get_config(self):
+        return {"name": self.name, "rate": self.rate}
+
+
+class Flatten(Layer):
+    """`keras.layers.Flatten`: (B, d1, d2, ...) -> (B, d1*d2*...)."""
+
+    def compute_output_shape(self, input_shape):
+        return (math.prod(input_shape),)
+
+    def call(self, x):
+        return x.flatten(1)
+
+
+class Reshape(Layer):
+    """`keras.layers.Reshape(target_shape)`; one axis may be -1."""
+
+    def __init__(self, target_shape, **kwargs):
+        super().__init__(**kwargs)
+        self.target_shape = tuple(target_shape)
+
+    def compute_output_shape(self, input_shape):
+        total, known = math.prod(input_shape), math.prod(s for s in self.target_shape if s != -1)
+        shape = tuple(total // known if s == -1 else s for s in self.target_shape)
+        if math.prod(shape) != total:
+            raise ValueError(f"cannot reshape {input_shape} ({total} values) to {self.target_shape}")
+        return shape
+
+    def call(self, x):
+        return x.reshape(x.shape[0], *self.target_shape)
+
+    def get_config(self):
+        return {"name": self.name, "target_shape": list(self.target_shape)}
+
+
+class Embedding(Layer):
+    """`keras.layers.Embedding(input_dim, output_dim)`: integer ids -> vectors.
+
+    `sparse=True` makes the gradient a sparse tensor of the touched rows (parameter server).
+    """
+
+    def __init__(self, input_dim: int, output_dim: int, sparse: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self.input_dim, self.output_dim, self.sparse = int(input_dim), int(output_dim), sparse
+
+    def build(self, input_shape):
+        self.embedding = nn.Embedding(self.input_dim, self.output_dim, sparse=self.sparse)
+        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras default
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape, self.output_dim)
+
+    def output_dtype(self, input_dtype):
+        return torch.float32
+
+    def call(self, ids):
+        return self.embedding(ids.long())
+
+    def get_config(self):
+        return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
+                "sparse": self.sparse}
+
+
+class LayerNormalization(Layer):
+    """`keras.layers.LayerNormalization` over the last axis (epsilon 1e-3 as in Keras)."""
+
+    def __init__(self, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.norm = nn.LayerNorm(input_shape[-1], eps=self.epsilon)
+
+    def call(self, x):
+        return self.norm(x)
+
+    def get_config(self):
+        return {"name": self.name, "epsilon": self.epsilon}
+
+
+class BatchNormalization(Layer):
+    """`keras.layers.BatchNormalization` over the last (channels) axis.
+
+    Keras's momentum 0.99 (moving = 0.99 * moving + 0.01 * batch) is torch's momentum 0.01.
+    """
+
+    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+        super().__init__(**kwargs)
+        self.momentum, self.epsilon = momentum, epsilon
+
+    def build(self, input_shape):
+        self.norm = nn.BatchNorm1d(input_shape[-1], eps=self.epsilon, momentum=1.0 - self.momentum)
+
+    def call(self, x):
+        shape = x.shape
+        return self.norm(x.reshape(-1, shape[-1])).reshape(shape)  # stats over all but channels
+
+    def get_config(self):
+        return {"name": self.name, "momentum": self.momentum, "epsilon": self.epsilon}

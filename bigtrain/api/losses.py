@@ -1,0 +1,103 @@
+"""Keras losses. Each returns one loss per sample; `LossSpec` averages over the batch.
+
+When the model's last layer is a softmax (sigmoid) and the loss is a (binary) cross-entropy,
+compile moves that activation into the loss: the loss then reads logits (log-softmax /
+BCE-with-logits), which stays finite where probabilities round to 0 or 1.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+EPSILON = 1e-7  # Keras's clip for probabilities
+
+
+def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    if from_logits:
+        return -(y_true * torch.log_softmax(y_pred, dim=-1)).sum(-1)
+    p = y_pred / y_pred.sum(-1, keepdim=True)
+    return -(y_true * torch.log(p.clamp(EPSILON, 1 - EPSILON))).sum(-1)
+
+
+def sparse_categorical_crossentropy(y_true, y_pred, from_logits=False):
+    target = y_true.reshape(y_pred.shape[:-1]).long()
+    logits = y_pred if from_logits else torch.log(y_pred.clamp(EPSILON, 1 - EPSILON))
+    return F.cross_entropy(logits.flatten(0, -2), target.flatten(), reduction="none"
+                           ).reshape(target.shape)
+
+
+def binary_crossentropy(y_true, y_pred, from_logits=False):
+    y_true = y_true.reshape(y_pred.shape).to(y_pred.dtype)
+    if from_logits:
+        per = F.binary_cross_entropy_with_logits(y_pred, y_true, reduction="none")
+    else:
+        per = F.binary_cross_entropy(y_pred.clamp(EPSILON, 1 - EPSILON), y_true, reduction="none")
+    return per.mean(-1) if per.dim() > 1 else per
+
+
+def mean_squared_error(y_true, y_pred, from_logits=False):
+    d = (y_pred - y_true.reshape(y_pred.shape)) ** 2
+    return d.mean(-1) if d.dim() > 1 else d
+
+
+def mean_absolute_error(y_true, y_pred, from_logits=False):
+    d = (y_pred - y_true.reshape(y_pred.shape)).abs()
+    return d.mean(-1) if d.dim() > 1 else d
+
+
+LOSSES: dict[str, Callable] = {
+    "categorical_crossentropy": categorical_crossentropy,
+    "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
+    "binary_crossentropy": binary_crossentropy,
+    "mse": mean_squared_error, "mean_squared_error": mean_squared_error,
+    "mae": mean_absolute_error, "mean_absolute_error": mean_absolute_error,
+}
+#: losses that can read logits, and the activation they absorb
+LOGIT_LOSSES = {"categorical_crossentropy": "softmax", "sparse_categorical_crossentropy": "softmax",
+                "binary_crossentropy": "sigmoid"}
+
+
+@dataclass
+class LossSpec:
+    """A loss for one model output.
+
+    Attributes:
+        name: Keras name, or None for a user callable.
+        fn: `fn(y_true, y_pred) -> per-sample (or scalar) loss`.
+        from_logits: the model output this loss reads is logits (activation deferred).
+    """
+    name: str | None
+    fn: Callable
+    from_logits: bool = False
+
+    #: the callable takes (y_pred, y_true) as torch losses do, not Keras's (y_true, y_pred)
+    torch_order: bool = False
+
+    def __call__(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
+        if self.name is None:
+            per = self.fn(y_pred, y_true) if self.torch_order else self.fn(y_true, y_pred)
+        else:
+            per = self.fn(y_true, y_pred, from_logits=self.from_logits)
+        if per.dim() == 0:
+            return per
+        per = per.reshape(per.shape[0], -1).mean(-1)  # (B,)
+        if sample_weight is not None:
+            per = per * sample_weight.to(per.dtype)
+        return per.mean()  # Keras "sum_over_batch_size"
+
+
+def get_loss(loss) -> LossSpec:
+    """A LossSpec from a Keras loss name or a callable `(y_true, y_pred) -> loss`."""
+    if callable(loss) and not isinstance(loss, str):
+        # torch losses (nn.CrossEntropyLoss(), F.cross_entropy) take (input, target)
+        torch_order = isinstance(loss, torch.nn.modules.loss._Loss) or \
+            getattr(loss, "__module__", "") == "torch.nn.functional"
+        return LossSpec(None, loss, torch_order=torch_order)
+    if isinstance(loss, str) and loss in LOSSES:
+        canonical = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}.get(loss, loss)
+        return LossSpec(canonical, LOSSES[loss])
+    raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(sorted(LOSSES))}, "
+                     "or pass a callable (y_true, y_pred) -> loss")

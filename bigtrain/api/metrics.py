@@ -1,0 +1,135 @@
+"""Keras metrics, accumulated on the device without a host sync per step.
+
+Each metric keeps its running sums in one small tensor (`state`), so ranks reduce metrics
+with a single all-reduce of the concatenated states and the result equals the metric over
+the whole global batch. Metrics read probabilities (the final activation applied).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class Metric:
+    """Base: `update` adds to `state` (a 1-D float64 tensor of sums); `result` reads it."""
+
+    name = "metric"
+    size = 2
+
+    def reset(self, device) -> None:
+        self.state = torch.zeros(self.size, dtype=torch.float64, device=device)
+
+    def update(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def result(self, state: torch.Tensor | None = None) -> float:
+        s = self.state if state is None else state
+        return float(s[0] / s[1]) if float(s[1]) > 0 else 0.0
+
+
+def _add(state, hits, count):
+    state[0] += hits
+    state[1] += count
+
+
+class Accuracy(Metric):
+    """Keras "accuracy": categorical, sparse or binary, chosen from the shapes as Keras does."""
+
+    name = "accuracy"
+
+    def __init__(self, kind: str | None = None):
+        self.kind = kind  # "categorical" | "sparse" | "binary"; None = from the first batch
+
+    def _resolve(self, y_true, y_pred) -> str:
+        if y_pred.dim() == 1 or y_pred.shape[-1] == 1:
+            return "binary"
+        if y_true.shape == y_pred.shape:
+            return "categorical"
+        return "sparse"
+
+    def update(self, y_true, y_pred):
+        self.kind = self.kind or self._resolve(y_true, y_pred)
+        if self.kind == "binary":
+            hit = (y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)
+        elif self.kind == "categorical":
+            hit = y_pred.argmax(-1) == y_true.argmax(-1)
+        else:
+            hit = y_pred.argmax(-1) == y_true.reshape(y_pred.shape[:-1]).long()
+        _add(self.state, hit.sum(), hit.numel())
+
+
+class TopKCategoricalAccuracy(Metric):
+    """Target in the k highest predictions (one-hot or integer targets)."""
+
+    def __init__(self, k: int = 5):
+        self.k = k
+        self.name = "top_k_categorical_accuracy"
+
+    def update(self, y_true, y_pred):
+        target = y_true.argmax(-1) if y_true.shape == y_pred.shape else \
+            y_true.reshape(y_pred.shape[:-1]).long()
+        topk = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices
+        hit = (topk == target.unsqueeze(-1)).any(-1)
+        _add(self.state, hit.sum(), hit.numel())
+
+
+class MeanError(Metric):
+    """Mean squared ("mse") or absolute ("mae") error over all values."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def update(self, y_true, y_pred):
+        d = y_pred - y_true.reshape(y_pred.shape).to(y_pred.dtype)
+        err = d * d if self.name == "mse" else d.abs()
+        _add(self.state, err.sum(), err.numel())
+
+
+class AUC(Metric):
+    """ROC AUC from histograms of positive and negative scores in `bins` buckets (Keras uses
+    200 thresholds). Sums of histograms reduce exactly across ranks."""
+
+    name = "auc"
+
+    def __init__(self, bins: int = 200):
+        self.bins = bins
+        self.size = 2 * bins
+
+    def update(self, y_true, y_pred):
+        p = y_pred.detach().reshape(-1).float().clamp(0, 1)
+        t = y_true.reshape(-1) > 0.5
+        idx = (p * (self.bins - 1)).round().long()
+        self.state[: self.bins].index_add_(0, idx[t], torch.ones_like(idx[t], dtype=torch.float64))
+        self.state[self.bins:].index_add_(0, idx[~t], torch.ones_like(idx[~t], dtype=torch.float64))
+
+    def result(self, state=None):
+        s = (self.state if state is None else state).double()
+        pos, neg = s[: self.bins].flip(0), s[self.bins:].flip(0)  # high scores first
+        if pos.sum() == 0 or neg.sum() == 0:
+            return 0.0
+        tpr = torch.cat([torch.zeros(1, dtype=s.dtype), pos.cumsum(0) / pos.sum()])
+        fpr = torch.cat([torch.zeros(1, dtype=s.dtype), neg.cumsum(0) / neg.sum()])
+        return float(torch.trapezoid(tpr, fpr))
+
+
+METRICS = {
+    "accuracy": Accuracy, "acc": Accuracy,
+    "categorical_accuracy": lambda: Accuracy("categorical"),
+    "sparse_categorical_accuracy": lambda: Accuracy("sparse"),
+    "binary_accuracy": lambda: Accuracy("binary"),
+    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
+    "mse": lambda: MeanError("mse"), "mean_squared_error": lambda: MeanError("mse"),
+    "mae": lambda: MeanError("mae"), "mean_absolute_error": lambda: MeanError("mae"),
+    "auc": AUC,
+}
+
+
+def get_metric(metric) -> Metric:
+    """A fresh Metric from a Keras name or a Metric instance."""
+    if isinstance(metric, Metric):
+        return metric
+    if isinstance(metric, str) and metric in METRICS:
+        m = METRICS[metric]()
+        if metric in ("categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy"):
+            m.name = metric
+        return m
+    raise ValueError(f"unknown metric {metric!r}; valid names: {', '.join(sorted(METRICS))}")

@@ -1,0 +1,199 @@
+"""`Model` and `Sequential`: the Keras-style front over any torch module.
+
+A Model is an `nn.Module` holding the network in `self.net`: a `GraphModule` built from
+`Model(inputs, outputs)`, the layers of a `Sequential`, or any user `nn.Module`
+(`Model(module)`, `Model.from_module(module)`). compile/fit/evaluate/predict live in
+`bigtrain.api.training`, which this class delegates to.
+
+Example:
+    inputs = Input(shape=(1000,))
+    outputs = Dense(10, activation="softmax")(Dense(512, activation="relu")(inputs))
+    model = Model(inputs=inputs, outputs=outputs)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(x_train, y_train, epochs=10, batch_size=32)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from bigtrain.api import training, weights
+from bigtrain.api.functional import GraphModule
+from bigtrain.api.layers.base import KerasTensor, Layer
+
+
+class Model(nn.Module):
+    """A trainable model with Keras's methods.
+
+    Args:
+        inputs: `Input` tensor(s) of a functional graph, or an `nn.Module` to wrap.
+        outputs: the graph's output tensor(s) (functional form only).
+        name: the model's name in summaries.
+    """
+
+    def __init__(self, inputs=None, outputs=None, name: str | None = None):
+        super().__init__()
+        self.name = name or "functional"
+        self.compiled = None  # a training.Compiled after compile()
+        self.history = None
+        self.stop_training = False
+        self.optimizer = None
+        self._live = None            # (strategy, wrapped module) while fit runs
+        self._weights_cache = None   # full state gathered for rank-0-only callbacks
+        if isinstance(inputs, nn.Module) and outputs is None:
+            self.net = inputs
+            self.name = name or type(inputs).__name__
+        elif inputs is not None and outputs is not None:
+            ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+            outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            for t in ins + outs:
+                if not isinstance(t, KerasTensor):
+                    raise TypeError(f"Model(inputs, outputs) takes Input()/layer outputs, got "
+                                    f"{type(t).__name__}; to wrap a torch module use Model(module)")
+            self.net = GraphModule(ins, outs)
+        elif inputs is None and outputs is None and type(self) is not Model:
+            self.net = None  # Sequential builds it
+        else:
+            raise TypeError("use Model(inputs=..., outputs=...) or Model(torch_module)")
+
+    @classmethod
+    def from_module(cls, module: nn.Module, name: str | None = None) -> "Model":
+        """Wrap any `torch.nn.Module` so it trains with compile/fit."""
+        return cls(module, name=name)
+
+    def forward(self, *xs):
+        return self.net(*xs)
+
+    # ---- structure -----------------------------------------------------------------------
+    @property
+    def layers(self) -> list[nn.Module]:
+        if isinstance(self.net, GraphModule):
+            return list(self.net.layers.values())
+        return list(self.net.children()) if self.net is not None else []
+
+    @property
+    def input_shapes(self) -> list[tuple] | None:
+        if isinstance(self.net, GraphModule):
+            return [t.shape for t in self.net.input_tensors]
+        return None
+
+    @property
+    def output_shapes(self) -> list[tuple] | None:
+        if isinstance(self.net, GraphModule):
+            return [t.shape for t in self.net.output_tensors]
+        return None
+
+    @property
+    def output_names(self) -> list[str]:
+        if isinstance(self.net, GraphModule):
+            return [layer.name for layer in self.net.output_layers]
+        return ["output"]
+
+    def count_params(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+    def summary(self, print_fn=print) -> str:
+        """Print (and return) each layer's output shape and parameter count, and the bytes
+        of parameters, gradients and optimizer state for the compiled optimizer."""
+        from bigtrain.api.summary import summary_text
+        text = summary_text(self)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    # ---- training (bigtrain.api.training) -------------------------------------------------
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
+                learning_rate: float | None = None):
+        """Choose the optimizer, loss(es) and metrics, as `keras.Model.compile`."""
+        training.compile_model(self, optimizer, loss, metrics, loss_weights, learning_rate)
+        return self
+
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, **kwargs):
+        """Train; see `bigtrain.api.training.fit` for every argument. Returns a History."""
+        return training.fit(self, x, y, batch_size=batch_size, epochs=epochs, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None,
+                 return_dict=False):
+        """The loss, or [loss, *metrics], as Keras returns them."""
+        return training.evaluate(self, x, y, batch_size, sample_weight, return_dict)
+
+    def predict(self, x, batch_size=None, verbose=0) -> np.ndarray:
+        """Model outputs as numpy (probabilities when the activation moved into the loss)."""
+        return training.predict(self, x, batch_size)
+
+    # ---- weights --------------------------------------------------------------------------
+    def state_for_saving(self) -> dict[str, torch.Tensor]:
+        """The full, unsharded state dict of the network (valid during a distributed fit)."""
+        if self._weights_cache is not None:
+            return self._weights_cache
+        if self._live is not None:
+            strategy, module = self._live
+            return strategy.full_state_dict(module)
+        return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+
+    def get_weights(self) -> list[np.ndarray]:
+        """Weights as Keras lists them: per layer, a Dense kernel shaped (inputs, units),
+        then its bias; BatchNormalization's gamma, beta, moving mean and variance."""
+        return weights.get_weights(self.net, self.state_for_saving())
+
+    def set_weights(self, values: list) -> None:
+        weights.set_weights(self.net, values, live=self._live)
+
+    def save_weights(self, path: str) -> None:
+        from bigtrain.api.saving import save_weights
+        save_weights(self, path)
+
+    def load_weights(self, path: str) -> None:
+        from bigtrain.api.saving import load_weights
+        load_weights(self, path)
+
+    def save(self, path: str) -> None:
+        """Architecture as JSON + weights as safetensors, in one file (`.bigtrain`)."""
+        from bigtrain.api.saving import save_model
+        save_model(self, path)
+
+
+class Sequential(Model):
+    """A linear stack of layers, as `keras.Sequential`.
+
+    Example:
+        model = Sequential([Input(shape=(784,)), Dense(64, activation="relu"), Dense(10)])
+        model.add(Activation("softmax"))
+    """
+
+    def __init__(self, layers=None, name: str | None = None):
+        super().__init__(name=name or "sequential")
+        self._stack: list = []
+        self._input = None
+        for layer in layers or []:
+            self.add(layer)
+
+    def add(self, layer) -> None:
+        if isinstance(layer, KerasTensor):
+            if self._stack or self._input is not None:
+                raise ValueError("an Input can only come first in a Sequential")
+            self._input = layer
+            return
+        if not isinstance(layer, (Layer, nn.Module)):
+            raise TypeError(f"Sequential takes layers, got {type(layer).__name__}")
+        if self._input is None and not self._stack and getattr(layer, "declared_input_shape", None):
+            from bigtrain.api.layers import Input
+            self._input = Input(layer.declared_input_shape)
+        self._stack.append(layer)
+        self.net = None
+        if self._input is not None:
+            self.build()
+
+    def build(self, input_shape: tuple | None = None) -> None:
+        """Connect the stack into a graph (done automatically once the input shape is known)."""
+        from bigtrain.api.layers import Input
+        if self._input is None:
+            if input_shape is None:
+                raise ValueError("the Sequential has no input shape yet: start it with "
+                                 "Input(shape=...) or give the first layer input_shape=...")
+            self._input = Input(tuple(input_shape))
+        x = self._input
+        for layer in self._stack:
+            x = layer(x)
+        self.net = GraphModule([self._input], [x])

@@ -1,0 +1,59 @@
+"""Where a fit runs: in this process, as one rank of a job a launcher started (torchrun,
+`bigtrain run`), or on new worker processes that `fit` starts itself.
+
+After a multi-process fit started from here, this process holds the trained weights and the
+History, so the code after `fit` runs once, as it would without a strategy.
+"""
+from __future__ import annotations
+
+from bigtrain.engine.callbacks import History, ProgressBar
+from bigtrain.engine.loop import FitResult, train
+from bigtrain.parallel import distributed as dist_env
+from bigtrain.parallel.base import resolve_strategy
+
+
+def _callbacks(user: list, verbose: int) -> list:
+    cbs = [History()]
+    if verbose and not any(isinstance(c, ProgressBar) for c in user):
+        cbs.append(ProgressBar(verbose=verbose))
+    return cbs + user
+
+
+def _finish(model, result: FitResult, history) -> object:
+    if result.state_dict is not None:
+        model.net.load_state_dict(result.state_dict)
+    history.history = dict(result.history)
+    history.epoch = list(result.epochs)
+    history.stats = dict(result.stats)
+    history.model = model
+    model.history = history
+    return history
+
+
+def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, options: dict):
+    from bigtrain.api.training import make_task
+    strat = resolve_strategy(strategy)
+    cbs = _callbacks(callbacks, config.verbose)
+    history = cbs[0]
+    task = make_task(model, data, val, config, cbs, run_dir)
+    if dist_env.launched_externally():
+        env = dist_env.join_existing_job(options.get("timeout"))
+        strat.validate(env.world_size, config.batch_size)
+        strat.setup(env)
+        try:
+            result = train(task, strat, model)
+        finally:
+            strat.teardown()
+        return _finish(model, result, history)
+    nprocs = strat.num_processes(dist_env.resolve_devices(devices))
+    strat.validate(nprocs, config.batch_size)
+    if nprocs == 1:
+        strat.setup(dist_env.local_env())
+        try:
+            result = train(task, strat, model)
+        finally:
+            strat.teardown()
+        return _finish(model, result, history)
+    from bigtrain.parallel.launcher import launch
+    result = launch(task, strat, nprocs, model_owner=model, **options)
+    return _finish(model, result, history)

@@ -1,0 +1,193 @@
+"""compile / fit / evaluate / predict: turn the user's Keras-style call into an engine
+`TrainTask`, check the data first, and run it on the chosen strategy."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bigtrain.api import validation as check
+from bigtrain.api.activations import ACTIVATIONS
+from bigtrain.api.functional import GraphModule
+from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
+from bigtrain.api.metrics import get_metric
+from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
+from bigtrain.engine.data import ArrayData, as_tensor_source
+from bigtrain.engine.task import FitConfig, TrainTask
+
+DEFAULT_BATCH_SIZE = 32  # as Keras
+
+
+@dataclass
+class Compiled:
+    """What compile() chose: optimizer factory, per-output losses and metric names."""
+    optimizer: OptimizerSpec
+    losses: list[LossSpec]
+    loss_weights: list[float]
+    metric_names: list[list[str]]
+    activations: list  # per output: activation moved into the loss, or None
+
+
+def _defer_output_activation(model, index: int, loss: LossSpec):
+    """Move a final softmax/sigmoid into the loss when the loss can read logits."""
+    if not isinstance(model.net, GraphModule) or loss.name not in LOGIT_LOSSES:
+        return None
+    layer = model.net.output_layers[index]
+    act = getattr(layer, "activation_name", None)
+    if act is not None and act == LOGIT_LOSSES[loss.name]:
+        layer.defer_activation = True
+        loss.from_logits = True
+        return ACTIVATIONS[act]
+    return None
+
+
+def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
+    if model.net is None:
+        raise ValueError("the model has no layers yet; add layers (and an input shape) first")
+    n_out = len(model.output_names)
+    for layer in model.layers:  # a second compile starts from the plain graph
+        if hasattr(layer, "defer_activation"):
+            layer.defer_activation = False
+    if loss is None:
+        raise ValueError("compile needs a loss, e.g. loss='categorical_crossentropy'")
+    raw = [loss[n] for n in model.output_names] if isinstance(loss, dict) else \
+        list(loss) if isinstance(loss, (list, tuple)) else [loss] * n_out
+    if len(raw) != n_out:
+        raise ValueError(f"got {len(raw)} losses for {n_out} outputs ({model.output_names})")
+    losses = [get_loss(item) for item in raw]
+    activations = [_defer_output_activation(model, i, spec) for i, spec in enumerate(losses)]
+    names = list(metrics or [])
+    per_output = [names[o] if isinstance(names, dict) else names for o in range(n_out)] \
+        if not isinstance(metrics, dict) else [metrics.get(n, []) for n in model.output_names]
+    for ms in per_output:
+        for m in ms:
+            get_metric(m)  # unknown names fail here, at compile time
+    weights = list(loss_weights) if loss_weights is not None else [1.0] * n_out
+    model.compiled = Compiled(get_optimizer(optimizer, learning_rate), losses, weights,
+                              [list(ms) for ms in per_output], activations)
+
+
+def _fresh_metrics(model) -> list[list]:
+    out = []
+    multi = len(model.output_names) > 1
+    for name, ms in zip(model.output_names, model.compiled.metric_names):
+        metrics = [get_metric(m) for m in ms]
+        for m in metrics:
+            m.name = f"{name}_{m.name}" if multi else m.name
+        out.append(metrics)
+    return out
+
+
+def _require_compiled(model, what: str) -> None:
+    if model.compiled is None:
+        raise RuntimeError(f"call model.compile(optimizer=..., loss=...) before model.{what}()")
+
+
+def prepare_data(model, x, y, sample_weight=None, need_targets=True) -> ArrayData:
+    """Inputs/targets as ArrayData after every check that can fail before training."""
+    in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
+    xs = check.as_list(x, in_names, "x")
+    ys = check.as_list(y, model.output_names if in_names else None, "y")
+    if need_targets and not ys:
+        raise ValueError("fit/evaluate need targets: pass y")
+    check.check_lengths(xs, ys, sample_weight)
+    if model.input_shapes is not None:
+        check.check_input_shapes(xs, model.input_shapes, in_names)
+    check.check_finite(xs, "x")
+    check.check_finite(ys, "y")
+    if model.compiled is not None and model.output_shapes is not None:
+        for yi, spec, shape, name in zip(ys, model.compiled.losses, model.output_shapes,
+                                         model.output_names):
+            check.check_targets(yi, spec.name, shape, name)
+    sw = None if sample_weight is None else as_tensor_source(sample_weight)
+    return ArrayData([as_tensor_source(a) for a in xs], [as_tensor_source(a) for a in ys], sw)
+
+
+def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
+              callbacks: list, run_dir=None) -> TrainTask:
+    c = model.compiled
+    return TrainTask(module=model.net, losses=c.losses, loss_weights=c.loss_weights,
+                     metrics=_fresh_metrics(model), activations=c.activations,
+                     make_optimizer=c.optimizer.build, optimizer_name=c.optimizer.name,
+                     train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir)
+
+
+def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callbacks=None,
+        validation_split=0.0, validation_data=None, shuffle=True, sample_weight=None,
+        initial_epoch=0, strategy=None, devices=None, accumulate_steps=1, precision="32",
+        seed=0, run_dir=None, terminate_on_nan=True, **distributed):
+    """Train the model, as `keras.Model.fit`, optionally split over several processes.
+
+    Args:
+        x, y: numpy arrays, torch tensors, memory-mapped `.npy` arrays, or lists/dicts of
+            them for several inputs/outputs.
+        batch_size: the GLOBAL batch (summed over all ranks); default 32.
+        epochs, verbose, callbacks, validation_split, validation_data, shuffle,
+            sample_weight, initial_epoch: as in Keras.
+        strategy: a name ("ddp", "zero3", ...) or a `bigtrain.parallel` Strategy object.
+        devices: number of processes (or "auto").
+        accumulate_steps: micro-batches per optimizer step.
+        precision: "32", "bf16-mixed" or "16-mixed".
+        seed: seeds the data order.
+        run_dir: folder for the run record (and checkpoints, where enabled).
+        **distributed: checkpoint_dir, checkpoint_every, resume, max_restarts, timeout, ...
+            (see `bigtrain.parallel.launcher`).
+
+    Returns:
+        A History with `.history` (Keras's keys) and `.epoch`.
+    """
+    from bigtrain.api.runner import run_fit
+    _require_compiled(model, "fit")
+    if model.net is None:
+        model.build(tuple(np.shape(x)[1:]))
+    config = FitConfig(epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None
+                       else batch_size, shuffle=shuffle, initial_epoch=initial_epoch,
+                       verbose=verbose, accumulate_steps=accumulate_steps, seed=seed,
+                       terminate_on_nan=terminate_on_nan, precision=precision)
+    data = prepare_data(model, x, y, sample_weight)
+    val = None
+    if validation_data is not None:
+        vx, vy = validation_data[0], validation_data[1]
+        vsw = validation_data[2] if len(validation_data) > 2 else None
+        val = prepare_data(model, vx, vy, vsw)
+    elif validation_split:
+        data, val = data.split(validation_split)
+    return run_fit(model, data, val, config, list(callbacks or []), strategy, devices,
+                   run_dir, distributed)
+
+
+def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False):
+    from bigtrain.engine.loop import evaluate as run_eval
+    from bigtrain.parallel.base import Strategy
+    _require_compiled(model, "evaluate")
+    data = prepare_data(model, x, y, sample_weight)
+    task = make_task(model, data, None, FitConfig(batch_size=batch_size or DEFAULT_BATCH_SIZE),
+                     [])
+    logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size)
+    if return_dict:
+        return logs
+    values = list(logs.values())
+    return values[0] if len(values) == 1 else values
+
+
+def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
+    data = prepare_data(model, x, None, need_targets=False)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    acts = model.compiled.activations if model.compiled else [None] * len(model.output_names)
+    outs: list[list[torch.Tensor]] = []
+    was_training = model.net.training
+    model.net.eval()
+    device = next(model.net.parameters()).device
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            xb, _, _ = data.take(torch.arange(start, min(start + batch_size, len(data))), device)
+            out = model.net(*xb) if isinstance(xb, tuple) else model.net(xb)
+            out = out if isinstance(out, tuple) else (out,)
+            for i, (o, act) in enumerate(zip(out, acts)):
+                if len(outs) <= i:
+                    outs.append([])
+                outs[i].append((act(o) if act is not None else o).float().cpu())
+    model.net.train(was_training)
+    arrays = [torch.cat(o).numpy() for o in outs]
+    return arrays[0] if len(arrays) == 1 else arrays

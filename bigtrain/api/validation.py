@@ -1,0 +1,132 @@
+"""Checks on the user's data, run before training starts, with messages that say what was
+wrong and how to fix it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+_CHUNK = 65_536  # rows per chunk when scanning arrays that may be memory-mapped
+
+
+def as_list(data, names: list[str] | None, what: str) -> list:
+    """Arrays of one kind of data (inputs or targets) as a list in the model's order."""
+    if data is None:
+        return []
+    if isinstance(data, dict):
+        if names is None or set(data) != set(names):
+            raise ValueError(f"{what} is a dict with keys {sorted(data)}, but the model's "
+                             f"{what} are named {names}; use those keys")
+        return [data[n] for n in names]
+    if isinstance(data, (list, tuple)):
+        return list(data)
+    return [data]
+
+
+def _nrows(a) -> int:
+    return int(a.shape[0]) if hasattr(a, "shape") and len(a.shape) else 0
+
+
+def check_lengths(xs: list, ys: list, sample_weight=None) -> int:
+    """Every array has the same number of samples (> 0); returns that number."""
+    if not xs:
+        raise ValueError("no input data: pass x (an array, a list of arrays or a dict)")
+    sizes = {f"x[{i}]": _nrows(a) for i, a in enumerate(xs)}
+    sizes.update({f"y[{i}]": _nrows(a) for i, a in enumerate(ys)})
+    if sample_weight is not None:
+        sizes["sample_weight"] = _nrows(sample_weight)
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"x and y must have the same number of samples, got "
+                         f"{', '.join(f'{k}: {v}' for k, v in sizes.items())}")
+    n = next(iter(sizes.values()))
+    if n == 0:
+        raise ValueError("the data is empty (0 samples); pass at least one sample")
+    return n
+
+
+def check_finite(arrays: list, what: str) -> None:
+    """Raise if a float array holds NaN or Inf: how many, and the first (row, column)."""
+    for i, a in enumerate(arrays):
+        dtype = a.dtype if isinstance(a, torch.Tensor) else np.asarray(a[:0]).dtype
+        floating = dtype.is_floating_point if isinstance(dtype, torch.dtype) \
+            else np.issubdtype(dtype, np.floating)
+        if not floating:
+            continue
+        bad, first = 0, None
+        for start in range(0, _nrows(a), _CHUNK):
+            chunk = a[start:start + _CHUNK]
+            chunk = chunk.numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+            mask = ~np.isfinite(chunk)
+            count = int(mask.sum())
+            if count and first is None:
+                pos = np.argwhere(mask)[0]
+                first = (start + int(pos[0]), *map(int, pos[1:]))
+            bad += count
+        if bad:
+            name = what if len(arrays) == 1 else f"{what}[{i}]"
+            raise ValueError(f"{name} contains {bad} NaN/Inf value(s); the first at index "
+                             f"{first}. Clean or impute them before fit (bigtrain doctor "
+                             "lists them all).")
+
+
+def _is_integer_like(a) -> bool:
+    arr = a[:1000] if not isinstance(a, torch.Tensor) else a[:1000].numpy()
+    arr = np.asarray(arr)
+    return np.issubdtype(arr.dtype, np.integer) or bool(np.all(np.mod(arr, 1) == 0))
+
+
+def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: str) -> None:
+    """Labels fit the loss and the output: one-hot vs integer ids, ranges, widths."""
+    if loss_name is None or y is None:
+        return
+    yshape = tuple(y.shape[1:])
+    units = output_shape[-1] if output_shape else 1
+    if loss_name == "categorical_crossentropy":
+        if yshape in ((), (1,)) and units > 1:
+            raise ValueError(
+                f"labels for output {output_name!r} are integer class ids (shape "
+                f"{tuple(y.shape)}), but loss 'categorical_crossentropy' expects one-hot labels "
+                f"of shape (n, {units}); use loss='sparse_categorical_crossentropy' or one-hot "
+                "encode them (bigtrain.utils.to_categorical)")
+        if yshape != tuple(output_shape):
+            raise ValueError(f"one-hot labels of shape {tuple(y.shape)} do not match output "
+                             f"{output_name!r} of shape (None, {', '.join(map(str, output_shape))})")
+    elif loss_name == "sparse_categorical_crossentropy":
+        if len(yshape) >= 1 and yshape[-1] == units and units > 1 and yshape == tuple(output_shape):
+            raise ValueError(
+                f"labels for output {output_name!r} look one-hot (shape {tuple(y.shape)}), but "
+                "loss 'sparse_categorical_crossentropy' expects integer class ids of shape "
+                "(n,); use loss='categorical_crossentropy' or pass y.argmax(-1)")
+        if not _is_integer_like(y):
+            raise ValueError(f"loss 'sparse_categorical_crossentropy' needs integer class ids "
+                             f"for output {output_name!r}, got non-integer values")
+        lo, hi = _range(y)
+        if lo < 0 or hi >= units:
+            raise ValueError(f"labels for output {output_name!r} must be class ids in [0, "
+                             f"{units - 1}] (the output has {units} units), got values in "
+                             f"[{lo:g}, {hi:g}]")
+    elif loss_name == "binary_crossentropy":
+        lo, hi = _range(y)
+        if lo < 0 or hi > 1:
+            raise ValueError(f"loss 'binary_crossentropy' needs labels in [0, 1] for output "
+                             f"{output_name!r}, got values in [{lo:g}, {hi:g}]")
+
+
+def _range(y) -> tuple[float, float]:
+    lo, hi = float("inf"), float("-inf")
+    for start in range(0, _nrows(y), _CHUNK):
+        chunk = y[start:start + _CHUNK]
+        chunk = chunk.numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
+        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+    return lo, hi
+
+
+def check_input_shapes(xs: list, expected: list[tuple], names: list[str]) -> None:
+    """Each input array's per-sample shape equals the model input's."""
+    if len(xs) != len(expected):
+        raise ValueError(f"the model takes {len(expected)} input(s) ({', '.join(names)}), "
+                         f"got {len(xs)} array(s)")
+    for a, shape, name in zip(xs, expected, names):
+        if tuple(a.shape[1:]) != tuple(shape):
+            raise ValueError(f"input {name!r} expects samples of shape {tuple(shape)} (batch "
+                             f"shape (None, {', '.join(map(str, shape))})), got an array of "
+                             f"shape {tuple(a.shape)}")

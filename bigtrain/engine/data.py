@@ -1,0 +1,98 @@
+"""Batches from arrays without copying the dataset: each epoch draws an index permutation
+and gathers one batch at a time (memory-mapped `.npy` files are read only where indexed).
+
+`ArrayData` holds the inputs, targets and optional sample weights as lists of arrays that
+share their first axis. `GlobalBatches` yields, for one epoch, the indices of each global
+batch and this rank's share of it.
+
+Uneven batches: the last global batch of an epoch may be smaller than `batch_size`; it is
+kept (no sample dropped or repeated) and split as evenly as possible across ranks; a rank
+whose share is empty still joins the collectives with a zero-weight step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+def as_tensor_source(a):
+    """Keep numpy memmaps as they are (read lazily); turn other arrays into torch tensors
+    without copying where possible."""
+    if isinstance(a, torch.Tensor):
+        return a
+    if isinstance(a, np.memmap):
+        return a
+    arr = np.asarray(a)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)  # Keras's floatx; float64 would double the work
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def gather(a, idx: torch.Tensor) -> torch.Tensor:
+    """Rows `idx` of `a` (a tensor or a memmap) as a tensor."""
+    if isinstance(a, torch.Tensor):
+        return a.index_select(0, idx) if idx.numel() != a.shape[0] else a[idx]
+    rows = np.asarray(a[np.sort(idx.numpy())]) if len(idx) else np.asarray(a[:0])
+    order = np.argsort(np.argsort(idx.numpy()))  # back to the requested order
+    out = torch.from_numpy(np.ascontiguousarray(rows[order]))
+    return out.float() if out.dtype == torch.float64 else out
+
+
+@dataclass
+class ArrayData:
+    """Inputs, targets and sample weights that share their first (sample) axis."""
+    xs: list
+    ys: list
+    sample_weight: object | None = None
+
+    def __len__(self) -> int:
+        return int(self.xs[0].shape[0])
+
+    def take(self, idx: torch.Tensor, device) -> tuple:
+        """(inputs, targets, sample_weight) for rows `idx`, on `device`; single arrays are
+        returned bare and several as a tuple."""
+        def pick(arrays):
+            out = tuple(gather(a, idx).to(device, non_blocking=True) for a in arrays)
+            return out[0] if len(out) == 1 else out
+        sw = None if self.sample_weight is None else gather(self.sample_weight, idx).to(device)
+        return pick(self.xs), pick(self.ys) if self.ys else None, sw
+
+    def split(self, fraction: float) -> tuple["ArrayData", "ArrayData"]:
+        """Keras's validation_split: the last `fraction` of the samples, before shuffling."""
+        n = len(self)
+        cut = n - int(round(n * fraction))
+        if cut <= 0 or cut >= n:
+            raise ValueError(f"validation_split={fraction} leaves no training or no validation "
+                             f"samples out of {n}; use a value in (0, 1) that keeps both")
+        head = lambda arrays: [a[:cut] for a in arrays]  # noqa: E731
+        tail = lambda arrays: [a[cut:] for a in arrays]  # noqa: E731
+        sw = self.sample_weight
+        return (ArrayData(head(self.xs), head(self.ys), None if sw is None else sw[:cut]),
+                ArrayData(tail(self.xs), tail(self.ys), None if sw is None else sw[cut:]))
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
+    """The same permutation on every rank: seeded by (seed, epoch), not by global RNG state."""
+    if not shuffle:
+        return torch.arange(n)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def shard_bounds(count: int, index: int, shards: int) -> tuple[int, int]:
+    """[start, stop) of shard `index` when `count` items split as evenly as possible."""
+    base, extra = divmod(count, shards)
+    start = index * base + min(index, extra)
+    return start, start + base + (1 if index < extra else 0)
+
+
+def global_batches(perm: torch.Tensor, batch_size: int):
+    """Slices of the epoch permutation, one per global batch (the last may be smaller)."""
+    for start in range(0, len(perm), batch_size):
+        yield perm[start:start + batch_size]
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)

@@ -1,0 +1,168 @@
+"""The training loop: epochs of global batches through a Strategy, callbacks at the edges.
+
+`train(task, strategy, owner)` runs on every rank (once in a single process). It never
+synchronises with the device per step except to check for a non-finite loss every
+`nan_check_every` steps and when a callback asks for per-batch numbers.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from bigtrain.engine.callbacks.base import CallbackList
+from bigtrain.engine.data import epoch_permutation, global_batches, num_batches, shard_bounds
+from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
+from bigtrain.engine.task import TrainTask
+from bigtrain.parallel.base import Strategy
+
+
+@dataclass
+class FitResult:
+    """What a finished run hands back to the caller (rank 0 holds the full weights)."""
+    history: dict = field(default_factory=dict)
+    epochs: list = field(default_factory=list)
+    state_dict: dict | None = None
+    stats: dict = field(default_factory=dict)
+
+
+class NonFiniteLoss(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+
+
+def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
+             prefix: str = "") -> dict[str, float]:
+    """Loss and metrics over `data`, sharded across ranks and reduced; Keras-style logs."""
+    device = strategy.env.device
+    tally = Tally(task.metrics, task.activations, device)
+    shard = strategy.data_shard()
+    lo, hi = shard_bounds(len(data), *shard)
+    autocast = autocast_factory(task.config.precision, device)
+    was_training = module.training
+    module.eval()
+    with torch.no_grad():
+        for start in range(lo, hi, batch_size):
+            idx = torch.arange(start, min(start + batch_size, hi))
+            x, y, sw = data.take(idx, device)
+            with autocast():
+                out = strategy.eval_forward(module, x) if hasattr(strategy, "eval_forward") \
+                    else (module(*x) if isinstance(x, tuple) else module(x))
+            if out is None:
+                continue  # a pipeline stage that does not own the output
+            loss = task.compute_loss(out, y, sw)
+            tally.loss_sum += loss.double() * len(idx)
+            tally.count += len(idx)
+            tally.update_metrics(y, out)
+    module.train(was_training)
+    return tally.logs(strategy.all_reduce(tally.state()), prefix)
+
+
+def _check_finite(losses: torch.Tensor, upto: int, epoch: int, strategy: Strategy,
+                  batch_size: int) -> None:
+    bad = (~torch.isfinite(losses[:upto])).nonzero()
+    flag = torch.tensor([float(bad[0]) if len(bad) else float("inf")])
+    strategy.all_reduce(flag, op="min")  # every rank stops together
+    if torch.isfinite(flag):
+        step = int(flag)
+        raise NonFiniteLoss(
+            f"TerminateOnNaN: the loss became NaN/Inf at epoch {epoch + 1}, step {step + 1} "
+            f"(global batch {step} of this epoch: samples {step * batch_size}.."
+            f"{(step + 1) * batch_size - 1} of the shuffled order). Check the inputs for "
+            "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
+
+
+def _train_epoch(task, strategy, module, optimizer, callbacks, epoch) -> dict[str, float]:
+    cfg, device = task.config, strategy.env.device
+    perm = epoch_permutation(len(task.train), cfg.seed, epoch, cfg.shuffle)
+    steps = num_batches(len(task.train), cfg.batch_size)
+    tally = Tally(task.metrics, task.activations, device)
+    losses = torch.zeros(steps, device=device)
+    loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
+    shard, replicas = strategy.data_shard(), strategy.grad_replicas
+    want_logs = callbacks.wants_batch_logs
+    module.train()
+    last_check = 0
+    for step, gidx in enumerate(global_batches(perm, cfg.batch_size)):
+        callbacks.on_train_batch_begin(step)
+        batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
+        outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
+        tally.add(batch, outputs, loss)
+        losses[step] = loss
+        if cfg.terminate_on_nan and step + 1 - last_check >= cfg.nan_check_every:
+            _check_finite(losses, step + 1, epoch, strategy, cfg.batch_size)
+            last_check = step + 1
+        logs = {"size": len(gidx)}
+        if want_logs:
+            logs["loss"] = float(loss)
+        callbacks.on_train_batch_end(step, logs)
+    if cfg.terminate_on_nan:
+        _check_finite(losses, steps, epoch, strategy, cfg.batch_size)
+    return tally.logs(strategy.all_reduce(tally.state()))
+
+
+def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
+    """Run `task` with `strategy` (already `setup`) on this rank.
+
+    Args:
+        task: the run's model, losses, data and settings.
+        strategy: a Strategy on which `setup(env)` was called.
+        owner: the user-facing model object callbacks see (`optimizer`, `stop_training`,
+            weights access); the loop sets `owner.optimizer` and `owner.stop_training`.
+
+    Returns:
+        FitResult; `state_dict` is the full unsharded state on rank 0 (None elsewhere).
+    """
+    cfg = task.config
+    module = strategy.setup_module(task.module)
+    optimizer = strategy.setup_optimizer(module, task.make_optimizer)
+    owner.optimizer, owner.stop_training = optimizer, False
+    owner._live = (strategy, module)
+    steps = num_batches(len(task.train), cfg.batch_size)
+    params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
+              "batch_size": cfg.batch_size, "verbose": cfg.verbose,
+              "metrics": ["loss", *task.metric_names()]}
+    callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
+    result = FitResult()
+    callbacks.on_train_begin()
+    t_start, samples, epoch_times = time.perf_counter(), 0, []
+    try:
+        for epoch in range(cfg.initial_epoch, cfg.epochs):
+            callbacks.on_epoch_begin(epoch)
+            t0 = time.perf_counter()
+            try:
+                logs = _train_epoch(task, strategy, module, optimizer, callbacks, epoch)
+            except NonFiniteLoss as e:
+                if strategy.env.is_main:
+                    print(e, flush=True)
+                owner.stop_training = True
+                break
+            samples += len(task.train)
+            if task.val is not None:
+                logs.update(evaluate(task, strategy, module, task.val, cfg.batch_size, "val_"))
+            epoch_times.append(time.perf_counter() - t0)
+            _refresh_weight_cache(task, strategy, module, owner)
+            callbacks.on_epoch_end(epoch, logs)
+            owner._weights_cache = None
+            result.epochs.append(epoch)
+            for k, v in logs.items():
+                result.history.setdefault(k, []).append(v)
+            if owner.stop_training:
+                break
+    finally:
+        callbacks.on_train_end()
+    elapsed = time.perf_counter() - t_start
+    result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
+                    "wall_s": elapsed, "epoch_times": epoch_times, **getattr(strategy, "stats", lambda: {})()}
+    state = strategy.full_state_dict(module)
+    result.state_dict = state if strategy.env.is_main else None
+    owner._live = None
+    return result
+
+
+def _refresh_weight_cache(task, strategy, module, owner) -> None:
+    """Callbacks that read weights on rank 0 only (checkpoints) must not start a collective
+    alone: gather the full state on every rank first when such a callback exists."""
+    if strategy.env.distributed and any(getattr(c, "needs_weights", False) for c in task.callbacks):
+        owner._weights_cache = strategy.full_state_dict(module)

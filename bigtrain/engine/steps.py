@@ -1,0 +1,98 @@
+"""Building one rank's share of a global batch, and accumulating losses and metrics on the
+device so that the loop talks to the host only where a number is shown."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from bigtrain.engine.data import ArrayData, shard_bounds
+from bigtrain.parallel.base import StepBatch
+
+
+def make_step_batch(data: ArrayData, gidx: torch.Tensor, shard: tuple[int, int],
+                    accumulate: int, replicas: int, device) -> StepBatch:
+    """This rank's micro-batches of the global batch `gidx`, with loss weights
+    n_micro / n_global * replicas (so averaged gradients equal the global-batch gradient)."""
+    lo, hi = shard_bounds(len(gidx), *shard)
+    local = gidx[lo:hi]
+    micro, weights = [], []
+    for k in range(accumulate):
+        a, b = shard_bounds(len(local), k, accumulate)
+        if b == a and k < accumulate - 1:
+            continue  # an empty micro-step would only cost time; the last one always runs
+        micro.append(data.take(local[a:b], device))
+        weights.append((b - a) / len(gidx) * replicas)
+    return StepBatch(micro=micro, weights=weights)
+
+
+def safe_loss(compute_loss):
+    """Wrap `compute_loss` so an empty micro-batch gives a zero loss that still has a graph
+    (the rank keeps joining gradient collectives) instead of NaN."""
+    def loss_fn(outputs, targets, sample_weight):
+        first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
+        if first.shape[0] == 0:
+            flat = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+            return sum(o.sum() for o in flat) * 0.0
+        return compute_loss(outputs, targets, sample_weight)
+    return loss_fn
+
+
+def autocast_factory(precision: str, device: torch.device):
+    """A zero-argument context-manager factory for the requested precision."""
+    if precision == "32":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if precision == "bf16-mixed" else torch.float16
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class Tally:
+    """Running loss (sample-weighted) and metric states for one pass over the data."""
+
+    def __init__(self, metrics: list[list], activations: list, device):
+        self.metrics, self.activations = metrics, activations
+        for ms in metrics:
+            for m in ms:
+                m.reset(device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
+        n = 0
+        for (x, y, _), out in zip(batch.micro, outputs):
+            n += _rows(y if y is not None else x)
+            self.update_metrics(y, out)
+        self.loss_sum += mean_loss.detach().double() * n
+        self.count += n
+
+    def update_metrics(self, targets, outputs) -> None:
+        if outputs is None or targets is None:
+            return
+        outs = outputs if isinstance(outputs, tuple) else (outputs,)
+        ys = targets if isinstance(targets, tuple) else (targets,)
+        with torch.no_grad():
+            for ms, act, out, y in zip(self.metrics, self.activations, outs, ys):
+                if ms and out.shape[0]:
+                    probs = act(out.float()) if act is not None else out.float()
+                    for m in ms:
+                        m.update(y, probs)
+
+    def state(self) -> torch.Tensor:
+        parts = [self.loss_sum.reshape(1), self.count.reshape(1)]
+        parts += [m.state for ms in self.metrics for m in ms]
+        return torch.cat(parts)
+
+    def logs(self, state: torch.Tensor, prefix: str = "") -> dict[str, float]:
+        """Keras-style logs from a (possibly all-reduced) `state()`."""
+        count = float(state[1])
+        out = {prefix + "loss": float(state[0]) / count if count else float("nan")}
+        offset = 2
+        for ms in self.metrics:
+            for m in ms:
+                out[prefix + m.name] = m.result(state[offset:offset + m.size])
+                offset += m.size
+        return out
+
+
+def _rows(t) -> int:
+    return int((t[0] if isinstance(t, tuple) else t).shape[0])

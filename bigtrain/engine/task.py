@@ -1,0 +1,102 @@
+"""What one training run needs, as plain data the loop (and every launched rank) receives.
+
+The api layer builds a `TrainTask` from the user's compiled model and `fit` arguments; the
+engine never imports the api. Everything here must survive cloudpickle, because launched
+ranks receive the task that way.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from bigtrain.engine.data import ArrayData
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Loop settings.
+
+    Attributes:
+        epochs: last epoch (exclusive), as Keras's `epochs`.
+        batch_size: the GLOBAL batch: samples per optimizer step summed over all ranks, so
+            results do not change with the number of ranks.
+        shuffle: draw a new permutation every epoch (seeded by `seed` and the epoch).
+        initial_epoch: first epoch to run (for resuming).
+        verbose: 0 silent, 1 progress bar, 2 one line per epoch.
+        accumulate_steps: micro-batches per optimizer step on each rank; k micro-steps equal
+            one step with the same global batch (gradients synchronised on the last only).
+        seed: seeds the epoch permutations.
+        terminate_on_nan: stop (with the step and batch named) when the loss is NaN/Inf.
+        nan_check_every: steps between the host checks for a non-finite loss.
+        precision: "32", "bf16-mixed" or "16-mixed".
+    """
+    epochs: int = 1
+    batch_size: int = 32
+    shuffle: bool = True
+    initial_epoch: int = 0
+    verbose: int = 1
+    accumulate_steps: int = 1
+    seed: int = 0
+    terminate_on_nan: bool = True
+    nan_check_every: int = 50
+    precision: str = "32"
+
+    def __post_init__(self):
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.epochs < 0 or self.initial_epoch < 0 or self.initial_epoch > self.epochs:
+            raise ValueError(f"need 0 <= initial_epoch <= epochs, got initial_epoch="
+                             f"{self.initial_epoch}, epochs={self.epochs}")
+        if self.accumulate_steps < 1:
+            raise ValueError(f"accumulate_steps must be >= 1, got {self.accumulate_steps}")
+        if self.precision not in ("32", "bf16-mixed", "16-mixed"):
+            raise ValueError(f"precision must be '32', 'bf16-mixed' or '16-mixed', "
+                             f"got {self.precision!r}")
+
+
+@dataclass
+class TrainTask:
+    """One training run.
+
+    Attributes:
+        module: the plain network (what strategies wrap).
+        losses: one loss callable per model output: `loss(y_true, y_pred, sample_weight)`.
+        loss_weights: weight of each output's loss in the total.
+        metrics: per output, a list of Metric objects (reset by the loop).
+        activations: per output, the activation deferred into the loss (applied before
+            metrics and in predict), or None.
+        make_optimizer: `make_optimizer(params) -> torch.optim.Optimizer`.
+        optimizer_name: for reports.
+        train: training data; val: validation data or None.
+        config: loop settings.
+        callbacks: Callback objects.
+        run_dir: where the run record is written (rank 0), or None.
+    """
+    module: nn.Module
+    losses: list
+    loss_weights: list[float]
+    metrics: list[list]
+    activations: list[Callable | None]
+    make_optimizer: Callable
+    optimizer_name: str
+    train: ArrayData
+    val: ArrayData | None
+    config: FitConfig
+    callbacks: list = field(default_factory=list)
+    run_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def metric_names(self) -> list[str]:
+        return [m.name for ms in self.metrics for m in ms]
+
+    def compute_loss(self, outputs, targets, sample_weight):
+        """Total loss: the weighted sum of every output's loss (mean over the batch)."""
+        if len(self.losses) == 1:
+            return self.losses[0](targets, outputs, sample_weight) * self.loss_weights[0] \
+                if self.loss_weights[0] != 1.0 else self.losses[0](targets, outputs, sample_weight)
+        total = 0.0
+        for loss, w, out, y in zip(self.losses, self.loss_weights, outputs, targets):
+            total = total + w * loss(y, out, sample_weight)
+        return total

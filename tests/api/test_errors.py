@@ -1,0 +1,87 @@
+"""Every bad input gets a clear error before training starts."""
+import numpy as np
+import pytest
+
+from bigtrain.layers import Dense, Input
+from bigtrain.models import Model, load_model
+from tests.api.conftest import seed_like_model, teacher_data
+
+X, Y, IDS = teacher_data(n=64)
+
+
+def test_labels_integer_for_categorical_loss():
+    with pytest.raises(ValueError, match="integer class ids.*sparse_categorical_crossentropy"):
+        seed_like_model().fit(X, IDS, verbose=0)
+
+
+def test_labels_one_hot_for_sparse_loss():
+    model = seed_like_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match="look one-hot.*categorical_crossentropy"):
+        model.fit(X, Y, verbose=0)
+
+
+def test_labels_out_of_range():
+    model = seed_like_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    with pytest.raises(ValueError, match=r"class ids in \[0, 3\].*got values in \[1, 7\]"):
+        model.fit(X, np.where(IDS == 0, 7, IDS), verbose=0)
+
+
+def test_nan_inputs_are_counted_and_located():
+    bad = X.copy()
+    bad[5, 2] = np.nan
+    bad[9, 0] = np.inf
+    with pytest.raises(ValueError, match=r"2 NaN/Inf.*\(5, 2\)"):
+        seed_like_model().fit(bad, Y, verbose=0)
+
+
+def test_length_mismatch_and_empty_data():
+    with pytest.raises(ValueError, match="same number of samples.*x\\[0\\]: 64.*y\\[0\\]: 10"):
+        seed_like_model().fit(X, Y[:10], verbose=0)
+    with pytest.raises(ValueError, match="empty"):
+        seed_like_model().fit(X[:0], Y[:0], verbose=0)
+
+
+@pytest.mark.parametrize("bs", [0, -3])
+def test_batch_size_must_be_positive(bs):
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        seed_like_model().fit(X, Y, batch_size=bs, verbose=0)
+
+
+def test_fit_and_evaluate_before_compile():
+    inp = Input(shape=(20,))
+    model = Model(inp, Dense(4)(inp))
+    with pytest.raises(RuntimeError, match="compile"):
+        model.fit(X, Y)
+    with pytest.raises(RuntimeError, match="compile"):
+        model.evaluate(X, Y)
+
+
+def test_unknown_optimizer_loss_metric_names():
+    model = seed_like_model()
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'.*adam, adamw, rmsprop, sgd"):
+        model.compile(optimizer="adamm", loss="mse")
+    with pytest.raises(ValueError, match="unknown loss"):
+        model.compile(optimizer="adam", loss="msee")
+    with pytest.raises(ValueError, match="unknown metric"):
+        model.compile(optimizer="adam", loss="mse", metrics=["acc_typo"])
+
+
+def test_input_shape_mismatch_names_the_input():
+    with pytest.raises(ValueError, match="expects samples of shape \\(20,\\)"):
+        seed_like_model().fit(X[:, :5], Y, verbose=0)
+
+
+def test_loading_a_file_that_is_not_a_bigtrain_model(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"\x80\x04not a model")
+    with pytest.raises(ValueError, match="not a bigtrain model"):
+        load_model(str(junk))
+    with pytest.raises(FileNotFoundError):
+        load_model(str(tmp_path / "missing.bigtrain"))
+
+
+def test_validation_split_that_leaves_nothing():
+    with pytest.raises(ValueError, match="validation_split"):
+        seed_like_model().fit(X, Y, validation_split=0.999, verbose=0)

@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+import torch
+
+from bigtrain.layers import (Activation, Add, BatchNormalization, Concatenate, Dense, Dropout,
+                             Embedding, Flatten, Input, LayerNormalization, Reshape)
+from bigtrain.models import Model, Sequential, load_model
+from tests.api.harness import run_layer_test
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "sigmoid", "softmax", "linear",
+                                        torch.sin])
+def test_dense_activations(activation):
+    run_layer_test(lambda: Dense(7, activation=activation), (5,), (7,), expected_params=42)
+
+
+def test_dense_on_sequences_acts_on_last_axis():
+    run_layer_test(lambda: Dense(4), (3, 6), (3, 4), expected_params=28)
+
+
+@pytest.mark.parametrize("factory,in_shape,out_shape,params,dtype", [
+    (lambda: Dropout(0.5), (6,), (6,), 0, "float32"),
+    (lambda: Activation("tanh"), (6,), (6,), 0, "float32"),
+    (lambda: Flatten(), (2, 3, 4), (24,), 0, "float32"),
+    (lambda: Reshape((4, -1)), (2, 6), (4, 3), 0, "float32"),
+    (lambda: Embedding(10, 4), (5,), (5, 4), 40, "int64"),
+    (lambda: LayerNormalization(), (3, 8), (3, 8), 16, "float32"),
+    (lambda: BatchNormalization(), (8,), (8,), 16, "float32"),
+])
+def test_core_layers(factory, in_shape, out_shape, params, dtype):
+    run_layer_test(factory, in_shape, out_shape, expected_params=params, input_dtype=dtype)
+
+
+def test_merge_layers_and_multi_io_model():
+    a, b = Input(shape=(4,), name="a"), Input(shape=(6,), name="b")
+    merged = Concatenate()([Dense(5)(a), Dense(5)(b)])
+    summed = Add()([Dense(3)(merged), Dense(3)(merged)])
+    out2 = Dense(1, activation="sigmoid", name="click")(merged)
+    model = Model(inputs=[a, b], outputs=[summed, out2])
+    y1, y2 = model(torch.randn(2, 4), torch.randn(2, 6))
+    assert y1.shape == (2, 3) and y2.shape == (2, 1)
+
+
+def test_shape_mismatch_names_both_layers():
+    h = Dense(8, name="first")(Input(shape=(4,)))
+    second = Dense(2, name="second")
+    second(Input(shape=(5,)))  # built for 5 features
+    with pytest.raises(ValueError, match=r"'first' with output shape \(None, 8\).*'second'.*\(None, 5\)"):
+        second(h)
+    with pytest.raises(ValueError, match=r"Add.*one shape"):
+        Add()([h, Dense(3)(h)])
+
+
+def test_keras_weight_layout_and_roundtrip():
+    inp = Input(shape=(3,))
+    out = BatchNormalization()(Dense(2)(inp))
+    model = Model(inputs=inp, outputs=out)
+    w = model.get_weights()
+    assert [a.shape for a in w] == [(3, 2), (2,), (2,), (2,), (2,), (2,)]
+    dense = model.layers[0]
+    np.testing.assert_array_equal(w[0], dense.linear.weight.detach().T.numpy())
+    new = [np.full_like(a, i + 1.0) for i, a in enumerate(w)]
+    model.set_weights(new)
+    for got, want in zip(model.get_weights(), new):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="expects shape"):
+        model.set_weights([np.zeros((2, 3))] + new[1:])
+
+
+def test_sequential_builds_and_saves(tmp_path):
+    model = Sequential([Input(shape=(6,)), Dense(4, activation="relu"), Dropout(0.1),
+                        Dense(3, activation="softmax")])
+    model.compile(optimizer="sgd", loss="categorical_crossentropy", metrics=["accuracy"])
+    x = np.random.default_rng(0).normal(size=(10, 6)).astype("float32")
+    before = model.predict(x)
+    np.testing.assert_allclose(before.sum(1), 1.0, rtol=1e-5)
+    path = tmp_path / "m.bigtrain"
+    model.save(str(path))
+    loaded = load_model(str(path))
+    np.testing.assert_array_equal(loaded.predict(x), before)
+    assert loaded.compiled is not None
+
+
+def test_sequential_with_input_shape_kwarg():
+    model = Sequential([Dense(4, input_shape=(6,)), Dense(2)])
+    assert model.count_params() == 6 * 4 + 4 + 4 * 2 + 2
