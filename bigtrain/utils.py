@@ -18,6 +18,13 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def clear_session() -> None:
+    """Restart automatic layer names, so a model rebuilt in a fresh state gets the same
+    names (and state-dict keys) as before, as `keras.backend.clear_session`."""
+    from bigtrain.api.layers.base import clear_session as _clear
+    _clear()
+
+
 def to_categorical(y, num_classes: int | None = None) -> np.ndarray:
     """Integer class ids -> one-hot float32 rows, as `keras.utils.to_categorical`."""
     y = np.asarray(y, dtype=np.int64).reshape(-1)

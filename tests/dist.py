@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 import traceback
 from datetime import timedelta
@@ -36,7 +37,8 @@ def _entry(fn, rank, world_size, store_path, pg_timeout, queue, args, kwargs):
         dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
                                 timeout=timedelta(seconds=pg_timeout))
         result = fn(rank, world_size, *args, **kwargs)
-        queue.put((rank, "ok", result))
+        # plain pickle copies tensor data (no shared-memory handles that die with this process)
+        queue.put((rank, "ok", pickle.dumps(result)))
     except BaseException:  # noqa: BLE001 - every failure is reported to the parent
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -96,4 +98,4 @@ def run_ranks(fn, world_size: int, *args, timeout: float = 120.0,
         if errors:
             msg = "\n".join(f"--- rank {r} ---\n{e}" for r, e in sorted(errors.items()))
             raise RuntimeError(f"{len(errors)} of {world_size} ranks failed:\n{msg}")
-        return [results[r] for r in range(world_size)]
+        return [pickle.loads(results[r]) for r in range(world_size)]

@@ -115,6 +115,8 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
         FitResult; `state_dict` is the full unsharded state on rank 0 (None elsewhere).
     """
     cfg = task.config
+    if hasattr(strategy, "precision"):
+        strategy.precision = cfg.precision  # sharded strategies cast through FSDP's policy
     module = strategy.setup_module(task.module)
     optimizer = strategy.setup_optimizer(module, task.make_optimizer)
     owner.optimizer, owner.stop_training = optimizer, False

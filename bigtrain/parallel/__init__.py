@@ -1,0 +1,12 @@
+"""Ways of splitting the work, behind one Strategy interface and a registry of names.
+
+    fit(..., strategy="ddp")  ==  fit(..., strategy=DataParallel())
+"""
+from bigtrain.parallel.base import DistEnv, StepBatch, Strategy, register, resolve_strategy, \
+    strategy_names
+from bigtrain.parallel.data_parallel import DataParallel
+from bigtrain.parallel.sharded import Sharded
+from bigtrain.parallel.zero1 import Zero1
+
+__all__ = ["DataParallel", "DistEnv", "Sharded", "StepBatch", "Strategy", "Zero1", "register",
+           "resolve_strategy", "strategy_names"]

@@ -21,6 +21,11 @@ def _snake(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
+def clear_session() -> None:
+    """Restart automatic layer names (dense, dense_1, ...), as `keras.backend.clear_session`."""
+    _name_counters.clear()
+
+
 def unique_name(prefix: str) -> str:
     """Keras-style automatic names: dense, dense_1, dense_2, ..."""
     n = next(_name_counters[prefix])

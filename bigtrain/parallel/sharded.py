@@ -1,0 +1,111 @@
+"""Sharded data parallel on FSDP2 (`fully_shard`): ZeRO-2 keeps parameters gathered
+between forward and backward; ZeRO-3 frees them after forward; offload keeps parameters,
+gradients and optimizer state on the host (CPUOffloadPolicy) and computes on the device.
+
+Each layer that owns parameters becomes one FSDP unit (all-gather before its forward,
+reduce-scatter of its gradients in backward), then the root.
+
+    fit(..., strategy="zero3", devices=2)
+    fit(..., strategy=Sharded(reshard_after_forward=True, offload=True))  # "fsdp_offload"
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                     set_model_state_dict)
+from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+from bigtrain.parallel.base import Strategy, register
+from bigtrain.parallel.data_parallel import check_batch_covers_ranks
+
+_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def shard_units(module: nn.Module) -> list[nn.Module]:
+    """Submodules that directly own parameters, deepest first (each becomes an FSDP unit)."""
+    units = [m for m in module.modules()
+             if m is not module and any(True for _ in m.parameters(recurse=False))]
+    return units[::-1]
+
+
+class Sharded(Strategy):
+    """FSDP2 sharding of parameters, gradients and optimizer state.
+
+    Args:
+        reshard_after_forward: True frees gathered parameters after forward (ZeRO-3);
+            False keeps them until backward (ZeRO-2: more memory, one all-gather less).
+        offload: keep sharded state on the host (CPUOffloadPolicy); pinned memory only
+            when an accelerator exists.
+    """
+
+    name = "zero3"
+
+    def __init__(self, reshard_after_forward: bool = True, offload: bool = False):
+        super().__init__()
+        self.reshard_after_forward = reshard_after_forward
+        self.offload = offload
+        self.precision = "32"
+
+    def validate(self, world_size: int, global_batch_size: int) -> None:
+        check_batch_covers_ranks(self.describe(), world_size, global_batch_size)
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.env.device)
+        if not self.env.distributed:
+            return module
+        kwargs = {"reshard_after_forward": self.reshard_after_forward}
+        if self.offload:
+            kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+        if self.precision in _DTYPES:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=_DTYPES[self.precision],
+                                                       reduce_dtype=torch.float32)
+        for unit in shard_units(module):
+            fully_shard(unit, **kwargs)
+        fully_shard(module, **kwargs)
+        return module
+
+    def setup_optimizer(self, module, make_optimizer):
+        # fused kernels take plain tensors; sharded parameters are DTensors
+        return make_optimizer(list(module.parameters()))
+
+    def no_sync(self, module: nn.Module):
+        if not self.env.distributed:
+            return contextlib.nullcontext()
+
+        @contextlib.contextmanager
+        def skip():
+            module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                module.set_requires_gradient_sync(True)
+        return skip()
+
+    def unwrap(self, module):
+        return module
+
+    def full_state_dict(self, module):
+        if not self.env.distributed:
+            return super().full_state_dict(module)
+        state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                      cpu_offload=True))
+        return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+    def load_full_state_dict(self, module, state):
+        if not self.env.distributed:
+            return super().load_full_state_dict(module, state)
+        set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True,
+                                                                     broadcast_from_rank0=True))
+
+    def describe(self) -> str:
+        stage = "zero3" if self.reshard_after_forward else "zero2"
+        return stage + (" + cpu offload" if self.offload else "")
+
+
+register("zero3", lambda: Sharded(reshard_after_forward=True))
+register("fsdp", lambda: Sharded(reshard_after_forward=True))
+register("zero2", lambda: Sharded(reshard_after_forward=False))
+register("fsdp_offload", lambda: Sharded(reshard_after_forward=True, offload=True))

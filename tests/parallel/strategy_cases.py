@@ -1,0 +1,81 @@
+"""Shared models and data for strategy parity tests (built identically in every rank)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import bigtrain
+from bigtrain.api.training import make_task, prepare_data
+from bigtrain.engine.task import FitConfig
+from bigtrain.layers import Dense, Embedding, Flatten, Input, LayerNormalization
+from bigtrain.models import Model
+
+
+def seed_model(width=1000, hidden=64, classes=10):
+    inp = Input(shape=(width,))
+    out = Dense(classes, activation="softmax")(Dense(hidden, activation="relu")(inp))
+    return Model(inp, out)
+
+
+def embed_model(vocab=50, seq=8, classes=4):
+    inp = Input(shape=(seq,), dtype="int64")
+    h = Flatten()(LayerNormalization()(Embedding(vocab, 16)(inp)))
+    return Model(inp, Dense(classes, activation="softmax")(h))
+
+
+def case_data(kind: str, n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    if kind == "seed":
+        x = rng.random((n, 1000), dtype=np.float32)
+        y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, n)]
+    else:
+        x = rng.integers(0, 50, (n, 8))
+        y = np.eye(4, dtype=np.float32)[x.sum(1) % 4]
+    return x, y
+
+
+def build(kind: str, steps: int = 5, batch: int = 40, accumulate: int = 1, seed: int = 0):
+    """(model, task) for `steps` optimizer steps of one epoch, no shuffling surprises."""
+    bigtrain.clear_session()
+    bigtrain.set_seed(seed)
+    model = seed_model() if kind == "seed" else embed_model()
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
+                  learning_rate=1e-3)
+    x, y = case_data(kind, steps * batch, seed)
+    data = prepare_data(model, x, y)
+    cfg = FitConfig(epochs=1, batch_size=batch, verbose=0, accumulate_steps=accumulate, seed=seed)
+    return model, make_task(model, data, None, cfg, [])
+
+
+def max_param_diff(a: dict, b: dict) -> float:
+    assert set(a) == set(b), (sorted(a), sorted(b))
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def reference_state(kind: str, **kw) -> dict:
+    from bigtrain.engine.loop import train
+    from bigtrain.parallel.base import Strategy
+    model, task = build(kind, **kw)
+    strategy = Strategy()
+    return train(task, strategy, model).state_dict
+
+
+def run_strategy(kind: str, strategy_name: str, **kw) -> dict | None:
+    """Inside a rank of tests.dist.run_ranks: train with the strategy, rank 0's full state."""
+    import torch.distributed as dist
+
+    from bigtrain.engine.loop import train
+    from bigtrain.parallel import resolve_strategy
+    from bigtrain.parallel.base import DistEnv
+    model, task = build(kind, **kw)
+    strategy = resolve_strategy(strategy_name)
+    env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                  local_rank=dist.get_rank(), local_world_size=dist.get_world_size(),
+                  device=torch.device("cpu"))
+    strategy.validate(env.world_size, task.config.batch_size)
+    strategy.setup(env)
+    try:
+        result = train(task, strategy, model)
+    finally:
+        strategy.teardown()
+    return result.state_dict
