@@ -1,0 +1,90 @@
+"""Utilities shared by the callbacks: monitored-quantity comparison, learning rates of an
+optimizer's param groups, log formatting, and "am I rank 0" for messages."""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.distributed as dist
+
+# Monitored names that improve upward (Keras: "acc"/"auc" in the name means maximise).
+_MAXIMISED = ("acc", "auc", "precision", "recall", "f1", "fmeasure", "iou")
+
+
+def resolve_mode(monitor: str, mode: str) -> str:
+    """"min" or "max" for `monitor`; "auto" picks "max" for accuracy/AUC-like names.
+
+    Example:
+        >>> resolve_mode("val_accuracy", "auto"), resolve_mode("val_loss", "auto")
+        ('max', 'min')
+    """
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}.")
+    if mode != "auto":
+        return mode
+    name = monitor.lower()
+    return "max" if any(key in name for key in _MAXIMISED) else "min"
+
+
+def is_improvement(current: float, reference: float, mode: str, min_delta: float = 0.0) -> bool:
+    """True when `current` beats `reference` by more than |min_delta| in direction `mode`."""
+    if current is None or math.isnan(current):
+        return False
+    delta = abs(min_delta)
+    return current < reference - delta if mode == "min" else current > reference + delta
+
+
+def worst_value(mode: str) -> float:
+    """The starting 'best' value: anything finite improves on it."""
+    return math.inf if mode == "min" else -math.inf
+
+
+def monitor_value(logs: dict | None, monitor: str, who: str) -> float | None:
+    """logs[monitor] as a float, or None with a warning naming the keys that do exist."""
+    logs = logs or {}
+    if monitor not in logs:
+        warnings.warn(f"{who}: the monitored quantity {monitor!r} is not in the logs "
+                      f"(available: {sorted(logs)}); check the monitor name, and pass "
+                      f"validation data to fit() for 'val_*' names.", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    return float(logs[monitor])
+
+
+def get_lrs(optimizer) -> list[float]:
+    """The learning rate of each param group, as floats."""
+    return [float(g["lr"]) for g in optimizer.param_groups]
+
+
+def set_lrs(optimizer, lrs: list[float]) -> None:
+    """Set each param group's learning rate, in place (tensor learning rates stay tensors,
+    as capturable/fused optimizers require)."""
+    groups = optimizer.param_groups
+    if len(lrs) != len(groups):
+        raise ValueError(f"got {len(lrs)} learning rates for {len(groups)} param groups.")
+    for group, lr in zip(groups, lrs):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = float(lr)
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of an initialised process group, or when there is none."""
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def format_value(value) -> str:
+    """Keras-style: 4 decimals, scientific notation for very small or large numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    v = float(value)
+    if v != 0 and (abs(v) < 1e-3 or abs(v) >= 1e5):
+        return f"{v:.4e}"
+    return f"{v:.4f}"
+
+
+def format_logs(logs: dict | None) -> str:
+    """'loss: 0.1234 - accuracy: 0.9100 - val_loss: ...' (insertion order of the logs)."""
+    return " - ".join(f"{k}: {format_value(v)}" for k, v in (logs or {}).items())
