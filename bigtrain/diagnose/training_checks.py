@@ -1,0 +1,144 @@
+"""Why a run is slow: findings from the step-time breakdown and per-rank figures of a RunRecord.
+
+Example:
+    from bigtrain.diagnose import RunRecord, check_run
+    for f in check_run(RunRecord.load("runs/mnist")):
+        print(f.kind, f.evidence, "->", f.advice)
+"""
+from __future__ import annotations
+
+import math
+import statistics
+
+from bigtrain.diagnose.findings import Finding, sort_findings
+from bigtrain.diagnose.quality_checks import check_history
+from bigtrain.diagnose.record import RunRecord
+
+INPUT_BOUND_SHARE = 0.30   # data-wait share of the step that makes a run input-bound
+COMM_BOUND_SHARE = 0.30    # exposed-communication share that makes it communication-bound
+LOW_MFU = 0.20             # below this MFU a small batch is the first suspect
+SMALL_BATCH = 32           # samples per rank (per micro-batch) considered small
+OPTIMIZER_SHARE = 0.10     # optimizer share worth fusing
+HIGH_BUBBLE = 0.25         # pipeline idle fraction worth more micro-batches
+TARGET_BUBBLE = 0.10       # what the suggested micro-batch count aims for
+STRAGGLER_RATIO = 1.20     # slowest rank / median rank step time
+FUSABLE = {"adam", "adamw", "sgd", "adagrad"}  # torch optimizers with fused CPU kernels
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def _input_bound(r: RunRecord) -> list[Finding]:
+    st = r.step_time
+    if st.share("data") < INPUT_BOUND_SHARE:
+        return []
+    return [Finding("input_bound", "warning",
+                    f"waiting for data is {st.share('data'):.0%} of each {_ms(st.total)} step "
+                    f"({_ms(st.data)})",
+                    "load batches in the background: raise the data loader's num_workers "
+                    "(e.g. to 2) or keep the dataset in memory as tensors")]
+
+
+def _comm_bound(r: RunRecord) -> list[Finding]:
+    st = r.step_time
+    if r.world_size < 2 or st.share("comm_exposed") < COMM_BOUND_SHARE:
+        return []
+    return [Finding("comm_bound", "warning",
+                    f"exposed communication is {st.share('comm_exposed'):.0%} of each "
+                    f"{_ms(st.total)} step on {r.world_size} ranks ({r.strategy})",
+                    f"communicate less often per sample: raise batch_size from {r.batch_size} "
+                    f"to {4 * r.batch_size} (or accumulate 4 micro-batches per step), "
+                    "or use fewer ranks with more threads each")]
+
+
+def _per_rank_batch(r: RunRecord) -> float:
+    if r.strategy in ("pipeline", "tensor"):
+        return r.batch_size / r.microbatches
+    return r.batch_size / r.world_size / r.microbatches
+
+
+def _low_mfu(r: RunRecord) -> list[Finding]:
+    if r.mfu is None or r.mfu >= LOW_MFU or _per_rank_batch(r) > SMALL_BATCH:
+        return []
+    peak = f" of {r.peak_flops:.3g} FLOP/s peak" if r.peak_flops else ""
+    return [Finding("small_batch", "warning",
+                    f"MFU is {r.mfu:.1%}{peak} with {_per_rank_batch(r):.0f} samples per rank "
+                    "per micro-batch: the matrix multiplies are too small to keep cores busy",
+                    f"raise batch_size to {r.batch_size * 4} (scale the learning rate with it) "
+                    "or accumulate fewer, larger micro-batches")]
+
+
+def _oversubscribed(r: RunRecord) -> list[Finding]:
+    used = r.threads_per_rank * r.local_world_size
+    if r.cpu_cores is None or used <= r.cpu_cores:
+        return []
+    fair = max(r.cpu_cores // r.local_world_size, 1)
+    return [Finding("thread_oversubscription", "warning",
+                    f"{r.local_world_size} ranks x {r.threads_per_rank} threads = {used} "
+                    f"threads on {r.cpu_cores} cores",
+                    f"set torch threads per rank to {fair} (torch.set_num_threads / "
+                    "OMP_NUM_THREADS) so ranks stop evicting each other")]
+
+
+def _unfused(r: RunRecord) -> list[Finding]:
+    share = r.step_time.share("optimizer")
+    if (r.device != "cpu" or r.optimizer_fused is not False
+            or r.optimizer.lower() not in FUSABLE or share < OPTIMIZER_SHARE):
+        return []
+    return [Finding("unfused_optimizer", "info",
+                    f"the unfused {r.optimizer} step is {share:.0%} of each step "
+                    f"({_ms(r.step_time.optimizer)})",
+                    f"create it with fused=True (torch.optim.{r.optimizer.capitalize()}"
+                    "(..., fused=True) runs one kernel for all parameters on CPU)")]
+
+
+def suggested_microbatches(stages: int, target: float = TARGET_BUBBLE) -> int:
+    """Smallest m with (p-1)/(m+p-1) <= target."""
+    return max(1, math.ceil((stages - 1) * (1.0 - target) / target))
+
+
+def _bubble(r: RunRecord) -> list[Finding]:
+    if r.pipeline_bubble is None or r.pipeline_bubble < HIGH_BUBBLE:
+        return []
+    p = r.pipeline_stages or r.world_size
+    m = suggested_microbatches(p)
+    return [Finding("pipeline_bubble", "warning",
+                    f"the pipeline idles {r.pipeline_bubble:.0%} of each step with {p} stages "
+                    f"and {r.microbatches} micro-batches",
+                    f"raise microbatches from {r.microbatches} to {m} (bubble (p-1)/(m+p-1) "
+                    f"= {(p - 1) / (m + p - 1):.0%}); keep batch_size >= {m}")]
+
+
+def _straggler(r: RunRecord) -> list[Finding]:
+    times = r.rank_step_times
+    if len(times) < 2:
+        return []
+    median = statistics.median(times)
+    slow = max(range(len(times)), key=times.__getitem__)
+    if median <= 0 or times[slow] / median < STRAGGLER_RATIO:
+        return []
+    return [Finding("straggler", "warning",
+                    f"rank {slow} takes {_ms(times[slow])} per step, "
+                    f"{times[slow] / median:.2f}x the median rank ({_ms(median)}); every "
+                    "collective waits for it",
+                    f"check rank {slow}'s host: other processes on its cores, a larger data "
+                    "shard, or a different thread count")]
+
+
+SPEED_CHECKS = (_input_bound, _comm_bound, _low_mfu, _oversubscribed, _unfused, _bubble,
+                _straggler)
+
+
+def check_run(record: RunRecord) -> list[Finding]:
+    """Speed findings (step-time breakdown, ranks, threads) and quality findings (history).
+
+    Args:
+        record: the run record the engine wrote.
+
+    Returns:
+        Findings, errors first; empty when nothing looks wrong.
+    """
+    out = [f for check in SPEED_CHECKS for f in check(record)]
+    out += check_history(record.history, num_classes=record.num_classes)
+    return sort_findings(out)

@@ -1,0 +1,179 @@
+"""Step-time model: compute + communication + pipeline bubble (+ host offload traffic).
+
+    time = FLOPs per rank / device FLOP/s                      (compute)
+         + bytes each rank moves / link bandwidth              (communication, not overlapped)
+         + collectives per step * latency                      (fixed cost per message)
+         + compute * bubble / (1 - bubble)                     (pipeline idle time)
+
+Training FLOPs are 3 x forward (backward costs about twice the forward): the forward is
+counted from the module (FlopCounterMode), or approximated as 2 * N per token, giving the
+familiar 6 * N * tokens for transformers and 6 * N * samples for MLPs.
+
+Communication volume per rank and step (Psi parameters, P/G bytes per param/grad, n ranks):
+    ddp           ring all-reduce of gradients            2 (n-1)/n * G Psi
+    zero1         all-reduce grads + all-gather params    2 (n-1)/n * G Psi + (n-1)/n * P Psi
+    zero2         reduce-scatter grads + all-gather params (n-1)/n * (G + P) Psi
+    zero3         all-gather params twice (fwd, bwd) + reduce-scatter grads
+                                                           (n-1)/n * (2P + G) Psi
+    pipeline      point-to-point: activations forward, their gradients backward, per sample
+    tensor        all-reduce of row-parallel outputs in forward and of input gradients in
+                  backward: 2 * 2 (n-1)/n * (half the linear-output bytes)
+    ps            n-1 workers push gradients and pull parameters through one server link
+
+Example:
+    >>> ring_allreduce_bytes(100, 4)
+    150.0
+    >>> round(pipeline_bubble(stages=4, microbatches=8), 3)
+    0.273
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from bigtrain.plan.memory import Precision, data_parallel_degree
+from bigtrain.plan.profile import ModelProfile
+
+
+def ring_allreduce_bytes(nbytes: float, n: int) -> float:
+    """Bytes each rank sends in a ring all-reduce of `nbytes`: 2 (n-1)/n * nbytes."""
+    return 2.0 * (n - 1) / n * nbytes if n > 1 else 0.0
+
+
+def reduce_scatter_bytes(nbytes: float, n: int) -> float:
+    """Bytes each rank sends in a ring reduce-scatter (or all-gather): (n-1)/n * nbytes."""
+    return (n - 1) / n * nbytes if n > 1 else 0.0
+
+
+def pipeline_bubble(stages: int, microbatches: int) -> float:
+    """Idle fraction of a GPipe/1F1B schedule: (p - 1) / (m + p - 1)."""
+    if stages < 1 or microbatches < 1:
+        raise ValueError(f"stages and microbatches must be >= 1, got {stages}, {microbatches}")
+    return (stages - 1) / (microbatches + stages - 1)
+
+
+def training_flops(profile: ModelProfile, batch_size: int) -> float:
+    """FLOPs of one optimizer step over `batch_size` samples (forward + backward)."""
+    fwd = profile.forward_flops_per_sample
+    if fwd is None:
+        fwd = 2.0 * profile.n_params * profile.tokens_per_sample
+    return 3.0 * fwd * batch_size
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Estimated seconds of one optimizer step on the slowest rank.
+
+    Attributes:
+        compute: FLOPs / device throughput.
+        comm: collective or point-to-point traffic / bandwidth plus latency per collective
+            (assumed not overlapped with compute).
+        bubble: pipeline idle seconds.
+        offload: device <-> host copies of offloaded state.
+        bubble_fraction: (p-1)/(m+p-1) for pipelines, else 0.
+    """
+    compute: float
+    comm: float = 0.0
+    bubble: float = 0.0
+    offload: float = 0.0
+    bubble_fraction: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.compute + self.comm + self.bubble + self.offload
+
+
+def comm_bytes(strategy: str, profile: ModelProfile, prec: Precision, *, world_size: int,
+               batch_size: int, act_per_sample: float = 0.0) -> float:
+    """Bytes the busiest rank (or link) moves per optimizer step for `strategy`.
+
+    Args:
+        strategy: strategy name.
+        profile: the model's sizes.
+        prec: training precision.
+        world_size: ranks.
+        batch_size: global batch.
+        act_per_sample: saved activation bytes of one sample (tensor parallel traffic).
+    """
+    n, psi = world_size, float(profile.n_params)
+    grads, params = prec.grad_bytes * psi, prec.param_bytes * psi
+    if n == 1 or strategy == "single":
+        return 0.0
+    if strategy == "ddp":
+        return ring_allreduce_bytes(grads, n)
+    if strategy == "zero1":
+        return ring_allreduce_bytes(grads, n) + reduce_scatter_bytes(params, n)
+    if strategy == "zero2":
+        return reduce_scatter_bytes(grads + params, n)
+    if strategy in ("zero3", "fsdp_offload"):
+        return reduce_scatter_bytes(2 * params + grads, n)
+    if strategy == "pipeline":
+        boundary = (profile.boundary_elems_per_sample or 0.0) * prec.activation_bytes
+        return 2.0 * boundary * batch_size  # activations forward + gradients backward
+    if strategy == "tensor":
+        row_parallel_out = 0.5 * profile.linear_share * act_per_sample * batch_size
+        return 2.0 * ring_allreduce_bytes(row_parallel_out, n)
+    if strategy == "ps":
+        return (n - 1) * (grads + params)  # every worker's push + pull crosses the server link
+    raise ValueError(f"unknown strategy {strategy!r}")
+
+
+BUCKET_BYTES = 25 * 2 ** 20  # DDP's default gradient bucket size
+
+
+def collectives_per_step(strategy: str, profile: ModelProfile, prec: Precision, *,
+                         world_size: int, microbatches: int) -> int:
+    """How many collectives / messages the busiest rank waits on per step (latency term).
+
+    DDP: one all-reduce per 25 MB bucket; ZeRO-2/3: a gather and/or reduce-scatter per
+    parameterised unit; tensor: two all-reduces per linear pair per micro-batch; pipeline:
+    a send and a receive per micro-batch each way; ps: a push and a pull per worker.
+    """
+    if world_size == 1 or strategy == "single":
+        return 0
+    units = profile.n_units or 1
+    buckets = max(1, math.ceil(prec.grad_bytes * profile.n_params / BUCKET_BYTES))
+    counts = {"ddp": buckets, "zero1": buckets + 1, "zero2": 2 * units,
+              "zero3": 3 * units, "fsdp_offload": 3 * units,
+              "tensor": 2 * max(1, (profile.n_linear or 2) // 2) * microbatches,
+              "pipeline": 4 * microbatches, "ps": 2 * (world_size - 1)}
+    return counts[strategy]
+
+
+def step_time(strategy: str, profile: ModelProfile, prec: Precision, *, world_size: int,
+              batch_size: int, microbatches: int, flops: float, bandwidth: float,
+              host_bandwidth: float, offload_moves: bool,
+              act_per_sample: float = 0.0, latency: float = 0.0) -> StepTime:
+    """Estimate one step's seconds for `strategy`.
+
+    Args:
+        strategy: strategy name.
+        profile: the model's sizes.
+        prec: training precision.
+        world_size: ranks.
+        batch_size: global batch.
+        microbatches: micro-batches per step (pipeline schedule length).
+        flops: one rank's FLOP/s.
+        bandwidth: one rank's link bytes/s.
+        host_bandwidth: device <-> host bytes/s (offload).
+        offload_moves: False when the device is the host CPU (offload copies nothing).
+        act_per_sample: saved activation bytes of one sample.
+        latency: seconds per collective.
+    """
+    total = training_flops(profile, batch_size)
+    dp = data_parallel_degree(strategy, world_size)
+    split = world_size if strategy in ("pipeline", "tensor") else dp
+    compute = total / split / flops
+    comm = comm_bytes(strategy, profile, prec, world_size=world_size, batch_size=batch_size,
+                      act_per_sample=act_per_sample) / bandwidth
+    comm += latency * collectives_per_step(strategy, profile, prec, world_size=world_size,
+                                           microbatches=microbatches)
+    bubble_fraction = pipeline_bubble(world_size, microbatches) if strategy == "pipeline" else 0.0
+    bubble = compute * bubble_fraction / (1.0 - bubble_fraction)
+    offload = 0.0
+    if strategy == "fsdp_offload" and offload_moves:
+        # each step: parameter shard host -> device, gradient shard device -> host
+        shard = float(profile.n_params) / world_size
+        offload = (prec.param_bytes + prec.grad_bytes) * shard / host_bandwidth
+    return StepTime(compute=compute, comm=comm, bubble=bubble, offload=offload,
+                    bubble_fraction=bubble_fraction)

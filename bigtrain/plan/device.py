@@ -1,0 +1,163 @@
+"""What one rank's device can hold and do: memory, compute throughput, link bandwidth.
+
+The planner divides work by these numbers, so they only need to be right within a factor of
+about two to rank strategies; `measure_cpu_device()` gets closer on the machine at hand.
+
+Example:
+    from bigtrain.plan.device import DeviceSpec, cpu_device, measure_cpu_device
+    spec = cpu_device(ranks_per_host=2)     # defaults, this host shared by 2 ranks
+    spec = measure_cpu_device()              # ~0.5 s of matmul + memcpy timing
+    gpu = DeviceSpec.preset("h100-80gb")
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, replace
+
+import torch
+
+#: Conservative fp32 throughput of one CPU core with AVX2 FMA in a real matmul (FLOP/s).
+CPU_FLOPS_PER_CORE = 2.0e10
+#: gloo all-reduce bandwidth between processes on one host, through loopback (bytes/s).
+CPU_LOOPBACK_BANDWIDTH = 2.0e9
+#: fixed cost of one gloo collective between local processes (seconds).
+CPU_COLLECTIVE_LATENCY = 5e-5
+
+_PRESETS = {
+    # name: (kind, memory bytes, dense bf16 FLOP/s, per-GPU interconnect bytes/s, host link bytes/s)
+    "a100-80gb": ("cuda", 80e9, 312e12, 300e9, 25e9),
+    "h100-80gb": ("cuda", 80e9, 989e12, 450e9, 50e9),
+    "h200": ("cuda", 141e9, 989e12, 450e9, 50e9),
+}
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One rank's device.
+
+    Attributes:
+        kind: "cpu" or "cuda" (decides whether host offload can free device memory).
+        memory_bytes: memory this rank may use (bytes). On a CPU host shared by several ranks,
+            each rank's share.
+        flops: sustained compute throughput of this rank (FLOP/s) in the training precision.
+        bandwidth: per-rank bandwidth of collective / point-to-point links (bytes/s).
+        host_bandwidth: device <-> host copy bandwidth for offloading (bytes/s); None means
+            the same as `bandwidth`.
+        host_memory_bytes: host memory this rank may fill with offloaded state (bytes); None
+            means this machine's physical memory split over the ranks.
+        latency: fixed seconds per collective or message, whatever its size (the alpha of
+            the alpha-beta model; it dominates for small models and many small messages).
+    """
+    kind: str
+    memory_bytes: float
+    flops: float
+    bandwidth: float
+    host_bandwidth: float | None = None
+    host_memory_bytes: float | None = None
+    latency: float = 5e-5
+
+    def __post_init__(self):
+        if self.kind not in ("cpu", "cuda"):
+            raise ValueError(f"DeviceSpec.kind must be 'cpu' or 'cuda', got {self.kind!r}")
+        for name in ("memory_bytes", "flops", "bandwidth"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"DeviceSpec.{name} must be > 0, got {getattr(self, name)!r}; "
+                                 "pass the figure of one rank's device")
+        if not self.latency >= 0:
+            raise ValueError(f"DeviceSpec.latency must be >= 0 seconds, got {self.latency!r}")
+        for name in ("host_bandwidth", "host_memory_bytes"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"DeviceSpec.{name} must be > 0 or None, got {value!r}")
+
+    @property
+    def host_link(self) -> float:
+        """Bandwidth used for offload traffic (bytes/s)."""
+        return self.host_bandwidth if self.host_bandwidth is not None else self.bandwidth
+
+    def with_overrides(self, memory_bytes=None, flops=None, bandwidth=None) -> "DeviceSpec":
+        """A copy with the given (non-None) figures replaced."""
+        changes = {k: v for k, v in (("memory_bytes", memory_bytes), ("flops", flops),
+                                     ("bandwidth", bandwidth)) if v is not None}
+        return replace(self, **changes)
+
+    @staticmethod
+    def preset(name: str) -> "DeviceSpec":
+        """A datasheet spec for a known accelerator ("a100-80gb", "h100-80gb", "h200").
+
+        Args:
+            name: preset name, case-insensitive.
+        """
+        key = name.lower()
+        if key not in _PRESETS:
+            raise ValueError(f"unknown device preset {name!r}; known: {sorted(_PRESETS)}, "
+                             "or build DeviceSpec(kind, memory_bytes, flops, bandwidth)")
+        kind, mem, flops, bw, host = _PRESETS[key]
+        return DeviceSpec(kind, mem, flops, bw, host, latency=1e-5)
+
+
+def host_memory_bytes() -> float:
+    """Physical memory of this host in bytes (falls back to 8 GB where sysconf lacks it)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8e9
+
+
+def cpu_device(ranks_per_host: int = 1, cores: int | None = None) -> DeviceSpec:
+    """Default spec for CPU ranks sharing one host: memory and cores split evenly.
+
+    Args:
+        ranks_per_host: processes that share this host's memory and cores.
+        cores: cores of the host (default: os.cpu_count()).
+
+    Example:
+        >>> cpu_device(ranks_per_host=4).kind
+        'cpu'
+    """
+    if ranks_per_host < 1:
+        raise ValueError(f"ranks_per_host must be >= 1, got {ranks_per_host}")
+    cores = cores or os.cpu_count() or 1
+    cores_per_rank = max(cores / ranks_per_host, 1e-3)
+    return DeviceSpec("cpu", host_memory_bytes() / ranks_per_host,
+                      CPU_FLOPS_PER_CORE * cores_per_rank, CPU_LOOPBACK_BANDWIDTH,
+                      latency=CPU_COLLECTIVE_LATENCY)
+
+
+def _time_best(fn, repeats: int) -> float:
+    """Best wall time of `repeats` calls (seconds); the best is the least disturbed."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
+                       repeats: int = 3) -> DeviceSpec:
+    """Measure this host: an n x n fp32 matmul for FLOP/s, a tensor copy for bandwidth.
+
+    The copy bandwidth is an upper bound of what gloo reaches through loopback between
+    processes, so it is halved. Memory and FLOP/s are split over `ranks_per_host`.
+
+    Args:
+        ranks_per_host: processes that will share this host.
+        n: matmul size (2 n^3 FLOPs each).
+        copy_mb: megabytes copied per bandwidth sample.
+        repeats: samples per figure (best kept).
+
+    Example:
+        spec = measure_cpu_device(ranks_per_host=2)
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm up the BLAS threads
+    flops = 2.0 * n ** 3 / _time_best(lambda: torch.mm(a, b), repeats)
+    src = torch.empty(copy_mb * 2 ** 20, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    # a copy reads and writes every byte once: 2 x size moved through memory
+    copy_bw = 2.0 * src.numel() / _time_best(lambda: dst.copy_(src), repeats)
+    return DeviceSpec("cpu", host_memory_bytes() / ranks_per_host, flops / ranks_per_host,
+                      copy_bw / 2.0)

@@ -1,0 +1,233 @@
+"""The planner: per-rank memory and step time of every strategy that can run, ranked.
+
+Example:
+    from torch import nn
+    from bigtrain.plan import plan
+    model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10))
+    p = plan(model, devices=2, batch_size=64)
+    print(p.best.strategy, p.best.reason)
+    print(p.table(markdown=True))
+
+    # a model by parameter count, on 64 GPUs
+    from bigtrain.plan import DeviceSpec
+    p = plan(7.5e9, devices=64, batch_size=1024, seq_len=1024, precision="bf16-mixed",
+             device=DeviceSpec.preset("a100-80gb"))
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from bigtrain.plan.cost import StepTime, step_time
+from bigtrain.plan.device import DeviceSpec, cpu_device, host_memory_bytes
+from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
+                                  data_parallel_degree, get_precision, model_state_bytes, ps_server_bytes)
+from bigtrain.plan.profile import ModelProfile, profile_module
+from bigtrain.plan.report import format_bytes, plan_table, reason_for
+
+
+@dataclass(frozen=True)
+class StrategyEstimate:
+    """One strategy's predicted cost on one rank.
+
+    Attributes:
+        strategy: registry name ("ddp", "zero3", ...).
+        memory: bytes on the heaviest rank.
+        time: estimated seconds per optimizer step.
+        fits: whether memory.device_total fits the usable device memory.
+        microbatches: micro-batches per step assumed for this strategy.
+        reason: one sentence on why it ranks where it does (filled by `plan`).
+    """
+    strategy: str
+    memory: MemoryBreakdown
+    time: StepTime
+    fits: bool
+    microbatches: int = 1
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Ranked estimates: fitting strategies first, then by estimated step time.
+
+    Attributes:
+        estimates: ranked list of StrategyEstimate.
+        skipped: strategy name -> why it cannot run with these settings.
+        device: the per-rank device the estimates assume.
+        usable_memory: device bytes a rank may fill (memory minus the reserve).
+        host_memory: host bytes a rank may fill with offloaded state.
+        profile: the model figures used.
+        notes: how figures were obtained and what was left out.
+    """
+    estimates: list[StrategyEstimate]
+    skipped: dict[str, str]
+    device: DeviceSpec
+    usable_memory: float
+    host_memory: float
+    profile: ModelProfile
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def best(self) -> StrategyEstimate | None:
+        """The fastest strategy that fits, or None when none fits."""
+        return next((e for e in self.estimates if e.fits), None)
+
+    def get(self, strategy: str) -> StrategyEstimate:
+        """The estimate for `strategy` (KeyError naming the skipped reason otherwise)."""
+        for e in self.estimates:
+            if e.strategy == strategy:
+                return e
+        raise KeyError(f"{strategy!r} was not estimated: "
+                       f"{self.skipped.get(strategy, 'unknown strategy')}")
+
+    def table(self, markdown: bool = False):
+        """A rich Table (default) or a Markdown string of the ranked estimates."""
+        return plan_table(self, markdown=markdown)
+
+
+def _skip_reason(strategy: str, devices: int, batch_size: int, kind: str) -> str | None:
+    """Why `strategy` cannot run here, or None when it can."""
+    if strategy == "single":
+        return None if devices == 1 else f"uses 1 rank, {devices} requested"
+    if strategy == "fsdp_offload" and kind == "cpu":
+        return "the device is the host CPU: offloading to host memory frees nothing"
+    if devices == 1:
+        return None if strategy == "fsdp_offload" else "needs at least 2 ranks"
+    workers = devices - 1 if strategy == "ps" else devices
+    if strategy not in ("pipeline", "tensor") and batch_size < workers:
+        return f"global batch {batch_size} < {workers} data-parallel ranks; raise batch_size"
+    return None
+
+
+def _comm_buffers(strategy: str, prof: ModelProfile, prec, micro: int) -> float:
+    """Device bytes the collectives need beyond model states (see module notes)."""
+    psi, unit = float(prof.n_params), float(prof.largest_unit_params or 0)
+    if strategy in ("ddp", "zero1"):
+        return prec.grad_bytes * psi  # DDP's flat gradient buckets (a second gradient copy)
+    if strategy == "zero2":
+        return prec.grad_bytes * unit  # one unit's unsharded gradient before reduce-scatter
+    if strategy in ("zero3", "fsdp_offload"):
+        return 2 * unit * (prec.param_bytes + prec.grad_bytes)  # current + prefetched unit
+    if strategy == "pipeline":
+        boundary = (prof.boundary_elems_per_sample or 0.0) * prec.activation_bytes
+        return 2 * boundary * micro  # send + receive buffers of one micro-batch
+    return 0.0
+
+
+def _memory(strategy: str, prof: ModelProfile, *, devices: int, precision: str,
+            optimizer, act_per_sample: float, batch_size: int, microbatches: int,
+            schedule: str) -> MemoryBreakdown:
+    """Full per-rank breakdown (the heavier role for the parameter server)."""
+    prec = get_precision(precision)
+    states = model_state_bytes(strategy, prof.n_params, world_size=devices,
+                               precision=precision, optimizer=optimizer)
+    acts = activation_bytes(strategy, act_per_sample, world_size=devices,
+                            batch_size=batch_size, microbatches=microbatches,
+                            schedule=schedule, linear_share=prof.linear_share)
+    local = math.ceil(batch_size / data_parallel_degree(strategy, devices))
+    buffers = _comm_buffers(strategy, prof, prec, math.ceil(local / microbatches))
+    mem = MemoryBreakdown(states.params, states.grads, states.optimizer, acts, buffers,
+                          states.offloaded_host, states.role)
+    if strategy == "ps":
+        server = ps_server_bytes(prof.n_params, precision=precision, optimizer=optimizer)
+        if server.device_total > mem.device_total:
+            return server
+    return mem
+
+
+def _profile(model, seq_len, example_input) -> ModelProfile:
+    if isinstance(model, nn.Module):
+        return profile_module(model, seq_len=seq_len, example_input=example_input)
+    if isinstance(model, ModelProfile):
+        return model
+    return ModelProfile(n_params=int(model), tokens_per_sample=seq_len or 1)
+
+
+def _activation_per_sample(prof: ModelProfile, prec, override: float | None,
+                           notes: list[str]) -> float:
+    """Saved activation bytes of one sample: the override, the measured figure, or 0."""
+    if override is not None:
+        notes.append(f"activations: {format_bytes(override)} per sample as given")
+        return float(override)
+    if prof.activation_elems_per_sample is not None:
+        return prof.activation_elems_per_sample * prec.activation_bytes
+    notes.append("activations unknown (pass a module or activation_bytes_per_sample): "
+                 "not counted in memory, and the pipeline/tensor communication that "
+                 "scales with them is missing, so those two times are optimistic")
+    return 0.0
+
+
+def plan(model_or_param_count, *, devices: int, batch_size: int,
+         device_memory: float | None = None, seq_len: int | None = None,
+         microbatches: int | None = None, precision: str = "32",
+         optimizer: str | int = "adam", device_flops: float | None = None,
+         bandwidth: float | None = None, activation_bytes_per_sample: float | None = None,
+         device: DeviceSpec | None = None, example_input=None,
+         pipeline_schedule: str = "1f1b", reserve: float = 0.1) -> Plan:
+    """Estimate memory and step time of every strategy that can run, and rank them.
+
+    Args:
+        model_or_param_count: an nn.Module (profiled on the meta device), a ModelProfile,
+            or a parameter count.
+        devices: ranks (world size).
+        batch_size: global samples per optimizer step.
+        device_memory: bytes per rank (overrides the device spec).
+        seq_len: tokens per sample for sequence models.
+        microbatches: micro-batches per step (gradient accumulation; the pipeline schedule
+            length). Default 1, and min(batch_size, 4 * stages) for "pipeline".
+        precision: "32", "bf16-mixed" or "16-mixed".
+        optimizer: optimizer name ("adam", "sgd", ...) or its state bytes per parameter.
+        device_flops: FLOP/s per rank (overrides the device spec).
+        bandwidth: link bytes/s per rank (overrides the device spec).
+        activation_bytes_per_sample: saved activation bytes of one sample; overrides the
+            measured figure.
+        device: per-rank DeviceSpec; default: this CPU host shared by `devices` ranks.
+        example_input: one sample (batch dimension 1) when the input cannot be guessed.
+        pipeline_schedule: "1f1b" or "gpipe" (activations kept per stage).
+        reserve: fraction of device memory kept free for allocator slack and workspaces.
+
+    Example:
+        >>> p = plan(1_000_000, devices=2, batch_size=32)
+        >>> p.best.strategy in ("ddp", "zero1", "zero2", "zero3", "pipeline", "tensor", "ps")
+        True
+    """
+    if devices < 1 or batch_size < 1:
+        raise ValueError(f"devices and batch_size must be >= 1, got {devices}, {batch_size}")
+    if pipeline_schedule not in ("1f1b", "gpipe"):
+        raise ValueError(f"pipeline_schedule must be '1f1b' or 'gpipe', got {pipeline_schedule!r}")
+    prof = _profile(model_or_param_count, seq_len, example_input)
+    prec = get_precision(precision)
+    spec = (device or cpu_device(ranks_per_host=devices)).with_overrides(
+        device_memory, device_flops, bandwidth)
+    notes = [f"model figures: {prof.method}"]
+    act = _activation_per_sample(prof, prec, activation_bytes_per_sample, notes)
+    notes.append("step time assumes no overlap of communication with compute (upper bound)")
+    usable = spec.memory_bytes * (1.0 - reserve)
+    host = (spec.host_memory_bytes or host_memory_bytes() / devices) * (1.0 - reserve)
+    if prof.largest_unit_params is None:
+        notes.append("layer sizes unknown: ZeRO-3/offload gather buffers not counted")
+    estimates, skipped = [], {}
+    for name in STRATEGIES:
+        why = _skip_reason(name, devices, batch_size, spec.kind)
+        if why:
+            skipped[name] = why
+            continue
+        m = microbatches or (min(batch_size, 4 * devices) if name == "pipeline" else 1)
+        mem = _memory(name, prof, devices=devices, precision=precision, optimizer=optimizer,
+                      act_per_sample=act, batch_size=batch_size, microbatches=m,
+                      schedule=pipeline_schedule)
+        t = step_time(name, prof, prec, world_size=devices, batch_size=batch_size,
+                      microbatches=m, flops=spec.flops, bandwidth=spec.bandwidth,
+                      host_bandwidth=spec.host_link, offload_moves=spec.kind != "cpu",
+                      act_per_sample=act, latency=spec.latency)
+        fits = mem.device_total <= usable and mem.offloaded_host <= host
+        estimates.append(StrategyEstimate(name, mem, t, fits, m))
+    estimates.sort(key=lambda e: (not e.fits, e.time.total, e.memory.device_total))
+    ranked = [StrategyEstimate(e.strategy, e.memory, e.time, e.fits, e.microbatches,
+                               reason_for(e, estimates, usable, host)) for e in estimates]
+    return Plan(ranked, skipped, spec, usable, host, prof, notes)
+
+
+__all__ = ["Plan", "StrategyEstimate", "plan"]

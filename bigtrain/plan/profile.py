@@ -1,0 +1,171 @@
+"""What the planner needs to know about a model, measured from the real module.
+
+Method: one forward pass of one sample, run on the "meta" device (shapes only, no memory, no
+arithmetic) through `torch.func.functional_call` with meta copies of the parameters, so the
+user's module is neither copied nor changed. Forward hooks on every leaf module add up the
+elements of the tensors each one returns; that sum (plus the input) approximates what
+autograd saves for backward. `FlopCounterMode` counts the forward FLOPs of the same pass.
+When a module cannot run on meta tensors (data-dependent Python control flow, `.item()`), the
+pass runs for real on one sample under `torch.no_grad()` instead.
+
+Known gaps: intermediates inside a leaf module (the T x T attention matrix of a fused
+attention call, for instance) are not leaf outputs and are missed; in-place activations are
+counted although autograd may not keep them.
+
+Example:
+    from torch import nn
+    from bigtrain.plan.profile import profile_module
+    prof = profile_module(nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 10)))
+    prof.n_params, prof.activation_elems_per_sample, prof.forward_flops_per_sample
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.utils.flop_counter import FlopCounterMode
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """Sizes of one model, per sample where it says so.
+
+    Attributes:
+        n_params: number of (unique) parameters.
+        tokens_per_sample: sequence length for token models, 1 otherwise.
+        activation_elems_per_sample: saved activation elements of one sample (None: unknown).
+        forward_flops_per_sample: forward FLOPs of one sample (None: use 2 * n_params * tokens).
+        largest_unit_params: parameters of the biggest leaf module (ZeRO-3 gathers one at a
+            time, prefetching the next).
+        boundary_elems_per_sample: elements of a typical leaf output, the size a pipeline
+            stage sends to the next one (median of leaf outputs).
+        linear_share: fraction of activation elements that are nn.Linear outputs.
+        n_linear: nn.Linear layers (tensor parallelism communicates once per pair).
+        n_units: leaf modules holding parameters (ZeRO-2/3 communicate once per unit).
+        method: how the figures were obtained, for the plan's notes.
+    """
+    n_params: int
+    tokens_per_sample: int = 1
+    activation_elems_per_sample: float | None = None
+    forward_flops_per_sample: float | None = None
+    largest_unit_params: int | None = None
+    boundary_elems_per_sample: float | None = None
+    linear_share: float = 0.5
+    n_linear: int | None = None
+    n_units: int | None = None
+    method: str = "parameter count only"
+
+    def __post_init__(self):
+        if self.n_params <= 0:
+            raise ValueError(f"n_params must be > 0, got {self.n_params}")
+        if self.tokens_per_sample < 1:
+            raise ValueError(f"tokens_per_sample must be >= 1, got {self.tokens_per_sample}")
+
+
+def count_params(module: nn.Module) -> int:
+    """Unique parameters of `module` (tied weights counted once)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def _example_input(module: nn.Module, seq_len: int | None, device) -> torch.Tensor:
+    """One sample shaped for the first parameterised leaf: token ids or a feature vector."""
+    for m in module.modules():
+        if isinstance(m, nn.Embedding):
+            return torch.zeros(1, seq_len or 1, dtype=torch.long, device=device)
+        if isinstance(m, nn.Linear):
+            shape = (1, m.in_features) if seq_len is None else (1, seq_len, m.in_features)
+            return torch.zeros(*shape, device=device)
+        if next(m.parameters(recurse=False), None) is not None:
+            break
+    raise ValueError(f"cannot guess an input for {type(module).__name__}: its first layer is "
+                     "neither nn.Embedding nor nn.Linear; pass example_input=<one sample "
+                     "with a leading batch dimension of 1>")
+
+
+def _float_elems(out) -> int:
+    """Elements of the floating-point tensors in a module output (tuples/dicts walked)."""
+    if isinstance(out, torch.Tensor):
+        return out.numel() if out.is_floating_point() else 0
+    if isinstance(out, (tuple, list)):
+        return sum(_float_elems(o) for o in out)
+    if isinstance(out, dict):
+        return sum(_float_elems(o) for o in out.values())
+    return 0
+
+
+def _traced_pass(module: nn.Module, example, on_meta: bool):
+    """Run one forward pass with leaf hooks; returns (leaf outputs, linear elems, flops)."""
+    leaf_out: list[int] = []
+    linear = [0]
+
+    def hook(mod, _inp, out):
+        n = _float_elems(out)
+        leaf_out.append(n)
+        if isinstance(mod, nn.Linear):
+            linear[0] += n
+
+    leaves = [m for m in module.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            if on_meta:
+                state = {k: torch.empty_like(v, device="meta")
+                         for k, v in list(module.named_parameters()) + list(module.named_buffers())}
+                meta_x = tuple(x.to("meta") for x in example)
+                functional_call(module, state, meta_x)
+            else:
+                with torch.no_grad():
+                    module(*example)
+    finally:
+        for h in handles:
+            h.remove()
+    return leaf_out, linear[0], counter.get_total_flops()
+
+
+def profile_module(module: nn.Module, *, seq_len: int | None = None,
+                   example_input=None) -> ModelProfile:
+    """Measure parameters, activations per sample and FLOPs per sample of `module`.
+
+    Args:
+        module: the single-device model.
+        seq_len: tokens per sample for sequence models (shapes the guessed input).
+        example_input: one sample with batch dimension 1 (tensor or tuple of tensors);
+            guessed from the first layer when None.
+
+    Example:
+        >>> from torch import nn
+        >>> profile_module(nn.Linear(4, 2)).n_params
+        10
+    """
+    n_params = count_params(module)
+    if example_input is None:
+        device = next(module.parameters()).device
+        example_input = _example_input(module, seq_len, device)
+    example = example_input if isinstance(example_input, tuple) else (example_input,)
+    if example[0].shape[0] != 1:
+        raise ValueError(f"example_input must hold one sample (batch dimension 1), got shape "
+                         f"{tuple(example[0].shape)}")
+    try:
+        leaf_out, linear, flops = _traced_pass(module, example, on_meta=True)
+        how = "meta-device forward pass"
+    except Exception:  # noqa: BLE001 -- any op without a meta kernel; retry for real
+        leaf_out, linear, flops = _traced_pass(module, example, on_meta=False)
+        how = "one-sample forward pass"
+    inputs = sum(_float_elems(x) for x in example)
+    total = sum(leaf_out) + inputs
+    units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()]
+    units = [u for u in units if u]
+    tokens = seq_len or 1
+    return ModelProfile(
+        n_params=n_params, tokens_per_sample=tokens,
+        activation_elems_per_sample=float(total),
+        forward_flops_per_sample=float(flops) if flops else None,
+        largest_unit_params=max(units) if units else None,
+        boundary_elems_per_sample=float(statistics.median(leaf_out)) if leaf_out else None,
+        linear_share=linear / total if total else 0.5,
+        n_linear=sum(isinstance(m, nn.Linear) for m in module.modules()),
+        n_units=len(units),
+        method=f"{how}: leaf-module output elements and FlopCounterMode FLOPs of one sample")
