@@ -2,6 +2,7 @@
 the local single-process environment, devices and threads per rank."""
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 
@@ -53,6 +54,11 @@ def threads_per_rank(local_world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_world_size))
 
 
+def _destroy_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def local_env() -> DistEnv:
     return DistEnv(device=device_for(0))
 
@@ -70,5 +76,6 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True) 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S))
+        atexit.register(_destroy_group)  # the user's script goes on after fit; tidy up at exit
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank,
                    local_world_size=local_world, device=device)

@@ -22,6 +22,10 @@ class Callback:
     main_process_only = True
     #: Ask the loop for per-batch logs (costs a device sync each step).
     wants_batch_logs = False
+    #: Reads the model's weights (checkpoints, weight restore). Under a distributed
+    #: strategy the loop then gathers the full weights on every rank before epoch-end hooks,
+    #: so a rank-0-only callback never starts a collective alone.
+    needs_weights = False
 
     def __init__(self):
         self.model = None

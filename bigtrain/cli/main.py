@@ -1,0 +1,105 @@
+"""The `bigtrain` command.
+
+    bigtrain train examples/seed_example.py          # run a training script
+    bigtrain run --nproc-per-node 2 train.py         # N ranks via torch.distributed.run
+    bigtrain summary examples/models.py:build_model  # print a model's summary
+    bigtrain --version
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import runpy
+import sys
+
+import bigtrain
+
+
+def _train(args) -> int:
+    """Run a training script as `python SCRIPT ARGS` would (it is __main__)."""
+    if not os.path.isfile(args.script):
+        raise SystemExit(f"bigtrain train: no such script: {args.script}")
+    sys.argv = [args.script, *args.script_args]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
+    runpy.run_path(args.script, run_name="__main__")
+    return 0
+
+
+def load_object(spec: str):
+    """`path/to/file.py:name` or `package.module:name` -> the object."""
+    if ":" not in spec:
+        raise SystemExit(f"expected MODULE:FUNCTION (e.g. examples/models.py:build), got {spec!r}")
+    target, name = spec.rsplit(":", 1)
+    if target.endswith(".py"):
+        if not os.path.isfile(target):
+            raise SystemExit(f"no such file: {target}")
+        mod_spec = importlib.util.spec_from_file_location("_bigtrain_user_module", target)
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    if not hasattr(module, name):
+        raise SystemExit(f"{target} has no attribute {name!r}")
+    return getattr(module, name)
+
+
+def _summary(args) -> int:
+    from torch import nn
+
+    from bigtrain.models import Model
+    obj = load_object(args.target)
+    model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    if isinstance(model, nn.Module) and not isinstance(model, Model):
+        model = Model(model)
+    if not isinstance(model, Model):
+        raise SystemExit(f"{args.target} did not give a model (got {type(model).__name__})")
+    model.summary()
+    return 0
+
+
+def _run(args, rest: list[str]) -> int:
+    """Hand off to torch.distributed.run (torchrun) with bigtrain's safe defaults."""
+    from torch.distributed.run import main as torchrun_main
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
+    argv = list(rest)
+    nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
+                  if a in ("--nproc-per-node", "--nproc_per_node")), None)
+    if nproc and nproc.isdigit() and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(nproc)))
+    if not any(a.startswith("--rdzv") or a.startswith("--rdzv_") for a in argv) and \
+            not any(a.startswith("--nnodes") for a in argv):
+        # one host: rendezvous on loopback only, on a free port
+        argv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", "127.0.0.1:0",
+                "--local-addr", "127.0.0.1", *argv]
+    torchrun_main(argv)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigtrain", description="Keras-simple training that scales "
+                                "from one CPU to many machines.")
+    p.add_argument("--version", action="version", version=f"bigtrain {bigtrain.__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="run a training script (as python SCRIPT would)")
+    t.add_argument("script")
+    t.add_argument("script_args", nargs=argparse.REMAINDER)
+    s = sub.add_parser("summary", help="print the summary of MODULE:FUNCTION's model")
+    s.add_argument("target", help="file.py:function or package.module:function")
+    sub.add_parser("run", add_help=False,
+                   help="launch N ranks of a script (torchrun flags: --nproc-per-node, --nnodes, "
+                        "--node-rank, --rdzv-endpoint, --max-restarts; see `bigtrain run --help`)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "run":
+        return _run(None, argv[1:])
+    args = build_parser().parse_args(argv)
+    return {"train": _train, "summary": _summary}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+import subprocess
+import sys
+
+import pytest
+
+from bigtrain.cli.main import main
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert "bigtrain 0.1.0" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "train" in capsys.readouterr().out
+
+
+def test_summary_of_a_function(tmp_path, capsys):
+    f = tmp_path / "models.py"
+    f.write_text("from bigtrain.layers import Dense, Input\n"
+                 "from bigtrain.models import Model\n"
+                 "def build():\n"
+                 "    i = Input(shape=(1000,))\n"
+                 "    return Model(i, Dense(10, activation='softmax')(Dense(512, activation='relu')(i)))\n")
+    assert main(["summary", f"{f}:build"]) == 0
+    assert "Total params: 517,642" in capsys.readouterr().out
+
+
+def test_summary_bad_target_says_what_to_pass():
+    with pytest.raises(SystemExit, match="MODULE:FUNCTION"):
+        main(["summary", "nothing_here"])
+
+
+def test_train_runs_a_script(tmp_path):
+    f = tmp_path / "s.py"
+    f.write_text("import sys\nprint('ran', __name__, sys.argv[1:])\n")
+    out = subprocess.run([sys.executable, "-m", "bigtrain.cli.main", "train", str(f), "--x", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "ran __main__ ['--x', '1']" in out.stdout
