@@ -30,8 +30,28 @@ def _finish(model, result: FitResult, history) -> object:
     return history
 
 
+def choose_auto(model, devices, config) -> str:
+    """strategy="auto": the planner's first choice among the registered strategies."""
+    from bigtrain.parallel.base import strategy_names
+    from bigtrain.plan import plan
+    n = dist_env.resolve_devices(devices) or 1
+    if n == 1:
+        return "single"
+    p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
+             optimizer=model.compiled.optimizer.name or "adam")
+    for est in p.estimates:
+        if est.fits and est.strategy in strategy_names():
+            if dist_env.is_main_process():
+                print(f"strategy='auto' chose {est.strategy!r}: {est.reason}", flush=True)
+            return est.strategy
+    raise ValueError(f"strategy='auto': no strategy fits {n} devices for this model; run "
+                     "bigtrain plan for the breakdown")
+
+
 def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, options: dict):
     from bigtrain.api.training import make_task
+    if strategy == "auto":
+        strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
     cbs = _callbacks(callbacks, config.verbose)
     history = cbs[0]

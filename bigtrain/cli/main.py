@@ -3,6 +3,9 @@
     bigtrain train examples/seed_example.py          # run a training script
     bigtrain run --nproc-per-node 2 train.py         # N ranks via torch.distributed.run
     bigtrain summary examples/models.py:build_model  # print a model's summary
+    bigtrain plan examples/models.py:build_model --devices 8 --device-memory 80GB
+    bigtrain report runs/seed                         # Markdown + PNG plots of a run
+    bigtrain doctor runs/seed                         # why is it slow / poor?
     bigtrain --version
 """
 from __future__ import annotations
@@ -15,6 +18,7 @@ import runpy
 import sys
 
 import bigtrain
+from bigtrain.cli import insight
 
 
 def _train(args) -> int:
@@ -87,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("script_args", nargs=argparse.REMAINDER)
     s = sub.add_parser("summary", help="print the summary of MODULE:FUNCTION's model")
     s.add_argument("target", help="file.py:function or package.module:function")
+    insight.add_parsers(sub)
     sub.add_parser("run", add_help=False,
                    help="launch N ranks of a script (torchrun flags: --nproc-per-node, --nnodes, "
                         "--node-rank, --rdzv-endpoint, --max-restarts; see `bigtrain run --help`)")
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "run":
         return _run(None, argv[1:])
     args = build_parser().parse_args(argv)
-    return {"train": _train, "summary": _summary}[args.command](args)
+    commands = {"train": _train, "summary": _summary, "plan": insight.run_plan,
+                "report": insight.run_report, "doctor": insight.run_doctor}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

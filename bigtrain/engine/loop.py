@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import torch
 
 from bigtrain.engine.callbacks.base import CallbackList
+from bigtrain.engine.checkpoint import Checkpointer
 from bigtrain.engine.data import epoch_permutation, global_batches, num_batches, shard_bounds
+from bigtrain.engine.record import write_run_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
@@ -25,6 +27,20 @@ class FitResult:
     epochs: list = field(default_factory=list)
     state_dict: dict | None = None
     stats: dict = field(default_factory=dict)
+
+
+@dataclass
+class Progress:
+    """Optimizer steps done in all, and batches of the current epoch to skip (a run that
+    resumes mid-epoch skips the batches the checkpoint already trained on)."""
+    step: int = 0
+    skip: int = 0
+    checkpointer: Checkpointer | None = None
+
+    def after_step(self, epoch: int, batch: int, steps_per_epoch: int) -> None:
+        self.step += 1
+        if self.checkpointer is not None:
+            self.checkpointer.after_step(epoch, batch, steps_per_epoch, self.step)
 
 
 class NonFiniteLoss(Exception):
@@ -73,7 +89,8 @@ def _check_finite(losses: torch.Tensor, upto: int, epoch: int, strategy: Strateg
             "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
 
 
-def _train_epoch(task, strategy, module, optimizer, callbacks, epoch) -> dict[str, float]:
+def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
+                 progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
     perm = epoch_permutation(len(task.train), cfg.seed, epoch, cfg.shuffle)
     steps = num_batches(len(task.train), cfg.batch_size)
@@ -83,11 +100,19 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch) -> dict[st
     shard, replicas = strategy.data_shard(), strategy.grad_replicas
     want_logs = callbacks.wants_batch_logs
     module.train()
-    last_check = 0
+    last_check = skip = progress.skip
     for step, gidx in enumerate(global_batches(perm, cfg.batch_size)):
+        if step < skip:
+            continue  # trained before the checkpoint this run resumed from
         callbacks.on_train_batch_begin(step)
+        t0 = time.perf_counter()
         batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
+        t1 = time.perf_counter()
         outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
+        t2 = time.perf_counter()  # on CPU ops are synchronous, so these are real phase times
+        timing["data_s"] += t1 - t0
+        timing["compute_s"] += t2 - t1
+        timing["steps"] += 1
         tally.add(batch, outputs, loss)
         losses[step] = loss
         if cfg.terminate_on_nan and step + 1 - last_check >= cfg.nan_check_every:
@@ -97,6 +122,8 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch) -> dict[st
         if want_logs:
             logs["loss"] = float(loss)
         callbacks.on_train_batch_end(step, logs)
+        progress.after_step(epoch, step, steps)
+    progress.skip = 0
     if cfg.terminate_on_nan:
         _check_finite(losses, steps, epoch, strategy, cfg.batch_size)
     return tally.logs(strategy.all_reduce(tally.state()))
@@ -126,15 +153,18 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
     callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
+    progress, first_epoch = _resume(task, strategy, module, optimizer)
     result = FitResult()
     callbacks.on_train_begin()
     t_start, samples, epoch_times = time.perf_counter(), 0, []
+    timing = {"data_s": 0.0, "compute_s": 0.0, "steps": 0}
     try:
-        for epoch in range(cfg.initial_epoch, cfg.epochs):
+        for epoch in range(first_epoch, cfg.epochs):
             callbacks.on_epoch_begin(epoch)
             t0 = time.perf_counter()
             try:
-                logs = _train_epoch(task, strategy, module, optimizer, callbacks, epoch)
+                logs = _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
+                                    progress)
             except NonFiniteLoss as e:
                 if strategy.env.is_main:
                     print(e, flush=True)
@@ -147,6 +177,8 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             _refresh_weight_cache(task, strategy, module, owner)
             callbacks.on_epoch_end(epoch, logs)
             owner._weights_cache = None
+            if progress.checkpointer is not None:
+                progress.checkpointer.after_epoch(epoch, progress.step)
             result.epochs.append(epoch)
             for k, v in logs.items():
                 result.history.setdefault(k, []).append(v)
@@ -157,10 +189,28 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     elapsed = time.perf_counter() - t_start
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                     "wall_s": elapsed, "epoch_times": epoch_times, **getattr(strategy, "stats", lambda: {})()}
+    write_run_record(task, strategy, module, optimizer, result, timing)
     state = strategy.full_state_dict(module)
     result.state_dict = state if strategy.env.is_main else None
     owner._live = None
     return result
+
+
+def _resume(task, strategy, module, optimizer) -> tuple[Progress, int]:
+    """(progress, first epoch): from the checkpoint `task.checkpoint` selects, if any."""
+    cfg = task.config
+    if task.checkpoint is None:
+        return Progress(), cfg.initial_epoch
+    info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
+            "shuffle": cfg.shuffle, "strategy": strategy.name}
+    ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info)
+    start = ckpt.restore()
+    if start is None:
+        return Progress(checkpointer=ckpt), cfg.initial_epoch
+    if strategy.env.is_main and cfg.verbose:
+        print(f"Resuming from checkpoint step {start.step} (epoch {start.epoch + 1}, "
+              f"batch {start.batch})", flush=True)
+    return Progress(start.step, start.batch, ckpt), start.epoch
 
 
 def _refresh_weight_cache(task, strategy, module, owner) -> None:

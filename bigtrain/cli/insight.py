@@ -1,0 +1,72 @@
+"""`bigtrain plan`, `bigtrain report` and `bigtrain doctor`: know before you run, see after."""
+from __future__ import annotations
+
+import os
+import re
+
+_UNITS = {"": 1, "B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(text: str) -> float:
+    """"80GB" -> 8e10; "16GiB" -> 17179869184."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(text))
+    if not m or m.group(2).upper() not in _UNITS:
+        raise SystemExit(f"cannot read a memory size from {text!r}; use e.g. 80GB or 16GiB")
+    return float(m.group(1)) * _UNITS[m.group(2).upper()]
+
+
+def run_plan(args) -> int:
+    from rich.console import Console
+    from torch import nn
+
+    from bigtrain.cli.main import load_object
+    from bigtrain.plan import plan
+    obj = load_object(args.target)
+    model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
+    module = getattr(model, "net", model)
+    if not isinstance(module, nn.Module):
+        raise SystemExit(f"{args.target} did not give a model (got {type(model).__name__})")
+    p = plan(module, devices=args.devices, batch_size=args.batch_size,
+             device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
+             seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer)
+    Console(width=160).print(p.table())
+    best = p.best
+    print(f"best: {best.strategy} - {best.reason}" if best else "nothing fits: see the table")
+    return 0
+
+
+def _run_dir(path: str) -> str:
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "run.json")):
+        raise SystemExit(f"{path} is not a bigtrain run directory (no run.json); pass the "
+                         "run_dir given to fit(run_dir=...)")
+    return path
+
+
+def run_report(args) -> int:
+    from bigtrain.diagnose import render_report
+    out = render_report(_run_dir(args.run_dir))
+    print(f"wrote {out}")
+    return 0
+
+
+def run_doctor(args) -> int:
+    from bigtrain.diagnose import RunRecord, check_run, render_doctor
+    record = RunRecord.load(_run_dir(args.run_dir))
+    print(render_doctor(check_run(record)))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("plan", help="predict per-rank memory and step time of every strategy")
+    p.add_argument("target", help="file.py:function (or module:function) returning a model")
+    p.add_argument("--devices", type=int, required=True)
+    p.add_argument("--batch-size", type=int, default=32, help="global batch")
+    p.add_argument("--device-memory", help="per-device memory, e.g. 80GB")
+    p.add_argument("--seq-len", type=int)
+    p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    p.add_argument("--optimizer", default="adam")
+    r = sub.add_parser("report", help="render RUN_DIR/run.json as Markdown with PNG plots")
+    r.add_argument("run_dir")
+    d = sub.add_parser("doctor", help="explain slow training and poor model quality of a run")
+    d.add_argument("run_dir")

@@ -1,0 +1,64 @@
+"""run_dir -> report/doctor, plan from the CLI, and strategy='auto'."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from bigtrain.cli.main import main
+from bigtrain.diagnose import RunRecord
+from tests.api.conftest import seed_like_model, teacher_data
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("run")
+    x, y, _ = teacher_data(n=400)
+    model = seed_like_model()
+    model.fit(x, y, epochs=3, batch_size=32, validation_split=0.25, verbose=0, run_dir=str(folder))
+    return folder
+
+
+def test_fit_writes_a_run_record(run_dir):
+    record = RunRecord.load(run_dir)
+    assert record.strategy == "single" and record.world_size == 1
+    assert record.history["loss"] and len(record.history["val_loss"]) == 3
+    assert record.samples_per_s > 0
+    mem = record.memory[0]
+    n = 20 * 32 + 32 + 32 * 4 + 4
+    assert mem.params == 4 * n and mem.grads in (0, 4 * n)
+    assert mem.optimizer >= 8 * n  # Adam's two moments
+
+
+def test_report_writes_markdown_and_valid_pngs(run_dir, capsys):
+    assert main(["report", str(run_dir)]) == 0
+    assert (run_dir / "report.md").read_text().strip()
+    pngs = list(run_dir.glob("*.png"))
+    assert pngs
+    for png in pngs:
+        with Image.open(png) as im:
+            im.verify()
+
+
+def test_doctor_reads_the_run(run_dir, capsys):
+    assert main(["doctor", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(SystemExit, match="not a bigtrain run directory"):
+        main(["report", str(tmp_path)])
+
+
+def test_plan_command_ranks_strategies(tmp_path, capsys):
+    f = tmp_path / "m.py"
+    f.write_text("from bigtrain.layers import Dense, Input\nfrom bigtrain.models import Model\n"
+                 "def build():\n    i = Input(shape=(1000,))\n"
+                 "    return Model(i, Dense(10)(Dense(512, activation='relu')(i)))\n")
+    assert main(["plan", f"{f}:build", "--devices", "4", "--device-memory", "80GB"]) == 0
+    out = capsys.readouterr().out
+    assert "ddp" in out and "zero3" in out and "best:" in out
+
+
+def test_auto_on_one_device_is_single(capsys):
+    x, y, _ = teacher_data(n=64)
+    hist = seed_like_model().fit(x, y, epochs=1, verbose=0, strategy="auto")
+    assert np.isfinite(hist.history["loss"][0])
