@@ -13,7 +13,7 @@ from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
-from bigtrain.engine.data import ArrayData, as_tensor_source
+from bigtrain.engine.data import ArrayData, DatasetData, as_tensor_source
 from bigtrain.engine.task import FitConfig, TrainTask
 
 DEFAULT_BATCH_SIZE = 32  # as Keras
@@ -84,8 +84,27 @@ def _require_compiled(model, what: str) -> None:
         raise RuntimeError(f"call model.compile(optimizer=..., loss=...) before model.{what}()")
 
 
+def _from_dataset(x, y):
+    """A torch Dataset / DataLoader as DatasetData (its batch size is returned too)."""
+    from torch.utils.data import DataLoader
+    if y is not None:
+        raise ValueError("pass either a Dataset/DataLoader yielding (x, y), or arrays x and y, "
+                         "not both")
+    loader_batch = x.batch_size if isinstance(x, DataLoader) else None
+    dataset = x.dataset if isinstance(x, DataLoader) else x
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise ValueError("fit takes map-style Datasets (with __len__ and __getitem__); wrap an "
+                         "iterable dataset's samples in arrays or a map-style Dataset")
+    if len(dataset) == 0:
+        raise ValueError("the dataset is empty (0 samples); pass at least one sample")
+    return DatasetData(dataset), loader_batch
+
+
 def prepare_data(model, x, y, sample_weight=None, need_targets=True) -> ArrayData:
     """Inputs/targets as ArrayData after every check that can fail before training."""
+    from torch.utils.data import DataLoader, Dataset
+    if isinstance(x, (Dataset, DataLoader)):
+        return _from_dataset(x, y)[0]
     in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
     xs = check.as_list(x, in_names, "x")
     ys = check.as_list(y, model.output_names if in_names else None, "y")
@@ -130,15 +149,27 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         accumulate_steps: micro-batches per optimizer step.
         precision: "32", "bf16-mixed" or "16-mixed".
         seed: seeds the data order.
-        run_dir: folder for the run record (and checkpoints, where enabled).
-        **distributed: checkpoint_dir, checkpoint_every, resume, max_restarts, timeout, ...
-            (see `bigtrain.parallel.launcher`).
+        run_dir: folder for the run record.
+        **distributed: resumable checkpoints (bigtrain.engine.checkpoint), in every mode:
+            checkpoint_dir (folder; enables them), checkpoint_every (also save every N
+            optimizer steps; default 0: epoch ends only), checkpoint_at_epoch_end (True),
+            keep_last (3), resume ("auto": continue from the newest checkpoint in
+            checkpoint_dir; "never"; or a `step-XXXXXXXX` folder). For processes that fit
+            starts itself: max_restarts (restart the group after a rank dies; it resumes
+            from the newest checkpoint), timeout (process-group timeout, seconds).
+
+    Example:
+        model.fit(x, y, epochs=5, strategy="zero3", devices=2, checkpoint_dir="ckpt",
+                  checkpoint_every=100, max_restarts=2)
 
     Returns:
         A History with `.history` (Keras's keys) and `.epoch`.
     """
     from bigtrain.api.runner import run_fit
     _require_compiled(model, "fit")
+    from torch.utils.data import DataLoader
+    if batch_size is None and isinstance(x, DataLoader) and x.batch_size:
+        batch_size = x.batch_size  # a DataLoader's batch size stands in for fit's default
     if model.net is None:
         model.build(tuple(np.shape(x)[1:]))
     config = FitConfig(epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None

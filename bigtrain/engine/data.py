@@ -96,3 +96,44 @@ def global_batches(perm: torch.Tensor, batch_size: int):
 
 def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
+
+
+class DatasetData(ArrayData):
+    """A map-style torch `Dataset` whose items are `(x, y)` or `(x, y, sample_weight)`
+    (x and y may be tuples for several inputs/outputs). Batches are collated from the
+    items of each index batch, so the dataset is never loaded whole."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        first = dataset[0]
+        if not isinstance(first, (tuple, list)) or len(first) not in (2, 3):
+            raise ValueError("a Dataset passed to fit must return (x, y) or (x, y, sample_weight) "
+                             f"items; item 0 is a {type(first).__name__}")
+        self.first = first
+        super().__init__(xs=[], ys=[], sample_weight=None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def take(self, idx: torch.Tensor, device) -> tuple:
+        from torch.utils.data import default_collate
+        items = default_collate([self.dataset[int(i)] for i in idx]) if len(idx) else None
+        if items is None:  # an empty share: zero rows shaped like the first item
+            items = [t[:0] for t in default_collate([self.first])]
+        moved = [tuple(t.to(device) for t in part) if isinstance(part, (list, tuple))
+                 else part.to(device) for part in items]
+        x, y = moved[0], moved[1]
+        sw = moved[2] if len(moved) == 3 else None
+        if x.dtype == torch.float64:
+            x = x.float()
+        return x, y, sw
+
+    def split(self, fraction: float):
+        from torch.utils.data import Subset
+        n = len(self)
+        cut = n - int(round(n * fraction))
+        if cut <= 0 or cut >= n:
+            raise ValueError(f"validation_split={fraction} leaves no training or no validation "
+                             f"samples out of {n}; use a value in (0, 1) that keeps both")
+        return (DatasetData(Subset(self.dataset, range(cut))),
+                DatasetData(Subset(self.dataset, range(cut, n))))
