@@ -1,0 +1,191 @@
+"""Pipeline parallelism: parity with one process for each schedule, balancing, bad input.
+
+The parity harness here (`train_with`, `train_reference`, `max_diff`) is reused by the
+tensor-parallel and hybrid tests.
+"""
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigtrain.parallel.base import DistEnv, StepBatch
+from bigtrain.parallel.pipeline import Pipeline
+from bigtrain.parallel.pipeline_partition import (balanced_partition, chain_layers,
+                                                  measure_layer_costs, stage_costs)
+from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss
+from tests.dist import run_ranks
+
+CFG = GPTConfig.tiny()  # 4 layers, n_embd 32, 4 heads, block 16, vocab 64
+STEPS, BATCH, LR, TOL = 5, 8, 0.1, 1e-5
+
+
+def make_gpt() -> nn.Module:
+    torch.manual_seed(0)
+    return GPT(CFG)
+
+
+def gpt_data(step):
+    g = torch.Generator().manual_seed(1000 + step)
+    return (torch.randint(0, CFG.vocab_size, (BATCH, CFG.block_size), generator=g),
+            torch.randint(0, CFG.vocab_size, (BATCH, CFG.block_size), generator=g))
+
+
+def gpt_compute_loss(out, y, sw):
+    return gpt_loss(out, y, sw)
+
+
+def make_optimizer(params):
+    return torch.optim.SGD(params, lr=LR, momentum=0.9)
+
+
+def train_reference(make_model, data, compute_loss, steps=STEPS):
+    """Single-process training on the whole global batch: (state dict, losses)."""
+    model = make_model()
+    opt = make_optimizer(model.parameters())
+    losses = []
+    for step in range(steps):
+        x, y = data(step)
+        loss = compute_loss(model(x), y, None)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, losses
+
+
+def train_with(rank, world, strategy, make_model, data, compute_loss, steps=STEPS,
+               autocast=contextlib.nullcontext):
+    """Train with `strategy` on this rank; engine-style: the replica's batch in 2 micros."""
+    strategy.validate(world, BATCH)
+    strategy.setup(DistEnv(rank=rank, world_size=world))
+    module = strategy.setup_module(make_model())
+    opt = strategy.setup_optimizer(module, make_optimizer)
+    index, count = strategy.data_shard()
+    losses = []
+    for step in range(steps):
+        x, y = data(step)
+        xs, ys = x.chunk(count)[index], y.chunk(count)[index]
+        half = xs.shape[0] // 2
+        micro = [(xs[:half], ys[:half], None), (xs[half:], ys[half:], None)]
+        weights = [half / BATCH * count, (xs.shape[0] - half) / BATCH * count]
+        outs, loss = strategy.train_step(module, opt, StepBatch(micro, weights),
+                                         compute_loss, autocast)
+        assert [o.shape[0] for o in outs] == [half, xs.shape[0] - half]
+        losses.append(float(loss))
+    full = strategy.full_state_dict(module)
+    strategy.teardown()
+    # numpy pickles by value (torch tensors would travel as shared memory of a dying rank)
+    return ({k: v.numpy() for k, v in full.items()} if rank == 0 else None), losses
+
+
+def max_diff(a: dict, b: dict) -> float:
+    """Largest |a - b| over every tensor of two state dicts with the same keys."""
+    assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))
+    return max((torch.as_tensor(a[k]).float() - torch.as_tensor(b[k]).float()).abs().max()
+               .item() for k in a)
+
+
+def _schedules(rank, world):
+    out = {}
+    for schedule in ("gpipe", "1f1b", "interleaved", "zero_bubble"):
+        out[schedule] = train_with(rank, world, Pipeline(stages=2, microbatches=4,
+                                                         schedule=schedule),
+                                   make_gpt, gpt_data, gpt_compute_loss)
+    bf16 = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
+    out["bf16"] = train_with(rank, world, Pipeline(stages=2, microbatches=2), make_gpt,
+                             gpt_data, gpt_compute_loss, steps=2, autocast=bf16)
+    return out
+
+
+def test_every_schedule_matches_single_process_training():
+    ref, ref_losses = train_reference(make_gpt, gpt_data, gpt_compute_loss)
+    results = run_ranks(_schedules, 2, timeout=240)
+    bf16_full, bf16_losses = results[0].pop("bf16")
+    # bf16 autocast runs through the stages: same losses to bf16 precision, not bit-equal
+    assert bf16_losses == pytest.approx(ref_losses[:2], abs=0.05)
+    assert bf16_losses != pytest.approx(ref_losses[:2], abs=1e-6)
+    for schedule, (full, losses) in results[0].items():
+        assert max_diff(full, ref) <= TOL, schedule
+        # the loss is broadcast from the last stage: every rank reports the same mean
+        assert losses == results[1][schedule][1], schedule
+        assert losses == pytest.approx(ref_losses, abs=1e-5), schedule
+    # the tied lm_head / embedding copies (first and last stage) stayed identical
+    full = results[0]["1f1b"][0]
+    assert (full["embed.wte.weight"] == full["head.lm_head.weight"]).all()
+
+
+def _chain_split_ckpt(rank, world):
+    trained = train_with(rank, world, Pipeline(stages=2, microbatches=2, schedule="1f1b",
+                                               split=[1, 3], activation_checkpointing=True),
+                         make_chain, chain_data, chain_loss)
+    strategy = Pipeline(stages=2, microbatches=2)
+    strategy.setup(DistEnv(rank=rank, world_size=world))
+    module = strategy.setup_module(make_chain())
+    with torch.no_grad():
+        out = module(chain_data(0)[0][:5])  # forward only; 5 rows padded to 2 micro-batches
+    strategy.teardown()
+    return trained, out.numpy()
+
+
+def make_chain() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 12), nn.Linear(12, 3))
+
+
+def chain_data(step):
+    g = torch.Generator().manual_seed(2000 + step)
+    return torch.randn(BATCH, 20, generator=g), torch.randint(0, 3, (BATCH,), generator=g)
+
+
+def chain_loss(out, y, sw):
+    return F.cross_entropy(out, y)
+
+
+def test_sequential_with_manual_split_and_checkpointing_matches():
+    ref, ref_losses = train_reference(make_chain, chain_data, chain_loss)
+    ((full, losses), out0), (_, out1) = run_ranks(_chain_split_ckpt, 2, timeout=120)
+    assert max_diff(full, ref) <= TOL
+    assert losses == pytest.approx(ref_losses, abs=1e-5)
+    with torch.no_grad():
+        expected = make_chain()(chain_data(0)[0][:5])
+    for out in (out0, out1):  # calling the pipelined module: every rank gets the output
+        assert torch.allclose(torch.as_tensor(out), expected, atol=1e-6)
+
+
+def test_balanced_partition_minimises_the_slowest_stage():
+    assert balanced_partition([1, 4, 4, 4, 4, 2], 3) == [2, 2, 2]
+    assert balanced_partition([10, 1, 1, 1], 2) == [1, 3]
+    assert balanced_partition([1, 1, 1, 1], 4) == [1, 1, 1, 1]
+    with pytest.raises(ValueError, match="non-empty stages"):
+        balanced_partition([1, 2], 3)
+
+
+def test_measured_partition_differs_by_less_than_one_block():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.tiny(n_layer=6))
+    layers = chain_layers(model)
+    costs = measure_layer_costs(layers, torch.randint(0, 64, (4, 16)))
+    counts = balanced_partition(costs, 2)
+    per_stage = stage_costs(costs, counts)
+    block_costs = [c for (name, _), c in zip(layers, costs) if name.startswith("blocks.")]
+    assert sum(counts) == len(layers) == 8
+    assert max(per_stage) - min(per_stage) < max(block_costs)
+
+
+def test_bad_input_fails_before_any_process_group():
+    with pytest.raises(ValueError, match="valid schedules: gpipe, 1f1b"):
+        Pipeline(stages=2, schedule="pipedream")
+    with pytest.raises(ValueError, match="use a batch size of 8 or 12"):
+        Pipeline(stages=2, microbatches=4).validate(world_size=2, global_batch_size=10)
+    with pytest.raises(ValueError, match="only 4 blocks"):
+        Pipeline(stages=5).check_module(make_gpt(), pp=5)
+    with pytest.raises(ValueError, match="only 4 blocks"):  # 3 ranks x 2 virtual stages
+        Pipeline(stages=3, schedule="interleaved").check_module(make_gpt(), pp=3)
+    with pytest.raises(ValueError, match="split=.* must list 2"):
+        Pipeline(stages=2, split=[1, 2, 3]).check_module(make_gpt(), pp=2)
+    with pytest.raises(ValueError, match="tp=1 x pp=2"):
+        Pipeline(stages=2).validate(world_size=3, global_batch_size=8)
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        Pipeline(stages=2).check_module(nn.Linear(2, 2), pp=2)
