@@ -1,0 +1,114 @@
+"""Hybrid parallelism: data x tensor x pipeline on one device mesh.
+
+`Hybrid(dp=2, tp=2)`, `Hybrid(dp=2, pp=2)` and `Hybrid(pp=2, tp=2)` all build one
+`ParallelDims` (validated against the world size before any process group) and a mesh
+("pp", "dp", "tp"), then apply the techniques in a fixed order, as torchtitan does:
+
+    1. pipeline: cut the layer chain into stages over "pp"         (Pipeline)
+    2. tensor parallel: shard each stage's Linears over "tp"        (apply_tp)
+    3. activation checkpointing per block                          (optional)
+    4. data parallel: replicas over "dp" average gradients with one all-reduce per step
+       (a flat buffer per dtype; DTensor shards reduce their local part)
+
+With pp > 1 the step is owned by the pipeline schedule; otherwise the engine's ordinary
+forward/backward runs on the tensor-parallel model.
+
+Example:
+    model.fit(x, y, strategy=Hybrid(dp=2, tp=2), devices=4)
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from bigtrain.parallel.base import Strategy
+from bigtrain.parallel.mesh import ParallelDims
+from bigtrain.parallel.pipeline import Pipeline
+from bigtrain.parallel.tensor_parallel import TensorParallel
+
+
+class Hybrid(Strategy):
+    """Data, tensor and pipeline parallelism combined.
+
+    Args:
+        dp: data-parallel replicas; None: the world size / (tp * pp).
+        tp: tensor-parallel degree.
+        pp: pipeline degree (ranks per pipeline).
+        microbatches: pipeline micro-batches per step (pp > 1).
+        schedule: pipeline schedule name (pp > 1), see Pipeline.
+        split: layers per pipeline stage, overriding the measured balance.
+        plan: tensor-parallel regex -> style overrides (pp == 1).
+        activation_checkpointing: recompute each block's activations in backward.
+
+    Example:
+        Hybrid(dp=2, pp=2, microbatches=4, schedule="gpipe")
+    """
+
+    name = "hybrid"
+
+    def __init__(self, dp: int | None = None, tp: int = 1, pp: int = 1, microbatches: int = 4,
+                 schedule: str = "1f1b", split: Sequence[int] | None = None,
+                 plan: Mapping[str, str] | None = None, activation_checkpointing: bool = False):
+        super().__init__()
+        if dp is not None:
+            ParallelDims(dp=dp, tp=tp, pp=pp)  # degrees are integers >= 1
+        if plan and pp > 1:
+            raise ValueError("Hybrid(plan=...) applies to tensor parallelism without a "
+                             "pipeline; drop plan or set pp=1")
+        self.dp, self.tp, self.pp = dp, tp, pp
+        if pp > 1:
+            self.inner: Strategy = Pipeline(
+                stages=pp, microbatches=microbatches, schedule=schedule, split=split, tp=tp,
+                activation_checkpointing=activation_checkpointing)
+        else:
+            self.inner = TensorParallel(degree=tp, plan=plan,
+                                        activation_checkpointing=activation_checkpointing)
+        self.owns_step = self.inner.owns_step
+
+    def dims(self, world_size: int) -> ParallelDims:
+        """The validated degrees on `world_size` processes."""
+        if self.dp is None:
+            return ParallelDims.infer(world_size, tp=self.tp, pp=self.pp)
+        return ParallelDims(dp=self.dp, tp=self.tp, pp=self.pp, world_size=world_size)
+
+    def num_processes(self, devices):
+        return (self.dp or 1) * self.tp * self.pp if devices is None else int(devices)
+
+    def validate(self, world_size: int, global_batch_size: int) -> None:
+        self.dims(world_size)
+        self.inner.validate(world_size, global_batch_size)
+
+    def setup(self, env) -> None:
+        super().setup(env)
+        self.dims(env.world_size)
+        self.inner.setup(env)
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        return self.inner.setup_module(module)
+
+    def setup_optimizer(self, module, make_optimizer):
+        return self.inner.setup_optimizer(module, make_optimizer)
+
+    def data_shard(self) -> tuple[int, int]:
+        return self.inner.data_shard()
+
+    def train_step(self, module, optimizer, batch, compute_loss, autocast):
+        return self.inner.train_step(module, optimizer, batch, compute_loss, autocast)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        self.inner.optimizer_step(optimizer)
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        return self.inner.full_state_dict(module)
+
+    def teardown(self) -> None:
+        self.inner.teardown()
+
+    def describe(self) -> str:
+        return f"dp={self.dp or 'auto'}, tp={self.tp}, pp={self.pp}; {self.inner.describe()}"
+
+    def __eq__(self, other):
+        return (type(self) is type(other) and (self.dp, self.tp, self.pp) ==
+                (other.dp, other.tp, other.pp) and self.inner == other.inner)
