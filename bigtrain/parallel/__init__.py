@@ -5,8 +5,12 @@
 from bigtrain.parallel.base import DistEnv, StepBatch, Strategy, register, resolve_strategy, \
     strategy_names
 from bigtrain.parallel.data_parallel import DataParallel
+from bigtrain.parallel.hybrid import Hybrid
+from bigtrain.parallel.mesh import ParallelDims
+from bigtrain.parallel.pipeline import Pipeline
 from bigtrain.parallel.sharded import Sharded
+from bigtrain.parallel.tensor_parallel import TensorParallel
 from bigtrain.parallel.zero1 import Zero1
 
-__all__ = ["DataParallel", "DistEnv", "Sharded", "StepBatch", "Strategy", "Zero1", "register",
-           "resolve_strategy", "strategy_names"]
+__all__ = ["DataParallel", "DistEnv", "Hybrid", "ParallelDims", "Pipeline", "Sharded", "StepBatch",
+           "Strategy", "TensorParallel", "Zero1", "register", "resolve_strategy", "strategy_names"]

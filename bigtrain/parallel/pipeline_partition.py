@@ -39,6 +39,9 @@ def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         return [("embed", model.embed), *blocks, ("head", model.head)]
     if isinstance(model, nn.Sequential):
         return list(model.named_children())
+    chain = getattr(model, "chain", None)  # a Keras-style functional/Sequential graph
+    if callable(chain) and chain() is not None:
+        return [(f"layers.{layer.name}", layer) for layer in chain()]
     if isinstance(inner, nn.Module) and inner is not model:
         return [(f"module.{n}", m) for n, m in chain_layers(inner)]
     raise TypeError(
