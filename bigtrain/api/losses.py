@@ -91,6 +91,8 @@ class LossSpec:
 
 def get_loss(loss) -> LossSpec:
     """A LossSpec from a Keras loss name or a callable `(y_true, y_pred) -> loss`."""
+    if isinstance(loss, LossSpec):
+        return LossSpec(loss.name, loss.fn, loss.from_logits, loss.torch_order)
     if callable(loss) and not isinstance(loss, str):
         # torch losses (nn.CrossEntropyLoss(), F.cross_entropy) take (input, target)
         torch_order = isinstance(loss, torch.nn.modules.loss._Loss) or \
@@ -101,3 +103,20 @@ def get_loss(loss) -> LossSpec:
         return LossSpec(canonical, LOSSES[loss])
     raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(sorted(LOSSES))}, "
                      "or pass a callable (y_true, y_pred) -> loss")
+
+
+def _loss_class(name: str):
+    def make(from_logits: bool = False) -> LossSpec:
+        spec = get_loss(name)
+        spec.from_logits = from_logits
+        return spec
+    make.__name__ = "".join(p.capitalize() for p in name.split("_"))
+    make.__doc__ = f"Keras-style `{name}` loss object; `from_logits=True` reads raw scores."
+    return make
+
+
+CategoricalCrossentropy = _loss_class("categorical_crossentropy")
+SparseCategoricalCrossentropy = _loss_class("sparse_categorical_crossentropy")
+BinaryCrossentropy = _loss_class("binary_crossentropy")
+MeanSquaredError = _loss_class("mse")
+MeanAbsoluteError = _loss_class("mae")

@@ -122,6 +122,18 @@ class Model(nn.Module):
         """Model outputs as numpy (probabilities when the activation moved into the loss)."""
         return training.predict(self, x, batch_size)
 
+    def generate(self, idx, max_new_tokens: int, **kwargs):
+        """Sample tokens from a language model whose network has `generate` (e.g. the GPT)."""
+        if not hasattr(self.net, "generate"):
+            raise AttributeError(f"{type(self.net).__name__} has no generate(); only language "
+                                 "models such as bigtrain.zoo.GPT can generate")
+        was_training = self.net.training
+        self.net.eval()
+        try:
+            return self.net.generate(torch.as_tensor(idx), max_new_tokens, **kwargs)
+        finally:
+            self.net.train(was_training)
+
     # ---- weights --------------------------------------------------------------------------
     def state_for_saving(self) -> dict[str, torch.Tensor]:
         """The full, unsharded state dict of the network (valid during a distributed fit)."""

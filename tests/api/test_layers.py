@@ -84,3 +84,21 @@ def test_sequential_builds_and_saves(tmp_path):
 def test_sequential_with_input_shape_kwarg():
     model = Sequential([Dense(4, input_shape=(6,)), Dense(2)])
     assert model.count_params() == 6 * 4 + 4 + 4 * 2 + 2
+
+
+def test_transformer_layers_build_a_gpt_functionally(tmp_path):
+    from bigtrain.layers import PositionalEmbedding, TransformerBlock
+    ids = Input(shape=(8,), dtype="int64")
+    h = PositionalEmbedding(sequence_length=8, vocab_size=32, embed_dim=16)(ids)
+    h = TransformerBlock(num_heads=4)(TransformerBlock(num_heads=4)(h))
+    model = Model(ids, Dense(32)(LayerNormalization()(h)))
+    x = torch.randint(0, 32, (2, 8))
+    y = model(x)
+    assert y.shape == (2, 8, 32)
+    x2 = x.clone()
+    x2[:, -1] = (x2[:, -1] + 1) % 32  # causal: changing the last token leaves earlier outputs
+    torch.testing.assert_close(model(x2)[:, :-1], y[:, :-1])
+    path = tmp_path / "gpt.bigtrain"
+    model.save(str(path))
+    np.testing.assert_array_equal(load_model(str(path)).predict(x.numpy()), model.predict(x.numpy()))
+    run_layer_test(lambda: TransformerBlock(num_heads=2), (5, 8), (5, 8))
