@@ -27,6 +27,8 @@ def as_tensor_source(a):
     arr = np.asarray(a)
     if arr.dtype == np.float64:
         arr = arr.astype(np.float32)  # Keras's floatx; float64 would double the work
+    elif not arr.flags.writeable:
+        arr = arr.copy()  # torch tensors must not alias read-only memory
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
