@@ -6,6 +6,7 @@ ranks receive the task that way.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -56,6 +57,51 @@ class FitConfig:
                              f"got {self.precision!r}")
 
 
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Where and when the loop writes resumable checkpoints (torch.distributed.checkpoint).
+
+    Attributes:
+        directory: folder that holds `step-XXXXXXXX/` checkpoints and the `latest` pointer.
+        every_steps: also save after every N optimizer steps (0: only at epoch ends).
+        at_epoch_end: save after every epoch.
+        keep_last: how many complete checkpoints to keep (older ones are deleted).
+        resume: "auto" continues from the newest complete checkpoint in `directory` (a fresh
+            start when there is none), "never" starts fresh, or the path of one checkpoint
+            (`.../step-00000040`) to continue from.
+
+    Example:
+        >>> CheckpointConfig("ckpt", every_steps=100, keep_last=2).resume
+        'auto'
+    """
+    directory: str
+    every_steps: int = 0
+    at_epoch_end: bool = True
+    keep_last: int = 3
+    resume: str = "auto"
+
+    def __post_init__(self):
+        if not isinstance(self.directory, (str, os.PathLike)) or not os.fspath(self.directory):
+            raise ValueError(f"checkpoint_dir must be a folder path, got {self.directory!r}")
+        object.__setattr__(self, "directory", os.path.abspath(os.fspath(self.directory)))
+        if not isinstance(self.every_steps, int) or self.every_steps < 0:
+            raise ValueError(f"checkpoint_every must be a number of steps >= 0 (0: epoch ends "
+                             f"only), got {self.every_steps!r}")
+        if not isinstance(self.keep_last, int) or self.keep_last < 1:
+            raise ValueError(f"keep_last must be an integer >= 1, got {self.keep_last!r}")
+        if self.every_steps == 0 and not self.at_epoch_end:
+            raise ValueError("checkpoints are enabled but never written: set checkpoint_every=N "
+                             "steps or keep checkpoint_at_epoch_end=True")
+        resume = "auto" if self.resume is True else \
+            "never" if self.resume is False or self.resume is None else self.resume
+        if not isinstance(resume, (str, os.PathLike)) or not os.fspath(resume):
+            raise ValueError(f"resume must be 'auto', 'never' or the path of a checkpoint, "
+                             f"got {self.resume!r}")
+        resume = os.fspath(resume)
+        object.__setattr__(self, "resume", resume if resume in ("auto", "never")
+                           else os.path.abspath(resume))
+
+
 @dataclass
 class TrainTask:
     """One training run.
@@ -73,6 +119,7 @@ class TrainTask:
         config: loop settings.
         callbacks: Callback objects.
         run_dir: where the run record is written (rank 0), or None.
+        checkpoint: resumable checkpoints (see CheckpointConfig), or None.
     """
     module: nn.Module
     losses: list
@@ -87,6 +134,7 @@ class TrainTask:
     callbacks: list = field(default_factory=list)
     run_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    checkpoint: CheckpointConfig | None = None
 
     def metric_names(self) -> list[str]:
         return [m.name for ms in self.metrics for m in ms]

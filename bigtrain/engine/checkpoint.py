@@ -1,0 +1,326 @@
+"""Resumable checkpoints: model, optimizer, position in the data and RNG states, written
+with torch.distributed.checkpoint (DCP) so a run saved on N ranks resumes on M ranks.
+
+Layout of `checkpoint_dir`:
+
+    step-00000040/          one complete checkpoint (after 40 optimizer steps)
+        .metadata, *.distcp     DCP's files (tensors; see checkpoint_state for the keys)
+        meta.json               position, optimizer name and hyperparameters, settings
+        rng-rank00000.json      each rank's RNG states
+    step-00000048.tmp/      a checkpoint being written (or left by a crash: ignored)
+    latest                  {"step": 40, "path": "step-00000040"}
+
+A save writes everything into `step-XXXXXXXX.tmp/`, then renames it to `step-XXXXXXXX/`
+(atomic), and only then replaces the `latest` pointer (temporary file + rename). A crash at
+any point leaves the previous checkpoint complete and loadable. The newest `keep_last`
+checkpoints are kept. All metadata is JSON.
+
+    fit(x, y, epochs=3, checkpoint_dir="ckpt", checkpoint_every=100, keep_last=2)
+    fit(x, y, epochs=3, checkpoint_dir="ckpt")     # run again: continues where it stopped
+    export_safetensors("ckpt", "model.safetensors")  # full weights, one file
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import warnings
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemReader
+
+from bigtrain.engine import checkpoint_state as cs
+from bigtrain.engine.task import CheckpointConfig
+
+POINTER = "latest"
+META = "meta.json"
+FORMAT = "bigtrain.checkpoint/1"
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+_FIX = ("; pass resume='never' (or another checkpoint_dir) to start fresh, or resume='<a "
+        "step-XXXXXXXX folder>' to use an older checkpoint")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a run stands. Attributes: epoch (next epoch to run), batch (batches of that
+    epoch already trained), step (optimizer steps done in all)."""
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+def step_dirname(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{what} is missing: {path}{_FIX}") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{what} is unreadable or not JSON ({path}: {e}){_FIX}") from None
+
+
+def _write_json_atomic(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def complete_checkpoints(directory: str) -> list[tuple[int, str]]:
+    """(step, path) of every complete checkpoint in `directory`, oldest first."""
+    if not os.path.isdir(directory):
+        return []
+    found = []
+    for name in os.listdir(directory):
+        m = _STEP_DIR.match(name)
+        path = os.path.join(directory, name)
+        if m and os.path.isfile(os.path.join(path, META)):
+            found.append((int(m.group(1)), path))
+    return sorted(found)
+
+
+def check_checkpoint(path: str) -> dict:
+    """The meta.json of the checkpoint at `path`, after checking it is complete."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint folder {path} does not exist{_FIX}")
+    meta = _read_json(os.path.join(path, META), f"the checkpoint's {META}")
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a bigtrain checkpoint (format "
+                              f"{meta.get('format')!r}, expected {FORMAT!r}){_FIX}")
+    if not os.path.isfile(os.path.join(path, ".metadata")):
+        raise CheckpointError(f"checkpoint {path} has no DCP .metadata file (incomplete or "
+                              f"damaged){_FIX}")
+    return meta
+
+
+def find_checkpoint(directory: str) -> str | None:
+    """The newest complete checkpoint in `directory` (None when it holds none).
+
+    The `latest` pointer must be valid when present; a complete checkpoint newer than it
+    (a crash between the rename and the pointer update) wins.
+    """
+    found = complete_checkpoints(directory)
+    pointer = os.path.join(directory, POINTER)
+    if os.path.exists(pointer):
+        target = _read_json(pointer, f"the '{POINTER}' pointer of {directory}")
+        path = os.path.join(directory, str(target.get("path", "")))
+        try:
+            check_checkpoint(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"the '{POINTER}' pointer of {directory} names a checkpoint "
+                                  f"that cannot be used: {e}") from None
+        if not found or found[-1][0] <= int(target.get("step", -1)):
+            return path
+    return found[-1][1] if found else None
+
+
+def resolve_resume(config: CheckpointConfig) -> str | None:
+    """The checkpoint a run continues from (None: a fresh start)."""
+    if config.resume == "never":
+        return None
+    if config.resume == "auto":
+        return find_checkpoint(config.directory)
+    if os.path.isfile(os.path.join(config.resume, POINTER)):  # a checkpoint_dir
+        return find_checkpoint(config.resume)
+    check_checkpoint(config.resume)
+    return config.resume
+
+
+def _dcp_metadata(path: str) -> dict:
+    try:
+        return FileSystemReader(path).read_metadata().state_dict_metadata
+    except Exception as e:  # noqa: BLE001 - any failure here means an unreadable file
+        raise CheckpointError(f"cannot read the DCP metadata of {path}: {e}") from None
+
+
+def _dcp(fn, state: dict, path: str, distributed: bool) -> None:
+    with warnings.catch_warnings():  # DCP warns that one process means "no_dist"
+        warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to.*")
+        fn(state, checkpoint_id=path, no_dist=not distributed)
+
+
+def export_safetensors(checkpoint: str, path: str) -> dict[str, tuple[int, ...]]:
+    """Write the full, unsharded model weights of a checkpoint to one safetensors file.
+
+    Runs in one process, whatever number of ranks wrote the checkpoint. The file loads with
+    `model.load_weights(path)` (same metadata as `Model.save_weights`).
+
+    Args:
+        checkpoint: a checkpoint_dir (its newest checkpoint is used) or one
+            `step-XXXXXXXX` folder.
+        path: the .safetensors file to write.
+
+    Returns:
+        {parameter name: shape} of what was written.
+
+    Example:
+        >>> export_safetensors("ckpt", "model.safetensors")  # doctest: +SKIP
+        {'layers.dense.linear.weight': (64, 1000), ...}
+    """
+    from safetensors.torch import save_file
+    src = find_checkpoint(checkpoint) if not os.path.isfile(os.path.join(checkpoint, META)) \
+        else checkpoint
+    if src is None:
+        raise CheckpointError(f"no complete checkpoint in {checkpoint}")
+    meta = check_checkpoint(src)
+    n = len(cs.MODEL)
+    state = {k: torch.empty(tuple(md.size), dtype=md.properties.dtype)
+             for k, md in _dcp_metadata(src).items() if k.startswith(cs.MODEL)}
+    _dcp(dcp.load, state, src, distributed=False)
+    weights = {k[n:]: v.contiguous() for k, v in state.items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    save_file(weights, tmp, metadata={"format": "bigtrain.model/1", "kind": "weights",
+                                      "step": str(meta["position"]["step"])})
+    os.replace(tmp, path)
+    return {k: tuple(v.shape) for k, v in weights.items()}
+
+
+class Checkpointer:
+    """Saves and restores one run's checkpoints; every rank makes the same calls.
+
+    Args:
+        config: where and when to save.
+        strategy: the run's Strategy (after `setup`): its env says rank and world size.
+        module, optimizer: what `setup_module` / `setup_optimizer` returned.
+        run_info: settings that must match to resume mid-epoch (batch_size, samples, seed,
+            shuffle) plus anything worth recording (strategy name), JSON-ready.
+    """
+
+    def __init__(self, config: CheckpointConfig, strategy, module, optimizer, run_info: dict):
+        self.config, self.strategy = config, strategy
+        self.module, self.optimizer = module, optimizer
+        self.run_info = run_info
+        self.env = strategy.env
+        self.last_saved_step = -1
+
+    # ---- saving -------------------------------------------------------------------------
+    def save(self, position: Position) -> str:
+        """Write a checkpoint at `position` (all ranks); returns its folder."""
+        directory = self.config.directory
+        final = os.path.join(directory, step_dirname(position.step))
+        tmp = final + ".tmp"
+        if self.env.is_main:
+            os.makedirs(directory, exist_ok=True)
+            if os.path.exists(tmp):
+                shutil.rmtree(tmp)  # left by a crashed save
+        self.strategy.barrier()
+        live = cs.live_state(self.module, self.optimizer)
+        _dcp(dcp.save, live.tensors, tmp, self.env.distributed)
+        self._write_extras(tmp, position, live)
+        self.strategy.barrier()  # every rank's files are in tmp
+        if self.env.is_main:
+            self._publish(tmp, final, position.step)
+        self.strategy.barrier()
+        self.last_saved_step = position.step
+        return final
+
+    def _write_extras(self, tmp: str, position: Position, live: cs.LiveState) -> None:
+        rng = os.path.join(tmp, f"rng-rank{self.env.rank:05d}.json")
+        with open(rng, "w", encoding="utf-8") as f:
+            json.dump(cs.rng_state(), f)
+        if self.env.is_main:
+            meta = {"format": FORMAT, "position": asdict(position),
+                    "world_size": self.env.world_size,
+                    "optimizer": cs.optimizer_name(self.optimizer),
+                    "param_groups": cs.group_hyperparameters(live.groups),
+                    "run": self.run_info, "torch": torch.__version__}
+            _write_json_atomic(os.path.join(tmp, META), meta)
+
+    def _publish(self, tmp: str, final: str, step: int) -> None:
+        """Rank 0: rename into place, move the pointer, drop the oldest checkpoints."""
+        if os.path.exists(final):
+            shutil.rmtree(final)  # an older run's checkpoint of the same step
+        os.replace(tmp, final)
+        directory = self.config.directory
+        _write_json_atomic(os.path.join(directory, POINTER),
+                           {"step": step, "path": os.path.basename(final)})
+        old = [path for _, path in complete_checkpoints(directory)[:-self.config.keep_last]]
+        old += [os.path.join(directory, n) for n in os.listdir(directory)
+                if n.endswith((".tmp", ".del")) and n.startswith("step-")]  # crashed saves
+        for path in old:
+            trash = path if path.endswith(".del") else path + ".del"
+            if trash != path:
+                os.replace(path, trash)  # never a half-deleted folder that looks complete
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def after_step(self, epoch: int, batch: int, steps_per_epoch: int, step: int) -> None:
+        """Called after every optimizer step (`batch` of `epoch` done, `step` in all)."""
+        every = self.config.every_steps
+        last_of_epoch = batch + 1 == steps_per_epoch
+        if not every or step % every or (last_of_epoch and self.config.at_epoch_end):
+            return  # the epoch-end save covers the last batch (after callbacks ran)
+        pos = Position(epoch + 1, 0, step) if last_of_epoch else Position(epoch, batch + 1, step)
+        self.save(pos)
+
+    def after_epoch(self, epoch: int, step: int) -> None:
+        if self.config.at_epoch_end and step != self.last_saved_step:
+            self.save(Position(epoch + 1, 0, step))
+
+    # ---- restoring ----------------------------------------------------------------------
+    def restore(self) -> Position | None:
+        """Load the checkpoint that `config.resume` selects; None when starting fresh."""
+        path = resolve_resume(self.config)
+        if path is None:
+            return None
+        meta = check_checkpoint(path)
+        position = Position(**meta["position"])
+        self._check_compatible(path, meta, position)
+        live = cs.live_state(self.module, self.optimizer)
+        self._agree(cs.mismatches(live, _dcp_metadata(path)), path)
+        _dcp(dcp.load, live.tensors, path, self.env.distributed)
+        cs.apply_loaded(self.module, self.optimizer, live, meta["param_groups"])
+        rng = os.path.join(path, f"rng-rank{self.env.rank:05d}.json")
+        if not os.path.exists(rng):  # more ranks than the saving run: rank 0's streams
+            rng = os.path.join(path, "rng-rank00000.json")
+        cs.set_rng_state(_read_json(rng, "the RNG state file"))
+        self.last_saved_step = position.step
+        return position
+
+    def _check_compatible(self, path: str, meta: dict, position: Position) -> None:
+        saved, used = meta.get("optimizer"), cs.optimizer_name(self.optimizer)
+        if saved != used:
+            raise CheckpointError(f"checkpoint {path} was saved with optimizer {saved} but this "
+                                  f"run uses {used}; compile with the {saved} optimizer to resume, "
+                                  "or pass resume='never' (or a new checkpoint_dir) to start "
+                                  "fresh")
+        if position.batch == 0:
+            return  # at an epoch boundary the data order does not depend on these
+        old, new = meta.get("run", {}), self.run_info
+        diff = [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}"
+                for k in ("batch_size", "samples", "seed", "shuffle") if old.get(k) != new.get(k)]
+        if diff:
+            raise CheckpointError(f"checkpoint {path} stopped mid-epoch (epoch {position.epoch + 1}"
+                                  f", batch {position.batch}); resuming there needs the same data "
+                                  f"order, but {'; '.join(diff)}. Use the same settings, or "
+                                  "resume from an epoch-end checkpoint")
+
+    def _agree(self, problems: list[str], path: str) -> None:
+        """Raise on every rank when any rank found a mismatch (none may wait in a load)."""
+        flag = torch.tensor([float(bool(problems))])
+        self.strategy.all_reduce(flag, op="max")
+        if not problems and float(flag) == 0:
+            return
+        if not problems:
+            raise CheckpointError(f"another rank found checkpoint {path} incompatible with this "
+                                  "model (see rank 0's error)")
+        shown = "\n  ".join(problems[:20]) + ("" if len(problems) <= 20 else
+                                              f"\n  ... and {len(problems) - 20} more")
+        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer "
+                              f"(from another model?):\n  {shown}\nBuild the same model to "
+                              "resume, or pass resume='never' (or a new checkpoint_dir)")
