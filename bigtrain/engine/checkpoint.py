@@ -21,6 +21,7 @@ checkpoints are kept. All metadata is JSON.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -54,6 +55,17 @@ class Position:
     epoch: int = 0
     batch: int = 0
     step: int = 0
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a full (unsharded) state dict: names, dtypes, shapes and bytes in key order.
+    The same logical state gives the same digest whatever layout or world size held it."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def step_dirname(step: int) -> str:
@@ -220,9 +232,10 @@ class Checkpointer:
             if os.path.exists(tmp):
                 shutil.rmtree(tmp)  # left by a crashed save
         self.strategy.barrier()
+        digest = state_digest(self.strategy.full_state_dict(self.module))  # before any write
         live = cs.live_state(self.module, self.optimizer)
         _dcp(dcp.save, live.tensors, tmp, self.env.distributed)
-        self._write_extras(tmp, position, live)
+        self._write_extras(tmp, position, live, digest)
         self.strategy.barrier()  # every rank's files are in tmp
         if self.env.is_main:
             self._publish(tmp, final, position.step)
@@ -230,7 +243,8 @@ class Checkpointer:
         self.last_saved_step = position.step
         return final
 
-    def _write_extras(self, tmp: str, position: Position, live: cs.LiveState) -> None:
+    def _write_extras(self, tmp: str, position: Position, live: cs.LiveState,
+                      digest: str) -> None:
         rng = os.path.join(tmp, f"rng-rank{self.env.rank:05d}.json")
         with open(rng, "w", encoding="utf-8") as f:
             json.dump(cs.rng_state(), f)
@@ -239,7 +253,8 @@ class Checkpointer:
                     "world_size": self.env.world_size,
                     "optimizer": cs.optimizer_name(self.optimizer),
                     "param_groups": cs.group_hyperparameters(live.groups),
-                    "run": self.run_info, "torch": torch.__version__}
+                    "run": self.run_info, "torch": torch.__version__,
+                    "model_sha256": digest}
             _write_json_atomic(os.path.join(tmp, META), meta)
 
     def _publish(self, tmp: str, final: str, step: int) -> None:
@@ -285,12 +300,24 @@ class Checkpointer:
         self._agree(cs.mismatches(live, _dcp_metadata(path)), path)
         _dcp(dcp.load, live.tensors, path, self.env.distributed)
         cs.apply_loaded(self.module, self.optimizer, live, meta["param_groups"])
+        self._verify_digest(path, meta.get("model_sha256"))
         rng = os.path.join(path, f"rng-rank{self.env.rank:05d}.json")
         if not os.path.exists(rng):  # more ranks than the saving run: rank 0's streams
             rng = os.path.join(path, "rng-rank00000.json")
         cs.set_rng_state(_read_json(rng, "the RNG state file"))
         self.last_saved_step = position.step
         return position
+
+    def _verify_digest(self, path: str, saved: str | None) -> None:
+        """Recompute the checksum of the full logical model state after loading (under any
+        world size or layout) and refuse a checkpoint whose state does not match it."""
+        if saved is None:
+            return  # written before checksums existed
+        digest = state_digest(self.strategy.full_state_dict(self.module))
+        bad = self.env.is_main and digest != saved
+        self._agree([f"the loaded model state has checksum {digest[:16]}..., but the checkpoint "
+                     f"recorded {saved[:16]}... when it was saved: its files are damaged or "
+                     "were mixed with another run's"] if bad else [], path)
 
     def _check_compatible(self, path: str, meta: dict, position: Position) -> None:
         saved, used = meta.get("optimizer"), cs.optimizer_name(self.optimizer)

@@ -120,10 +120,10 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
     folder = tmp_path / "ckpt"
     original = ckpt_mod.Checkpointer._write_extras
 
-    def crash_at_step_3(self, tmp, position, live):
+    def crash_at_step_3(self, tmp, position, *rest):
         if position.step == 3:  # DCP has written the tensors; meta.json never comes
             raise OSError("disk full")
-        original(self, tmp, position, live)
+        original(self, tmp, position, *rest)
     monkeypatch.setattr(ckpt_mod.Checkpointer, "_write_extras", crash_at_step_3)
     with pytest.raises(OSError, match="disk full"):
         make_model().fit(*data(), **FIT, checkpoint_dir=str(folder), checkpoint_every=1)
@@ -210,3 +210,28 @@ def test_rng_states_round_trip_through_json():
     again = (torch.rand(4), np.random.rand(4), random.random())
     assert torch.equal(first[0], again[0]) and np.array_equal(first[1], again[1])
     assert first[2] == again[2]
+
+
+def test_a_checkpoint_whose_state_no_longer_matches_its_checksum_is_refused(tmp_path):
+    import json
+
+    from bigtrain.engine.checkpoint import find_checkpoint
+    interrupted_run(str(tmp_path / "ckpt"), checkpoint_every=1)
+    meta_path = os.path.join(find_checkpoint(str(tmp_path / "ckpt")), "meta.json")
+    meta = json.loads(open(meta_path).read())
+    assert len(meta["model_sha256"]) == 64
+    meta["model_sha256"] = "0" * 64  # the recorded state and the stored tensors disagree
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(CheckpointError, match="checksum .* damaged"):
+        make_model().fit(*data(), **FIT, checkpoint_dir=str(tmp_path / "ckpt"))
+
+
+def test_state_digest_depends_on_values_not_on_layout():
+    from bigtrain.engine.checkpoint import state_digest
+    a = {"w": torch.arange(6.0).reshape(2, 3), "b": torch.zeros(3)}
+    b = {"b": torch.zeros(3), "w": torch.arange(6.0).reshape(2, 3).T.contiguous().T}
+    assert state_digest(a) == state_digest(b)
+    b["w"] = b["w"].clone()
+    b["w"][1, 2] += 1e-3
+    assert state_digest(a) != state_digest(b)
