@@ -57,7 +57,20 @@ def run_doctor(args) -> int:
     return 0
 
 
+def run_export(args) -> int:
+    from bigtrain.engine.checkpoint import CheckpointError, export_safetensors
+    try:
+        shapes = export_safetensors(args.checkpoint, args.output)
+    except (CheckpointError, FileNotFoundError) as e:
+        raise SystemExit(f"bigtrain export: {e}") from None
+    print(f"wrote {args.output}: {len(shapes)} tensors (load with model.load_weights)")
+    return 0
+
+
 def add_parsers(sub) -> None:
+    e = sub.add_parser("export", help="write a checkpoint's full weights as one safetensors file")
+    e.add_argument("checkpoint", help="a checkpoint_dir (its newest checkpoint) or one step-N folder")
+    e.add_argument("output", help="the .safetensors file to write")
     p = sub.add_parser("plan", help="predict per-rank memory and step time of every strategy")
     p.add_argument("target", help="file.py:function (or module:function) returning a model")
     p.add_argument("--devices", type=int, required=True)

@@ -62,3 +62,17 @@ def test_auto_on_one_device_is_single(capsys):
     x, y, _ = teacher_data(n=64)
     hist = seed_like_model().fit(x, y, epochs=1, verbose=0, strategy="auto")
     assert np.isfinite(hist.history["loss"][0])
+
+
+def test_export_writes_loadable_weights(tmp_path, capsys):
+    x, y, _ = teacher_data(n=64)
+    model = seed_like_model()
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, checkpoint_dir=str(tmp_path / "ck"))
+    out = tmp_path / "w.safetensors"
+    assert main(["export", str(tmp_path / "ck"), str(out)]) == 0
+    fresh = seed_like_model()
+    fresh.load_weights(str(out))
+    for a, b in zip(fresh.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SystemExit, match="bigtrain export"):
+        main(["export", str(tmp_path / "nothing"), str(out)])
