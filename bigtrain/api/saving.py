@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 
 from safetensors import SafetensorError
@@ -34,7 +35,7 @@ def _atomic_save(tensors: dict, path: str, metadata: dict) -> None:
 
 def save_weights(model, path: str) -> None:
     state = model.state_for_saving()
-    _atomic_save(state, path, {"format": FORMAT, "kind": "weights"})
+    _atomic_save(state, path, {"format": FORMAT, "kind": "weights", "order": json.dumps(list(state))})
 
 
 def _read(path: str) -> tuple[dict, dict]:
@@ -54,13 +55,35 @@ def _read(path: str) -> tuple[dict, dict]:
     return meta, tensors
 
 
+def _natural(key: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
+
+
+def _in_saved_order(meta: dict, tensors: dict) -> list:
+    """The saved tensors in the model's order at save time (natural key order if unknown)."""
+    order = json.loads(meta["order"]) if "order" in meta else sorted(tensors, key=_natural)
+    return [tensors[k] for k in order if k in tensors]
+
+
+def _same_layout(own: dict, saved: list) -> bool:
+    """Same number of tensors with the same shapes, in the same order."""
+    return len(own) == len(saved) and all(
+        tuple(a.shape) == tuple(b.shape) for a, b in zip(own.values(), saved))
+
+
 def load_weights(model, path: str) -> None:
-    _, tensors = _read(path)
+    meta, tensors = _read(path)
     own = model.net.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in tensors and tensors[k].shape != own[k].shape]
+    ordered = _in_saved_order(meta, tensors)
+    if (missing or unexpected) and not wrong and _same_layout(own, ordered):
+        # Same architecture built under other automatic names (dense_2 vs dense): match the
+        # weights by their order, as Keras does for topologically saved weights.
+        tensors = dict(zip(own, ordered))
+        missing = unexpected = []
     if missing or unexpected or wrong:
         raise ValueError(f"the weights in {path} do not fit this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
@@ -78,8 +101,9 @@ def save_model(model, path: str) -> None:
         arch["compile"] = {"losses": [spec.name for spec in c.losses],
                            "loss_weights": c.loss_weights, "metrics": c.metric_names,
                            "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate}
-    _atomic_save(model.state_for_saving(), path,
-                 {"format": FORMAT, "kind": "model", "architecture": json.dumps(arch)})
+    state = model.state_for_saving()
+    _atomic_save(state, path, {"format": FORMAT, "kind": "model", "architecture": json.dumps(arch),
+                               "order": json.dumps(list(state))})
 
 
 def load_model(path: str, compile: bool = True):

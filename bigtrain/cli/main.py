@@ -6,6 +6,7 @@
     bigtrain plan examples/models.py:build_model --devices 8 --device-memory 80GB
     bigtrain report runs/seed                         # Markdown + PNG plots of a run
     bigtrain doctor runs/seed                         # why is it slow / poor?
+    bigtrain verify train.py --strategies ddp,zero3   # parity of strategies vs one process
     bigtrain --version
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import runpy
 import sys
 
 import bigtrain
-from bigtrain.cli import insight
+from bigtrain.cli import insight, verify
 
 
 def _train(args) -> int:
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="print the summary of MODULE:FUNCTION's model")
     s.add_argument("target", help="file.py:function or package.module:function")
     insight.add_parsers(sub)
+    verify.add_parser(sub)
     sub.add_parser("run", add_help=False,
                    help="launch N ranks of a script (torchrun flags: --nproc-per-node, --nnodes, "
                         "--node-rank, --rdzv-endpoint, --max-restarts; see `bigtrain run --help`)")
@@ -104,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(None, argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"train": _train, "summary": _summary, "plan": insight.run_plan,
-                "report": insight.run_report, "doctor": insight.run_doctor}
+                "report": insight.run_report, "doctor": insight.run_doctor,
+                "verify": verify.run_verify, "export": insight.run_export}
     return commands[args.command](args)
 
 

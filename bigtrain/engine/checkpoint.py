@@ -198,7 +198,8 @@ def export_safetensors(checkpoint: str, path: str) -> dict[str, tuple[int, ...]]
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp-{os.getpid()}"
     save_file(weights, tmp, metadata={"format": "bigtrain.model/1", "kind": "weights",
-                                      "step": str(meta["position"]["step"])})
+                                      "step": str(meta["position"]["step"]),
+                                      "order": json.dumps(list(weights))})
     os.replace(tmp, path)
     return {k: tuple(v.shape) for k, v in weights.items()}
 

@@ -102,3 +102,19 @@ def test_transformer_layers_build_a_gpt_functionally(tmp_path):
     model.save(str(path))
     np.testing.assert_array_equal(load_model(str(path)).predict(x.numpy()), model.predict(x.numpy()))
     run_layer_test(lambda: TransformerBlock(num_heads=2), (5, 8), (5, 8))
+
+
+def test_load_weights_matches_by_order_when_auto_names_differ(tmp_path):
+    def build():
+        inp = Input(shape=(3,))
+        return Model(inp, Dense(2)(Dense(4)(inp)))
+    first = build()
+    first.save_weights(str(tmp_path / "w.safetensors"))
+    second = build()  # dense_2, dense_3 now
+    assert [k for k in second.net.state_dict()] != [k for k in first.net.state_dict()]
+    second.load_weights(str(tmp_path / "w.safetensors"))
+    for a, b in zip(first.get_weights(), second.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    inp = Input(shape=(3,))
+    with pytest.raises(ValueError, match="do not fit this model"):
+        Model(inp, Dense(5)(inp)).load_weights(str(tmp_path / "w.safetensors"))
