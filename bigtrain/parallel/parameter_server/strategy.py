@@ -1,0 +1,344 @@
+"""`ParameterServer`: the Strategy that trains through sharded parameter servers.
+
+Of the job's ranks the last `servers` are parameter servers (CPU processes holding the
+parameters and optimizer state, sharded by bytes); ranks 0..W-1 are workers (rank 0 is the
+chief: it prints progress and returns the weights). Each training step a worker pulls
+the parameters (embedding tables: only the rows its batch looks up), runs forward and
+backward over its micro-batches, and pushes the gradients (embedding tables: the touched
+rows only). How stale a worker's parameters may be is the mode:
+
+    "bsp"  bulk-synchronous: the step's gradients of all workers are averaged before the
+           update; the same numbers as data-parallel training with the same global batch.
+    "asp"  asynchronous: each push is applied at once; nobody waits.
+    "ssp"  stale-synchronous: like ASP, but a worker at clock c waits while the slowest live
+           worker is below c - staleness.
+
+Every rank calls validate / setup / setup_module / setup_optimizer; then server ranks call
+`serve()` (it returns when all workers are done) and worker ranks run the training loop,
+`full_state_dict` and `teardown`.
+
+Example:
+    model.fit(x, y, epochs=3, batch_size=64, devices=4,
+              strategy=ParameterServer(servers=1, mode="ssp", staleness=2))
+    fit(..., strategy="ps_ssp")          # the same, by name ("ps", "ps_async", "ps_ssp")
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from bigtrain.parallel.base import DistEnv, StepBatch, Strategy, register
+from bigtrain.parallel.parameter_server.client import WorkerClient
+from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
+from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
+from bigtrain.parallel.parameter_server.store import ShardStore
+
+MODES = ("bsp", "asp", "ssp")
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """Settings of a parameter-server run.
+
+    Attributes:
+        servers: how many of the ranks are parameter servers (the last ones).
+        mode: "bsp", "asp" or "ssp" (see the module docstring).
+        staleness: SSP bound, in steps (clocks); must be >= 0; unused by BSP and ASP.
+        checkpoint_dir: folder for the servers' checkpoints (None: no checkpoints). When it
+            already holds them, the servers resume from them.
+        checkpoint_every: also save after every this many updates (0: only at the end).
+        straggler_delay_s: (worker index, seconds) pairs; those workers sleep that long each
+            step. A knob to simulate slow workers in tests and benchmarks.
+        comm_timeout_s: limit for one point-to-point wait (None: the process group's).
+    """
+    servers: int = 1
+    mode: str = "bsp"
+    staleness: int = 2
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    straggler_delay_s: tuple[tuple[int, float], ...] = ()
+    comm_timeout_s: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown parameter-server mode {self.mode!r}; valid modes: "
+                             f"{', '.join(MODES)}")
+        if not isinstance(self.servers, int) or self.servers < 1:
+            raise ValueError(f"servers must be an integer >= 1, got {self.servers!r}")
+        if not isinstance(self.staleness, int) or self.staleness < 0:
+            raise ValueError(f"staleness must be an integer >= 0 (steps a worker may run ahead "
+                             f"of the slowest), got {self.staleness!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+
+
+_TABLES = (nn.Embedding, nn.EmbeddingBag)
+
+
+def _row_tables(module: nn.Module) -> set[int]:
+    """ids of embedding weights served by rows: those no other kind of layer uses (a table
+    tied to an output projection is read whole, so it stays dense)."""
+    owners: dict[int, list[nn.Module]] = {}
+    for m in module.modules():
+        for p in m._parameters.values():
+            if p is not None:
+                owners.setdefault(id(p), []).append(m)
+    return {id(m.weight) for m in module.modules() if isinstance(m, _TABLES)
+            and all(isinstance(o, _TABLES) for o in owners[id(m.weight)])}
+
+
+class _ServerSideOptimizer(torch.optim.Optimizer):
+    """What workers get from `setup_optimizer`: the real optimizers live on the servers."""
+
+    def __init__(self, params):
+        super().__init__(list(params), {})
+
+    def step(self, closure=None):
+        raise RuntimeError("with a ParameterServer strategy the servers apply the updates; "
+                           "train through strategy.train_step")
+
+
+class ParameterServer(Strategy):
+    """Workers pull parameters from and push gradients to sharded parameter servers.
+
+    Args:
+        servers: number of server ranks (the last ranks of the job).
+        mode: "bsp" (synchronous), "asp" (asynchronous) or "ssp" (stale-synchronous).
+        staleness: the SSP bound in steps (>= 0).
+        checkpoint_dir, checkpoint_every, straggler_delay_s, comm_timeout_s: see PSConfig.
+
+    Example:
+        strategy = ParameterServer(servers=1, mode="ssp", staleness=2)
+        model.fit(x, y, batch_size=64, strategy=strategy, devices=4)
+        print(strategy.stats())     # staleness, bytes pushed/pulled
+    """
+
+    name = "ps"
+    owns_step = True
+
+    def __init__(self, servers: int = 1, mode: str = "bsp", staleness: int = 2,
+                 checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+                 straggler_delay_s: dict[int, float] | None = None,
+                 comm_timeout_s: float | None = None):
+        super().__init__()
+        self.config = PSConfig(servers, mode, staleness, checkpoint_dir, checkpoint_every,
+                               tuple(sorted((straggler_delay_s or {}).items())), comm_timeout_s)
+        self.plan: ShardPlan | None = None
+        self.client: WorkerClient | None = None
+        self.service: ServerService | None = None
+        self._store: ShardStore | None = None
+        self._groups = None  # (protocol group, worker group)
+        self._params: list[nn.Parameter] = []
+        self._hooks: list = []
+        self._fresh: dict[int, torch.Tensor] = {}
+        self._in_step = False
+        self.clock = 0
+        self._server_stats: dict = {}
+
+    # ---- topology ------------------------------------------------------------------------
+    @property
+    def workers(self) -> int:
+        return self.env.world_size - self.config.servers
+
+    def num_processes(self, devices: int | None) -> int:
+        return self.config.servers + 1 if devices is None else int(devices)
+
+    def validate(self, world_size: int, global_batch_size: int) -> None:
+        self._check_servers(world_size)
+        s = self.config.servers
+        if global_batch_size < world_size - s:
+            raise ValueError(f"batch size {global_batch_size} is smaller than the number of "
+                             f"workers ({world_size - s}); raise batch_size or use fewer devices")
+
+    def _check_servers(self, world_size: int) -> None:
+        s = self.config.servers
+        if s >= world_size:
+            raise ValueError(f"ParameterServer(servers={s}) needs more than {s} processes (the "
+                             f"last {s} serve, the rest train) but the job has {world_size}; "
+                             f"use devices >= {s + 1} or fewer servers")
+
+    def setup(self, env: DistEnv) -> None:
+        self._check_servers(env.world_size)
+        super().setup(env)
+        timeout = (None if self.config.comm_timeout_s is None
+                   else timedelta(seconds=self.config.comm_timeout_s))
+        everyone = list(range(env.world_size))
+        proto = dist.new_group(everyone, timeout=timeout) if timeout else dist.new_group(everyone)
+        self._groups = (proto, dist.new_group(list(range(self.workers))))
+
+    def is_service_rank(self) -> bool:
+        return self.env.rank >= self.workers
+
+    def data_shard(self) -> tuple[int, int]:
+        return (min(self.env.rank, self.workers - 1), self.workers)
+
+    def server_ranks(self) -> list[int]:
+        return list(range(self.workers, self.env.world_size))
+
+    # ---- model and optimizer -------------------------------------------------------------
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        named = list(module.named_parameters())
+        if not named:
+            raise ValueError(f"{type(module).__name__} has no parameters, so a parameter "
+                             "server has nothing to hold; give the model trainable layers")
+        dtypes = {p.dtype for _, p in named}
+        if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
+            raise ValueError(f"parameter servers need one floating dtype for all parameters, "
+                             f"got {sorted(map(str, dtypes))}; cast the model with .to(dtype)")
+        tables = _row_tables(module)
+        self.plan = build_plan([(n, tuple(p.shape), id(p) in tables) for n, p in named],
+                               self.config.servers, named[0][1].element_size())
+        with torch.no_grad():  # everyone starts from the chief's initial weights
+            for _, p in named:
+                buf = p.detach().cpu().contiguous()
+                dist.broadcast(buf, src=0, group=self._groups[0])
+                p.copy_(buf)
+        if self.is_service_rank():
+            full = {n: p.detach() for n, p in named}
+            self._store = ShardStore(self.plan, self.env.rank - self.workers, full)
+            return module
+        module = module.to(self.env.device)
+        self._params = [p for _, p in module.named_parameters()]
+        self.client = WorkerClient(self.plan, self.env.rank, self.server_ranks(),
+                                   self._groups[0], named[0][1].dtype)
+        self._install_row_hooks(module, tables)
+        self._hooks.append(module.register_forward_pre_hook(self._refresh_outside_step))
+        return module
+
+    def _refresh_outside_step(self, module, args) -> None:
+        """A forward outside train_step (evaluate, predict) first pulls the dense pieces."""
+        if not self._in_step:
+            self.client.pull(self._params, self.clock)
+
+    def _install_row_hooks(self, module: nn.Module, tables: set[int]) -> None:
+        """Embeddings go sparse and pull the rows they look up right before their forward."""
+        index = {id(p): k for k, p in enumerate(self._params)}
+        for m in module.modules():
+            if isinstance(m, _TABLES) and id(m.weight) in tables:
+                m.sparse = True  # its gradient becomes (row ids, rows)
+                k = index[id(m.weight)]
+                self._hooks.append(m.register_forward_pre_hook(
+                    lambda mod, args, k=k: self._pull_rows(k, mod.weight, args[0])))
+
+    def _pull_rows(self, k: int, table: torch.Tensor, ids: torch.Tensor) -> None:
+        need = torch.unique(ids.detach().reshape(-1).cpu().long())
+        fresh = self._fresh.get(k)
+        if fresh is not None:
+            need = need[~torch.isin(need, fresh)]
+        if need.numel():
+            self.client.pull_rows(k, need, table, self.clock)
+            self._fresh[k] = need if fresh is None else torch.cat([fresh, need])
+
+    def setup_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
+        if self.is_service_rank():
+            self._store.build_optimizers(make_optimizer)
+            path = self._checkpoint_path()
+            if path is not None and os.path.exists(path):
+                self._store.load(path)  # resume
+        return _ServerSideOptimizer(module.parameters())
+
+    def _checkpoint_path(self) -> str | None:
+        if self.config.checkpoint_dir is None:
+            return None
+        return checkpoint_file(self.config.checkpoint_dir, self.env.rank - self.workers)
+
+    # ---- serving -------------------------------------------------------------------------
+    def serve(self) -> None:
+        if not self.is_service_rank():
+            raise RuntimeError(f"rank {self.env.rank} is a worker, not a parameter server")
+        self.service = ServerService(self._store, self.env.rank, self._groups[0],
+                                     list(range(self.workers)), self.config.mode,
+                                     self.config.staleness, self._checkpoint_path(),
+                                     self.config.checkpoint_every)
+        self._server_stats = self.service.serve()
+
+    # ---- one step ------------------------------------------------------------------------
+    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
+        """Pull, forward/backward over the micro-batches, push; returns (outputs, mean loss)."""
+        delay = dict(self.config.straggler_delay_s).get(self.env.rank, 0.0)
+        if delay:
+            time.sleep(delay)
+        self.client.pull(self._params, self.clock)
+        self._fresh, self._in_step = {}, True
+        outputs, total = [], 0.0
+        try:
+            for (x, y, sw), w in zip(batch.micro, batch.weights):
+                with autocast():
+                    out = module(*x) if isinstance(x, tuple) else module(x)
+                    loss = compute_loss(out, y, sw)
+                (loss * w).backward()
+                outputs.append(out.detach() if torch.is_tensor(out) else out)
+                total = total + loss.detach() * w
+        finally:
+            self._in_step = False
+        grads = {k: p.grad for k, p in enumerate(self._params) if p.grad is not None}
+        self.client.push(grads, self.clock)
+        for p in self._params:
+            p.grad = None
+        self._fresh = {}  # our own push changed those rows: pull them again next time
+        self.clock += 1
+        return outputs, total / max(sum(batch.weights), 1e-12)
+
+    # ---- reductions and state ------------------------------------------------------------
+    def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """Reduce over the workers only (servers take no part in metric reductions)."""
+        if self.workers > 1:
+            dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                                        "min": dist.ReduceOp.MIN}[op], group=self._groups[1])
+        return tensor
+
+    def barrier(self) -> None:
+        if self.workers > 1:
+            dist.barrier(group=self._groups[1])
+
+    def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
+        """Every worker pulls every piece (all table rows too) and returns the full state.
+
+        A worker's own copy holds only the rows its batches looked up, so it is refreshed
+        whole here. In ASP/SSP this is a snapshot: slower workers may still push after it.
+        """
+        if self.is_service_rank():
+            return {}
+        self.client.pull(self._params, self.clock, everything=True)
+        return {k: v.detach().cpu().clone() for k, v in self.unwrap(module).state_dict().items()}
+
+    def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Load `state` on every worker; the chief also writes it to the servers."""
+        if self.is_service_rank():
+            return
+        self.unwrap(module).load_state_dict(state)
+        if self.env.rank == 0:
+            self.client.set_values(self._params, self.clock)
+
+    def stats(self) -> dict:
+        """Counters of this rank: bytes, pulls, pushes and observed staleness.
+
+        On workers `staleness_*` is what this worker saw and `all_workers_staleness_*` what
+        the servers saw over every worker; on servers, the service's counters.
+        """
+        if self.is_service_rank():
+            return dict(self._server_stats or (self.service.stats() if self.service else {}))
+        return self.client.stats() if self.client else {}
+
+    def teardown(self) -> None:
+        if self.client is not None:
+            self.client.done()
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def describe(self) -> str:
+        c = self.config
+        extra = f", staleness={c.staleness}" if c.mode == "ssp" else ""
+        return f"servers={c.servers}, mode={c.mode!r}{extra}"
+
+
+register("ps", lambda: ParameterServer(mode="bsp"))
+register("ps_async", lambda: ParameterServer(mode="asp"))
+register("ps_ssp", lambda: ParameterServer(mode="ssp", staleness=2))
