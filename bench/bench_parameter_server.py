@@ -1,0 +1,200 @@
+"""Parameter-server figures on local gloo ranks (CPU).
+
+    python bench/bench_parameter_server.py            # all three
+    python bench/bench_parameter_server.py --only latency
+    python bench/bench_parameter_server.py --quick    # shorter runs, smaller table
+
+1. throughput: samples/s of 3 workers + 1 server under BSP, ASP and SSP(2) when one worker
+   is 3x slower (every worker sleeps `--step-ms` per step to stand for compute, the slow
+   one 3x that), each run for `--seconds` of wall clock.
+2. bytes: bytes pushed per step for Wide & Deep with a 1M-row table: sparse rows vs a dense
+   push of every parameter, and vs the bytes of the touched rows plus the dense layers.
+3. latency: one pull + one push of a 1M-parameter MLP (median over `--iters`).
+
+With a straggler that stays slow, SSP's long-run throughput is BSP's (the fast workers get
+`staleness` steps ahead, then wait); SSP pays off when slowness comes and goes. ASP does
+not wait at all.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bigtrain.data.ctr import CTRConfig, make_ctr  # noqa: E402
+from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
+from bigtrain.parallel.parameter_server import ParameterServer  # noqa: E402
+from bigtrain.zoo.wide_and_deep import WideAndDeep  # noqa: E402
+
+
+def _entry(rank, world, store_path, fn, args, queue):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank,
+                            world_size=world, timeout=timedelta(seconds=120))
+    try:
+        queue.put((rank, fn(rank, world, *args)))
+    finally:
+        dist.destroy_process_group()
+
+
+def spawn(fn, world: int, *args) -> list:
+    """Run fn(rank, world, *args) on `world` gloo ranks; results in rank order."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = [ctx.Process(target=_entry, args=(r, world, os.path.join(tmp, "s"), fn, args,
+                                                  queue)) for r in range(world)]
+        for p in procs:
+            p.start()
+        out = dict(queue.get(timeout=600) for _ in range(world))
+        for p in procs:
+            p.join()
+    return [out[r] for r in range(world)]
+
+
+def _start(rank, world, strategy, model, lr=1e-3, opt=torch.optim.Adam):
+    strategy.setup(DistEnv(rank=rank, world_size=world))
+    module = strategy.setup_module(model)
+    return module, strategy.setup_optimizer(module, lambda ps: opt(ps, lr=lr))
+
+
+def _mse(out, y, sw):
+    return F.mse_loss(out, y)
+
+
+# ---- 1. throughput with a straggler -----------------------------------------------------
+def _throughput(rank, world, mode, staleness, step_ms, seconds, batch):
+    delays = {w: step_ms / 1000 * (3 if w == world - 2 else 1) for w in range(world - 1)}
+    strategy = ParameterServer(servers=1, mode=mode, staleness=staleness,
+                               straggler_delay_s=delays)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 1))
+    module, opt = _start(rank, world, strategy, model)
+    if strategy.is_service_rank():
+        strategy.serve()
+        return strategy.stats()
+    x, y = torch.randn(batch, 64), torch.randn(batch, 1)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        strategy.train_step(module, opt, StepBatch([(x, y, None)], [1.0]), _mse,
+                            contextlib.nullcontext)
+        steps += 1
+    elapsed = time.perf_counter() - t0
+    strategy.teardown()
+    return steps * batch / elapsed
+
+
+def bench_throughput(args) -> None:
+    rates = {}
+    for label, mode, s in (("BSP", "bsp", 0), ("ASP", "asp", 0), ("SSP(2)", "ssp", 2)):
+        *workers, server = spawn(_throughput, 4, mode, s, args.step_ms, args.seconds, 64)
+        rates[label] = sum(workers)
+        print(f"throughput {label:7s} {rates[label]:8.0f} samples/s  (per worker "
+              f"{', '.join(f'{w:.0f}' for w in workers)}; staleness max "
+              f"{server['staleness_max']}, mean {server['staleness_mean']:.2f})", flush=True)
+    print(f"ASP / BSP = {rates['ASP'] / rates['BSP']:.2f}x, SSP(2) / BSP = "
+          f"{rates['SSP(2)'] / rates['BSP']:.2f}x", flush=True)
+
+
+# ---- 2. sparse vs dense bytes -----------------------------------------------------------
+def _bytes(rank, world, num_ids, steps, batch):
+    strategy = ParameterServer(servers=1, mode="asp")
+    torch.manual_seed(0)
+    model = WideAndDeep(num_ids, num_fields=8, num_dense=4)
+    module, opt = _start(rank, world, strategy, model, lr=0.05, opt=torch.optim.Adagrad)
+    if strategy.is_service_rank():
+        strategy.serve()
+        return None
+    data = make_ctr(CTRConfig(num_samples=steps * batch, num_ids=num_ids))
+    table = module.embedding.weight
+    dense_bytes = sum(p.numel() for p in module.parameters() if p is not table) * 4
+    row_bytes = table.shape[1] * 4
+    touched, sent = [], []
+    for step in range(steps):
+        sl = slice(step * batch, (step + 1) * batch)
+        before = strategy.client.bytes_pushed
+        micro = [((data.ids[sl], data.dense[sl]), data.clicks[sl], None)]
+        strategy.train_step(module, opt, StepBatch(micro, [1.0]),
+                            lambda o, t, w: F.binary_cross_entropy_with_logits(o, t),
+                            contextlib.nullcontext)
+        sent.append(strategy.client.bytes_pushed - before)
+        touched.append(data.ids[sl].unique().numel())
+    strategy.teardown()
+    all_bytes = sum(p.numel() for p in module.parameters()) * 4
+    return statistics.mean(sent), statistics.mean(touched), row_bytes, dense_bytes, all_bytes
+
+
+def bench_bytes(args) -> None:
+    sent, rows, row_bytes, dense_bytes, all_bytes = spawn(_bytes, 2, args.ids, 20, 512)[0]
+    needed = rows * row_bytes + dense_bytes
+    print(f"bytes/step WideAndDeep({args.ids} ids x 17), batch 512: sparse push "
+          f"{sent / 1e3:.1f} kB, dense push would be {all_bytes / 1e6:.1f} MB "
+          f"({all_bytes / sent:.0f}x more)", flush=True)
+    print(f"  touched rows {rows:.0f}/step: rows + dense layers = {needed / 1e3:.1f} kB; "
+          f"sparse / touched = {sent / needed:.3f} (ids and headers are the rest; "
+          f"with 4-byte ids counted: {sent / (needed + 4 * rows):.3f})", flush=True)
+
+
+# ---- 3. push + pull latency -------------------------------------------------------------
+def _latency(rank, world, mode, iters):
+    strategy = ParameterServer(servers=1, mode=mode)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1000, 999), nn.Linear(999, 1))  # 1,000,999 parameters
+    module, opt = _start(rank, world, strategy, model)
+    if strategy.is_service_rank():
+        strategy.serve()
+        return None
+    params = strategy._params
+    grads = {k: torch.randn_like(p) * 1e-3 for k, p in enumerate(params)}
+    times = []
+    for i in range(iters):
+        t0 = time.perf_counter()
+        strategy.client.pull(params, strategy.clock)
+        strategy.client.push(grads, strategy.clock)
+        strategy.clock += 1
+        times.append(time.perf_counter() - t0)
+    strategy.client.pull(params, strategy.clock)  # BSP: waits for the last update
+    strategy.teardown()
+    return statistics.median(times[2:]) * 1e3, sum(p.numel() for p in params)
+
+
+def bench_latency(args) -> None:
+    for mode in ("asp", "bsp"):
+        ms, n = spawn(_latency, 2, mode, args.iters)[0]
+        note = ("pull returns before the push is applied" if mode == "asp"
+                else "pull waits for the previous push's Adam update")
+        print(f"latency {mode}: pull + push of {n:,} params = {ms:.1f} ms median ({note})",
+              flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", choices=["throughput", "bytes", "latency"])
+    p.add_argument("--step-ms", type=float, default=30.0)
+    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--ids", type=int, default=1_000_000)
+    p.add_argument("--iters", type=int, default=30)
+    p.add_argument("--quick", action="store_true", help="2 s per mode, 100k ids, 10 iters")
+    args = p.parse_args()
+    if args.quick:
+        args.seconds, args.ids, args.iters = 2.0, 100_000, 10
+    for name, fn in (("throughput", bench_throughput), ("bytes", bench_bytes),
+                     ("latency", bench_latency)):
+        if args.only in (None, name):
+            fn(args)
+
+
+if __name__ == "__main__":
+    main()
