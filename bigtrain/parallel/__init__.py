@@ -7,10 +7,11 @@ from bigtrain.parallel.base import DistEnv, StepBatch, Strategy, register, resol
 from bigtrain.parallel.data_parallel import DataParallel
 from bigtrain.parallel.hybrid import Hybrid
 from bigtrain.parallel.mesh import ParallelDims
+from bigtrain.parallel.parameter_server import ParameterServer
 from bigtrain.parallel.pipeline import Pipeline
 from bigtrain.parallel.sharded import Sharded
 from bigtrain.parallel.tensor_parallel import TensorParallel
 from bigtrain.parallel.zero1 import Zero1
 
-__all__ = ["DataParallel", "DistEnv", "Hybrid", "ParallelDims", "Pipeline", "Sharded", "StepBatch",
+__all__ = ["DataParallel", "DistEnv", "Hybrid", "ParallelDims", "ParameterServer", "Pipeline", "Sharded", "StepBatch",
            "Strategy", "TensorParallel", "Zero1", "register", "resolve_strategy", "strategy_names"]
