@@ -1,0 +1,139 @@
+"""Timing helpers shared by the bench scripts: alternate the contenders inside every repeat
+(so a noisy neighbour slows all of them alike), take medians, print one table.
+
+A contender is a zero-argument callable that runs one timed unit of work (an epoch, or a
+fixed number of steps) and returns its duration in seconds, or None to let `alternate` time
+the whole call. Each repeat runs every contender once, in an order rotated by the repeat
+index so no contender always goes first.
+
+Example:
+    times = alternate({"a": run_a, "b": run_b}, repeats=5, warmup=1)
+    rows = [Row(name, samples_per_unit, t) for name, t in times.items()]
+    print_table("fit, batch 32", rows, ratios=[("a", "b")])
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+MIN_REPEATS = 5  # medians of fewer repeats are too easily moved by one noisy run
+
+
+@dataclass(frozen=True)
+class Row:
+    """One contender's timings.
+
+    Attributes:
+        name: label in the table.
+        samples: samples processed by one timed unit (samples/s = samples / seconds).
+        seconds: duration of each repeat, in seconds.
+        note: free text printed after the numbers.
+    """
+    name: str
+    samples: int
+    seconds: list = field(default_factory=list)
+    note: str = ""
+
+    def __post_init__(self):
+        if not self.seconds or min(self.seconds) <= 0:
+            raise ValueError(f"contender {self.name!r} has no positive timings: {self.seconds}")
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def rate(self) -> float:
+        """Median samples per second."""
+        return self.samples / self.median_s
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the repeat durations: how noisy this contender was."""
+        return (max(self.seconds) - min(self.seconds)) / self.median_s
+
+
+def _timed(fn: Callable[[], float | None]) -> float:
+    t0 = time.perf_counter()
+    out = fn()
+    return out if out is not None else time.perf_counter() - t0
+
+
+def alternate(contenders: dict[str, Callable[[], float | None]], repeats: int = MIN_REPEATS,
+              warmup: int = 1) -> dict[str, list[float]]:
+    """Run every contender `warmup` untimed times, then `repeats` timed rounds of all of them.
+
+    Args:
+        contenders: name -> callable running one unit of work; returns seconds or None.
+        repeats: timed rounds (>= 5 for a usable median).
+        warmup: untimed rounds first (allocator, thread pool and kernel caches warm up).
+
+    Returns:
+        name -> list of `repeats` durations in seconds.
+
+    Example:
+        alternate({"x": lambda: sum(range(10**6)) and None}, repeats=5)
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
+        for name in order:
+            times[name].append(_timed(contenders[name]))
+    return times
+
+
+def machine_line() -> str:
+    """One line naming what the numbers were measured on."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, {torch.get_num_threads()} torch threads, "
+            f"1-min load {load:.1f}")
+
+
+def print_table(title: str, rows: list[Row], ratios: list[tuple[str, str]] = (),
+                unit: str = "samples/s") -> dict[str, float]:
+    """Print median rate, median and best time, and spread per contender, then the ratios.
+
+    Args:
+        title: heading line.
+        rows: one Row per contender.
+        ratios: (numerator, denominator) contender names; ratio = rate_a / rate_b.
+        unit: label of the rate column.
+
+    Returns:
+        "a/b" -> ratio, for the caller's own checks.
+    """
+    by_name = {r.name: r for r in rows}
+    width = max(len(r.name) for r in rows) + 2
+    print(f"\n{title}")
+    print(f"  {'contender':<{width}}{unit:>14}{'median s':>11}{'best s':>9}{'spread':>9}  repeats")
+    for r in rows:
+        print(f"  {r.name:<{width}}{r.rate:>14,.0f}{r.median_s:>11.4f}{min(r.seconds):>9.4f}"
+              f"{r.spread:>8.0%}  "
+              f"{len(r.seconds)}{'  ' + r.note if r.note else ''}")
+    out = {}
+    for a, b in ratios:
+        if a in by_name and b in by_name:
+            out[f"{a}/{b}"] = by_name[a].rate / by_name[b].rate
+            print(f"  ratio {a} / {b}: {out[f'{a}/{b}']:.3f}x")
+    return out
+
+
+def check_target(label: str, value: float, target: float, higher_is_better: bool = True) -> bool:
+    """Print whether `value` meets `target`; returns True when it does."""
+    ok = value >= target if higher_is_better else value <= target
+    sign = ">=" if higher_is_better else "<="
+    print(f"  target {label}: {value:.3f} {sign} {target} -> {'met' if ok else 'MISSED'}")
+    return ok
