@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.checkpoint import Checkpointer
 from bigtrain.engine.data import epoch_permutation, global_batches, num_batches, shard_bounds
@@ -18,6 +19,7 @@ from bigtrain.engine.record import write_run_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
+from bigtrain.parallel.watchdog import start_watchdog, stop_watchdog
 
 
 @dataclass
@@ -60,6 +62,7 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
     module.eval()
     with torch.no_grad():
         for start in range(lo, hi, batch_size):
+            strategy.mark("evaluate")  # per batch: restarts the watchdog's clock only
             idx = torch.arange(start, min(start + batch_size, hi))
             x, y, sw = data.take(idx, device)
             with autocast():
@@ -72,6 +75,7 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
             tally.count += len(idx)
             tally.update_metrics(y, out)
     module.train(was_training)
+    strategy.mark("metrics all-reduce (evaluate)")
     return tally.logs(strategy.all_reduce(tally.state()), prefix)
 
 
@@ -104,10 +108,13 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     for step, gidx in enumerate(global_batches(perm, cfg.batch_size)):
         if step < skip:
             continue  # trained before the checkpoint this run resumed from
+        strategy.mark("callbacks (batch begin)", progress.step)
         callbacks.on_train_batch_begin(step)
         t0 = time.perf_counter()
+        strategy.mark("data")
         batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
         t1 = time.perf_counter()
+        strategy.mark("train step")  # strategies refine it: forward, backward, optimizer step
         outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
         t2 = time.perf_counter()  # on CPU ops are synchronous, so these are real phase times
         timing["data_s"] += t1 - t0
@@ -116,20 +123,43 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
         tally.add(batch, outputs, loss)
         losses[step] = loss
         if cfg.terminate_on_nan and step + 1 - last_check >= cfg.nan_check_every:
+            strategy.mark("loss check all-reduce")
             _check_finite(losses, step + 1, epoch, strategy, cfg.batch_size)
             last_check = step + 1
         logs = {"size": len(gidx)}
         if want_logs:
             logs["loss"] = float(loss)
+        strategy.mark("callbacks (batch end)")
         callbacks.on_train_batch_end(step, logs)
+        strategy.mark("checkpoint" if progress.checkpointer else "step end")
         progress.after_step(epoch, step, steps)
     progress.skip = 0
     if cfg.terminate_on_nan:
+        strategy.mark("loss check all-reduce")
         _check_finite(losses, steps, epoch, strategy, cfg.batch_size)
+    strategy.mark("metrics all-reduce")
     return tally.logs(strategy.all_reduce(tally.state()))
 
 
 def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
+    """Run `task` with `strategy` (already `setup`) on this rank, under the hang watchdog.
+
+    In a distributed run the watchdog (`task.watchdog`, a WatchdogConfig; default on, 120 s)
+    reports which rank the others wait for and ends the process when one operation lasts
+    longer than its window. See `_train` for the arguments and result.
+    """
+    beat = Heartbeat()
+    config = getattr(task, "watchdog", None) or WatchdogConfig()
+    dog = start_watchdog(strategy.env, config, beat)
+    strategy.heartbeat = beat
+    try:
+        return _train(task, strategy, owner)
+    finally:
+        vars(strategy).pop("heartbeat", None)
+        stop_watchdog(dog)
+
+
+def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     """Run `task` with `strategy` (already `setup`) on this rank.
 
     Args:
@@ -146,6 +176,9 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
         strategy.precision = cfg.precision  # sharded strategies cast through FSDP's policy
     module = strategy.setup_module(task.module)
     optimizer = strategy.setup_optimizer(module, task.make_optimizer)
+    if strategy.is_service_rank():  # a parameter server: serve the workers, no loop
+        strategy.serve()
+        return FitResult(stats=getattr(strategy, "stats", dict)())
     owner.optimizer, owner.stop_training = optimizer, False
     owner._live = (strategy, module)
     steps = num_batches(len(task.train), cfg.batch_size)
@@ -174,10 +207,13 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             if task.val is not None:
                 logs.update(evaluate(task, strategy, module, task.val, cfg.batch_size, "val_"))
             epoch_times.append(time.perf_counter() - t0)
+            strategy.mark("gather weights for callbacks")
             _refresh_weight_cache(task, strategy, module, owner)
+            strategy.mark("callbacks (epoch end)")
             callbacks.on_epoch_end(epoch, logs)
             owner._weights_cache = None
             if progress.checkpointer is not None:
+                strategy.mark("checkpoint")
                 progress.checkpointer.after_epoch(epoch, progress.step)
             result.epochs.append(epoch)
             for k, v in logs.items():
@@ -190,6 +226,7 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                     "wall_s": elapsed, "epoch_times": epoch_times, **getattr(strategy, "stats", lambda: {})()}
     write_run_record(task, strategy, module, optimizer, result, timing)
+    strategy.mark("gather full state")
     state = strategy.full_state_dict(module)
     result.state_dict = state if strategy.env.is_main else None
     owner._live = None

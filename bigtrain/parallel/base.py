@@ -69,6 +69,26 @@ class StepBatch:
     weights: list[float]
 
 
+class Shard(tuple):
+    """`(index, count)` of a rank's data shard that also says how to cut each global batch.
+
+    `Strategy.data_shard()` may return one instead of a plain tuple when its ranks take
+    uneven shares (speed-aware data parallel): the engine then asks `bounds(n_global)` for
+    this rank's `[start, stop)` of every global batch, so the split may change between
+    steps. It still unpacks as `index, count` (evaluation keeps the even split).
+
+    Example:
+        shard = Shard(1, 2, bounds=lambda n: (3 * n // 4, n))   # rank 1 takes the last 1/4
+        index, count = shard; shard.bounds(40)                   # -> (30, 40)
+    """
+    bounds: Callable[[int], tuple[int, int]] | None
+
+    def __new__(cls, index: int, count: int, bounds=None):
+        self = super().__new__(cls, (int(index), int(count)))
+        self.bounds = bounds
+        return self
+
+
 class Strategy:
     """Base class: single-process behaviour; distributed strategies override pieces.
 
@@ -79,6 +99,8 @@ class Strategy:
     name = "single"
     #: Wraps the whole training step (pipeline, parameter server) instead of fwd/bwd hooks.
     owns_step = False
+    #: The engine's loop sets a Heartbeat here while it trains (read by the hang watchdog).
+    heartbeat = None
 
     def __init__(self):
         self.env = DistEnv()
@@ -134,6 +156,18 @@ class Strategy:
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
+    def mark(self, op: str, step: int | None = None) -> None:
+        """Note that this rank enters operation `op` (for the hang watchdog's report).
+
+        One attribute write, no synchronisation; every rank must mark the same sequence of
+        operations (a rank that marked fewer is reported as behind).
+
+        Example:
+            self.mark("all-gather"); gather(...)
+        """
+        if self.heartbeat is not None:
+            self.heartbeat.enter(op, step)
+
     def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
         """Forward, backward and update for one global batch; returns (outputs, loss).
 
@@ -149,18 +183,22 @@ class Strategy:
         """
         outputs, total = [], 0.0
         last = len(batch.micro) - 1
+        whole = last == 0 and batch.weights[0] == 1.0  # the common case: no loss rescaling
         for i, ((x, y, sw), w) in enumerate(zip(batch.micro, batch.weights)):
             sync = contextlib.nullcontext() if i == last else self.no_sync(module)
             with sync:
+                self.mark("forward")
                 with autocast():
                     out = module(*x) if isinstance(x, tuple) else module(x)
                     loss = compute_loss(out, y, sw)
-                self.backward(loss * w)
+                self.mark("backward (+ gradient sync)" if i == last else "backward")
+                self.backward(loss if whole else loss * w)
             outputs.append(out.detach() if torch.is_tensor(out) else out)
-            total = total + loss.detach() * w
+            total = loss.detach() if whole else total + loss.detach() * w
+        self.mark("optimizer step")
         self.optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
-        return outputs, total / max(sum(batch.weights), 1e-12)
+        return outputs, total if whole else total / max(sum(batch.weights), 1e-12)
 
     # ---- reductions and state -----------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import socket
+import time
 from datetime import timedelta
 
 import torch
@@ -63,8 +65,98 @@ def local_env() -> DistEnv:
     return DistEnv(device=device_for(0))
 
 
+def rendezvous_store(rank: int, world: int, timeout_s: float):
+    """The job's TCPStore at MASTER_ADDR:MASTER_PORT, as torch's env:// rendezvous makes it,
+    except that rank 0 does not block until every rank connected (`wait_for_ranks` does
+    that next, and can then name the ranks that never came).
+
+    Under torchrun's shared agent store (TORCHELASTIC_USE_AGENT_STORE=True) every rank is
+    a client of the launcher's store.
+    """
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    master = rank == 0 and not agent
+    try:
+        return dist.TCPStore(host, port, world, is_master=master,
+                             timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
+                             multi_tenant=master)
+    except (RuntimeError, dist.DistError) as e:
+        if master:
+            raise RuntimeError(f"rank 0 could not open the job's store on {host}:{port}: {e}; "
+                               "is MASTER_PORT already in use?") from e
+        owner = "the launcher" if agent else "rank 0"
+        raise RuntimeError(
+            f"rank {rank} could not reach the job's store at {host}:{port} within "
+            f"{timeout_s:g} s: {owner}, which hosts it, has not started (or MASTER_ADDR/"
+            "MASTER_PORT point elsewhere). Start rank 0 / the first node with the same "
+            "--rdzv-endpoint, or raise fit(timeout=...).") from e
+
+
+def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float = 0.1) -> None:
+    """Announce this rank in `store` and wait until all `world` ranks did; after
+    `timeout_s` raise RuntimeError naming the ranks that never arrived.
+
+    Rank 0 decides the timeout for everyone (it writes a `timed_out` key) and keeps the
+    store (which it may host) open until the ranks that did arrive have read who is
+    missing, so every rank fails with the same named list.
+
+    Example:
+        wait_for_ranks(store, rank=0, world=4, timeout_s=300)
+        # RuntimeError: rank 3 of 4 never joined the job within 300 s ...
+    """
+    prefix = f"bigtrain/arrived/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    keys = [f"{prefix}{r}" for r in range(world)]
+    gave_up, acks = prefix + "timed_out", prefix + "acks"
+    store.set(keys[rank], socket.gethostname())
+    deadline = time.monotonic() + timeout_s
+    try:
+        while not store.check(keys):
+            if rank == 0 and time.monotonic() > deadline:
+                missing = [r for r in range(world) if not store.check([keys[r]])]
+                if missing:
+                    store.set(gave_up, ",".join(map(str, missing)))
+                    _linger_for_acks(store, acks, world - len(missing) - 1)
+                    raise RuntimeError(_never_joined(missing, world, rank, timeout_s))
+            elif rank != 0 and store.check([gave_up]):  # rank 0's verdict, for everyone
+                missing = [int(r) for r in store.get(gave_up).decode().split(",")]
+                store.add(acks, 1)
+                raise RuntimeError(_never_joined(missing, world, rank, timeout_s))
+            elif rank != 0 and time.monotonic() > deadline + 10.0:  # rank 0 itself is absent
+                missing = [r for r in range(world) if not store.check([keys[r]])]
+                if missing:
+                    raise RuntimeError(_never_joined(missing, world, rank, timeout_s))
+            time.sleep(poll_s)
+    except dist.DistError as e:
+        raise RuntimeError(f"rank {rank} lost the job's store while waiting for the other "
+                           f"ranks to join ({e}); rank 0 hosts it: see rank 0's log") from e
+
+
+def _linger_for_acks(store, acks: str, expected: int, limit_s: float = 10.0) -> None:
+    """Rank 0 keeps the store up until `expected` ranks read the timeout (or `limit_s`)."""
+    end = time.monotonic() + limit_s
+    while store.add(acks, 0) < expected and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+def _never_joined(missing: list[int], world: int, rank: int, timeout_s: float) -> str:
+    names = ", ".join(map(str, missing))
+    return (f"rank{'s' if len(missing) > 1 else ''} {names} of {world} never joined the job "
+            f"within {timeout_s:g} s (seen from rank {rank}; {world - len(missing)} arrived). "
+            "Start the missing ranks: on several hosts every node must run the same command "
+            "with the right --nnodes/--node-rank and rendezvous endpoint; a rank that crashed "
+            "while starting shows its error in its own log. Raise fit(timeout=...) if the "
+            "ranks start slowly.")
+
+
 def join_existing_job(timeout_s: float | None = None, set_threads: bool = True) -> DistEnv:
-    """Join (or reuse) the process group of a launched job; returns this rank's DistEnv."""
+    """Join (or reuse) the process group of a launched job; returns this rank's DistEnv.
+
+    Ranks that do not show up within `timeout_s` (default DEFAULT_TIMEOUT_S) are named
+    in the RuntimeError, instead of every other rank waiting in silence.
+
+    Example:
+        env = join_existing_job(timeout_s=60)   # inside torchrun / `bigtrain run`
+    """
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
@@ -75,7 +167,11 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True) 
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S))
+        timeout = timeout_s or DEFAULT_TIMEOUT_S
+        store = rendezvous_store(rank, world, timeout)
+        wait_for_ranks(store, rank, world, timeout)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout))
         atexit.register(_destroy_group)  # the user's script goes on after fit; tidy up at exit
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank,
                    local_world_size=local_world, device=device)
