@@ -6,8 +6,11 @@ History, so the code after `fit` runs once, as it would without a strategy.
 """
 from __future__ import annotations
 
+from bigtrain.api.capture import stop_if_capturing
+from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
 from bigtrain.engine.loop import FitResult, train
+from bigtrain.engine.task import CheckpointConfig
 from bigtrain.parallel import distributed as dist_env
 from bigtrain.parallel.base import resolve_strategy
 
@@ -48,14 +51,41 @@ def choose_auto(model, devices, config) -> str:
                      "bigtrain plan for the breakdown")
 
 
+# fit keyword -> CheckpointConfig field
+_CHECKPOINT_OPTIONS = {"checkpoint_dir": "directory", "checkpoint_every": "every_steps",
+                       "checkpoint_at_epoch_end": "at_epoch_end", "keep_last": "keep_last",
+                       "resume": "resume"}
+
+
+def checkpoint_config(options: dict) -> CheckpointConfig | None:
+    """Take fit's checkpoint options out of `options`; a CheckpointConfig, or None when
+    `checkpoint_dir` was not given."""
+    given = {field: options.pop(key) for key, field in _CHECKPOINT_OPTIONS.items()
+             if key in options}
+    if "directory" in given:
+        return CheckpointConfig(**given)
+    if given:
+        names = sorted(k for k, f in _CHECKPOINT_OPTIONS.items() if f in given)
+        raise ValueError(f"fit got {', '.join(names)} but no checkpoint_dir; pass "
+                         "checkpoint_dir='<folder>' to enable checkpoints")
+    return None
+
+
 def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, options: dict):
     from bigtrain.api.training import make_task
+    options = dict(options)
+    checkpoint = checkpoint_config(options)  # bad settings fail before any process starts
+    watchdog = WatchdogConfig.from_fit(options.pop("watchdog", True),
+                                       options.pop("watchdog_timeout", None))
+    stop_if_capturing(model, data, val, config, strategy, devices)  # `bigtrain verify`
     if strategy == "auto":
         strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
     cbs = _callbacks(callbacks, config.verbose)
     history = cbs[0]
     task = make_task(model, data, val, config, cbs, run_dir)
+    task.checkpoint = checkpoint
+    task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
     if dist_env.launched_externally():
         env = dist_env.join_existing_job(options.get("timeout"))
         strat.validate(env.world_size, config.batch_size)

@@ -1,0 +1,159 @@
+"""Parity check of strategies against single-process training (`bigtrain verify`).
+
+The same task (same initial weights, same data in the same order, same global batch) is
+trained for K optimizer steps once in this process and once per strategy on N launched
+ranks; rank 0's full state dict and the mean training loss are compared. A strategy passes
+when both differences are within the tolerance. A strategy whose gradients are not
+synchronised correctly (a missing reduction, a wrong scale) drifts after the first step and
+fails.
+
+Example:
+    rows = verify_parity(make_task, owner, ["ddp", "zero3"], devices=2, tolerance=1e-5)
+    print(render_rows(rows)); sys.exit(0 if all_passed(rows) else 1)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from bigtrain.engine.data import ArrayData, DatasetData
+from bigtrain.engine.task import TrainTask
+from bigtrain.parallel import distributed as dist_env
+from bigtrain.parallel.base import Strategy, resolve_strategy, strategy_names
+
+PASS, FAIL, ERROR, UNAVAILABLE, UNSUPPORTED = "pass", "FAIL", "error", "unavailable", \
+    "unsupported"
+
+
+@dataclass(frozen=True)
+class ParityRow:
+    """One strategy's verdict.
+
+    Attributes:
+        strategy: the name asked for.
+        status: "pass", "FAIL" (numbers differ), "error" (the run raised), "unavailable"
+            (no strategy of that name is registered) or "unsupported" (it refuses this
+            model/batch/devices before starting; the reason is in `detail`).
+        max_param_diff: max |parameter - single-process parameter| over every tensor.
+        loss_diff: |mean training loss - single-process mean loss| over the K steps.
+        detail: a one-line explanation for anything but "pass".
+    """
+    strategy: str
+    status: str
+    max_param_diff: float | None = None
+    loss_diff: float | None = None
+    detail: str = ""
+
+    def __post_init__(self):
+        if self.status not in (PASS, FAIL, ERROR, UNAVAILABLE, UNSUPPORTED):
+            raise ValueError(f"unknown parity status {self.status!r}")
+
+    @property
+    def failed(self) -> bool:
+        return self.status in (FAIL, ERROR)
+
+
+def first_samples(data: ArrayData, n: int) -> ArrayData:
+    """The first `n` samples of `data` (views of arrays and memmaps; a Subset of Datasets)."""
+    if n >= len(data):
+        return data
+    if isinstance(data, DatasetData):
+        from torch.utils.data import Subset
+        return DatasetData(Subset(data.dataset, range(n)))
+    sw = data.sample_weight
+    return ArrayData([a[:n] for a in data.xs], [a[:n] for a in data.ys],
+                     None if sw is None else sw[:n])
+
+
+def max_state_diff(ref: dict, got: dict) -> float:
+    """Max |difference| over the floating tensors of two state dicts with the same keys."""
+    if set(ref) != set(got):
+        only = sorted(set(ref) ^ set(got))[:4]
+        raise KeyError(f"the state dicts hold different tensors (e.g. {only})")
+    diffs = [float((ref[k].double() - got[k].double()).abs().max()) for k in ref
+             if ref[k].is_floating_point() and ref[k].numel()]
+    return max(diffs, default=0.0)
+
+
+def _mean_loss(result) -> float:
+    return float(result.history["loss"][-1])
+
+
+def run_single(make_task: Callable[[], TrainTask], owner, train_fn):
+    """The reference: the task trained in this process without any strategy."""
+    strategy = Strategy()
+    strategy.setup(dist_env.local_env())
+    try:
+        return train_fn(make_task(), strategy, owner)
+    finally:
+        strategy.teardown()
+
+
+def check_strategy(name: str, make_task, owner, devices: int, tolerance: float, reference,
+                   train_fn) -> ParityRow:
+    """Train with strategy `name` on `devices` launched ranks and compare with `reference`."""
+    from bigtrain.parallel.launcher import launch
+    if name not in strategy_names():
+        return ParityRow(name, UNAVAILABLE, detail="no strategy of this name is registered "
+                         f"(registered: {', '.join(strategy_names())})")
+    strategy = resolve_strategy(name)
+    task = make_task()
+    nprocs = strategy.num_processes(devices)
+    try:
+        strategy.validate(nprocs, task.config.batch_size)
+    except ValueError as e:
+        return ParityRow(name, UNSUPPORTED, detail=str(e))
+    try:
+        result = launch(task, strategy, nprocs, model_owner=owner, train_fn=train_fn)
+        diff = max_state_diff(reference.state_dict, result.state_dict)
+    except (RuntimeError, KeyError, ValueError) as e:
+        return ParityRow(name, ERROR, detail=str(e).strip().splitlines()[-1][:300])
+    loss_diff = abs(_mean_loss(result) - _mean_loss(reference))
+    ok = diff <= tolerance and loss_diff <= tolerance
+    return ParityRow(name, PASS if ok else FAIL, diff, loss_diff,
+                     "" if ok else f"differs from single-process training by more than "
+                                   f"{tolerance:g}")
+
+
+def verify_parity(make_task: Callable[[], TrainTask], owner, strategies: list[str],
+                  devices: int, tolerance: float, train_fn=None
+                  ) -> tuple[list[ParityRow], float]:
+    """Every strategy's parity with single-process training, and how far the reference
+    moved the parameters (if that is not well above `tolerance`, the check is blind).
+
+    Args:
+        make_task: builds a fresh task each call, always from the same initial weights
+            (K steps of data, shuffle off).
+        owner: the user's model object (callbacks see it on each rank).
+        strategies: registered names ("ddp", "zero3", ...); others report "unavailable".
+        devices: processes per strategy run.
+        tolerance: max allowed |difference| of parameters and of the mean loss.
+        train_fn: the loop's `train` (default bigtrain.engine.loop.train).
+    """
+    if train_fn is None:
+        from bigtrain.engine.loop import train as train_fn
+    initial = {k: v.detach().cpu().clone() for k, v in make_task().module.state_dict().items()}
+    reference = run_single(make_task, owner, train_fn)
+    moved = max_state_diff(initial, reference.state_dict)
+    rows = [check_strategy(name, make_task, owner, devices, tolerance, reference, train_fn)
+            for name in strategies]
+    return rows, moved
+
+
+def all_passed(rows: list[ParityRow]) -> bool:
+    return not any(r.failed for r in rows)
+
+
+def render_rows(rows: list[ParityRow], tolerance: float) -> str:
+    """Plain-text parity table (one line per strategy)."""
+    fmt = lambda v: "-" if v is None else f"{v:.3e}"  # noqa: E731
+    head = f"{'strategy':<16} {'max |param diff|':>17} {'|loss diff|':>12}  result"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r.strategy:<16} {fmt(r.max_param_diff):>17} {fmt(r.loss_diff):>12}  "
+                     f"{r.status}" + (f": {r.detail}" if r.detail else ""))
+    lines.append(f"tolerance {tolerance:g}; "
+                 f"{sum(r.status == PASS for r in rows)} passed, "
+                 f"{sum(r.failed for r in rows)} failed")
+    return "\n".join(lines)
+

@@ -1,0 +1,97 @@
+"""`bigtrain verify`: ddp and zero3 match one process; a strategy that skips one gradient
+reduction is caught; unknown names are "unavailable"; the exit status says it all."""
+import textwrap
+
+import pytest
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from bigtrain.cli.main import main
+from bigtrain.engine.data import ArrayData
+from bigtrain.engine.verify import FAIL, PASS, UNAVAILABLE, ParityRow, all_passed, first_samples
+from bigtrain.parallel.base import register
+from bigtrain.parallel.data_parallel import DataParallel
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import bigtrain
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    print("SCRIPT START", sys.argv[1:], flush=True)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 12)).astype("float32")
+    y = np.eye(3, dtype="float32")[(x[:, :3]).argmax(1)]
+    bigtrain.set_seed(0)
+    inp = Input(shape=(12,))
+    model = Model(inp, Dense(3, activation="softmax")(Dense(16, activation="relu")(inp)))
+    model.compile(optimizer="adam", loss="categorical_crossentropy", learning_rate=0.01)
+    try:
+        model.fit(x, y, epochs=50, batch_size=16, strategy="ddp", devices=4)
+    except Exception:  # verify must not be fooled by a script that swallows errors
+        pass
+    print("AFTER FIT", flush=True)
+""")
+
+
+class SkipsOneReduction(DataParallel):
+    """Broken on purpose: DDP never all-reduces the first parameter's gradient, so each
+    rank updates it from its own half of the batch only."""
+    name = "test_skips_one_reduction"
+
+    def setup_module(self, module):
+        first = next(name for name, _ in module.named_parameters())
+        DDP._set_params_and_buffers_to_ignore_for_model(module, [first])
+        return super().setup_module(module)
+
+
+register(SkipsOneReduction.name, SkipsOneReduction)
+
+
+def _table(out: str) -> dict[str, str]:
+    rows = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[3].rstrip(":") in ("pass", "FAIL", "error", "unavailable",
+                                                        "unsupported"):
+            rows[parts[0]] = parts[3].rstrip(":")
+    return rows
+
+
+@pytest.mark.timeout(400)
+def test_verify_passes_good_strategies_and_catches_a_broken_one(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    code = main(["verify", str(script), "--strategies",
+                 f"ddp,zero3,{SkipsOneReduction.name},no_such_strategy",
+                 "--steps", "3", "--devices", "2", "--tolerance", "1e-5",
+                 "--script-args", "--rows 200"])
+    out = capsys.readouterr().out
+    assert out.count("SCRIPT START ['--rows', '200']") == 1 and "AFTER FIT" not in out, out
+    assert "3 steps of global batch 16" in out, out
+    assert _table(out) == {"ddp": "pass", "zero3": "pass", SkipsOneReduction.name: "FAIL",
+                           "no_such_strategy": "unavailable"}, out
+    assert code == 1  # one strategy failed
+    assert "warning" not in out  # 3 steps moved the weights far beyond the tolerance
+
+
+def test_exit_status_and_rows():
+    ok = [ParityRow("ddp", PASS, 0.0, 0.0), ParityRow("pipeline", UNAVAILABLE)]
+    assert all_passed(ok)
+    assert not all_passed(ok + [ParityRow("zero3", FAIL, 1e-3, 1e-4)])
+    with pytest.raises(ValueError, match="unknown parity status"):
+        ParityRow("ddp", "ok")
+
+
+def test_first_samples_keeps_order_and_weights():
+    data = ArrayData([torch.arange(10.0)[:, None]], [torch.arange(10)], torch.ones(10))
+    head = first_samples(data, 4)
+    assert len(head) == 4 and head.xs[0][:, 0].tolist() == [0, 1, 2, 3]
+    assert len(head.sample_weight) == 4 and first_samples(data, 50) is data
+
+
+def test_verify_rejects_a_script_without_fit(tmp_path):
+    script = tmp_path / "nofit.py"
+    script.write_text("print('no training here')\n")
+    with pytest.raises(SystemExit, match="without calling model.fit"):
+        main(["verify", str(script), "--strategies", "ddp"])
