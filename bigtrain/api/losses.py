@@ -16,7 +16,11 @@ EPSILON = 1e-7  # Keras's clip for probabilities
 
 
 def categorical_crossentropy(y_true, y_pred, from_logits=False):
+    if not y_true.is_floating_point():  # one-hot labels stored compactly as class ids
+        return sparse_categorical_crossentropy(y_true, y_pred, from_logits)
     if from_logits:
+        if y_pred.dim() == 2:  # one fused kernel for the common (B, C) case
+            return F.cross_entropy(y_pred, y_true, reduction="none")
         return -(y_true * torch.log_softmax(y_pred, dim=-1)).sum(-1)
     p = y_pred / y_pred.sum(-1, keepdim=True)
     return -(y_true * torch.log(p.clamp(EPSILON, 1 - EPSILON))).sum(-1)
@@ -83,6 +87,8 @@ class LossSpec:
             per = self.fn(y_true, y_pred, from_logits=self.from_logits)
         if per.dim() == 0:
             return per
+        if sample_weight is None:
+            return per.mean()  # the mean over (B, ...) equals the mean of per-sample means
         per = per.reshape(per.shape[0], -1).mean(-1)  # (B,)
         if sample_weight is not None:
             per = per * sample_weight.to(per.dtype)

@@ -15,6 +15,11 @@ class Metric:
     name = "metric"
     size = 2
 
+    def reads_scores_only(self, y_true, y_pred) -> bool:
+        """True when raw scores (logits) give the same result as probabilities (argmax
+        metrics), so the loop can skip the softmax before `update`."""
+        return False
+
     def reset(self, device) -> None:
         self.state = torch.zeros(self.size, dtype=torch.float64, device=device)
 
@@ -24,6 +29,15 @@ class Metric:
     def result(self, state: torch.Tensor | None = None) -> float:
         s = self.state if state is None else state
         return float(s[0] / s[1]) if float(s[1]) > 0 else 0.0
+
+
+def _dense_targets(y_true, y_pred):
+    """Class-id targets as one-hot rows when the prediction has one column per class."""
+    if y_true.shape != y_pred.shape and y_pred.dim() > 1 and y_pred.shape[-1] > 1 \
+            and not y_true.is_floating_point():
+        ids = y_true.reshape(y_pred.shape[:-1]).long()
+        return torch.nn.functional.one_hot(ids, y_pred.shape[-1]).to(y_pred.dtype)
+    return y_true
 
 
 def _add(state, hits, count):
@@ -46,6 +60,10 @@ class Accuracy(Metric):
             return "categorical"
         return "sparse"
 
+    def reads_scores_only(self, y_true, y_pred) -> bool:
+        self.kind = self.kind or self._resolve(y_true, y_pred)
+        return self.kind != "binary"
+
     def update(self, y_true, y_pred):
         self.kind = self.kind or self._resolve(y_true, y_pred)
         if self.kind == "binary":
@@ -64,6 +82,9 @@ class TopKCategoricalAccuracy(Metric):
         self.k = k
         self.name = "top_k_categorical_accuracy"
 
+    def reads_scores_only(self, y_true, y_pred) -> bool:
+        return True
+
     def update(self, y_true, y_pred):
         target = y_true.argmax(-1) if y_true.shape == y_pred.shape else \
             y_true.reshape(y_pred.shape[:-1]).long()
@@ -79,6 +100,7 @@ class MeanError(Metric):
         self.name = name
 
     def update(self, y_true, y_pred):
+        y_true = _dense_targets(y_true, y_pred)
         d = y_pred - y_true.reshape(y_pred.shape).to(y_pred.dtype)
         err = d * d if self.name == "mse" else d.abs()
         _add(self.state, err.sum(), err.numel())
@@ -95,6 +117,7 @@ class AUC(Metric):
         self.size = 2 * bins
 
     def update(self, y_true, y_pred):
+        y_true = _dense_targets(y_true, y_pred)
         p = y_pred.detach().reshape(-1).float().clamp(0, 1)
         t = y_true.reshape(-1) > 0.5
         idx = (p * (self.bins - 1)).round().long()

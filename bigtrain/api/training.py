@@ -120,7 +120,21 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True) -> ArrayDat
                                          model.output_names):
             check.check_targets(yi, spec.name, shape, name)
     sw = None if sample_weight is None else as_tensor_source(sample_weight)
-    return ArrayData([as_tensor_source(a) for a in xs], [as_tensor_source(a) for a in ys], sw)
+    targets = [as_tensor_source(a) for a in ys]
+    if model.compiled is not None:
+        targets = [_compact_one_hot(t, spec) for t, spec in zip(targets, model.compiled.losses)]
+    return ArrayData([as_tensor_source(a) for a in xs], targets, sw)
+
+
+def _compact_one_hot(y, spec: LossSpec):
+    """Exactly one-hot labels for a categorical cross-entropy on logits become class ids:
+    the same loss and metrics, computed by torch's fused kernel on 1/C of the bytes."""
+    if spec.name != "categorical_crossentropy" or not spec.from_logits or \
+            not isinstance(y, torch.Tensor) or y.dim() != 2 or not y.is_floating_point():
+        return y
+    if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(1) == 1).all()):
+        return y  # soft labels stay as they are
+    return y.argmax(1)
 
 
 def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,

@@ -13,8 +13,12 @@ from bigtrain.parallel.base import StepBatch
 def make_step_batch(data: ArrayData, gidx: torch.Tensor, shard: tuple[int, int],
                     accumulate: int, replicas: int, device) -> StepBatch:
     """This rank's micro-batches of the global batch `gidx`, with loss weights
-    n_micro / n_global * replicas (so averaged gradients equal the global-batch gradient)."""
-    lo, hi = shard_bounds(len(gidx), *shard)
+    n_micro / n_global * replicas (so averaged gradients equal the global-batch gradient).
+
+    `shard` is `(index, count)` (even split) or a `bigtrain.parallel.base.Shard` whose
+    `bounds(len(gidx))` gives this rank's uneven `[start, stop)`."""
+    bounds = getattr(shard, "bounds", None)
+    lo, hi = bounds(len(gidx)) if bounds is not None else shard_bounds(len(gidx), *shard)
     local = gidx[lo:hi]
     micro, weights = [], []
     for k in range(accumulate):
@@ -55,7 +59,7 @@ class Tally:
             for m in ms:
                 m.reset(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0  # samples seen (a host number: no device op per step)
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
@@ -73,12 +77,17 @@ class Tally:
         with torch.no_grad():
             for ms, act, out, y in zip(self.metrics, self.activations, outs, ys):
                 if ms and out.shape[0]:
-                    probs = act(out.float()) if act is not None else out.float()
+                    probs = None
                     for m in ms:
+                        if act is None or m.reads_scores_only(y, out):
+                            m.update(y, out)  # argmax metrics: softmax changes nothing
+                            continue
+                        probs = act(out.float()) if probs is None else probs
                         m.update(y, probs)
 
     def state(self) -> torch.Tensor:
-        parts = [self.loss_sum.reshape(1), self.count.reshape(1)]
+        parts = [self.loss_sum.reshape(1),
+                 torch.tensor([float(self.count)], dtype=torch.float64, device=self.loss_sum.device)]
         parts += [m.state for ms in self.metrics for m in ms]
         return torch.cat(parts)
 
