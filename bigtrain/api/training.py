@@ -171,6 +171,9 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
             checkpoint_dir; "never"; or a `step-XXXXXXXX` folder). For processes that fit
             starts itself: max_restarts (restart the group after a rank dies; it resumes
             from the newest checkpoint), timeout (process-group timeout, seconds).
+            Distributed runs also take watchdog (True) and watchdog_timeout (seconds a rank
+            may wait in one operation before the job fails with a report naming the rank
+            that is missing or behind; default 120).
 
     Example:
         model.fit(x, y, epochs=5, strategy="zero3", devices=2, checkpoint_dir="ckpt",

@@ -149,7 +149,7 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     longer than its window. See `_train` for the arguments and result.
     """
     beat = Heartbeat()
-    config = getattr(task, "watchdog", None) or WatchdogConfig()
+    config = task.watchdog or WatchdogConfig()
     dog = start_watchdog(strategy.env, config, beat)
     strategy.heartbeat = beat
     try:

@@ -120,6 +120,7 @@ class TrainTask:
         callbacks: Callback objects.
         run_dir: where the run record is written (rank 0), or None.
         checkpoint: resumable checkpoints (see CheckpointConfig), or None.
+        watchdog: hang-watchdog settings for distributed runs (None: on, 120 s window).
     """
     module: nn.Module
     losses: list
@@ -135,6 +136,7 @@ class TrainTask:
     run_dir: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointConfig | None = None
+    watchdog: Any = None  # a bigtrain.diagnose.watchdog.WatchdogConfig; None: the default
 
     def metric_names(self) -> list[str]:
         return [m.name for ms in self.metrics for m in ms]
