@@ -1,0 +1,324 @@
+"""Speed-aware data parallel for ranks of unequal speed: every rank holds the whole model, but
+each global batch is split in proportion to the ranks' measured (or declared) throughput, so
+a fast rank does not wait for a slow one at every gradient all-reduce.
+
+    fit(..., strategy="ddp_balanced", devices=2)                 # measured speeds
+    fit(..., strategy=BalancedDataParallel(weights=[3, 1], balance="fixed"), devices=2)
+
+How a step runs on each rank:
+    1. the engine cuts this rank's share of the global batch (`data_shard()` returns a
+       `Shard` whose `bounds` come from the current shares; largest-remainder rounding,
+       every rank >= 1 sample when the batch has enough);
+    2. forward + backward on the local share only (timed: this rank's own compute);
+    3. gradients all-reduced (sum) and divided by the world size. The engine's loss weights
+       n_rank / n_global * world_size make that average the gradient of the global-batch
+       mean loss whatever the split: sum_r (world/n) * sum_{i in r} g_i / world = mean_i g_i;
+    4. optimizer step (on the device, or on the host with optimizer_device="cpu").
+Every `rebalance_every` measured steps the ranks all-reduce their best (least disturbed)
+seconds per sample of the window, fold them into an exponential moving average of speeds,
+and re-split. Every rank computes the
+new shares from the same reduced numbers, so all make the same decision.
+
+Unlike "ddp", gradient communication runs after backward instead of overlapping with it: the
+timing must see this rank's compute alone, and on unequal devices the wait for the slowest
+rank, not the exposed all-reduce, dominates the step.
+
+Slow-rank knob (tests and benchmarks on one machine): `slow_ranks={1: 3.0}` makes rank 1
+sleep twice its compute time after its backward, so it runs 3x slower; when `slow_ranks` is
+not given, the environment variable BIGTRAIN_SLOW_RANKS="1:3.0" (read once, here, at
+construction) sets it.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from bigtrain.parallel.base import Shard, register
+from bigtrain.parallel.cpu_optimizer import setup_optimizer_on
+from bigtrain.parallel.data_parallel import DataParallel, check_batch_covers_ranks
+
+SLOW_RANKS_ENV = "BIGTRAIN_SLOW_RANKS"
+BALANCE_MODES = ("speed", "fixed", "even")
+CLOCKS = ("wall", "cpu")
+
+
+# ---- pure logic: rounding and the knob's syntax ---------------------------------------------
+def split_counts(n: int, shares: Sequence[float]) -> list[int]:
+    """Split `n` samples in proportion to `shares` (largest-remainder rounding).
+
+    Every part gets >= 1 sample when n >= len(shares) (taken from the largest part); ties of
+    the remainders go to the lower index, so every rank computes the same split.
+
+    Args:
+        n: samples in the global batch.
+        shares: non-negative relative shares, one per rank (any scale).
+
+    Example:
+        >>> split_counts(40, [3, 1])
+        [30, 10]
+        >>> split_counts(7, [3, 1])
+        [5, 2]
+    """
+    total = float(sum(shares))
+    if not shares or total <= 0 or any(s < 0 or not math.isfinite(s) for s in shares):
+        raise ValueError(f"shares must be finite, >= 0 and not all 0, got {list(shares)}")
+    exact = [s / total * n for s in shares]
+    counts = [math.floor(e) for e in exact]
+    order = sorted(range(len(shares)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[:n - sum(counts)]:
+        counts[i] += 1
+    if n >= len(shares):
+        for i in range(len(counts)):
+            if counts[i] == 0:
+                counts[counts.index(max(counts))] -= 1
+                counts[i] = 1
+    return counts
+
+
+def parse_slow_ranks(text: str) -> dict[int, float]:
+    """`"1:3.0,2:1.5"` -> {1: 3.0, 2: 1.5} (the BIGTRAIN_SLOW_RANKS syntax).
+
+    Example:
+        >>> parse_slow_ranks("1:3")
+        {1: 3.0}
+    """
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        rank, sep, factor = part.partition(":")
+        try:
+            out[int(rank)] = float(factor)
+        except ValueError:
+            raise ValueError(f"{SLOW_RANKS_ENV}={text!r}: expected 'rank:factor' pairs separated "
+                             "by commas, e.g. '1:3.0' makes rank 1 three times slower") from None
+    return out
+
+
+# ---- communication (every rank calls these together) ----------------------------------------
+def broadcast_module(module: nn.Module, src: int = 0) -> None:
+    """Make every rank's parameters and buffers equal to rank `src`'s (one broadcast each)."""
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=src)
+
+
+def allreduce_gradients(params: list[nn.Parameter], world_size: int, bucket_bytes: int) -> None:
+    """Average `.grad` over ranks: all-reduce (sum) of flat buckets of <= `bucket_bytes`, then
+    divide by `world_size`. A missing grad counts as zeros (it is materialised) so every rank
+    sends buffers of the same layout."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    buckets, current, size = [], [], 0
+    for p in params:
+        if current and (size + p.grad.nbytes > bucket_bytes or p.grad.dtype != current[0].dtype):
+            buckets.append(current)
+            current, size = [], 0
+        current.append(p.grad)
+        size += p.grad.nbytes
+    if current:
+        buckets.append(current)
+    flats = [_flatten_dense_tensors(b) for b in buckets]
+    works = [dist.all_reduce(f, async_op=True) for f in flats]  # queued back to back
+    for bucket, flat, work in zip(buckets, flats, works):
+        work.wait()
+        flat.div_(world_size)
+        for g, avg in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
+            g.copy_(avg)
+
+
+def gather_rates(local_s_per_sample: float, rank: int, world_size: int) -> list[float]:
+    """Every rank's seconds per sample, on every rank (one all-reduce of a world-size vector;
+    a rank without a measurement sends 0)."""
+    table = torch.zeros(world_size, dtype=torch.float64)
+    table[rank] = local_s_per_sample
+    dist.all_reduce(table)
+    return table.tolist()
+
+
+def _check_options(balance, weights, slow_ranks, rebalance_every, ema, optimizer_device,
+                   clock) -> None:
+    """ValueError naming the option to change, before any process group exists."""
+    if balance not in BALANCE_MODES:
+        raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
+    if balance == "fixed" and weights is None:
+        raise ValueError("balance='fixed' needs weights=[...], one share per rank")
+    if weights is not None and (not weights or any(not w > 0 for w in weights)):
+        raise ValueError(f"weights must be positive shares, one per rank, got {weights!r}")
+    if rebalance_every < 1 or not 0 <= ema < 1:
+        raise ValueError(f"need rebalance_every >= 1 and 0 <= ema < 1, got "
+                         f"{rebalance_every} and {ema}")
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if optimizer_device not in (None, "cpu"):
+        raise ValueError(f"optimizer_device must be None or 'cpu', got {optimizer_device!r}")
+    if any(not f >= 1 for f in slow_ranks.values()):
+        raise ValueError(f"slow_ranks factors must be >= 1 (1 = normal speed), got {slow_ranks}")
+
+
+# ---- the strategy ---------------------------------------------------------------------------
+class BalancedDataParallel(DataParallel):
+    """Data parallel with uneven, speed-proportional shares of every global batch.
+
+    Args:
+        balance: "speed" (measure and re-split; starts from `weights` or an even split),
+            "fixed" (the declared `weights`, never changed) or "even" (equal shares, as ddp).
+        weights: declared relative shares per rank, e.g. [3, 1] (rank 0 takes 3/4).
+        slow_ranks: rank -> slowdown factor >= 1 for testing, e.g. {1: 3.0}; default from the
+            BIGTRAIN_SLOW_RANKS environment variable (see the module docstring).
+        rebalance_every: measured steps between re-splits (speed mode).
+        ema: weight of the previous speed estimate in the moving average, in [0, 1)
+            (0: use only the newest window).
+        optimizer_device: None (optimizer next to the weights) or "cpu" (host optimizer,
+            see bigtrain.parallel.cpu_optimizer).
+        clock: what a rank's compute is timed with: "wall" (elapsed seconds, synchronised
+            with the device: the speed that matters) or "cpu" (this process's CPU seconds,
+            for CPU ranks on a host shared with unrelated load that should not move the
+            split, as in tests; the slow knob's delay counts as factor x CPU seconds).
+        bucket_cap_mb: size of the flat gradient buckets of the all-reduce.
+
+    Example:
+        strategy = BalancedDataParallel(slow_ranks={1: 3.0}, rebalance_every=3)
+        model.fit(x, y, batch_size=128, strategy=strategy, devices=2)
+        model.history.stats["shares"]       # e.g. [0.75, 0.25]
+    """
+
+    name = "ddp_balanced"
+
+    def __init__(self, balance: str = "speed", weights: Sequence[float] | None = None,
+                 slow_ranks: dict[int, float] | None = None, rebalance_every: int = 5,
+                 ema: float = 0.5, optimizer_device: str | None = None, clock: str = "wall",
+                 bucket_cap_mb: int = 25):
+        super().__init__(bucket_cap_mb=bucket_cap_mb)
+        if slow_ranks is None:
+            slow_ranks = parse_slow_ranks(os.environ.get(SLOW_RANKS_ENV, ""))
+        _check_options(balance, weights, slow_ranks, rebalance_every, ema, optimizer_device, clock)
+        self.balance, self.weights = balance, None if weights is None else list(weights)
+        self.slow_ranks = {int(r): float(f) for r, f in slow_ranks.items()}
+        self.rebalance_every, self.ema = rebalance_every, ema
+        self.optimizer_device, self.clock = optimizer_device, clock
+        self.shares: list[float] = [1.0]
+        self.share_history: list[list[float]] = []
+        self._speed: list[float] | None = None  # EMA of samples per second, per rank
+        self._window: list[float] = []           # this rank's seconds per sample, recent steps
+        self._steps, self._t0, self._n_local = 0, (0.0, 0.0), 0
+        self._params: list[nn.Parameter] = []
+
+    # ---- checks and setup -----------------------------------------------------------------
+    def validate(self, world_size: int, global_batch_size: int) -> None:
+        check_batch_covers_ranks(self.name, world_size, global_batch_size)
+        if self.weights is not None and len(self.weights) != world_size:
+            raise ValueError(f"weights={self.weights} declares {len(self.weights)} shares for "
+                             f"{world_size} ranks; give one share per rank")
+        bad = [r for r in self.slow_ranks if not 0 <= r < world_size]
+        if bad:
+            raise ValueError(f"slow_ranks names ranks {bad} outside 0..{world_size - 1}")
+
+    def setup(self, env) -> None:
+        super().setup(env)
+        w = self.weights if self.balance != "even" and self.weights else [1.0] * env.world_size
+        self.shares = [x / sum(w) for x in w]
+        self.share_history = [list(self.shares)]
+
+    def setup_module(self, module: nn.Module) -> nn.Module:
+        module = module.to(self.env.device)
+        if self.env.distributed:
+            broadcast_module(module)  # same start on every rank, as DDP does
+        self._params = [p for p in module.parameters() if p.requires_grad]
+        return module
+
+    def setup_optimizer(self, module, make_optimizer):
+        return setup_optimizer_on(self.optimizer_device, module, make_optimizer)
+
+    def data_shard(self):
+        if not self.env.distributed:
+            return (0, 1)
+        return Shard(self.env.rank, self.env.world_size, bounds=self.share_bounds)
+
+    def share_bounds(self, n_global: int) -> tuple[int, int]:
+        """[start, stop) of this rank's samples in a global batch of `n_global`."""
+        counts = split_counts(n_global, self.shares)
+        start = sum(counts[:self.env.rank])
+        return start, start + counts[self.env.rank]
+
+    def no_sync(self, module: nn.Module):
+        return super(DataParallel, self).no_sync(module)  # grads stay local until step
+
+    # ---- one step ---------------------------------------------------------------------------
+    def train_step(self, module, optimizer, batch, compute_loss, autocast):
+        """Local forward/backward of this rank's share; `optimizer_step` then delays (slow
+        knob), measures, averages the gradients and steps."""
+        self._n_local = sum(_rows(y if y is not None else x) for x, y, _ in batch.micro)
+        self._t0 = (time.perf_counter(), time.process_time())
+        return super().train_step(module, optimizer, batch, compute_loss, autocast)
+
+    def optimizer_step(self, optimizer) -> None:
+        compute_s = self._local_compute_s()
+        if self.env.distributed:
+            allreduce_gradients(self._params, self.env.world_size, self.bucket_cap_mb * 2 ** 20)
+            if self.balance == "speed":
+                self._observe(compute_s)
+        optimizer.step()
+
+    def _local_compute_s(self) -> float:
+        """Seconds of this rank's own compute this step, the slow knob's delay included."""
+        if self.balance != "speed" and not self.slow_ranks:
+            return 0.0  # nothing reads it: skip the device synchronisation
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        wall, cpu = time.perf_counter() - self._t0[0], time.process_time() - self._t0[1]
+        factor = self.slow_ranks.get(self.env.rank, 1.0)
+        if factor > 1.0:
+            time.sleep((factor - 1.0) * wall)
+            wall = time.perf_counter() - self._t0[0]
+        return wall if self.clock == "wall" else cpu * factor
+
+    def _observe(self, compute_s: float) -> None:
+        """Record one step; every `rebalance_every` measured steps, re-split (collective)."""
+        self._steps += 1
+        if self._steps == 1:
+            return  # the first step pays for allocator and thread-pool warm-up
+        if self._n_local:
+            self._window.append(compute_s / self._n_local)
+        if (self._steps - 1) % self.rebalance_every == 0:
+            # the least disturbed step: stalls (other processes, GC) only ever add time
+            mine = min(self._window) if self._window else 0.0
+            self._window = []
+            self._rebalance(gather_rates(mine, self.env.rank, self.env.world_size))
+
+    def _rebalance(self, s_per_sample: list[float]) -> None:
+        """New shares from every rank's seconds per sample (identical input on all ranks)."""
+        if any(not s > 0 for s in s_per_sample):
+            return  # a rank had no sample to time in this window: keep the split
+        new = [1.0 / s for s in s_per_sample]
+        if self._speed is None:
+            self._speed = new
+        else:
+            self._speed = [self.ema * o + (1 - self.ema) * n for o, n in zip(self._speed, new)]
+        total = sum(self._speed)
+        self.shares = [s / total for s in self._speed]
+        self.share_history.append(list(self.shares))
+
+    # ---- reporting --------------------------------------------------------------------------
+    def stats(self) -> dict:
+        """Shares (fraction of each global batch per rank) and their history, for FitResult."""
+        return {"balance": self.balance, "shares": list(self.shares),
+                "share_history": [list(s) for s in self.share_history]}
+
+    def describe(self) -> str:
+        slow = f", slow ranks {self.slow_ranks}" if self.slow_ranks else ""
+        host = ", optimizer on the host" if self.optimizer_device == "cpu" else ""
+        return f"ddp balanced by {self.balance}{slow}{host}"
+
+
+def _rows(t) -> int:
+    return int((t[0] if isinstance(t, tuple) else t).shape[0])
+
+
+register("ddp_balanced", BalancedDataParallel)
