@@ -14,7 +14,7 @@ from bigtrain.diagnose.watchdog import (HangWatchdog, Heartbeat, WatchdogConfig,
                                         hang_report)
 from bigtrain.engine.callbacks.base import Callback
 from tests.dist import run_ranks
-from tests.parallel.strategy_cases import build
+from tests.parallel.strategy_cases import build, case_data
 
 WINDOW_S = 3.0
 STALL_STEP = 3
@@ -168,8 +168,8 @@ class _StallRank1(Callback):
 
 @pytest.mark.timeout(200)
 def test_fit_launcher_reports_the_hang():
-    model, task = build("embed", steps=4, batch=8)
-    x, y = task.train.xs[0], task.train.ys[0]
+    model, _ = build("embed", steps=4, batch=8)
+    x, y = case_data("embed", 32)
     t0 = time.monotonic()
     with pytest.raises(RuntimeError) as err:
         model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, strategy="ddp",
