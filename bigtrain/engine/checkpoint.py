@@ -31,9 +31,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
 
 from bigtrain.engine import checkpoint_state as cs
+from bigtrain.engine.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
 from bigtrain.engine.task import CheckpointConfig
 
 POINTER = "latest"
@@ -153,7 +153,7 @@ def resolve_resume(config: CheckpointConfig) -> str | None:
 
 def _dcp_metadata(path: str) -> dict:
     try:
-        return FileSystemReader(path).read_metadata().state_dict_metadata
+        return SafeFileSystemReader(path).read_metadata().state_dict_metadata
     except Exception as e:  # noqa: BLE001 - any failure here means an unreadable file
         raise CheckpointError(f"cannot read the DCP metadata of {path}: {e}") from None
 
@@ -162,7 +162,11 @@ def _dcp(fn, state: dict, path: str, distributed: bool) -> None:
     with warnings.catch_warnings():  # DCP warns that one process means "no_dist"
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         warnings.filterwarnings("ignore", message=".*assuming the intent is to.*")
-        fn(state, checkpoint_id=path, no_dist=not distributed)
+        if fn is dcp.load:  # never unpickle what the folder holds (see safe_dcp)
+            fn(state, checkpoint_id=path, storage_reader=SafeFileSystemReader(path),
+               planner=SafeLoadPlanner(), no_dist=not distributed)
+        else:
+            fn(state, checkpoint_id=path, no_dist=not distributed)
 
 
 def export_safetensors(checkpoint: str, path: str) -> dict[str, tuple[int, ...]]:
