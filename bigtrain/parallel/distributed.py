@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.parallel.base import DistEnv
+from bigtrain.parallel.loopback import is_loopback, loopback_store
 
 DEFAULT_TIMEOUT_S = 300.0  # collectives fail after this instead of gloo's 30 minutes
 
@@ -77,6 +78,9 @@ def rendezvous_store(rank: int, world: int, timeout_s: float):
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
     master = rank == 0 and not agent
     try:
+        if master and is_loopback(host):  # one host: listen on loopback only
+            return loopback_store(host, port, world, timedelta(seconds=timeout_s),
+                                  wait_for_workers=False, multi_tenant=True)
         return dist.TCPStore(host, port, world, is_master=master,
                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
                              multi_tenant=master)

@@ -23,6 +23,8 @@ import cloudpickle
 import numpy as np
 import torch
 
+from bigtrain.parallel.loopback import register_rendezvous
+
 SPILL_BYTES = 64 * 2**20  # arrays above this go through memory-mapped files
 
 
@@ -68,6 +70,7 @@ def _worker(payload_path: str, timeout_s: float | None):
     from bigtrain.parallel.distributed import join_existing_job
     with open(payload_path, "rb") as f:
         train_fn, task, strategy, owner = cloudpickle.load(f)  # our own file, just written
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo listens on loopback only
     env = join_existing_job(timeout_s)
     strategy.setup(env)
     try:
@@ -107,7 +110,8 @@ def launch(task, strategy, nprocs: int, *, model_owner, train_fn=None, max_resta
         with open(payload, "wb") as f:
             cloudpickle.dump((train_fn, task, strategy, model_owner), f)
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
-                              run_id=f"bigtrain-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                              run_id=f"bigtrain-{uuid.uuid4().hex[:8]}",
+                              rdzv_backend=register_rendezvous(),  # listens on loopback only
                               rdzv_endpoint="127.0.0.1:0", max_restarts=max_restarts,
                               monitor_interval=0.1, start_method=start_method,
                               local_addr="127.0.0.1")
