@@ -113,6 +113,8 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True) -> ArrayDat
     check.check_lengths(xs, ys, sample_weight)
     if model.input_shapes is not None:
         check.check_input_shapes(xs, model.input_shapes, in_names)
+    check.check_numeric(xs, "x")
+    check.check_numeric(ys, "y")
     check.check_finite(xs, "x")
     check.check_finite(ys, "y")
     if model.compiled is not None and model.output_shapes is not None:

@@ -43,6 +43,19 @@ def check_lengths(xs: list, ys: list, sample_weight=None) -> int:
     return n
 
 
+def check_numeric(arrays: list, what: str) -> None:
+    """Raise for arrays of text or Python objects, which no model can take."""
+    for i, a in enumerate(arrays):
+        if isinstance(a, torch.Tensor):
+            continue
+        dtype = np.asarray(a[:0]).dtype
+        if dtype.kind in "USOV":
+            name = what if len(arrays) == 1 else f"{what}[{i}]"
+            raise ValueError(f"{name} has dtype {dtype} (text or objects); bigtrain needs numeric "
+                             "arrays: encode text first (e.g. TF-IDF features or token ids) and "
+                             "convert with np.asarray(..., dtype='float32')")
+
+
 def check_finite(arrays: list, what: str) -> None:
     """Raise if a float array holds NaN or Inf: how many, and the first (row, column)."""
     for i, a in enumerate(arrays):

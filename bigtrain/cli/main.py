@@ -71,6 +71,10 @@ def _run(args, rest: list[str]) -> int:
     argv = list(rest)
     nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
                   if a in ("--nproc-per-node", "--nproc_per_node")), None)
+    if nproc is not None and (not nproc.isdigit() or int(nproc) < 1) and nproc not in (
+            "auto", "cpu", "gpu"):
+        raise SystemExit(f"bigtrain run: --nproc-per-node must be a positive number of processes "
+                         f"(or auto), got {nproc!r}")
     if nproc and nproc.isdigit() and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(nproc)))
     if not any(a.startswith("--rdzv") or a.startswith("--rdzv_") for a in argv) and \
@@ -80,8 +84,46 @@ def _run(args, rest: list[str]) -> int:
         argv = ["--rdzv-backend", register_rendezvous(), "--rdzv-endpoint", "127.0.0.1:0",
                 "--local-addr", "127.0.0.1", *argv]
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too
+    _check_rendezvous_port(argv)
     torchrun_main(argv)
     return 0
+
+
+def _flag(argv: list[str], *names: str) -> str | None:
+    for i, a in enumerate(argv):
+        for n in names:
+            if a == n and i + 1 < len(argv):
+                return argv[i + 1]
+            if a.startswith(n + "="):
+                return a.split("=", 1)[1]
+    return None
+
+
+def _check_rendezvous_port(argv: list[str]) -> None:
+    """The first node hosts the rendezvous store: fail at once, naming the port, when another
+    process already holds it (torch would otherwise wait for its read timeout)."""
+    import socket
+
+    endpoint = _flag(argv, "--rdzv-endpoint", "--rdzv_endpoint")
+    node_rank = _flag(argv, "--node-rank", "--node_rank") or "0"
+    if not endpoint or ":" not in endpoint or node_rank != "0":
+        return
+    host, port = endpoint.rsplit(":", 1)
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        local = socket.gethostbyname(host) in ("127.0.0.1", socket.gethostbyname(socket.gethostname()))
+    except OSError:
+        return
+    if not local:
+        return
+    with socket.socket() as s:
+        try:
+            s.bind((socket.gethostbyname(host), int(port)))
+        except OSError as e:
+            raise SystemExit(f"bigtrain run: rendezvous endpoint {endpoint} is in use by another "
+                             f"process ({e.strerror}); choose another port in --rdzv-endpoint "
+                             "(or port 0 on one host for a free one)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import shutil
 import warnings
@@ -163,8 +164,16 @@ def _dcp(fn, state: dict, path: str, distributed: bool) -> None:
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         warnings.filterwarnings("ignore", message=".*assuming the intent is to.*")
         if fn is dcp.load:  # never unpickle what the folder holds (see safe_dcp)
-            fn(state, checkpoint_id=path, storage_reader=SafeFileSystemReader(path),
-               planner=SafeLoadPlanner(), no_dist=not distributed)
+            try:
+                fn(state, checkpoint_id=path, storage_reader=SafeFileSystemReader(path),
+                   planner=SafeLoadPlanner(), no_dist=not distributed)
+            except (dcp.api.CheckpointException, EOFError, OSError, RuntimeError,
+                    pickle.UnpicklingError) as e:
+                first = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+                raise CheckpointError(f"checkpoint {path} could not be read ({first}): its tensor "
+                                      "files are damaged or incomplete; resume from an older "
+                                      "checkpoint (resume='<step folder>') or start fresh "
+                                      "(resume='never')") from None
         else:
             fn(state, checkpoint_id=path, no_dist=not distributed)
 

@@ -84,6 +84,9 @@ class CheckpointConfig:
         if not isinstance(self.directory, (str, os.PathLike)) or not os.fspath(self.directory):
             raise ValueError(f"checkpoint_dir must be a folder path, got {self.directory!r}")
         object.__setattr__(self, "directory", os.path.abspath(os.fspath(self.directory)))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise ValueError(f"checkpoint_dir {self.directory} is a file, not a folder; pass a "
+                             "folder path (it is created if missing)")
         if not isinstance(self.every_steps, int) or self.every_steps < 0:
             raise ValueError(f"checkpoint_every must be a number of steps >= 0 (0: epoch ends "
                              f"only), got {self.every_steps!r}")
