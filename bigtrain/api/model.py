@@ -142,6 +142,10 @@ class Model(nn.Module):
         if self._live is not None:
             strategy, module = self._live
             return strategy.full_state_dict(module)
+        if any(hasattr(p, "to_local") for p in self.net.parameters()):
+            raise RuntimeError("this rank holds only shards of the model (a sharded fit inside a "
+                               "launched job); its full weights are on rank 0: read them where "
+                               "bigtrain.is_main_process() is True")
         return {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
 
     def get_weights(self) -> list[np.ndarray]:

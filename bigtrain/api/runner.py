@@ -24,7 +24,12 @@ def _callbacks(user: list, verbose: int) -> list:
 
 def _finish(model, result: FitResult, history) -> object:
     if result.state_dict is not None:
-        model.net.load_state_dict(result.state_dict)
+        if any(hasattr(p, "to_local") for p in model.net.parameters()):
+            # inside a launched job a sharded strategy changed the module in place (its
+            # parameters are DTensor shards): rank 0 keeps the full weights beside it
+            model._weights_cache = result.state_dict
+        else:
+            model.net.load_state_dict(result.state_dict)
     history.history = dict(result.history)
     history.epoch = list(result.epochs)
     history.stats = dict(result.stats)

@@ -195,6 +195,13 @@ class HangWatchdog:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5 * self.config.interval_s)
+        # The store may sit on a host that is gone (a cut link): forget this rank's
+        # heartbeat from a daemon thread and never wait on it for more than a moment.
+        forget = threading.Thread(target=self._forget, daemon=True, name="bigtrain-forget")
+        forget.start()
+        forget.join(timeout=2.0)
+
+    def _forget(self) -> None:
         try:
             self.store.delete_key(KEY.format(rank=self.rank))
         except Exception:  # noqa: BLE001 - the store may already be gone at shutdown
