@@ -25,10 +25,18 @@ _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 
 def shard_units(module: nn.Module) -> list[nn.Module]:
-    """Submodules that directly own parameters, deepest first (each becomes an FSDP unit)."""
+    """Submodules that directly own parameters, deepest first (each becomes an FSDP unit).
+
+    Modules that share a parameter (a GPT's embedding tied to its output head) are left to
+    the root's unit: FSDP needs a tied weight to live in one group."""
     units = [m for m in module.modules()
              if m is not module and any(True for _ in m.parameters(recurse=False))]
-    return units[::-1]
+    owners: dict[int, list[nn.Module]] = {}
+    for m in units:
+        for p in m.parameters(recurse=False):
+            owners.setdefault(id(p), []).append(m)
+    tied = {id(m) for ms in owners.values() if len(ms) > 1 for m in ms}
+    return [m for m in units if id(m) not in tied][::-1]
 
 
 class Sharded(Strategy):
