@@ -52,9 +52,31 @@ def run_report(args) -> int:
 
 def run_doctor(args) -> int:
     from bigtrain.diagnose import RunRecord, check_run, render_doctor
-    record = RunRecord.load(_run_dir(args.run_dir))
-    print(render_doctor(check_run(record)))
+    if args.run_dir.endswith(".py"):
+        findings = _doctor_script_data(args.run_dir)
+    else:
+        findings = check_run(RunRecord.load(_run_dir(args.run_dir)))
+    print(render_doctor(findings))
     return 0
+
+
+def _numpy(a):
+    return a.numpy() if hasattr(a, "numpy") else a
+
+
+def _doctor_script_data(script: str) -> list:
+    """Run SCRIPT up to its first fit and check the data it would train on (no training)."""
+    from bigtrain.cli.verify import capture_script
+    from bigtrain.diagnose import check_data
+    fit = capture_script(script, [])
+    data, val = fit.data, fit.val
+    if not getattr(data, "xs", None):
+        raise SystemExit("bigtrain doctor: the script trains from a Dataset; the data checks "
+                         "need arrays (x, y)")
+    x, y = _numpy(data.xs[0]), _numpy(data.ys[0]) if data.ys else None
+    x_test = _numpy(val.xs[0]) if val is not None and getattr(val, "xs", None) else None
+    y_test = _numpy(val.ys[0]) if x_test is not None and val.ys else None
+    return check_data(x, y, x_test, y_test)
 
 
 def run_export(args) -> int:
@@ -81,5 +103,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--optimizer", default="adam")
     r = sub.add_parser("report", help="render RUN_DIR/run.json as Markdown with PNG plots")
     r.add_argument("run_dir")
-    d = sub.add_parser("doctor", help="explain slow training and poor model quality of a run")
-    d.add_argument("run_dir")
+    d = sub.add_parser("doctor", help="explain slow training and poor model quality of a run "
+                                      "(RUN_DIR), or check a script's data before training "
+                                      "(SCRIPT.py)")
+    d.add_argument("run_dir", metavar="RUN_DIR|SCRIPT.py")

@@ -76,3 +76,22 @@ def test_export_writes_loadable_weights(tmp_path, capsys):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(SystemExit, match="bigtrain export"):
         main(["export", str(tmp_path / "nothing"), str(out)])
+
+
+def test_doctor_checks_a_scripts_data_before_training(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from bigtrain.layers import Dense, Input\nfrom bigtrain.models import Model\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.normal(size=(300, 5)).astype('float32')\n"
+        "x[:, 2] = 7.0  # a constant feature\n"
+        "y = np.eye(2, dtype='float32')[(x[:, 0] > 0).astype(int)]\n"
+        "i = Input(shape=(5,))\n"
+        "m = Model(i, Dense(2, activation='softmax')(i))\n"
+        "m.compile(optimizer='adam', loss='categorical_crossentropy')\n"
+        "m.fit(x, y, epochs=1000)\n"
+        "raise SystemExit('trained: the doctor must not train')\n")
+    assert main(["doctor", str(script)]) == 0
+    out = capsys.readouterr().out
+    assert "constant" in out.lower() and "2" in out
