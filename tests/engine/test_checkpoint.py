@@ -235,3 +235,47 @@ def test_state_digest_depends_on_values_not_on_layout():
     b["w"] = b["w"].clone()
     b["w"][1, 2] += 1e-3
     assert state_digest(a) != state_digest(b)
+
+
+def _crash_in(monkeypatch, target, name, when):
+    """Make `target.name` raise OSError on the call where `when(*args)` is true."""
+    original = getattr(target, name)
+
+    def crashing(*args, **kwargs):
+        if when(*args):
+            raise OSError("power lost")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(target, name, crashing)
+
+
+# each point of a save: before any file, inside DCP's write, after the tensors but before the
+# JSON, after the rename but before the pointer moved, and while pruning old checkpoints
+CRASH_POINTS = {
+    "before-tensors": lambda mp: _crash_in(mp, ckpt_mod.cs, "live_state", lambda *a: True),
+    "inside-dcp-write": lambda mp: _crash_in(mp, ckpt_mod.dcp, "save", lambda *a: True),
+    "before-rename": lambda mp: _crash_in(mp, ckpt_mod.os, "replace",
+                                          lambda src, dst: src.endswith(".tmp")),
+    "before-pointer": lambda mp: _crash_in(mp, ckpt_mod, "_write_json_atomic",
+                                           lambda path, data: path.endswith("latest")),
+    "while-pruning": lambda mp: _crash_in(mp, ckpt_mod.shutil, "rmtree",
+                                          lambda path, *a: path.endswith(".del")),
+}
+
+
+@pytest.mark.parametrize("point", sorted(CRASH_POINTS))
+def test_a_crash_at_any_point_of_a_save_keeps_a_loadable_checkpoint(tmp_path, monkeypatch,
+                                                                    point, uninterrupted):
+    folder = str(tmp_path / "ckpt")
+    make_model().fit(*data(), batch_size=10, epochs=1, verbose=0, checkpoint_dir=folder,
+                     keep_last=1)  # a good checkpoint at the end of epoch 1
+    before = find_checkpoint(folder)
+    CRASH_POINTS[point](monkeypatch)
+    with pytest.raises(OSError, match="power lost"):
+        make_model().fit(*data(), **FIT, checkpoint_dir=folder, keep_last=1)
+    monkeypatch.undo()
+    found = find_checkpoint(folder)
+    assert found is not None and os.path.isfile(os.path.join(found, "meta.json"))
+    assert found == before or point in ("before-pointer", "while-pruning")
+    model = make_model(seed=1)
+    model.fit(*data(), **FIT, checkpoint_dir=folder)  # resumes and finishes
+    assert same(weights(model), uninterrupted)
