@@ -42,6 +42,10 @@ def resolve_devices(devices) -> int | None:
                              "for N CPU processes")
         return torch.cuda.device_count()
     if isinstance(devices, int) and devices >= 1:
+        if torch.cuda.is_available() and devices > torch.cuda.device_count():
+            raise ValueError(f"devices={devices} but this machine has {torch.cuda.device_count()} "
+                             "CUDA device(s); use devices<="
+                             f"{torch.cuda.device_count()} (one process per device)")
         return devices
     raise ValueError(f"devices must be a positive integer, 'auto', 'cpu' or 'cuda', got {devices!r}")
 

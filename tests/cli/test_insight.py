@@ -22,6 +22,7 @@ def test_fit_writes_a_run_record(run_dir):
     assert record.strategy == "single" and record.world_size == 1
     assert record.history["loss"] and len(record.history["val_loss"]) == 3
     assert record.samples_per_s > 0
+    assert 0 < record.mfu < 1 and record.peak_flops > 0  # measured, not assumed
     mem = record.memory[0]
     n = 20 * 32 + 32 + 32 * 4 + 4
     assert mem.params == 4 * n and mem.grads in (0, 4 * n)
