@@ -64,6 +64,9 @@ LOGIT_LOSSES = {"categorical_crossentropy": "softmax", "sparse_categorical_cross
                 "binary_crossentropy": "sigmoid"}
 
 
+_CLASS_ID_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+
+
 @dataclass
 class LossSpec:
     """A loss for one model output.
@@ -81,6 +84,9 @@ class LossSpec:
     torch_order: bool = False
 
     def __call__(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
+        if sample_weight is None and self.from_logits and y_pred.dim() == 2 and \
+                self.name in _CLASS_ID_LOSSES and not y_true.is_floating_point():
+            return F.cross_entropy(y_pred, y_true.reshape(-1))  # one fused op, fwd and bwd
         if self.name is None:
             per = self.fn(y_pred, y_true) if self.torch_order else self.fn(y_true, y_pred)
         else:

@@ -21,7 +21,27 @@ class Metric:
         return False
 
     def reset(self, device) -> None:
-        self.state = torch.zeros(self.size, dtype=torch.float64, device=device)
+        self._state = torch.zeros(self.size, dtype=torch.float64, device=device)
+        self._sums: list[torch.Tensor] = []  # per-step sums, folded when `state` is read
+        self._count = 0
+
+    @property
+    def state(self) -> torch.Tensor:
+        """The running sums; pending per-step values are folded in here, once, instead of
+        two small device ops on every step."""
+        if self._sums:
+            self._state[0] += torch.stack(self._sums).sum().to(torch.float64)
+            self._sums = []
+        if self._count:
+            self._state[1] += self._count
+            self._count = 0
+        return self._state
+
+    def _add(self, total: torch.Tensor, count: int) -> None:
+        self._sums.append(total)
+        self._count += count
+        if len(self._sums) >= 1024:  # bound the pending list on long epochs
+            _ = self.state
 
     def update(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
         raise NotImplementedError
@@ -38,11 +58,6 @@ def _dense_targets(y_true, y_pred):
         ids = y_true.reshape(y_pred.shape[:-1]).long()
         return torch.nn.functional.one_hot(ids, y_pred.shape[-1]).to(y_pred.dtype)
     return y_true
-
-
-def _add(state, hits, count):
-    state[0] += hits
-    state[1] += count
 
 
 class Accuracy(Metric):
@@ -72,7 +87,7 @@ class Accuracy(Metric):
             hit = y_pred.argmax(-1) == y_true.argmax(-1)
         else:
             hit = y_pred.argmax(-1) == y_true.reshape(y_pred.shape[:-1]).long()
-        _add(self.state, hit.sum(), hit.numel())
+        self._add(hit.sum(), hit.numel())
 
 
 class TopKCategoricalAccuracy(Metric):
@@ -90,7 +105,7 @@ class TopKCategoricalAccuracy(Metric):
             y_true.reshape(y_pred.shape[:-1]).long()
         topk = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices
         hit = (topk == target.unsqueeze(-1)).any(-1)
-        _add(self.state, hit.sum(), hit.numel())
+        self._add(hit.sum(), hit.numel())
 
 
 class MeanError(Metric):
@@ -103,7 +118,7 @@ class MeanError(Metric):
         y_true = _dense_targets(y_true, y_pred)
         d = y_pred - y_true.reshape(y_pred.shape).to(y_pred.dtype)
         err = d * d if self.name == "mse" else d.abs()
-        _add(self.state, err.sum(), err.numel())
+        self._add(err.sum(), err.numel())
 
 
 class AUC(Metric):

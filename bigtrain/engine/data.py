@@ -32,6 +32,10 @@ def as_tensor_source(a):
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+def _to(t: torch.Tensor, device) -> torch.Tensor:
+    return t if t.device == device else t.to(device, non_blocking=True)
+
+
 def gather(a, idx: torch.Tensor) -> torch.Tensor:
     """Rows `idx` of `a` (a tensor or a memmap) as a tensor."""
     if isinstance(a, torch.Tensor):
@@ -56,7 +60,7 @@ class ArrayData:
         """(inputs, targets, sample_weight) for rows `idx`, on `device`; single arrays are
         returned bare and several as a tuple."""
         def pick(arrays):
-            out = tuple(gather(a, idx).to(device, non_blocking=True) for a in arrays)
+            out = tuple(_to(gather(a, idx), device) for a in arrays)
             return out[0] if len(out) == 1 else out
         sw = None if self.sample_weight is None else gather(self.sample_weight, idx).to(device)
         return pick(self.xs), pick(self.ys) if self.ys else None, sw

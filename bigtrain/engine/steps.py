@@ -60,14 +60,17 @@ class Tally:
                 m.reset(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0  # samples seen (a host number: no device op per step)
+        self._losses: list = []  # (mean loss tensor, samples) per step, folded in state()
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
         for (x, y, _), out in zip(batch.micro, outputs):
             n += _rows(y if y is not None else x)
             self.update_metrics(y, out)
-        self.loss_sum += mean_loss.detach().double() * n
+        self._losses.append((mean_loss.detach(), n))  # summed when `state()` is read
         self.count += n
+        if len(self._losses) >= 1024:  # bound the pending list on long epochs
+            self.state()
 
     def update_metrics(self, targets, outputs) -> None:
         if outputs is None or targets is None:
@@ -86,6 +89,12 @@ class Tally:
                         m.update(y, probs)
 
     def state(self) -> torch.Tensor:
+        if self._losses:
+            losses = torch.stack([loss.double() for loss, _ in self._losses])
+            weights = torch.tensor([float(n) for _, n in self._losses], dtype=torch.float64,
+                                   device=losses.device)
+            self.loss_sum += (losses * weights).sum()
+            self._losses = []
         parts = [self.loss_sum.reshape(1),
                  torch.tensor([float(self.count)], dtype=torch.float64, device=self.loss_sum.device)]
         parts += [m.state for ms in self.metrics for m in ms]
