@@ -86,6 +86,9 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     if strategy == "auto":
         strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
+    if checkpoint is not None and strat.checkpoint_unsupported:
+        raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
+                         f"{strat.checkpoint_unsupported}")
     cbs = _callbacks(callbacks, config.verbose)
     history = cbs[0]
     task = make_task(model, data, val, config, cbs, run_dir)

@@ -99,6 +99,8 @@ class Strategy:
     name = "single"
     #: Wraps the whole training step (pipeline, parameter server) instead of fwd/bwd hooks.
     owns_step = False
+    #: Why fit(checkpoint_dir=...) cannot be used with this strategy (None: it can).
+    checkpoint_unsupported: str | None = None
     #: The engine's loop sets a Heartbeat here while it trains (read by the hang watchdog).
     heartbeat = None
 

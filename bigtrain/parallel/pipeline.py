@@ -120,6 +120,10 @@ class Pipeline(Strategy):
 
     name = "pipeline"
     owns_step = True
+    checkpoint_unsupported = ("pipeline stages name their layers per stage, so two stages' "
+                              "checkpoint entries would collide; checkpoints under pipeline "
+                              "parallelism are not supported yet (use zero3 or tensor "
+                              "parallelism to checkpoint, or checkpoint_dir=None)")
 
     def __init__(self, stages: int | None = None, microbatches: int = 4,
                  schedule: str = "1f1b", split: Sequence[int] | None = None,

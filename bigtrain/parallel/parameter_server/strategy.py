@@ -121,6 +121,9 @@ class ParameterServer(Strategy):
 
     name = "ps"
     owns_step = True
+    checkpoint_unsupported = ("the parameter servers hold the parameters and optimizer state: "
+                              "checkpoint them with ParameterServer(checkpoint_dir=..., "
+                              "checkpoint_every=N) instead of fit(checkpoint_dir=...)")
 
     def __init__(self, servers: int = 1, mode: str = "bsp", staleness: int = 2,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 0,
