@@ -53,7 +53,7 @@ def run_report(args) -> int:
 def run_doctor(args) -> int:
     from bigtrain.diagnose import RunRecord, check_run, render_doctor
     if args.run_dir.endswith(".py"):
-        findings = _doctor_script_data(args.run_dir)
+        findings = _doctor_script_data(args.run_dir, lr_test=args.lr_test)
     else:
         findings = check_run(RunRecord.load(_run_dir(args.run_dir)))
     print(render_doctor(findings))
@@ -64,8 +64,44 @@ def _numpy(a):
     return a.numpy() if hasattr(a, "numpy") else a
 
 
-def _doctor_script_data(script: str) -> list:
-    """Run SCRIPT up to its first fit and check the data it would train on (no training)."""
+LR_GRID = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def lr_test_finding(fit, steps: int = 30):
+    """A short learning-rate range test on the captured fit: from the script's initial
+    weights, `steps` optimizer steps at each rate of LR_GRID (and the compiled one) on the
+    first samples; the loss on those samples afterwards decides. A short test favours rates
+    that make fast early progress: read "too low" as "worth trying higher", not as proof."""
+    from bigtrain.api.optimizers import OptimizerSpec
+    from bigtrain.api.training import make_task
+    from bigtrain.diagnose import lr_range_test
+    from bigtrain.engine.data import ArrayData
+    from bigtrain.engine.loop import evaluate, train
+    from bigtrain.engine.task import FitConfig
+    from bigtrain.parallel.base import Strategy
+    model, spec = fit.model, fit.model.compiled.optimizer
+    batch = fit.config.batch_size
+    n = min(len(fit.data), steps * batch)
+    subset = ArrayData([a[:n] for a in fit.data.xs], [a[:n] for a in fit.data.ys])
+    initial = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+    config = FitConfig(epochs=1, batch_size=batch, shuffle=False, verbose=0)
+
+    def loss_after(lr: float) -> float:
+        model.net.load_state_dict(initial)
+        task = make_task(model, subset, None, config, [])
+        if lr > 0:
+            task.make_optimizer = OptimizerSpec(spec.cls, {**spec.kwargs, "lr": lr}).build
+            train(task, Strategy(), model)
+        return evaluate(task, Strategy(), model.net, subset, batch)["loss"]
+    try:
+        return lr_range_test(loss_after, LR_GRID, current_lr=spec.learning_rate or None)
+    finally:
+        model.net.load_state_dict(initial)
+
+
+def _doctor_script_data(script: str, lr_test: bool = False) -> list:
+    """Run SCRIPT up to its first fit and check the data it would train on (no training);
+    with `lr_test`, also a short learning-rate range test."""
     from bigtrain.cli.verify import capture_script
     from bigtrain.diagnose import check_data
     fit = capture_script(script, [])
@@ -76,7 +112,11 @@ def _doctor_script_data(script: str) -> list:
     x, y = _numpy(data.xs[0]), _numpy(data.ys[0]) if data.ys else None
     x_test = _numpy(val.xs[0]) if val is not None and getattr(val, "xs", None) else None
     y_test = _numpy(val.ys[0]) if x_test is not None and val.ys else None
-    return check_data(x, y, x_test, y_test)
+    findings = check_data(x, y, x_test, y_test)
+    if lr_test:
+        finding = lr_test_finding(fit)
+        findings += [finding] if finding is not None else []
+    return findings
 
 
 def run_export(args) -> int:
@@ -107,3 +147,5 @@ def add_parsers(sub) -> None:
                                       "(RUN_DIR), or check a script's data before training "
                                       "(SCRIPT.py)")
     d.add_argument("run_dir", metavar="RUN_DIR|SCRIPT.py")
+    d.add_argument("--lr-test", action="store_true",
+                   help="with SCRIPT.py: a short learning-rate range test from its initial weights")

@@ -96,3 +96,25 @@ def test_doctor_checks_a_scripts_data_before_training(tmp_path, capsys):
     assert main(["doctor", str(script)]) == 0
     out = capsys.readouterr().out
     assert "constant" in out.lower() and "2" in out
+
+
+def test_doctor_lr_test_flags_a_learning_rate_far_too_low(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from bigtrain.layers import Dense, Input\nfrom bigtrain.models import Model\n"
+        "rng = np.random.default_rng(0)\n"
+        "x = rng.normal(size=(600, 8)).astype('float32')\n"
+        "y = np.eye(3, dtype='float32')[(x @ rng.normal(size=(8, 3))).argmax(1)]\n"
+        "i = Input(shape=(8,))\n"
+        "m = Model(i, Dense(3, activation='softmax')(Dense(16, activation='relu')(i)))\n"
+        "m.compile(optimizer='adam', loss='categorical_crossentropy', learning_rate=LR)\n"
+        "m.fit(x, y, epochs=5, batch_size=20)\n")
+    findings = {}
+    for lr in ("1e-7", "3e-2"):
+        path = tmp_path / f"train_{lr}.py"
+        path.write_text(script.read_text().replace("LR", lr))
+        assert main(["doctor", str(path), "--lr-test"]) == 0
+        findings[lr] = capsys.readouterr().out
+    assert "lr_too_low" in findings["1e-7"]
+    assert "lr_too" not in findings["3e-2"]
