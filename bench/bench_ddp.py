@@ -62,19 +62,13 @@ def _bigtrain_task(x, y_onehot, batch: int, epochs: int):
 
 def _run_engine(model, task, strategy_name: str):
     """What `fit(strategy=...)` does inside one launched rank; returns the FitResult."""
-    from bigtrain.engine.loop import train
+    from bigtrain.engine.loop import run_rank
     from bigtrain.parallel import resolve_strategy
     from bigtrain.parallel.base import DistEnv
-    strategy = resolve_strategy(strategy_name)
     env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
                   local_rank=dist.get_rank(), local_world_size=dist.get_world_size(),
                   device=torch.device("cpu"))
-    strategy.validate(env.world_size, task.config.batch_size)
-    strategy.setup(env)
-    try:
-        return train(task, strategy, model)
-    finally:
-        strategy.teardown()
+    return run_rank(task, resolve_strategy(strategy_name), model, env)
 
 
 def _hand_ddp(x, y, batch: int, rank: int, world: int):

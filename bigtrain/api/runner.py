@@ -9,7 +9,7 @@ from __future__ import annotations
 from bigtrain.api.capture import stop_if_capturing
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
-from bigtrain.engine.loop import FitResult, train
+from bigtrain.engine.loop import FitResult, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.parallel import distributed as dist_env
 from bigtrain.parallel.base import resolve_strategy
@@ -96,22 +96,11 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
     if dist_env.launched_externally():
         env = dist_env.join_existing_job(options.get("timeout"))
-        strat.validate(env.world_size, config.batch_size)
-        strat.setup(env)
-        try:
-            result = train(task, strat, model)
-        finally:
-            strat.teardown()
-        return _finish(model, result, history)
+        return _finish(model, run_rank(task, strat, model, env), history)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
-    strat.validate(nprocs, config.batch_size)
+    strat.validate(nprocs, config.batch_size)  # before any process starts
     if nprocs == 1:
-        strat.setup(dist_env.local_env())
-        try:
-            result = train(task, strat, model)
-        finally:
-            strat.teardown()
-        return _finish(model, result, history)
+        return _finish(model, run_rank(task, strat, model, dist_env.local_env()), history)
     from bigtrain.parallel.launcher import launch
     result = launch(task, strat, nprocs, model_owner=model, **options)
     return _finish(model, result, history)

@@ -141,6 +141,21 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     return tally.logs(strategy.all_reduce(tally.state()))
 
 
+def run_rank(task: TrainTask, strategy: Strategy, owner, env) -> FitResult:
+    """Everything one rank does for a fit: check the strategy against the world size, set
+    it up on `env`, train, and always tear it down.
+
+    Example:
+        result = run_rank(task, resolve_strategy("ddp"), model, env)
+    """
+    strategy.validate(env.world_size, task.config.batch_size)
+    strategy.setup(env)
+    try:
+        return train(task, strategy, owner)
+    finally:
+        strategy.teardown()
+
+
 def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     """Run `task` with `strategy` (already `setup`) on this rank, under the hang watchdog.
 

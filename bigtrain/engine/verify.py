@@ -79,18 +79,14 @@ def _mean_loss(result) -> float:
     return float(result.history["loss"][-1])
 
 
-def run_single(make_task: Callable[[], TrainTask], owner, train_fn):
+def run_single(make_task: Callable[[], TrainTask], owner):
     """The reference: the task trained in this process without any strategy."""
-    strategy = Strategy()
-    strategy.setup(dist_env.local_env())
-    try:
-        return train_fn(make_task(), strategy, owner)
-    finally:
-        strategy.teardown()
+    from bigtrain.engine.loop import run_rank
+    return run_rank(make_task(), Strategy(), owner, dist_env.local_env())
 
 
-def check_strategy(name: str, make_task, owner, devices: int, tolerance: float, reference,
-                   train_fn) -> ParityRow:
+def check_strategy(name: str, make_task, owner, devices: int, tolerance: float,
+                   reference) -> ParityRow:
     """Train with strategy `name` on `devices` launched ranks and compare with `reference`."""
     from bigtrain.parallel.launcher import launch
     if name not in strategy_names():
@@ -104,7 +100,7 @@ def check_strategy(name: str, make_task, owner, devices: int, tolerance: float, 
     except ValueError as e:
         return ParityRow(name, UNSUPPORTED, detail=str(e))
     try:
-        result = launch(task, strategy, nprocs, model_owner=owner, train_fn=train_fn)
+        result = launch(task, strategy, nprocs, model_owner=owner)
         diff = max_state_diff(reference.state_dict, result.state_dict)
     except (RuntimeError, KeyError, ValueError) as e:
         return ParityRow(name, ERROR, detail=str(e).strip().splitlines()[-1][:300])
@@ -116,8 +112,7 @@ def check_strategy(name: str, make_task, owner, devices: int, tolerance: float, 
 
 
 def verify_parity(make_task: Callable[[], TrainTask], owner, strategies: list[str],
-                  devices: int, tolerance: float, train_fn=None
-                  ) -> tuple[list[ParityRow], float]:
+                  devices: int, tolerance: float) -> tuple[list[ParityRow], float]:
     """Every strategy's parity with single-process training, and how far the reference
     moved the parameters (if that is not well above `tolerance`, the check is blind).
 
@@ -128,14 +123,11 @@ def verify_parity(make_task: Callable[[], TrainTask], owner, strategies: list[st
         strategies: registered names ("ddp", "zero3", ...); others report "unavailable".
         devices: processes per strategy run.
         tolerance: max allowed |difference| of parameters and of the mean loss.
-        train_fn: the loop's `train` (default bigtrain.engine.loop.train).
     """
-    if train_fn is None:
-        from bigtrain.engine.loop import train as train_fn
     initial = {k: v.detach().cpu().clone() for k, v in make_task().module.state_dict().items()}
-    reference = run_single(make_task, owner, train_fn)
+    reference = run_single(make_task, owner)
     moved = max_state_diff(initial, reference.state_dict)
-    rows = [check_strategy(name, make_task, owner, devices, tolerance, reference, train_fn)
+    rows = [check_strategy(name, make_task, owner, devices, tolerance, reference)
             for name in strategies]
     return rows, moved
 

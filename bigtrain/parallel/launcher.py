@@ -69,14 +69,12 @@ def _worker(payload_path: str, timeout_s: float | None):
 
     from bigtrain.parallel.distributed import join_existing_job
     with open(payload_path, "rb") as f:
-        train_fn, task, strategy, owner = cloudpickle.load(f)  # our own file, just written
+        run_fn, task, strategy, owner = cloudpickle.load(f)  # our own file, just written
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo listens on loopback only
     env = join_existing_job(timeout_s)
-    strategy.setup(env)
     try:
-        result = train_fn(task, strategy, owner)
+        result = run_fn(task, strategy, owner, env)
     finally:
-        strategy.teardown()
         if dist.is_initialized():
             dist.destroy_process_group()
     if env.rank != 0:
@@ -86,29 +84,30 @@ def _worker(payload_path: str, timeout_s: float | None):
     return result
 
 
-def launch(task, strategy, nprocs: int, *, model_owner, train_fn=None, max_restarts: int = 0,
+def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restarts: int = 0,
            timeout: float | None = None, start_method: str = "spawn"):
-    """Run `train_fn(task, strategy, owner)` on `nprocs` local ranks; rank 0's FitResult.
+    """Run `run_fn(task, strategy, owner, env)` on `nprocs` local ranks; rank 0's FitResult.
 
     Args:
         task: the engine's TrainTask.
         strategy: the Strategy (set up again on every rank).
         nprocs: number of processes on this host.
         model_owner: the user's model object (callbacks see it on each rank).
-        train_fn: the engine's `train` (passed in: this layer does not import the engine).
+        run_fn: the engine's `run_rank` (default; passed in so this layer does not import
+            the engine at module level).
         max_restarts: restarts of the whole group after a worker failure.
         timeout: process-group timeout in seconds (collectives fail instead of hanging).
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-    if train_fn is None:
-        from bigtrain.engine.loop import train as train_fn  # noqa: PLC0415 - runtime hand-off
+    if run_fn is None:
+        from bigtrain.engine.loop import run_rank as run_fn  # noqa: PLC0415 - runtime hand-off
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts need it (2.13)
     with tempfile.TemporaryDirectory(prefix="bigtrain-launch-") as folder:
         _spill_task_data(task, folder)
         payload = os.path.join(folder, "payload.pkl")
         with open(payload, "wb") as f:
-            cloudpickle.dump((train_fn, task, strategy, model_owner), f)
+            cloudpickle.dump((run_fn, task, strategy, model_owner), f)
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                               run_id=f"bigtrain-{uuid.uuid4().hex[:8]}",
                               rdzv_backend=register_rendezvous(),  # listens on loopback only

@@ -64,18 +64,11 @@ def run_strategy(kind: str, strategy_name: str, **kw) -> dict | None:
     """Inside a rank of tests.dist.run_ranks: train with the strategy, rank 0's full state."""
     import torch.distributed as dist
 
-    from bigtrain.engine.loop import train
+    from bigtrain.engine.loop import run_rank
     from bigtrain.parallel import resolve_strategy
     from bigtrain.parallel.base import DistEnv
     model, task = build(kind, **kw)
-    strategy = resolve_strategy(strategy_name)
     env = DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(),
                   local_rank=dist.get_rank(), local_world_size=dist.get_world_size(),
                   device=torch.device("cpu"))
-    strategy.validate(env.world_size, task.config.batch_size)
-    strategy.setup(env)
-    try:
-        result = train(task, strategy, model)
-    finally:
-        strategy.teardown()
-    return result.state_dict
+    return run_rank(task, resolve_strategy(strategy_name), model, env).state_dict
