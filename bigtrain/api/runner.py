@@ -6,6 +6,8 @@ History, so the code after `fit` runs once, as it would without a strategy.
 """
 from __future__ import annotations
 
+import torch
+
 from bigtrain.api.capture import stop_if_capturing
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
@@ -45,8 +47,12 @@ def choose_auto(model, devices, config) -> str:
     n = dist_env.resolve_devices(devices) or 1
     if n == 1:
         return "single"
+    device = None  # this CPU host shared by n ranks
+    if devices != "cpu" and torch.cuda.is_available():  # measure the GPUs (about a second)
+        from bigtrain.parallel.inventory import inventory, rank_specs
+        device = rank_specs(inventory(), n, "cuda")
     p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
-             optimizer=model.compiled.optimizer.name or "adam")
+             optimizer=model.compiled.optimizer.name or "adam", device=device)
     for est in p.estimates:
         if est.fits and est.strategy in strategy_names():
             if dist_env.is_main_process():

@@ -29,10 +29,45 @@ def run_plan(args) -> int:
         raise SystemExit(f"{args.target} did not give a model (got {type(model).__name__})")
     p = plan(module, devices=args.devices, batch_size=args.batch_size,
              device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
-             seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer)
+             seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer,
+             device=plan_device(args.inventory, args.device_kind, args.devices))
     Console(width=160).print(p.table())
+    for note in p.notes:
+        print(f"note: {note}")
     best = p.best
     print(f"best: {best.strategy} - {best.reason}" if best else "nothing fits: see the table")
+    return 0
+
+
+def plan_device(inventory_path: str | None, kind: str | None, devices: int):
+    """The planner's device from the CLI: per-rank specs from a saved inventory, a datasheet
+    preset, or None (this CPU host)."""
+    from bigtrain.parallel.inventory import load_inventory, rank_specs
+    from bigtrain.plan import DeviceSpec
+    if inventory_path:
+        try:
+            return rank_specs(load_inventory(inventory_path), devices,
+                              kind if kind in ("cpu", "cuda") else None)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"bigtrain plan --inventory: {e}") from None
+    if kind in (None, "cpu"):
+        return None
+    try:
+        return DeviceSpec.preset(kind)
+    except ValueError as e:
+        raise SystemExit(f"bigtrain plan --device-kind: {e} (or 'cpu'; 'cuda' needs "
+                         "--inventory FILE from `bigtrain inventory`)") from None
+
+
+def run_inventory(args) -> int:
+    from bigtrain.parallel.inventory import inventory, save_inventory
+    devices = inventory()
+    for d in devices:
+        print(f"{d.type}{'' if d.index is None else ':' + str(d.index)}  {d.name}  "
+              f"{d.flops / 1e12:.2f} TFLOP/s ({d.dtype})  {d.memory_bytes / 1e9:.1f} GB")
+    if args.output:
+        save_inventory(devices, args.output)
+        print(f"wrote {args.output} (read by: bigtrain plan ... --inventory {args.output})")
     return 0
 
 
@@ -141,6 +176,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--seq-len", type=int)
     p.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     p.add_argument("--optimizer", default="adam")
+    p.add_argument("--device-kind", help="cpu, cuda (with --inventory), or a datasheet preset: "
+                                         "a100-80gb, h100-80gb, h200")
+    p.add_argument("--inventory", metavar="FILE",
+                   help="device inventory from `bigtrain inventory --output FILE`: measured "
+                        "speed, memory and bandwidth per device (mixed speeds are planned "
+                        "as a mixed job)")
+    i = sub.add_parser("inventory", help="measure this host's devices (matmul FLOP/s, memory, "
+                                         "bandwidth) for the planner")
+    i.add_argument("--output", "-o", metavar="FILE", help="save as JSON")
     r = sub.add_parser("report", help="render RUN_DIR/run.json as Markdown with PNG plots")
     r.add_argument("run_dir")
     d = sub.add_parser("doctor", help="explain slow training and poor model quality of a run "

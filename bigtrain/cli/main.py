@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {"train": _train, "summary": _summary, "plan": insight.run_plan,
                 "report": insight.run_report, "doctor": insight.run_doctor,
-                "verify": verify.run_verify, "export": insight.run_export}
+                "verify": verify.run_verify, "export": insight.run_export,
+                "inventory": insight.run_inventory}
     return commands[args.command](args)
 
 

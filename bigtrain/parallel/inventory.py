@@ -199,6 +199,42 @@ def inventory(matmul_n: int = 512, copy_mb: int = 32, repeats: int = 3,
     return devices
 
 
+# ---- the planner's view ---------------------------------------------------------------------
+def rank_specs(devices: list[DeviceInfo], ranks: int, kind: str | None = None) -> list[DeviceSpec]:
+    """One planner DeviceSpec per rank of a job of `ranks` ranks on this inventory's host.
+
+    Ranks go where `fit`/`bigtrain run` put them: with kind "cuda" local rank r uses CUDA
+    device r % (number of CUDA devices), ranks sharing a device split it; with kind "cpu"
+    every rank shares the host CPU. Devices of different speeds give different specs, which
+    `bigtrain.plan.plan(device=...)` reads as a mixed job.
+
+    Args:
+        devices: from `inventory()` or `load_inventory(path)`.
+        ranks: world size on this host.
+        kind: "cpu" or "cuda"; default "cuda" when the inventory lists a CUDA device.
+
+    Example:
+        specs = rank_specs(load_inventory("devices.json"), ranks=4)
+        print(plan(model, devices=4, batch_size=256, device=specs).best.strategy)
+    """
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    gpus = [d for d in devices if d.type == "cuda"]
+    kind = kind or ("cuda" if gpus else "cpu")
+    if kind not in DEVICE_TYPES:
+        raise ValueError(f"kind must be one of {DEVICE_TYPES}, got {kind!r}")
+    if kind == "cpu":
+        host = next((d for d in devices if d.type == "cpu"), None)
+        if host is None:
+            raise ValueError("the inventory lists no CPU entry; re-measure with inventory()")
+        return [host.to_spec(ranks_per_device=ranks)] * ranks
+    if not gpus:
+        raise ValueError("the inventory lists no CUDA device: plan for kind='cpu', or measure "
+                         "the inventory on the GPU host")
+    placed = [gpus[r % len(gpus)] for r in range(ranks)]
+    return [d.to_spec(ranks_per_device=placed.count(d)) for d in placed]
+
+
 # ---- JSON -------------------------------------------------------------------------------------
 def save_inventory(devices: list[DeviceInfo], path: str) -> None:
     """Write `devices` as JSON (with the host name and the time of measurement)."""

@@ -16,7 +16,8 @@ Example:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 from torch import nn
 
@@ -137,6 +138,41 @@ def _memory(strategy: str, prof: ModelProfile, *, devices: int, precision: str,
     return mem
 
 
+#: Speeds further apart than this make the planner also estimate the speed-aware split.
+UNEVEN_SPEED = 1.05
+#: Strategies whose work a speed-aware split (or partition) spreads by measured speed.
+SPEED_AWARE = {"ddp_balanced": "ddp"}
+
+
+def rank_specs(device, devices: int, overrides: tuple) -> list[DeviceSpec]:
+    """One DeviceSpec per rank: `device` is None (this CPU host shared by `devices` ranks),
+    one DeviceSpec (every rank alike) or a sequence of `devices` specs (a mixed job).
+    `overrides` (memory, flops, bandwidth) replace the figures of every rank."""
+    if device is None:
+        device = cpu_device(ranks_per_host=devices)
+    if isinstance(device, DeviceSpec):
+        specs = [device] * devices
+    else:
+        specs = list(device)
+        if len(specs) != devices or not all(isinstance(s, DeviceSpec) for s in specs):
+            raise ValueError(f"device must be a DeviceSpec or a list of {devices} DeviceSpecs "
+                             f"(one per rank), got {len(specs)} entries; see "
+                             "bigtrain.parallel.inventory.rank_specs for one from an inventory")
+    return [s.with_overrides(*overrides) for s in specs]
+
+
+def slowest(specs: Sequence[DeviceSpec]) -> DeviceSpec:
+    """The figures an evenly split job runs at: the least memory, FLOP/s and bandwidth of
+    any rank (a step waits for the slowest rank; the smallest device must hold its share)."""
+    first = specs[0]
+    kinds = {s.kind for s in specs}
+    return replace(first, kind="cuda" if "cuda" in kinds else "cpu",
+                   memory_bytes=min(s.memory_bytes for s in specs),
+                   flops=min(s.flops for s in specs),
+                   bandwidth=min(s.bandwidth for s in specs),
+                   latency=max(s.latency for s in specs))
+
+
 def _profile(model, seq_len, example_input) -> ModelProfile:
     if isinstance(model, nn.Module):
         return profile_module(model, seq_len=seq_len, example_input=example_input)
@@ -164,7 +200,7 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
          microbatches: int | None = None, precision: str = "32",
          optimizer: str | int = "adam", device_flops: float | None = None,
          bandwidth: float | None = None, activation_bytes_per_sample: float | None = None,
-         device: DeviceSpec | None = None, example_input=None,
+         device: DeviceSpec | Sequence[DeviceSpec] | None = None, example_input=None,
          pipeline_schedule: str = "1f1b", reserve: float = 0.1) -> Plan:
     """Estimate memory and step time of every strategy that can run, and rank them.
 
@@ -183,7 +219,11 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         bandwidth: link bytes/s per rank (overrides the device spec).
         activation_bytes_per_sample: saved activation bytes of one sample; overrides the
             measured figure.
-        device: per-rank DeviceSpec; default: this CPU host shared by `devices` ranks.
+        device: per-rank DeviceSpec, or a list of one per rank for devices of different
+            speeds (e.g. from a device inventory: bigtrain.parallel.inventory.rank_specs);
+            default: this CPU host shared by `devices` ranks. With unequal speeds, evenly
+            split strategies run at the slowest rank's speed and the planner also estimates
+            "ddp_balanced" (the batch split by speed).
         example_input: one sample (batch dimension 1) when the input cannot be guessed.
         pipeline_schedule: "1f1b" or "gpipe" (activations kept per stage).
         reserve: fraction of device memory kept free for allocator slack and workspaces.
@@ -199,9 +239,16 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         raise ValueError(f"pipeline_schedule must be '1f1b' or 'gpipe', got {pipeline_schedule!r}")
     prof = _profile(model_or_param_count, seq_len, example_input)
     prec = get_precision(precision)
-    spec = (device or cpu_device(ranks_per_host=devices)).with_overrides(
-        device_memory, device_flops, bandwidth)
+    specs = rank_specs(device, devices, (device_memory, device_flops, bandwidth))
+    spec = slowest(specs)
     notes = [f"model figures: {prof.method}"]
+    speeds = [s.flops for s in specs]
+    uneven = max(speeds) > UNEVEN_SPEED * min(speeds)
+    if uneven:
+        notes.append(f"ranks differ in speed ({min(speeds):.3g}..{max(speeds):.3g} FLOP/s): "
+                     "evenly split strategies run at the slowest rank's speed; ddp_balanced "
+                     "splits each batch by speed; pipeline stages are cut by each device's "
+                     "speed (its compute at the mean speed)")
     act = _activation_per_sample(prof, prec, activation_bytes_per_sample, notes)
     notes.append("step time assumes no overlap of communication with compute (upper bound)")
     usable = spec.memory_bytes * (1.0 - reserve)
@@ -209,17 +256,22 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     if prof.largest_unit_params is None:
         notes.append("layer sizes unknown: ZeRO-3/offload gather buffers not counted")
     estimates, skipped = [], {}
-    for name in STRATEGIES:
-        why = _skip_reason(name, devices, batch_size, spec.kind)
+    names = [*STRATEGIES, *SPEED_AWARE] if uneven else STRATEGIES
+    mean_flops = sum(speeds) / len(speeds)
+    for name in names:
+        base = SPEED_AWARE.get(name, name)  # costed as its even counterpart...
+        why = _skip_reason(base, devices, batch_size, spec.kind)
         if why:
             skipped[name] = why
             continue
-        m = microbatches or (min(batch_size, 4 * devices) if name == "pipeline" else 1)
-        mem = _memory(name, prof, devices=devices, precision=precision, optimizer=optimizer,
+        m = microbatches or (min(batch_size, 4 * devices) if base == "pipeline" else 1)
+        mem = _memory(base, prof, devices=devices, precision=precision, optimizer=optimizer,
                       act_per_sample=act, batch_size=batch_size, microbatches=m,
                       schedule=pipeline_schedule)
-        t = step_time(name, prof, prec, world_size=devices, batch_size=batch_size,
-                      microbatches=m, flops=spec.flops, bandwidth=spec.bandwidth,
+        # ...at the mean speed when the work follows each rank's speed
+        rate = mean_flops if name in SPEED_AWARE or base == "pipeline" else spec.flops
+        t = step_time(base, prof, prec, world_size=devices, batch_size=batch_size,
+                      microbatches=m, flops=rate, bandwidth=spec.bandwidth,
                       host_bandwidth=spec.host_link, offload_moves=spec.kind != "cpu",
                       act_per_sample=act, latency=spec.latency)
         fits = mem.device_total <= usable and mem.offloaded_host <= host
@@ -230,4 +282,4 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     return Plan(ranked, skipped, spec, usable, host, prof, notes)
 
 
-__all__ = ["Plan", "StrategyEstimate", "plan"]
+__all__ = ["Plan", "StrategyEstimate", "plan", "rank_specs", "slowest"]
