@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      set_model_state_dict)
@@ -39,6 +40,16 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
     return [m for m in units if id(m) not in tied][::-1]
 
 
+def _one_rank_group(device: torch.device) -> bool:
+    """Start a process group of this process alone, on an in-process store (nothing listens
+    on the network). False when one exists already (it is then not ours to destroy)."""
+    if dist.is_initialized():
+        return False
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(),
+                            rank=0, world_size=1)
+    return True
+
+
 class Sharded(Strategy):
     """FSDP2 sharding of parameters, gradients and optimizer state.
 
@@ -50,19 +61,39 @@ class Sharded(Strategy):
     """
 
     name = "zero3"
+    syncs_in_backward = True
+    timing_note = ("FSDP reduce-scatters gradients during backward; comm_exposed is the part "
+                   "backward waits for at its end (probed); parameter all-gathers stay inside "
+                   "forward and backward")
 
     def __init__(self, reshard_after_forward: bool = True, offload: bool = False):
         super().__init__()
         self.reshard_after_forward = reshard_after_forward
         self.offload = offload
         self.precision = "32"
+        self._own_group = False
 
     def validate(self, world_size: int, global_batch_size: int) -> None:
         check_batch_covers_ranks(self.describe(), world_size, global_batch_size)
 
+    def setup(self, env) -> None:
+        super().setup(env)
+        # offload is worth most on one accelerator: shard over a group of this process alone
+        self._own_group = self.offload and not env.distributed and _one_rank_group(env.device)
+
+    @property
+    def sharding(self) -> bool:
+        """Whether the module goes through fully_shard (several ranks, or offload on one)."""
+        return self.env.distributed or self._own_group
+
+    def teardown(self) -> None:
+        if self._own_group and dist.is_initialized():
+            dist.destroy_process_group()
+        self._own_group = False
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         module = module.to(self.env.device)
-        if not self.env.distributed:
+        if not self.sharding:
             return module
         kwargs = {"reshard_after_forward": self.reshard_after_forward}
         if self.offload:
@@ -80,7 +111,7 @@ class Sharded(Strategy):
         return make_optimizer(list(module.parameters()))
 
     def no_sync(self, module: nn.Module):
-        if not self.env.distributed:
+        if not self.sharding:
             return contextlib.nullcontext()
 
         @contextlib.contextmanager
@@ -96,14 +127,14 @@ class Sharded(Strategy):
         return module
 
     def full_state_dict(self, module):
-        if not self.env.distributed:
+        if not self.sharding:
             return super().full_state_dict(module)
         state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
                                                                       cpu_offload=True))
         return {k: v.detach().cpu().clone() for k, v in state.items()}
 
     def load_full_state_dict(self, module, state):
-        if not self.env.distributed:
+        if not self.sharding:
             return super().load_full_state_dict(module, state)
         set_model_state_dict(module, state, options=StateDictOptions(full_state_dict=True,
                                                                      broadcast_from_rank0=True))
