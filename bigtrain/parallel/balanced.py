@@ -31,7 +31,6 @@ construction) sets it.
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Sequence
 
@@ -43,13 +42,14 @@ from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 from bigtrain.parallel.base import Shard, register
 from bigtrain.parallel.cpu_optimizer import setup_optimizer_on
 from bigtrain.parallel.data_parallel import DataParallel, check_batch_covers_ranks
+from bigtrain.parallel.slow_ranks import (SLOW_RANKS_ENV, check_slow_ranks,  # noqa: F401
+                                         parse_slow_ranks, slow_ranks_option)
 
-SLOW_RANKS_ENV = "BIGTRAIN_SLOW_RANKS"
 BALANCE_MODES = ("speed", "fixed", "even")
 CLOCKS = ("wall", "cpu")
 
 
-# ---- pure logic: rounding and the knob's syntax ---------------------------------------------
+# ---- pure logic: rounding -------------------------------------------------------------------
 def split_counts(n: int, shares: Sequence[float]) -> list[int]:
     """Split `n` samples in proportion to `shares` (largest-remainder rounding).
 
@@ -80,24 +80,6 @@ def split_counts(n: int, shares: Sequence[float]) -> list[int]:
                 counts[counts.index(max(counts))] -= 1
                 counts[i] = 1
     return counts
-
-
-def parse_slow_ranks(text: str) -> dict[int, float]:
-    """`"1:3.0,2:1.5"` -> {1: 3.0, 2: 1.5} (the BIGTRAIN_SLOW_RANKS syntax).
-
-    Example:
-        >>> parse_slow_ranks("1:3")
-        {1: 3.0}
-    """
-    out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        rank, sep, factor = part.partition(":")
-        try:
-            out[int(rank)] = float(factor)
-        except ValueError:
-            raise ValueError(f"{SLOW_RANKS_ENV}={text!r}: expected 'rank:factor' pairs separated "
-                             "by commas, e.g. '1:3.0' makes rank 1 three times slower") from None
-    return out
 
 
 # ---- communication (every rank calls these together) ----------------------------------------
@@ -142,8 +124,7 @@ def gather_rates(local_s_per_sample: float, rank: int, world_size: int) -> list[
     return table.tolist()
 
 
-def _check_options(balance, weights, slow_ranks, rebalance_every, ema, optimizer_device,
-                   clock) -> None:
+def _check_options(balance, weights, rebalance_every, ema, optimizer_device, clock) -> None:
     """ValueError naming the option to change, before any process group exists."""
     if balance not in BALANCE_MODES:
         raise ValueError(f"balance must be one of {BALANCE_MODES}, got {balance!r}")
@@ -158,8 +139,6 @@ def _check_options(balance, weights, slow_ranks, rebalance_every, ema, optimizer
         raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
     if optimizer_device not in (None, "cpu"):
         raise ValueError(f"optimizer_device must be None or 'cpu', got {optimizer_device!r}")
-    if any(not f >= 1 for f in slow_ranks.values()):
-        raise ValueError(f"slow_ranks factors must be >= 1 (1 = normal speed), got {slow_ranks}")
 
 
 # ---- the strategy ---------------------------------------------------------------------------
@@ -196,11 +175,10 @@ class BalancedDataParallel(DataParallel):
                  ema: float = 0.5, optimizer_device: str | None = None, clock: str = "wall",
                  bucket_cap_mb: int = 25):
         super().__init__(bucket_cap_mb=bucket_cap_mb)
-        if slow_ranks is None:
-            slow_ranks = parse_slow_ranks(os.environ.get(SLOW_RANKS_ENV, ""))
-        _check_options(balance, weights, slow_ranks, rebalance_every, ema, optimizer_device, clock)
+        slow_ranks = slow_ranks_option(slow_ranks)
+        _check_options(balance, weights, rebalance_every, ema, optimizer_device, clock)
         self.balance, self.weights = balance, None if weights is None else list(weights)
-        self.slow_ranks = {int(r): float(f) for r, f in slow_ranks.items()}
+        self.slow_ranks = slow_ranks
         self.rebalance_every, self.ema = rebalance_every, ema
         self.optimizer_device, self.clock = optimizer_device, clock
         self.shares: list[float] = [1.0]
@@ -216,9 +194,7 @@ class BalancedDataParallel(DataParallel):
         if self.weights is not None and len(self.weights) != world_size:
             raise ValueError(f"weights={self.weights} declares {len(self.weights)} shares for "
                              f"{world_size} ranks; give one share per rank")
-        bad = [r for r in self.slow_ranks if not 0 <= r < world_size]
-        if bad:
-            raise ValueError(f"slow_ranks names ranks {bad} outside 0..{world_size - 1}")
+        check_slow_ranks(self.slow_ranks, world_size)
 
     def setup(self, env) -> None:
         super().setup(env)

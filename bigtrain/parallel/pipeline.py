@@ -3,6 +3,9 @@
 The model's layer chain (`chain_layers`: embed, blocks..., head of a GPT, or the children
 of an nn.Sequential) is cut into P * V contiguous stages, V per rank, balanced by measured
 per-layer forward+backward time (`pipeline_partition`) or by `split=[layers per stage]`.
+Each rank times every layer on its own device; the ranks gather the [rank x layer] table, so
+all agree, and each stage is priced on the rank that will run it (the slowest of its
+data/tensor-parallel replicas): a faster device gets more layers.
 Stage s lives on pipeline rank s % P (the "loop" placement torch's multi-stage schedules
 expect). One global step on P=2 ranks, M=4 micro-batches:
 
@@ -28,6 +31,10 @@ weight shared by two layers on one rank stays one tensor. When the sharing layer
 different ranks, each rank holds a copy; after backward the copies' gradients are summed
 with an all-reduce over just those ranks, so both copies take identical optimizer steps.
 
+Slow-rank knob (tests and benchmarks on one machine): `slow_ranks={1: 3.0}`, or the
+environment variable BIGTRAIN_SLOW_RANKS="1:3.0", makes rank 1 sleep twice the time of each
+of its forward and backward chunks, and of its layer timings, so it runs 3x slower.
+
 Collectives per step: send/recv of activations and gradients between neighbouring stages
 (schedule), all-reduce(sum) of tied gradients, all-reduce(avg) of gradients over "dp",
 broadcast of loss (and outputs) from the last stage.
@@ -47,9 +54,10 @@ from torch import nn
 from bigtrain.parallel.base import Strategy, StepBatch, register
 from bigtrain.parallel.mesh import (ParallelDims, all_reduce_grads, broadcast_params,
                                     wrap_forward_with_checkpoint)
-from bigtrain.parallel.pipeline_partition import (balanced_partition, block_count,
-                                                  chain_layers, measure_layer_costs,
-                                                  parameter_costs)
+from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
+                                                  device_aware_partition, measure_layer_costs,
+                                                  parameter_costs, slowest_replica_costs)
+from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option, slowed
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero_bubble")
 _MULTI = ("interleaved", "zero_bubble")  # schedules that hold several stages per rank
@@ -113,6 +121,8 @@ class Pipeline(Strategy):
             is built from the model (GPT config, or the first Linear's width), else layers
             are weighed by parameter count.
         tp: tensor-parallel degree inside each stage (used by Hybrid).
+        slow_ranks: rank -> slowdown factor >= 1 for testing, e.g. {1: 3.0}; default from the
+            BIGTRAIN_SLOW_RANKS environment variable (see the module docstring).
 
     Example:
         Pipeline(stages=2, microbatches=8, schedule="interleaved")
@@ -128,7 +138,8 @@ class Pipeline(Strategy):
     def __init__(self, stages: int | None = None, microbatches: int = 4,
                  schedule: str = "1f1b", split: Sequence[int] | None = None,
                  stages_per_rank: int | None = None, activation_checkpointing: bool = False,
-                 sample_input: torch.Tensor | None = None, tp: int = 1):
+                 sample_input: torch.Tensor | None = None, tp: int = 1,
+                 slow_ranks: dict[int, float] | None = None):
         super().__init__()
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown pipeline schedule {schedule!r}; valid schedules: "
@@ -149,6 +160,7 @@ class Pipeline(Strategy):
         self.activation_checkpointing = activation_checkpointing
         self.sample_input = sample_input
         self.tp = tp
+        self.slow_ranks = slow_ranks_option(slow_ranks)
         self._rt = None  # runtime state built in setup/setup_module
 
     # ---- checks before any process group ------------------------------------------------
@@ -161,6 +173,7 @@ class Pipeline(Strategy):
 
     def validate(self, world_size: int, global_batch_size: int) -> None:
         dims = self._dims(world_size)
+        check_slow_ranks(self.slow_ranks, world_size)
         if global_batch_size % dims.dp:
             raise ValueError(f"global batch {global_batch_size} does not split over {dims.dp} "
                              f"data-parallel replicas; use a batch size divisible by {dims.dp}")
@@ -213,6 +226,7 @@ class Pipeline(Strategy):
             check_tp(module, rt.dims.tp)
         module.to(self.env.device)
         counts = self.split or self._balance(module, layers, rt)
+        self.partition = list(counts)  # layers per stage, in stage order
         stages = rt.build(layers, counts)
         if self.activation_checkpointing:
             for stage in stages:
@@ -222,17 +236,22 @@ class Pipeline(Strategy):
         return PipelineModule(stages, self)
 
     def _balance(self, module, layers, rt) -> list[int]:
-        """Layer counts per stage from costs averaged over all ranks (so all agree)."""
+        """Layer counts per stage from every rank's own layer costs (module docstring)."""
+        slow = self.slow_ranks.get(self.env.rank, 1.0)
         sample = self.sample_input if self.sample_input is not None else _sample_for(module)
         if sample is None:
-            costs = parameter_costs(layers)
+            costs = [c * slow for c in parameter_costs(layers)]
         else:
-            costs = measure_layer_costs(layers, sample.to(self.env.device))
-        t = torch.tensor(costs, dtype=torch.float64)
-        if self.env.distributed:
-            dist.all_reduce(t)
-        self.layer_costs = (t / max(self.env.world_size, 1)).tolist()
-        return balanced_partition(self.layer_costs, rt.dims.pp * self.stages_per_rank)
+            costs = measure_layer_costs(layers, sample.to(self.env.device), slowdown=slow)
+        table = torch.zeros(self.env.world_size, len(costs), dtype=torch.float64,
+                            device=self.env.device)
+        table[self.env.rank] = torch.tensor(costs, dtype=torch.float64)
+        dist.all_reduce(table)  # [rank x layer], zero-padded: the same table on every rank
+        owner = [rt.dims.coords(r)["pp"] for r in range(self.env.world_size)]
+        #: [pipeline rank x layer] seconds, each row the slowest replica at that coordinate
+        self.layer_costs = slowest_replica_costs(table.tolist(), owner)
+        n_stages = rt.dims.pp * self.stages_per_rank
+        return device_aware_partition(self.layer_costs, [s % rt.dims.pp for s in range(n_stages)])
 
     def data_shard(self) -> tuple[int, int]:
         if self._rt is None:
@@ -262,11 +281,12 @@ class Pipeline(Strategy):
 
     def describe(self) -> str:
         return (f"stages={self.stages or 'world'}, microbatches={self.microbatches}, "
-                f"schedule={self.schedule!r}" + (f", split={self.split}" if self.split else ""))
+                f"schedule={self.schedule!r}" + (f", split={self.split}" if self.split else "")
+                + (f", slow ranks {self.slow_ranks}" if self.slow_ranks else ""))
 
     def __eq__(self, other):
         keys = ("stages", "microbatches", "schedule", "split", "stages_per_rank",
-                "activation_checkpointing", "tp")
+                "activation_checkpointing", "tp", "slow_ranks")
         return type(self) is type(other) and all(getattr(self, k) == getattr(other, k)
                                                  for k in keys)
 
@@ -313,8 +333,20 @@ class _Runtime:
         broadcast_params(self.params(), self.dp_group)  # replicas start equal
         self.pstages = [PipelineStage(m, s, n_stages, self.env.device, group=self.pp_group)
                         for m, s in zip(self.modules, self.stage_ids)]
+        self._slow_down(self.s.slow_ranks.get(self.env.rank, 1.0))
         self.schedule = self._make_schedule()
         return self.modules
+
+    def _slow_down(self, factor: float) -> None:
+        """The slow-rank knob: each forward/backward chunk of this rank's stages sleeps
+        (factor - 1) x its own time (compute only: the schedule's send/recv waits are not
+        inside a chunk)."""
+        if factor <= 1.0:
+            return
+        for st in self.pstages:
+            for name in ("forward_one_chunk", "backward_one_chunk", "backward_weight_one_chunk"):
+                if hasattr(st, name):
+                    setattr(st, name, slowed(getattr(st, name), factor))
 
     def _apply_tp(self) -> None:
         """Shard each local stage over "tp"; weights tied across stages stay replicated."""

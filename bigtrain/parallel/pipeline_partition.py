@@ -9,11 +9,16 @@ Three steps, each usable alone:
    sample micro-batch (embedding and head cost differs from a block, so we time them).
 3. `balanced_partition(costs, parts)`: contiguous parts minimising the slowest part's cost
    (the pipeline's step time is set by its slowest stage), ties broken towards even parts.
+   On devices of unequal speed, `device_aware_partition(cost_matrix, stage_owner)` does the
+   same with each layer's cost as measured on the device that would own its stage, so a
+   faster device gets more layers.
 
 Example:
     layers = chain_layers(model)
     costs = measure_layer_costs(layers, torch.randint(0, 64, (2, 16)))
     counts = balanced_partition(costs, parts=2)       # e.g. [3, 3]: layers per stage
+    # rank 1 three times slower than rank 0, one stage each:
+    device_aware_partition([[1.0] * 8, [3.0] * 8], stage_owner=[0, 1])   # [6, 2]
 """
 from __future__ import annotations
 
@@ -22,6 +27,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
+
+from bigtrain.parallel.slow_ranks import slowed
 
 
 def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -57,7 +64,7 @@ def block_count(layers: Sequence[tuple[str, nn.Module]]) -> int:
 
 
 def measure_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.Tensor,
-                        repeats: int = 3) -> list[float]:
+                        repeats: int = 3, slowdown: float = 1.0) -> list[float]:
     """Seconds of forward + backward per layer on `sample`, the best of `repeats` runs.
 
     Each layer is fed the previous layer's output (detached), and back-propagates a sum of
@@ -68,21 +75,29 @@ def measure_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.T
         layers: from `chain_layers`.
         sample: one micro-batch of model input.
         repeats: timing repeats per layer; the minimum is kept (least disturbed by noise).
+        slowdown: the slow-rank knob's factor for this rank (bigtrain.parallel.slow_ranks):
+            each timed run sleeps (slowdown - 1) x its compute time, as training will.
     """
     costs, x = [], sample
+    run = slowed(_forward_backward, slowdown)
     for _, layer in layers:
         best = float("inf")
         for _ in range(repeats):
             inp = x.detach().requires_grad_(x.is_floating_point())
             t0 = time.perf_counter()
-            out = layer(inp)
-            out.float().sum().backward()
+            out = run(layer, inp)
             best = min(best, time.perf_counter() - t0)
         for p in layer.parameters():
             p.grad = None
         costs.append(best)
         x = out.detach()
     return costs
+
+
+def _forward_backward(layer: nn.Module, inp: torch.Tensor) -> torch.Tensor:
+    out = layer(inp)
+    out.float().sum().backward()
+    return out
 
 
 def parameter_costs(layers: Sequence[tuple[str, nn.Module]]) -> list[float]:
@@ -93,34 +108,67 @@ def parameter_costs(layers: Sequence[tuple[str, nn.Module]]) -> list[float]:
 def balanced_partition(costs: Sequence[float], parts: int) -> list[int]:
     """Layer counts of `parts` contiguous, non-empty parts minimising the largest part cost.
 
-    Dynamic programme over (first i layers, k parts), O(n^2 * parts); among partitions with
-    the same bottleneck it keeps the one with the smallest sum of squared part costs.
+    Among partitions with the same bottleneck it keeps the one with the smallest sum of
+    squared part costs (`device_aware_partition` with one device owning every part).
 
     Args:
         costs: per-layer cost (any unit).
         parts: number of stages.
 
     Example:
-        balanced_partition([1, 4, 4, 4, 4, 2], 3)   # [2, 2, 2]
+        >>> balanced_partition([1, 4, 4, 4, 4, 2], 3)
+        [2, 2, 2]
     """
-    n = len(costs)
+    return device_aware_partition([costs], [0] * parts)
+
+
+def device_aware_partition(cost_matrix: Sequence[Sequence[float]],
+                           stage_owner: Sequence[int]) -> list[int]:
+    """Layer counts per stage minimising the slowest stage, each stage priced on its owner.
+
+    Stage s costs the sum of its layers' costs in row `stage_owner[s]` of `cost_matrix`
+    (the layers as timed on that stage's device), so a device twice as fast takes about
+    twice the layers. Dynamic programme over (first i layers, k stages), O(n^2 * stages);
+    among partitions with the same bottleneck it keeps the smallest sum of squared stage
+    costs (towards even parts).
+
+    Args:
+        cost_matrix: [owner x layer] costs (any unit), one row per device (pipeline rank).
+        stage_owner: the row that prices each stage, in stage order; for P pipeline ranks
+            with V stages each ("loop" placement) stage s belongs to s % P.
+
+    Example:
+        >>> device_aware_partition([[1.0] * 8, [3.0] * 8], [0, 1])   # rank 1 3x slower
+        [6, 2]
+        >>> device_aware_partition([[1.0] * 8, [3.0] * 8], [0, 1, 0, 1])
+        [3, 1, 3, 1]
+    """
+    n, parts = len(cost_matrix[0]), len(stage_owner)
     if not 1 <= parts <= n:
         raise ValueError(f"cannot cut {n} layers into {parts} non-empty stages; "
                          f"use between 1 and {n} stages")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + float(c))
+    if any(len(row) != n for row in cost_matrix) or not all(
+            0 <= o < len(cost_matrix) for o in stage_owner):
+        raise ValueError(f"cost_matrix must hold one row of {n} layer costs per owner and "
+                         f"stage_owner must index its {len(cost_matrix)} rows, got owners "
+                         f"{list(stage_owner)}")
+    prefix = []  # prefix[o][i]: cost of the first i layers on owner o
+    for row in cost_matrix:
+        prefix.append([0.0])
+        for c in row:
+            prefix[-1].append(prefix[-1][-1] + float(c))
     inf = (float("inf"), float("inf"))
-    # best[k][i]: (bottleneck, sum of squares) for the first i layers in k parts
+    # best[k][i]: (bottleneck, sum of squares) for the first i layers in k stages
     best = [[inf] * (n + 1) for _ in range(parts + 1)]
     cut = [[0] * (n + 1) for _ in range(parts + 1)]
     best[0][0] = (0.0, 0.0)
     for k in range(1, parts + 1):
+        row = prefix[stage_owner[k - 1]]
         for i in range(k, n - (parts - k) + 1):
             for j in range(k - 1, i):
                 if best[k - 1][j] == inf:
                     continue
-                part = prefix[i] - prefix[j]
+                part = row[i] - row[j]
                 cand = (max(best[k - 1][j][0], part), best[k - 1][j][1] + part * part)
                 if cand < best[k][i]:
                     best[k][i], cut[k][i] = cand, j
@@ -129,6 +177,24 @@ def balanced_partition(costs: Sequence[float], parts: int) -> list[int]:
         counts.append(i - cut[k][i])
         i = cut[k][i]
     return counts[::-1]
+
+
+def slowest_replica_costs(rank_costs: Sequence[Sequence[float]],
+                          owner_of_rank: Sequence[int]) -> list[list[float]]:
+    """[owner x layer] costs from [rank x layer] costs: per owner (pipeline coordinate), the
+    element-wise maximum over the ranks it covers (its data/tensor-parallel replicas move in
+    lock step, so the slowest sets the pace).
+
+    Example:
+        >>> slowest_replica_costs([[1, 2], [3, 1], [1, 1]], owner_of_rank=[0, 0, 1])
+        [[3.0, 2.0], [1.0, 1.0]]
+    """
+    out: dict[int, list[float]] = {}
+    for costs, owner in zip(rank_costs, owner_of_rank):
+        prev = out.get(owner)
+        out[owner] = ([float(c) for c in costs] if prev is None
+                      else [max(p, float(c)) for p, c in zip(prev, costs)])
+    return [out[o] for o in sorted(out)]
 
 
 def stage_costs(costs: Sequence[float], counts: Sequence[int]) -> list[float]:

@@ -1,4 +1,5 @@
-"""Pipeline parallelism: parity with one process for each schedule, balancing, bad input.
+"""Pipeline parallelism: parity with one process for each schedule, balancing (also on ranks
+of unequal speed, made so by the slow-rank knob), bad input.
 
 The parity harness here (`train_with`, `train_reference`, `max_diff`) is reused by the
 tensor-parallel and hybrid tests.
@@ -13,7 +14,8 @@ from torch import nn
 from bigtrain.parallel.base import DistEnv, StepBatch
 from bigtrain.parallel.pipeline import Pipeline
 from bigtrain.parallel.pipeline_partition import (balanced_partition, chain_layers,
-                                                  measure_layer_costs, stage_costs)
+                                                  device_aware_partition, measure_layer_costs,
+                                                  slowest_replica_costs, stage_costs)
 from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss
 from tests.dist import run_ranks
 
@@ -160,6 +162,98 @@ def test_balanced_partition_minimises_the_slowest_stage():
     assert balanced_partition([1, 1, 1, 1], 4) == [1, 1, 1, 1]
     with pytest.raises(ValueError, match="non-empty stages"):
         balanced_partition([1, 2], 3)
+
+
+def test_device_aware_partition_gives_the_faster_device_more_layers():
+    equal, slow1 = [1.0] * 8, [3.0] * 8  # rank 1 takes 3x as long for every layer
+    assert device_aware_partition([equal, slow1], [0, 1]) == [6, 2]
+    assert device_aware_partition([equal, equal], [0, 1]) == [4, 4]
+    assert device_aware_partition([slow1, equal], [0, 1]) == [2, 6]
+    # interleaved placement: stages 0, 2 on rank 0 and 1, 3 on rank 1
+    assert device_aware_partition([equal, slow1], [0, 1, 0, 1]) == [3, 1, 3, 1]
+    # one owner for every stage is the plain balanced partition
+    costs = [1, 4, 4, 4, 4, 2]
+    assert device_aware_partition([costs], [0, 0, 0]) == balanced_partition(costs, 3)
+    # each stage is priced on its own device: stage 0 on the slow rank 1 takes the three light
+    # layers (3 x 3), the heavy head goes to the fast rank 0 (9); [1, 3] would cost 1+1+9
+    assert device_aware_partition([[1, 1, 1, 9], [3, 3, 3, 27]], [1, 0]) == [3, 1]
+    with pytest.raises(ValueError, match="one row of 8"):
+        device_aware_partition([equal, [1.0] * 7], [0, 1])
+    with pytest.raises(ValueError, match="must index its 2 rows"):
+        device_aware_partition([equal, slow1], [0, 2])
+
+
+def test_slowest_replica_prices_each_pipeline_coordinate():
+    # ranks 0, 1 are two replicas of pipeline rank 0; rank 2 is pipeline rank 1
+    rows = slowest_replica_costs([[1, 5, 1], [2, 1, 1], [4, 4, 4]], owner_of_rank=[0, 0, 1])
+    assert rows == [[2.0, 5.0, 1.0], [4.0, 4.0, 4.0]]
+
+
+def test_slow_knob_sleeps_its_factor_minus_one_times_the_call(monkeypatch):
+    from bigtrain.parallel import slow_ranks as knob
+
+    class Clock:  # a fake clock: every perf_counter() call advances 2 s
+        now, slept = 0.0, []
+
+        def perf_counter(self):
+            self.now += 2.0
+            return self.now
+
+        def sleep(self, s):
+            self.slept.append(s)
+
+    clock = Clock()
+    monkeypatch.setattr(knob, "time", clock)
+    assert knob.slowed(lambda a: a + 1, 3.0)(1) == 2
+    assert clock.slept == [4.0]  # the call took 2 s: sleep (3 - 1) x 2 s
+    fn = lambda: None  # noqa: E731
+    assert knob.slowed(fn, 1.0) is fn
+    monkeypatch.setenv("BIGTRAIN_SLOW_RANKS", "1:2.5")
+    assert Pipeline(stages=2).slow_ranks == {1: 2.5}
+    assert Pipeline(stages=2, slow_ranks={}).slow_ranks == {}  # explicit wins
+    with pytest.raises(ValueError, match="outside 0..1"):
+        Pipeline(stages=2, slow_ranks={2: 3.0}).validate(world_size=2, global_batch_size=8)
+    with pytest.raises(ValueError, match=">= 1"):
+        Pipeline(stages=2, slow_ranks={1: 0.5})
+
+
+WIDTH, LAYERS = 256, 8
+
+
+def make_equal_chain() -> nn.Module:
+    """8 equal layers: with rank 1 three times slower the best cut is [6, 2]."""
+    torch.manual_seed(0)
+    return nn.Sequential(*[nn.Sequential(nn.Linear(WIDTH, WIDTH), nn.Tanh())
+                           for _ in range(LAYERS)])
+
+
+def equal_chain_data(step):
+    g = torch.Generator().manual_seed(3000 + step)
+    return torch.randn(BATCH, WIDTH, generator=g), torch.randn(BATCH, WIDTH, generator=g)
+
+
+def mse_loss(out, y, sw):
+    return F.mse_loss(out, y)
+
+
+def _speed_aware(rank, world):
+    g = torch.Generator().manual_seed(7)
+    strategy = Pipeline(stages=2, microbatches=4, slow_ranks={1: 3.0},
+                        sample_input=torch.randn(64, WIDTH, generator=g))
+    full, losses = train_with(rank, world, strategy, make_equal_chain, equal_chain_data,
+                              mse_loss)
+    return full, losses, strategy.partition, strategy.layer_costs
+
+
+def test_speed_aware_partition_gives_the_fast_rank_more_layers_and_trains_the_same():
+    ref, ref_losses = train_reference(make_equal_chain, equal_chain_data, mse_loss)
+    (full, losses, part0, costs0), (_, losses1, part1, costs1) = run_ranks(_speed_aware, 2,
+                                                                           timeout=180)
+    # every rank saw the same [rank x layer] cost table, so all cut the model alike
+    assert costs0 == costs1 and part0 == part1
+    assert sum(part0) == LAYERS and part0[0] > part0[1], part0
+    assert max_diff(full, ref) <= TOL
+    assert losses == losses1 == pytest.approx(ref_losses, abs=1e-5)
 
 
 def test_measured_partition_differs_by_less_than_one_block():
