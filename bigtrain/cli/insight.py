@@ -90,9 +90,26 @@ def run_doctor(args) -> int:
     if args.run_dir.endswith(".py"):
         findings = _doctor_script_data(args.run_dir, lr_test=args.lr_test)
     else:
-        findings = check_run(RunRecord.load(_run_dir(args.run_dir)))
-    print(render_doctor(findings))
+        record = RunRecord.load(_run_dir(args.run_dir))
+        findings = check_run(record)
+        if args.lr_test:
+            findings.append(_lr_test_of_run(record))
+    print(render_doctor([f for f in findings if f is not None]))
     return 0
+
+
+def _lr_test_of_run(record):
+    """The learning-rate range test on the script that trained `record`'s run (rerun up to
+    its fit, from its initial weights); an info finding saying why when that cannot be."""
+    from bigtrain.cli.verify import capture_script
+    from bigtrain.diagnose import Finding
+    script = record.script
+    if script is None or not os.path.isfile(script):
+        why = ("the run record names no training script (the fit did not run from a .py "
+               "file)" if script is None else f"its training script {script} no longer exists")
+        return Finding("lr_test_skipped", "info", f"no learning-rate test: {why}",
+                       "run `bigtrain doctor SCRIPT.py --lr-test` on the script that trains it")
+    return lr_test_finding(capture_script(script, list(record.script_args)))
 
 
 def _numpy(a):
@@ -192,4 +209,5 @@ def add_parsers(sub) -> None:
                                       "(SCRIPT.py)")
     d.add_argument("run_dir", metavar="RUN_DIR|SCRIPT.py")
     d.add_argument("--lr-test", action="store_true",
-                   help="with SCRIPT.py: a short learning-rate range test from its initial weights")
+                   help="a short learning-rate range test from the initial weights of SCRIPT.py, "
+                        "or of the script that trained RUN_DIR (recorded in its run.json)")

@@ -35,16 +35,20 @@ class StepTimes:
         backward: backward pass, excluding communication that was not overlapped.
         optimizer: optimizer step (and gradient clipping / unscaling).
         comm_exposed: communication the step waited for (not hidden behind compute).
+        other: step time not split into the phases above: a pipeline schedule's idle time
+            (bubble and waits for neighbouring stages) and per-step bookkeeping.
     """
     data: float = 0.0
     forward: float = 0.0
     backward: float = 0.0
     optimizer: float = 0.0
     comm_exposed: float = 0.0
+    other: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.data + self.forward + self.backward + self.optimizer + self.comm_exposed
+        return (self.data + self.forward + self.backward + self.optimizer + self.comm_exposed
+                + self.other)
 
     def share(self, phase: str) -> float:
         """Fraction of the step spent in `phase` (0 when nothing was timed)."""
@@ -111,8 +115,12 @@ class RunRecord:
         step_time: mean per-step breakdown.
         pipeline_bubble: measured idle fraction of the pipeline schedule, 0..1.
         memory: rank -> RankMemory.
-        rank_step_times: mean seconds per step of each rank, indexed by rank.
+        rank_step_times: mean seconds per step of each training rank's own work (data,
+            forward, backward, optimizer; waits for other ranks left out), by rank.
         history: Keras-style per-epoch metrics ("loss", "val_loss", "accuracy", ...).
+        script: absolute path of the training script that ran the fit (None: not a .py
+            file, e.g. a notebook); `bigtrain doctor RUN_DIR --lr-test` reruns its start.
+        script_args: the script's command-line arguments.
         extra: anything else worth keeping (free form, JSON-serialisable).
         version: schema version of this record.
     """
@@ -140,6 +148,8 @@ class RunRecord:
     memory: dict[int, RankMemory] = field(default_factory=dict)
     rank_step_times: list[float] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
+    script: str | None = None
+    script_args: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
     version: int = SCHEMA_VERSION
 

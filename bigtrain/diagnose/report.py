@@ -18,7 +18,7 @@ from bigtrain.diagnose.findings import render_doctor
 from bigtrain.diagnose.record import RunRecord
 from bigtrain.diagnose.training_checks import check_run
 
-PHASES = ("data", "forward", "backward", "optimizer", "comm_exposed")
+PHASES = ("data", "forward", "backward", "optimizer", "comm_exposed", "other")
 MEMORY_PARTS = ("params", "grads", "optimizer", "activations_peak")
 
 
@@ -88,8 +88,14 @@ def _summary(rec: RunRecord) -> list[str]:
             ("precision", rec.precision), ("global batch", rec.batch_size),
             ("micro-batches", rec.microbatches), ("epochs", rec.epochs),
             ("samples/s", _fmt(rec.samples_per_s)), ("tokens/s", _fmt(rec.tokens_per_s)),
-            ("MFU", mfu), ("pipeline bubble", _fmt(rec.pipeline_bubble, ".1%"))]
+            ("MFU", mfu), ("pipeline bubble", _bubble(rec))]
     return ["| run | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def _bubble(rec: RunRecord) -> str:
+    theory = rec.extra.get("pipeline_bubble_theory")
+    text = _fmt(rec.pipeline_bubble, ".1%")
+    return text + (f" (schedule theory {theory:.1%})" if theory is not None else "")
 
 
 def _step_table(rec: RunRecord) -> list[str]:
@@ -148,13 +154,16 @@ def render_report(run_dir) -> Path:
         lines += ["", "## Final metrics", ""]
         lines += [f"- {k}: {v:.4g}" for k, v in final.items()]
     lines += ["", "## Step time", ""] + _step_table(rec)
+    if rec.extra.get("step_time_note"):
+        lines += ["", f"How measured: {rec.extra['step_time_note']}."]
     if rec.memory:
         lines += ["", "## Memory per rank", ""] + _memory_table(rec)
     lines += ["", "## Doctor", "", "```", render_doctor(check_run(rec)), "```"]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    if rec.extra:
-        lines += ["", "## Extra", ""] + [f"- {k}: {v}" for k, v in rec.extra.items()]
+    extra = {k: v for k, v in rec.extra.items() if k != "step_time_note"}
+    if extra:
+        lines += ["", "## Extra", ""] + [f"- {k}: {v}" for k, v in extra.items()]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.checkpoint import Checkpointer
+from bigtrain.engine.comm_probe import exposed_sync_seconds
 from bigtrain.engine.data import epoch_permutation, global_batches, num_batches, shard_bounds
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
@@ -43,6 +45,17 @@ class Progress:
         self.step += 1
         if self.checkpointer is not None:
             self.checkpointer.after_step(epoch, batch, steps_per_epoch, self.step)
+
+
+@dataclass
+class RunTiming:
+    """What the loop measured for the run record: the phase timer the strategy marks into,
+    optimizer steps run, one training batch kept for the end-of-fit communication probe,
+    and the probe's result (seconds, or None when the strategy has nothing to probe)."""
+    timer: PhaseTimer
+    steps: int = 0
+    last_batch: object = None
+    exposed_sync_s: float | None = None
 
 
 class NonFiniteLoss(Exception):
@@ -110,20 +123,19 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
             continue  # trained before the checkpoint this run resumed from
         strategy.mark("callbacks (batch begin)", progress.step)
         callbacks.on_train_batch_begin(step)
-        t0 = time.perf_counter()
+        timing.timer.begin_step(timing.steps)
         strategy.mark("data")
         batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
-        t1 = time.perf_counter()
-        strategy.mark("train step")  # strategies refine it: forward, backward, optimizer step
+        # strategies refine it: forward, backward, optimizer step, communication
+        strategy.mark("train step", phase="other")
         outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
-        t2 = time.perf_counter()  # on CPU ops are synchronous, so these are real phase times
-        timing["data_s"] += t1 - t0
-        timing["compute_s"] += t2 - t1
-        timing["steps"] += 1
+        strategy.mark("metrics")
+        timing.steps += 1
+        timing.last_batch = batch
         tally.add(batch, outputs, loss)
         losses[step] = loss
         if cfg.terminate_on_nan and step + 1 - last_check >= cfg.nan_check_every:
-            strategy.mark("loss check all-reduce")
+            strategy.mark("loss check all-reduce", phase="comm")
             _check_finite(losses, step + 1, epoch, strategy, cfg.batch_size)
             last_check = step + 1
         logs = {"size": len(gidx)}
@@ -205,7 +217,8 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     result = FitResult()
     callbacks.on_train_begin()
     t_start, samples, epoch_times = time.perf_counter(), 0, []
-    timing = {"data_s": 0.0, "compute_s": 0.0, "steps": 0}
+    timing = RunTiming(PhaseTimer(strategy.env.device))
+    strategy.phase_timer = timing.timer
     try:
         for epoch in range(first_epoch, cfg.epochs):
             callbacks.on_epoch_begin(epoch)
@@ -237,9 +250,16 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                 break
     finally:
         callbacks.on_train_end()
+        vars(strategy).pop("phase_timer", None)
     elapsed = time.perf_counter() - t_start
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                     "wall_s": elapsed, "epoch_times": epoch_times, **getattr(strategy, "stats", lambda: {})()}
+    if task.run_dir is not None:  # every rank has the same run_dir: all probe or none
+        strategy.mark("communication probe")
+        timing.exposed_sync_s = exposed_sync_seconds(
+            strategy, module, timing.last_batch, safe_loss(task.compute_loss),
+            autocast_factory(cfg.precision, strategy.env.device))
+    timing.last_batch = None
     write_run_record(task, strategy, module, optimizer, result, timing)
     strategy.mark("gather full state")
     state = strategy.full_state_dict(module)

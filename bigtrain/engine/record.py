@@ -2,12 +2,14 @@
 the run directory, so `bigtrain report` and `bigtrain doctor` can read any strategy's run.
 
 Per-rank figures are gathered with one all-reduce of a small tensor: local bytes of
-parameters, gradients and optimizer state (DTensor shards count as their local part) and
-each rank's mean step time (for straggler detection).
+parameters, gradients and optimizer state (DTensor shards count as their local part), each
+rank's mean seconds per step phase (bigtrain.diagnose.step_timer) and its measured pipeline
+bubble. The record's step time is the mean over the ranks that trained.
 """
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -29,16 +31,53 @@ def local_state_bytes(module, optimizer) -> tuple[int, int, int]:
     return params, grads, opt
 
 
-def gather_rank_figures(strategy, module, optimizer, step_s: float) -> tuple[dict, list]:
-    """Every rank's memory and mean step time, on every rank (one all-reduce)."""
+_PHASE_COLS = ("data", "forward", "backward", "optimizer", "comm", "other")
+
+
+def gather_rank_figures(strategy, module, optimizer, phases: dict[str, float],
+                        bubble: float | None) -> dict:
+    """Every rank's memory, step phases and pipeline bubble, on every rank (one all-reduce
+    of a world x 12 table; ranks that did not train, such as parameter servers, send zeros).
+
+    Returns:
+        {"memory": {rank: RankMemory}, "phases": rank-mean seconds per phase,
+         "rank_phases": [per-rank phase dicts], "bubble": mean of the ranks that measured
+         one (or None)}.
+    """
     env = strategy.env
-    table = torch.zeros(env.world_size, 4, dtype=torch.float64)
-    table[env.rank] = torch.tensor([*local_state_bytes(module, optimizer), step_s],
-                                   dtype=torch.float64)
+    cols = 3 + len(_PHASE_COLS) + 3  # bytes x3, phases, bubble, bubble count, trained
+    table = torch.zeros(env.world_size, cols, dtype=torch.float64)
+    table[env.rank] = torch.tensor(
+        [*local_state_bytes(module, optimizer), *(phases[p] for p in _PHASE_COLS),
+         bubble or 0.0, 0.0 if bubble is None else 1.0, 1.0], dtype=torch.float64)
     strategy.all_reduce(table)
     memory = {r: RankMemory(params=int(row[0]), grads=int(row[1]), optimizer=int(row[2]))
               for r, row in enumerate(table)}
-    return memory, [float(row[3]) for row in table]
+    trained = table[:, -1] > 0
+    rank_phases = [dict(zip(_PHASE_COLS, row[3:3 + len(_PHASE_COLS)].tolist()))
+                   for row in table[trained]]
+    mean = table[trained, 3:3 + len(_PHASE_COLS)].mean(0).tolist() if trained.any() else \
+        [0.0] * len(_PHASE_COLS)
+    n_bubble = float(table[:, -2].sum())
+    return {"memory": memory, "phases": dict(zip(_PHASE_COLS, mean)),
+            "rank_phases": rank_phases,
+            "bubble": float(table[:, -3].sum()) / n_bubble if n_bubble else None}
+
+
+def step_phases(timing, strategy) -> dict[str, float]:
+    """This rank's mean seconds per step in each phase: the phase timer's means, with the
+    probed wait for in-backward gradient sync moved from backward to communication."""
+    phases = timing.timer.means()
+    waited = min(timing.exposed_sync_s or 0.0, phases["backward"])
+    phases["backward"] -= waited
+    phases["comm"] += waited
+    return phases
+
+
+def _bubble(strategy) -> float | None:
+    stats = getattr(strategy, "stats", None)
+    value = stats().get("pipeline_bubble") if stats is not None else None
+    return None if value is None else min(max(float(value), 0.0), 1.0)
 
 
 def model_flops_utilisation(task, samples_per_s: float | None, world_size: int,
@@ -62,15 +101,20 @@ def model_flops_utilisation(task, samples_per_s: float | None, world_size: int,
     return 3.0 * flops * samples_per_s / (peak * world_size), peak
 
 
-def write_run_record(task, strategy, module, optimizer, result, timing: dict) -> None:
-    """Gather per-rank figures (collective) and, on rank 0, write `run.json`."""
-    steps = max(1, timing["steps"])
-    memory, rank_steps = gather_rank_figures(strategy, module, optimizer,
-                                             timing["compute_s"] / steps)
+def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
+    """Gather per-rank figures (collective) and, on rank 0, write `run.json`.
+
+    Args:
+        timing: the loop's RunTiming (phase timer, steps, probed in-backward sync wait).
+    """
+    figures = gather_rank_figures(strategy, module, optimizer, step_phases(timing, strategy),
+                                  _bubble(strategy))
     if not strategy.env.is_main or task.run_dir is None:
         return
     mfu, peak = model_flops_utilisation(task, result.stats.get("samples_per_s"),
                                         strategy.env.world_size, strategy.env.local_world_size)
+    ph = figures["phases"]
+    stats = getattr(strategy, "stats", dict)()
     record = RunRecord(
         strategy=strategy.describe(), world_size=strategy.env.world_size,
         threads_per_rank=torch.get_num_threads(), optimizer=task.optimizer_name,
@@ -78,12 +122,43 @@ def write_run_record(task, strategy, module, optimizer, result, timing: dict) ->
         epochs=len(result.epochs), optimizer_fused=bool(getattr(optimizer, "defaults", {})
                                                          .get("fused")),
         local_world_size=strategy.env.local_world_size, cpu_cores=os.cpu_count(),
-        device=str(strategy.env.device), microbatches=task.config.accumulate_steps,
+        device=str(strategy.env.device),
+        microbatches=stats.get("pipeline_microbatches", task.config.accumulate_steps),
+        pipeline_stages=stats.get("pipeline_stages"),
         num_params=sum(p.numel() for p in task.module.parameters()),
         samples_per_s=result.stats.get("samples_per_s"), mfu=mfu, peak_flops=peak,
-        step_time=StepTimes(data=timing["data_s"] / steps),
-        memory=memory, rank_step_times=rank_steps, history=dict(result.history),
-        extra={"compute_s_per_step": timing["compute_s"] / steps,
-               "step_time_note": "data = batch gathering; compute = forward+backward+optimizer "
-                                 "(not split further); exposed communication not measured"})
+        step_time=StepTimes(data=ph["data"], forward=ph["forward"], backward=ph["backward"],
+                            optimizer=ph["optimizer"], comm_exposed=ph["comm"],
+                            other=ph["other"]),
+        pipeline_bubble=figures["bubble"], memory=figures["memory"],
+        rank_step_times=[r["data"] + r["forward"] + r["backward"] + r["optimizer"]
+                         for r in figures["rank_phases"]],
+        history=dict(result.history), script=_script(), script_args=list(sys.argv[1:]),
+        extra={"timed_steps": timing.timer.timed_steps,
+               **({} if timing.exposed_sync_s is None else
+                  {"probed_sync_wait_s": timing.exposed_sync_s}),  # rank 0's probe
+               "step_time_note": timing_note(strategy, timing),
+               **{k: stats[k] for k in ("pipeline_bubble_theory",) if k in stats}})
     record.save(task.run_dir)
+
+
+def timing_note(strategy, timing) -> str:
+    """How this run's step phases were measured and what they leave out, in words."""
+    every = timing.timer.sample_every
+    how = ("every step" if every == 1 else f"one step in {every}, device synchronised") + \
+        (" but the first, averaged over ranks" if timing.timer.timed_steps > 1 else "")
+    probe = ("; backward's wait for its in-backward gradient sync was probed at the end of the "
+             "fit (fastest synced minus fastest unsynced backward of one micro-batch) and moved "
+             "to comm_exposed" if timing.exposed_sync_s is not None else "")
+    return f"timed at the strategy's phase marks, {how}{probe}; {strategy.timing_note}"
+
+
+def _script() -> str | None:
+    """The training script this process runs (absolute), when it was started as a .py file
+    (`python train.py`, `bigtrain train/run train.py`); None for `python -m ...` (a test
+    runner, a notebook kernel) and interactive sessions."""
+    path = sys.argv[0] if sys.argv else ""
+    main = sys.modules.get("__main__")
+    if getattr(main, "__spec__", None) is not None or not path.endswith(".py"):
+        return None
+    return os.path.abspath(path) if os.path.isfile(path) else None

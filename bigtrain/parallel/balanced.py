@@ -169,6 +169,10 @@ class BalancedDataParallel(DataParallel):
     """
 
     name = "ddp_balanced"
+    syncs_in_backward = False  # gradients stay local until optimizer_step all-reduces them
+    timing_note = ("gradients are all-reduced after backward (not overlapped): comm_exposed is "
+                   "that all-reduce, including the wait for slower ranks; the slow-rank knob's "
+                   "delay counts as backward")
 
     def __init__(self, balance: str = "speed", weights: Sequence[float] | None = None,
                  slow_ranks: dict[int, float] | None = None, rebalance_every: int = 5,

@@ -101,8 +101,15 @@ class Strategy:
     owns_step = False
     #: Why fit(checkpoint_dir=...) cannot be used with this strategy (None: it can).
     checkpoint_unsupported: str | None = None
+    #: Gradient communication runs inside backward and `no_sync` skips it (DDP, FSDP): the
+    #: engine then measures how much of it backward waits for (bigtrain.engine.comm_probe).
+    syncs_in_backward = False
+    #: How this strategy's step phases are measured and what they leave out (run record).
+    timing_note = "one process: no communication"
     #: The engine's loop sets a Heartbeat here while it trains (read by the hang watchdog).
     heartbeat = None
+    #: ... and a PhaseTimer (bigtrain.diagnose.step_timer) that times the marked phases.
+    phase_timer = None
 
     def __init__(self):
         self.env = DistEnv()
@@ -158,17 +165,23 @@ class Strategy:
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
 
-    def mark(self, op: str, step: int | None = None) -> None:
-        """Note that this rank enters operation `op` (for the hang watchdog's report).
+    def mark(self, op: str, step: int | None = None, phase: str | None = None) -> None:
+        """Note that this rank enters operation `op` (for the hang watchdog's report and the
+        step-time breakdown).
 
-        One attribute write, no synchronisation; every rank must mark the same sequence of
-        operations (a rank that marked fewer is reported as behind).
+        One attribute write and a clock read, no synchronisation; every rank must mark the
+        same sequence of operations (a rank that marked fewer is reported as behind). The
+        time until the next mark is charged to `phase` ("data", "forward", "backward",
+        "optimizer", "comm", "other"); by default to the op's first word when that names a
+        phase, else to nothing (see bigtrain.diagnose.step_timer).
 
         Example:
-            self.mark("all-gather"); gather(...)
+            self.mark("all-gather", phase="comm"); gather(...)
         """
         if self.heartbeat is not None:
             self.heartbeat.enter(op, step)
+        if self.phase_timer is not None:
+            self.phase_timer.enter(op, phase)
 
     def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
         """Forward, backward and update for one global batch; returns (outputs, loss).

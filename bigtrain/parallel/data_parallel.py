@@ -28,6 +28,9 @@ class DataParallel(Strategy):
     """
 
     name = "ddp"
+    syncs_in_backward = True
+    timing_note = ("DDP all-reduces gradient buckets during backward; comm_exposed is the "
+                   "part backward waits for at its end")
 
     def __init__(self, bucket_cap_mb: int = 25, find_unused_parameters: bool = False):
         super().__init__()

@@ -99,7 +99,16 @@ class Hybrid(Strategy):
         return self.inner.data_shard()
 
     def train_step(self, module, optimizer, batch, compute_loss, autocast):
+        # the inner strategy marks its phases: hand it the loop's watchdog heartbeat and timer
+        self.inner.heartbeat, self.inner.phase_timer = self.heartbeat, self.phase_timer
         return self.inner.train_step(module, optimizer, batch, compute_loss, autocast)
+
+    @property
+    def timing_note(self) -> str:
+        return self.inner.timing_note
+
+    def stats(self) -> dict:
+        return getattr(self.inner, "stats", dict)()
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         self.inner.optimizer_step(optimizer)
@@ -109,6 +118,8 @@ class Hybrid(Strategy):
 
     def teardown(self) -> None:
         self.inner.teardown()
+        vars(self.inner).pop("heartbeat", None)
+        vars(self.inner).pop("phase_timer", None)
 
     def describe(self) -> str:
         return f"dp={self.dp or 'auto'}, tp={self.tp}, pp={self.pp}; {self.inner.describe()}"

@@ -45,6 +45,8 @@ Example:
 """
 from __future__ import annotations
 
+import functools
+import time
 from typing import Sequence
 
 import torch
@@ -267,8 +269,27 @@ class Pipeline(Strategy):
         return outputs, loss
 
     def optimizer_step(self, optimizer) -> None:
+        self.mark("gradient all-reduce (tied, dp)", phase="comm")
         self._rt.sync_grads()
+        self.mark("optimizer step")
         optimizer.step()
+
+    timing_note = ("forward and backward are this rank's stage compute inside the schedule "
+                   "(the last stage's loss counts as forward); other is the rest of the "
+                   "schedule's wall time: the bubble and waits on send/recv to neighbouring "
+                   "stages; comm_exposed is the loss broadcast and gradient all-reduces (a "
+                   "stage that ends its schedule first waits there for the others: that "
+                   "cool-down idle is in comm_exposed, not in the bubble)")
+
+    def stats(self) -> dict:
+        """Pipeline shape and the measured bubble (see `_Runtime.bubble`), for FitResult
+        and the run record."""
+        if self._rt is None:
+            return {}
+        p, m, v = self._rt.dims.pp, self.microbatches, self.stages_per_rank
+        return {"pipeline_stages": p, "pipeline_microbatches": m,
+                "pipeline_bubble": self._rt.bubble(),
+                "pipeline_bubble_theory": (p - 1) / (v * m + p - 1)}
 
     def forward_only(self, x):
         return self._rt.forward_only(x)
@@ -316,6 +337,8 @@ class _Runtime:
         self.last_rank = dims.rank_of(pp=dims.pp - 1, dp=self.dp_idx, tp=self.tp_idx)
         self.ties: list[tuple[list[nn.Parameter], object]] = []
         self._ctx = None
+        self._busy: list[float] | None = None   # [forward, backward] s of a timed step
+        self._timed: list[tuple[float, float]] = []  # (busy, schedule wall) s per timed step
 
     # ---- building ---------------------------------------------------------------------
     def build(self, layers, counts: Sequence[int]) -> list[StageModule]:
@@ -408,7 +431,10 @@ class _Runtime:
         if self._ctx is None:  # forward-only pass: schedules still ask the last stage
             return output.new_zeros(())
         y, sw, compute_loss, n, wsum, record = self._ctx
+        t0 = self._clock()
         loss = compute_loss(output, _take(y, ids), None if sw is None else sw[ids])
+        if self._busy is not None:
+            self._busy[0] += self._clock() - t0
         # keyed by first sample: the schedule's one-off metadata pass (on placeholder
         # activations) calls this too, and the real micro-batch overwrites its entry
         record[int(ids[0])] = (loss.detach().float(), ids.numel())
@@ -428,17 +454,77 @@ class _Runtime:
         idx = torch.arange(n, device=x.device)
         has_first = any(st.is_first for st in self.pstages)
         has_last = any(st.is_last for st in self.pstages)
+        timer = self.s.phase_timer
+        self._start_timing(timer is not None and timer.active)
+        t0 = self._clock()
         with autocast():
             out = self.schedule.step(*((x,) if has_first else ()),
                                      target=idx if has_last else None)
+        self._stop_timing(self._clock() - t0, timer)
         self._ctx = None
         loss = torch.zeros((), dtype=torch.float32, device=x.device)
         if has_last:
             loss = sum(l * c for l, c in record.values()) / n
+        self.s.mark("loss broadcast", phase="comm")
         dist.broadcast(loss, src=self.last_rank, group=self.pp_group)
         out = self._broadcast_output(out if has_last else None)
         sizes = [_single(mb[0]).shape[0] for mb in batch.micro]
         return list(torch.split(out, sizes)), loss
+
+    # ---- timing: stage compute vs the schedule's wall time ------------------------------
+    def _clock(self) -> float:
+        """perf_counter, after the device finished its queued work when this step is timed
+        (on CPU ops are synchronous: no wait)."""
+        if self._busy is not None and self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        return time.perf_counter()
+
+    def _start_timing(self, on: bool) -> None:
+        """Time this step's stage chunks (the step timer samples it); wraps the stages'
+        chunk methods on first use."""
+        self._busy = [0.0, 0.0] if on else None
+        if on and not getattr(self, "_chunks_timed", False):
+            for st in self.pstages:
+                for name, slot in (("forward_one_chunk", 0), ("backward_one_chunk", 1),
+                                   ("backward_weight_one_chunk", 1)):
+                    if hasattr(st, name):
+                        setattr(st, name, self._timed_chunk(getattr(st, name), slot))
+            self._chunks_timed = True
+
+    def _timed_chunk(self, fn, slot: int):
+        """`fn` that adds its own seconds to `self._busy[slot]` on timed steps."""
+        @functools.wraps(fn)
+        def chunk(*args, **kwargs):
+            if self._busy is None:
+                return fn(*args, **kwargs)
+            t0 = self._clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self._busy[slot] += self._clock() - t0
+        return chunk
+
+    def _stop_timing(self, wall: float, timer) -> None:
+        """Charge the stage compute of a timed step to forward/backward (the rest of the
+        schedule stays "other": idle) and keep (busy, wall) for the bubble."""
+        if self._busy is None:
+            return
+        fwd, bwd = self._busy
+        self._busy = None
+        timer.split_current("forward", fwd)
+        timer.split_current("backward", bwd)
+        self._timed.append((fwd + bwd, wall))
+
+    def bubble(self) -> float | None:
+        """Measured idle share of the schedule on this rank: 1 - stage compute / schedule
+        wall time, over the timed steps (the first, with the schedule's shape exchange and
+        warm-up, left out when others exist). Idle includes send/recv waits; None before
+        any timed step."""
+        steps = self._timed[1:] if len(self._timed) > 1 else self._timed
+        wall = sum(w for _, w in steps)
+        if wall <= 0:
+            return None
+        return min(1.0, max(0.0, 1.0 - sum(b for b, _ in steps) / wall))
 
     def _broadcast_output(self, out):
         meta = [(tuple(out.shape), out.dtype) if out is not None else None]

@@ -217,8 +217,10 @@ class TensorParallel(Strategy):
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.mesh is not None:
+            self.mark("gradient all-reduce (dp)", phase="comm")
             params = [p for g in optimizer.param_groups for p in g["params"]]
             all_reduce_grads(params, self.mesh["dp"].get_group())
+            self.mark("optimizer step")
         optimizer.step()
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
@@ -226,6 +228,9 @@ class TensorParallel(Strategy):
 
     def teardown(self) -> None:
         self.mesh = None
+
+    timing_note = ("comm_exposed is the data-parallel gradient all-reduce; the tensor-parallel "
+                   "collectives inside the layers are counted in forward and backward")
 
     def describe(self) -> str:
         return f"degree={self.degree or 'world'}" + (f", plan={self.plan}" if self.plan else "")

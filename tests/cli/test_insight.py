@@ -1,4 +1,6 @@
 """run_dir -> report/doctor, plan from the CLI, and strategy='auto'."""
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -118,3 +120,32 @@ def test_doctor_lr_test_flags_a_learning_rate_far_too_low(tmp_path, capsys):
         findings[lr] = capsys.readouterr().out
     assert "lr_too_low" in findings["1e-7"]
     assert "lr_too" not in findings["3e-2"]
+
+
+LR_SCRIPT = (
+    "import sys\nimport numpy as np\n"
+    "from bigtrain.layers import Dense, Input\nfrom bigtrain.models import Model\n"
+    "rng = np.random.default_rng(0)\n"
+    "x = rng.normal(size=(600, 8)).astype('float32')\n"
+    "y = np.eye(3, dtype='float32')[(x @ rng.normal(size=(8, 3))).argmax(1)]\n"
+    "i = Input(shape=(8,))\n"
+    "m = Model(i, Dense(3, activation='softmax')(Dense(16, activation='relu')(i)))\n"
+    "m.compile(optimizer='adam', loss='categorical_crossentropy', learning_rate=1e-7)\n"
+    "m.fit(x, y, epochs=1, batch_size=20, verbose=0, run_dir=sys.argv[1])\n")
+
+
+def test_doctor_run_dir_lr_test_reruns_the_recorded_script(tmp_path, capsys, monkeypatch):
+    script, run = tmp_path / "train.py", tmp_path / "run"
+    script.write_text(LR_SCRIPT)
+    monkeypatch.setattr("sys.argv", list(sys.argv))  # `bigtrain train` sets the script's argv
+    assert main(["train", str(script), str(run)]) == 0
+    record = RunRecord.load(run)
+    assert record.script == str(script) and record.script_args == [str(run)]
+    assert main(["doctor", str(run)]) == 0
+    assert "lr_too_low" not in capsys.readouterr().out  # one epoch: no evidence without a test
+    assert main(["doctor", str(run), "--lr-test"]) == 0
+    assert "lr_too_low" in capsys.readouterr().out
+    record.script = None
+    record.save(run)
+    assert main(["doctor", str(run), "--lr-test"]) == 0
+    assert "lr_test_skipped" in capsys.readouterr().out

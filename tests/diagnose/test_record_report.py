@@ -60,3 +60,19 @@ def test_render_doctor_plain_and_rich():
     assert "bad" in render_doctor(fs, rich=True) and render_doctor([]) == "No problems found."
     with pytest.raises(ValueError, match="severity"):
         Finding("x", "fatal", "e", "a")
+
+
+def test_report_shows_how_the_step_was_measured_and_the_bubble_theory(tmp_path):
+    rec = make_record("pipeline", 2)
+    rec.step_time = StepTimes(data=0.001, forward=0.02, backward=0.04, comm_exposed=0.005,
+                              other=0.03)
+    rec.pipeline_bubble, rec.pipeline_stages, rec.microbatches = 0.31, 2, 2
+    rec.extra = {"pipeline_bubble_theory": 1 / 3, "step_time_note": "timed at marks"}
+    rec.script, rec.script_args = "/abs/train.py", ["--fast"]
+    rec.save(tmp_path)
+    assert RunRecord.load(tmp_path).script_args == ["--fast"]
+    text = render_report(tmp_path).read_text()
+    assert "| other | 30.00 | 31% |" in text and "| total | 96.00 | |" in text
+    assert "31.0% (schedule theory 33.3%)" in text
+    assert "How measured: timed at marks." in text
+    assert "pipeline_bubble" in text  # 31% idle: the doctor asks for more micro-batches

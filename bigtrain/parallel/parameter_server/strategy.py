@@ -267,20 +267,24 @@ class ParameterServer(Strategy):
         delay = dict(self.config.straggler_delay_s).get(self.env.rank, 0.0)
         if delay:
             time.sleep(delay)
+        self.mark("pull parameters", phase="comm")
         self.client.pull(self._params, self.clock)
         self._fresh, self._in_step = {}, True
         outputs, total = [], 0.0
         try:
             for (x, y, sw), w in zip(batch.micro, batch.weights):
+                self.mark("forward")
                 with autocast():
                     out = module(*x) if isinstance(x, tuple) else module(x)
                     loss = compute_loss(out, y, sw)
+                self.mark("backward")
                 (loss * w).backward()
                 outputs.append(out.detach() if torch.is_tensor(out) else out)
                 total = total + loss.detach() * w
         finally:
             self._in_step = False
         grads = {k: p.grad for k, p in enumerate(self._params) if p.grad is not None}
+        self.mark("push gradients", phase="comm")
         self.client.push(grads, self.clock)
         for p in self._params:
             p.grad = None
@@ -335,6 +339,11 @@ class ParameterServer(Strategy):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+
+    timing_note = ("comm_exposed is the pull of the parameters and the push of the gradients "
+                   "(in SSP/BSP including the wait for other workers); embedding rows pulled "
+                   "on lookup count as forward; the optimizer runs on the servers (0 here); "
+                   "a straggler_delay_s sleep counts as other")
 
     def describe(self) -> str:
         c = self.config

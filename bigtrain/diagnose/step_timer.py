@@ -1,0 +1,114 @@
+"""Where a training step's time goes, read off the points the step already marks.
+
+The engine's loop and every strategy call `Strategy.mark(op)` when the rank enters an
+operation (for the hang watchdog). While a fit runs, the loop also hangs a PhaseTimer on
+the strategy: each mark closes the phase that was open and opens the next, so the time
+between two marks is charged to the earlier one. Which phase an operation belongs to:
+
+    mark("data")                              -> data
+    mark("forward") / mark("backward ...")    -> forward / backward   (by the first word)
+    mark("optimizer step")                    -> optimizer
+    mark("gradient all-reduce", phase="comm") -> comm (explicitly timed communication)
+    mark("train step", phase="other")         -> other (step time no strategy refined)
+    anything else (callbacks, evaluation)     -> not timed
+
+On a CPU ops run synchronously, so every step is timed exactly for one perf_counter call
+and one dict update per mark. On an accelerator the timer synchronises the device at each
+mark of one step in `sample_every` and ignores the others, so most steps keep their
+asynchronous overlap. The first timed step (allocator, autograd and bucket warm-up) is left
+out of the means whenever later steps exist.
+
+Example:
+    timer = PhaseTimer()
+    timer.begin_step(0); timer.enter("data"); ...; timer.enter("forward"); ...
+    timer.enter("callbacks (batch end)")
+    timer.means()          # {"data": s, "forward": s, ...} per timed step
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+PHASES = ("data", "forward", "backward", "optimizer", "comm", "other")
+_FIRST_WORD = {"data": "data", "forward": "forward", "backward": "backward",
+               "optimizer": "optimizer"}
+_BY_OP: dict[str, str | None] = {}  # op -> phase_of(op), filled as ops are first seen
+
+
+def phase_of(op: str, phase: str | None = None) -> str | None:
+    """The phase `op` is charged to: `phase` when given, else by the op's first word."""
+    if phase is not None:
+        if phase not in PHASES:
+            raise ValueError(f"unknown step phase {phase!r}; valid phases: {', '.join(PHASES)}")
+        return phase
+    return _FIRST_WORD.get(op.split(" ", 1)[0])
+
+
+class PhaseTimer:
+    """Seconds per step phase, accumulated between `Strategy.mark` calls.
+
+    Args:
+        device: the rank's device; a CUDA device is synchronised at each mark of a
+            sampled step (None or CPU: never).
+        sample_every: on an accelerator, time one step in this many (CPU: every step).
+    """
+
+    def __init__(self, device: torch.device | None = None, sample_every: int = 50):
+        if sample_every < 1:
+            raise ValueError(f"sample_every must be >= 1, got {sample_every}")
+        self._cuda = device if device is not None and device.type == "cuda" else None
+        self.sample_every = 1 if self._cuda is None else sample_every
+        self.totals = dict.fromkeys(PHASES, 0.0)
+        self.timed_steps = 0
+        self.active = False
+        self._warm: dict | None = None  # totals after the first timed step
+        self._phase: str | None = None
+        self._t = 0.0
+
+    def begin_step(self, step: int) -> None:
+        """Start optimizer step `step` (0-based within the fit): timed or not."""
+        self._close()
+        self.active = step % self.sample_every == 0
+        if self.active:
+            if self.timed_steps == 1:
+                self._warm = dict(self.totals)
+            self.timed_steps += 1
+
+    def enter(self, op: str, phase: str | None = None) -> None:
+        """The rank enters `op`: charge the time since the last mark to the open phase."""
+        if not self.active:
+            return
+        if self._cuda is not None:
+            torch.cuda.synchronize(self._cuda)
+        now = time.perf_counter()
+        if self._phase is not None:
+            self.totals[self._phase] += now - self._t
+        if phase is None:
+            phase = _BY_OP[op] if op in _BY_OP else _BY_OP.setdefault(op, phase_of(op))
+        elif phase not in self.totals:
+            phase_of(op, phase)  # raises, naming the valid phases
+        self._phase, self._t = phase, now
+
+    def split_current(self, phase: str, seconds: float) -> None:
+        """Of the phase open now, `seconds` belong to `phase` (a strategy that measured
+        part of an unsplit phase itself, e.g. a pipeline stage's compute, moves it)."""
+        if self.active and self._phase is not None and seconds > 0:
+            self.totals[phase] += seconds
+            self.totals[self._phase] -= seconds
+
+    def _close(self) -> None:
+        if self.active and self._phase is not None:
+            self.totals[self._phase] += time.perf_counter() - self._t
+        self._phase = None
+
+    def means(self) -> dict[str, float]:
+        """Mean seconds per timed step in each phase (the first step left out when others
+        exist); zeros when no step was timed."""
+        self._close()
+        self.active = False
+        if self._warm is not None and self.timed_steps > 1:
+            n = self.timed_steps - 1
+            return {p: (self.totals[p] - self._warm[p]) / n for p in PHASES}
+        n = max(self.timed_steps, 1)
+        return {p: self.totals[p] / n for p in PHASES}

@@ -1,0 +1,83 @@
+"""How long backward waits for gradient communication it could not hide (DDP, FSDP).
+
+DDP all-reduces gradient buckets while backward still runs and FSDP reduce-scatters them
+the same way; what the step pays is the part that outlasts the compute: the wait at the end
+of backward. Timing backward alone cannot tell that wait from compute, so at the end of a
+fit every rank runs a short probe on one training micro-batch: forward + backward with the
+gradient sync skipped (`strategy.no_sync`) and with it, alternately, `repeats` times each.
+The exposed communication of one step is the fastest synced backward minus the fastest
+unsynced one (clipped at 0); the fastest of each leaves out one-off stalls of the host.
+
+The probe changes nothing the run keeps: no optimizer step, gradients are dropped after
+each synced pass, buffers (batch-norm statistics) and random-number state are restored.
+Every rank must call it (the synced passes are collectives).
+
+Example:
+    seconds = exposed_sync_seconds(strategy, module, batch, task.compute_loss, autocast)
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import torch
+
+from bigtrain.parallel.base import StepBatch, Strategy
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed_backward(strategy, module, micro, compute_loss, autocast, sync: bool) -> float:
+    x, y, sw = micro
+    device = strategy.env.device
+    with contextlib.nullcontext() if sync else strategy.no_sync(module):
+        with autocast():
+            out = module(*x) if isinstance(x, tuple) else module(x)
+            loss = compute_loss(out, y, sw)
+        _sync(device)
+        t0 = time.perf_counter()
+        loss.backward()
+        _sync(device)
+        return time.perf_counter() - t0
+
+
+def exposed_sync_seconds(strategy: Strategy, module, batch: StepBatch | None, compute_loss,
+                         autocast, repeats: int = 3) -> float | None:
+    """Seconds per step this rank's backward waits for gradient communication.
+
+    Args:
+        strategy: the run's strategy (already set up); probed only when it is distributed
+            and `syncs_in_backward`.
+        module: the wrapped module from `strategy.setup_module`.
+        batch: a training batch of this rank (its last micro-batch is used).
+        compute_loss: `compute_loss(outputs, targets, sample_weight) -> scalar`.
+        autocast: the run's mixed-precision context factory.
+        repeats: synced and unsynced passes each.
+
+    Returns:
+        Seconds (>= 0), or None when the strategy has no in-backward sync to probe.
+    """
+    if batch is None or not strategy.env.distributed or not strategy.syncs_in_backward:
+        return None
+    device = strategy.env.device
+    buffers = [(b, b.detach().clone()) for b in module.buffers()]
+    best = {False: math.inf, True: math.inf}
+    was_training = module.training
+    module.train()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(repeats):
+            for sync in (False, True):  # a synced pass last: FSDP flushes what no_sync kept
+                seconds = _timed_backward(strategy, module, batch.micro[-1], compute_loss,
+                                          autocast, sync)
+                best[sync] = min(best[sync], seconds)
+            for p in module.parameters():
+                p.grad = None
+    with torch.no_grad():
+        for b, saved in buffers:
+            b.copy_(saved)
+    module.train(was_training)
+    return max(0.0, best[True] - best[False])

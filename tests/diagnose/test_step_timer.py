@@ -1,0 +1,67 @@
+"""PhaseTimer charges the time between two marks to the earlier mark's phase, on a fake
+clock: exact numbers, no sleeping."""
+import pytest
+
+from bigtrain.diagnose import step_timer
+from bigtrain.diagnose.step_timer import PhaseTimer, phase_of
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(step_timer.time, "perf_counter", lambda: now[0])
+
+    def advance(seconds):
+        now[0] += seconds
+    return advance
+
+
+def _step(timer, clock, step, data, fwd, bwd, opt, comm=0.0, callbacks=1.0):
+    timer.begin_step(step)
+    timer.enter("data"); clock(data)
+    timer.enter("train step", phase="other"); clock(0.001)
+    timer.enter("forward"); clock(fwd)
+    timer.enter("backward (+ gradient sync)"); clock(bwd)
+    timer.enter("gradient all-reduce", phase="comm"); clock(comm)
+    timer.enter("optimizer step"); clock(opt)
+    timer.enter("callbacks (batch end)"); clock(callbacks)  # not a phase: not timed
+
+
+def test_phases_by_first_word_or_explicit_phase():
+    assert phase_of("backward (+ gradient sync)") == "backward"
+    assert phase_of("optimizer step") == "optimizer"
+    assert phase_of("callbacks (batch end)") is None and phase_of("evaluate") is None
+    assert phase_of("pull parameters", phase="comm") == "comm"
+    with pytest.raises(ValueError, match="valid phases"):
+        phase_of("x", phase="communication")
+
+
+def test_means_leave_out_the_first_step_and_untimed_ops(clock):
+    timer = PhaseTimer()
+    _step(timer, clock, 0, data=9.0, fwd=9.0, bwd=9.0, opt=9.0, comm=9.0)  # warm-up step
+    _step(timer, clock, 1, data=0.1, fwd=0.2, bwd=0.4, opt=0.05, comm=0.3)
+    _step(timer, clock, 2, data=0.3, fwd=0.4, bwd=0.6, opt=0.15, comm=0.1)
+    clock(5.0)  # evaluation after the last step: not charged
+    means = timer.means()
+    assert timer.timed_steps == 3
+    assert means == pytest.approx({"data": 0.2, "forward": 0.3, "backward": 0.5,
+                                   "optimizer": 0.1, "comm": 0.2, "other": 0.001})
+
+
+def test_a_single_step_is_its_own_mean_and_split_moves_time(clock):
+    timer = PhaseTimer()
+    timer.begin_step(0)
+    timer.enter("train step", phase="other")
+    clock(1.0)
+    timer.split_current("forward", 0.25)  # a pipeline measured its stage compute
+    timer.split_current("backward", 0.5)
+    timer.enter("metrics")
+    assert timer.means() == pytest.approx({"data": 0.0, "forward": 0.25, "backward": 0.5,
+                                           "optimizer": 0.0, "comm": 0.0, "other": 0.25})
+
+
+def test_nothing_timed_gives_zeros_and_bad_sampling_is_refused():
+    assert set(PhaseTimer().means().values()) == {0.0}
+    assert PhaseTimer(sample_every=50).sample_every == 1  # CPU: every step is exact
+    with pytest.raises(ValueError, match="sample_every"):
+        PhaseTimer(sample_every=0)
