@@ -100,6 +100,23 @@ def rendezvous_store(rank: int, world: int, timeout_s: float):
             "--rdzv-endpoint, or raise fit(timeout=...).") from e
 
 
+def attempt_store(store):
+    """`store` as this attempt of the job sees it, clear of an earlier attempt's keys.
+
+    A store that rank 0 hosts (bigtrain's default, TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) is
+    new for every attempt: it is used as is. The launcher's own store (static rendezvous, or
+    torch's shared store) lives across restarts and still holds the last attempt's keys
+    (gloo's peer addresses among them, which would send the new ranks to dead ones), so each
+    attempt gets a prefix. Only that case uses TORCHELASTIC_RESTART_COUNT: a node that
+    replaced a lost one counts its restarts from 0 while the survivors do not, so the count
+    cannot name a round that spans hosts.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return store
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"bigtrain/attempt_{attempt}/", store)
+
+
 def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float = 0.1) -> None:
     """Announce this rank in `store` and wait until all `world` ranks did; after
     `timeout_s` raise RuntimeError naming the ranks that never arrived.
@@ -112,7 +129,7 @@ def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float
         wait_for_ranks(store, rank=0, world=4, timeout_s=300)
         # RuntimeError: rank 3 of 4 never joined the job within 300 s ...
     """
-    prefix = f"bigtrain/arrived/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/"
+    prefix = "bigtrain/arrived/"
     keys = [f"{prefix}{r}" for r in range(world)]
     gave_up, acks = prefix + "timed_out", prefix + "acks"
     store.set(keys[rank], socket.gethostname())
@@ -176,7 +193,7 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True) 
         if device.type == "cuda":
             torch.cuda.set_device(device)
         timeout = timeout_s or DEFAULT_TIMEOUT_S
-        store = rendezvous_store(rank, world, timeout)
+        store = attempt_store(rendezvous_store(rank, world, timeout))
         wait_for_ranks(store, rank, world, timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world,
                                 timeout=timedelta(seconds=timeout))

@@ -1,0 +1,24 @@
+"""Process-group plumbing without processes: which store keys an attempt of a job sees."""
+import torch.distributed as dist
+
+from bigtrain.parallel.distributed import attempt_store
+
+
+def test_a_store_that_outlives_attempts_gets_one_prefix_per_attempt(monkeypatch):
+    shared = dist.HashStore()  # the launcher's store, kept across restarts
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    attempt_store(shared).set("0/cpu/rank_1", "address of a rank that then died")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert not attempt_store(shared).check(["0/cpu/rank_1"])  # the restart starts clean
+
+
+def test_a_fresh_store_per_attempt_is_used_as_is(monkeypatch):
+    # bigtrain's default: rank 0 hosts a new store for every attempt, and a node started
+    # again after it was lost counts restarts from 0, so the count must not name the keys
+    fresh = dist.HashStore()
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    attempt_store(fresh).set("bigtrain/arrived/1", "host1")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert attempt_store(fresh).check(["bigtrain/arrived/1"])
