@@ -85,6 +85,9 @@ def _run(args, rest: list[str]) -> int:
                 "--local-addr", "127.0.0.1", *argv]
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too
     _check_rendezvous_port(argv)
+    warning = _restarts_across_hosts_warning(argv)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     torchrun_main(argv)
     return 0
 
@@ -97,6 +100,27 @@ def _flag(argv: list[str], *names: str) -> str | None:
             if a.startswith(n + "="):
                 return a.split("=", 1)[1]
     return None
+
+
+def _restarts_across_hosts_warning(argv: list[str]) -> str | None:
+    """A note when restarts across hosts use the static rendezvous, where a lost node that is
+    started again cannot rejoin reliably (None when there is nothing to say).
+
+    Under static rendezvous every attempt's keys live in node 0's store, named by the restart
+    count; a node started again counts from 0 while the survivors have moved on, so it meets
+    an earlier attempt's keys (dead peers' addresses). The c10d rendezvous forms a new round
+    with a fresh store for each attempt and lets the node in.
+    """
+    restarts = _flag(argv, "--max-restarts", "--max_restarts") or "0"
+    nnodes = (_flag(argv, "--nnodes") or "1").split(":")[-1]
+    backend = _flag(argv, "--rdzv-backend", "--rdzv_backend") or "static"
+    if backend != "static" or not restarts.isdigit() or int(restarts) == 0 or \
+            not nnodes.isdigit() or int(nnodes) < 2:
+        return None
+    return ("bigtrain run: --max-restarts across hosts with the static rendezvous restarts "
+            "workers whose node is still up, but a lost node that is started again cannot "
+            "rejoin reliably; add --rdzv-backend c10d (and an --rdzv-endpoint on a host "
+            "expected to stay up) so that it can.")
 
 
 def _check_rendezvous_port(argv: list[str]) -> None:

@@ -38,3 +38,18 @@ def test_train_runs_a_script(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bigtrain.cli.main", "train", str(f), "--x", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "ran __main__ ['--x', '1']" in out.stdout
+
+
+@pytest.mark.parametrize("argv, warns", [
+    (["--nnodes", "2", "--max-restarts", "2"], True),                  # static by default
+    (["--nnodes=1:2", "--max_restarts=1", "--rdzv-backend", "static"], True),
+    (["--nnodes", "2", "--max-restarts", "2", "--rdzv-backend", "c10d"], False),
+    (["--nnodes", "2"], False),                                          # no restarts
+    (["--nproc-per-node", "2", "--max-restarts", "2"], False),           # one host
+])
+def test_run_warns_when_a_lost_node_could_not_rejoin(argv, warns):
+    from bigtrain.cli.main import _restarts_across_hosts_warning
+    warning = _restarts_across_hosts_warning([*argv, "train.py"])
+    assert (warning is not None) == warns
+    if warns:
+        assert "--rdzv-backend c10d" in warning
