@@ -18,14 +18,13 @@ import secrets
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
 
 from tests.multihost import netns
+from tests.multihost.agents import REPO, Agent
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TIMEOUT_S = 10          # the jobs' process-group timeout (fit(timeout=...))
 SLACK_S = 45            # start-up and teardown of torch on a loaded 2-core machine
 JOB_LIMIT_S = 300       # a healthy two-host job must finish within this
@@ -82,44 +81,12 @@ def script(tmp_path):
     return path
 
 
-class Node:
-    """`bigtrain run` for one node, its output collected as it comes."""
-
-    def __init__(self, host: netns.Host, rank: int, endpoint: str, script, args: list[str]):
-        argv = [sys.executable, "-m", "bigtrain.cli.main", "run", "--nnodes", "2",
-                "--node-rank", str(rank), "--nproc-per-node", "1", "--rdzv-endpoint", endpoint,
-                str(script), *args]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": REPO,
-               "PYTHONUNBUFFERED": "1", "GLOO_SOCKET_IFNAME": host.ifname,
-               "HOME": os.environ.get("HOME", "/root")}
-        self.host, self.lines = host, []
-        self.proc = host.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env, cwd=os.path.dirname(script))
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self) -> str:
-        return "".join(self.lines)
-
-    def wait(self, timeout: float) -> int | None:
-        """Exit code, or None when still running after `timeout` seconds."""
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-        self._reader.join(timeout=10)
-        return self.proc.returncode
-
-
 def start_job(hosts, script, strategy: str, pause: float = 0.0, epochs: int = 2):
     endpoint = f"{hosts[0].hostname}:{secrets.SystemRandom().randint(20000, 40000)}"
     args = [strategy, str(TIMEOUT_S), str(pause), str(epochs)]
-    return [Node(h, r, endpoint, script, args) for r, h in enumerate(hosts)]
+    return [Agent(h, ["--nnodes", "2", "--node-rank", str(r), "--nproc-per-node", "1",
+                      "--rdzv-endpoint", endpoint], script, args)
+            for r, h in enumerate(hosts)]
 
 
 def wait_until_training(nodes, limit_s: float = JOB_LIMIT_S) -> None:
