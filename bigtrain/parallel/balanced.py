@@ -30,7 +30,6 @@ construction) sets it.
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Sequence
 
@@ -44,42 +43,10 @@ from bigtrain.parallel.cpu_optimizer import setup_optimizer_on
 from bigtrain.parallel.data_parallel import DataParallel, check_batch_covers_ranks
 from bigtrain.parallel.slow_ranks import (SLOW_RANKS_ENV, check_slow_ranks,  # noqa: F401
                                          parse_slow_ranks, slow_ranks_option)
+from bigtrain.parallel.speed_shares import SpeedShares, gather_rates, split_counts  # noqa: F401
 
 BALANCE_MODES = ("speed", "fixed", "even")
 CLOCKS = ("wall", "cpu")
-
-
-# ---- pure logic: rounding -------------------------------------------------------------------
-def split_counts(n: int, shares: Sequence[float]) -> list[int]:
-    """Split `n` samples in proportion to `shares` (largest-remainder rounding).
-
-    Every part gets >= 1 sample when n >= len(shares) (taken from the largest part); ties of
-    the remainders go to the lower index, so every rank computes the same split.
-
-    Args:
-        n: samples in the global batch.
-        shares: non-negative relative shares, one per rank (any scale).
-
-    Example:
-        >>> split_counts(40, [3, 1])
-        [30, 10]
-        >>> split_counts(7, [3, 1])
-        [5, 2]
-    """
-    total = float(sum(shares))
-    if not shares or total <= 0 or any(s < 0 or not math.isfinite(s) for s in shares):
-        raise ValueError(f"shares must be finite, >= 0 and not all 0, got {list(shares)}")
-    exact = [s / total * n for s in shares]
-    counts = [math.floor(e) for e in exact]
-    order = sorted(range(len(shares)), key=lambda i: (-(exact[i] - counts[i]), i))
-    for i in order[:n - sum(counts)]:
-        counts[i] += 1
-    if n >= len(shares):
-        for i in range(len(counts)):
-            if counts[i] == 0:
-                counts[counts.index(max(counts))] -= 1
-                counts[i] = 1
-    return counts
 
 
 # ---- communication (every rank calls these together) ----------------------------------------
@@ -113,15 +80,6 @@ def allreduce_gradients(params: list[nn.Parameter], world_size: int, bucket_byte
         flat.div_(world_size)
         for g, avg in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
             g.copy_(avg)
-
-
-def gather_rates(local_s_per_sample: float, rank: int, world_size: int) -> list[float]:
-    """Every rank's seconds per sample, on every rank (one all-reduce of a world-size vector;
-    a rank without a measurement sends 0)."""
-    table = torch.zeros(world_size, dtype=torch.float64)
-    table[rank] = local_s_per_sample
-    dist.all_reduce(table)
-    return table.tolist()
 
 
 def _check_options(balance, weights, rebalance_every, ema, optimizer_device, clock) -> None:
@@ -185,11 +143,8 @@ class BalancedDataParallel(DataParallel):
         self.slow_ranks = slow_ranks
         self.rebalance_every, self.ema = rebalance_every, ema
         self.optimizer_device, self.clock = optimizer_device, clock
-        self.shares: list[float] = [1.0]
-        self.share_history: list[list[float]] = []
-        self._speed: list[float] | None = None  # EMA of samples per second, per rank
-        self._window: list[float] = []           # this rank's seconds per sample, recent steps
-        self._steps, self._t0, self._n_local = 0, (0.0, 0.0), 0
+        self._shares = SpeedShares(1)  # the real split is made in setup
+        self._t0, self._n_local = (0.0, 0.0), 0
         self._params: list[nn.Parameter] = []
 
     # ---- checks and setup -----------------------------------------------------------------
@@ -202,9 +157,19 @@ class BalancedDataParallel(DataParallel):
 
     def setup(self, env) -> None:
         super().setup(env)
-        w = self.weights if self.balance != "even" and self.weights else [1.0] * env.world_size
-        self.shares = [x / sum(w) for x in w]
-        self.share_history = [list(self.shares)]
+        self._shares = SpeedShares(env.world_size,
+                                   self.weights if self.balance != "even" else None,
+                                   self.rebalance_every, self.ema)
+
+    @property
+    def shares(self) -> list[float]:
+        """Fraction of each global batch per rank, now."""
+        return self._shares.shares
+
+    @property
+    def share_history(self) -> list[list[float]]:
+        """`shares` at the start and after every re-split."""
+        return self._shares.history
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         module = module.to(self.env.device)
@@ -223,9 +188,7 @@ class BalancedDataParallel(DataParallel):
 
     def share_bounds(self, n_global: int) -> tuple[int, int]:
         """[start, stop) of this rank's samples in a global batch of `n_global`."""
-        counts = split_counts(n_global, self.shares)
-        start = sum(counts[:self.env.rank])
-        return start, start + counts[self.env.rank]
+        return self._shares.bounds(self.env.rank, n_global)
 
     def no_sync(self, module: nn.Module):
         return super(DataParallel, self).no_sync(module)  # grads stay local until step
@@ -261,29 +224,12 @@ class BalancedDataParallel(DataParallel):
 
     def _observe(self, compute_s: float) -> None:
         """Record one step; every `rebalance_every` measured steps, re-split (collective)."""
-        self._steps += 1
-        if self._steps == 1:
-            return  # the first step pays for allocator and thread-pool warm-up
-        if self._n_local:
-            self._window.append(compute_s / self._n_local)
-        if (self._steps - 1) % self.rebalance_every == 0:
-            # the least disturbed step: stalls (other processes, GC) only ever add time
-            mine = min(self._window) if self._window else 0.0
-            self._window = []
-            self._rebalance(gather_rates(mine, self.env.rank, self.env.world_size))
+        rank, world = self.env.rank, self.env.world_size
+        self._shares.observe(compute_s, self._n_local, lambda s: gather_rates(s, rank, world))
 
     def _rebalance(self, s_per_sample: list[float]) -> None:
         """New shares from every rank's seconds per sample (identical input on all ranks)."""
-        if any(not s > 0 for s in s_per_sample):
-            return  # a rank had no sample to time in this window: keep the split
-        new = [1.0 / s for s in s_per_sample]
-        if self._speed is None:
-            self._speed = new
-        else:
-            self._speed = [self.ema * o + (1 - self.ema) * n for o, n in zip(self._speed, new)]
-        total = sum(self._speed)
-        self.shares = [s / total for s in self._speed]
-        self.share_history.append(list(self.shares))
+        self._shares.rebalance(s_per_sample)
 
     # ---- reporting --------------------------------------------------------------------------
     def stats(self) -> dict:

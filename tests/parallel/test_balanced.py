@@ -8,7 +8,8 @@ import torch
 from bigtrain.parallel.balanced import BalancedDataParallel, parse_slow_ranks, split_counts
 from bigtrain.parallel.base import DistEnv, Shard, resolve_strategy
 from tests.dist import run_ranks
-from tests.parallel.strategy_cases import build, max_param_diff, reference_state
+from tests.parallel.strategy_cases import (build, max_param_diff, reference_state, token_mlp,
+                                           token_mlp_reference)
 
 TOL = 1e-5
 SLOW = 3.0       # rank 1's slowdown in the speed test
@@ -94,32 +95,6 @@ def test_uneven_cut_of_a_global_batch():
 
 
 # ---- distributed ------------------------------------------------------------------------------
-def _token_mlp(steps: int, batch: int):
-    """A per-position MLP over (64, 16) inputs (64 x (16x256 + 256x256) MACs per sample, 0.2 M
-    parameters): compute per sample far above the fixed per-step cost (launches, gradient
-    buffers), so seconds per sample reflect the slow knob and not the overhead."""
-    import numpy as np
-
-    import bigtrain
-    from bigtrain.api.training import make_task, prepare_data
-    from bigtrain.engine.task import FitConfig
-    from bigtrain.layers import Dense, Flatten, Input
-    from bigtrain.models import Model
-    bigtrain.clear_session()
-    bigtrain.set_seed(0)
-    inp = Input(shape=(64, 16))
-    h = Dense(256, activation="relu")(Dense(256, activation="relu")(inp))
-    model = Model(inp, Dense(10, activation="softmax")(Flatten()(h)))
-    # SGD: Adam's m / sqrt(v) turns float-rounding noise in near-zero gradients into
-    # lr-sized steps over 24 steps; plain SGD at a small rate keeps the parity check at 1e-5
-    model.compile(optimizer="sgd", loss="categorical_crossentropy", learning_rate=0.01)
-    rng = np.random.default_rng(0)
-    x = rng.random((steps * batch, 64, 16), dtype=np.float32)
-    y = np.eye(10, dtype=np.float32)[rng.integers(0, 10, steps * batch)]
-    cfg = FitConfig(epochs=1, batch_size=batch, verbose=0, seed=0)
-    return model, make_task(model, prepare_data(model, x, y), None, cfg, [])
-
-
 def _train(model, task, strategy):
     import torch.distributed as dist
 
@@ -138,18 +113,11 @@ def _balanced_runs(rank, world_size, speed_steps, speed_batch):
         model, task = build("seed", accumulate=acc)
         out[f"fixed_acc{acc}"] = _train(model, task, BalancedDataParallel(
             balance="fixed", weights=[3, 1]))
-    model, task = _token_mlp(speed_steps, speed_batch)
+    model, task = token_mlp(speed_steps, speed_batch)
     out["speed"] = _train(model, task, BalancedDataParallel(
         slow_ranks={1: SLOW}, rebalance_every=4, ema=0.5, clock="cpu"))
     out["registered"] = type(resolve_strategy("ddp_balanced")).__name__
     return out
-
-
-def _token_mlp_reference(steps: int, batch: int) -> dict:
-    from bigtrain.engine.loop import train
-    from bigtrain.parallel.base import Strategy
-    model, task = _token_mlp(steps, batch)
-    return train(task, Strategy(), model).state_dict
 
 
 @pytest.mark.slow
@@ -167,7 +135,7 @@ def test_uneven_parity_and_speed_shares():
 
     state, stats = r0["speed"]
     # any split trains alike
-    assert max_param_diff(_token_mlp_reference(steps, batch), state) <= TOL
+    assert max_param_diff(token_mlp_reference(steps, batch), state) <= TOL
     assert stats["share_history"][0] == [0.5, 0.5] and len(stats["share_history"]) >= 4
     assert got[1]["speed"][1]["shares"] == stats["shares"]  # every rank decided the same
     ratio = stats["shares"][0] / stats["shares"][1]

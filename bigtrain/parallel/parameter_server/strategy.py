@@ -17,10 +17,22 @@ Every rank calls validate / setup / setup_module / setup_optimizer; then server 
 `serve()` (it returns when all workers are done) and worker ranks run the training loop,
 `full_state_dict` and `teardown`.
 
+Mixed devices. Servers keep the parameters on the CPU; each worker computes on its own
+device (cuda:<local rank> where there is one, else the CPU) and copies values in and out
+of CPU payloads, so the protocol runs on gloo groups whatever the workers' devices.
+Workers of unequal speed take unequal shares of every global batch: `balance="fixed"` with
+declared `weights=[3, 1]`, or `balance="speed"` (BSP), where the workers time their own
+forward and backward over the first steps, exchange seconds per sample every
+`rebalance_every` steps and re-split (bigtrain.parallel.speed_shares). A worker's loss
+weight is its samples / global samples x workers, so the servers' average of the pushes
+is still the gradient of the global-batch mean, whatever the split. `slow_ranks={1: 3.0}`
+(or BIGTRAIN_SLOW_RANKS) makes worker 1 sleep twice its compute time each step.
+
 Example:
     model.fit(x, y, epochs=3, batch_size=64, devices=4,
               strategy=ParameterServer(servers=1, mode="ssp", staleness=2))
     fit(..., strategy="ps_ssp")          # the same, by name ("ps", "ps_async", "ps_ssp")
+    ParameterServer(servers=1, balance="speed", slow_ranks={1: 3.0})   # uneven, measured
 """
 from __future__ import annotations
 
@@ -28,18 +40,23 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from bigtrain.parallel.base import DistEnv, StepBatch, Strategy, register
+from bigtrain.parallel.base import DistEnv, Shard, StepBatch, Strategy, register
 from bigtrain.parallel.parameter_server.client import WorkerClient
 from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
 from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
 from bigtrain.parallel.parameter_server.store import ShardStore
+from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
+from bigtrain.parallel.speed_shares import SpeedShares, gather_rates
 
 MODES = ("bsp", "asp", "ssp")
+BALANCE_MODES = ("even", "fixed", "speed")
+CLOCKS = ("wall", "cpu")
 
 
 @dataclass(frozen=True)
@@ -56,6 +73,16 @@ class PSConfig:
         straggler_delay_s: (worker index, seconds) pairs; those workers sleep that long each
             step. A knob to simulate slow workers in tests and benchmarks.
         comm_timeout_s: limit for one point-to-point wait (None: the process group's).
+        balance: the workers' shares of each global batch: "even", "fixed" (`weights`) or
+            "speed" (measured and re-split, BSP only; starts from `weights` or even).
+        weights: declared relative shares, one per worker (e.g. (3, 1)); () for none.
+        slow_ranks: (worker rank, factor >= 1) pairs; those workers run factor x slower (a
+            knob for tests and benchmarks; see bigtrain.parallel.slow_ranks).
+        rebalance_every: measured steps between re-splits (balance="speed").
+        ema: weight of the previous speed estimate in the moving average, in [0, 1).
+        clock: what a worker's compute is timed with: "wall" seconds (the speed that
+            matters) or "cpu" seconds of this process (hosts shared with unrelated load;
+            the slow knob's delay counts as factor x CPU seconds).
     """
     servers: int = 1
     mode: str = "bsp"
@@ -64,6 +91,12 @@ class PSConfig:
     checkpoint_every: int = 0
     straggler_delay_s: tuple[tuple[int, float], ...] = ()
     comm_timeout_s: float | None = None
+    balance: str = "even"
+    weights: tuple[float, ...] = ()
+    slow_ranks: tuple[tuple[int, float], ...] = ()
+    rebalance_every: int = 5
+    ema: float = 0.5
+    clock: str = "wall"
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -76,6 +109,25 @@ class PSConfig:
                              f"of the slowest), got {self.staleness!r}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        self._check_balance()
+
+    def _check_balance(self) -> None:
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.balance == "fixed" and not self.weights:
+            raise ValueError("balance='fixed' needs weights=[...], one share per worker")
+        if any(not w > 0 for w in self.weights):
+            raise ValueError(f"weights must be positive shares, one per worker, got "
+                             f"{list(self.weights)}")
+        if self.balance == "speed" and self.mode != "bsp":
+            raise ValueError(f"balance='speed' needs mode='bsp': in {self.mode!r} workers do "
+                             "not wait for each other, so a slow one only makes fewer updates; "
+                             "use balance='fixed' with weights=[...] to split batches unevenly")
+        if self.rebalance_every < 1 or not 0 <= self.ema < 1:
+            raise ValueError(f"need rebalance_every >= 1 and 0 <= ema < 1, got "
+                             f"{self.rebalance_every} and {self.ema}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
 
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
@@ -112,6 +164,10 @@ class ParameterServer(Strategy):
         mode: "bsp" (synchronous), "asp" (asynchronous) or "ssp" (stale-synchronous).
         staleness: the SSP bound in steps (>= 0).
         checkpoint_dir, checkpoint_every, straggler_delay_s, comm_timeout_s: see PSConfig.
+        balance, weights, rebalance_every, ema, clock: the workers' shares of each global
+            batch (see PSConfig and the module docstring).
+        slow_ranks: worker rank -> slowdown factor >= 1, e.g. {1: 3.0}; default from the
+            BIGTRAIN_SLOW_RANKS environment variable.
 
     Example:
         strategy = ParameterServer(servers=1, mode="ssp", staleness=2)
@@ -128,10 +184,17 @@ class ParameterServer(Strategy):
     def __init__(self, servers: int = 1, mode: str = "bsp", staleness: int = 2,
                  checkpoint_dir: str | None = None, checkpoint_every: int = 0,
                  straggler_delay_s: dict[int, float] | None = None,
-                 comm_timeout_s: float | None = None):
+                 comm_timeout_s: float | None = None, balance: str = "even",
+                 weights: Sequence[float] | None = None,
+                 slow_ranks: dict[int, float] | None = None, rebalance_every: int = 5,
+                 ema: float = 0.5, clock: str = "wall"):
         super().__init__()
         self.config = PSConfig(servers, mode, staleness, checkpoint_dir, checkpoint_every,
-                               tuple(sorted((straggler_delay_s or {}).items())), comm_timeout_s)
+                               tuple(sorted((straggler_delay_s or {}).items())), comm_timeout_s,
+                               balance, tuple(float(w) for w in weights or ()),
+                               tuple(sorted(slow_ranks_option(slow_ranks).items())),
+                               rebalance_every, ema, clock)
+        self._shares: SpeedShares | None = None
         self.plan: ShardPlan | None = None
         self.client: WorkerClient | None = None
         self.service: ServerService | None = None
@@ -158,6 +221,11 @@ class ParameterServer(Strategy):
         if global_batch_size < world_size - s:
             raise ValueError(f"batch size {global_batch_size} is smaller than the number of "
                              f"workers ({world_size - s}); raise batch_size or use fewer devices")
+        w = self.config.weights
+        if w and len(w) != world_size - s:
+            raise ValueError(f"weights={list(w)} declares {len(w)} shares for {world_size - s} "
+                             f"workers; give one share per worker")
+        check_slow_ranks(dict(self.config.slow_ranks), world_size - s)  # workers only
 
     def _check_servers(self, world_size: int) -> None:
         s = self.config.servers
@@ -172,14 +240,21 @@ class ParameterServer(Strategy):
         timeout = (None if self.config.comm_timeout_s is None
                    else timedelta(seconds=self.config.comm_timeout_s))
         everyone = list(range(env.world_size))
-        proto = dist.new_group(everyone, timeout=timeout) if timeout else dist.new_group(everyone)
-        self._groups = (proto, dist.new_group(list(range(self.workers))))
+        # gloo: payloads are CPU tensors, whichever device each worker computes on
+        proto = dist.new_group(everyone, timeout=timeout, backend="gloo")
+        self._groups = (proto, dist.new_group(list(range(self.workers)), backend="gloo"))
+        c = self.config
+        self._shares = SpeedShares(self.workers, c.weights if c.balance != "even" else None,
+                                   c.rebalance_every, c.ema)
 
     def is_service_rank(self) -> bool:
         return self.env.rank >= self.workers
 
     def data_shard(self) -> tuple[int, int]:
-        return (min(self.env.rank, self.workers - 1), self.workers)
+        index = min(self.env.rank, self.workers - 1)
+        if self.config.balance == "even" or self._shares is None:
+            return (index, self.workers)
+        return Shard(index, self.workers, bounds=lambda n: self._shares.bounds(index, n))
 
     def server_ranks(self) -> list[int]:
         return list(range(self.workers, self.env.world_size))
@@ -271,6 +346,7 @@ class ParameterServer(Strategy):
         self.client.pull(self._params, self.clock)
         self._fresh, self._in_step = {}, True
         outputs, total = [], 0.0
+        t0 = (time.perf_counter(), time.process_time())
         try:
             for (x, y, sw), w in zip(batch.micro, batch.weights):
                 self.mark("forward")
@@ -283,6 +359,7 @@ class ParameterServer(Strategy):
                 total = total + loss.detach() * w
         finally:
             self._in_step = False
+        self._pace(t0, sum(_rows(y if y is not None else x) for x, y, _ in batch.micro))
         grads = {k: p.grad for k, p in enumerate(self._params) if p.grad is not None}
         self.mark("push gradients", phase="comm")
         self.client.push(grads, self.clock)
@@ -291,6 +368,25 @@ class ParameterServer(Strategy):
         self._fresh = {}  # our own push changed those rows: pull them again next time
         self.clock += 1
         return outputs, total / max(sum(batch.weights), 1e-12)
+
+    def _pace(self, t0: tuple[float, float], samples: int) -> None:
+        """After this step's forward/backward: the slow knob's delay, then (balance="speed")
+        the step's compute seconds into the shares; every `rebalance_every` steps that is
+        an all-reduce over the workers (all workers step in lock step under BSP)."""
+        c = self.config
+        factor = dict(c.slow_ranks).get(self.env.rank, 1.0)
+        if c.balance != "speed" and factor == 1.0:
+            return
+        if self.env.device.type == "cuda":
+            torch.cuda.synchronize(self.env.device)
+        wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
+        if factor > 1.0:
+            time.sleep((factor - 1.0) * wall)
+        if c.balance == "speed":
+            seconds = wall * factor if c.clock == "wall" else cpu * factor
+            rank, n = self.env.rank, self.workers
+            self._shares.observe(seconds, samples,
+                                 lambda s: gather_rates(s, rank, n, group=self._groups[1]))
 
     # ---- reductions and state ------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -331,7 +427,11 @@ class ParameterServer(Strategy):
         """
         if self.is_service_rank():
             return dict(self._server_stats or (self.service.stats() if self.service else {}))
-        return self.client.stats() if self.client else {}
+        out = self.client.stats() if self.client else {}
+        if self.config.balance != "even" and self._shares is not None:
+            out.update(balance=self.config.balance, shares=list(self._shares.shares),
+                       share_history=[list(h) for h in self._shares.history])
+        return out
 
     def teardown(self) -> None:
         if self.client is not None:
@@ -348,7 +448,15 @@ class ParameterServer(Strategy):
     def describe(self) -> str:
         c = self.config
         extra = f", staleness={c.staleness}" if c.mode == "ssp" else ""
+        if c.balance != "even":
+            extra += f", balance={c.balance!r}"
+        if c.slow_ranks:
+            extra += f", slow ranks {dict(c.slow_ranks)}"
         return f"servers={c.servers}, mode={c.mode!r}{extra}"
+
+
+def _rows(t) -> int:
+    return int((t[0] if isinstance(t, (tuple, list)) else t).shape[0])
 
 
 register("ps", lambda: ParameterServer(mode="bsp"))
