@@ -233,6 +233,7 @@ class Checkpointer:
         self.module, self.optimizer = module, optimizer
         self.run_info = run_info
         self.env = strategy.env
+        self.names = strategy.checkpoint_names(module)
         self.last_saved_step = -1
 
     # ---- saving -------------------------------------------------------------------------
@@ -247,7 +248,7 @@ class Checkpointer:
                 shutil.rmtree(tmp)  # left by a crashed save
         self.strategy.barrier()
         digest = state_digest(self.strategy.full_state_dict(self.module))  # before any write
-        live = cs.live_state(self.module, self.optimizer)
+        live = cs.live_state(self.module, self.optimizer, self.names)
         _dcp(dcp.save, live.tensors, tmp, self.env.distributed)
         self._write_extras(tmp, position, live, digest)
         self.strategy.barrier()  # every rank's files are in tmp
@@ -310,7 +311,7 @@ class Checkpointer:
         meta = check_checkpoint(path)
         position = Position(**meta["position"])
         self._check_compatible(path, meta, position)
-        live = cs.live_state(self.module, self.optimizer)
+        live = cs.live_state(self.module, self.optimizer, self.names)
         self._agree(cs.mismatches(live, _dcp_metadata(path)), path)
         _dcp(dcp.load, live.tensors, path, self.env.distributed)
         cs.apply_loaded(self.module, self.optimizer, live, meta["param_groups"])

@@ -57,15 +57,27 @@ class LiveState:
     tensors: dict
     slots: dict
     groups: list
+    model_keys: dict | None = None  # checkpoint key -> local fqn, where they differ
+    known: set | None = None  # every model key of the whole model, where a rank holds part
 
 
-def live_state(module, optimizer) -> LiveState:
+def live_state(module, optimizer, names=None) -> LiveState:
     """Model and optimizer state of this rank in checkpoint layout (no copies).
 
     An optimizer that has not stepped yet gets its state created first (torch does a zero
     step with lr=0), so a checkpoint can be loaded into it.
+
+    Args:
+        names: `Strategy.checkpoint_names(module)`: None, or (rename, model keys) for a
+            rank whose module names its tensors otherwise than the user's model does.
     """
-    tensors = {MODEL + k: v for k, v in get_model_state_dict(module).items()}
+    rename, known = names if names is not None else (None, None)
+    local = get_model_state_dict(module)
+    if rename is None:
+        tensors, model_keys = {MODEL + k: v for k, v in local.items()}, None
+    else:
+        model_keys = {MODEL + rename(k): k for k in local}
+        tensors = {key: local[k] for key, k in model_keys.items()}
     osd = get_optimizer_state_dict(module, inner_optimizer(optimizer))
     slots = {}
     for fqn, state in osd["state"].items():
@@ -76,9 +88,10 @@ def live_state(module, optimizer) -> LiveState:
                 raise TypeError(f"optimizer state {fqn!r}/{name!r} is a {type(value).__name__}, "
                                 "not a tensor; bigtrain checkpoints hold tensor optimizer state "
                                 "only (torch.optim's built-in optimizers qualify)")
-            key = f"{OPTIM}{fqn}.{name}"
+            key = f"{OPTIM}{fqn if rename is None else rename(fqn)}.{name}"
             tensors[key], slots[key] = value, (fqn, name)
-    return LiveState(tensors, slots, osd["param_groups"])
+    known = None if known is None else {MODEL + k for k in known}
+    return LiveState(tensors, slots, osd["param_groups"], model_keys, known)
 
 
 def group_hyperparameters(groups: list) -> list[dict]:
@@ -118,7 +131,9 @@ def _merge_groups(live: list, saved: list[dict]) -> list[dict]:
 def apply_loaded(module, optimizer, live: LiveState, saved_groups: list[dict]) -> None:
     """Push tensors that DCP loaded into `live.tensors` into the model and optimizer."""
     n = len(MODEL)
-    set_model_state_dict(module, {k[n:]: v for k, v in live.tensors.items() if k.startswith(MODEL)})
+    local = (lambda k: k[n:]) if live.model_keys is None else live.model_keys.__getitem__
+    set_model_state_dict(module, {local(k): v for k, v in live.tensors.items()
+                                  if k.startswith(MODEL)})
     state: dict = {}
     for key, (fqn, name) in live.slots.items():
         state.setdefault(fqn, {})[name] = live.tensors[key]
@@ -147,7 +162,8 @@ def mismatches(live: LiveState, saved: dict) -> list[str]:
         if shape != tuple(value.shape):  # DTensor.shape is the global shape
             lines.append(f"shape mismatch: {key} checkpoint {shape} vs this run "
                          f"{tuple(value.shape)}")
-    extra = sorted(k for k in saved if k.startswith(MODEL) and k not in live.tensors)
+    ours = live.tensors if live.known is None else live.known
+    extra = sorted(k for k in saved if k.startswith(MODEL) and k not in ours)
     lines += [f"not in this model: {k} {tuple(getattr(saved[k], 'size', ()))}" for k in extra]
     model_lines = [line for line in lines if f" {MODEL}" in line]
     if model_lines and len(model_lines) < len(lines):  # optimizer lines would repeat them

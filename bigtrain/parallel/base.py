@@ -235,6 +235,13 @@ class Strategy:
         """Full, unsharded CPU state dict (every rank must call it; rank 0 uses it)."""
         return {k: v.detach().cpu().clone() for k, v in self.unwrap(module).state_dict().items()}
 
+    def checkpoint_names(self, module: nn.Module):
+        """How this rank's state names map to the user's model for checkpoints: None when
+        they are the same, else `(rename, model_keys)`: `rename(local fqn) -> fqn in the
+        user's model`, and the set of every model key of the whole model (a rank that holds
+        part of it, like a pipeline stage, must not call the others' keys foreign)."""
+        return None
+
     def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load a full, unsharded state dict into the (possibly wrapped) module."""
         self.unwrap(module).load_state_dict(state)

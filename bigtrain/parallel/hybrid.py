@@ -76,9 +76,8 @@ class Hybrid(Strategy):
     def num_processes(self, devices):
         return (self.dp or 1) * self.tp * self.pp if devices is None else int(devices)
 
-    @property
-    def checkpoint_unsupported(self) -> str | None:
-        return self.inner.checkpoint_unsupported if self.pp > 1 else None
+    def checkpoint_names(self, module):
+        return self.inner.checkpoint_names(module)
 
     def validate(self, world_size: int, global_batch_size: int) -> None:
         self.dims(world_size)

@@ -132,10 +132,6 @@ class Pipeline(Strategy):
 
     name = "pipeline"
     owns_step = True
-    checkpoint_unsupported = ("pipeline stages name their layers per stage, so two stages' "
-                              "checkpoint entries would collide; checkpoints under pipeline "
-                              "parallelism are not supported yet (use zero3 or tensor "
-                              "parallelism to checkpoint, or checkpoint_dir=None)")
 
     def __init__(self, stages: int | None = None, microbatches: int = 4,
                  schedule: str = "1f1b", split: Sequence[int] | None = None,
@@ -227,6 +223,7 @@ class Pipeline(Strategy):
             from bigtrain.parallel.tensor_parallel import check_tp
             check_tp(module, rt.dims.tp)
         module.to(self.env.device)
+        self.model_keys = set(module.state_dict())  # checkpoints name tensors by these
         counts = self.split or self._balance(module, layers, rt)
         self.partition = list(counts)  # layers per stage, in stage order
         stages = rt.build(layers, counts)
@@ -296,6 +293,17 @@ class Pipeline(Strategy):
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return self._rt.full_state_dict()
+
+    def checkpoint_names(self, module: "PipelineModule"):
+        """Checkpoints name a stage's tensors as the user's model does: the local
+        "stages.<i>.layers.<j>.<rest>" becomes "<name of layer j of stage i>.<rest>", so every
+        stage writes its own keys and a checkpoint loads under any other strategy."""
+        stages = module.stages
+
+        def rename(fqn: str) -> str:
+            _, i, _, j, rest = fqn.split(".", 4)
+            return f"{stages[int(i)].names[int(j)]}.{rest}"
+        return rename, self.model_keys
 
     def teardown(self) -> None:
         self._rt = None
