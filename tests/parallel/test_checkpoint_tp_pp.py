@@ -23,6 +23,10 @@ def _run(rank, world_size, name, folder, stop_after, resume_name=None):
     env = DistEnv(rank=rank, world_size=world_size, local_rank=rank, local_world_size=world_size)
     model, task = build("seed", steps=5, batch=40)
     task.checkpoint = CheckpointConfig(folder, every_steps=1)
+    if stop_after is None:  # other initial weights: only a real resume ends at the reference
+        with torch.no_grad():
+            for p in task.module.parameters():
+                p.add_(1.0)
     if stop_after is not None:
         from bigtrain.callbacks import Callback
 
@@ -52,6 +56,17 @@ def test_interrupted_run_resumes(tmp_path, name, resume_name):
     folder = str(tmp_path / "ckpt")
     run_ranks(_run, 2, name, folder, 3, timeout=240)
     resumed = run_ranks(_run, 2, name, folder, None, resume_name, timeout=240)[0]
+    assert max_param_diff(ref, resumed) <= 1e-5
+
+
+@pytest.mark.slow
+def test_dp_by_pp_resumes_on_four_ranks(tmp_path):
+    from bigtrain.parallel.hybrid import Hybrid
+    ref = reference_state("seed", steps=5, batch=40)
+    folder = str(tmp_path / "ckpt")
+    hybrid = Hybrid(dp=2, pp=2, microbatches=2)
+    run_ranks(_run, 4, hybrid, folder, 3, timeout=240)
+    resumed = run_ranks(_run, 4, hybrid, folder, None, timeout=240)[0]
     assert max_param_diff(ref, resumed) <= 1e-5
 
 
