@@ -3,8 +3,8 @@
 Files, bottom up: `protocol.py` (the point-to-point messages), `sharding.py` (which server
 holds which rows), `store.py` (a server's values, optimizers, versions, checkpoints),
 `server.py` (a server's handler threads and clocks), `client.py` (a worker's pulls and
-pushes), `strategy.py` (the `ParameterServer` Strategy, registered as "ps", "ps_async",
-"ps_ssp").
+pushes), `config.py` (`PSConfig`, the checked settings), `strategy.py` (the `ParameterServer`
+Strategy, registered as "ps", "ps_async", "ps_ssp").
 
 Example:
     from bigtrain.parallel.parameter_server import ParameterServer

@@ -1,0 +1,84 @@
+"""`PSConfig`: the settings of a parameter-server run, checked before any process starts.
+
+Example:
+    PSConfig(servers=2, mode="ssp", staleness=1)
+    PSConfig(balance="fixed", weights=(3.0, 1.0))   # worker 0 takes 3/4 of every batch
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("bsp", "asp", "ssp")
+BALANCE_MODES = ("even", "fixed", "speed")
+CLOCKS = ("wall", "cpu")
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """Settings of a parameter-server run.
+
+    Attributes:
+        servers: how many of the ranks are parameter servers (the last ones).
+        mode: "bsp", "asp" or "ssp" (see bigtrain.parallel.parameter_server.strategy).
+        staleness: SSP bound, in steps (clocks); must be >= 0; unused by BSP and ASP.
+        checkpoint_dir: folder for the servers' checkpoints (None: no checkpoints). When it
+            already holds them, the servers resume from them.
+        checkpoint_every: also save after every this many updates (0: only at the end).
+        straggler_delay_s: (worker index, seconds) pairs; those workers sleep that long each
+            step. A knob to simulate slow workers in tests and benchmarks.
+        comm_timeout_s: limit for one point-to-point wait (None: the process group's).
+        balance: the workers' shares of each global batch: "even", "fixed" (`weights`) or
+            "speed" (measured and re-split, BSP only; starts from `weights` or even).
+        weights: declared relative shares, one per worker (e.g. (3, 1)); () for none.
+        slow_ranks: (worker rank, factor >= 1) pairs; those workers run factor x slower (a
+            knob for tests and benchmarks; see bigtrain.parallel.slow_ranks).
+        rebalance_every: measured steps between re-splits (balance="speed").
+        ema: weight of the previous speed estimate in the moving average, in [0, 1).
+        clock: what a worker's compute is timed with: "wall" seconds (the speed that
+            matters) or "cpu" seconds of this process (hosts shared with unrelated load;
+            the slow knob's delay counts as factor x CPU seconds).
+    """
+    servers: int = 1
+    mode: str = "bsp"
+    staleness: int = 2
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 0
+    straggler_delay_s: tuple[tuple[int, float], ...] = ()
+    comm_timeout_s: float | None = None
+    balance: str = "even"
+    weights: tuple[float, ...] = ()
+    slow_ranks: tuple[tuple[int, float], ...] = ()
+    rebalance_every: int = 5
+    ema: float = 0.5
+    clock: str = "wall"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown parameter-server mode {self.mode!r}; valid modes: "
+                             f"{', '.join(MODES)}")
+        if not isinstance(self.servers, int) or self.servers < 1:
+            raise ValueError(f"servers must be an integer >= 1, got {self.servers!r}")
+        if not isinstance(self.staleness, int) or self.staleness < 0:
+            raise ValueError(f"staleness must be an integer >= 0 (steps a worker may run ahead "
+                             f"of the slowest), got {self.staleness!r}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        self._check_balance()
+
+    def _check_balance(self) -> None:
+        if self.balance not in BALANCE_MODES:
+            raise ValueError(f"balance must be one of {BALANCE_MODES}, got {self.balance!r}")
+        if self.balance == "fixed" and not self.weights:
+            raise ValueError("balance='fixed' needs weights=[...], one share per worker")
+        if any(not w > 0 for w in self.weights):
+            raise ValueError(f"weights must be positive shares, one per worker, got "
+                             f"{list(self.weights)}")
+        if self.balance == "speed" and self.mode != "bsp":
+            raise ValueError(f"balance='speed' needs mode='bsp': in {self.mode!r} workers do "
+                             "not wait for each other, so a slow one only makes fewer updates; "
+                             "use balance='fixed' with weights=[...] to split batches unevenly")
+        if self.rebalance_every < 1 or not 0 <= self.ema < 1:
+            raise ValueError(f"need rebalance_every >= 1 and 0 <= ema < 1, got "
+                             f"{self.rebalance_every} and {self.ema}")
+        if self.clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {self.clock!r}")
