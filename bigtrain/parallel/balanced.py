@@ -202,11 +202,14 @@ class BalancedDataParallel(DataParallel):
         return super().train_step(module, optimizer, batch, compute_loss, autocast)
 
     def optimizer_step(self, optimizer) -> None:
+        self.mark("backward (slow-rank delay)")
         compute_s = self._local_compute_s()
         if self.env.distributed:
+            self.mark("gradient all-reduce", phase="comm")
             allreduce_gradients(self._params, self.env.world_size, self.bucket_cap_mb * 2 ** 20)
             if self.balance == "speed":
                 self._observe(compute_s)
+        self.mark("optimizer step")
         optimizer.step()
 
     def _local_compute_s(self) -> float:
