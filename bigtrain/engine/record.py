@@ -101,6 +101,19 @@ def model_flops_utilisation(task, samples_per_s: float | None, world_size: int,
     return 3.0 * flops * samples_per_s / (peak * world_size), peak
 
 
+def tokens_per_sample(task) -> int | None:
+    """Token ids per sample when the (first) input holds integer ids of shape (n, T, ...),
+    as a language model's does; None for feature inputs."""
+    try:
+        x, _, _ = task.train.take(torch.arange(1), torch.device("cpu"))
+    except Exception:  # noqa: BLE001 - a figure we cannot read is left out, not guessed
+        return None
+    first = x[0] if isinstance(x, (tuple, list)) else x
+    if not torch.is_tensor(first) or first.is_floating_point() or first.dim() < 2:
+        return None
+    return first[0].numel()
+
+
 def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
     """Gather per-rank figures (collective) and, on rank 0, write `run.json`.
 
@@ -115,6 +128,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
                                         strategy.env.world_size, strategy.env.local_world_size)
     ph = figures["phases"]
     stats = getattr(strategy, "stats", dict)()
+    samples_per_s, tokens = result.stats.get("samples_per_s"), tokens_per_sample(task)
     record = RunRecord(
         strategy=strategy.describe(), world_size=strategy.env.world_size,
         threads_per_rank=torch.get_num_threads(), optimizer=task.optimizer_name,
@@ -126,7 +140,8 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
         microbatches=stats.get("pipeline_microbatches", task.config.accumulate_steps),
         pipeline_stages=stats.get("pipeline_stages"),
         num_params=sum(p.numel() for p in task.module.parameters()),
-        samples_per_s=result.stats.get("samples_per_s"), mfu=mfu, peak_flops=peak,
+        samples_per_s=samples_per_s, mfu=mfu, peak_flops=peak,
+        tokens_per_s=samples_per_s * tokens if samples_per_s and tokens else None,
         step_time=StepTimes(data=ph["data"], forward=ph["forward"], backward=ph["backward"],
                             optimizer=ph["optimizer"], comm_exposed=ph["comm"],
                             other=ph["other"]),

@@ -50,3 +50,19 @@ def test_ddp_breakdown_measures_exposed_gradient_communication(tmp_path):
     # check all-reduce falls in these 6 steps, so the probe is the only source of comm.
     assert rec.extra["probed_sync_wait_s"] > 0 and st.comm_exposed > 0
     assert "probed" in rec.extra["step_time_note"] and len(rec.rank_step_times) == 2
+
+
+def test_tokens_per_second_for_token_inputs_only(tmp_path):
+    from bigtrain.layers import Dense, Embedding, Flatten, Input
+    from bigtrain.models import Model
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, (128, 12))
+    inp = Input(shape=(12,), dtype="int64")
+    model = Model(inp, Dense(4, activation="softmax")(Flatten()(Embedding(50, 8)(inp))))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(ids, ids[:, 0] % 4, epochs=1, batch_size=32, verbose=0, run_dir=str(tmp_path))
+    rec = RunRecord.load(tmp_path)
+    assert rec.tokens_per_s == pytest.approx(12 * rec.samples_per_s)
+    x, y, _ = teacher_data(n=64)  # float features: no tokens to count
+    seed_like_model().fit(x, y, epochs=1, verbose=0, run_dir=str(tmp_path / "features"))
+    assert RunRecord.load(tmp_path / "features").tokens_per_s is None
