@@ -35,6 +35,8 @@ def test_registered_names_build_the_three_modes():
     assert resolve_strategy("ps") == ParameterServer(mode="bsp")
     assert resolve_strategy("ps_async") == ParameterServer(mode="asp")
     assert resolve_strategy("ps_ssp") == ParameterServer(mode="ssp", staleness=2)
+    assert resolve_strategy("ps_bsp") == resolve_strategy("ps")
+    assert resolve_strategy("ps_asp") == resolve_strategy("ps_async")
     assert ParameterServer(servers=2).num_processes(4) == 4
 
 

@@ -386,3 +386,5 @@ def _rows(t) -> int:
 register("ps", lambda: ParameterServer(mode="bsp"))
 register("ps_async", lambda: ParameterServer(mode="asp"))
 register("ps_ssp", lambda: ParameterServer(mode="ssp", staleness=2))
+register("ps_bsp", lambda: ParameterServer(mode="bsp"))  # the mode names, as papers spell them
+register("ps_asp", lambda: ParameterServer(mode="asp"))
