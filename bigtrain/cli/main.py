@@ -26,9 +26,13 @@ def _train(args) -> int:
     """Run a training script as `python SCRIPT ARGS` would (it is __main__)."""
     if not os.path.isfile(args.script):
         raise SystemExit(f"bigtrain train: no such script: {args.script}")
+    argv, path = sys.argv, list(sys.path)
     sys.argv = [args.script, *args.script_args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))
-    runpy.run_path(args.script, run_name="__main__")
+    try:
+        runpy.run_path(args.script, run_name="__main__")
+    finally:  # main() may be called from Python (tests, notebooks): leave it as it was
+        sys.argv, sys.path[:] = argv, path
     return 0
 
 

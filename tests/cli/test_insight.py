@@ -134,11 +134,12 @@ LR_SCRIPT = (
     "m.fit(x, y, epochs=1, batch_size=20, verbose=0, run_dir=sys.argv[1])\n")
 
 
-def test_doctor_run_dir_lr_test_reruns_the_recorded_script(tmp_path, capsys, monkeypatch):
+def test_doctor_run_dir_lr_test_reruns_the_recorded_script(tmp_path, capsys):
     script, run = tmp_path / "train.py", tmp_path / "run"
     script.write_text(LR_SCRIPT)
-    monkeypatch.setattr("sys.argv", list(sys.argv))  # `bigtrain train` sets the script's argv
+    before = list(sys.argv)
     assert main(["train", str(script), str(run)]) == 0
+    assert sys.argv == before  # the script saw its own argv; ours is back
     record = RunRecord.load(run)
     assert record.script == str(script) and record.script_args == [str(run)]
     assert main(["doctor", str(run)]) == 0
