@@ -34,6 +34,20 @@ def test_bad_balance_options_are_refused():
     assert ParameterServer(mode="asp", balance="fixed", weights=[3, 1]).config.weights == (3, 1)
 
 
+def test_cpu_workers_compute_on_the_host_beside_accelerator_workers():
+    import torch
+
+    from bigtrain.parallel.parameter_server.strategy import PSConfig, rank_device
+    config = PSConfig(servers=1, cpu_workers=1)
+    devices = [rank_device(DistEnv(rank=r, world_size=4, device=torch.device("cuda", r)),
+                           config) for r in range(4)]
+    assert [str(d) for d in devices] == ["cuda:0", "cuda:1", "cpu", "cpu"]  # 3 is the server
+    with pytest.raises(ValueError, match="cpu_workers=3 but the job has only 2 workers"):
+        ParameterServer(cpu_workers=3).validate(world_size=3, global_batch_size=12)
+    with pytest.raises(ValueError, match="cpu_workers must be an integer >= 0"):
+        ParameterServer(cpu_workers=-1)
+
+
 def _train(model, task, strategy):
     import torch.distributed as dist
 
@@ -61,7 +75,7 @@ def _uneven_runs(rank, world_size):
     out = {}
     model, task = build("seed", batch=40)
     out["fixed"] = _train(model, task, ParameterServer(servers=1, balance="fixed",
-                                                       weights=[3, 1]))
+                                                       weights=[3, 1], cpu_workers=1))
     model, task = token_mlp(STEPS, BATCH)
     out["speed"] = _train(model, task, ParameterServer(
         servers=1, balance="speed", slow_ranks={1: SLOW}, rebalance_every=4, clock="cpu"))

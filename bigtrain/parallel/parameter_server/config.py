@@ -37,6 +37,9 @@ class PSConfig:
         clock: what a worker's compute is timed with: "wall" seconds (the speed that
             matters) or "cpu" seconds of this process (hosts shared with unrelated load;
             the slow knob's delay counts as factor x CPU seconds).
+        cpu_workers: how many workers (the last ones) compute on the host CPU even where
+            the others have accelerators: CPU workers beside GPU workers in one job, each
+            taking the share of the batch its speed earns (with balance="speed").
     """
     servers: int = 1
     mode: str = "bsp"
@@ -51,6 +54,7 @@ class PSConfig:
     rebalance_every: int = 5
     ema: float = 0.5
     clock: str = "wall"
+    cpu_workers: int = 0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -61,6 +65,8 @@ class PSConfig:
         if not isinstance(self.staleness, int) or self.staleness < 0:
             raise ValueError(f"staleness must be an integer >= 0 (steps a worker may run ahead "
                              f"of the slowest), got {self.staleness!r}")
+        if not isinstance(self.cpu_workers, int) or self.cpu_workers < 0:
+            raise ValueError(f"cpu_workers must be an integer >= 0, got {self.cpu_workers!r}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
         self._check_balance()

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import timedelta
+from dataclasses import replace
 from typing import Sequence
 
 import torch
@@ -80,6 +81,21 @@ class _ServerSideOptimizer(torch.optim.Optimizer):
                            "train through strategy.train_step")
 
 
+def rank_device(env: DistEnv, config: PSConfig) -> torch.device:
+    """Where this rank computes: servers on the host CPU; the last `config.cpu_workers`
+    workers on the CPU too; the other workers on the device the job gave them.
+
+    Example:
+        >>> env = DistEnv(rank=2, world_size=4, device=torch.device("cuda", 2))
+        >>> rank_device(env, PSConfig(servers=1, cpu_workers=1))
+        device(type='cpu')
+    """
+    workers = env.world_size - config.servers
+    if env.rank >= workers - config.cpu_workers:
+        return torch.device("cpu")
+    return env.device
+
+
 class ParameterServer(Strategy):
     """Workers pull parameters from and push gradients to sharded parameter servers.
 
@@ -111,13 +127,13 @@ class ParameterServer(Strategy):
                  comm_timeout_s: float | None = None, balance: str = "even",
                  weights: Sequence[float] | None = None,
                  slow_ranks: dict[int, float] | None = None, rebalance_every: int = 5,
-                 ema: float = 0.5, clock: str = "wall"):
+                 ema: float = 0.5, clock: str = "wall", cpu_workers: int = 0):
         super().__init__()
         self.config = PSConfig(servers, mode, staleness, checkpoint_dir, checkpoint_every,
                                tuple(sorted((straggler_delay_s or {}).items())), comm_timeout_s,
                                balance, tuple(float(w) for w in weights or ()),
                                tuple(sorted(slow_ranks_option(slow_ranks).items())),
-                               rebalance_every, ema, clock)
+                               rebalance_every, ema, clock, cpu_workers)
         self._shares: SpeedShares | None = None
         self.plan: ShardPlan | None = None
         self.client: WorkerClient | None = None
@@ -152,7 +168,11 @@ class ParameterServer(Strategy):
         check_slow_ranks(dict(self.config.slow_ranks), world_size - s)  # workers only
 
     def _check_servers(self, world_size: int) -> None:
-        s = self.config.servers
+        s, c = self.config.servers, self.config.cpu_workers
+        if c > max(world_size - s, 0):
+            raise ValueError(f"cpu_workers={c} but the job has only {max(world_size - s, 0)} "
+                             f"workers ({world_size} processes, {s} servers); use "
+                             f"cpu_workers <= {max(world_size - s, 0)}")
         if s >= world_size:
             raise ValueError(f"ParameterServer(servers={s}) needs more than {s} processes (the "
                              f"last {s} serve, the rest train) but the job has {world_size}; "
@@ -160,7 +180,7 @@ class ParameterServer(Strategy):
 
     def setup(self, env: DistEnv) -> None:
         self._check_servers(env.world_size)
-        super().setup(env)
+        super().setup(replace(env, device=rank_device(env, self.config)))
         timeout = (None if self.config.comm_timeout_s is None
                    else timedelta(seconds=self.config.comm_timeout_s))
         everyone = list(range(env.world_size))
@@ -315,9 +335,12 @@ class ParameterServer(Strategy):
     # ---- reductions and state ------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduce over the workers only (servers take no part in metric reductions)."""
-        if self.workers > 1:
-            dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-                                        "min": dist.ReduceOp.MIN}[op], group=self._groups[1])
+        if self.workers > 1:  # on the host: the group is gloo, workers' devices may differ
+            buf = tensor if tensor.device.type == "cpu" else tensor.cpu()
+            dist.all_reduce(buf, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
+                                     "min": dist.ReduceOp.MIN}[op], group=self._groups[1])
+            if buf is not tensor:
+                tensor.copy_(buf)
         return tensor
 
     def barrier(self) -> None:
