@@ -37,7 +37,7 @@ of its forward and backward chunks, and of its layer timings, so it runs 3x slow
 
 Collectives per step: send/recv of activations and gradients between neighbouring stages
 (schedule), all-reduce(sum) of tied gradients, all-reduce(avg) of gradients over "dp",
-broadcast of loss (and outputs) from the last stage.
+broadcast of loss and outputs from the last stage (a small header, then the outputs).
 
 Example:
     strategy = Pipeline(stages=2, microbatches=4, schedule="1f1b")
@@ -63,6 +63,10 @@ from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option, sl
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero_bubble")
 _MULTI = ("interleaved", "zero_bubble")  # schedules that hold several stages per rank
+# output dtypes and ranks the per-step header broadcast can describe (_broadcast_result)
+_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64,
+           torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool)
+_MAX_DIMS = 8
 
 
 class StageModule(nn.Module):
@@ -274,9 +278,9 @@ class Pipeline(Strategy):
     timing_note = ("forward and backward are this rank's stage compute inside the schedule "
                    "(the last stage's loss counts as forward); other is the rest of the "
                    "schedule's wall time: the bubble and waits on send/recv to neighbouring "
-                   "stages; comm_exposed is the loss broadcast and gradient all-reduces (a "
-                   "stage that ends its schedule first waits there for the others: that "
-                   "cool-down idle is in comm_exposed, not in the bubble)")
+                   "stages; comm_exposed is the loss and output broadcast and the gradient "
+                   "all-reduces (a stage that ends its schedule first waits there for the "
+                   "others: that cool-down idle is in comm_exposed, not in the bubble)")
 
     def stats(self) -> dict:
         """Pipeline shape and the measured bubble (see `_Runtime.bubble`), for FitResult
@@ -470,12 +474,9 @@ class _Runtime:
                                      target=idx if has_last else None)
         self._stop_timing(self._clock() - t0, timer)
         self._ctx = None
-        loss = torch.zeros((), dtype=torch.float32, device=x.device)
-        if has_last:
-            loss = sum(l * c for l, c in record.values()) / n
-        self.s.mark("loss broadcast", phase="comm")
-        dist.broadcast(loss, src=self.last_rank, group=self.pp_group)
-        out = self._broadcast_output(out if has_last else None)
+        loss = sum(l * c for l, c in record.values()) / n if has_last else None
+        self.s.mark("loss and output broadcast", phase="comm")
+        out, loss = self._broadcast_result(out if has_last else None, loss)
         sizes = [_single(mb[0]).shape[0] for mb in batch.micro]
         return list(torch.split(out, sizes)), loss
 
@@ -534,14 +535,43 @@ class _Runtime:
             return None
         return min(1.0, max(0.0, 1.0 - sum(b for b, _ in steps) / wall))
 
-    def _broadcast_output(self, out):
-        meta = [(tuple(out.shape), out.dtype) if out is not None else None]
-        dist.broadcast_object_list(meta, src=self.last_rank, group=self.pp_group)
-        shape, dtype = meta[0]
+    def _broadcast_result(self, out, loss=None):
+        """The last stage's output (and mean loss) on every pipeline rank.
+
+        Two broadcasts from the last stage: a header of 3 + _MAX_DIMS float64 (loss, dtype
+        code, ndim, shape), then the output itself. Pickled metadata (broadcast_object_list:
+        three collectives and a pickle every step) is only the fallback for outputs the
+        header cannot describe.
+
+        Args:
+            out: the output on the last stage, None elsewhere.
+            loss: the mean loss (float32 scalar) on the last stage, None elsewhere.
+
+        Returns:
+            (output, loss) on every pipeline rank; loss is a float32 scalar tensor.
+        """
+        header = torch.zeros(3 + _MAX_DIMS, dtype=torch.float64, device=self.env.device)
+        if out is not None:
+            fits = out.dtype in _DTYPES and out.dim() <= _MAX_DIMS
+            header[1], header[2] = (_DTYPES.index(out.dtype) if fits else -1), out.dim()
+            if fits:
+                header[3:3 + out.dim()] = torch.tensor(out.shape, dtype=torch.float64)
+            if loss is not None:
+                header[0] = loss
+        dist.broadcast(header, src=self.last_rank, group=self.pp_group)
+        h = header.tolist()
+        code, ndim = int(h[1]), int(h[2])
+        if code >= 0:
+            shape, dtype = tuple(int(d) for d in h[3:3 + ndim]), _DTYPES[code]
+        else:
+            meta = [(tuple(out.shape), out.dtype) if out is not None else None]
+            dist.broadcast_object_list(meta, src=self.last_rank, group=self.pp_group)
+            shape, dtype = meta[0]
         buf = out.detach() if out is not None else torch.empty(shape, dtype=dtype,
                                                               device=self.env.device)
         dist.broadcast(buf, src=self.last_rank, group=self.pp_group)
-        return buf
+        # float32 -> float64 -> float32 is exact: every rank returns the last stage's loss
+        return buf, (loss if loss is not None else header[0].to(torch.float32))
 
     def sync_grads(self) -> None:
         """Sum tied-weight gradients over their holders, then average over replicas."""
@@ -560,7 +590,7 @@ class _Runtime:
         last = any(st.is_last for st in self.pstages)
         ids = torch.arange(x.shape[0], device=x.device)
         out = self.schedule.eval(*((x,) if first else ()), target=ids if last else None)
-        return self._broadcast_output(out if last else None)[:n]
+        return self._broadcast_result(out if last else None)[0][:n]
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Rank 0 gets every stage's tensors under the original names (gather_object)."""

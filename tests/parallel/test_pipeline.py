@@ -283,3 +283,31 @@ def test_bad_input_fails_before_any_process_group():
         Pipeline(stages=2).validate(world_size=3, global_batch_size=8)
     with pytest.raises(TypeError, match="nn.Sequential"):
         Pipeline(stages=2).check_module(nn.Linear(2, 2), pp=2)
+
+
+def _broadcast_results(rank, world):
+    import types
+
+    import torch.distributed as dist
+
+    from bigtrain.parallel.pipeline import _Runtime
+    rt = types.SimpleNamespace(env=types.SimpleNamespace(device=torch.device("cpu")),
+                               last_rank=1, pp_group=dist.group.WORLD)
+    g = torch.Generator().manual_seed(5)
+    outs = [torch.randn(4, 3, generator=g),                      # header path
+            torch.randn(2, 5, generator=g).to(torch.bfloat16),
+            torch.randn(2, 3, generator=g, dtype=torch.complex64),  # pickled fallback
+            torch.randn(*[1] * 9, 2, generator=g)]                  # 10 dims: fallback
+    got = []
+    for i, out in enumerate(outs):
+        loss = torch.tensor(0.1 * (i + 1), dtype=torch.float32)
+        mine = (out, loss) if rank == 1 else (None, None)
+        got.append(_Runtime._broadcast_result(rt, *mine))
+    return got
+
+
+def test_last_stage_output_and_loss_reach_every_pipeline_rank():
+    first, last = run_ranks(_broadcast_results, 2)
+    for (out0, loss0), (out1, loss1) in zip(first, last):
+        assert out0.dtype == out1.dtype and torch.equal(out0, out1)
+        assert loss0.dtype == torch.float32 and torch.equal(loss0, loss1)
