@@ -30,11 +30,13 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import Row, alternate, check_target, machine_line, print_table  # noqa: E402
+from bench.common import (Row, alternate, check_target, machine_busy_seconds,  # noqa: E402
+                          machine_line, print_table)
 from tests.dist import run_ranks  # noqa: E402
 
 WORLD, SLOW, LAYERS, WIDTH, MICRO, ROWS = 2, 3.0, 8, 1024, 8, 64
 TARGET = 0.6  # speed-aware step time / equal-partition step time
+QUIET_CORES = 0.2  # other programs' CPU (cores) above which the figures are flagged
 
 
 def _model() -> nn.Module:
@@ -78,11 +80,18 @@ def bench_rank(rank: int, world: int, steps: int, repeats: int) -> dict:
     common = dict(stages=WORLD, microbatches=MICRO, schedule="1f1b", slow_ranks=slow)
     even = Contender(Pipeline(split=[LAYERS // WORLD] * WORLD, **common))
     speed = Contender(Pipeline(sample_input=torch.randn(ROWS, WIDTH), **common))
+    busy0, cpu0, t0 = machine_busy_seconds(), time.process_time(), time.perf_counter()
     times = alternate({"equal partition": lambda: even.run(steps),
                        "speed-aware": lambda: speed.run(steps)}, repeats=repeats, warmup=1)
+    wall = time.perf_counter() - t0
+    ours = torch.tensor([time.process_time() - cpu0], dtype=torch.float64)
+    dist.all_reduce(ours)  # CPU seconds of all ranks (every thread) over the repeats
+    busy = machine_busy_seconds()
     costs = speed.strategy.layer_costs  # [pipeline rank x layer] seconds
     return {"times": times, "partition": speed.strategy.partition,
-            "cost_ratio": sum(costs[1]) / sum(costs[0]), "threads": torch.get_num_threads()}
+            "cost_ratio": sum(costs[1]) / sum(costs[0]), "threads": torch.get_num_threads(),
+            "others_cores": None if busy is None else (busy - busy0 - float(ours)) / wall,
+            "ours_cores": float(ours) / wall}
 
 
 def main() -> None:
@@ -95,6 +104,12 @@ def main() -> None:
     repeats = args.repeats or (5 if args.quick else 7)
     out = run_ranks(bench_rank, WORLD, steps, repeats, timeout=540.0)[0]
     print(machine_line() + f" (in each rank: {out['threads']} torch threads)")
+    if out["others_cores"] is not None:
+        print(f"during the repeats the ranks used {out['ours_cores']:.2f} cores, other "
+              f"programs {max(0.0, out['others_cores']):.2f} of {os.cpu_count()}"
+              + (" (not quiet: the speed-aware step keeps rank 0 busy most of the time, so "
+                 "it loses more to them than the mostly idle equal partition)"
+                 if out["others_cores"] > QUIET_CORES else ""))
     print(f"rank 1 slowed {SLOW:.0f}x by the knob; {LAYERS} x Linear({WIDTH}) + ReLU, "
           f"{MICRO} micro-batches of {ROWS} rows, 1f1b")
     print(f"  measured cost of the layers on rank 1 / rank 0: {out['cost_ratio']:.2f}x; "

@@ -102,6 +102,26 @@ def machine_line() -> str:
             f"1-min load {load:.1f}")
 
 
+def machine_busy_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot, all cores together (Linux
+    /proc/stat: user + nice + system + irq + softirq + steal); None elsewhere.
+
+    The difference over a timed stretch, less the CPU time of the bench's own processes,
+    is what other programs took: the 1-minute load average misses a neighbour that ran for
+    part of a bench, and a bench whose ranks sleep (the slow-rank knob) adds little load
+    itself.
+    """
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu":
+        return None
+    busy = sum(int(fields[i]) for i in (1, 2, 3, 6, 7, 8) if i < len(fields))
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def print_table(title: str, rows: list[Row], ratios: list[tuple[str, str]] = (),
                 unit: str = "samples/s") -> dict[str, float]:
     """Print median rate, median and best time, and spread per contender, then the ratios.
