@@ -6,6 +6,8 @@ History, so the code after `fit` runs once, as it would without a strategy.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
 from bigtrain.api.capture import stop_if_capturing
@@ -105,8 +107,17 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
         return _finish(model, run_rank(task, strat, model, env), history)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, config.batch_size)  # before any process starts
+    kind = dist_env.device_kind(devices)
     if nprocs == 1:
-        return _finish(model, run_rank(task, strat, model, dist_env.local_env()), history)
+        return _finish(model, run_rank(task, strat, model, dist_env.local_env(kind)), history)
     from bigtrain.parallel.launcher import launch
-    result = launch(task, strat, nprocs, model_owner=model, **options)
+    saved = os.environ.get(dist_env.DEVICE_ENV)
+    os.environ[dist_env.DEVICE_ENV] = kind  # the ranks inherit it; this process gets it back
+    try:
+        result = launch(task, strat, nprocs, model_owner=model, **options)
+    finally:
+        if saved is None:
+            os.environ.pop(dist_env.DEVICE_ENV, None)
+        else:
+            os.environ[dist_env.DEVICE_ENV] = saved
     return _finish(model, result, history)

@@ -161,7 +161,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         epochs, verbose, callbacks, validation_split, validation_data, shuffle,
             sample_weight, initial_epoch: as in Keras.
         strategy: a name ("ddp", "zero3", ...) or a `bigtrain.parallel` Strategy object.
-        devices: number of processes (or "auto").
+        devices: number of processes, "auto" (one per GPU), "cuda", "cpu" (CPU ranks even
+            where a GPU exists) or "mps" (one process on an Apple GPU).
         accumulate_steps: micro-batches per optimizer step.
         precision: "32", "bf16-mixed" or "16-mixed".
         seed: seeds the data order.

@@ -30,9 +30,26 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+#: The device kind ("cpu", "cuda", "mps") a launcher hands to the ranks it starts.
+DEVICE_ENV = "BIGTRAIN_DEVICE"
+
+
+def device_kind(devices) -> str:
+    """What the ranks compute on for fit's `devices`: "cpu" when asked for (even where a
+    GPU exists), "mps" on Apple silicon when asked for, else "cuda" where torch sees one."""
+    if devices == "cpu":
+        return "cpu"
+    if devices == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("devices='mps' but this machine has no Apple GPU (MPS); use "
+                             "devices='cpu', 'cuda' or a number of processes")
+        return "mps"
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_devices(devices) -> int | None:
-    """Number of processes for `devices` (None, an int, "auto", "cpu", "cuda")."""
-    if devices is None or devices == "cpu":
+    """Number of processes for `devices` (None, an int, "auto", "cpu", "cuda", "mps")."""
+    if devices is None or devices in ("cpu", "mps"):
         return None
     if devices == "auto":
         return torch.cuda.device_count() or None
@@ -47,13 +64,17 @@ def resolve_devices(devices) -> int | None:
                              "CUDA device(s); use devices<="
                              f"{torch.cuda.device_count()} (one process per device)")
         return devices
-    raise ValueError(f"devices must be a positive integer, 'auto', 'cpu' or 'cuda', got {devices!r}")
+    raise ValueError(f"devices must be a positive integer, 'auto', 'cpu', 'cuda' or 'mps', "
+                     f"got {devices!r}")
 
 
-def device_for(local_rank: int) -> torch.device:
-    if torch.cuda.is_available():
+def device_for(local_rank: int, kind: str | None = None) -> torch.device:
+    """The device of local rank `local_rank`: `kind`, else the launcher's choice (DEVICE_ENV),
+    else cuda:<local rank> where torch sees CUDA, else the CPU."""
+    kind = kind or os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind == "cuda":
         return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    return torch.device(kind)
 
 
 def threads_per_rank(local_world_size: int) -> int:
@@ -66,8 +87,8 @@ def _destroy_group() -> None:
         dist.destroy_process_group()
 
 
-def local_env() -> DistEnv:
-    return DistEnv(device=device_for(0))
+def local_env(kind: str | None = None) -> DistEnv:
+    return DistEnv(device=device_for(0, kind))
 
 
 def rendezvous_store(rank: int, world: int, timeout_s: float):
