@@ -13,7 +13,7 @@ import torch
 from bigtrain.api.capture import stop_if_capturing
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
-from bigtrain.engine.loop import FitResult, run_rank
+from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.parallel import distributed as dist_env
 from bigtrain.parallel.base import resolve_strategy
@@ -94,6 +94,7 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     if strategy == "auto":
         strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
+    check_precision(strat, config.precision)  # before any process starts
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")

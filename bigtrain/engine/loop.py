@@ -153,6 +153,14 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     return tally.logs(strategy.all_reduce(tally.state()))
 
 
+def check_precision(strategy: Strategy, precision: str) -> None:
+    """float16 training needs loss scaling; refuse it where the strategy cannot scale."""
+    if precision == "16-mixed" and not strategy.supports_loss_scaling:
+        raise ValueError(f"precision='16-mixed' needs loss scaling (a GradScaler), which "
+                         f"strategy {strategy.name!r} does not do; use precision='bf16-mixed' "
+                         "(no scaling needed) or precision='32'")
+
+
 def run_rank(task: TrainTask, strategy: Strategy, owner, env) -> FitResult:
     """Everything one rank does for a fit: check the strategy against the world size, set
     it up on `env`, train, and always tear it down.
@@ -161,6 +169,7 @@ def run_rank(task: TrainTask, strategy: Strategy, owner, env) -> FitResult:
         result = run_rank(task, resolve_strategy("ddp"), model, env)
     """
     strategy.validate(env.world_size, task.config.batch_size)
+    check_precision(strategy, task.config.precision)
     strategy.setup(env)
     try:
         return train(task, strategy, owner)
@@ -179,10 +188,13 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     config = task.watchdog or WatchdogConfig()
     dog = start_watchdog(strategy.env, config, beat)
     strategy.heartbeat = beat
+    if task.config.precision == "16-mixed":  # float16 gradients underflow without it
+        strategy.grad_scaler = torch.amp.GradScaler(strategy.env.device.type)
     try:
         return _train(task, strategy, owner)
     finally:
         vars(strategy).pop("heartbeat", None)
+        vars(strategy).pop("grad_scaler", None)
         stop_watchdog(dog)
 
 

@@ -210,7 +210,7 @@ class BalancedDataParallel(DataParallel):
             if self.balance == "speed":
                 self._observe(compute_s)
         self.mark("optimizer step")
-        optimizer.step()
+        self.apply_update(optimizer)
 
     def _local_compute_s(self) -> float:
         """Seconds of this rank's own compute this step, the slow knob's delay included."""

@@ -108,6 +108,11 @@ class Strategy:
     timing_note = "one process: no communication"
     #: The engine's loop sets a Heartbeat here while it trains (read by the hang watchdog).
     heartbeat = None
+    #: A torch.amp.GradScaler the loop sets for precision="16-mixed" (None otherwise).
+    grad_scaler = None
+    #: Whether this strategy can scale the loss for float16 training (a GradScaler); when
+    #: False, precision="16-mixed" is refused before anything starts.
+    supports_loss_scaling = True
     #: ... and a PhaseTimer (bigtrain.diagnose.step_timer) that times the marked phases.
     phase_timer = None
 
@@ -160,10 +165,19 @@ class Strategy:
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        loss.backward()
+        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
 
     def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        optimizer.step()
+        self.apply_update(optimizer)
+
+    def apply_update(self, optimizer: torch.optim.Optimizer) -> None:
+        """`optimizer.step()`; under float16 through the loss scaler, which unscales the
+        gradients first and skips a step whose gradients overflowed (then lowers the scale)."""
+        if self.grad_scaler is None:
+            optimizer.step()
+            return
+        self.grad_scaler.step(optimizer)
+        self.grad_scaler.update()
 
     def mark(self, op: str, step: int | None = None, phase: str | None = None) -> None:
         """Note that this rank enters operation `op` (for the hang watchdog's report and the

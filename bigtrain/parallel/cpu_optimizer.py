@@ -155,6 +155,7 @@ class CpuOptimizerDataParallel(DataParallel):
     """
 
     name = "ddp_cpu_optimizer"
+    supports_loss_scaling = False  # the host optimizer is not a GradScaler-aware optimizer
 
     def __init__(self, bucket_cap_mb: int = 25, find_unused_parameters: bool = False,
                  pin_memory: bool | None = None):

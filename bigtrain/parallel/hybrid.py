@@ -76,6 +76,10 @@ class Hybrid(Strategy):
     def num_processes(self, devices):
         return (self.dp or 1) * self.tp * self.pp if devices is None else int(devices)
 
+    @property
+    def supports_loss_scaling(self) -> bool:
+        return self.inner.supports_loss_scaling
+
     def checkpoint_names(self, module):
         return self.inner.checkpoint_names(module)
 
@@ -100,6 +104,7 @@ class Hybrid(Strategy):
     def train_step(self, module, optimizer, batch, compute_loss, autocast):
         # the inner strategy marks its phases: hand it the loop's watchdog heartbeat and timer
         self.inner.heartbeat, self.inner.phase_timer = self.heartbeat, self.phase_timer
+        self.inner.grad_scaler = self.grad_scaler
         return self.inner.train_step(module, optimizer, batch, compute_loss, autocast)
 
     @property
@@ -119,6 +124,7 @@ class Hybrid(Strategy):
         self.inner.teardown()
         vars(self.inner).pop("heartbeat", None)
         vars(self.inner).pop("phase_timer", None)
+        vars(self.inner).pop("grad_scaler", None)
 
     def describe(self) -> str:
         return f"dp={self.dp or 'auto'}, tp={self.tp}, pp={self.pp}; {self.inner.describe()}"

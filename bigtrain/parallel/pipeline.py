@@ -136,6 +136,7 @@ class Pipeline(Strategy):
 
     name = "pipeline"
     owns_step = True
+    supports_loss_scaling = False  # the schedule calls the loss itself
 
     def __init__(self, stages: int | None = None, microbatches: int = 4,
                  schedule: str = "1f1b", split: Sequence[int] | None = None,

@@ -221,7 +221,7 @@ class TensorParallel(Strategy):
             params = [p for g in optimizer.param_groups for p in g["params"]]
             all_reduce_grads(params, self.mesh["dp"].get_group())
             self.mark("optimizer step")
-        optimizer.step()
+        self.apply_update(optimizer)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return full_tensor_state_dict(self.unwrap(module))

@@ -35,8 +35,8 @@ class Zero1(DataParallel):
 
     def optimizer_step(self, optimizer) -> None:
         """The local shard's update, then the broadcast of every shard (timed apart)."""
-        if not isinstance(optimizer, ZeroRedundancyOptimizer):
-            return optimizer.step()
+        if not isinstance(optimizer, ZeroRedundancyOptimizer) or self.grad_scaler is not None:
+            return self.apply_update(optimizer)  # float16: ZeRO's whole step, via the scaler
         optimizer._local_step()
         self.mark("parameter broadcast", phase="comm")
         optimizer._sync_params()

@@ -117,6 +117,7 @@ class ParameterServer(Strategy):
 
     name = "ps"
     owns_step = True
+    supports_loss_scaling = False  # workers push unscaled gradients to the servers
     checkpoint_unsupported = ("the parameter servers hold the parameters and optimizer state: "
                               "checkpoint them with ParameterServer(checkpoint_dir=..., "
                               "checkpoint_every=N) instead of fit(checkpoint_dir=...)")
