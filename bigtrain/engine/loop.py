@@ -92,10 +92,15 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
     return tally.logs(strategy.all_reduce(tally.state()), prefix)
 
 
-def _check_finite(losses: torch.Tensor, upto: int, epoch: int, strategy: Strategy,
+def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
                   batch_size: int) -> None:
-    bad = (~torch.isfinite(losses[:upto])).nonzero()
-    flag = torch.tensor([float(bad[0]) if len(bad) else float("inf")])
+    """Stop every rank when one of the losses `pending` (of steps `first`, `first + 1`, ...
+    of this epoch) is NaN/Inf; the list is emptied. A collective: every rank calls it at
+    the same steps, with or without pending losses."""
+    losses = torch.stack(pending).reshape(len(pending), -1) if pending else torch.zeros(0, 1)
+    pending.clear()
+    bad = (~torch.isfinite(losses).all(1)).nonzero()
+    flag = torch.tensor([float(first + int(bad[0])) if len(bad) else float("inf")])
     strategy.all_reduce(flag, op="min")  # every rank stops together
     if torch.isfinite(flag):
         step = int(flag)
@@ -112,44 +117,50 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     perm = epoch_permutation(len(task.train), cfg.seed, epoch, cfg.shuffle)
     steps = num_batches(len(task.train), cfg.batch_size)
     tally = Tally(task.metrics, task.activations, device)
-    losses = torch.zeros(steps, device=device)
+    pending: list = []  # losses of the steps since the last non-finite check
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
     shard, replicas = strategy.data_shard(), strategy.grad_replicas
-    want_logs = callbacks.wants_batch_logs
+    # decided once per epoch, not per step
+    begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
+    want_logs, check_nan = end_hooks and callbacks.wants_batch_logs, cfg.terminate_on_nan
+    mark, timer = strategy.mark, timing.timer
     module.train()
     last_check = skip = progress.skip
     for step, gidx in enumerate(global_batches(perm, cfg.batch_size)):
         if step < skip:
             continue  # trained before the checkpoint this run resumed from
-        strategy.mark("callbacks (batch begin)", progress.step)
-        callbacks.on_train_batch_begin(step)
-        timing.timer.begin_step(timing.steps)
-        strategy.mark("data")
+        mark("callbacks (batch begin)", progress.step)
+        if begin_hooks:
+            callbacks.on_train_batch_begin(step)
+        timer.begin_step(timing.steps)
+        mark("data")
         batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
         # strategies refine it: forward, backward, optimizer step, communication
-        strategy.mark("train step", phase="other")
+        mark("train step", phase="other")
         outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
-        strategy.mark("metrics")
+        mark("metrics")
         timing.steps += 1
         timing.last_batch = batch
         tally.add(batch, outputs, loss)
-        losses[step] = loss
-        if cfg.terminate_on_nan and step + 1 - last_check >= cfg.nan_check_every:
-            strategy.mark("loss check all-reduce", phase="comm")
-            _check_finite(losses, step + 1, epoch, strategy, cfg.batch_size)
-            last_check = step + 1
-        logs = {"size": len(gidx)}
-        if want_logs:
-            logs["loss"] = float(loss)
-        strategy.mark("callbacks (batch end)")
-        callbacks.on_train_batch_end(step, logs)
-        strategy.mark("checkpoint" if progress.checkpointer else "step end")
+        if check_nan:
+            pending.append(loss)
+            if step + 1 - last_check >= cfg.nan_check_every:
+                mark("loss check all-reduce", phase="comm")
+                _check_finite(pending, last_check, epoch, strategy, cfg.batch_size)
+                last_check = step + 1
+        mark("callbacks (batch end)")
+        if end_hooks:
+            logs = {"size": gidx.shape[0]}
+            if want_logs:
+                logs["loss"] = float(loss)
+            callbacks.on_train_batch_end(step, logs)
+        mark("checkpoint" if progress.checkpointer else "step end")
         progress.after_step(epoch, step, steps)
     progress.skip = 0
-    if cfg.terminate_on_nan:
-        strategy.mark("loss check all-reduce")
-        _check_finite(losses, steps, epoch, strategy, cfg.batch_size)
-    strategy.mark("metrics all-reduce")
+    if check_nan:
+        mark("loss check all-reduce")
+        _check_finite(pending, last_check, epoch, strategy, cfg.batch_size)
+    mark("metrics all-reduce")
     return tally.logs(strategy.all_reduce(tally.state()))
 
 

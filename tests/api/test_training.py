@@ -116,3 +116,22 @@ def test_terminate_on_nan_names_the_step(capsys):
     out = capsys.readouterr().out
     assert "TerminateOnNaN" in out and "step" in out
     assert len(hist.epoch) < 3
+
+
+def test_terminate_on_nan_names_the_first_bad_step_after_earlier_checks(capsys):
+    # 100 steps: the loss is checked after step 50, after step 100 and at the epoch end;
+    # the first NaN (step 57) is found by the second check and named exactly
+    x, y, _ = teacher_data(n=3200)
+    calls = []
+
+    def loss(y_true, y_pred):
+        calls.append(1)
+        per = ((y_pred - y_true) ** 2).mean(-1)
+        return per * float("nan") if len(calls) == 57 else per
+
+    model = seed_like_model()
+    model.compile(optimizer="sgd", loss=loss)
+    hist = model.fit(x, y, epochs=2, batch_size=32, verbose=0, shuffle=False)
+    out = capsys.readouterr().out
+    assert "at epoch 1, step 57 " in out and "samples 1792..1823" in out
+    assert hist.epoch == []

@@ -266,6 +266,25 @@ def test_rank_local_callbacks_run_on_every_rank(tmp_path):
     assert EarlyStopping(restore_best_weights=True).needs_weights
 
 
+
+def test_batch_hooks_reach_only_callbacks_that_implement_them():
+    from bigtrain.engine.callbacks import Callback
+    seen = []
+
+    class Begin(Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            seen.append(("begin", batch))
+
+    assigned = Callback()  # a hook set on the instance counts too
+    assigned.on_train_batch_end = lambda batch, logs=None: seen.append(("end", batch, logs))
+    quiet = CallbackList([History()], FakeModel(), {}, is_main=True)
+    assert not quiet.has_batch_begin and not quiet.has_batch_end
+    cbs = CallbackList([History(), Begin(), assigned], FakeModel(), {}, is_main=True)
+    assert cbs.has_batch_begin and cbs.has_batch_end
+    cbs.on_train_batch_begin(0)
+    cbs.on_train_batch_end(0, {"size": 8})
+    assert seen == [("begin", 0), ("end", 0, {"size": 8})]
+
 # -- ProgressBar ------------------------------------------------------------------------
 ANSI = re.compile(r"\x1b\[")
 

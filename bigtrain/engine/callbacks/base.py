@@ -53,10 +53,34 @@ class CallbackList:
         for c in self.callbacks:
             c.set_model(model)
             c.set_params(params)
+        # The per-batch hooks that do something, looked up once: the loop calls these every
+        # step and skips the dispatch (and building the batch logs) when there are none.
+        self._batch_begin = [c.on_train_batch_begin for c in self.callbacks
+                             if _overrides(c, "on_train_batch_begin")]
+        self._batch_end = [c.on_train_batch_end for c in self.callbacks
+                           if _overrides(c, "on_train_batch_end")]
 
     @property
     def wants_batch_logs(self) -> bool:
         return any(c.wants_batch_logs for c in self.callbacks)
+
+    @property
+    def has_batch_begin(self) -> bool:
+        """Some callback implements `on_train_batch_begin`."""
+        return bool(self._batch_begin)
+
+    @property
+    def has_batch_end(self) -> bool:
+        """Some callback implements `on_train_batch_end`."""
+        return bool(self._batch_end)
+
+    def on_train_batch_begin(self, *args, **kwargs):
+        for hook in self._batch_begin:
+            hook(*args, **kwargs)
+
+    def on_train_batch_end(self, *args, **kwargs):
+        for hook in self._batch_end:
+            hook(*args, **kwargs)
 
     def __getattr__(self, hook):
         if not hook.startswith("on_"):
@@ -66,3 +90,8 @@ class CallbackList:
             for c in self.callbacks:
                 getattr(c, hook)(*args, **kwargs)
         return call
+
+
+def _overrides(callback, hook: str) -> bool:
+    """False only when `callback.<hook>` is the base class's no-op."""
+    return getattr(getattr(callback, hook), "__func__", None) is not getattr(Callback, hook)
