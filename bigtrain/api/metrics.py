@@ -80,14 +80,16 @@ class Accuracy(Metric):
         return self.kind != "binary"
 
     def update(self, y_true, y_pred):
-        self.kind = self.kind or self._resolve(y_true, y_pred)
-        if self.kind == "binary":
-            hit = (y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)
-        elif self.kind == "categorical":
+        kind = self.kind = self.kind or self._resolve(y_true, y_pred)
+        if kind == "sparse":
+            if y_true.dtype is not torch.int64 or y_true.dim() != y_pred.dim() - 1:
+                y_true = y_true.reshape(y_pred.shape[:-1]).long()  # (B, 1) or int32 ids
+            hit = y_pred.argmax(-1) == y_true
+        elif kind == "categorical":
             hit = y_pred.argmax(-1) == y_true.argmax(-1)
         else:
-            hit = y_pred.argmax(-1) == y_true.reshape(y_pred.shape[:-1]).long()
-        self._add(hit.sum(), hit.numel())
+            hit = (y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)
+        self._add(torch.count_nonzero(hit), hit.numel())  # hits: int64, exact
 
 
 class TopKCategoricalAccuracy(Metric):
@@ -105,7 +107,7 @@ class TopKCategoricalAccuracy(Metric):
             y_true.reshape(y_pred.shape[:-1]).long()
         topk = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices
         hit = (topk == target.unsqueeze(-1)).any(-1)
-        self._add(hit.sum(), hit.numel())
+        self._add(torch.count_nonzero(hit), hit.numel())
 
 
 class MeanError(Metric):

@@ -51,7 +51,11 @@ def autocast_factory(precision: str, device: torch.device):
 
 
 class Tally:
-    """Running loss (sample-weighted) and metric states for one pass over the data."""
+    """Running loss (sample-weighted) and metric states for one pass over the data.
+
+    Which metrics of an output read raw scores and which need the deferred activation
+    (`Metric.reads_scores_only`) is asked once, on the first non-empty batch of the pass.
+    """
 
     def __init__(self, metrics: list[list], activations: list, device):
         self.metrics, self.activations = metrics, activations
@@ -61,13 +65,20 @@ class Tally:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0  # samples seen (a host number: no device op per step)
         self._losses: list = []  # (mean loss tensor, samples) per step, folded in state()
+        # per output: (metrics fed the outputs as they are, metrics fed probabilities,
+        # activation) once known; None before the output's first non-empty batch
+        self._plans: list = [None] * len(metrics)
+        self._any = any(metrics)
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
         for (x, y, _), out in zip(batch.micro, outputs):
             n += _rows(y if y is not None else x)
-            self.update_metrics(y, out)
-        self._losses.append((mean_loss.detach(), n))  # summed when `state()` is read
+            if self._any:
+                self.update_metrics(y, out)
+        if mean_loss.requires_grad:
+            mean_loss = mean_loss.detach()
+        self._losses.append((mean_loss, n))  # summed when `state()` is read
         self.count += n
         if len(self._losses) >= 1024:  # bound the pending list on long epochs
             self.state()
@@ -77,20 +88,29 @@ class Tally:
             return
         outs = outputs if isinstance(outputs, tuple) else (outputs,)
         ys = targets if isinstance(targets, tuple) else (targets,)
-        with torch.no_grad():
-            for ms, act, out, y in zip(self.metrics, self.activations, outs, ys):
-                if ms and out.shape[0]:
-                    probs = None
-                    for m in ms:
-                        if act is None or m.reads_scores_only(y, out):
-                            m.update(y, out)  # argmax metrics: softmax changes nothing
-                            continue
-                        probs = act(out.float()) if probs is None else probs
-                        m.update(y, probs)
+        for i, (ms, out, y) in enumerate(zip(self.metrics, outs, ys)):
+            if not ms or not out.shape[0]:
+                continue
+            if out.requires_grad:
+                out = out.detach()  # metrics only read values: no graph
+            plan = self._plans[i] or self._plan(i, y, out)
+            for m in plan[0]:
+                m.update(y, out)  # argmax metrics: softmax changes nothing
+            if plan[1]:
+                probs = plan[2](out.float())
+                for m in plan[1]:
+                    m.update(y, probs)
+
+    def _plan(self, i: int, y, out) -> tuple:
+        act = self.activations[i]
+        as_is = [m for m in self.metrics[i] if act is None or m.reads_scores_only(y, out)]
+        plan = (as_is, [m for m in self.metrics[i] if all(m is not a for a in as_is)], act)
+        self._plans[i] = plan
+        return plan
 
     def state(self) -> torch.Tensor:
         if self._losses:
-            losses = torch.stack([loss.double() for loss, _ in self._losses])
+            losses = torch.stack([loss for loss, _ in self._losses]).double()
             weights = torch.tensor([float(n) for _, n in self._losses], dtype=torch.float64,
                                    device=losses.device)
             self.loss_sum += (losses * weights).sum()
