@@ -46,6 +46,13 @@ def gather(a, idx: torch.Tensor) -> torch.Tensor:
     return out.float() if out.dtype == torch.float64 else out
 
 
+def _pick(arrays: list, idx: torch.Tensor, device):
+    """Rows `idx` of each array on `device`: one array bare, several as a tuple."""
+    if len(arrays) == 1:
+        return _to(gather(arrays[0], idx), device)
+    return tuple(_to(gather(a, idx), device) for a in arrays)
+
+
 @dataclass
 class ArrayData:
     """Inputs, targets and sample weights that share their first (sample) axis."""
@@ -59,11 +66,8 @@ class ArrayData:
     def take(self, idx: torch.Tensor, device) -> tuple:
         """(inputs, targets, sample_weight) for rows `idx`, on `device`; single arrays are
         returned bare and several as a tuple."""
-        def pick(arrays):
-            out = tuple(_to(gather(a, idx), device) for a in arrays)
-            return out[0] if len(out) == 1 else out
         sw = None if self.sample_weight is None else gather(self.sample_weight, idx).to(device)
-        return pick(self.xs), pick(self.ys) if self.ys else None, sw
+        return _pick(self.xs, idx, device), _pick(self.ys, idx, device) if self.ys else None, sw
 
     def split(self, fraction: float) -> tuple["ArrayData", "ArrayData"]:
         """Keras's validation_split: the last `fraction` of the samples, before shuffling."""

@@ -17,9 +17,12 @@ def make_step_batch(data: ArrayData, gidx: torch.Tensor, shard: tuple[int, int],
 
     `shard` is `(index, count)` (even split) or a `bigtrain.parallel.base.Shard` whose
     `bounds(len(gidx))` gives this rank's uneven `[start, stop)`."""
+    n = gidx.shape[0]
     bounds = getattr(shard, "bounds", None)
-    lo, hi = bounds(len(gidx)) if bounds is not None else shard_bounds(len(gidx), *shard)
-    local = gidx[lo:hi]
+    lo, hi = bounds(n) if bounds is not None else shard_bounds(n, *shard)
+    local = gidx if lo == 0 and hi == n else gidx[lo:hi]
+    if accumulate == 1:  # the common case: one micro-batch
+        return StepBatch(micro=[data.take(local, device)], weights=[(hi - lo) / n * replicas])
     micro, weights = [], []
     for k in range(accumulate):
         a, b = shard_bounds(len(local), k, accumulate)
