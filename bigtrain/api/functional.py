@@ -37,6 +37,8 @@ class GraphModule(nn.Module):
         outputs: the tensor(s) it returns.
     """
 
+    _chain_layers: list | None = None  # the layers in order when the graph is one chain
+
     def __init__(self, inputs: list[KerasTensor], outputs: list[KerasTensor]):
         super().__init__()
         self.input_tensors, self.output_tensors = list(inputs), list(outputs)
@@ -53,6 +55,9 @@ class GraphModule(nn.Module):
                 raise ValueError(f"two different layers are named {node.layer.name!r}; "
                                  "give them unique names")
             self.layers[node.layer.name] = node.layer
+        # a single chain (the common Sequential-like case) runs as a plain loop over its
+        # layers, without the per-call bookkeeping of tensors by graph node
+        self._chain_layers = [n.layer for n in self.nodes] if self._is_chain() else None
 
     @property
     def input_names(self) -> list[str]:
@@ -66,6 +71,11 @@ class GraphModule(nn.Module):
         if len(xs) != len(self.input_tensors):
             raise ValueError(f"model takes {len(self.input_tensors)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(xs)}")
+        if self._chain_layers is not None:
+            x = xs[0]
+            for layer in self._chain_layers:
+                x = layer(x)
+            return x
         values = {id(t): x for t, x in zip(self.input_tensors, xs)}
         for node in self.nodes:
             args = [values[id(t)] for t in node.inputs]
@@ -79,14 +89,18 @@ class GraphModule(nn.Module):
 
         Pipeline and tensor-parallel strategies split chain models at layer boundaries.
         """
+        return nn.Sequential(*[n.layer for n in self.nodes]) if self._is_chain() else None
+
+    def _is_chain(self) -> bool:
+        """One input, one output, and every layer takes the previous layer's output."""
         if len(self.input_tensors) != 1 or len(self.output_tensors) != 1:
-            return None
+            return False
         prev = self.input_tensors[0]
         for node in self.nodes:
             if node.takes_list or len(node.inputs) != 1 or node.inputs[0] is not prev:
-                return None
+                return False
             prev = node.outputs[0]
-        return nn.Sequential(*[n.layer for n in self.nodes])
+        return prev is self.output_tensors[0]
 
 
 def graph_config(module: GraphModule) -> dict:

@@ -118,3 +118,16 @@ def test_load_weights_matches_by_order_when_auto_names_differ(tmp_path):
     inp = Input(shape=(3,))
     with pytest.raises(ValueError, match="do not fit this model"):
         Model(inp, Dense(5)(inp)).load_weights(str(tmp_path / "w.safetensors"))
+
+
+def test_chain_models_run_as_a_plain_loop_with_the_same_result():
+    inp = Input(shape=(6,))
+    chain = Model(inp, Dense(3)(Dropout(0.0)(Dense(5, activation="relu")(inp))))
+    a, b = Input(shape=(6,)), Input(shape=(6,))
+    branched = Model([a, b], Dense(2)(Add()([Dense(4)(a), Dense(4)(b)])))
+    assert chain.net._chain_layers == [n.layer for n in chain.net.nodes]
+    assert branched.net._chain_layers is None
+    x = torch.randn(7, 6)
+    fast = chain(x)
+    chain.net._chain_layers = None  # the general walk over graph nodes
+    torch.testing.assert_close(fast, chain(x), rtol=0, atol=0)

@@ -105,6 +105,8 @@ class Layer(nn.Module):
             self.built = True
 
     def __call__(self, *args, **kwargs):
+        if self.built and args and isinstance(args[0], torch.Tensor):
+            return super().__call__(*args, **kwargs)  # the training path: a built layer
         first = args[0] if args else None
         symbolic = isinstance(first, KerasTensor) or (
             isinstance(first, (list, tuple)) and first and isinstance(first[0], KerasTensor))
