@@ -86,7 +86,8 @@ class LossSpec:
     def __call__(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
         if sample_weight is None and self.from_logits and y_pred.dim() == 2 and \
                 self.name in _CLASS_ID_LOSSES and not y_true.is_floating_point():
-            return F.cross_entropy(y_pred, y_true.reshape(-1))  # one fused op, fwd and bwd
+            ids = y_true if y_true.dim() == 1 else y_true.reshape(-1)
+            return F.cross_entropy(y_pred, ids)  # one fused op, fwd and bwd
         if self.name is None:
             per = self.fn(y_pred, y_true) if self.torch_order else self.fn(y_true, y_pred)
         else:
