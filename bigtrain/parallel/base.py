@@ -214,20 +214,35 @@ class Strategy:
         last = len(batch.micro) - 1
         whole = last == 0 and batch.weights[0] == 1.0  # the common case: no loss rescaling
         for i, ((x, y, sw), w) in enumerate(zip(batch.micro, batch.weights)):
-            sync = contextlib.nullcontext() if i == last else self.no_sync(module)
-            with sync:
-                self.mark("forward")
-                with autocast():
-                    out = module(*x) if isinstance(x, tuple) else module(x)
-                    loss = compute_loss(out, y, sw)
-                self.mark("backward (+ gradient sync)" if i == last else "backward")
-                self.backward(loss if whole else loss * w)
-            outputs.append(out.detach() if torch.is_tensor(out) else out)
+            scale = None if whole else w
+            if i == last:  # gradients synchronise in this backward
+                out, loss = self._micro_step(module, x, y, sw, scale, compute_loss, autocast,
+                                             "backward (+ gradient sync)")
+            else:
+                with self.no_sync(module):
+                    out, loss = self._micro_step(module, x, y, sw, scale, compute_loss,
+                                                 autocast, "backward")
+            outputs.append(out.detach() if isinstance(out, torch.Tensor) else out)
             total = loss.detach() if whole else total + loss.detach() * w
         self.mark("optimizer step")
         self.optimizer_step(optimizer)
         optimizer.zero_grad(set_to_none=True)
         return outputs, total if whole else total / max(sum(batch.weights), 1e-12)
+
+    def _micro_step(self, module, x, y, sw, scale, compute_loss, autocast, backward_op):
+        """Forward and backward of one micro-batch, its loss times `scale` (None: as is);
+        returns (outputs, unscaled loss)."""
+        self.mark("forward")
+        if autocast is contextlib.nullcontext:  # full precision: no context to enter
+            out = module(*x) if isinstance(x, tuple) else module(x)
+            loss = compute_loss(out, y, sw)
+        else:
+            with autocast():
+                out = module(*x) if isinstance(x, tuple) else module(x)
+                loss = compute_loss(out, y, sw)
+        self.mark(backward_op)
+        self.backward(loss if scale is None else loss * scale)
+        return out, loss
 
     # ---- reductions and state -----------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
