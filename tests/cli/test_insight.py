@@ -101,28 +101,17 @@ def test_doctor_checks_a_scripts_data_before_training(tmp_path, capsys):
 
 
 def test_doctor_lr_test_flags_a_learning_rate_far_too_low(tmp_path, capsys):
-    script = tmp_path / "train.py"
-    script.write_text(
-        "import numpy as np\n"
-        "from bigtrain.layers import Dense, Input\nfrom bigtrain.models import Model\n"
-        "rng = np.random.default_rng(0)\n"
-        "x = rng.normal(size=(600, 8)).astype('float32')\n"
-        "y = np.eye(3, dtype='float32')[(x @ rng.normal(size=(8, 3))).argmax(1)]\n"
-        "i = Input(shape=(8,))\n"
-        "m = Model(i, Dense(3, activation='softmax')(Dense(16, activation='relu')(i)))\n"
-        "m.compile(optimizer='adam', loss='categorical_crossentropy', learning_rate=LR)\n"
-        "m.fit(x, y, epochs=5, batch_size=20)\n")
     findings = {}
     for lr in ("1e-7", "3e-2"):
         path = tmp_path / f"train_{lr}.py"
-        path.write_text(script.read_text().replace("LR", lr))
+        path.write_text(lr_script(lr, "epochs=5, batch_size=20"))
         assert main(["doctor", str(path), "--lr-test"]) == 0
         findings[lr] = capsys.readouterr().out
     assert "lr_too_low" in findings["1e-7"]
     assert "lr_too" not in findings["3e-2"]
 
 
-LR_SCRIPT = (
+LR_SCRIPT_TEMPLATE = (
     "import sys\nimport numpy as np\n"
     "from bigtrain.layers import Dense, Input\nfrom bigtrain.models import Model\n"
     "rng = np.random.default_rng(0)\n"
@@ -130,8 +119,16 @@ LR_SCRIPT = (
     "y = np.eye(3, dtype='float32')[(x @ rng.normal(size=(8, 3))).argmax(1)]\n"
     "i = Input(shape=(8,))\n"
     "m = Model(i, Dense(3, activation='softmax')(Dense(16, activation='relu')(i)))\n"
-    "m.compile(optimizer='adam', loss='categorical_crossentropy', learning_rate=1e-7)\n"
-    "m.fit(x, y, epochs=1, batch_size=20, verbose=0, run_dir=sys.argv[1])\n")
+    "m.compile(optimizer='adam', loss='categorical_crossentropy', learning_rate=LR)\n"
+    "m.fit(x, y, FIT)\n")
+
+
+def lr_script(lr: str, fit: str) -> str:
+    """A training script at learning rate `lr`, calling fit(x, y, <fit>)."""
+    return LR_SCRIPT_TEMPLATE.replace("LR", lr).replace("FIT", fit)
+
+
+LR_SCRIPT = lr_script("1e-7", "epochs=1, batch_size=20, verbose=0, run_dir=sys.argv[1]")
 
 
 def test_doctor_run_dir_lr_test_reruns_the_recorded_script(tmp_path, capsys):

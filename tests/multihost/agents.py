@@ -15,6 +15,18 @@ import time
 
 from tests.multihost import netns
 
+#: The model and data every multi-host training script builds (a 12 -> 16 -> 3 classifier on
+#: 128 fixed samples), so runs on different hosts and an in-process reference agree.
+TOY_MODEL = """\
+rng = np.random.default_rng(0)
+x = rng.normal(size=(128, 12)).astype("float32")
+y = np.eye(3, dtype="float32")[(x @ rng.normal(size=(12, 3))).argmax(1)]
+bigtrain.set_seed(0)
+inp = Input(shape=(12,))
+model = Model(inp, Dense(3, activation="softmax")(Dense(16, activation="relu")(inp)))
+model.compile(optimizer="adam", loss="categorical_crossentropy", learning_rate=1e-2)
+"""
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 

@@ -35,7 +35,7 @@ import time
 import pytest
 
 from tests.multihost import netns
-from tests.multihost.agents import REPO, Agent
+from tests.multihost.agents import REPO, TOY_MODEL, Agent
 
 TIMEOUT_S = 10           # the job's process-group timeout (fit(timeout=...))
 EPOCHS, BATCHES = 3, 4   # 128 samples in batches of 32: 12 steps
@@ -59,13 +59,7 @@ SCRIPT = textwrap.dedent("""
         def on_train_batch_end(self, batch, logs=None):
             time.sleep(pause)
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 12)).astype("float32")
-    y = np.eye(3, dtype="float32")[(x @ rng.normal(size=(12, 3))).argmax(1)]
-    bigtrain.set_seed(0)
-    inp = Input(shape=(12,))
-    model = Model(inp, Dense(3, activation="softmax")(Dense(16, activation="relu")(inp)))
-    model.compile(optimizer="adam", loss="categorical_crossentropy", learning_rate=1e-2)
+    TOY_MODEL
     extra = {} if ckpt == "-" else {"strategy": "ddp", "timeout": timeout,
                                     "checkpoint_dir": ckpt, "checkpoint_every": every}
     h = model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=1,
@@ -74,7 +68,7 @@ SCRIPT = textwrap.dedent("""
         if bigtrain.is_main_process() else float("nan")
     print(f"DONE host={socket.gethostname()} rank={os.environ.get('RANK', '-')} "
           f"loss={h.history['loss'][-1]:.6f} wsum={w:.6f}", flush=True)
-""")
+""").replace("TOY_MODEL\n", TOY_MODEL)
 
 DONE = re.compile(r"DONE host=(\S+) rank=(\S+) loss=(\S+) wsum=(\S+)")
 RESUMED = r"Resuming from checkpoint step (\d+)"

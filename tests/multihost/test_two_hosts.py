@@ -23,7 +23,7 @@ import time
 import pytest
 
 from tests.multihost import netns
-from tests.multihost.agents import REPO, Agent
+from tests.multihost.agents import REPO, TOY_MODEL, Agent
 
 TIMEOUT_S = 10          # the jobs' process-group timeout (fit(timeout=...))
 SLACK_S = 45            # start-up and teardown of torch on a loaded 2-core machine
@@ -45,13 +45,7 @@ SCRIPT = textwrap.dedent("""
             print(f"STEP batch={batch}", flush=True)
             time.sleep(pause)
 
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 12)).astype("float32")
-    y = np.eye(3, dtype="float32")[(x @ rng.normal(size=(12, 3))).argmax(1)]
-    bigtrain.set_seed(0)
-    inp = Input(shape=(12,))
-    model = Model(inp, Dense(3, activation="softmax")(Dense(16, activation="relu")(inp)))
-    model.compile(optimizer="adam", loss="categorical_crossentropy", learning_rate=1e-2)
+    TOY_MODEL
     extra = {} if strategy == "single" else {"strategy": strategy, "timeout": timeout}
     h = model.fit(x, y, epochs=epochs, batch_size=32, shuffle=False, verbose=0,
                   callbacks=[Beat()], **extra)
@@ -60,7 +54,7 @@ SCRIPT = textwrap.dedent("""
         if bigtrain.is_main_process() else float("nan")
     print(f"DONE host={socket.gethostname()} rank={os.environ.get('RANK', '-')} "
           f"loss={h.history['loss'][-1]:.6f} wsum={w:.6f}", flush=True)
-""")
+""").replace("TOY_MODEL\n", TOY_MODEL)
 
 DONE = re.compile(r"DONE host=(\S+) rank=(\S+) loss=(\S+) wsum=(\S+)")
 
