@@ -34,7 +34,6 @@ import time
 
 import pytest
 
-from tests.multihost import netns
 from tests.multihost.agents import REPO, TOY_MODEL, Agent
 
 TIMEOUT_S = 10           # the job's process-group timeout (fit(timeout=...))
@@ -73,15 +72,6 @@ SCRIPT = textwrap.dedent("""
 DONE = re.compile(r"DONE host=(\S+) rank=(\S+) loss=(\S+) wsum=(\S+)")
 RESUMED = r"Resuming from checkpoint step (\d+)"
 LOST_PEER = r"Connection (closed|reset) by peer"
-
-
-@pytest.fixture
-def hosts():
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    with netns.simulated_hosts(2) as pair:
-        yield pair
 
 
 def uninterrupted_wsum(script) -> float:

@@ -60,15 +60,6 @@ DONE = re.compile(r"DONE host=(\S+) rank=(\S+) loss=(\S+) wsum=(\S+)")
 
 
 @pytest.fixture
-def hosts():
-    reason = netns.unavailable()
-    if reason:
-        pytest.skip(reason)
-    with netns.simulated_hosts(2) as pair:
-        yield pair
-
-
-@pytest.fixture
 def script(tmp_path):
     path = tmp_path / "train.py"
     path.write_text(SCRIPT)
