@@ -290,7 +290,7 @@ def _broadcast_results(rank, world):
 
     import torch.distributed as dist
 
-    from bigtrain.parallel.pipeline import _Runtime
+    from bigtrain.parallel.pipeline_runtime import PipelineRuntime
     rt = types.SimpleNamespace(env=types.SimpleNamespace(device=torch.device("cpu")),
                                last_rank=1, pp_group=dist.group.WORLD)
     g = torch.Generator().manual_seed(5)
@@ -302,7 +302,7 @@ def _broadcast_results(rank, world):
     for i, out in enumerate(outs):
         loss = torch.tensor(0.1 * (i + 1), dtype=torch.float32)
         mine = (out, loss) if rank == 1 else (None, None)
-        got.append(_Runtime._broadcast_result(rt, *mine))
+        got.append(PipelineRuntime._broadcast_result(rt, *mine))
     return got
 
 
