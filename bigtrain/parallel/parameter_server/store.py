@@ -117,23 +117,29 @@ class ShardStore:
                             f"the index describes {off} and {id_off}")
         return grads
 
-    def _add_rows(self, grads, param: int, ids: torch.Tensor, rows: torch.Tensor) -> None:
-        covered = torch.zeros_like(ids, dtype=torch.bool)
+    def _pieces_holding(self, param: int, ids: torch.Tensor) -> list:
+        """(position, piece, mask of the `ids` it holds) for each piece of parameter `param`
+        on this server; PushError naming ids that none of them holds."""
+        found, covered = [], torch.zeros_like(ids, dtype=torch.bool)
         for pos, piece in enumerate(self.pieces):
-            if piece.param != param:
-                continue
-            mask = (ids >= piece.start) & (ids < piece.stop)
-            covered |= mask
+            if piece.param == param:
+                mask = (ids >= piece.start) & (ids < piece.stop)
+                covered |= mask
+                found.append((pos, piece, mask))
+        if not bool(covered.all()):
+            bad = ids[~covered][:5].tolist()
+            raise PushError(f"row ids {bad} of {self.plan.params[param].name!r} are not held by "
+                            "this server (ids out of range for the embedding table?)")
+        return found
+
+    def _add_rows(self, grads, param: int, ids: torch.Tensor, rows: torch.Tensor) -> None:
+        for pos, piece, mask in self._pieces_holding(param, ids):
             if not bool(mask.any()):
                 continue
             g = torch.sparse_coo_tensor((ids[mask] - piece.start)[None], rows[mask],
                                         self.plan.piece_shape(piece),
                                         check_invariants=False).coalesce()  # ids checked above
             grads[pos] = _add(grads.get(pos), g if self.sparse_ok[pos] else g.to_dense())
-        if not bool(covered.all()):
-            bad = ids[~covered][:5].tolist()
-            raise PushError(f"row ids {bad} of {self.plan.params[param].name!r} are not held by "
-                            "this server (ids out of range for the embedding table?)")
 
     def apply(self, grads: dict[int, torch.Tensor], scale: float = 1.0) -> None:
         """One optimizer step on each piece that has a gradient (each under its own lock)."""
@@ -169,18 +175,10 @@ class ShardStore:
         """Rows `ids` (global row ids) of parameter `param`, flattened; PushError if not here."""
         info = self.plan.params[param]
         out = torch.empty((ids.numel(), info.row_numel), dtype=self.tensors[0].dtype)
-        covered = torch.zeros_like(ids, dtype=torch.bool)
-        for pos, piece in enumerate(self.pieces):
-            if piece.param != param:
-                continue
-            mask = (ids >= piece.start) & (ids < piece.stop)
-            covered |= mask
+        for pos, piece, mask in self._pieces_holding(param, ids):
             with self.locks[pos]:
                 out[mask] = self.tensors[pos].detach().reshape(-1, info.row_numel)[
                     ids[mask] - piece.start]
-        if not bool(covered.all()):
-            raise PushError(f"rows {ids[~covered][:5].tolist()} of {info.name!r} are not held "
-                            "by this server")
         return out.reshape(-1)
 
     # ---- checkpoints ---------------------------------------------------------------------
