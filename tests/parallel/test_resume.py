@@ -18,9 +18,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from bigtrain.engine.callbacks.base import Callback
 from bigtrain.engine.checkpoint import export_safetensors
 from tests.dist import run_ranks
+from tests.engine.test_checkpoint import CountBatches
 from tests.parallel.strategy_cases import build, max_param_diff
 
 STRATEGIES = ["zero3", "zero1", "ddp"]
@@ -28,15 +28,6 @@ ONLY_ON_TWO = ["fsdp_offload"]  # same FSDP2 path as zero3, state on the host
 STEPS_PER_EPOCH, EPOCHS, BATCH = 3, 2, 24
 TOTAL = STEPS_PER_EPOCH * EPOCHS
 TOL = 1e-6
-
-
-class CountBatches(Callback):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.count += 1
 
 
 def train_run(strategy_name: str, ckpt: str, resume: str) -> tuple[dict | None, int]:
