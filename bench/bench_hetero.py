@@ -28,7 +28,7 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import Row, alternate, check_target, machine_line, print_table  # noqa: E402
+from bench.common import Row, alternate, machine_line, report_step_ratio  # noqa: E402
 from tests.dist import run_ranks  # noqa: E402
 
 WORLD, SLOW, BATCH, SEQ, FEATURES, HIDDEN = 2, 3.0, 256, 64, 16, 256
@@ -117,12 +117,8 @@ def main() -> None:
           f"(ideal {1 - 1 / (SLOW + 1):.2f} / {1 / (SLOW + 1):.2f})")
     print("  share history: " + ", ".join(f"{h[0]:.2f}/{h[1]:.2f}" for h in out["history"]))
     rows = [Row(name, steps * BATCH, secs) for name, secs in out["times"].items()]
-    ratios = print_table(f"{steps} steps per repeat, 2 ranks", rows,
-                         ratios=[("speed-aware", "equal split")])
-    for r in rows:
-        print(f"  {r.name}: {r.median_s / steps * 1e3:.1f} ms per step (median)")
-    step_ratio = 1.0 / ratios["speed-aware/equal split"]  # rate ratio -> time ratio
-    check_target("speed-aware / equal step time", step_ratio, TARGET, higher_is_better=False)
+    report_step_ratio(f"{steps} steps per repeat, 2 ranks", rows, steps, "speed-aware",
+                      "equal split", TARGET)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import (Row, alternate, check_target, machine_busy_seconds,  # noqa: E402
-                          machine_line, print_table)
+from bench.common import (Row, alternate, machine_busy_seconds, machine_line,  # noqa: E402
+                          report_step_ratio)
 from tests.dist import run_ranks  # noqa: E402
 
 WORLD, SLOW, LAYERS, WIDTH, MICRO, ROWS = 2, 3.0, 8, 1024, 8, 64
@@ -116,12 +116,8 @@ def main() -> None:
           f"speed-aware partition {out['partition']} (equal: {[LAYERS // WORLD] * WORLD}; "
           f"ideal for 3x: [6, 2])")
     rows = [Row(name, MICRO * ROWS * steps, secs) for name, secs in out["times"].items()]
-    ratios = print_table(f"{steps} steps per repeat, 2 pipeline ranks", rows,
-                         ratios=[("speed-aware", "equal partition")])
-    for r in rows:
-        print(f"  {r.name}: {r.median_s / steps * 1e3:.1f} ms per step (median)")
-    step_ratio = 1.0 / ratios["speed-aware/equal partition"]  # rate ratio -> time ratio
-    check_target("speed-aware / equal step time", step_ratio, TARGET, higher_is_better=False)
+    report_step_ratio(f"{steps} steps per repeat, 2 pipeline ranks", rows, steps,
+                      "speed-aware", "equal partition", TARGET)
 
 
 if __name__ == "__main__":

@@ -157,3 +157,15 @@ def check_target(label: str, value: float, target: float, higher_is_better: bool
     sign = ">=" if higher_is_better else "<="
     print(f"  target {label}: {value:.3f} {sign} {target} -> {'met' if ok else 'MISSED'}")
     return ok
+
+
+def report_step_ratio(title: str, rows: list[Row], steps: int, fast: str, slow: str,
+                      target: float) -> float:
+    """Table of `rows`, ms per step of each, and `fast`'s step time over `slow`'s against
+    `target` (lower is better); returns that ratio."""
+    ratios = print_table(title, rows, ratios=[(fast, slow)])
+    for r in rows:
+        print(f"  {r.name}: {r.median_s / steps * 1e3:.1f} ms per step (median)")
+    step_ratio = 1.0 / ratios[f"{fast}/{slow}"]  # rate ratio -> time ratio
+    check_target(f"{fast} / {slow} step time", step_ratio, target, higher_is_better=False)
+    return step_ratio
