@@ -82,10 +82,13 @@ def _bubble(strategy) -> float | None:
 
 def model_flops_utilisation(task, samples_per_s: float | None, world_size: int,
                             local_world_size: int) -> tuple[float | None, float | None]:
-    """(MFU, peak FLOP/s per rank): 3 x forward FLOPs per sample (counted on one sample on
-    the meta device) x samples/s, over the measured matmul peak of this host's ranks.
-    None where it cannot be measured (sharded parameters, a GPU without a known peak)."""
-    from bigtrain.plan import measure_cpu_device, profile_module
+    """(MFU, peak FLOP/s of the job): 3 x forward FLOPs per sample (counted on one sample
+    on the meta device) x samples/s, over world_size x one rank's peak. The rank's peak is
+    an fp32 matmul timed with its own threads, already its share of the host's cores (see
+    bigtrain.plan.device.rank_peak_flops). None where it cannot be measured (sharded
+    parameters, a GPU without a known peak)."""
+    from bigtrain.plan import profile_module
+    from bigtrain.plan.device import measure_matmul_flops, rank_peak_flops
     if not samples_per_s or any(hasattr(p, "to_local") for p in task.module.parameters()):
         return None, None
     if next(task.module.parameters()).device.type != "cpu":
@@ -93,12 +96,14 @@ def model_flops_utilisation(task, samples_per_s: float | None, world_size: int,
     try:
         x, _, _ = task.train.take(torch.arange(1), torch.device("cpu"))
         flops = profile_module(task.module, example_input=x).forward_flops_per_sample
-        peak = measure_cpu_device(ranks_per_host=local_world_size).flops
+        peak = rank_peak_flops(measure_matmul_flops(), torch.get_num_threads(),
+                               local_world_size, os.cpu_count())
     except Exception:  # noqa: BLE001 - a figure we cannot measure is left out, not guessed
         return None, None
     if not flops or not peak:
         return None, None
-    return 3.0 * flops * samples_per_s / (peak * world_size), peak
+    job_peak = peak * world_size
+    return 3.0 * flops * samples_per_s / job_peak, job_peak
 
 
 def tokens_per_sample(task) -> int | None:

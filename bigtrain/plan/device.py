@@ -135,6 +135,36 @@ def _time_best(fn, repeats: int) -> float:
     return best
 
 
+def measure_matmul_flops(n: int = 512, repeats: int = 3) -> float:
+    """FLOP/s of an n x n fp32 matmul with this process's torch threads (best of `repeats`).
+
+    Inside a rank whose threads are its share of the host's cores this is already the
+    rank's share of the host: do not divide it by the ranks again.
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm up the BLAS threads
+    return 2.0 * n ** 3 / _time_best(lambda: torch.mm(a, b), repeats)
+
+
+def rank_peak_flops(measured: float, threads: int, ranks_per_host: int,
+                    cores: int | None) -> float:
+    """Peak FLOP/s of one rank from a matmul it timed alone with its own `threads`.
+
+    The rank's threads are its share of the cores, so the measurement is its peak, as long
+    as the ranks of the host do not ask for more threads than there are cores; when they
+    do (ranks x threads > cores) they share the cores, and so the peak, in that ratio.
+
+    Example:
+        >>> rank_peak_flops(1e10, threads=1, ranks_per_host=2, cores=2)
+        10000000000.0
+        >>> rank_peak_flops(1e10, threads=2, ranks_per_host=2, cores=2)
+        5000000000.0
+    """
+    if cores is None or threads * ranks_per_host <= cores:
+        return measured
+    return measured * cores / (threads * ranks_per_host)
+
+
 def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
                        repeats: int = 3) -> DeviceSpec:
     """Measure this host: an n x n fp32 matmul for FLOP/s, a tensor copy for bandwidth.
@@ -151,9 +181,7 @@ def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
     Example:
         spec = measure_cpu_device(ranks_per_host=2)
     """
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)  # warm up the BLAS threads
-    flops = 2.0 * n ** 3 / _time_best(lambda: torch.mm(a, b), repeats)
+    flops = measure_matmul_flops(n, repeats)
     src = torch.empty(copy_mb * 2 ** 20, dtype=torch.uint8)
     dst = torch.empty_like(src)
     dst.copy_(src)
