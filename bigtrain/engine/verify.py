@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -23,6 +24,14 @@ from bigtrain.parallel.base import Strategy, resolve_strategy, strategy_names
 
 PASS, FAIL, ERROR, UNAVAILABLE, UNSUPPORTED = "pass", "FAIL", "error", "unavailable", \
     "unsupported"
+#: the reference must move the parameters by more than this many tolerances, or a strategy
+#: that trains wrong (or not at all) could stay within the tolerance: the check is blind
+MIN_MOVE_IN_TOLERANCES = 100
+
+
+class BlindCheck(ValueError):
+    """The reference run moved the parameters too little for the tolerance to tell a
+    broken strategy from a working one."""
 
 
 @dataclass(frozen=True)
@@ -32,8 +41,9 @@ class ParityRow:
     Attributes:
         strategy: the name asked for.
         status: "pass", "FAIL" (numbers differ), "error" (the run raised), "unavailable"
-            (no strategy of that name is registered) or "unsupported" (it refuses this
-            model/batch/devices before starting; the reason is in `detail`).
+            (no strategy of that name is registered: a failure, nothing was checked) or
+            "unsupported" (it refuses this model/batch/devices before starting; the reason
+            is in `detail`).
         max_param_diff: max |parameter - single-process parameter| over every tensor.
         loss_diff: |mean training loss - single-process mean loss| over the K steps.
         detail: a one-line explanation for anything but "pass".
@@ -50,7 +60,38 @@ class ParityRow:
 
     @property
     def failed(self) -> bool:
-        return self.status in (FAIL, ERROR)
+        return self.status in (FAIL, ERROR, UNAVAILABLE)
+
+
+def check_names(names: list[str]) -> None:
+    """Raise ValueError naming every unregistered strategy name and the closest valid one.
+
+    Example:
+        check_names(["ddp", "zer03"])  # ValueError: ... 'zer03' (did you mean 'zero3'?)
+    """
+    known = strategy_names()
+    unknown = [n for n in names if n not in known]
+    if not names:
+        raise ValueError(f"no strategy to verify; pass names such as {', '.join(known[:4])}")
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(f"unknown strategy name {', '.join(hints)}; registered names: "
+                         f"{', '.join(known)}")
+
+
+def check_not_blind(moved: float, tolerance: float) -> None:
+    """Raise BlindCheck when the reference moved the parameters by at most
+    MIN_MOVE_IN_TOLERANCES x `tolerance`: any strategy, even one that does not train, would
+    then look like a pass."""
+    if moved <= MIN_MOVE_IN_TOLERANCES * tolerance:
+        raise BlindCheck(
+            f"single-process training moved the parameters by only {moved:.2e}, not more "
+            f"than {MIN_MOVE_IN_TOLERANCES} x the tolerance {tolerance:g}: a strategy that "
+            "trains wrong (or not at all) would pass. Raise --steps or the learning rate, or "
+            "lower --tolerance")
 
 
 def first_samples(data: ArrayData, n: int) -> ArrayData:
@@ -114,19 +155,25 @@ def check_strategy(name: str, make_task, owner, devices: int, tolerance: float,
 def verify_parity(make_task: Callable[[], TrainTask], owner, strategies: list[str],
                   devices: int, tolerance: float) -> tuple[list[ParityRow], float]:
     """Every strategy's parity with single-process training, and how far the reference
-    moved the parameters (if that is not well above `tolerance`, the check is blind).
+    moved the parameters.
+
+    Raises ValueError for an unregistered strategy name (before anything trains) and
+    BlindCheck when the reference moves the parameters too little for `tolerance` to tell
+    strategies apart (before any rank starts).
 
     Args:
         make_task: builds a fresh task each call, always from the same initial weights
             (K steps of data, shuffle off).
         owner: the user's model object (callbacks see it on each rank).
-        strategies: registered names ("ddp", "zero3", ...); others report "unavailable".
+        strategies: registered names ("ddp", "zero3", ...).
         devices: processes per strategy run.
         tolerance: max allowed |difference| of parameters and of the mean loss.
     """
+    check_names(strategies)
     initial = {k: v.detach().cpu().clone() for k, v in make_task().module.state_dict().items()}
     reference = run_single(make_task, owner)
     moved = max_state_diff(initial, reference.state_dict)
+    check_not_blind(moved, tolerance)
     rows = [check_strategy(name, make_task, owner, devices, tolerance, reference)
             for name in strategies]
     return rows, moved

@@ -1,5 +1,6 @@
 """`bigtrain verify`: ddp and zero3 match one process; a strategy that skips one gradient
-reduction is caught; unknown names are "unavailable"; the exit status says it all."""
+reduction is caught; an unknown name or a check too weak to tell strategies apart fails
+before any rank starts; the exit status says it all."""
 import textwrap
 
 import pytest
@@ -8,11 +9,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigtrain.cli.main import main
 from bigtrain.engine.data import ArrayData
-from bigtrain.engine.verify import FAIL, PASS, UNAVAILABLE, ParityRow, all_passed, first_samples
+from bigtrain.engine.verify import (FAIL, PASS, UNAVAILABLE, UNSUPPORTED, ParityRow, all_passed,
+                                   first_samples)
 from bigtrain.parallel.base import register
 from bigtrain.parallel.data_parallel import DataParallel
 
 SCRIPT = textwrap.dedent("""
+    LR = 0.01
     import sys
     import numpy as np
     import bigtrain
@@ -25,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     bigtrain.set_seed(0)
     inp = Input(shape=(12,))
     model = Model(inp, Dense(3, activation="softmax")(Dense(16, activation="relu")(inp)))
-    model.compile(optimizer="adam", loss="categorical_crossentropy", learning_rate=0.01)
+    model.compile(optimizer="adam", loss="categorical_crossentropy", learning_rate=LR)
     try:
         model.fit(x, y, epochs=50, batch_size=16, strategy="ddp", devices=4)
     except Exception:  # verify must not be fooled by a script that swallows errors
@@ -63,22 +66,41 @@ def test_verify_passes_good_strategies_and_catches_a_broken_one(tmp_path, capsys
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     code = main(["verify", str(script), "--strategies",
-                 f"ddp,zero3,{SkipsOneReduction.name},no_such_strategy",
+                 f"ddp,zero3,{SkipsOneReduction.name}",
                  "--steps", "3", "--devices", "2", "--tolerance", "1e-5",
                  "--script-args", "--rows 200"])
     out = capsys.readouterr().out
     assert out.count("SCRIPT START ['--rows', '200']") == 1 and "AFTER FIT" not in out, out
     assert "3 steps of global batch 16" in out, out
-    assert _table(out) == {"ddp": "pass", "zero3": "pass", SkipsOneReduction.name: "FAIL",
-                           "no_such_strategy": "unavailable"}, out
+    assert _table(out) == {"ddp": "pass", "zero3": "pass", SkipsOneReduction.name: "FAIL"}, out
     assert code == 1  # one strategy failed
-    assert "warning" not in out  # 3 steps moved the weights far beyond the tolerance
+
+
+def test_unknown_strategy_name_fails_before_training(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    with pytest.raises(SystemExit, match=r"unknown strategy name 'zer03' \(did you mean "
+                                         r"'zero3'\?\)") as exit_:
+        main(["verify", str(script), "--strategies", "ddp,zer03"])
+    assert exit_.value.code != 0
+    assert "steps of global batch" not in capsys.readouterr().out  # nothing trained
+
+
+def test_a_check_too_weak_to_tell_strategies_apart_fails(tmp_path, capsys):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.replace("LR = 0.01", "LR = 1e-9"))  # 3 steps move ~3e-9
+    with pytest.raises(SystemExit, match=r"moved the parameters by only .* a strategy that "
+                                         r"trains wrong \(or not at all\) would pass") as exit_:
+        main(["verify", str(script), "--strategies", "ddp", "--steps", "3"])
+    assert exit_.value.code != 0
+    assert "pass" not in _table(capsys.readouterr().out).values()  # no rank was started
 
 
 def test_exit_status_and_rows():
-    ok = [ParityRow("ddp", PASS, 0.0, 0.0), ParityRow("pipeline", UNAVAILABLE)]
+    ok = [ParityRow("ddp", PASS, 0.0, 0.0), ParityRow("pipeline", UNSUPPORTED, detail="x")]
     assert all_passed(ok)
     assert not all_passed(ok + [ParityRow("zero3", FAIL, 1e-3, 1e-4)])
+    assert not all_passed(ok + [ParityRow("zer03", UNAVAILABLE)])  # nothing was checked
     with pytest.raises(ValueError, match="unknown parity status"):
         ParityRow("ddp", "ok")
 
