@@ -7,6 +7,7 @@ History, so the code after `fit` runs once, as it would without a strategy.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 
@@ -64,6 +65,17 @@ def choose_auto(model, devices, config) -> str:
                      "bigtrain plan for the breakdown")
 
 
+def warn_if_slow_bf16(precision: str, device_kind: str) -> None:
+    """Warn, before training starts (main process only), when bf16 is much slower than fp32
+    on this CPU; the probe (bigtrain.plan.bf16) runs once per process, only for bf16 on CPU."""
+    from bigtrain.plan import bf16
+    if precision != "bf16-mixed" or device_kind != "cpu" or not dist_env.is_main_process():
+        return
+    message = bf16.slow_bf16_message(precision, device_kind, bf16.probe_bf16())
+    if message:
+        warnings.warn(message, bf16.SlowBf16Warning, stacklevel=4)
+
+
 # fit keyword -> CheckpointConfig field
 _CHECKPOINT_OPTIONS = {"checkpoint_dir": "directory", "checkpoint_every": "every_steps",
                        "checkpoint_at_epoch_end": "at_epoch_end", "keep_last": "keep_last",
@@ -95,6 +107,7 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
         strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
     check_precision(strat, config.precision)  # before any process starts
+    warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")

@@ -126,8 +126,20 @@ def _straggler(r: RunRecord) -> list[Finding]:
                     "shard, or a different thread count")]
 
 
+def _slow_bf16(r: RunRecord) -> list[Finding]:
+    probe = r.extra.get("bf16_probe") or {}
+    if r.precision != "bf16-mixed" or r.device != "cpu" or not probe.get("slow"):
+        return []
+    return [Finding("slow_bf16", "warning",
+                    f"precision is bf16-mixed on a CPU where a bf16 matmul took "
+                    f"{probe['slowdown']:.1f}x as long as fp32 (no native AVX-512 BF16 / AMX): "
+                    "every step pays that in conversions",
+                    "train with precision='32' on this CPU (bf16 pays off on GPUs and on "
+                    "CPUs with native bf16); keep bf16 for those")]
+
+
 SPEED_CHECKS = (_input_bound, _comm_bound, _low_mfu, _oversubscribed, _unfused, _bubble,
-                _straggler)
+                _straggler, _slow_bf16)
 
 
 def check_run(record: RunRecord) -> list[Finding]:

@@ -158,8 +158,16 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
                **({} if timing.exposed_sync_s is None else
                   {"probed_sync_wait_s": timing.exposed_sync_s}),  # rank 0's probe
                "step_time_note": timing_note(strategy, timing),
+               **_bf16_extra(task, strategy),
                **{k: stats[k] for k in ("pipeline_bubble_theory",) if k in stats}})
     record.save(task.run_dir)
+
+
+def _bf16_extra(task, strategy) -> dict:
+    """{"bf16_probe": ...} when the run trained in bf16 on a CPU (the doctor's slow_bf16)."""
+    from bigtrain.plan.bf16 import bf16_record
+    probe = bf16_record(task.config.precision, strategy.env.device.type)
+    return {} if probe is None else {"bf16_probe": probe}
 
 
 def timing_note(strategy, timing) -> str:

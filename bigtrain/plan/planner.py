@@ -21,6 +21,7 @@ from typing import Sequence
 
 from torch import nn
 
+from bigtrain.plan.bf16 import SLOW_BF16_FACTOR, probe_bf16
 from bigtrain.plan.cost import StepTime, step_time
 from bigtrain.plan.device import DeviceSpec, cpu_device, host_memory_bytes
 from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
@@ -195,13 +196,33 @@ def _activation_per_sample(prof: ModelProfile, prec, override: float | None,
     return 0.0
 
 
+def _bf16_factor(precision: str, kind: str, this_host: bool, given: float | None,
+                 notes: list[str]) -> float:
+    """How many times slower bf16 compute is than the device's fp32 figure (1.0 unless bf16
+    on a CPU without native bf16); notes why when it is not 1."""
+    if precision != "bf16-mixed" or kind != "cpu":
+        return 1.0
+    if given is None:
+        if not this_host:
+            return 1.0
+        probe = probe_bf16()
+        given = probe.slowdown if probe.slow else 1.0
+    if given <= SLOW_BF16_FACTOR:
+        return 1.0
+    notes.append(f"slow_bf16: a bf16 matmul takes {given:.1f}x as long as fp32 on this CPU (no "
+                 "native AVX-512 BF16 / AMX); compute times are scaled by it: use "
+                 "precision='32' here")
+    return given
+
+
 def plan(model_or_param_count, *, devices: int, batch_size: int,
          device_memory: float | None = None, seq_len: int | None = None,
          microbatches: int | None = None, precision: str = "32",
          optimizer: str | int = "adam", device_flops: float | None = None,
          bandwidth: float | None = None, activation_bytes_per_sample: float | None = None,
          device: DeviceSpec | Sequence[DeviceSpec] | None = None, example_input=None,
-         pipeline_schedule: str = "1f1b", reserve: float = 0.1) -> Plan:
+         pipeline_schedule: str = "1f1b", reserve: float = 0.1,
+         bf16_slowdown: float | None = None) -> Plan:
     """Estimate memory and step time of every strategy that can run, and rank them.
 
     Args:
@@ -227,6 +248,10 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         example_input: one sample (batch dimension 1) when the input cannot be guessed.
         pipeline_schedule: "1f1b" or "gpipe" (activations kept per stage).
         reserve: fraction of device memory kept free for allocator slack and workspaces.
+        bf16_slowdown: with precision="bf16-mixed" on CPU ranks, how many times longer a
+            bf16 matmul takes than fp32 there; default: probed on this host when `device`
+            is None (bigtrain.plan.bf16), else 1. Above SLOW_BF16_FACTOR, compute times are
+            scaled by it and a note says so.
 
     Example:
         >>> p = plan(1_000_000, devices=2, batch_size=32)
@@ -242,6 +267,10 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     specs = rank_specs(device, devices, (device_memory, device_flops, bandwidth))
     spec = slowest(specs)
     notes = [f"model figures: {prof.method}"]
+    slow_bf16 = _bf16_factor(precision, spec.kind, device is None, bf16_slowdown, notes)
+    if slow_bf16 > 1.0:  # every rank computes bf16 that many times slower than fp32
+        specs = [s.with_overrides(flops=s.flops / slow_bf16) for s in specs]
+        spec = slowest(specs)
     speeds = [s.flops for s in specs]
     uneven = max(speeds) > UNEVEN_SPEED * min(speeds)
     if uneven:
