@@ -1,0 +1,49 @@
+"""Speed-aware data parallel measured on the wall clock (the default clock), with a rank that
+really is slower: once through a genuinely larger per-step load (rank 1 runs extra forward
+passes of its share, no knob), once through the slow-rank knob's real sleep. The shares must
+move towards the fast rank; bounds are generous (the machine is shared), no timing asserted."""
+import pytest
+import torch
+
+from bigtrain.parallel.balanced import BalancedDataParallel
+from tests.dist import run_ranks
+from tests.parallel.test_balanced import _train
+from tests.parallel.strategy_cases import token_mlp
+
+EXTRA_FORWARDS = 3  # rank 1's extra forwards per step: ~(3 + 3) / 3 = 2x the work of rank 0
+KNOB = 3.0          # rank 1's slowdown through the slow-rank knob (a real sleep)
+
+
+def _burn_extra_forwards(module, inputs, output):
+    """A forward hook: run the module's forward EXTRA_FORWARDS more times on the same share
+    and throw the results away (real compute on the wall clock; the training is unchanged)."""
+    with torch.no_grad():
+        for _ in range(EXTRA_FORWARDS):
+            module.forward(*inputs)  # .forward, not __call__: the hook does not fire again
+
+
+def _wall_clock_runs(rank, world_size, steps, batch):
+    out = {}
+    model, task = token_mlp(steps, batch)
+    if rank == 1:
+        task.module.register_forward_hook(_burn_extra_forwards)
+    out["load"] = _train(model, task, BalancedDataParallel(rebalance_every=4, clock="wall",
+                                                           slow_ranks={}))
+    model, task = token_mlp(steps, batch)
+    out["knob"] = _train(model, task, BalancedDataParallel(
+        slow_ranks={1: KNOB}, rebalance_every=4, clock="wall"))
+    return {k: stats for k, (_, stats) in out.items()}
+
+
+@pytest.mark.slow
+def test_wall_clock_shares_follow_a_really_slower_rank():
+    got = run_ranks(_wall_clock_runs, 2, 24, 256, timeout=300)
+    for name in ("load", "knob"):
+        stats = got[0][name]
+        assert got[1][name]["shares"] == stats["shares"]  # both ranks decided the same
+        assert stats["share_history"][0] == [0.5, 0.5] and len(stats["share_history"]) >= 4
+    load = got[0]["load"]["shares"]
+    # ideal ~2 (twice the work); > 1.3 leaves room for a shared, noisy machine
+    assert 1.3 < load[0] / load[1] < 4.0, got[0]["load"]["share_history"]
+    knob = got[0]["knob"]["shares"]
+    assert 1.8 < knob[0] / knob[1] < 5.0, got[0]["knob"]["share_history"]  # ideal KNOB = 3
