@@ -160,12 +160,19 @@ def check_target(label: str, value: float, target: float, higher_is_better: bool
 
 
 def report_step_ratio(title: str, rows: list[Row], steps: int, fast: str, slow: str,
-                      target: float) -> float:
+                      target: float, ideal: float | None = None) -> float:
     """Table of `rows`, ms per step of each, and `fast`'s step time over `slow`'s against
-    `target` (lower is better); returns that ratio."""
+    `target` (lower is better), with its spread over the repeats (the contenders alternate,
+    so repeat i of one is paired with repeat i of the other) and the `ideal` ratio when
+    given; returns the ratio of the medians."""
     ratios = print_table(title, rows, ratios=[(fast, slow)])
     for r in rows:
         print(f"  {r.name}: {r.median_s / steps * 1e3:.1f} ms per step (median)")
     step_ratio = 1.0 / ratios[f"{fast}/{slow}"]  # rate ratio -> time ratio
+    by_name = {r.name: r for r in rows}
+    paired = sorted(a / b for a, b in zip(by_name[fast].seconds, by_name[slow].seconds))
+    print(f"  {fast} / {slow} step time per repeat: {paired[0]:.3f}..{paired[-1]:.3f} "
+          f"(median of medians {step_ratio:.3f}" +
+          (f"; ideal {ideal:.3f})" if ideal is not None else ")"))
     check_target(f"{fast} / {slow} step time", step_ratio, target, higher_is_better=False)
     return step_ratio
