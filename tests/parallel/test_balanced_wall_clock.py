@@ -2,6 +2,8 @@
 really is slower: once through a genuinely larger per-step load (rank 1 runs extra forward
 passes of its share, no knob), once through the slow-rank knob's real sleep. The shares must
 move towards the fast rank; bounds are generous (the machine is shared), no timing asserted."""
+import statistics
+
 import pytest
 import torch
 
@@ -35,6 +37,12 @@ def _wall_clock_runs(rank, world_size, steps, batch):
     return {k: stats for k, (_, stats) in out.items()}
 
 
+def _settled_ratio(history: list[list[float]]) -> float:
+    """Rank 0's share over rank 1's, the median of the last three re-splits (one noisy
+    window on a shared machine does not decide it)."""
+    return statistics.median(s[0] / s[1] for s in history[-3:])
+
+
 @pytest.mark.slow
 def test_wall_clock_shares_follow_a_really_slower_rank():
     got = run_ranks(_wall_clock_runs, 2, 24, 256, timeout=300)
@@ -42,8 +50,7 @@ def test_wall_clock_shares_follow_a_really_slower_rank():
         stats = got[0][name]
         assert got[1][name]["shares"] == stats["shares"]  # both ranks decided the same
         assert stats["share_history"][0] == [0.5, 0.5] and len(stats["share_history"]) >= 4
-    load = got[0]["load"]["shares"]
-    # ideal ~2 (twice the work); > 1.3 leaves room for a shared, noisy machine
-    assert 1.3 < load[0] / load[1] < 4.0, got[0]["load"]["share_history"]
-    knob = got[0]["knob"]["shares"]
-    assert 1.8 < knob[0] / knob[1] < 5.0, got[0]["knob"]["share_history"]  # ideal KNOB = 3
+    load, knob = got[0]["load"]["share_history"], got[0]["knob"]["share_history"]
+    # ideal ~2 (about twice the work; measured ~1.7); > 1.3 leaves room for a shared machine
+    assert 1.3 < _settled_ratio(load) < 4.0, load
+    assert 1.8 < _settled_ratio(knob) < 5.0, knob  # ideal KNOB = 3 (measured ~3.3)
