@@ -12,8 +12,8 @@ from tests.dist import run_ranks
 from tests.parallel.test_balanced import _train
 from tests.parallel.strategy_cases import token_mlp
 
-EXTRA_FORWARDS = 3  # rank 1's extra forwards per step: ~(3 + 3) / 3 = 2x the work of rank 0
-KNOB = 3.0          # rank 1's slowdown through the slow-rank knob (a real sleep)
+EXTRA_FORWARDS = 12  # rank 1's extra forwards per step: several times the work of rank 0
+KNOB = 3.0           # rank 1's slowdown through the slow-rank knob (a real sleep)
 
 
 def _burn_extra_forwards(module, inputs, output):
@@ -51,6 +51,7 @@ def test_wall_clock_shares_follow_a_really_slower_rank():
         assert got[1][name]["shares"] == stats["shares"]  # both ranks decided the same
         assert stats["share_history"][0] == [0.5, 0.5] and len(stats["share_history"]) >= 4
     load, knob = got[0]["load"]["share_history"], got[0]["knob"]["share_history"]
-    # ideal ~2 (about twice the work; measured ~1.7); > 1.3 leaves room for a shared machine
-    assert 1.3 < _settled_ratio(load) < 4.0, load
+    # measured ~4.7 (work ratio: 3 + 12 no-grad forwards against 3); > 2 leaves room for a
+    # shared machine (without the extra load: ~1.0-1.3)
+    assert 2.0 < _settled_ratio(load) < 12.0, load
     assert 1.8 < _settled_ratio(knob) < 5.0, knob  # ideal KNOB = 3 (measured ~3.3)
