@@ -146,6 +146,9 @@ def _check_rendezvous_port(argv: list[str]) -> None:
     if not local:
         return
     with socket.socket() as s:
+        # as torch's TCPStore binds (SO_REUSEADDR): a port held only by connections in
+        # TIME_WAIT after a previous job is free for it, a listening socket is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((socket.gethostbyname(host), int(port)))
         except OSError as e:
