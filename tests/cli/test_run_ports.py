@@ -10,8 +10,11 @@ from bigtrain.cli.main import _check_rendezvous_port
 
 def _port_in_time_wait() -> int:
     """A loopback port held only by a connection in TIME_WAIT (the side that closes first
-    keeps it, here the server's accepted socket), as after a finished job's store."""
+    keeps it, here the server's accepted socket), as after a finished job's store. Like
+    torch's store the listener sets SO_REUSEADDR (Linux reuses a TIME_WAIT port only when
+    both the old and the new socket set it)."""
     with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
         port = listener.getsockname()[1]
