@@ -19,7 +19,21 @@ import runpy
 import sys
 
 import bigtrain
-from bigtrain.cli import insight, verify
+from bigtrain.cli import insight, rendezvous, verify
+
+RUN_HELP = f"""\
+bigtrain run [--join-timeout S] [torchrun flags] SCRIPT [ARGS]
+
+Hands off to torch.distributed.run (torchrun). Added by bigtrain:
+  --join-timeout S   seconds the nodes of a multi-host job have to gather (default \
+{rendezvous.JOIN_TIMEOUT_S};
+                     torchrun waits 600). Meanwhile a line every few seconds names who joined
+                     and who is missing. Passed to torch's rendezvous (static: --rdzv-conf
+                     timeout=S, c10d: join_timeout=S), so with --max-restarts it also bounds
+                     how long the survivors wait for a lost node to come back.
+
+torchrun's flags follow.
+"""
 
 
 def _train(args) -> int:
@@ -72,7 +86,9 @@ def _run(args, rest: list[str]) -> int:
     """Hand off to torch.distributed.run (torchrun) with bigtrain's safe defaults."""
     from torch.distributed.run import main as torchrun_main
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
-    argv = list(rest)
+    join_timeout, argv = rendezvous.pop_join_timeout(list(rest))
+    if "-h" in argv or "--help" in argv:
+        print(RUN_HELP, flush=True)
     nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
                   if a in ("--nproc-per-node", "--nproc_per_node")), None)
     if nproc is not None and (not nproc.isdigit() or int(nproc) < 1) and nproc not in (
@@ -88,12 +104,46 @@ def _run(args, rest: list[str]) -> int:
         argv = ["--rdzv-backend", register_rendezvous(), "--rdzv-endpoint", "127.0.0.1:0",
                 "--local-addr", "127.0.0.1", *argv]
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too
+    gathering = _gathering(argv, join_timeout)
+    if gathering is not None:
+        argv = rendezvous.with_join_timeout(argv, gathering.backend, join_timeout)
     _check_rendezvous_port(argv)
     warning = _restarts_across_hosts_warning(argv)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    torchrun_main(argv)
+    if gathering is None:
+        torchrun_main(argv)
+        return 0
+    left = join_timeout if gathering.hosts_store() else rendezvous.wait_for_store(gathering)
+    watch = rendezvous.JoinWatch(gathering, left)
+    watch.start()
+    try:
+        torchrun_main(argv)
+    except Exception as e:
+        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+        if isinstance(e, ChildFailedError) or watch.complete.is_set():
+            raise  # the workers ran: their failure, not the gathering's
+        raise SystemExit(rendezvous.gave_up(gathering, watch.joined)) from None
+    finally:
+        watch.stop()
     return 0
+
+
+def _gathering(argv: list[str], join_timeout: float) -> rendezvous.Gathering | None:
+    """The multi-host rendezvous `argv` asks for (None on one host)."""
+    endpoint = _flag(argv, "--rdzv-endpoint", "--rdzv_endpoint")
+    nnodes = (_flag(argv, "--nnodes") or "1").split(":")[-1]
+    backend = _flag(argv, "--rdzv-backend", "--rdzv_backend") or "static"
+    rank = _flag(argv, "--node-rank", "--node_rank")
+    if not endpoint or not nnodes.isdigit() or int(nnodes) < 2 or \
+            backend not in ("static", "c10d"):
+        return None
+    host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "29400")
+    if not port.isdigit() or int(port) == 0:
+        return None
+    return rendezvous.Gathering(host=host, port=int(port), nnodes=int(nnodes),
+                                node_rank=int(rank) if rank and rank.isdigit() else None,
+                                backend=backend, join_timeout=join_timeout)
 
 
 def _flag(argv: list[str], *names: str) -> str | None:

@@ -1,0 +1,55 @@
+"""`bigtrain run`'s multi-host options and messages, without processes."""
+import pytest
+
+from bigtrain.cli import rendezvous
+from bigtrain.cli.main import RUN_HELP, _gathering
+
+
+def test_join_timeout_is_taken_out_of_torchruns_flags():
+    assert rendezvous.pop_join_timeout(["--nnodes", "2", "--join-timeout", "15", "t.py"]) == \
+        (15.0, ["--nnodes", "2", "t.py"])
+    assert rendezvous.pop_join_timeout(["--join_timeout=7.5", "t.py"]) == (7.5, ["t.py"])
+    assert rendezvous.pop_join_timeout(["t.py"]) == (rendezvous.JOIN_TIMEOUT_S, ["t.py"])
+    assert rendezvous.JOIN_TIMEOUT_S < 600  # shorter than torch's default
+    with pytest.raises(SystemExit, match="--join-timeout takes seconds"):
+        rendezvous.pop_join_timeout(["--join-timeout", "soon", "t.py"])
+
+
+@pytest.mark.parametrize("argv, backend, expected", [
+    (["t.py"], "static", ["--rdzv-conf", "timeout=20", "t.py"]),
+    (["t.py"], "c10d", ["--rdzv-conf", "join_timeout=20", "t.py"]),
+    (["--rdzv-conf", "keep_alive_interval=1", "t.py"], "c10d",
+     ["--rdzv-conf", "keep_alive_interval=1,join_timeout=20", "t.py"]),
+    (["--rdzv_conf=join_timeout=5", "t.py"], "c10d", ["--rdzv_conf=join_timeout=5", "t.py"]),
+])
+def test_the_deadline_goes_to_torchs_rendezvous_options(argv, backend, expected):
+    assert rendezvous.with_join_timeout(argv, backend, 20) == expected
+
+
+def test_a_gathering_is_read_from_the_flags():
+    g = _gathering(["--nnodes", "1:3", "--node-rank", "2", "--rdzv-endpoint", "h0:2940", "t"],
+                   30)
+    assert (g.host, g.port, g.nnodes, g.node_rank, g.backend) == ("h0", 2940, 3, 2, "static")
+    assert not g.hosts_store()  # static: node 0 hosts the store
+    assert _gathering(["--nproc-per-node", "2", "t.py"], 30) is None  # one host
+    with pytest.raises(SystemExit, match="--join-timeout must be a positive"):
+        _gathering(["--nnodes", "2", "--rdzv-endpoint", "h0:1", "t.py"], 0)
+
+
+def test_progress_and_give_up_lines_name_who_is_missing():
+    g = rendezvous.Gathering("host0", 2940, 3, 0, "static", 60)
+    joined = rendezvous.parse_joined(b"0@host0;2@host2;")
+    assert rendezvous.describe(g, joined, 41.6) == (
+        "bigtrain run: waiting for hosts: 2 of 3 joined (node 0 on host0, node 2 on host2); "
+        "missing node 1; giving up in 42 s (--join-timeout)")
+    line = rendezvous.gave_up(g, joined)
+    assert line.startswith("bigtrain run: node rank 1 never joined within 60 s")
+    assert "--rdzv-endpoint host0:2940" in line and "raise --join-timeout" in line
+    c10d = rendezvous.Gathering("host0", 2940, 2, None, "c10d", 60)  # ranks not given
+    assert "1 of 2 nodes never joined" in rendezvous.gave_up(
+        c10d, rendezvous.parse_joined(b"?@host0;"))
+
+
+def test_help_documents_the_join_timeout():
+    assert "--join-timeout S" in RUN_HELP
+    assert str(rendezvous.JOIN_TIMEOUT_S) in RUN_HELP
