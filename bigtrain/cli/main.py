@@ -20,6 +20,7 @@ import sys
 
 import bigtrain
 from bigtrain.cli import insight, rendezvous, verify
+from bigtrain.parallel.lost_node import quiet_restart_failures
 
 RUN_HELP = f"""\
 bigtrain run [--join-timeout S] [torchrun flags] SCRIPT [ARGS]
@@ -111,6 +112,8 @@ def _run(args, rest: list[str]) -> int:
     warning = _restarts_across_hosts_warning(argv)
     if warning:
         print(warning, file=sys.stderr, flush=True)
+    restarts = _flag(argv, "--max-restarts", "--max_restarts") or "0"
+    quiet_restart_failures(int(restarts) if restarts.isdigit() else 0)
     if gathering is None:
         torchrun_main(argv)
         return 0
