@@ -123,7 +123,8 @@ def test_a_lost_host_rejoins_and_the_job_resumes_from_its_checkpoint(hosts, tmp_
     assert resumed, f"the job did not resume from a checkpoint\n{report}"
     after = "".join(host0.lines[seen:])  # the survivor: one line, no traceback, no "failed"
     assert re.search(rf"bigtrain: node [01] lost \(Connection (closed|reset) by peer, "
-                     rf"{re.escape(hosts[1].addr)}\), waiting for it, restart 1 of 2", after), report
+                     rf"{re.escape(hosts[1].addr)}\), waiting for it, restart 1 of 2",
+                     after), report
     assert "Traceback" not in after and "failed (exitcode" not in after, report
     step = int(resumed[1].group(1))
     assert 0 < step < EPOCHS * BATCHES, report  # from host1's loss on, not from the start
