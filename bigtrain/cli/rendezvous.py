@@ -176,10 +176,12 @@ def gave_up(g: Gathering, joined: dict[str, str]) -> str:
     who = (f"node rank {', '.join(missing)} never joined" if missing else
            f"{max(0, g.nnodes - len(joined))} of {g.nnodes} nodes never joined")
     seen = ", ".join(sorted(joined.values())) or "none"
+    flags = (f"--nnodes {g.nnodes}, its own --node-rank and --rdzv-endpoint {g.endpoint}"
+             if g.backend == "static" else
+             f"--nnodes {g.nnodes} --rdzv-backend c10d --rdzv-endpoint {g.endpoint}")
     return (f"bigtrain run: {who} within {g.join_timeout:g} s (--join-timeout; joined: "
-            f"{seen}). Start `bigtrain run` on the missing host with --nnodes {g.nnodes}, "
-            f"its own --node-rank and --rdzv-endpoint {g.endpoint}; check that it reaches "
-            f"{g.endpoint} (firewall, GLOO_SOCKET_IFNAME), or raise --join-timeout.")
+            f"{seen}). Start `bigtrain run` on the missing host with {flags}; check that it "
+            f"reaches {g.endpoint} (firewall, GLOO_SOCKET_IFNAME), or raise --join-timeout.")
 
 
 class JoinWatch(threading.Thread):

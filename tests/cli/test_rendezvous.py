@@ -46,8 +46,8 @@ def test_progress_and_give_up_lines_name_who_is_missing():
     assert line.startswith("bigtrain run: node rank 1 never joined within 60 s")
     assert "--rdzv-endpoint host0:2940" in line and "raise --join-timeout" in line
     c10d = rendezvous.Gathering("host0", 2940, 2, None, "c10d", 60)  # ranks not given
-    assert "1 of 2 nodes never joined" in rendezvous.gave_up(
-        c10d, rendezvous.parse_joined(b"?@host0;"))
+    line = rendezvous.gave_up(c10d, rendezvous.parse_joined(b"?@host0;"))
+    assert "1 of 2 nodes never joined" in line and "--rdzv-backend c10d" in line
 
 
 def test_help_documents_the_join_timeout():
