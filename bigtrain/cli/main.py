@@ -116,20 +116,28 @@ def _run(args, rest: list[str]) -> int:
     quiet_restart_failures(int(restarts) if restarts.isdigit() else 0)
     if gathering is None:
         torchrun_main(argv)
-        return 0
-    left = join_timeout if gathering.hosts_store() else rendezvous.wait_for_store(gathering)
+    else:
+        _gather_and_run(torchrun_main, argv, gathering)
+    return 0
+
+
+def _gather_and_run(torchrun_main, argv: list[str], gathering: rendezvous.Gathering) -> None:
+    """torchrun across hosts, reporting the gathering (see bigtrain.cli.rendezvous)."""
+    from torch.distributed import DistError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+    left = gathering.join_timeout
+    if not gathering.hosts_store():
+        left = rendezvous.wait_for_store(gathering)  # exits when nothing ever listens
     watch = rendezvous.JoinWatch(gathering, left)
     watch.start()
     try:
         torchrun_main(argv)
-    except Exception as e:
-        from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-        if isinstance(e, ChildFailedError) or watch.complete.is_set():
-            raise  # the workers ran: their failure, not the gathering's
+    except (RendezvousError, DistError):
+        if watch.complete.is_set():
+            raise  # the nodes had gathered: a later failure, shown as torch reports it
         raise SystemExit(rendezvous.gave_up(gathering, watch.joined)) from None
     finally:
         watch.stop()
-    return 0
 
 
 def _gathering(argv: list[str], join_timeout: float) -> rendezvous.Gathering | None:
