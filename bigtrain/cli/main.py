@@ -88,7 +88,7 @@ def _run(args, rest: list[str]) -> int:
     from torch.distributed.run import main as torchrun_main
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
     join_timeout, argv = rendezvous.pop_join_timeout(list(rest))
-    if "-h" in argv or "--help" in argv:
+    if {"-h", "--help"} & set(argv[:rendezvous.script_index(argv)]):
         print(RUN_HELP, flush=True)
     nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
                   if a in ("--nproc-per-node", "--nproc_per_node")), None)

@@ -67,10 +67,17 @@ class Gathering:
         return _matches_machine_hostname(self.host)
 
 
+def script_index(argv: list[str]) -> int:
+    """Where the training script (`*.py`) starts in `bigtrain run`'s arguments; what follows
+    is the script's own (len(argv) when there is none)."""
+    return next((i for i, a in enumerate(argv) if a.endswith(".py")), len(argv))
+
+
 def pop_join_timeout(argv: list[str]) -> tuple[float, list[str]]:
-    """`--join-timeout S` taken out of torchrun's flags: (seconds, the other flags)."""
-    out, value, i = [], None, 0
-    while i < len(argv):
+    """`--join-timeout S` taken out of torchrun's flags: (seconds, the other arguments);
+    the script's own arguments are left alone."""
+    out, value, i, end = [], None, 0, script_index(argv)
+    while i < end:
         a = argv[i]
         if a in ("--join-timeout", "--join_timeout") and i + 1 < len(argv):
             value, i = argv[i + 1], i + 2
@@ -80,6 +87,7 @@ def pop_join_timeout(argv: list[str]) -> tuple[float, list[str]]:
         else:
             out.append(a)
         i += 1
+    out += argv[end:]
     try:
         return (JOIN_TIMEOUT_S if value is None else float(value)), out
     except ValueError:

@@ -10,6 +10,8 @@ def test_join_timeout_is_taken_out_of_torchruns_flags():
         (15.0, ["--nnodes", "2", "t.py"])
     assert rendezvous.pop_join_timeout(["--join_timeout=7.5", "t.py"]) == (7.5, ["t.py"])
     assert rendezvous.pop_join_timeout(["t.py"]) == (rendezvous.JOIN_TIMEOUT_S, ["t.py"])
+    assert rendezvous.pop_join_timeout(["--join-timeout", "9", "t.py", "--join-timeout", "3"]) \
+        == (9.0, ["t.py", "--join-timeout", "3"])  # the script's own argument stays
     assert rendezvous.JOIN_TIMEOUT_S < 600  # shorter than torch's default
     with pytest.raises(SystemExit, match="--join-timeout takes seconds"):
         rendezvous.pop_join_timeout(["--join-timeout", "soon", "t.py"])
