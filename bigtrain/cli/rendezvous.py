@@ -207,15 +207,15 @@ class JoinWatch(threading.Thread):
         self.deadline = time.monotonic() + seconds_left
         self.joined: dict[str, str] = {}
         self.complete = threading.Event()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._store = None
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         next_line, printed = time.monotonic() + 1.0, False  # torch's store starts meanwhile
-        while not self._stop.is_set() and time.monotonic() < self.deadline:
+        while not self._halt.is_set() and time.monotonic() < self.deadline:
             try:
                 self._poll()
             except Exception:  # noqa: BLE001 - a progress report must never break the job
@@ -231,7 +231,7 @@ class JoinWatch(threading.Thread):
                 print(describe(self.g, self.joined, self.deadline - time.monotonic()),
                       file=self.out, flush=True)
                 next_line, printed = time.monotonic() + INTERVAL_S, True
-            self._stop.wait(0.5)
+            self._halt.wait(0.5)
 
     def _poll(self) -> None:
         import torch.distributed as dist
