@@ -55,3 +55,29 @@ def test_progress_and_give_up_lines_name_who_is_missing():
 def test_help_documents_the_join_timeout():
     assert "--join-timeout S" in RUN_HELP
     assert str(rendezvous.JOIN_TIMEOUT_S) in RUN_HELP
+
+
+def test_the_watch_reads_who_joined_from_the_store():
+    import io
+    import socket
+    import time
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False,
+                          timeout=timedelta(seconds=10))  # node 0's rendezvous store
+    g = rendezvous.Gathering("127.0.0.1", store.port, 2, 0, "static", 30)
+    out = io.StringIO()
+    watch = rendezvous.JoinWatch(g, 30, out=out)
+    watch.start()
+    deadline = time.monotonic() + 20
+    while "waiting for hosts" not in out.getvalue():
+        assert time.monotonic() < deadline and watch.is_alive(), out.getvalue()
+        time.sleep(0.1)
+    assert f"1 of 2 joined (node 0 on {socket.gethostname()}); missing node 1" in out.getvalue()
+    store.append(rendezvous.JOINED_KEY, "1@host1;")  # node 1's watch arrives
+    watch.join(timeout=10)
+    assert watch.complete.is_set() and not watch.is_alive()
+    names = ", ".join(sorted(["host1", socket.gethostname()]))
+    assert out.getvalue().splitlines()[-1] == f"bigtrain run: all 2 nodes joined ({names})"
