@@ -143,7 +143,7 @@ def _gather_and_run(torchrun_main, argv: list[str], gathering: rendezvous.Gather
 def _gathering(argv: list[str], join_timeout: float) -> rendezvous.Gathering | None:
     """The multi-host rendezvous `argv` asks for (None on one host)."""
     endpoint = _flag(argv, "--rdzv-endpoint", "--rdzv_endpoint")
-    nnodes = (_flag(argv, "--nnodes") or "1").split(":")[-1]
+    least, _, nnodes = (_flag(argv, "--nnodes") or "1").rpartition(":")
     backend = _flag(argv, "--rdzv-backend", "--rdzv_backend") or "static"
     rank = _flag(argv, "--node-rank", "--node_rank")
     if not endpoint or not nnodes.isdigit() or int(nnodes) < 2 or \
@@ -154,7 +154,8 @@ def _gathering(argv: list[str], join_timeout: float) -> rendezvous.Gathering | N
         return None
     return rendezvous.Gathering(host=host, port=int(port), nnodes=int(nnodes),
                                 node_rank=int(rank) if rank and rank.isdigit() else None,
-                                backend=backend, join_timeout=join_timeout)
+                                backend=backend, join_timeout=join_timeout,
+                                min_nodes=int(least) if least.isdigit() else None)
 
 
 def _flag(argv: list[str], *names: str) -> str | None:

@@ -42,6 +42,7 @@ class Gathering:
         node_rank: this node's `--node-rank`, or None when not given.
         backend: the rendezvous backend (`static` unless `--rdzv-backend` says otherwise).
         join_timeout: seconds the nodes have to gather (`--join-timeout`).
+        min_nodes: the minimum of `--nnodes MIN:MAX` (the job starts with that many).
     """
     host: str
     port: int
@@ -49,6 +50,7 @@ class Gathering:
     node_rank: int | None
     backend: str
     join_timeout: float
+    min_nodes: int | None = None
 
     def __post_init__(self):
         if self.join_timeout <= 0:
@@ -220,10 +222,10 @@ class JoinWatch(threading.Thread):
                 self._poll()
             except Exception:  # noqa: BLE001 - a progress report must never break the job
                 pass
-            if len(self.joined) >= self.g.nnodes:
+            if len(self.joined) >= (self.g.min_nodes or self.g.nnodes):
                 self.complete.set()
                 if printed:
-                    print(f"bigtrain run: all {self.g.nnodes} nodes joined "
+                    print(f"bigtrain run: {len(self.joined)} nodes joined "
                           f"({', '.join(sorted(self.joined.values()))})", file=self.out,
                           flush=True)
                 return

@@ -31,7 +31,8 @@ def test_the_deadline_goes_to_torchs_rendezvous_options(argv, backend, expected)
 def test_a_gathering_is_read_from_the_flags():
     g = _gathering(["--nnodes", "1:3", "--node-rank", "2", "--rdzv-endpoint", "h0:2940", "t"],
                    30)
-    assert (g.host, g.port, g.nnodes, g.node_rank, g.backend) == ("h0", 2940, 3, 2, "static")
+    assert (g.host, g.port, g.nnodes, g.min_nodes, g.node_rank, g.backend) == \
+        ("h0", 2940, 3, 1, 2, "static")
     assert not g.hosts_store()  # static: node 0 hosts the store
     assert _gathering(["--nproc-per-node", "2", "t.py"], 30) is None  # one host
     with pytest.raises(SystemExit, match="--join-timeout must be a positive"):
@@ -80,4 +81,4 @@ def test_the_watch_reads_who_joined_from_the_store():
     watch.join(timeout=10)
     assert watch.complete.is_set() and not watch.is_alive()
     names = ", ".join(sorted(["host1", socket.gethostname()]))
-    assert out.getvalue().splitlines()[-1] == f"bigtrain run: all 2 nodes joined ({names})"
+    assert out.getvalue().splitlines()[-1] == f"bigtrain run: 2 nodes joined ({names})"
