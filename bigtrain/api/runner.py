@@ -18,6 +18,7 @@ from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.parallel import distributed as dist_env
 from bigtrain.parallel.base import resolve_strategy
+from bigtrain.parallel.lost_node import report_lost_node
 
 
 def _callbacks(user: list, verbose: int) -> list:
@@ -118,7 +119,8 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
     if dist_env.launched_externally():
         env = dist_env.join_existing_job(options.get("timeout"))
-        return _finish(model, run_rank(task, strat, model, env), history)
+        with report_lost_node():  # one line, not a traceback, when a restart follows
+            return _finish(model, run_rank(task, strat, model, env), history)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, config.batch_size)  # before any process starts
     kind = dist_env.device_kind(devices)

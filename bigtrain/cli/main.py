@@ -19,7 +19,22 @@ import runpy
 import sys
 
 import bigtrain
-from bigtrain.cli import insight, verify
+from bigtrain.cli import insight, rendezvous, verify
+from bigtrain.parallel.lost_node import quiet_restart_failures
+
+RUN_HELP = f"""\
+bigtrain run [--join-timeout S] [torchrun flags] SCRIPT [ARGS]
+
+Hands off to torch.distributed.run (torchrun). Added by bigtrain:
+  --join-timeout S   seconds the nodes of a multi-host job have to gather (default \
+{rendezvous.JOIN_TIMEOUT_S};
+                     torchrun waits 600). Meanwhile a line every few seconds names who joined
+                     and who is missing. Passed to torch's rendezvous (static: --rdzv-conf
+                     timeout=S, c10d: join_timeout=S), so with --max-restarts it also bounds
+                     how long the survivors wait for a lost node to come back.
+
+torchrun's flags follow.
+"""
 
 
 def _train(args) -> int:
@@ -72,7 +87,9 @@ def _run(args, rest: list[str]) -> int:
     """Hand off to torch.distributed.run (torchrun) with bigtrain's safe defaults."""
     from torch.distributed.run import main as torchrun_main
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
-    argv = list(rest)
+    join_timeout, argv = rendezvous.pop_join_timeout(list(rest))
+    if {"-h", "--help"} & set(argv[:rendezvous.script_index(argv)]):
+        print(RUN_HELP, flush=True)
     nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
                   if a in ("--nproc-per-node", "--nproc_per_node")), None)
     if nproc is not None and (not nproc.isdigit() or int(nproc) < 1) and nproc not in (
@@ -88,12 +105,57 @@ def _run(args, rest: list[str]) -> int:
         argv = ["--rdzv-backend", register_rendezvous(), "--rdzv-endpoint", "127.0.0.1:0",
                 "--local-addr", "127.0.0.1", *argv]
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too
+    gathering = _gathering(argv, join_timeout)
+    if gathering is not None:
+        argv = rendezvous.with_join_timeout(argv, gathering.backend, join_timeout)
     _check_rendezvous_port(argv)
     warning = _restarts_across_hosts_warning(argv)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    torchrun_main(argv)
+    restarts = _flag(argv, "--max-restarts", "--max_restarts") or "0"
+    quiet_restart_failures(int(restarts) if restarts.isdigit() else 0)
+    if gathering is None:
+        torchrun_main(argv)
+    else:
+        _gather_and_run(torchrun_main, argv, gathering)
     return 0
+
+
+def _gather_and_run(torchrun_main, argv: list[str], gathering: rendezvous.Gathering) -> None:
+    """torchrun across hosts, reporting the gathering (see bigtrain.cli.rendezvous)."""
+    from torch.distributed import DistError
+    from torch.distributed.elastic.rendezvous import RendezvousError
+    left = gathering.join_timeout
+    if not gathering.hosts_store():
+        left = rendezvous.wait_for_store(gathering)  # exits when nothing ever listens
+    watch = rendezvous.JoinWatch(gathering, left)
+    watch.start()
+    try:
+        torchrun_main(argv)
+    except (RendezvousError, DistError):
+        if watch.complete.is_set():
+            raise  # the nodes had gathered: a later failure, shown as torch reports it
+        raise SystemExit(rendezvous.gave_up(gathering, watch.joined)) from None
+    finally:
+        watch.stop()
+
+
+def _gathering(argv: list[str], join_timeout: float) -> rendezvous.Gathering | None:
+    """The multi-host rendezvous `argv` asks for (None on one host)."""
+    endpoint = _flag(argv, "--rdzv-endpoint", "--rdzv_endpoint")
+    least, _, nnodes = (_flag(argv, "--nnodes") or "1").rpartition(":")
+    backend = _flag(argv, "--rdzv-backend", "--rdzv_backend") or "static"
+    rank = _flag(argv, "--node-rank", "--node_rank")
+    if not endpoint or not nnodes.isdigit() or int(nnodes) < 2 or \
+            backend not in ("static", "c10d"):
+        return None
+    host, _, port = endpoint.rpartition(":") if ":" in endpoint else (endpoint, "", "29400")
+    if not port.isdigit() or int(port) == 0:
+        return None
+    return rendezvous.Gathering(host=host, port=int(port), nnodes=int(nnodes),
+                                node_rank=int(rank) if rank and rank.isdigit() else None,
+                                backend=backend, join_timeout=join_timeout,
+                                min_nodes=int(least) if least.isdigit() else None)
 
 
 def _flag(argv: list[str], *names: str) -> str | None:
@@ -146,6 +208,9 @@ def _check_rendezvous_port(argv: list[str]) -> None:
     if not local:
         return
     with socket.socket() as s:
+        # as torch's TCPStore binds (SO_REUSEADDR): a port held only by connections in
+        # TIME_WAIT after a previous job is free for it, a listening socket is not
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((socket.gethostbyname(host), int(port)))
         except OSError as e:

@@ -13,7 +13,8 @@ killed with SIGKILL (a machine losing power), and the same command is started on
 again (the machine back). host0's agent sees its rank fail, restarts it, and the c10d
 rendezvous forms a new round with the new host1 agent once host1's old agent stops
 sending heartbeats (KEEP_ALIVE). The job must finish, resume from the checkpoint (not from
-step 0) and end with the weights of an uninterrupted run.
+step 0) and end with the weights of an uninterrupted run. Meanwhile host0 says so in one line
+("node 1 lost (...), waiting for it, restart 1 of 2"), without a traceback or "failed".
 
 Why c10d and not the static rendezvous: under static rendezvous all attempts share node 0's
 store and name their keys by each node's restart count; host1 started again counts from 0
@@ -107,7 +108,7 @@ def test_a_lost_host_rejoins_and_the_job_resumes_from_its_checkpoint(hosts, tmp_
     host0, host1 = (Agent(h, flags, script, args) for h in hosts)
 
     wait_for_checkpoint(ckpt, [host0, host1], deadline)
-    killed_at = time.monotonic()
+    killed_at, seen = time.monotonic(), len(host0.lines)
     assert hosts[1].kill_all(), "host1 had no processes to kill"
     assert not DONE.search(host0.output), "training ended before host1 was killed"
     host1_again = Agent(hosts[1], flags, script, args)  # the machine is back
@@ -120,6 +121,11 @@ def test_a_lost_host_rejoins_and_the_job_resumes_from_its_checkpoint(hosts, tmp_
     lost, resumed = host0.first(LOST_PEER), host0.first(RESUMED)
     assert lost and lost[0] > killed_at, f"host0 never saw host1 go\n{report}"
     assert resumed, f"the job did not resume from a checkpoint\n{report}"
+    after = "".join(host0.lines[seen:])  # the survivor: one line, no traceback, no "failed"
+    assert re.search(rf"bigtrain: node [01] lost \(Connection (closed|reset) by peer, "
+                     rf"{re.escape(hosts[1].addr)}\), waiting for it, restart 1 of 2",
+                     after), report
+    assert "Traceback" not in after and "failed (exitcode" not in after, report
     step = int(resumed[1].group(1))
     assert 0 < step < EPOCHS * BATCHES, report  # from host1's loss on, not from the start
     done = [DONE.search(a.output) for a in (host0, host1_again)]
