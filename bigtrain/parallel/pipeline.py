@@ -23,7 +23,8 @@ function receives sample indices as its "target" and looks up the targets and sa
 weights itself, so any target structure works. Each micro-batch's loss is scaled by
 (its samples / replica samples) * (sum of the engine's loss weights), which makes the M
 micro-batch gradients add up to the gradient of the replica's weighted mean loss, exactly
-as one big batch on one device.
+as one big batch on one device. The mean loss and the outputs exist on the last stage; they
+are broadcast over the pipeline group so every rank returns the same values.
 
 Uneven batches. The stages keep the micro-batch shape of their first step, so every step
 runs M micro-batches of `micro_rows` (= replica batch / M) samples. A smaller batch (the
@@ -31,8 +32,7 @@ epoch's last, or a replica's short share of it) is padded at the end with copies
 sample; the loss reads only the real rows, so padded rows get zero gradient and the step
 equals one process's step on the real samples (mean over them). A batch of fewer than M
 samples fills the first micro-batches; the all-padding ones add a zero loss. Evaluation
-runs in chunks of M * micro_rows samples, padded the same way. The mean loss and the outputs exist on the last stage; they
-are broadcast over the pipeline group so every rank returns the same values.
+runs in chunks of M * micro_rows samples, padded the same way.
 
 Tied weights (GPT lm_head = token embedding). Layers keep their Parameter objects, so a
 weight shared by two layers on one rank stays one tensor. When the sharing layers sit on
@@ -138,8 +138,8 @@ class Pipeline(Strategy):
         self.sample_input = sample_input
         self.tp = tp
         self.slow_ranks = slow_ranks_option(slow_ranks)
-        #: samples per micro-batch, fixed for the run (the schedule's stages keep one shape):
-        #: the full replica batch / M, set by `validate`; smaller batches are padded to it
+        #: samples per micro-batch for the run (the schedule's stages keep one shape): the
+        #: full replica batch / M, set by `validate`; smaller batches are padded to it
         self.micro_rows: int | None = None
         self._rt = None  # runtime state built in setup/setup_module
 

@@ -70,6 +70,7 @@ class PipelineRuntime:
         self.last_rank = dims.rank_of(pp=dims.pp - 1, dp=self.dp_idx, tp=self.tp_idx)
         self.ties: list[tuple[list[nn.Parameter], object]] = []
         self._ctx = None
+        self.micro_rows: int | None = strategy.micro_rows  # samples per micro-batch
         self._pad_row: torch.Tensor | None = None  # one real input row, for padding
         self._busy: list[float] | None = None   # [forward, backward] s of a timed step
         self._timed: list[tuple[float, float]] = []  # (busy, schedule wall) s per timed step
@@ -216,11 +217,11 @@ class PipelineRuntime:
         return list(torch.split(out[:n], sizes)), loss
 
     def _micro_rows(self, n: int) -> int:
-        """Samples per micro-batch: the strategy's (from the run's batch size), else fixed
-        by the first batch seen."""
-        if self.s.micro_rows is None:
-            self.s.micro_rows = max(1, -(-n // self.s.microbatches))
-        return self.s.micro_rows
+        """Samples per micro-batch: the strategy's (from the run's batch size in `validate`),
+        else fixed by the first batch seen (n samples)."""
+        if self.micro_rows is None:
+            self.micro_rows = max(1, -(-n // self.s.microbatches))
+        return self.micro_rows
 
     def _pad(self, x: torch.Tensor, rows: int) -> torch.Tensor:
         """`x` with rows appended up to `rows`: copies of a real sample (finite values,
