@@ -3,7 +3,6 @@ batches of 8 leave a last batch of 1, so one data-parallel rank (or parameter-se
 has an empty share. Each must train as one process does (weights, loss, metrics)."""
 import numpy as np
 import pytest
-import torch
 
 import bigtrain
 from bigtrain.layers import Dense, Input
