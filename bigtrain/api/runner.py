@@ -97,6 +97,15 @@ def checkpoint_config(options: dict) -> CheckpointConfig | None:
     return None
 
 
+def one_process_note(strat) -> str:
+    """What a multi-rank strategy does when fit gets neither `devices` nor a launcher."""
+    return (f"strategy={strat.name!r} runs in this one process: fit got no devices= and the "
+            f"script was not started by a launcher, so there is 1 rank and nothing is split. "
+            f"To train on N ranks pass devices=N (fit(..., strategy={strat.name!r}, "
+            f"devices=2)) or start the script with `bigtrain run --nproc-per-node N "
+            f"script.py`; pass devices=1 to run on one process on purpose.")
+
+
 def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, options: dict):
     from bigtrain.api.training import make_task
     options = dict(options)
@@ -125,6 +134,8 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     strat.validate(nprocs, config.batch_size)  # before any process starts
     kind = dist_env.device_kind(devices)
     if nprocs == 1:
+        if devices is None and strat.name != "single":
+            warnings.warn(one_process_note(strat), UserWarning, stacklevel=4)
         return _finish(model, run_rank(task, strat, model, dist_env.local_env(kind)), history)
     from bigtrain.parallel.launcher import launch
     saved = os.environ.get(dist_env.DEVICE_ENV)

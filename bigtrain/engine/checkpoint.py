@@ -226,12 +226,18 @@ class Checkpointer:
         module, optimizer: what `setup_module` / `setup_optimizer` returned.
         run_info: settings that must match to resume mid-epoch (batch_size, samples, seed,
             shuffle) plus anything worth recording (strategy name), JSON-ready.
+        record: the run's FitResult (its `history` and `epochs` grow as epochs end); each
+            checkpoint keeps the History of every epoch done, this run's after those of
+            the checkpoint it resumed from (`history()`).
     """
 
-    def __init__(self, config: CheckpointConfig, strategy, module, optimizer, run_info: dict):
+    def __init__(self, config: CheckpointConfig, strategy, module, optimizer, run_info: dict,
+                 record=None):
         self.config, self.strategy = config, strategy
         self.module, self.optimizer = module, optimizer
         self.run_info = run_info
+        self.record = record
+        self.prior: dict = {"history": {}, "epochs": []}  # History of the resumed checkpoint
         self.env = strategy.env
         self.names = strategy.checkpoint_names(module)
         self.last_saved_step = -1
@@ -269,7 +275,7 @@ class Checkpointer:
                     "optimizer": cs.optimizer_name(self.optimizer),
                     "param_groups": cs.group_hyperparameters(live.groups),
                     "run": self.run_info, "torch": torch.__version__,
-                    "model_sha256": digest}
+                    "model_sha256": digest, "history": self.history()}
             _write_json_atomic(os.path.join(tmp, META), meta)
 
     def _publish(self, tmp: str, final: str, step: int) -> None:
@@ -288,6 +294,17 @@ class Checkpointer:
             if trash != path:
                 os.replace(path, trash)  # never a half-deleted folder that looks complete
             shutil.rmtree(trash, ignore_errors=True)
+
+    def history(self) -> dict:
+        """{"history": {key: [value per epoch]}, "epochs": [epoch indices]} of every epoch
+        done: the resumed checkpoint's, then this run's (JSON-ready floats)."""
+        hist = {k: list(v) for k, v in self.prior["history"].items()}
+        epochs = list(self.prior["epochs"])
+        if self.record is not None:
+            for k, values in self.record.history.items():
+                hist.setdefault(k, []).extend(float(v) for v in values)
+            epochs += [int(e) for e in self.record.epochs]
+        return {"history": hist, "epochs": epochs}
 
     def after_step(self, epoch: int, batch: int, steps_per_epoch: int, step: int) -> None:
         """Called after every optimizer step (`batch` of `epoch` done, `step` in all)."""
@@ -321,6 +338,7 @@ class Checkpointer:
             rng = os.path.join(path, "rng-rank00000.json")
         cs.set_rng_state(_read_json(rng, "the RNG state file"))
         self.last_saved_step = position.step
+        self.prior = meta.get("history") or {"history": {}, "epochs": []}
         return position
 
     def _verify_digest(self, path: str, saved: str | None) -> None:

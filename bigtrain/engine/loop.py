@@ -7,6 +7,7 @@ synchronises with the device per step except to check for a non-finite loss ever
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -236,8 +237,8 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
     callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
-    progress, first_epoch = _resume(task, strategy, module, optimizer)
     result = FitResult()
+    progress, first_epoch = _resume(task, strategy, module, optimizer, result)
     callbacks.on_train_begin()
     t_start, samples, epoch_times = time.perf_counter(), 0, []
     timing = RunTiming(PhaseTimer(strategy.env.device))
@@ -263,12 +264,12 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             strategy.mark("callbacks (epoch end)")
             callbacks.on_epoch_end(epoch, logs)
             owner._weights_cache = None
-            if progress.checkpointer is not None:
-                strategy.mark("checkpoint")
-                progress.checkpointer.after_epoch(epoch, progress.step)
             result.epochs.append(epoch)
             for k, v in logs.items():
                 result.history.setdefault(k, []).append(v)
+            if progress.checkpointer is not None:  # after the History: the checkpoint keeps it
+                strategy.mark("checkpoint")
+                progress.checkpointer.after_epoch(epoch, progress.step)
             if owner.stop_training:
                 break
     finally:
@@ -291,21 +292,38 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     return result
 
 
-def _resume(task, strategy, module, optimizer) -> tuple[Progress, int]:
-    """(progress, first epoch): from the checkpoint `task.checkpoint` selects, if any."""
+def _resume(task, strategy, module, optimizer, result: FitResult) -> tuple[Progress, int]:
+    """(progress, first epoch): from the checkpoint `task.checkpoint` selects, if any. When
+    that checkpoint's run already finished the epochs asked for, `result` gets its recorded
+    History and the loop has nothing to train."""
     cfg = task.config
     if task.checkpoint is None:
         return Progress(), cfg.initial_epoch
     info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
             "shuffle": cfg.shuffle, "strategy": strategy.name}
-    ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info)
+    ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info, record=result)
     start = ckpt.restore()
     if start is None:
         return Progress(checkpointer=ckpt), cfg.initial_epoch
-    if strategy.env.is_main and cfg.verbose:
+    if start.epoch >= cfg.epochs:
+        recorded = ckpt.history()
+        result.history, result.epochs = recorded["history"], recorded["epochs"]
+        ckpt.prior, ckpt.record = recorded, None  # a later save keeps it once
+        if strategy.env.is_main:
+            warnings.warn(finished_note(task.checkpoint.directory, start.epoch, cfg.epochs),
+                          UserWarning, stacklevel=2)
+    elif strategy.env.is_main and cfg.verbose:
         print(f"Resuming from checkpoint step {start.step} (epoch {start.epoch + 1}, "
               f"batch {start.batch})", flush=True)
     return Progress(start.step, start.batch, ckpt), start.epoch
+
+
+def finished_note(directory: str, done: int, epochs: int) -> str:
+    """What fit says when checkpoint_dir holds a run that already did all its epochs."""
+    return (f"checkpoint_dir {directory!r} holds a run that already finished {done} epochs "
+            f"(this fit asks for epochs={epochs}): nothing to train. fit returns that run's "
+            f"recorded History and weights. To train again pass a new checkpoint_dir (or "
+            f"resume='never'); to continue it pass epochs > {done}.")
 
 
 def _refresh_weight_cache(task, strategy, module, owner) -> None:

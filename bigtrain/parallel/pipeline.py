@@ -26,6 +26,14 @@ micro-batch gradients add up to the gradient of the replica's weighted mean loss
 as one big batch on one device. The mean loss and the outputs exist on the last stage; they
 are broadcast over the pipeline group so every rank returns the same values.
 
+Uneven batches. The stages keep the micro-batch shape of their first step, so every step
+runs M micro-batches of `micro_rows` (= replica batch / M) samples. A smaller batch (the
+epoch's last, or a replica's short share of it) is padded at the end with copies of a real
+sample; the loss reads only the real rows, so padded rows get zero gradient and the step
+equals one process's step on the real samples (mean over them). A batch of fewer than M
+samples fills the first micro-batches; the all-padding ones add a zero loss. Evaluation
+runs in chunks of M * micro_rows samples, padded the same way.
+
 Tied weights (GPT lm_head = token embedding). Layers keep their Parameter objects, so a
 weight shared by two layers on one rank stays one tensor. When the sharing layers sit on
 different ranks, each rank holds a copy; after backward the copies' gradients are summed
@@ -130,6 +138,9 @@ class Pipeline(Strategy):
         self.sample_input = sample_input
         self.tp = tp
         self.slow_ranks = slow_ranks_option(slow_ranks)
+        #: samples per micro-batch for the run (the schedule's stages keep one shape): the
+        #: full replica batch / M, set by `validate`; smaller batches are padded to it
+        self.micro_rows: int | None = None
         self._rt = None  # runtime state built in setup/setup_module
 
     # ---- checks before any process group ------------------------------------------------
@@ -155,6 +166,7 @@ class Pipeline(Strategy):
                 f"microbatches={m} does not divide the batch of {per_replica} samples per "
                 f"pipeline replica; use a batch size of {lo or m} or {lo + m} (per replica), "
                 f"or microbatches among {divisors}")
+        self.micro_rows = per_replica // m
         if self.schedule in MULTI_STAGE:
             rounds = max(1, m // dims.pp)
             if m % rounds:

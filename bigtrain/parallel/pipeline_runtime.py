@@ -70,6 +70,8 @@ class PipelineRuntime:
         self.last_rank = dims.rank_of(pp=dims.pp - 1, dp=self.dp_idx, tp=self.tp_idx)
         self.ties: list[tuple[list[nn.Parameter], object]] = []
         self._ctx = None
+        self.micro_rows: int | None = strategy.micro_rows  # samples per micro-batch
+        self._pad_row: torch.Tensor | None = None  # one real input row, for padding
         self._busy: list[float] | None = None   # [forward, backward] s of a timed step
         self._timed: list[tuple[float, float]] = []  # (busy, schedule wall) s per timed step
 
@@ -160,31 +162,41 @@ class PipelineRuntime:
 
     # ---- one step ---------------------------------------------------------------------
     def _loss(self, output, ids):
-        """The schedule's loss: `ids` are the micro-batch's sample indices (see docstring)."""
+        """The schedule's loss: `ids` are the micro-batch's sample indices (see docstring);
+        ids >= n are padding rows (always at the end), which the loss does not read."""
         if self._ctx is None:  # forward-only pass: schedules still ask the last stage
             return output.new_zeros(())
         y, sw, compute_loss, n, wsum, record = self._ctx
         t0 = self._clock()
-        loss = compute_loss(output, _take(y, ids), None if sw is None else sw[ids])
+        first = int(ids[0])
+        real = min(max(n - first, 0), ids.numel())  # rows of this micro-batch that are data
+        if real == 0:  # all padding: a zero loss that keeps the graph (zero gradient)
+            loss = output.float().sum() * 0.0
+        else:
+            ids, output = ids[:real], output[:real]
+            loss = compute_loss(output, _take(y, ids), None if sw is None else sw[ids])
         if self._busy is not None:
             self._busy[0] += self._clock() - t0
         # keyed by first sample: the schedule's one-off metadata pass (on placeholder
         # activations) calls this too, and the real micro-batch overwrites its entry
-        record[int(ids[0])] = (loss.detach().float(), ids.numel())
-        return loss * (ids.numel() / n * wsum)
+        record[first] = (loss.detach().float(), real)
+        return loss * (real / n * wsum) if real else loss
 
     def step(self, batch: StepBatch, compute_loss, autocast):
         x = _cat([_single(m[0]) for m in batch.micro])
         y = _cat([m[1] for m in batch.micro])
         sws = [m[2] for m in batch.micro]
         sw = None if any(w is None for w in sws) else torch.cat(sws)
-        n, m = x.shape[0], self.s.microbatches
-        if n % m:
-            raise ValueError(f"microbatches={m} does not divide this replica's batch of {n} "
-                             f"samples; use a batch size divisible by {m}")
+        n = x.shape[0]
+        rows = self._micro_rows(n)
+        if n > rows * self.s.microbatches:
+            raise ValueError(f"this replica's batch of {n} samples exceeds the pipeline's "
+                             f"{self.s.microbatches} micro-batches of {rows} samples set by "
+                             f"the first step; keep the batch size of the run")
+        x = self._pad(x, rows * self.s.microbatches)
         record: dict[int, tuple[torch.Tensor, int]] = {}
         self._ctx = (y, sw, compute_loss, n, float(sum(batch.weights)), record)
-        idx = torch.arange(n, device=x.device)
+        idx = torch.arange(x.shape[0], device=x.device)
         has_first = any(st.is_first for st in self.pstages)
         has_last = any(st.is_last for st in self.pstages)
         timer = self.s.phase_timer
@@ -195,11 +207,31 @@ class PipelineRuntime:
                                      target=idx if has_last else None)
         self._stop_timing(self._clock() - t0, timer)
         self._ctx = None
-        loss = sum(l * c for l, c in record.values()) / n if has_last else None
+        loss = None
+        if has_last:  # mean over the replica's real samples (0 for an empty share)
+            loss = (sum(l * c for l, c in record.values()) / n if n
+                    else torch.zeros((), device=out.device))
         self.s.mark("loss and output broadcast", phase="comm")
         out, loss = self._broadcast_result(out if has_last else None, loss)
         sizes = [_single(mb[0]).shape[0] for mb in batch.micro]
-        return list(torch.split(out, sizes)), loss
+        return list(torch.split(out[:n], sizes)), loss
+
+    def _micro_rows(self, n: int) -> int:
+        """Samples per micro-batch: the strategy's (from the run's batch size in `validate`),
+        else fixed by the first batch seen (n samples)."""
+        if self.micro_rows is None:
+            self.micro_rows = max(1, -(-n // self.s.microbatches))
+        return self.micro_rows
+
+    def _pad(self, x: torch.Tensor, rows: int) -> torch.Tensor:
+        """`x` with rows appended up to `rows`: copies of a real sample (finite values,
+        valid token ids), kept from the first non-empty batch for an empty share."""
+        if x.shape[0] and self._pad_row is None:
+            self._pad_row = x[:1].detach().clone()
+        if x.shape[0] == rows:
+            return x
+        fill = self._pad_row if self._pad_row is not None else x.new_zeros((1, *x.shape[1:]))
+        return torch.cat([x, fill.expand(rows - x.shape[0], *x.shape[1:])])
 
     # ---- timing: stage compute vs the schedule's wall time ------------------------------
     def _clock(self) -> float:
@@ -301,17 +333,21 @@ class PipelineRuntime:
         all_reduce_grads(self.params(), self.dp_group)
 
     def forward_only(self, x):
-        """Forward through all stages (no backward); pads the batch to a multiple of M."""
+        """Forward through all stages (no backward), in chunks of M micro-batches of
+        `micro_rows` samples; the last chunk is padded (see docstring)."""
         x = _single(x)
-        n, m = x.shape[0], self.s.microbatches
-        pad = (-n) % m
-        if pad:
-            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])])
+        n = x.shape[0]
+        chunk = self._micro_rows(n) * self.s.microbatches
         first = any(st.is_first for st in self.pstages)
         last = any(st.is_last for st in self.pstages)
-        ids = torch.arange(x.shape[0], device=x.device)
-        out = self.schedule.eval(*((x,) if first else ()), target=ids if last else None)
-        return self._broadcast_result(out if last else None)[0][:n]
+        ids = torch.arange(chunk, device=x.device)
+        outs = []
+        for start in range(0, n, chunk) if n else [0]:
+            part = x[start:start + chunk]
+            out = self.schedule.eval(*((self._pad(part, chunk),) if first else ()),
+                                     target=ids if last else None)
+            outs.append(self._broadcast_result(out if last else None)[0][:part.shape[0]])
+        return torch.cat(outs)
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Rank 0 gets every stage's tensors under the original names (gather_object)."""
