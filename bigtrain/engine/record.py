@@ -14,6 +14,7 @@ import sys
 import torch
 
 from bigtrain.diagnose.record import RankMemory, RunRecord, StepTimes
+from bigtrain.engine.checkpoint_state import inner_optimizer
 
 
 def _local_bytes(t) -> int:
@@ -26,7 +27,8 @@ def local_state_bytes(module, optimizer) -> tuple[int, int, int]:
     params = sum(_local_bytes(p) for p in module.parameters())
     grads = sum(_local_bytes(p.grad) for p in module.parameters() if p.grad is not None)
     opt = 0
-    for state in getattr(optimizer, "state", {}).values():
+    # zero1: ZeroRedundancyOptimizer keeps this rank's shard of the state in its local optimizer
+    for state in getattr(inner_optimizer(optimizer), "state", {}).values():
         opt += sum(_local_bytes(v) for v in state.values() if torch.is_tensor(v))
     return params, grads, opt
 
