@@ -33,6 +33,16 @@ def local_state_bytes(module, optimizer) -> tuple[int, int, int]:
     return params, grads, opt
 
 
+def _optimizer_fused(optimizer) -> bool | None:
+    """Whether the fused kernel ran; None where it cannot run (sharded DTensor parameters,
+    see bigtrain.api.optimizer_kernels), so the doctor does not advise fused=True there."""
+    from torch.distributed.tensor import DTensor
+    groups = getattr(inner_optimizer(optimizer), "param_groups", [])
+    if any(isinstance(p, DTensor) for g in groups for p in g["params"]):
+        return None
+    return bool(getattr(optimizer, "defaults", {}).get("fused"))
+
+
 _PHASE_COLS = ("data", "forward", "backward", "optimizer", "comm", "other")
 
 
@@ -135,8 +145,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
         strategy=strategy.describe(), world_size=strategy.env.world_size,
         threads_per_rank=torch.get_num_threads(), optimizer=task.optimizer_name,
         precision=task.config.precision, batch_size=task.config.batch_size,
-        epochs=len(result.epochs), optimizer_fused=bool(getattr(optimizer, "defaults", {})
-                                                         .get("fused")),
+        epochs=len(result.epochs), optimizer_fused=_optimizer_fused(optimizer),
         local_world_size=strategy.env.local_world_size, cpu_cores=os.cpu_count(),
         device=str(strategy.env.device),
         microbatches=stats.get("pipeline_microbatches", task.config.accumulate_steps),

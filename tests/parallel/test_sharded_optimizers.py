@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from bigtrain.api.optimizer_kernels import kernel_options
+from bigtrain.engine.record import _optimizer_fused
 from bigtrain.parallel.base import DistEnv
 from bigtrain.parallel.hybrid import Hybrid
 from bigtrain.parallel.sharded import Sharded
@@ -44,19 +45,24 @@ def _sharded_kernels(rank, world):
     strategy.teardown()
     fsdp = Sharded()
     fsdp.setup(DistEnv(rank=rank, world_size=world))
-    sharded = kernel_options(torch.optim.SGD, list(fsdp.setup_module(build("sgd")[0].net)
-                                                    .parameters()), {})
+    model, task = build("sgd")
+    params = list(fsdp.setup_module(model.net).parameters())
+    sharded = kernel_options(torch.optim.SGD, params, {})
+    # the run record: the fused kernel cannot run on DTensors, so it is not "unfused"
+    recorded = (_optimizer_fused(task.make_optimizer(params)),
+                _optimizer_fused(task.make_optimizer(list(build("sgd")[0].parameters()))))
     strategy = TensorParallel(degree=2)
     strategy.setup(DistEnv(rank=rank, world_size=world))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         strategy.setup_module(torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh()))
     strategy.teardown()
-    return mixed, sharded, [str(w.message) for w in caught]
+    return mixed, sharded, [str(w.message) for w in caught], recorded
 
 
 def test_dtensors_get_a_kernel_that_takes_them_and_an_unsplit_model_warns():
-    mixed, sharded, warned = run_ranks(_sharded_kernels, 2, timeout=120)[0]
+    mixed, sharded, warned, recorded = run_ranks(_sharded_kernels, 2, timeout=120)[0]
+    assert recorded == (None, True)
     assert mixed == {"fused": False, "foreach": False}  # a list mixing Tensor and DTensor
     assert sharded == {"fused": False}  # torch picks foreach (GPU) or the loop (CPU)
     assert any("splits no layer" in w for w in warned), warned  # 3 outputs: not split 2 ways
