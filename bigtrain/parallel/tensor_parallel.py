@@ -180,8 +180,8 @@ def apply_tp(module: nn.Module, tp_mesh, plan: Mapping[str, str]) -> nn.Module:
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel,
               "colwise_gather": lambda: ColwiseParallel(output_layouts=Replicate())}
     parallel = {n: styles[s]() for n, s in plan.items() if s != "replicate"}
-    if tp_mesh.size() > 1 and not parallel:
-        linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if tp_mesh.size() > 1 and linears and not parallel:  # (a pipeline stage may hold none)
         warnings.warn(
             f"tensor parallelism over {tp_mesh.size()} ranks splits no layer of "
             f"{type(module).__name__} ({len(linears)} Linear layers, all replicated: "
