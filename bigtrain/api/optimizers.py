@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bigtrain.api.optimizer_kernels import kernel_options
+
 # Keras names -> (torch class, Keras defaults translated to torch arguments)
 _OPTIMIZERS = {
     "adam": (torch.optim.Adam, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7}),
@@ -37,9 +39,7 @@ class OptimizerSpec:
     def build(self, params) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad] if not isinstance(params, list) else params
         kwargs = dict(self.kwargs)
-        if "fused" in inspect.signature(self.cls).parameters and "fused" not in kwargs:
-            if all(not p.is_sparse for p in params if isinstance(p, torch.Tensor)):
-                kwargs["fused"] = True
+        kwargs.update(kernel_options(self.cls, params, kwargs))  # fused only on plain tensors
         try:
             return self.cls(params, **kwargs)
         except (RuntimeError, TypeError):

@@ -109,6 +109,11 @@ def group_hyperparameters(groups: list) -> list[dict]:
     return out
 
 
+#: param-group keys that pick an implementation, not a hyperparameter: a checkpoint saved
+#: with fused kernels (plain tensors) must load into a run whose DTensors cannot use them
+_KERNEL_KEYS = ("fused", "foreach")
+
+
 def _merge_groups(live: list, saved: list[dict]) -> list[dict]:
     """The live groups (this rank's params) with the saved hyperparameters, types kept."""
     if len(live) != len(saved):
@@ -118,6 +123,8 @@ def _merge_groups(live: list, saved: list[dict]) -> list[dict]:
     for group, values in zip(live, saved):
         group = dict(group)
         for k, v in values.items():
+            if k in _KERNEL_KEYS:
+                continue  # this run's parameters chose its kernel (zero3's DTensors: not fused)
             old = group.get(k)
             if torch.is_tensor(old):
                 v = torch.tensor(v, dtype=old.dtype, device=old.device)

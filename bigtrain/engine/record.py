@@ -14,6 +14,7 @@ import sys
 import torch
 
 from bigtrain.diagnose.record import RankMemory, RunRecord, StepTimes
+from bigtrain.engine.checkpoint_state import inner_optimizer
 
 
 def _local_bytes(t) -> int:
@@ -26,9 +27,20 @@ def local_state_bytes(module, optimizer) -> tuple[int, int, int]:
     params = sum(_local_bytes(p) for p in module.parameters())
     grads = sum(_local_bytes(p.grad) for p in module.parameters() if p.grad is not None)
     opt = 0
-    for state in getattr(optimizer, "state", {}).values():
+    # zero1: ZeroRedundancyOptimizer keeps this rank's shard of the state in its local optimizer
+    for state in getattr(inner_optimizer(optimizer), "state", {}).values():
         opt += sum(_local_bytes(v) for v in state.values() if torch.is_tensor(v))
     return params, grads, opt
+
+
+def _optimizer_fused(optimizer) -> bool | None:
+    """Whether the fused kernel ran; None where it cannot run (sharded DTensor parameters,
+    see bigtrain.api.optimizer_kernels), so the doctor does not advise fused=True there."""
+    from torch.distributed.tensor import DTensor
+    groups = getattr(inner_optimizer(optimizer), "param_groups", [])
+    if any(isinstance(p, DTensor) for g in groups for p in g["params"]):
+        return None
+    return bool(getattr(optimizer, "defaults", {}).get("fused"))
 
 
 _PHASE_COLS = ("data", "forward", "backward", "optimizer", "comm", "other")
@@ -138,8 +150,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
         strategy=strategy.describe(), world_size=strategy.env.world_size,
         threads_per_rank=torch.get_num_threads(), optimizer=task.optimizer_name,
         precision=task.config.precision, batch_size=task.config.batch_size,
-        epochs=len(result.epochs), optimizer_fused=bool(getattr(optimizer, "defaults", {})
-                                                         .get("fused")),
+        epochs=len(result.epochs), optimizer_fused=_optimizer_fused(optimizer),
         local_world_size=strategy.env.local_world_size, cpu_cores=os.cpu_count(),
         device=str(strategy.env.device),
         microbatches=stats.get("pipeline_microbatches", task.config.accumulate_steps),

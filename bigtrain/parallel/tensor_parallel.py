@@ -14,6 +14,9 @@ forward (after the row-wise Linear) and one in backward (before the column-wise 
         pairs form only across element-wise layers (activations, dropout); a colwise
         Linear without a row-wise partner all-gathers its output ("colwise_gather");
         a Linear whose out width does not divide by T (a 3-class output) stays replicated.
+        A Linear whose owner applies an activation that is not element-wise (a Keras
+        Dense with softmax, or any callable it cannot see into) gathers its output
+        before that activation: softmax over half the features would be wrong.
 
 `plan={"regex": "colwise" | "colwise_gather" | "rowwise" | "replicate"}` overrides the
 style of the Linears whose qualified name matches (re.search, like Keras's LayoutMap).
@@ -25,9 +28,11 @@ Example:
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.parallel.base import Strategy, register
@@ -38,6 +43,12 @@ STYLES = ("colwise", "colwise_gather", "rowwise", "replicate")
 #: layers that act element-wise, so a colwise output may flow through them still sharded
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU,
                nn.Dropout, nn.Identity, nn.Softplus, nn.Mish, nn.Hardtanh, nn.ReLU6)
+#: activations by Keras name (Dense(activation=...)) that act element-wise; softmax does not
+ELEMENTWISE_NAMES = frozenset({"linear", "relu", "gelu", "tanh", "sigmoid", "elu", "selu",
+                               "softplus", "silu", "swish", "leaky_relu"})
+#: element-wise torch functions passed as a callable activation
+ELEMENTWISE_FUNCTIONS = (torch.relu, torch.tanh, torch.sigmoid, F.relu, F.gelu, F.silu,
+                         F.elu, F.selu, F.softplus, F.leaky_relu, F.tanh, F.sigmoid)
 _ATTN_OUT = ("c_proj", "o_proj", "out_proj")
 
 
@@ -102,13 +113,46 @@ def _chain_plan(module: nn.Module, degree: int, skip: set[str]) -> dict[str, str
                 continue
             if pending:
                 plan[pending] = "colwise_gather"
-            sharded = m.out_features % degree == 0
-            plan[name], pending = ("colwise", name) if sharded else ("replicate", None)
-        elif not isinstance(m, ELEMENTWISE) and pending:
+            if m.out_features % degree:
+                plan[name], pending = "replicate", None
+            elif _owner_keeps_elementwise(module, name):
+                plan[name], pending = "colwise", name
+            else:  # e.g. Dense(softmax): gather the features before the activation
+                plan[name], pending = "colwise_gather", None
+        elif not _elementwise_leaf(m) and pending:
             plan[pending], pending = "colwise_gather", None
     if pending:
         plan[pending] = "colwise_gather"
     return plan
+
+
+def _elementwise_activation(act, name: str | None) -> bool:
+    """Whether an activation (a module, a Keras name, or a callable) acts element-wise;
+    a callable it cannot see into (a Python function, nn.Softmax) counts as not."""
+    if isinstance(act, nn.Module):
+        return isinstance(act, ELEMENTWISE)
+    if name is not None:
+        return name in ELEMENTWISE_NAMES
+    return any(act is f for f in ELEMENTWISE_FUNCTIONS)
+
+
+def _elementwise_leaf(m: nn.Module) -> bool:
+    """A leaf module that acts element-wise: ReLU & co, or a Keras Activation layer."""
+    if isinstance(m, ELEMENTWISE):
+        return True
+    act = getattr(m, "activation", None)
+    return act is not None and (getattr(m, "defer_activation", False) or
+                                _elementwise_activation(act, getattr(m, "activation_name", None)))
+
+
+def _owner_keeps_elementwise(module: nn.Module, name: str) -> bool:
+    """Whether the module owning Linear `name` applies only element-wise functions to its
+    output in its own forward (a Keras Dense applies `activation` there)."""
+    owner = module.get_submodule(name.rpartition(".")[0])
+    act = getattr(owner, "activation", None)
+    if act is None or getattr(owner, "defer_activation", False):
+        return True
+    return _elementwise_activation(act, getattr(owner, "activation_name", None))
 
 
 def check_tp(module: nn.Module, degree: int) -> None:
@@ -136,6 +180,14 @@ def apply_tp(module: nn.Module, tp_mesh, plan: Mapping[str, str]) -> nn.Module:
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel,
               "colwise_gather": lambda: ColwiseParallel(output_layouts=Replicate())}
     parallel = {n: styles[s]() for n, s in plan.items() if s != "replicate"}
+    linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
+    if tp_mesh.size() > 1 and linears and not parallel:  # (a pipeline stage may hold none)
+        warnings.warn(
+            f"tensor parallelism over {tp_mesh.size()} ranks splits no layer of "
+            f"{type(module).__name__} ({len(linears)} Linear layers, all replicated: "
+            "widths not divisible by the degree, tied weights, or a plan override): every "
+            "rank computes the whole model; use a degree that divides the layer widths, or "
+            "a data-parallel strategy", stacklevel=2)
     if tp_mesh.size() > 1 and parallel:
         parallelize_module(module, tp_mesh, parallel)
     return module

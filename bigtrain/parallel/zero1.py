@@ -6,6 +6,8 @@ shard after the step.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
@@ -17,11 +19,18 @@ def optimizer_recipe(make_optimizer) -> tuple[type, dict]:
     """The class and keyword arguments `make_optimizer` uses, read off a one-parameter probe
     (ZeroRedundancyOptimizer builds its local optimizer itself)."""
     probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
-    return type(probe), dict(probe.defaults)
+    # defaults may hold keys the constructor does not take (AdamW's decoupled_weight_decay,
+    # inherited from Adam): pass only what the class accepts
+    accepted = inspect.signature(type(probe)).parameters
+    return type(probe), {k: v for k, v in probe.defaults.items() if k in accepted}
 
 
 class Zero1(DataParallel):
-    """DDP gradients + optimizer state sharded across ranks."""
+    """DDP gradients + optimizer state sharded across ranks.
+
+    The step is ZeroRedundancyOptimizer's public `step()` (the base class's optimizer_step,
+    through the loss scaler under float16), so hooks registered on the optimizer fire.
+    """
 
     name = "zero1"
     timing_note = ("gradients as in DDP (probed wait in comm_exposed); the broadcast of the "
@@ -31,15 +40,12 @@ class Zero1(DataParallel):
         if not self.env.distributed:
             return make_optimizer(module.parameters())
         cls, kwargs = optimizer_recipe(make_optimizer)
-        return ZeroRedundancyOptimizer(module.parameters(), optimizer_class=cls, **kwargs)
-
-    def optimizer_step(self, optimizer) -> None:
-        """The local shard's update, then the broadcast of every shard (timed apart)."""
-        if not isinstance(optimizer, ZeroRedundancyOptimizer) or self.grad_scaler is not None:
-            return self.apply_update(optimizer)  # float16: ZeRO's whole step, via the scaler
-        optimizer._local_step()
-        self.mark("parameter broadcast", phase="comm")
-        optimizer._sync_params()
+        zero = ZeroRedundancyOptimizer(module.parameters(), optimizer_class=cls, **kwargs)
+        # ZeRO's public step() runs the local shard's step, then broadcasts every shard: the
+        # local optimizer's post-step hook marks where the broadcast starts (timed apart)
+        zero.optim.register_step_post_hook(
+            lambda *_: self.mark("parameter broadcast", phase="comm"))
+        return zero
 
     def describe(self) -> str:
         return "zero1 (ZeroRedundancyOptimizer over DDP)"

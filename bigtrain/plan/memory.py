@@ -6,13 +6,21 @@ state per parameter (which, in mixed precision, includes the fp32 master weights
 
     strategy      params     grads      optimizer   (bytes per rank, n ranks)
     ddp           P*Psi      G*Psi      K*Psi
-    zero1         P*Psi      G*Psi      K*Psi/n
-    zero2         P*Psi      G*Psi/n    K*Psi/n
+    zero1         P*Psi      G*Psi      K*Psi/n    (at least K * the largest tensor)
+    zero2         P*Psi/n    G*Psi/n    K*Psi/n    (FSDP2, see below; the paper's: P*Psi)
     zero3         P*Psi/n    G*Psi/n    K*Psi/n
     fsdp_offload  0          0          0          (all of zero3's shard lives in host memory)
     pipeline      P*Psi/p    G*Psi/p    K*Psi/p    (p stages, balanced)
     tensor        P*Psi/n    G*Psi/n    K*Psi/n    (every weight matrix split n ways)
     ps            worker: P*Psi + G*Psi; server: P*Psi + K*Psi (see `ps_server_bytes`)
+
+bigtrain's zero2 is FSDP2 with reshard_after_forward=False, not the paper's ZeRO-2: after
+backward FSDP2 frees the gathered parameters and keeps only its 1/n shard, so between steps
+(at rest) zero2 holds what zero3 holds (measured: 8 bytes per parameter for fp32 Adam on 2
+ranks, both). It differs at the peak: from forward to backward it keeps every unit's gathered
+parameters (P*Psi, counted by the planner as a communication buffer), where zero3 keeps one
+or two units. Keeping full parameters at rest, as the paper's ZeRO-2, would need a second,
+stale copy after each optimizer step, so FSDP2 does not offer it.
 
 Mixed precision ("bf16-mixed", "16-mixed") counts 2-byte working weights and gradients and a
 4-byte fp32 master copy inside K, like the paper: Adam gives K = 4 + 4 + 4 = 12 and 16 bytes
@@ -130,16 +138,14 @@ class MemoryBreakdown:
         return self.model_states + self.activations + self.comm_buffers
 
 
-def _states(strategy: str, psi: float, n: int, p: float, g: float, k: float
-            ) -> tuple[float, float, float, float, str]:
+def _states(strategy: str, psi: float, n: int, p: float, g: float, k: float,
+            largest: float = 0.0) -> tuple[float, float, float, float, str]:
     """(params, grads, optimizer, offloaded host bytes, role) for one rank."""
     if strategy in ("single", "ddp"):
         return p * psi, g * psi, k * psi, 0.0, ""
-    if strategy == "zero1":
-        return p * psi, g * psi, k * psi / n, 0.0, ""
-    if strategy == "zero2":
-        return p * psi, g * psi / n, k * psi / n, 0.0, ""
-    if strategy in ("zero3", "pipeline", "tensor"):
+    if strategy == "zero1":  # ZeroRedundancyOptimizer hands out whole parameters
+        return p * psi, g * psi, k * max(psi / n, largest), 0.0, ""
+    if strategy in ("zero2", "zero3", "pipeline", "tensor"):  # zero2: FSDP2 (docstring)
         return p * psi / n, g * psi / n, k * psi / n, 0.0, ""
     if strategy == "fsdp_offload":
         return 0.0, 0.0, 0.0, (p + g + k) * psi / n, ""
@@ -149,7 +155,8 @@ def _states(strategy: str, psi: float, n: int, p: float, g: float, k: float
 
 
 def model_state_bytes(strategy: str, n_params: float, *, world_size: int,
-                      precision: str = "32", optimizer: str | int = "adam") -> MemoryBreakdown:
+                      precision: str = "32", optimizer: str | int = "adam",
+                      largest_param: float = 0.0) -> MemoryBreakdown:
     """Parameter, gradient and optimizer bytes per rank (no activations or buffers).
 
     Args:
@@ -158,6 +165,9 @@ def model_state_bytes(strategy: str, n_params: float, *, world_size: int,
         world_size: ranks sharing the model (stages for "pipeline", servers+workers for "ps").
         precision: "32", "bf16-mixed" or "16-mixed".
         optimizer: optimizer name or its state bytes per parameter.
+        largest_param: elements of the biggest parameter tensor: zero1 shards whole tensors,
+            so its heaviest rank holds at least that one's optimizer state (a 1000 x 64
+            first layer of a 65 k-parameter MLP puts almost all of it on one rank).
 
     Example:
         >>> model_state_bytes("ddp", 1e6, world_size=2).model_states
@@ -168,7 +178,7 @@ def model_state_bytes(strategy: str, n_params: float, *, world_size: int,
     prec = get_precision(precision)
     k = optimizer_bytes(optimizer, precision)
     p, g, o, host, role = _states(strategy, float(n_params), world_size, prec.param_bytes,
-                                  prec.grad_bytes, k)
+                                  prec.grad_bytes, k, float(largest_param))
     return MemoryBreakdown(params=p, grads=g, optimizer=o, offloaded_host=host, role=role)
 
 

@@ -109,7 +109,9 @@ def _comm_buffers(strategy: str, prof: ModelProfile, prec, micro: int) -> float:
     if strategy in ("ddp", "zero1"):
         return prec.grad_bytes * psi  # DDP's flat gradient buckets (a second gradient copy)
     if strategy == "zero2":
-        return prec.grad_bytes * unit  # one unit's unsharded gradient before reduce-scatter
+        # every unit's gathered parameters live from forward to backward (FSDP2 with
+        # reshard_after_forward=False), plus one unit's unsharded gradient
+        return prec.param_bytes * psi + prec.grad_bytes * unit
     if strategy in ("zero3", "fsdp_offload"):
         return 2 * unit * (prec.param_bytes + prec.grad_bytes)  # current + prefetched unit
     if strategy == "pipeline":
@@ -124,7 +126,8 @@ def _memory(strategy: str, prof: ModelProfile, *, devices: int, precision: str,
     """Full per-rank breakdown (the heavier role for the parameter server)."""
     prec = get_precision(precision)
     states = model_state_bytes(strategy, prof.n_params, world_size=devices,
-                               precision=precision, optimizer=optimizer)
+                               precision=precision, optimizer=optimizer,
+                               largest_param=prof.largest_unit_params or 0)
     acts = activation_bytes(strategy, act_per_sample, world_size=devices,
                             batch_size=batch_size, microbatches=microbatches,
                             schedule=schedule, linear_share=prof.linear_share)
