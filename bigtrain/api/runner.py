@@ -70,6 +70,10 @@ _CHECKPOINT_OPTIONS = {"checkpoint_dir": "directory", "checkpoint_every": "every
                        "resume": "resume"}
 
 
+#: fit's keywords beyond Keras's (see bigtrain.api.training.fit); anything else is refused
+FIT_OPTIONS = (*_CHECKPOINT_OPTIONS, "watchdog", "watchdog_timeout", "max_restarts", "timeout")
+
+
 def checkpoint_config(options: dict) -> CheckpointConfig | None:
     """Take fit's checkpoint options out of `options`; a CheckpointConfig, or None when
     `checkpoint_dir` was not given."""

@@ -7,6 +7,7 @@ synchronises with the device per step except to check for a non-finite loss ever
 from __future__ import annotations
 
 import time
+from itertools import islice
 from dataclasses import dataclass, field
 
 import torch
@@ -16,7 +17,8 @@ from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.checkpoint import Checkpointer
 from bigtrain.engine.comm_probe import exposed_sync_seconds
-from bigtrain.engine.data import epoch_permutation, global_batches, num_batches, shard_bounds
+from bigtrain.engine.data import (epoch_permutation, epoch_window, global_batches, num_batches,
+                                  shard_bounds)
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
@@ -64,12 +66,13 @@ class NonFiniteLoss(Exception):
 
 
 def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
-             prefix: str = "") -> dict[str, float]:
-    """Loss and metrics over `data`, sharded across ranks and reduced; Keras-style logs."""
+             prefix: str = "", limit: int | None = None) -> dict[str, float]:
+    """Loss and metrics over `data` (its first `limit` samples when given), sharded across
+    ranks and reduced; Keras-style logs."""
     device = strategy.env.device
     tally = Tally(task.metrics, task.activations, device)
     shard = strategy.data_shard()
-    lo, hi = shard_bounds(len(data), *shard)
+    lo, hi = shard_bounds(len(data) if limit is None else min(limit, len(data)), *shard)
     autocast = autocast_factory(task.config.precision, device)
     was_training = module.training
     module.eval()
@@ -114,8 +117,10 @@ def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
 def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
                  progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
-    perm = epoch_permutation(len(task.train), cfg.seed, epoch, cfg.shuffle)
-    steps = num_batches(len(task.train), cfg.batch_size)
+    data_pass, first, stop = epoch_window(epoch, cfg.steps_per_epoch,
+                                          num_batches(len(task.train), cfg.batch_size))
+    perm = epoch_permutation(len(task.train), cfg.seed, data_pass, cfg.shuffle)
+    steps = stop - first
     tally = Tally(task.metrics, task.activations, device)
     pending: list = []  # losses of the steps since the last non-finite check
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
@@ -126,7 +131,7 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     mark, timer = strategy.mark, timing.timer
     module.train()
     last_check = skip = progress.skip
-    for step, gidx in enumerate(global_batches(perm, cfg.batch_size)):
+    for step, gidx in enumerate(islice(global_batches(perm, cfg.batch_size), first, stop)):
         if step < skip:
             continue  # trained before the checkpoint this run resumed from
         mark("callbacks (batch begin)", progress.step)
@@ -231,7 +236,7 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
         return FitResult(stats=getattr(strategy, "stats", dict)())
     owner.optimizer, owner.stop_training = optimizer, False
     owner._live = (strategy, module)
-    steps = num_batches(len(task.train), cfg.batch_size)
+    steps = cfg.steps_per_epoch or num_batches(len(task.train), cfg.batch_size)
     params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
@@ -254,9 +259,11 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                     print(e, flush=True)
                 owner.stop_training = True
                 break
-            samples += len(task.train)
-            if task.val is not None:
-                logs.update(evaluate(task, strategy, module, task.val, cfg.batch_size, "val_"))
+            samples += _epoch_samples(epoch, cfg, len(task.train))
+            if task.val is not None and cfg.validates_after(epoch):
+                val_batch = cfg.validation_batch_size or cfg.batch_size
+                limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
+                logs.update(evaluate(task, strategy, module, task.val, val_batch, "val_", limit))
             epoch_times.append(time.perf_counter() - t0)
             strategy.mark("gather weights for callbacks")
             _refresh_weight_cache(task, strategy, module, owner)
@@ -289,6 +296,12 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     result.state_dict = state if strategy.env.is_main else None
     owner._live = None
     return result
+
+
+def _epoch_samples(epoch: int, cfg, n: int) -> int:
+    """Training samples in epoch `epoch` (all `n` unless steps_per_epoch cuts the pass)."""
+    _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
+    return min(n, stop * cfg.batch_size) - first * cfg.batch_size
 
 
 def _resume(task, strategy, module, optimizer) -> tuple[Progress, int]:
