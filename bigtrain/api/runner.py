@@ -99,6 +99,11 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
         strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
     check_precision(strat, config.precision)  # before any process starts
+    rules = model.compiled.optimizer.rules
+    refusal = strat.refuse_update_rules(rules) if rules is not None else None
+    if refusal:
+        raise ValueError(f"the optimizer's arguments cannot run exactly under strategy "
+                         f"{strat.name!r}: {refusal}")
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")

@@ -23,6 +23,7 @@ from bigtrain.engine.record import write_run_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
+from bigtrain.parallel.update_rules import finish_ema
 from bigtrain.parallel.watchdog import start_watchdog, stop_watchdog
 
 
@@ -278,6 +279,8 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                 result.history.setdefault(k, []).append(v)
             if owner.stop_training:
                 break
+        if first_epoch < cfg.epochs:
+            finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
     finally:
         callbacks.on_train_end()
         vars(strategy).pop("phase_timer", None)

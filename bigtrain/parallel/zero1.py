@@ -9,15 +9,17 @@ from __future__ import annotations
 import torch
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
+from bigtrain.parallel.update_rules import rules_of
 from bigtrain.parallel.base import register
 from bigtrain.parallel.data_parallel import DataParallel
 
 
-def optimizer_recipe(make_optimizer) -> tuple[type, dict]:
-    """The class and keyword arguments `make_optimizer` uses, read off a one-parameter probe
-    (ZeroRedundancyOptimizer builds its local optimizer itself)."""
+def optimizer_recipe(make_optimizer) -> tuple[type, dict, object]:
+    """The class, keyword arguments and Keras update rules (bigtrain.parallel.update_rules)
+    `make_optimizer` uses, read off a one-parameter probe (ZeroRedundancyOptimizer builds
+    its local optimizer itself, so the rules are hooked into it afterwards)."""
     probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
-    return type(probe), dict(probe.defaults)
+    return type(probe), dict(probe.defaults), rules_of(probe)
 
 
 class Zero1(DataParallel):
@@ -30,8 +32,12 @@ class Zero1(DataParallel):
     def setup_optimizer(self, module, make_optimizer):
         if not self.env.distributed:
             return make_optimizer(module.parameters())
-        cls, kwargs = optimizer_recipe(make_optimizer)
-        return ZeroRedundancyOptimizer(module.parameters(), optimizer_class=cls, **kwargs)
+        cls, kwargs, rules = optimizer_recipe(make_optimizer)
+        optimizer = ZeroRedundancyOptimizer(module.parameters(), optimizer_class=cls, **kwargs)
+        if rules is not None:
+            # every rank holds every (all-reduced) gradient: the global norm is local
+            rules.attach(optimizer.optim, norm_params=list(module.parameters()))
+        return optimizer
 
     def optimizer_step(self, optimizer) -> None:
         """The local shard's update, then the broadcast of every shard (timed apart)."""

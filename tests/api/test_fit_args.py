@@ -19,6 +19,7 @@ CLASS_WEIGHT = {0: 1.0, 1: 3.0, 2: 0.25}
 def _pair(outputs=("cls",)):
     """The same small network in Keras and bigtrain, bigtrain holding Keras's weights.
     Outputs: "cls" (3-way softmax) and optionally "score" (one linear unit)."""
+    keras.utils.set_random_seed(0)  # the same start in every pair (guards compare pairs)
     heads = {"cls": dict(units=3, activation="softmax"), "score": dict(units=1)}
     ki = keras.Input((4,))
     kh = keras.layers.Dense(5, activation="relu", name="hidden")(ki)
