@@ -92,3 +92,20 @@ def test_strategies_that_cannot_clip_exactly_refuse_before_starting():
     bm.compile(optimizer=bo.SGD(0.1, clipnorm=1.0), loss=LOSS)
     with pytest.raises(ValueError, match="parameter servers.*clipvalue"):
         bm.fit(X, Y, strategy="ps", devices=3, verbose=0)
+
+
+def _fp16_weights(optimizer):
+    _, bm = _pair()
+    bm.compile(optimizer=optimizer, loss=LOSS)
+    bm.fit(X, Y, batch_size=8, epochs=1, shuffle=False, verbose=0, precision="16-mixed")
+    return bm.get_weights()
+
+
+def test_clipping_reads_unscaled_float16_gradients():
+    """Under float16 the loss (and every gradient) is scaled by 2**16; clipping must see
+    the true gradients: a norm bound above them changes nothing."""
+    free = _fp16_weights(bo.SGD(0.5))
+    loose = _fp16_weights(bo.SGD(0.5, global_clipnorm=50.0))  # true norm is about 1
+    tight = _fp16_weights(bo.SGD(0.5, global_clipnorm=0.05))
+    assert max(float(np.abs(a - b).max()) for a, b in zip(free, loose)) <= TOL
+    assert max(float(np.abs(a - b).max()) for a, b in zip(free, tight)) > 100 * TOL

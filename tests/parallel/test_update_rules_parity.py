@@ -24,8 +24,12 @@ OPTIMIZERS = {
     "clipnorm": lambda: bo.SGD(0.5, clipnorm=0.02),
     "decay_ema": lambda: bo.SGD(0.2, momentum=0.9, weight_decay=0.1, use_ema=True,
                                 ema_momentum=0.5),
+    "clipvalue_decay": lambda: bo.SGD(0.5, clipvalue=0.01, weight_decay=0.1),
     "plain": lambda: bo.SGD(0.5),
 }
+# pipeline stages step their own layers: per-variable rules only (global_clipnorm is refused)
+PER_STRATEGY = {**{name: ("global_clipnorm", "clipnorm", "decay_ema") for name in STRATEGIES},
+                "pipeline": ("clipnorm", "decay_ema")}
 
 
 def _unfused(spec):
@@ -71,8 +75,8 @@ def _every_strategy(rank, world_size):
     from bigtrain.parallel import resolve_strategy
     from bigtrain.parallel.base import DistEnv
     out = {}
-    for name in STRATEGIES:
-        for optimizer in ("global_clipnorm", "clipnorm", "decay_ema"):
+    for name, optimizers in PER_STRATEGY.items():
+        for optimizer in optimizers:
             model, task = _task(optimizer)
             env = DistEnv(rank=rank, world_size=world_size, local_rank=rank,
                           local_world_size=world_size, device=torch.device("cpu"))
@@ -87,8 +91,25 @@ def test_optimizer_arguments_match_one_process_under_every_strategy():
     diffs = {key: max_param_diff(refs[key[1]], state) for key, state in got.items()}
     bad = {key: d for key, d in diffs.items() if d > TOL}
     assert not bad, bad
-    for optimizer in ("global_clipnorm", "clipnorm", "decay_ema"):  # each argument acts
-        assert max_param_diff(refs[optimizer], refs["plain"]) > 100 * TOL
+    for optimizer in OPTIMIZERS:  # each argument acts
+        assert optimizer == "plain" or max_param_diff(refs[optimizer], refs["plain"]) > 100 * TOL
+
+
+@pytest.mark.slow
+def test_parameter_server_applies_elementwise_rules():
+    """clipvalue and weight decay act element by element, so the servers' row shards apply
+    them exactly (clipnorm, global_clipnorm and use_ema are refused before any rank starts)."""
+    x, y = _data()
+    states = {}
+    for strategy, devices in ((None, None), ("ps", 3)):
+        bigtrain.clear_session()
+        bigtrain.set_seed(0)
+        model = _model()
+        model.compile(optimizer=OPTIMIZERS["clipvalue_decay"](),
+                      loss="sparse_categorical_crossentropy")
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, strategy=strategy, devices=devices)
+        states[strategy] = model.net.state_dict()
+    assert max_param_diff(states[None], states["ps"]) <= TOL
 
 
 @pytest.mark.slow
