@@ -149,17 +149,17 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
                      train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir)
 
 
-def _sample_weight_for(model, x, y, sample_weight, class_weight):
-    """fit's sample weights: `sample_weight`, or `class_weight` looked up per label."""
-    from torch.utils.data import DataLoader, Dataset
+def _with_class_weight(data, class_weight):
+    """The training data with `class_weight[label]` as its sample weights (as Keras, the
+    validation data keeps its own: validation_split takes its share first)."""
+    import dataclasses
     if class_weight is None:
-        return sample_weight
-    if isinstance(x, (Dataset, DataLoader)):
+        return data
+    if isinstance(data, DatasetData):
         raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset): let "
                          "the Dataset return (x, y, sample_weight) items instead")
-    names = model.output_names if isinstance(model.net, GraphModule) else None
-    return class_weight_to_sample_weight(check.as_list(y, names, "y"), class_weight,
-                                         sample_weight)
+    weights = class_weight_to_sample_weight(data.ys, class_weight, data.sample_weight)
+    return dataclasses.replace(data, sample_weight=as_tensor_source(weights))
 
 
 def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callbacks=None,
@@ -217,7 +217,6 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                        steps_per_epoch=steps_per_epoch, validation_freq=validation_freq,
                        validation_batch_size=validation_batch_size,
                        validation_steps=validation_steps)
-    sample_weight = _sample_weight_for(model, x, y, sample_weight, class_weight)
     data = prepare_data(model, x, y, sample_weight)
     val = None
     if validation_data is not None:
@@ -226,6 +225,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         val = prepare_data(model, vx, vy, vsw)
     elif validation_split:
         data, val = data.split(validation_split)
+    data = _with_class_weight(data, class_weight)
     return run_fit(model, data, val, config, list(callbacks or []), strategy, devices,
                    run_dir, distributed)
 

@@ -4,6 +4,8 @@ class_weight, dict loss_weights and steps_per_epoch give Keras's own weights aft
 import keras
 import numpy as np
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from bigtrain import optimizers as bo
 from bigtrain.layers import Dense, Input
@@ -87,8 +89,11 @@ def test_class_weight_one_hot_labels_and_refusals():
     onehot = np.eye(3, dtype="float32")[Y]
     _sgd_step(km, bm, X, onehot, "categorical_crossentropy", class_weight=CLASS_WEIGHT)
     assert _diff(km, bm) <= TOL
+    with pytest.raises(ValueError, match="class_weight needs arrays"):
+        bm.fit(TensorDataset(torch.tensor(X), torch.tensor(onehot)), class_weight=CLASS_WEIGHT,
+               verbose=0)
     with pytest.raises(ValueError, match="both class_weight and sample_weight"):
-        bm.fit(X, Y, class_weight=CLASS_WEIGHT, sample_weight=np.ones(16), verbose=0)
+        bm.fit(X, onehot, class_weight=CLASS_WEIGHT, sample_weight=np.ones(16), verbose=0)
 
 
 def test_dict_loss_weights_match_keras():
@@ -131,5 +136,9 @@ def test_validation_freq_steps_and_batch_size():
                   validation_batch_size=3, verbose=0)
     assert abs(hist.history["val_loss"][0] - bm.evaluate(vx[:3], vy[:3])) <= 1e-6
     assert abs(hist.history["val_loss"][0] - bm.evaluate(vx[:8], vy[:8])) > 1e-4
+    # class_weight weighs the training samples only, as Keras: validation_split's share keeps
+    # its plain loss
+    hist = bm.fit(X, Y, validation_split=0.25, class_weight=CLASS_WEIGHT, verbose=0)
+    assert abs(hist.history["val_loss"][0] - bm.evaluate(X[12:], Y[12:])) <= 1e-6
     with pytest.raises(ValueError, match="validation_freq"):
         bm.fit(X, Y, validation_data=(vx, vy), validation_freq=0, verbose=0)

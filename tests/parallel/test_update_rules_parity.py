@@ -54,7 +54,8 @@ def _task(optimizer: str):
     bigtrain.clear_session()
     bigtrain.set_seed(0)
     model = _model()
-    model.compile(optimizer=_unfused(OPTIMIZERS[optimizer]()), loss="sparse_categorical_crossentropy")
+    model.compile(optimizer=_unfused(OPTIMIZERS[optimizer]()),
+                  loss="sparse_categorical_crossentropy")
     x, y = _data()
     weights = np.where(y == 0, 4.0, 1.0).astype(np.float32)  # class_weight {0: 4}
     cfg = FitConfig(epochs=2, batch_size=8, verbose=0, seed=0, steps_per_epoch=4)
@@ -69,8 +70,6 @@ def _reference(optimizer: str) -> dict:
 
 
 def _every_strategy(rank, world_size):
-    import torch.distributed as dist
-
     from bigtrain.engine.loop import run_rank
     from bigtrain.parallel import resolve_strategy
     from bigtrain.parallel.base import DistEnv
