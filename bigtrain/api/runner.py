@@ -104,6 +104,10 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     if refusal:
         raise ValueError(f"the optimizer's arguments cannot run exactly under strategy "
                          f"{strat.name!r}: {refusal}")
+    if checkpoint is not None and rules is not None and rules.use_ema:
+        raise ValueError("fit(checkpoint_dir=...) with an optimizer's use_ema=True: the moving "
+                         "average of the weights is not part of the checkpoints, so a resumed "
+                         "run would average differently; drop use_ema or checkpoint_dir")
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")

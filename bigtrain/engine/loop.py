@@ -313,7 +313,8 @@ def _resume(task, strategy, module, optimizer) -> tuple[Progress, int]:
     if task.checkpoint is None:
         return Progress(), cfg.initial_epoch
     info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
-            "shuffle": cfg.shuffle, "strategy": strategy.name}
+            "shuffle": cfg.shuffle, "strategy": strategy.name,
+            "steps_per_epoch": cfg.steps_per_epoch}
     ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info)
     start = ckpt.restore()
     if start is None:

@@ -142,3 +142,26 @@ def test_validation_freq_steps_and_batch_size():
     assert abs(hist.history["val_loss"][0] - bm.evaluate(X[12:], Y[12:])) <= 1e-6
     with pytest.raises(ValueError, match="validation_freq"):
         bm.fit(X, Y, validation_data=(vx, vy), validation_freq=0, verbose=0)
+
+
+def test_steps_per_epoch_resumes_mid_epoch_as_uninterrupted(tmp_path):
+    """60 samples in batches of 10 = 6 batches per pass; epochs of 4 steps take windows
+    [0, 4), [4, 6), [0, 4) of passes 0, 0, 1. A run stopped inside the third epoch resumes
+    on the same window of the same pass."""
+    from tests.engine.test_checkpoint import (Interrupt, StopAt, data, make_model, same,
+                                              weights)
+    fit = dict(epochs=3, batch_size=10, steps_per_epoch=4, verbose=0)
+    whole = make_model()
+    whole.fit(*data(), **fit)
+    folder = str(tmp_path / "ckpt")
+    with pytest.raises(Interrupt):
+        make_model().fit(*data(), **fit, checkpoint_dir=folder, checkpoint_every=1,
+                         callbacks=[StopAt(2, 2)])
+    resumed = make_model(seed=1)
+    resumed.fit(*data(), **fit, checkpoint_dir=folder)
+    assert same(weights(resumed), weights(whole))
+    assert not same(weights(whole), weights(make_model()))
+    with pytest.raises(ValueError, match="use_ema"):
+        model = make_model()
+        model.compile(optimizer=bo.SGD(use_ema=True), loss="categorical_crossentropy")
+        model.fit(*data(), **fit, checkpoint_dir=str(tmp_path / "ema"))
