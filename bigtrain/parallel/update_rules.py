@@ -25,6 +25,17 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t._local_tensor if hasattr(t, "device_mesh") else t
 
 
+def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
+    """Sum `t` over `group`; an NCCL group reduces a host tensor (gradients offloaded to
+    the CPU) on this rank's GPU and hands it back on the host."""
+    if t.device.type == "cpu" and dist.get_backend(group) == "nccl":
+        on_gpu = t.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(on_gpu, group=group)
+        return on_gpu.to(t.device)
+    dist.all_reduce(t, group=group)
+    return t
+
+
 def full_sq_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     """Squared L2 norm of each WHOLE gradient (0-dim float32 tensors), where some are
     DTensor shards: local sums of squares, all-reduced over every mesh dimension a
@@ -44,7 +55,7 @@ def full_sq_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
                     raise RuntimeError("gradient clipping got a gradient with a pending "
                                        "reduction (Partial placement); reduce it first")
                 if placement.is_shard():
-                    dist.all_reduce(sq, group=mesh.get_group(dim))
+                    sq = _all_reduce_sum(sq, mesh.get_group(dim))
         for j, i in enumerate(idx):
             out[i] = sq[j]
     return out
@@ -127,11 +138,11 @@ class UpdateRules:
             for g, sq in zip(grads, full_sq_norms(grads)):
                 _local(g).mul_(self.clipnorm / torch.clamp(sq.sqrt(), min=self.clipnorm)
                                .to(_local(g).device))
-        elif self.global_clipnorm:
+        elif self.global_clipnorm and grads:
             source = grads if norm_params is None else \
                 [p.grad for p in norm_params if p.grad is not None]
-            total = torch.stack([s.cpu() if s.device != torch.device("cpu") else s
-                                 for s in full_sq_norms(source)]).sum().sqrt()
+            squares = full_sq_norms(source)
+            total = torch.stack([s.to(squares[0].device) for s in squares]).sum().sqrt()
             # Keras: g * c / max(|g|, c); a non-finite norm makes every gradient NaN
             scale = self.global_clipnorm / torch.clamp(total, min=self.global_clipnorm) + \
                 (total - total)
