@@ -109,3 +109,17 @@ def test_clipping_reads_unscaled_float16_gradients():
     tight = _fp16_weights(bo.SGD(0.5, global_clipnorm=0.05))
     assert max(float(np.abs(a - b).max()) for a, b in zip(free, loose)) <= TOL
     assert max(float(np.abs(a - b).max()) for a, b in zip(free, tight)) > 100 * TOL
+
+
+def test_verify_and_hybrid_refuse_what_fit_refuses():
+    from bigtrain.api.training import make_task, prepare_data
+    from bigtrain.engine.task import FitConfig
+    from bigtrain.engine.verify import UNSUPPORTED, check_strategy
+    from bigtrain.parallel import Hybrid
+    _, bm = _pair()
+    bm.compile(optimizer=bo.SGD(0.1, global_clipnorm=1.0), loss=LOSS)
+    with pytest.raises(ValueError, match="global_clipnorm"):
+        bm.fit(X, Y, strategy=Hybrid(pp=2), devices=2, verbose=0)
+    task = lambda: make_task(bm, prepare_data(bm, X, Y), None, FitConfig(verbose=0), [])  # noqa
+    row = check_strategy("pipeline", task, bm, 2, TOL, reference=None)
+    assert row.status == UNSUPPORTED and "global_clipnorm" in row.detail
