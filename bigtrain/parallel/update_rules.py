@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 _ATTR = "_bigtrain_update_rules"  # the rules an optimizer was built with (see rules_of)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's piece of `t` (a DTensor's local shard, else `t`), writable in place."""
-    return t._local_tensor if hasattr(t, "device_mesh") else t
+    return t._local_tensor if isinstance(t, DTensor) else t  # to_local() under no_grad
 
 
 def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
@@ -43,7 +44,7 @@ def full_sq_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     Every rank must call it with the same list structure."""
     groups: dict = {}
     for i, g in enumerate(grads):
-        key = (id(g.device_mesh), tuple(g.placements)) if hasattr(g, "device_mesh") else None
+        key = (id(g.device_mesh), tuple(g.placements)) if isinstance(g, DTensor) else None
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(grads)
     for key, idx in groups.items():
