@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bigtrain.api.optimizer_kernels import kernel_options
+from bigtrain.parallel.update_rules import UpdateRules
 
 # Keras names -> (torch class, Keras defaults translated to torch arguments)
 _OPTIMIZERS = {
@@ -31,20 +32,26 @@ class OptimizerSpec:
         cls: a torch.optim.Optimizer subclass.
         kwargs: constructor arguments except the parameters.
         name: Keras-style name for summaries and the run record.
+        rules: Keras's clipping, weight decay and weight averaging around the update
+            (hooked into every optimizer `build` makes), or None.
     """
     cls: type
     kwargs: dict = field(default_factory=dict)
     name: str = ""
+    rules: UpdateRules | None = None
 
     def build(self, params) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad] if not isinstance(params, list) else params
         kwargs = dict(self.kwargs)
         kwargs.update(kernel_options(self.cls, params, kwargs))  # fused only on plain tensors
         try:
-            return self.cls(params, **kwargs)
+            optimizer = self.cls(params, **kwargs)
         except (RuntimeError, TypeError):
             kwargs.pop("fused", None)  # e.g. DTensor parameters or an unsupported dtype
-            return self.cls(params, **kwargs)
+            optimizer = self.cls(params, **kwargs)
+        if self.rules is not None and self.rules.active:
+            self.rules.attach(optimizer)
+        return optimizer
 
     @property
     def fused(self) -> bool:
@@ -55,31 +62,67 @@ class OptimizerSpec:
         return float(self.kwargs.get("lr", 0.0))
 
 
-class Adam(OptimizerSpec):
-    """`bigtrain.optimizers.Adam(learning_rate=1e-3)` as in Keras."""
+def _rules(**keras_args) -> UpdateRules | None:
+    rules = UpdateRules(**keras_args)
+    return rules if rules.active else None
 
-    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+
+# Every optimizer below also takes Keras's common arguments (bigtrain.parallel.update_rules):
+#   weight_decay (decoupled: w -= lr * wd * w before the update), clipnorm (per variable),
+#   global_clipnorm, clipvalue, use_ema, ema_momentum, ema_overwrite_frequency.
+
+class Adam(OptimizerSpec):
+    """`bigtrain.optimizers.Adam(learning_rate=1e-3, clipnorm=1.0)` as in Keras."""
+
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
         super().__init__(torch.optim.Adam, {"lr": learning_rate, "betas": (beta_1, beta_2),
-                                            "eps": epsilon}, "adam")
+                                            "eps": epsilon}, "adam",
+                         _rules(weight_decay=weight_decay, clipnorm=clipnorm,
+                                clipvalue=clipvalue, global_clipnorm=global_clipnorm,
+                                use_ema=use_ema, ema_momentum=ema_momentum,
+                                ema_overwrite_frequency=ema_overwrite_frequency))
 
 
 class AdamW(OptimizerSpec):
+    """Keras's AdamW: torch's AdamW decays the weights as Keras does (w -= lr * wd * w
+    before the Adam update), so weight_decay goes to torch."""
+
     def __init__(self, learning_rate=1e-3, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-7):
+                 epsilon=1e-7, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
         super().__init__(torch.optim.AdamW, {"lr": learning_rate, "betas": (beta_1, beta_2),
-                                             "eps": epsilon, "weight_decay": weight_decay}, "adamw")
+                                             "eps": epsilon, "weight_decay": weight_decay},
+                         "adamw",
+                         _rules(clipnorm=clipnorm, clipvalue=clipvalue,
+                                global_clipnorm=global_clipnorm, use_ema=use_ema,
+                                ema_momentum=ema_momentum,
+                                ema_overwrite_frequency=ema_overwrite_frequency))
 
 
 class SGD(OptimizerSpec):
-    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False):
+    def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, *,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
         super().__init__(torch.optim.SGD, {"lr": learning_rate, "momentum": momentum,
-                                           "nesterov": nesterov}, "sgd")
+                                           "nesterov": nesterov}, "sgd",
+                         _rules(weight_decay=weight_decay, clipnorm=clipnorm,
+                                clipvalue=clipvalue, global_clipnorm=global_clipnorm,
+                                use_ema=use_ema, ema_momentum=ema_momentum,
+                                ema_overwrite_frequency=ema_overwrite_frequency))
 
 
 class RMSprop(OptimizerSpec):
-    def __init__(self, learning_rate=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7):
+    def __init__(self, learning_rate=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7, *,
+                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
         super().__init__(torch.optim.RMSprop, {"lr": learning_rate, "alpha": rho,
-                                               "momentum": momentum, "eps": epsilon}, "rmsprop")
+                                               "momentum": momentum, "eps": epsilon}, "rmsprop",
+                         _rules(weight_decay=weight_decay, clipnorm=clipnorm,
+                                clipvalue=clipvalue, global_clipnorm=global_clipnorm,
+                                use_ema=use_ema, ema_momentum=ema_momentum,
+                                ema_overwrite_frequency=ema_overwrite_frequency))
 
 
 def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpec:
@@ -90,7 +133,8 @@ def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpe
         get_optimizer(torch.optim.SGD)            # with torch's defaults (lr must be given)
     """
     if isinstance(optimizer, OptimizerSpec):
-        spec = OptimizerSpec(optimizer.cls, dict(optimizer.kwargs), optimizer.name)
+        spec = OptimizerSpec(optimizer.cls, dict(optimizer.kwargs), optimizer.name,
+                             optimizer.rules)
     elif isinstance(optimizer, str) and optimizer.lower() in _OPTIMIZERS:
         cls, defaults = _OPTIMIZERS[optimizer.lower()]
         spec = OptimizerSpec(cls, dict(defaults), optimizer.lower())

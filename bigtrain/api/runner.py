@@ -83,6 +83,10 @@ _CHECKPOINT_OPTIONS = {"checkpoint_dir": "directory", "checkpoint_every": "every
                        "resume": "resume"}
 
 
+#: fit's keywords beyond Keras's (see bigtrain.api.training.fit); anything else is refused
+FIT_OPTIONS = (*_CHECKPOINT_OPTIONS, "watchdog", "watchdog_timeout", "max_restarts", "timeout")
+
+
 def checkpoint_config(options: dict) -> CheckpointConfig | None:
     """Take fit's checkpoint options out of `options`; a CheckpointConfig, or None when
     `checkpoint_dir` was not given."""
@@ -118,6 +122,15 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     strat = resolve_strategy(strategy)
     check_precision(strat, config.precision)  # before any process starts
     warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
+    rules = model.compiled.optimizer.rules
+    refusal = strat.refuse_update_rules(rules) if rules is not None else None
+    if refusal:
+        raise ValueError(f"the optimizer's arguments cannot run exactly under strategy "
+                         f"{strat.name!r}: {refusal}")
+    if checkpoint is not None and rules is not None and rules.use_ema:
+        raise ValueError("fit(checkpoint_dir=...) with an optimizer's use_ema=True: the moving "
+                         "average of the weights is not part of the checkpoints, so a resumed "
+                         "run would average differently; drop use_ema or checkpoint_dir")
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")

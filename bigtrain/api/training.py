@@ -9,6 +9,7 @@ import torch
 
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
+from bigtrain.api.fit_args import check_keywords, class_weight_to_sample_weight, loss_weight_list
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import get_metric
@@ -63,7 +64,7 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
     for ms in per_output:
         for m in ms:
             get_metric(m)  # unknown names fail here, at compile time
-    weights = list(loss_weights) if loss_weights is not None else [1.0] * n_out
+    weights = loss_weight_list(loss_weights, model.output_names)
     model.compiled = Compiled(get_optimizer(optimizer, learning_rate), losses, weights,
                               [list(ms) for ms in per_output], activations)
 
@@ -148,10 +149,25 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
                      train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir)
 
 
+def _with_class_weight(data, class_weight):
+    """The training data with `class_weight[label]` as its sample weights (as Keras, the
+    validation data keeps its own: validation_split takes its share first)."""
+    import dataclasses
+    if class_weight is None:
+        return data
+    if isinstance(data, DatasetData):
+        raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset): let "
+                         "the Dataset return (x, y, sample_weight) items instead")
+    weights = class_weight_to_sample_weight(data.ys, class_weight, data.sample_weight)
+    return dataclasses.replace(data, sample_weight=as_tensor_source(weights))
+
+
 def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callbacks=None,
-        validation_split=0.0, validation_data=None, shuffle=True, sample_weight=None,
-        initial_epoch=0, strategy=None, devices=None, accumulate_steps=1, precision="32",
-        seed=0, run_dir=None, terminate_on_nan=True, **distributed):
+        validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
+        sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
+        validation_batch_size=None, validation_freq=1, strategy=None, devices=None,
+        accumulate_steps=1, precision="32", seed=0, run_dir=None, terminate_on_nan=True,
+        **distributed):
     """Train the model, as `keras.Model.fit`, optionally split over several processes.
 
     Args:
@@ -159,7 +175,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
             them for several inputs/outputs.
         batch_size: the GLOBAL batch (summed over all ranks); default 32.
         epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-            sample_weight, initial_epoch: as in Keras.
+            class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps,
+            validation_batch_size, validation_freq: as in Keras, in every strategy.
         strategy: a name ("ddp", "zero3", ...) or a `bigtrain.parallel` Strategy object.
         devices: number of processes, "auto" (one per GPU), "cuda", "cpu" (CPU ranks even
             where a GPU exists) or "mps" (one process on an Apple GPU).
@@ -185,7 +202,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     Returns:
         A History with `.history` (Keras's keys) and `.epoch`.
     """
-    from bigtrain.api.runner import run_fit
+    from bigtrain.api.runner import FIT_OPTIONS, run_fit
+    check_keywords("fit", distributed, [*_FIT_KEYWORDS, *FIT_OPTIONS])
     _require_compiled(model, "fit")
     from torch.utils.data import DataLoader
     if batch_size is None and isinstance(x, DataLoader) and x.batch_size:
@@ -195,7 +213,10 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     config = FitConfig(epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None
                        else batch_size, shuffle=shuffle, initial_epoch=initial_epoch,
                        verbose=verbose, accumulate_steps=accumulate_steps, seed=seed,
-                       terminate_on_nan=terminate_on_nan, precision=precision)
+                       terminate_on_nan=terminate_on_nan, precision=precision,
+                       steps_per_epoch=steps_per_epoch, validation_freq=validation_freq,
+                       validation_batch_size=validation_batch_size,
+                       validation_steps=validation_steps)
     data = prepare_data(model, x, y, sample_weight)
     val = None
     if validation_data is not None:
@@ -204,8 +225,14 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         val = prepare_data(model, vx, vy, vsw)
     elif validation_split:
         data, val = data.split(validation_split)
+    data = _with_class_weight(data, class_weight)
     return run_fit(model, data, val, config, list(callbacks or []), strategy, devices,
                    run_dir, distributed)
+
+
+_FIT_KEYWORDS = [name for name in fit.__code__.co_varnames[:fit.__code__.co_argcount +
+                                                         fit.__code__.co_kwonlyargcount]
+                 if name != "model"]
 
 
 def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False):

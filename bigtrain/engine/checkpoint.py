@@ -363,7 +363,8 @@ class Checkpointer:
             return  # at an epoch boundary the data order does not depend on these
         old, new = meta.get("run", {}), self.run_info
         diff = [f"{k}: checkpoint {old.get(k)!r} vs now {new.get(k)!r}"
-                for k in ("batch_size", "samples", "seed", "shuffle") if old.get(k) != new.get(k)]
+                for k in ("batch_size", "samples", "seed", "shuffle", "steps_per_epoch")
+                if old.get(k) != new.get(k)]
         if diff:
             raise CheckpointError(f"checkpoint {path} stopped mid-epoch (epoch {position.epoch + 1}"
                                   f", batch {position.batch}); resuming there needs the same data "

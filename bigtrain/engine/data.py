@@ -108,6 +108,28 @@ def num_batches(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
 
+def epoch_window(epoch: int, steps_per_epoch: int | None, batches: int) -> tuple[int, int, int]:
+    """(data pass, first batch, stop batch) that epoch `epoch` trains on.
+
+    Without `steps_per_epoch` every epoch is one pass. With it, epochs take consecutive
+    slices of one pass, as Keras does: an epoch stops early where its pass runs out, and the
+    next epoch starts a new pass (a new permutation). A function of the epoch alone, so a
+    resumed run finds the same window.
+
+    Example:
+        >>> [epoch_window(e, 2, 3) for e in range(3)]
+        [(0, 0, 2), (0, 2, 3), (1, 0, 2)]
+    """
+    if steps_per_epoch is None:
+        return epoch, 0, batches
+    data_pass, start = 0, 0
+    for _ in range(epoch):
+        start += min(steps_per_epoch, batches - start)
+        if start >= batches:
+            data_pass, start = data_pass + 1, 0
+    return data_pass, start, min(batches, start + steps_per_epoch)
+
+
 class DatasetData(ArrayData):
     """A map-style torch `Dataset` whose items are `(x, y)` or `(x, y, sample_weight)`
     (x and y may be tuples for several inputs/outputs). Batches are collated from the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from itertools import islice
 from dataclasses import dataclass, field
 
 import torch
@@ -17,11 +18,13 @@ from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.checkpoint import Checkpointer
 from bigtrain.engine.comm_probe import exposed_sync_seconds
-from bigtrain.engine.data import epoch_permutation, global_batches, num_batches, shard_bounds
+from bigtrain.engine.data import (epoch_permutation, epoch_window, global_batches, num_batches,
+                                  shard_bounds)
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
+from bigtrain.parallel.update_rules import finish_ema
 from bigtrain.parallel.watchdog import start_watchdog, stop_watchdog
 
 
@@ -65,12 +68,13 @@ class NonFiniteLoss(Exception):
 
 
 def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
-             prefix: str = "") -> dict[str, float]:
-    """Loss and metrics over `data`, sharded across ranks and reduced; Keras-style logs."""
+             prefix: str = "", limit: int | None = None) -> dict[str, float]:
+    """Loss and metrics over `data` (its first `limit` samples when given), sharded across
+    ranks and reduced; Keras-style logs."""
     device = strategy.env.device
     tally = Tally(task.metrics, task.activations, device)
     shard = strategy.data_shard()
-    lo, hi = shard_bounds(len(data), *shard)
+    lo, hi = shard_bounds(len(data) if limit is None else min(limit, len(data)), *shard)
     autocast = autocast_factory(task.config.precision, device)
     was_training = module.training
     module.eval()
@@ -115,8 +119,10 @@ def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
 def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
                  progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
-    perm = epoch_permutation(len(task.train), cfg.seed, epoch, cfg.shuffle)
-    steps = num_batches(len(task.train), cfg.batch_size)
+    data_pass, first, stop = epoch_window(epoch, cfg.steps_per_epoch,
+                                          num_batches(len(task.train), cfg.batch_size))
+    perm = epoch_permutation(len(task.train), cfg.seed, data_pass, cfg.shuffle)
+    steps = stop - first
     tally = Tally(task.metrics, task.activations, device)
     pending: list = []  # losses of the steps since the last non-finite check
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
@@ -127,7 +133,7 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     mark, timer = strategy.mark, timing.timer
     module.train()
     last_check = skip = progress.skip
-    for step, gidx in enumerate(global_batches(perm, cfg.batch_size)):
+    for step, gidx in enumerate(islice(global_batches(perm, cfg.batch_size), first, stop)):
         if step < skip:
             continue  # trained before the checkpoint this run resumed from
         mark("callbacks (batch begin)", progress.step)
@@ -232,7 +238,7 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
         return FitResult(stats=getattr(strategy, "stats", dict)())
     owner.optimizer, owner.stop_training = optimizer, False
     owner._live = (strategy, module)
-    steps = num_batches(len(task.train), cfg.batch_size)
+    steps = cfg.steps_per_epoch or num_batches(len(task.train), cfg.batch_size)
     params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
@@ -255,9 +261,11 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                     print(e, flush=True)
                 owner.stop_training = True
                 break
-            samples += len(task.train)
-            if task.val is not None:
-                logs.update(evaluate(task, strategy, module, task.val, cfg.batch_size, "val_"))
+            samples += _epoch_samples(epoch, cfg, len(task.train))
+            if task.val is not None and cfg.validates_after(epoch):
+                val_batch = cfg.validation_batch_size or cfg.batch_size
+                limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
+                logs.update(evaluate(task, strategy, module, task.val, val_batch, "val_", limit))
             epoch_times.append(time.perf_counter() - t0)
             strategy.mark("gather weights for callbacks")
             _refresh_weight_cache(task, strategy, module, owner)
@@ -272,6 +280,8 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                 progress.checkpointer.after_epoch(epoch, progress.step)
             if owner.stop_training:
                 break
+        if first_epoch < cfg.epochs:
+            finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
     finally:
         callbacks.on_train_end()
         vars(strategy).pop("phase_timer", None)
@@ -292,6 +302,12 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     return result
 
 
+def _epoch_samples(epoch: int, cfg, n: int) -> int:
+    """Training samples in epoch `epoch` (all `n` unless steps_per_epoch cuts the pass)."""
+    _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
+    return min(n, stop * cfg.batch_size) - first * cfg.batch_size
+
+
 def _resume(task, strategy, module, optimizer, result: FitResult) -> tuple[Progress, int]:
     """(progress, first epoch): from the checkpoint `task.checkpoint` selects, if any. When
     that checkpoint's run already finished the epochs asked for, `result` gets its recorded
@@ -300,7 +316,8 @@ def _resume(task, strategy, module, optimizer, result: FitResult) -> tuple[Progr
     if task.checkpoint is None:
         return Progress(), cfg.initial_epoch
     info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
-            "shuffle": cfg.shuffle, "strategy": strategy.name}
+            "shuffle": cfg.shuffle, "strategy": strategy.name,
+            "steps_per_epoch": cfg.steps_per_epoch}
     ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info, record=result)
     start = ckpt.restore()
     if start is None:

@@ -32,6 +32,13 @@ class FitConfig:
         terminate_on_nan: stop (with the step and batch named) when the loss is NaN/Inf.
         nan_check_every: steps between the host checks for a non-finite loss.
         precision: "32", "bf16-mixed" or "16-mixed".
+        steps_per_epoch: optimizer steps per epoch (None: one pass over the data). As in
+            Keras, epochs then walk through one shuffled pass until it runs out; an epoch
+            that meets the end of a pass stops there and the next epoch starts a new pass.
+        validation_freq: validate after every N-th epoch (an int), or after the (1-based)
+            epochs listed (a tuple).
+        validation_batch_size: batch for validation (None: `batch_size`).
+        validation_steps: validation batches per evaluation (None: all of them).
     """
     epochs: int = 1
     batch_size: int = 32
@@ -43,8 +50,24 @@ class FitConfig:
     terminate_on_nan: bool = True
     nan_check_every: int = 50
     precision: str = "32"
+    steps_per_epoch: int | None = None
+    validation_freq: int | tuple = 1
+    validation_batch_size: int | None = None
+    validation_steps: int | None = None
 
     def __post_init__(self):
+        for name in ("steps_per_epoch", "validation_batch_size", "validation_steps"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        freq = self.validation_freq
+        if isinstance(freq, list):
+            object.__setattr__(self, "validation_freq", freq := tuple(freq))
+        if not (isinstance(freq, int) and not isinstance(freq, bool) and freq >= 1) and not (
+                isinstance(freq, tuple) and all(isinstance(e, int) for e in freq)):
+            raise ValueError(f"validation_freq must be an integer >= 1 (validate every N "
+                             f"epochs) or a list of epoch numbers, got {freq!r}")
         if not isinstance(self.batch_size, int) or self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.epochs < 0 or self.initial_epoch < 0 or self.initial_epoch > self.epochs:
@@ -55,6 +78,12 @@ class FitConfig:
         if self.precision not in ("32", "bf16-mixed", "16-mixed"):
             raise ValueError(f"precision must be '32', 'bf16-mixed' or '16-mixed', "
                              f"got {self.precision!r}")
+
+    def validates_after(self, epoch: int) -> bool:
+        """Whether validation runs after `epoch` (0-based), as Keras's validation_freq."""
+        if isinstance(self.validation_freq, int):
+            return (epoch + 1) % self.validation_freq == 0
+        return epoch + 1 in self.validation_freq
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,13 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
+import torch
+
 from bigtrain.engine.data import ArrayData, DatasetData
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel import distributed as dist_env
 from bigtrain.parallel.base import Strategy, resolve_strategy, strategy_names
+from bigtrain.parallel.update_rules import rules_of
 
 PASS, FAIL, ERROR, UNAVAILABLE, UNSUPPORTED = "pass", "FAIL", "error", "unavailable", \
     "unsupported"
@@ -140,6 +143,10 @@ def check_strategy(name: str, make_task, owner, devices: int, tolerance: float,
         strategy.validate(nprocs, task.config.batch_size)
     except ValueError as e:
         return ParityRow(name, UNSUPPORTED, detail=str(e))
+    rules = rules_of(task.make_optimizer([torch.nn.Parameter(torch.zeros(1))]))  # a probe
+    refusal = strategy.refuse_update_rules(rules) if rules is not None else None
+    if refusal:  # fit refuses it too, before any rank starts
+        return ParityRow(name, UNSUPPORTED, detail=refusal)
     try:
         result = launch(task, strategy, nprocs, model_owner=owner)
         diff = max_state_diff(reference.state_dict, result.state_dict)

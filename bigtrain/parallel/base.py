@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bigtrain.parallel.update_rules import rules_of
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -176,6 +178,8 @@ class Strategy:
         if self.grad_scaler is None:
             optimizer.step()
             return
+        if _clips(optimizer):  # clipping reads true gradients: unscale them first
+            self.grad_scaler.unscale_(optimizer)
         self.grad_scaler.step(optimizer)
         self.grad_scaler.update()
 
@@ -196,6 +200,12 @@ class Strategy:
             self.heartbeat.enter(op, step)
         if self.phase_timer is not None:
             self.phase_timer.enter(op, phase)
+
+    def refuse_update_rules(self, rules) -> str | None:
+        """Why this strategy cannot apply the optimizer's Keras update rules (`rules`, a
+        bigtrain.parallel.update_rules.UpdateRules: clipping, weight decay, EMA) exactly, or
+        None when it can. Asked before any process starts."""
+        return None
 
     def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
         """Forward, backward and update for one global batch; returns (outputs, loss).
@@ -314,3 +324,9 @@ def resolve_strategy(strategy: str | Strategy | None) -> Strategy:
 
 
 register("single", Strategy)
+
+
+def _clips(optimizer) -> bool:
+    inner = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer's local one
+    rules = rules_of(inner) or rules_of(optimizer)
+    return rules is not None and rules.clips

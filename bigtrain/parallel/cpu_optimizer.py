@@ -102,6 +102,11 @@ class HostOptimizer:
         if self._cuda:
             torch.cuda.synchronize()  # the non-blocking grad copies must land before the step
         self.optimizer.step()
+        self.copy_masters_to_device()
+
+    @torch.no_grad()
+    def copy_masters_to_device(self) -> None:
+        """Device weights := the host masters (after a step, or after the masters changed)."""
         for p, m in zip(self.params, self.master):
             p.copy_(m, non_blocking=self.pin)
 

@@ -126,6 +126,9 @@ class Hybrid(Strategy):
         vars(self.inner).pop("phase_timer", None)
         vars(self.inner).pop("grad_scaler", None)
 
+    def refuse_update_rules(self, rules) -> str | None:
+        return self.inner.refuse_update_rules(rules)
+
     def describe(self) -> str:
         return f"dp={self.dp or 'auto'}, tp={self.tp}, pp={self.pp}; {self.inner.describe()}"
 

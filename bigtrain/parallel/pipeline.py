@@ -291,6 +291,14 @@ class Pipeline(Strategy):
     def teardown(self) -> None:
         self._rt = None
 
+    def refuse_update_rules(self, rules) -> str | None:
+        if rules.global_clipnorm:
+            return ("global_clipnorm needs the gradient norm over every stage, and each "
+                    "pipeline stage steps its own layers; use clipnorm (per variable) or "
+                    "clipvalue, or a data-parallel or sharded strategy (ddp, zero3, "
+                    "fsdp_offload) for global_clipnorm")
+        return None
+
     def describe(self) -> str:
         return (f"stages={self.stages or 'world'}, microbatches={self.microbatches}, "
                 f"schedule={self.schedule!r}" + (f", split={self.split}" if self.split else "")

@@ -11,18 +11,21 @@ import inspect
 import torch
 from torch.distributed.optim import ZeroRedundancyOptimizer
 
+from bigtrain.parallel.update_rules import rules_of
 from bigtrain.parallel.base import register
 from bigtrain.parallel.data_parallel import DataParallel
 
 
-def optimizer_recipe(make_optimizer) -> tuple[type, dict]:
-    """The class and keyword arguments `make_optimizer` uses, read off a one-parameter probe
-    (ZeroRedundancyOptimizer builds its local optimizer itself)."""
+def optimizer_recipe(make_optimizer) -> tuple[type, dict, object]:
+    """The class, keyword arguments and Keras update rules (bigtrain.parallel.update_rules)
+    `make_optimizer` uses, read off a one-parameter probe (ZeroRedundancyOptimizer builds
+    its local optimizer itself, so the rules are hooked into it afterwards)."""
     probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
     # defaults may hold keys the constructor does not take (AdamW's decoupled_weight_decay,
     # inherited from Adam): pass only what the class accepts
     accepted = inspect.signature(type(probe)).parameters
-    return type(probe), {k: v for k, v in probe.defaults.items() if k in accepted}
+    kwargs = {k: v for k, v in probe.defaults.items() if k in accepted}
+    return type(probe), kwargs, rules_of(probe)
 
 
 class Zero1(DataParallel):
@@ -39,8 +42,11 @@ class Zero1(DataParallel):
     def setup_optimizer(self, module, make_optimizer):
         if not self.env.distributed:
             return make_optimizer(module.parameters())
-        cls, kwargs = optimizer_recipe(make_optimizer)
+        cls, kwargs, rules = optimizer_recipe(make_optimizer)
         zero = ZeroRedundancyOptimizer(module.parameters(), optimizer_class=cls, **kwargs)
+        if rules is not None:
+            # every rank holds every (all-reduced) gradient: the global norm is local
+            rules.attach(zero.optim, norm_params=list(module.parameters()))
         # ZeRO's public step() runs the local shard's step, then broadcasts every shard: the
         # local optimizer's post-step hook marks where the broadcast starts (timed apart)
         zero.optim.register_step_post_hook(

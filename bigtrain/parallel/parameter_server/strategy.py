@@ -393,6 +393,14 @@ class ParameterServer(Strategy):
                    "on lookup count as forward; the optimizer runs on the servers (0 here); "
                    "a straggler_delay_s sleep counts as other")
 
+    def refuse_update_rules(self, rules) -> str | None:
+        if rules.clipnorm or rules.global_clipnorm or rules.use_ema:
+            return ("the parameter servers update row shards of the parameters, each on its "
+                    "own, so clipnorm/global_clipnorm (norms of whole variables or the whole "
+                    "model) and use_ema are not applied exactly; use clipvalue, or a "
+                    "data-parallel or sharded strategy (ddp, zero3) for these arguments")
+        return None
+
     def describe(self) -> str:
         c = self.config
         extra = f", staleness={c.staleness}" if c.mode == "ssp" else ""

@@ -1,0 +1,81 @@
+"""Keras's `compile`/`fit` arguments that need translating before a TrainTask exists:
+unknown keywords (refused with the closest valid name), `class_weight` (turned into per-sample
+weights, as Keras does) and `loss_weights` (a list, or a dict keyed by output name)."""
+from __future__ import annotations
+
+import difflib
+
+import numpy as np
+
+
+def check_keywords(method: str, given: dict, valid) -> None:
+    """Raise TypeError for a keyword `method` does not take, naming the closest valid one.
+
+    Example:
+        >>> check_keywords("fit", {"epoch": 3}, ["epochs", "batch_size"])
+        Traceback (most recent call last):
+        TypeError: fit() got an unexpected keyword argument 'epoch'; did you mean 'epochs'?
+    """
+    valid = sorted(valid)
+    for name in given:
+        if name in valid:
+            continue
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else \
+            f"valid keywords: {', '.join(valid)}"
+        raise TypeError(f"{method}() got an unexpected keyword argument {name!r}; {hint}")
+
+
+def class_weight_to_sample_weight(ys: list, class_weight: dict, sample_weight) -> np.ndarray:
+    """Per-sample weights `class_weight[label]` (1.0 for a class not in the dict), as Keras:
+    one-hot labels count by their argmax, `(n, 1)` and `(n,)` labels by their rounded value.
+
+    Args:
+        ys: the model's targets (one array: class_weight needs a single output).
+        class_weight: {class index: weight}.
+        sample_weight: must be None (Keras refuses both at once).
+
+    Returns:
+        float32 array of shape (n,).
+    """
+    if not isinstance(class_weight, dict):
+        raise ValueError(f"class_weight must be a dict {{class index: weight}}, got "
+                         f"{type(class_weight).__name__}")
+    if sample_weight is not None:
+        raise ValueError("fit got both class_weight and sample_weight; pass one (fold the "
+                         "class weights into sample_weight to use both)")
+    if len(ys) != 1:
+        raise ValueError(f"class_weight needs a model with one output (this one has "
+                         f"{len(ys)}); pass sample_weight instead")
+    y = np.asarray(ys[0].cpu() if hasattr(ys[0], "cpu") else ys[0])
+    if y.ndim > 1:
+        y = y.argmax(-1) if y.shape[-1] != 1 else y.squeeze(-1)
+    labels = np.round(y).astype(np.int64)
+    weights = np.ones(labels.shape[0], dtype=np.float32)
+    for cls, w in class_weight.items():
+        weights[labels == int(cls)] = float(w)
+    return weights
+
+
+def loss_weight_list(loss_weights, output_names: list[str]) -> list[float]:
+    """`compile(loss_weights=...)` as one float per output, in output order.
+
+    A list (or tuple) gives one weight per output; a dict maps output names to weights
+    (outputs it does not name weigh 1.0); None weighs every output 1.0.
+    """
+    n = len(output_names)
+    if loss_weights is None:
+        return [1.0] * n
+    if isinstance(loss_weights, dict):
+        unknown = [k for k in loss_weights if k not in output_names]
+        if unknown:
+            raise ValueError(f"loss_weights names {unknown}, which are not outputs of this "
+                             f"model; its outputs are {output_names}")
+        return [float(loss_weights.get(name, 1.0)) for name in output_names]
+    if isinstance(loss_weights, (int, float)) and n == 1:
+        return [float(loss_weights)]
+    weights = [float(w) for w in loss_weights]
+    if len(weights) != n:
+        raise ValueError(f"got {len(weights)} loss_weights for {n} outputs ({output_names}); "
+                         "pass one per output, or a dict {output name: weight}")
+    return weights
