@@ -143,9 +143,11 @@ OPTIMIZERS: dict[str, Callable[[], opt.OptimizerSpec]] = {
 # ---- strategies ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Row:
-    """One strategy row: `make()` builds a fresh strategy for each cell, on `ranks` ranks."""
+    """One strategy row: `make()` builds a fresh strategy for each cell, on `ranks` ranks;
+    `label` is how the README's table writes it."""
     make: Callable[[], object]
     ranks: int
+    label: str
 
 
 def _named(name: str) -> Callable[[], object]:
@@ -156,22 +158,27 @@ def _pipeline(schedule: str) -> Callable[[], object]:
     return lambda: Pipeline(microbatches=4, schedule=schedule)
 
 
+SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero_bubble")
+
 ROWS: dict[str, Row] = {
-    "single": Row(_named("single"), 1),
-    "ddp_2": Row(_named("ddp"), 2),
-    "ddp_3": Row(_named("ddp"), 3),
-    "zero1": Row(_named("zero1"), 2),
-    "zero2": Row(_named("zero2"), 2),
-    "zero3": Row(_named("zero3"), 2),
-    "fsdp_offload": Row(_named("fsdp_offload"), 2),
-    "ddp_balanced": Row(_named("ddp_balanced"), 2),
-    "ddp_cpu_optimizer": Row(_named("ddp_cpu_optimizer"), 2),
-    "tensor": Row(_named("tensor"), 2),
-    **{f"pipeline_{s}": Row(_pipeline(s), 2)
-       for s in ("gpipe", "1f1b", "interleaved", "zero_bubble")},
-    "hybrid_dp2_tp2": Row(lambda: Hybrid(dp=2, tp=2), 4),
-    "hybrid_dp2_pp2": Row(lambda: Hybrid(dp=2, pp=2, microbatches=4), 4),
-    "ps_bsp": Row(lambda: ParameterServer(servers=1, mode="bsp"), 3),  # 2 workers, 1 server
+    "single": Row(_named("single"), 1, '`"single"`'),
+    "ddp_2": Row(_named("ddp"), 2, '`"ddp"`'),
+    "ddp_3": Row(_named("ddp"), 3, '`"ddp"`'),
+    "zero1": Row(_named("zero1"), 2, '`"zero1"`'),
+    "zero2": Row(_named("zero2"), 2, '`"zero2"`'),
+    "zero3": Row(_named("zero3"), 2, '`"zero3"`'),
+    "fsdp_offload": Row(_named("fsdp_offload"), 2, '`"fsdp_offload"`'),
+    "ddp_balanced": Row(_named("ddp_balanced"), 2, '`"ddp_balanced"`'),
+    "ddp_cpu_optimizer": Row(_named("ddp_cpu_optimizer"), 2, '`"ddp_cpu_optimizer"`'),
+    "tensor": Row(_named("tensor"), 2, '`"tensor"`'),
+    **{f"pipeline_{s}": Row(_pipeline(s), 2, f'`Pipeline(microbatches=4, schedule="{s}")`')
+       for s in SCHEDULES},
+    "hybrid_dp2_tp2": Row(lambda: Hybrid(dp=2, tp=2), 4, "`Hybrid(dp=2, tp=2)`"),
+    "hybrid_dp2_pp2": Row(lambda: Hybrid(dp=2, pp=2, microbatches=4), 4,
+                          "`Hybrid(dp=2, pp=2, microbatches=4)`"),
+    # 2 workers and 1 server
+    "ps_bsp": Row(lambda: ParameterServer(servers=1, mode="bsp"), 3,
+                  '`ParameterServer(servers=1, mode="bsp")`'),
 }
 
 
@@ -273,8 +280,9 @@ def _fresh_group(store, rank: int, world_size: int, tag: str) -> None:
                             timeout=timedelta(seconds=CELL_PG_TIMEOUT_S))
 
 
-def run_row_cells(rank: int, world_size: int, row_name: str, todo: list) -> dict:
-    """Inside run_ranks: train every (model, optimizer) in `todo` with the row's strategy.
+def run_row_cells(rank: int, world_size: int, row: str | Callable, todo: list) -> dict:
+    """Inside run_ranks: train every (model, optimizer) in `todo` with the strategy of row
+    `row` (a name in ROWS, or a module-level strategy factory).
 
     Returns {(model, opt): ("ok", state on rank 0 / None elsewhere) or ("error", text)}.
     """
@@ -285,12 +293,13 @@ def run_row_cells(rank: int, world_size: int, row_name: str, todo: list) -> dict
     store = dist.distributed_c10d._get_default_store()
     env = DistEnv(rank=rank, world_size=world_size, local_rank=rank,
                   local_world_size=world_size, device=torch.device("cpu"))
+    make = ROWS[row].make if isinstance(row, str) else row
     out = {}
     for i, (model_name, opt_name) in enumerate(todo):
         _fresh_group(store, rank, world_size, f"cell-{i}")
         try:
             model, task = cell_task(model_name, opt_name)
-            result = run_rank(task, ROWS[row_name].make(), model, env)
+            result = run_rank(task, make(), model, env)
             out[(model_name, opt_name)] = ("ok", result.state_dict if rank == 0 else None)
         except Exception:  # noqa: BLE001 - a failing cell is a result, the row goes on
             out[(model_name, opt_name)] = ("error", _short_trace())

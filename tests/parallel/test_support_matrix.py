@@ -8,6 +8,7 @@ from functools import lru_cache
 
 import pytest
 
+from bigtrain.parallel import DataParallel
 from tests.dist import run_ranks
 from tests.parallel import support_matrix as sm
 
@@ -61,3 +62,28 @@ def test_support_matrix_row(row):
                 for line in [_check_cell(row, cell, got)] if line]
     assert not failures, f"{len(failures)} of {len(results)} cells fail:\n" + \
         "\n".join(failures)
+
+
+def test_readme_support_table_is_generated_from_the_matrix():
+    from tests.parallel import support_table
+    with open(support_table.README, encoding="utf-8") as f:
+        readme = f.read()
+    assert support_table.replace_section(readme, support_table.render()) == readme, \
+        "README.md's support table is out of date: run python -m tests.parallel.support_table"
+
+
+class DoubledGradients(DataParallel):
+    """A broken ddp planted for the check below: every gradient comes out twice too big."""
+
+    def backward(self, loss):
+        super().backward(loss * 2.0)
+
+
+@pytest.mark.slow
+def test_matrix_check_catches_a_doubled_gradient():
+    # plain SGD turns the doubled gradient into a doubled step (Adam's m / sqrt(v) nearly
+    # cancels a constant scale, which is why the matrix does not rely on Adam alone)
+    cell = ("seed_mlp", "sgd")
+    got = run_ranks(sm.run_row_cells, 2, DoubledGradients, [cell], timeout=120)[0]
+    failure = _check_cell("doubled", cell, got[cell])
+    assert failure is not None and "differs from one process" in failure, failure
