@@ -87,3 +87,12 @@ def test_matrix_check_catches_a_doubled_gradient():
     got = run_ranks(sm.run_row_cells, 2, DoubledGradients, [cell], timeout=120)[0]
     failure = _check_cell("doubled", cell, got[cell])
     assert failure is not None and "differs from one process" in failure, failure
+
+
+def test_models_a_strategy_cannot_split_are_refused_before_any_rank_starts():
+    # fit(devices=2) raises in this process (the launcher is never reached)
+    why = sm.refusal("pipeline_gpipe", "wide_and_deep", "sgd")
+    assert why is not None and "cannot cut a WideAndDeep" in why, why
+    why = sm.refusal("pipeline_interleaved", "seed_mlp", "adam")
+    assert why is not None and "only 2 blocks" in why and "'1f1b'" in why, why
+    assert sm.refusal("pipeline_gpipe", "seed_mlp", "adam") is None  # this one launches
