@@ -56,11 +56,13 @@ class ModelCase:
         build: () -> an uncompiled bigtrain Model (built after the seed is set).
         loss: the loss passed to compile.
         data: (n, rng) -> (x, y) numpy arrays (x may be a list for several inputs).
+        about: one line for the README's table.
         samples: training samples; BATCH * STEPS, or more for an uneven last batch.
     """
     build: Callable[[], Model]
     loss: object
     data: Callable
+    about: str
     samples: int = BATCH * STEPS
 
 
@@ -115,19 +117,24 @@ def _wide_deep_data(n, rng):
 
 
 MODELS: dict[str, ModelCase] = {
-    "seed_mlp": ModelCase(_seed_mlp, "sparse_categorical_crossentropy", _seed_data),
-    # 6 steps, the last of 10 samples: an uneven last batch (10 over 3 ranks is 4, 3, 3)
-    "seed_mlp_uneven_last_batch": ModelCase(_seed_mlp, "sparse_categorical_crossentropy",
-                                            _seed_data, BATCH * STEPS + 10),
+    "seed_mlp": ModelCase(_seed_mlp, "sparse_categorical_crossentropy", _seed_data,
+                          "the seed example's MLP, 1000 -> 64 relu -> 10 softmax"),
+    "seed_mlp_uneven_last_batch": ModelCase(
+        _seed_mlp, "sparse_categorical_crossentropy", _seed_data,
+        "the same, 6 steps, the last batch 10 of 16 samples (over 3 ranks: 4, 3, 3)",
+        BATCH * STEPS + 10),
     "odd_softmax_mlp": ModelCase(_odd_softmax_mlp, "sparse_categorical_crossentropy",
-                                 _odd_data),
+                                 _odd_data, "37 -> 24 softmax -> 13 tanh -> 5 softmax"),
     "embedding_layernorm": ModelCase(_embed_layernorm, "sparse_categorical_crossentropy",
-                                     _embed_data),
+                                     _embed_data,
+                                     "Embedding(50, 16) -> LayerNormalization -> Dense(4)"),
     "gpt_tiny": ModelCase(lambda: Model(GPT(GPT_CFG)),
-                          SparseCategoricalCrossentropy(from_logits=True), _gpt_data),
+                          SparseCategoricalCrossentropy(from_logits=True), _gpt_data,
+                          "`bigtrain.zoo.gpt`, 4 blocks, width 32, tied embedding"),
     "wide_and_deep": ModelCase(
         lambda: Model(WideAndDeep(160, num_fields=4, num_dense=3, embed_dim=4, hidden=(16,))),
-        BinaryCrossentropy(from_logits=True), _wide_deep_data),
+        BinaryCrossentropy(from_logits=True), _wide_deep_data,
+        "`bigtrain.zoo.wide_and_deep`, 4 categorical id fields + 3 dense features"),
 }
 
 # ---- optimizers ---------------------------------------------------------------------------

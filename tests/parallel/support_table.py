@@ -47,6 +47,8 @@ def render() -> str:
                  for m in models]
         lines.append(f"| {row.label} | {row.ranks} | " + " | ".join(cells) + " |")
     lines.append("")
+    lines += [f"- `{name}`: {case.about}" for name, case in sm.MODELS.items()]
+    lines.append("")
     lines += [f"[{i}] {why}" for i, why in enumerate(notes, 1)]
     lines += ["" if notes else None, END]
     return "\n".join(line for line in lines if line is not None)
