@@ -34,6 +34,7 @@ import torch
 
 import bigtrain
 from bigtrain import optimizers as opt
+from bigtrain.callbacks import Callback
 from bigtrain.layers import Dense, Embedding, Flatten, Input, LayerNormalization
 from bigtrain.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
 from bigtrain.models import Model
@@ -42,6 +43,9 @@ from bigtrain.zoo.gpt import GPT, GPTConfig
 from bigtrain.zoo.wide_and_deep import WideAndDeep
 
 TOL = 1e-5      # max |param difference| against one process, fp32
+# the last step alone must move some weight by more than GUARD * TOL, so that the check can
+# tell one step apart (Adam moves a weight by about its rate, 1e-3, per step)
+GUARD = 50
 BATCH = 16      # global batch: splits over 2, 4 ranks and 4 pipeline micro-batches per replica
 STEPS = 5       # optimizer steps per cell (6 for the uneven-last-batch case)
 CELL_PG_TIMEOUT_S = 20.0  # a cell whose ranks disagree fails after this, not the whole row
@@ -222,17 +226,29 @@ def cell_task(model_name: str, opt_name: str, samples: int | None = None):
     return model, task
 
 
+class _KeepStateBefore(Callback):
+    """Keeps a copy of the weights after batch `batch` (0-based) of the epoch."""
+
+    def __init__(self, batch: int):
+        super().__init__()
+        self.batch, self.state = batch, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.batch:
+            self.state = {k: v.detach().clone() for k, v in self.model.net.state_dict().items()}
+
+
 def reference(model_name: str, opt_name: str) -> tuple[dict, float]:
     """Single-process final state of a cell, and how far its last step moved the weights
     (the largest |difference| to the state one step before)."""
     from bigtrain.engine.loop import train
     from bigtrain.parallel.base import Strategy
-    samples = MODELS[model_name].samples
-    last = samples % BATCH or BATCH  # samples in the last batch
-    states = [train(task, Strategy(), model).state_dict
-              for model, task in (cell_task(model_name, opt_name, n)
-                                  for n in (samples, samples - last))]
-    return states[0], max_diff(states[0], states[1])
+    model, task = cell_task(model_name, opt_name)
+    steps = -(-MODELS[model_name].samples // BATCH)
+    keep = _KeepStateBefore(steps - 2)
+    task.callbacks.append(keep)
+    final = train(task, Strategy(), model).state_dict
+    return final, max_diff(final, keep.state)
 
 
 def max_diff(a: dict, b: dict) -> float:
