@@ -145,6 +145,7 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
             return _finish(model, run_rank(task, strat, model, env), history)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, config.batch_size)  # before any process starts
+    strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     kind = dist_env.device_kind(devices)
     if nprocs == 1:
         if devices is None and strat.name != "single":

@@ -7,6 +7,7 @@ engine's loop (bigtrain.engine.loop) only talks to this interface, so `fit(strat
 
 Lifecycle on every rank (after the process group exists):
     strategy.validate(world_size, global_batch)   # bad input -> ValueError, before any hang
+    strategy.check_model(module, world_size)      # a model it cannot split: before launch
     strategy.setup(env)
     module = strategy.setup_module(module)
     opt = strategy.setup_optimizer(module, make_optimizer)
@@ -128,6 +129,10 @@ class Strategy:
 
     def validate(self, world_size: int, global_batch_size: int) -> None:
         """Raise ValueError with a fix when this strategy cannot run on `world_size` ranks."""
+
+    def check_model(self, module: nn.Module, world_size: int) -> None:
+        """Raise ValueError/TypeError with a fix when this strategy cannot split `module` over
+        `world_size` ranks (fit calls it before starting any rank); must not change it."""
 
     # ---- setup on every rank ------------------------------------------------------------
     def setup(self, env: DistEnv) -> None:

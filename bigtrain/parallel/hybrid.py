@@ -87,6 +87,9 @@ class Hybrid(Strategy):
         self.dims(world_size)
         self.inner.validate(world_size, global_batch_size)
 
+    def check_model(self, module: nn.Module, world_size: int) -> None:
+        self.inner.check_model(module, world_size)
+
     def setup(self, env) -> None:
         super().setup(env)
         self.dims(env.world_size)

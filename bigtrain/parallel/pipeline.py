@@ -174,16 +174,26 @@ class Pipeline(Strategy):
                                  f"microbatches to be a multiple of {rounds}; use "
                                  f"microbatches={rounds * (m // rounds)} or a multiple of {dims.pp}")
 
+    def check_model(self, module: nn.Module, world_size: int) -> None:
+        dims = self._dims(world_size)
+        self.check_module(module, dims.pp)
+        if dims.tp > 1:
+            from bigtrain.parallel.tensor_parallel import check_tp
+            check_tp(module, dims.tp)
+
     def check_module(self, module: nn.Module, pp: int) -> list[tuple[str, nn.Module]]:
         """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages."""
         layers = chain_layers(module)
         n_stages = pp * self.stages_per_rank
         blocks = block_count(layers)
         if n_stages > len(layers) or (blocks < len(layers) and n_stages > blocks):
+            one_stage = f", schedule='1f1b' or 'gpipe' (one stage per rank)" \
+                if self.stages_per_rank > 1 and pp <= blocks else ""
             raise ValueError(
                 f"{n_stages} pipeline stages ({pp} ranks x {self.stages_per_rank} per rank) "
                 f"but the model has only {blocks} blocks ({len(layers)} cut-able layers); use "
-                f"at most {blocks // self.stages_per_rank or 1} pipeline ranks or a deeper model")
+                f"at most {blocks // self.stages_per_rank or 1} pipeline ranks{one_stage} "
+                "or a deeper model")
         if self.split is not None:
             if len(self.split) != n_stages or sum(self.split) != len(layers) or min(self.split) < 1:
                 raise ValueError(

@@ -246,6 +246,9 @@ class TensorParallel(Strategy):
             raise ValueError(f"global batch {global_batch_size} does not split over {dims.dp} "
                              f"data-parallel replicas; use a batch size divisible by {dims.dp}")
 
+    def check_model(self, module: nn.Module, world_size: int) -> None:
+        check_tp(module, self._degree(world_size))
+
     def setup(self, env) -> None:
         super().setup(env)
         self.dims = ParallelDims.infer(env.world_size, tp=self._degree(env.world_size))
