@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from collections import defaultdict
+from typing import Callable
 
 import torch
 from torch import nn
@@ -70,12 +72,28 @@ class Layer(nn.Module):
     #: Merge layers (Concatenate, Add) take a list of tensors.
     takes_list = False
 
-    def __init__(self, name: str | None = None, input_shape: tuple | None = None):
+    def __init__(self, name: str | None = None, input_shape: tuple | None = None,
+                 input_dim: int | None = None):
         super().__init__()
         self.name = name or unique_name(_snake(type(self).__name__))
         self.built = False
         self.input_shape_ = None  # shape(s) it was built for, without the batch axis
-        self.declared_input_shape = tuple(input_shape) if input_shape is not None else None
+        if input_dim is not None:  # Keras 2: Dense(64, input_dim=20) means input_shape=(20,)
+            input_shape = (input_dim,)
+        if input_shape is not None:
+            warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer. When "
+                          "using Sequential models, prefer using an `Input(shape)` object as "
+                          "the first layer in the model instead.", UserWarning, stacklevel=3)
+            input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+        self.declared_input_shape = input_shape
+
+    def keras_weights(self) -> list[tuple[str, Callable, Callable]] | None:
+        """This layer's weights in Keras's order and layout, or None for its state dict as is.
+
+        Returns (state-dict key inside the layer, torch->Keras, Keras->torch) per weight; the
+        two callables convert one tensor's layout (e.g. a conv kernel's axis order).
+        """
+        return None
 
     # ---- to implement --------------------------------------------------------------------
     def build(self, input_shape) -> None:
