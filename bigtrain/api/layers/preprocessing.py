@@ -78,8 +78,8 @@ class Normalization(Layer):
 
     def _load(self, mean, variance, count):
         with torch.no_grad():
-            self.mean.copy_(torch.as_tensor(np.broadcast_to(mean, self.mean.shape)))
-            self.variance.copy_(torch.as_tensor(np.broadcast_to(variance, self.variance.shape)))
+            self.mean.copy_(torch.as_tensor(np.array(np.broadcast_to(mean, self.mean.shape), "float32")))
+            self.variance.copy_(torch.as_tensor(np.array(np.broadcast_to(variance, self.variance.shape), "float32")))
             self.count.fill_(count)
 
     def call(self, x):
