@@ -1,7 +1,8 @@
 """Keras-order weight lists (`get_weights`/`set_weights`), so weights move between Keras
 and bigtrain: per layer in graph order, a Dense kernel shaped (inputs, units) then its
 bias; Embedding's table; LayerNormalization's gamma, beta; BatchNormalization's gamma,
-beta, moving mean, moving variance. A plain torch module lists its state dict in order
+beta, moving mean, moving variance; a Conv2D kernel (kh, kw, in, out). Each layer declares
+its layout in `Layer.keras_weights`. A plain torch module lists its state dict in order
 (parameters and buffers, without BatchNorm's step counter), untransposed.
 """
 from __future__ import annotations
@@ -13,48 +14,29 @@ import torch
 
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import Layer
-from bigtrain.api.layers.core import BatchNormalization, Dense, Embedding, LayerNormalization
-
-# layer class -> (state-dict suffix, transpose to Keras layout)
-_KERAS_ORDER = {
-    Dense: [("linear.weight", True), ("linear.bias", False)],
-    Embedding: [("embedding.weight", False)],
-    LayerNormalization: [("norm.weight", False), ("norm.bias", False)],
-    BatchNormalization: [("norm.weight", False), ("norm.bias", False),
-                         ("norm.running_mean", False), ("norm.running_var", False)],
-}
-
-
-def _transpose(t):
-    return t.T
-
-
-# (full state-dict key, torch->Keras, Keras->torch) per weight
-Slot = tuple[str, Callable, Callable]
-
-
-def _layer_slots(name: str, layer, state: dict) -> list[Slot]:
-    prefix = f"layers.{name}."
-    custom = layer.keras_weights() if isinstance(layer, Layer) else None
-    if custom is not None:
-        return [(prefix + key, to_k, to_t) for key, to_k, to_t in custom]
-    if type(layer) in _KERAS_ORDER:
-        return [(prefix + suffix, _transpose if t else _same, _transpose if t else _same)
-                for suffix, t in _KERAS_ORDER[type(layer)] if prefix + suffix in state]
-    return [(prefix + key, _same, _same) for key in layer.state_dict()  # a user module
-            if not key.endswith("num_batches_tracked")]
 
 
 def _same(t):
     return t
 
 
+# (full state-dict key, torch->Keras, Keras->torch) per weight
+Slot = tuple[str, Callable, Callable]
+
+
+def _layer_slots(name: str, layer) -> list[Slot]:
+    prefix = f"layers.{name}."
+    custom = layer.keras_weights() if isinstance(layer, Layer) else None
+    if custom is not None:
+        return [(prefix + key, to_k, to_t) for key, to_k, to_t in custom]
+    return [(prefix + key, _same, _same) for key in layer.state_dict()  # e.g. a user module
+            if not key.endswith("num_batches_tracked")]
+
+
 def weight_slots(net) -> list[Slot]:
     """(full state-dict key, torch->Keras, Keras->torch) for each Keras weight, in Keras order."""
     if isinstance(net, GraphModule):
-        state = net.state_dict()
-        return [slot for name, layer in net.layers.items()
-                for slot in _layer_slots(name, layer, state)]
+        return [slot for name, layer in net.layers.items() for slot in _layer_slots(name, layer)]
     return [(k, _same, _same) for k in net.state_dict() if not k.endswith("num_batches_tracked")]
 
 

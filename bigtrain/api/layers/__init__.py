@@ -11,6 +11,7 @@ from bigtrain.api.layers.pooling import (AveragePooling1D, AveragePooling2D, Ave
                                          MaxPooling2D, MaxPooling3D)
 from bigtrain.api.layers.preprocessing import (GaussianNoise, Lambda, Normalization, Rescaling,
                                                SpatialDropout1D, SpatialDropout2D)
+from bigtrain.api.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN, TimeDistributed
 from bigtrain.api.layers.reshaping import (Cropping1D, Cropping2D, Permute, RepeatVector,
                                            UpSampling1D, UpSampling2D, ZeroPadding1D,
                                            ZeroPadding2D)
@@ -28,6 +29,7 @@ LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout,
                                          ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
                                          UpSampling1D, UpSampling2D, Permute, RepeatVector,
                                          SpatialDropout1D, SpatialDropout2D, GaussianNoise,
-                                         Rescaling, Normalization, Lambda)}
+                                         Rescaling, Normalization, Lambda, SimpleRNN, LSTM, GRU,
+                                         Bidirectional, TimeDistributed)}
 
 __all__ = ["Input", "InputLayer", "KerasTensor", "Layer", *LAYER_CLASSES]

@@ -14,6 +14,14 @@ from bigtrain.api.activations import get_activation
 from bigtrain.api.layers.base import Layer
 
 
+def _same(t):
+    return t
+
+
+def _transpose(t):
+    return t.T
+
+
 class Dense(Layer):
     """`keras.layers.Dense`: y = activation(x @ kernel + bias) on the last axis.
 
@@ -47,6 +55,10 @@ class Dense(Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
+
+    def keras_weights(self):  # kernel (inputs, units), then bias
+        return [("linear.weight", _transpose, _transpose)] + (
+            [("linear.bias", _same, _same)] if self.use_bias else [])
 
     def call(self, x):
         y = self.linear(x)
@@ -147,6 +159,9 @@ class Embedding(Layer):
     def call(self, ids):
         return self.embedding(ids.long())
 
+    def keras_weights(self):
+        return [("embedding.weight", _same, _same)]
+
     def get_config(self):
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
                 "sparse": self.sparse}
@@ -165,6 +180,9 @@ class LayerNormalization(Layer):
     def call(self, x):
         return self.norm(x)
 
+    def keras_weights(self):  # gamma, beta
+        return [("norm.weight", _same, _same), ("norm.bias", _same, _same)]
+
     def get_config(self):
         return {"name": self.name, "epsilon": self.epsilon}
 
@@ -181,6 +199,10 @@ class BatchNormalization(Layer):
 
     def build(self, input_shape):
         self.norm = nn.BatchNorm1d(input_shape[-1], eps=self.epsilon, momentum=1.0 - self.momentum)
+
+    def keras_weights(self):  # gamma, beta, moving mean, moving variance
+        return [(f"norm.{k}", _same, _same)
+                for k in ("weight", "bias", "running_mean", "running_var")]
 
     def call(self, x):
         shape = x.shape
