@@ -2,6 +2,7 @@
 from bigtrain.api.layers.base import Input, InputLayer, KerasTensor, Layer
 from bigtrain.api.layers.core import (Activation, BatchNormalization, Dense, Dropout, Embedding,
                                       Flatten, LayerNormalization, Reshape)
+from bigtrain.api.layers.attention import AdditiveAttention, Attention, MultiHeadAttention
 from bigtrain.api.layers.conv import (Conv1D, Conv2D, Conv2DTranspose, Conv3D, DepthwiseConv2D,
                                       SeparableConv2D)
 from bigtrain.api.layers.merge import Add, Concatenate
@@ -30,6 +31,7 @@ LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout,
                                          UpSampling1D, UpSampling2D, Permute, RepeatVector,
                                          SpatialDropout1D, SpatialDropout2D, GaussianNoise,
                                          Rescaling, Normalization, Lambda, SimpleRNN, LSTM, GRU,
-                                         Bidirectional, TimeDistributed)}
+                                         Bidirectional, TimeDistributed, MultiHeadAttention,
+                                         Attention, AdditiveAttention)}
 
 __all__ = ["Input", "InputLayer", "KerasTensor", "Layer", *LAYER_CLASSES]

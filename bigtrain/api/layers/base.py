@@ -53,10 +53,12 @@ class KerasTensor:
 class Node:
     """One call of a layer in the graph: the tensors it took and the ones it gave."""
 
-    def __init__(self, layer: "Layer", inputs: list[KerasTensor], takes_list: bool):
+    def __init__(self, layer: "Layer", inputs: list[KerasTensor], takes_list: bool,
+                 kwargs: dict | None = None):
         self.layer = layer
         self.inputs = inputs
         self.takes_list = takes_list
+        self.kwargs = dict(kwargs or {})  # JSON-able call options, e.g. use_causal_mask=True
         self.outputs: list[KerasTensor] = []
 
 
@@ -115,8 +117,8 @@ class Layer(nn.Module):
         return {"name": self.name}
 
     # ---- machinery -----------------------------------------------------------------------
-    def forward(self, *args):
-        return self.call(*args)
+    def forward(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
 
     def _ensure_built(self, input_shape) -> None:
         if not self.built:
@@ -131,14 +133,14 @@ class Layer(nn.Module):
         symbolic = isinstance(first, KerasTensor) or (
             isinstance(first, (list, tuple)) and first and isinstance(first[0], KerasTensor))
         if symbolic:
-            return self._call_symbolic(first)
+            return self._call_symbolic(first, kwargs)
         if not self.built:
             x = first
             shape = [tuple(t.shape[1:]) for t in x] if self.takes_list else tuple(x.shape[1:])
             self._ensure_built(shape)
         return super().__call__(*args, **kwargs)
 
-    def _call_symbolic(self, inputs):
+    def _call_symbolic(self, inputs, kwargs: dict | None = None):
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if not self.takes_list and len(tensors) != 1:
             raise ValueError(f"layer {self.name!r} takes one input, got {len(tensors)}")
@@ -155,7 +157,7 @@ class Layer(nn.Module):
         except ValueError as e:
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}): {e}") from None
-        node = Node(self, tensors, self.takes_list)
+        node = Node(self, tensors, self.takes_list, kwargs)
         out = KerasTensor(out_shape, self.output_dtype(tensors[0].dtype), node, 0)
         node.outputs.append(out)
         return out
