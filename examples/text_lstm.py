@@ -50,14 +50,14 @@ def tfidf_baseline() -> float:
 
 def main(epochs: int = 6, train_limit: int | None = None, baseline: bool = True,
          steps: int = STEPS, units: int = 64, test_limit: int | None = None,
-         learning_rate: float = 1e-3, batch_size: int = 64) -> dict:
+         learning_rate: float = 1e-3, batch_size: int = 64, num_classes: int = 10) -> dict:
     """Train the LSTM (and the TF-IDF baseline) and return their test accuracies."""
     torch.manual_seed(0)
-    (texts, y), (texts_test, y_test) = kjv_verses()
+    (texts, y), (texts_test, y_test) = kjv_verses(num_classes)
     x, vocab = tokenize(texts[:train_limit], steps=steps)
     x_test, _ = tokenize(texts_test[:test_limit], vocab, steps)
     y_test = y_test[:test_limit]
-    model = lstm_classifier(steps=steps, units=units)
+    model = lstm_classifier(num_classes, steps=steps, units=units)
     model.compile(optimizer=Adam(learning_rate=learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y[:train_limit], batch_size=batch_size, epochs=epochs, verbose=0)
