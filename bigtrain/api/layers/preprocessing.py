@@ -77,9 +77,12 @@ class Normalization(Layer):
             self._load(*self._given, 0.0)
 
     def _load(self, mean, variance, count):
+        def to_tensor(values, like):
+            return torch.as_tensor(np.array(np.broadcast_to(values, like.shape), "float32"))
+
         with torch.no_grad():
-            self.mean.copy_(torch.as_tensor(np.array(np.broadcast_to(mean, self.mean.shape), "float32")))
-            self.variance.copy_(torch.as_tensor(np.array(np.broadcast_to(variance, self.variance.shape), "float32")))
+            self.mean.copy_(to_tensor(mean, self.mean))
+            self.variance.copy_(to_tensor(variance, self.variance))
             self.count.fill_(count)
 
     def call(self, x):
