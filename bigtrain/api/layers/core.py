@@ -142,8 +142,14 @@ class Embedding(Layer):
     `sparse=True` makes the gradient a sparse tensor of the touched rows (parameter server).
     """
 
-    def __init__(self, input_dim: int, output_dim: int, sparse: bool = False, **kwargs):
+    def __init__(self, input_dim: int, output_dim: int, sparse: bool = False,
+                 mask_zero: bool = False, **kwargs):
         super().__init__(**kwargs)
+        if mask_zero:
+            raise ValueError("Embedding(mask_zero=True): bigtrain layers do not carry masks yet; "
+                             "pad sequences in front (Keras pad_sequences' default "
+                             "padding='pre') so recurrent layers end on real tokens, and drop "
+                             "mask_zero")
         self.input_dim, self.output_dim, self.sparse = int(input_dim), int(output_dim), sparse
 
     def build(self, input_shape):

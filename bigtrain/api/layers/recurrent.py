@@ -16,7 +16,6 @@ Parameters are kept in torch's layout; `keras_weights` converts to Keras's.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.layers.base import Layer
