@@ -79,7 +79,8 @@ class GraphModule(nn.Module):
         values = {id(t): x for t, x in zip(self.input_tensors, xs)}
         for node in self.nodes:
             args = [values[id(t)] for t in node.inputs]
-            out = node.layer(args) if node.takes_list else node.layer(args[0])
+            out = (node.layer(args, **node.kwargs) if node.takes_list
+                   else node.layer(args[0], **node.kwargs))
             values[id(node.outputs[0])] = out
         outs = [values[id(t)] for t in self.output_tensors]
         return outs[0] if len(outs) == 1 else tuple(outs)
@@ -97,7 +98,8 @@ class GraphModule(nn.Module):
             return False
         prev = self.input_tensors[0]
         for node in self.nodes:
-            if node.takes_list or len(node.inputs) != 1 or node.inputs[0] is not prev:
+            if (node.takes_list or node.kwargs or len(node.inputs) != 1
+                    or node.inputs[0] is not prev):
                 return False
             prev = node.outputs[0]
         return prev is self.output_tensors[0]
@@ -115,7 +117,7 @@ def graph_config(module: GraphModule) -> dict:
         names[id(node.outputs[0])] = ref
         entries.append({"class": type(node.layer).__name__, "config": node.layer.get_config(),
                         "inbound": [names[id(t)] for t in node.inputs], "ref": ref,
-                        "list": node.takes_list})
+                        "list": node.takes_list, "kwargs": node.kwargs})
     return {"nodes": entries, "inputs": [names[id(t)] for t in module.input_tensors],
             "outputs": [names[id(t)] for t in module.output_tensors]}
 
@@ -134,6 +136,7 @@ def graph_from_config(config: dict) -> GraphModule:
         layer = layers.get(cfg["name"]) or LAYER_CLASSES[entry["class"]](**cfg)
         layers[cfg["name"]] = layer
         args = [tensors[r] for r in entry["inbound"]]
-        tensors[entry["ref"]] = layer(args) if entry["list"] else layer(args[0])
+        kwargs = entry.get("kwargs", {})
+        tensors[entry["ref"]] = layer(args, **kwargs) if entry["list"] else layer(args[0], **kwargs)
     return GraphModule([tensors[r] for r in config["inputs"]],
                        [tensors[r] for r in config["outputs"]])

@@ -256,7 +256,8 @@ def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
     outs: list[list[torch.Tensor]] = []
     was_training = model.net.training
     model.net.eval()
-    device = next(model.net.parameters()).device
+    first = next(model.net.parameters(), None)  # a model of weightless layers runs on the CPU
+    device = first.device if first is not None else torch.device("cpu")
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
             xb, _, _ = data.take(torch.arange(start, min(start + batch_size, len(data))), device)

@@ -1,67 +1,63 @@
 """Keras-order weight lists (`get_weights`/`set_weights`), so weights move between Keras
 and bigtrain: per layer in graph order, a Dense kernel shaped (inputs, units) then its
 bias; Embedding's table; LayerNormalization's gamma, beta; BatchNormalization's gamma,
-beta, moving mean, moving variance. A plain torch module lists its state dict in order
+beta, moving mean, moving variance; a Conv2D kernel (kh, kw, in, out). Each layer declares
+its layout in `Layer.keras_weights`. A plain torch module lists its state dict in order
 (parameters and buffers, without BatchNorm's step counter), untransposed.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 import torch
 
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.layers.core import BatchNormalization, Dense, Embedding, LayerNormalization
-
-# layer class -> (state-dict suffix, transpose to Keras layout)
-_KERAS_ORDER = {
-    Dense: [("linear.weight", True), ("linear.bias", False)],
-    Embedding: [("embedding.weight", False)],
-    LayerNormalization: [("norm.weight", False), ("norm.bias", False)],
-    BatchNormalization: [("norm.weight", False), ("norm.bias", False),
-                         ("norm.running_mean", False), ("norm.running_var", False)],
-}
+from bigtrain.api.layers.base import Layer
 
 
-def weight_slots(net) -> list[tuple[str, bool]]:
-    """(full state-dict key, transposed) for each Keras weight, in Keras order."""
+def _same(t):
+    return t
+
+
+# (full state-dict key, torch->Keras, Keras->torch) per weight
+Slot = tuple[str, Callable, Callable]
+
+
+def _layer_slots(name: str, layer) -> list[Slot]:
+    prefix = f"layers.{name}."
+    custom = layer.keras_weights() if isinstance(layer, Layer) else None
+    if custom is not None:
+        return [(prefix + key, to_k, to_t) for key, to_k, to_t in custom]
+    return [(prefix + key, _same, _same) for key in layer.state_dict()  # e.g. a user module
+            if not key.endswith("num_batches_tracked")]
+
+
+def weight_slots(net) -> list[Slot]:
+    """(full state-dict key, torch->Keras, Keras->torch) for each Keras weight, in Keras order."""
     if isinstance(net, GraphModule):
-        slots = []
-        for name, layer in net.layers.items():
-            for suffix, transpose in _KERAS_ORDER.get(type(layer), []):
-                key = f"layers.{name}.{suffix}"
-                if key in net.state_dict():
-                    slots.append((key, transpose))
-            if type(layer) not in _KERAS_ORDER:
-                for key in layer.state_dict():  # a user module inside the graph
-                    if not key.endswith("num_batches_tracked"):
-                        slots.append((f"layers.{name}.{key}", False))
-        return slots
-    return [(k, False) for k in net.state_dict() if not k.endswith("num_batches_tracked")]
+        return [slot for name, layer in net.layers.items() for slot in _layer_slots(name, layer)]
+    return [(k, _same, _same) for k in net.state_dict() if not k.endswith("num_batches_tracked")]
 
 
 def get_weights(net, state: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    out = []
-    for key, transpose in weight_slots(net):
-        t = state[key].detach().cpu()
-        out.append((t.T if transpose else t).numpy().copy())
-    return out
+    return [to_keras(state[key].detach().cpu()).numpy().copy()
+            for key, to_keras, _ in weight_slots(net)]
 
 
 def set_weights(net, values: list, live=None) -> None:
     slots = weight_slots(net)
     if len(values) != len(slots):
         raise ValueError(f"set_weights got {len(values)} arrays but the model has "
-                         f"{len(slots)} weights ({', '.join(k for k, _ in slots[:6])}...)")
+                         f"{len(slots)} weights ({', '.join(k for k, _, _ in slots[:6])}...)")
     current = net.state_dict()
     new = {}
-    for (key, transpose), value in zip(slots, values):
-        t = torch.as_tensor(np.asarray(value))
-        t = t.T if transpose else t
-        if tuple(t.shape) != tuple(current[key].shape):
-            want = tuple(current[key].shape)
-            want = want[::-1] if transpose else want
+    for (key, to_keras, to_torch), value in zip(slots, values):
+        want = tuple(to_keras(current[key]).shape)
+        if tuple(np.shape(value)) != want:
             raise ValueError(f"weight {key!r} expects shape {want}, got {tuple(np.shape(value))}")
-        new[key] = t.to(current[key].dtype)
+        t = to_torch(torch.as_tensor(np.asarray(value)))
+        new[key] = t.to(current[key].dtype).contiguous()
     if live is not None:
         strategy, module = live
         state = strategy.full_state_dict(module)

@@ -61,6 +61,28 @@ def _kjv_verses_split(num_classes: int, test_fraction: float, seed: int):
     return verses, labels, train_idx, test_idx
 
 
+def kjv_verses(num_classes: int = 10, test_fraction: float = 0.2, seed: int = 0):
+    """The verses behind `kjv_tfidf` as text, on the same split: for sequence models.
+
+    Args:
+        num_classes: how many books (the largest ones) to tell apart, 2..66.
+        test_fraction: fraction of each book's verses held out for the test split.
+        seed: seed of the split.
+
+    Returns:
+        ((texts_train, y_train), (texts_test, y_test)): lists of verse strings; y int64 book
+        labels (label i is `kjv_tfidf_classes(num_classes)[i]`).
+
+    Example:
+        >>> (texts, y), _ = kjv_verses()
+        >>> len(texts), int(y.max())
+        (10972, 9)
+    """
+    _check_fraction("test_fraction", test_fraction)
+    verses, labels, tr, te = _kjv_verses_split(num_classes, test_fraction, seed)
+    return ([verses[i] for i in tr], labels[tr]), ([verses[i] for i in te], labels[te])
+
+
 @functools.lru_cache(maxsize=8)
 def _kjv_tfidf_cached(num_features, num_classes, test_fraction, seed):
     from sklearn.feature_extraction.text import TfidfVectorizer

@@ -2,11 +2,36 @@
 from bigtrain.api.layers.base import Input, InputLayer, KerasTensor, Layer
 from bigtrain.api.layers.core import (Activation, BatchNormalization, Dense, Dropout, Embedding,
                                       Flatten, LayerNormalization, Reshape)
+from bigtrain.api.layers.attention import AdditiveAttention, Attention, MultiHeadAttention
+from bigtrain.api.layers.conv import (Conv1D, Conv2D, Conv2DTranspose, Conv3D, DepthwiseConv2D,
+                                      SeparableConv2D)
 from bigtrain.api.layers.merge import Add, Concatenate
+from bigtrain.api.layers.pooling import (AveragePooling1D, AveragePooling2D, AveragePooling3D,
+                                         GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                         GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D,
+                                         MaxPooling2D, MaxPooling3D)
+from bigtrain.api.layers.preprocessing import (GaussianNoise, Lambda, Normalization, Rescaling,
+                                               SpatialDropout1D, SpatialDropout2D)
+from bigtrain.api.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN, TimeDistributed
+from bigtrain.api.layers.reshaping import (Cropping1D, Cropping2D, Permute, RepeatVector,
+                                           UpSampling1D, UpSampling2D, ZeroPadding1D,
+                                           ZeroPadding2D)
 from bigtrain.api.layers.transformer import PositionalEmbedding, TransformerBlock
 
 LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout, Flatten, Reshape,
                                          Embedding, LayerNormalization, BatchNormalization,
-                                         Concatenate, Add, PositionalEmbedding, TransformerBlock)}
+                                         Concatenate, Add, PositionalEmbedding, TransformerBlock,
+                                         Conv1D, Conv2D, Conv3D, Conv2DTranspose,
+                                         DepthwiseConv2D, SeparableConv2D,
+                                         MaxPooling1D, MaxPooling2D, MaxPooling3D,
+                                         AveragePooling1D, AveragePooling2D, AveragePooling3D,
+                                         GlobalMaxPooling1D, GlobalMaxPooling2D,
+                                         GlobalAveragePooling1D, GlobalAveragePooling2D,
+                                         ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
+                                         UpSampling1D, UpSampling2D, Permute, RepeatVector,
+                                         SpatialDropout1D, SpatialDropout2D, GaussianNoise,
+                                         Rescaling, Normalization, Lambda, SimpleRNN, LSTM, GRU,
+                                         Bidirectional, TimeDistributed, MultiHeadAttention,
+                                         Attention, AdditiveAttention)}
 
 __all__ = ["Input", "InputLayer", "KerasTensor", "Layer", *LAYER_CLASSES]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from collections import defaultdict
+from typing import Callable
 
 import torch
 from torch import nn
@@ -18,7 +20,9 @@ _name_counters: dict[str, itertools.count] = defaultdict(itertools.count)
 
 
 def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """Keras's automatic-name rule: Conv2D -> conv2d, MaxPooling2D -> max_pooling2d."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def clear_session() -> None:
@@ -49,10 +53,12 @@ class KerasTensor:
 class Node:
     """One call of a layer in the graph: the tensors it took and the ones it gave."""
 
-    def __init__(self, layer: "Layer", inputs: list[KerasTensor], takes_list: bool):
+    def __init__(self, layer: "Layer", inputs: list[KerasTensor], takes_list: bool,
+                 kwargs: dict | None = None):
         self.layer = layer
         self.inputs = inputs
         self.takes_list = takes_list
+        self.kwargs = dict(kwargs or {})  # JSON-able call options, e.g. use_causal_mask=True
         self.outputs: list[KerasTensor] = []
 
 
@@ -70,12 +76,28 @@ class Layer(nn.Module):
     #: Merge layers (Concatenate, Add) take a list of tensors.
     takes_list = False
 
-    def __init__(self, name: str | None = None, input_shape: tuple | None = None):
+    def __init__(self, name: str | None = None, input_shape: tuple | None = None,
+                 input_dim: int | None = None):
         super().__init__()
         self.name = name or unique_name(_snake(type(self).__name__))
         self.built = False
         self.input_shape_ = None  # shape(s) it was built for, without the batch axis
-        self.declared_input_shape = tuple(input_shape) if input_shape is not None else None
+        if input_dim is not None:  # Keras 2: Dense(64, input_dim=20) means input_shape=(20,)
+            input_shape = (input_dim,)
+        if input_shape is not None:
+            warnings.warn("Do not pass an `input_shape`/`input_dim` argument to a layer. When "
+                          "using Sequential models, prefer using an `Input(shape)` object as "
+                          "the first layer in the model instead.", UserWarning, stacklevel=3)
+            input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
+        self.declared_input_shape = input_shape
+
+    def keras_weights(self) -> list[tuple[str, Callable, Callable]] | None:
+        """This layer's weights in Keras's order and layout, or None for its state dict as is.
+
+        Returns (state-dict key inside the layer, torch->Keras, Keras->torch) per weight; the
+        two callables convert one tensor's layout (e.g. a conv kernel's axis order).
+        """
+        return None
 
     # ---- to implement --------------------------------------------------------------------
     def build(self, input_shape) -> None:
@@ -95,8 +117,8 @@ class Layer(nn.Module):
         return {"name": self.name}
 
     # ---- machinery -----------------------------------------------------------------------
-    def forward(self, *args):
-        return self.call(*args)
+    def forward(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
 
     def _ensure_built(self, input_shape) -> None:
         if not self.built:
@@ -111,14 +133,14 @@ class Layer(nn.Module):
         symbolic = isinstance(first, KerasTensor) or (
             isinstance(first, (list, tuple)) and first and isinstance(first[0], KerasTensor))
         if symbolic:
-            return self._call_symbolic(first)
+            return self._call_symbolic(first, kwargs)
         if not self.built:
             x = first
             shape = [tuple(t.shape[1:]) for t in x] if self.takes_list else tuple(x.shape[1:])
             self._ensure_built(shape)
         return super().__call__(*args, **kwargs)
 
-    def _call_symbolic(self, inputs):
+    def _call_symbolic(self, inputs, kwargs: dict | None = None):
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if not self.takes_list and len(tensors) != 1:
             raise ValueError(f"layer {self.name!r} takes one input, got {len(tensors)}")
@@ -135,7 +157,7 @@ class Layer(nn.Module):
         except ValueError as e:
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}): {e}") from None
-        node = Node(self, tensors, self.takes_list)
+        node = Node(self, tensors, self.takes_list, kwargs)
         out = KerasTensor(out_shape, self.output_dtype(tensors[0].dtype), node, 0)
         node.outputs.append(out)
         return out

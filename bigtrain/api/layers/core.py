@@ -14,6 +14,14 @@ from bigtrain.api.activations import get_activation
 from bigtrain.api.layers.base import Layer
 
 
+def _same(t):
+    return t
+
+
+def _transpose(t):
+    return t.T
+
+
 class Dense(Layer):
     """`keras.layers.Dense`: y = activation(x @ kernel + bias) on the last axis.
 
@@ -47,6 +55,10 @@ class Dense(Layer):
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
+
+    def keras_weights(self):  # kernel (inputs, units), then bias
+        return [("linear.weight", _transpose, _transpose)] + (
+            [("linear.bias", _same, _same)] if self.use_bias else [])
 
     def call(self, x):
         y = self.linear(x)
@@ -130,8 +142,14 @@ class Embedding(Layer):
     `sparse=True` makes the gradient a sparse tensor of the touched rows (parameter server).
     """
 
-    def __init__(self, input_dim: int, output_dim: int, sparse: bool = False, **kwargs):
+    def __init__(self, input_dim: int, output_dim: int, sparse: bool = False,
+                 mask_zero: bool = False, **kwargs):
         super().__init__(**kwargs)
+        if mask_zero:
+            raise ValueError("Embedding(mask_zero=True): bigtrain layers do not carry masks yet; "
+                             "pad sequences in front (Keras pad_sequences' default "
+                             "padding='pre') so recurrent layers end on real tokens, and drop "
+                             "mask_zero")
         self.input_dim, self.output_dim, self.sparse = int(input_dim), int(output_dim), sparse
 
     def build(self, input_shape):
@@ -146,6 +164,9 @@ class Embedding(Layer):
 
     def call(self, ids):
         return self.embedding(ids.long())
+
+    def keras_weights(self):
+        return [("embedding.weight", _same, _same)]
 
     def get_config(self):
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
@@ -165,6 +186,9 @@ class LayerNormalization(Layer):
     def call(self, x):
         return self.norm(x)
 
+    def keras_weights(self):  # gamma, beta
+        return [("norm.weight", _same, _same), ("norm.bias", _same, _same)]
+
     def get_config(self):
         return {"name": self.name, "epsilon": self.epsilon}
 
@@ -181,6 +205,10 @@ class BatchNormalization(Layer):
 
     def build(self, input_shape):
         self.norm = nn.BatchNorm1d(input_shape[-1], eps=self.epsilon, momentum=1.0 - self.momentum)
+
+    def keras_weights(self):  # gamma, beta, moving mean, moving variance
+        return [(f"norm.{k}", _same, _same)
+                for k in ("weight", "bias", "running_mean", "running_var")]
 
     def call(self, x):
         shape = x.shape

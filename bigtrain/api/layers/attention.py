@@ -1,0 +1,259 @@
+"""Attention layers with Keras's arguments and weights: MultiHeadAttention, Attention
+(dot-product, Luong) and AdditiveAttention (Bahdanau).
+
+In a graph these layers take a list of tensors (query, value, optional key, optional mask);
+`MultiHeadAttention` keeps Keras's call form `mha(query, value, key=None,
+attention_mask=None, use_causal_mask=False)` and packs it into that list itself.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigtrain.api.layers.base import Layer
+
+_NEG = 1e9  # Keras's large negative score for masked positions (float32)
+
+
+def _same(t):
+    return t
+
+
+def _fmt(shape) -> str:
+    return "(None, " + ", ".join(map(str, shape)) + ")"
+
+
+def _causal(tq: int, tk: int, device) -> torch.Tensor:
+    """(Tq, Tk) bool: query i sees keys j <= i, as Keras's use_causal_mask."""
+    return torch.ones(tq, tk, dtype=torch.bool, device=device).tril()
+
+
+def _glorot_keras(w: torch.Tensor) -> None:
+    """Keras's glorot_uniform fans for an EinsumDense kernel: (prod(shape[:-2]) x last two)."""
+    receptive = math.prod(w.shape[:-2])
+    limit = math.sqrt(6.0 / (w.shape[-2] * receptive + w.shape[-1] * receptive))
+    nn.init.uniform_(w, -limit, limit)
+
+
+class MultiHeadAttention(Layer):
+    """`keras.layers.MultiHeadAttention(num_heads, key_dim)`, called `mha(query, value, key)`.
+
+    Keras weights: query/key kernels (d, heads, key_dim) with biases (heads, key_dim), the
+    value kernel (d, heads, value_dim) with bias (heads, value_dim), and the output kernel
+    (heads, value_dim, out) with bias (out,). Runs torch's fused scaled-dot-product attention.
+
+    Example:
+        x = Input(shape=(16, 32))
+        y = MultiHeadAttention(num_heads=4, key_dim=8)(x, x, use_causal_mask=True)
+    """
+
+    takes_list = True
+
+    def __init__(self, num_heads: int, key_dim: int | None = None, value_dim: int | None = None,
+                 dropout: float = 0.0, use_bias: bool = True, output_shape=None, **kwargs):
+        super().__init__(**kwargs)
+        if key_dim is None:
+            raise ValueError(f"MultiHeadAttention {self.name!r} needs key_dim (the size of each "
+                             "head's query and key), e.g. MultiHeadAttention(num_heads=4, "
+                             "key_dim=64)")
+        if not isinstance(num_heads, int) or num_heads <= 0 or int(key_dim) <= 0:
+            raise ValueError(f"MultiHeadAttention needs positive num_heads and key_dim, got "
+                             f"{num_heads!r} and {key_dim!r}")
+        if isinstance(output_shape, (tuple, list)):
+            if len(output_shape) != 1:
+                raise ValueError("MultiHeadAttention output_shape must be one size "
+                                 f"(the last axis), got {output_shape!r}")
+            output_shape = output_shape[0]
+        self.num_heads, self.key_dim = num_heads, int(key_dim)
+        self.value_dim = int(value_dim) if value_dim is not None else self.key_dim
+        self.dropout, self.use_bias, self.output_size = float(dropout), use_bias, output_shape
+        self._has_key = self._has_mask = None  # fixed by the first call, as Keras's build
+
+    def __call__(self, query, value=None, key=None, attention_mask=None,
+                 use_causal_mask: bool = False, has_key: bool = False, has_mask: bool = False):
+        if isinstance(query, (list, tuple)):  # the packed form a saved graph replays
+            parts = list(query)
+        else:
+            if value is None:
+                raise ValueError(f"MultiHeadAttention {self.name!r} is called as "
+                                 "mha(query, value, key=None, attention_mask=None)")
+            has_key, has_mask = key is not None, attention_mask is not None
+            parts = [query, value] + ([key] if has_key else []) + (
+                [attention_mask] if has_mask else [])
+        if self._has_key is None:
+            self._has_key, self._has_mask = has_key, has_mask
+        elif (self._has_key, self._has_mask) != (has_key, has_mask):
+            raise ValueError(f"MultiHeadAttention {self.name!r} was first called "
+                             f"{'with' if self._has_key else 'without'} a key and "
+                             f"{'with' if self._has_mask else 'without'} a mask; call it the "
+                             "same way each time")
+        return super().__call__(parts, use_causal_mask=bool(use_causal_mask),
+                                has_key=has_key, has_mask=has_mask)
+
+    def _shapes(self, shapes):
+        q, v = shapes[0], shapes[1]
+        k = shapes[2] if self._has_key else v
+        mask = shapes[-1] if self._has_mask else None
+        for role, s in (("query", q), ("value", v), ("key", k)):
+            if len(s) != 2:
+                raise ValueError(f"MultiHeadAttention {self.name!r} expects a {role} of shape "
+                                 f"(batch, steps, features), got {_fmt(s)}")
+        if k[0] != v[0]:
+            raise ValueError(f"MultiHeadAttention {self.name!r}: key {_fmt(k)} and value "
+                             f"{_fmt(v)} must have the same number of steps")
+        if mask is not None and tuple(mask) != (q[0], k[0]):
+            raise ValueError(f"MultiHeadAttention {self.name!r}: attention_mask must have shape "
+                             f"(None, {q[0]}, {k[0]}) (batch, query steps, key steps) for query "
+                             f"{_fmt(q)} and key {_fmt(k)}, got {_fmt(mask)}")
+        return q, v, k
+
+    def compute_output_shape(self, shapes):
+        q, _, _ = self._shapes(shapes)
+        return (q[0], self.output_size or q[1])
+
+    def build(self, shapes):
+        q, v, k = self._shapes(shapes)
+        h, kd, vd = self.num_heads, self.key_dim, self.value_dim
+        out = self.output_size or q[1]
+        self.query_kernel = nn.Parameter(torch.empty(q[1], h, kd))
+        self.key_kernel = nn.Parameter(torch.empty(k[1], h, kd))
+        self.value_kernel = nn.Parameter(torch.empty(v[1], h, vd))
+        self.output_kernel = nn.Parameter(torch.empty(h, vd, out))
+        for w in (self.query_kernel, self.key_kernel, self.value_kernel, self.output_kernel):
+            _glorot_keras(w)
+        if self.use_bias:
+            self.query_bias = nn.Parameter(torch.zeros(h, kd))
+            self.key_bias = nn.Parameter(torch.zeros(h, kd))
+            self.value_bias = nn.Parameter(torch.zeros(h, vd))
+            self.output_bias = nn.Parameter(torch.zeros(out))
+
+    def _project(self, x, role):
+        """(B, T, d) -> (B, heads, T, dim) through the role's kernel (d, heads, dim)."""
+        w = getattr(self, f"{role}_kernel")
+        y = x @ w.flatten(1)
+        if self.use_bias:
+            y = y + getattr(self, f"{role}_bias").flatten()
+        return y.unflatten(-1, w.shape[1:]).transpose(1, 2)
+
+    def call(self, parts, use_causal_mask=False, has_key=False, has_mask=False):
+        query, value = parts[0], parts[1]
+        key = parts[2] if has_key else value
+        mask = parts[-1].bool() if has_mask else None
+        if use_causal_mask:
+            causal = _causal(query.shape[1], key.shape[1], query.device)
+            mask = causal if mask is None else mask & causal
+        bias = None
+        if mask is not None:  # additive, so a fully masked row is uniform as in Keras
+            bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
+            bias = bias.masked_fill(~mask, -_NEG)
+            bias = bias.unsqueeze(-3) if bias.dim() == 3 else bias  # (B, 1, Tq, Tk)
+        q, k, v = self._project(query, "query"), self._project(key, "key"), \
+            self._project(value, "value")
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = o.transpose(1, 2).flatten(2) @ self.output_kernel.flatten(0, 1)  # (B, Tq, out)
+        return y + self.output_bias if self.use_bias else y
+
+    def keras_weights(self):
+        roles = ("query", "key", "value", "output")
+        if not self.use_bias:
+            return [(f"{r}_kernel", _same, _same) for r in roles]
+        return [(f"{r}_{w}", _same, _same) for r in roles for w in ("kernel", "bias")]
+
+    def get_config(self):
+        return {"name": self.name, "num_heads": self.num_heads, "key_dim": self.key_dim,
+                "value_dim": self.value_dim, "dropout": self.dropout,
+                "use_bias": self.use_bias, "output_shape": self.output_size}
+
+
+class Attention(Layer):
+    """`keras.layers.Attention`: dot-product attention on [query, value] or [query, value, key].
+
+    scores = query @ key^T (times a learned scalar with use_scale=True); score_mode="concat"
+    scores sum(tanh(query + key)) instead. `use_causal_mask=True` at call time.
+    """
+
+    takes_list = True
+
+    def __init__(self, use_scale: bool = False, score_mode: str = "dot", dropout: float = 0.0,
+                 **kwargs):
+        super().__init__(**kwargs)
+        if score_mode not in ("dot", "concat"):
+            raise ValueError(f"Attention score_mode must be 'dot' or 'concat', got {score_mode!r}")
+        self.use_scale, self.score_mode, self.dropout = use_scale, score_mode, float(dropout)
+
+    def _check(self, shapes):
+        if len(shapes) not in (2, 3):
+            raise ValueError(f"{type(self).__name__} {self.name!r} takes [query, value] or "
+                             f"[query, value, key], got {len(shapes)} tensors")
+        q, v = shapes[0], shapes[1]
+        k = shapes[2] if len(shapes) == 3 else v
+        if len(q) != 2 or len(v) != 2 or len(k) != 2 or q[1] != k[1] or k[0] != v[0]:
+            raise ValueError(f"{type(self).__name__} {self.name!r} needs query (Tq, dim), value "
+                             f"(Tv, dv) and key (Tv, dim); got query {_fmt(q)}, value {_fmt(v)}, "
+                             f"key {_fmt(k)}")
+        return q, v
+
+    def compute_output_shape(self, shapes):
+        q, v = self._check(shapes)
+        return (q[0], v[1])
+
+    def build(self, shapes):
+        self._check(shapes)
+        if self.use_scale:
+            self.scale = nn.Parameter(torch.ones(()))
+        if self.score_mode == "concat":
+            self.concat_score_weight = nn.Parameter(torch.ones(()))
+
+    def _scores(self, q, k):
+        if self.score_mode == "dot":
+            s = q @ k.transpose(-2, -1)
+            return s * self.scale if self.use_scale else s
+        t = q.unsqueeze(-2) + k.unsqueeze(-3)  # (B, Tq, Tv, dim)
+        return self.concat_score_weight * torch.tanh(self.scale * t if self.use_scale else t).sum(-1)
+
+    def call(self, parts, use_causal_mask=False):
+        q, v = parts[0], parts[1]
+        k = parts[2] if len(parts) == 3 else v
+        scores = self._scores(q, k)
+        if use_causal_mask:
+            keep = _causal(scores.shape[-2], scores.shape[-1], scores.device)
+            scores = torch.where(keep, scores, scores - _NEG)
+        weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
+        return weights @ v
+
+    def keras_weights(self):
+        names = (["scale"] if self.use_scale else []) + (
+            ["concat_score_weight"] if self.score_mode == "concat" else [])
+        return [(n, _same, _same) for n in names]
+
+    def get_config(self):
+        return {"name": self.name, "use_scale": self.use_scale, "score_mode": self.score_mode,
+                "dropout": self.dropout}
+
+
+class AdditiveAttention(Attention):
+    """`keras.layers.AdditiveAttention` (Bahdanau): scores = sum(scale * tanh(query + key)),
+    with a learned per-feature `scale` (dim,) when use_scale=True (the default)."""
+
+    def __init__(self, use_scale: bool = True, dropout: float = 0.0, **kwargs):
+        super().__init__(use_scale=use_scale, dropout=dropout, **kwargs)
+
+    def build(self, shapes):
+        q, _ = self._check(shapes)
+        if self.use_scale:
+            self.scale = nn.Parameter(torch.empty(q[1]))
+            nn.init.uniform_(self.scale, -math.sqrt(6.0 / (2 * q[1])), math.sqrt(6.0 / (2 * q[1])))
+
+    def _scores(self, q, k):
+        t = torch.tanh(q.unsqueeze(-2) + k.unsqueeze(-3))  # (B, Tq, Tv, dim)
+        return (t * self.scale).sum(-1) if self.use_scale else t.sum(-1)
+
+    def keras_weights(self):
+        return [("scale", _same, _same)] if self.use_scale else []
+
+    def get_config(self):
+        return {"name": self.name, "use_scale": self.use_scale, "dropout": self.dropout}

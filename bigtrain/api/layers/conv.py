@@ -1,0 +1,325 @@
+"""Convolution layers with Keras's arguments, defaults and weight layouts.
+
+Inputs are channels-last, as in Keras: (B, L, C), (B, H, W, C), (B, D, H, W, C). A
+`movedim(-1, 1)` turns them into the (B, C, ...) view torch's kernels take without copying:
+for 2D and 3D that view *is* torch's `channels_last` memory format, so the convolution runs
+in it and its output moves back to (B, ..., C) again as a view. Nothing is transposed per
+batch. Weights are torch's `nn.ConvNd` modules (out, in/groups, *kernel); `get_weights`
+gives Keras's (*kernel, in/groups, out).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigtrain.api.activations import get_activation
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.padding import as_tuple, same_padding, window_output
+
+
+def _to_keras_kernel(w):
+    """(out, in, *k) -> (*k, in, out); a ConvTranspose weight (in, out, *k) -> (*k, out, in)."""
+    n = w.dim() - 2
+    return w.permute(*range(2, 2 + n), 1, 0)
+
+
+def _to_torch_kernel(k):
+    n = k.dim() - 2
+    return k.permute(n + 1, n, *range(n))
+
+
+def _same(t):
+    return t
+
+
+def glorot_(w: torch.Tensor, fan_in: int, fan_out: int) -> None:
+    """Keras's glorot_uniform with the fans of Keras's kernel shape."""
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    nn.init.uniform_(w, -limit, limit)
+
+
+class _Conv(Layer):
+    """Shared machinery of the N-d convolutions (rank = number of spatial axes)."""
+
+    rank = 2
+    transpose = False
+    paddings = ("valid", "same")
+
+    def __init__(self, filters: int, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, groups=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(**kwargs)
+        n = self.rank
+        if not isinstance(filters, int) or filters <= 0:
+            raise ValueError(f"{type(self).__name__} filters must be a positive integer, "
+                             f"got {filters!r}")
+        padding = str(padding).lower()
+        if padding not in self.paddings:
+            raise ValueError(f"{type(self).__name__} padding must be one of "
+                             f"{', '.join(map(repr, self.paddings))}, got {padding!r}"
+                             + ("; padding='causal' exists only for Conv1D"
+                                if padding == "causal" else ""))
+        self.filters, self.padding, self.groups = filters, padding, int(groups)
+        self.kernel_size = as_tuple(kernel_size, n, "kernel_size")
+        self.strides = as_tuple(strides, n, "strides")
+        self.dilation_rate = as_tuple(dilation_rate, n, "dilation_rate")
+        self.data_format = data_format or "channels_last"
+        if self.data_format not in ("channels_last", "channels_first"):
+            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', "
+                             f"got {data_format!r}")
+        self.use_bias = use_bias
+        self.activation_name, self.activation = get_activation(activation)
+        self.defer_activation = False
+
+    # ---- shapes -------------------------------------------------------------------------
+    def _split(self, input_shape):
+        """(spatial sizes, channels) of a per-sample input shape; checks the rank."""
+        if len(input_shape) != self.rank + 1:
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects inputs of rank "
+                             f"{self.rank + 2} (batch, {self.rank} spatial axes, channels), got "
+                             f"shape (None, {', '.join(map(str, input_shape))})")
+        if self.data_format == "channels_last":
+            return tuple(input_shape[:-1]), input_shape[-1]
+        return tuple(input_shape[1:]), input_shape[0]
+
+    def _join(self, spatial, channels):
+        return (*spatial, channels) if self.data_format == "channels_last" else (channels, *spatial)
+
+    def _spatial_out(self, spatial):
+        return tuple(window_output(n, k, s, d, self.padding, self.name, type(self).__name__)
+                     for n, k, s, d in zip(spatial, self.kernel_size, self.strides,
+                                           self.dilation_rate))
+
+    def compute_output_shape(self, input_shape):
+        spatial, _ = self._split(input_shape)
+        return self._join(self._spatial_out(spatial), self.filters)
+
+    # ---- weights ------------------------------------------------------------------------
+    def _check_groups(self, channels):
+        if channels % self.groups or self.filters % self.groups:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: groups={self.groups} must "
+                             f"divide both the input channels ({channels}) and filters "
+                             f"({self.filters})")
+
+    def _spatial_conv(self, spatial, cin, cout, groups, bias) -> nn.Module:
+        """The torch convolution over the spatial axes, with Keras's padding; an uneven
+        "same" padding (stride > 1) or "causal" is applied by F.pad first (`self._pad`)."""
+        self._spatial_out(spatial)  # raises when the kernel does not fit
+        pads = [same_padding(n, k, s, d) if self.padding == "same" else
+                ((k - 1) * d, 0) if self.padding == "causal" else (0, 0)
+                for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+        symmetric = all(a == b for a, b in pads)
+        self._pad = None if symmetric else [p for a, b in reversed(pads) for p in (a, b)]
+        conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.rank - 1]
+        return conv_cls(cin, cout, self.kernel_size, self.strides,
+                        padding=tuple(a for a, _ in pads) if symmetric else 0,
+                        dilation=self.dilation_rate, groups=groups, bias=bias)
+
+    def build(self, input_shape):
+        spatial, channels = self._split(input_shape)
+        self._check_groups(channels)
+        self.conv = self._spatial_conv(spatial, channels, self.filters, self.groups, self.use_bias)
+        area = math.prod(self.kernel_size)
+        glorot_(self.conv.weight, area * channels // self.groups, area * self.filters)
+        if self.use_bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def keras_weights(self):
+        slots = [("conv.weight", _to_keras_kernel, _to_torch_kernel)]
+        return slots + ([("conv.bias", _same, _same)] if self.use_bias else [])
+
+    # ---- run ----------------------------------------------------------------------------
+    def call(self, x):
+        last = self.data_format == "channels_last"
+        if last:
+            x = x.movedim(-1, 1)  # (B, C, *spatial) view; channels_last memory for 2D/3D
+        if self._pad is not None:
+            x = F.pad(x, self._pad)
+        y = self._run(x)
+        if not self.defer_activation:
+            y = self.activation(y)
+        return y.movedim(1, -1) if last else y
+
+    def _run(self, x):
+        return self.conv(x)
+
+    def get_config(self):
+        if self.activation_name is None:
+            raise ValueError(f"layer {self.name!r} uses a callable activation, which cannot be "
+                             "saved as JSON; use a named activation or save_weights()")
+        return {"name": self.name, "filters": self.filters, "kernel_size": list(self.kernel_size),
+                "strides": list(self.strides), "padding": self.padding,
+                "data_format": self.data_format, "dilation_rate": list(self.dilation_rate),
+                "groups": self.groups, "activation": self.activation_name,
+                "use_bias": self.use_bias}
+
+
+class Conv1D(_Conv):
+    """`keras.layers.Conv1D` on (B, steps, channels); `padding="causal"` pads only the past.
+
+    Example:
+        h = Conv1D(32, 3, padding="causal", activation="relu")(Input(shape=(100, 8)))
+    """
+    rank = 1
+    paddings = ("valid", "same", "causal")
+
+
+class Conv2D(_Conv):
+    """`keras.layers.Conv2D` on (B, H, W, C); kernel (kh, kw, in/groups, filters) in Keras.
+
+    Example:
+        h = Conv2D(32, (3, 3), activation="relu")(Input(shape=(28, 28, 1)))
+    """
+    rank = 2
+
+
+class Conv3D(_Conv):
+    """`keras.layers.Conv3D` on (B, D, H, W, C)."""
+    rank = 3
+
+
+class Conv2DTranspose(_Conv):
+    """`keras.layers.Conv2DTranspose` on (B, H, W, C); kernel (kh, kw, filters, in) in Keras.
+
+    Output sizes follow Keras: "valid" gives (n - 1) * s + max(k, s), "same" gives n * s. As
+    Keras's torch backend does, torch's transposed convolution runs unpadded (output
+    (n - 1) * s + k) and is then cropped per side to the window JAX/TensorFlow define (an
+    asymmetric crop torch's `padding` cannot express); the bias is added after.
+    """
+    rank = 2
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None,
+                 data_format=None, dilation_rate=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
+                         activation, use_bias, **kwargs)
+        self.output_padding = (None if output_padding is None
+                               else as_tuple(output_padding, 2, "output_padding"))
+
+    def _crops(self):
+        """Per axis (left, right) cells to crop from the unpadded output (< 0: zero-extend)."""
+        out = []
+        for i, (k, s, d) in enumerate(zip(self.kernel_size, self.strides, self.dilation_rate)):
+            k = (k - 1) * d + 1
+            op = None if self.output_padding is None else self.output_padding[i]
+            if self.padding == "valid":
+                left, right = k - 1, k - 1 + (max(k, s) - k if op is None else op)
+            else:
+                total = s + k - 2 if op is None else k + k % 2 - 2 + op
+                left = min(total // 2 + total % 2, k - 1)
+                right = total - left
+            out.append((k - 1 - left, k - 1 - right))
+        return out
+
+    def compute_output_shape(self, input_shape):
+        spatial, _ = self._split(input_shape)
+        sizes = tuple((n - 1) * s + (k - 1) * d + 1 - cl - cr for n, k, s, d, (cl, cr) in zip(
+            spatial, self.kernel_size, self.strides, self.dilation_rate, self._crops()))
+        return self._join(sizes, self.filters)
+
+    def build(self, input_shape):
+        _, channels = self._split(input_shape)
+        self._pad = None
+        self._crop = [-c for cl, cr in reversed(self._crops()) for c in (cl, cr)]  # F.pad order
+        self.conv = nn.ConvTranspose2d(channels, self.filters, self.kernel_size, self.strides,
+                                       dilation=self.dilation_rate, bias=self.use_bias)
+        area = math.prod(self.kernel_size)
+        glorot_(self.conv.weight, area * self.filters, area * channels)  # Keras (kh, kw, out, in)
+        if self.use_bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def _run(self, x):
+        y = F.conv_transpose2d(x, self.conv.weight, None, self.strides,
+                               dilation=self.dilation_rate)
+        if any(self._crop):
+            y = F.pad(y, self._crop)  # negative pads crop
+        return y if self.conv.bias is None else y + self.conv.bias.view(-1, 1, 1)
+
+    def get_config(self):
+        op = None if self.output_padding is None else list(self.output_padding)
+        config = super().get_config()
+        config.pop("groups")
+        return {**config, "output_padding": op}
+
+
+def _depthwise_to_keras(w, dm):
+    """torch (in * dm, 1, kh, kw) -> Keras (kh, kw, in, dm); output channel c * dm + m."""
+    return w.reshape(-1, dm, *w.shape[2:]).permute(2, 3, 0, 1)
+
+
+def _depthwise_to_torch(k):
+    return k.permute(2, 3, 0, 1).reshape(-1, 1, *k.shape[:2])
+
+
+class DepthwiseConv2D(_Conv):
+    """`keras.layers.DepthwiseConv2D`: one (kh, kw) filter per input channel and multiplier."""
+    rank = 2
+
+    def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1,
+                 data_format=None, dilation_rate=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(1, kernel_size, strides, padding, data_format, dilation_rate, 1,
+                         activation, use_bias, **kwargs)
+        self.depth_multiplier = int(depth_multiplier)
+
+    def build(self, input_shape):
+        spatial, channels = self._split(input_shape)
+        self.filters = channels * self.depth_multiplier
+        self.conv = self._spatial_conv(spatial, channels, self.filters, channels, self.use_bias)
+        area = math.prod(self.kernel_size)
+        glorot_(self.conv.weight, area * channels, area * self.depth_multiplier)
+        if self.use_bias:
+            nn.init.zeros_(self.conv.bias)
+
+    def compute_output_shape(self, input_shape):
+        spatial, channels = self._split(input_shape)
+        return self._join(self._spatial_out(spatial), channels * self.depth_multiplier)
+
+    def keras_weights(self):
+        dm = self.depth_multiplier
+        slots = [("conv.weight", lambda w: _depthwise_to_keras(w, dm), _depthwise_to_torch)]
+        return slots + ([("conv.bias", _same, _same)] if self.use_bias else [])
+
+    def get_config(self):
+        config = super().get_config()
+        for key in ("filters", "groups"):
+            config.pop(key)
+        return {**config, "depth_multiplier": self.depth_multiplier}
+
+
+class SeparableConv2D(_Conv):
+    """`keras.layers.SeparableConv2D`: a depthwise (kh, kw) convolution per channel, then a
+    1x1 convolution to `filters`. Keras weights: depthwise (kh, kw, in, dm), pointwise
+    (1, 1, in * dm, filters), bias (filters,)."""
+    rank = 2
+
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
+                 dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True, **kwargs):
+        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
+                         activation, use_bias, **kwargs)
+        self.depth_multiplier = int(depth_multiplier)
+
+    def build(self, input_shape):
+        spatial, channels = self._split(input_shape)
+        inner = channels * self.depth_multiplier
+        self.depthwise = self._spatial_conv(spatial, channels, inner, channels, False)
+        self.pointwise = nn.Conv2d(inner, self.filters, 1, bias=self.use_bias)
+        area = math.prod(self.kernel_size)
+        glorot_(self.depthwise.weight, area * channels, area * self.depth_multiplier)
+        glorot_(self.pointwise.weight, inner, self.filters)
+        if self.use_bias:
+            nn.init.zeros_(self.pointwise.bias)
+
+    def _run(self, x):
+        return self.pointwise(self.depthwise(x))
+
+    def keras_weights(self):
+        dm = self.depth_multiplier
+        slots = [("depthwise.weight", lambda w: _depthwise_to_keras(w, dm), _depthwise_to_torch),
+                 ("pointwise.weight", _to_keras_kernel, _to_torch_kernel)]
+        return slots + ([("pointwise.bias", _same, _same)] if self.use_bias else [])
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("groups")
+        return {**config, "depth_multiplier": self.depth_multiplier}

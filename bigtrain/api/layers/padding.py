@@ -1,0 +1,36 @@
+"""Window arithmetic shared by convolution and pooling layers: Keras's "valid", "same" and
+"causal" output sizes and the TensorFlow-style "same" padding (the extra cell goes after)."""
+from __future__ import annotations
+
+import math
+
+
+def as_tuple(value, n: int, what: str) -> tuple[int, ...]:
+    """An int or a sequence of n positive ints, as n ints (Keras's standardize_tuple)."""
+    values = (value,) * n if isinstance(value, int) else tuple(value)
+    if len(values) != n or not all(isinstance(v, int) and v > 0 for v in values):
+        raise ValueError(f"{what} must be a positive integer or {n} positive integers, "
+                         f"got {value!r}")
+    return values
+
+
+def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """(before, after) cells of "same" padding: output ceil(size / stride), odd extra after."""
+    effective = (kernel - 1) * dilation + 1
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + effective - size, 0)
+    return total // 2, total - total // 2
+
+
+def window_output(size: int, kernel: int, stride: int, dilation: int, padding: str,
+                  layer: str, kind: str) -> int:
+    """Output length of one axis; a clear error when a "valid" window does not fit."""
+    if padding in ("same", "causal"):
+        return math.ceil(size / stride)
+    effective = (kernel - 1) * dilation + 1
+    if effective > size:
+        raise ValueError(f"{kind} {layer!r}: the window ({kernel}"
+                         + (f", dilated to {effective}" if dilation > 1 else "")
+                         + f") is larger than the input ({size}) along one axis with "
+                         "padding='valid'; use a smaller kernel_size/pool_size or padding='same'")
+    return (size - effective) // stride + 1

@@ -1,0 +1,309 @@
+"""Recurrent layers with Keras's arguments and weight layouts, run by torch's fused kernels.
+
+Keras's default SimpleRNN, LSTM and GRU (reset_after=True) compute exactly what torch's
+`rnn_tanh`/`lstm`/`gru` kernels compute, so a whole sequence runs in one fused call (no
+Python loop over steps):
+
+- LSTM: Keras z = x @ kernel + h @ recurrent_kernel + bias, gates i, f, c, o: torch's order
+  (i, f, g, o) with W_ih = kernel.T, W_hh = recurrent_kernel.T, b_ih = bias and b_hh = 0.
+- GRU (reset_after=True): Keras gates z, r, h with bias (2, 3u) = (input bias, recurrent
+  bias); h_t = z * h + (1 - z) * tanh(x W_h + b0_h + r * (h U_h + b1_h)). torch's GRU is the
+  same formula with gates in the order r, z, n, so the kernels' column blocks are reordered.
+- SimpleRNN: h_t = tanh(x W + h U + b) is `rnn_tanh` (or `rnn_relu`) with b_hh = 0.
+
+Parameters are kept in torch's layout; `keras_weights` converts to Keras's.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bigtrain.api.layers.base import Layer
+
+
+def _same(t):
+    return t
+
+
+def _transpose(t):
+    return t.T
+
+
+def _layer_from(value) -> Layer:
+    """A wrapped layer, or one rebuilt from its saved {"class", "config"}."""
+    if isinstance(value, dict):
+        from bigtrain.api.layers import LAYER_CLASSES  # the registry imports this module
+        return LAYER_CLASSES[value["class"]](**value["config"])
+    return value
+
+
+def _gru_swap(t, u):
+    """Swap the first two gate blocks of the last axis: Keras (z, r, h) <-> torch (r, z, n)."""
+    blocks = t.reshape(*t.shape[:-1], 3, u)
+    return blocks[..., [1, 0, 2], :].reshape(t.shape)
+
+
+class _RNN(Layer):
+    """Shared machinery: argument checks, shapes, the fused call, go_backwards."""
+
+    gates = 1
+    activations = ("tanh",)
+
+    def __init__(self, units: int, activation="tanh", use_bias: bool = True,
+                 return_sequences: bool = False, go_backwards: bool = False,
+                 dropout: float = 0.0, recurrent_dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        kind = type(self).__name__
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(f"{kind} units must be a positive integer, got {units!r}")
+        if activation not in self.activations:
+            raise ValueError(f"{kind} supports activation in {self.activations} (torch's fused "
+                             f"kernels), got {activation!r}")
+        if recurrent_dropout:
+            raise ValueError(f"{kind}: recurrent_dropout is not supported (it cannot run in "
+                             "torch's fused kernel); use dropout= on the inputs instead")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"{kind} dropout must be in [0, 1), got {dropout}")
+        self.units, self.activation, self.use_bias = units, activation, use_bias
+        self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
+        self.dropout = float(dropout)
+
+    def _features(self, input_shape) -> int:
+        if len(input_shape) != 2:
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects inputs of rank 3 "
+                             f"(batch, timesteps, features), got shape "
+                             f"(None, {', '.join(map(str, input_shape))})")
+        return input_shape[1]
+
+    def compute_output_shape(self, input_shape):
+        self._features(input_shape)
+        return (input_shape[0], self.units) if self.return_sequences else (self.units,)
+
+    def build(self, input_shape):
+        features, u, g = self._features(input_shape), self.units, self.gates
+        self.weight_ih = nn.Parameter(torch.empty(g * u, features))
+        self.weight_hh = nn.Parameter(torch.empty(g * u, u))
+        nn.init.xavier_uniform_(self.weight_ih)  # Keras glorot_uniform on (features, g*u)
+        nn.init.orthogonal_(self.weight_hh)      # Keras orthogonal on (u, g*u)
+        self._init_bias()
+
+    def _init_bias(self):
+        if self.use_bias:
+            self.bias = nn.Parameter(torch.zeros(self.gates * self.units))
+
+    def _biases(self):
+        """(b_ih, b_hh) for torch's kernel."""
+        return self.bias, torch.zeros_like(self.bias)
+
+    def _fused(self, x, h0, params):
+        raise NotImplementedError
+
+    def run(self, x):
+        """(outputs (B, T, u), final state h (B, u)) in the order the steps were taken."""
+        if self.dropout and self.training:  # one mask per sequence, as Keras
+            keep = torch.empty_like(x[:, :1]).bernoulli_(1.0 - self.dropout)
+            x = x * keep / (1.0 - self.dropout)
+        if self.go_backwards:
+            x = x.flip(1)
+        h0 = x.new_zeros(1, x.shape[0], self.units)
+        params = [self.weight_ih, self.weight_hh, *(self._biases() if self.use_bias else ())]
+        return self._fused(x, h0, params)
+
+    def call(self, x):
+        out, h = self.run(x)
+        return out if self.return_sequences else h
+
+    def get_config(self):
+        return {"name": self.name, "units": self.units, "activation": self.activation,
+                "use_bias": self.use_bias, "return_sequences": self.return_sequences,
+                "go_backwards": self.go_backwards, "dropout": self.dropout}
+
+
+class SimpleRNN(_RNN):
+    """`keras.layers.SimpleRNN(units)`: h_t = tanh(x_t W + h_{t-1} U + b).
+
+    Keras weights: kernel (features, u), recurrent_kernel (u, u), bias (u,).
+    """
+
+    activations = ("tanh", "relu")
+
+    def _fused(self, x, h0, params):
+        kernel = torch.rnn_tanh if self.activation == "tanh" else torch.rnn_relu
+        out, h = kernel(x, h0, params, self.use_bias, 1, 0.0, self.training, False, True)
+        return out, h[0]
+
+    def keras_weights(self):
+        slots = [("weight_ih", _transpose, _transpose), ("weight_hh", _transpose, _transpose)]
+        return slots + ([("bias", _same, _same)] if self.use_bias else [])
+
+
+class LSTM(_RNN):
+    """`keras.layers.LSTM(units)` (tanh, sigmoid gates, unit_forget_bias) on (B, T, features).
+
+    Keras weights: kernel (features, 4u), recurrent_kernel (u, 4u), bias (4u,), gates i, f, c, o.
+
+    Example:
+        h = LSTM(64)(Embedding(10000, 32)(Input(shape=(100,), dtype="int64")))
+    """
+
+    gates = 4
+
+    def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias: bool = True, unit_forget_bias: bool = True, **kwargs):
+        if recurrent_activation != "sigmoid":
+            raise ValueError(f"LSTM supports recurrent_activation='sigmoid' only (torch's "
+                             f"fused kernel), got {recurrent_activation!r}")
+        super().__init__(units, activation, use_bias, **kwargs)
+        self.unit_forget_bias = bool(unit_forget_bias)
+
+    def _init_bias(self):
+        super()._init_bias()
+        if self.use_bias and self.unit_forget_bias:
+            with torch.no_grad():
+                self.bias[self.units:2 * self.units] = 1.0  # the forget gate starts open
+
+    def _fused(self, x, h0, params):
+        out, h, _ = torch.lstm(x, (h0, torch.zeros_like(h0)), params, self.use_bias, 1, 0.0,
+                               self.training, False, True)
+        return out, h[0]
+
+    def keras_weights(self):
+        slots = [("weight_ih", _transpose, _transpose), ("weight_hh", _transpose, _transpose)]
+        return slots + ([("bias", _same, _same)] if self.use_bias else [])
+
+    def get_config(self):
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+
+
+class GRU(_RNN):
+    """`keras.layers.GRU(units)` with Keras's defaults (reset_after=True, sigmoid gates).
+
+    Keras weights: kernel (features, 3u), recurrent_kernel (u, 3u), bias (2, 3u), gates z, r, h.
+    Kept in torch's gate order (r, z, n): `keras_weights` swaps the first two blocks.
+    """
+
+    gates = 3
+
+    def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
+                 use_bias: bool = True, reset_after: bool = True, **kwargs):
+        if recurrent_activation != "sigmoid" or not reset_after:
+            raise ValueError("GRU supports recurrent_activation='sigmoid' with reset_after=True "
+                             "(Keras's defaults, torch's fused kernel); got "
+                             f"recurrent_activation={recurrent_activation!r}, "
+                             f"reset_after={reset_after!r}")
+        super().__init__(units, activation, use_bias, **kwargs)
+
+    def _init_bias(self):
+        if self.use_bias:
+            self.bias = nn.Parameter(torch.zeros(2, 3 * self.units))  # (input, recurrent)
+
+    def _biases(self):
+        return self.bias[0], self.bias[1]
+
+    def _fused(self, x, h0, params):
+        out, h = torch.gru(x, h0, params, self.use_bias, 1, 0.0, self.training, False, True)
+        return out, h[0]
+
+    def keras_weights(self):
+        u = self.units
+
+        def kernel_to_keras(w):  # torch (3u, n) in r, z, n -> Keras (n, 3u) in z, r, h
+            return _gru_swap(w.T, u)
+
+        def kernel_to_torch(k):
+            return _gru_swap(k, u).T
+
+        def swap(b):
+            return _gru_swap(b, u)
+
+        slots = [("weight_ih", kernel_to_keras, kernel_to_torch),
+                 ("weight_hh", kernel_to_keras, kernel_to_torch)]
+        return slots + ([("bias", swap, swap)] if self.use_bias else [])
+
+
+class Bidirectional(Layer):
+    """`keras.layers.Bidirectional(layer, merge_mode="concat")`: the layer forwards and a copy
+    backwards; their outputs (the backward one re-aligned in time) concatenated, summed,
+    multiplied, averaged, or (None) listed. Keras weights: the forward layer's, then the
+    backward layer's.
+    """
+
+    modes = ("concat", "sum", "mul", "ave")
+
+    def __init__(self, layer: _RNN, merge_mode: str = "concat", **kwargs):
+        super().__init__(**kwargs)
+        layer = _layer_from(layer)
+        if not isinstance(layer, _RNN):
+            raise TypeError(f"Bidirectional wraps SimpleRNN, LSTM or GRU, got "
+                            f"{type(layer).__name__}")
+        if merge_mode not in self.modes:
+            raise ValueError(f"Bidirectional merge_mode must be one of {self.modes}, "
+                             f"got {merge_mode!r}")
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        self.forward_layer = layer
+        self.backward_layer = type(layer)(**{**config, "go_backwards": not layer.go_backwards},
+                                          name=f"backward_{layer.name}")
+        self.merge_mode = merge_mode
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        return (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
+
+    def build(self, input_shape):
+        for layer in (self.forward_layer, self.backward_layer):
+            layer._ensure_built(input_shape)
+
+    def call(self, x):
+        fwd, bwd = self.forward_layer(x), self.backward_layer(x)
+        if self.forward_layer.return_sequences:
+            bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
+        if self.merge_mode == "concat":
+            return torch.cat([fwd, bwd], dim=-1)
+        if self.merge_mode == "sum":
+            return fwd + bwd
+        if self.merge_mode == "mul":
+            return fwd * bwd
+        return (fwd + bwd) / 2
+
+    def keras_weights(self):
+        return [(f"{side}.{key}", a, b)
+                for side in ("forward_layer", "backward_layer")
+                for key, a, b in getattr(self, side).keras_weights()]
+
+    def get_config(self):
+        return {"name": self.name, "merge_mode": self.merge_mode,
+                "layer": {"class": type(self.forward_layer).__name__,
+                          "config": self.forward_layer.get_config()}}
+
+
+class TimeDistributed(Layer):
+    """`keras.layers.TimeDistributed(layer)`: applies `layer` to every step of (B, T, ...)."""
+
+    def __init__(self, layer: Layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = _layer_from(layer)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(f"TimeDistributed {self.name!r} expects inputs of rank >= 3 "
+                             f"(batch, timesteps, ...), got (None, "
+                             f"{', '.join(map(str, input_shape))})")
+        return (input_shape[0], *self.layer.compute_output_shape(tuple(input_shape[1:])))
+
+    def build(self, input_shape):
+        self.layer._ensure_built(tuple(input_shape[1:]))
+
+    def call(self, x):
+        b, t = x.shape[:2]
+        y = self.layer(x.reshape(b * t, *x.shape[2:]))  # every step as one batch
+        return y.reshape(b, t, *y.shape[1:])
+
+    def keras_weights(self):
+        inner = self.layer.keras_weights()
+        if inner is None:
+            return None
+        return [(f"layer.{key}", a, b) for key, a, b in inner]
+
+    def get_config(self):
+        return {"name": self.name, "layer": {"class": type(self.layer).__name__,
+                                             "config": self.layer.get_config()}}
