@@ -1,2 +1,12 @@
 """README.md and the examples' docstrings run as tests (Sybil): see tests/readme/documents.py."""
 from tests.readme.documents import pytest_collect_file  # noqa: F401
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(items):
+    # a README block may start several multi-process jobs one after another (each one is
+    # bounded by tests/readme/commands.LIMIT_S); the suite's 300 s is per job, not per block
+    for item in items:
+        if item.path.name == "README.md":
+            item.add_marker(pytest.mark.timeout(600))

@@ -13,7 +13,7 @@ hidden_layer = Dense(512, activation="relu")(input_layer)
 output_layer = Dense(10, activation="softmax")(hidden_layer)
 model = Model(inputs=input_layer, outputs=output_layer)
 model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
-model.fit(x_train, y_train, epochs=10, batch_size=32, strategy="ddp", verbose=0)
+model.fit(x_train, y_train, epochs=4, batch_size=32, strategy="ddp", verbose=0)
 
 if bigtrain.is_main_process():
     loss, accuracy = model.evaluate(x_test, y_test)
