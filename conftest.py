@@ -10,3 +10,16 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name == "README.md":
             item.add_marker(pytest.mark.timeout(600))
+
+
+class _Script(pytest.Module):
+    """An example script named on the command line: Sybil runs its docstring's commands;
+    pytest must not import it as a test module (it would train on import)."""
+
+    def collect(self):
+        return []
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if module_path.parent.name == "examples":
+        return _Script.from_parent(parent, path=module_path)
