@@ -5,11 +5,13 @@ import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(items):
-    # a README block may start several multi-process jobs one after another (each one is
-    # bounded by tests/readme/commands.LIMIT_S); the suite's 300 s is per job, not per block
+    # a README block may start several multi-process jobs one after another, and an example's
+    # command up to 5 processes; each job is bounded by tests/readme/commands.LIMIT_S
     for item in items:
         if item.path.name == "README.md":
-            item.add_marker(pytest.mark.timeout(600))
+            item.add_marker(pytest.mark.timeout(900))
+        elif item.path.parent.name == "examples":
+            item.add_marker(pytest.mark.timeout(450))
 
 
 class _Script(pytest.Module):
