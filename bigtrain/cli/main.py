@@ -198,6 +198,10 @@ def _check_rendezvous_port(argv: list[str]) -> None:
     node_rank = _flag(argv, "--node-rank", "--node_rank") or "0"
     if not endpoint or ":" not in endpoint or node_rank != "0":
         return
+    if (_flag(argv, "--rdzv-backend", "--rdzv_backend") or "static") == "c10d":
+        # c10d has no node ranks: every agent on the endpoint's host tries to host the store
+        # and, finding it taken, joins it as a client (torch's documented fallback)
+        return
     host, port = endpoint.rsplit(":", 1)
     if not port.isdigit() or int(port) == 0:
         return

@@ -8,10 +8,18 @@
 
 Every loader is deterministic for its arguments and memoised per arguments; each call
 returns fresh arrays, so changing them in place never corrupts a later call.
+
+Quick runs: the environment variable BIGTRAIN_DATA_FRACTION=f (0 < f <= 1; read here only,
+on every call) makes every loader keep the first fraction f of each split (a random, stratified
+subset: the splits are shuffled) and warn that it did. The README's examples are tested that
+way, so they show the commands users run and still finish in seconds.
 """
 from __future__ import annotations
 
 import functools
+import math
+import os
+import warnings
 
 import numpy as np
 
@@ -22,6 +30,35 @@ from bigtrain.data.text import TextCorpus
 def _check_fraction(name: str, value: float) -> None:
     if not 0.0 < value < 1.0:
         raise ValueError(f"{name} must be strictly between 0 and 1, got {value}.")
+
+
+FRACTION_ENV = "BIGTRAIN_DATA_FRACTION"
+
+
+def data_fraction() -> float:
+    """The fraction of each split the loaders keep: BIGTRAIN_DATA_FRACTION, 1.0 when unset."""
+    raw = os.environ.get(FRACTION_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"{FRACTION_ENV} must be a number in (0, 1] (the fraction of each "
+                         f"dataset split to keep), got {raw!r}; unset it to use all the data.")
+    return value
+
+
+def _keep(name: str, fraction: float, *splits):
+    """The first ceil(fraction * n) rows of each split (a warning says so when fraction < 1)."""
+    if fraction == 1.0:
+        return splits
+    kept = tuple(s[:max(1, math.ceil(len(s) * fraction))] for s in splits)
+    sizes = ", ".join(f"{len(k):,} of {len(s):,}" for k, s in zip(kept, splits))
+    warnings.warn(f"{FRACTION_ENV}={fraction:g}: {name} keeps {sizes} rows per split",
+                  stacklevel=3)
+    return kept
 
 
 def kjv_tfidf_classes(num_classes: int = 10) -> tuple[str, ...]:
@@ -84,10 +121,11 @@ def kjv_verses(num_classes: int = 10, test_fraction: float = 0.2, seed: int = 0)
 
 
 @functools.lru_cache(maxsize=8)
-def _kjv_tfidf_cached(num_features, num_classes, test_fraction, seed):
+def _kjv_tfidf_cached(num_features, num_classes, test_fraction, seed, fraction):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     verses, labels, tr, te = _kjv_verses_split(num_classes, test_fraction, seed)
+    tr, te = _keep("kjv_tfidf", fraction, tr, te)  # before fitting: quick runs stay quick
     text_tr, text_te = [verses[i] for i in tr], [verses[i] for i in te]
     # Vocabulary and IDF weights come from the training verses only (no test leakage).
     vec = TfidfVectorizer(max_features=num_features, dtype=np.float32).fit(text_tr)
@@ -128,7 +166,8 @@ def kjv_tfidf(num_features: int = 1000, num_classes: int = 10, test_fraction: fl
     kjv_tfidf_classes(num_classes)  # validates num_classes
     _check_fraction("test_fraction", test_fraction)
     (x_tr, y_tr), (x_te, y_te) = _kjv_tfidf_cached(int(num_features), int(num_classes),
-                                                   float(test_fraction), int(seed))
+                                                   float(test_fraction), int(seed),
+                                                   data_fraction())
     return (x_tr.copy(), y_tr.copy()), (x_te.copy(), y_te.copy())
 
 
@@ -164,6 +203,7 @@ def mnist_5k(test_fraction: float = 0.2, seed: int = 0):
     x, y = _mnist_raw()
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, stratify=y,
                                               random_state=seed)
+    x_tr, y_tr, x_te, y_te = _keep("mnist_5k", data_fraction(), x_tr, y_tr, x_te, y_te)
     return (x_tr, y_tr), (x_te, y_te)  # train_test_split returns fresh arrays
 
 
@@ -196,4 +236,5 @@ def kjv_text(val_fraction: float = 0.1) -> TextCorpus:
     cut = int(len(ids) * (1.0 - val_fraction))
     newline = np.flatnonzero(ids[cut:] == ord("\n"))
     cut = cut + int(newline[0]) + 1 if newline.size else cut  # start val on a fresh line
-    return TextCorpus(train=ids[:cut].copy(), val=ids[cut:].copy())
+    train, val = _keep("kjv_text", data_fraction(), ids[:cut], ids[cut:])
+    return TextCorpus(train=train.copy(), val=val.copy())

@@ -53,3 +53,22 @@ def test_run_warns_when_a_lost_node_could_not_rejoin(argv, warns):
     assert (warning is not None) == warns
     if warns:
         assert "--rdzv-backend c10d" in warning
+
+
+@pytest.mark.parametrize("backend, refused", [("static", True), ("c10d", False)])
+def test_run_port_check_lets_a_second_c10d_agent_join_the_store(backend, refused):
+    """Two c10d agents on the endpoint's host: the second finds the store's port taken and
+    joins it as a client (torch's fallback); only the static rendezvous' node 0 must own it."""
+    import socket
+
+    from bigtrain.cli.main import _check_rendezvous_port
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        argv = ["--nnodes", "2", "--rdzv-backend", backend, "--rdzv-endpoint",
+                f"127.0.0.1:{held.getsockname()[1]}", "train.py"]
+        if refused:
+            with pytest.raises(SystemExit, match="is in use by another process"):
+                _check_rendezvous_port(argv)
+        else:
+            _check_rendezvous_port(argv)

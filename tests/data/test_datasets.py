@@ -142,3 +142,26 @@ def test_text_corpus_validates_its_arrays():
         TextCorpus(train=np.zeros(4, dtype=np.int32), val=np.zeros(4, dtype=np.int64))
     with pytest.raises(ValueError, match="outside"):
         TextCorpus(train=np.array([300], dtype=np.int64), val=np.zeros(1, dtype=np.int64))
+
+
+def test_data_fraction_keeps_a_prefix_of_each_split_and_says_so(monkeypatch):
+    (x, y), (xt, yt) = mnist_5k()
+    full = kjv_text()
+    monkeypatch.setenv(datasets.FRACTION_ENV, "0.1")
+    with pytest.warns(UserWarning, match="mnist_5k keeps 400 of 4,000"):
+        (xs, ys), (xts, yts) = mnist_5k()
+    assert len(xs) == 400 and len(xts) == 100
+    np.testing.assert_array_equal(xs, x[:400])
+    np.testing.assert_array_equal(yts, yt[:100])
+    assert len(np.unique(ys)) == 10  # the splits are shuffled: every digit is there
+    with pytest.warns(UserWarning, match="kjv_text keeps"):
+        small = kjv_text()
+    np.testing.assert_array_equal(small.train, full.train[:len(small.train)])
+    assert len(small.train) == -(-len(full.train) // 10)  # ceil(n / 10)
+
+
+@pytest.mark.parametrize("value", ["0", "1.5", "ten", "-0.1"])
+def test_data_fraction_rejects_values_outside_0_1(monkeypatch, value):
+    monkeypatch.setenv(datasets.FRACTION_ENV, value)
+    with pytest.raises(ValueError, match="BIGTRAIN_DATA_FRACTION must be a number in"):
+        mnist_5k()
