@@ -46,7 +46,9 @@ class StageModule(nn.Module):
     def forward(self, x):
         for layer in self.layers:
             x = layer(x)
-        return x
+        # a stage of view layers only (Flatten, Reshape) would hand the schedule a view of its
+        # input; zero-bubble schedules detach stage outputs in place, which views refuse
+        return x.clone() if isinstance(x, torch.Tensor) and x._is_view() else x
 
     def original_state_dict(self) -> dict[str, torch.Tensor]:
         """This stage's tensors under the original model's key names."""

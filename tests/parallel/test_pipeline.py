@@ -311,3 +311,15 @@ def test_last_stage_output_and_loss_reach_every_pipeline_rank():
     for (out0, loss0), (out1, loss1) in zip(first, last):
         assert out0.dtype == out1.dtype and torch.equal(out0, out1)
         assert loss0.dtype == torch.float32 and torch.equal(loss0, loss1)
+
+
+def test_a_stage_of_view_layers_returns_a_tensor_the_schedule_can_detach_in_place():
+    # zero_bubble's backward-input step calls detach_() on every stage output; a Flatten-only
+    # stage returned a view of its input, which detach_() refuses
+    from bigtrain.parallel.pipeline_runtime import StageModule
+    stage = StageModule(["flatten"], [torch.nn.Flatten()])
+    x = torch.randn(4, 8, 16, requires_grad=True)
+    out = stage(x)
+    assert not out._is_view()
+    out.detach_()
+    assert torch.equal(out, x.detach().flatten(1))

@@ -37,8 +37,9 @@ def _accepts_sparse(opt: torch.optim.Optimizer) -> bool:
         return True
     if isinstance(opt, torch.optim.Adagrad):
         return all(g.get("weight_decay", 0) == 0 for g in groups)
-    if isinstance(opt, torch.optim.SGD):
-        return all(g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0 for g in groups)
+    if isinstance(opt, torch.optim.SGD):  # the fused kernel refuses sparse gradients
+        return all(g.get("momentum", 0) == 0 and g.get("weight_decay", 0) == 0
+                   and not g.get("fused") for g in groups)
     return False
 
 
