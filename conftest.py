@@ -25,3 +25,27 @@ class _Script(pytest.Module):
 def pytest_pycollect_makemodule(module_path, parent):
     if module_path.parent.name == "examples":
         return _Script.from_parent(parent, path=module_path)
+
+
+# ---- process exit ---------------------------------------------------------------------------
+# Tests that run a strategy in this process (one-rank FSDP groups, DTensor meshes) leave gloo's
+# device and its event-loop thread alive until interpreter teardown, where the device's
+# destructor can race that thread (gloo aborts on "nfds != -1", exit code 134, after every
+# test passed). Once pytest has reported, end the process without that teardown, keeping the
+# exit status.
+_exit_status: list[int] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    import sys
+    if _exit_status and "torch.distributed" in sys.modules and not hasattr(sys, "ps1"):
+        import os
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])

@@ -61,5 +61,5 @@ if __name__ == "__main__":
     args = parser.parse_args()
     convnet().summary()
     results = main(args.epochs)
-    print(f"test accuracy on {1000} held-out digits after {args.epochs} epochs: convnet "
+    print(f"test accuracy on the held-out digits after {args.epochs} epochs: convnet "
           f"{results['convnet']:.4f}, Dense baseline {results['dense']:.4f} (chance 0.10)")

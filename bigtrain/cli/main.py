@@ -198,10 +198,9 @@ def _check_rendezvous_port(argv: list[str]) -> None:
     node_rank = _flag(argv, "--node-rank", "--node_rank") or "0"
     if not endpoint or ":" not in endpoint or node_rank != "0":
         return
-    if (_flag(argv, "--rdzv-backend", "--rdzv_backend") or "static") == "c10d":
-        # c10d has no node ranks: every agent on the endpoint's host tries to host the store
-        # and, finding it taken, joins it as a client (torch's documented fallback)
-        return
+    # c10d has no node ranks: every agent on the endpoint's host tries to host the store and,
+    # finding it taken, joins it as a client (torch's documented fallback)
+    c10d = (_flag(argv, "--rdzv-backend", "--rdzv_backend") or "static") == "c10d"
     host, port = endpoint.rsplit(":", 1)
     if not port.isdigit() or int(port) == 0:
         return
@@ -218,9 +217,28 @@ def _check_rendezvous_port(argv: list[str]) -> None:
         try:
             s.bind((socket.gethostbyname(host), int(port)))
         except OSError as e:
+            if c10d and _answers_as_store(host, int(port)):
+                return  # another agent of this job hosts the store: torch joins it
             raise SystemExit(f"bigtrain run: rendezvous endpoint {endpoint} is in use by another "
                              f"process ({e.strerror}); choose another port in --rdzv-endpoint "
                              "(or port 0 on one host for a free one)") from None
+
+
+def _answers_as_store(host: str, port: int, timeout_s: float = 10.0) -> bool:
+    """Whether a torch.distributed store answers at host:port within `timeout_s` (a c10d
+    rendezvous another agent hosts), rather than some other program holding the port.
+
+    The store client runs in a child process: against a listener that never answers it
+    waits past its own timeout, and only a process can be stopped from outside."""
+    import subprocess
+    code = ("import sys, datetime, torch.distributed as d; d.TCPStore(sys.argv[1], "
+            "int(sys.argv[2]), is_master=False, timeout=datetime.timedelta(seconds=5))")
+    try:
+        done = subprocess.run([sys.executable, "-c", code, host, str(port)],
+                              capture_output=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return False
+    return done.returncode == 0
 
 
 def build_parser() -> argparse.ArgumentParser:

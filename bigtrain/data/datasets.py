@@ -117,6 +117,7 @@ def kjv_verses(num_classes: int = 10, test_fraction: float = 0.2, seed: int = 0)
     """
     _check_fraction("test_fraction", test_fraction)
     verses, labels, tr, te = _kjv_verses_split(num_classes, test_fraction, seed)
+    tr, te = _keep("kjv_verses", data_fraction(), tr, te)
     return ([verses[i] for i in tr], labels[tr]), ([verses[i] for i in te], labels[te])
 
 

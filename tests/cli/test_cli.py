@@ -55,18 +55,30 @@ def test_run_warns_when_a_lost_node_could_not_rejoin(argv, warns):
         assert "--rdzv-backend c10d" in warning
 
 
-@pytest.mark.parametrize("backend, refused", [("static", True), ("c10d", False)])
-def test_run_port_check_lets_a_second_c10d_agent_join_the_store(backend, refused):
+@pytest.mark.parametrize("backend, holder, refused", [
+    ("static", "store", True),   # node 0 of a static rendezvous must own the port
+    ("c10d", "store", False),    # a second c10d agent joins the store another agent hosts
+    ("c10d", "silent", True),    # a program that is no store: refused, not a silent wait
+])
+def test_run_port_check_lets_a_second_c10d_agent_join_the_store(backend, holder, refused):
     """Two c10d agents on the endpoint's host: the second finds the store's port taken and
-    joins it as a client (torch's fallback); only the static rendezvous' node 0 must own it."""
+    joins it as a client (torch's fallback); a port some other program holds is refused."""
     import socket
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
 
     from bigtrain.cli.main import _check_rendezvous_port
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen()
+    with socket.socket() as silent:
+        if holder == "store":
+            store = TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=10))
+            port = store.port
+        else:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            port = silent.getsockname()[1]
         argv = ["--nnodes", "2", "--rdzv-backend", backend, "--rdzv-endpoint",
-                f"127.0.0.1:{held.getsockname()[1]}", "train.py"]
+                f"127.0.0.1:{port}", "train.py"]
         if refused:
             with pytest.raises(SystemExit, match="is in use by another process"):
                 _check_rendezvous_port(argv)

@@ -160,6 +160,16 @@ def test_data_fraction_keeps_a_prefix_of_each_split_and_says_so(monkeypatch):
     assert len(small.train) == -(-len(full.train) // 10)  # ceil(n / 10)
 
 
+def test_data_fraction_applies_to_the_verse_texts_too(monkeypatch):
+    from bigtrain.data import kjv_verses
+    (texts, y), (texts_test, _) = kjv_verses()
+    monkeypatch.setenv(datasets.FRACTION_ENV, "0.1")
+    with pytest.warns(UserWarning, match="kjv_verses keeps 1,098 of 10,972"):
+        (small, ys), (small_test, _) = kjv_verses()
+    assert small == texts[:1098] and len(small_test) == -(-len(texts_test) // 10)
+    np.testing.assert_array_equal(ys, y[:1098])
+
+
 @pytest.mark.parametrize("value", ["0", "1.5", "ten", "-0.1"])
 def test_data_fraction_rejects_values_outside_0_1(monkeypatch, value):
     monkeypatch.setenv(datasets.FRACTION_ENV, value)
