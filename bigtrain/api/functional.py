@@ -81,7 +81,10 @@ class GraphModule(nn.Module):
             args = [values[id(t)] for t in node.inputs]
             out = (node.layer(args, **node.kwargs) if node.takes_list
                    else node.layer(args[0], **node.kwargs))
-            values[id(node.outputs[0])] = out
+            if len(node.outputs) > 1:  # return_state: [output, *states]
+                values.update((id(t), o) for t, o in zip(node.outputs, out))
+            else:
+                values[id(node.outputs[0])] = out
         outs = [values[id(t)] for t in self.output_tensors]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -99,7 +102,7 @@ class GraphModule(nn.Module):
         prev = self.input_tensors[0]
         for node in self.nodes:
             if (node.takes_list or node.kwargs or len(node.inputs) != 1
-                    or node.inputs[0] is not prev):
+                    or len(node.outputs) != 1 or node.inputs[0] is not prev):
                 return False
             prev = node.outputs[0]
         return prev is self.output_tensors[0]
@@ -115,6 +118,7 @@ def graph_config(module: GraphModule) -> dict:
     for i, node in enumerate(module.nodes):
         ref = f"{node.layer.name}@{i}"
         names[id(node.outputs[0])] = ref
+        names.update((id(t), f"{ref}#{j}") for j, t in enumerate(node.outputs) if j)
         entries.append({"class": type(node.layer).__name__, "config": node.layer.get_config(),
                         "inbound": [names[id(t)] for t in node.inputs], "ref": ref,
                         "list": node.takes_list, "kwargs": node.kwargs})
@@ -137,6 +141,10 @@ def graph_from_config(config: dict) -> GraphModule:
         layers[cfg["name"]] = layer
         args = [tensors[r] for r in entry["inbound"]]
         kwargs = entry.get("kwargs", {})
-        tensors[entry["ref"]] = layer(args, **kwargs) if entry["list"] else layer(args[0], **kwargs)
+        out = layer(args, **kwargs) if entry["list"] else layer(args[0], **kwargs)
+        if isinstance(out, list):  # return_state: refs ref, ref#1, ref#2
+            tensors.update((entry["ref"] + (f"#{j}" if j else ""), t) for j, t in enumerate(out))
+        else:
+            tensors[entry["ref"]] = out
     return GraphModule([tensors[r] for r in config["inputs"]],
                        [tensors[r] for r in config["outputs"]])
