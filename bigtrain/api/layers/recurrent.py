@@ -128,6 +128,11 @@ class _RNN(Layer):
         out, state = kernel(x.flip(1) if self.go_backwards else x, state, None)
         return out, tuple(s[0] for s in state)
 
+    def saved_activation_elems(self, x) -> int:
+        """Elements autograd keeps per call for the planner: every step's gate
+        pre-activations and states, (B, T, (gates + states) * u)."""
+        return x.shape[0] * x.shape[1] * (self.gates + self.states) * self.units
+
     def call(self, x):
         out, state = self.run(x, getattr(x, "_keras_mask", None))
         y = out if self.return_sequences else state[0]  # Keras's last output is h_T

@@ -81,7 +81,8 @@ def run_masked(kernel, x, mask, state, backwards: bool, zero_output: bool):
         raise ValueError(f"the time-step mask has shape {tuple(mask.shape)}, expected "
                          f"(batch, timesteps) = {tuple(x.shape[:2])}")
     mask = mask.bool()
-    lengths = right_padded_lengths(mask)
+    # shapes only on the meta device (the planner's pass): no data to find the padding in
+    lengths = None if mask.is_meta else right_padded_lengths(mask)
     if lengths is not None:
         out, final = run_packed(kernel, x, lengths, state, backwards)
     else:
