@@ -58,6 +58,7 @@ class GraphModule(nn.Module):
         # a single chain (the common Sequential-like case) runs as a plain loop over its
         # layers, without the per-call bookkeeping of tensors by graph node
         self._chain_layers = [n.layer for n in self.nodes] if self._is_chain() else None
+        self._masked = any(n.layer.makes_mask for n in self.nodes)
 
     @property
     def input_names(self) -> list[str]:
@@ -71,16 +72,24 @@ class GraphModule(nn.Module):
         if len(xs) != len(self.input_tensors):
             raise ValueError(f"model takes {len(self.input_tensors)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(xs)}")
-        if self._chain_layers is not None:
+        if self._chain_layers is not None and not self._masked:
             x = xs[0]
             for layer in self._chain_layers:
                 x = layer(x)
             return x
         values = {id(t): x for t, x in zip(self.input_tensors, xs)}
-        for node in self.nodes:
+        masks: dict[int, torch.Tensor] = {}  # time-step masks by graph tensor, kept here
+        for node in self.nodes:                # rather than on tensors a wrapper may replace
             args = [values[id(t)] for t in node.inputs]
-            out = (node.layer(args, **node.kwargs) if node.takes_list
-                   else node.layer(args[0], **node.kwargs))
+            mask = masks.get(id(node.inputs[0])) if node.inputs else None
+            kwargs = {**node.kwargs, **({"mask": mask} if mask is not None
+                                        and node.layer.takes_mask else {})}
+            out = (node.layer(args, **kwargs) if node.takes_list
+                   else node.layer(args[0], **kwargs))
+            if self._masked and not node.takes_list:
+                out_mask = node.layer.compute_mask(args[0], mask)
+                if out_mask is not None:
+                    masks[id(node.outputs[0])] = out_mask
             if len(node.outputs) > 1:  # return_state: [output, *states]
                 values.update((id(t), o) for t, o in zip(node.outputs, out))
             else:

@@ -115,3 +115,14 @@ def test_mask_of_wrong_shape_is_refused():
     x = torch.zeros(2, 5, 3)
     with pytest.raises(ValueError, match=r"mask has shape \(2, 4\).*\(2, 5\)"):
         rnn_mask.run_masked(None, x, torch.ones(2, 4, dtype=torch.bool), (), False, False)
+
+
+def test_mask_survives_a_wrapper_that_replaces_outputs():
+    # FSDP's hooks hand on new output tensors, without the mask attribute on them
+    ids = RIGHT.astype("int64")
+    inp = Input(shape=(6,), dtype="int64")
+    embed = Embedding(5, 3, mask_zero=True)
+    model = Model(inp, LSTM(4)(embed(inp)))
+    want = model.predict(ids)
+    embed.register_forward_hook(lambda mod, args, out: out.clone())
+    assert np.abs(model.predict(ids) - want).max() == 0.0

@@ -83,6 +83,8 @@ class Layer(nn.Module):
     refuses_mask = False
     #: Makes a time-step mask itself (Embedding(mask_zero=True), Masking).
     makes_mask = False
+    #: call() takes the input's time-step mask as `mask=` (recurrent layers).
+    takes_mask = False
 
     def __init__(self, name: str | None = None, input_shape: tuple | None = None,
                  input_dim: int | None = None):
@@ -137,6 +139,13 @@ class Layer(nn.Module):
     def output_mask(self, mask):
         """The (B, T) bool mask of this layer's output, given its input's (Keras's compute_mask)."""
         return mask if self.supports_masking else None
+
+    def compute_mask(self, x, mask):
+        """The output's (B, T) mask from this layer's input `x` and its mask (or None).
+
+        The graph calls it outside the layer, so the mask survives wrappers (FSDP's hooks)
+        that hand on new output tensors without `_keras_mask`."""
+        return None if mask is None else self.output_mask(mask)
 
     def _carry_mask(self, x, out):
         """Keras keeps a time-step mask on the tensor (`_keras_mask`); pass it on."""

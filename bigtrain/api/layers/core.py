@@ -166,10 +166,13 @@ class Embedding(Layer):
     def output_dtype(self, input_dtype):
         return torch.float32
 
+    def compute_mask(self, ids, mask=None):
+        return ids != 0 if self.mask_zero else None  # (B, T) bool
+
     def call(self, ids):
         out = self.embedding(ids.long())
         if self.mask_zero:
-            out._keras_mask = ids != 0  # (B, T) bool
+            out._keras_mask = self.compute_mask(ids)
         return out
 
     def keras_weights(self):

@@ -200,10 +200,13 @@ class Masking(Layer):
                              f"timesteps, features), got (None, {', '.join(map(str, input_shape))})")
         return input_shape
 
+    def compute_mask(self, x, mask=None):
+        return (x != self.mask_value).any(-1)  # (B, T) bool
+
     def call(self, x):
-        keep = (x != self.mask_value).any(-1, keepdim=True)
-        out = x * keep.to(x.dtype)
-        out._keras_mask = keep.squeeze(-1)
+        keep = self.compute_mask(x)
+        out = x * keep[..., None].to(x.dtype)
+        out._keras_mask = keep
         return out
 
     def get_config(self):

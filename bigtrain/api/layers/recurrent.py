@@ -133,8 +133,11 @@ class _RNN(Layer):
         pre-activations and states, (B, T, (gates + states) * u)."""
         return x.shape[0] * x.shape[1] * (self.gates + self.states) * self.units
 
-    def call(self, x):
-        out, state = self.run(x, getattr(x, "_keras_mask", None))
+    takes_mask = True
+
+    def call(self, x, mask=None):
+        mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        out, state = self.run(x, mask)
         y = out if self.return_sequences else state[0]  # Keras's last output is h_T
         return [y, *state] if self.return_state else y
 
@@ -297,8 +300,11 @@ class Bidirectional(Layer):
         for layer in (self.forward_layer, self.backward_layer):
             layer._ensure_built(input_shape)
 
-    def call(self, x):
-        fwd, bwd = self.forward_layer(x), self.backward_layer(x)
+    takes_mask = True
+
+    def call(self, x, mask=None):
+        mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        fwd, bwd = self.forward_layer(x, mask=mask), self.backward_layer(x, mask=mask)
         if self.forward_layer.return_sequences:
             bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
         if self.merge_mode == "concat":
