@@ -10,6 +10,7 @@ from tests.api.harness import keras_parity
 # (B=4, T=6) ids, 0 = padding. RIGHT: real steps then padding (the packed-sequence path);
 # ANY: padding anywhere, a row of padding only (the step-by-step path).
 RIGHT = np.array([[3, 1, 2, 4, 0, 0], [1, 2, 0, 0, 0, 0], [4, 4, 4, 4, 4, 1], [2, 0, 0, 0, 0, 0]])
+LEFT = RIGHT[:, ::-1].copy()  # pad_sequences' default: padding first (also packed)
 ANY = np.array([[0, 3, 0, 2, 4, 0], [1, 0, 0, 2, 0, 0], [0, 0, 0, 0, 0, 0], [2, 3, 1, 0, 0, 4]])
 RNNS = ["LSTM", "GRU", "SimpleRNN"]
 OPTIONS = [{}, {"return_sequences": True}, {"go_backwards": True},
@@ -25,14 +26,16 @@ def _masked(rnn, options, bidirectional=False):
     return build
 
 
-@pytest.mark.parametrize("ids", [RIGHT, ANY], ids=["right_padded", "any_mask"])
+@pytest.mark.parametrize("ids", [RIGHT, LEFT, ANY], ids=["right_padded", "left_padded",
+                                                         "any_mask"])
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
 @pytest.mark.parametrize("rnn", RNNS)
 def test_mask_zero_matches_keras(rnn, options, ids):
     keras_parity(_masked(rnn, options), (6,), input_dtype="int64", x=ids.astype("int64"))
 
 
-@pytest.mark.parametrize("ids", [RIGHT, ANY], ids=["right_padded", "any_mask"])
+@pytest.mark.parametrize("ids", [RIGHT, LEFT, ANY], ids=["right_padded", "left_padded",
+                                                         "any_mask"])
 @pytest.mark.parametrize("sequences", [False, True])
 @pytest.mark.parametrize("rnn", RNNS)
 def test_bidirectional_mask_matches_keras(rnn, sequences, ids):
@@ -63,13 +66,15 @@ def test_mask_changes_the_result():
     assert np.abs(outs[0] - outs[1]).max() > 1e-2
 
 
-def test_right_padding_runs_packed(monkeypatch):
+@pytest.mark.parametrize("backwards", [False, True])
+def test_padding_at_either_end_runs_packed(monkeypatch, backwards):
     def refuse(*args):
-        raise AssertionError("right padding should run on packed sequences")
+        raise AssertionError("padding at an end should run on packed sequences")
     monkeypatch.setattr(rnn_mask, "run_stepwise", refuse)
     inp = Input(shape=(6,), dtype="int64")
-    model = Model(inp, LSTM(4, go_backwards=True)(Embedding(5, 3, mask_zero=True)(inp)))
+    model = Model(inp, LSTM(4, go_backwards=backwards)(Embedding(5, 3, mask_zero=True)(inp)))
     model.predict(RIGHT.astype("int64"))
+    model.predict(LEFT.astype("int64"))
     with pytest.raises(AssertionError, match="packed"):
         model.predict(ANY.astype("int64"))
 

@@ -7,8 +7,9 @@ Since the state starts at zero, the output at step t is the state h_t in the fir
 mask_t * h_t in the second. `go_backwards` reverses the inputs and the mask together.
 
 Two exact ways to get there:
-- right padding (each row is real steps then padding, every row has a real step): torch's
-  packed sequences run the fused kernel over the real steps only;
+- padding at the end or at the start of every row (Keras's pad_sequences pads at the
+  start by default), each row with a real step: torch's packed sequences run the fused
+  kernel over the real steps only;
 - any other mask: one fused kernel call per step, holding the state where the step is masked.
 """
 from __future__ import annotations
@@ -17,12 +18,18 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 
-def right_padded_lengths(mask: torch.Tensor) -> torch.Tensor | None:
-    """(B,) lengths when every row of the (B, T) mask is ones then zeros, with one real step."""
+def padded_lengths(mask: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
+    """((B,) real steps per row, whether the padding leads) when every row of the (B, T)
+    mask is ones then zeros (trailing padding) or zeros then ones (leading padding, as
+    Keras's pad_sequences makes by default), with at least one real step; else None."""
     lengths = mask.sum(1)
-    steps = torch.arange(mask.shape[1], device=mask.device)
-    if bool(((steps < lengths[:, None]) == mask).all()) and bool((lengths > 0).all()):
-        return lengths
+    if not bool((lengths > 0).all()):
+        return None
+    steps = torch.arange(mask.shape[1], device=mask.device)[None, :]
+    if bool(((steps < lengths[:, None]) == mask).all()):
+        return lengths, False
+    if bool(((steps >= mask.shape[1] - lengths[:, None]) == mask).all()):
+        return lengths, True
     return None
 
 
@@ -31,19 +38,20 @@ def _gather_steps(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
-def run_packed(kernel, x, lengths, state, backwards: bool):
-    """Right-padded rows through the fused kernel on packed sequences.
+def run_packed(kernel, x, lengths, leading: bool, state):
+    """Padded rows through the fused kernel on packed sequences (the real steps only).
 
     Args:
         kernel: (data, state, batch_sizes) -> (out data, new state tuple of (1, B, u)).
-        x: (B, T, F) inputs in time order; lengths (B,) real steps per row.
-        backwards: go_backwards; the real steps are read last to first.
-    Returns (outputs (B, T, u) in the order Keras steps, final state tuple of (B, u)).
+        x: (B, T, F) inputs in the order the steps are taken; lengths (B,) real steps.
+        leading: the padding comes first in each row (the state stays zero through it).
+    Returns (outputs (B, T, u), final state tuple of (B, u)).
     """
-    b, t = x.shape[:2]
+    t = x.shape[1]
     steps = torch.arange(t, device=x.device)[None, :]
-    if backwards:  # row i reads x[len-1], ..., x[0]: its real steps reversed, at the front
-        x = _gather_steps(x, (lengths[:, None] - 1 - steps).clamp(min=0))
+    lead = t - lengths[:, None]
+    if leading:  # move each row's real steps to the front
+        x = _gather_steps(x, (steps + lead).clamp(max=t - 1))
     packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
     sort = packed.sorted_indices
     data, new = kernel(packed.data, tuple(s[:, sort] for s in state), packed.batch_sizes)
@@ -51,21 +59,18 @@ def run_packed(kernel, x, lengths, state, backwards: bool):
                                                 packed.unsorted_indices),
                                  batch_first=True, total_length=t)
     final = tuple(s[0, packed.unsorted_indices] for s in new)
-    real = steps < lengths[:, None]  # (B, T) in the packed order
-    if backwards:  # Keras steps the padding first (state zero), then the real steps
-        lead = t - lengths[:, None]
+    if leading:  # outputs back in place; zeros (the zero state) over the padding
         out = _gather_steps(out, (steps - lead).clamp(min=0))
         return torch.where((steps >= lead)[..., None], out, torch.zeros_like(out)), final
-    return torch.where(real[..., None], out, final[0][:, None, :]), final
+    # over trailing padding the state, and so the output, stays the last real step's
+    return torch.where((steps < lengths[:, None])[..., None], out, final[0][:, None, :]), final
 
 
-def run_stepwise(kernel, x, mask, state, backwards: bool):
+def run_stepwise(kernel, x, mask, state):
     """Any mask: one fused kernel call per step, the state held at masked steps.
 
     Same arguments as `run_packed`, with the (B, T) bool `mask` instead of lengths.
     """
-    if backwards:
-        x, mask = x.flip(1), mask.flip(1)
     outs = []
     for i in range(x.shape[1]):
         _, new = kernel(x[:, i:i + 1], state, None)
@@ -81,13 +86,14 @@ def run_masked(kernel, x, mask, state, backwards: bool, zero_output: bool):
         raise ValueError(f"the time-step mask has shape {tuple(mask.shape)}, expected "
                          f"(batch, timesteps) = {tuple(x.shape[:2])}")
     mask = mask.bool()
+    if backwards:  # the steps, and their mask, in the order they are taken
+        x, mask = x.flip(1), mask.flip(1)
     # shapes only on the meta device (the planner's pass): no data to find the padding in
-    lengths = None if mask.is_meta else right_padded_lengths(mask)
-    if lengths is not None:
-        out, final = run_packed(kernel, x, lengths, state, backwards)
+    padding = None if mask.is_meta else padded_lengths(mask)
+    if padding is not None:
+        out, final = run_packed(kernel, x, *padding, state)
     else:
-        out, final = run_stepwise(kernel, x, mask, state, backwards)
+        out, final = run_stepwise(kernel, x, mask, state)
     if zero_output:
-        step_mask = mask.flip(1) if backwards else mask
-        out = out * step_mask[..., None].to(out.dtype)
+        out = out * mask[..., None].to(out.dtype)
     return out, final
