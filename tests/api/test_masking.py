@@ -49,7 +49,8 @@ def test_masking_layer_through_dense_matches_keras():
     x[0, 3:] = 0.0   # right padding
     x[1, 1] = 0.0    # a hole
     x[2, :, 0] = 0.0  # one zero feature is not padding
-    keras_parity(lambda L: [L.Masking(0.0), L.Dense(3), L.Activation("tanh"), L.GRU(2)], (5, 3), x=x)
+    keras_parity(lambda L: [L.Masking(0.0), L.Dense(3), L.Activation("tanh"), L.GRU(2)], (5, 3),
+                 x=x)
 
 
 def test_mask_changes_the_result():

@@ -196,8 +196,9 @@ class Masking(Layer):
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 2:
+            shape = ", ".join(map(str, input_shape))
             raise ValueError(f"Masking {self.name!r} expects inputs of rank >= 3 (batch, "
-                             f"timesteps, features), got (None, {', '.join(map(str, input_shape))})")
+                             f"timesteps, features), got (None, {shape})")
         return input_shape
 
     def compute_mask(self, x, mask=None):
