@@ -58,6 +58,7 @@ class GraphModule(nn.Module):
         # a single chain (the common Sequential-like case) runs as a plain loop over its
         # layers, without the per-call bookkeeping of tensors by graph node
         self._chain_layers = [n.layer for n in self.nodes] if self._is_chain() else None
+        self._masked = any(n.layer.makes_mask for n in self.nodes)
 
     @property
     def input_names(self) -> list[str]:
@@ -71,17 +72,28 @@ class GraphModule(nn.Module):
         if len(xs) != len(self.input_tensors):
             raise ValueError(f"model takes {len(self.input_tensors)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(xs)}")
-        if self._chain_layers is not None:
+        if self._chain_layers is not None and not self._masked:
             x = xs[0]
             for layer in self._chain_layers:
                 x = layer(x)
             return x
         values = {id(t): x for t, x in zip(self.input_tensors, xs)}
-        for node in self.nodes:
+        masks: dict[int, torch.Tensor] = {}  # time-step masks by graph tensor, kept here
+        for node in self.nodes:                # rather than on tensors a wrapper may replace
             args = [values[id(t)] for t in node.inputs]
-            out = (node.layer(args, **node.kwargs) if node.takes_list
-                   else node.layer(args[0], **node.kwargs))
-            values[id(node.outputs[0])] = out
+            mask = masks.get(id(node.inputs[0])) if node.inputs else None
+            kwargs = {**node.kwargs, **({"mask": mask} if mask is not None
+                                        and node.layer.takes_mask else {})}
+            out = (node.layer(args, **kwargs) if node.takes_list
+                   else node.layer(args[0], **kwargs))
+            if self._masked and not node.takes_list:
+                out_mask = node.layer.compute_mask(args[0], mask)
+                if out_mask is not None:
+                    masks[id(node.outputs[0])] = out_mask
+            if len(node.outputs) > 1:  # return_state: [output, *states]
+                values.update((id(t), o) for t, o in zip(node.outputs, out))
+            else:
+                values[id(node.outputs[0])] = out
         outs = [values[id(t)] for t in self.output_tensors]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
@@ -99,7 +111,7 @@ class GraphModule(nn.Module):
         prev = self.input_tensors[0]
         for node in self.nodes:
             if (node.takes_list or node.kwargs or len(node.inputs) != 1
-                    or node.inputs[0] is not prev):
+                    or len(node.outputs) != 1 or node.inputs[0] is not prev):
                 return False
             prev = node.outputs[0]
         return prev is self.output_tensors[0]
@@ -115,6 +127,7 @@ def graph_config(module: GraphModule) -> dict:
     for i, node in enumerate(module.nodes):
         ref = f"{node.layer.name}@{i}"
         names[id(node.outputs[0])] = ref
+        names.update((id(t), f"{ref}#{j}") for j, t in enumerate(node.outputs) if j)
         entries.append({"class": type(node.layer).__name__, "config": node.layer.get_config(),
                         "inbound": [names[id(t)] for t in node.inputs], "ref": ref,
                         "list": node.takes_list, "kwargs": node.kwargs})
@@ -137,6 +150,10 @@ def graph_from_config(config: dict) -> GraphModule:
         layers[cfg["name"]] = layer
         args = [tensors[r] for r in entry["inbound"]]
         kwargs = entry.get("kwargs", {})
-        tensors[entry["ref"]] = layer(args, **kwargs) if entry["list"] else layer(args[0], **kwargs)
+        out = layer(args, **kwargs) if entry["list"] else layer(args[0], **kwargs)
+        if isinstance(out, list):  # return_state: refs ref, ref#1, ref#2
+            tensors.update((entry["ref"] + (f"#{j}" if j else ""), t) for j, t in enumerate(out))
+        else:
+            tensors[entry["ref"]] = out
     return GraphModule([tensors[r] for r in config["inputs"]],
                        [tensors[r] for r in config["outputs"]])

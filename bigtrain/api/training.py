@@ -43,6 +43,17 @@ def _defer_output_activation(model, index: int, loss: LossSpec):
     return None
 
 
+def _refuse_masked_outputs(model) -> None:
+    """Keras leaves masked steps out of the loss; bigtrain's losses do not take masks yet."""
+    for t in getattr(model.net, "output_tensors", ()):
+        if getattr(t, "masked", False):
+            raise ValueError(f"output {t.node.layer.name!r} carries a time-step mask (from "
+                             "Embedding(mask_zero=True) or Masking), which Keras would leave "
+                             "out of the loss and bigtrain's losses do not yet; end the model "
+                             "with a layer that drops the mask (e.g. return_sequences=False) "
+                             "or drop the mask")
+
+
 def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
     if model.net is None:
         raise ValueError("the model has no layers yet; add layers (and an input shape) first")
@@ -52,6 +63,7 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
             layer.defer_activation = False
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='categorical_crossentropy'")
+    _refuse_masked_outputs(model)
     raw = [loss[n] for n in model.output_names] if isinstance(loss, dict) else \
         list(loss) if isinstance(loss, (list, tuple)) else [loss] * n_out
     if len(raw) != n_out:

@@ -184,6 +184,14 @@ class Pipeline(Strategy):
     def check_module(self, module: nn.Module, pp: int) -> list[tuple[str, nn.Module]]:
         """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages."""
         layers = chain_layers(module)
+        masking = [n for n, layer in layers if any(getattr(m, "makes_mask", False)
+                                                   for m in layer.modules())]
+        if masking:  # the mask rides on the tensor, and stages exchange plain tensors
+            raise ValueError(f"layer {masking[0]!r} makes a time-step mask (Embedding("
+                             "mask_zero=True) or Masking), which cannot cross a pipeline stage "
+                             "boundary; use a data-parallel strategy (ddp, zero1/2/3, "
+                             "fsdp_offload) for this model, or pad sequences in front and drop "
+                             "the mask")
         n_stages = pp * self.stages_per_rank
         blocks = block_count(layers)
         if n_stages > len(layers) or (blocks < len(layers) and n_stages > blocks):
@@ -326,7 +334,13 @@ def _sample_for(module: nn.Module) -> torch.Tensor | None:
     cfg = getattr(module, "config", None)
     if cfg is not None and hasattr(cfg, "vocab_size") and hasattr(cfg, "block_size"):
         return torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-    first = next((m for m in module.modules() if isinstance(m, (nn.Linear, nn.Embedding))),
+    inputs = getattr(module, "input_tensors", None)  # a Keras-style graph's Input
+    if inputs and len(inputs) == 1:
+        shape, dtype = (2, *inputs[0].shape), inputs[0].dtype
+        return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else \
+            torch.zeros(shape, dtype=dtype)  # id 0 is in every vocabulary
+    # the first layer with weights (a Dense after a Conv2D does not tell the input's shape)
+    first = next((m for m in module.modules() if next(m.parameters(False), None) is not None),
                  None)
     if isinstance(first, nn.Linear):
         return torch.randn(2, first.in_features)

@@ -8,6 +8,12 @@ autograd saves for backward. `FlopCounterMode` counts the forward FLOPs of the s
 When a module cannot run on meta tensors (data-dependent Python control flow, `.item()`), the
 pass runs for real on one sample under `torch.no_grad()` instead.
 
+A leaf that keeps more for backward than it returns says so with a
+`saved_activation_elems(input)` method (recurrent layers: gates and states of every step).
+FLOPs count matrix products and convolutions: a convolution 2 x output positions x filters x
+kernel volume x input channels per group; a recurrent layer 2 x steps x gates x units x
+(features + units).
+
 Known gaps: intermediates inside a leaf module (the T x T attention matrix of a fused
 attention call, for instance) are not leaf outputs and are missed; in-place activations are
 counted although autograd may not keep them.
@@ -70,8 +76,14 @@ def count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _example_input(module: nn.Module, seq_len: int | None, device) -> torch.Tensor:
-    """One sample shaped for the first parameterised leaf: token ids or a feature vector."""
+def _example_input(module: nn.Module, seq_len: int | None, device):
+    """One sample: from a Keras-style graph's `Input`s (conv, recurrent, any first layer), or
+    shaped for the first parameterised leaf: token ids or a feature vector."""
+    graph = getattr(module, "input_tensors", None) or \
+        getattr(getattr(module, "net", None), "input_tensors", None)
+    if graph:
+        xs = tuple(torch.zeros(1, *t.shape, dtype=t.dtype, device=device) for t in graph)
+        return xs if len(xs) > 1 else xs[0]
     for m in module.modules():
         if isinstance(m, nn.Embedding):
             return torch.zeros(1, seq_len or 1, dtype=torch.long, device=device)
@@ -97,15 +109,19 @@ def _float_elems(out) -> int:
 
 
 def _traced_pass(module: nn.Module, example, on_meta: bool):
-    """Run one forward pass with leaf hooks; returns (leaf outputs, linear elems, flops)."""
+    """Run one forward pass with leaf hooks; returns (leaf outputs, linear elems, flops,
+    elements kept inside leaves)."""
     leaf_out: list[int] = []
-    linear = [0]
+    linear = [0, 0]  # nn.Linear output elements, elements kept inside leaves
 
-    def hook(mod, _inp, out):
+    def hook(mod, inp, out):
         n = _float_elems(out)
         leaf_out.append(n)
         if isinstance(mod, nn.Linear):
             linear[0] += n
+        inner = getattr(mod, "saved_activation_elems", None)  # e.g. a recurrent layer's
+        if inner is not None:                                 # gates and states per step
+            linear[1] += inner(*inp)
 
     leaves = [m for m in module.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -122,7 +138,7 @@ def _traced_pass(module: nn.Module, example, on_meta: bool):
     finally:
         for h in handles:
             h.remove()
-    return leaf_out, linear[0], counter.get_total_flops()
+    return leaf_out, linear[0], counter.get_total_flops(), linear[1]
 
 
 def profile_module(module: nn.Module, *, seq_len: int | None = None,
@@ -149,13 +165,13 @@ def profile_module(module: nn.Module, *, seq_len: int | None = None,
         raise ValueError(f"example_input must hold one sample (batch dimension 1), got shape "
                          f"{tuple(example[0].shape)}")
     try:
-        leaf_out, linear, flops = _traced_pass(module, example, on_meta=True)
+        leaf_out, linear, flops, inner = _traced_pass(module, example, on_meta=True)
         how = "meta-device forward pass"
     except Exception:  # noqa: BLE001 -- any op without a meta kernel; retry for real
-        leaf_out, linear, flops = _traced_pass(module, example, on_meta=False)
+        leaf_out, linear, flops, inner = _traced_pass(module, example, on_meta=False)
         how = "one-sample forward pass"
     inputs = sum(_float_elems(x) for x in example)
-    total = sum(leaf_out) + inputs
+    total = sum(leaf_out) + inputs + inner
     units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()]
     units = [u for u in units if u]
     tokens = seq_len or 1

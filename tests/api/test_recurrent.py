@@ -64,9 +64,3 @@ def test_unsupported_variants_say_so():
         LSTM(4, recurrent_dropout=0.1)
     with pytest.raises(ValueError, match="reset_after=True"):
         GRU(4, reset_after=False)
-
-
-def test_mask_zero_says_masks_are_not_carried():
-    from bigtrain.layers import Embedding
-    with pytest.raises(ValueError, match="mask_zero=True.*pad sequences in front"):
-        Embedding(10, 4, mask_zero=True)

@@ -35,7 +35,8 @@ import torch
 import bigtrain
 from bigtrain import optimizers as opt
 from bigtrain.callbacks import Callback
-from bigtrain.layers import Dense, Embedding, Flatten, Input, LayerNormalization
+from bigtrain.layers import (LSTM, Conv2D, Dense, Embedding, Flatten, Input, LayerNormalization,
+                             MaxPooling2D)
 from bigtrain.losses import BinaryCrossentropy, SparseCategoricalCrossentropy
 from bigtrain.models import Model
 from bigtrain.parallel import Hybrid, ParameterServer, Pipeline, resolve_strategy
@@ -105,6 +106,32 @@ def _embed_data(n, rng):
     return x, x.sum(1) % 4
 
 
+def _conv_tiny() -> Model:
+    """(6, 6, 1) channels-last -> Conv2D(4, 3) relu -> MaxPooling2D(2) -> Flatten -> 3."""
+    inp = Input(shape=(6, 6, 1))
+    h = Flatten()(MaxPooling2D(2)(Conv2D(4, 3, activation="relu")(inp)))
+    return Model(inp, Dense(3, activation="softmax")(h))
+
+
+def _conv_data(n, rng):
+    x = rng.standard_normal((n, 6, 6, 1), dtype=np.float32)
+    return x, (x[:, :3].sum((1, 2, 3)) > 0).astype(np.int64) + (x[:, 3:].sum((1, 2, 3)) > 0)
+
+
+def _lstm_tiny() -> Model:
+    """Embedding(20, 6, mask_zero=True) over 7 ids -> LSTM(5) -> 3 classes."""
+    inp = Input(shape=(7,), dtype="int64")
+    h = LSTM(5)(Embedding(20, 6, mask_zero=True)(inp))
+    return Model(inp, Dense(3, activation="softmax")(h))
+
+
+def _lstm_data(n, rng):
+    """Right-padded id sequences (0 = padding) of 2 to 7 real ids."""
+    x = rng.integers(1, 20, (n, 7))
+    x[np.arange(7)[None, :] >= rng.integers(2, 8, (n, 1))] = 0
+    return x, x.sum(1) % 3
+
+
 GPT_CFG = GPTConfig.tiny()  # 4 blocks, width 32, 4 heads, 16 tokens, vocab 64
 
 
@@ -132,6 +159,11 @@ MODELS: dict[str, ModelCase] = {
     "embedding_layernorm": ModelCase(_embed_layernorm, "sparse_categorical_crossentropy",
                                      _embed_data,
                                      "Embedding(50, 16) -> LayerNormalization -> Dense(4)"),
+    "conv2d_tiny": ModelCase(_conv_tiny, "sparse_categorical_crossentropy", _conv_data,
+                             "(6, 6, 1) -> Conv2D(4, 3) -> MaxPooling2D -> Flatten -> Dense(3)"),
+    "lstm_masked_tiny": ModelCase(_lstm_tiny, "sparse_categorical_crossentropy", _lstm_data,
+                                  "Embedding(20, 6, mask_zero=True) -> LSTM(5) -> Dense(3), "
+                                  "right-padded ids"),
     "gpt_tiny": ModelCase(lambda: Model(GPT(GPT_CFG)),
                           SparseCategoricalCrossentropy(from_logits=True), _gpt_data,
                           "`bigtrain.zoo.gpt`, 4 blocks, width 32, tied embedding"),

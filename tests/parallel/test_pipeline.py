@@ -323,3 +323,16 @@ def test_a_stage_of_view_layers_returns_a_tensor_the_schedule_can_detach_in_plac
     assert not out._is_view()
     out.detach_()
     assert torch.equal(out, x.detach().flatten(1))
+
+
+def test_layer_timing_sample_follows_the_models_input():
+    # a Dense after Conv2D/Flatten must not shape the sample the layers are timed on
+    from bigtrain.layers import Conv2D, Dense, Embedding, Flatten, Input
+    from bigtrain.models import Model
+    from bigtrain.parallel.pipeline import _sample_for
+    inp = Input(shape=(6, 6, 1))
+    conv = Model(inp, Dense(3)(Flatten()(Conv2D(2, 3)(inp))))
+    assert tuple(_sample_for(conv.net).shape) == (2, 6, 6, 1)
+    ids = Input(shape=(5,), dtype="int64")
+    sample = _sample_for(Model(ids, Dense(2)(Flatten()(Embedding(9, 3)(ids)))).net)
+    assert tuple(sample.shape) == (2, 5) and sample.dtype == torch.int64

@@ -97,3 +97,6 @@ def test_models_a_strategy_cannot_split_are_refused_before_any_rank_starts():
     why = sm.refusal("pipeline_interleaved", "seed_mlp", "adam")
     assert why is not None and "only 2 blocks" in why and "'1f1b'" in why, why
     assert sm.refusal("pipeline_gpipe", "seed_mlp", "adam") is None  # this one launches
+    # stages exchange plain tensors: the Embedding's mask would not reach the LSTM
+    why = sm.refusal("hybrid_dp2_pp2", "lstm_masked_tiny", "sgd")
+    assert why is not None and "time-step mask" in why and "ddp" in why, why

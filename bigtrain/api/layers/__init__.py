@@ -10,7 +10,8 @@ from bigtrain.api.layers.pooling import (AveragePooling1D, AveragePooling2D, Ave
                                          GlobalAveragePooling1D, GlobalAveragePooling2D,
                                          GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D,
                                          MaxPooling2D, MaxPooling3D)
-from bigtrain.api.layers.preprocessing import (GaussianNoise, Lambda, Normalization, Rescaling,
+from bigtrain.api.layers.preprocessing import (GaussianNoise, Lambda, Masking, Normalization,
+                                               Rescaling,
                                                SpatialDropout1D, SpatialDropout2D)
 from bigtrain.api.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN, TimeDistributed
 from bigtrain.api.layers.reshaping import (Cropping1D, Cropping2D, Permute, RepeatVector,
@@ -30,7 +31,8 @@ LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout,
                                          ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
                                          UpSampling1D, UpSampling2D, Permute, RepeatVector,
                                          SpatialDropout1D, SpatialDropout2D, GaussianNoise,
-                                         Rescaling, Normalization, Lambda, SimpleRNN, LSTM, GRU,
+                                         Rescaling, Normalization, Lambda, Masking, SimpleRNN,
+                                         LSTM, GRU,
                                          Bidirectional, TimeDistributed, MultiHeadAttention,
                                          Attention, AdditiveAttention)}
 

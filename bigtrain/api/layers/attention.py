@@ -50,6 +50,8 @@ class MultiHeadAttention(Layer):
         y = MultiHeadAttention(num_heads=4, key_dim=8)(x, x, use_causal_mask=True)
     """
 
+    refuses_mask = True  # Keras turns a mask into attention masks
+
     takes_list = True
 
     def __init__(self, num_heads: int, key_dim: int | None = None, value_dim: int | None = None,
@@ -175,6 +177,8 @@ class Attention(Layer):
     scores = query @ key^T (times a learned scalar with use_scale=True); score_mode="concat"
     scores sum(tanh(query + key)) instead. `use_causal_mask=True` at call time.
     """
+
+    refuses_mask = True  # Keras turns a mask into attention masks
 
     takes_list = True
 

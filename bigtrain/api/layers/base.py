@@ -39,11 +39,13 @@ def unique_name(prefix: str) -> str:
 class KerasTensor:
     """A symbolic tensor: a shape without the batch axis, a dtype and the node that made it."""
 
-    def __init__(self, shape: tuple, dtype: torch.dtype, node: "Node | None" = None, index: int = 0):
+    def __init__(self, shape: tuple, dtype: torch.dtype, node: "Node | None" = None, index: int = 0,
+                 masked: bool = False):
         self.shape = tuple(shape)
         self.dtype = dtype
         self.node = node
         self.index = index
+        self.masked = masked  # carries a Keras time-step mask (Embedding(mask_zero), Masking)
 
     def __repr__(self):
         origin = self.node.layer.name if self.node else "?"
@@ -75,6 +77,14 @@ class Layer(nn.Module):
 
     #: Merge layers (Concatenate, Add) take a list of tensors.
     takes_list = False
+    #: Passes a time-step mask on unchanged, as Keras's `supports_masking` (Dense, Dropout...).
+    supports_masking = False
+    #: Keras would use a mask here in a way bigtrain does not yet: refuse a masked input.
+    refuses_mask = False
+    #: Makes a time-step mask itself (Embedding(mask_zero=True), Masking).
+    makes_mask = False
+    #: call() takes the input's time-step mask as `mask=` (recurrent layers).
+    takes_mask = False
 
     def __init__(self, name: str | None = None, input_shape: tuple | None = None,
                  input_dim: int | None = None):
@@ -126,9 +136,30 @@ class Layer(nn.Module):
             self.input_shape_ = input_shape
             self.built = True
 
+    def output_mask(self, mask):
+        """The (B, T) bool mask of this layer's output, given its input's (Keras's compute_mask)."""
+        return mask if self.supports_masking else None
+
+    def compute_mask(self, x, mask):
+        """The output's (B, T) mask from this layer's input `x` and its mask (or None).
+
+        The graph calls it outside the layer, so the mask survives wrappers (FSDP's hooks)
+        that hand on new output tensors without `_keras_mask`."""
+        return None if mask is None else self.output_mask(mask)
+
+    def _carry_mask(self, x, out):
+        """Keras keeps a time-step mask on the tensor (`_keras_mask`); pass it on."""
+        mask = getattr(x, "_keras_mask", None)
+        if mask is not None and isinstance(out, torch.Tensor) and \
+                getattr(out, "_keras_mask", None) is None:
+            out_mask = self.output_mask(mask)
+            if out_mask is not None:
+                out._keras_mask = out_mask
+        return out
+
     def __call__(self, *args, **kwargs):
-        if self.built and args and isinstance(args[0], torch.Tensor):
-            return super().__call__(*args, **kwargs)  # the training path: a built layer
+        if self.built and args and isinstance(args[0], torch.Tensor):  # the training path
+            return self._carry_mask(args[0], super().__call__(*args, **kwargs))
         first = args[0] if args else None
         symbolic = isinstance(first, KerasTensor) or (
             isinstance(first, (list, tuple)) and first and isinstance(first[0], KerasTensor))
@@ -138,7 +169,7 @@ class Layer(nn.Module):
             x = first
             shape = [tuple(t.shape[1:]) for t in x] if self.takes_list else tuple(x.shape[1:])
             self._ensure_built(shape)
-        return super().__call__(*args, **kwargs)
+        return self._carry_mask(first, super().__call__(*args, **kwargs))
 
     def _call_symbolic(self, inputs, kwargs: dict | None = None):
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
@@ -151,6 +182,12 @@ class Layer(nn.Module):
             built = [_fmt(s) for s in self.input_shape_] if self.takes_list else _fmt(self.input_shape_)
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}), which was built for inputs of shape {built}")
+        masked = any(t.masked for t in tensors)
+        if masked and self.refuses_mask:
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) gets a time-step mask "
+                             f"from {sources}; Keras would apply it here, which bigtrain does "
+                             "not yet: drop mask_zero/Masking before it, or put a recurrent "
+                             "layer (which consumes the mask) in between")
         try:
             self._ensure_built(shape)
             out_shape = self.compute_output_shape(shape)
@@ -158,9 +195,12 @@ class Layer(nn.Module):
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}): {e}") from None
         node = Node(self, tensors, self.takes_list, kwargs)
-        out = KerasTensor(out_shape, self.output_dtype(tensors[0].dtype), node, 0)
-        node.outputs.append(out)
-        return out
+        shapes = out_shape if isinstance(out_shape, list) else [out_shape]  # return_state: many
+        out_masked = self.makes_mask or (masked and self.output_mask(True) is not None)
+        for i, s in enumerate(shapes):
+            node.outputs.append(KerasTensor(s, self.output_dtype(tensors[0].dtype), node, i,
+                                            masked=i == 0 and out_masked))
+        return node.outputs if isinstance(out_shape, list) else node.outputs[0]
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

@@ -33,6 +33,8 @@ class Dense(Layer):
         h = Dense(512, activation="relu")(Input(shape=(1000,)))
     """
 
+    supports_masking = True  # passes a time-step mask on, as Keras
+
     def __init__(self, units: int, activation=None, use_bias: bool = True, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units <= 0:
@@ -75,6 +77,8 @@ class Dense(Layer):
 class Activation(Layer):
     """`keras.layers.Activation`: applies a named activation or a callable."""
 
+    supports_masking = True  # passes a time-step mask on, as Keras
+
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
         self.activation_name, self.activation = get_activation(activation)
@@ -91,6 +95,8 @@ class Activation(Layer):
 
 class Dropout(Layer):
     """`keras.layers.Dropout`: zeroes a fraction `rate` of inputs during training."""
+
+    supports_masking = True  # passes a time-step mask on, as Keras
 
     def __init__(self, rate: float, **kwargs):
         super().__init__(**kwargs)
@@ -140,17 +146,15 @@ class Embedding(Layer):
     """`keras.layers.Embedding(input_dim, output_dim)`: integer ids -> vectors.
 
     `sparse=True` makes the gradient a sparse tensor of the touched rows (parameter server).
+    `mask_zero=True` marks id 0 as padding: the recurrent layers after it skip those steps
+    (Keras's mask, carried on the output tensor).
     """
 
     def __init__(self, input_dim: int, output_dim: int, sparse: bool = False,
                  mask_zero: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if mask_zero:
-            raise ValueError("Embedding(mask_zero=True): bigtrain layers do not carry masks yet; "
-                             "pad sequences in front (Keras pad_sequences' default "
-                             "padding='pre') so recurrent layers end on real tokens, and drop "
-                             "mask_zero")
         self.input_dim, self.output_dim, self.sparse = int(input_dim), int(output_dim), sparse
+        self.mask_zero = self.makes_mask = bool(mask_zero)
 
     def build(self, input_shape):
         self.embedding = nn.Embedding(self.input_dim, self.output_dim, sparse=self.sparse)
@@ -162,19 +166,27 @@ class Embedding(Layer):
     def output_dtype(self, input_dtype):
         return torch.float32
 
+    def compute_mask(self, ids, mask=None):
+        return ids != 0 if self.mask_zero else None  # (B, T) bool
+
     def call(self, ids):
-        return self.embedding(ids.long())
+        out = self.embedding(ids.long())
+        if self.mask_zero:
+            out._keras_mask = self.compute_mask(ids)
+        return out
 
     def keras_weights(self):
         return [("embedding.weight", _same, _same)]
 
     def get_config(self):
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
-                "sparse": self.sparse}
+                "sparse": self.sparse, "mask_zero": self.mask_zero}
 
 
 class LayerNormalization(Layer):
     """`keras.layers.LayerNormalization` over the last axis (epsilon 1e-3 as in Keras)."""
+
+    supports_masking = True  # passes a time-step mask on, as Keras
 
     def __init__(self, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)
@@ -198,6 +210,8 @@ class BatchNormalization(Layer):
 
     Keras's momentum 0.99 (moving = 0.99 * moving + 0.01 * batch) is torch's momentum 0.01.
     """
+
+    supports_masking = True  # passes a time-step mask on, as Keras
 
     def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
         super().__init__(**kwargs)

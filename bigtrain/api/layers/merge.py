@@ -9,6 +9,8 @@ from bigtrain.api.layers.base import Layer
 class Concatenate(Layer):
     """`keras.layers.Concatenate(axis=-1)([a, b, ...])`."""
 
+    refuses_mask = True  # Keras merges the inputs' masks
+
     takes_list = True
 
     def __init__(self, axis: int = -1, **kwargs):
@@ -35,6 +37,8 @@ class Concatenate(Layer):
 
 class Add(Layer):
     """`keras.layers.Add()([a, b, ...])`: element-wise sum of same-shaped tensors."""
+
+    refuses_mask = True  # Keras merges the inputs' masks
 
     takes_list = True
 

@@ -168,6 +168,8 @@ class GlobalMaxPooling2D(_GlobalPool):
 
 class GlobalAveragePooling1D(_GlobalPool):
     """`keras.layers.GlobalAveragePooling1D`: (B, steps, C) -> (B, C)."""
+
+    refuses_mask = True  # Keras averages the unmasked steps only
     rank, average = 1, True
 
 

@@ -12,6 +12,8 @@ from bigtrain.api.layers.base import Layer
 class Rescaling(Layer):
     """`keras.layers.Rescaling(scale, offset=0.0)`: x * scale + offset (e.g. 1/255 for pixels)."""
 
+    supports_masking = True  # passes a time-step mask on, as Keras
+
     def __init__(self, scale: float, offset: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.scale, self.offset = float(scale), float(offset)
@@ -35,6 +37,8 @@ class Normalization(Layer):
         norm.adapt(x_train)
         model = Sequential([Input(shape=(8,)), norm, Dense(1)])
     """
+
+    supports_masking = True  # passes a time-step mask on, as Keras
 
     def __init__(self, axis=-1, mean=None, variance=None, invert: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -96,6 +100,8 @@ class Normalization(Layer):
 
 class GaussianNoise(Layer):
     """`keras.layers.GaussianNoise(stddev)`: adds N(0, stddev^2) noise in training only."""
+
+    supports_masking = True  # passes a time-step mask on, as Keras
 
     def __init__(self, stddev: float, seed=None, **kwargs):
         super().__init__(**kwargs)
@@ -174,3 +180,35 @@ class Lambda(Layer):
         raise ValueError(f"Lambda layer {self.name!r} holds a Python callable, which "
                          "Model.save cannot store without pickle; save the weights with "
                          "save_weights(), or replace the Lambda by a Layer subclass")
+
+
+class Masking(Layer):
+    """`keras.layers.Masking(mask_value=0.0)`: a step whose features all equal `mask_value` is
+    padding. Outputs the inputs with those steps zeroed and marks them for the recurrent
+    layers after it (Keras's mask, (B, T) bool: any feature differs from mask_value).
+    """
+
+    makes_mask = True
+
+    def __init__(self, mask_value: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_value = float(mask_value)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            shape = ", ".join(map(str, input_shape))
+            raise ValueError(f"Masking {self.name!r} expects inputs of rank >= 3 (batch, "
+                             f"timesteps, features), got (None, {shape})")
+        return input_shape
+
+    def compute_mask(self, x, mask=None):
+        return (x != self.mask_value).any(-1)  # (B, T) bool
+
+    def call(self, x):
+        keep = self.compute_mask(x)
+        out = x * keep[..., None].to(x.dtype)
+        out._keras_mask = keep
+        return out
+
+    def get_config(self):
+        return {"name": self.name, "mask_value": self.mask_value}

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.rnn_mask import run_masked
 
 
 def _same(t):
@@ -50,8 +51,9 @@ class _RNN(Layer):
     activations = ("tanh",)
 
     def __init__(self, units: int, activation="tanh", use_bias: bool = True,
-                 return_sequences: bool = False, go_backwards: bool = False,
-                 dropout: float = 0.0, recurrent_dropout: float = 0.0, **kwargs):
+                 return_sequences: bool = False, return_state: bool = False,
+                 go_backwards: bool = False, dropout: float = 0.0,
+                 recurrent_dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         kind = type(self).__name__
         if not isinstance(units, int) or units <= 0:
@@ -66,7 +68,9 @@ class _RNN(Layer):
             raise ValueError(f"{kind} dropout must be in [0, 1), got {dropout}")
         self.units, self.activation, self.use_bias = units, activation, use_bias
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
+        self.return_state = bool(return_state)
         self.dropout = float(dropout)
+        self.zero_output_for_mask = False  # Bidirectional sets it when returning sequences
 
     def _features(self, input_shape) -> int:
         if len(input_shape) != 2:
@@ -75,9 +79,15 @@ class _RNN(Layer):
                              f"(None, {', '.join(map(str, input_shape))})")
         return input_shape[1]
 
+    states = 1  # h; LSTM adds c
+
     def compute_output_shape(self, input_shape):
         self._features(input_shape)
-        return (input_shape[0], self.units) if self.return_sequences else (self.units,)
+        out = (input_shape[0], self.units) if self.return_sequences else (self.units,)
+        return [out] + [(self.units,)] * self.states if self.return_state else out
+
+    def output_mask(self, mask):
+        return mask if self.return_sequences else None  # Keras: the mask follows sequences
 
     def build(self, input_shape):
         features, u, g = self._features(input_shape), self.units, self.gates
@@ -95,28 +105,47 @@ class _RNN(Layer):
         """(b_ih, b_hh) for torch's kernel."""
         return self.bias, torch.zeros_like(self.bias)
 
-    def _fused(self, x, h0, params):
+    def _fused(self, x, state, params, batch_sizes=None):
+        """torch's kernel on (B, T, F) or, with batch_sizes, packed data; state (1, B, u)s.
+
+        Returns (outputs, new state tuple)."""
         raise NotImplementedError
 
-    def run(self, x):
-        """(outputs (B, T, u), final state h (B, u)) in the order the steps were taken."""
+    def run(self, x, mask=None):
+        """(outputs (B, T, u) in the order the steps were taken, final states tuple (B, u))."""
         if self.dropout and self.training:  # one mask per sequence, as Keras
             keep = torch.empty_like(x[:, :1]).bernoulli_(1.0 - self.dropout)
             x = x * keep / (1.0 - self.dropout)
-        if self.go_backwards:
-            x = x.flip(1)
-        h0 = x.new_zeros(1, x.shape[0], self.units)
+        state = tuple(x.new_zeros(1, x.shape[0], self.units) for _ in range(self.states))
         params = [self.weight_ih, self.weight_hh, *(self._biases() if self.use_bias else ())]
-        return self._fused(x, h0, params)
 
-    def call(self, x):
-        out, h = self.run(x)
-        return out if self.return_sequences else h
+        def kernel(inp, st, batch_sizes):
+            return self._fused(inp, st, params, batch_sizes)
+
+        if mask is not None:
+            return run_masked(kernel, x, mask, state, self.go_backwards,
+                              self.zero_output_for_mask)
+        out, state = kernel(x.flip(1) if self.go_backwards else x, state, None)
+        return out, tuple(s[0] for s in state)
+
+    def saved_activation_elems(self, x) -> int:
+        """Elements autograd keeps per call for the planner: every step's gate
+        pre-activations and states, (B, T, (gates + states) * u)."""
+        return x.shape[0] * x.shape[1] * (self.gates + self.states) * self.units
+
+    takes_mask = True
+
+    def call(self, x, mask=None):
+        mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        out, state = self.run(x, mask)
+        y = out if self.return_sequences else state[0]  # Keras's last output is h_T
+        return [y, *state] if self.return_state else y
 
     def get_config(self):
         return {"name": self.name, "units": self.units, "activation": self.activation,
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
-                "go_backwards": self.go_backwards, "dropout": self.dropout}
+                "return_state": self.return_state, "go_backwards": self.go_backwards,
+                "dropout": self.dropout}
 
 
 class SimpleRNN(_RNN):
@@ -127,10 +156,13 @@ class SimpleRNN(_RNN):
 
     activations = ("tanh", "relu")
 
-    def _fused(self, x, h0, params):
+    def _fused(self, x, state, params, batch_sizes=None):
         kernel = torch.rnn_tanh if self.activation == "tanh" else torch.rnn_relu
-        out, h = kernel(x, h0, params, self.use_bias, 1, 0.0, self.training, False, True)
-        return out, h[0]
+        lead = (x,) if batch_sizes is None else (x, batch_sizes)
+        tail = (True,) if batch_sizes is None else ()  # batch_first
+        out, h = kernel(*lead, state[0], params, self.use_bias, 1, 0.0, self.training, False,
+                        *tail)
+        return out, (h,)
 
     def keras_weights(self):
         slots = [("weight_ih", _transpose, _transpose), ("weight_hh", _transpose, _transpose)]
@@ -162,10 +194,14 @@ class LSTM(_RNN):
             with torch.no_grad():
                 self.bias[self.units:2 * self.units] = 1.0  # the forget gate starts open
 
-    def _fused(self, x, h0, params):
-        out, h, _ = torch.lstm(x, (h0, torch.zeros_like(h0)), params, self.use_bias, 1, 0.0,
-                               self.training, False, True)
-        return out, h[0]
+    states = 2  # h, c (Keras's return_state order)
+
+    def _fused(self, x, state, params, batch_sizes=None):
+        lead = (x,) if batch_sizes is None else (x, batch_sizes)
+        tail = (True,) if batch_sizes is None else ()  # batch_first
+        out, h, c = torch.lstm(*lead, state, params, self.use_bias, 1, 0.0, self.training,
+                               False, *tail)
+        return out, (h, c)
 
     def keras_weights(self):
         slots = [("weight_ih", _transpose, _transpose), ("weight_hh", _transpose, _transpose)]
@@ -200,9 +236,12 @@ class GRU(_RNN):
     def _biases(self):
         return self.bias[0], self.bias[1]
 
-    def _fused(self, x, h0, params):
-        out, h = torch.gru(x, h0, params, self.use_bias, 1, 0.0, self.training, False, True)
-        return out, h[0]
+    def _fused(self, x, state, params, batch_sizes=None):
+        lead = (x,) if batch_sizes is None else (x, batch_sizes)
+        tail = (True,) if batch_sizes is None else ()  # batch_first
+        out, h = torch.gru(*lead, state[0], params, self.use_bias, 1, 0.0, self.training, False,
+                           *tail)
+        return out, (h,)
 
     def keras_weights(self):
         u = self.units
@@ -239,11 +278,19 @@ class Bidirectional(Layer):
         if merge_mode not in self.modes:
             raise ValueError(f"Bidirectional merge_mode must be one of {self.modes}, "
                              f"got {merge_mode!r}")
+        if layer.return_state:
+            raise ValueError("Bidirectional does not take a layer with return_state=True yet; "
+                             "use two recurrent layers (one with go_backwards=True) instead")
         config = {k: v for k, v in layer.get_config().items() if k != "name"}
         self.forward_layer = layer
         self.backward_layer = type(layer)(**{**config, "go_backwards": not layer.go_backwards},
                                           name=f"backward_{layer.name}")
         self.merge_mode = merge_mode
+        for side in (self.forward_layer, self.backward_layer):  # as Keras: masked steps give 0
+            side.zero_output_for_mask = side.return_sequences
+
+    def output_mask(self, mask):
+        return mask if self.forward_layer.return_sequences else None
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
@@ -253,8 +300,11 @@ class Bidirectional(Layer):
         for layer in (self.forward_layer, self.backward_layer):
             layer._ensure_built(input_shape)
 
-    def call(self, x):
-        fwd, bwd = self.forward_layer(x), self.backward_layer(x)
+    takes_mask = True
+
+    def call(self, x, mask=None):
+        mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        fwd, bwd = self.forward_layer(x, mask=mask), self.backward_layer(x, mask=mask)
         if self.forward_layer.return_sequences:
             bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
         if self.merge_mode == "concat":
@@ -278,6 +328,8 @@ class Bidirectional(Layer):
 
 class TimeDistributed(Layer):
     """`keras.layers.TimeDistributed(layer)`: applies `layer` to every step of (B, T, ...)."""
+
+    refuses_mask = True  # Keras hands the mask to the inner layer
 
     def __init__(self, layer: Layer, **kwargs):
         super().__init__(**kwargs)

@@ -1,0 +1,134 @@
+"""Time-step masks (Embedding(mask_zero=True), Masking) and return_state, held to Keras 3."""
+import numpy as np
+import pytest
+
+import bigtrain.api.layers.rnn_mask as rnn_mask
+from bigtrain.layers import LSTM, Dense, Embedding, GlobalAveragePooling1D, Input, Masking
+from bigtrain.models import Model, load_model
+from tests.api.harness import keras_parity
+
+# (B=4, T=6) ids, 0 = padding. RIGHT: real steps then padding (the packed-sequence path);
+# ANY: padding anywhere, a row of padding only (the step-by-step path).
+RIGHT = np.array([[3, 1, 2, 4, 0, 0], [1, 2, 0, 0, 0, 0], [4, 4, 4, 4, 4, 1], [2, 0, 0, 0, 0, 0]])
+LEFT = RIGHT[:, ::-1].copy()  # pad_sequences' default: padding first (also packed)
+ANY = np.array([[0, 3, 0, 2, 4, 0], [1, 0, 0, 2, 0, 0], [0, 0, 0, 0, 0, 0], [2, 3, 1, 0, 0, 4]])
+RNNS = ["LSTM", "GRU", "SimpleRNN"]
+OPTIONS = [{}, {"return_sequences": True}, {"go_backwards": True},
+           {"go_backwards": True, "return_sequences": True}]
+
+
+def _masked(rnn, options, bidirectional=False):
+    def build(L):
+        layer = getattr(L, rnn)(4, **options)
+        tail = [L.Flatten()] if options.get("return_sequences") else []  # drops the mask
+        return [L.Embedding(5, 3, mask_zero=True),
+                L.Bidirectional(layer) if bidirectional else layer, *tail]
+    return build
+
+
+@pytest.mark.parametrize("ids", [RIGHT, LEFT, ANY], ids=["right_padded", "left_padded",
+                                                         "any_mask"])
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("rnn", RNNS)
+def test_mask_zero_matches_keras(rnn, options, ids):
+    keras_parity(_masked(rnn, options), (6,), input_dtype="int64", x=ids.astype("int64"))
+
+
+@pytest.mark.parametrize("ids", [RIGHT, LEFT, ANY], ids=["right_padded", "left_padded",
+                                                         "any_mask"])
+@pytest.mark.parametrize("sequences", [False, True])
+@pytest.mark.parametrize("rnn", RNNS)
+def test_bidirectional_mask_matches_keras(rnn, sequences, ids):
+    # Keras zeroes masked steps of both directions when Bidirectional returns sequences
+    keras_parity(_masked(rnn, {"return_sequences": sequences}, bidirectional=True), (6,),
+                 input_dtype="int64", x=ids.astype("int64"))
+
+
+def test_masking_layer_through_dense_matches_keras():
+    x = np.random.default_rng(1).normal(size=(4, 5, 3)).astype("float32")
+    x[0, 3:] = 0.0   # right padding
+    x[1, 1] = 0.0    # a hole
+    x[2, :, 0] = 0.0  # one zero feature is not padding
+    keras_parity(lambda L: [L.Masking(0.0), L.Dense(3), L.Activation("tanh"), L.GRU(2)], (5, 3),
+                 x=x)
+
+
+def test_mask_changes_the_result():
+    """Guard: the mask matters on these inputs, so the parity tests could fail."""
+    ids = RIGHT.astype("int64")
+    outs = []
+    for mask_zero in (True, False):
+        inp = Input(shape=(6,), dtype="int64")
+        model = Model(inp, LSTM(4)(Embedding(5, 3, mask_zero=mask_zero, name="e")(inp)))
+        if outs:
+            model.set_weights(weights)
+        weights = model.get_weights()
+        outs.append(model.predict(ids))
+    assert np.abs(outs[0] - outs[1]).max() > 1e-2
+
+
+@pytest.mark.parametrize("backwards", [False, True])
+def test_padding_at_either_end_runs_packed(monkeypatch, backwards):
+    def refuse(*args):
+        raise AssertionError("padding at an end should run on packed sequences")
+    monkeypatch.setattr(rnn_mask, "run_stepwise", refuse)
+    inp = Input(shape=(6,), dtype="int64")
+    model = Model(inp, LSTM(4, go_backwards=backwards)(Embedding(5, 3, mask_zero=True)(inp)))
+    model.predict(RIGHT.astype("int64"))
+    model.predict(LEFT.astype("int64"))
+    with pytest.raises(AssertionError, match="packed"):
+        model.predict(ANY.astype("int64"))
+
+
+@pytest.mark.parametrize("rnn,states", [("LSTM", 2), ("GRU", 1), ("SimpleRNN", 1)])
+def test_return_state_matches_keras(rnn, states, tmp_path):
+    import keras
+    import bigtrain.layers as B
+    keras.utils.set_random_seed(0)
+    outs = {}
+    for name, L, I, M in (("keras", keras.layers, keras.Input, keras.Model),
+                          ("bigtrain", B, B.Input, Model)):
+        inp = I(shape=(6,), dtype="int64")
+        res = getattr(L, rnn)(4, return_sequences=True, return_state=True)(
+            L.Embedding(5, 3, mask_zero=True)(inp))
+        assert len(res) == 1 + states
+        outs[name] = M(inp, list(res))
+    outs["bigtrain"].set_weights(outs["keras"].get_weights())
+    ids = ANY.astype("int64")
+    want = outs["keras"].predict(ids, verbose=0)
+    got = outs["bigtrain"].predict(ids)
+    assert len(got) == len(want) == 1 + states
+    for a, b in zip(got, want):
+        assert np.abs(np.asarray(a) - b).max() <= 1e-5
+    path = tmp_path / "m.keras"
+    outs["bigtrain"].save(path)
+    for a, b in zip(load_model(path).predict(ids), got):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() == 0.0
+
+
+def test_mask_where_keras_would_use_it_is_refused():
+    inp = Input(shape=(6,), dtype="int64")
+    with pytest.raises(ValueError, match="GlobalAveragePooling1D.*time-step mask"):
+        GlobalAveragePooling1D()(Embedding(5, 3, mask_zero=True)(inp))
+    seq = LSTM(3, return_sequences=True)(Masking()(Input(shape=(4, 2))))
+    model = Model(seq.node.inputs[0].node.inputs[0], Dense(1)(seq))
+    with pytest.raises(ValueError, match="out of the loss"):
+        model.compile(optimizer="sgd", loss="mse")
+
+
+def test_mask_of_wrong_shape_is_refused():
+    import torch
+    x = torch.zeros(2, 5, 3)
+    with pytest.raises(ValueError, match=r"mask has shape \(2, 4\).*\(2, 5\)"):
+        rnn_mask.run_masked(None, x, torch.ones(2, 4, dtype=torch.bool), (), False, False)
+
+
+def test_mask_survives_a_wrapper_that_replaces_outputs():
+    # FSDP's hooks hand on new output tensors, without the mask attribute on them
+    ids = RIGHT.astype("int64")
+    inp = Input(shape=(6,), dtype="int64")
+    embed = Embedding(5, 3, mask_zero=True)
+    model = Model(inp, LSTM(4)(embed(inp)))
+    want = model.predict(ids)
+    embed.register_forward_hook(lambda mod, args, out: out.clone())
+    assert np.abs(model.predict(ids) - want).max() == 0.0
