@@ -178,8 +178,10 @@ def bench_model(kind: str, n: int, repeats: int, keras_too: bool) -> float:
                          rows, ratios=[("bigtrain fit", "torch loop"),
                                        ("bigtrain fit", "torch loop NHWC"),
                                        ("keras/torch", "torch loop")])
-    paired = sorted(b / a for a, b in zip(times["bigtrain fit"], times["torch loop"]))
-    print(f"  bigtrain / torch per repeat: {paired[0]:.3f}..{paired[-1]:.3f}")
+    for base in ("torch loop", "torch loop NHWC"):
+        if base in times:  # repeat i of each ran in the same round
+            paired = sorted(b / a for a, b in zip(times["bigtrain fit"], times[base]))
+            print(f"  bigtrain / {base} per repeat: {paired[0]:.3f}..{paired[-1]:.3f}")
     return ratios["bigtrain fit/torch loop"]
 
 
