@@ -1,7 +1,7 @@
 """Parameter-server figures on local gloo ranks (CPU).
 
     python bench/bench_parameter_server.py            # all of them
-    python bench/bench_parameter_server.py --only real --servers 1
+    python bench/bench_parameter_server.py --only real --servers 1 2  # 1 and 2 servers
     python bench/bench_parameter_server.py --only latency
     python bench/bench_parameter_server.py --quick    # shorter runs, smaller table
 
@@ -10,7 +10,7 @@
    one 3x that), each run for `--seconds` of wall clock.
    real: the same with real compute instead of sleeps: each worker runs forward/backward of
    an MLP whose hidden layer repeats enough times for about `--step-ms` per step (calibrated
-   here first), the slow worker 3x the repeats; with 1 and 2 servers (`--servers`). Every
+   here first), the slow worker 3x the repeats; `--servers 1 2` also runs 2 servers. Every
    rank gets cores/ranks torch threads (at least 1): on a small machine the ranks share the
    CPU, so ASP's gain is capped by the cores as well as by the straggler.
 2. bytes: bytes pushed per step for Wide & Deep with a 1M-row table: sparse rows vs a dense
@@ -300,7 +300,7 @@ def bench_latency(args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", choices=["throughput", "real", "bytes", "latency"])
-    p.add_argument("--servers", type=int, nargs="+", default=[1, 2],
+    p.add_argument("--servers", type=int, nargs="+", default=[1],
                    help="server counts for the real-compute throughput")
     p.add_argument("--rounds", type=int, default=3, help="rounds of the real-compute runs")
     p.add_argument("--step-ms", type=float, default=30.0)
