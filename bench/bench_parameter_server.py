@@ -1,12 +1,18 @@
 """Parameter-server figures on local gloo ranks (CPU).
 
-    python bench/bench_parameter_server.py            # all three
+    python bench/bench_parameter_server.py            # all of them
+    python bench/bench_parameter_server.py --only real --servers 1 2  # 1 and 2 servers
     python bench/bench_parameter_server.py --only latency
     python bench/bench_parameter_server.py --quick    # shorter runs, smaller table
 
 1. throughput: samples/s of 3 workers + 1 server under BSP, ASP and SSP(2) when one worker
    is 3x slower (every worker sleeps `--step-ms` per step to stand for compute, the slow
    one 3x that), each run for `--seconds` of wall clock.
+   real: the same with real compute instead of sleeps: each worker runs forward/backward of
+   an MLP whose hidden layer repeats enough times for about `--step-ms` per step (calibrated
+   here first), the slow worker 3x the repeats; `--servers 1 2` also runs 2 servers. Every
+   rank gets cores/ranks torch threads (at least 1): on a small machine the ranks share the
+   CPU, so ASP's gain is capped by the cores as well as by the straggler.
 2. bytes: bytes pushed per step for Wide & Deep with a 1M-row table: sparse rows vs a dense
    push of every parameter, and vs the bytes of the touched rows plus the dense layers.
 3. latency: one pull + one push of a 1M-parameter MLP (median over `--iters`).
@@ -39,8 +45,13 @@ from bigtrain.parallel.parameter_server import ParameterServer  # noqa: E402
 from bigtrain.zoo.wide_and_deep import WideAndDeep  # noqa: E402
 
 
+def rank_threads(world: int) -> int:
+    """Torch threads per rank: the cores shared out among the ranks (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // world)
+
+
 def _entry(rank, world, store_path, fn, args, queue):
-    torch.set_num_threads(1)
+    torch.set_num_threads(rank_threads(world))
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank,
                             world_size=world, timeout=timedelta(seconds=120))
     try:
@@ -94,6 +105,113 @@ def _throughput(rank, world, mode, staleness, step_ms, seconds, batch):
     elapsed = time.perf_counter() - t0
     strategy.teardown()
     return steps * batch / elapsed
+
+
+class RepeatMLP(nn.Module):
+    """Input(64) -> Dense(WIDTH, tanh) -> [Dense(WIDTH, tanh)] x `repeats` -> Dense(1): the
+    hidden layer applied `repeats` times with shared weights, so a worker's compute per step
+    scales with `repeats` while every worker holds the same parameters (the slow worker sets
+    3x the repeats)."""
+
+    WIDTH = 256
+
+    def __init__(self, repeats: int = 1):
+        super().__init__()
+        self.inp, self.hidden = nn.Linear(64, self.WIDTH), nn.Linear(self.WIDTH, self.WIDTH)
+        self.out, self.repeats = nn.Linear(self.WIDTH, 1), repeats
+
+    def forward(self, x):
+        h = torch.tanh(self.inp(x))
+        for _ in range(self.repeats):
+            h = torch.tanh(self.hidden(h))
+        return self.out(h)
+
+
+REAL_BATCH = 512  # samples per step in real mode: compute-heavy, 82k parameters to push
+WARMUP_STEPS = 3
+
+
+def calibrate_repeats(step_ms: float, threads: int) -> tuple[int, float]:
+    """Repeats of the hidden layer whose forward + backward take about `step_ms` on one rank's
+    threads here (best of 10 in this process, no rank running: the least disturbed figure);
+    returns (repeats, ms per repeat)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model, x = RepeatMLP(repeats=8), torch.randn(REAL_BATCH, 64)
+    times = []
+    for _ in range(10):
+        t0 = time.perf_counter()
+        model(x).square().mean().backward()
+        times.append(time.perf_counter() - t0)
+    torch.set_num_threads(old)
+    per_repeat_ms = min(times) * 1000 / 8
+    return max(1, round(step_ms / per_repeat_ms)), per_repeat_ms
+
+
+def _throughput_real(rank, world, mode, staleness, servers, repeats, seconds):
+    """Like `_throughput`, but every worker computes: `repeats` hidden layers per step, the
+    slow worker (the last one) 3x that; no sleeps."""
+    strategy = ParameterServer(servers=servers, mode=mode, staleness=staleness)
+    workers = world - servers
+    torch.manual_seed(0)
+    model = RepeatMLP(repeats * (3 if rank == workers - 1 else 1))
+    module, opt = _start(rank, world, strategy, model)
+    if strategy.is_service_rank():
+        strategy.serve()
+        return strategy.stats()
+    x, y = torch.randn(REAL_BATCH, 64), torch.randn(REAL_BATCH, 1)
+    batch = StepBatch([(x, y, None)], [1.0])
+    for _ in range(WARMUP_STEPS):  # untimed: ranks start seconds apart; BSP lines them up
+        strategy.train_step(module, opt, batch, _mse, contextlib.nullcontext)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        strategy.train_step(module, opt, batch, _mse, contextlib.nullcontext)
+        steps += 1
+    elapsed = time.perf_counter() - t0
+    strategy.teardown()
+    return steps * REAL_BATCH / elapsed
+
+
+def _spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f}x (range {min(values):.2f}..{max(values):.2f})"
+
+
+def bench_throughput_real(args) -> None:
+    """BSP/ASP/SSP(2) with real compute, 3 workers (one doing 3x the work) + 1 or 2 servers.
+
+    One calibration for all runs; every round runs each (servers, mode) once in a rotated
+    order, so a noisy neighbour hits all of them alike; ratios are taken within a round."""
+    worlds = [3 + s for s in args.servers]
+    threads = {w: rank_threads(w) for w in worlds}
+    repeats, per_ms = calibrate_repeats(args.step_ms, threads[worlds[0]])
+    print(f"real compute: 3 workers + {' or '.join(map(str, args.servers))} server(s), "
+          f"{'/'.join(str(threads[w]) for w in worlds)} torch thread(s) per rank on "
+          f"{os.cpu_count()} cores (the ranks share the CPU); MLP 64-{RepeatMLP.WIDTH}"
+          f"x{repeats}-1 at batch {REAL_BATCH}: {repeats * per_ms:.0f} ms forward+backward alone "
+          f"(best of 10), the slow worker 3x the repeats; {args.rounds} rounds of "
+          f"{args.seconds:.0f} s per run", flush=True)
+    modes = (("BSP", "bsp", 0), ("ASP", "asp", 0), ("SSP(2)", "ssp", 2))
+    runs = [(servers, m) for servers in args.servers for m in modes]
+    rates: dict[tuple, list[float]] = {(s, m[0]): [] for s, m in runs}
+    for r in range(args.rounds):
+        for servers, (label, mode, st) in runs[r % len(runs):] + runs[:r % len(runs)]:
+            out = spawn(_throughput_real, 3 + servers, mode, st, servers, repeats, args.seconds)
+            rates[servers, label].append(sum(out[:3]))
+            print(f"  round {r + 1}, {servers} server(s), {label:7s} {sum(out[:3]):8.0f} "
+                  f"samples/s (per worker {', '.join(f'{w:.0f}' for w in out[:3])}; staleness "
+                  f"max {out[-1]['staleness_max']})", flush=True)
+    for servers in args.servers:
+        med = {label: statistics.median(rates[servers, label]) for label, _, _ in modes}
+        bsp = rates[servers, "BSP"]
+        print(f"real compute, {servers} server(s): BSP {med['BSP']:.0f}, ASP {med['ASP']:.0f}, "
+              f"SSP(2) {med['SSP(2)']:.0f} samples/s (medians); ASP / BSP "
+              f"{_spread([a / b for a, b in zip(rates[servers, 'ASP'], bsp)])}, SSP(2) / BSP "
+              f"{_spread([a / b for a, b in zip(rates[servers, 'SSP(2)'], bsp)])}", flush=True)
+    if len(args.servers) == 2:
+        one, two = args.servers
+        for label, _, _ in modes:
+            print(f"real compute, {label}: {two} / {one} servers "
+                  f"{_spread([b / a for a, b in zip(rates[one, label], rates[two, label])])}")
 
 
 def bench_throughput(args) -> None:
@@ -181,17 +299,22 @@ def bench_latency(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--only", choices=["throughput", "bytes", "latency"])
+    p.add_argument("--only", choices=["throughput", "real", "bytes", "latency"])
+    p.add_argument("--servers", type=int, nargs="+", default=[1],
+                   help="server counts for the real-compute throughput")
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the real-compute runs")
     p.add_argument("--step-ms", type=float, default=30.0)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--ids", type=int, default=1_000_000)
     p.add_argument("--iters", type=int, default=30)
-    p.add_argument("--quick", action="store_true", help="2 s per mode, 100k ids, 10 iters")
+    p.add_argument("--quick", action="store_true",
+                   help="2 s per mode, 100k ids, 10 iters, 1 server, 2 rounds")
     args = p.parse_args()
     if args.quick:
-        args.seconds, args.ids, args.iters = 2.0, 100_000, 10
-    for name, fn in (("throughput", bench_throughput), ("bytes", bench_bytes),
-                     ("latency", bench_latency)):
+        args.seconds, args.ids, args.iters, args.servers = 2.0, 100_000, 10, [1]
+        args.rounds = 2
+    for name, fn in (("throughput", bench_throughput), ("real", bench_throughput_real),
+                     ("bytes", bench_bytes), ("latency", bench_latency)):
         if args.only in (None, name):
             fn(args)
 
