@@ -31,12 +31,12 @@ import sys
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import Row, alternate, check_target, machine_line, print_table  # noqa: E402
+from bench.common import (Row, alternate, check_target, hand_tuned_epoch,  # noqa: E402
+                          machine_line, print_table)
 
 FEATURES, HIDDEN, CLASSES = 1000, 512, 10
 LR = 1e-3
@@ -101,27 +101,7 @@ def plain_contender(x, y, batch: int):
 
 def tuned_contender(x, y, batch: int):
     """What an expert writes for this model on a CPU: no per-step host sync or copies."""
-    model = torch_mlp()
-    opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    n, gen = len(xt), torch.Generator().manual_seed(0)
-
-    def run():
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        loss_sum, hits = torch.zeros(()), torch.zeros((), dtype=torch.int64)
-        for start in range(0, n, batch):
-            idx = perm[start:start + batch]
-            xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(idx)
-            hits += (out.detach().argmax(1) == yb).sum()
-        float(loss_sum), int(hits)  # read once per epoch, as a progress line would
-    return run
+    return hand_tuned_epoch(torch_mlp(), torch.from_numpy(x), torch.from_numpy(y), batch, LR)
 
 
 def keras_contender(x, y_onehot, batch: int):

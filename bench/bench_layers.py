@@ -35,14 +35,14 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before anything imports keras
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "examples")]
 
 from bench.bench_fit import default_threads  # noqa: E402
-from bench.common import Row, alternate, check_target, machine_line, print_table  # noqa: E402
+from bench.common import (Row, alternate, check_target, hand_tuned_epoch,  # noqa: E402
+                          machine_line, print_table)
 
 LR = 1e-3
 
@@ -122,29 +122,10 @@ def torch_contender(kind: str, x, y, batch: int, channels_last: bool = False):
     model = torch_convnet() if kind == "convnet" else TorchLSTM()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=LR, fused=True)
     xt = torch.from_numpy(x)
     if kind == "convnet":  # (n, 1, 28, 28), torch's layout (or its channels_last view)
         xt = xt.permute(0, 3, 1, 2) if channels_last else xt.permute(0, 3, 1, 2).contiguous()
-    yt = torch.from_numpy(y)
-    n, gen = len(xt), torch.Generator().manual_seed(0)
-
-    def run():
-        model.train()
-        perm = torch.randperm(n, generator=gen)
-        loss_sum, hits = torch.zeros(()), torch.zeros((), dtype=torch.int64)
-        for start in range(0, n, batch):
-            idx = perm[start:start + batch]
-            xb, yb = xt.index_select(0, idx), yt.index_select(0, idx)
-            out = model(xb)
-            loss = F.cross_entropy(out, yb)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss_sum += loss.detach() * len(idx)
-            hits += (out.detach().argmax(1) == yb).sum()
-        float(loss_sum), int(hits)
-    return run
+    return hand_tuned_epoch(model, xt, torch.from_numpy(y), batch, LR)
 
 
 def keras_contender(kind: str, x, y, batch: int):

@@ -108,8 +108,8 @@ class _RNN(Layer):
     def _fused(self, x, state, params, batch_sizes=None):
         """torch's kernel on (B, T, F) or, with batch_sizes, packed data; state (1, B, u)s.
 
-        Returns (outputs, new state tuple)."""
-        raise NotImplementedError
+        Returns (outputs, new state tuple). Each cell (SimpleRNN, LSTM, GRU) runs its own."""
+        raise NotImplementedError(f"{type(self).__name__} must define _fused (its torch kernel)")
 
     def run(self, x, mask=None):
         """(outputs (B, T, u) in the order the steps were taken, final states tuple (B, u))."""
