@@ -22,7 +22,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
+from bigtrain.engine.step import train_step  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch, Strategy  # noqa: E402
+from bigtrain.parallel.context import StepContext  # noqa: E402
 from bigtrain.parallel.pipeline import Pipeline  # noqa: E402
 from bigtrain.parallel.tensor_parallel import TensorParallel  # noqa: E402
 from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss  # noqa: E402
@@ -47,8 +49,8 @@ def _train(rank, world, kind, batch, warmup, steps):
     for i in range(warmup + steps):
         if i == warmup:
             t0 = time.perf_counter()
-        strategy.train_step(module, opt, step_batch, lambda o, y, sw: gpt_loss(o, y, sw),
-                            contextlib.nullcontext)
+        train_step(strategy, StepContext(), module, opt, step_batch,
+                   lambda o, y, sw: gpt_loss(o, y, sw), contextlib.nullcontext)
     elapsed = time.perf_counter() - t0
     strategy.teardown()
     return batch * cfg.block_size * steps / elapsed

@@ -39,7 +39,9 @@ TINY = [(2, 2, 32), (4, 4, 64)]
 
 def one_trial(shape, offload: bool, batch: int, seq: int, dry: bool) -> dict:
     """Two training steps of a GPT of `shape` on this process's device; peak memory."""
+    from bigtrain.engine.step import train_step
     from bigtrain.engine.steps import autocast_factory
+    from bigtrain.parallel.context import StepContext
     from bigtrain.parallel.base import DistEnv, StepBatch, Strategy
     from bigtrain.parallel.sharded import Sharded
     from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss
@@ -48,7 +50,7 @@ def one_trial(shape, offload: bool, batch: int, seq: int, dry: bool) -> dict:
     cfg = GPTConfig(vocab_size=512 if dry else 50304, block_size=seq, n_layer=n_layer,
                     n_head=n_head, n_embd=n_embd)
     strategy = Sharded(reshard_after_forward=True, offload=True) if offload else Strategy()
-    strategy.precision = "bf16-mixed"
+    strategy.use_precision("bf16-mixed")
     strategy.setup(DistEnv(device=device))
     try:
         with torch.device("cpu" if offload else device):  # offload: the GPU never holds it all
@@ -61,9 +63,9 @@ def one_trial(shape, offload: bool, batch: int, seq: int, dry: bool) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         t0 = time.perf_counter()
         for _ in range(2):
-            strategy.train_step(module, opt, StepBatch([(x, x, None)], [1.0]),
-                                lambda o, y, sw: gpt_loss(o, y, sw),
-                                autocast_factory("bf16-mixed", device))
+            train_step(strategy, StepContext(), module, opt, StepBatch([(x, x, None)], [1.0]),
+                       lambda o, y, sw: gpt_loss(o, y, sw),
+                       autocast_factory("bf16-mixed", device))
         if not dry:
             torch.cuda.synchronize(device)
         peak = None if dry else torch.cuda.max_memory_allocated(device)

@@ -39,8 +39,8 @@ class Model(nn.Module):
         self.history = None
         self.stop_training = False
         self.optimizer = None
-        self._live = None            # (strategy, wrapped module) while fit runs
-        self._weights_cache = None   # full state gathered for rank-0-only callbacks
+        self.live = None  # a bigtrain.engine.live.LiveWeights while fit runs (the loop sets it)
+        self._full_weights = None  # see keep_full_weights
         if isinstance(inputs, nn.Module) and outputs is None:
             self.net = inputs
             self.name = name or type(inputs).__name__
@@ -135,13 +135,22 @@ class Model(nn.Module):
             self.net.train(was_training)
 
     # ---- weights --------------------------------------------------------------------------
+    @property
+    def _live(self):
+        """(strategy, wrapped module) while fit runs, else None."""
+        return None if self.live is None else (self.live.strategy, self.live.module)
+
+    def keep_full_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Keep the full weights of a fit beside a network the strategy changed in place
+        (DTensor shards inside a launched job): weights are read from `state` from now on."""
+        self._full_weights = state
+
     def state_for_saving(self) -> dict[str, torch.Tensor]:
         """The full, unsharded state dict of the network (valid during a distributed fit)."""
-        if self._weights_cache is not None:
-            return self._weights_cache
-        if self._live is not None:
-            strategy, module = self._live
-            return strategy.full_state_dict(module)
+        if self.live is not None:
+            return self.live.full_state()
+        if self._full_weights is not None:
+            return self._full_weights
         if any(hasattr(p, "to_local") for p in self.net.parameters()):
             raise RuntimeError("this rank holds only shards of the model (a sharded fit inside a "
                                "launched job); its full weights are on rank 0: read them where "

@@ -33,7 +33,7 @@ def _finish(model, result: FitResult, history) -> object:
         if any(hasattr(p, "to_local") for p in model.net.parameters()):
             # inside a launched job a sharded strategy changed the module in place (its
             # parameters are DTensor shards): rank 0 keeps the full weights beside it
-            model._weights_cache = result.state_dict
+            model.keep_full_weights(result.state_dict)
         else:
             model.net.load_state_dict(result.state_dict)
     history.history = dict(result.history)

@@ -1,8 +1,8 @@
 """Where a training step's time goes, read off the points the step already marks.
 
-The engine's loop and every strategy call `Strategy.mark(op)` when the rank enters an
-operation (for the hang watchdog). While a fit runs, the loop also hangs a PhaseTimer on
-the strategy: each mark closes the phase that was open and opens the next, so the time
+The engine's loop and every strategy call `StepContext.mark(op)` when the rank enters an
+operation (for the hang watchdog). While a fit runs, the loop's StepContext also carries a
+PhaseTimer: each mark closes the phase that was open and opens the next, so the time
 between two marks is charged to the earlier one. Which phase an operation belongs to:
 
     mark("data")                              -> data
@@ -46,7 +46,7 @@ def phase_of(op: str, phase: str | None = None) -> str | None:
 
 
 class PhaseTimer:
-    """Seconds per step phase, accumulated between `Strategy.mark` calls.
+    """Seconds per step phase, accumulated between `StepContext.mark` calls.
 
     Args:
         device: the rank's device; a CUDA device is synchronised at each mark of a

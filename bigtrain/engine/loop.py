@@ -21,9 +21,12 @@ from bigtrain.engine.comm_probe import exposed_sync_seconds
 from bigtrain.engine.data import (epoch_permutation, epoch_window, global_batches, num_batches,
                                   shard_bounds)
 from bigtrain.engine.record import write_run_record
+from bigtrain.engine.live import LiveWeights
+from bigtrain.engine.step import train_step
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
+from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.update_rules import finish_ema
 from bigtrain.parallel.watchdog import start_watchdog, stop_watchdog
 
@@ -68,9 +71,12 @@ class NonFiniteLoss(Exception):
 
 
 def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
-             prefix: str = "", limit: int | None = None) -> dict[str, float]:
+             prefix: str = "", limit: int | None = None,
+             ctx: StepContext | None = None) -> dict[str, float]:
     """Loss and metrics over `data` (its first `limit` samples when given), sharded across
-    ranks and reduced; Keras-style logs."""
+    ranks and reduced; Keras-style logs. `ctx`: the fit's StepContext (marks for the hang
+    watchdog), None outside a fit."""
+    ctx = StepContext() if ctx is None else ctx
     device = strategy.env.device
     tally = Tally(task.metrics, task.activations, device)
     shard = strategy.data_shard()
@@ -80,20 +86,17 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
     module.eval()
     with torch.no_grad():
         for start in range(lo, hi, batch_size):
-            strategy.mark("evaluate")  # per batch: restarts the watchdog's clock only
+            ctx.mark("evaluate")  # per batch: restarts the watchdog's clock only
             idx = torch.arange(start, min(start + batch_size, hi))
             x, y, sw = data.take(idx, device)
             with autocast():
-                out = strategy.eval_forward(module, x) if hasattr(strategy, "eval_forward") \
-                    else (module(*x) if isinstance(x, tuple) else module(x))
-            if out is None:
-                continue  # a pipeline stage that does not own the output
+                out = module(*x) if isinstance(x, tuple) else module(x)
             loss = task.compute_loss(out, y, sw)
             tally.loss_sum += loss.double() * len(idx)
             tally.count += len(idx)
             tally.update_metrics(y, out)
     module.train(was_training)
-    strategy.mark("metrics all-reduce (evaluate)")
+    ctx.mark("metrics all-reduce (evaluate)")
     return tally.logs(strategy.all_reduce(tally.state()), prefix)
 
 
@@ -116,7 +119,7 @@ def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
             "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
 
 
-def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
+def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
                  progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
     data_pass, first, stop = epoch_window(epoch, cfg.steps_per_epoch,
@@ -130,7 +133,7 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
     # decided once per epoch, not per step
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
     want_logs, check_nan = end_hooks and callbacks.wants_batch_logs, cfg.terminate_on_nan
-    mark, timer = strategy.mark, timing.timer
+    mark, timer = ctx.mark, timing.timer
     module.train()
     last_check = skip = progress.skip
     for step, gidx in enumerate(islice(global_batches(perm, cfg.batch_size), first, stop)):
@@ -142,9 +145,9 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
         timer.begin_step(timing.steps)
         mark("data")
         batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
-        # strategies refine it: forward, backward, optimizer step, communication
+        # the step refines it: forward, backward, optimizer step, communication
         mark("train step", phase="other")
-        outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
+        outputs, loss = train_step(strategy, ctx, module, optimizer, batch, loss_fn, autocast)
         mark("metrics")
         timing.steps += 1
         timing.last_batch = batch
@@ -202,42 +205,39 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     reports which rank the others wait for and ends the process when one operation lasts
     longer than its window. See `_train` for the arguments and result.
     """
-    beat = Heartbeat()
-    config = task.watchdog or WatchdogConfig()
-    dog = start_watchdog(strategy.env, config, beat)
-    strategy.heartbeat = beat
+    ctx = StepContext(heartbeat=Heartbeat(), timer=PhaseTimer(strategy.env.device))
     if task.config.precision == "16-mixed":  # float16 gradients underflow without it
-        strategy.grad_scaler = torch.amp.GradScaler(strategy.env.device.type)
+        ctx.grad_scaler = torch.amp.GradScaler(strategy.env.device.type)
+    dog = start_watchdog(strategy.env, task.watchdog or WatchdogConfig(), ctx.heartbeat)
     try:
-        return _train(task, strategy, owner)
+        return _train(task, strategy, ctx, owner)
     finally:
-        vars(strategy).pop("heartbeat", None)
-        vars(strategy).pop("grad_scaler", None)
         stop_watchdog(dog)
 
 
-def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
+def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitResult:
     """Run `task` with `strategy` (already `setup`) on this rank.
 
     Args:
         task: the run's model, losses, data and settings.
         strategy: a Strategy on which `setup(env)` was called.
-        owner: the user-facing model object callbacks see (`optimizer`, `stop_training`,
-            weights access); the loop sets `owner.optimizer` and `owner.stop_training`.
+        ctx: the StepContext every step and mark of this fit goes through.
+        owner: the user-facing model object callbacks see. The loop sets its public
+            `optimizer`, `stop_training` and `live` (a LiveWeights while the fit runs, then
+            None), as Keras's fit sets `model.optimizer` and `model.stop_training`.
 
     Returns:
         FitResult; `state_dict` is the full unsharded state on rank 0 (None elsewhere).
     """
     cfg = task.config
-    if hasattr(strategy, "precision"):
-        strategy.precision = cfg.precision  # sharded strategies cast through FSDP's policy
+    strategy.use_precision(cfg.precision)
     module = strategy.setup_module(task.module)
     optimizer = strategy.setup_optimizer(module, task.make_optimizer)
     if strategy.is_service_rank():  # a parameter server: serve the workers, no loop
         strategy.serve()
-        return FitResult(stats=getattr(strategy, "stats", dict)())
+        return FitResult(stats=strategy.stats())
     owner.optimizer, owner.stop_training = optimizer, False
-    owner._live = (strategy, module)
+    live = owner.live = LiveWeights(strategy, module)
     steps = cfg.steps_per_epoch or num_batches(len(task.train), cfg.batch_size)
     params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
@@ -247,15 +247,14 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     progress, first_epoch = _resume(task, strategy, module, optimizer, result)
     callbacks.on_train_begin()
     t_start, samples, epoch_times = time.perf_counter(), 0, []
-    timing = RunTiming(PhaseTimer(strategy.env.device))
-    strategy.phase_timer = timing.timer
+    timing = RunTiming(ctx.timer)
     try:
         for epoch in range(first_epoch, cfg.epochs):
             callbacks.on_epoch_begin(epoch)
             t0 = time.perf_counter()
             try:
-                logs = _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
-                                    progress)
+                logs = _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch,
+                                    timing, progress)
             except NonFiniteLoss as e:
                 if strategy.env.is_main:
                     print(e, flush=True)
@@ -265,18 +264,19 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             if task.val is not None and cfg.validates_after(epoch):
                 val_batch = cfg.validation_batch_size or cfg.batch_size
                 limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
-                logs.update(evaluate(task, strategy, module, task.val, val_batch, "val_", limit))
+                logs.update(evaluate(task, strategy, module, task.val, val_batch, "val_", limit,
+                                     ctx))
             epoch_times.append(time.perf_counter() - t0)
-            strategy.mark("gather weights for callbacks")
-            _refresh_weight_cache(task, strategy, module, owner)
-            strategy.mark("callbacks (epoch end)")
+            ctx.mark("gather weights for callbacks")
+            live.gather_if(strategy.env.distributed and _rank0_reads_weights(task.callbacks))
+            ctx.mark("callbacks (epoch end)")
             callbacks.on_epoch_end(epoch, logs)
-            owner._weights_cache = None
+            live.release()
             result.epochs.append(epoch)
             for k, v in logs.items():
                 result.history.setdefault(k, []).append(v)
             if progress.checkpointer is not None:  # after the History: the checkpoint keeps it
-                strategy.mark("checkpoint")
+                ctx.mark("checkpoint")
                 progress.checkpointer.after_epoch(epoch, progress.step)
             if owner.stop_training:
                 break
@@ -284,21 +284,20 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
     finally:
         callbacks.on_train_end()
-        vars(strategy).pop("phase_timer", None)
     elapsed = time.perf_counter() - t_start
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
-                    "wall_s": elapsed, "epoch_times": epoch_times, **getattr(strategy, "stats", lambda: {})()}
+                    "wall_s": elapsed, "epoch_times": epoch_times, **strategy.stats()}
     if task.run_dir is not None:  # every rank has the same run_dir: all probe or none
-        strategy.mark("communication probe")
+        ctx.mark("communication probe")
         timing.exposed_sync_s = exposed_sync_seconds(
             strategy, module, timing.last_batch, safe_loss(task.compute_loss),
             autocast_factory(cfg.precision, strategy.env.device))
     timing.last_batch = None
     write_run_record(task, strategy, module, optimizer, result, timing)
-    strategy.mark("gather full state")
+    ctx.mark("gather full state")
     state = strategy.full_state_dict(module)
     result.state_dict = state if strategy.env.is_main else None
-    owner._live = None
+    owner.live = None
     return result
 
 
@@ -343,8 +342,7 @@ def finished_note(directory: str, done: int, epochs: int) -> str:
             f"resume='never'); to continue it pass epochs > {done}.")
 
 
-def _refresh_weight_cache(task, strategy, module, owner) -> None:
-    """Callbacks that read weights on rank 0 only (checkpoints) must not start a collective
-    alone: gather the full state on every rank first when such a callback exists."""
-    if strategy.env.distributed and any(getattr(c, "needs_weights", False) for c in task.callbacks):
-        owner._weights_cache = strategy.full_state_dict(module)
+def _rank0_reads_weights(callbacks) -> bool:
+    """Whether a callback reads weights on rank 0 only (checkpoints): it must not start a
+    collective alone, so every rank gathers the full state before the epoch's callbacks."""
+    return any(getattr(c, "needs_weights", False) for c in callbacks)

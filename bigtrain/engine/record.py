@@ -87,8 +87,7 @@ def step_phases(timing, strategy) -> dict[str, float]:
 
 
 def _bubble(strategy) -> float | None:
-    stats = getattr(strategy, "stats", None)
-    value = stats().get("pipeline_bubble") if stats is not None else None
+    value = strategy.stats().get("pipeline_bubble")
     return None if value is None else min(max(float(value), 0.0), 1.0)
 
 
@@ -144,7 +143,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
     mfu, peak = model_flops_utilisation(task, result.stats.get("samples_per_s"),
                                         strategy.env.world_size, strategy.env.local_world_size)
     ph = figures["phases"]
-    stats = getattr(strategy, "stats", dict)()
+    stats = strategy.stats()
     samples_per_s, tokens = result.stats.get("samples_per_s"), tokens_per_sample(task)
     record = RunRecord(
         strategy=strategy.describe(), world_size=strategy.env.world_size,

@@ -166,7 +166,6 @@ class TrainTask:
     config: FitConfig
     callbacks: list = field(default_factory=list)
     run_dir: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     checkpoint: CheckpointConfig | None = None
     watchdog: Any = None  # a bigtrain.diagnose.watchdog.WatchdogConfig; None: the default
 

@@ -144,7 +144,6 @@ class BalancedDataParallel(DataParallel):
         self.rebalance_every, self.ema = rebalance_every, ema
         self.optimizer_device, self.clock = optimizer_device, clock
         self._shares = SpeedShares(1)  # the real split is made in setup
-        self._t0, self._n_local = (0.0, 0.0), 0
         self._params: list[nn.Parameter] = []
 
     # ---- checks and setup -----------------------------------------------------------------
@@ -194,41 +193,37 @@ class BalancedDataParallel(DataParallel):
         return super(DataParallel, self).no_sync(module)  # grads stay local until step
 
     # ---- one step ---------------------------------------------------------------------------
-    def train_step(self, module, optimizer, batch, compute_loss, autocast):
-        """Local forward/backward of this rank's share; `optimizer_step` then delays (slow
-        knob), measures, averages the gradients and steps."""
-        self._n_local = sum(_rows(y if y is not None else x) for x, y, _ in batch.micro)
-        self._t0 = (time.perf_counter(), time.process_time())
-        return super().train_step(module, optimizer, batch, compute_loss, autocast)
-
-    def optimizer_step(self, optimizer) -> None:
-        self.mark("backward (slow-rank delay)")
-        compute_s = self._local_compute_s()
+    def sync_grads(self, module, optimizer, batch, ctx) -> None:
+        """After the local forward/backward of this rank's share: delay (slow knob), measure
+        the step's compute since `ctx.step_start`, average the gradients."""
+        ctx.mark("backward (slow-rank delay)")
+        compute_s = self._local_compute_s(ctx.step_start)
         if self.env.distributed:
-            self.mark("gradient all-reduce", phase="comm")
+            ctx.mark("gradient all-reduce", phase="comm")
             allreduce_gradients(self._params, self.env.world_size, self.bucket_cap_mb * 2 ** 20)
             if self.balance == "speed":
-                self._observe(compute_s)
-        self.mark("optimizer step")
-        self.apply_update(optimizer)
+                n_local = sum(_rows(y if y is not None else x) for x, y, _ in batch.micro)
+                self._observe(compute_s, n_local)
 
-    def _local_compute_s(self) -> float:
-        """Seconds of this rank's own compute this step, the slow knob's delay included."""
+    def _local_compute_s(self, t0: tuple[float, float]) -> float:
+        """Seconds of this rank's own compute this step (since `t0`, perf_counter and
+        process_time), the slow knob's delay included."""
         if self.balance != "speed" and not self.slow_ranks:
             return 0.0  # nothing reads it: skip the device synchronisation
         if self.env.device.type == "cuda":
             torch.cuda.synchronize(self.env.device)
-        wall, cpu = time.perf_counter() - self._t0[0], time.process_time() - self._t0[1]
+        wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
         factor = self.slow_ranks.get(self.env.rank, 1.0)
         if factor > 1.0:
             time.sleep((factor - 1.0) * wall)
-            wall = time.perf_counter() - self._t0[0]
+            wall = time.perf_counter() - t0[0]
         return wall if self.clock == "wall" else cpu * factor
 
-    def _observe(self, compute_s: float) -> None:
-        """Record one step; every `rebalance_every` measured steps, re-split (collective)."""
+    def _observe(self, compute_s: float, n_local: int) -> None:
+        """Record one step of `n_local` samples; every `rebalance_every` measured steps,
+        re-split (collective)."""
         rank, world = self.env.rank, self.env.world_size
-        self._shares.observe(compute_s, self._n_local, lambda s: gather_rates(s, rank, world))
+        self._shares.observe(compute_s, n_local, lambda s: gather_rates(s, rank, world))
 
     def _rebalance(self, s_per_sample: list[float]) -> None:
         """New shares from every rank's seconds per sample (identical input on all ranks)."""

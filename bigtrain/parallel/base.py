@@ -1,8 +1,8 @@
 """The Strategy interface every way of splitting the work implements, and its name registry.
 
 A strategy is handed the single-device model and the process topology (`DistEnv`) and decides
-how the model, the optimizer, the data and one training step are split across ranks. The
-engine's loop (bigtrain.engine.loop) only talks to this interface, so `fit(strategy="ddp")`,
+how the model, the optimizer and the data are split across ranks, and how gradients meet.
+The engine owns the training step (bigtrain.engine.step) and calls this interface's hooks, so `fit(strategy="ddp")`,
 `fit(strategy="zero3")` and `fit(strategy=ParameterServer(...))` run the same loop.
 
 Lifecycle on every rank (after the process group exists):
@@ -11,7 +11,9 @@ Lifecycle on every rank (after the process group exists):
     strategy.setup(env)
     module = strategy.setup_module(module)
     opt = strategy.setup_optimizer(module, make_optimizer)
-    for each global batch: strategy.train_step(...)
+    for each global batch: bigtrain.engine.step.train_step(strategy, ctx, ...)
+        # the engine runs the micro-steps and calls the hooks no_sync, backward,
+        # sync_grads, optimizer_step; a strategy with owns_step runs `train_step` itself
     full = strategy.full_state_dict(module)          # rank 0 gets unsharded weights
 
 Names and objects are interchangeable: `resolve_strategy("zero3")` and `Sharded(reshard=True)`
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from bigtrain.parallel.update_rules import rules_of
+if TYPE_CHECKING:
+    from bigtrain.parallel.context import StepContext
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ class Strategy:
     """
 
     name = "single"
-    #: Wraps the whole training step (pipeline, parameter server) instead of fwd/bwd hooks.
+    #: True when the strategy runs a whole step with its own schedule (a pipeline, the
+    #: parameter server's pull/compute/push): the engine then calls `train_step` instead of
+    #: running the micro-steps itself (bigtrain.engine.step).
     owns_step = False
     #: Why fit(checkpoint_dir=...) cannot be used with this strategy (None: it can).
     checkpoint_unsupported: str | None = None
@@ -109,15 +114,9 @@ class Strategy:
     syncs_in_backward = False
     #: How this strategy's step phases are measured and what they leave out (run record).
     timing_note = "one process: no communication"
-    #: The engine's loop sets a Heartbeat here while it trains (read by the hang watchdog).
-    heartbeat = None
-    #: A torch.amp.GradScaler the loop sets for precision="16-mixed" (None otherwise).
-    grad_scaler = None
     #: Whether this strategy can scale the loss for float16 training (a GradScaler); when
     #: False, precision="16-mixed" is refused before anything starts.
     supports_loss_scaling = True
-    #: ... and a PhaseTimer (bigtrain.diagnose.step_timer) that times the marked phases.
-    phase_timer = None
 
     def __init__(self):
         self.env = DistEnv()
@@ -137,6 +136,11 @@ class Strategy:
     # ---- setup on every rank ------------------------------------------------------------
     def setup(self, env: DistEnv) -> None:
         self.env = env
+
+    def use_precision(self, precision: str) -> None:
+        """Told the run's precision ("32", "bf16-mixed", "16-mixed") before `setup_module`;
+        a strategy that casts parameters itself (FSDP's mixed-precision policy) keeps it.
+        Default: nothing (the engine's autocast does the casting)."""
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         return module.to(self.env.device)
@@ -166,54 +170,29 @@ class Strategy:
     def teardown(self) -> None:
         """Release what `setup` created (subgroups, threads). Called on every rank."""
 
-    # ---- one step -----------------------------------------------------------------------
+    # ---- hooks of the engine's step (bigtrain.engine.step) --------------------------------
     def no_sync(self, module: nn.Module):
         """Context that skips gradient synchronisation (all but the last micro-step)."""
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        (loss if self.grad_scaler is None else self.grad_scaler.scale(loss)).backward()
+        """Backward of one micro-batch's (weighted, loss-scaled) loss."""
+        loss.backward()
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.apply_update(optimizer)
+    def sync_grads(self, module: nn.Module, optimizer: torch.optim.Optimizer,
+                   batch: StepBatch, ctx: StepContext) -> None:
+        """Bring the gradients together after the last micro-batch's backward and before the
+        update (an explicit all-reduce, marked through `ctx`). Default: nothing: one process
+        has nothing to sync, and DDP/FSDP sync inside backward."""
 
-    def apply_update(self, optimizer: torch.optim.Optimizer) -> None:
-        """`optimizer.step()`; under float16 through the loss scaler, which unscales the
-        gradients first and skips a step whose gradients overflowed (then lowers the scale)."""
-        if self.grad_scaler is None:
-            optimizer.step()
-            return
-        if _clips(optimizer):  # clipping reads true gradients: unscale them first
-            self.grad_scaler.unscale_(optimizer)
-        self.grad_scaler.step(optimizer)
-        self.grad_scaler.update()
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
+        """The update: `optimizer.step()`, through the loss scaler under float16."""
+        ctx.step_optimizer(optimizer)
 
-    def mark(self, op: str, step: int | None = None, phase: str | None = None) -> None:
-        """Note that this rank enters operation `op` (for the hang watchdog's report and the
-        step-time breakdown).
-
-        One attribute write and a clock read, no synchronisation; every rank must mark the
-        same sequence of operations (a rank that marked fewer is reported as behind). The
-        time until the next mark is charged to `phase` ("data", "forward", "backward",
-        "optimizer", "comm", "other"); by default to the op's first word when that names a
-        phase, else to nothing (see bigtrain.diagnose.step_timer).
-
-        Example:
-            self.mark("all-gather", phase="comm"); gather(...)
-        """
-        if self.heartbeat is not None:
-            self.heartbeat.enter(op, step)
-        if self.phase_timer is not None:
-            self.phase_timer.enter(op, phase)
-
-    def refuse_update_rules(self, rules) -> str | None:
-        """Why this strategy cannot apply the optimizer's Keras update rules (`rules`, a
-        bigtrain.parallel.update_rules.UpdateRules: clipping, weight decay, EMA) exactly, or
-        None when it can. Asked before any process starts."""
-        return None
-
-    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
-        """Forward, backward and update for one global batch; returns (outputs, loss).
+    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast,
+                   ctx: StepContext | None = None):
+        """A whole step run by the strategy's own schedule; only for `owns_step` strategies
+        (the engine runs everyone else's step through the hooks above).
 
         Args:
             module: the module returned by `setup_module`.
@@ -221,43 +200,24 @@ class Strategy:
             batch: this rank's micro-batches and their loss weights.
             compute_loss: `compute_loss(outputs, targets, sample_weight) -> scalar mean loss`.
             autocast: a context manager factory for mixed precision.
+            ctx: the fit's StepContext (None: a silent one, for steps outside a fit).
 
         Returns:
             (list of outputs per micro-batch, detached mean loss of this rank's samples).
         """
-        outputs, total = [], 0.0
-        last = len(batch.micro) - 1
-        whole = last == 0 and batch.weights[0] == 1.0  # the common case: no loss rescaling
-        for i, ((x, y, sw), w) in enumerate(zip(batch.micro, batch.weights)):
-            scale = None if whole else w
-            if i == last:  # gradients synchronise in this backward
-                out, loss = self._micro_step(module, x, y, sw, scale, compute_loss, autocast,
-                                             "backward (+ gradient sync)")
-            else:
-                with self.no_sync(module):
-                    out, loss = self._micro_step(module, x, y, sw, scale, compute_loss,
-                                                 autocast, "backward")
-            outputs.append(out.detach() if isinstance(out, torch.Tensor) else out)
-            total = loss.detach() if whole else total + loss.detach() * w
-        self.mark("optimizer step")
-        self.optimizer_step(optimizer)
-        optimizer.zero_grad(set_to_none=True)
-        return outputs, total if whole else total / max(sum(batch.weights), 1e-12)
+        raise NotImplementedError(
+            f"strategy {self.name!r} lets the engine run its step (owns_step is False): "
+            "call bigtrain.engine.step.train_step(strategy, ctx, ...)")
 
-    def _micro_step(self, module, x, y, sw, scale, compute_loss, autocast, backward_op):
-        """Forward and backward of one micro-batch, its loss times `scale` (None: as is);
-        returns (outputs, unscaled loss)."""
-        self.mark("forward")
-        if autocast is contextlib.nullcontext:  # full precision: no context to enter
-            out = module(*x) if isinstance(x, tuple) else module(x)
-            loss = compute_loss(out, y, sw)
-        else:
-            with autocast():
-                out = module(*x) if isinstance(x, tuple) else module(x)
-                loss = compute_loss(out, y, sw)
-        self.mark(backward_op)
-        self.backward(loss if scale is None else loss * scale)
-        return out, loss
+    def refuse_update_rules(self, rules) -> str | None:
+        """Why this strategy cannot apply the optimizer's Keras update rules (`rules`, a
+        bigtrain.parallel.update_rules.UpdateRules: clipping, weight decay, EMA) exactly, or
+        None when it can. Asked before any process starts."""
+        return None
+
+    def stats(self) -> dict:
+        """Figures of the run for FitResult.stats and the run record (shares, bubble, ...)."""
+        return {}
 
     # ---- reductions and state -----------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -330,8 +290,3 @@ def resolve_strategy(strategy: str | Strategy | None) -> Strategy:
 
 register("single", Strategy)
 
-
-def _clips(optimizer) -> bool:
-    inner = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer's local one
-    rules = rules_of(inner) or rules_of(optimizer)
-    return rules is not None and rules.clips

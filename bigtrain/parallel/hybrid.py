@@ -10,8 +10,8 @@
     4. data parallel: replicas over "dp" average gradients with one all-reduce per step
        (a flat buffer per dtype; DTensor shards reduce their local part)
 
-With pp > 1 the step is owned by the pipeline schedule; otherwise the engine's ordinary
-forward/backward runs on the tensor-parallel model.
+With pp > 1 the step is owned by the pipeline schedule; otherwise the engine's step
+(bigtrain.engine.step) runs on the tensor-parallel model with its hooks.
 
 Example:
     model.fit(x, y, strategy=Hybrid(dp=2, tp=2), devices=4)
@@ -65,7 +65,6 @@ class Hybrid(Strategy):
         else:
             self.inner = TensorParallel(degree=tp, plan=plan,
                                         activation_checkpointing=activation_checkpointing)
-        self.owns_step = self.inner.owns_step
 
     def dims(self, world_size: int) -> ParallelDims:
         """The validated degrees on `world_size` processes."""
@@ -75,6 +74,10 @@ class Hybrid(Strategy):
 
     def num_processes(self, devices):
         return (self.dp or 1) * self.tp * self.pp if devices is None else int(devices)
+
+    @property
+    def owns_step(self) -> bool:
+        return self.inner.owns_step  # pp > 1: the pipeline schedule runs the step
 
     @property
     def supports_loss_scaling(self) -> bool:
@@ -104,30 +107,34 @@ class Hybrid(Strategy):
     def data_shard(self) -> tuple[int, int]:
         return self.inner.data_shard()
 
-    def train_step(self, module, optimizer, batch, compute_loss, autocast):
-        # the inner strategy marks its phases: hand it the loop's watchdog heartbeat and timer
-        self.inner.heartbeat, self.inner.phase_timer = self.heartbeat, self.phase_timer
-        self.inner.grad_scaler = self.grad_scaler
-        return self.inner.train_step(module, optimizer, batch, compute_loss, autocast)
+    # the step's hooks are the inner strategy's; the StepContext passes through
+    def no_sync(self, module):
+        return self.inner.no_sync(module)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.inner.backward(loss)
+
+    def sync_grads(self, module, optimizer, batch, ctx) -> None:
+        self.inner.sync_grads(module, optimizer, batch, ctx)
+
+    def optimizer_step(self, optimizer: torch.optim.Optimizer, ctx) -> None:
+        self.inner.optimizer_step(optimizer, ctx)
+
+    def train_step(self, module, optimizer, batch, compute_loss, autocast, ctx=None):
+        return self.inner.train_step(module, optimizer, batch, compute_loss, autocast, ctx)
 
     @property
     def timing_note(self) -> str:
         return self.inner.timing_note
 
     def stats(self) -> dict:
-        return getattr(self.inner, "stats", dict)()
-
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        self.inner.optimizer_step(optimizer)
+        return self.inner.stats()
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return self.inner.full_state_dict(module)
 
     def teardown(self) -> None:
         self.inner.teardown()
-        vars(self.inner).pop("heartbeat", None)
-        vars(self.inner).pop("phase_timer", None)
-        vars(self.inner).pop("grad_scaler", None)
 
     def refuse_update_rules(self, rules) -> str | None:
         return self.inner.refuse_update_rules(rules)

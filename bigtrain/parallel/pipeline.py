@@ -60,6 +60,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.base import Strategy, StepBatch, register
+from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.mesh import ParallelDims, wrap_forward_with_checkpoint
 from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
                                                   device_aware_partition, measure_layer_costs,
@@ -259,18 +260,18 @@ class Pipeline(Strategy):
         return (self._rt.dims.coords(self.env.rank)["dp"], self._rt.dims.dp)
 
     # ---- one step -----------------------------------------------------------------------
-    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
-        """Run the schedule on this replica's batch; returns (outputs per micro, mean loss)."""
-        outputs, loss = self._rt.step(batch, compute_loss, autocast)
-        self.optimizer_step(optimizer)
+    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast,
+                   ctx: StepContext | None = None):
+        """Run the schedule on this replica's batch, sync the tied and data-parallel
+        gradients, step; returns (outputs per micro, mean loss)."""
+        ctx = StepContext() if ctx is None else ctx
+        outputs, loss = self._rt.step(batch, compute_loss, autocast, ctx)
+        ctx.mark("gradient all-reduce (tied, dp)", phase="comm")
+        self._rt.sync_grads()
+        ctx.mark("optimizer step")
+        optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return outputs, loss
-
-    def optimizer_step(self, optimizer) -> None:
-        self.mark("gradient all-reduce (tied, dp)", phase="comm")
-        self._rt.sync_grads()
-        self.mark("optimizer step")
-        optimizer.step()
 
     timing_note = ("forward and backward are this rank's stage compute inside the schedule "
                    "(the last stage's loss counts as forward); other is the rest of the "

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.base import StepBatch
+from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.mesh import ParallelDims, all_reduce_grads, broadcast_params
 from bigtrain.parallel.slow_ranks import slowed
 
@@ -184,7 +185,7 @@ class PipelineRuntime:
         record[first] = (loss.detach().float(), real)
         return loss * (real / n * wsum) if real else loss
 
-    def step(self, batch: StepBatch, compute_loss, autocast):
+    def step(self, batch: StepBatch, compute_loss, autocast, ctx: StepContext):
         x = _cat([_single(m[0]) for m in batch.micro])
         y = _cat([m[1] for m in batch.micro])
         sws = [m[2] for m in batch.micro]
@@ -201,7 +202,7 @@ class PipelineRuntime:
         idx = torch.arange(x.shape[0], device=x.device)
         has_first = any(st.is_first for st in self.pstages)
         has_last = any(st.is_last for st in self.pstages)
-        timer = self.s.phase_timer
+        timer = ctx.timer
         self._start_timing(timer is not None and timer.active)
         t0 = self._clock()
         with autocast():
@@ -213,7 +214,7 @@ class PipelineRuntime:
         if has_last:  # mean over the replica's real samples (0 for an empty share)
             loss = (sum(l * c for l, c in record.values()) / n if n
                     else torch.zeros((), device=out.device))
-        self.s.mark("loss and output broadcast", phase="comm")
+        ctx.mark("loss and output broadcast", phase="comm")
         out, loss = self._broadcast_result(out if has_last else None, loss)
         sizes = [_single(mb[0]).shape[0] for mb in batch.micro]
         return list(torch.split(out[:n], sizes)), loss

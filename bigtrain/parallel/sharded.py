@@ -73,6 +73,9 @@ class Sharded(Strategy):
         self.precision = "32"
         self._own_group = False
 
+    def use_precision(self, precision: str) -> None:
+        self.precision = precision  # FSDP casts parameters through its mixed-precision policy
+
     def validate(self, world_size: int, global_batch_size: int) -> None:
         check_batch_covers_ranks(self.describe(), world_size, global_batch_size)
 

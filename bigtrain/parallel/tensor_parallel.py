@@ -270,13 +270,11 @@ class TensorParallel(Strategy):
             return (0, 1)
         return (self.dims.coords(self.env.rank)["dp"], self.dims.dp)
 
-    def optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+    def sync_grads(self, module, optimizer, batch, ctx) -> None:
         if self.mesh is not None:
-            self.mark("gradient all-reduce (dp)", phase="comm")
+            ctx.mark("gradient all-reduce (dp)", phase="comm")
             params = [p for g in optimizer.param_groups for p in g["params"]]
             all_reduce_grads(params, self.mesh["dp"].get_group())
-            self.mark("optimizer step")
-        self.apply_update(optimizer)
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return full_tensor_state_dict(self.unwrap(module))

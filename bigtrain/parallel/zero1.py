@@ -47,11 +47,20 @@ class Zero1(DataParallel):
         if rules is not None:
             # every rank holds every (all-reduced) gradient: the global norm is local
             rules.attach(zero.optim, norm_params=list(module.parameters()))
-        # ZeRO's public step() runs the local shard's step, then broadcasts every shard: the
-        # local optimizer's post-step hook marks where the broadcast starts (timed apart)
-        zero.optim.register_step_post_hook(
-            lambda *_: self.mark("parameter broadcast", phase="comm"))
         return zero
+
+    def optimizer_step(self, optimizer, ctx) -> None:
+        if not isinstance(optimizer, ZeroRedundancyOptimizer):
+            return super().optimizer_step(optimizer, ctx)
+        # ZeRO's public step() runs the local shard's step, then broadcasts every shard: a
+        # post-step hook on the local optimizer marks where the broadcast starts (timed
+        # apart); held for this step only, so the strategy keeps no reference to `ctx`
+        hook = optimizer.optim.register_step_post_hook(
+            lambda *_: ctx.mark("parameter broadcast", phase="comm"))
+        try:
+            super().optimizer_step(optimizer, ctx)
+        finally:
+            hook.remove()
 
     def describe(self) -> str:
         return "zero1 (ZeroRedundancyOptimizer over DDP)"

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigtrain.engine.step import train_step
 from bigtrain.parallel.base import DistEnv, StepBatch
+from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.pipeline import Pipeline
 from bigtrain.parallel.pipeline_partition import (balanced_partition, chain_layers,
                                                   device_aware_partition, measure_layer_costs,
@@ -72,8 +74,8 @@ def train_with(rank, world, strategy, make_model, data, compute_loss, steps=STEP
         half = xs.shape[0] // 2
         micro = [(xs[:half], ys[:half], None), (xs[half:], ys[half:], None)]
         weights = [half / BATCH * count, (xs.shape[0] - half) / BATCH * count]
-        outs, loss = strategy.train_step(module, opt, StepBatch(micro, weights),
-                                         compute_loss, autocast)
+        outs, loss = train_step(strategy, StepContext(), module, opt, StepBatch(micro, weights),
+                                compute_loss, autocast)
         assert [o.shape[0] for o in outs] == [half, xs.shape[0] - half]
         losses.append(float(loss))
     full = strategy.full_state_dict(module)

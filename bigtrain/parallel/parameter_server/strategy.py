@@ -47,6 +47,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.base import DistEnv, Shard, StepBatch, Strategy, register
+from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.parameter_server.client import WorkerClient
 from bigtrain.parallel.parameter_server.config import MODES, PSConfig  # noqa: F401
 from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
@@ -282,23 +283,25 @@ class ParameterServer(Strategy):
         self._server_stats = self.service.serve()
 
     # ---- one step ------------------------------------------------------------------------
-    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast):
+    def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast,
+                   ctx: StepContext | None = None):
         """Pull, forward/backward over the micro-batches, push; returns (outputs, mean loss)."""
+        ctx = StepContext() if ctx is None else ctx
         delay = dict(self.config.straggler_delay_s).get(self.env.rank, 0.0)
         if delay:
             time.sleep(delay)
-        self.mark("pull parameters", phase="comm")
+        ctx.mark("pull parameters", phase="comm")
         self.client.pull(self._params, self.clock)
         self._fresh, self._in_step = {}, True
         outputs, total = [], 0.0
         t0 = (time.perf_counter(), time.process_time())
         try:
             for (x, y, sw), w in zip(batch.micro, batch.weights):
-                self.mark("forward")
+                ctx.mark("forward")
                 with autocast():
                     out = module(*x) if isinstance(x, tuple) else module(x)
                     loss = compute_loss(out, y, sw)
-                self.mark("backward")
+                ctx.mark("backward")
                 (loss * w).backward()
                 outputs.append(out.detach() if torch.is_tensor(out) else out)
                 total = total + loss.detach() * w
@@ -306,7 +309,7 @@ class ParameterServer(Strategy):
             self._in_step = False
         self._pace(t0, sum(_rows(y if y is not None else x) for x, y, _ in batch.micro))
         grads = {k: p.grad for k, p in enumerate(self._params) if p.grad is not None}
-        self.mark("push gradients", phase="comm")
+        ctx.mark("push gradients", phase="comm")
         self.client.push(grads, self.clock)
         for p in self._params:
             p.grad = None
