@@ -11,7 +11,7 @@ Example:
 """
 __version__ = "0.1.0"
 
-from bigtrain.parallel.distributed import is_main_process  # noqa: E402
+from bigtrain.launch.join import is_main_process  # noqa: E402
 from bigtrain.utils import clear_session, set_seed, to_categorical  # noqa: E402
 
 __all__ = ["__version__", "clear_session", "is_main_process", "set_seed", "to_categorical"]

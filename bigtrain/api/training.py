@@ -9,6 +9,7 @@ import torch
 
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
+from bigtrain.api.capture import stop_if_capturing
 from bigtrain.api.fit_args import check_keywords, class_weight_to_sample_weight, loss_weight_list
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
@@ -214,7 +215,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     Returns:
         A History with `.history` (Keras's keys) and `.epoch`.
     """
-    from bigtrain.api.runner import FIT_OPTIONS, run_fit
+    from bigtrain.launch.runner import FIT_OPTIONS, run_fit
     check_keywords("fit", distributed, [*_FIT_KEYWORDS, *FIT_OPTIONS])
     _require_compiled(model, "fit")
     from torch.utils.data import DataLoader
@@ -238,8 +239,10 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
-    return run_fit(model, data, val, config, list(callbacks or []), strategy, devices,
-                   run_dir, distributed)
+    return run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
+                   make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir),
+                   capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
+                                                           devices))
 
 
 _FIT_KEYWORDS = [name for name in fit.__code__.co_varnames[:fit.__code__.co_argcount +

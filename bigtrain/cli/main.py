@@ -101,7 +101,7 @@ def _run(args, rest: list[str]) -> int:
     if not any(a.startswith("--rdzv") or a.startswith("--rdzv_") for a in argv) and \
             not any(a.startswith("--nnodes") for a in argv):
         # one host: rendezvous on loopback only, on a free port
-        from bigtrain.parallel.loopback import register_rendezvous
+        from bigtrain.launch.loopback import register_rendezvous
         argv = ["--rdzv-backend", register_rendezvous(), "--rdzv-endpoint", "127.0.0.1:0",
                 "--local-addr", "127.0.0.1", *argv]
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too

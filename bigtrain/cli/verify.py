@@ -45,7 +45,7 @@ def task_factory(fit, steps: int):
     """A function that builds a fresh K-step task from the captured fit, always from the
     script's initial weights (the single-process run trains the model in place)."""
     from bigtrain.api.training import make_task
-    from bigtrain.engine.verify import first_samples
+    from bigtrain.launch.verify import first_samples
     model = fit.model
     initial = {k: v.detach().clone() for k, v in model.net.state_dict().items()}
     config = dataclasses.replace(fit.config, epochs=1, initial_epoch=0, shuffle=False,
@@ -59,7 +59,7 @@ def task_factory(fit, steps: int):
 
 
 def run_verify(args) -> int:
-    from bigtrain.engine.verify import (BlindCheck, all_passed, check_names, render_rows,
+    from bigtrain.launch.verify import (BlindCheck, all_passed, check_names, render_rows,
                                         verify_parity)
     if args.steps < 1 or args.devices < 2 or args.tolerance <= 0:
         raise SystemExit("bigtrain verify: need --steps >= 1, --devices >= 2, --tolerance > 0")

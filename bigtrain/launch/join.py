@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.parallel.base import DistEnv
-from bigtrain.parallel.loopback import is_loopback, loopback_store
+from bigtrain.launch.loopback import is_loopback, loopback_store
 
 DEFAULT_TIMEOUT_S = 300.0  # collectives fail after this instead of gloo's 30 minutes
 
@@ -30,7 +30,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-#: The device kind ("cpu", "cuda", "mps") a launcher hands to the ranks it starts.
+#: The device kind ("cpu", "cuda", "mps") for the ranks of a job started by a launcher that
+#: does not pass one itself (torchrun, `bigtrain run`); fit(devices=...) hands its own ranks
+#: the kind in the launch payload instead.
 DEVICE_ENV = "BIGTRAIN_DEVICE"
 
 
@@ -69,7 +71,7 @@ def resolve_devices(devices) -> int | None:
 
 
 def device_for(local_rank: int, kind: str | None = None) -> torch.device:
-    """The device of local rank `local_rank`: `kind`, else the launcher's choice (DEVICE_ENV),
+    """The device of local rank `local_rank`: `kind`, else the job's choice (DEVICE_ENV),
     else cuda:<local rank> where torch sees CUDA, else the CPU."""
     kind = kind or os.environ.get(DEVICE_ENV) or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind == "cuda":
@@ -194,8 +196,11 @@ def _never_joined(missing: list[int], world: int, rank: int, timeout_s: float) -
             "ranks start slowly.")
 
 
-def join_existing_job(timeout_s: float | None = None, set_threads: bool = True) -> DistEnv:
+def join_existing_job(timeout_s: float | None = None, set_threads: bool = True,
+                      kind: str | None = None) -> DistEnv:
     """Join (or reuse) the process group of a launched job; returns this rank's DistEnv.
+
+    `kind` is the device kind the launcher chose ("cpu", "cuda", "mps"; see device_for).
 
     Ranks that do not show up within `timeout_s` (default DEFAULT_TIMEOUT_S) are named
     in the RuntimeError, instead of every other rank waiting in silence.
@@ -206,7 +211,7 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True) 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
-    device = device_for(local_rank)
+    device = device_for(local_rank, kind)
     if set_threads and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(threads_per_rank(local_world))
     if not dist.is_initialized():

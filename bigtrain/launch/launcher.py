@@ -23,7 +23,8 @@ import cloudpickle
 import numpy as np
 import torch
 
-from bigtrain.parallel.loopback import register_rendezvous
+from bigtrain.engine.loop import run_rank
+from bigtrain.launch.loopback import register_rendezvous
 
 SPILL_BYTES = 64 * 2**20  # arrays above this go through memory-mapped files
 
@@ -67,11 +68,11 @@ def _worker(payload_path: str, timeout_s: float | None):
     """Entry point of every launched rank: join the group, train, return rank 0's result."""
     import torch.distributed as dist
 
-    from bigtrain.parallel.distributed import join_existing_job
+    from bigtrain.launch.join import join_existing_job
     with open(payload_path, "rb") as f:
-        run_fn, task, strategy, owner = cloudpickle.load(f)  # our own file, just written
+        run_fn, task, strategy, owner, kind = cloudpickle.load(f)  # our own file, just written
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # one host: gloo listens on loopback only
-    env = join_existing_job(timeout_s)
+    env = join_existing_job(timeout_s, kind=kind)
     try:
         result = run_fn(task, strategy, owner, env)
     finally:
@@ -85,7 +86,8 @@ def _worker(payload_path: str, timeout_s: float | None):
 
 
 def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restarts: int = 0,
-           timeout: float | None = None, start_method: str = "spawn"):
+           timeout: float | None = None, start_method: str = "spawn",
+           device_kind: str | None = None):
     """Run `run_fn(task, strategy, owner, env)` on `nprocs` local ranks; rank 0's FitResult.
 
     Args:
@@ -93,21 +95,23 @@ def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restart
         strategy: the Strategy (set up again on every rank).
         nprocs: number of processes on this host.
         model_owner: the user's model object (callbacks see it on each rank).
-        run_fn: the engine's `run_rank` (default; passed in so this layer does not import
-            the engine at module level).
+        run_fn: what every rank runs; default the engine's `run_rank`.
         max_restarts: restarts of the whole group after a worker failure.
         timeout: process-group timeout in seconds (collectives fail instead of hanging).
+        start_method: how the workers start ("spawn": the user's script never re-runs).
+        device_kind: "cpu", "cuda" or "mps" for every rank (None: CUDA where torch sees it);
+            it travels in the payload.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
     if run_fn is None:
-        from bigtrain.engine.loop import run_rank as run_fn  # noqa: PLC0415 - runtime hand-off
+        run_fn = run_rank
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts need it (2.13)
     with tempfile.TemporaryDirectory(prefix="bigtrain-launch-") as folder:
         _spill_task_data(task, folder)
         payload = os.path.join(folder, "payload.pkl")
         with open(payload, "wb") as f:
-            cloudpickle.dump((run_fn, task, strategy, model_owner), f)
+            cloudpickle.dump((run_fn, task, strategy, model_owner, device_kind), f)
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                               run_id=f"bigtrain-{uuid.uuid4().hex[:8]}",
                               rdzv_backend=register_rendezvous(),  # listens on loopback only

@@ -6,17 +6,15 @@ History, so the code after `fit` runs once, as it would without a strategy.
 """
 from __future__ import annotations
 
-import os
 import warnings
 
 import torch
 
-from bigtrain.api.capture import stop_if_capturing
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
-from bigtrain.parallel import distributed as dist_env
+from bigtrain.launch import join as dist_env
 from bigtrain.parallel.base import resolve_strategy
 from bigtrain.parallel.lost_node import report_lost_node
 
@@ -110,18 +108,45 @@ def one_process_note(strat) -> str:
             f"script.py`; pass devices=1 to run on one process on purpose.")
 
 
-def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, options: dict):
-    from bigtrain.api.training import make_task
+def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_task,
+            capture=None):
+    """Check fit's settings, build the TrainTask and run it where it belongs (in this process,
+    as one rank of a launched job, or on `devices` ranks started here); returns the History.
+
+    Args:
+        model: the user's Model (compiled); callbacks see it, it gets the weights back.
+        config: the engine's FitConfig.
+        callbacks: the user's callbacks (History and a progress bar are added).
+        strategy: a name, "auto", a Strategy object or None.
+        devices: fit's `devices`.
+        options: fit's keywords beyond Keras's (FIT_OPTIONS).
+        make_task: `make_task(callbacks) -> TrainTask` from the API, which knows the data.
+        capture: `capture(strategy)`, called once the options are checked (`bigtrain
+            verify` stops the fit there), or None.
+    """
     options = dict(options)
     checkpoint = checkpoint_config(options)  # bad settings fail before any process starts
     watchdog = WatchdogConfig.from_fit(options.pop("watchdog", True),
                                        options.pop("watchdog_timeout", None))
-    stop_if_capturing(model, data, val, config, strategy, devices)  # `bigtrain verify`
+    if capture is not None:
+        capture(strategy)
     if strategy == "auto":
         strategy = choose_auto(model, devices, config)
     strat = resolve_strategy(strategy)
     check_precision(strat, config.precision)  # before any process starts
     warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
+    check_fit(strat, model, checkpoint)
+    cbs = _callbacks(callbacks, config.verbose)
+    history = cbs[0]
+    task = make_task(cbs)
+    task.checkpoint = checkpoint
+    task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
+    return _finish(model, run_task(task, strat, model, devices, options), history)
+
+
+def check_fit(strat, model, checkpoint) -> None:
+    """Refuse, before any process starts, the optimizer arguments and checkpoints `strat`
+    cannot run exactly."""
     rules = model.compiled.optimizer.rules
     refusal = strat.refuse_update_rules(rules) if rules is not None else None
     if refusal:
@@ -134,31 +159,22 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")
-    cbs = _callbacks(callbacks, config.verbose)
-    history = cbs[0]
-    task = make_task(model, data, val, config, cbs, run_dir)
-    task.checkpoint = checkpoint
-    task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
+
+
+def run_task(task, strat, owner, devices, options: dict) -> FitResult:
+    """Run `task` in this process, as one rank of a job a launcher started, or on the ranks
+    `devices` asks for (started here); rank 0's FitResult."""
     if dist_env.launched_externally():
         env = dist_env.join_existing_job(options.get("timeout"))
         with report_lost_node():  # one line, not a traceback, when a restart follows
-            return _finish(model, run_rank(task, strat, model, env), history)
+            return run_rank(task, strat, owner, env)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
-    strat.validate(nprocs, config.batch_size)  # before any process starts
+    strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     kind = dist_env.device_kind(devices)
     if nprocs == 1:
         if devices is None and strat.name != "single":
-            warnings.warn(one_process_note(strat), UserWarning, stacklevel=4)
-        return _finish(model, run_rank(task, strat, model, dist_env.local_env(kind)), history)
-    from bigtrain.parallel.launcher import launch
-    saved = os.environ.get(dist_env.DEVICE_ENV)
-    os.environ[dist_env.DEVICE_ENV] = kind  # the ranks inherit it; this process gets it back
-    try:
-        result = launch(task, strat, nprocs, model_owner=model, **options)
-    finally:
-        if saved is None:
-            os.environ.pop(dist_env.DEVICE_ENV, None)
-        else:
-            os.environ[dist_env.DEVICE_ENV] = saved
-    return _finish(model, result, history)
+            warnings.warn(one_process_note(strat), UserWarning, stacklevel=5)
+        return run_rank(task, strat, owner, dist_env.local_env(kind))
+    from bigtrain.launch.launcher import launch  # looked up per call (tests stub it)
+    return launch(task, strat, nprocs, model_owner=owner, device_kind=kind, **options)

@@ -21,7 +21,7 @@ import torch
 
 from bigtrain.engine.data import ArrayData, DatasetData
 from bigtrain.engine.task import TrainTask
-from bigtrain.parallel import distributed as dist_env
+from bigtrain.launch import join as dist_env
 from bigtrain.parallel.base import Strategy, resolve_strategy, strategy_names
 from bigtrain.parallel.update_rules import rules_of
 
@@ -132,7 +132,7 @@ def run_single(make_task: Callable[[], TrainTask], owner):
 def check_strategy(name: str, make_task, owner, devices: int, tolerance: float,
                    reference) -> ParityRow:
     """Train with strategy `name` on `devices` launched ranks and compare with `reference`."""
-    from bigtrain.parallel.launcher import launch
+    from bigtrain.launch.launcher import launch
     if name not in strategy_names():
         return ParityRow(name, UNAVAILABLE, detail="no strategy of this name is registered "
                          f"(registered: {', '.join(strategy_names())})")

@@ -114,7 +114,7 @@ def test_clipping_reads_unscaled_float16_gradients():
 def test_verify_and_hybrid_refuse_what_fit_refuses():
     from bigtrain.api.training import make_task, prepare_data
     from bigtrain.engine.task import FitConfig
-    from bigtrain.engine.verify import UNSUPPORTED, check_strategy
+    from bigtrain.launch.verify import UNSUPPORTED, check_strategy
     from bigtrain.parallel import Hybrid
     _, bm = _pair()
     bm.compile(optimizer=bo.SGD(0.1, global_clipnorm=1.0), loss=LOSS)

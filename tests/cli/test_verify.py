@@ -9,7 +9,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigtrain.cli.main import main
 from bigtrain.engine.data import ArrayData
-from bigtrain.engine.verify import (FAIL, PASS, UNAVAILABLE, UNSUPPORTED, ParityRow, all_passed,
+from bigtrain.launch.verify import (FAIL, PASS, UNAVAILABLE, UNSUPPORTED, ParityRow, all_passed,
                                    first_samples)
 from bigtrain.parallel.base import register
 from bigtrain.parallel.data_parallel import DataParallel

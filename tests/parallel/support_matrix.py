@@ -303,7 +303,7 @@ def refusal(row_name: str, model_name: str, opt_name: str) -> str | None:
     is re-raised (it is a crash, not a refusal)."""
     from unittest import mock
 
-    from bigtrain.parallel import launcher
+    from bigtrain.launch import launcher
     row = ROWS[row_name]
     if row.ranks == 1:
         return None

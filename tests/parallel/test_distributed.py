@@ -1,7 +1,7 @@
 """Process-group plumbing without processes: which store keys an attempt of a job sees."""
 import torch.distributed as dist
 
-from bigtrain.parallel.distributed import attempt_store
+from bigtrain.launch.join import attempt_store
 
 
 def test_a_store_that_outlives_attempts_gets_one_prefix_per_attempt(monkeypatch):
@@ -28,7 +28,7 @@ def test_devices_choose_where_ranks_compute(monkeypatch):
     import pytest
     import torch
 
-    from bigtrain.parallel import distributed as d
+    from bigtrain.launch import join as d
     monkeypatch.delenv(d.DEVICE_ENV, raising=False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a host with 2 GPUs
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -184,7 +184,7 @@ def test_fit_launcher_reports_the_hang():
 
 _JOIN = textwrap.dedent("""
     import sys, time
-    from bigtrain.parallel.distributed import join_existing_job
+    from bigtrain.launch.join import join_existing_job
     t0 = time.monotonic()
     try:
         join_existing_job(timeout_s=float(sys.argv[1]))

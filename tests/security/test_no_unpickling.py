@@ -133,7 +133,7 @@ def test_exporting_a_poisoned_checkpoint_runs_no_code(tmp_path, checkpoint_dir):
 
 # (file relative to the package, function, call) -> why it is safe
 ALLOWED = {
-    ("parallel/launcher.py", "_worker", "cloudpickle.load"):
+    ("launch/launcher.py", "_worker", "cloudpickle.load"):
         "each launched rank reads the payload that launch() wrote moments before into its "
         "own private TemporaryDirectory (mode 0700); it carries the user's model and classes "
         "from __main__, which only cloudpickle can send; no user-supplied path reaches it",
