@@ -166,16 +166,16 @@ class Model(nn.Module):
         weights.set_weights(self.net, values, live=self._live)
 
     def save_weights(self, path: str) -> None:
-        from bigtrain.api.saving import save_weights
+        from bigtrain.api.files import save_weights
         save_weights(self, path)
 
     def load_weights(self, path: str) -> None:
-        from bigtrain.api.saving import load_weights
+        from bigtrain.api.files import load_weights
         load_weights(self, path)
 
     def save(self, path: str) -> None:
         """Architecture as JSON + weights as safetensors, in one file (`.bigtrain`)."""
-        from bigtrain.api.saving import save_model
+        from bigtrain.api.files import save_model
         save_model(self, path)
 
 

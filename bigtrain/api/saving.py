@@ -1,109 +1,16 @@
-"""Saving and loading without pickle: weights as safetensors, the architecture as JSON in
-the safetensors metadata. A `.bigtrain` file (or any path) written by `Model.save` holds
-both; `load_model` rebuilds the graph from JSON and loads the tensors. Nothing here can
-execute code from a file.
+"""`load_model`: rebuild a Model from a file written by `Model.save` (bigtrain.api.files
+writes and reads the safetensors; nothing here can execute code from a file).
+
+Example:
+    model = bigtrain.models.load_model("model.bigtrain")
 """
 from __future__ import annotations
 
 import json
-import os
-import re
-import tempfile
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-
-from bigtrain.api.functional import GraphModule, graph_config, graph_from_config
-
-FORMAT = "bigtrain.model/1"
-
-
-def _atomic_save(tensors: dict, path: str, metadata: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash mid-write leaves
-    any previous file at `path` intact."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def save_weights(model, path: str) -> None:
-    state = model.state_for_saving()
-    _atomic_save(state, path, {"format": FORMAT, "kind": "weights", "order": json.dumps(list(state))})
-
-
-def _read(path: str) -> tuple[dict, dict]:
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such file: {path}")
-    try:
-        from safetensors import safe_open
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a bigtrain model or weights file (expected safetensors "
-                         f"written by Model.save/save_weights): {e}") from None
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} is a safetensors file but was not written by bigtrain "
-                         "(missing format metadata); load it with safetensors directly")
-    return meta, tensors
-
-
-def _natural(key: str) -> list:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", key)]
-
-
-def _in_saved_order(meta: dict, tensors: dict) -> list:
-    """The saved tensors in the model's order at save time (natural key order if unknown)."""
-    order = json.loads(meta["order"]) if "order" in meta else sorted(tensors, key=_natural)
-    return [tensors[k] for k in order if k in tensors]
-
-
-def _same_layout(own: dict, saved: list) -> bool:
-    """Same number of tensors with the same shapes, in the same order."""
-    return len(own) == len(saved) and all(
-        tuple(a.shape) == tuple(b.shape) for a, b in zip(own.values(), saved))
-
-
-def load_weights(model, path: str) -> None:
-    meta, tensors = _read(path)
-    own = model.net.state_dict()
-    missing = sorted(set(own) - set(tensors))
-    unexpected = sorted(set(tensors) - set(own))
-    wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in tensors and tensors[k].shape != own[k].shape]
-    ordered = _in_saved_order(meta, tensors)
-    if (missing or unexpected) and not wrong and _same_layout(own, ordered):
-        # Same architecture built under other automatic names (dense_2 vs dense): match the
-        # weights by their order, as Keras does for topologically saved weights.
-        tensors = dict(zip(own, ordered))
-        missing = unexpected = []
-    if missing or unexpected or wrong:
-        raise ValueError(f"the weights in {path} do not fit this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
-    model.net.load_state_dict(tensors)
-
-
-def save_model(model, path: str) -> None:
-    if not isinstance(model.net, GraphModule):
-        raise ValueError("Model.save stores the architecture as JSON, which needs a functional "
-                         "or Sequential model; for a wrapped torch module use save_weights() "
-                         "and rebuild the module in code")
-    arch = {"name": model.name, "graph": graph_config(model.net)}
-    if model.compiled is not None:
-        c = model.compiled
-        arch["compile"] = {"losses": [spec.name for spec in c.losses],
-                           "loss_weights": c.loss_weights, "metrics": c.metric_names,
-                           "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate}
-    state = model.state_for_saving()
-    _atomic_save(state, path, {"format": FORMAT, "kind": "model", "architecture": json.dumps(arch),
-                               "order": json.dumps(list(state))})
+from bigtrain.api.files import FORMAT, load_weights, read, save_model, save_weights  # noqa: F401
+from bigtrain.api.functional import graph_from_config
+from bigtrain.api.model import Model
 
 
 def load_model(path: str, compile: bool = True):
@@ -112,8 +19,7 @@ def load_model(path: str, compile: bool = True):
     Example:
         model = bigtrain.models.load_model("model.bigtrain")
     """
-    from bigtrain.api.model import Model
-    meta, tensors = _read(path)
+    meta, tensors = read(path)
     if meta.get("kind") != "model":
         raise ValueError(f"{path} holds weights only; build the model in code and call "
                          "model.load_weights(path)")

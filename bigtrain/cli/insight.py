@@ -20,7 +20,7 @@ def run_plan(args) -> int:
     from rich.console import Console
     from torch import nn
 
-    from bigtrain.cli.main import load_object
+    from bigtrain.cli.target import load_object
     from bigtrain.plan import plan
     obj = load_object(args.target)
     model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
