@@ -7,7 +7,6 @@ synchronises with the device per step except to check for a non-finite loss ever
 from __future__ import annotations
 
 import time
-import warnings
 from itertools import islice
 from dataclasses import dataclass, field
 
@@ -16,11 +15,11 @@ import torch
 from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
-from bigtrain.engine.checkpoint import Checkpointer
 from bigtrain.engine.comm_probe import exposed_sync_seconds
-from bigtrain.engine.data import (epoch_permutation, epoch_window, global_batches, num_batches,
-                                  shard_bounds)
+from bigtrain.engine.data import epoch_permutation, epoch_window, global_batches, num_batches
+from bigtrain.engine.evaluate import evaluate
 from bigtrain.engine.record import write_run_record
+from bigtrain.engine.resume import Progress, resume
 from bigtrain.engine.live import LiveWeights
 from bigtrain.engine.step import train_step
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
@@ -41,20 +40,6 @@ class FitResult:
 
 
 @dataclass
-class Progress:
-    """Optimizer steps done in all, and batches of the current epoch to skip (a run that
-    resumes mid-epoch skips the batches the checkpoint already trained on)."""
-    step: int = 0
-    skip: int = 0
-    checkpointer: Checkpointer | None = None
-
-    def after_step(self, epoch: int, batch: int, steps_per_epoch: int) -> None:
-        self.step += 1
-        if self.checkpointer is not None:
-            self.checkpointer.after_step(epoch, batch, steps_per_epoch, self.step)
-
-
-@dataclass
 class RunTiming:
     """What the loop measured for the run record: the phase timer the strategy marks into,
     optimizer steps run, one training batch kept for the end-of-fit communication probe,
@@ -68,36 +53,6 @@ class RunTiming:
 class NonFiniteLoss(Exception):
     def __init__(self, message: str):
         super().__init__(message)
-
-
-def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
-             prefix: str = "", limit: int | None = None,
-             ctx: StepContext | None = None) -> dict[str, float]:
-    """Loss and metrics over `data` (its first `limit` samples when given), sharded across
-    ranks and reduced; Keras-style logs. `ctx`: the fit's StepContext (marks for the hang
-    watchdog), None outside a fit."""
-    ctx = StepContext() if ctx is None else ctx
-    device = strategy.env.device
-    tally = Tally(task.metrics, task.activations, device)
-    shard = strategy.data_shard()
-    lo, hi = shard_bounds(len(data) if limit is None else min(limit, len(data)), *shard)
-    autocast = autocast_factory(task.config.precision, device)
-    was_training = module.training
-    module.eval()
-    with torch.no_grad():
-        for start in range(lo, hi, batch_size):
-            ctx.mark("evaluate")  # per batch: restarts the watchdog's clock only
-            idx = torch.arange(start, min(start + batch_size, hi))
-            x, y, sw = data.take(idx, device)
-            with autocast():
-                out = module(*x) if isinstance(x, tuple) else module(x)
-            loss = task.compute_loss(out, y, sw)
-            tally.loss_sum += loss.double() * len(idx)
-            tally.count += len(idx)
-            tally.update_metrics(y, out)
-    module.train(was_training)
-    ctx.mark("metrics all-reduce (evaluate)")
-    return tally.logs(strategy.all_reduce(tally.state()), prefix)
 
 
 def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
@@ -237,49 +192,20 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
         strategy.serve()
         return FitResult(stats=strategy.stats())
     owner.optimizer, owner.stop_training = optimizer, False
-    live = owner.live = LiveWeights(strategy, module)
+    owner.live = LiveWeights(strategy, module)
     steps = cfg.steps_per_epoch or num_batches(len(task.train), cfg.batch_size)
     params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
     callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
     result = FitResult()
-    progress, first_epoch = _resume(task, strategy, module, optimizer, result)
+    progress, first_epoch = resume(task, strategy, module, optimizer, result)
+    run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
+               RunTiming(ctx.timer))
     callbacks.on_train_begin()
-    t_start, samples, epoch_times = time.perf_counter(), 0, []
-    timing = RunTiming(ctx.timer)
+    t_start = time.perf_counter()
     try:
-        for epoch in range(first_epoch, cfg.epochs):
-            callbacks.on_epoch_begin(epoch)
-            t0 = time.perf_counter()
-            try:
-                logs = _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch,
-                                    timing, progress)
-            except NonFiniteLoss as e:
-                if strategy.env.is_main:
-                    print(e, flush=True)
-                owner.stop_training = True
-                break
-            samples += _epoch_samples(epoch, cfg, len(task.train))
-            if task.val is not None and cfg.validates_after(epoch):
-                val_batch = cfg.validation_batch_size or cfg.batch_size
-                limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
-                logs.update(evaluate(task, strategy, module, task.val, val_batch, "val_", limit,
-                                     ctx))
-            epoch_times.append(time.perf_counter() - t0)
-            ctx.mark("gather weights for callbacks")
-            live.gather_if(strategy.env.distributed and _rank0_reads_weights(task.callbacks))
-            ctx.mark("callbacks (epoch end)")
-            callbacks.on_epoch_end(epoch, logs)
-            live.release()
-            result.epochs.append(epoch)
-            for k, v in logs.items():
-                result.history.setdefault(k, []).append(v)
-            if progress.checkpointer is not None:  # after the History: the checkpoint keeps it
-                ctx.mark("checkpoint")
-                progress.checkpointer.after_epoch(epoch, progress.step)
-            if owner.stop_training:
-                break
+        samples, epoch_times = _epochs(run, first_epoch)
         if first_epoch < cfg.epochs:
             finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
     finally:
@@ -287,59 +213,92 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     elapsed = time.perf_counter() - t_start
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                     "wall_s": elapsed, "epoch_times": epoch_times, **strategy.stats()}
+    _finish(run)
+    owner.live = None
+    return result
+
+
+@dataclass
+class _Run:
+    """What one rank's fit works with, passed between the loop's parts."""
+    task: TrainTask
+    strategy: Strategy
+    ctx: StepContext
+    module: object
+    optimizer: object
+    owner: object
+    callbacks: CallbackList
+    progress: Progress
+    result: FitResult
+    timing: RunTiming
+
+
+def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
+    """Train epochs `first_epoch`.. until the last or a stop; (samples trained, seconds per
+    epoch)."""
+    task, strategy, cfg = run.task, run.strategy, run.task.config
+    samples, epoch_times = 0, []
+    for epoch in range(first_epoch, cfg.epochs):
+        run.callbacks.on_epoch_begin(epoch)
+        t0 = time.perf_counter()
+        try:
+            logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer,
+                                run.callbacks, epoch, run.timing, run.progress)
+        except NonFiniteLoss as e:
+            if strategy.env.is_main:
+                print(e, flush=True)
+            run.owner.stop_training = True
+            break
+        samples += _epoch_samples(epoch, cfg, len(task.train))
+        if task.val is not None and cfg.validates_after(epoch):
+            val_batch = cfg.validation_batch_size or cfg.batch_size
+            limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
+            logs.update(evaluate(task, strategy, run.module, task.val, val_batch, "val_", limit,
+                                 run.ctx))
+        epoch_times.append(time.perf_counter() - t0)
+        _epoch_end(run, epoch, logs)
+        if run.owner.stop_training:
+            break
+    return samples, epoch_times
+
+
+def _epoch_end(run: _Run, epoch: int, logs: dict[str, float]) -> None:
+    """Epoch-end callbacks (weights gathered first where rank 0 reads them), the History,
+    the epoch's checkpoint."""
+    ctx, live, result = run.ctx, run.owner.live, run.result
+    ctx.mark("gather weights for callbacks")
+    live.gather_if(run.strategy.env.distributed and _rank0_reads_weights(run.task.callbacks))
+    ctx.mark("callbacks (epoch end)")
+    run.callbacks.on_epoch_end(epoch, logs)
+    live.release()
+    result.epochs.append(epoch)
+    for k, v in logs.items():
+        result.history.setdefault(k, []).append(v)
+    if run.progress.checkpointer is not None:  # after the History: the checkpoint keeps it
+        ctx.mark("checkpoint")
+        run.progress.checkpointer.after_epoch(epoch, run.progress.step)
+
+
+def _finish(run: _Run) -> None:
+    """After training: the communication probe and the run record (when a run_dir is set),
+    then the full state for rank 0 (a collective)."""
+    task, strategy, ctx, timing = run.task, run.strategy, run.ctx, run.timing
     if task.run_dir is not None:  # every rank has the same run_dir: all probe or none
         ctx.mark("communication probe")
         timing.exposed_sync_s = exposed_sync_seconds(
-            strategy, module, timing.last_batch, safe_loss(task.compute_loss),
-            autocast_factory(cfg.precision, strategy.env.device))
+            strategy, run.module, timing.last_batch, safe_loss(task.compute_loss),
+            autocast_factory(task.config.precision, strategy.env.device))
     timing.last_batch = None
-    write_run_record(task, strategy, module, optimizer, result, timing)
+    write_run_record(task, strategy, run.module, run.optimizer, run.result, timing)
     ctx.mark("gather full state")
-    state = strategy.full_state_dict(module)
-    result.state_dict = state if strategy.env.is_main else None
-    owner.live = None
-    return result
+    state = strategy.full_state_dict(run.module)
+    run.result.state_dict = state if strategy.env.is_main else None
 
 
 def _epoch_samples(epoch: int, cfg, n: int) -> int:
     """Training samples in epoch `epoch` (all `n` unless steps_per_epoch cuts the pass)."""
     _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
     return min(n, stop * cfg.batch_size) - first * cfg.batch_size
-
-
-def _resume(task, strategy, module, optimizer, result: FitResult) -> tuple[Progress, int]:
-    """(progress, first epoch): from the checkpoint `task.checkpoint` selects, if any. When
-    that checkpoint's run already finished the epochs asked for, `result` gets its recorded
-    History and the loop has nothing to train."""
-    cfg = task.config
-    if task.checkpoint is None:
-        return Progress(), cfg.initial_epoch
-    info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
-            "shuffle": cfg.shuffle, "strategy": strategy.name,
-            "steps_per_epoch": cfg.steps_per_epoch}
-    ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info, record=result)
-    start = ckpt.restore()
-    if start is None:
-        return Progress(checkpointer=ckpt), cfg.initial_epoch
-    if start.epoch >= cfg.epochs:
-        recorded = ckpt.history()
-        result.history, result.epochs = recorded["history"], recorded["epochs"]
-        ckpt.prior, ckpt.record = recorded, None  # a later save keeps it once
-        if strategy.env.is_main:
-            warnings.warn(finished_note(task.checkpoint.directory, start.epoch, cfg.epochs),
-                          UserWarning, stacklevel=2)
-    elif strategy.env.is_main and cfg.verbose:
-        print(f"Resuming from checkpoint step {start.step} (epoch {start.epoch + 1}, "
-              f"batch {start.batch})", flush=True)
-    return Progress(start.step, start.batch, ckpt), start.epoch
-
-
-def finished_note(directory: str, done: int, epochs: int) -> str:
-    """What fit says when checkpoint_dir holds a run that already did all its epochs."""
-    return (f"checkpoint_dir {directory!r} holds a run that already finished {done} epochs "
-            f"(this fit asks for epochs={epochs}): nothing to train. fit returns that run's "
-            f"recorded History and weights. To train again pass a new checkpoint_dir (or "
-            f"resume='never'); to continue it pass epochs > {done}.")
 
 
 def _rank0_reads_weights(callbacks) -> bool:
