@@ -15,8 +15,6 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
-
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -100,58 +98,6 @@ class ParallelDims:
                              f"{self.world_size} ranks or change the degrees")
         return init_device_mesh(device_type, (self.pp, self.dp, self.tp),
                                 mesh_dim_names=MESH_DIM_NAMES)
-
-
-def all_reduce_grads(params: Iterable[nn.Parameter], group, average: bool = True,
-                     materialize: bool = False) -> None:
-    """Sum (or average) gradients over `group` with one all-reduce per dtype.
-
-    Collective: all-reduce(sum) over `group` of a flat buffer holding every local gradient
-    (a DTensor's local shard for tensor-parallel weights), then copy back.
-
-    Args:
-        params: parameters whose `.grad` to synchronise (None grads are skipped).
-        group: the process group (e.g. the data-parallel sub-mesh's group).
-        average: divide by the group size after summing (data-parallel averaging).
-        materialize: give parameters without a gradient a zero one first, so every rank
-            contributes the same buffer (ranks that skip None grads must all skip the same).
-    """
-    size = dist.get_world_size(group)
-    if size == 1:
-        return
-    params = list(params)
-    if materialize:
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-    grads = [_local(p.grad) for p in params if p.grad is not None]
-    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-    for g in grads:
-        by_dtype.setdefault(g.dtype, []).append(g)
-    for bucket in by_dtype.values():
-        flat = torch.cat([g.reshape(-1) for g in bucket])
-        dist.all_reduce(flat, group=group)
-        if average:
-            flat /= size
-        offset = 0
-        for g in bucket:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-
-def broadcast_params(params: Iterable[nn.Parameter], group, src_group_rank: int = 0) -> None:
-    """Copy parameters from one rank of `group` to the others (collective: broadcast)."""
-    if dist.get_world_size(group) == 1:
-        return
-    src = dist.get_global_rank(group, src_group_rank)
-    with torch.no_grad():
-        for p in params:
-            dist.broadcast(_local(p.data), src=src, group=group)
-
-
-def _local(t: torch.Tensor) -> torch.Tensor:
-    """The local shard of a DTensor, the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def checkpoint_blocks(module: nn.Module) -> list[str]:

@@ -16,7 +16,8 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.base import StepBatch
-from bigtrain.parallel.mesh import ParallelDims, all_reduce_grads, broadcast_params
+from bigtrain.parallel.comm import all_reduce_grads, broadcast_params
+from bigtrain.parallel.mesh import ParallelDims
 from bigtrain.parallel.slow_ranks import slowed
 
 if TYPE_CHECKING:  # pragma: no cover

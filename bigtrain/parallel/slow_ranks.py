@@ -10,12 +10,15 @@ at construction (`slow_ranks_option`).
 Example:
     slow_ranks_option(None)            # {} or e.g. {1: 3.0} from BIGTRAIN_SLOW_RANKS
     step = slowed(step, 3.0)           # step() now takes 3x its compute time
+    t0 = start_clocks(); work(); wall, cpu = pace(t0, 3.0, device)   # the same, inline
 """
 from __future__ import annotations
 
 import functools
 import os
 import time
+
+import torch
 
 SLOW_RANKS_ENV = "BIGTRAIN_SLOW_RANKS"
 
@@ -77,3 +80,25 @@ def slowed(fn, factor: float):
         finally:
             time.sleep((factor - 1.0) * (time.perf_counter() - t0))
     return wrapper
+
+
+def start_clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds now, for `pace`."""
+    return time.perf_counter(), time.process_time()
+
+
+def pace(t0: tuple[float, float], factor: float, device: torch.device) -> tuple[float, float]:
+    """End a timed piece of work begun at `t0 = start_clocks()`: wait for the device's queued
+    work, sleep (factor - 1) x its wall time (the knob; factor 1 sleeps not at all).
+
+    Returns:
+        (wall seconds, the sleep included; CPU seconds of this process x factor): the work's
+        cost as the slowed rank sees it, by either clock.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
+    if factor > 1.0:
+        time.sleep((factor - 1.0) * wall)
+        wall = time.perf_counter() - t0[0]
+    return wall, cpu * factor

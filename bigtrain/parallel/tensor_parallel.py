@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.parallel.base import Strategy, register
-from bigtrain.parallel.mesh import (ParallelDims, all_reduce_grads, broadcast_params,
-                                    checkpoint_blocks)
+from bigtrain.parallel.comm import all_reduce_grads, broadcast_params
+from bigtrain.parallel.mesh import ParallelDims, checkpoint_blocks
 
 STYLES = ("colwise", "colwise_gather", "rowwise", "replicate")
 #: layers that act element-wise, so a colwise output may flow through them still sharded

@@ -47,12 +47,15 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.base import DistEnv, Shard, StepBatch, Strategy, register
+from bigtrain.parallel.comm import all_reduce
+from bigtrain.parallel.microbatch import batch_rows, call_module
 from bigtrain.parallel.parameter_server.client import WorkerClient
 from bigtrain.parallel.parameter_server.config import MODES, PSConfig  # noqa: F401
 from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
 from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
 from bigtrain.parallel.parameter_server.store import ShardStore
-from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
+from bigtrain.parallel.slow_ranks import (check_slow_ranks, pace, slow_ranks_option,
+                                         start_clocks)
 from bigtrain.parallel.speed_shares import SpeedShares, gather_rates
 
 _TABLES = (nn.Embedding, nn.EmbeddingBag)
@@ -291,12 +294,12 @@ class ParameterServer(Strategy):
         self.client.pull(self._params, self.clock)
         self._fresh, self._in_step = {}, True
         outputs, total = [], 0.0
-        t0 = (time.perf_counter(), time.process_time())
+        t0 = start_clocks()
         try:
             for (x, y, sw), w in zip(batch.micro, batch.weights):
                 self.mark("forward")
                 with autocast():
-                    out = module(*x) if isinstance(x, tuple) else module(x)
+                    out = call_module(module, x)
                     loss = compute_loss(out, y, sw)
                 self.mark("backward")
                 (loss * w).backward()
@@ -304,7 +307,7 @@ class ParameterServer(Strategy):
                 total = total + loss.detach() * w
         finally:
             self._in_step = False
-        self._pace(t0, sum(_rows(y if y is not None else x) for x, y, _ in batch.micro))
+        self._pace(t0, batch_rows(batch.micro))
         grads = {k: p.grad for k, p in enumerate(self._params) if p.grad is not None}
         self.mark("push gradients", phase="comm")
         self.client.push(grads, self.clock)
@@ -322,13 +325,9 @@ class ParameterServer(Strategy):
         factor = dict(c.slow_ranks).get(self.env.rank, 1.0)
         if c.balance != "speed" and factor == 1.0:
             return
-        if self.env.device.type == "cuda":
-            torch.cuda.synchronize(self.env.device)
-        wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
-        if factor > 1.0:
-            time.sleep((factor - 1.0) * wall)
+        wall, cpu = pace(t0, factor, self.env.device)
         if c.balance == "speed":
-            seconds = wall * factor if c.clock == "wall" else cpu * factor
+            seconds = wall if c.clock == "wall" else cpu
             rank, n = self.env.rank, self.workers
             self._shares.observe(seconds, samples,
                                  lambda s: gather_rates(s, rank, n, group=self._groups[1]))
@@ -338,8 +337,7 @@ class ParameterServer(Strategy):
         """Reduce over the workers only (servers take no part in metric reductions)."""
         if self.workers > 1:  # on the host: the group is gloo, workers' devices may differ
             buf = tensor if tensor.device.type == "cpu" else tensor.cpu()
-            dist.all_reduce(buf, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-                                     "min": dist.ReduceOp.MIN}[op], group=self._groups[1])
+            all_reduce(buf, op, group=self._groups[1])
             if buf is not tensor:
                 tensor.copy_(buf)
         return tensor
@@ -409,10 +407,6 @@ class ParameterServer(Strategy):
         if c.slow_ranks:
             extra += f", slow ranks {dict(c.slow_ranks)}"
         return f"servers={c.servers}, mode={c.mode!r}{extra}"
-
-
-def _rows(t) -> int:
-    return int((t[0] if isinstance(t, (tuple, list)) else t).shape[0])
 
 
 register("ps", lambda: ParameterServer(mode="bsp"))
