@@ -1,23 +1,24 @@
-"""The process topology of a hybrid run: data x pipeline x tensor parallel degrees.
+"""The process topology of a run: data x pipeline x tensor parallel degrees, built once.
 
-`ParallelDims` is checked before any process group exists; `build_mesh()` then slices the
-world into a named DeviceMesh ("pp", "dp", "tp"). Ranks are laid out with tensor parallel
-innermost (neighbouring ranks, the most talkative pair, share a host) and pipeline
-outermost, as in torchtitan:
+`ParallelDims` is checked before any process group exists; `Topology` (on every rank, after
+init_process_group) slices the world into a named DeviceMesh ("pp", "dp", "tp") once and
+hands out this rank's coordinates and groups to every technique
+(bigtrain.parallel.parallelize). Ranks are laid out with tensor parallel innermost
+(neighbouring ranks, the most talkative pair, share a host) and pipeline outermost, as in
+torchtitan:
 
     world 8, pp=2 dp=2 tp=2:   rank = pp_idx * (dp*tp) + dp_idx * tp + tp_idx
 
 Example:
     dims = ParallelDims(dp=2, tp=2, world_size=4)
-    mesh = dims.build_mesh("cpu")          # every rank, after init_process_group
-    tp_group = mesh["tp"].get_group()
+    topo = Topology(dims, rank=dist.get_rank(), device_type="cpu")   # every rank
+    topo.group("tp"), topo.coords["dp"]
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-import torch
+
 import torch.distributed as dist
-from torch import nn
 
 MESH_DIM_NAMES = ("pp", "dp", "tp")
 
@@ -77,6 +78,13 @@ class ParallelDims:
             dp = world_size // (tp * pp)
         return cls(dp=dp, tp=tp, pp=pp, world_size=world_size)
 
+    def replica_batch(self, global_batch_size: int) -> int:
+        """Samples per data-parallel replica; ValueError when the batch does not split."""
+        if global_batch_size % self.dp:
+            raise ValueError(f"global batch {global_batch_size} does not split over {self.dp} "
+                             f"data-parallel replicas; use a batch size divisible by {self.dp}")
+        return global_batch_size // self.dp
+
     def coords(self, rank: int) -> dict[str, int]:
         """This rank's index along each dim, e.g. {"pp": 0, "dp": 1, "tp": 0}."""
         return {"pp": rank // (self.dp * self.tp), "dp": (rank // self.tp) % self.dp,
@@ -100,37 +108,42 @@ class ParallelDims:
                                 mesh_dim_names=MESH_DIM_NAMES)
 
 
-def checkpoint_blocks(module: nn.Module) -> list[str]:
-    """Recompute activations in backward for each block of `module`, in place.
+class Topology:
+    """This rank's place on the ("pp", "dp", "tp") mesh: the mesh, built once, and the
+    coordinates and process groups every technique asks for.
 
-    Blocks are the members of a `blocks` ModuleList (GPT-like models) or the children with
-    parameters of an `nn.Sequential`. The block's `forward` is wrapped with
-    torch.utils.checkpoint (non-reentrant), so state-dict names do not change.
+    Args:
+        dims: the validated degrees.
+        rank: this process's global rank.
+        device_type: "cpu" or "cuda" (the mesh's device).
+        distributed: False on a one-process run: no mesh, no groups (every degree is 1).
 
-    Returns:
-        The names of the wrapped blocks.
+    Example:
+        topo = Topology(ParallelDims.infer(4, tp=2), rank=1, device_type="cpu")
+        topo.coords      # {"pp": 0, "dp": 0, "tp": 1}
+        topo.group("dp") # the process group of this rank's data-parallel replicas
     """
-    if isinstance(getattr(module, "blocks", None), nn.ModuleList):
-        targets = [(f"blocks.{i}", b) for i, b in enumerate(module.blocks)]
-    elif isinstance(module, nn.Sequential):
-        targets = [(n, m) for n, m in module.named_children()
-                   if next(m.parameters(), None) is not None]
-    else:
-        targets = []
-    for _, block in targets:
-        wrap_forward_with_checkpoint(block)
-    return [n for n, _ in targets]
 
+    def __init__(self, dims: ParallelDims, rank: int, device_type: str = "cpu",
+                 distributed: bool = True):
+        self.dims, self.rank = dims, rank
+        self.mesh = dims.build_mesh(device_type) if distributed else None
+        self.coords = dims.coords(rank)
 
-def wrap_forward_with_checkpoint(block: nn.Module) -> None:
-    """Make `block(x)` run under torch.utils.checkpoint (idempotent)."""
-    from torch.utils.checkpoint import checkpoint
-    if getattr(block, "_bigtrain_checkpointed", False):
-        return
-    inner = block.forward
+    def group(self, name: str):
+        """The process group along mesh dimension `name` ("pp", "dp" or "tp") holding this
+        rank; None on a one-process run."""
+        return None if self.mesh is None else self.mesh[name].get_group()
 
-    def forward(*args, **kwargs):
-        return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+    def sub_mesh(self, name: str):
+        """The 1-D DeviceMesh along `name` (what DTensor's parallelize_module takes)."""
+        return None if self.mesh is None else self.mesh[name]
 
-    block.forward = forward
-    block._bigtrain_checkpointed = True
+    def data_shard(self) -> tuple[int, int]:
+        """(index, count) of this rank's data shard: its replica along "dp"."""
+        return (self.coords["dp"], self.dims.dp)
+
+    def last_stage_rank(self) -> int:
+        """Global rank of the last pipeline stage of this rank's (dp, tp) column."""
+        return self.dims.rank_of(pp=self.dims.pp - 1, dp=self.coords["dp"],
+                                 tp=self.coords["tp"])

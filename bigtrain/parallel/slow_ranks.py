@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from typing import Callable
 
 import torch
 
@@ -71,14 +72,21 @@ def slowed(fn, factor: float):
     """
     if factor <= 1.0:
         return fn
+    return after_each(fn, lambda seconds: time.sleep((factor - 1.0) * seconds))
+
+
+def after_each(fn, done: Callable[[float], None], clock: Callable[[], float] | None = None):
+    """`fn` that calls `done(seconds)` with each call's own duration on `clock` (default
+    time.perf_counter), even when the call raises."""
+    clock = clock if clock is not None else time.perf_counter
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            time.sleep((factor - 1.0) * (time.perf_counter() - t0))
+            done(clock() - t0)
     return wrapper
 
 

@@ -5,7 +5,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.comm import all_reduce_grads
-from bigtrain.parallel.mesh import ParallelDims
+from bigtrain.parallel.dims import ParallelDims
 from tests.dist import run_ranks
 
 
