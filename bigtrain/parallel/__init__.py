@@ -7,8 +7,8 @@ from bigtrain.parallel.base import DistEnv, Shard, StepBatch, Strategy, register
 from bigtrain.parallel.balanced import BalancedDataParallel
 from bigtrain.parallel.cpu_optimizer import CpuOptimizerDataParallel, HostOptimizer
 from bigtrain.parallel.data_parallel import DataParallel
+from bigtrain.parallel.dims import ParallelDims
 from bigtrain.parallel.hybrid import Hybrid
-from bigtrain.parallel.mesh import ParallelDims
 from bigtrain.parallel.parameter_server import ParameterServer
 from bigtrain.parallel.pipeline import Pipeline
 from bigtrain.parallel.sharded import Sharded

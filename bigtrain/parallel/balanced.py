@@ -30,56 +30,22 @@ construction) sets it.
 """
 from __future__ import annotations
 
-import time
 from typing import Sequence
 
-import torch
-import torch.distributed as dist
 from torch import nn
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from bigtrain.parallel.base import Shard, register
+from bigtrain.parallel.comm import all_reduce_grads, broadcast_module
 from bigtrain.parallel.cpu_optimizer import setup_optimizer_on
 from bigtrain.parallel.data_parallel import DataParallel, check_batch_covers_ranks
+from bigtrain.parallel.microbatch import batch_rows
 from bigtrain.parallel.slow_ranks import (SLOW_RANKS_ENV, check_slow_ranks,  # noqa: F401
-                                         parse_slow_ranks, slow_ranks_option)
+                                         pace, parse_slow_ranks, slow_ranks_option,
+                                         start_clocks)  # noqa: F401
 from bigtrain.parallel.speed_shares import SpeedShares, gather_rates, split_counts  # noqa: F401
 
 BALANCE_MODES = ("speed", "fixed", "even")
 CLOCKS = ("wall", "cpu")
-
-
-# ---- communication (every rank calls these together) ----------------------------------------
-def broadcast_module(module: nn.Module, src: int = 0) -> None:
-    """Make every rank's parameters and buffers equal to rank `src`'s (one broadcast each)."""
-    with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=src)
-
-
-def allreduce_gradients(params: list[nn.Parameter], world_size: int, bucket_bytes: int) -> None:
-    """Average `.grad` over ranks: all-reduce (sum) of flat buckets of <= `bucket_bytes`, then
-    divide by `world_size`. A missing grad counts as zeros (it is materialised) so every rank
-    sends buffers of the same layout."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    buckets, current, size = [], [], 0
-    for p in params:
-        if current and (size + p.grad.nbytes > bucket_bytes or p.grad.dtype != current[0].dtype):
-            buckets.append(current)
-            current, size = [], 0
-        current.append(p.grad)
-        size += p.grad.nbytes
-    if current:
-        buckets.append(current)
-    flats = [_flatten_dense_tensors(b) for b in buckets]
-    works = [dist.all_reduce(f, async_op=True) for f in flats]  # queued back to back
-    for bucket, flat, work in zip(buckets, flats, works):
-        work.wait()
-        flat.div_(world_size)
-        for g, avg in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
-            g.copy_(avg)
 
 
 def _check_options(balance, weights, rebalance_every, ema, optimizer_device, clock) -> None:
@@ -200,24 +166,18 @@ class BalancedDataParallel(DataParallel):
         compute_s = self._local_compute_s(ctx.step_start)
         if self.env.distributed:
             ctx.mark("gradient all-reduce", phase="comm")
-            allreduce_gradients(self._params, self.env.world_size, self.bucket_cap_mb * 2 ** 20)
+            all_reduce_grads(self._params, materialize=True,
+                             bucket_bytes=self.bucket_cap_mb * 2 ** 20)
             if self.balance == "speed":
-                n_local = sum(_rows(y if y is not None else x) for x, y, _ in batch.micro)
-                self._observe(compute_s, n_local)
+                self._observe(compute_s, batch_rows(batch.micro))
 
     def _local_compute_s(self, t0: tuple[float, float]) -> float:
         """Seconds of this rank's own compute this step (since `t0`, perf_counter and
         process_time), the slow knob's delay included."""
         if self.balance != "speed" and not self.slow_ranks:
             return 0.0  # nothing reads it: skip the device synchronisation
-        if self.env.device.type == "cuda":
-            torch.cuda.synchronize(self.env.device)
-        wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
-        factor = self.slow_ranks.get(self.env.rank, 1.0)
-        if factor > 1.0:
-            time.sleep((factor - 1.0) * wall)
-            wall = time.perf_counter() - t0[0]
-        return wall if self.clock == "wall" else cpu * factor
+        wall, cpu = pace(t0, self.slow_ranks.get(self.env.rank, 1.0), self.env.device)
+        return wall if self.clock == "wall" else cpu
 
     def _observe(self, compute_s: float, n_local: int) -> None:
         """Record one step of `n_local` samples; every `rebalance_every` measured steps,
@@ -239,10 +199,6 @@ class BalancedDataParallel(DataParallel):
         slow = f", slow ranks {self.slow_ranks}" if self.slow_ranks else ""
         host = ", optimizer on the host" if self.optimizer_device == "cpu" else ""
         return f"ddp balanced by {self.balance}{slow}{host}"
-
-
-def _rows(t) -> int:
-    return int((t[0] if isinstance(t, tuple) else t).shape[0])
 
 
 register("ddp_balanced", BalancedDataParallel)

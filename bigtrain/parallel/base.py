@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bigtrain.parallel.comm import all_reduce
+
 if TYPE_CHECKING:
     from bigtrain.parallel.context import StepContext
 
@@ -223,8 +225,7 @@ class Strategy:
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """Reduce `tensor` across all ranks in place (identity on one process)."""
         if self.env.distributed:
-            dist.all_reduce(tensor, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-                                        "min": dist.ReduceOp.MIN}[op])
+            all_reduce(tensor, op)
         return tensor
 
     def barrier(self) -> None:

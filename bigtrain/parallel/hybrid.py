@@ -1,14 +1,11 @@
 """Hybrid parallelism: data x tensor x pipeline on one device mesh.
 
-`Hybrid(dp=2, tp=2)`, `Hybrid(dp=2, pp=2)` and `Hybrid(pp=2, tp=2)` all build one
-`ParallelDims` (validated against the world size before any process group) and a mesh
-("pp", "dp", "tp"), then apply the techniques in a fixed order, as torchtitan does:
-
-    1. pipeline: cut the layer chain into stages over "pp"         (Pipeline)
-    2. tensor parallel: shard each stage's Linears over "tp"        (apply_tp)
-    3. activation checkpointing per block                          (optional)
-    4. data parallel: replicas over "dp" average gradients with one all-reduce per step
-       (a flat buffer per dtype; DTensor shards reduce their local part)
+`Hybrid(dp=2, tp=2)`, `Hybrid(dp=2, pp=2)` and `Hybrid(pp=2, tp=2)` are arguments: the
+degrees (one `ParallelDims`, validated against the world size before any process group) and
+the options of the pipeline or tensor-parallel strategy that runs them. That strategy builds
+the mesh once (bigtrain.parallel.dims.Topology) and composes the model with
+bigtrain.parallel.parallelize in its one order: pipeline -> tensor -> activation
+checkpointing -> data parallel.
 
 With pp > 1 the step is owned by the pipeline schedule; otherwise the engine's step
 (bigtrain.engine.step) runs on the tensor-parallel model with its hooks.
@@ -24,7 +21,7 @@ import torch
 from torch import nn
 
 from bigtrain.parallel.base import Strategy
-from bigtrain.parallel.mesh import ParallelDims
+from bigtrain.parallel.dims import ParallelDims
 from bigtrain.parallel.pipeline import Pipeline
 from bigtrain.parallel.tensor_parallel import TensorParallel
 

@@ -61,12 +61,16 @@ from torch import nn
 
 from bigtrain.parallel.base import Strategy, StepBatch, register
 from bigtrain.parallel.context import StepContext
-from bigtrain.parallel.mesh import ParallelDims, wrap_forward_with_checkpoint
+from bigtrain.parallel.dims import ParallelDims, Topology
+from bigtrain.parallel.parallelize import parallelize
 from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
                                                   device_aware_partition, measure_layer_costs,
-                                                  parameter_costs, slowest_replica_costs)
-from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, StageModule
+                                                  parameter_costs, sample_input_for,
+                                                  slowest_replica_costs)
+from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, PipelineSettings
+from bigtrain.parallel.pipeline_stage import StageModule
 from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
+from bigtrain.parallel.tensor_plan import check_tp
 
 SCHEDULES = ("gpipe", "1f1b", "interleaved", "zero_bubble")
 
@@ -78,13 +82,13 @@ class PipelineModule(nn.Module):
     same input); the result, from the last stage, is broadcast to all pipeline ranks.
     """
 
-    def __init__(self, stages: Sequence[StageModule], strategy: "Pipeline"):
+    def __init__(self, stages: Sequence[StageModule], runtime: PipelineRuntime):
         super().__init__()
         self.stages = nn.ModuleList(stages)
-        self._strategy = [strategy]  # a list keeps the strategy out of the module tree
+        self._runtime = [runtime]  # a list keeps the runtime out of the module tree
 
     def forward(self, x):
-        return self._strategy[0].forward_only(x)
+        return self._runtime[0].forward_only(x)
 
 
 class Pipeline(Strategy):
@@ -148,17 +152,15 @@ class Pipeline(Strategy):
     def num_processes(self, devices):
         return (self.stages or 2) * self.tp if devices is None else int(devices)
 
-    def _dims(self, world_size: int) -> ParallelDims:
+    def dims(self, world_size: int) -> ParallelDims:
+        """pp = `stages` (None: every rank not used by tp); the other ranks are replicas."""
         pp = world_size // self.tp if self.stages is None else self.stages
         return ParallelDims.infer(world_size, tp=self.tp, pp=pp)
 
     def validate(self, world_size: int, global_batch_size: int) -> None:
-        dims = self._dims(world_size)
+        dims = self.dims(world_size)
         check_slow_ranks(self.slow_ranks, world_size)
-        if global_batch_size % dims.dp:
-            raise ValueError(f"global batch {global_batch_size} does not split over {dims.dp} "
-                             f"data-parallel replicas; use a batch size divisible by {dims.dp}")
-        per_replica = global_batch_size // dims.dp
+        per_replica = dims.replica_batch(global_batch_size)
         m = self.microbatches
         if per_replica % m:
             lo = per_replica - per_replica % m
@@ -176,11 +178,9 @@ class Pipeline(Strategy):
                                  f"microbatches={rounds * (m // rounds)} or a multiple of {dims.pp}")
 
     def check_model(self, module: nn.Module, world_size: int) -> None:
-        dims = self._dims(world_size)
+        dims = self.dims(world_size)
         self.check_module(module, dims.pp)
-        if dims.tp > 1:
-            from bigtrain.parallel.tensor_parallel import check_tp
-            check_tp(module, dims.tp)
+        check_tp(module, dims.tp)
 
     def check_module(self, module: nn.Module, pp: int) -> list[tuple[str, nn.Module]]:
         """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages."""
@@ -216,30 +216,29 @@ class Pipeline(Strategy):
         if not env.distributed:
             raise ValueError("Pipeline needs several processes (one per stage); run with "
                              "devices >= 2 or under the launcher, or use strategy='single'")
-        self._rt = PipelineRuntime(self, env, self._dims(env.world_size))
+        topo = Topology(self.dims(env.world_size), env.rank, env.device.type)
+        settings = PipelineSettings(self.schedule, self.microbatches, self.micro_rows,
+                                    self.slow_ranks.get(env.rank, 1.0))
+        self._rt = PipelineRuntime(settings, env, topo)
 
     def setup_module(self, module: nn.Module) -> nn.Module:
+        """Cut, shard and wrap `module` (bigtrain.parallel.parallelize: PP -> TP -> AC -> DP)."""
         rt = self._rt
         layers = self.check_module(module, rt.dims.pp)  # same error on every rank
-        if rt.dims.tp > 1:
-            from bigtrain.parallel.tensor_parallel import check_tp
-            check_tp(module, rt.dims.tp)
+        check_tp(module, rt.dims.tp)
         module.to(self.env.device)
         self.model_keys = set(module.state_dict())  # checkpoints name tensors by these
         counts = self.split or self._balance(module, layers, rt)
         self.partition = list(counts)  # layers per stage, in stage order
-        stages = rt.build(layers, counts)
-        if self.activation_checkpointing:
-            for stage in stages:
-                for layer in stage.layers:
-                    if next(layer.parameters(), None) is not None:
-                        wrap_forward_with_checkpoint(layer)
-        return PipelineModule(stages, self)
+        stages = parallelize(module, rt.topo, pipeline=rt.cutter(layers, counts),
+                             activation_checkpointing=self.activation_checkpointing)
+        rt.start()
+        return PipelineModule(stages, rt)
 
     def _balance(self, module, layers, rt) -> list[int]:
         """Layer counts per stage from every rank's own layer costs (module docstring)."""
         slow = self.slow_ranks.get(self.env.rank, 1.0)
-        sample = self.sample_input if self.sample_input is not None else _sample_for(module)
+        sample = self.sample_input if self.sample_input is not None else sample_input_for(module)
         if sample is None:
             costs = [c * slow for c in parameter_costs(layers)]
         else:
@@ -257,7 +256,7 @@ class Pipeline(Strategy):
     def data_shard(self) -> tuple[int, int]:
         if self._rt is None:
             return (0, 1)
-        return (self._rt.dims.coords(self.env.rank)["dp"], self._rt.dims.dp)
+        return self._rt.topo.data_shard()
 
     # ---- one step -----------------------------------------------------------------------
     def train_step(self, module, optimizer, batch: StepBatch, compute_loss, autocast,
@@ -303,8 +302,8 @@ class Pipeline(Strategy):
         stages = module.stages
 
         def rename(fqn: str) -> str:
-            _, i, _, j, rest = fqn.split(".", 4)
-            return f"{stages[int(i)].names[int(j)]}.{rest}"
+            _, i, key = fqn.split(".", 2)  # "stages", i, "layers.<j>.<rest>"
+            return stages[int(i)].original_name(key)
         return rename, self.model_keys
 
     def teardown(self) -> None:
@@ -328,24 +327,6 @@ class Pipeline(Strategy):
                 "activation_checkpointing", "tp", "slow_ranks")
         return type(self) is type(other) and all(getattr(self, k) == getattr(other, k)
                                                  for k in keys)
-
-
-def _sample_for(module: nn.Module) -> torch.Tensor | None:
-    """A 2-sample input for timing layers, when the model tells its input shape."""
-    cfg = getattr(module, "config", None)
-    if cfg is not None and hasattr(cfg, "vocab_size") and hasattr(cfg, "block_size"):
-        return torch.randint(0, cfg.vocab_size, (2, cfg.block_size))
-    inputs = getattr(module, "input_tensors", None)  # a Keras-style graph's Input
-    if inputs and len(inputs) == 1:
-        shape, dtype = (2, *inputs[0].shape), inputs[0].dtype
-        return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else \
-            torch.zeros(shape, dtype=dtype)  # id 0 is in every vocabulary
-    # the first layer with weights (a Dense after a Conv2D does not tell the input's shape)
-    first = next((m for m in module.modules() if next(m.parameters(False), None) is not None),
-                 None)
-    if isinstance(first, nn.Linear):
-        return torch.randn(2, first.in_features)
-    return None
 
 
 # stages=None: one stage per process; 4 micro-batches; 1F1B keeps activation memory low

@@ -3,8 +3,9 @@
 Three steps, each usable alone:
 
 1. `chain_layers(model)`: the model as an ordered list of (name, layer) that a pipeline may
-   cut between. A GPT-like model exposes `embed`, `blocks` (ModuleList) and `head`; any
-   `nn.Sequential` is cut between its children.
+   cut between. A model declares it with `pp_layers()` (bigtrain.zoo.gpt.GPT) or `chain()`
+   (a Keras-style graph); otherwise a module exposing `embed`, `blocks` (ModuleList) and
+   `head` is cut around its blocks, and any `nn.Sequential` between its children.
 2. `measure_layer_costs(layers, sample)`: seconds of forward + backward per layer on one
    sample micro-batch (embedding and head cost differs from a block, so we time them).
 3. `balanced_partition(costs, parts)`: contiguous parts minimising the slowest part's cost
@@ -41,6 +42,9 @@ def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         TypeError: when the model is neither; the message says how to make it cut-able.
     """
     inner = getattr(model, "module", None)  # a thin wrapper (e.g. a Keras-style Model)
+    declared = getattr(model, "pp_layers", None)  # the model's own plan (zoo GPT)
+    if callable(declared):
+        return list(declared())
     if all(hasattr(model, a) for a in ("embed", "blocks", "head")):
         blocks = [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
         return [("embed", model.embed), *blocks, ("head", model.head)]
@@ -94,6 +98,26 @@ def measure_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.T
     return costs
 
 
+def sample_input_for(module: nn.Module) -> torch.Tensor | None:
+    """A 2-sample input for timing layers, when the model tells its input shape: its own
+    `sample_input(n)` (bigtrain.zoo.gpt.GPT), a Keras-style graph's Input, or the width of a
+    first Linear."""
+    declared = getattr(module, "sample_input", None)
+    if callable(declared):
+        return declared(2)
+    inputs = getattr(module, "input_tensors", None)  # a Keras-style graph's Input
+    if inputs and len(inputs) == 1:
+        shape, dtype = (2, *inputs[0].shape), inputs[0].dtype
+        return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else \
+            torch.zeros(shape, dtype=dtype)  # id 0 is in every vocabulary
+    # the first layer with weights (a Dense after a Conv2D does not tell the input's shape)
+    first = next((m for m in module.modules() if next(m.parameters(False), None) is not None),
+                 None)
+    if isinstance(first, nn.Linear):
+        return torch.randn(2, first.in_features)
+    return None
+
+
 def _forward_backward(layer: nn.Module, inp: torch.Tensor) -> torch.Tensor:
     out = layer(inp)
     out.float().sum().backward()
@@ -144,14 +168,7 @@ def device_aware_partition(cost_matrix: Sequence[Sequence[float]],
         [3, 1, 3, 1]
     """
     n, parts = len(cost_matrix[0]), len(stage_owner)
-    if not 1 <= parts <= n:
-        raise ValueError(f"cannot cut {n} layers into {parts} non-empty stages; "
-                         f"use between 1 and {n} stages")
-    if any(len(row) != n for row in cost_matrix) or not all(
-            0 <= o < len(cost_matrix) for o in stage_owner):
-        raise ValueError(f"cost_matrix must hold one row of {n} layer costs per owner and "
-                         f"stage_owner must index its {len(cost_matrix)} rows, got owners "
-                         f"{list(stage_owner)}")
+    _check_partition(cost_matrix, stage_owner)
     prefix = []  # prefix[o][i]: cost of the first i layers on owner o
     for row in cost_matrix:
         prefix.append([0.0])
@@ -177,6 +194,19 @@ def device_aware_partition(cost_matrix: Sequence[Sequence[float]],
         counts.append(i - cut[k][i])
         i = cut[k][i]
     return counts[::-1]
+
+
+def _check_partition(cost_matrix, stage_owner) -> None:
+    """ValueError unless every owner row prices every layer and the stages fit the layers."""
+    n, parts = len(cost_matrix[0]), len(stage_owner)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot cut {n} layers into {parts} non-empty stages; "
+                         f"use between 1 and {n} stages")
+    if any(len(row) != n for row in cost_matrix) or not all(
+            0 <= o < len(cost_matrix) for o in stage_owner):
+        raise ValueError(f"cost_matrix must hold one row of {n} layer costs per owner and "
+                         f"stage_owner must index its {len(cost_matrix)} rows, got owners "
+                         f"{list(stage_owner)}")
 
 
 def slowest_replica_costs(rank_costs: Sequence[Sequence[float]],

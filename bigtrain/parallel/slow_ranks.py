@@ -10,12 +10,16 @@ at construction (`slow_ranks_option`).
 Example:
     slow_ranks_option(None)            # {} or e.g. {1: 3.0} from BIGTRAIN_SLOW_RANKS
     step = slowed(step, 3.0)           # step() now takes 3x its compute time
+    t0 = start_clocks(); work(); wall, cpu = pace(t0, 3.0, device)   # the same, inline
 """
 from __future__ import annotations
 
 import functools
 import os
 import time
+from typing import Callable
+
+import torch
 
 SLOW_RANKS_ENV = "BIGTRAIN_SLOW_RANKS"
 
@@ -68,12 +72,41 @@ def slowed(fn, factor: float):
     """
     if factor <= 1.0:
         return fn
+    return after_each(fn, lambda seconds: time.sleep((factor - 1.0) * seconds))
+
+
+def after_each(fn, done: Callable[[float], None], clock: Callable[[], float] | None = None):
+    """`fn` that calls `done(seconds)` with each call's own duration on `clock` (default
+    time.perf_counter), even when the call raises."""
+    clock = clock if clock is not None else time.perf_counter
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = clock()
         try:
             return fn(*args, **kwargs)
         finally:
-            time.sleep((factor - 1.0) * (time.perf_counter() - t0))
+            done(clock() - t0)
     return wrapper
+
+
+def start_clocks() -> tuple[float, float]:
+    """(wall, CPU) seconds now, for `pace`."""
+    return time.perf_counter(), time.process_time()
+
+
+def pace(t0: tuple[float, float], factor: float, device: torch.device) -> tuple[float, float]:
+    """End a timed piece of work begun at `t0 = start_clocks()`: wait for the device's queued
+    work, sleep (factor - 1) x its wall time (the knob; factor 1 sleeps not at all).
+
+    Returns:
+        (wall seconds, the sleep included; CPU seconds of this process x factor): the work's
+        cost as the slowed rank sees it, by either clock.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
+    if factor > 1.0:
+        time.sleep((factor - 1.0) * wall)
+        wall = time.perf_counter() - t0[0]
+    return wall, cpu * factor

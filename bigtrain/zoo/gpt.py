@@ -18,6 +18,13 @@ Attention uses separate q/k/v projections (not one fused `c_attn`) so that tenso
 parallelism can shard them column-wise by heads; the head count is read from the
 projection width at run time, so a shard with `n_head / tp` heads runs the same code.
 
+Parallel plans live here, beside the layers they split (plain data: no import of any
+parallel code). `CausalSelfAttention.tp_plan(degree)` and `MLP.tp_plan(degree)` name the
+Megatron styles of their own Linears (q/k/v and c_fc column-wise, c_proj row-wise);
+bigtrain.parallel.tensor_plan prefixes them with the module's name, wherever the block
+sits (a GPT, a pipeline stage, a Keras-style TransformerBlock). `GPT.pp_layers()` is the
+chain a pipeline cuts, `GPT.sample_input(n)` what it times the layers on.
+
 Example:
     from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss
     model = GPT(GPTConfig.tiny())
@@ -110,6 +117,21 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(B, T, -1)  # (B, T, nh * hs)
         return self.resid_drop(self.c_proj(y))  # (B, T, C)
 
+    def tp_plan(self, degree: int) -> dict[str, str]:
+        """Tensor-parallel styles of this module's Linears: heads split over `degree` ranks
+        (q/k/v column-wise: nh / degree heads each), then one all-reduce after c_proj.
+
+        Raises:
+            ValueError: the head count does not divide by `degree` (names the fix).
+        """
+        heads = self.q_proj.out_features // self.head_dim
+        if heads % degree:
+            ok = [d for d in range(1, heads + 1) if heads % d == 0]
+            raise ValueError(f"has {heads} heads, not divisible by the tensor degree {degree}; "
+                             f"use a degree in {ok} or a head count divisible by {degree}")
+        return {"q_proj": "colwise", "k_proj": "colwise", "v_proj": "colwise",
+                "c_proj": "rowwise"}
+
 
 class MLP(nn.Module):
     """Position-wise feed-forward: C -> 4C -> GELU -> C."""
@@ -123,6 +145,10 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))  # (B, T, C)
+
+    def tp_plan(self, degree: int) -> dict[str, str]:
+        """Tensor-parallel styles: c_fc column-wise (4C / degree each), c_proj row-wise."""
+        return {"c_fc": "colwise", "c_proj": "rowwise"}
 
 
 class Block(nn.Module):
@@ -214,6 +240,17 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)  # (B, T, C)
         return self.head(x)  # (B, T, V)
+
+    def pp_layers(self) -> list[tuple[str, nn.Module]]:
+        """The chain a pipeline cuts, in execution order, with state-dict prefixes:
+        embed, blocks.0 .. blocks.{n-1}, head."""
+        blocks = [(f"blocks.{i}", b) for i, b in enumerate(self.blocks)]
+        return [("embed", self.embed), *blocks, ("head", self.head)]
+
+    def sample_input(self, n: int = 2) -> torch.Tensor:
+        """`n` random full-length sequences of token ids (n, block_size), e.g. to time the
+        layers on."""
+        return torch.randint(0, self.config.vocab_size, (n, self.config.block_size))
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,

@@ -4,7 +4,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from bigtrain.parallel.mesh import ParallelDims, all_reduce_grads
+from bigtrain.parallel.comm import all_reduce_grads
+from bigtrain.parallel.dims import ParallelDims
 from tests.dist import run_ranks
 
 

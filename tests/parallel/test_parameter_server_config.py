@@ -102,7 +102,7 @@ def test_store_checkpoint_round_trip(tmp_path):
 
 
 def test_only_untied_embedding_tables_are_served_by_rows():
-    from bigtrain.parallel.parameter_server.strategy import _row_tables
+    from bigtrain.parallel.parameter_server.worker import row_tables as _row_tables
 
     class Tied(nn.Module):
         def __init__(self):

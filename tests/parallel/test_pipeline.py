@@ -318,7 +318,7 @@ def test_last_stage_output_and_loss_reach_every_pipeline_rank():
 def test_a_stage_of_view_layers_returns_a_tensor_the_schedule_can_detach_in_place():
     # zero_bubble's backward-input step calls detach_() on every stage output; a Flatten-only
     # stage returned a view of its input, which detach_() refuses
-    from bigtrain.parallel.pipeline_runtime import StageModule
+    from bigtrain.parallel.pipeline_stage import StageModule
     stage = StageModule(["flatten"], [torch.nn.Flatten()])
     x = torch.randn(4, 8, 16, requires_grad=True)
     out = stage(x)
@@ -331,7 +331,7 @@ def test_layer_timing_sample_follows_the_models_input():
     # a Dense after Conv2D/Flatten must not shape the sample the layers are timed on
     from bigtrain.layers import Conv2D, Dense, Embedding, Flatten, Input
     from bigtrain.models import Model
-    from bigtrain.parallel.pipeline import _sample_for
+    from bigtrain.parallel.pipeline_partition import sample_input_for as _sample_for
     inp = Input(shape=(6, 6, 1))
     conv = Model(inp, Dense(3)(Flatten()(Conv2D(2, 3)(inp))))
     assert tuple(_sample_for(conv.net).shape) == (2, 6, 6, 1)

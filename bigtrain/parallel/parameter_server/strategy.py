@@ -47,55 +47,19 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.base import DistEnv, Shard, StepBatch, Strategy, register
+from bigtrain.parallel.comm import all_reduce
 from bigtrain.parallel.context import StepContext
+from bigtrain.parallel.microbatch import batch_rows, call_module
 from bigtrain.parallel.parameter_server.client import WorkerClient
 from bigtrain.parallel.parameter_server.config import MODES, PSConfig  # noqa: F401
 from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
 from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
 from bigtrain.parallel.parameter_server.store import ShardStore
-from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
+from bigtrain.parallel.parameter_server.worker import (RowPuller, ServerSideOptimizer,
+                                                       rank_device, row_tables)
+from bigtrain.parallel.slow_ranks import (check_slow_ranks, pace, slow_ranks_option,
+                                         start_clocks)
 from bigtrain.parallel.speed_shares import SpeedShares, gather_rates
-
-_TABLES = (nn.Embedding, nn.EmbeddingBag)
-
-
-def _row_tables(module: nn.Module) -> set[int]:
-    """ids of embedding weights served by rows: those no other kind of layer uses (a table
-    tied to an output projection is read whole, so it stays dense)."""
-    owners: dict[int, list[nn.Module]] = {}
-    for m in module.modules():
-        for p in m._parameters.values():
-            if p is not None:
-                owners.setdefault(id(p), []).append(m)
-    return {id(m.weight) for m in module.modules() if isinstance(m, _TABLES)
-            and all(isinstance(o, _TABLES) for o in owners[id(m.weight)])}
-
-
-class _ServerSideOptimizer(torch.optim.Optimizer):
-    """What workers get from `setup_optimizer`: the real optimizers live on the servers."""
-
-    def __init__(self, params):
-        super().__init__(list(params), {})
-
-    def step(self, closure=None):
-        raise RuntimeError("with a ParameterServer strategy the servers apply the updates; "
-                           "train through strategy.train_step")
-
-
-def rank_device(env: DistEnv, config: PSConfig) -> torch.device:
-    """Where this rank computes: servers on the host CPU; the last `config.cpu_workers`
-    workers on the CPU too; the other workers on the device the job gave them.
-
-    Example:
-        >>> env = DistEnv(rank=2, world_size=4, device=torch.device("cuda", 2))
-        >>> rank_device(env, PSConfig(servers=1, cpu_workers=1))
-        device(type='cpu')
-    """
-    workers = env.world_size - config.servers
-    if env.rank >= workers - config.cpu_workers:
-        return torch.device("cpu")
-    return env.device
-
 
 class ParameterServer(Strategy):
     """Workers pull parameters from and push gradients to sharded parameter servers.
@@ -143,9 +107,7 @@ class ParameterServer(Strategy):
         self._store: ShardStore | None = None
         self._groups = None  # (protocol group, worker group)
         self._params: list[nn.Parameter] = []
-        self._hooks: list = []
-        self._fresh: dict[int, torch.Tensor] = {}
-        self._in_step = False
+        self._puller: RowPuller | None = None  # a worker's lazy pulls (forward hooks)
         self.clock = 0
         self._server_stats: dict = {}
 
@@ -215,7 +177,7 @@ class ParameterServer(Strategy):
         if len(dtypes) != 1 or not next(iter(dtypes)).is_floating_point:
             raise ValueError(f"parameter servers need one floating dtype for all parameters, "
                              f"got {sorted(map(str, dtypes))}; cast the model with .to(dtype)")
-        tables = _row_tables(module)
+        tables = row_tables(module)
         self.plan = build_plan([(n, tuple(p.shape), id(p) in tables) for n, p in named],
                                self.config.servers, named[0][1].element_size())
         with torch.no_grad():  # everyone starts from the chief's initial weights
@@ -231,33 +193,9 @@ class ParameterServer(Strategy):
         self._params = [p for _, p in module.named_parameters()]
         self.client = WorkerClient(self.plan, self.env.rank, self.server_ranks(),
                                    self._groups[0], named[0][1].dtype)
-        self._install_row_hooks(module, tables)
-        self._hooks.append(module.register_forward_pre_hook(self._refresh_outside_step))
+        self._puller = RowPuller(self.client, self._params, lambda: self.clock)
+        self._puller.install(module, tables)
         return module
-
-    def _refresh_outside_step(self, module, args) -> None:
-        """A forward outside train_step (evaluate, predict) first pulls the dense pieces."""
-        if not self._in_step:
-            self.client.pull(self._params, self.clock)
-
-    def _install_row_hooks(self, module: nn.Module, tables: set[int]) -> None:
-        """Embeddings go sparse and pull the rows they look up right before their forward."""
-        index = {id(p): k for k, p in enumerate(self._params)}
-        for m in module.modules():
-            if isinstance(m, _TABLES) and id(m.weight) in tables:
-                m.sparse = True  # its gradient becomes (row ids, rows)
-                k = index[id(m.weight)]
-                self._hooks.append(m.register_forward_pre_hook(
-                    lambda mod, args, k=k: self._pull_rows(k, mod.weight, args[0])))
-
-    def _pull_rows(self, k: int, table: torch.Tensor, ids: torch.Tensor) -> None:
-        need = torch.unique(ids.detach().reshape(-1).cpu().long())
-        fresh = self._fresh.get(k)
-        if fresh is not None:
-            need = need[~torch.isin(need, fresh)]
-        if need.numel():
-            self.client.pull_rows(k, need, table, self.clock)
-            self._fresh[k] = need if fresh is None else torch.cat([fresh, need])
 
     def setup_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
         if self.is_service_rank():
@@ -265,7 +203,7 @@ class ParameterServer(Strategy):
             path = self._checkpoint_path()
             if path is not None and os.path.exists(path):
                 self._store.load(path)  # resume
-        return _ServerSideOptimizer(module.parameters())
+        return ServerSideOptimizer(module.parameters())
 
     def _checkpoint_path(self) -> str | None:
         if self.config.checkpoint_dir is None:
@@ -292,28 +230,28 @@ class ParameterServer(Strategy):
             time.sleep(delay)
         ctx.mark("pull parameters", phase="comm")
         self.client.pull(self._params, self.clock)
-        self._fresh, self._in_step = {}, True
+        self._puller.start_step()
         outputs, total = [], 0.0
-        t0 = (time.perf_counter(), time.process_time())
+        t0 = start_clocks()
         try:
             for (x, y, sw), w in zip(batch.micro, batch.weights):
                 ctx.mark("forward")
                 with autocast():
-                    out = module(*x) if isinstance(x, tuple) else module(x)
+                    out = call_module(module, x)
                     loss = compute_loss(out, y, sw)
                 ctx.mark("backward")
                 (loss * w).backward()
                 outputs.append(out.detach() if torch.is_tensor(out) else out)
                 total = total + loss.detach() * w
         finally:
-            self._in_step = False
-        self._pace(t0, sum(_rows(y if y is not None else x) for x, y, _ in batch.micro))
+            self._puller.in_step = False
+        self._pace(t0, batch_rows(batch.micro))
         grads = {k: p.grad for k, p in enumerate(self._params) if p.grad is not None}
         ctx.mark("push gradients", phase="comm")
         self.client.push(grads, self.clock)
         for p in self._params:
             p.grad = None
-        self._fresh = {}  # our own push changed those rows: pull them again next time
+        self._puller.forget()  # our own push changed those rows: pull them again next time
         self.clock += 1
         return outputs, total / max(sum(batch.weights), 1e-12)
 
@@ -325,13 +263,9 @@ class ParameterServer(Strategy):
         factor = dict(c.slow_ranks).get(self.env.rank, 1.0)
         if c.balance != "speed" and factor == 1.0:
             return
-        if self.env.device.type == "cuda":
-            torch.cuda.synchronize(self.env.device)
-        wall, cpu = time.perf_counter() - t0[0], time.process_time() - t0[1]
-        if factor > 1.0:
-            time.sleep((factor - 1.0) * wall)
+        wall, cpu = pace(t0, factor, self.env.device)
         if c.balance == "speed":
-            seconds = wall * factor if c.clock == "wall" else cpu * factor
+            seconds = wall if c.clock == "wall" else cpu
             rank, n = self.env.rank, self.workers
             self._shares.observe(seconds, samples,
                                  lambda s: gather_rates(s, rank, n, group=self._groups[1]))
@@ -341,8 +275,7 @@ class ParameterServer(Strategy):
         """Reduce over the workers only (servers take no part in metric reductions)."""
         if self.workers > 1:  # on the host: the group is gloo, workers' devices may differ
             buf = tensor if tensor.device.type == "cpu" else tensor.cpu()
-            dist.all_reduce(buf, op={"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX,
-                                     "min": dist.ReduceOp.MIN}[op], group=self._groups[1])
+            all_reduce(buf, op, group=self._groups[1])
             if buf is not tensor:
                 tensor.copy_(buf)
         return tensor
@@ -387,9 +320,8 @@ class ParameterServer(Strategy):
     def teardown(self) -> None:
         if self.client is not None:
             self.client.done()
-        for h in self._hooks:
-            h.remove()
-        self._hooks = []
+        if self._puller is not None:
+            self._puller.remove()
 
     timing_note = ("comm_exposed is the pull of the parameters and the push of the gradients "
                    "(in SSP/BSP including the wait for other workers); embedding rows pulled "
@@ -412,10 +344,6 @@ class ParameterServer(Strategy):
         if c.slow_ranks:
             extra += f", slow ranks {dict(c.slow_ranks)}"
         return f"servers={c.servers}, mode={c.mode!r}{extra}"
-
-
-def _rows(t) -> int:
-    return int((t[0] if isinstance(t, (tuple, list)) else t).shape[0])
 
 
 register("ps", lambda: ParameterServer(mode="bsp"))
