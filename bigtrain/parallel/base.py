@@ -237,7 +237,10 @@ class Strategy:
                 with self.no_sync(module):
                     out, loss = self._micro_step(module, x, y, sw, scale, compute_loss,
                                                  autocast, "backward")
-            outputs.append(out.detach() if isinstance(out, torch.Tensor) else out)
+            held = out.detach() if isinstance(out, torch.Tensor) else out
+            if held is not out and hasattr(out, "_keras_mask"):  # masked metrics read it
+                held._keras_mask = out._keras_mask
+            outputs.append(held)
             total = loss.detach() if whole else total + loss.detach() * w
         self.mark("optimizer step")
         self.optimizer_step(optimizer)
