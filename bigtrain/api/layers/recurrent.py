@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from bigtrain.api.layers import rnn_loop
 from bigtrain.api.layers.base import Layer
 from bigtrain.api.layers.rnn_mask import run_masked
 
@@ -49,6 +50,9 @@ class _RNN(Layer):
 
     gates = 1
     activations = ("tanh",)
+    #: one step's math, (input terms, recurrent terms, state, activation) -> new state,
+    #: for the step-by-step recurrent_dropout path (bigtrain.api.layers.rnn_loop)
+    cell = None
 
     def __init__(self, units: int, activation="tanh", use_bias: bool = True,
                  return_sequences: bool = False, return_state: bool = False,
@@ -61,15 +65,13 @@ class _RNN(Layer):
         if activation not in self.activations:
             raise ValueError(f"{kind} supports activation in {self.activations} (torch's fused "
                              f"kernels), got {activation!r}")
-        if recurrent_dropout:
-            raise ValueError(f"{kind}: recurrent_dropout is not supported (it cannot run in "
-                             "torch's fused kernel); use dropout= on the inputs instead")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{kind} dropout must be in [0, 1), got {dropout}")
+        for arg, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{kind} {arg} must be in [0, 1), got {rate}")
         self.units, self.activation, self.use_bias = units, activation, use_bias
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
         self.return_state = bool(return_state)
-        self.dropout = float(dropout)
+        self.dropout, self.recurrent_dropout = float(dropout), float(recurrent_dropout)
         self.zero_output_for_mask = False  # Bidirectional sets it when returning sequences
 
     def _features(self, input_shape) -> int:
@@ -113,10 +115,12 @@ class _RNN(Layer):
 
     def run(self, x, mask=None):
         """(outputs (B, T, u) in the order the steps were taken, final states tuple (B, u))."""
+        state = tuple(x.new_zeros(1, x.shape[0], self.units) for _ in range(self.states))
+        if self.recurrent_dropout and self.training:  # off the fused kernel, as Keras
+            return self._run_dropped(x, mask, state)
         if self.dropout and self.training:  # one mask per sequence, as Keras
             keep = torch.empty_like(x[:, :1]).bernoulli_(1.0 - self.dropout)
             x = x * keep / (1.0 - self.dropout)
-        state = tuple(x.new_zeros(1, x.shape[0], self.units) for _ in range(self.states))
         params = [self.weight_ih, self.weight_hh, *(self._biases() if self.use_bias else ())]
 
         def kernel(inp, st, batch_sizes):
@@ -127,6 +131,17 @@ class _RNN(Layer):
                               self.zero_output_for_mask)
         out, state = kernel(x.flip(1) if self.go_backwards else x, state, None)
         return out, tuple(s[0] for s in state)
+
+    def _run_dropped(self, x, mask, state):
+        """Training with recurrent_dropout: Keras's per-gate masks, one step at a time."""
+        b_ih, b_hh = self._biases() if self.use_bias else (None, None)
+        xp = rnn_loop.input_projection(x, self.weight_ih, b_ih, self.gates, self.dropout)
+        kernel = rnn_loop.step_kernel(self.cell, self.weight_hh, b_hh, self.gates,
+                                      self.recurrent_dropout, x.shape[0], self.activation)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return run_masked(kernel, xp, mask, state, self.go_backwards,
+                          self.zero_output_for_mask, stepwise=True)
 
     def saved_activation_elems(self, x) -> int:
         """Elements autograd keeps per call for the planner: every step's gate
@@ -145,7 +160,7 @@ class _RNN(Layer):
         return {"name": self.name, "units": self.units, "activation": self.activation,
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout}
 
 
 class SimpleRNN(_RNN):
@@ -155,6 +170,7 @@ class SimpleRNN(_RNN):
     """
 
     activations = ("tanh", "relu")
+    cell = staticmethod(rnn_loop.simple_rnn_cell)
 
     def _fused(self, x, state, params, batch_sizes=None):
         kernel = torch.rnn_tanh if self.activation == "tanh" else torch.rnn_relu
@@ -179,6 +195,7 @@ class LSTM(_RNN):
     """
 
     gates = 4
+    cell = staticmethod(rnn_loop.lstm_cell)
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, unit_forget_bias: bool = True, **kwargs):
@@ -219,6 +236,7 @@ class GRU(_RNN):
     """
 
     gates = 3
+    cell = staticmethod(rnn_loop.gru_cell)
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, reset_after: bool = True, **kwargs):
