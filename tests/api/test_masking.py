@@ -218,3 +218,41 @@ def test_masked_targets_of_wrong_shape_are_refused():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError):
         model.fit(RIGHT.astype("int64"), np.zeros((4, 1), "float32"), verbose=0)
+
+
+@pytest.mark.parametrize("rnn,states,sequences", [("LSTM", 2, True), ("GRU", 1, False)])
+def test_bidirectional_return_state_matches_keras(rnn, states, sequences, tmp_path):
+    """Keras returns [output, forward states..., backward states...]; predict, save/load and
+    one SGD step on a loss over every output agree with Keras."""
+    import keras
+    import bigtrain.layers as B
+    from bigtrain.optimizers import SGD
+    keras.utils.set_random_seed(0)
+    models = []
+    for L, I, M in ((keras.layers, keras.Input, keras.Model), (B, B.Input, Model)):
+        inp = I(shape=(6,), dtype="int64")
+        res = L.Bidirectional(getattr(L, rnn)(4, return_sequences=sequences,
+                                              return_state=True))(
+            L.Embedding(5, 3, mask_zero=True)(inp))
+        assert len(res) == 1 + 2 * states
+        models.append(M(inp, list(res)))
+    kmodel, model = models
+    model.set_weights(kmodel.get_weights())
+    ids = ANY.astype("int64")
+    want, got = kmodel.predict(ids, verbose=0), model.predict(ids)
+    assert [np.shape(a) for a in got] == [np.shape(b) for b in want]
+    worst = max(np.abs(np.asarray(a) - b).max() for a, b in zip(got, want))
+    model.save(tmp_path / "m.keras")
+    for a, b in zip(load_model(tmp_path / "m.keras").predict(ids), got):
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() == 0.0
+    rng = np.random.default_rng(0)
+    ys = [rng.normal(size=np.shape(w)).astype("float32") for w in want]
+    kmodel.compile(optimizer=keras.optimizers.SGD(0.5), loss=["mse"] * len(ys))
+    kmodel.fit(ids, ys, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    model.compile(optimizer=SGD(0.5), loss=["mse"] * len(ys))
+    before = model.get_weights()
+    model.fit(ids, ys, batch_size=4, epochs=1, shuffle=False, verbose=0)
+    assert max(np.abs(a - b).max() for a, b in zip(model.get_weights(), before)) > 1e-3
+    for a, b in zip(model.get_weights(), kmodel.get_weights()):
+        worst = max(worst, float(np.abs(a - b).max()))
+    assert worst <= 1e-5

@@ -296,9 +296,6 @@ class Bidirectional(Layer):
         if merge_mode not in self.modes:
             raise ValueError(f"Bidirectional merge_mode must be one of {self.modes}, "
                              f"got {merge_mode!r}")
-        if layer.return_state:
-            raise ValueError("Bidirectional does not take a layer with return_state=True yet; "
-                             "use two recurrent layers (one with go_backwards=True) instead")
         config = {k: v for k, v in layer.get_config().items() if k != "name"}
         self.forward_layer = layer
         self.backward_layer = type(layer)(**{**config, "go_backwards": not layer.go_backwards},
@@ -312,7 +309,11 @@ class Bidirectional(Layer):
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
-        return (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
+        states = shape[1:] if self.forward_layer.return_state else None
+        shape = shape[0] if states is not None else shape
+        out = (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
+        # return_state, as Keras: [output, forward states..., backward states...]
+        return out if states is None else [out, *states, *states]
 
     def build(self, input_shape):
         for layer in (self.forward_layer, self.backward_layer):
@@ -323,8 +324,16 @@ class Bidirectional(Layer):
     def call(self, x, mask=None):
         mask = getattr(x, "_keras_mask", None) if mask is None else mask
         fwd, bwd = self.forward_layer(x, mask=mask), self.backward_layer(x, mask=mask)
+        states = []
+        if self.forward_layer.return_state:  # [y, *states] from each direction
+            (fwd, *fwd_states), (bwd, *bwd_states) = fwd, bwd
+            states = [*fwd_states, *bwd_states]
         if self.forward_layer.return_sequences:
             bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
+        out = self._merge(fwd, bwd)
+        return [out, *states] if states else out
+
+    def _merge(self, fwd, bwd):
         if self.merge_mode == "concat":
             return torch.cat([fwd, bwd], dim=-1)
         if self.merge_mode == "sum":
