@@ -131,3 +131,13 @@ def test_recurrent_dropout_masks_one_per_sequence():
     dropped, kept = (h == 1.0), (h == 2.0 ** steps - 1)
     assert bool((dropped | kept).all())
     assert abs(float(dropped.float().mean()) - p) < 0.03  # 4000 draws: 3 sigma is 0.024
+
+
+def test_recurrent_call_with_bad_rank_or_mask_names_layer_and_shapes():
+    import torch
+    layer = LSTM(3, name="r")
+    layer(torch.zeros(2, 5, 4))
+    with pytest.raises(ValueError, match=r"LSTM 'r' expects inputs of rank 3.*\(5, 4\)"):
+        layer(torch.zeros(5, 4))
+    with pytest.raises(ValueError, match=r"LSTM 'r'.*mask has shape \(2, 4\).*\(2, 5\)"):
+        layer(torch.zeros(2, 5, 4), mask=torch.ones(2, 4, dtype=torch.bool))

@@ -144,6 +144,11 @@ class MultiHeadAttention(Layer):
         query, value = parts[0], parts[1]
         key = parts[2] if has_key else value
         mask = parts[-1].bool() if has_mask else None
+        want = (query.shape[0], query.shape[1], key.shape[1])
+        if mask is not None and tuple(mask.shape) != want:  # a tensor handed in directly
+            raise ValueError(f"MultiHeadAttention {self.name!r}: attention_mask must have "
+                             f"shape (batch, query steps, key steps) = {want}, got "
+                             f"{tuple(mask.shape)}")
         if use_causal_mask:
             causal = _causal(query.shape[1], key.shape[1], query.device)
             mask = causal if mask is None else mask & causal

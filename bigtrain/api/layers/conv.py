@@ -57,7 +57,7 @@ class _Conv(Layer):
                              f"got {filters!r}")
         padding = str(padding).lower()
         if padding not in self.paddings:
-            raise ValueError(f"{type(self).__name__} padding must be one of "
+            raise ValueError(f"{type(self).__name__} {self.name!r}: padding must be one of "
                              f"{', '.join(map(repr, self.paddings))}, got {padding!r}"
                              + ("; padding='causal' exists only for Conv1D"
                                 if padding == "causal" else ""))
@@ -132,6 +132,10 @@ class _Conv(Layer):
 
     # ---- run ----------------------------------------------------------------------------
     def call(self, x):
+        if x.dim() != self.rank + 2:  # a tensor handed to the layer itself, past the graph
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects inputs of rank "
+                             f"{self.rank + 2} (batch, {self.rank} spatial axes, channels), "
+                             f"got a tensor of shape {tuple(x.shape)}")
         last = self.data_format == "channels_last"
         if last:
             x = x.movedim(-1, 1)  # (B, C, *spatial) view; channels_last memory for 2D/3D

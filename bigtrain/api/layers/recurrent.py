@@ -132,6 +132,17 @@ class _RNN(Layer):
         out, state = kernel(x.flip(1) if self.go_backwards else x, state, None)
         return out, tuple(s[0] for s in state)
 
+    def _check_call(self, x, mask) -> None:
+        """A tensor (and mask) handed to the layer itself, past the graph's shape checks."""
+        kind = f"{type(self).__name__} {self.name!r}"
+        if x.dim() != 3:
+            raise ValueError(f"{kind} expects inputs of rank 3 (batch, timesteps, features), "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"{kind}: the time-step mask has shape {tuple(mask.shape)}, "
+                             f"expected (batch, timesteps) = {tuple(x.shape[:2])} for inputs "
+                             f"of shape {tuple(x.shape)}")
+
     def _run_dropped(self, x, mask, state):
         """Training with recurrent_dropout: Keras's per-gate masks, one step at a time."""
         b_ih, b_hh = self._biases() if self.use_bias else (None, None)
@@ -152,6 +163,7 @@ class _RNN(Layer):
 
     def call(self, x, mask=None):
         mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        self._check_call(x, mask)
         out, state = self.run(x, mask)
         y = out if self.return_sequences else state[0]  # Keras's last output is h_T
         return [y, *state] if self.return_state else y
