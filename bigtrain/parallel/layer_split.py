@@ -130,3 +130,13 @@ def describe_split(module: torch.nn.Module, degree: int) -> list[str]:
         elif next(m.parameters(recurse=False), None) is not None:
             lines.append(f"{name}: replicated ({kind} has no tensor-parallel split)")
     return lines
+
+
+def split_summary(module: torch.nn.Module, degree: int) -> str:
+    """`describe_split` in one line for the plan printout: how many layers split, and each
+    replicated one with the reason."""
+    lines = describe_split(module, degree)
+    kept = [line.replace(": replicated", "") for line in lines if ": replicated" in line]
+    text = (f"tensor parallel over {degree} ranks splits {len(lines) - len(kept)} of "
+            f"{len(lines)} layers with weights")
+    return text + ("; replicated: " + "; ".join(kept) if kept else "")

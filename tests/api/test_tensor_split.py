@@ -97,3 +97,16 @@ def test_fit_with_tensor_parallel_matches_one_process():
     moved = max(np.abs(a - b).max() for a, b in zip(states[0], start))
     assert moved > 1e-3  # the guard: three steps move the weights far beyond the tolerance
     assert max(np.abs(a - b).max() for a, b in zip(*states)) <= 1e-5
+
+
+def test_plan_printout_says_what_tensor_parallelism_replicates(tmp_path, capsys):
+    from bigtrain.cli.main import main
+    f = tmp_path / "m.py"
+    f.write_text("from bigtrain.layers import Conv1D, Input, LSTM\n"
+                 "from bigtrain.models import Model\n"
+                 "def build():\n    i = Input(shape=(8, 3))\n"
+                 "    return Model(i, LSTM(2)(Conv1D(4, 3, name='c')(i)))\n")
+    assert main(["plan", f"{f}:build", "--devices", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tensor parallel over 2 ranks splits 1 of 2 layers with weights; replicated: " \
+           "layers.lstm (LSTM has no tensor-parallel split)" in out
