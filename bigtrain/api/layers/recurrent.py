@@ -11,7 +11,8 @@ Python loop over steps):
   same formula with gates in the order r, z, n, so the kernels' column blocks are reordered.
 - SimpleRNN: h_t = tanh(x W + h U + b) is `rnn_tanh` (or `rnn_relu`) with b_hh = 0.
 
-Parameters are kept in torch's layout; `keras_weights` converts to Keras's.
+Parameters are kept in torch's layout; `keras_weights` converts to Keras's. In training with
+`recurrent_dropout` > 0 the recurrence runs step by step instead (rnn_loop), as Keras's does.
 """
 from __future__ import annotations
 
