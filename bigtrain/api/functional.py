@@ -95,6 +95,9 @@ class GraphModule(nn.Module):
             else:
                 values[id(node.outputs[0])] = out
         outs = [values[id(t)] for t in self.output_tensors]
+        for t, out in zip(self.output_tensors, outs):  # Keras's place for it: the loss and
+            if id(t) in masks:                          # the metrics read it there
+                out._keras_mask = masks[id(t)]
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def chain(self) -> nn.Sequential | None:

@@ -82,8 +82,13 @@ class LossSpec:
 
     #: the callable takes (y_pred, y_true) as torch losses do, not Keras's (y_true, y_pred)
     torch_order: bool = False
+    #: the output carries a Keras time-step mask (`_keras_mask`, (B, T) bool): masked steps
+    #: are left out of the loss, as Keras does
+    masked: bool = False
 
     def __call__(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
+        if self.masked:
+            return self._masked_loss(y_true, y_pred, sample_weight)
         if sample_weight is None and self.from_logits and y_pred.dim() == 2 and \
                 self.name in _CLASS_ID_LOSSES and not y_true.is_floating_point():
             ids = y_true if y_true.dim() == 1 else y_true.reshape(-1)
@@ -101,11 +106,40 @@ class LossSpec:
             per = per * sample_weight.to(per.dtype)
         return per.mean()  # Keras "sum_over_batch_size"
 
+    def _per_step(self, y_true, y_pred) -> torch.Tensor:
+        if self.name is None:
+            return self.fn(y_pred, y_true) if self.torch_order else self.fn(y_true, y_pred)
+        return self.fn(y_true, y_pred, from_logits=self.from_logits)
+
+    def _masked_loss(self, y_true, y_pred, sample_weight) -> torch.Tensor:
+        """Keras's masked "sum_over_batch_size": sum(loss * weight * mask) / sum(mask).
+
+        The loss runs on the real steps only, y_pred (B, T, ...)[mask] -> (N, ...), so every
+        loss (and a user's callable) gets Keras's per-step values; no real step: zero."""
+        mask = getattr(y_pred, "_keras_mask", None)
+        if mask is None:
+            raise RuntimeError("this output carries a time-step mask (Embedding(mask_zero=True) "
+                               "or Masking) but the loss got the output without it: the model "
+                               "ran inside a wrapper that replaced its outputs")
+        if tuple(y_true.shape[:2]) != tuple(mask.shape):
+            raise ValueError(f"the targets have shape {tuple(y_true.shape)}, but the output's "
+                             f"time-step mask is {tuple(mask.shape)} (batch, timesteps): give "
+                             "one target per time step")
+        per = self._per_step(y_true[mask], y_pred[mask])  # (N,) per real step
+        if per.dim() == 0:
+            raise ValueError("a loss callable on a masked output must return one value per "
+                             "time step, not a scalar")
+        per = per.reshape(per.shape[0], -1).mean(-1)
+        if sample_weight is not None:  # (B,) per sample -> every step of that sample
+            weight = sample_weight.to(per.dtype).reshape(-1, 1).expand(mask.shape)[mask]
+            per = per * weight
+        return per.sum() / max(per.shape[0], 1)
+
 
 def get_loss(loss) -> LossSpec:
     """A LossSpec from a Keras loss name or a callable `(y_true, y_pred) -> loss`."""
     if isinstance(loss, LossSpec):
-        return LossSpec(loss.name, loss.fn, loss.from_logits, loss.torch_order)
+        return LossSpec(loss.name, loss.fn, loss.from_logits, loss.torch_order, loss.masked)
     if callable(loss) and not isinstance(loss, str):
         # torch losses (nn.CrossEntropyLoss(), F.cross_entropy) take (input, target)
         torch_order = isinstance(loss, torch.nn.modules.loss._Loss) or \

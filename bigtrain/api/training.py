@@ -44,15 +44,28 @@ def _defer_output_activation(model, index: int, loss: LossSpec):
     return None
 
 
-def _refuse_masked_outputs(model) -> None:
-    """Keras leaves masked steps out of the loss; bigtrain's losses do not take masks yet."""
-    for t in getattr(model.net, "output_tensors", ()):
-        if getattr(t, "masked", False):
-            raise ValueError(f"output {t.node.layer.name!r} carries a time-step mask (from "
-                             "Embedding(mask_zero=True) or Masking), which Keras would leave "
-                             "out of the loss and bigtrain's losses do not yet; end the model "
-                             "with a layer that drops the mask (e.g. return_sequences=False) "
-                             "or drop the mask")
+def _masked_outputs(model) -> list[bool]:
+    """Per output: it carries a time-step mask (Embedding(mask_zero=True), Masking), which
+    Keras leaves out of the loss and the metrics."""
+    tensors = getattr(model.net, "output_tensors", None)
+    if tensors is None:
+        return [False] * len(model.output_names)
+    return [bool(getattr(t, "masked", False)) for t in tensors]
+
+
+def _refuse_masked_loss_on_ranks(model, devices) -> None:
+    """A masked loss divides by the real steps of the whole batch; ranks each see their own
+    share of them, so their mean gradients would not add up to one process's."""
+    import os
+    from bigtrain.parallel import distributed as dist_env
+    if not any(spec.masked for spec in model.compiled.losses):
+        return
+    n = dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))
+    if n > 1:
+        raise ValueError(f"an output carries a time-step mask (masked steps are left out of "
+                         f"the loss), which bigtrain computes exactly on one process only, "
+                         f"not on {n}: fit on one process, or end the model with a layer that "
+                         "drops the mask (e.g. return_sequences=False)")
 
 
 def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
@@ -64,12 +77,13 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
             layer.defer_activation = False
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='categorical_crossentropy'")
-    _refuse_masked_outputs(model)
     raw = [loss[n] for n in model.output_names] if isinstance(loss, dict) else \
         list(loss) if isinstance(loss, (list, tuple)) else [loss] * n_out
     if len(raw) != n_out:
         raise ValueError(f"got {len(raw)} losses for {n_out} outputs ({model.output_names})")
     losses = [get_loss(item) for item in raw]
+    for spec, masked in zip(losses, _masked_outputs(model)):
+        spec.masked = masked
     activations = [_defer_output_activation(model, i, spec) for i, spec in enumerate(losses)]
     names = list(metrics or [])
     per_output = [names[o] if isinstance(names, dict) else names for o in range(n_out)] \
@@ -239,6 +253,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
+    _refuse_masked_loss_on_ranks(model, devices)
     return run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
                    make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir),
                    capture=lambda strat: stop_if_capturing(model, data, val, config, strat,

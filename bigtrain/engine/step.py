@@ -60,7 +60,10 @@ def train_step(strategy: Strategy, ctx: StepContext, module, optimizer, batch: S
             with strategy.no_sync(module):
                 out, loss = _micro_step(strategy, ctx, module, (x, y, sw), scale, compute_loss,
                                         autocast, "backward")
-        outputs.append(out.detach() if isinstance(out, torch.Tensor) else out)
+        held = out.detach() if isinstance(out, torch.Tensor) else out
+        if held is not out and hasattr(out, "_keras_mask"):  # masked metrics read it
+            held._keras_mask = out._keras_mask
+        outputs.append(held)
         total = loss.detach() if whole else total + loss.detach() * w
     strategy.sync_grads(module, optimizer, batch, ctx)
     ctx.mark("optimizer step")

@@ -94,8 +94,11 @@ class Tally:
         for i, (ms, out, y) in enumerate(zip(self.metrics, outs, ys)):
             if not ms or not out.shape[0]:
                 continue
+            mask = getattr(out, "_keras_mask", None)  # (B, T) time-step mask, as Keras
             if out.requires_grad:
                 out = out.detach()  # metrics only read values: no graph
+            if mask is not None:  # Keras leaves masked steps out of the metrics
+                out, y = out[mask], y[mask]
             plan = self._plans[i] or self._plan(i, y, out)
             for m in plan[0]:
                 m.update(y, out)  # argmax metrics: softmax changes nothing

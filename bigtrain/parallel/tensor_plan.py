@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigtrain.parallel.layer_split import SplitsItself
+
 STYLES = ("colwise", "colwise_gather", "rowwise", "replicate")
 #: layers that act element-wise, so a colwise output may flow through them still sharded
 ELEMENTWISE = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.LeakyReLU, nn.ELU,
@@ -66,6 +68,9 @@ def tp_plan(module: nn.Module, degree: int,
     plan = {f"{prefix}{local}": style for prefix, m in _declaring(module)
             for local, style in m.tp_plan(degree).items()}
     plan.update(_chain_plan(module, degree, skip=set(plan) | tied))
+    for name, m in module.named_modules():  # conv channels, attention heads: see layer_split
+        if isinstance(m, SplitsItself):
+            plan[name] = "split" if m.tp_split(degree) is None else "replicate"
     for name in tied:
         plan[name] = "replicate"
     for pattern, style in check_styles(overrides).items():
@@ -176,9 +181,10 @@ def apply_tp(module: nn.Module, tp_mesh, plan: Mapping[str, str]) -> nn.Module:
                                                    parallelize_module)
     styles = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel,
               "colwise_gather": lambda: ColwiseParallel(output_layouts=Replicate())}
-    parallel = {n: styles[s]() for n, s in plan.items() if s != "replicate"}
+    parallel = {n: styles[s]() for n, s in plan.items() if s not in ("replicate", "split")}
+    split = [n for n, s in plan.items() if s == "split"] if tp_mesh.size() > 1 else []
     linears = [n for n, m in module.named_modules() if isinstance(m, nn.Linear)]
-    if tp_mesh.size() > 1 and linears and not parallel:  # (a pipeline stage may hold none)
+    if tp_mesh.size() > 1 and linears and not parallel and not split:  # (a stage may hold none)
         warnings.warn(
             f"tensor parallelism over {tp_mesh.size()} ranks splits no layer of "
             f"{type(module).__name__} ({len(linears)} Linear layers, all replicated: "
@@ -187,6 +193,8 @@ def apply_tp(module: nn.Module, tp_mesh, plan: Mapping[str, str]) -> nn.Module:
             "a data-parallel strategy", stacklevel=2)
     if tp_mesh.size() > 1 and parallel:
         parallelize_module(module, tp_mesh, parallel)
+    for name in split:  # layers that shard themselves (layer_split.SplitsItself)
+        module.get_submodule(name).tp_apply(tp_mesh)
     return module
 
 

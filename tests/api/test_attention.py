@@ -74,3 +74,9 @@ def test_bad_attention_input_says_what_and_how():
     with pytest.raises(ValueError, match=r"'m3' expects a query of shape.*\(None, 6\)"):
         MultiHeadAttention(2, 3, name="m3")(Input(shape=(6,)), v)
     assert torch.is_tensor(MultiHeadAttention(1, 2)(torch.ones(1, 2, 3), torch.ones(1, 2, 3)))
+    mha = MultiHeadAttention(2, 3, name="m4")
+    q, v = torch.ones(2, 4, 6), torch.ones(2, 3, 5)
+    mha(q, v, attention_mask=torch.ones(2, 4, 3))
+    with pytest.raises(ValueError, match=r"'m4': attention_mask must have shape.*\(2, 4, 3\), "
+                                         r"got \(2, 4\)"):
+        mha(q, v, attention_mask=torch.ones(2, 4))  # a padding mask where Keras wants (B, Tq, Tk)

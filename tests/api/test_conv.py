@@ -51,8 +51,15 @@ def test_conv_bad_input_names_layer_and_shapes(factory, shape, match):
 
 
 def test_causal_padding_is_conv1d_only():
-    with pytest.raises(ValueError, match="Conv2D padding.*'causal'.*only for Conv1D"):
-        Conv2D(4, 3, padding="causal")
+    with pytest.raises(ValueError, match="Conv2D 'c2': padding.*'causal'.*only for Conv1D"):
+        Conv2D(4, 3, padding="causal", name="c2")
+
+
+def test_conv_called_on_a_tensor_of_wrong_rank_names_layer_and_shape():
+    layer = Conv2D(2, 3, name="c")
+    layer(torch.zeros(1, 5, 5, 1))
+    with pytest.raises(ValueError, match=r"Conv2D 'c' expects inputs of rank 4.*\(5, 5, 1\)"):
+        layer(torch.zeros(5, 5, 1))
 
 
 def test_conv_model_saves_and_loads(tmp_path):

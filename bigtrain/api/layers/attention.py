@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.layers.base import Layer
+from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, local, reduce_from_tp, \
+    shard_param
 
 _NEG = 1e9  # Keras's large negative score for masked positions (float32)
 
@@ -38,7 +40,7 @@ def _glorot_keras(w: torch.Tensor) -> None:
     nn.init.uniform_(w, -limit, limit)
 
 
-class MultiHeadAttention(Layer):
+class MultiHeadAttention(Layer, SplitsItself):
     """`keras.layers.MultiHeadAttention(num_heads, key_dim)`, called `mha(query, value, key)`.
 
     Keras weights: query/key kernels (d, heads, key_dim) with biases (heads, key_dim), the
@@ -133,17 +135,38 @@ class MultiHeadAttention(Layer):
             self.output_bias = nn.Parameter(torch.zeros(out))
 
     def _project(self, x, role):
-        """(B, T, d) -> (B, heads, T, dim) through the role's kernel (d, heads, dim)."""
-        w = getattr(self, f"{role}_kernel")
+        """(B, T, d) -> (B, heads, T, dim) through the role's kernel (d, heads, dim)
+        (this rank's heads under tensor parallelism)."""
+        w = local(getattr(self, f"{role}_kernel"))
         y = x @ w.flatten(1)
         if self.use_bias:
-            y = y + getattr(self, f"{role}_bias").flatten()
+            y = y + local(getattr(self, f"{role}_bias")).flatten()
         return y.unflatten(-1, w.shape[1:]).transpose(1, 2)
+
+    # ---- tensor parallelism: heads split (bigtrain.parallel.layer_split) ----------------
+    _tp_group = None  # the tensor-parallel process group once tp_apply split the heads
+
+    def tp_split(self, degree: int) -> str | None:
+        return None if self.num_heads % degree == 0 else \
+            f"{self.num_heads} heads do not divide by {degree}"
+
+    def tp_apply(self, tp_mesh) -> None:
+        for role in ("query", "key", "value"):  # (d, heads, dim) and (heads, dim)
+            shard_param(self, f"{role}_kernel", tp_mesh, 1)
+            if self.use_bias:
+                shard_param(self, f"{role}_bias", tp_mesh, 0)
+        shard_param(self, "output_kernel", tp_mesh, 0)  # (heads, dim, out): partial sums
+        self._tp_group = tp_mesh.get_group()
 
     def call(self, parts, use_causal_mask=False, has_key=False, has_mask=False):
         query, value = parts[0], parts[1]
         key = parts[2] if has_key else value
         mask = parts[-1].bool() if has_mask else None
+        want = (query.shape[0], query.shape[1], key.shape[1])
+        if mask is not None and tuple(mask.shape) != want:  # a tensor handed in directly
+            raise ValueError(f"MultiHeadAttention {self.name!r}: attention_mask must have "
+                             f"shape (batch, query steps, key steps) = {want}, got "
+                             f"{tuple(mask.shape)}")
         if use_causal_mask:
             causal = _causal(query.shape[1], key.shape[1], query.device)
             mask = causal if mask is None else mask & causal
@@ -152,11 +175,16 @@ class MultiHeadAttention(Layer):
             bias = torch.zeros(mask.shape, dtype=query.dtype, device=query.device)
             bias = bias.masked_fill(~mask, -_NEG)
             bias = bias.unsqueeze(-3) if bias.dim() == 3 else bias  # (B, 1, Tq, Tk)
+        group = self._tp_group
+        if group is not None:  # input gradients summed over the ranks' heads
+            query, key, value = (copy_to_tp(t, group) for t in (query, key, value))
         q, k, v = self._project(query, "query"), self._project(key, "key"), \
             self._project(value, "value")
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = o.transpose(1, 2).flatten(2) @ self.output_kernel.flatten(0, 1)  # (B, Tq, out)
+        y = o.transpose(1, 2).flatten(2) @ local(self.output_kernel).flatten(0, 1)  # (B,Tq,out)
+        if group is not None:  # each rank's heads give a partial sum
+            y = reduce_from_tp(y, group)
         return y + self.output_bias if self.use_bias else y
 
     def keras_weights(self):

@@ -18,6 +18,8 @@ from torch import nn
 from bigtrain.api.activations import get_activation
 from bigtrain.api.layers.base import Layer
 from bigtrain.api.layers.padding import as_tuple, same_padding, window_output
+from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, gather_from_tp, local, \
+    shard_param
 
 
 def _to_keras_kernel(w):
@@ -41,7 +43,7 @@ def glorot_(w: torch.Tensor, fan_in: int, fan_out: int) -> None:
     nn.init.uniform_(w, -limit, limit)
 
 
-class _Conv(Layer):
+class _Conv(Layer, SplitsItself):
     """Shared machinery of the N-d convolutions (rank = number of spatial axes)."""
 
     rank = 2
@@ -57,7 +59,7 @@ class _Conv(Layer):
                              f"got {filters!r}")
         padding = str(padding).lower()
         if padding not in self.paddings:
-            raise ValueError(f"{type(self).__name__} padding must be one of "
+            raise ValueError(f"{type(self).__name__} {self.name!r}: padding must be one of "
                              f"{', '.join(map(repr, self.paddings))}, got {padding!r}"
                              + ("; padding='causal' exists only for Conv1D"
                                 if padding == "causal" else ""))
@@ -132,6 +134,10 @@ class _Conv(Layer):
 
     # ---- run ----------------------------------------------------------------------------
     def call(self, x):
+        if x.dim() != self.rank + 2:  # a tensor handed to the layer itself, past the graph
+            raise ValueError(f"{type(self).__name__} {self.name!r} expects inputs of rank "
+                             f"{self.rank + 2} (batch, {self.rank} spatial axes, channels), "
+                             f"got a tensor of shape {tuple(x.shape)}")
         last = self.data_format == "channels_last"
         if last:
             x = x.movedim(-1, 1)  # (B, C, *spatial) view; channels_last memory for 2D/3D
@@ -143,7 +149,31 @@ class _Conv(Layer):
         return y.movedim(1, -1) if last else y
 
     def _run(self, x):
-        return self.conv(x)
+        if self._tp_group is None:
+            return self.conv(x)
+        # tensor parallel: this rank's output channels, then all of them on every rank
+        bias = None if self.conv.bias is None else local(self.conv.bias)
+        y = self.conv._conv_forward(copy_to_tp(x, self._tp_group), local(self.conv.weight),
+                                    bias)
+        return gather_from_tp(y, 1, self._tp_group)
+
+    # ---- tensor parallelism: output channels split (bigtrain.parallel.layer_split) -------
+    _tp_group = None  # the tensor-parallel process group once tp_apply split the channels
+
+    def tp_split(self, degree: int) -> str | None:
+        if type(self)._run is not _Conv._run:
+            return f"{type(self).__name__} stays whole (only plain convolutions split)"
+        if self.conv.groups != 1:
+            return f"grouped convolution (groups={self.conv.groups})"
+        if self.conv.out_channels % degree:
+            return f"{self.conv.out_channels} output channels do not divide by {degree}"
+        return None
+
+    def tp_apply(self, tp_mesh) -> None:
+        shard_param(self.conv, "weight", tp_mesh, 0)  # (out, in, *kernel): out split
+        if self.conv.bias is not None:
+            shard_param(self.conv, "bias", tp_mesh, 0)
+        self._tp_group = tp_mesh.get_group()
 
     def get_config(self):
         if self.activation_name is None:

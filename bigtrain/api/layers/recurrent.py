@@ -11,13 +11,15 @@ Python loop over steps):
   same formula with gates in the order r, z, n, so the kernels' column blocks are reordered.
 - SimpleRNN: h_t = tanh(x W + h U + b) is `rnn_tanh` (or `rnn_relu`) with b_hh = 0.
 
-Parameters are kept in torch's layout; `keras_weights` converts to Keras's.
+Parameters are kept in torch's layout; `keras_weights` converts to Keras's. In training with
+`recurrent_dropout` > 0 the recurrence runs step by step instead (rnn_loop), as Keras's does.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from bigtrain.api.layers import rnn_loop
 from bigtrain.api.layers.base import Layer
 from bigtrain.api.layers.rnn_mask import run_masked
 
@@ -49,6 +51,9 @@ class _RNN(Layer):
 
     gates = 1
     activations = ("tanh",)
+    #: one step's math, (input terms, recurrent terms, state, activation) -> new state,
+    #: for the step-by-step recurrent_dropout path (bigtrain.api.layers.rnn_loop)
+    cell = None
 
     def __init__(self, units: int, activation="tanh", use_bias: bool = True,
                  return_sequences: bool = False, return_state: bool = False,
@@ -61,15 +66,13 @@ class _RNN(Layer):
         if activation not in self.activations:
             raise ValueError(f"{kind} supports activation in {self.activations} (torch's fused "
                              f"kernels), got {activation!r}")
-        if recurrent_dropout:
-            raise ValueError(f"{kind}: recurrent_dropout is not supported (it cannot run in "
-                             "torch's fused kernel); use dropout= on the inputs instead")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"{kind} dropout must be in [0, 1), got {dropout}")
+        for arg, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(f"{kind} {arg} must be in [0, 1), got {rate}")
         self.units, self.activation, self.use_bias = units, activation, use_bias
         self.return_sequences, self.go_backwards = bool(return_sequences), bool(go_backwards)
         self.return_state = bool(return_state)
-        self.dropout = float(dropout)
+        self.dropout, self.recurrent_dropout = float(dropout), float(recurrent_dropout)
         self.zero_output_for_mask = False  # Bidirectional sets it when returning sequences
 
     def _features(self, input_shape) -> int:
@@ -113,10 +116,12 @@ class _RNN(Layer):
 
     def run(self, x, mask=None):
         """(outputs (B, T, u) in the order the steps were taken, final states tuple (B, u))."""
+        state = tuple(x.new_zeros(1, x.shape[0], self.units) for _ in range(self.states))
+        if self.recurrent_dropout and self.training:  # off the fused kernel, as Keras
+            return self._run_dropped(x, mask, state)
         if self.dropout and self.training:  # one mask per sequence, as Keras
             keep = torch.empty_like(x[:, :1]).bernoulli_(1.0 - self.dropout)
             x = x * keep / (1.0 - self.dropout)
-        state = tuple(x.new_zeros(1, x.shape[0], self.units) for _ in range(self.states))
         params = [self.weight_ih, self.weight_hh, *(self._biases() if self.use_bias else ())]
 
         def kernel(inp, st, batch_sizes):
@@ -128,6 +133,28 @@ class _RNN(Layer):
         out, state = kernel(x.flip(1) if self.go_backwards else x, state, None)
         return out, tuple(s[0] for s in state)
 
+    def _check_call(self, x, mask) -> None:
+        """A tensor (and mask) handed to the layer itself, past the graph's shape checks."""
+        kind = f"{type(self).__name__} {self.name!r}"
+        if x.dim() != 3:
+            raise ValueError(f"{kind} expects inputs of rank 3 (batch, timesteps, features), "
+                             f"got a tensor of shape {tuple(x.shape)}")
+        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"{kind}: the time-step mask has shape {tuple(mask.shape)}, "
+                             f"expected (batch, timesteps) = {tuple(x.shape[:2])} for inputs "
+                             f"of shape {tuple(x.shape)}")
+
+    def _run_dropped(self, x, mask, state):
+        """Training with recurrent_dropout: Keras's per-gate masks, one step at a time."""
+        b_ih, b_hh = self._biases() if self.use_bias else (None, None)
+        xp = rnn_loop.input_projection(x, self.weight_ih, b_ih, self.gates, self.dropout)
+        kernel = rnn_loop.step_kernel(self.cell, self.weight_hh, b_hh, self.gates,
+                                      self.recurrent_dropout, x.shape[0], self.activation)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return run_masked(kernel, xp, mask, state, self.go_backwards,
+                          self.zero_output_for_mask, stepwise=True)
+
     def saved_activation_elems(self, x) -> int:
         """Elements autograd keeps per call for the planner: every step's gate
         pre-activations and states, (B, T, (gates + states) * u)."""
@@ -137,6 +164,7 @@ class _RNN(Layer):
 
     def call(self, x, mask=None):
         mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        self._check_call(x, mask)
         out, state = self.run(x, mask)
         y = out if self.return_sequences else state[0]  # Keras's last output is h_T
         return [y, *state] if self.return_state else y
@@ -145,7 +173,7 @@ class _RNN(Layer):
         return {"name": self.name, "units": self.units, "activation": self.activation,
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
-                "dropout": self.dropout}
+                "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout}
 
 
 class SimpleRNN(_RNN):
@@ -155,6 +183,7 @@ class SimpleRNN(_RNN):
     """
 
     activations = ("tanh", "relu")
+    cell = staticmethod(rnn_loop.simple_rnn_cell)
 
     def _fused(self, x, state, params, batch_sizes=None):
         kernel = torch.rnn_tanh if self.activation == "tanh" else torch.rnn_relu
@@ -179,6 +208,7 @@ class LSTM(_RNN):
     """
 
     gates = 4
+    cell = staticmethod(rnn_loop.lstm_cell)
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, unit_forget_bias: bool = True, **kwargs):
@@ -219,6 +249,7 @@ class GRU(_RNN):
     """
 
     gates = 3
+    cell = staticmethod(rnn_loop.gru_cell)
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, reset_after: bool = True, **kwargs):
@@ -278,9 +309,6 @@ class Bidirectional(Layer):
         if merge_mode not in self.modes:
             raise ValueError(f"Bidirectional merge_mode must be one of {self.modes}, "
                              f"got {merge_mode!r}")
-        if layer.return_state:
-            raise ValueError("Bidirectional does not take a layer with return_state=True yet; "
-                             "use two recurrent layers (one with go_backwards=True) instead")
         config = {k: v for k, v in layer.get_config().items() if k != "name"}
         self.forward_layer = layer
         self.backward_layer = type(layer)(**{**config, "go_backwards": not layer.go_backwards},
@@ -294,7 +322,11 @@ class Bidirectional(Layer):
 
     def compute_output_shape(self, input_shape):
         shape = self.forward_layer.compute_output_shape(input_shape)
-        return (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
+        states = shape[1:] if self.forward_layer.return_state else None
+        shape = shape[0] if states is not None else shape
+        out = (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
+        # return_state, as Keras: [output, forward states..., backward states...]
+        return out if states is None else [out, *states, *states]
 
     def build(self, input_shape):
         for layer in (self.forward_layer, self.backward_layer):
@@ -305,8 +337,16 @@ class Bidirectional(Layer):
     def call(self, x, mask=None):
         mask = getattr(x, "_keras_mask", None) if mask is None else mask
         fwd, bwd = self.forward_layer(x, mask=mask), self.backward_layer(x, mask=mask)
+        states = []
+        if self.forward_layer.return_state:  # [y, *states] from each direction
+            (fwd, *fwd_states), (bwd, *bwd_states) = fwd, bwd
+            states = [*fwd_states, *bwd_states]
         if self.forward_layer.return_sequences:
             bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
+        out = self._merge(fwd, bwd)
+        return [out, *states] if states else out
+
+    def _merge(self, fwd, bwd):
         if self.merge_mode == "concat":
             return torch.cat([fwd, bwd], dim=-1)
         if self.merge_mode == "sum":

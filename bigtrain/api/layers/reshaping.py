@@ -122,14 +122,21 @@ class UpSampling1D(Layer):
 
 
 class UpSampling2D(Layer):
-    """`keras.layers.UpSampling2D(size=(2, 2))` with nearest-neighbour interpolation."""
+    """`keras.layers.UpSampling2D(size=(2, 2), interpolation="nearest" | "bilinear")`.
+
+    Bilinear is Keras's resize: half-pixel centres, no antialiasing (torch's
+    `interpolate(mode="bilinear", align_corners=False)`).
+    """
+
+    modes = ("nearest", "bilinear")
 
     def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kwargs):
         super().__init__(**kwargs)
         self.size = (size, size) if isinstance(size, int) else tuple(size)
         self.data_format = data_format or "channels_last"
-        if interpolation != "nearest":
-            raise ValueError(f"UpSampling2D supports interpolation='nearest' only, "
+        self.interpolation = str(interpolation).lower()
+        if self.interpolation not in self.modes:
+            raise ValueError(f"UpSampling2D supports interpolation in {self.modes}, "
                              f"got {interpolation!r}")
 
     def compute_output_shape(self, input_shape):
@@ -144,10 +151,18 @@ class UpSampling2D(Layer):
 
     def call(self, x):
         h = 1 if self.data_format == "channels_last" else 2
-        return x.repeat_interleave(self.size[0], dim=h).repeat_interleave(self.size[1], dim=h + 1)
+        if self.interpolation == "nearest":
+            return x.repeat_interleave(self.size[0], dim=h).repeat_interleave(self.size[1],
+                                                                              dim=h + 1)
+        last = self.data_format == "channels_last"
+        nchw = x.permute(0, 3, 1, 2) if last else x  # a view: NHWC memory stays channels_last
+        size = (nchw.shape[2] * self.size[0], nchw.shape[3] * self.size[1])  # as Keras
+        out = F.interpolate(nchw, size=size, mode="bilinear", align_corners=False)
+        return out.permute(0, 2, 3, 1) if last else out
 
     def get_config(self):
-        return {"name": self.name, "size": list(self.size), "data_format": self.data_format}
+        return {"name": self.name, "size": list(self.size), "data_format": self.data_format,
+                "interpolation": self.interpolation}
 
 
 class Permute(Layer):

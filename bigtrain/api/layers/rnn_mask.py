@@ -80,8 +80,11 @@ def run_stepwise(kernel, x, mask, state):
     return torch.stack(outs, 1), tuple(s[0] for s in state)
 
 
-def run_masked(kernel, x, mask, state, backwards: bool, zero_output: bool):
-    """Keras's masked recurrence; (outputs (B, T, u) in step order, final states (B, u))."""
+def run_masked(kernel, x, mask, state, backwards: bool, zero_output: bool,
+               stepwise: bool = False):
+    """Keras's masked recurrence; (outputs (B, T, u) in step order, final states (B, u)).
+    `stepwise`: one step at a time even where the padding could run packed (a kernel
+    that takes one step only)."""
     if mask.shape != x.shape[:2]:
         raise ValueError(f"the time-step mask has shape {tuple(mask.shape)}, expected "
                          f"(batch, timesteps) = {tuple(x.shape[:2])}")
@@ -89,7 +92,7 @@ def run_masked(kernel, x, mask, state, backwards: bool, zero_output: bool):
     if backwards:  # the steps, and their mask, in the order they are taken
         x, mask = x.flip(1), mask.flip(1)
     # shapes only on the meta device (the planner's pass): no data to find the padding in
-    padding = None if mask.is_meta else padded_lengths(mask)
+    padding = None if mask.is_meta or stepwise else padded_lengths(mask)
     if padding is not None:
         out, final = run_packed(kernel, x, *padding, state)
     else:

@@ -1,0 +1,73 @@
+"""Keras's step-by-step recurrence, for `recurrent_dropout` in training.
+
+Keras drops the previous output h_{t-1} before it meets the recurrent kernel, with masks
+drawn once per sequence and reused at every step; whenever recurrent_dropout is set it
+switches LSTM and GRU to `implementation=1`, which draws one independent mask per gate,
+for the recurrent state and for the inputs alike (SimpleRNN: one mask). torch's fused
+kernels cannot drop inside the recurrence, so this path runs one step at a time. It is
+taken only in training with recurrent_dropout > 0: at inference both dropouts are off,
+as in Keras, and the fused kernel runs.
+
+Weights are in torch's layout and gate order (LSTM i, f, g, o; GRU r, z, n).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def _keep(shape, rate: float, like: torch.Tensor) -> torch.Tensor:
+    """An inverted-dropout mask of `shape`: 0 with probability `rate`, else 1 / (1 - rate)."""
+    mask = torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(1.0 - rate)
+    return mask / (1.0 - rate)
+
+
+def input_projection(x, weight_ih, b_ih, gates: int, rate: float) -> torch.Tensor:
+    """All steps' input terms at once: (B, T, gates * u), x W_g (+ b) for each gate g, x
+    dropped by the gate's own (B, F) mask, the same at every step."""
+    if rate:
+        b, _, f = x.shape
+        keep = _keep((gates, b, 1, f), rate, x)
+        w = weight_ih.view(gates, -1, f)  # (G, u, F)
+        out = torch.einsum("gbtf,guf->btgu", x[None] * keep, w).flatten(2)
+    else:
+        out = x @ weight_ih.T
+    return out if b_ih is None else out + b_ih
+
+
+def step_kernel(cell, weight_hh, b_hh, gates: int, rate: float, batch: int, activation: str):
+    """One step for `rnn_mask.run_stepwise`: kernel(input terms (B, 1, G*u), state tuple of
+    (1, B, u), None) -> (None, new state tuple); h_{t-1} dropped by one (B, u) mask per gate,
+    drawn here once for the whole sequence."""
+    u = weight_hh.shape[1]
+    keep = _keep((gates, batch, u), rate, weight_hh)
+    w = weight_hh.view(gates, u, u)  # (G, u out, u in)
+
+    def kernel(xp, state, _batch_sizes):
+        h = state[0][0]
+        hp = torch.einsum("gbi,goi->bgo", h[None] * keep, w).flatten(1)  # (B, G*u)
+        if b_hh is not None:
+            hp = hp + b_hh
+        new = cell(xp[:, 0], hp, tuple(s[0] for s in state), activation)
+        return None, tuple(s[None] for s in new)
+    return kernel
+
+
+def simple_rnn_cell(xp, hp, state, activation):
+    z = xp + hp
+    return (torch.tanh(z) if activation == "tanh" else torch.relu(z),)
+
+
+def lstm_cell(xp, hp, state, activation):
+    i, f, g, o = (xp + hp).chunk(4, -1)
+    c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(c), c
+
+
+def gru_cell(xp, hp, state, activation):
+    """reset_after=True: n = tanh(x W_n + b0_n + r * (h U_n + b1_n)), h' = (1-z) n + z h
+    (the undropped h, as Keras)."""
+    xr, xz, xn = xp.chunk(3, -1)
+    hr, hz, hn = hp.chunk(3, -1)
+    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+    n = torch.tanh(xn + r * hn)
+    return ((1 - z) * n + z * state[0],)
