@@ -21,6 +21,8 @@ from bigtrain.engine.comm_probe import exposed_sync_seconds
 from bigtrain.engine.data import (epoch_permutation, epoch_window, global_batches, num_batches,
                                   shard_bounds)
 from bigtrain.engine.record import write_run_record
+from bigtrain.engine.callbacks.run_monitor import RunMonitor
+from bigtrain.engine.run_profile import write_local_record
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
@@ -242,12 +244,14 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
-    callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
+    timing = RunTiming(PhaseTimer(strategy.env.device))
+    monitor = _monitor(task, strategy)
+    callbacks = CallbackList([*task.callbacks, *([monitor] if monitor else [])], owner,
+                             params, strategy.env.is_main)
     result = FitResult()
     progress, first_epoch = _resume(task, strategy, module, optimizer, result)
     callbacks.on_train_begin()
     t_start, samples, epoch_times = time.perf_counter(), 0, []
-    timing = RunTiming(PhaseTimer(strategy.env.device))
     strategy.phase_timer = timing.timer
     try:
         for epoch in range(first_epoch, cfg.epochs):
@@ -259,6 +263,8 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             except NonFiniteLoss as e:
                 if strategy.env.is_main:
                     print(e, flush=True)
+                if monitor is not None:
+                    monitor.stopped("nan_loss", str(e))
                 owner.stop_training = True
                 break
             samples += _epoch_samples(epoch, cfg, len(task.train))
@@ -282,6 +288,11 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                 break
         if first_epoch < cfg.epochs:
             finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
+    except BaseException as e:  # the record survives: history, step losses, why it stopped
+        if monitor is not None:
+            monitor.failed(e, lambda m: write_local_record(task, strategy, timing, m,
+                                                           profile=True))
+        raise
     finally:
         callbacks.on_train_end()
         vars(strategy).pop("phase_timer", None)
@@ -294,12 +305,19 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
             strategy, module, timing.last_batch, safe_loss(task.compute_loss),
             autocast_factory(cfg.precision, strategy.env.device))
     timing.last_batch = None
-    write_run_record(task, strategy, module, optimizer, result, timing)
+    write_run_record(task, strategy, module, optimizer, result, timing, monitor)
     strategy.mark("gather full state")
     state = strategy.full_state_dict(module)
     result.state_dict = state if strategy.env.is_main else None
     owner._live = None
     return result
+
+
+def _monitor(task, strategy) -> RunMonitor | None:
+    """Rank 0's RunMonitor when the fit keeps a run record (bigtrain doctor reads it)."""
+    if task.run_dir is None or not strategy.env.is_main:
+        return None
+    return RunMonitor(save=lambda m: write_local_record(task, strategy, None, m))
 
 
 def _epoch_samples(epoch: int, cfg, n: int) -> int:
