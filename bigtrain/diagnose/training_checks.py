@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
 from bigtrain.diagnose.baseline_checks import check_profile
@@ -60,14 +61,26 @@ def _background_loading() -> str:
 
 def _comm_bound(r: RunRecord) -> list[Finding]:
     st = r.step_time
-    if r.world_size < 2 or st.share("comm_exposed") < COMM_BOUND_SHARE:
+    # waiting in a collective for a slow rank is the straggler's cost, not the network's
+    times = r.rank_step_times
+    wait = (max(times) - statistics.median(times)) if len(times) >= 2 else 0.0
+    share = max(st.comm_exposed - wait, 0.0) / st.total if st.total > 0 else 0.0
+    if r.world_size < 2 or share < COMM_BOUND_SHARE:
         return []
     return [Finding("comm_bound", "warning",
-                    f"exposed communication is {st.share('comm_exposed'):.0%} of each "
+                    f"exposed communication is {share:.0%} of each "
                     f"{_ms(st.total)} step on {r.world_size} ranks ({r.strategy})",
-                    f"communicate less often per sample: raise batch_size from {r.batch_size} "
-                    f"to {4 * r.batch_size} (or accumulate 4 micro-batches per step), "
-                    "or use fewer ranks with more threads each", st.share("comm_exposed"))]
+                    _comm_advice(r), share)]
+
+
+def _comm_advice(r: RunRecord) -> str:
+    bucket = re.search(r"bucket ([0-9.]+) MB", r.strategy)
+    if bucket and float(bucket.group(1)) < 1:
+        return ("all-reduce gradients in larger buckets: strategy=DataParallel(bucket_cap_mb=25) "
+                "(one all-reduce per 25 MB instead of one per tensor)")
+    return (f"communicate less often per sample: raise batch_size from {r.batch_size} to "
+            f"{4 * r.batch_size} (or accumulate_steps=4), or use fewer ranks with more "
+            "threads each")
 
 
 def _per_rank_batch(r: RunRecord) -> float:
@@ -105,11 +118,12 @@ def _unfused(r: RunRecord) -> list[Finding]:
     if (r.device != "cpu" or r.optimizer_fused is not False
             or r.optimizer.lower() not in FUSABLE or share < OPTIMIZER_SHARE):
         return []
-    return [Finding("unfused_optimizer", "info",
+    return [Finding("unfused_optimizer", "warning",
                     f"the unfused {r.optimizer} step is {share:.0%} of each step "
                     f"({_ms(r.step_time.optimizer)})",
-                    f"create it with fused=True (torch.optim.{r.optimizer.capitalize()}"
-                    "(..., fused=True) runs one kernel for all parameters on CPU)", 0.7 * share)]
+                    f"let bigtrain fuse it: compile(optimizer={r.optimizer.capitalize()}(...)) "
+                    "or OptimizerSpec(..., {..., 'fused': True}) (one kernel for all "
+                    "parameters on CPU)", 0.7 * share)]
 
 
 def suggested_microbatches(stages: int, target: float = TARGET_BUBBLE) -> int:

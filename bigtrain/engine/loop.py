@@ -246,7 +246,7 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
               "metrics": ["loss", *task.metric_names()]}
     timing = RunTiming(PhaseTimer(strategy.env.device))
     monitor = _monitor(task, strategy)
-    callbacks = CallbackList([*task.callbacks, *([monitor] if monitor else [])], owner,
+    callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
                              params, strategy.env.is_main)
     result = FitResult()
     progress, first_epoch = _resume(task, strategy, module, optimizer, result)
