@@ -128,8 +128,9 @@ def _baselines(profile: dict, history: dict) -> list[Finding]:
             out.append(Finding("below_majority", "warning",
                                f"best {key} {acc:.3f} is below always predicting the most "
                                f"common class ({major:.3f})",
-                               "the model learned less than nothing: fix the causes above, "
-                               "then check the labels match the inputs", 0.4))
+                               "fix the cause ranked above it, then see which classes it "
+                               "predicts: sklearn.metrics.classification_report(y_val, "
+                               "model.predict(x_val).argmax(1))", 0.4))
         lin = (profile.get("linear") or {}).get("val")
         # a model well short of the linear model's gain over the majority class is below it
         margin = max(BASELINE_GAP, 0.2 * (lin - (major or 0.0))) if lin is not None else 0
@@ -148,7 +149,8 @@ def _baselines(profile: dict, history: dict) -> list[Finding]:
             out.append(Finding("below_mean", "warning",
                                f"best val_loss {min(vals):.4g} is worse than predicting the "
                                f"training mean ({mean_mse:.4g})",
-                               "fix the causes above; check the targets' scale", 0.4))
+                               "fix the cause ranked above it; standardize the targets "
+                               "(y - y.mean()) / y.std() and undo it on predictions", 0.4))
     return out
 
 

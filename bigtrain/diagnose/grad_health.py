@@ -75,6 +75,7 @@ class GradHealth:
         self.grad = {n: [] for n in self.layers}
         self.weight = {n: [] for n in self.layers}
         self.update = {n: [] for n in self.layers}
+        self.with_grad: set[str] = set()  # layers this rank saw a gradient for
         self._before: dict[str, list[torch.Tensor]] | None = None
         self._handles: list = []
 
@@ -100,6 +101,8 @@ class GradHealth:
         with torch.no_grad():
             for name, params in self.layers.items():
                 grads = [_local(p.grad).float() for p in params if p.grad is not None]
+                if grads:
+                    self.with_grad.add(name)
                 g = math.sqrt(sum(float(x.pow(2).sum()) for x in grads)) if grads else 0.0
                 self.grad[name].append(g)
                 self.weight[name].append(
@@ -129,13 +132,15 @@ class GradHealth:
             self.every *= 2
 
     def summary(self) -> dict:
-        """JSON-ready figures for RunRecord.layer_health (layers in model order)."""
+        """JSON-ready figures for RunRecord.layer_health (layers in model order; layers
+        that never had a gradient here, such as another pipeline stage's, left out)."""
         dead = {n: (1.0 - float(torch.stack(r).any(0).float().mean()) if r else None)
                 for n, r in self.recent.items()}
         return {"every": self.every, "steps": list(self.steps), "lr": list(self.lr),
                 "layers": {n: {"grad": self.grad[n], "weight": self.weight[n],
                                "update": self.update[n][:len(self.grad[n])],
-                               "dead_units": dead.get(n)} for n in self.layers}}
+                               "dead_units": dead.get(n)}
+                           for n in self.layers if n in self.with_grad}}
 
 
 def _median(xs: list[float]) -> float:

@@ -157,7 +157,8 @@ def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
         return out
     yv_lin = None if yv_s is None or ids is not None else \
         np.asarray(yv_s, dtype=np.float64).reshape(len(yv_s), -1)[:, 0]
-    y_lin = ids if ids is not None else np.asarray(y_s, dtype=np.float64).reshape(len(y_s), -1)[:, 0]
+    y_lin = ids if ids is not None else \
+        np.asarray(y_s, dtype=np.float64).reshape(len(y_s), -1)[:, 0]
     ok_val = xv2 is not None and xv2.shape[1] == x2.shape[1] and np.isfinite(xv2).all()
     out["linear"], probs = _linear(x2, y_lin, xv2 if ok_val else None, yv_lin, ids,
                                    ids_v if ok_val else None)

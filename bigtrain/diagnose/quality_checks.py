@@ -75,7 +75,8 @@ def _underfitting(history: dict, num_classes: int | None) -> list[Finding]:
                                f"training loss moved {drop:.1%} in {len(loss)} epochs: "
                                f"{_fmt(loss)}",
                                "raise the learning rate 10x (or test rates: bigtrain doctor "
-                               "RUN_DIR --lr-test), and check that the labels match the inputs", 0.3))
+                               "RUN_DIR --lr-test), and check that the labels match the inputs",
+                               0.3))
     acc_key = next((k for k in ACCURACY_KEYS if history.get(k)), None)
     if acc_key and num_classes and num_classes >= 2 and len(history[acc_key]) >= MIN_EPOCHS:
         chance, acc = 1.0 / num_classes, history[acc_key][-1]

@@ -62,8 +62,8 @@ def _background_loading() -> str:
 def _comm_bound(r: RunRecord) -> list[Finding]:
     st = r.step_time
     # waiting in a collective for a slow rank is the straggler's cost, not the network's
-    times = r.rank_step_times
-    wait = (max(times) - statistics.median(times)) if len(times) >= 2 else 0.0
+    times = r.rank_step_times  # the ranks' mean wait for the slowest: max - mean
+    wait = (max(times) - statistics.fmean(times)) if len(times) >= 2 else 0.0
     share = max(st.comm_exposed - wait, 0.0) / st.total if st.total > 0 else 0.0
     if r.world_size < 2 or share < COMM_BOUND_SHARE:
         return []
@@ -96,8 +96,8 @@ def _low_mfu(r: RunRecord) -> list[Finding]:
     return [Finding("small_batch", "warning",
                     f"MFU is {r.mfu:.1%}{peak} with {_per_rank_batch(r):.0f} samples per rank "
                     "per micro-batch: the matrix multiplies are too small to keep cores busy",
-                    f"raise batch_size to {r.batch_size * 4} (scale the learning rate with it) "
-                    "or accumulate fewer, larger micro-batches", 1.0 - r.mfu / LOW_MFU)]
+                    f"fit(..., batch_size={r.batch_size * 4}) (scale the learning rate with "
+                    "it), or accumulate fewer, larger micro-batches", 1.0 - r.mfu / LOW_MFU)]
 
 
 def _oversubscribed(r: RunRecord) -> list[Finding]:
@@ -108,8 +108,8 @@ def _oversubscribed(r: RunRecord) -> list[Finding]:
     return [Finding("thread_oversubscription", "warning",
                     f"{r.local_world_size} ranks x {r.threads_per_rank} threads = {used} "
                     f"threads on {r.cpu_cores} cores",
-                    f"set torch threads per rank to {fair} (torch.set_num_threads / "
-                    "OMP_NUM_THREADS) so ranks stop evicting each other",
+                    f"torch.set_num_threads({fair}) in each rank (or OMP_NUM_THREADS={fair}) "
+                    "so threads stop evicting each other",
                     1.0 - r.cpu_cores / used)]
 
 
@@ -139,7 +139,8 @@ def _bubble(r: RunRecord) -> list[Finding]:
     return [Finding("pipeline_bubble", "warning",
                     f"the pipeline idles {r.pipeline_bubble:.0%} of each step with {p} stages "
                     f"and {r.microbatches} micro-batches",
-                    f"raise microbatches from {r.microbatches} to {m} (bubble (p-1)/(m+p-1) "
+                    f"strategy=Pipeline(stages={p}, microbatches={m}) instead of "
+                    f"{r.microbatches} micro-batches (bubble (p-1)/(m+p-1) "
                     f"= {(p - 1) / (m + p - 1):.0%}); keep batch_size >= {m}",
                     r.pipeline_bubble - (p - 1) / (m + p - 1))]
 
@@ -148,16 +149,18 @@ def _straggler(r: RunRecord) -> list[Finding]:
     times = r.rank_step_times
     if len(times) < 2:
         return []
-    median = statistics.median(times)
     slow = max(range(len(times)), key=times.__getitem__)
+    median = statistics.median(times[:slow] + times[slow + 1:])  # of the other ranks
     if median <= 0 or times[slow] / median < STRAGGLER_RATIO:
         return []
+    # time lost: every rank waits for the slow one, which could run as fast as the others
     return [Finding("straggler", "warning",
                     f"rank {slow} takes {_ms(times[slow])} per step, "
-                    f"{times[slow] / median:.2f}x the median rank ({_ms(median)}); every "
+                    f"{times[slow] / median:.2f}x the other ranks ({_ms(median)}); every "
                     "collective waits for it",
-                    f"check rank {slow}'s host: other processes on its cores, a larger data "
-                    "shard, or a different thread count", 1.0 - median / times[slow])]
+                    f"give rank {slow} less work: fit(..., strategy='ddp_balanced') splits "
+                    "each batch by measured speed; or free its host's cores (other "
+                    "processes, torch.set_num_threads)", 1.0 - median / times[slow])]
 
 
 def _slow_bf16(r: RunRecord) -> list[Finding]:
@@ -189,8 +192,10 @@ def _stop(r: RunRecord) -> list[Finding]:
             "rank_lost": f"a rank stopped answering {at}: {stop.get('message', '')}",
             "running": f"the run ended without finishing {at} (the process was killed; "
                        "the record is from the last epoch end)"}[reason]
-    advice = {"exception": "fix the error above and rerun; the history up to it is kept here",
-              "interrupted": "rerun with checkpoint_dir=... to resume where it stopped",
+    advice = {"exception": "fix the error above and rerun with fit(..., checkpoint_dir=...) "
+                           "so a failure resumes; the history up to it is kept here",
+              "interrupted": "rerun with fit(..., checkpoint_dir=...) to resume where it "
+                             "stopped",
               "rank_lost": "look at that rank's host and log (out of memory? killed?); "
                            "fit(..., checkpoint_dir=..., max_restarts=2) restarts the group",
               "running": "rerun with checkpoint_dir=... so a killed run can resume"}[reason]
@@ -203,9 +208,10 @@ def _nan_in_steps(r: RunRecord, found: list[Finding]) -> list[Finding]:
         return []
     step = next((i for i, v in enumerate(r.step_losses) if not math.isfinite(v)), None)
     where = f"step {step + 1} of " if step is not None else ""
+    finite = [round(v, 4) for v in r.step_losses if math.isfinite(v)][-3:]
     return [Finding("nan_loss", "error",
                     f"the loss became NaN/Inf at {where}epoch {r.stop.get('epoch', 0) + 1}; "
-                    f"last finite losses {[round(v, 4) for v in r.step_losses if math.isfinite(v)][-3:]}",
+                    f"last finite losses {finite}",
                     "see the cause ranked above it; then optimizer=Adam(learning_rate=3e-4, "
                     "clipnorm=1.0)", 0.5)]
 

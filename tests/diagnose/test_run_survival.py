@@ -52,8 +52,7 @@ def test_nan_stop_in_the_first_epoch_keeps_step_losses_and_the_reason(tmp_path):
     assert rec.history == {}  # no epoch finished
     assert 1 <= len(rec.step_losses) <= 16 and not np.isfinite(rec.step_losses[-1])
     assert np.isfinite(rec.step_losses[0])
-    assert rec.layer_health["steps"][0] == 0 and set(rec.layer_health["layers"]) == {
-        "dense", "dense_1"} or len(rec.layer_health["layers"]) == 2
+    assert rec.layer_health["steps"][0] == 0 and len(rec.layer_health["layers"]) == 2
     kinds = [f.kind for f in check_run(rec)]
     assert "nan_loss" in kinds and kinds[0] in ("lr_too_high", "exploding_gradients")
 

@@ -116,10 +116,10 @@ def _fit_on_rank(model, x, y, strategy, run_dir: str, env, optimizer=None) -> No
 
 
 def _straggler(run_dir: str, env):
-    """Rank 1's forward sleeps 10 ms each step (a busy host)."""
+    """Rank 1's forward sleeps 30 ms each step (a busy host)."""
     from bigtrain.models import Model
     x, y = BASE_X_Y
-    net = torch.nn.Sequential(_SlowOnRank(1, 0.01), torch.nn.Linear(8, 32), torch.nn.ReLU(),
+    net = torch.nn.Sequential(_SlowOnRank(1, 0.03), torch.nn.Linear(8, 32), torch.nn.ReLU(),
                               torch.nn.Linear(32, 2), torch.nn.Softmax(-1))
     _fit_on_rank(Model(net), x[:384], y[:384], "ddp", run_dir, env)
 
@@ -137,7 +137,8 @@ def _pipeline(run_dir: str, env):
     """Two pipeline stages and one micro-batch per step: each stage idles half the step."""
     from bigtrain.parallel.pipeline import Pipeline
     x, y = BASE_X_Y
-    _fit_on_rank(mlp((64, 64, 64)), x[:384], y[:384], Pipeline(stages=2, microbatches=1, schedule="gpipe"),
+    _fit_on_rank(mlp((64, 64, 64)), x[:384], y[:384],
+                 Pipeline(stages=2, microbatches=1, schedule="gpipe"),
                  run_dir, env)
 
 

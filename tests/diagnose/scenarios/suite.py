@@ -45,8 +45,8 @@ SCENARIOS = [
              Q.lr_too_high),
     Scenario("lr_too_low", "SGD learning rate 1e-5", ("lr_too_low",), Q.lr_too_low),
     Scenario("overfitting", "40 rows, 256 units, 25 epochs", ("overfitting",), Q.overfitting),
-    Scenario("underfitting", "one-unit sigmoid bottleneck", ("below_baseline", "underfitting", "below_majority"),
-             Q.underfitting),
+    Scenario("underfitting", "one-unit sigmoid bottleneck",
+             ("below_baseline", "underfitting", "below_majority"), Q.underfitting),
     Scenario("class_imbalance", "95% of rows in one class", ("class_imbalance",),
              Q.class_imbalance),
     Scenario("train_val_shift", "validation features moved 2.5 std", ("train_val_shift",),
@@ -70,7 +70,7 @@ SCENARIOS = [
              S.unfused_optimizer),
     Scenario("slow_bf16", "bf16-mixed where the CPU probe finds bf16 12x slower",
              ("slow_bf16",), S.slow_bf16),
-    Scenario("straggler", "rank 1 sleeps 10 ms per forward", ("straggler",)),
+    Scenario("straggler", "rank 1 sleeps 30 ms per forward", ("straggler",)),
     Scenario("comm_bound", "DDP with 0 MB gradient buckets", ("comm_bound",)),
     Scenario("pipeline_bubble", "2 pipeline stages, 1 micro-batch", ("pipeline_bubble",)),
     Scenario("healthy_binary", "none", (), Q.healthy_binary),
@@ -107,7 +107,8 @@ def table(results: dict[str, list]) -> str:
     lines = ["| run | planted cause | doctor's first finding | |", "|---|---|---|---|"]
     for s in SCENARIOS:
         first = results[s.name][0].kind if results[s.name] else "(no warning)"
-        lines.append(f"| {s.name} | {s.cause} | {first} | {'ok' if hit(s, results[s.name]) else 'MISSED'} |")
+        mark = "ok" if hit(s, results[s.name]) else "MISSED"
+        lines.append(f"| {s.name} | {s.cause} | {first} | {mark} |")
     precision, recall = scores(results)
     faulty = sum(bool(s.expect) for s in SCENARIOS)
     lines += ["", f"{faulty} faulty and {len(SCENARIOS) - faulty} healthy runs: precision "
