@@ -168,4 +168,4 @@ def healthy_normalized():
 
 def healthy_adam_small_lr():
     """Adam at 3e-3 for longer: slower, still healthy."""
-    return fit_record(base_data(seed=5), optimizer=Adam(learning_rate=3e-3), epochs=6)
+    return fit_record(base_data(seed=5), optimizer=Adam(learning_rate=3e-3), epochs=8)

@@ -41,3 +41,16 @@ def test_every_advice_is_code_to_change(results):
     for name, findings in results.items():
         for f in findings:
             assert any(c in f.advice for c in code), (name, f.kind, f.advice)
+
+
+@pytest.mark.parametrize("name, planted", [
+    ("issue_nan_run", {"unscaled_features", "lr_too_high", "label_noise"}),
+    ("issue_low_lr_run", {"unscaled_features", "label_noise", "below_a_baseline"}),
+])
+def test_the_issues_compound_runs_get_every_planted_finding(results, name, planted):
+    """Runs with several faults at once: each one is among the warnings (the model's
+    accuracy falls below the majority class or the logistic regression, whichever)."""
+    kinds = {f.kind for f in results[name]}
+    if kinds & {"below_majority", "below_baseline"}:
+        kinds.add("below_a_baseline")
+    assert planted <= kinds, [f.kind for f in results[name]]
