@@ -1,6 +1,7 @@
 """`bigtrain plan`, `bigtrain report` and `bigtrain doctor`: know before you run, see after."""
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -89,7 +90,7 @@ def run_report(args) -> int:
 
 
 def run_doctor(args) -> int:
-    from bigtrain.diagnose import RunRecord, check_run, render_doctor
+    from bigtrain.diagnose import RunRecord, check_run, render_doctor, sort_findings
     if args.run_dir.endswith(".py"):
         findings = _doctor_script_data(args.run_dir, lr_test=args.lr_test)
     else:
@@ -97,7 +98,11 @@ def run_doctor(args) -> int:
         findings = check_run(record)
         if args.lr_test:
             findings.append(_lr_test_of_run(record))
-    print(render_doctor([f for f in findings if f is not None]))
+    findings = sort_findings([f for f in findings if f is not None])
+    if args.json:
+        print(json.dumps([f.to_dict() for f in findings], indent=2))
+    else:
+        print(render_doctor(findings))
     return 0
 
 
@@ -167,11 +172,24 @@ def _doctor_script_data(script: str, lr_test: bool = False) -> list:
     x, y = _numpy(data.xs[0]), _numpy(data.ys[0]) if data.ys else None
     x_test = _numpy(val.xs[0]) if val is not None and getattr(val, "xs", None) else None
     y_test = _numpy(val.ys[0]) if x_test is not None and val.ys else None
-    findings = check_data(x, y, x_test, y_test)
+    findings = check_data(x, y, x_test, y_test) + _profile_findings(fit, x, y, x_test, y_test)
     if lr_test:
         finding = lr_test_finding(fit)
         findings += [finding] if finding is not None else []
     return findings
+
+
+def _profile_findings(fit, x, y, x_test, y_test) -> list:
+    """What the data profile adds to the data checks before any training: features off the
+    standard scale, train/validation shift, a loss that does not fit the labels, likely
+    label errors (the data checks' own findings are not repeated)."""
+    from bigtrain.diagnose.baseline_checks import check_profile
+    from bigtrain.diagnose.profile import profile_data
+    losses = fit.model.compiled.losses
+    profile = profile_data(x, y, x_test, y_test,
+                           loss=losses[0].name if len(losses) == 1 else None)
+    profile["data_findings"] = []
+    return check_profile(profile, {})
 
 
 def run_export(args) -> int:
@@ -214,3 +232,6 @@ def add_parsers(sub) -> None:
     d.add_argument("--lr-test", action="store_true",
                    help="a short learning-rate range test from the initial weights of SCRIPT.py, "
                         "or of the script that trained RUN_DIR (recorded in its run.json)")
+    d.add_argument("--json", action="store_true",
+                   help="print the findings as a JSON list (kind, severity, evidence, advice, "
+                        "impact), ranked")

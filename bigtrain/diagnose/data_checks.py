@@ -125,13 +125,15 @@ def check_duplicate_rows(x2: np.ndarray, labels: np.ndarray | None) -> list[Find
     if extra / len(x2) < DUPLICATE_ROW_SHARE:
         return []
     evidence = f"{extra} of {len(x2)} rows ({extra / len(x2):.1%}) repeat an earlier row"
-    severity, advice = "info", "deduplicate the rows, or check that repeats are intended"
+    severity, advice = "info", ("deduplicate: keep = np.unique(x, axis=0, return_index=True)[1]"
+                                ", or check that repeats are intended")
     if labels is not None:
         pairs = np.unique(np.stack([inverse.ravel(), labels]), axis=1)
         conflicting = int(len(pairs[0]) - len(np.unique(pairs[0])))
         if conflicting:
             evidence += f"; {conflicting} repeated inputs carry different labels"
-            severity, advice = "warning", "fix the conflicting labels, then deduplicate"
+            severity, advice = "warning", ("fix the conflicting labels, then deduplicate: keep "
+                                           "= np.unique(x, axis=0, return_index=True)[1]")
     return [Finding("duplicate_rows", severity, evidence, advice)]
 
 

@@ -27,12 +27,17 @@ class Finding:
         severity: "info" (worth knowing), "warning" (costs speed or quality), "error" (the
             run or data is broken).
         evidence: the measured numbers that triggered it.
-        advice: one concrete change to make.
+        advice: one concrete change to make, as the code to write where there is one.
+        impact: how much of the problem this finding explains, 0..1: the share of step
+            time it costs (slow runs) or how far it goes to explain the gap to the
+            baselines (poor runs; a cause ranks above the symptoms it explains). The doctor
+            ranks findings by it.
     """
     kind: str
     severity: str
     evidence: str
     advice: str
+    impact: float = 0.0
 
     def __post_init__(self):
         if self.severity not in SEVERITIES:
@@ -42,9 +47,17 @@ class Finding:
             raise ValueError("a Finding needs a kind, evidence and advice")
 
 
+    def to_dict(self) -> dict:
+        """JSON-ready fields (what `bigtrain doctor --json` prints)."""
+        return {"kind": self.kind, "severity": self.severity, "evidence": self.evidence,
+                "advice": self.advice, "impact": round(float(self.impact), 4)}
+
+
 def sort_findings(findings: list[Finding]) -> list[Finding]:
-    """Errors first, then warnings, then info; stable within a severity."""
-    return sorted(findings, key=lambda f: -SEVERITIES.index(f.severity))
+    """Ranked by how much they explain (impact, highest first), then errors before warnings
+    before info; stable otherwise. Info findings never outrank a warning or an error."""
+    return sorted(findings, key=lambda f: (f.severity == "info", -f.impact,
+                                           -SEVERITIES.index(f.severity)))
 
 
 def render_doctor(findings: list[Finding], *, rich: bool = False, width: int = 100) -> str:

@@ -28,9 +28,10 @@ def _nonfinite(history: dict) -> list[Finding]:
         if bad:
             return [Finding("nan_loss", "error",
                             f"{key} is {history[key][bad[0]]} from epoch {bad[0] + 1}",
-                            "lower the learning rate 10x and clip gradients (clipnorm=1.0); "
+                            "lower the learning rate 10x and clip gradients: optimizer="
+                            "Adam(learning_rate=3e-4, clipnorm=1.0); "
                             "if it persists check the data for NaN/Inf, or use bf16 "
-                            "instead of fp16")]
+                            "instead of fp16", 0.5)]
     return []
 
 
@@ -43,7 +44,8 @@ def _diverging(loss: list[float]) -> list[Finding]:
     return [Finding("divergence", "error",
                     f"training loss rose from {loss[best]:.4g} (epoch {best + 1}) to "
                     f"{loss[-1]:.4g} (epoch {len(loss)}): {_fmt(loss)}",
-                    "lower the learning rate 3-10x (or add warmup) and clip gradients")]
+                    "lower the learning rate 3-10x: optimizer=Adam(learning_rate=3e-4, "
+                    "clipnorm=1.0)", 0.5)]
 
 
 def _overfitting(loss: list[float], val: list[float]) -> list[Finding]:
@@ -59,7 +61,8 @@ def _overfitting(loss: list[float], val: list[float]) -> list[Finding]:
                     f"{val[n - 1]:.4g} while loss fell to {loss[n - 1]:.4g}; the gap grew "
                     f"from {gap_best:.3g} to {gap_end:.3g}",
                     f"stop at epoch {best + 1}: EarlyStopping(monitor='val_loss', patience=2, "
-                    "restore_best_weights=True); add dropout or weight decay for more")]
+                    "restore_best_weights=True); add Dropout(0.3) or weight decay for more",
+                    0.45)]
 
 
 def _underfitting(history: dict, num_classes: int | None) -> list[Finding]:
@@ -72,7 +75,8 @@ def _underfitting(history: dict, num_classes: int | None) -> list[Finding]:
                                f"training loss moved {drop:.1%} in {len(loss)} epochs: "
                                f"{_fmt(loss)}",
                                "raise the learning rate 10x (or test rates: bigtrain doctor "
-                               "RUN_DIR --lr-test), and check that the labels match the inputs"))
+                               "RUN_DIR --lr-test), and check that the labels match the inputs",
+                               0.3))
     acc_key = next((k for k in ACCURACY_KEYS if history.get(k)), None)
     if acc_key and num_classes and num_classes >= 2 and len(history[acc_key]) >= MIN_EPOCHS:
         chance, acc = 1.0 / num_classes, history[acc_key][-1]
@@ -81,7 +85,7 @@ def _underfitting(history: dict, num_classes: int | None) -> list[Finding]:
                                f"{acc_key} is {acc:.3f} after {len(history[acc_key])} epochs; "
                                f"chance with {num_classes} classes is {chance:.3f}",
                                "check the labels and the output layer (units = classes, "
-                               "softmax + categorical loss), then raise the learning rate"))
+                               "softmax + categorical loss), then raise the learning rate", 0.3))
     return out
 
 

@@ -88,6 +88,17 @@ def _as_float(x):
     return float(x) if isinstance(x, str) else x
 
 
+def _floats_back(x):
+    """Undo `_finite_or_text` inside nested lists and dicts (strings that name a float)."""
+    if isinstance(x, str) and x in ("NaN", "Infinity", "-Infinity"):
+        return float(x)
+    if isinstance(x, dict):
+        return {k: _floats_back(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_floats_back(v) for v in x]
+    return x
+
+
 @dataclass
 class RunRecord:
     """Everything the doctor and the report need about one run.
@@ -117,7 +128,22 @@ class RunRecord:
         memory: rank -> RankMemory.
         rank_step_times: mean seconds per step of each training rank's own work (data,
             forward, backward, optimizer; waits for other ranks left out), by rank.
-        history: Keras-style per-epoch metrics ("loss", "val_loss", "accuracy", ...).
+        history: Keras-style per-epoch metrics ("loss", "val_loss", "accuracy", ...) of the
+            epochs that finished.
+        stop: how the run ended: {"reason": "completed" | "nan_loss" | "exception" |
+            "interrupted" | "rank_lost" | "running", "epoch": 0-based epoch it stopped in,
+            "step": 0-based step of that epoch (None when unknown), "message": text}.
+            "running" is what a record written at an epoch end says until the fit ends, so
+            a process killed outright leaves it behind.
+        step_losses: training loss of every step of the last (possibly partial) epoch,
+            rank 0's micro-batches.
+        layer_health: per-layer gradient figures sampled every `every` optimizer steps
+            (bigtrain.diagnose.grad_health.GradHealth.summary): {"every": k, "steps":
+            [global step], "lr": [...], "layers": {name: {"grad": [...], "weight": [...],
+            "update": [...], "dead_units": share or None}}}.
+        data_profile: what the data alone says, measured on a sample at the end of the fit
+            (bigtrain.diagnose.profile.profile_data): scale, labels, the majority-class and
+            linear-model baselines, likely label errors.
         script: absolute path of the training script that ran the fit (None: not a .py
             file, e.g. a notebook); `bigtrain doctor RUN_DIR --lr-test` reruns its start.
         script_args: the script's command-line arguments.
@@ -148,6 +174,10 @@ class RunRecord:
     memory: dict[int, RankMemory] = field(default_factory=dict)
     rank_step_times: list[float] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
+    stop: dict | None = None
+    step_losses: list[float] = field(default_factory=list)
+    layer_health: dict = field(default_factory=dict)
+    data_profile: dict = field(default_factory=dict)
     script: str | None = None
     script_args: list[str] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
@@ -178,6 +208,9 @@ class RunRecord:
         data["history"] = {k: [_as_float(v) for v in vals]
                            for k, vals in data.get("history", {}).items()}
         data["rank_step_times"] = [_as_float(v) for v in data.get("rank_step_times", [])]
+        for key in ("step_losses", "layer_health", "data_profile"):
+            if key in data:
+                data[key] = _floats_back(data[key])
         for key in ("samples_per_s", "tokens_per_s", "mfu", "peak_flops", "pipeline_bubble"):
             data[key] = _as_float(data.get(key))
         return cls(**data)

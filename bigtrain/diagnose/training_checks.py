@@ -8,16 +8,19 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
+from bigtrain.diagnose.baseline_checks import check_profile
 from bigtrain.diagnose.findings import Finding, sort_findings
+from bigtrain.diagnose.grad_health import check_gradients
 from bigtrain.diagnose.quality_checks import check_history
 from bigtrain.diagnose.record import RunRecord
 
 INPUT_BOUND_SHARE = 0.30   # data-wait share of the step that makes a run input-bound
 COMM_BOUND_SHARE = 0.30    # exposed-communication share that makes it communication-bound
 LOW_MFU = 0.20             # below this MFU a small batch is the first suspect
-SMALL_BATCH = 32           # samples per rank (per micro-batch) considered small
+SMALL_BATCH = 32           # fewer samples per rank (per micro-batch) are small
 OPTIMIZER_SHARE = 0.10     # optimizer share worth fusing
 HIGH_BUBBLE = 0.25         # pipeline idle fraction worth more micro-batches
 TARGET_BUBBLE = 0.10       # what the suggested micro-batch count aims for
@@ -36,20 +39,48 @@ def _input_bound(r: RunRecord) -> list[Finding]:
     return [Finding("input_bound", "warning",
                     f"waiting for data is {st.share('data'):.0%} of each {_ms(st.total)} step "
                     f"({_ms(st.data)})",
-                    "load batches in the background: raise the data loader's num_workers "
-                    "(e.g. to 2) or keep the dataset in memory as tensors")]
+                    _background_loading(), st.share("data"))]
+
+
+def _background_loading() -> str:
+    """Advice for an input-bound run that this bigtrain can follow: fit's own background
+    loading when its fit takes `workers`, a DataLoader with workers otherwise."""
+    import importlib
+    import inspect
+    try:
+        fit = importlib.import_module("bigtrain.api.training").fit
+        has_workers = "workers" in inspect.signature(fit).parameters
+    except (ImportError, AttributeError, ValueError):
+        has_workers = False
+    if has_workers:
+        return "load batches in the background: model.fit(dataset, ..., workers=2)"
+    return ("load batches in the background: model.fit(DataLoader(dataset, batch_size=64, "
+            "num_workers=2, persistent_workers=True), ...), or keep the data in memory as "
+            "arrays")
 
 
 def _comm_bound(r: RunRecord) -> list[Finding]:
     st = r.step_time
-    if r.world_size < 2 or st.share("comm_exposed") < COMM_BOUND_SHARE:
+    # waiting in a collective for a slow rank is the straggler's cost, not the network's
+    times = r.rank_step_times  # the ranks' mean wait for the slowest: max - mean
+    wait = (max(times) - statistics.fmean(times)) if len(times) >= 2 else 0.0
+    share = max(st.comm_exposed - wait, 0.0) / st.total if st.total > 0 else 0.0
+    if r.world_size < 2 or share < COMM_BOUND_SHARE:
         return []
     return [Finding("comm_bound", "warning",
-                    f"exposed communication is {st.share('comm_exposed'):.0%} of each "
+                    f"exposed communication is {share:.0%} of each "
                     f"{_ms(st.total)} step on {r.world_size} ranks ({r.strategy})",
-                    f"communicate less often per sample: raise batch_size from {r.batch_size} "
-                    f"to {4 * r.batch_size} (or accumulate 4 micro-batches per step), "
-                    "or use fewer ranks with more threads each")]
+                    _comm_advice(r), share)]
+
+
+def _comm_advice(r: RunRecord) -> str:
+    bucket = re.search(r"bucket ([0-9.]+) MB", r.strategy)
+    if bucket and float(bucket.group(1)) < 1:
+        return ("all-reduce gradients in larger buckets: strategy=DataParallel(bucket_cap_mb=25) "
+                "(one all-reduce per 25 MB instead of one per tensor)")
+    return (f"communicate less often per sample: raise batch_size from {r.batch_size} to "
+            f"{4 * r.batch_size} (or accumulate_steps=4), or use fewer ranks with more "
+            "threads each")
 
 
 def _per_rank_batch(r: RunRecord) -> float:
@@ -59,14 +90,14 @@ def _per_rank_batch(r: RunRecord) -> float:
 
 
 def _low_mfu(r: RunRecord) -> list[Finding]:
-    if r.mfu is None or r.mfu >= LOW_MFU or _per_rank_batch(r) > SMALL_BATCH:
+    if r.mfu is None or r.mfu >= LOW_MFU or _per_rank_batch(r) >= SMALL_BATCH:
         return []
     peak = f" of {r.peak_flops:.3g} FLOP/s peak" if r.peak_flops else ""
     return [Finding("small_batch", "warning",
                     f"MFU is {r.mfu:.1%}{peak} with {_per_rank_batch(r):.0f} samples per rank "
                     "per micro-batch: the matrix multiplies are too small to keep cores busy",
-                    f"raise batch_size to {r.batch_size * 4} (scale the learning rate with it) "
-                    "or accumulate fewer, larger micro-batches")]
+                    f"fit(..., batch_size={r.batch_size * 4}) (scale the learning rate with "
+                    "it), or accumulate fewer, larger micro-batches", 1.0 - r.mfu / LOW_MFU)]
 
 
 def _oversubscribed(r: RunRecord) -> list[Finding]:
@@ -77,8 +108,9 @@ def _oversubscribed(r: RunRecord) -> list[Finding]:
     return [Finding("thread_oversubscription", "warning",
                     f"{r.local_world_size} ranks x {r.threads_per_rank} threads = {used} "
                     f"threads on {r.cpu_cores} cores",
-                    f"set torch threads per rank to {fair} (torch.set_num_threads / "
-                    "OMP_NUM_THREADS) so ranks stop evicting each other")]
+                    f"torch.set_num_threads({fair}) in each rank (or OMP_NUM_THREADS={fair}) "
+                    "so threads stop evicting each other",
+                    1.0 - r.cpu_cores / used)]
 
 
 def _unfused(r: RunRecord) -> list[Finding]:
@@ -86,11 +118,12 @@ def _unfused(r: RunRecord) -> list[Finding]:
     if (r.device != "cpu" or r.optimizer_fused is not False
             or r.optimizer.lower() not in FUSABLE or share < OPTIMIZER_SHARE):
         return []
-    return [Finding("unfused_optimizer", "info",
+    return [Finding("unfused_optimizer", "warning",
                     f"the unfused {r.optimizer} step is {share:.0%} of each step "
                     f"({_ms(r.step_time.optimizer)})",
-                    f"create it with fused=True (torch.optim.{r.optimizer.capitalize()}"
-                    "(..., fused=True) runs one kernel for all parameters on CPU)")]
+                    f"let bigtrain fuse it: compile(optimizer={r.optimizer.capitalize()}(...)) "
+                    "or OptimizerSpec(..., {..., 'fused': True}) (one kernel for all "
+                    "parameters on CPU)", 0.7 * share)]
 
 
 def suggested_microbatches(stages: int, target: float = TARGET_BUBBLE) -> int:
@@ -106,24 +139,28 @@ def _bubble(r: RunRecord) -> list[Finding]:
     return [Finding("pipeline_bubble", "warning",
                     f"the pipeline idles {r.pipeline_bubble:.0%} of each step with {p} stages "
                     f"and {r.microbatches} micro-batches",
-                    f"raise microbatches from {r.microbatches} to {m} (bubble (p-1)/(m+p-1) "
-                    f"= {(p - 1) / (m + p - 1):.0%}); keep batch_size >= {m}")]
+                    f"strategy=Pipeline(stages={p}, microbatches={m}) instead of "
+                    f"{r.microbatches} micro-batches (bubble (p-1)/(m+p-1) "
+                    f"= {(p - 1) / (m + p - 1):.0%}); keep batch_size >= {m}",
+                    r.pipeline_bubble - (p - 1) / (m + p - 1))]
 
 
 def _straggler(r: RunRecord) -> list[Finding]:
     times = r.rank_step_times
     if len(times) < 2:
         return []
-    median = statistics.median(times)
     slow = max(range(len(times)), key=times.__getitem__)
+    median = statistics.median(times[:slow] + times[slow + 1:])  # of the other ranks
     if median <= 0 or times[slow] / median < STRAGGLER_RATIO:
         return []
+    # time lost: every rank waits for the slow one, which could run as fast as the others
     return [Finding("straggler", "warning",
                     f"rank {slow} takes {_ms(times[slow])} per step, "
-                    f"{times[slow] / median:.2f}x the median rank ({_ms(median)}); every "
+                    f"{times[slow] / median:.2f}x the other ranks ({_ms(median)}); every "
                     "collective waits for it",
-                    f"check rank {slow}'s host: other processes on its cores, a larger data "
-                    "shard, or a different thread count")]
+                    f"give rank {slow} less work: fit(..., strategy='ddp_balanced') splits "
+                    "each batch by measured speed; or free its host's cores (other "
+                    "processes, torch.set_num_threads)", 1.0 - median / times[slow])]
 
 
 def _slow_bf16(r: RunRecord) -> list[Finding]:
@@ -135,22 +172,74 @@ def _slow_bf16(r: RunRecord) -> list[Finding]:
                     f"{probe['slowdown']:.1f}x as long as fp32 (no native AVX-512 BF16 / AMX): "
                     "every step pays that in conversions",
                     "train with precision='32' on this CPU (bf16 pays off on GPUs and on "
-                    "CPUs with native bf16); keep bf16 for those")]
+                    "CPUs with native bf16); keep bf16 for those",
+                    1.0 - 1.0 / max(probe["slowdown"], 1.0))]
 
 
 SPEED_CHECKS = (_input_bound, _comm_bound, _low_mfu, _oversubscribed, _unfused, _bubble,
                 _straggler, _slow_bf16)
 
 
+def _stop(r: RunRecord) -> list[Finding]:
+    """How a run that did not complete ended (NaN stops are judged by their cause)."""
+    stop = r.stop or {}
+    reason = stop.get("reason")
+    if reason in (None, "completed", "nan_loss"):
+        return []
+    at = f"in epoch {stop.get('epoch', 0) + 1}"
+    text = {"exception": f"the fit raised {at}: {stop.get('message', '')}",
+            "interrupted": f"the fit was interrupted {at} (Ctrl-C)",
+            "rank_lost": f"a rank stopped answering {at}: {stop.get('message', '')}",
+            "running": f"the run ended without finishing {at} (the process was killed; "
+                       "the record is from the last epoch end)"}[reason]
+    advice = {"exception": "fix the error above and rerun with fit(..., checkpoint_dir=...) "
+                           "so a failure resumes; the history up to it is kept here",
+              "interrupted": "rerun with fit(..., checkpoint_dir=...) to resume where it "
+                             "stopped",
+              "rank_lost": "look at that rank's host and log (out of memory? killed?); "
+                           "fit(..., checkpoint_dir=..., max_restarts=2) restarts the group",
+              "running": "rerun with checkpoint_dir=... so a killed run can resume"}[reason]
+    return [Finding("run_stopped", "error", text[:400], advice, 1.0)]
+
+
+def _nan_in_steps(r: RunRecord, found: list[Finding]) -> list[Finding]:
+    """A NaN stop before the first epoch ended leaves no history: read the step losses."""
+    if (r.stop or {}).get("reason") != "nan_loss" or any(f.kind == "nan_loss" for f in found):
+        return []
+    step = next((i for i, v in enumerate(r.step_losses) if not math.isfinite(v)), None)
+    where = f"step {step + 1} of " if step is not None else ""
+    finite = [round(v, 4) for v in r.step_losses if math.isfinite(v)][-3:]
+    return [Finding("nan_loss", "error",
+                    f"the loss became NaN/Inf at {where}epoch {r.stop.get('epoch', 0) + 1}; "
+                    f"last finite losses {finite}",
+                    "see the cause ranked above it; then optimizer=Adam(learning_rate=3e-4, "
+                    "clipnorm=1.0)", 0.5)]
+
+
 def check_run(record: RunRecord) -> list[Finding]:
-    """Speed findings (step-time breakdown, ranks, threads) and quality findings (history).
+    """Speed findings (step-time breakdown, ranks, threads) and quality findings (data
+    profile, gradient health, history, how the run stopped), ranked by how much each
+    explains.
 
     Args:
         record: the run record the engine wrote.
 
     Returns:
-        Findings, errors first; empty when nothing looks wrong.
+        Findings, the one that explains most first; empty when nothing looks wrong.
     """
     out = [f for check in SPEED_CHECKS for f in check(record)]
-    out += check_history(record.history, num_classes=record.num_classes)
-    return sort_findings(out)
+    grads = check_gradients(record.layer_health)
+    out += grads + check_profile(record.data_profile, record.history, stop=record.stop,
+                                 step_losses=record.step_losses, prior=grads)
+    history = check_history(record.history, num_classes=record.num_classes)
+    out += history + _nan_in_steps(record, history) + _stop(record)
+    return sort_findings(_dedupe(out))
+
+
+def _dedupe(findings: list[Finding]) -> list[Finding]:
+    """One finding per kind: the one that explains most."""
+    best: dict[str, Finding] = {}
+    for f in findings:
+        if f.kind not in best or f.impact > best[f.kind].impact:
+            best[f.kind] = f
+    return list(best.values())

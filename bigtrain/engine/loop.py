@@ -19,8 +19,10 @@ from bigtrain.engine.comm_probe import exposed_sync_seconds
 from bigtrain.engine.data import epoch_permutation, epoch_window, global_batches, num_batches
 from bigtrain.engine.evaluate import evaluate
 from bigtrain.engine.record import write_run_record
-from bigtrain.engine.resume import Progress, resume
+from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
+from bigtrain.engine.resume import Progress, resume
+from bigtrain.engine.run_profile import write_local_record
 from bigtrain.engine.step import train_step
 from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
 from bigtrain.engine.task import TrainTask
@@ -197,17 +199,24 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
-    callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
+    monitor = _monitor(task, strategy)
+    callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
+                             params, strategy.env.is_main)
     result = FitResult()
     progress, first_epoch = resume(task, strategy, module, optimizer, result)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
-               RunTiming(ctx.timer))
+               RunTiming(ctx.timer), monitor)
     callbacks.on_train_begin()
     t_start = time.perf_counter()
     try:
         samples, epoch_times = _epochs(run, first_epoch)
         if first_epoch < cfg.epochs:
             finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
+    except BaseException as e:  # the record survives: history, step losses, why it stopped
+        if monitor is not None:
+            monitor.failed(e, lambda m: write_local_record(task, strategy, run.timing, m,
+                                                           profile=True))
+        raise
     finally:
         callbacks.on_train_end()
     elapsed = time.perf_counter() - t_start
@@ -231,6 +240,7 @@ class _Run:
     progress: Progress
     result: FitResult
     timing: RunTiming
+    monitor: RunMonitor | None = None  # rank 0's run-record keeper (bigtrain doctor)
 
 
 def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
@@ -247,6 +257,8 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
         except NonFiniteLoss as e:
             if strategy.env.is_main:
                 print(e, flush=True)
+            if run.monitor is not None:
+                run.monitor.stopped("nan_loss", str(e))
             run.owner.stop_training = True
             break
         samples += _epoch_samples(epoch, cfg, len(task.train))
@@ -289,10 +301,18 @@ def _finish(run: _Run) -> None:
             strategy, run.module, timing.last_batch, safe_loss(task.compute_loss),
             autocast_factory(task.config.precision, strategy.env.device))
     timing.last_batch = None
-    write_run_record(task, strategy, run.module, run.optimizer, run.result, timing)
+    write_run_record(task, strategy, run.module, run.optimizer, run.result, timing,
+                     run.monitor)
     ctx.mark("gather full state")
     state = strategy.full_state_dict(run.module)
     run.result.state_dict = state if strategy.env.is_main else None
+
+
+def _monitor(task, strategy) -> RunMonitor | None:
+    """Rank 0's RunMonitor when the fit keeps a run record (bigtrain doctor reads it)."""
+    if task.run_dir is None or not strategy.env.is_main:
+        return None
+    return RunMonitor(save=lambda m: write_local_record(task, strategy, None, m))
 
 
 def _epoch_samples(epoch: int, cfg, n: int) -> int:

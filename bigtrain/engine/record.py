@@ -15,6 +15,7 @@ import torch
 
 from bigtrain.diagnose.record import RankMemory, RunRecord, StepTimes
 from bigtrain.engine.checkpoint_state import inner_optimizer
+from bigtrain.engine.run_profile import data_profile, doctor_fields
 
 
 def _local_bytes(t) -> int:
@@ -130,11 +131,14 @@ def tokens_per_sample(task) -> int | None:
     return first[0].numel()
 
 
-def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
+def write_run_record(task, strategy, module, optimizer, result, timing,
+                     monitor=None) -> None:
     """Gather per-rank figures (collective) and, on rank 0, write `run.json`.
 
     Args:
         timing: the loop's RunTiming (phase timer, steps, probed in-backward sync wait).
+        monitor: rank 0's RunMonitor (stop reason, step losses, gradient health); with
+            it the record also gets the data profile (bigtrain.engine.run_profile).
     """
     figures = gather_rank_figures(strategy, module, optimizer, step_phases(timing, strategy),
                                   _bubble(strategy))
@@ -144,6 +148,9 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
                                         strategy.env.world_size, strategy.env.local_world_size)
     ph = figures["phases"]
     stats = strategy.stats()
+    doctor = doctor_fields(monitor, data_profile(task, strategy) if monitor else None)
+    if monitor is not None and doctor["stop"]["reason"] == "running":
+        doctor["stop"] = {**doctor["stop"], "reason": "completed"}
     samples_per_s, tokens = result.stats.get("samples_per_s"), tokens_per_sample(task)
     record = RunRecord(
         strategy=strategy.describe(), world_size=strategy.env.world_size,
@@ -155,6 +162,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing) -> None:
         microbatches=stats.get("pipeline_microbatches", task.config.accumulate_steps),
         pipeline_stages=stats.get("pipeline_stages"),
         num_params=sum(p.numel() for p in task.module.parameters()),
+        **doctor,
         samples_per_s=samples_per_s, mfu=mfu, peak_flops=peak,
         tokens_per_s=samples_per_s * tokens if samples_per_s and tokens else None,
         step_time=StepTimes(data=ph["data"], forward=ph["forward"], backward=ph["backward"],

@@ -140,9 +140,10 @@ def test_doctor_run_dir_lr_test_reruns_the_recorded_script(tmp_path, capsys):
     record = RunRecord.load(run)
     assert record.script == str(script) and record.script_args == [str(run)]
     assert main(["doctor", str(run)]) == 0
-    assert "lr_too_low" not in capsys.readouterr().out  # one epoch: no evidence without a test
+    out = capsys.readouterr().out  # the recorded update/weight ratio is evidence already
+    assert "lr_too_low" in out and "at the current lr" not in out
     assert main(["doctor", str(run), "--lr-test"]) == 0
-    assert "lr_too_low" in capsys.readouterr().out
+    assert "at the current lr 1e-07" in capsys.readouterr().out  # the range test's finding
     record.script = None
     record.save(run)
     assert main(["doctor", str(run), "--lr-test"]) == 0

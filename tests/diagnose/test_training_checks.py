@@ -55,12 +55,13 @@ def test_planted_problem_is_found_with_numbers_and_advice(kind, changes):
 
 def test_finding_details():
     f = check_run(clean_record(threads_per_rank=4))[0]
-    assert "2 ranks x 4 threads = 8 threads on 2 cores" in f.evidence and "to 1" in f.advice
+    assert "2 ranks x 4 threads = 8 threads on 2 cores" in f.evidence
+    assert "torch.set_num_threads(1)" in f.advice
     s = check_run(clean_record(rank_step_times=[0.1, 0.1, 0.16, 0.1]))[0]
     assert s.evidence.startswith("rank 2")
     b = check_run(clean_record(strategy="pipeline", world_size=4, local_world_size=1,
                                microbatches=2, pipeline_bubble=0.6))[0]
-    assert "from 2 to 27" in b.advice  # (4-1)/(27+3) = 10%
+    assert "Pipeline(stages=4, microbatches=27)" in b.advice  # (4-1)/(27+3) = 10%
 
 
 def test_suggested_microbatches_meets_the_target():

@@ -1,0 +1,198 @@
+"""What the data alone says about a run, measured once on a sample at the end of a fit and
+kept in the run record (RunRecord.data_profile): the feature scale against a standard scale,
+the data checks (bigtrain.diagnose.data_checks), train/validation shift, and the baselines a
+model must beat: the majority class (or the mean) and a scikit-learn linear model on the same
+features. With `cleanlab` installed, likely label errors (confident learning on out-of-sample
+predicted probabilities).
+
+Example:
+    from bigtrain.diagnose.profile import profile_data
+    profile = profile_data(x_train, y_train, x_val, y_val, loss="sparse_categorical_crossentropy")
+    profile["linear"]        # {"metric": "accuracy", "train": 0.81, "val": 0.79}
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from bigtrain.diagnose.data_checks import check_data
+from bigtrain.diagnose.label_checks import class_ids
+
+MAX_ROWS = 1000        # rows of each split the profile looks at
+MAX_FEATURES = 512     # wider inputs (images, long sequences) get no linear baseline
+CV_FOLDS = 3           # folds of the out-of-sample probabilities for cleanlab
+MIN_LABEL_ROWS = 200   # fewer training rows get no label-error estimate
+
+
+def _standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    mu, sd = ref.mean(0), ref.std(0)
+    return (x - mu) / np.where(sd > 0, sd, 1.0)
+
+
+def _sample(n: int, seed: int) -> np.ndarray:
+    rows = np.arange(n)
+    return rows if n <= MAX_ROWS else np.sort(
+        np.random.default_rng(seed).choice(n, MAX_ROWS, replace=False))
+
+
+def scale_profile(x2: np.ndarray) -> dict:
+    """Typical feature magnitude against the standard scale (mean 0, std 1)."""
+    mean, std = x2.mean(0), x2.std(0)
+    varying = std > 0
+    rms = np.sqrt(mean ** 2 + std ** 2)[varying]
+    return {"median_abs_mean": float(np.median(np.abs(mean[varying]))) if varying.any() else 0.0,
+            "median_std": float(np.median(std[varying])) if varying.any() else 0.0,
+            "median_rms": float(np.median(rms)) if varying.any() else 0.0,
+            "std_ratio": float(std[varying].max() / std[varying].min()) if varying.sum() > 1
+            else 1.0}
+
+
+def shift_profile(x2: np.ndarray, xv2: np.ndarray) -> dict:
+    """Largest standardized difference of a feature's mean between train and validation."""
+    sd = x2.std(0)
+    smd = np.abs(xv2.mean(0) - x2.mean(0)) / np.where(sd > 0, sd, np.inf)
+    j = int(np.argmax(smd))
+    return {"max_mean_shift": float(smd[j]), "feature": j,
+            "features_shifted": int((smd > 0.5).sum())}
+
+
+def _linear(x2, y, xv2, yv, ids, ids_v) -> tuple[dict, np.ndarray | None]:
+    """The linear baseline on standardized features; for classes also the out-of-sample
+    probabilities of the training rows (cross-validated) for the label check."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.model_selection import cross_val_predict
+    xs = _standardize(x2, x2)
+    xvs = None if xv2 is None else _standardize(xv2, x2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if ids is None:
+            model = Ridge(alpha=1.0).fit(xs, y)
+            out = {"metric": "mse", "train": float(np.mean((model.predict(xs) - y) ** 2))}
+            if xvs is not None:
+                out["val"] = float(np.mean((model.predict(xvs) - yv) ** 2))
+            return out, None
+        model = LogisticRegression(max_iter=300).fit(xs, ids)
+        out = {"metric": "accuracy", "train": float(model.score(xs, ids))}
+        if xvs is not None and ids_v is not None:
+            out["val"] = float(model.score(xvs, ids_v))
+        counts = np.bincount(ids)
+        folds = min(CV_FOLDS, int(counts[counts > 0].min()))
+        probs = None
+        if folds >= 2:
+            probs = cross_val_predict(LogisticRegression(max_iter=300), xs, ids, cv=folds,
+                                      method="predict_proba")
+        return out, probs
+
+
+def label_issues(labels: np.ndarray, probs: np.ndarray) -> dict | None:
+    """cleanlab's likely label errors: their share and the worst rows (lowest self-confidence
+    first); None when cleanlab is not installed or the probabilities do not fit the labels."""
+    try:
+        from cleanlab.filter import find_label_issues
+    except ImportError:
+        return None
+    if probs is None or probs.shape[1] != labels.max() + 1 or probs.shape[1] < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+    return {"share": float(len(ranked) / len(labels)), "worst": [int(i) for i in ranked[:10]],
+            "accuracy_of_probs": float((probs.argmax(1) == labels).mean())}
+
+
+def _classes(ids: np.ndarray, ids_v: np.ndarray | None) -> dict:
+    counts = np.bincount(ids)
+    major = int(counts.argmax())
+    out = {"classes": int(len(counts)), "class_counts": counts.tolist(),
+           "majority_class": major, "majority_share": float(counts.max() / len(ids))}
+    if ids_v is not None:
+        out["val_majority_share"] = float((ids_v == major).mean())
+    return out
+
+
+def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
+                 output_units: int | None = None, val_probs=None, seed: int = 0) -> dict:
+    """The data profile of one run (JSON-ready).
+
+    Args:
+        x, y: training inputs (samples, ...) and targets, numpy.
+        x_val, y_val: validation inputs and targets (None: no validation data).
+        loss: the compiled loss's name ("mse", "sparse_categorical_crossentropy", ...).
+        output_units: units of the model's output.
+        val_probs: the trained model's class probabilities on the validation sample rows
+            `profile_rows(len(x_val))` (out-of-sample), used for the label check when they
+            beat the linear model's.
+        seed: seed of the row sample.
+    """
+    rows = _sample(len(x), seed)
+    x2 = np.asarray(x)[rows].reshape(len(rows), -1)
+    y_s = None if y is None else np.asarray(y)[rows]
+    xv2 = yv_s = None
+    if x_val is not None:
+        vrows = _sample(len(x_val), seed)
+        xv2 = np.asarray(x_val)[vrows].reshape(len(vrows), -1)
+        yv_s = None if y_val is None else np.asarray(y_val)[vrows]
+    out = {"rows": int(len(x)), "features": int(x2.shape[1]), "loss": loss,
+           "output_units": output_units, "sample_rows": int(len(rows))}
+    out["data_findings"] = [f.to_dict() for f in check_data(x2, y_s, xv2, yv_s)]
+    floating = x2.dtype.kind == "f" and np.isfinite(x2).all()
+    if floating:
+        out["scale"] = scale_profile(x2)
+        if xv2 is not None and xv2.shape[1] == x2.shape[1] and np.isfinite(xv2).all():
+            out["shift"] = shift_profile(x2, xv2)
+    ids, ids_v = class_ids(y_s), class_ids(yv_s)
+    if y_s is None:
+        return out
+    out["task"] = "classification" if ids is not None else "regression"
+    if ids is not None and ids.min() >= 0:
+        out.update(_classes(ids, ids_v))
+    elif ids is None and np.issubdtype(np.asarray(y_s).dtype, np.number):
+        yf = np.asarray(y_s, dtype=np.float64).reshape(len(y_s), -1)[:, 0]
+        out["target_std"] = float(yf.std())
+        if yv_s is not None:
+            yvf = np.asarray(yv_s, dtype=np.float64).reshape(len(yv_s), -1)[:, 0]
+            out["mean_baseline_mse"] = float(np.mean((yvf - yf.mean()) ** 2))
+    if not floating or x2.shape[1] > MAX_FEATURES or (ids is not None and ids.min() < 0):
+        return out
+    yv_lin = None if yv_s is None or ids is not None else \
+        np.asarray(yv_s, dtype=np.float64).reshape(len(yv_s), -1)[:, 0]
+    y_lin = ids if ids is not None else \
+        np.asarray(y_s, dtype=np.float64).reshape(len(y_s), -1)[:, 0]
+    ok_val = xv2 is not None and xv2.shape[1] == x2.shape[1] and np.isfinite(xv2).all()
+    out["linear"], probs = _linear(x2, y_lin, xv2 if ok_val else None, yv_lin, ids,
+                                   ids_v if ok_val else None)
+    if ids is not None and len(np.unique(ids)) >= 2:
+        vrows = _sample(len(x_val), seed) if x_val is not None else None
+        out["label_issues"] = _best_label_issues(ids, probs, rows, ids_v, val_probs, vrows,
+                                                 out["linear"].get("val"))
+    return out
+
+
+def _best_label_issues(ids, probs, rows, ids_v, val_probs, vrows,
+                       linear_val: float | None) -> dict | None:
+    """Label issues of the training labels from the linear model's cross-validated
+    probabilities; when the trained model is clearly better out of sample (a boundary the
+    linear model cannot draw), from the trained model's probabilities on validation.
+    `worst` holds row numbers of that split ("train" or "validation")."""
+    if len(ids) < MIN_LABEL_ROWS:
+        return None  # too few rows for confident learning to tell noise from chance
+    train = label_issues(ids, probs) if probs is not None else None
+    val = None
+    if val_probs is not None and ids_v is not None and len(val_probs) == len(ids_v):
+        val = label_issues(ids_v, np.asarray(val_probs, dtype=np.float64))
+    # both accuracies on the validation labels: the trained model must clearly beat the
+    # linear model for its probabilities to be the better judge
+    if val is not None and (train is None or linear_val is None or
+                            val["accuracy_of_probs"] > linear_val + 0.1):
+        split, split_rows, best = "validation", vrows, val
+    elif train is not None:
+        split, split_rows, best = "train", rows, train
+    else:
+        return None
+    return {**best, "split": split, "worst": [int(split_rows[i]) for i in best["worst"]]}
+
+
+def profile_rows(n: int, seed: int = 0) -> np.ndarray:
+    """The rows `profile_data` samples from a split of `n` rows (for `val_probs`)."""
+    return _sample(n, seed)

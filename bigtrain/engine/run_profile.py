@@ -1,0 +1,137 @@
+"""The doctor's part of the run record, filled on rank 0 without collectives: the data
+profile of the training and validation arrays (bigtrain.diagnose.profile), the RunMonitor's
+stop, step losses and gradient health, and the rank-local record written at epoch ends and
+when a fit ends badly (when no collective can be trusted any more).
+
+Example (what the loop does when a fit raises):
+    write_local_record(task, strategy, timing, monitor, profile=True)
+"""
+from __future__ import annotations
+
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+from bigtrain.diagnose.profile import profile_data, profile_rows
+from bigtrain.diagnose.record import RunRecord, StepTimes
+from bigtrain.engine.data import DatasetData
+
+_INPUT_SCALERS = ("Normaliz", "Rescal", "BatchNorm", "LayerNorm", "Standard")
+
+
+def _normalized_in_model(net: nn.Module) -> bool:
+    """The model scales its own inputs: a normalization layer comes before the first
+    Linear/conv layer."""
+    for mod in net.modules():
+        if any(s in type(mod).__name__ for s in _INPUT_SCALERS):
+            return True
+        if isinstance(mod, (nn.Linear, nn.modules.conv._ConvNd, nn.Embedding)):
+            return False
+    return False
+
+
+def _output_units(net: nn.Module) -> int | None:
+    last = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    return last[-1].out_features if last else None
+
+
+def _arrays(data, rows: np.ndarray):
+    """(x, y) numpy of `rows` of single-input, single-output in-memory data, else None."""
+    if data is None or isinstance(data, DatasetData) or len(getattr(data, "xs", [])) != 1 \
+            or len(getattr(data, "ys", []) or []) != 1:
+        return None
+    x, y, _ = data.take(torch.as_tensor(rows), torch.device("cpu"))
+    if isinstance(x, tuple) or isinstance(y, tuple):
+        return None
+    return x, y
+
+
+def _val_probs(task, net: nn.Module, x: torch.Tensor) -> np.ndarray | None:
+    """The trained model's class probabilities on validation rows (out of sample)."""
+    act = task.activations[0] if task.activations else None
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(x)
+    except Exception:  # noqa: BLE001 - a model we cannot call alone gives no probabilities
+        return None
+    finally:
+        net.train(was)
+    if not torch.is_tensor(out) or out.dim() != 2:
+        return None
+    out = out.float() if act is None else act(out.float())
+    if out.shape[1] == 1:
+        p = out[:, 0] if ((out >= 0) & (out <= 1)).all() else torch.sigmoid(out[:, 0])
+        return torch.stack([1 - p, p], 1).numpy().astype(np.float64)
+    if not (((out >= 0) & (out <= 1)).all() and torch.allclose(out.sum(1), torch.ones(1),
+                                                                 atol=1e-3)):
+        out = torch.softmax(out, 1)
+    return out.numpy().astype(np.float64)
+
+
+def data_profile(task, strategy) -> dict:
+    """The data profile of this fit's training/validation arrays; {} for Datasets, several
+    inputs or outputs, or when profiling fails (the record is still written)."""
+    try:
+        rows = profile_rows(len(task.train))
+        train = _arrays(task.train, rows)
+        if train is None:
+            return {}
+        vrows = profile_rows(len(task.val)) if task.val is not None else None
+        val = _arrays(task.val, vrows) if task.val is not None else None
+        single = strategy.env.world_size == 1 and not any(
+            hasattr(p, "to_local") for p in task.module.parameters())
+        probs = _val_probs(task, task.module, val[0]) if val is not None and single else None
+        loss = task.losses[0].name if len(task.losses) == 1 else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            prof = profile_data(train[0].numpy(), train[1].numpy(),
+                                None if val is None else val[0].numpy(),
+                                None if val is None else val[1].numpy(), loss=loss,
+                                output_units=_output_units(task.module), val_probs=probs)
+    except Exception as e:  # noqa: BLE001 - the profile is advice; never lose the record
+        return {"error": f"{type(e).__name__}: {e}"[:300]}
+    prof["normalized_in_model"] = _normalized_in_model(task.module)
+    issues = prof.get("label_issues")
+    if issues:  # rows of the profile's sample -> rows of the split
+        split_rows = rows if issues["split"] == "train" else vrows
+        issues["worst"] = [int(split_rows[i]) for i in issues["worst"]]
+    return prof
+
+
+def doctor_fields(monitor, profile: dict | None) -> dict:
+    """RunRecord keyword arguments from the monitor (and the data profile)."""
+    fields = {} if monitor is None else monitor.fields()
+    if profile:
+        fields["data_profile"] = profile
+        if profile.get("task") == "classification":
+            fields["num_classes"] = profile.get("classes")
+    return fields
+
+
+def write_local_record(task, strategy, timing, monitor, profile: bool = False) -> None:
+    """Write rank 0's record from what it knows alone (no collectives): the history so
+    far, the monitor's fields, its own step phases; with `profile`, the data profile."""
+    if not strategy.env.is_main or task.run_dir is None:
+        return
+    ph = timing.timer.means() if timing is not None else {}  # stops the timer: last use
+    fields = doctor_fields(monitor, data_profile(task, strategy) if profile else None)
+    record = RunRecord(
+        strategy=strategy.describe(), world_size=strategy.env.world_size,
+        threads_per_rank=torch.get_num_threads(), optimizer=task.optimizer_name,
+        precision=task.config.precision, batch_size=task.config.batch_size,
+        epochs=len(next(iter(monitor.history.values()), [])), cpu_cores=os.cpu_count(),
+        local_world_size=strategy.env.local_world_size, device=str(strategy.env.device),
+        step_time=StepTimes(**{k: ph.get(k, 0.0) for k in
+                               ("data", "forward", "backward", "optimizer", "other")},
+                            comm_exposed=ph.get("comm", 0.0)),
+        history={k: list(v) for k, v in monitor.history.items()},
+        extra={"record": "rank 0 alone (written at an epoch end or when the fit stopped "
+                         "early; per-rank figures need the end of the fit)"},
+        **fields)
+    record.save(task.run_dir)
+
