@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import warnings
-from itertools import islice
 from dataclasses import dataclass, field
 
 import torch
@@ -18,10 +17,10 @@ from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.checkpoint import Checkpointer
 from bigtrain.engine.comm_probe import exposed_sync_seconds
-from bigtrain.engine.data import (epoch_permutation, epoch_window, global_batches, num_batches,
-                                  shard_bounds)
+from bigtrain.engine.data import epoch_window, num_batches, sample_count, shard_bounds
+from bigtrain.engine.feed import EpochPlan, feed_epoch
 from bigtrain.engine.record import write_run_record
-from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
+from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
 from bigtrain.parallel.update_rules import finish_ema
@@ -119,29 +118,27 @@ def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
 def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
                  progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
-    data_pass, first, stop = epoch_window(epoch, cfg.steps_per_epoch,
-                                          num_batches(len(task.train), cfg.batch_size))
-    perm = epoch_permutation(len(task.train), cfg.seed, data_pass, cfg.shuffle)
-    steps = stop - first
+    shard, replicas = strategy.data_shard(), strategy.grad_replicas
+    feed = feed_epoch(task.train, EpochPlan(epoch, cfg.batch_size, cfg.steps_per_epoch, cfg.seed,
+                                            cfg.shuffle, shard, cfg.accumulate_steps, replicas,
+                                            progress.skip, device))
+    steps = feed.steps
     tally = Tally(task.metrics, task.activations, device)
     pending: list = []  # losses of the steps since the last non-finite check
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
-    shard, replicas = strategy.data_shard(), strategy.grad_replicas
     # decided once per epoch, not per step
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
     want_logs, check_nan = end_hooks and callbacks.wants_batch_logs, cfg.terminate_on_nan
     mark, timer = strategy.mark, timing.timer
     module.train()
-    last_check = skip = progress.skip
-    for step, gidx in enumerate(islice(global_batches(perm, cfg.batch_size), first, stop)):
-        if step < skip:
-            continue  # trained before the checkpoint this run resumed from
+    last_check = progress.skip  # steps before it were trained before the checkpoint
+    for step in feed.step_numbers(progress.skip):
         mark("callbacks (batch begin)", progress.step)
         if begin_hooks:
             callbacks.on_train_batch_begin(step)
         timer.begin_step(timing.steps)
         mark("data")
-        batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
+        size, batch = feed.next()
         # strategies refine it: forward, backward, optimizer step, communication
         mark("train step", phase="other")
         outputs, loss = strategy.train_step(module, optimizer, batch, loss_fn, autocast)
@@ -157,7 +154,7 @@ def _train_epoch(task, strategy, module, optimizer, callbacks, epoch, timing,
                 last_check = step + 1
         mark("callbacks (batch end)")
         if end_hooks:
-            logs = {"size": gidx.shape[0]}
+            logs = {"size": size}
             if want_logs:
                 logs["loss"] = float(loss)
             callbacks.on_train_batch_end(step, logs)
@@ -238,8 +235,9 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
         return FitResult(stats=getattr(strategy, "stats", dict)())
     owner.optimizer, owner.stop_training = optimizer, False
     owner._live = (strategy, module)
-    steps = cfg.steps_per_epoch or num_batches(len(task.train), cfg.batch_size)
-    params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
+    n = sample_count(task.train)  # None: a stream of unknown length
+    steps = cfg.steps_per_epoch or (None if n is None else num_batches(n, cfg.batch_size))
+    params = {"epochs": cfg.epochs, "steps": steps, "samples": n,
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
     callbacks = CallbackList(task.callbacks, owner, params, strategy.env.is_main)
@@ -261,7 +259,7 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
                     print(e, flush=True)
                 owner.stop_training = True
                 break
-            samples += _epoch_samples(epoch, cfg, len(task.train))
+            samples += _epoch_samples(epoch, cfg, n)
             if task.val is not None and cfg.validates_after(epoch):
                 val_batch = cfg.validation_batch_size or cfg.batch_size
                 limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
@@ -304,6 +302,8 @@ def _train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
 
 def _epoch_samples(epoch: int, cfg, n: int) -> int:
     """Training samples in epoch `epoch` (all `n` unless steps_per_epoch cuts the pass)."""
+    if n is None:  # a stream of unknown length: its nominal steps
+        return (cfg.steps_per_epoch or 0) * cfg.batch_size
     _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
     return min(n, stop * cfg.batch_size) - first * cfg.batch_size
 
@@ -315,7 +315,7 @@ def _resume(task, strategy, module, optimizer, result: FitResult) -> tuple[Progr
     cfg = task.config
     if task.checkpoint is None:
         return Progress(), cfg.initial_epoch
-    info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
+    info = {"batch_size": cfg.batch_size, "samples": sample_count(task.train), "seed": cfg.seed,
             "shuffle": cfg.shuffle, "strategy": strategy.name,
             "steps_per_epoch": cfg.steps_per_epoch}
     ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info, record=result)
