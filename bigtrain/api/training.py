@@ -14,7 +14,9 @@ from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
+from bigtrain.data.streams import as_stream
 from bigtrain.engine.data import ArrayData, DatasetData, Loading, as_tensor_source
+from bigtrain.engine.feed import StreamData, check_stream, stream_data
 from bigtrain.engine.task import FitConfig, TrainTask
 
 DEFAULT_BATCH_SIZE = 32  # as Keras
@@ -130,6 +132,9 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
                  loading: dict | None = None) -> ArrayData:
     """Inputs/targets as ArrayData after every check that can fail before training."""
     from torch.utils.data import DataLoader, Dataset
+    stream = as_stream(x)  # generators, IterableDatasets, files: read in order
+    if stream is not None:
+        return stream_data(stream, y)
     if isinstance(x, (Dataset, DataLoader)):
         return _from_dataset(x, y, loading)[0]
     in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
@@ -181,9 +186,9 @@ def _with_class_weight(data, class_weight):
     import dataclasses
     if class_weight is None:
         return data
-    if isinstance(data, DatasetData):
-        raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset): let "
-                         "the Dataset return (x, y, sample_weight) items instead")
+    if isinstance(data, (DatasetData, StreamData)):
+        raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset or "
+                         "a stream): let the Dataset or stream return (x, y, sample_weight) items instead")
     weights = class_weight_to_sample_weight(data.ys, class_weight, data.sample_weight)
     return dataclasses.replace(data, sample_weight=as_tensor_source(weights))
 
@@ -256,6 +261,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
+    check_stream(data, config)
     return run_fit(model, data, val, config, list(callbacks or []), strategy, devices,
                    run_dir, distributed)
 

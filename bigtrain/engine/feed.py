@@ -105,8 +105,8 @@ def _index_batches(data: ArrayData, plan: EpochPlan):
 
 def feed_epoch(data, plan: EpochPlan) -> Feed:
     """The Feed of `data` for `plan` (see the module docstring)."""
-    if hasattr(data, "stream_feed"):  # streams split their own batches (bigtrain.data)
-        return data.stream_feed(plan)
+    if isinstance(data, StreamData):  # streams split their own batches (bigtrain.data)
+        return data.feed(plan)
     batches = num_batches(len(data), plan.batch_size)
     _, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
     steps = stop - first
@@ -130,3 +130,93 @@ def _background(data, plan: EpochPlan):
     for n, parts, weights in plans:
         micro = [data.finish(next(batches), plan.device) for _ in parts]
         yield n, StepBatch(micro=micro, weights=weights)
+
+
+class StreamData:
+    """Training data read in order (a `bigtrain.data` stream: generator, IterableDataset,
+    Parquet files, Hugging Face datasets) rather than by index."""
+
+    def __init__(self, source):
+        self.source = source
+        self.xs, self.ys, self.sample_weight = [], [], None  # nothing to spill to files
+
+    def sample_count(self) -> int | None:
+        return self.source.samples()
+
+    def __len__(self):
+        raise TypeError("a stream (generator, IterableDataset, files) has no length and is "
+                        "read in order: evaluate, predict and validation_data need arrays or "
+                        "a map-style Dataset")
+
+    def take(self, idx, device):
+        raise TypeError("a stream is read in order, not by index")
+
+    def split(self, fraction: float):
+        raise ValueError(f"validation_split={fraction} needs the data's length and random "
+                         "access, which a stream (generator, IterableDataset, files) lacks; "
+                         "pass validation_data=(x_val, y_val) instead")
+
+    def window(self, plan: EpochPlan) -> tuple[int, int, int | None]:
+        """(data pass, first batch, stop batch or None) that epoch `plan.epoch` reads."""
+        per_pass, spe = self.source.steps(plan.batch_size), plan.steps_per_epoch
+        if per_pass is not None:
+            return epoch_window(plan.epoch, spe, per_pass)
+        if spe is not None:  # one endless pass: epochs take consecutive slices, as Keras
+            return 0, plan.epoch * spe, (plan.epoch + 1) * spe
+        if getattr(self.source, "one_shot", False) and plan.epoch > 0:
+            raise ValueError(unknown_length_note("epochs > 1"))
+        return plan.epoch, 0, None
+
+    def feed(self, plan: EpochPlan) -> Feed:
+        from bigtrain.data.streams import Window
+        data_pass, first, stop = self.window(plan)
+        index, shards = plan.shard
+        window = Window(data_pass, first + plan.skip, stop, plan.batch_size,
+                        rows=lambda n: local_rows(n, plan.shard), seed=plan.seed,
+                        shuffle=plan.shuffle, shard=(index, shards),
+                        what=f"epoch {plan.epoch + 1}")
+        return Feed(self._steps(window, plan), None if stop is None else stop - first)
+
+    def _steps(self, window, plan: EpochPlan):
+        from bigtrain.data.streams import rows_of
+        for n, (x, y, sw) in self.source.batches(window):
+            m = int((x[0] if isinstance(x, tuple) else x).shape[0])
+            parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas)
+            micro = []
+            for p in parts:
+                a, b = (int(p[0]), int(p[-1]) + 1) if len(p) else (0, 0)
+                micro.append(tuple(None if t is None else _to_device(rows_of(t, a, b),
+                                                                      plan.device)
+                                   for t in (x, y, sw)))
+            yield n, StepBatch(micro=micro, weights=weights)
+
+
+def _to_device(part, device):
+    if isinstance(part, tuple):
+        return tuple(t.to(device, non_blocking=True) for t in part)
+    return part.to(device, non_blocking=True)
+
+
+def unknown_length_note(why: str) -> str:
+    return (f"{why} needs the length of the data, and a generator's is unknown (it can be "
+            "read once): pass steps_per_epoch=N (epochs then take consecutive slices of N "
+            "batches), or a torch IterableDataset / a list of batches, which can be read "
+            "again every epoch")
+
+
+def check_stream(data, config) -> None:
+    """Refuse, before training, what a stream cannot do under `config`."""
+    if not isinstance(data, StreamData):
+        return
+    source = data.source
+    if getattr(source, "one_shot", False) and config.steps_per_epoch is None and \
+            config.epochs - config.initial_epoch > 1:
+        raise ValueError(unknown_length_note(f"epochs={config.epochs}"))
+
+
+def stream_data(source, y) -> StreamData:
+    """`source` (from `bigtrain.data.streams.as_stream`) as training data."""
+    if y is not None:
+        raise ValueError("a generator, IterableDataset or file source brings its own targets: "
+                         "pass y=None and let it yield (x, y) or (x, y, sample_weight)")
+    return StreamData(source)
