@@ -14,6 +14,7 @@ from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
+from bigtrain.data.hf import from_hf, is_hf
 from bigtrain.data.streams import as_stream
 from bigtrain.engine.data import ArrayData, DatasetData, Loading, as_tensor_source
 from bigtrain.engine.feed import StreamData, check_stream, stream_data
@@ -132,6 +133,8 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
                  loading: dict | None = None) -> ArrayData:
     """Inputs/targets as ArrayData after every check that can fail before training."""
     from torch.utils.data import DataLoader, Dataset
+    if is_hf(x):  # Hugging Face datasets: y names the target column(s)
+        x, y = from_hf(x, y, getattr(model.net, "input_names", None)), None
     stream = as_stream(x)  # generators, IterableDatasets, files: read in order
     if stream is not None:
         return stream_data(stream, y)

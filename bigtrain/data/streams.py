@@ -88,6 +88,8 @@ class BatchStream:
     """Global batches from a generator or a re-iterable (a list, a DataLoader over an
     IterableDataset). A generator can be read once: later passes continue where it is."""
 
+    is_bigtrain_stream = True
+
     def __init__(self, source):
         self.source = source
         self.one_shot = iter(source) is source
@@ -145,6 +147,8 @@ class BatchStream:
 class SampleStream:
     """Samples from a torch IterableDataset (or any re-iterable of (x, y[, w]) samples);
     `batch_size` consecutive samples make one global batch."""
+
+    is_bigtrain_stream = True
 
     def __init__(self, source, collate=None):
         self.source, self.collate = source, collate

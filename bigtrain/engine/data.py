@@ -213,7 +213,10 @@ class DatasetData(ArrayData):
         return state
 
     def take(self, idx: torch.Tensor, device) -> tuple:
-        items = _Collate(self.loading.collate)([self.dataset[int(i)] for i in idx])
+        fetch = getattr(self.dataset, "__getitems__", None)  # torch's batched-read protocol
+        ids = idx.tolist()
+        items = _Collate(self.loading.collate)(fetch(ids) if fetch and ids else
+                                               [self.dataset[i] for i in ids])
         return self.finish(items, device)
 
     def finish(self, items, device) -> tuple:
