@@ -191,7 +191,8 @@ def _with_class_weight(data, class_weight):
         return data
     if isinstance(data, (DatasetData, StreamData)):
         raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset or "
-                         "a stream): let the Dataset or stream return (x, y, sample_weight) items instead")
+                         "a stream): let the Dataset or stream return (x, y, sample_weight) "
+                         "items instead")
     weights = class_weight_to_sample_weight(data.ys, class_weight, data.sample_weight)
     return dataclasses.replace(data, sample_weight=as_tensor_source(weights))
 
@@ -206,7 +207,11 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
 
     Args:
         x, y: numpy arrays, torch tensors, memory-mapped `.npy` arrays, or lists/dicts of
-            them for several inputs/outputs.
+            them for several inputs/outputs. Or, with y=None: a map-style torch Dataset or
+            DataLoader; a generator of (x, y) batches or a torch IterableDataset (read in
+            order, each rank keeping its rows of every global batch); files from
+            `bigtrain.data.files(...)`; a Hugging Face dataset, with y naming its target
+            column(s).
         batch_size: the GLOBAL batch (summed over all ranks); default 32.
         epochs, verbose, callbacks, validation_split, validation_data, shuffle,
             class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps,
@@ -264,7 +269,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
-    check_stream(data, config)
+    check_stream(data, val, config)
     return run_fit(model, data, val, config, list(callbacks or []), strategy, devices,
                    run_dir, distributed)
 

@@ -13,8 +13,8 @@ from itertools import count, islice
 
 import torch
 
-from bigtrain.engine.data import (ArrayData, epoch_permutation, epoch_window, global_batches,
-                                  num_batches, shard_bounds)
+from bigtrain.engine.data import (ArrayData, DatasetData, epoch_permutation, epoch_window,
+                                  global_batches, num_batches, shard_bounds)
 from bigtrain.parallel.base import StepBatch
 
 
@@ -110,8 +110,7 @@ def feed_epoch(data, plan: EpochPlan) -> Feed:
     batches = num_batches(len(data), plan.batch_size)
     _, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
     steps = stop - first
-    loader = getattr(data, "loading", None)
-    if loader is not None and loader.workers > 0:
+    if isinstance(data, DatasetData) and data.loading.workers > 0:
         return Feed(_background(data, plan), steps)
     device = plan.device
 
@@ -204,8 +203,12 @@ def unknown_length_note(why: str) -> str:
             "again every epoch")
 
 
-def check_stream(data, config) -> None:
+def check_stream(data, val, config) -> None:
     """Refuse, before training, what a stream cannot do under `config`."""
+    if isinstance(val, StreamData):
+        raise ValueError("validation_data must have a length (arrays, a map-style Dataset or a "
+                         "Hugging Face datasets.Dataset): a stream cannot be evaluated in "
+                         "shards; pass validation_steps with arrays, or evaluate after fit")
     if not isinstance(data, StreamData):
         return
     source = data.source

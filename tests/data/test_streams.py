@@ -100,6 +100,8 @@ def test_a_resumed_generator_run_reads_past_the_trained_batches(tmp_path, in_ord
     (lambda: batches_forever(), dict(steps_per_epoch=1, validation_split=0.2), "validation_data"),
     (lambda: Samples(), dict(y=Y), "y=None"),
     (lambda: iter([X[:32]]), dict(steps_per_epoch=1), r"\(x, y\)"),
+    (lambda: batches_forever(), dict(steps_per_epoch=1, validation_data=(Samples(), None)),
+     "validation_data must have a length"),
 ])
 def test_what_a_stream_cannot_do_is_refused(source, kw, match):
     with pytest.raises(ValueError, match=match):
