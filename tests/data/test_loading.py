@@ -86,3 +86,18 @@ def test_workers_under_ddp_match_one_process():
     ref = _fit(Recorded(x, y))
     got = _fit(Recorded(x, y), workers=1, strategy="ddp", devices=2, timeout=60)
     assert _max_diff(ref, got) <= 1e-5
+
+
+def test_background_batches_equal_in_process_ones_with_an_empty_share():
+    from bigtrain.engine.data import DatasetData, Loading
+    from bigtrain.engine.feed import EpochPlan, feed_epoch
+    x, y, _ = teacher_data(n=33)  # the last global batch of 32 + 1: rank 1's share is empty
+    plan = EpochPlan(0, 32, None, 0, True, (1, 2), 2, 2, 0, torch.device("cpu"))
+    feeds = [feed_epoch(DatasetData(Recorded(x, y), Loading(workers=w)), plan) for w in (0, 1)]
+    steps = [[f.next() for _ in f.step_numbers(0)] for f in feeds]
+    assert [n for n, _ in steps[0]] == [n for n, _ in steps[1]] == [32, 1]
+    for (_, a), (_, b) in zip(*steps):
+        assert a.weights == b.weights
+        for (xa, ya, _), (xb, yb, _) in zip(a.micro, b.micro):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert steps[1][1][1].micro[0][0].shape == (0, 20)  # zero rows, the item's shape
