@@ -15,7 +15,10 @@ from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
-from bigtrain.engine.data import ArrayData, DatasetData, as_tensor_source
+from bigtrain.data.hf import from_hf, is_hf
+from bigtrain.data.streams import as_stream
+from bigtrain.engine.data import ArrayData, DatasetData, Loading, as_tensor_source
+from bigtrain.engine.feed import StreamData, check_stream, stream_data
 from bigtrain.engine.task import FitConfig, TrainTask
 
 DEFAULT_BATCH_SIZE = 32  # as Keras
@@ -112,7 +115,7 @@ def _require_compiled(model, what: str) -> None:
         raise RuntimeError(f"call model.compile(optimizer=..., loss=...) before model.{what}()")
 
 
-def _from_dataset(x, y):
+def _from_dataset(x, y, loading: dict | None = None):
     """A torch Dataset / DataLoader as DatasetData (its batch size is returned too)."""
     from torch.utils.data import DataLoader
     if y is not None:
@@ -125,14 +128,33 @@ def _from_dataset(x, y):
                          "iterable dataset's samples in arrays or a map-style Dataset")
     if len(dataset) == 0:
         raise ValueError("the dataset is empty (0 samples); pass at least one sample")
-    return DatasetData(dataset), loader_batch
+    return DatasetData(dataset, loading_of(x, loading)), loader_batch
 
 
-def prepare_data(model, x, y, sample_weight=None, need_targets=True) -> ArrayData:
+def loading_of(x, asked: dict | None) -> Loading:
+    """fit's workers=/prefetch= where given, else a DataLoader's own num_workers,
+    prefetch_factor, pin_memory and collate_fn (bigtrain draws the indices itself)."""
+    from torch.utils.data import DataLoader, default_collate
+    asked = {k: v for k, v in (asked or {}).items() if v is not None}
+    if not isinstance(x, DataLoader):
+        return Loading(**asked)
+    own = {"workers": x.num_workers, "prefetch": x.prefetch_factor or 2,
+           "pin_memory": x.pin_memory,
+           "collate": None if x.collate_fn is default_collate else x.collate_fn}
+    return Loading(**{**own, **asked})
+
+
+def prepare_data(model, x, y, sample_weight=None, need_targets=True,
+                 loading: dict | None = None) -> ArrayData:
     """Inputs/targets as ArrayData after every check that can fail before training."""
     from torch.utils.data import DataLoader, Dataset
+    if is_hf(x):  # Hugging Face datasets: y names the target column(s)
+        x, y = from_hf(x, y, getattr(model.net, "input_names", None)), None
+    stream = as_stream(x)  # generators, IterableDatasets, files: read in order
+    if stream is not None:
+        return stream_data(stream, y)
     if isinstance(x, (Dataset, DataLoader)):
-        return _from_dataset(x, y)[0]
+        return _from_dataset(x, y, loading)[0]
     in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
     xs = check.as_list(x, in_names, "x")
     ys = check.as_list(y, model.output_names if in_names else None, "y")
@@ -182,9 +204,10 @@ def _with_class_weight(data, class_weight):
     import dataclasses
     if class_weight is None:
         return data
-    if isinstance(data, DatasetData):
-        raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset): let "
-                         "the Dataset return (x, y, sample_weight) items instead")
+    if isinstance(data, (DatasetData, StreamData)):
+        raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset or "
+                         "a stream): let the Dataset or stream return (x, y, sample_weight) "
+                         "items instead")
     weights = class_weight_to_sample_weight(data.ys, class_weight, data.sample_weight)
     return dataclasses.replace(data, sample_weight=as_tensor_source(weights))
 
@@ -194,12 +217,16 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
         validation_batch_size=None, validation_freq=1, strategy=None, devices=None,
         accumulate_steps=1, precision="32", seed=0, run_dir=None, terminate_on_nan=True,
-        **distributed):
+        workers=None, prefetch=None, **distributed):
     """Train the model, as `keras.Model.fit`, optionally split over several processes.
 
     Args:
         x, y: numpy arrays, torch tensors, memory-mapped `.npy` arrays, or lists/dicts of
-            them for several inputs/outputs.
+            them for several inputs/outputs. Or, with y=None: a map-style torch Dataset or
+            DataLoader; a generator of (x, y) batches or a torch IterableDataset (read in
+            order, each rank keeping its rows of every global batch); files from
+            `bigtrain.data.files(...)`; a Hugging Face dataset, with y naming its target
+            column(s).
         batch_size: the GLOBAL batch (summed over all ranks); default 32.
         epochs, verbose, callbacks, validation_split, validation_data, shuffle,
             class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps,
@@ -211,6 +238,9 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         precision: "32", "bf16-mixed" or "16-mixed".
         seed: seeds the data order.
         run_dir: folder for the run record.
+        workers: background processes that load a Dataset's items ahead of the step (default:
+            a DataLoader's num_workers, else 0); prefetch: batches each worker loads ahead
+            (default: a DataLoader's prefetch_factor, else 2). Arrays need neither.
         **distributed: resumable checkpoints (bigtrain.engine.checkpoint), in every mode:
             checkpoint_dir (folder; enables them), checkpoint_every (also save every N
             optimizer steps; default 0: epoch ends only), checkpoint_at_epoch_end (True),
@@ -244,7 +274,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                        steps_per_epoch=steps_per_epoch, validation_freq=validation_freq,
                        validation_batch_size=validation_batch_size,
                        validation_steps=validation_steps)
-    data = prepare_data(model, x, y, sample_weight)
+    data = prepare_data(model, x, y, sample_weight,
+                        loading={"workers": workers, "prefetch": prefetch})
     val = None
     if validation_data is not None:
         vx, vy = validation_data[0], validation_data[1]
@@ -254,6 +285,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
     _refuse_masked_loss_on_ranks(model, devices)
+    check_stream(data, val, config)
     return run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
                    make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir),
                    capture=lambda strat: stop_if_capturing(model, data, val, config, strat,

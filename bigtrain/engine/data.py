@@ -83,6 +83,11 @@ class ArrayData:
                 ArrayData(tail(self.xs), tail(self.ys), None if sw is None else sw[cut:]))
 
 
+def sample_count(data) -> int | None:
+    """Samples in one pass over `data`, or None for a stream whose length is unknown."""
+    return data.sample_count() if hasattr(data, "sample_count") else len(data)
+
+
 def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
     """The same permutation on every rank: seeded by (seed, epoch), not by global RNG state."""
     if not shuffle:
@@ -130,35 +135,117 @@ def epoch_window(epoch: int, steps_per_epoch: int | None, batches: int) -> tuple
     return data_pass, start, min(batches, start + steps_per_epoch)
 
 
+@dataclass(frozen=True)
+class Loading:
+    """How a map-style Dataset's items are loaded.
+
+    Attributes:
+        workers: background worker processes (0: in the training process, at the step).
+        prefetch: batches each worker prepares ahead (torch's `prefetch_factor`).
+        pin_memory: page-lock host batches for faster copies to a GPU (ignored on CPU).
+        collate: a DataLoader's own `collate_fn`, or None for torch's default.
+    """
+    workers: int = 0
+    prefetch: int = 2
+    pin_memory: bool = False
+    collate: object = None
+
+    def __post_init__(self):
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ValueError(f"workers must be an integer >= 0 (background loading processes), "
+                             f"got {self.workers!r}")
+        if not isinstance(self.prefetch, int) or isinstance(self.prefetch, bool) or \
+                self.prefetch < 1:
+            raise ValueError(f"prefetch must be an integer >= 1 (batches each worker loads "
+                             f"ahead), got {self.prefetch!r}")
+
+
+class _Collate:
+    """Collate the items of one index list (run in loader workers): (items, None) or, for an
+    empty share, (None, None) so the training process builds zero rows itself."""
+
+    def __init__(self, collate):
+        self.collate = collate
+
+    def __call__(self, items):
+        from torch.utils.data import default_collate
+        if not items:
+            return None
+        return (self.collate or default_collate)(items)
+
+
+class _IndexLists:
+    """A batch sampler whose lists are swapped each epoch (the loader's workers persist)."""
+
+    def __init__(self):
+        self.lists: list = []
+
+    def __iter__(self):
+        return iter(self.lists)
+
+    def __len__(self):
+        return len(self.lists)
+
+
 class DatasetData(ArrayData):
     """A map-style torch `Dataset` whose items are `(x, y)` or `(x, y, sample_weight)`
     (x and y may be tuples for several inputs/outputs). Batches are collated from the
-    items of each index batch, so the dataset is never loaded whole."""
+    items of each index batch, so the dataset is never loaded whole; with
+    `loading.workers > 0` worker processes collate them ahead of the step."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, loading: Loading | None = None):
         self.dataset = dataset
+        self.loading = loading or Loading()
         first = dataset[0]
         if not isinstance(first, (tuple, list)) or len(first) not in (2, 3):
             raise ValueError("a Dataset passed to fit must return (x, y) or (x, y, sample_weight) "
                              f"items; item 0 is a {type(first).__name__}")
         self.first = first
+        self._loader = None
         super().__init__(xs=[], ys=[], sample_weight=None)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_loader"] = None  # worker processes stay with the process that started them
+        return state
+
     def take(self, idx: torch.Tensor, device) -> tuple:
+        fetch = getattr(self.dataset, "__getitems__", None)  # torch's batched-read protocol
+        ids = idx.tolist()
+        items = _Collate(self.loading.collate)(fetch(ids) if fetch and ids else
+                                               [self.dataset[i] for i in ids])
+        return self.finish(items, device)
+
+    def finish(self, items, device) -> tuple:
+        """(x, y, sample_weight) on `device` from collated items (None: an empty share)."""
         from torch.utils.data import default_collate
-        items = default_collate([self.dataset[int(i)] for i in idx]) if len(idx) else None
         if items is None:  # an empty share: zero rows shaped like the first item
             items = [t[:0] for t in default_collate([self.first])]
-        moved = [tuple(t.to(device) for t in part) if isinstance(part, (list, tuple))
-                 else part.to(device) for part in items]
+        moved = [tuple(t.to(device, non_blocking=True) for t in part)
+                 if isinstance(part, (list, tuple)) else part.to(device, non_blocking=True)
+                 for part in items]
         x, y = moved[0], moved[1]
         sw = moved[2] if len(moved) == 3 else None
-        if x.dtype == torch.float64:
+        if isinstance(x, torch.Tensor) and x.dtype == torch.float64:
             x = x.float()
         return x, y, sw
+
+    def loader_for(self, index_lists: list):
+        """A DataLoader (kept across epochs: its workers persist) that collates the items of
+        each list in `index_lists`, in order, in `loading.workers` background processes."""
+        from torch.utils.data import DataLoader
+        if self._loader is None:
+            sampler = _IndexLists()
+            self._loader = DataLoader(
+                self.dataset, batch_sampler=sampler, collate_fn=_Collate(self.loading.collate),
+                num_workers=self.loading.workers, prefetch_factor=self.loading.prefetch,
+                pin_memory=self.loading.pin_memory and torch.cuda.is_available(),
+                persistent_workers=True, multiprocessing_context=_worker_context())
+        self._loader.batch_sampler.lists = index_lists
+        return self._loader
 
     def split(self, fraction: float):
         from torch.utils.data import Subset
@@ -167,5 +254,13 @@ class DatasetData(ArrayData):
         if cut <= 0 or cut >= n:
             raise ValueError(f"validation_split={fraction} leaves no training or no validation "
                              f"samples out of {n}; use a value in (0, 1) that keeps both")
-        return (DatasetData(Subset(self.dataset, range(cut))),
+        return (DatasetData(Subset(self.dataset, range(cut)), self.loading),
                 DatasetData(Subset(self.dataset, range(cut, n))))
+
+
+def _worker_context():
+    """Start method for loader workers: fork where the platform has it (nothing re-imports
+    the user's script, which may have no `if __name__ == "__main__":` guard), else spawn."""
+    import multiprocessing
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")

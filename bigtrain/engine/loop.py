@@ -7,7 +7,6 @@ synchronises with the device per step except to check for a non-finite loss ever
 from __future__ import annotations
 
 import time
-from itertools import islice
 from dataclasses import dataclass, field
 
 import torch
@@ -16,15 +15,16 @@ from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.comm_probe import exposed_sync_seconds
-from bigtrain.engine.data import epoch_permutation, epoch_window, global_batches, num_batches
+from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
+from bigtrain.engine.feed import EpochPlan, feed_epoch
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
 from bigtrain.engine.resume import Progress, resume
 from bigtrain.engine.run_profile import write_local_record
 from bigtrain.engine.step import train_step
-from bigtrain.engine.steps import Tally, autocast_factory, make_step_batch, safe_loss
+from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
 from bigtrain.parallel.context import StepContext
@@ -79,30 +79,28 @@ def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
 def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
                  progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
-    data_pass, first, stop = epoch_window(epoch, cfg.steps_per_epoch,
-                                          num_batches(len(task.train), cfg.batch_size))
-    perm = epoch_permutation(len(task.train), cfg.seed, data_pass, cfg.shuffle)
-    steps = stop - first
+    shard, replicas = strategy.data_shard(), strategy.grad_replicas
+    feed = feed_epoch(task.train, EpochPlan(epoch, cfg.batch_size, cfg.steps_per_epoch, cfg.seed,
+                                            cfg.shuffle, shard, cfg.accumulate_steps, replicas,
+                                            progress.skip, device))
+    steps = feed.steps
     tally = Tally(task.metrics, task.activations, device)
     pending: list = []  # losses of the steps since the last non-finite check
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
-    shard, replicas = strategy.data_shard(), strategy.grad_replicas
     # decided once per epoch, not per step
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
     want_logs, check_nan = end_hooks and callbacks.wants_batch_logs, cfg.terminate_on_nan
     mark, timer = ctx.mark, timing.timer
     module.train()
-    last_check = skip = progress.skip
-    for step, gidx in enumerate(islice(global_batches(perm, cfg.batch_size), first, stop)):
-        if step < skip:
-            continue  # trained before the checkpoint this run resumed from
+    last_check = progress.skip  # steps before it were trained before the checkpoint
+    for step in feed.step_numbers(progress.skip):
         mark("callbacks (batch begin)", progress.step)
         if begin_hooks:
             callbacks.on_train_batch_begin(step)
         timer.begin_step(timing.steps)
         mark("data")
-        batch = make_step_batch(task.train, gidx, shard, cfg.accumulate_steps, replicas, device)
-        # the step refines it: forward, backward, optimizer step, communication
+        size, batch = feed.next()
+        # strategies refine it: forward, backward, optimizer step, communication
         mark("train step", phase="other")
         outputs, loss = train_step(strategy, ctx, module, optimizer, batch, loss_fn, autocast)
         mark("metrics")
@@ -117,7 +115,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
                 last_check = step + 1
         mark("callbacks (batch end)")
         if end_hooks:
-            logs = {"size": gidx.shape[0]}
+            logs = {"size": size}
             if want_logs:
                 logs["loss"] = float(loss)
             callbacks.on_train_batch_end(step, logs)
@@ -195,8 +193,9 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
         return FitResult(stats=strategy.stats())
     owner.optimizer, owner.stop_training = optimizer, False
     owner.live = LiveWeights(strategy, module)
-    steps = cfg.steps_per_epoch or num_batches(len(task.train), cfg.batch_size)
-    params = {"epochs": cfg.epochs, "steps": steps, "samples": len(task.train),
+    n = sample_count(task.train)  # None: a stream of unknown length
+    steps = cfg.steps_per_epoch or (None if n is None else num_batches(n, cfg.batch_size))
+    params = {"epochs": cfg.epochs, "steps": steps, "samples": n,
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
     monitor = _monitor(task, strategy)
@@ -261,7 +260,7 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
                 run.monitor.stopped("nan_loss", str(e))
             run.owner.stop_training = True
             break
-        samples += _epoch_samples(epoch, cfg, len(task.train))
+        samples += _epoch_samples(epoch, cfg, sample_count(task.train))
         if task.val is not None and cfg.validates_after(epoch):
             val_batch = cfg.validation_batch_size or cfg.batch_size
             limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
@@ -317,6 +316,8 @@ def _monitor(task, strategy) -> RunMonitor | None:
 
 def _epoch_samples(epoch: int, cfg, n: int) -> int:
     """Training samples in epoch `epoch` (all `n` unless steps_per_epoch cuts the pass)."""
+    if n is None:  # a stream of unknown length: its nominal steps
+        return (cfg.steps_per_epoch or 0) * cfg.batch_size
     _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
     return min(n, stop * cfg.batch_size) - first * cfg.batch_size
 

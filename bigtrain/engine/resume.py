@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 
 from bigtrain.engine.checkpoint import Checkpointer
+from bigtrain.engine.data import sample_count
 
 
 @dataclass
@@ -29,7 +30,7 @@ def resume(task, strategy, module, optimizer, result) -> tuple[Progress, int]:
     cfg = task.config
     if task.checkpoint is None:
         return Progress(), cfg.initial_epoch
-    info = {"batch_size": cfg.batch_size, "samples": len(task.train), "seed": cfg.seed,
+    info = {"batch_size": cfg.batch_size, "samples": sample_count(task.train), "seed": cfg.seed,
             "shuffle": cfg.shuffle, "strategy": strategy.name,
             "steps_per_epoch": cfg.steps_per_epoch}
     ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info, record=result)

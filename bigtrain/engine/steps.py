@@ -6,7 +6,8 @@ import contextlib
 
 import torch
 
-from bigtrain.engine.data import ArrayData, shard_bounds
+from bigtrain.engine.data import ArrayData
+from bigtrain.engine.feed import local_rows, micro_split
 from bigtrain.parallel.base import StepBatch
 
 
@@ -17,20 +18,10 @@ def make_step_batch(data: ArrayData, gidx: torch.Tensor, shard: tuple[int, int],
 
     `shard` is `(index, count)` (even split) or a `bigtrain.parallel.base.Shard` whose
     `bounds(len(gidx))` gives this rank's uneven `[start, stop)`."""
-    n = gidx.shape[0]
-    bounds = getattr(shard, "bounds", None)
-    lo, hi = bounds(n) if bounds is not None else shard_bounds(n, *shard)
-    local = gidx if lo == 0 and hi == n else gidx[lo:hi]
-    if accumulate == 1:  # the common case: one micro-batch
-        return StepBatch(micro=[data.take(local, device)], weights=[(hi - lo) / n * replicas])
-    micro, weights = [], []
-    for k in range(accumulate):
-        a, b = shard_bounds(len(local), k, accumulate)
-        if b == a and k < accumulate - 1:
-            continue  # an empty micro-step would only cost time; the last one always runs
-        micro.append(data.take(local[a:b], device))
-        weights.append((b - a) / len(gidx) * replicas)
-    return StepBatch(micro=micro, weights=weights)
+    lo, hi = local_rows(gidx.shape[0], shard)
+    local = gidx if lo == 0 and hi == gidx.shape[0] else gidx[lo:hi]
+    parts, weights = micro_split(local, gidx.shape[0], accumulate, replicas)
+    return StepBatch(micro=[data.take(p, device) for p in parts], weights=weights)
 
 
 def safe_loss(compute_loss):

@@ -1,0 +1,216 @@
+"""Streams for `fit`: data read in order rather than by index, sharded per rank.
+
+A stream is read as a sequence of GLOBAL batches (bigtrain's batch_size is the batch over
+all ranks); every rank walks the same sequence and keeps only its rows of each batch, so no
+sample is seen twice in an epoch and results do not depend on the number of ranks.
+
+- `BatchStream`: a Python generator (or any iterable) of batches `(x, y)` or
+  `(x, y, sample_weight)`, as Keras takes generators; each item is one global batch.
+- `SampleStream`: a torch `IterableDataset` (or any iterable of samples) whose items are
+  `(x, y)` / `(x, y, sample_weight)`; `batch_size` consecutive samples form a global batch
+  and each rank collates only its own rows.
+
+Both read `Window`s: pass `data_pass` of the stream, batches `[start, stop)` (stop None: to
+the end). A stream that ends before `stop` raises `StreamEnded` naming how far it got.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class StreamEnded(ValueError):
+    """The stream ran out before the batches an epoch needs."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which batches of which pass one rank reads.
+
+    Attributes:
+        data_pass: 0-based pass over the stream (each pass starts the stream again).
+        start, stop: global batches [start, stop) of that pass; stop None: to the end.
+        batch_size: samples per global batch (sample streams; batch streams bring theirs).
+        rows: `rows(n)` -> this rank's [lo, hi) of a global batch of n samples.
+        seed, shuffle: the data order (sources that can shuffle).
+        shard: (index, count) of this rank among the data-parallel ranks.
+        what: how the epoch is named in errors ("epoch 3").
+    """
+    data_pass: int
+    start: int
+    stop: int | None
+    batch_size: int
+    rows: Callable[[int], tuple[int, int]]
+    seed: int = 0
+    shuffle: bool = False
+    shard: tuple = (0, 1)
+    what: str = "this epoch"
+
+
+def to_tensor(a) -> torch.Tensor:
+    """A batch part as a tensor (float64 becomes float32, as Keras's floatx)."""
+    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
+    return t.float() if t.dtype == torch.float64 else t
+
+
+def rows_of(part, lo: int, hi: int):
+    """Rows [lo, hi) of a tensor or of each tensor in a tuple."""
+    if isinstance(part, (tuple, list)):
+        return tuple(to_tensor(p)[lo:hi] for p in part)
+    return to_tensor(part)[lo:hi]
+
+
+def _count(part) -> int:
+    first = part[0] if isinstance(part, (tuple, list)) else part
+    return int(len(first))
+
+
+def _check_item(item, kind: str, index: int):
+    if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
+        raise ValueError(f"{kind} {index} is a {type(item).__name__}; fit needs each to be "
+                         "(x, y) or (x, y, sample_weight)")
+    return item
+
+
+def _ended(kind: str, got: int, window: Window) -> StreamEnded:
+    want = f"batches {window.start}..{window.stop - 1}" if window.stop else "more batches"
+    return StreamEnded(f"the {kind} ended after {got} batches of pass {window.data_pass}, but "
+                       f"{window.what} needs {want} (steps_per_epoch counts batches). Make it "
+                       "yield enough batches (for example loop forever), or lower "
+                       "steps_per_epoch or epochs")
+
+
+class BatchStream:
+    """Global batches from a generator or a re-iterable (a list, a DataLoader over an
+    IterableDataset). A generator can be read once: later passes continue where it is."""
+
+    is_bigtrain_stream = True
+
+    def __init__(self, source):
+        self.source = source
+        self.one_shot = iter(source) is source
+        self.read = 0  # batches a one-shot source has given so far
+
+    def __reduce__(self):
+        if self.one_shot:
+            raise TypeError(
+                "a Python generator cannot be sent to the processes fit starts "
+                "(devices=N): pass a torch IterableDataset (or a list of batches), or start "
+                "the script with `bigtrain run --nproc-per-node N script.py` so every rank "
+                "makes its own generator")
+        return (BatchStream, (self.source,))
+
+    def steps(self, batch_size: int) -> int | None:
+        """Batches per pass when the source has a len(), else None (its own batch size)."""
+        if self.one_shot:
+            return None
+        try:
+            return len(self.source)
+        except TypeError:
+            return None
+
+    def samples(self) -> int | None:
+        return None  # batches bring their own sizes
+
+    def batches(self, window: Window):
+        """(global rows, this rank's (x, y, sample_weight) rows) of each batch in window."""
+        if self.one_shot:
+            if window.start < self.read:
+                raise StreamEnded(f"a generator cannot go back to batch {window.start} (it has "
+                                  f"given {self.read}); pass a fresh generator to each fit")
+            it, at = self.source, self.read
+        else:
+            it, at = iter(self.source), 0
+        got = at
+        for item in it:
+            got += 1
+            if self.one_shot:
+                self.read = got
+            if got <= window.start:
+                continue  # before the window: read past (a stream cannot jump)
+            x, y, *sw = _check_item(item, "batch", got - 1)
+            n = _count(x)
+            lo, hi = window.rows(n)
+            yield n, (rows_of(x, lo, hi), rows_of(y, lo, hi),
+                      rows_of(sw[0], lo, hi) if sw else None)
+            if window.stop is not None and got >= window.stop:
+                return
+        if window.stop is not None:
+            raise _ended("generator" if self.one_shot else "batch source",
+                         got - window.start, window)
+
+
+class SampleStream:
+    """Samples from a torch IterableDataset (or any re-iterable of (x, y[, w]) samples);
+    `batch_size` consecutive samples make one global batch."""
+
+    is_bigtrain_stream = True
+
+    def __init__(self, source, collate=None):
+        self.source, self.collate = source, collate
+
+    def samples(self) -> int | None:
+        """Samples per pass when the dataset has a len(), else None."""
+        try:
+            return len(self.source)
+        except TypeError:
+            return None
+
+    def steps(self, batch_size: int) -> int | None:
+        n = self.samples()
+        return None if n is None else -(-n // batch_size)
+
+    def batches(self, window: Window):
+        from torch.utils.data import default_collate
+        collate = self.collate or default_collate
+        samples = iter(self.source)
+        size = window.batch_size
+        for _ in range(window.start):  # read past the batches before the window
+            if len(list(islice(samples, size))) == 0:
+                raise _ended("dataset", 0, window)
+        step = window.start
+        while window.stop is None or step < window.stop:
+            chunk = list(islice(samples, size))
+            if not chunk:
+                if window.stop is not None:
+                    raise _ended("dataset", step - window.start, window)
+                return
+            lo, hi = window.rows(len(chunk))
+            mine = [_check_item(s, "sample", step * size + lo + i)
+                    for i, s in enumerate(chunk[lo:hi])]
+            yield len(chunk), _collated(collate, mine, chunk[0])
+            step += 1
+
+
+def _collated(collate, items: list, example) -> tuple:
+    """(x, y, sample_weight) collated from `items`; zero rows shaped like `example` when
+    this rank's share is empty."""
+    parts = collate(items) if items else [rows_of(p, 0, 0) for p in collate([example])]
+    return parts[0], parts[1], parts[2] if len(parts) == 3 else None
+
+
+def as_stream(x):
+    """The stream source for `x` when fit should read it in order, else None.
+
+    Generators and iterators become a BatchStream (each item a global batch), as does a
+    DataLoader over an IterableDataset (its batches, its workers); a torch IterableDataset
+    becomes a SampleStream. Sources already built (`bigtrain.data.files(...)`) pass as is.
+    """
+    from torch.utils.data import DataLoader, IterableDataset
+    if getattr(x, "is_bigtrain_stream", False):
+        return x
+    if isinstance(x, DataLoader):
+        return BatchStream(x) if isinstance(x.dataset, IterableDataset) else None
+    if isinstance(x, IterableDataset):
+        return SampleStream(x)
+    if isinstance(x, (torch.Tensor, np.ndarray, list, tuple, dict, str, bytes)):
+        return None
+    try:
+        is_iterator = iter(x) is x
+    except TypeError:
+        return None
+    return BatchStream(x) if is_iterator else None

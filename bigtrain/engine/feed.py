@@ -1,0 +1,225 @@
+"""One epoch of step batches for the loop, from any training data: arrays, a map-style
+Dataset (optionally loaded by background worker processes), or a stream (generator,
+IterableDataset, Parquet files, Hugging Face datasets).
+
+The loop asks `feed_epoch(data, plan)` for a `Feed` and pulls one `StepBatch` per optimizer
+step. Every source gives each rank exactly its share of each global batch, so results do
+not depend on the number of ranks, on `workers`, or on where a run resumed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import count, islice
+
+import torch
+
+from bigtrain.engine.data import (ArrayData, DatasetData, epoch_permutation, epoch_window,
+                                  global_batches, num_batches, shard_bounds)
+from bigtrain.parallel.base import StepBatch
+
+
+@dataclass(frozen=True)
+class EpochPlan:
+    """What one rank trains on in one epoch.
+
+    Attributes:
+        epoch: 0-based epoch.
+        batch_size: global batch (samples per optimizer step over all ranks).
+        steps_per_epoch: optimizer steps per epoch, or None (one pass).
+        seed, shuffle: the data order (the same on every rank and rank count).
+        shard: `strategy.data_shard()`: (index, count) or a `Shard` with uneven `bounds`.
+        accumulate: micro-batches per step; replicas: gradient-averaging replicas.
+        skip: batches of this epoch already trained (a resumed run).
+        device: where batches go.
+    """
+    epoch: int
+    batch_size: int
+    steps_per_epoch: int | None
+    seed: int
+    shuffle: bool
+    shard: tuple
+    accumulate: int
+    replicas: int
+    skip: int
+    device: torch.device
+
+
+def local_rows(n: int, shard) -> tuple[int, int]:
+    """[start, stop) of this rank's rows in a global batch of `n`."""
+    bounds = getattr(shard, "bounds", None)
+    return bounds(n) if bounds is not None else shard_bounds(n, *shard)
+
+
+def micro_split(local: torch.Tensor, n_global: int, accumulate: int, replicas: int):
+    """(index slices, loss weights) of this rank's micro-batches: weights are
+    n_micro / n_global * replicas, so averaged gradients equal the global-batch gradient."""
+    if accumulate == 1:
+        return [local], [len(local) / n_global * replicas]
+    parts, weights = [], []
+    for k in range(accumulate):
+        a, b = shard_bounds(len(local), k, accumulate)
+        if b == a and k < accumulate - 1:
+            continue  # an empty micro-step would only cost time; the last one always runs
+        parts.append(local[a:b])
+        weights.append((b - a) / n_global * replicas)
+    return parts, weights
+
+
+class Feed:
+    """Step batches of one epoch: `steps` (None when the stream's length is unknown) and
+    `next()` -> (global batch size, StepBatch), or None when the stream has ended."""
+
+    def __init__(self, batches, steps: int | None):
+        self._it, self.steps = iter(batches), steps
+        self._ahead = None
+
+    def step_numbers(self, first: int):
+        """Step indices from `first`; open-ended feeds stop where the stream ends."""
+        if self.steps is not None:
+            yield from range(first, self.steps)
+            return
+        for step in count(first):
+            self._ahead = next(self._it, None)
+            if self._ahead is None:
+                return
+            yield step
+
+    def next(self):
+        if self._ahead is not None:
+            item, self._ahead = self._ahead, None
+            return item
+        return next(self._it)
+
+
+def _index_batches(data: ArrayData, plan: EpochPlan):
+    """(global indices, this rank's micro index slices, weights) of every step left."""
+    batches = num_batches(len(data), plan.batch_size)
+    data_pass, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
+    perm = epoch_permutation(len(data), plan.seed, data_pass, plan.shuffle)
+    for gidx in islice(global_batches(perm, plan.batch_size), first + plan.skip, stop):
+        lo, hi = local_rows(len(gidx), plan.shard)
+        local = gidx if lo == 0 and hi == len(gidx) else gidx[lo:hi]
+        parts, weights = micro_split(local, len(gidx), plan.accumulate, plan.replicas)
+        yield len(gidx), parts, weights
+
+
+def feed_epoch(data, plan: EpochPlan) -> Feed:
+    """The Feed of `data` for `plan` (see the module docstring)."""
+    if isinstance(data, StreamData):  # streams split their own batches (bigtrain.data)
+        return data.feed(plan)
+    batches = num_batches(len(data), plan.batch_size)
+    _, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
+    steps = stop - first
+    if isinstance(data, DatasetData) and data.loading.workers > 0:
+        return Feed(_background(data, plan), steps)
+    device = plan.device
+
+    def batches_now():
+        for n, parts, weights in _index_batches(data, plan):
+            yield n, StepBatch(micro=[data.take(p, device) for p in parts], weights=weights)
+    return Feed(batches_now(), steps)
+
+
+def _background(data, plan: EpochPlan):
+    """Steps whose micro-batches worker processes collate ahead of the step (a torch
+    DataLoader over exactly the index slices the step would read)."""
+    plans = list(_index_batches(data, plan))
+    flat = [p.tolist() for _, parts, _ in plans for p in parts]
+    batches = iter(data.loader_for(flat))
+    for n, parts, weights in plans:
+        micro = [data.finish(next(batches), plan.device) for _ in parts]
+        yield n, StepBatch(micro=micro, weights=weights)
+
+
+class StreamData:
+    """Training data read in order (a `bigtrain.data` stream: generator, IterableDataset,
+    Parquet files, Hugging Face datasets) rather than by index."""
+
+    def __init__(self, source):
+        self.source = source
+        self.xs, self.ys, self.sample_weight = [], [], None  # nothing to spill to files
+
+    def sample_count(self) -> int | None:
+        return self.source.samples()
+
+    def __len__(self):
+        raise TypeError("a stream (generator, IterableDataset, files) has no length and is "
+                        "read in order: evaluate, predict and validation_data need arrays or "
+                        "a map-style Dataset")
+
+    def take(self, idx, device):
+        raise TypeError("a stream is read in order, not by index")
+
+    def split(self, fraction: float):
+        raise ValueError(f"validation_split={fraction} needs the data's length and random "
+                         "access, which a stream (generator, IterableDataset, files) lacks; "
+                         "pass validation_data=(x_val, y_val) instead")
+
+    def window(self, plan: EpochPlan) -> tuple[int, int, int | None]:
+        """(data pass, first batch, stop batch or None) that epoch `plan.epoch` reads."""
+        per_pass, spe = self.source.steps(plan.batch_size), plan.steps_per_epoch
+        if per_pass is not None:
+            return epoch_window(plan.epoch, spe, per_pass)
+        if spe is not None:  # one endless pass: epochs take consecutive slices, as Keras
+            return 0, plan.epoch * spe, (plan.epoch + 1) * spe
+        if getattr(self.source, "one_shot", False) and plan.epoch > 0:
+            raise ValueError(unknown_length_note("epochs > 1"))
+        return plan.epoch, 0, None
+
+    def feed(self, plan: EpochPlan) -> Feed:
+        from bigtrain.data.streams import Window
+        data_pass, first, stop = self.window(plan)
+        index, shards = plan.shard
+        window = Window(data_pass, first + plan.skip, stop, plan.batch_size,
+                        rows=lambda n: local_rows(n, plan.shard), seed=plan.seed,
+                        shuffle=plan.shuffle, shard=(index, shards),
+                        what=f"epoch {plan.epoch + 1}")
+        return Feed(self._steps(window, plan), None if stop is None else stop - first)
+
+    def _steps(self, window, plan: EpochPlan):
+        from bigtrain.data.streams import rows_of
+        for n, (x, y, sw) in self.source.batches(window):
+            m = int((x[0] if isinstance(x, tuple) else x).shape[0])
+            parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas)
+            micro = []
+            for p in parts:
+                a, b = (int(p[0]), int(p[-1]) + 1) if len(p) else (0, 0)
+                micro.append(tuple(None if t is None else _to_device(rows_of(t, a, b),
+                                                                      plan.device)
+                                   for t in (x, y, sw)))
+            yield n, StepBatch(micro=micro, weights=weights)
+
+
+def _to_device(part, device):
+    if isinstance(part, tuple):
+        return tuple(t.to(device, non_blocking=True) for t in part)
+    return part.to(device, non_blocking=True)
+
+
+def unknown_length_note(why: str) -> str:
+    return (f"{why} needs the length of the data, and a generator's is unknown (it can be "
+            "read once): pass steps_per_epoch=N (epochs then take consecutive slices of N "
+            "batches), or a torch IterableDataset / a list of batches, which can be read "
+            "again every epoch")
+
+
+def check_stream(data, val, config) -> None:
+    """Refuse, before training, what a stream cannot do under `config`."""
+    if isinstance(val, StreamData):
+        raise ValueError("validation_data must have a length (arrays, a map-style Dataset or a "
+                         "Hugging Face datasets.Dataset): a stream cannot be evaluated in "
+                         "shards; pass validation_steps with arrays, or evaluate after fit")
+    if not isinstance(data, StreamData):
+        return
+    source = data.source
+    if getattr(source, "one_shot", False) and config.steps_per_epoch is None and \
+            config.epochs - config.initial_epoch > 1:
+        raise ValueError(unknown_length_note(f"epochs={config.epochs}"))
+
+
+def stream_data(source, y) -> StreamData:
+    """`source` (from `bigtrain.data.streams.as_stream`) as training data."""
+    if y is not None:
+        raise ValueError("a generator, IterableDataset or file source brings its own targets: "
+                         "pass y=None and let it yield (x, y) or (x, y, sample_weight)")
+    return StreamData(source)
