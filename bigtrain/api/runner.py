@@ -84,7 +84,8 @@ _CHECKPOINT_OPTIONS = {"checkpoint_dir": "directory", "checkpoint_every": "every
 
 
 #: fit's keywords beyond Keras's (see bigtrain.api.training.fit); anything else is refused
-FIT_OPTIONS = (*_CHECKPOINT_OPTIONS, "watchdog", "watchdog_timeout", "max_restarts", "timeout")
+FIT_OPTIONS = (*_CHECKPOINT_OPTIONS, "watchdog", "watchdog_timeout", "max_restarts", "timeout",
+               "cluster")
 
 
 def checkpoint_config(options: dict) -> CheckpointConfig | None:
@@ -114,6 +115,10 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     from bigtrain.api.training import make_task
     options = dict(options)
     checkpoint = checkpoint_config(options)  # bad settings fail before any process starts
+    cluster = options.pop("cluster", None)  # "ray": the ranks run as Ray Train workers
+    if cluster is not None:
+        from bigtrain.launch.ray import check_cluster
+        check_cluster(cluster)
     watchdog = WatchdogConfig.from_fit(options.pop("watchdog", True),
                                        options.pop("watchdog_timeout", None))
     stop_if_capturing(model, data, val, config, strategy, devices)  # `bigtrain verify`
@@ -147,6 +152,10 @@ def run_fit(model, data, val, config, callbacks, strategy, devices, run_dir, opt
     strat.validate(nprocs, config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     kind = dist_env.device_kind(devices)
+    if cluster is not None:
+        from bigtrain.launch.ray import launch_on_ray
+        return _finish(model, launch_on_ray(task, strat, nprocs, model_owner=model,
+                                            devices=devices, **options), history)
     if nprocs == 1:
         if devices is None and strat.name != "single":
             warnings.warn(one_process_note(strat), UserWarning, stacklevel=4)

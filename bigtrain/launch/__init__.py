@@ -1,0 +1,1 @@
+"""Where a fit runs: this process, a job started by a launcher or a cluster, or new ranks."""
