@@ -73,9 +73,19 @@ def _understood(cluster, torchrun_flags: list[str]) -> str:
     return cluster.describe()
 
 
+SLURM_HELP = ("write (and with --submit submit) an sbatch script that runs `srun bigtrain run "
+              "SCRIPT` on every rank (see `bigtrain slurm --help`)")
+
+
 def add_slurm_parser(sub) -> None:
-    p = sub.add_parser("slurm", help="write (and with --submit submit) an sbatch script that "
-                                     "runs `srun bigtrain run SCRIPT` on every rank")
+    """`bigtrain slurm` in the command list (it parses its own arguments: slurm_main)."""
+    sub.add_parser("slurm", add_help=False, help=SLURM_HELP)
+
+
+def slurm_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bigtrain slurm", description=SLURM_HELP,
+                                epilog="The script's own arguments follow `--`: bigtrain slurm "
+                                       "train.py --nodes 2 -- --epochs 3")
     p.add_argument("script", help="the training script (.py)")
     p.add_argument("script_args", nargs="*", help="its arguments (after --)")
     p.add_argument("--nodes", type=int, default=1)
@@ -93,6 +103,12 @@ def add_slurm_parser(sub) -> None:
                         "'source .venv/bin/activate'")
     p.add_argument("-o", "--out", default=None, help="where to write (default: SCRIPT.sbatch)")
     p.add_argument("--submit", action="store_true", help="run sbatch on the written file")
+    return p
+
+
+def slurm_main(argv: list[str]) -> int:
+    """`bigtrain slurm ARGV`: options may follow the script (argparse's intermixed mode)."""
+    return run_slurm(slurm_parser().parse_intermixed_args(argv))
 
 
 def run_slurm(args: argparse.Namespace) -> int:

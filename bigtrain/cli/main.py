@@ -278,11 +278,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "run":
         return _run(None, argv[1:])
+    if argv and argv[0] == "slurm":  # its options may follow the script
+        return cluster.slurm_main(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"train": _train, "summary": _summary, "plan": insight.run_plan,
                 "report": insight.run_report, "doctor": insight.run_doctor,
                 "verify": verify.run_verify, "export": insight.run_export,
-                "inventory": insight.run_inventory, "slurm": cluster.run_slurm}
+                "inventory": insight.run_inventory}
     return commands[args.command](args)
 
 

@@ -10,6 +10,8 @@ single-process reference (`reference_weights`) trains the same model in this pro
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -114,3 +116,26 @@ def reference_weights(steps: int = STEPS) -> list[np.ndarray]:
 
 def max_diff(a: list, b: list) -> float:
     return max(float(np.abs(np.asarray(u) - np.asarray(v)).max()) for u, v in zip(a, b))
+
+
+def srun_tasks(sbatch: str, nodelist: str, hosts: int, job_id: str) -> tuple[list, list[str]]:
+    """What srun would start for an sbatch script's step on `hosts` nodes named by
+    `nodelist`: ([SLURM variables of each task, in rank order], the argv after `bigtrain`).
+
+    Reads the script's #SBATCH --nodes / --ntasks-per-node and its `srun ...` line (srun's
+    own options dropped); tasks are numbered node by node, as srun's block distribution does.
+    """
+    directives = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)$", sbatch, re.MULTILINE))
+    nodes, per_node = int(directives["nodes"]), int(directives["ntasks-per-node"])
+    assert nodes == hosts, (directives, hosts)
+    srun = next(shlex.split(line) for line in sbatch.splitlines() if line.startswith("srun "))
+    command = [a for a in srun[1:] if not a.startswith("--kill-on-bad-exit")]
+    assert command[0] == "bigtrain", srun
+    world = nodes * per_node
+    tasks = [{"SLURM_PROCID": str(node * per_node + local), "SLURM_NTASKS": str(world),
+              "SLURM_NPROCS": str(world), "SLURM_LOCALID": str(local), "SLURM_NODEID": str(node),
+              "SLURM_NODELIST": nodelist, "SLURM_STEP_NODELIST": nodelist,
+              "SLURM_NNODES": str(nodes), "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})",
+              "SLURM_JOB_ID": job_id, "SLURM_STEP_ID": "0"}
+             for node in range(nodes) for local in range(per_node)]
+    return tasks, command[1:]
