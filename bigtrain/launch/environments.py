@@ -227,8 +227,9 @@ def _mpi(env: Mapping[str, str], rank: tuple[str, ...], size: tuple[str, ...],
     elif f["local_world_size"][0] == f["world_size"][0]:
         f["master_addr"] = "127.0.0.1", f"every rank on this host ({f['local_world_size'][1]})"
     elif env.get("SLURM_JOB_NODELIST"):  # mpirun inside a SLURM allocation maps rank 0 first
-        first = expand_hostlist(env["SLURM_JOB_NODELIST"])[0]
-        f["master_addr"] = first, f"the first host of SLURM_JOB_NODELIST={env['SLURM_JOB_NODELIST']}"
+        nodes = env["SLURM_JOB_NODELIST"]
+        f["master_addr"] = (expand_hostlist(nodes)[0],
+                            f"the first host of SLURM_JOB_NODELIST={nodes}")
     else:
         _no_master_addr(f"{f['world_size'][1]} spans hosts ({f['local_world_size'][1]}) and "
                         "MPI does not say where rank 0 runs")

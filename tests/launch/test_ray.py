@@ -8,8 +8,9 @@ import pytest
 from bigtrain.launch.ray import check_cluster
 from tests.launch.jobs import TOY_MODEL, max_diff, reference_weights
 
-ray = pytest.importorskip("ray.train.torch", reason="Ray Train is not installed: pip install "
-                          "'bigtrain[ray]'") and pytest.importorskip("ray")
+_WHY = "Ray Train is not installed: pip install 'bigtrain[ray]'"
+pytest.importorskip("ray.train.torch", reason=_WHY)
+ray = pytest.importorskip("ray", reason=_WHY)
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,15 @@
 """`bigtrain slurm`: the sbatch script it writes, checked line by line and run: its srun
 command started as srun would start it (one process per task, SLURM's variables set)."""
-import os
 import re
 import stat
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bigtrain.cli.main import main as bigtrain_cli
-from tests.launch.jobs import (TRAIN, free_port, max_diff, reference_weights, run_job,
+from tests.launch.jobs import (REPO, TRAIN, free_port, max_diff, reference_weights, run_job,
                                srun_tasks)
 
 LIMIT_S = 120
@@ -78,3 +78,12 @@ def test_the_scripts_srun_line_trains_ddp_like_one_process(tmp_path, monkeypatch
     with np.load(tmp_path / "weights.npz") as saved:
         trained = [saved[f"arr_{i}"] for i in range(len(saved.files))]
     assert max_diff(trained, reference_weights()) <= 1e-5
+
+
+def test_the_readme_shows_the_script_bigtrain_slurm_writes(tmp_path, monkeypatch):
+    readme = (Path(REPO) / "README.md").read_text()
+    shown = re.search(r"```text\n(#!/bin/bash\n.*?)```", readme, re.DOTALL)[1]
+    monkeypatch.chdir(tmp_path)
+    bigtrain_cli(["slurm", "train.py", "--nodes", "2", "--gpus-per-node", "8", "--partition",
+                  "gpu", "--time", "02:00:00", "--setup", "source .venv/bin/activate"])
+    assert (tmp_path / "train.sbatch").read_text() == shown
