@@ -103,14 +103,15 @@ def run_job(envs: list[dict], argv: list[str], cwd, timeout: float) -> list[tupl
     return results
 
 
-def reference_weights(steps: int = STEPS) -> list[np.ndarray]:
-    """The same toy model trained in this process for `steps` steps (no strategy)."""
+def reference_weights(steps: int = STEPS, epochs: int = 1) -> list[np.ndarray]:
+    """The same toy model trained in this process for `epochs` epochs of `steps` steps (no
+    strategy)."""
     namespace: dict = {}
     exec("import numpy as np, bigtrain\nfrom bigtrain.layers import Dense, Input\n"
          "from bigtrain.models import Model\n" + TOY_MODEL, namespace)
     model, x, y = namespace["model"], namespace["x"], namespace["y"]
-    model.fit(x[:steps * BATCH], y[:steps * BATCH], epochs=1, batch_size=BATCH, shuffle=False,
-              verbose=0)
+    model.fit(x[:steps * BATCH], y[:steps * BATCH], epochs=epochs, batch_size=BATCH,
+              shuffle=False, verbose=0)
     return model.get_weights()
 
 
