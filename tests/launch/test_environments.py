@@ -126,3 +126,20 @@ def test_a_bad_environment_and_torchrun_only_flags_end_in_one_line(monkeypatch):
     with pytest.raises(SystemExit, match="--max-restarts 2: torchrun's flags do nothing in a "
                                          r"SLURM \(srun\) job"):
         bigtrain_cli(["run", "--max-restarts", "2", "t.py"])
+
+
+def test_ranks_that_never_came_are_blamed_on_the_variable_that_promised_them():
+    from bigtrain.launch.cluster import not_gathered
+    pod = detect({"RANK": "0", "WORLD_SIZE": "4", "MASTER_ADDR": "job-master-0",
+                  "MASTER_PORT": "23456", "KUBERNETES_SERVICE_HOST": "10.96.0.1"})
+    missing = ("ranks 2, 3 of 4 never joined the job within 5 s (seen from rank 0; 2 arrived). "
+               "Start the missing ranks: ...")
+    said = not_gathered(pod, missing, 5)
+    assert said.startswith("WORLD_SIZE=4 says the job has 4 ranks, but ranks 2, 3 of 4 never "
+                           "joined the job within 5 s (seen from rank 0; 2 arrived). ")
+    assert "every replica (pod) is scheduled" in said and "--join-timeout (5 s)" in said
+    unreachable = ("rank 1 could not reach the job's store at job-master-0:23456 within 5 s: "
+                   "rank 0, which hosts it, has not started. Start rank 0 ...")
+    said = not_gathered(pod, unreachable, 5)
+    assert "Rank 0 listens at job-master-0:23456 (MASTER_ADDR=job-master-0; " \
+           "MASTER_PORT=23456)" in said
