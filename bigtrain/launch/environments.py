@@ -173,14 +173,17 @@ def _slurm(env: Mapping[str, str]) -> dict | None:
 
 
 def _slurm_hosts(env: Mapping[str, str], f: dict) -> list[str]:
-    for name in ("SLURM_STEP_NODELIST", "SLURM_NODELIST", "SLURM_JOB_NODELIST"):
+    """The step's hosts; each list checked against the node count of the same scope."""
+    for name, count_name in (("SLURM_STEP_NODELIST", "SLURM_STEP_NUM_NODES"),
+                             ("SLURM_NODELIST", "SLURM_NNODES"),
+                             ("SLURM_JOB_NODELIST", "SLURM_JOB_NUM_NODES")):
         if env.get(name):
             try:
                 hosts = expand_hostlist(env[name])
             except ValueError as e:
                 raise ClusterEnvError(f"{name}: {e}") from None
             f["hosts"] = (tuple(hosts), f"{name}={env[name]}")
-            count = _int(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+            count = _int(env, count_name)
             if count and count[0] != len(hosts):
                 raise ClusterEnvError(f"{name}={env[name]} names {len(hosts)} host(s) but "
                                       f"{count[1]}: the variables come from different steps")

@@ -1,7 +1,8 @@
-"""`bigtrain run` as the ranks of jobs that SLURM, Open MPI, MPICH (PMI) or a Kubernetes
-operator started: two subprocesses per job on loopback, each with only its launcher's
-variables; ddp over them matches one process. A job that claims more ranks than start ends
-within --join-timeout in one line naming the variable."""
+"""`bigtrain run` as the ranks of jobs that Open MPI, MPICH (PMI) or a Kubernetes operator
+started: two subprocesses per job on loopback, each with only its launcher's variables; ddp
+over them matches one process (SLURM's: the sbatch script's srun line, in test_slurm.py). A
+SLURM job that claims more ranks than start ends within --join-timeout in one line naming
+the variable."""
 import re
 import time
 
@@ -24,8 +25,8 @@ def reference():
 
 @pytest.mark.slow
 @pytest.mark.timeout(LIMIT_S + 30)
-@pytest.mark.parametrize("launcher", [slurm_env, openmpi_env, pmi_env, kubernetes_env],
-                         ids=["slurm", "openmpi", "pmi", "kubernetes"])
+@pytest.mark.parametrize("launcher", [openmpi_env, pmi_env, kubernetes_env],
+                         ids=["openmpi", "pmi", "kubernetes"])  # SLURM: test_slurm.py
 def test_ranks_started_by_a_launcher_train_ddp_like_one_process(tmp_path, reference, launcher):
     (tmp_path / "train.py").write_text(TRAIN)
     port = free_port()

@@ -18,7 +18,7 @@ def _lonely_allreduce(rank, world_size):
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1")
     join_existing_job(timeout_s=FIT_TIMEOUT_S)  # the group exists: only its timeout changes
     if rank == 1:
-        time.sleep(4 * FIT_TIMEOUT_S + 5)  # never joins the collective in time
+        time.sleep(4 * FIT_TIMEOUT_S)  # never joins the collective in time
         return None
     started = time.monotonic()
     try:
@@ -30,4 +30,4 @@ def _lonely_allreduce(rank, world_size):
 
 def test_fit_timeout_bounds_collectives_of_a_group_that_already_exists():
     took, error = run_ranks(_lonely_allreduce, 2, timeout=90, pg_timeout=30)[0]
-    assert "no error" not in error and took < 4 * FIT_TIMEOUT_S, (took, error)
+    assert "no error" not in error and took < 3 * FIT_TIMEOUT_S, (took, error)
