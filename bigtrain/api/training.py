@@ -205,7 +205,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
             from the newest checkpoint), timeout (process-group timeout, seconds).
             Distributed runs also take watchdog (True) and watchdog_timeout (seconds a rank
             may wait in one operation before the job fails with a report naming the rank
-            that is missing or behind; default 120).
+            that is missing or behind; default 120). cluster="ray" runs the ranks as Ray
+            Train workers (bigtrain.launch.ray; needs the extra bigtrain[ray]).
 
     Example:
         model.fit(x, y, epochs=5, strategy="zero3", devices=2, checkpoint_dir="ckpt",
