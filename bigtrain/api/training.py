@@ -60,7 +60,7 @@ def _refuse_masked_loss_on_ranks(model, devices) -> None:
     """A masked loss divides by the real steps of the whole batch; ranks each see their own
     share of them, so their mean gradients would not add up to one process's."""
     import os
-    from bigtrain.parallel import distributed as dist_env
+    from bigtrain.launch import join as dist_env
     if not any(spec.masked for spec in model.compiled.losses):
         return
     n = dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))
@@ -250,7 +250,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
             from the newest checkpoint), timeout (process-group timeout, seconds).
             Distributed runs also take watchdog (True) and watchdog_timeout (seconds a rank
             may wait in one operation before the job fails with a report naming the rank
-            that is missing or behind; default 120).
+            that is missing or behind; default 120). cluster="ray" runs the ranks as Ray
+            Train workers (bigtrain.launch.ray; needs the extra bigtrain[ray]).
 
     Example:
         model.fit(x, y, epochs=5, strategy="zero3", devices=2, checkpoint_dir="ckpt",

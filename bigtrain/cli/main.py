@@ -2,6 +2,8 @@
 
     bigtrain train examples/seed_example.py          # run a training script
     bigtrain run --nproc-per-node 2 train.py         # N ranks via torch.distributed.run
+    srun bigtrain run train.py                       # one rank of a SLURM / MPI / k8s job
+    bigtrain slurm train.py --nodes 2 --gpus-per-node 8   # write an sbatch script
     bigtrain summary examples/models.py:build_model  # print a model's summary
     bigtrain plan examples/models.py:build_model --devices 8 --device-memory 80GB
     bigtrain report runs/seed                         # Markdown + PNG plots of a run
@@ -17,7 +19,7 @@ import runpy
 import sys
 
 import bigtrain
-from bigtrain.cli import insight, rendezvous, verify
+from bigtrain.cli import cluster, insight, rendezvous, verify
 from bigtrain.cli.target import load_object
 from bigtrain.parallel.lost_node import quiet_restart_failures
 
@@ -31,6 +33,11 @@ Hands off to torch.distributed.run (torchrun). Added by bigtrain:
                      and who is missing. Passed to torch's rendezvous (static: --rdzv-conf
                      timeout=S, c10d: join_timeout=S), so with --max-restarts it also bounds
                      how long the survivors wait for a lost node to come back.
+
+Inside a job a cluster started (srun, mpirun, a Kubernetes training operator) and without
+torchrun's launch flags, this process is one rank: it reads SLURM_*, OMPI_COMM_WORLD_*,
+PMI_* or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, joins the job, and runs SCRIPT.
+  --print-env        show what bigtrain understood of the environment, and exit
 
 torchrun's flags follow.
 """
@@ -48,6 +55,10 @@ def _train(args) -> int:
     finally:  # main() may be called from Python (tests, notebooks): leave it as it was
         sys.argv, sys.path[:] = argv, path
     return 0
+
+
+def _run_script(script: str, args: list[str]) -> int:
+    return _train(argparse.Namespace(script=script, script_args=args))
 
 
 def _summary(args) -> int:
@@ -69,6 +80,9 @@ def _run(args, rest: list[str]) -> int:
     from torch.distributed.run import main as torchrun_main
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
     join_timeout, argv = rendezvous.pop_join_timeout(list(rest))
+    ran = cluster.run_on_cluster(argv, join_timeout, _run_script)  # srun / mpirun / k8s
+    if ran is not None:
+        return ran
     if {"-h", "--help"} & set(argv[:rendezvous.script_index(argv)]):
         print(RUN_HELP, flush=True)
     nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
@@ -234,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="file.py:function or package.module:function")
     insight.add_parsers(sub)
     verify.add_parser(sub)
+    cluster.add_slurm_parser(sub)
     sub.add_parser("run", add_help=False,
                    help="launch N ranks of a script (torchrun flags: --nproc-per-node, --nnodes, "
                         "--node-rank, --rdzv-endpoint, --max-restarts; see `bigtrain run --help`)")
@@ -244,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "run":
         return _run(None, argv[1:])
+    if argv and argv[0] == "slurm":  # its options may follow the script
+        return cluster.slurm_main(argv[1:])
     args = build_parser().parse_args(argv)
     commands = {"train": _train, "summary": _summary, "plan": insight.run_plan,
                 "report": insight.run_report, "doctor": insight.run_doctor,

@@ -7,6 +7,9 @@
     join.py      join a launched job: process group, threads, this rank's device
     loopback.py  rendezvous stores that listen on loopback only (one host)
     verify.py    `bigtrain verify`: every strategy against single-process training
+    environments.py, hostlist.py, cluster.py   a job that SLURM, MPI or Kubernetes started:
+                 read its variables, form the process group (`bigtrain run` without flags)
+    slurm.py     `bigtrain slurm`: the sbatch script;  ray.py  fit(cluster="ray")
 
 It sits between the API (above) and the engine (below): the engine's `run_rank` is what
 every rank runs.

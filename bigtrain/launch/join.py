@@ -197,13 +197,16 @@ def _never_joined(missing: list[int], world: int, rank: int, timeout_s: float) -
 
 
 def join_existing_job(timeout_s: float | None = None, set_threads: bool = True,
-                      kind: str | None = None) -> DistEnv:
+                      kind: str | None = None,
+                      group_timeout_s: float | None = None) -> DistEnv:
     """Join (or reuse) the process group of a launched job; returns this rank's DistEnv.
 
     `kind` is the device kind the launcher chose ("cpu", "cuda", "mps"; see device_for).
 
     Ranks that do not show up within `timeout_s` (default DEFAULT_TIMEOUT_S) are named
-    in the RuntimeError, instead of every other rank waiting in silence.
+    in the RuntimeError, instead of every other rank waiting in silence. `group_timeout_s`
+    (default: `timeout_s`) bounds the collectives once the group formed; joining a group
+    that exists already, `timeout_s` becomes its collectives' timeout.
 
     Example:
         env = join_existing_job(timeout_s=60)   # inside torchrun / `bigtrain run`
@@ -222,7 +225,9 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True,
         store = attempt_store(rendezvous_store(rank, world, timeout))
         wait_for_ranks(store, rank, world, timeout)
         dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout))
+                                timeout=timedelta(seconds=group_timeout_s or timeout))
         atexit.register(_destroy_group)  # the user's script goes on after fit; tidy up at exit
+    elif timeout_s:  # a group formed before this fit (`bigtrain run` on a cluster, Ray)
+        dist.distributed_c10d._set_pg_timeout(timedelta(seconds=timeout_s))
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank,
                    local_world_size=local_world, device=device)

@@ -82,7 +82,8 @@ _CHECKPOINT_OPTIONS = {"checkpoint_dir": "directory", "checkpoint_every": "every
 
 
 #: fit's keywords beyond Keras's (see bigtrain.api.training.fit); anything else is refused
-FIT_OPTIONS = (*_CHECKPOINT_OPTIONS, "watchdog", "watchdog_timeout", "max_restarts", "timeout")
+FIT_OPTIONS = (*_CHECKPOINT_OPTIONS, "watchdog", "watchdog_timeout", "max_restarts", "timeout",
+               "cluster")
 
 
 def checkpoint_config(options: dict) -> CheckpointConfig | None:
@@ -126,6 +127,10 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     """
     options = dict(options)
     checkpoint = checkpoint_config(options)  # bad settings fail before any process starts
+    cluster = options.pop("cluster", None)  # "ray": the ranks run as Ray Train workers
+    if cluster is not None:
+        from bigtrain.launch.ray import check_cluster
+        check_cluster(cluster)
     watchdog = WatchdogConfig.from_fit(options.pop("watchdog", True),
                                        options.pop("watchdog_timeout", None))
     if capture is not None:
@@ -141,7 +146,7 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     task = make_task(cbs)
     task.checkpoint = checkpoint
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
-    return _finish(model, run_task(task, strat, model, devices, options), history)
+    return _finish(model, run_task(task, strat, model, devices, options, cluster), history)
 
 
 def check_fit(strat, model, checkpoint) -> None:
@@ -161,9 +166,11 @@ def check_fit(strat, model, checkpoint) -> None:
                          f"{strat.checkpoint_unsupported}")
 
 
-def run_task(task, strat, owner, devices, options: dict) -> FitResult:
+def run_task(task, strat, owner, devices, options: dict, cluster: str | None = None
+             ) -> FitResult:
     """Run `task` in this process, as one rank of a job a launcher started, or on the ranks
-    `devices` asks for (started here); rank 0's FitResult."""
+    `devices` asks for (started here, or as Ray Train workers for cluster="ray"); rank 0's
+    FitResult."""
     if dist_env.launched_externally():
         env = dist_env.join_existing_job(options.get("timeout"))
         with report_lost_node():  # one line, not a traceback, when a restart follows
@@ -172,6 +179,10 @@ def run_task(task, strat, owner, devices, options: dict) -> FitResult:
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     kind = dist_env.device_kind(devices)
+    if cluster is not None:
+        from bigtrain.launch.ray import launch_on_ray
+        return launch_on_ray(task, strat, nprocs, model_owner=owner, devices=devices,
+                             **options)
     if nprocs == 1:
         if devices is None and strat.name != "single":
             warnings.warn(one_process_note(strat), UserWarning, stacklevel=5)
