@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributed.tensor import DTensor
 
-from bench.bench_parameter_server import (REAL_BATCH, RepeatMLP, calibrate_repeats,
-                                          spawn)
+from bench.bench_parameter_server import REAL_BATCH, RepeatMLP, spawn
 from bigtrain.parallel import resolve_strategy
 from bigtrain.parallel.base import DistEnv, StepBatch
 from bigtrain.parallel.parameter_server import ParameterServer
@@ -119,15 +118,29 @@ def ps_prediction(repeats: int, workers: int, servers: int, host: DeviceSpec) ->
     return workers * REAL_BATCH / est.time.total
 
 
+def calibrate_cpu(step_ms: float) -> tuple[int, float]:
+    """Repeats of RepeatMLP's hidden layer for about `step_ms` of forward + backward on one
+    thread, by CPU time (best of 10: other programs' load does not shorten the count);
+    returns (repeats, ms per repeat)."""
+    torch.set_num_threads(1)
+    model, x = RepeatMLP(repeats=8), torch.randn(REAL_BATCH, 64)
+    best = float("inf")
+    for _ in range(10):
+        c0 = time.process_time()
+        model(x).square().mean().backward()
+        best = min(best, time.process_time() - c0)
+    per_repeat_ms = best * 1000 / 8
+    return max(1, round(step_ms / per_repeat_ms)), per_repeat_ms
+
+
 def bench_ps(seconds: float = 3.0, rounds: int = 2, step_ms: float = 30.0) -> list[dict]:
     """BSP throughput of 1..3 equal workers with 1 and 2 servers, real compute; runs rotate
     inside each round; medians over rounds, beside the planner's prediction."""
-    repeats, per_ms = calibrate_repeats(step_ms, 1)
-    torch.set_num_threads(1)
+    repeats, per_ms = calibrate_cpu(step_ms)
     from bench.bench_scaling import host_spec
     host = host_spec()
     print(f"\nparameter server, BSP, equal workers: MLP 64-{RepeatMLP.WIDTH}x{repeats}-1 at "
-          f"batch {REAL_BATCH} ({repeats * per_ms:.0f} ms forward+backward alone), 1 torch "
+          f"batch {REAL_BATCH} ({repeats * per_ms:.0f} ms forward+backward CPU time alone), 1 torch "
           f"thread per rank on {os.cpu_count()} cores, {rounds} rounds of {seconds:.0f} s")
     runs = [(w, s) for s in (1, 2) for w in (1, 2, 3)]
     rates: dict[tuple, list[float]] = {r: [] for r in runs}
