@@ -1,19 +1,34 @@
-"""Pipeline bubble: measured idle fraction of each stage vs the (p-1)/(m+p-1) theory.
+"""Pipeline bubble: measured idle share of each stage vs the (p-1)/(m+p-1) theory, where the
+rest of the idle time goes, and how much of it the machine causes.
 
-For GPipe and 1F1B at m = 4 and 8 micro-batches on p ranks, each stage's busy time is the
-time spent inside its forward and backward chunks; the bubble is 1 - busy / wall, averaged
-over the stages and over timed steps (after warm-up steps that include the schedule's
-metadata pass). The model is a chain of equal Linear+ReLU layers, so the stages are equal.
+How the bubble is measured: on every rank, for each timed step (after warm-up steps that
+include the schedule's shape exchange), wall = the schedule's `step` call and busy = the
+time inside that rank's forward chunks, backward chunks and (last stage) loss; bubble =
+1 - busy / wall, averaged over the ranks; the table gives the median over the timed steps.
+Each step starts after a barrier. The model is a chain of equal Linear+ReLU layers, so the
+stages are equal. Each rank runs one torch thread.
 
-Run (from the repository root):
-    python bench/bench_pipeline.py                 # p=2, hidden 1024, 8 layers
-    python bench/bench_pipeline.py --stages 4 --hidden 512
+Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
+durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
+these chunks), and again with each chunk's thread CPU time as its duration (the chunks as
+they run when no other program takes the core mid-chunk); the idle time split into blocked in a send/recv wait, posting send/recv ops
+and the schedule's own Python (overhead); and the share of busy time a chunk spent
+descheduled (wall minus its thread's CPU time: other programs had the core).
+
+Control (`--control`): every rank runs its stage's forward and backward over the same
+micro-batches with no communication, both ranks at once, then one rank alone: the
+slowdown of running together is what two ranks sharing this machine's cores cost.
+
+    python bench/bench_pipeline.py                 # p=2, hidden 1024, 8 layers, control
+    python bench/bench_pipeline.py --pin           # rank r pinned to core r (taskset)
+    python bench/bench_pipeline.py --quick
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -21,75 +36,152 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from bench.common import machine_busy_seconds, machine_line  # noqa: E402
+from bench.pipeline_timeline import Recorder, attach, breakdown, replay  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
 from bigtrain.parallel.pipeline import Pipeline  # noqa: E402
 from tests.dist import run_ranks  # noqa: E402  (the project's spawn helper)
 
 
-def _timed(fn, bucket: list):
-    def wrapper(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            bucket.append(time.perf_counter() - t0)
-    return wrapper
-
-
-def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps):
+def _chain(hidden: int, layers: int) -> nn.Sequential:
     torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
-                            for _ in range(layers)])
+    return nn.Sequential(*[nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
+                           for _ in range(layers)])
+
+
+def _pin(rank: int, pin: bool) -> None:
+    torch.set_num_threads(1)
+    if pin and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {rank % (os.cpu_count() or 1)})
+
+
+def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps, pin):
+    """The timed steps' timelines of this rank (see pipeline_timeline)."""
+    _pin(rank, pin)
     strategy = Pipeline(stages=world, microbatches=m, schedule=schedule,
                         split=[layers // world] * world)
     strategy.setup(DistEnv(rank=rank, world_size=world))
-    module = strategy.setup_module(model)
+    module = strategy.setup_module(_chain(hidden, layers))
     opt = strategy.setup_optimizer(module, lambda ps: torch.optim.SGD(ps, lr=1e-3))
-    busy: list[float] = []
-    wall: list[float] = []  # the schedule alone (not the optimizer or loss broadcast)
-    rt = strategy._rt
-    rt.schedule.step = _timed(rt.schedule.step, wall)
-    for st in rt.pstages:  # instrument compute only (not send/recv waits)
-        st.forward_one_chunk = _timed(st.forward_one_chunk, busy)
-        st.backward_one_chunk = _timed(st.backward_one_chunk, busy)
-    x = torch.randn(m * micro_rows, hidden)
-    y = torch.randn(m * micro_rows, hidden)
+    rt, rec = strategy._rt, Recorder()
+    attach(rt, rec)
+    inner = rt.schedule.step
+
+    def step(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            if rec.on:
+                rec.end(t0, time.perf_counter())
+    rt.schedule.step = step
+    x, y = torch.randn(m * micro_rows, hidden), torch.randn(m * micro_rows, hidden)
     loss = lambda out, t, sw: ((out - t) ** 2).mean()  # noqa: E731
-    fractions = []
-    for step in range(warmup + steps):
-        busy.clear()
-        wall.clear()
+    for i in range(warmup + steps):
         torch.distributed.barrier()
+        if i >= warmup:
+            rec.begin()
         strategy.train_step(module, opt, StepBatch([(x, y, None)], [1.0]), loss,
                             contextlib.nullcontext)
-        if step >= warmup:
-            fractions.append(1.0 - sum(busy) / wall[0])
     strategy.teardown()
-    return sum(fractions) / len(fractions)
+    return rec.steps
 
 
-def main() -> None:
+def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
+    """Seconds (wall, thread CPU) per stage pass of m forward+backward micro-batches with
+    no communication; `world` ranks at once."""
+    _pin(rank, pin)
+    stage = _chain(hidden, layers)[: layers // stages]
+    x = torch.randn(micro_rows, hidden)
+    out = []
+    for i in range(1 + steps):
+        if world > 1:
+            torch.distributed.barrier()
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for _ in range(m):
+            stage(x).square().mean().backward()
+        if i:
+            out.append((time.perf_counter() - t0, time.thread_time() - c0))
+    return out
+
+
+def measure(schedule, m, args) -> dict:
+    p = args.stages
+    per_rank = run_ranks(_bench, p, schedule, m, args.hidden, args.layers, args.micro_rows,
+                         args.warmup, args.steps, args.pin, timeout=600)
+    rows = []
+    for s in range(args.steps):
+        ranks = [per_rank[r][s] for r in range(p)]
+        parts = [breakdown(st) for st in ranks]
+        rows.append({"bubble": sum(b["bubble"] for b in parts) / p, "replay": replay(ranks),
+                     "replay_cpu": replay(ranks, cpu=True),
+                     **{k: sum(b[k] / b["wall"] for b in parts) / p
+                        for k in ("wait", "post", "overhead", "descheduled")},
+                     "chunk_ms": 1e3 * sum(b["busy"] for b in parts) / p / (2 * m)})
+    return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {
+        "all": [r["bubble"] for r in rows]}
+
+
+def control(args) -> tuple[float, float]:
+    """(median wall seconds of a stage pass with both ranks running at once / alone,
+    median CPU-time ratio the same way)."""
+    a = (args.micro_rows, args.steps, args.pin, args.stages)
+    both = run_ranks(_control, 2, 8, args.hidden, args.layers, *a, timeout=600)
+    alone = run_ranks(_control, 1, 8, args.hidden, args.layers, *a, timeout=600)
+    w2 = statistics.median(w for r in both for w, _ in r)
+    c2 = statistics.median(c for r in both for _, c in r)
+    w1 = statistics.median(w for w, _ in alone[0])
+    c1 = statistics.median(c for _, c in alone[0])
+    return w2 / w1, c2 / c1
+
+
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--stages", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--micro-rows", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=5)
-    args = ap.parse_args()
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--pin", action="store_true", help="rank r on core r (sched_setaffinity)")
+    ap.add_argument("--no-control", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="fewer timed steps")
+    args = ap.parse_args(argv)
+    args.steps = args.steps or (4 if args.quick else 8)
     p = args.stages
-    print(f"p={p} stages, {args.layers} x Linear({args.hidden}) + ReLU, "
-          f"{args.micro_rows} rows per micro-batch, {args.steps} timed steps")
-    print(f"{'schedule':<8} {'m':>3} {'measured':>9} {'theory':>7} {'ratio':>6}")
+    print(f"bench_pipeline: p={p} stages, {args.layers} x Linear({args.hidden}) + ReLU, "
+          f"{args.micro_rows} rows per micro-batch, {args.steps} timed steps, 1 thread per "
+          f"rank{', pinned' if args.pin else ''}\n  {machine_line()}")
+    print("  bubble: median over steps of 1 - busy/wall (mean over ranks); replay: the same "
+          "chunks with free p2p and no overhead (ratio to theory), cpu replay: with each "
+          "chunk's thread CPU time; idle split as % of wall (mean over ranks); desched: "
+          "share of wall a chunk was off its core")
+    print(f"  {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
+          f"{'replay':>6} {'ratio':>5} {'cpu replay':>10} {'p2p wait':>8} {'post':>5} {'sched':>5} "
+          f"{'desched':>7} {'chunk ms':>8}  per-step ratios")
+    busy0 = machine_busy_seconds()
+    t0 = time.perf_counter()
     for schedule in ("gpipe", "1f1b"):
         for m in (4, 8):
-            per_rank = run_ranks(_bench, p, schedule, m, args.hidden, args.layers,
-                                 args.micro_rows, args.warmup, args.steps, timeout=600)
-            measured = sum(per_rank) / p
+            r = measure(schedule, m, args)
             theory = (p - 1) / (m + p - 1)
-            print(f"{schedule:<8} {m:>3} {measured:>9.3f} {theory:>7.3f} "
-                  f"{measured / theory:>6.2f}")
+            print(f"  {schedule:<8} {m:>2} {r['bubble']:>8.3f} {theory:>6.3f} "
+                  f"{r['bubble'] / theory:>5.2f} {r['replay']:>6.3f} "
+                  f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
+                  f"{r['wait']:>8.1%} {r['post']:>5.1%} "
+                  f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f}  "
+                  f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
+    if busy0 is not None:
+        others = (machine_busy_seconds() - busy0) / (time.perf_counter() - t0)
+        print(f"  whole machine busy during the runs: {others:.2f} of {os.cpu_count()} cores "
+              "(ours included)")
+    if not args.no_control:
+        wall, cpu = control(args)
+        print(f"  control, {args.layers // p} layers x 8 micro-batches, no communication: a "
+              f"stage pass with both ranks at once takes {wall:.2f}x its time alone (wall), "
+              f"{cpu:.2f}x in thread CPU time")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

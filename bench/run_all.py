@@ -4,7 +4,8 @@
     python bench/run_all.py --quick    # short runs, under a minute each
     python bench/run_all.py --only bench_fit
 
-Scripts: bench_fit and bench_ddp first, then every other `bench_*.py` here in name order.
+Scripts: bench_fit, bench_fit_gpt, bench_ddp, bench_scaling and bench_pipeline first (the
+figures of bench/RESULTS.md's summary), then every other `bench_*.py` here in name order.
 `--quick` is passed only to scripts that accept it. Each script is a fresh interpreter so
 thread settings and process groups of one cannot affect the next. The exit status is
 non-zero when a script fails, not when a speed target is missed (timings are reported,
@@ -20,7 +21,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIRST = ["bench_fit", "bench_ddp"]  # the foundation, then the rest by name
+FIRST = ["bench_fit", "bench_fit_gpt", "bench_ddp", "bench_scaling", "bench_pipeline"]
 TIMEOUT_S = 600  # per script, each sized for < 5 min: a hung collective must not hang the run
 
 
@@ -63,11 +64,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="short runs")
     parser.add_argument("--only", nargs="+", choices=scripts(), help="run only these scripts")
     args = parser.parse_args(argv)
-    failed = []
+    failed, t0 = [], time.perf_counter()
     for name in args.only or scripts():
         extra = ["--quick"] if args.quick and accepts_quick(name) else []
         if run_script(name, extra) != 0:
             failed.append(name)
+    print(f"all scripts: {time.perf_counter() - t0:.0f}s, 1-min load at the end "
+          f"{os.getloadavg()[0]:.1f}")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0

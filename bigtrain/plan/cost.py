@@ -4,6 +4,12 @@
          + bytes each rank moves / link bandwidth              (communication, not overlapped)
          + collectives per step * latency                      (fixed cost per message)
          + compute * bubble / (1 - bubble)                     (pipeline idle time)
+         + optimizer bytes touched / memory bandwidth          (the update, memory-bound)
+
+The optimizer update reads every local parameter, gradient and state element and writes the
+parameter and state back: (2 (P + K) + G) bytes per parameter the rank updates (fp32 Adam:
+28). At a few FLOPs per byte it runs at memory speed, not matmul speed; on one CPU core it is
+about a third of a 100M-parameter MLP's step at batch 64 (bench/bench_scaling.py).
 
 Training FLOPs are 3 x forward (backward costs about twice the forward): the forward is
 counted from the module (FlopCounterMode), or approximated as 2 * N per token, giving the
@@ -70,6 +76,7 @@ class StepTime:
             (assumed not overlapped with compute).
         bubble: pipeline idle seconds.
         offload: device <-> host copies of offloaded state.
+        update: the optimizer update of this rank's share (memory-bound).
         bubble_fraction: (p-1)/(m+p-1) for pipelines, else 0.
     """
     compute: float
@@ -77,10 +84,11 @@ class StepTime:
     bubble: float = 0.0
     offload: float = 0.0
     bubble_fraction: float = 0.0
+    update: float = 0.0
 
     @property
     def total(self) -> float:
-        return self.compute + self.comm + self.bubble + self.offload
+        return self.compute + self.comm + self.bubble + self.offload + self.update
 
 
 def comm_bytes(strategy: str, profile: ModelProfile, prec: Precision, *, world_size: int,
@@ -118,6 +126,26 @@ def comm_bytes(strategy: str, profile: ModelProfile, prec: Precision, *, world_s
     raise ValueError(f"unknown strategy {strategy!r}")
 
 
+def update_bytes(strategy: str, n_params: float, prec: Precision, optimizer_bytes: float, *,
+                 world_size: int) -> float:
+    """Bytes the busiest rank streams through memory in one optimizer update.
+
+    Each updated parameter costs 2 (P + K) + G bytes (read parameter, state and gradient,
+    write parameter and state). ddp and single update everything; sharded optimizers
+    (zero1/2/3, pipeline stages, tensor shards) a 1/n share; "ps": the server updates every
+    parameter once per step (the worker waits for it under BSP); fsdp_offload updates on
+    the host.
+
+    Example:
+        >>> from bigtrain.plan.memory import PRECISIONS
+        >>> update_bytes("ddp", 1e6, PRECISIONS["32"], 8, world_size=2)
+        28000000.0
+    """
+    per_param = 2 * (prec.param_bytes + optimizer_bytes) + prec.grad_bytes
+    share = 1.0 if strategy in ("single", "ddp", "ps") else 1.0 / world_size
+    return per_param * float(n_params) * share
+
+
 BUCKET_BYTES = 25 * 2 ** 20  # DDP's default gradient bucket size
 
 
@@ -143,7 +171,8 @@ def collectives_per_step(strategy: str, profile: ModelProfile, prec: Precision, 
 def step_time(strategy: str, profile: ModelProfile, prec: Precision, *, world_size: int,
               batch_size: int, microbatches: int, flops: float, bandwidth: float,
               host_bandwidth: float, offload_moves: bool,
-              act_per_sample: float = 0.0, latency: float = 0.0) -> StepTime:
+              act_per_sample: float = 0.0, latency: float = 0.0,
+              memory_bandwidth: float | None = None, optimizer_bytes: float = 0.0) -> StepTime:
     """Estimate one step's seconds for `strategy`.
 
     Args:
@@ -159,6 +188,8 @@ def step_time(strategy: str, profile: ModelProfile, prec: Precision, *, world_si
         offload_moves: False when the device is the host CPU (offload copies nothing).
         act_per_sample: saved activation bytes of one sample.
         latency: seconds per collective.
+        memory_bandwidth: the rank's memory bytes/s (None: the update is not counted).
+        optimizer_bytes: K, optimizer bytes per parameter (incl. master weights).
     """
     total = training_flops(profile, batch_size)
     dp = data_parallel_degree(strategy, world_size)
@@ -175,5 +206,9 @@ def step_time(strategy: str, profile: ModelProfile, prec: Precision, *, world_si
         # each step: parameter shard host -> device, gradient shard device -> host
         shard = float(profile.n_params) / world_size
         offload = (prec.param_bytes + prec.grad_bytes) * shard / host_bandwidth
+    update = 0.0
+    if memory_bandwidth and strategy != "fsdp_offload":
+        update = update_bytes(strategy, profile.n_params, prec, optimizer_bytes,
+                              world_size=world_size) / memory_bandwidth
     return StepTime(compute=compute, comm=comm, bubble=bubble, offload=offload,
-                    bubble_fraction=bubble_fraction)
+                    bubble_fraction=bubble_fraction, update=update)

@@ -25,7 +25,8 @@ from bigtrain.plan.bf16 import SLOW_BF16_FACTOR, probe_bf16
 from bigtrain.plan.cost import StepTime, step_time
 from bigtrain.plan.device import DeviceSpec, cpu_device, host_memory_bytes
 from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
-                                  data_parallel_degree, get_precision, model_state_bytes, ps_server_bytes)
+                                  data_parallel_degree, get_precision, model_state_bytes,
+                                  optimizer_bytes, ps_server_bytes)
 from bigtrain.plan.profile import ModelProfile, profile_module
 from bigtrain.plan.report import format_bytes, plan_table, reason_for
 
@@ -174,7 +175,9 @@ def slowest(specs: Sequence[DeviceSpec]) -> DeviceSpec:
                    memory_bytes=min(s.memory_bytes for s in specs),
                    flops=min(s.flops for s in specs),
                    bandwidth=min(s.bandwidth for s in specs),
-                   latency=max(s.latency for s in specs))
+                   latency=max(s.latency for s in specs),
+                   memory_bandwidth=min((s.memory_bandwidth for s in specs
+                                         if s.memory_bandwidth), default=None))
 
 
 def _profile(model, seq_len, example_input) -> ModelProfile:
@@ -305,7 +308,9 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         t = step_time(base, prof, prec, world_size=devices, batch_size=batch_size,
                       microbatches=m, flops=rate, bandwidth=spec.bandwidth,
                       host_bandwidth=spec.host_link, offload_moves=spec.kind != "cpu",
-                      act_per_sample=act, latency=spec.latency)
+                      act_per_sample=act, latency=spec.latency,
+                      memory_bandwidth=spec.memory_bandwidth,
+                      optimizer_bytes=optimizer_bytes(optimizer, precision))
         fits = mem.device_total <= usable and mem.offloaded_host <= host
         estimates.append(StrategyEstimate(name, mem, t, fits, m))
     estimates.sort(key=lambda e: (not e.fits, e.time.total, e.memory.device_total))

@@ -16,7 +16,8 @@ kernel volume x input channels per group; a recurrent layer 2 x steps x gates x 
 
 Known gaps: intermediates inside a leaf module (the T x T attention matrix of a fused
 attention call, for instance) are not leaf outputs and are missed; in-place activations are
-counted although autograd may not keep them.
+counted although autograd may not keep them. A leaf that returns its input object itself
+(Dropout(p=0), Identity) adds nothing: autograd keeps no second copy.
 
 Example:
     from torch import nn
@@ -115,6 +116,8 @@ def _traced_pass(module: nn.Module, example, on_meta: bool):
     linear = [0, 0]  # nn.Linear output elements, elements kept inside leaves
 
     def hook(mod, inp, out):
+        if any(out is x for x in inp):
+            return  # an identity leaf (Dropout at p=0 or in eval, Identity) keeps nothing new
         n = _float_elems(out)
         leaf_out.append(n)
         if isinstance(mod, nn.Linear):

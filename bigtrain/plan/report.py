@@ -40,6 +40,7 @@ def _dominant_time(e: "StrategyEstimate") -> str:
     """Name and share of the largest part of the step time."""
     t = e.time
     parts = {"compute": t.compute, "communication": t.comm, "pipeline bubble": t.bubble,
+             "optimizer update": t.update,
              "host offload copies": t.offload}
     name = max(parts, key=parts.get)
     share = parts[name] / t.total if t.total else 0.0
