@@ -36,7 +36,7 @@ def run_plan(args) -> int:
     for note in p.notes:
         print(f"note: {note}")
     if args.devices > 1:  # conv channels, heads, Linears split; the rest replicated
-        from bigtrain.parallel.layer_split import split_summary
+        from bigtrain.parallel.tensor_plan import split_summary
         print(f"note: {split_summary(module, args.devices)}")
     best = p.best
     print(f"best: {best.strategy} - {best.reason}" if best else "nothing fits: see the table")

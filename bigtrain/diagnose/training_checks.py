@@ -43,20 +43,9 @@ def _input_bound(r: RunRecord) -> list[Finding]:
 
 
 def _background_loading() -> str:
-    """Advice for an input-bound run that this bigtrain can follow: fit's own background
-    loading when its fit takes `workers`, a DataLoader with workers otherwise."""
-    import importlib
-    import inspect
-    try:
-        fit = importlib.import_module("bigtrain.api.training").fit
-        has_workers = "workers" in inspect.signature(fit).parameters
-    except (ImportError, AttributeError, ValueError):
-        has_workers = False
-    if has_workers:
-        return "load batches in the background: model.fit(dataset, ..., workers=2)"
-    return ("load batches in the background: model.fit(DataLoader(dataset, batch_size=64, "
-            "num_workers=2, persistent_workers=True), ...), or keep the data in memory as "
-            "arrays")
+    """Advice for an input-bound run: fit's own background loading (workers=, prefetch=)."""
+    return ("load batches in the background: model.fit(dataset, ..., workers=2, prefetch=2) "
+            "(a DataLoader's num_workers is honoured too), or keep the data in memory as arrays")
 
 
 def _comm_bound(r: RunRecord) -> list[Finding]:

@@ -205,3 +205,39 @@ def full_tensor_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
         v = v.full_tensor() if hasattr(v, "full_tensor") else v
         out[k] = v.detach().cpu().clone()
     return out
+
+
+def describe_split(module: torch.nn.Module, degree: int) -> list[str]:
+    """One line per layer with weights: how `degree`-way tensor parallelism treats it.
+
+    Example:
+        describe_split(model.net, 2)
+        # ["layers.conv2d: split over 2 ranks (Conv2D)", "layers.lstm: replicated (...)"]
+    """
+    plan = tp_plan(module, degree)
+    lines = []
+    for name, m in module.named_modules():
+        if any(name.startswith(p + ".") for p in plan):
+            continue  # inside a layer the plan already covers
+        kind = type(m).__name__
+        if isinstance(m, SplitsItself):
+            why = m.tp_split(degree)
+            lines.append(f"{name}: split over {degree} ranks ({kind})" if why is None
+                         else f"{name}: replicated ({why})")
+        elif name in plan:
+            style = plan[name]
+            lines.append(f"{name}: replicated ({kind})" if style == "replicate"
+                         else f"{name}: split over {degree} ranks ({kind}, {style})")
+        elif next(m.parameters(recurse=False), None) is not None:
+            lines.append(f"{name}: replicated ({kind} has no tensor-parallel split)")
+    return lines
+
+
+def split_summary(module: torch.nn.Module, degree: int) -> str:
+    """`describe_split` in one line for the plan printout: how many layers split, and each
+    replicated one with the reason."""
+    lines = describe_split(module, degree)
+    kept = [line.replace(": replicated", "") for line in lines if ": replicated" in line]
+    text = (f"tensor parallel over {degree} ranks splits {len(lines) - len(kept)} of "
+            f"{len(lines)} layers with weights")
+    return text + ("; replicated: " + "; ".join(kept) if kept else "")

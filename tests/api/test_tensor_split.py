@@ -9,7 +9,7 @@ from bigtrain.layers import (LSTM, Conv1D, Conv2D, Dense, DepthwiseConv2D, Flatt
                              MultiHeadAttention, Reshape)
 from bigtrain.models import Model
 from bigtrain.optimizers import SGD
-from bigtrain.parallel.layer_split import describe_split
+from bigtrain.parallel.tensor_plan import describe_split
 from bigtrain.parallel.tensor_parallel import tp_plan
 from tests.dist import run_ranks
 
