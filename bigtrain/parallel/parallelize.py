@@ -69,8 +69,8 @@ def part_plan(part: nn.Module, degree: int, overrides: Mapping[str, str] | None,
     another pipeline rank's copy) stay replicated."""
     check_tp(part, degree)
     plan = tp_plan(part, degree, overrides)
-    for name in plan:
-        if id(part.get_submodule(name).weight) in tied:
+    for name in plan:  # (layers that split themselves, e.g. Conv2D, keep weights deeper)
+        if id(getattr(part.get_submodule(name), "weight", None)) in tied:
             plan[name] = "replicate"
     return plan
 
