@@ -30,7 +30,9 @@ class SplitsItself:
 
     def tp_apply(self, tp_mesh) -> None:
         """Shard this layer's weights over the 1-D `tp_mesh` (after `tp_split` said None)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.tp_split says it splits, so it must define tp_apply "
+            "(shard its own weights, e.g. with shard_param)")
 
 
 def shard_param(module: torch.nn.Module, name: str, tp_mesh, dim: int) -> None:
