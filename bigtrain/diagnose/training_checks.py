@@ -25,6 +25,7 @@ OPTIMIZER_SHARE = 0.10     # optimizer share worth fusing
 HIGH_BUBBLE = 0.25         # pipeline idle fraction worth more micro-batches
 TARGET_BUBBLE = 0.10       # what the suggested micro-batch count aims for
 STRAGGLER_RATIO = 1.20     # slowest rank / median rank step time
+STRAGGLER_SHARE = 0.10     # and the others' wait for it is this share of the step at least
 FUSABLE = {"adam", "adamw", "sgd", "adagrad"}  # torch optimizers with fused CPU kernels
 
 
@@ -142,6 +143,9 @@ def _straggler(r: RunRecord) -> list[Finding]:
     median = statistics.median(times[:slow] + times[slow + 1:])  # of the other ranks
     if median <= 0 or times[slow] / median < STRAGGLER_RATIO:
         return []
+    total = r.step_time.total
+    if total > 0 and (times[slow] - median) / total < STRAGGLER_SHARE:
+        return []  # 0.3 ms of a 20 ms step: the ranks differ, but nobody waits for long
     # time lost: every rank waits for the slow one, which could run as fast as the others
     return [Finding("straggler", "warning",
                     f"rank {slow} takes {_ms(times[slow])} per step, "

@@ -5,20 +5,23 @@ the same way; what the step pays is the part that outlasts the compute: the wait
 of backward. Timing backward alone cannot tell that wait from compute, so at the end of a
 fit every rank runs a short probe on one training micro-batch: forward + backward with the
 gradient sync skipped (`strategy.no_sync`) and with it, alternately, `repeats` times each.
-The exposed communication of one step is the fastest synced backward minus the fastest
-unsynced one (clipped at 0); the fastest of each leaves out one-off stalls of the host.
+The probe gives backward's compute (the median unsynced pass); the run record moves what
+the run's own backward took beyond that compute to comm_exposed (engine/record.py). The
+run's backward, not a synced probe pass, is the reference: a few back-to-back synced passes
+of an idle job are faster than the same all-reduces inside training on a busy host, so a
+synced-minus-unsynced probe missed most of the wait where small all-reduces dominate.
 
 The probe changes nothing the run keeps: no optimizer step, gradients are dropped after
 each synced pass, buffers (batch-norm statistics) and random-number state are restored.
 Every rank must call it (the synced passes are collectives).
 
 Example:
-    seconds = exposed_sync_seconds(strategy, module, batch, task.compute_loss, autocast)
+    seconds = backward_compute_seconds(strategy, module, batch, task.compute_loss, autocast)
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import statistics
 import time
 
 import torch
@@ -45,9 +48,9 @@ def _timed_backward(strategy, module, micro, compute_loss, autocast, sync: bool)
         return time.perf_counter() - t0
 
 
-def exposed_sync_seconds(strategy: Strategy, module, batch: StepBatch | None, compute_loss,
-                         autocast, repeats: int = 3) -> float | None:
-    """Seconds per step this rank's backward waits for gradient communication.
+def backward_compute_seconds(strategy: Strategy, module, batch: StepBatch | None,
+                             compute_loss, autocast, repeats: int = 5) -> float | None:
+    """Seconds of one micro-batch's backward on this rank without its gradient sync.
 
     Args:
         strategy: the run's strategy (already set up); probed only when it is distributed
@@ -59,13 +62,14 @@ def exposed_sync_seconds(strategy: Strategy, module, batch: StepBatch | None, co
         repeats: synced and unsynced passes each.
 
     Returns:
-        Seconds (>= 0), or None when the strategy has no in-backward sync to probe.
+        The median unsynced backward in seconds, or None when the strategy has no
+        in-backward sync to probe.
     """
     if batch is None or not strategy.env.distributed or not strategy.syncs_in_backward:
         return None
     device = strategy.env.device
     buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    best = {False: math.inf, True: math.inf}
+    times = {False: [], True: []}
     was_training = module.training
     module.train()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -73,11 +77,11 @@ def exposed_sync_seconds(strategy: Strategy, module, batch: StepBatch | None, co
             for sync in (False, True):  # a synced pass last: FSDP flushes what no_sync kept
                 seconds = _timed_backward(strategy, module, batch.micro[-1], compute_loss,
                                           autocast, sync)
-                best[sync] = min(best[sync], seconds)
+                times[sync].append(seconds)
             for p in module.parameters():
                 p.grad = None
     with torch.no_grad():
         for b, saved in buffers:
             b.copy_(saved)
     module.train(was_training)
-    return max(0.0, best[True] - best[False])
+    return statistics.median(times[False])

@@ -14,7 +14,7 @@ import torch
 from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
-from bigtrain.engine.comm_probe import exposed_sync_seconds
+from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
 from bigtrain.engine.feed import EpochPlan, feed_epoch
@@ -45,11 +45,14 @@ class FitResult:
 class RunTiming:
     """What the loop measured for the run record: the phase timer the strategy marks into,
     optimizer steps run, one training batch kept for the end-of-fit communication probe,
-    and the probe's result (seconds, or None when the strategy has nothing to probe)."""
+    and the probe's result: one micro-batch's backward without its gradient sync (seconds,
+    or None when the strategy has nothing to probe) and the micro-batches of a step."""
     timer: PhaseTimer
     steps: int = 0
     last_batch: object = None
-    exposed_sync_s: float | None = None
+    backward_compute_s: float | None = None
+    micro_per_step: int = 1
+    sync_wait_s: float | None = None  # set by the run record: backward beyond its compute
 
 
 class NonFiniteLoss(Exception):
@@ -296,9 +299,11 @@ def _finish(run: _Run) -> None:
     task, strategy, ctx, timing = run.task, run.strategy, run.ctx, run.timing
     if task.run_dir is not None:  # every rank has the same run_dir: all probe or none
         ctx.mark("communication probe")
-        timing.exposed_sync_s = exposed_sync_seconds(
+        timing.backward_compute_s = backward_compute_seconds(
             strategy, run.module, timing.last_batch, safe_loss(task.compute_loss),
             autocast_factory(task.config.precision, strategy.env.device))
+        if timing.last_batch is not None:
+            timing.micro_per_step = len(timing.last_batch.micro)
     timing.last_batch = None
     write_run_record(task, strategy, run.module, run.optimizer, run.result, timing,
                      run.monitor)

@@ -79,9 +79,16 @@ def gather_rank_figures(strategy, module, optimizer, phases: dict[str, float],
 
 def step_phases(timing, strategy) -> dict[str, float]:
     """This rank's mean seconds per step in each phase: the phase timer's means, with the
-    probed wait for in-backward gradient sync moved from backward to communication."""
+    wait for in-backward gradient sync moved from backward to communication: what the
+    run's backward took beyond its compute (the probe's unsynced backward per micro-batch,
+    times the micro-batches of a step). Sets `timing.sync_wait_s` (None: nothing probed)."""
     phases = timing.timer.means()
-    waited = min(timing.exposed_sync_s or 0.0, phases["backward"])
+    if timing.backward_compute_s is None:
+        timing.sync_wait_s = None
+        return phases
+    compute = timing.backward_compute_s * timing.micro_per_step
+    waited = min(max(phases["backward"] - compute, 0.0), phases["backward"])
+    timing.sync_wait_s = waited
     phases["backward"] -= waited
     phases["comm"] += waited
     return phases
@@ -173,8 +180,8 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
                          for r in figures["rank_phases"]],
         history=dict(result.history), script=_script(), script_args=list(sys.argv[1:]),
         extra={"timed_steps": timing.timer.timed_steps,
-               **({} if timing.exposed_sync_s is None else
-                  {"probed_sync_wait_s": timing.exposed_sync_s}),  # rank 0's probe
+               **({} if timing.sync_wait_s is None else
+                  {"probed_sync_wait_s": timing.sync_wait_s}),  # rank 0's
                "step_time_note": timing_note(strategy, timing),
                **_bf16_extra(task, strategy),
                **{k: stats[k] for k in ("pipeline_bubble_theory",) if k in stats}})
@@ -193,9 +200,9 @@ def timing_note(strategy, timing) -> str:
     every = timing.timer.sample_every
     how = ("every step" if every == 1 else f"one step in {every}, device synchronised") + \
         (" but the first, averaged over ranks" if timing.timer.timed_steps > 1 else "")
-    probe = ("; backward's wait for its in-backward gradient sync was probed at the end of the "
-             "fit (fastest synced minus fastest unsynced backward of one micro-batch) and moved "
-             "to comm_exposed" if timing.exposed_sync_s is not None else "")
+    probe = ("; backward's wait for its in-backward gradient sync (the run's backward minus "
+             "its compute, probed at the end of the fit as the median backward without the "
+             "sync) was moved to comm_exposed" if timing.backward_compute_s is not None else "")
     return f"timed at the strategy's phase marks, {how}{probe}; {strategy.timing_note}"
 
 

@@ -64,6 +64,14 @@ def test_finding_details():
     assert "Pipeline(stages=4, microbatches=27)" in b.advice  # (4-1)/(27+3) = 10%
 
 
+def test_a_small_difference_between_ranks_is_no_straggler():
+    """1.25x the others but 0.3 ms of a 20 ms step (the rest all-reduces): nobody waits long."""
+    quick = clean_record(rank_step_times=[0.0015, 0.0012],
+                         step_time=StepTimes(data=0.0002, forward=0.0004, backward=0.0003,
+                                             optimizer=0.0003, comm_exposed=0.019))
+    assert [f.kind for f in check_run(quick)] == ["comm_bound"]
+
+
 def test_suggested_microbatches_meets_the_target():
     for p in (2, 4, 8):
         m = suggested_microbatches(p, 0.1)
