@@ -54,3 +54,11 @@ def test_the_issues_compound_runs_get_every_planted_finding(results, name, plant
     if kinds & {"below_majority", "below_baseline"}:
         kinds.add("below_a_baseline")
     assert planted <= kinds, [f.kind for f in results[name]]
+
+
+def test_the_issues_nan_run_stops_on_nan_and_keeps_its_record():
+    """The issue's first run really ends in NaN, and its record still says where and why."""
+    from tests.diagnose.scenarios.quality import issue_nan_run
+    rec = issue_nan_run()
+    assert rec.stop["reason"] == "nan_loss" and rec.stop["step"] > 0, rec.stop
+    assert rec.step_losses, "the losses of the last epoch up to the NaN are kept"
