@@ -4,6 +4,7 @@
     mpirun -np 8 bigtrain run train.py          # Open MPI / MPICH
     bigtrain run train.py                       # a Kubernetes pod (RANK, WORLD_SIZE, MASTER_*)
     bigtrain run --print-env                    # what bigtrain understood, then exit
+    bigtrain run --ray ADDRESS --workers 4 train.py   # fit's ranks as Ray Train workers
     bigtrain slurm train.py --nodes 2 --gpus-per-node 8 --time 02:00:00 [--submit]
 
 Without torchrun's launch flags (--nproc-per-node, --nnodes, --rdzv-*, ...), `bigtrain run`
@@ -24,6 +25,49 @@ _LAUNCH_FLAGS = ("--nproc-per-node", "--nproc_per_node", "--nnodes", "--node-ran
                  "--node_rank", "--rdzv", "--standalone", "--master-addr", "--master_addr",
                  "--master-port", "--master_port")
 PRINT_ENV = "--print-env"
+
+
+def run_on_ray(argv: list[str], run_script) -> int | None:
+    """`bigtrain run --ray ADDRESS [--workers N] SCRIPT ARGS`: run the script here, its `fit`
+    sending the ranks to the Ray cluster at ADDRESS as Ray Train workers (fit's cluster="ray";
+    N workers where the script's fit names no devices). None when --ray is not given."""
+    end = script_index(argv)
+    flags, values = list(argv[:end]), {}
+    for name in ("--ray", "--workers"):
+        for i, a in enumerate(flags):
+            if a == name and i + 1 < len(flags):
+                values[name] = flags[i + 1]
+                del flags[i:i + 2]
+                break
+            if a.startswith(name + "="):
+                values[name] = a.split("=", 1)[1]
+                del flags[i]
+                break
+    if "--ray" not in values:
+        if "--ray" in flags or "--workers" in values:
+            raise SystemExit("bigtrain run: --ray needs the Ray cluster's address: "
+                             "`bigtrain run --ray ADDRESS [--workers N] SCRIPT` (ADDRESS as "
+                             "`ray start --head` prints it, e.g. 10.0.0.1:6379, or 'auto')")
+        return None
+    workers = values.get("--workers")
+    if workers is not None and (not workers.isdigit() or int(workers) < 1):
+        raise SystemExit(f"bigtrain run: --workers must be a positive number of Ray Train "
+                         f"workers, got {workers!r}")
+    if flags:
+        raise SystemExit(f"bigtrain run: {' '.join(flags)}: torchrun's flags do nothing with "
+                         "--ray (Ray starts the ranks); run `bigtrain run --ray ADDRESS "
+                         "[--workers N] SCRIPT [ARGS]`")
+    if end == len(argv):
+        raise SystemExit("bigtrain run: no training script (SCRIPT.py) given")
+    from bigtrain.launch.ray import CLUSTER_ENV, WORKERS_ENV, import_ray
+    try:
+        import_ray()
+    except ImportError as e:
+        raise SystemExit(f"bigtrain run --ray: {e}") from None
+    os.environ["RAY_ADDRESS"], os.environ[CLUSTER_ENV] = values["--ray"], "ray"
+    if workers is not None:
+        os.environ[WORKERS_ENV] = workers
+    return run_script(argv[end], argv[end + 1:])
 
 
 def run_on_cluster(argv: list[str], join_timeout: float, run_script) -> int | None:

@@ -3,6 +3,7 @@
     bigtrain train examples/seed_example.py          # run a training script
     bigtrain run --nproc-per-node 2 train.py         # N ranks via torch.distributed.run
     srun bigtrain run train.py                       # one rank of a SLURM / MPI / k8s job
+    bigtrain run --ray HOST:6379 --workers 4 train.py  # ranks as Ray Train workers
     bigtrain slurm train.py --nodes 2 --gpus-per-node 8   # write an sbatch script
     bigtrain summary examples/models.py:build_model  # print a model's summary
     bigtrain plan examples/models.py:build_model --devices 8 --device-memory 80GB
@@ -25,6 +26,7 @@ from bigtrain.parallel.lost_node import quiet_restart_failures
 
 RUN_HELP = f"""\
 bigtrain run [--join-timeout S] [torchrun flags] SCRIPT [ARGS]
+bigtrain run --ray ADDRESS [--workers N] SCRIPT [ARGS]
 
 Hands off to torch.distributed.run (torchrun). Added by bigtrain:
   --join-timeout S   seconds the nodes of a multi-host job have to gather (default \
@@ -38,6 +40,10 @@ Inside a job a cluster started (srun, mpirun, a Kubernetes training operator) an
 torchrun's launch flags, this process is one rank: it reads SLURM_*, OMPI_COMM_WORLD_*,
 PMI_* or RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT, joins the job, and runs SCRIPT.
   --print-env        show what bigtrain understood of the environment, and exit
+
+With --ray ADDRESS (needs `pip install 'bigtrain[ray]'`), SCRIPT runs in this process and its
+fit sends the ranks to the Ray cluster at ADDRESS as Ray Train workers (fit's cluster="ray").
+  --workers N        Ray Train workers where the script's fit names no devices=
 
 torchrun's flags follow.
 """
@@ -80,7 +86,9 @@ def _run(args, rest: list[str]) -> int:
     from torch.distributed.run import main as torchrun_main
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
     join_timeout, argv = rendezvous.pop_join_timeout(list(rest))
-    ran = cluster.run_on_cluster(argv, join_timeout, _run_script)  # srun / mpirun / k8s
+    ran = cluster.run_on_ray(argv, _run_script)  # --ray ADDRESS
+    if ran is None:
+        ran = cluster.run_on_cluster(argv, join_timeout, _run_script)  # srun / mpirun / k8s
     if ran is not None:
         return ran
     if {"-h", "--help"} & set(argv[:rendezvous.script_index(argv)]):

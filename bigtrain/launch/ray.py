@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import uuid
 
+CLUSTER_ENV, WORKERS_ENV = "BIGTRAIN_CLUSTER", "BIGTRAIN_RAY_WORKERS"  # bigtrain run --ray
 GROUP_TIMEOUT_S = 300  # bigtrain's collective timeout for launched jobs (Ray's is 1800)
 _WEIGHTS, _RECORD = "weights.safetensors", "history.json"
 
@@ -40,6 +41,18 @@ def import_ray():
         raise ImportError(f"fit(cluster='ray') needs Ray Train: pip install 'bigtrain[ray]' "
                           f"(ray[train]); importing it failed: {e}") from None
     return ray
+
+
+def cluster_defaults(cluster, devices):
+    """fit's (cluster, devices) with the defaults `bigtrain run --ray ADDRESS [--workers N]`
+    set for the script it runs: cluster "ray", and N workers where fit names no devices.
+    What the script passes to fit wins."""
+    if cluster is None and os.environ.get(CLUSTER_ENV) == "ray":
+        cluster = "ray"
+    workers = os.environ.get(WORKERS_ENV)
+    if cluster == "ray" and devices is None and workers:
+        devices = int(workers)
+    return cluster, devices
 
 
 def check_cluster(cluster) -> None:

@@ -15,6 +15,7 @@ from bigtrain.engine.callbacks import History, ProgressBar
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
+from bigtrain.launch.ray import check_cluster, cluster_defaults
 from bigtrain.parallel.base import resolve_strategy
 from bigtrain.parallel.lost_node import report_lost_node
 
@@ -127,10 +128,9 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     """
     options = dict(options)
     checkpoint = checkpoint_config(options)  # bad settings fail before any process starts
-    cluster = options.pop("cluster", None)  # "ray": the ranks run as Ray Train workers
-    if cluster is not None:
-        from bigtrain.launch.ray import check_cluster
-        check_cluster(cluster)
+    # "ray": the ranks run as Ray Train workers (also under `bigtrain run --ray ADDRESS`)
+    cluster, devices = cluster_defaults(options.pop("cluster", None), devices)
+    check_cluster(cluster)
     watchdog = WatchdogConfig.from_fit(options.pop("watchdog", True),
                                        options.pop("watchdog_timeout", None))
     if capture is not None:
