@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bigtrain.parallel.base import Strategy, register
+from bigtrain.parallel.parallelize import parallelize
 
 
 def check_batch_covers_ranks(name: str, world_size: int, global_batch_size: int) -> None:
@@ -44,6 +45,10 @@ class DataParallel(Strategy):
         module = module.to(self.env.device)
         if not self.env.distributed:
             return module
+        (module,) = parallelize(module, None, replicate=self._ddp)
+        return module
+
+    def _ddp(self, module: nn.Module) -> DDP:
         ids = [self.env.device] if self.env.device.type == "cuda" else None
         return DDP(module, device_ids=ids, bucket_cap_mb=self.bucket_cap_mb,
                    find_unused_parameters=self.find_unused_parameters)

@@ -9,11 +9,13 @@ in this order (torchtitan's, for the same reasons):
     3. activation        recompute each block's activations in backward      (checkpoint_blocks)
        checkpointing     (after TP: it wraps the sharded blocks as they will run)
     4. data (dp)         replicas start from rank 0's weights (broadcast over "dp"); after
-                         each backward `sync_grads` averages their gradients (all-reduce)
+                         each backward `sync_grads` averages their gradients (all-reduce);
+                         or a wrapper that does both itself (`replicate=`: DDP, FSDP2)
 
 Steps 1-3 change modules in place and keep parameter names; step 4 is a broadcast now and
-an all-reduce per step. The strategies (TensorParallel, Pipeline, Hybrid) only choose the
-arguments. (Sharded and DataParallel wrap a whole-world replica with FSDP2 / DDP instead.)
+an all-reduce per step, or the wrapper's. The strategies only choose the arguments:
+TensorParallel, Pipeline and Hybrid a mesh; DataParallel (DDP) and Sharded (FSDP2's
+fully_shard) a whole-world replica (`topo=None`) and their wrapper.
 
 Example:
     topo = Topology(ParallelDims.infer(4, tp=2), rank, "cpu")
@@ -34,31 +36,38 @@ from bigtrain.parallel.tensor_plan import apply_tp, check_tp, tp_plan
 PipelineCut = Callable[[nn.Module], "tuple[list[nn.Module], set[int]]"]
 
 
-def parallelize(module: nn.Module, topo: Topology, *, pipeline: PipelineCut | None = None,
+def parallelize(module: nn.Module, topo: Topology | None, *,
+                pipeline: PipelineCut | None = None,
                 tp_overrides: Mapping[str, str] | None = None,
-                activation_checkpointing: bool = False) -> list[nn.Module]:
+                activation_checkpointing: bool = False,
+                replicate: Callable[[nn.Module], nn.Module] | None = None) -> list[nn.Module]:
     """This rank's parts of `module` with pipeline, tensor, checkpointing and data
     parallelism applied in the order of the module docstring.
 
     Args:
         module: the single-device model, already on this rank's device.
-        topo: this rank's mesh (bigtrain.parallel.dims.Topology).
+        topo: this rank's mesh (bigtrain.parallel.dims.Topology); None: every rank holds
+            the whole model (no tensor split) and `replicate` does step 4.
         pipeline: step 1, or None for no pipeline (the whole module is the one part).
         tp_overrides: regex -> style overrides of the tensor-parallel plan (step 2).
         activation_checkpointing: step 3 on or off.
+        replicate: step 4 as a wrapper that starts the replicas equal and syncs their
+            gradients itself (DDP, FSDP2); None: the broadcast over "dp" and `sync_grads`.
 
     Returns:
         The parts this rank computes: its pipeline stages, or `[module]`.
     """
     parts, tied = pipeline(module) if pipeline is not None else ([module], set())
-    if topo.dims.tp > 1:
+    if topo is not None and topo.dims.tp > 1:
         for part in parts:
             apply_tp(part, topo.sub_mesh("tp"), part_plan(part, topo.dims.tp, tp_overrides,
                                                            tied))
     if activation_checkpointing:
         for part in parts:
             checkpoint_blocks(part)
-    if topo.mesh is not None:
+    if replicate is not None:
+        return [replicate(part) for part in parts]
+    if topo is not None and topo.mesh is not None:
         broadcast_params(unique_params(parts), topo.group("dp"))  # replicas start equal
     return parts
 

@@ -21,6 +21,7 @@ from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully
 
 from bigtrain.parallel.base import Strategy, register
 from bigtrain.parallel.data_parallel import check_batch_covers_ranks
+from bigtrain.parallel.parallelize import parallelize
 
 _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -98,6 +99,11 @@ class Sharded(Strategy):
         module = module.to(self.env.device)
         if not self.sharding:
             return module
+        (module,) = parallelize(module, None, replicate=self._fully_shard)
+        return module
+
+    def _fully_shard(self, module: nn.Module) -> nn.Module:
+        """FSDP2 on each block (shard_units), then on the whole model."""
         kwargs = {"reshard_after_forward": self.reshard_after_forward}
         if self.offload:
             kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
