@@ -60,42 +60,60 @@ class NonFiniteLoss(Exception):
         super().__init__(message)
 
 
-def _check_finite(pending: list, first: int, epoch: int, strategy: Strategy,
-                  batch_size: int) -> None:
-    """Stop every rank when one of the losses `pending` (of steps `first`, `first + 1`, ...
-    of this epoch) is NaN/Inf; the list is emptied. A collective: every rank calls it at
-    the same steps, with or without pending losses."""
-    losses = torch.stack(pending).reshape(len(pending), -1) if pending else torch.zeros(0, 1)
-    pending.clear()
-    bad = (~torch.isfinite(losses).all(1)).nonzero()
-    flag = torch.tensor([float(first + int(bad[0])) if len(bad) else float("inf")])
-    strategy.all_reduce(flag, op="min")  # every rank stops together
-    if torch.isfinite(flag):
-        step = int(flag)
-        raise NonFiniteLoss(
-            f"TerminateOnNaN: the loss became NaN/Inf at epoch {epoch + 1}, step {step + 1} "
-            f"(global batch {step} of this epoch: samples {step * batch_size}.."
-            f"{(step + 1) * batch_size - 1} of the shuffled order). Check the inputs for "
-            "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
+class _FiniteCheck:
+    """TerminateOnNaN across ranks: the losses since the last check, checked with one
+    all-reduce every `every` steps (and at the epoch's end); every rank stops together."""
+
+    def __init__(self, cfg, epoch: int, first: int, strategy: Strategy):
+        self.every, self.batch_size, self.epoch = cfg.nan_check_every, cfg.batch_size, epoch
+        self.strategy, self.first, self.pending = strategy, first, []
+
+    def add(self, step: int, loss: torch.Tensor, mark) -> None:
+        self.pending.append(loss)
+        if step + 1 - self.first >= self.every:
+            mark("loss check all-reduce", phase="comm")
+            self.check(step + 1)
+
+    def check(self, next_first: int) -> None:
+        """A collective: every rank calls it at the same steps, with or without losses."""
+        losses = (torch.stack(self.pending).reshape(len(self.pending), -1) if self.pending
+                  else torch.zeros(0, 1))
+        self.pending.clear()
+        bad = (~torch.isfinite(losses).all(1)).nonzero()
+        flag = torch.tensor([float(self.first + int(bad[0])) if len(bad) else float("inf")])
+        self.strategy.all_reduce(flag, op="min")  # every rank stops together
+        self.first = next_first
+        if torch.isfinite(flag):
+            step, size = int(flag), self.batch_size
+            raise NonFiniteLoss(
+                f"TerminateOnNaN: the loss became NaN/Inf at epoch {self.epoch + 1}, step "
+                f"{step + 1} (global batch {step} of this epoch: samples {step * size}.."
+                f"{(step + 1) * size - 1} of the shuffled order). Check the inputs for "
+                "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
+
+
+def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
+    cfg = task.config
+    return feed_epoch(task.train, EpochPlan(
+        epoch, cfg.batch_size, cfg.steps_per_epoch, cfg.seed, cfg.shuffle,
+        strategy.data_shard(), cfg.accumulate_steps, strategy.grad_replicas, progress.skip,
+        strategy.env.device))
 
 
 def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
                  progress: Progress) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
-    shard, replicas = strategy.data_shard(), strategy.grad_replicas
-    feed = feed_epoch(task.train, EpochPlan(epoch, cfg.batch_size, cfg.steps_per_epoch, cfg.seed,
-                                            cfg.shuffle, shard, cfg.accumulate_steps, replicas,
-                                            progress.skip, device))
+    feed = _epoch_feed(task, strategy, epoch, progress)
     steps = feed.steps
     tally = Tally(task.metrics, task.activations, device)
-    pending: list = []  # losses of the steps since the last non-finite check
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
-    # decided once per epoch, not per step
+    # decided once per epoch, not per step; steps before progress.skip were trained before
+    # the checkpoint this run resumed from
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
-    want_logs, check_nan = end_hooks and callbacks.wants_batch_logs, cfg.terminate_on_nan
+    want_logs = end_hooks and callbacks.wants_batch_logs
+    finite = _FiniteCheck(cfg, epoch, progress.skip, strategy) if cfg.terminate_on_nan else None
     mark, timer = ctx.mark, timing.timer
     module.train()
-    last_check = progress.skip  # steps before it were trained before the checkpoint
     for step in feed.step_numbers(progress.skip):
         mark("callbacks (batch begin)", progress.step)
         if begin_hooks:
@@ -110,24 +128,18 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         timing.steps += 1
         timing.last_batch = batch
         tally.add(batch, outputs, loss)
-        if check_nan:
-            pending.append(loss)
-            if step + 1 - last_check >= cfg.nan_check_every:
-                mark("loss check all-reduce", phase="comm")
-                _check_finite(pending, last_check, epoch, strategy, cfg.batch_size)
-                last_check = step + 1
+        if finite is not None:
+            finite.add(step, loss, mark)
         mark("callbacks (batch end)")
         if end_hooks:
-            logs = {"size": size}
-            if want_logs:
-                logs["loss"] = float(loss)
-            callbacks.on_train_batch_end(step, logs)
+            callbacks.on_train_batch_end(step, {"size": size, "loss": float(loss)}
+                                         if want_logs else {"size": size})
         mark("checkpoint" if progress.checkpointer else "step end")
         progress.after_step(epoch, step, steps)
     progress.skip = 0
-    if check_nan:
+    if finite is not None:
         mark("loss check all-reduce")
-        _check_finite(pending, last_check, epoch, strategy, cfg.batch_size)
+        finite.check(next_first=0)
     mark("metrics all-reduce")
     return tally.logs(strategy.all_reduce(tally.state()))
 

@@ -196,7 +196,7 @@ class Pipeline(Strategy):
         n_stages = pp * self.stages_per_rank
         blocks = block_count(layers)
         if n_stages > len(layers) or (blocks < len(layers) and n_stages > blocks):
-            one_stage = f", schedule='1f1b' or 'gpipe' (one stage per rank)" \
+            one_stage = ", schedule='1f1b' or 'gpipe' (one stage per rank)" \
                 if self.stages_per_rank > 1 and pp <= blocks else ""
             raise ValueError(
                 f"{n_stages} pipeline stages ({pp} ranks x {self.stages_per_rank} per rank) "
