@@ -175,7 +175,9 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     reports which rank the others wait for and ends the process when one operation lasts
     longer than its window. See `_train` for the arguments and result.
     """
-    ctx = StepContext(heartbeat=Heartbeat(), timer=PhaseTimer(strategy.env.device))
+    # one process waits for nobody: no watchdog, so no heartbeat to keep per mark
+    beat = Heartbeat() if strategy.env.distributed else None
+    ctx = StepContext(heartbeat=beat, timer=PhaseTimer(strategy.env.device))
     if task.config.precision == "16-mixed":  # float16 gradients underflow without it
         ctx.grad_scaler = torch.amp.GradScaler(strategy.env.device.type)
     dog = start_watchdog(strategy.env, task.watchdog or WatchdogConfig(), ctx.heartbeat)
