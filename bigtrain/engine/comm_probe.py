@@ -27,6 +27,7 @@ import time
 import torch
 
 from bigtrain.parallel.base import StepBatch, Strategy
+from bigtrain.parallel.microbatch import call_module
 
 
 def _sync(device: torch.device) -> None:
@@ -39,7 +40,7 @@ def _timed_backward(strategy, module, micro, compute_loss, autocast, sync: bool)
     device = strategy.env.device
     with contextlib.nullcontext() if sync else strategy.no_sync(module):
         with autocast():
-            out = module(*x) if isinstance(x, tuple) else module(x)
+            out = call_module(module, x)
             loss = compute_loss(out, y, sw)
         _sync(device)
         t0 = time.perf_counter()

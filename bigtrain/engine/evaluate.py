@@ -9,6 +9,7 @@ from bigtrain.engine.steps import Tally, autocast_factory
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
 from bigtrain.parallel.context import StepContext
+from bigtrain.parallel.microbatch import call_module
 
 
 def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
@@ -31,7 +32,7 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
             idx = torch.arange(start, min(start + batch_size, hi))
             x, y, sw = data.take(idx, device)
             with autocast():
-                out = module(*x) if isinstance(x, tuple) else module(x)
+                out = call_module(module, x)
             loss = task.compute_loss(out, y, sw)
             tally.loss_sum += loss.double() * len(idx)
             tally.count += len(idx)

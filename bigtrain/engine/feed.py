@@ -16,6 +16,7 @@ import torch
 from bigtrain.engine.data import (ArrayData, DatasetData, epoch_permutation, epoch_window,
                                   global_batches, num_batches, shard_bounds)
 from bigtrain.parallel.base import StepBatch
+from bigtrain.parallel.microbatch import rows
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class StreamData:
     def _steps(self, window, plan: EpochPlan):
         from bigtrain.data.streams import rows_of
         for n, (x, y, sw) in self.source.batches(window):
-            m = int((x[0] if isinstance(x, tuple) else x).shape[0])
+            m = rows(x)
             parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas)
             micro = []
             for p in parts:

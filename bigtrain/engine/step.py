@@ -27,6 +27,7 @@ import torch
 
 from bigtrain.parallel.base import StepBatch, Strategy
 from bigtrain.parallel.context import StepContext
+from bigtrain.parallel.microbatch import call_module
 
 
 def train_step(strategy: Strategy, ctx: StepContext, module, optimizer, batch: StepBatch,
@@ -78,11 +79,11 @@ def _micro_step(strategy, ctx, module, micro, scale, compute_loss, autocast, bac
     x, y, sw = micro
     ctx.mark("forward")
     if autocast is contextlib.nullcontext:  # full precision: no context to enter
-        out = module(*x) if isinstance(x, tuple) else module(x)
+        out = call_module(module, x)
         loss = compute_loss(out, y, sw)
     else:
         with autocast():
-            out = module(*x) if isinstance(x, tuple) else module(x)
+            out = call_module(module, x)
             loss = compute_loss(out, y, sw)
     ctx.mark(backward_op)
     strategy.backward(ctx.scale(loss if scale is None else loss * scale))

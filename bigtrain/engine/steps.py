@@ -9,6 +9,7 @@ import torch
 from bigtrain.engine.data import ArrayData
 from bigtrain.engine.feed import local_rows, micro_split
 from bigtrain.parallel.base import StepBatch
+from bigtrain.parallel.microbatch import rows
 
 
 def make_step_batch(data: ArrayData, gidx: torch.Tensor, shard: tuple[int, int],
@@ -67,7 +68,7 @@ class Tally:
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
         for (x, y, _), out in zip(batch.micro, outputs):
-            n += _rows(y if y is not None else x)
+            n += rows(y if y is not None else x)
             if self._any:
                 self.update_metrics(y, out)
         if mean_loss.requires_grad:
@@ -127,7 +128,3 @@ class Tally:
                 out[prefix + m.name] = m.result(state[offset:offset + m.size])
                 offset += m.size
         return out
-
-
-def _rows(t) -> int:
-    return int((t[0] if isinstance(t, tuple) else t).shape[0])
