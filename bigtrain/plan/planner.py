@@ -221,6 +221,24 @@ def _bf16_factor(precision: str, kind: str, this_host: bool, given: float | None
     return given
 
 
+def _rank_specs(device, devices: int, overrides: tuple, precision: str,
+                bf16_slowdown: float | None, notes: list[str]) -> list[DeviceSpec]:
+    """Each rank's DeviceSpec with the overrides, its FLOP/s divided by a slow bf16 factor;
+    notes say when bf16 is slow or the ranks differ in speed."""
+    specs = rank_specs(device, devices, overrides)
+    kind = slowest(specs).kind
+    slow_bf16 = _bf16_factor(precision, kind, device is None, bf16_slowdown, notes)
+    if slow_bf16 > 1.0:  # every rank computes bf16 that many times slower than fp32
+        specs = [s.with_overrides(flops=s.flops / slow_bf16) for s in specs]
+    speeds = [s.flops for s in specs]
+    if max(speeds) > UNEVEN_SPEED * min(speeds):
+        notes.append(f"ranks differ in speed ({min(speeds):.3g}..{max(speeds):.3g} FLOP/s): "
+                     "evenly split strategies run at the slowest rank's speed; ddp_balanced "
+                     "splits each batch by speed; pipeline stages are cut by each device's "
+                     "speed (its compute at the mean speed)")
+    return specs
+
+
 def plan(model_or_param_count, *, devices: int, batch_size: int,
          device_memory: float | None = None, seq_len: int | None = None,
          microbatches: int | None = None, precision: str = "32",
@@ -270,20 +288,11 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         raise ValueError(f"pipeline_schedule must be '1f1b' or 'gpipe', got {pipeline_schedule!r}")
     prof = _profile(model_or_param_count, seq_len, example_input)
     prec = get_precision(precision)
-    specs = rank_specs(device, devices, (device_memory, device_flops, bandwidth))
-    spec = slowest(specs)
     notes = [f"model figures: {prof.method}"]
-    slow_bf16 = _bf16_factor(precision, spec.kind, device is None, bf16_slowdown, notes)
-    if slow_bf16 > 1.0:  # every rank computes bf16 that many times slower than fp32
-        specs = [s.with_overrides(flops=s.flops / slow_bf16) for s in specs]
-        spec = slowest(specs)
-    speeds = [s.flops for s in specs]
+    specs = _rank_specs(device, devices, (device_memory, device_flops, bandwidth), precision,
+                        bf16_slowdown, notes)
+    spec, speeds = slowest(specs), [s.flops for s in specs]
     uneven = max(speeds) > UNEVEN_SPEED * min(speeds)
-    if uneven:
-        notes.append(f"ranks differ in speed ({min(speeds):.3g}..{max(speeds):.3g} FLOP/s): "
-                     "evenly split strategies run at the slowest rank's speed; ddp_balanced "
-                     "splits each batch by speed; pipeline stages are cut by each device's "
-                     "speed (its compute at the mean speed)")
     act = _activation_per_sample(prof, prec, activation_bytes_per_sample, notes)
     notes.append("step time assumes no overlap of communication with compute (upper bound)")
     usable = spec.memory_bytes * (1.0 - reserve)
