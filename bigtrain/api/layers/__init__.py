@@ -13,7 +13,8 @@ from bigtrain.api.layers.pooling import (AveragePooling1D, AveragePooling2D, Ave
 from bigtrain.api.layers.preprocessing import (GaussianNoise, Lambda, Masking, Normalization,
                                                Rescaling,
                                                SpatialDropout1D, SpatialDropout2D)
-from bigtrain.api.layers.recurrent import GRU, LSTM, Bidirectional, SimpleRNN, TimeDistributed
+from bigtrain.api.layers.recurrent import GRU, LSTM, SimpleRNN
+from bigtrain.api.layers.rnn_wrappers import Bidirectional, TimeDistributed
 from bigtrain.api.layers.reshaping import (Cropping1D, Cropping2D, Permute, RepeatVector,
                                            UpSampling1D, UpSampling2D, ZeroPadding1D,
                                            ZeroPadding2D)

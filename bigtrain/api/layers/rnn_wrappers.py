@@ -1,0 +1,119 @@
+"""Keras's wrappers of other layers over time: Bidirectional (an RNN forwards and a copy
+backwards) and TimeDistributed (a layer applied to every time step).
+"""
+from __future__ import annotations
+
+import torch
+
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.recurrent import _RNN, _layer_from
+
+
+class Bidirectional(Layer):
+    """`keras.layers.Bidirectional(layer, merge_mode="concat")`: the layer forwards and a copy
+    backwards; their outputs (the backward one re-aligned in time) concatenated, summed,
+    multiplied, averaged, or (None) listed. Keras weights: the forward layer's, then the
+    backward layer's.
+    """
+
+    modes = ("concat", "sum", "mul", "ave")
+
+    def __init__(self, layer: _RNN, merge_mode: str = "concat", **kwargs):
+        super().__init__(**kwargs)
+        layer = _layer_from(layer)
+        if not isinstance(layer, _RNN):
+            raise TypeError(f"Bidirectional wraps SimpleRNN, LSTM or GRU, got "
+                            f"{type(layer).__name__}")
+        if merge_mode not in self.modes:
+            raise ValueError(f"Bidirectional merge_mode must be one of {self.modes}, "
+                             f"got {merge_mode!r}")
+        config = {k: v for k, v in layer.get_config().items() if k != "name"}
+        self.forward_layer = layer
+        self.backward_layer = type(layer)(**{**config, "go_backwards": not layer.go_backwards},
+                                          name=f"backward_{layer.name}")
+        self.merge_mode = merge_mode
+        for side in (self.forward_layer, self.backward_layer):  # as Keras: masked steps give 0
+            side.zero_output_for_mask = side.return_sequences
+
+    def output_mask(self, mask):
+        return mask if self.forward_layer.return_sequences else None
+
+    def compute_output_shape(self, input_shape):
+        shape = self.forward_layer.compute_output_shape(input_shape)
+        states = shape[1:] if self.forward_layer.return_state else None
+        shape = shape[0] if states is not None else shape
+        out = (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
+        # return_state, as Keras: [output, forward states..., backward states...]
+        return out if states is None else [out, *states, *states]
+
+    def build(self, input_shape):
+        for layer in (self.forward_layer, self.backward_layer):
+            layer._ensure_built(input_shape)
+
+    takes_mask = True
+
+    def call(self, x, mask=None):
+        mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        fwd, bwd = self.forward_layer(x, mask=mask), self.backward_layer(x, mask=mask)
+        states = []
+        if self.forward_layer.return_state:  # [y, *states] from each direction
+            (fwd, *fwd_states), (bwd, *bwd_states) = fwd, bwd
+            states = [*fwd_states, *bwd_states]
+        if self.forward_layer.return_sequences:
+            bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
+        out = self._merge(fwd, bwd)
+        return [out, *states] if states else out
+
+    def _merge(self, fwd, bwd):
+        if self.merge_mode == "concat":
+            return torch.cat([fwd, bwd], dim=-1)
+        if self.merge_mode == "sum":
+            return fwd + bwd
+        if self.merge_mode == "mul":
+            return fwd * bwd
+        return (fwd + bwd) / 2
+
+    def keras_weights(self):
+        return [(f"{side}.{key}", a, b)
+                for side in ("forward_layer", "backward_layer")
+                for key, a, b in getattr(self, side).keras_weights()]
+
+    def get_config(self):
+        return {"name": self.name, "merge_mode": self.merge_mode,
+                "layer": {"class": type(self.forward_layer).__name__,
+                          "config": self.forward_layer.get_config()}}
+
+
+class TimeDistributed(Layer):
+    """`keras.layers.TimeDistributed(layer)`: applies `layer` to every step of (B, T, ...)."""
+
+    refuses_mask = True  # Keras hands the mask to the inner layer
+
+    def __init__(self, layer: Layer, **kwargs):
+        super().__init__(**kwargs)
+        self.layer = _layer_from(layer)
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) < 2:
+            raise ValueError(f"TimeDistributed {self.name!r} expects inputs of rank >= 3 "
+                             f"(batch, timesteps, ...), got (None, "
+                             f"{', '.join(map(str, input_shape))})")
+        return (input_shape[0], *self.layer.compute_output_shape(tuple(input_shape[1:])))
+
+    def build(self, input_shape):
+        self.layer._ensure_built(tuple(input_shape[1:]))
+
+    def call(self, x):
+        b, t = x.shape[:2]
+        y = self.layer(x.reshape(b * t, *x.shape[2:]))  # every step as one batch
+        return y.reshape(b, t, *y.shape[1:])
+
+    def keras_weights(self):
+        inner = self.layer.keras_weights()
+        if inner is None:
+            return None
+        return [(f"layer.{key}", a, b) for key, a, b in inner]
+
+    def get_config(self):
+        return {"name": self.name, "layer": {"class": type(self.layer).__name__,
+                                             "config": self.layer.get_config()}}
