@@ -96,7 +96,10 @@ def label_issues(labels: np.ndarray, probs: np.ndarray) -> dict | None:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence")
+        # n_jobs=1: cleanlab's default forks a multiprocessing Pool, and a fork of a training
+        # process (torch, gloo and data-loading threads holding locks) can hang for ever
+        ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence",
+                                   n_jobs=1)
     return {"share": float(len(ranked) / len(labels)), "worst": [int(i) for i in ranked[:10]],
             "accuracy_of_probs": float((probs.argmax(1) == labels).mean())}
 

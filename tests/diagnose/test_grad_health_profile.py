@@ -92,6 +92,22 @@ def test_cleanlab_finds_flipped_labels_and_names_rows():
     assert profile_data(x, y)["label_issues"]["share"] < 0.05
 
 
+def test_the_label_check_forks_no_process_pool(monkeypatch):
+    """It runs at the end of a fit, inside a process with torch, gloo and data-loading
+    threads: a forked Pool there can hang for ever (it did, in the doctor's scenario suite
+    after the data-loading tests), so cleanlab runs in this process."""
+    import multiprocessing
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the label check forked a multiprocessing Pool")
+
+    monkeypatch.setattr(multiprocessing, "Pool", no_pool)
+    x, y = _blobs()
+    noisy = y.copy()
+    noisy[:60] = 1 - noisy[:60]
+    assert profile_data(x, noisy)["label_issues"]["share"] > 0.05
+
+
 def test_findings_rank_by_impact_with_info_last():
     a = Finding("a", "info", "e", "x=1", 0.99)
     b = Finding("b", "warning", "e", "x=1", 0.3)
