@@ -115,6 +115,8 @@ def measure(schedule, m, args) -> dict:
         parts = [breakdown(st) for st in ranks]
         rows.append({"bubble": sum(b["bubble"] for b in parts) / p, "replay": replay(ranks),
                      "replay_cpu": replay(ranks, cpu=True),
+                     "replay_eq": replay(ranks, equalize=True),
+                     "imbalance": max(b["busy"] for b in parts) / min(b["busy"] for b in parts),
                      **{k: sum(b[k] / b["wall"] for b in parts) / p
                         for k in ("wait", "post", "overhead", "descheduled")},
                      "chunk_ms": 1e3 * sum(b["busy"] for b in parts) / p / (2 * m)})
@@ -154,10 +156,12 @@ def main(argv=None) -> int:
           f"rank{', pinned' if args.pin else ''}\n  {machine_line()}")
     print("  bubble: median over steps of 1 - busy/wall (mean over ranks); replay: the same "
           "chunks with free p2p and no overhead (ratio to theory), cpu replay: with each "
-          "chunk's thread CPU time; idle split as % of wall (mean over ranks); desched: "
-          "share of wall a chunk was off its core")
+          "chunk's thread CPU time; eq replay: with every stage's chunks scaled to the same "
+          "step total; stage imb: the busier stage's compute / the other's; idle split as % "
+          "of wall (mean over ranks); desched: share of wall a chunk was off its core")
     print(f"  {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
-          f"{'replay':>6} {'ratio':>5} {'cpu replay':>10} {'p2p wait':>8} {'post':>5} {'sched':>5} "
+          f"{'replay':>6} {'ratio':>5} {'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
+          f"{'p2p wait':>8} {'post':>5} {'sched':>5} "
           f"{'desched':>7} {'chunk ms':>8}  per-step ratios")
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
@@ -168,6 +172,7 @@ def main(argv=None) -> int:
             print(f"  {schedule:<8} {m:>2} {r['bubble']:>8.3f} {theory:>6.3f} "
                   f"{r['bubble'] / theory:>5.2f} {r['replay']:>6.3f} "
                   f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
+                  f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
                   f"{r['wait']:>8.1%} {r['post']:>5.1%} "
                   f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f}  "
                   f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)

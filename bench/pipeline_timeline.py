@@ -12,6 +12,10 @@ needs the previous stage's forward of that micro-batch, a backward the next stag
 backward), with no send/recv cost and no scheduler overhead. Its bubble is what this
 schedule gives with these chunk times; the measured bubble above it is communication and
 overhead, and the replay's own distance from (p-1)/(m+p-1) comes from unequal chunks.
+`replay(..., equalize=True)` scales each rank's chunks so every stage's step total is the
+ranks' mean: what is left of the distance then is the schedule's order with unequal forward
+and backward chunks, not one stage doing more work than the other (the first stage of a
+chain skips its input's gradient, so its backward is cheaper than the next stage's).
 """
 from __future__ import annotations
 
@@ -97,13 +101,18 @@ def _ops(step: dict, cpu: bool) -> list[tuple[str, int, float]]:
     return [tuple(o) for o in ops]
 
 
-def replay(steps_by_rank: list[dict], cpu: bool = False) -> float:
+def replay(steps_by_rank: list[dict], cpu: bool = False, equalize: bool = False) -> float:
     """Mean bubble over the ranks of the step rebuilt from its measured chunk durations
     with free communication and no overhead (module docstring). Rank r holds stage r.
     With `cpu`, each chunk lasts its thread CPU time: the chunks as they would run with a
-    core to themselves (no other program taking it mid-chunk)."""
+    core to themselves (no other program taking it mid-chunk). With `equalize`, every
+    stage's chunks are scaled to the ranks' mean step total (module docstring)."""
     p = len(steps_by_rank)
     ops = [_ops(s, cpu) for s in steps_by_rank]
+    if equalize:
+        totals = [sum(d for _, _, d in o) for o in ops]
+        mean = sum(totals) / p
+        ops = [[(k, mb, d * mean / t) for k, mb, d in o] for o, t in zip(ops, totals)]
     done: dict[tuple, float] = {}  # (kind, stage, mb) -> end time
     clock, pos = [0.0] * p, [0] * p
     while any(pos[r] < len(ops[r]) for r in range(p)):
