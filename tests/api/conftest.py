@@ -23,6 +23,16 @@ def seed_like_model(features=20, hidden=32, classes=4, lr=0.01):
     return model
 
 
+def fresh_seed_model():
+    """seed_like_model from a cleared session and seed 0, compiled for integer labels."""
+    import bigtrain
+    bigtrain.clear_session()
+    bigtrain.set_seed(0)
+    model = seed_like_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", learning_rate=0.01)
+    return model
+
+
 @pytest.fixture
 def data():
     return teacher_data()

@@ -8,13 +8,12 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
-import bigtrain
-from bigtrain.callbacks import Callback
 from bigtrain.data import files
 from bigtrain.data.files import FileSource
 from bigtrain.data.streams import Window
 from bigtrain.engine.data import shard_bounds
-from tests.api.conftest import seed_like_model, teacher_data
+from tests.api.conftest import fresh_seed_model, teacher_data
+from tests.engine.test_checkpoint import StopAt
 
 X, _, IDS = teacher_data(n=200)
 FEATURES = [f"f{i}" for i in range(X.shape[1])]
@@ -35,12 +34,7 @@ def folder(tmp_path_factory):
     return d
 
 
-def fresh():
-    bigtrain.clear_session()
-    bigtrain.set_seed(0)
-    model = seed_like_model()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", learning_rate=0.01)
-    return model
+fresh = fresh_seed_model  # a compiled seed model from seed 0
 
 
 def _diff(a, b):
@@ -103,19 +97,6 @@ def _split_reads(reads, ranks):
     return out
 
 
-class StopAt(Callback):
-    main_process_only = False
-
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), -1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise RuntimeError("stopped on purpose")
 
 
 @pytest.mark.slow
@@ -124,7 +105,7 @@ def test_a_run_stopped_on_two_ranks_resumes_on_one(folder, tmp_path):
     reference, _ = _fit(source)
     ckpt = dict(checkpoint_dir=str(tmp_path), checkpoint_every=1)
     with pytest.raises(RuntimeError):
-        _fit(source, strategy="ddp", devices=2, timeout=60, callbacks=[StopAt(1, 3)], **ckpt)
+        _fit(source, strategy="ddp", devices=2, timeout=60, callbacks=[StopAt(1, 3, RuntimeError)], **ckpt)
     resumed, history = _fit(source, **ckpt)
     assert history.epoch == [1]  # resumed inside the second epoch
     assert _diff(reference, resumed) <= 1e-5

@@ -8,18 +8,13 @@ import pytest
 import bigtrain
 from bigtrain.layers import Concatenate, Dense, Input
 from bigtrain.models import Model
-from tests.api.conftest import seed_like_model, teacher_data
+from tests.api.conftest import fresh_seed_model, teacher_data
 
 X, _, IDS = teacher_data(n=160)
 COLUMNS = {f"f{i}": X[:, i] for i in range(X.shape[1])}
 
 
-def fresh():
-    bigtrain.clear_session()
-    bigtrain.set_seed(0)
-    model = seed_like_model()
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", learning_rate=0.01)
-    return model
+fresh = fresh_seed_model  # a compiled seed model from seed 0
 
 
 def _fit(model, x, y=None, **kw):

@@ -8,10 +8,10 @@ import torch
 from torch.utils.data import IterableDataset
 
 import bigtrain
-from bigtrain.callbacks import Callback
 from bigtrain.data.streams import BatchStream, SampleStream, Window
 from bigtrain.engine.data import shard_bounds
 from tests.api.conftest import seed_like_model, teacher_data
+from tests.engine.test_checkpoint import StopAt
 
 X, Y, _ = teacher_data(n=96)
 
@@ -70,24 +70,13 @@ def test_each_sample_goes_to_one_rank():
     assert [y.tolist() for _, (_, y, _) in gen.batches(window)] == [[2, 3], [2, 3]]
 
 
-class StopAt(Callback):
-    def __init__(self, epoch, batch):
-        super().__init__()
-        self.at, self.epoch = (epoch, batch), -1
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if (self.epoch, batch) == self.at:
-            raise KeyboardInterrupt
 
 
 def test_a_resumed_generator_run_reads_past_the_trained_batches(tmp_path, in_order):
     ckpt = dict(checkpoint_dir=str(tmp_path), checkpoint_every=1)
     with pytest.raises(KeyboardInterrupt):
         fresh().fit(batches_forever(), epochs=2, steps_per_epoch=3, verbose=0,
-                    callbacks=[StopAt(1, 1)], **ckpt)
+                    callbacks=[StopAt(1, 1, KeyboardInterrupt)], **ckpt)
     model = fresh()
     history = model.fit(batches_forever(), epochs=2, steps_per_epoch=3, verbose=0, **ckpt)
     assert history.epoch == [1]  # resumed inside the second epoch

@@ -30,18 +30,21 @@ class Interrupt(Exception):
 
 
 class StopAt(Callback):
-    """Raises at the start of (epoch, batch): a run killed there."""
+    """Raises `error` at the start of (epoch, batch) on every rank: a run killed there
+    (tests/data use it too, with RuntimeError and KeyboardInterrupt)."""
 
-    def __init__(self, epoch: int, batch: int):
+    main_process_only = False
+
+    def __init__(self, epoch: int, batch: int, error: type[BaseException] = Interrupt):
         super().__init__()
-        self.at, self.epoch = (epoch, batch), -1
+        self.at, self.epoch, self.error = (epoch, batch), -1, error
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         if (self.epoch, batch) == self.at:
-            raise Interrupt(f"stopped at {self.at}")
+            raise self.error(f"stopped at {self.at}")
 
 
 class CountBatches(Callback):
