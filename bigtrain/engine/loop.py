@@ -52,7 +52,6 @@ class RunTiming:
     last_batch: object = None
     backward_compute_s: float | None = None
     micro_per_step: int = 1
-    sync_wait_s: float | None = None  # set by the run record: backward beyond its compute
 
 
 class NonFiniteLoss(Exception):

@@ -77,21 +77,19 @@ def gather_rank_figures(strategy, module, optimizer, phases: dict[str, float],
             "bubble": float(table[:, -3].sum()) / n_bubble if n_bubble else None}
 
 
-def step_phases(timing, strategy) -> dict[str, float]:
-    """This rank's mean seconds per step in each phase: the phase timer's means, with the
-    wait for in-backward gradient sync moved from backward to communication: what the
-    run's backward took beyond its compute (the probe's unsynced backward per micro-batch,
-    times the micro-batches of a step). Sets `timing.sync_wait_s` (None: nothing probed)."""
+def step_phases(timing) -> tuple[dict[str, float], float | None]:
+    """This rank's mean seconds per step in each phase, and the wait for in-backward
+    gradient sync (None: nothing probed), which is moved from backward to communication:
+    what the run's backward took beyond its compute (the probe's unsynced backward per
+    micro-batch, times the micro-batches of a step)."""
     phases = timing.timer.means()
     if timing.backward_compute_s is None:
-        timing.sync_wait_s = None
-        return phases
+        return phases, None
     compute = timing.backward_compute_s * timing.micro_per_step
     waited = min(max(phases["backward"] - compute, 0.0), phases["backward"])
-    timing.sync_wait_s = waited
     phases["backward"] -= waited
     phases["comm"] += waited
-    return phases
+    return phases, waited
 
 
 def _bubble(strategy) -> float | None:
@@ -147,7 +145,8 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
         monitor: rank 0's RunMonitor (stop reason, step losses, gradient health); with
             it the record also gets the data profile (bigtrain.engine.run_profile).
     """
-    figures = gather_rank_figures(strategy, module, optimizer, step_phases(timing, strategy),
+    phases, sync_wait = step_phases(timing)
+    figures = gather_rank_figures(strategy, module, optimizer, phases,
                                   _bubble(strategy))
     if not strategy.env.is_main or task.run_dir is None:
         return
@@ -180,8 +179,8 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
                          for r in figures["rank_phases"]],
         history=dict(result.history), script=_script(), script_args=list(sys.argv[1:]),
         extra={"timed_steps": timing.timer.timed_steps,
-               **({} if timing.sync_wait_s is None else
-                  {"probed_sync_wait_s": timing.sync_wait_s}),  # rank 0's
+               **({} if sync_wait is None else
+                  {"probed_sync_wait_s": sync_wait}),  # rank 0's
                "step_time_note": timing_note(strategy, timing),
                **_bf16_extra(task, strategy),
                **{k: stats[k] for k in ("pipeline_bubble_theory",) if k in stats}})
