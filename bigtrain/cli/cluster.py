@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from bigtrain.cli.rendezvous import script_index
+from bigtrain.cli.rendezvous import pop_flag, script_index
 
 # torchrun flags that mean "torchrun starts the ranks": the cluster's variables then stay unused
 _LAUNCH_FLAGS = ("--nproc-per-node", "--nproc_per_node", "--nnodes", "--node-rank",
@@ -31,25 +31,16 @@ def run_on_ray(argv: list[str], run_script) -> int | None:
     """`bigtrain run --ray ADDRESS [--workers N] SCRIPT ARGS`: run the script here, its `fit`
     sending the ranks to the Ray cluster at ADDRESS as Ray Train workers (fit's cluster="ray";
     N workers where the script's fit names no devices). None when --ray is not given."""
-    end = script_index(argv)
-    flags, values = list(argv[:end]), {}
-    for name in ("--ray", "--workers"):
-        for i, a in enumerate(flags):
-            if a == name and i + 1 < len(flags):
-                values[name] = flags[i + 1]
-                del flags[i:i + 2]
-                break
-            if a.startswith(name + "="):
-                values[name] = a.split("=", 1)[1]
-                del flags[i]
-                break
-    if "--ray" not in values:
-        if "--ray" in flags or "--workers" in values:
+    address, rest = pop_flag(argv, "--ray")
+    workers, rest = pop_flag(rest, "--workers")
+    end = script_index(rest)
+    flags = rest[:end]
+    if address is None:
+        if "--ray" in flags or workers is not None:
             raise SystemExit("bigtrain run: --ray needs the Ray cluster's address: "
                              "`bigtrain run --ray ADDRESS [--workers N] SCRIPT` (ADDRESS as "
                              "`ray start --head` prints it, e.g. 10.0.0.1:6379, or 'auto')")
         return None
-    workers = values.get("--workers")
     if workers is not None and (not workers.isdigit() or int(workers) < 1):
         raise SystemExit(f"bigtrain run: --workers must be a positive number of Ray Train "
                          f"workers, got {workers!r}")
@@ -57,17 +48,17 @@ def run_on_ray(argv: list[str], run_script) -> int | None:
         raise SystemExit(f"bigtrain run: {' '.join(flags)}: torchrun's flags do nothing with "
                          "--ray (Ray starts the ranks); run `bigtrain run --ray ADDRESS "
                          "[--workers N] SCRIPT [ARGS]`")
-    if end == len(argv):
+    if end == len(rest):
         raise SystemExit("bigtrain run: no training script (SCRIPT.py) given")
     from bigtrain.launch.ray import CLUSTER_ENV, WORKERS_ENV, import_ray
     try:
         import_ray()
     except ImportError as e:
         raise SystemExit(f"bigtrain run --ray: {e}") from None
-    os.environ["RAY_ADDRESS"], os.environ[CLUSTER_ENV] = values["--ray"], "ray"
+    os.environ["RAY_ADDRESS"], os.environ[CLUSTER_ENV] = address, "ray"
     if workers is not None:
         os.environ[WORKERS_ENV] = workers
-    return run_script(argv[end], argv[end + 1:])
+    return run_script(rest[end], rest[end + 1:])
 
 
 def run_on_cluster(argv: list[str], join_timeout: float, run_script) -> int | None:

@@ -75,21 +75,27 @@ def script_index(argv: list[str]) -> int:
     return next((i for i, a in enumerate(argv) if a.endswith(".py")), len(argv))
 
 
-def pop_join_timeout(argv: list[str]) -> tuple[float, list[str]]:
-    """`--join-timeout S` taken out of torchrun's flags: (seconds, the other arguments);
-    the script's own arguments are left alone."""
+def pop_flag(argv: list[str], *names: str) -> tuple[str | None, list[str]]:
+    """Flag `NAME VALUE` or `NAME=VALUE` (any of `names`) taken out of `bigtrain run`'s own
+    flags: (its value or None, the other arguments); the script's arguments are left alone."""
     out, value, i, end = [], None, 0, script_index(argv)
     while i < end:
         a = argv[i]
-        if a in ("--join-timeout", "--join_timeout") and i + 1 < len(argv):
+        if a in names and i + 1 < len(argv):
             value, i = argv[i + 1], i + 2
             continue
-        if a.startswith(("--join-timeout=", "--join_timeout=")):
+        if a.startswith(tuple(f"{n}=" for n in names)):
             value = a.split("=", 1)[1]
         else:
             out.append(a)
         i += 1
-    out += argv[end:]
+    return value, out + argv[end:]
+
+
+def pop_join_timeout(argv: list[str]) -> tuple[float, list[str]]:
+    """`--join-timeout S` taken out of torchrun's flags: (seconds, the other arguments);
+    the script's own arguments are left alone."""
+    value, out = pop_flag(argv, "--join-timeout", "--join_timeout")
     try:
         return (JOIN_TIMEOUT_S if value is None else float(value)), out
     except ValueError:
