@@ -16,12 +16,16 @@ Contenders (each keeps running loss and accuracy, as fit does):
                     the device and read once per epoch.
     keras (tf)      only when TensorFlow's Keras is importable; skipped otherwise.
 
+Then, per batch size, the seed example's own use: one fit(epochs=3) call against three
+hand-tuned epochs (fit's fixed cost per call spread as in a user's run).
+
 Every repeat runs all contenders once (rotated order); the table gives medians.
 
     python bench/bench_fit.py            # 1-3 minutes on 2 cores
     python bench/bench_fit.py --threads 1
     python bench/bench_fit.py --quick    # a few seconds: 4,000 samples, batch 32 and 256
     python bench/bench_fit.py --threads 1 --clock cpu --profile   # on a busy machine
+    python bench/bench_fit.py --compile-check   # also: would torch.compile's step pay here?
 """
 from __future__ import annotations
 
@@ -152,6 +156,61 @@ def bench_batch(x, y, batch: int, repeats: int, clock: str = "wall") -> dict[str
     return ratios
 
 
+def seed_usage(x, y, batch: int, epochs: int, repeats: int, clock: str = "wall") -> float:
+    """The seed example's own use: one `fit(..., epochs=E)` call against E hand-tuned
+    epochs, so fit's fixed cost per call (input checks, a fresh optimizer, the weights copied
+    back) is spread as a user's run spreads it. Returns fit / hand-tuned."""
+    y_onehot = np.eye(CLASSES, dtype=np.float32)[y]
+    import bigtrain
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    bigtrain.clear_session()
+    bigtrain.set_seed(0)
+    inp = Input(shape=(FEATURES,))
+    model = Model(inputs=inp,
+                  outputs=Dense(CLASSES, activation="softmax")(Dense(HIDDEN, activation="relu")(inp)))
+    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
+                  learning_rate=LR)
+    hand_epoch = tuned_contender(x, y, batch)
+    contenders = {
+        "bigtrain fit": lambda: model.fit(x, y_onehot, batch_size=batch, epochs=epochs,
+                                          verbose=0) and None,
+        "hand-tuned": lambda: [hand_epoch() for _ in range(epochs)] and None}
+    if clock == "cpu":
+        contenders = {k: on_cpu_clock(f) for k, f in contenders.items()}
+    times = alternate(contenders, repeats=repeats, warmup=1)
+    rows = [Row(name, len(x) * epochs, t) for name, t in times.items()]
+    ratios = print_table(f"batch {batch}, as the seed example runs: one fit call of {epochs} "
+                         f"epochs against {epochs} hand-tuned epochs, {clock} clock", rows,
+                         ratios=[("bigtrain fit", "hand-tuned")])
+    return ratios["bigtrain fit/hand-tuned"]
+
+
+def compile_check(x, y, batch: int, repeats: int) -> None:
+    """Would a captured step pay here? The hand-tuned loop with its model under
+    `torch.compile` (inductor) against the same loop eager, CPU time, plus the compile's
+    one-off seconds. Prints the figures (or why torch.compile could not run)."""
+    import time
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    try:
+        compiled = torch.compile(torch_mlp())
+        t0 = time.perf_counter()
+        compiled_epoch = hand_tuned_epoch(compiled, xt, yt, batch, LR)
+        compiled_epoch()
+        first = time.perf_counter() - t0
+    except Exception as e:  # no C++ compiler, an unsupported platform
+        print(f"\ntorch.compile check: could not compile ({type(e).__name__}: {e})")
+        return
+    eager_epoch = hand_tuned_epoch(torch_mlp(), xt, yt, batch, LR)
+    times = alternate({"eager": on_cpu_clock(eager_epoch),
+                       "compiled": on_cpu_clock(compiled_epoch)}, repeats=repeats)
+    steps = -(-len(x) // batch)
+    e, c = (statistics.median(times[k]) / steps * 1e6 for k in ("eager", "compiled"))
+    print(f"\ntorch.compile check (hand-tuned loop, batch {batch}, CPU time, {repeats} repeats): "
+          f"eager {e:.0f} us per step, compiled model {c:.0f} us per step ({e / c:.3f}x); the "
+          f"compile and first epoch took {first:.1f} s")
+
+
 def overhead_probe(n: int, batch: int, repeats: int) -> float:
     """Per-step cost of fit's own work, in microseconds: fit and the hand-tuned loop on a
     model with next to no arithmetic (16 inputs -> softmax over 10, 170 parameters), by CPU
@@ -234,6 +293,10 @@ def main(argv=None) -> int:
                              "to other programs' load)")
     parser.add_argument("--profile", action="store_true",
                         help="also cProfile one fit epoch per batch size")
+    parser.add_argument("--seed-epochs", type=int, default=3,
+                        help="epochs of the one-call seed-usage comparison (0: skip it)")
+    parser.add_argument("--compile-check", action="store_true",
+                        help="also time the hand loop with torch.compile (about a minute)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: one per core on an idle machine, else 1)")
     args = parser.parse_args(argv)
@@ -247,11 +310,15 @@ def main(argv=None) -> int:
         ratios = bench_batch(x, y, batch, repeats, args.clock)
         check_target(f"bigtrain/hand-tuned at batch {batch}", ratios["bigtrain fit/hand-tuned"],
                      0.97 if batch < 256 else 0.98)
+        if args.seed_epochs:
+            seed_usage(x, y, batch, args.seed_epochs, max(5, repeats - 2), args.clock)
         if args.profile:
             profile_fit(x, y, batch)
         if batch == 32:
             check_target("bigtrain/plain at batch 32", ratios["bigtrain fit/plain torch"], 1.3)
     overhead_probe(n, 32, repeats)
+    if args.compile_check:
+        compile_check(x, y, 32, max(5, repeats - 2))
     return 0  # targets are reported, not enforced: timings on a shared machine are noisy
 
 

@@ -14,6 +14,10 @@ class Metric:
 
     name = "metric"
     size = 2
+    #: `update` adds per-sample sums, so one update on several batches stacked equals one
+    #: update per batch (the loop then reads a few steps at once). A metric that adds a
+    #: per-batch figure (a batch mean) must leave it False.
+    batchable = False
 
     def reads_scores_only(self, y_true, y_pred) -> bool:
         """True when raw scores (logits) give the same result as probabilities (argmax
@@ -64,6 +68,7 @@ class Accuracy(Metric):
     """Keras "accuracy": categorical, sparse or binary, chosen from the shapes as Keras does."""
 
     name = "accuracy"
+    batchable = True
 
     def __init__(self, kind: str | None = None):
         self.kind = kind  # "categorical" | "sparse" | "binary"; None = from the first batch
@@ -95,6 +100,8 @@ class Accuracy(Metric):
 class TopKCategoricalAccuracy(Metric):
     """Target in the k highest predictions (one-hot or integer targets)."""
 
+    batchable = True
+
     def __init__(self, k: int = 5):
         self.k = k
         self.name = "top_k_categorical_accuracy"
@@ -113,6 +120,8 @@ class TopKCategoricalAccuracy(Metric):
 class MeanError(Metric):
     """Mean squared ("mse") or absolute ("mae") error over all values."""
 
+    batchable = True
+
     def __init__(self, name: str):
         self.name = name
 
@@ -126,6 +135,8 @@ class MeanError(Metric):
 class AUC(Metric):
     """ROC AUC from histograms of positive and negative scores in `bins` buckets (Keras uses
     200 thresholds). Sums of histograms reduce exactly across ranks."""
+
+    batchable = True
 
     name = "auc"
 

@@ -112,6 +112,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     want_logs = end_hooks and callbacks.wants_batch_logs
     finite = _FiniteCheck(cfg, epoch, progress.skip, strategy) if cfg.terminate_on_nan else None
     mark, timer = ctx.mark, timing.timer
+    batch = None
     module.train()
     for step in feed.step_numbers(progress.skip):
         mark("callbacks (batch begin)", progress.step)
@@ -125,7 +126,6 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         outputs, loss = train_step(strategy, ctx, module, optimizer, batch, loss_fn, autocast)
         mark("metrics")
         timing.steps += 1
-        timing.last_batch = batch
         tally.add(batch, outputs, loss)
         if finite is not None:
             finite.add(step, loss, mark)
@@ -136,6 +136,8 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         mark("checkpoint" if progress.checkpointer else "step end")
         progress.after_step(epoch, step, steps)
     progress.skip = 0
+    if batch is not None:  # for the end-of-fit communication probe; kept here, not per
+        timing.last_batch = batch  # step, where it held a step's inputs through the next
     if finite is not None:
         mark("loss check all-reduce")
         finite.check(next_first=0)

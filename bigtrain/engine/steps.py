@@ -37,6 +37,13 @@ def safe_loss(compute_loss):
     return loss_fn
 
 
+def _stackable(first: tuple, y: torch.Tensor, out: torch.Tensor) -> bool:
+    """Whether (y, out) stacks onto the held (targets, outputs) `first` along the batch."""
+    y0, out0 = first
+    return (out.shape[1:] == out0.shape[1:] and y.shape[1:] == y0.shape[1:]
+            and out.dtype == out0.dtype and y.dtype == y0.dtype)
+
+
 def autocast_factory(precision: str, device: torch.device):
     """A zero-argument context-manager factory for the requested precision."""
     if precision == "32":
@@ -50,7 +57,14 @@ class Tally:
 
     Which metrics of an output read raw scores and which need the deferred activation
     (`Metric.reads_scores_only`) is asked once, on the first non-empty batch of the pass.
+    On a CPU, small outputs of built-in metrics (`Metric.batchable`) are held for up to
+    `HOLD_STEPS` steps and read in one update: the same sums for a third of the ops, each
+    of which costs a step its full time there. (An accelerator's ops overlap the step, and
+    a captured graph may overwrite its outputs, so there every output is read at once.)
     """
+
+    HOLD_STEPS = 16
+    HOLD_ELEMENTS = 1 << 16  # an output larger than this is read at once
 
     def __init__(self, metrics: list[list], activations: list, device):
         self.metrics, self.activations = metrics, activations
@@ -64,6 +78,9 @@ class Tally:
         # activation) once known; None before the output's first non-empty batch
         self._plans: list = [None] * len(metrics)
         self._any = any(metrics)
+        cpu = torch.device(device).type == "cpu"
+        self._hold = [cpu and all(getattr(m, "batchable", False) for m in ms) for ms in metrics]
+        self._held: list[list] = [[] for _ in metrics]  # (targets, outputs) not yet read
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
@@ -91,13 +108,31 @@ class Tally:
                 out = out.detach()  # metrics only read values: no graph
             if mask is not None:  # Keras leaves masked steps out of the metrics
                 out, y = out[mask], y[mask]
-            plan = self._plans[i] or self._plan(i, y, out)
-            for m in plan[0]:
-                m.update(y, out)  # argmax metrics: softmax changes nothing
-            if plan[1]:
-                probs = plan[2](out.float())
-                for m in plan[1]:
-                    m.update(y, probs)
+            if self._hold[i] and out.numel() <= self.HOLD_ELEMENTS:
+                if self._held[i] and not _stackable(self._held[i][0], y, out):
+                    self._read_held(i)  # e.g. a new sequence length: read what is held
+                held = self._held[i]
+                held.append((y, out))
+                if len(held) >= self.HOLD_STEPS:
+                    self._read_held(i)
+            else:
+                self._update(i, y, out)
+
+    def _update(self, i: int, y, out) -> None:
+        plan = self._plans[i] or self._plan(i, y, out)
+        for m in plan[0]:
+            m.update(y, out)  # argmax metrics: softmax changes nothing
+        if plan[1]:
+            probs = plan[2](out.float())
+            for m in plan[1]:
+                m.update(y, probs)
+
+    def _read_held(self, i: int) -> None:
+        held, self._held[i] = self._held[i], []
+        if len(held) == 1:
+            self._update(i, *held[0])
+        elif held:
+            self._update(i, torch.cat([y for y, _ in held]), torch.cat([o for _, o in held]))
 
     def _plan(self, i: int, y, out) -> tuple:
         act = self.activations[i]
@@ -107,6 +142,8 @@ class Tally:
         return plan
 
     def state(self) -> torch.Tensor:
+        for i in range(len(self._held)):
+            self._read_held(i)
         if self._losses:
             losses = torch.stack([loss for loss, _ in self._losses]).double()
             weights = torch.tensor([float(n) for _, n in self._losses], dtype=torch.float64,

@@ -29,3 +29,63 @@ def test_tally_metrics_read_probabilities_where_needed_and_ask_once():
     assert logs["loss"] == pytest.approx((0 * 16 + 16 * 16 + 32 * 8) / 40)
     for m in ref:
         assert logs[m.name] == pytest.approx(m.result(), rel=1e-6)
+
+
+def test_tally_reads_held_steps_as_one_update_with_the_same_sums():
+    """On a CPU the built-in metrics read HOLD_STEPS steps at once (one update on the
+    stacked batches); the sums equal one update per batch, across the flush boundary and
+    the pass's end, and a user's metric still gets one update per step."""
+    from bigtrain.api.metrics import Metric
+
+    class PerBatch(Metric):  # not batchable: must see every batch alone
+        name = "per_batch"
+
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, y_true, y_pred):
+            self.calls += 1
+            self._add(y_pred.mean(), 1)
+
+    g = torch.Generator().manual_seed(1)
+    steps = Tally.HOLD_STEPS * 2 + 3
+    names = ["accuracy", "mse", "top_k_categorical_accuracy", "auc"]
+    fed, ref = [get_metric(n) for n in names], [get_metric(n) for n in names]
+    user, reads = PerBatch(), []
+    update = fed[0].update
+    fed[0].update = lambda y, p: reads.append(len(p)) or update(y, p)
+    tally = Tally([fed, [user]], [lambda t: t.softmax(-1), None], "cpu")
+    for m in ref:
+        m.reset("cpu")
+    means = []
+    for step in range(steps):
+        rows = 8 if step < steps - 1 else 3  # the last batch is smaller
+        logits = torch.randn(rows, 6, generator=g)
+        ids = torch.randint(0, 6, (rows,), generator=g)
+        second = torch.randn(rows, 2, generator=g)
+        tally.add(StepBatch([(logits, (ids, second), None)], [1.0]), [(logits, second)],
+                  torch.tensor(1.0))
+        for m in ref:
+            m.update(ids, logits.softmax(-1))
+        means.append(float(second.mean()))
+    logs = tally.logs(tally.state())
+    for m in ref:
+        assert logs[m.name] == pytest.approx(m.result(), rel=1e-6), m.name
+    assert reads == [8 * Tally.HOLD_STEPS] * 2 + [8 * 2 + 3]  # three reads, not 35
+    assert user.calls == steps
+    assert logs["per_batch"] == pytest.approx(sum(means) / steps, rel=1e-5)
+
+
+def test_tally_reads_held_steps_of_another_shape_apart():
+    """Steps whose outputs cannot stack (a stream's sequence length changes) are read
+    separately, with the same result as one update per step."""
+    g = torch.Generator().manual_seed(2)
+    fed, ref = get_metric("accuracy"), get_metric("accuracy")
+    ref.reset("cpu")
+    tally = Tally([[fed]], [None], "cpu")
+    for t in (5, 5, 7, 3, 3):  # (B, T, classes) outputs, T varies
+        logits = torch.randn(4, t, 6, generator=g)
+        ids = torch.randint(0, 6, (4, t), generator=g)
+        tally.add(StepBatch([(logits, ids, None)], [1.0]), [logits], torch.tensor(0.0))
+        ref.update(ids, logits)
+    assert tally.logs(tally.state())["accuracy"] == pytest.approx(ref.result())
