@@ -55,7 +55,7 @@ def micro_split(local: torch.Tensor, n_global: int, accumulate: int, replicas: i
     """(index slices, loss weights) of this rank's micro-batches: weights are
     n_micro / n_global * replicas, so averaged gradients equal the global-batch gradient."""
     if accumulate == 1:
-        return [local], [len(local) / n_global * replicas]
+        return [local], [local.shape[0] / n_global * replicas]
     parts, weights = [], []
     for k in range(accumulate):
         a, b = shard_bounds(len(local), k, accumulate)
@@ -98,10 +98,11 @@ def _index_batches(data: ArrayData, plan: EpochPlan):
     data_pass, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
     perm = epoch_permutation(len(data), plan.seed, data_pass, plan.shuffle)
     for gidx in islice(global_batches(perm, plan.batch_size), first + plan.skip, stop):
-        lo, hi = local_rows(len(gidx), plan.shard)
-        local = gidx if lo == 0 and hi == len(gidx) else gidx[lo:hi]
-        parts, weights = micro_split(local, len(gidx), plan.accumulate, plan.replicas)
-        yield len(gidx), parts, weights
+        n = gidx.shape[0]  # not len(): a Python-level call on a tensor, per step
+        lo, hi = local_rows(n, plan.shard)
+        local = gidx if lo == 0 and hi == n else gidx[lo:hi]
+        parts, weights = micro_split(local, n, plan.accumulate, plan.replicas)
+        yield n, parts, weights
 
 
 def feed_epoch(data, plan: EpochPlan) -> Feed:
