@@ -21,6 +21,7 @@ from torch import nn
 from bigtrain.api import training, weights
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import KerasTensor, Layer
+from bigtrain.engine.carry import Carry
 
 
 class Model(nn.Module):
@@ -41,6 +42,7 @@ class Model(nn.Module):
         self.optimizer = None
         self.live = None  # a bigtrain.engine.live.LiveWeights while fit runs (the loop sets it)
         self._full_weights = None  # see keep_full_weights
+        self._carry = None  # (compile, Carry) after a fit; see keep_optimizer
         if isinstance(inputs, nn.Module) and outputs is None:
             self.net = inputs
             self.name = name or type(inputs).__name__
@@ -139,6 +141,16 @@ class Model(nn.Module):
     def _live(self):
         """(strategy, wrapped module) while fit runs, else None."""
         return None if self.live is None else (self.live.strategy, self.live.module)
+
+    def keep_optimizer(self, optimizer) -> None:
+        """After a fit: its optimizer (None after a multi-process fit), which the next fit
+        under the same compile continues from, as Keras's optimizer lives on the model."""
+        self._carry = (self.compiled, Carry(optimizer))
+
+    def carry(self) -> Carry | None:
+        """What the next fit continues from (bigtrain.engine.carry): None before the first
+        fit and after a new compile."""
+        return self._carry[1] if self._carry and self._carry[0] is self.compiled else None
 
     def keep_full_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Keep the full weights of a fit beside a network the strategy changed in place

@@ -190,12 +190,15 @@ def _compact_one_hot(y, spec: LossSpec):
 
 
 def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
-              callbacks: list, run_dir=None) -> TrainTask:
+              callbacks: list, run_dir=None, carry=None) -> TrainTask:
+    """The engine's TrainTask for `model`; `carry`: what its previous fit left (fit passes
+    `model.carry()`, so a second fit continues the optimizer as Keras's does)."""
     c = model.compiled
     return TrainTask(module=model.net, losses=c.losses, loss_weights=c.loss_weights,
                      metrics=_fresh_metrics(model), activations=c.activations,
                      make_optimizer=c.optimizer.build, optimizer_name=c.optimizer.name,
-                     train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir)
+                     train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir,
+                     carry=carry)
 
 
 def _with_class_weight(data, class_weight):
@@ -288,7 +291,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     _refuse_masked_loss_on_ranks(model, devices)
     check_stream(data, val, config)
     return run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
-                   make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir),
+                   make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir,
+                                                   carry=model.carry()),
                    capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
                                                            devices))
 

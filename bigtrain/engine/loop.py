@@ -14,6 +14,7 @@ import torch
 from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks.base import CallbackList
+from bigtrain.engine.carry import carried_optimizer, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
@@ -39,6 +40,7 @@ class FitResult:
     epochs: list = field(default_factory=list)
     state_dict: dict | None = None
     stats: dict = field(default_factory=dict)
+    optimizer: object = None  # for the next fit, in a one-process run (bigtrain.engine.carry)
 
 
 @dataclass
@@ -220,6 +222,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
                              params, strategy.env.is_main)
     result = FitResult()
+    load_carried(task.carry, strategy, optimizer)  # a checkpoint resumed below overrides it
     progress, first_epoch = resume(task, strategy, module, optimizer, result)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
                RunTiming(ctx.timer), monitor)
@@ -240,6 +243,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                     "wall_s": elapsed, "epoch_times": epoch_times, **strategy.stats()}
     _finish(run)
+    result.optimizer = carried_optimizer(strategy, optimizer)
     owner.live = None
     return result
 

@@ -153,6 +153,8 @@ class TrainTask:
         run_dir: where the run record is written (rank 0), or None.
         checkpoint: resumable checkpoints (see CheckpointConfig), or None.
         watchdog: hang-watchdog settings for distributed runs (None: on, 120 s window).
+        carry: what the previous fit of this model under the same compile left (a Carry),
+            or None for a first fit.
     """
     module: nn.Module
     losses: list
@@ -168,6 +170,7 @@ class TrainTask:
     run_dir: str | None = None
     checkpoint: CheckpointConfig | None = None
     watchdog: Any = None  # a bigtrain.diagnose.watchdog.WatchdogConfig; None: the default
+    carry: Any = None  # a bigtrain.engine.carry.Carry
 
     def metric_names(self) -> list[str]:
         return [m.name for ms in self.metrics for m in ms]

@@ -35,6 +35,7 @@ def _finish(model, result: FitResult, history) -> object:
             model.keep_full_weights(result.state_dict)
         else:
             model.net.load_state_dict(result.state_dict)
+    model.keep_optimizer(result.optimizer)
     history.history = dict(result.history)
     history.epoch = list(result.epochs)
     history.stats = dict(result.stats)

@@ -1,0 +1,70 @@
+"""The optimizer's state from one fit call to the next, as Keras keeps its optimizer.
+
+In Keras, `fit(epochs=1)` twice trains exactly as `fit(epochs=2)` once: the optimizer (its
+moments, step count, and a learning rate a callback or the user changed) lives on the model.
+bigtrain builds the torch optimizer inside each fit, so a fit in this process hands its
+optimizer back (the model keeps it as `model.optimizer`) and the next fit under the same
+compile loads its `state_dict()` (read then, so changes made between the calls count) into
+the optimizer it builds. A new `compile` starts afresh, as in Keras.
+
+A fit on several processes cannot: its ranks' optimizer state ends with them. The next fit
+then starts with a fresh optimizer and says so (a warning) rather than training differently
+without a word; `checkpoint_dir=` with `resume="auto"` continues exactly.
+
+Example:
+    load_carried(task.carry, strategy, optimizer)      # before a checkpoint may resume
+    ...
+    result.optimizer = carried_optimizer(strategy, optimizer)
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Carry:
+    """What the previous fit of a model under its current compile left.
+
+    Attributes:
+        optimizer: its torch optimizer, or None when it ran on several processes or
+            sharded its optimizer (nothing to carry).
+    """
+    optimizer: object
+
+
+def _plain(optimizer) -> bool:
+    """A torch optimizer over plain tensors: its state_dict is the whole state and loads
+    by position into the same kind of optimizer over the same parameters."""
+    from torch.distributed.tensor import DTensor
+    return (type(optimizer).load_state_dict is torch.optim.Optimizer.load_state_dict
+            and not any(isinstance(p, DTensor) for g in optimizer.param_groups
+                        for p in g["params"]))
+
+
+def carried_optimizer(strategy, optimizer):
+    """What the next fit continues from: this optimizer, in a one-process run."""
+    return optimizer if not strategy.env.distributed and _plain(optimizer) else None
+
+
+def load_carried(carry: Carry | None, strategy, optimizer) -> None:
+    """Continue from the previous fit's optimizer state where there is one to load."""
+    if carry is None:
+        return
+    if carry.optimizer is None or strategy.env.distributed or not _plain(optimizer):
+        if strategy.env.is_main:
+            warnings.warn(
+                f"this fit starts with a fresh {type(optimizer).__name__} state: this fit or "
+                "the model's previous one ran on several processes or sharded its optimizer, "
+                "and such state does not carry from one fit call to the next as Keras's does. "
+                "To continue exactly, fit once with more epochs, or pass checkpoint_dir= "
+                "(resume='auto' continues from its newest checkpoint)", UserWarning,
+                stacklevel=2)
+        return
+    try:
+        optimizer.load_state_dict(carry.optimizer.state_dict())
+    except (ValueError, KeyError) as e:  # another optimizer, or other parameters
+        warnings.warn(f"the previous fit's optimizer state does not fit this optimizer "
+                      f"({e}); this fit starts with a fresh one", UserWarning, stacklevel=2)
