@@ -188,7 +188,7 @@ def seed_usage(x, y, batch: int, epochs: int, repeats: int, clock: str = "wall")
 
 def compile_check(x, y, batch: int, repeats: int) -> None:
     """Would a captured step pay here? The hand-tuned loop with its model under
-    `torch.compile` (inductor) against the same loop eager, CPU time, plus the compile's
+    `torch.compile` (inductor) against the same loop eager, wall clock, plus the compile's
     one-off seconds. Prints the figures (or why torch.compile could not run)."""
     import time
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -202,11 +202,10 @@ def compile_check(x, y, batch: int, repeats: int) -> None:
         print(f"\ntorch.compile check: could not compile ({type(e).__name__}: {e})")
         return
     eager_epoch = hand_tuned_epoch(torch_mlp(), xt, yt, batch, LR)
-    times = alternate({"eager": on_cpu_clock(eager_epoch),
-                       "compiled": on_cpu_clock(compiled_epoch)}, repeats=repeats)
+    times = alternate({"eager": eager_epoch, "compiled": compiled_epoch}, repeats=repeats)
     steps = -(-len(x) // batch)
     e, c = (statistics.median(times[k]) / steps * 1e6 for k in ("eager", "compiled"))
-    print(f"\ntorch.compile check (hand-tuned loop, batch {batch}, CPU time, {repeats} repeats): "
+    print(f"\ntorch.compile check (hand-tuned loop, batch {batch}, wall clock, {repeats} repeats): "
           f"eager {e:.0f} us per step, compiled model {c:.0f} us per step ({e / c:.3f}x); the "
           f"compile and first epoch took {first:.1f} s")
 
@@ -233,11 +232,16 @@ def overhead_probe(n: int, batch: int, repeats: int) -> float:
     hand = hand_tuned_epoch(nn.Linear(16, CLASSES), torch.from_numpy(x), torch.from_numpy(y),
                             batch, LR)
     fit = lambda: model.fit(x, y_onehot, batch_size=batch, epochs=1, verbose=0) and None  # noqa: E731
-    times = alternate({"fit": on_cpu_clock(fit), "hand": on_cpu_clock(hand)}, repeats=repeats)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # CPU time of more threads would count their spin-waits
+    try:
+        times = alternate({"fit": on_cpu_clock(fit), "hand": on_cpu_clock(hand)}, repeats=repeats)
+    finally:
+        torch.set_num_threads(threads)
     steps = -(-n // batch)
     f, h = (statistics.median(times[k]) / steps * 1e6 for k in ("fit", "hand"))
     print(f"\nper-step overhead probe (16 -> 10 softmax, batch {batch}, {steps} steps, CPU "
-          f"time, {repeats} repeats): fit {f:.0f} us per step, hand-tuned {h:.0f} us; fit's "
+          f"time, 1 thread, {repeats} repeats): fit {f:.0f} us per step, hand-tuned {h:.0f} us; fit's "
           f"own work {f - h:.0f} us per step (the whole fit call, setup included)")
     return f - h
 
