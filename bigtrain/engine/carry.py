@@ -49,19 +49,23 @@ def carried_optimizer(strategy, optimizer):
     return optimizer if not strategy.env.distributed and _plain(optimizer) else None
 
 
+def warn_fresh(optimizer_name: str) -> None:
+    """Say that this fit does not continue the previous fit's optimizer."""
+    warnings.warn(
+        f"this fit starts with a fresh {optimizer_name} state: this fit or the model's "
+        "previous one ran on several processes or sharded its optimizer, and such state does "
+        "not carry from one fit call to the next as Keras's does. To continue exactly, fit "
+        "once with more epochs, or pass checkpoint_dir= (resume='auto' continues from its "
+        "newest checkpoint)", UserWarning, stacklevel=3)
+
+
 def load_carried(carry: Carry | None, strategy, optimizer) -> None:
     """Continue from the previous fit's optimizer state where there is one to load."""
     if carry is None:
         return
     if carry.optimizer is None or strategy.env.distributed or not _plain(optimizer):
         if strategy.env.is_main:
-            warnings.warn(
-                f"this fit starts with a fresh {type(optimizer).__name__} state: this fit or "
-                "the model's previous one ran on several processes or sharded its optimizer, "
-                "and such state does not carry from one fit call to the next as Keras's does. "
-                "To continue exactly, fit once with more epochs, or pass checkpoint_dir= "
-                "(resume='auto' continues from its newest checkpoint)", UserWarning,
-                stacklevel=2)
+            warn_fresh(type(optimizer).__name__)
         return
     try:
         optimizer.load_state_dict(carry.optimizer.state_dict())

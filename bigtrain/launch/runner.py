@@ -12,6 +12,7 @@ import torch
 
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
+from bigtrain.engine.carry import warn_fresh
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
@@ -180,6 +181,9 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     kind = dist_env.device_kind(devices)
+    if task.carry is not None and (cluster is not None or nprocs > 1):
+        warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output
+        task.carry = None  # the ranks start fresh; nothing to ship to them
     if cluster is not None:
         from bigtrain.launch.ray import launch_on_ray
         return launch_on_ray(task, strat, nprocs, model_owner=owner, devices=devices,
