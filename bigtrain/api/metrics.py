@@ -19,6 +19,11 @@ class Metric:
     #: per-batch figure (a batch mean) must leave it False.
     batchable = False
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # not inherited: a subclass of a built-in metric may add a per-batch figure
+        cls.batchable = cls.__dict__.get("batchable", False)
+
     def reads_scores_only(self, y_true, y_pred) -> bool:
         """True when raw scores (logits) give the same result as probabilities (argmax
         metrics), so the loop can skip the softmax before `update`."""

@@ -18,7 +18,7 @@ from bigtrain.engine.carry import carried_optimizer, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
-from bigtrain.engine.feed import EpochPlan, feed_epoch
+from bigtrain.engine.feed import EpochPlan, StreamData, feed_epoch
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
@@ -106,7 +106,9 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     cfg, device = task.config, strategy.env.device
     feed = _epoch_feed(task, strategy, epoch, progress)
     steps = feed.steps
-    tally = Tally(task.metrics, task.activations, device)
+    # a stream's batches may share memory with a buffer its generator refills: read at once
+    tally = Tally(task.metrics, task.activations, device,
+                  hold=not isinstance(task.train, StreamData))
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
     # decided once per epoch, not per step; steps before progress.skip were trained before
     # the checkpoint this run resumed from

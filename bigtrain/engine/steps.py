@@ -60,13 +60,16 @@ class Tally:
     On a CPU, small outputs of built-in metrics (`Metric.batchable`) are held for up to
     `HOLD_STEPS` steps and read in one update: the same sums for a third of the ops, each
     of which costs a step its full time there. (An accelerator's ops overlap the step, and
-    a captured graph may overwrite its outputs, so there every output is read at once.)
+    a captured graph may overwrite its outputs, so there every output is read at once;
+    `hold=False` reads every step at once too, for batches that may share memory with a
+    buffer their source refills.)
     """
 
     HOLD_STEPS = 16
-    HOLD_ELEMENTS = 1 << 16  # an output larger than this is read at once
+    HOLD_BYTES = 1 << 18  # an output whose storage is larger is read at once (a small view
+    # of a large tensor would keep all of it alive)
 
-    def __init__(self, metrics: list[list], activations: list, device):
+    def __init__(self, metrics: list[list], activations: list, device, hold: bool = True):
         self.metrics, self.activations = metrics, activations
         for ms in metrics:
             for m in ms:
@@ -78,8 +81,8 @@ class Tally:
         # activation) once known; None before the output's first non-empty batch
         self._plans: list = [None] * len(metrics)
         self._any = any(metrics)
-        cpu = torch.device(device).type == "cpu"
-        self._hold = [cpu and all(getattr(m, "batchable", False) for m in ms) for ms in metrics]
+        hold = hold and torch.device(device).type == "cpu"
+        self._hold = [hold and all(getattr(m, "batchable", False) for m in ms) for ms in metrics]
         self._held: list[list] = [[] for _ in metrics]  # (targets, outputs) not yet read
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
@@ -108,7 +111,7 @@ class Tally:
                 out = out.detach()  # metrics only read values: no graph
             if mask is not None:  # Keras leaves masked steps out of the metrics
                 out, y = out[mask], y[mask]
-            if self._hold[i] and out.numel() <= self.HOLD_ELEMENTS:
+            if self._hold[i] and out.untyped_storage().nbytes() <= self.HOLD_BYTES:
                 if self._held[i] and not _stackable(self._held[i][0], y, out):
                     self._read_held(i)  # e.g. a new sequence length: read what is held
                 held = self._held[i]

@@ -89,3 +89,49 @@ def test_tally_reads_held_steps_of_another_shape_apart():
         tally.add(StepBatch([(logits, ids, None)], [1.0]), [logits], torch.tensor(0.0))
         ref.update(ids, logits)
     assert tally.logs(tally.state())["accuracy"] == pytest.approx(ref.result())
+
+
+def test_a_subclass_of_a_built_in_metric_is_read_every_step_unless_it_says_otherwise():
+    from bigtrain.api.metrics import MeanError
+
+    class BatchMeanMAE(MeanError):  # adds one batch mean per update: not additive
+        pass
+
+    class Stacked(MeanError):
+        batchable = True
+
+    assert get_metric("mae").batchable and not BatchMeanMAE("mae").batchable
+    assert Stacked("mae").batchable
+
+
+def test_a_generator_that_refills_its_buffers_gets_the_metrics_of_each_batch():
+    """A stream's batches may share memory with the generator's buffers: the metrics read
+    each step before the next batch overwrites it."""
+    import numpy as np
+
+    import bigtrain
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    from bigtrain.optimizers import SGD
+
+    rng = np.random.default_rng(3)
+    xs = rng.standard_normal((40, 8, 5)).astype("float32")
+    ys = rng.integers(0, 3, (40, 8))
+
+    def batches(reuse):
+        xb, yb = np.empty((8, 5), "float32"), np.empty(8, "int64")
+        for x, y in zip(xs, ys):
+            if not reuse:
+                xb, yb = np.empty((8, 5), "float32"), np.empty(8, "int64")
+            xb[:], yb[:] = x, y
+            yield xb, yb
+
+    bigtrain.clear_session()
+    inp = Input(shape=(5,))
+    model = Model(inp, Dense(3, activation="softmax")(inp))
+    model.compile(optimizer=SGD(learning_rate=0.0), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    fresh = model.fit(batches(False), epochs=1, verbose=0).history["accuracy"][0]
+    reused = model.fit(batches(True), epochs=1, verbose=0).history["accuracy"][0]
+    hits = (model.predict(xs.reshape(-1, 5)).argmax(-1) == ys.reshape(-1)).mean()
+    assert fresh == pytest.approx(hits) and reused == pytest.approx(hits)
