@@ -109,6 +109,7 @@ class Model(nn.Module):
                 learning_rate: float | None = None):
         """Choose the optimizer, loss(es) and metrics, as `keras.Model.compile`."""
         training.compile_model(self, optimizer, loss, metrics, loss_weights, learning_rate)
+        self._carry = None  # a new compile starts a fresh optimizer, as in Keras
         return self
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, **kwargs):

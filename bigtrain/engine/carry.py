@@ -7,6 +7,9 @@ optimizer back (the model keeps it as `model.optimizer`) and the next fit under 
 compile loads its `state_dict()` (read then, so changes made between the calls count) into
 the optimizer it builds. A new `compile` starts afresh, as in Keras.
 
+Not carried: the moving average of `use_ema` and float16's loss scale, which live beside the
+optimizer's state_dict; both restart with each fit.
+
 A fit on several processes cannot: its ranks' optimizer state ends with them. The next fit
 then starts with a fresh optimizer and says so (a warning) rather than training differently
 without a word; `checkpoint_dir=` with `resume="auto"` continues exactly.
@@ -67,8 +70,19 @@ def load_carried(carry: Carry | None, strategy, optimizer) -> None:
         if strategy.env.is_main:
             warn_fresh(type(optimizer).__name__)
         return
-    try:
-        optimizer.load_state_dict(carry.optimizer.state_dict())
-    except (ValueError, KeyError) as e:  # another optimizer, or other parameters
-        warnings.warn(f"the previous fit's optimizer state does not fit this optimizer "
-                      f"({e}); this fit starts with a fresh one", UserWarning, stacklevel=2)
+    if not _same_parameters(carry.optimizer, optimizer):
+        warnings.warn(f"this fit starts with a fresh {type(optimizer).__name__} state: it "
+                      "trains other parameters than the previous fit (a layer's trainable "
+                      "changed? Keras asks for a new compile then)", UserWarning, stacklevel=2)
+        return
+    optimizer.load_state_dict(carry.optimizer.state_dict())
+
+
+def _same_parameters(old, new) -> bool:
+    """The same optimizer class over the same parameter objects, group by group:
+    `load_state_dict` matches states by position and checks only the counts."""
+    if type(old) is not type(new) or len(old.param_groups) != len(new.param_groups):
+        return False
+    return all(len(a["params"]) == len(b["params"])
+               and all(p is q for p, q in zip(a["params"], b["params"]))
+               for a, b in zip(old.param_groups, new.param_groups))

@@ -184,6 +184,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     if task.carry is not None and (cluster is not None or nprocs > 1):
         warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output
         task.carry = None  # the ranks start fresh; nothing to ship to them
+        owner.keep_optimizer(None)  # nor to keep alive here while they train
     if cluster is not None:
         from bigtrain.launch.ray import launch_on_ray
         return launch_on_ray(task, strat, nprocs, model_owner=owner, devices=devices,

@@ -74,3 +74,18 @@ def test_a_fit_before_or_after_a_multi_process_one_says_its_optimizer_starts_fre
         model.fit(X, Y, epochs=1, strategy="ddp", devices=2, timeout=60, **FIT)
     with pytest.warns(UserWarning, match="fresh Adam state"):
         model.fit(X, Y, epochs=1, **FIT)
+
+
+def test_a_fit_over_other_parameters_starts_fresh_and_says_so():
+    """Frozen parameters change the optimizer's list: the moments must not load by position
+    onto other tensors."""
+    bigtrain.clear_session()
+    inp = Input(shape=(4,))
+    model = Model(inp, Dense(1)(Dense(3)(inp)))
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(X, Y, epochs=1, **FIT)
+    first = next(model.net.parameters())
+    first.requires_grad_(False)
+    with pytest.warns(UserWarning, match="other parameters"):
+        model.fit(X, Y, epochs=1, **FIT)
+    assert not any(first is p for g in model.optimizer.param_groups for p in g["params"])
