@@ -61,19 +61,25 @@ def torch_mlp(seed: int = 0) -> nn.Module:
     return nn.Sequential(nn.Linear(FEATURES, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, CLASSES))
 
 
-# ---- contenders: each returns a zero-argument callable running one epoch ----------------
-def bigtrain_contender(x, y_onehot, batch: int, epoch_times: list):
-    """Keras-style fit; appends the loop-only epoch time of each call to `epoch_times`."""
+def seed_model(features: int = FEATURES, hidden: int | None = HIDDEN):
+    """The seed example's model, compiled (hidden=None: softmax straight on the inputs)."""
     import bigtrain
     from bigtrain.layers import Dense, Input
     from bigtrain.models import Model
     bigtrain.clear_session()
     bigtrain.set_seed(0)
-    inp = Input(shape=(FEATURES,))
-    out = Dense(CLASSES, activation="softmax")(Dense(HIDDEN, activation="relu")(inp))
-    model = Model(inputs=inp, outputs=out)
+    inp = Input(shape=(features,))
+    h = inp if hidden is None else Dense(hidden, activation="relu")(inp)
+    model = Model(inputs=inp, outputs=Dense(CLASSES, activation="softmax")(h))
     model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
                   learning_rate=LR)
+    return model
+
+
+# ---- contenders: each returns a zero-argument callable running one epoch ----------------
+def bigtrain_contender(x, y_onehot, batch: int, epoch_times: list):
+    """Keras-style fit; appends the loop-only epoch time of each call to `epoch_times`."""
+    model = seed_model()
 
     def run():
         history = model.fit(x, y_onehot, batch_size=batch, epochs=1, verbose=0)
@@ -161,16 +167,7 @@ def seed_usage(x, y, batch: int, epochs: int, repeats: int, clock: str = "wall")
     epochs, so fit's fixed cost per call (input checks, a fresh optimizer, the weights copied
     back) is spread as a user's run spreads it. Returns fit / hand-tuned."""
     y_onehot = np.eye(CLASSES, dtype=np.float32)[y]
-    import bigtrain
-    from bigtrain.layers import Dense, Input
-    from bigtrain.models import Model
-    bigtrain.clear_session()
-    bigtrain.set_seed(0)
-    inp = Input(shape=(FEATURES,))
-    model = Model(inputs=inp,
-                  outputs=Dense(CLASSES, activation="softmax")(Dense(HIDDEN, activation="relu")(inp)))
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
-                  learning_rate=LR)
+    model = seed_model()
     hand_epoch = tuned_contender(x, y, batch)
     contenders = {
         "bigtrain fit": lambda: model.fit(x, y_onehot, batch_size=batch, epochs=epochs,
@@ -215,18 +212,10 @@ def overhead_probe(n: int, batch: int, repeats: int) -> float:
     model with next to no arithmetic (16 inputs -> softmax over 10, 170 parameters), by CPU
     time, alternating; what is left of a step is the Python around it. Returns fit's
     microseconds per step minus the hand loop's."""
-    import bigtrain
-    from bigtrain.layers import Dense, Input
-    from bigtrain.models import Model
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, 16), dtype=np.float32)
     y = rng.integers(0, CLASSES, n)
-    bigtrain.clear_session()
-    bigtrain.set_seed(0)
-    inp = Input(shape=(16,))
-    model = Model(inputs=inp, outputs=Dense(CLASSES, activation="softmax")(inp))
-    model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"],
-                  learning_rate=LR)
+    model = seed_model(16, hidden=None)
     y_onehot = np.eye(CLASSES, dtype=np.float32)[y]
     torch.manual_seed(0)
     hand = hand_tuned_epoch(nn.Linear(16, CLASSES), torch.from_numpy(x), torch.from_numpy(y),

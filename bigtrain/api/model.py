@@ -42,7 +42,7 @@ class Model(nn.Module):
         self.optimizer = None
         self.live = None  # a bigtrain.engine.live.LiveWeights while fit runs (the loop sets it)
         self._full_weights = None  # see keep_full_weights
-        self._carry = None  # (compile, Carry) after a fit; see keep_optimizer
+        self._carry = None  # a Carry after a fit, until the next compile; see keep_optimizer
         if isinstance(inputs, nn.Module) and outputs is None:
             self.net = inputs
             self.name = name or type(inputs).__name__
@@ -146,12 +146,12 @@ class Model(nn.Module):
     def keep_optimizer(self, optimizer) -> None:
         """After a fit: its optimizer (None after a multi-process fit), which the next fit
         under the same compile continues from, as Keras's optimizer lives on the model."""
-        self._carry = (self.compiled, Carry(optimizer))
+        self._carry = Carry(optimizer)
 
     def carry(self) -> Carry | None:
         """What the next fit continues from (bigtrain.engine.carry): None before the first
         fit and after a new compile."""
-        return self._carry[1] if self._carry and self._carry[0] is self.compiled else None
+        return self._carry
 
     def keep_full_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Keep the full weights of a fit beside a network the strategy changed in place

@@ -66,7 +66,7 @@ def load_carried(carry: Carry | None, strategy, optimizer) -> None:
     """Continue from the previous fit's optimizer state where there is one to load."""
     if carry is None:
         return
-    if carry.optimizer is None or strategy.env.distributed or not _plain(optimizer):
+    if carry.optimizer is None or carried_optimizer(strategy, optimizer) is None:
         if strategy.env.is_main:
             warn_fresh(type(optimizer).__name__)
         return
