@@ -116,6 +116,9 @@ class Pipeline(Strategy):
     name = "pipeline"
     owns_step = True
     supports_loss_scaling = False  # the schedule calls the loss itself
+    #: gloo, one stage per rank: post a step's receives at its start (early_recv); False
+    #: keeps torch's order (bench_pipeline compares the two)
+    early_recv = True
 
     def __init__(self, stages: int | None = None, microbatches: int = 4,
                  schedule: str = "1f1b", split: Sequence[int] | None = None,
@@ -218,7 +221,7 @@ class Pipeline(Strategy):
                              "devices >= 2 or under the launcher, or use strategy='single'")
         topo = Topology(self.dims(env.world_size), env.rank, env.device.type)
         settings = PipelineSettings(self.schedule, self.microbatches, self.micro_rows,
-                                    self.slow_ranks.get(env.rank, 1.0))
+                                    self.slow_ranks.get(env.rank, 1.0), self.early_recv)
         self._rt = PipelineRuntime(settings, env, topo)
 
     def setup_module(self, module: nn.Module) -> nn.Module:

@@ -46,11 +46,14 @@ class PipelineSettings:
         micro_rows: samples per micro-batch for the run (replica batch / M); None: fixed by
             the first batch seen.
         slowdown: this rank's slow-rank factor (1.0: normal speed), bigtrain.parallel.slow_ranks.
+        early_recv: post each step's receives at its start where that is safe (gloo, one
+            stage per rank; bigtrain.parallel.early_recv).
     """
     schedule: str
     microbatches: int
     micro_rows: int | None = None
     slowdown: float = 1.0
+    early_recv: bool = True
 
 
 class PipelineRuntime:
@@ -95,7 +98,12 @@ class PipelineRuntime:
     def start(self) -> None:
         """Wrap the (parallelized) stages in PipelineStages and build the schedule."""
         from torch.distributed.pipelining import PipelineStage
-        self.pstages = [PipelineStage(m, s, self.n_stages, self.env.device, group=self.pp_group)
+        stage, extra = PipelineStage, {}
+        if (self.settings.early_recv and self.settings.schedule not in MULTI_STAGE
+                and dist.get_backend(self.pp_group) == "gloo"):
+            from bigtrain.parallel.early_recv import EarlyRecvStage  # receives posted early
+            stage, extra = EarlyRecvStage, {"microbatches": self.settings.microbatches}
+        self.pstages = [stage(m, s, self.n_stages, self.env.device, group=self.pp_group, **extra)
                         for m, s in zip(self.modules, self.stage_ids)]
         if self.settings.slowdown > 1.0:
             # the slow-rank knob: each compute chunk sleeps (factor - 1) x its own time

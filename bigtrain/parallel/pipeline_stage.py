@@ -56,10 +56,10 @@ class StageModule(nn.Module):
 
 
 def wrap_chunks(stages, wrap: Callable[[Callable, int], Callable]) -> None:
-    """Replace each compute method of each PipelineStage (CHUNKS) by `wrap(method, slot)`;
-    slot 0 is forward, 1 backward."""
+    """Replace each compute method of each PipelineStage (its `compute_chunks`, else
+    CHUNKS) by `wrap(method, slot)`; slot 0 is forward, 1 backward."""
     for st in stages:
-        for name, slot in CHUNKS:
+        for name, slot in getattr(st, "compute_chunks", CHUNKS):
             if hasattr(st, name):  # backward_weight_one_chunk: zero-bubble schedules only
                 setattr(st, name, wrap(getattr(st, name), slot))
 

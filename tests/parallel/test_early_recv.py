@@ -1,0 +1,79 @@
+"""Pipeline receives posted at the step's start on gloo (bigtrain.parallel.early_recv): every
+receive of a step is pending before the stage's first compute (the first stage's gradients:
+before its first backward), each chunk still reads the
+right micro-batch (parity with one process, 3 stages so the middle one receives from both
+sides), and nothing stays pending after a step or a forward-only call."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bigtrain.parallel.early_recv import EarlyRecvStage
+from bigtrain.parallel.pipeline import Pipeline
+from tests.dist import run_ranks
+from tests.parallel.test_pipeline import BATCH, STEPS, TOL, max_diff, train_reference, train_with
+
+
+def make_chain() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(12, 16), nn.Tanh(), nn.Linear(16, 16), nn.GELU(),
+                         nn.Linear(16, 8), nn.Linear(8, 3))
+
+
+def chain_data(step):
+    g = torch.Generator().manual_seed(3000 + step)
+    return torch.randn(BATCH, 12, generator=g), torch.randint(0, 3, (BATCH,), generator=g)
+
+
+def chain_loss(out, y, sw):
+    return F.cross_entropy(out, y)
+
+
+def _run(rank, world, schedule):
+    seen = []  # the pending receives when each step's first forward chunk computes
+
+    class Spy(Pipeline):
+        def setup_module(self, module):
+            out = super().setup_module(module)
+            self.kept = list(self._rt.pstages)  # teardown drops the runtime
+            for st in self.kept:
+                assert isinstance(st, EarlyRecvStage), type(st)
+                compute = st.compute_forward
+
+                def spied(chunk, *a, _st=st, _c=compute, **k):
+                    if chunk == 0:
+                        seen.append(sorted(_st._posted))
+                    return _c(chunk, *a, **k)
+                st.compute_forward = spied
+                back = st.compute_backward
+
+                def spied_back(chunk, *a, _st=st, _c=back, **k):
+                    if chunk == 0 and _st.is_first:
+                        seen.append(sorted(_st._posted))
+                    return _c(chunk, *a, **k)
+                st.compute_backward = spied_back
+            return out
+
+    strategy = Spy(stages=world, microbatches=4, schedule=schedule, split=[2, 2, 2])
+    trained = train_with(rank, world, strategy, make_chain, chain_data, chain_loss)
+    left = [dict(st._posted) for st in strategy.kept]
+    return trained, seen, left
+
+
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+def test_receives_posted_at_step_start_train_the_same(schedule):
+    ref, ref_losses = train_reference(make_chain, chain_data, chain_loss)
+    results = run_ranks(_run, 3, schedule, timeout=180)
+    (full, losses), _, _ = results[0]
+    assert max_diff(full, ref) <= TOL
+    assert losses == pytest.approx(ref_losses, abs=1e-5)
+    m = 4
+    fwd_rest = [("F", i) for i in range(1, m)]  # F0 was just read by the first chunk
+    bwd_all = [("B", i) for i in range(m)]
+    expected = {0: [[]], 1: [sorted(fwd_rest + bwd_all)], 2: [fwd_rest]}
+    # the first stage posts its gradients' receives at its first backward instead
+    expected[0].append([("B", i) for i in range(1, m)])
+    for rank, (_, seen, left) in enumerate(results):
+        assert len(seen) == len(expected[rank]) * STEPS, (rank, seen)
+        assert seen == expected[rank] * STEPS, (rank, seen)
+        assert left == [{}], (rank, left)  # every posted receive was read
