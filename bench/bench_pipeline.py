@@ -2,11 +2,16 @@
 rest of the idle time goes, and how much of it the machine causes.
 
 How the bubble is measured: on every rank, for each timed step (after warm-up steps that
-include the schedule's shape exchange), wall = the schedule's `step` call and busy = the
-time inside that rank's forward chunks, backward chunks and (last stage) loss; bubble =
-1 - busy / wall, averaged over the ranks; the table gives the median over the timed steps.
-Each step starts after a barrier. The model is a chain of equal Linear+ReLU layers, so the
-stages are equal. Each rank runs one torch thread.
+include the schedule's shape exchange), busy = the time inside that rank's forward chunks,
+backward chunks and (last stage) loss; the step's span runs from the first rank entering
+the schedule's `step` call to the last rank leaving it (one clock: perf_counter is
+CLOCK_MONOTONIC, shared by the processes of a host); bubble = 1 - busy / span, averaged
+over the ranks, as in the (p-1)/(m+p-1) theory; the table gives the median over the timed
+steps. "rank wall" is the older reading, 1 - busy / the rank's own `step` call: it leaves
+out the last stage's idle tail (it leaves the step while the first stage still runs its
+last backward) and so reads below the span's figure, and could read below theory. Each step
+starts after a barrier. The model is a chain of equal Linear+ReLU layers. Each rank runs
+one torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
@@ -14,6 +19,10 @@ these chunks), and again with each chunk's thread CPU time as its duration (the 
 they run when no other program takes the core mid-chunk); the idle time split into blocked in a send/recv wait, posting send/recv ops
 and the schedule's own Python (overhead); and the share of busy time a chunk spent
 descheduled (wall minus its thread's CPU time: other programs had the core).
+
+Receive order: bigtrain posts a step's receives at its start (bigtrain.parallel.early_recv);
+each row is run again with torch's order (each receive posted just before its wait), the
+"torch order" column, unless `--no-compare`.
 
 Control (`--control`): every rank runs its stage's forward and backward over the same
 micro-batches with no communication, both ranks at once, then one rank alone: the
@@ -55,11 +64,14 @@ def _pin(rank: int, pin: bool) -> None:
         os.sched_setaffinity(0, {rank % (os.cpu_count() or 1)})
 
 
-def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps, pin):
-    """The timed steps' timelines of this rank (see pipeline_timeline)."""
+def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps, pin,
+           early=True):
+    """The timed steps' timelines of this rank (see pipeline_timeline); `early`: receives
+    posted at the step's start (bigtrain's default on gloo), else in torch's order."""
     _pin(rank, pin)
     strategy = Pipeline(stages=world, microbatches=m, schedule=schedule,
                         split=[layers // world] * world)
+    strategy.early_recv = early
     strategy.setup(DistEnv(rank=rank, world_size=world))
     module = strategy.setup_module(_chain(hidden, layers))
     opt = strategy.setup_optimizer(module, lambda ps: torch.optim.SGD(ps, lr=1e-3))
@@ -105,15 +117,17 @@ def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
     return out
 
 
-def measure(schedule, m, args) -> dict:
+def measure(schedule, m, args, early=True) -> dict:
     p = args.stages
     per_rank = run_ranks(_bench, p, schedule, m, args.hidden, args.layers, args.micro_rows,
-                         args.warmup, args.steps, args.pin, timeout=600)
+                         args.warmup, args.steps, args.pin, early, timeout=600)
     rows = []
     for s in range(args.steps):
         ranks = [per_rank[r][s] for r in range(p)]
         parts = [breakdown(st) for st in ranks]
-        rows.append({"bubble": sum(b["bubble"] for b in parts) / p, "replay": replay(ranks),
+        span = max(st["end"] for st in ranks) - min(st["start"] for st in ranks)
+        rows.append({"bubble": sum(1 - b["busy"] / span for b in parts) / p,
+                     "own_wall": sum(b["bubble"] for b in parts) / p, "replay": replay(ranks),
                      "replay_cpu": replay(ranks, cpu=True),
                      "replay_eq": replay(ranks, equalize=True),
                      "imbalance": max(b["busy"] for b in parts) / min(b["busy"] for b in parts),
@@ -147,6 +161,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--pin", action="store_true", help="rank r on core r (sched_setaffinity)")
     ap.add_argument("--no-control", action="store_true")
+    ap.add_argument("--no-compare", action="store_true",
+                    help="skip the runs with torch's receive order")
     ap.add_argument("--quick", action="store_true", help="fewer timed steps")
     args = ap.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 8)
@@ -154,13 +170,16 @@ def main(argv=None) -> int:
     print(f"bench_pipeline: p={p} stages, {args.layers} x Linear({args.hidden}) + ReLU, "
           f"{args.micro_rows} rows per micro-batch, {args.steps} timed steps, 1 thread per "
           f"rank{', pinned' if args.pin else ''}\n  {machine_line()}")
-    print("  bubble: median over steps of 1 - busy/wall (mean over ranks); replay: the same "
-          "chunks with free p2p and no overhead (ratio to theory), cpu replay: with each "
+    print("  bubble: median over steps of 1 - busy/span (mean over ranks; span: first rank "
+          "in to last rank out); rank wall: 1 - busy/the rank's own step call, as a ratio to "
+          "theory; torch order: the measured ratio with each receive posted just before its "
+          "wait, as torch's schedules do (bigtrain posts a step's receives at its start); "
+          "replay: the same chunks with free p2p and no overhead (ratio to theory), cpu replay: with each "
           "chunk's thread CPU time; eq replay: with every stage's chunks scaled to the same "
           "step total; stage imb: the busier stage's compute / the other's; idle split as % "
           "of wall (mean over ranks); desched: share of wall a chunk was off its core")
     print(f"  {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
-          f"{'replay':>6} {'ratio':>5} {'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
+          f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} {'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
           f"{'p2p wait':>8} {'post':>5} {'sched':>5} "
           f"{'desched':>7} {'chunk ms':>8}  per-step ratios")
     busy0 = machine_busy_seconds()
@@ -168,9 +187,12 @@ def main(argv=None) -> int:
     for schedule in ("gpipe", "1f1b"):
         for m in (4, 8):
             r = measure(schedule, m, args)
+            plain = None if args.no_compare else measure(schedule, m, args, early=False)
             theory = (p - 1) / (m + p - 1)
             print(f"  {schedule:<8} {m:>2} {r['bubble']:>8.3f} {theory:>6.3f} "
-                  f"{r['bubble'] / theory:>5.2f} {r['replay']:>6.3f} "
+                  f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
+                  f"{'-' if plain is None else format(plain['bubble'] / theory, '.2f'):>10}x "
+                  f"{r['replay']:>6.3f} "
                   f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
                   f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
                   f"{r['wait']:>8.1%} {r['post']:>5.1%} "

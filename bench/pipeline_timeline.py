@@ -59,8 +59,14 @@ def attach(rt, recorder: Recorder) -> None:
     """Wrap the chunks of `rt`'s stages, its schedule's loss and torch's p2p helpers."""
     from torch.distributed.pipelining import schedules
     for st in rt.pstages:
-        st.forward_one_chunk = recorder.wrap(st.forward_one_chunk, "F")
-        st.backward_one_chunk = recorder.wrap(st.backward_one_chunk, "B")
+        # a stage that waits for its early-posted receives inside forward_one_chunk
+        # (bigtrain.parallel.early_recv) names its compute apart: the wait is not busy
+        fwd, bwd = [name for name, _ in getattr(st, "compute_chunks", ())][:2] or \
+            ("forward_one_chunk", "backward_one_chunk")
+        setattr(st, fwd, recorder.wrap(getattr(st, fwd), "F"))
+        setattr(st, bwd, recorder.wrap(getattr(st, bwd), "B"))
+        if hasattr(st, "_arrived"):
+            st._arrived = recorder.wrap(st._arrived, "wait", mb_arg=False)
     sched = rt.schedule
     sched._compute_loss = recorder.wrap(sched._compute_loss, "loss", mb_arg=False)
     if not getattr(schedules, "_bench_wrapped", False):  # module functions: once per process
