@@ -48,7 +48,8 @@ def train_step(strategy: Strategy, ctx: StepContext, module, optimizer, batch: S
     """
     if strategy.owns_step:
         return strategy.train_step(module, optimizer, batch, compute_loss, autocast, ctx)
-    ctx.begin_step()
+    if strategy.reads_step_clock:
+        ctx.begin_step()
     outputs, total = [], 0.0
     last = len(batch.micro) - 1
     whole = last == 0 and batch.weights[0] == 1.0  # the common case: no loss rescaling

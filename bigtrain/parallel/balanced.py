@@ -171,10 +171,14 @@ class BalancedDataParallel(DataParallel):
             if self.balance == "speed":
                 self._observe(compute_s, batch_rows(batch.micro))
 
+    @property
+    def reads_step_clock(self) -> bool:
+        return self.balance == "speed" or bool(self.slow_ranks)
+
     def _local_compute_s(self, t0: tuple[float, float]) -> float:
         """Seconds of this rank's own compute this step (since `t0`, perf_counter and
         process_time), the slow knob's delay included."""
-        if self.balance != "speed" and not self.slow_ranks:
+        if not self.reads_step_clock:
             return 0.0  # nothing reads it: skip the device synchronisation
         wall, cpu = pace(t0, self.slow_ranks.get(self.env.rank, 1.0), self.env.device)
         return wall if self.clock == "wall" else cpu

@@ -119,6 +119,9 @@ class Strategy:
     #: Whether this strategy can scale the loss for float16 training (a GradScaler); when
     #: False, precision="16-mixed" is refused before anything starts.
     supports_loss_scaling = True
+    #: Whether `sync_grads` reads `ctx.step_start` (the step's clocks, noted by the engine
+    #: only then: the process CPU clock is a system call of several us on some machines).
+    reads_step_clock = False
 
     def __init__(self):
         self.env = DistEnv()
