@@ -67,6 +67,7 @@ def attach(rt, recorder: Recorder) -> None:
         setattr(st, bwd, recorder.wrap(getattr(st, bwd), "B"))
         if hasattr(st, "_arrived"):
             st._arrived = recorder.wrap(st._arrived, "wait", mb_arg=False)
+            st._post = recorder.wrap(st._post, "post", mb_arg=False)
     sched = rt.schedule
     sched._compute_loss = recorder.wrap(sched._compute_loss, "loss", mb_arg=False)
     if not getattr(schedules, "_bench_wrapped", False):  # module functions: once per process

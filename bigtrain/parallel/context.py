@@ -33,8 +33,8 @@ class StepContext:
         timer: a bigtrain.diagnose.step_timer.PhaseTimer that times the marked phases, or None.
         grad_scaler: a torch.amp.GradScaler for precision="16-mixed", else None.
         step_start: (time.perf_counter(), time.process_time()) in seconds when the current
-            step began (set by `begin_step`); strategies that weigh their own compute
-            (speed-aware balancing) read it.
+            step began, set by `begin_step`, which the engine calls only for a strategy with
+            `reads_step_clock` (speed-aware balancing); (0.0, 0.0) otherwise.
     """
     heartbeat: object = None
     timer: object = None

@@ -4,8 +4,8 @@ torch's schedules post a micro-batch's receive just before they wait for it. On 
 transfer then needs the receiver's post to reach the sender's I/O thread before the
 payload moves; with the sender busy in its next chunk and few cores, that hand-off waited
 for a scheduler tick (2-4 ms) in some transfers, which at 8 micro-batches was most of the
-pipeline's excess bubble (bench/RESULTS.md: gpipe m=8 1.8-2.0x theory, 1.1-1.2x with the
-receives posted early). Here the stage posts the receives of all its micro-batches, forward
+pipeline's excess bubble (bench_pipeline, one run: gpipe m=8 2.17x theory in torch's order,
+1.52x with the receives posted early; bench/RESULTS.md). Here the stage posts the receives of all its micro-batches, forward
 activations and backward gradients, at the step's first forward chunk (the first stage: its
 gradients at its first backward chunk), and each chunk waits for its own input just before
 it computes, so the data is already there or on its way.
@@ -67,17 +67,22 @@ class EarlyRecvStage(PipelineStage):
     def compute_backward(self, *args, **kwargs):
         return PipelineStage.backward_one_chunk(self, *args, **kwargs)
 
+    def clear_runtime_states(self) -> None:
+        """torch's per-step reset (before the schedule's own set-up messages): a receive
+        still pending from an unfinished step would take one of those messages."""
+        if self._posted:
+            raise RuntimeError(
+                f"pipeline stage {self.stage_index}: a new step started while "
+                f"{len(self._posted)} receives of the previous step were never read; the "
+                "previous step did not finish (an error on another rank?)")
+        super().clear_runtime_states()
+
     def _new_step(self) -> None:
         """Post this step's receives. A stage that waits for its first input posts them all
         now, activations then gradients. The first stage posts its gradients' receives at
         its first backward instead: it waits there anyway, while here the posts (which can
         stall a few ms on gloo) would delay the step's first chunk, which every stage waits
         for."""
-        if self._posted:
-            raise RuntimeError(
-                f"pipeline stage {self.stage_index}: a new step started while "
-                f"{len(self._posted)} receives of the previous step were never read; the "
-                "previous step did not finish (an error on another rank?)")
         self._post("F", PipelineStage.get_fwd_recv_ops)  # none on the first stage
         self._grads_due = True
         if not self.is_first:
@@ -97,6 +102,15 @@ class EarlyRecvStage(PipelineStage):
     def _arrived(self, kind: str, chunk: int) -> None:
         """Wait until micro-batch `chunk`'s input ("F": activations, "B": gradients) is in
         its buffer."""
-        for work in self._posted.pop((kind, chunk), ()):
+        works = self._posted.pop((kind, chunk), None)
+        if works is None:
+            ops = (PipelineStage.get_fwd_recv_ops if kind == "F"
+                   else PipelineStage.get_bwd_recv_ops)(self, chunk)
+            if ops:  # the schedule runs more micro-batches than this stage posted for
+                raise RuntimeError(
+                    f"pipeline stage {self.stage_index}: micro-batch {chunk} has no posted "
+                    f"receive; the stage was built for {self.microbatches} micro-batches")
+            return
+        for work in works:
             work.wait()
 

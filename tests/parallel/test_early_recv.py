@@ -35,7 +35,7 @@ def _run(rank, world, schedule):
     class Spy(Pipeline):
         def setup_module(self, module):
             out = super().setup_module(module)
-            self.kept = list(self._rt.pstages)  # teardown drops the runtime
+            self.kept, self.module = list(self._rt.pstages), out  # teardown drops them
             for st in self.kept:
                 assert isinstance(st, EarlyRecvStage), type(st)
                 compute = st.compute_forward
@@ -54,17 +54,29 @@ def _run(rank, world, schedule):
                 st.compute_backward = spied_back
             return out
 
+        def teardown(self):
+            self.left = [dict(st._posted) for st in self.kept]
+            seen.append("forward only")
+            with torch.no_grad():  # forward only: activations posted, no gradients
+                self.out = self.module(chain_data(0)[0][:5]).numpy()
+            self.left += [dict(st._posted) for st in self.kept]
+            st = self.kept[0]  # a step after one that left a receive unread is refused
+            st._posted["F", 99] = []
+            with pytest.raises(RuntimeError, match="never read"):
+                st.clear_runtime_states()
+            st._posted.clear()
+            super().teardown()
+
     strategy = Spy(stages=world, microbatches=4, schedule=schedule, split=[2, 2, 2])
     trained = train_with(rank, world, strategy, make_chain, chain_data, chain_loss)
-    left = [dict(st._posted) for st in strategy.kept]
-    return trained, seen, left
+    return trained, seen, strategy.left, strategy.out
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_receives_posted_at_step_start_train_the_same(schedule):
     ref, ref_losses = train_reference(make_chain, chain_data, chain_loss)
     results = run_ranks(_run, 3, schedule, timeout=180)
-    (full, losses), _, _ = results[0]
+    (full, losses), _, _, _ = results[0]
     assert max_diff(full, ref) <= TOL
     assert losses == pytest.approx(ref_losses, abs=1e-5)
     m = 4
@@ -73,7 +85,14 @@ def test_receives_posted_at_step_start_train_the_same(schedule):
     expected = {0: [[]], 1: [sorted(fwd_rest + bwd_all)], 2: [fwd_rest]}
     # the first stage posts its gradients' receives at its first backward instead
     expected[0].append([("B", i) for i in range(1, m)])
-    for rank, (_, seen, left) in enumerate(results):
-        assert len(seen) == len(expected[rank]) * STEPS, (rank, seen)
-        assert seen == expected[rank] * STEPS, (rank, seen)
-        assert left == [{}], (rank, left)  # every posted receive was read
+    model = make_chain()
+    model.load_state_dict(ref)
+    with torch.no_grad():
+        expected_out = model(chain_data(0)[0][:5])
+    for rank, (_, seen, left, out) in enumerate(results):
+        cut = seen.index("forward only")
+        assert seen[:cut] == expected[rank] * STEPS, (rank, seen)
+        # a forward-only call (5 rows padded to 4 micro-batches) posts activations only
+        assert seen[cut + 1] == [k for k in expected[rank][0] if k[0] == "F"], (rank, seen)
+        assert left == [{}, {}], (rank, left)  # every posted receive was read
+        assert torch.allclose(torch.as_tensor(out), expected_out, atol=1e-6)
