@@ -10,9 +10,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from bigtrain.diagnose.findings import render_doctor
 from bigtrain.diagnose.record import RunRecord
@@ -21,8 +19,19 @@ from bigtrain.diagnose.training_checks import check_run
 PHASES = ("data", "forward", "backward", "optimizer", "comm_exposed", "other")
 MEMORY_PARTS = ("params", "grads", "optimizer", "activations_peak")
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def _figure(width: float, height: float) -> "Figure":
+    """A matplotlib Figure (imported here, not with the module: a fit that draws no report
+    does not pay for importing matplotlib)."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height))
+
 
 def _save(fig: Figure, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     FigureCanvasAgg(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -30,7 +39,7 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _plot_curves(history: dict, keys: list[str], title: str, path: Path) -> Path:
-    fig = Figure(figsize=(6, 4))
+    fig = _figure(6, 4)
     ax = fig.add_subplot()
     for k in keys:
         ax.plot(range(1, len(history[k]) + 1), history[k], marker="o", label=k)
@@ -40,7 +49,7 @@ def _plot_curves(history: dict, keys: list[str], title: str, path: Path) -> Path
 
 
 def _plot_step_time(rec: RunRecord, path: Path) -> Path:
-    fig = Figure(figsize=(9, 4))
+    fig = _figure(9, 4)
     ax = fig.add_subplot(1, 2, 1)
     bottom = 0.0
     for phase in PHASES:
@@ -58,7 +67,7 @@ def _plot_step_time(rec: RunRecord, path: Path) -> Path:
 
 
 def _plot_memory(rec: RunRecord, path: Path) -> Path:
-    fig = Figure(figsize=(6, 4))
+    fig = _figure(6, 4)
     ax = fig.add_subplot()
     ranks = sorted(rec.memory)
     labels = [str(r) for r in ranks]
