@@ -44,7 +44,8 @@ environment variable BIGTRAIN_SLOW_RANKS="1:3.0", makes rank 1 sleep twice the t
 of its forward and backward chunks, and of its layer timings, so it runs 3x slower.
 
 Collectives per step: send/recv of activations and gradients between neighbouring stages
-(schedule), all-reduce(sum) of tied gradients, all-reduce(avg) of gradients over "dp",
+(schedule; on gloo with one stage per rank every receive of a step is posted when the step
+starts, bigtrain.parallel.early_recv), all-reduce(sum) of tied gradients, all-reduce(avg) of gradients over "dp",
 broadcast of loss and outputs from the last stage (a small header, then the outputs).
 
 Example:
