@@ -10,8 +10,11 @@ over the ranks, as in the (p-1)/(m+p-1) theory; the table gives the median over 
 steps. "rank wall" is the older reading, 1 - busy / the rank's own `step` call: it leaves
 out the last stage's idle tail (it leaves the step while the first stage still runs its
 last backward) and so reads below the span's figure, and could read below theory. Each step
-starts after a barrier. The model is a chain of equal Linear+ReLU layers. Each rank runs
-one torch thread.
+starts after a barrier. The model is a chain of equal Linear+ReLU layers ("plain"); its
+first stage skips its input's gradient and its last adds the loss, so the stages differ by
+5-12 %. The "equal" rows put a learnable input scale in front (InputScale), so the first
+stage computes its input's gradient like the others: those rows test the schedule and the
+runtime against the theory's equal stages. Each rank runs one torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
@@ -52,10 +55,23 @@ from bigtrain.parallel.pipeline import Pipeline  # noqa: E402
 from tests.dist import run_ranks  # noqa: E402  (the project's spawn helper)
 
 
-def _chain(hidden: int, layers: int) -> nn.Sequential:
+class InputScale(nn.Module):
+    """x * a with a learnable scalar a: the first Linear after it then computes its input's
+    gradient, as every later Linear does, so the first stage's backward costs what the
+    other stages' do (the "equal" chain)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return x * self.a
+
+
+def _chain(hidden: int, layers: int, equal: bool = False) -> nn.Sequential:
     torch.manual_seed(0)
-    return nn.Sequential(*[nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU())
-                           for _ in range(layers)])
+    blocks = [nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU()) for _ in range(layers)]
+    return nn.Sequential(*([InputScale()] if equal else []), *blocks)
 
 
 def _pin(rank: int, pin: bool) -> None:
@@ -65,15 +81,16 @@ def _pin(rank: int, pin: bool) -> None:
 
 
 def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps, pin,
-           early=True):
+           early=True, equal=False):
     """The timed steps' timelines of this rank (see pipeline_timeline); `early`: receives
-    posted at the step's start (bigtrain's default on gloo), else in torch's order."""
+    posted at the step's start (bigtrain's default on gloo), else in torch's order;
+    `equal`: the chain starts with InputScale (on the first stage)."""
     _pin(rank, pin)
-    strategy = Pipeline(stages=world, microbatches=m, schedule=schedule,
-                        split=[layers // world] * world)
+    split = [layers // world + (1 if equal and r == 0 else 0) for r in range(world)]
+    strategy = Pipeline(stages=world, microbatches=m, schedule=schedule, split=split)
     strategy.early_recv = early
     strategy.setup(DistEnv(rank=rank, world_size=world))
-    module = strategy.setup_module(_chain(hidden, layers))
+    module = strategy.setup_module(_chain(hidden, layers, equal))
     opt = strategy.setup_optimizer(module, lambda ps: torch.optim.SGD(ps, lr=1e-3))
     rt, rec = strategy._rt, Recorder()
     attach(rt, rec)
@@ -117,10 +134,10 @@ def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
     return out
 
 
-def measure(schedule, m, args, early=True) -> dict:
+def measure(schedule, m, args, early=True, equal=False) -> dict:
     p = args.stages
     per_rank = run_ranks(_bench, p, schedule, m, args.hidden, args.layers, args.micro_rows,
-                         args.warmup, args.steps, args.pin, early, timeout=600)
+                         args.warmup, args.steps, args.pin, early, equal, timeout=600)
     rows = []
     for s in range(args.steps):
         ranks = [per_rank[r][s] for r in range(p)]
@@ -163,6 +180,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-control", action="store_true")
     ap.add_argument("--no-compare", action="store_true",
                     help="skip the runs with torch's receive order")
+    ap.add_argument("--no-equal", action="store_true",
+                    help="skip the rows of the equal-stage chain")
     ap.add_argument("--quick", action="store_true", help="fewer timed steps")
     args = ap.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 8)
@@ -178,26 +197,28 @@ def main(argv=None) -> int:
           "chunk's thread CPU time; eq replay: with every stage's chunks scaled to the same "
           "step total; stage imb: the busier stage's compute / the other's; idle split as % "
           "of wall (mean over ranks); desched: share of wall a chunk was off its core")
-    print(f"  {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
+    print(f"  {'chain':<5} {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
           f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} {'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
           f"{'p2p wait':>8} {'post':>5} {'sched':>5} "
           f"{'desched':>7} {'chunk ms':>8}  per-step ratios")
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
-    for schedule in ("gpipe", "1f1b"):
-        for m in (4, 8):
-            r = measure(schedule, m, args)
-            plain = None if args.no_compare else measure(schedule, m, args, early=False)
-            theory = (p - 1) / (m + p - 1)
-            print(f"  {schedule:<8} {m:>2} {r['bubble']:>8.3f} {theory:>6.3f} "
-                  f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
-                  f"{'-' if plain is None else format(plain['bubble'] / theory, '.2f'):>10}x "
-                  f"{r['replay']:>6.3f} "
-                  f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
-                  f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
-                  f"{r['wait']:>8.1%} {r['post']:>5.1%} "
-                  f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f}  "
-                  f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
+    rows = [(False, s, m) for s in ("gpipe", "1f1b") for m in (4, 8)]
+    rows += [] if args.no_equal else [(True, s, m) for s in ("gpipe", "1f1b") for m in (4, 8)]
+    for equal, schedule, m in rows:
+        r = measure(schedule, m, args, equal=equal)
+        plain = None if args.no_compare or equal else measure(schedule, m, args, early=False)
+        theory = (p - 1) / (m + p - 1)
+        print(f"  {'equal' if equal else 'plain':<5} {schedule:<8} {m:>2} "
+              f"{r['bubble']:>8.3f} {theory:>6.3f} "
+              f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
+              f"{'-' if plain is None else format(plain['bubble'] / theory, '.2f'):>10}x "
+              f"{r['replay']:>6.3f} "
+              f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
+              f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
+              f"{r['wait']:>8.1%} {r['post']:>5.1%} "
+              f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f}  "
+              f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
     if busy0 is not None:
         others = (machine_busy_seconds() - busy0) / (time.perf_counter() - t0)
         print(f"  whole machine busy during the runs: {others:.2f} of {os.cpu_count()} cores "
