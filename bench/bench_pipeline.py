@@ -3,8 +3,8 @@ rest of the idle time goes, and how much of it the machine causes.
 
 How the bubble is measured: on every rank, for each timed step (after warm-up steps that
 include the schedule's shape exchange), busy = the time inside that rank's forward chunks,
-backward chunks and (last stage) loss; the step's span runs from the first rank entering
-the schedule's `step` call to the last rank leaving it (one clock: perf_counter is
+backward chunks and (last stage) loss; the step's span runs from the first stage entering
+the schedule's `step` call (nothing can run before it) to the last rank leaving it (one clock: perf_counter is
 CLOCK_MONOTONIC, shared by the processes of a host); bubble = 1 - busy / span, averaged
 over the ranks, as in the (p-1)/(m+p-1) theory; the table gives the median over the timed
 steps. "rank wall" is the older reading, 1 - busy / the rank's own `step` call: it leaves
@@ -24,8 +24,8 @@ and the schedule's own Python (overhead); and the share of busy time a chunk spe
 descheduled (wall minus its thread's CPU time: other programs had the core).
 
 Receive order: bigtrain posts a step's receives at its start (bigtrain.parallel.early_recv);
-each row is run again with torch's order (each receive posted just before its wait), the
-"torch order" column, unless `--no-compare`.
+each "plain" row is run again with torch's order (each receive posted just before its wait),
+the "torch order" column, the two runs taking turns at going first, unless `--no-compare`.
 
 Control (`--control`): every rank runs its stage's forward and backward over the same
 micro-batches with no communication, both ranks at once, then one rank alone: the
@@ -142,9 +142,13 @@ def measure(schedule, m, args, early=True, equal=False) -> dict:
     for s in range(args.steps):
         ranks = [per_rank[r][s] for r in range(p)]
         parts = [breakdown(st) for st in ranks]
-        span = max(st["end"] for st in ranks) - min(st["start"] for st in ranks)
+        # from the first stage's entry (the pipeline cannot start before it; a rank that
+        # left the barrier earlier was not waiting on the pipeline) to the last rank out
+        span = max(st["end"] for st in ranks) - ranks[0]["start"]
         rows.append({"bubble": sum(1 - b["busy"] / span for b in parts) / p,
                      "own_wall": sum(b["bubble"] for b in parts) / p, "replay": replay(ranks),
+                     "skew_ms": 1e3 * (max(st["start"] for st in ranks)
+                                       - min(st["start"] for st in ranks)),
                      "replay_cpu": replay(ranks, cpu=True),
                      "replay_eq": replay(ranks, equalize=True),
                      "imbalance": max(b["busy"] for b in parts) / min(b["busy"] for b in parts),
@@ -189,35 +193,44 @@ def main(argv=None) -> int:
     print(f"bench_pipeline: p={p} stages, {args.layers} x Linear({args.hidden}) + ReLU, "
           f"{args.micro_rows} rows per micro-batch, {args.steps} timed steps, 1 thread per "
           f"rank{', pinned' if args.pin else ''}\n  {machine_line()}")
-    print("  bubble: median over steps of 1 - busy/span (mean over ranks; span: first rank "
+    print("  bubble: median over steps of 1 - busy/span (mean over ranks; span: first stage "
           "in to last rank out); rank wall: 1 - busy/the rank's own step call, as a ratio to "
           "theory; torch order: the measured ratio with each receive posted just before its "
           "wait, as torch's schedules do (bigtrain posts a step's receives at its start); "
           "replay: the same chunks with free p2p and no overhead (ratio to theory), cpu replay: with each "
           "chunk's thread CPU time; eq replay: with every stage's chunks scaled to the same "
           "step total; stage imb: the busier stage's compute / the other's; idle split as % "
-          "of wall (mean over ranks); desched: share of wall a chunk was off its core")
+          "of wall (mean over ranks); desched: share of wall a chunk was off its core; skew: "
+          "how far apart the ranks entered the step (median)")
     print(f"  {'chain':<5} {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
           f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} {'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
           f"{'p2p wait':>8} {'post':>5} {'sched':>5} "
-          f"{'desched':>7} {'chunk ms':>8}  per-step ratios")
+          f"{'desched':>7} {'chunk ms':>8} {'skew ms':>7}  per-step ratios")
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
     rows = [(False, s, m) for s in ("gpipe", "1f1b") for m in (4, 8)]
     rows += [] if args.no_equal else [(True, s, m) for s in ("gpipe", "1f1b") for m in (4, 8)]
-    for equal, schedule, m in rows:
-        r = measure(schedule, m, args, equal=equal)
-        plain = None if args.no_compare or equal else measure(schedule, m, args, early=False)
+    for i, (equal, schedule, m) in enumerate(rows):
+        torch_order = None
+        if args.no_compare or equal:
+            r = measure(schedule, m, args, equal=equal)
+        elif i % 2:  # the two receive orders take turns at going first
+            torch_order = measure(schedule, m, args, early=False)
+            r = measure(schedule, m, args)
+        else:
+            r = measure(schedule, m, args)
+            torch_order = measure(schedule, m, args, early=False)
         theory = (p - 1) / (m + p - 1)
         print(f"  {'equal' if equal else 'plain':<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
               f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
-              f"{'-' if plain is None else format(plain['bubble'] / theory, '.2f'):>10}x "
+              f"{'-' if torch_order is None else format(torch_order['bubble'] / theory, '.2f'):>10}x "
               f"{r['replay']:>6.3f} "
               f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
               f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
               f"{r['wait']:>8.1%} {r['post']:>5.1%} "
-              f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f}  "
+              f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f} "
+              f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
     if busy0 is not None:
         others = (machine_busy_seconds() - busy0) / (time.perf_counter() - t0)
