@@ -4,24 +4,26 @@ rest of the idle time goes, and how much of it the machine causes.
 How the bubble is measured: on every rank, for each timed step (after warm-up steps that
 include the schedule's shape exchange), busy = the time inside that rank's forward chunks,
 backward chunks and (last stage) loss; the step's span runs from the first stage entering
-the schedule's `step` call (nothing can run before it) to the last rank leaving it (one clock: perf_counter is
-CLOCK_MONOTONIC, shared by the processes of a host); bubble = 1 - busy / span, averaged
-over the ranks, as in the (p-1)/(m+p-1) theory; the table gives the median over the timed
-steps. "rank wall" is the older reading, 1 - busy / the rank's own `step` call: it leaves
-out the last stage's idle tail (it leaves the step while the first stage still runs its
-last backward) and so reads below the span's figure, and could read below theory. Each step
-starts after a barrier. The model is a chain of equal Linear+ReLU layers ("plain"); its
-first stage skips its input's gradient and its last adds the loss, so the stages differ by
-5-12 %. The "equal" rows put a learnable input scale in front (InputScale), so the first
-stage computes its input's gradient like the others: those rows test the schedule and the
-runtime against the theory's equal stages. Each rank runs one torch thread.
+the schedule's `step` call (nothing can run before it) to the last rank leaving it (one
+clock: perf_counter is CLOCK_MONOTONIC, shared by the processes of a host); bubble = 1 -
+busy / span, averaged over the ranks, as in the (p-1)/(m+p-1) theory; the table gives the
+median over the timed steps. "rank wall" is the older reading, 1 - busy / the rank's own
+`step` call: it leaves out the last stage's idle tail (it leaves the step while the first
+stage still runs its last backward) and so reads below the span's figure, and could read
+below theory. Each step starts after a barrier. The model is a chain of equal Linear+ReLU
+layers ("plain"); its first stage skips its input's gradient and its last adds the loss, so
+the stages differ by 5-12 %. The "equal" rows put a learnable input scale in front
+(InputScale), so the first stage computes its input's gradient like the others: those rows
+test the schedule and the runtime against the theory's equal stages. Each rank runs one
+torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
 these chunks), and again with each chunk's thread CPU time as its duration (the chunks as
-they run when no other program takes the core mid-chunk); the idle time split into blocked in a send/recv wait, posting send/recv ops
-and the schedule's own Python (overhead); and the share of busy time a chunk spent
-descheduled (wall minus its thread's CPU time: other programs had the core).
+they run when no other program takes the core mid-chunk); the idle time split into blocked
+in a send/recv wait, posting send/recv ops and the schedule's own Python (overhead); and the
+share of busy time a chunk spent descheduled (wall minus its thread's CPU time: other
+programs had the core).
 
 Receive order: bigtrain posts a step's receives at its start (bigtrain.parallel.early_recv);
 each "plain" row is run again with torch's order (each receive posted just before its wait),
@@ -197,13 +199,14 @@ def main(argv=None) -> int:
           "in to last rank out); rank wall: 1 - busy/the rank's own step call, as a ratio to "
           "theory; torch order: the measured ratio with each receive posted just before its "
           "wait, as torch's schedules do (bigtrain posts a step's receives at its start); "
-          "replay: the same chunks with free p2p and no overhead (ratio to theory), cpu replay: with each "
-          "chunk's thread CPU time; eq replay: with every stage's chunks scaled to the same "
-          "step total; stage imb: the busier stage's compute / the other's; idle split as % "
-          "of wall (mean over ranks); desched: share of wall a chunk was off its core; skew: "
+          "replay: the same chunks with free p2p and no overhead (ratio to theory), cpu "
+          "replay: with each chunk's thread CPU time; eq replay: with every stage's chunks "
+          "scaled to the same step total; stage imb: the busier stage's compute / the "
+          "other's; idle split as % of wall (mean over ranks); desched: share of wall a chunk was off its core; skew: "
           "how far apart the ranks entered the step (median)")
     print(f"  {'chain':<5} {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
-          f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} {'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
+          f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} "
+          f"{'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
           f"{'p2p wait':>8} {'post':>5} {'sched':>5} "
           f"{'desched':>7} {'chunk ms':>8} {'skew ms':>7}  per-step ratios")
     busy0 = machine_busy_seconds()
@@ -221,10 +224,11 @@ def main(argv=None) -> int:
             r = measure(schedule, m, args)
             torch_order = measure(schedule, m, args, early=False)
         theory = (p - 1) / (m + p - 1)
+        tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
         print(f"  {'equal' if equal else 'plain':<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
               f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
-              f"{'-' if torch_order is None else format(torch_order['bubble'] / theory, '.2f'):>10}x "
+              f"{tord:>10}x "
               f"{r['replay']:>6.3f} "
               f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
               f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "

@@ -2,13 +2,14 @@
 
 torch's schedules post a micro-batch's receive just before they wait for it. On gloo a
 transfer then needs the receiver's post to reach the sender's I/O thread before the
-payload moves; with the sender busy in its next chunk and few cores, that hand-off waited
-for a scheduler tick (2-4 ms) in some transfers, which at 8 micro-batches was most of the
-pipeline's excess bubble (bench_pipeline, one run: gpipe m=8 2.17x theory in torch's order,
-1.52x with the receives posted early; bench/RESULTS.md). Here the stage posts the receives of all its micro-batches, forward
-activations and backward gradients, at the step's first forward chunk (the first stage: its
-gradients at its first backward chunk), and each chunk waits for its own input just before
-it computes, so the data is already there or on its way.
+payload moves; with the ranks' threads sharing few cores, that hand-off waited for a
+scheduler tick (2-4 ms) in some transfers, which at 8 micro-batches was most of the
+pipeline's excess bubble (bench_pipeline: gpipe m=8 2.1-2.5x theory in torch's order,
+1.5x with the receives posted early; bench/RESULTS.md). Here the stage posts the receives
+of all its micro-batches, forward activations and backward gradients, at the step's first
+forward chunk (the first stage: its gradients at its first backward chunk, where it waits
+anyway), and each chunk waits for its own input just before it computes, so the data is
+already there or on its way.
 
 Safe only where every (sender, receiver) pair carries one ordered stream, which holds for
 one stage per rank (gpipe, 1f1b): stage s receives activations only from s-1 and gradients
