@@ -202,7 +202,8 @@ def main(argv=None) -> int:
           "replay: the same chunks with free p2p and no overhead (ratio to theory), cpu "
           "replay: with each chunk's thread CPU time; eq replay: with every stage's chunks "
           "scaled to the same step total; stage imb: the busier stage's compute / the "
-          "other's; idle split as % of wall (mean over ranks); desched: share of wall a chunk was off its core; skew: "
+          "other's; idle split as % of wall (mean over ranks); desched: share of wall a "
+          "chunk was off its core; skew: "
           "how far apart the ranks entered the step (median)")
     print(f"  {'chain':<5} {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
           f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} "
