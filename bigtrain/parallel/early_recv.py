@@ -104,10 +104,8 @@ class EarlyRecvStage(PipelineStage):
         """Wait until micro-batch `chunk`'s input ("F": activations, "B": gradients) is in
         its buffer."""
         works = self._posted.pop((kind, chunk), None)
-        if works is None:
-            ops = (PipelineStage.get_fwd_recv_ops if kind == "F"
-                   else PipelineStage.get_bwd_recv_ops)(self, chunk)
-            if ops:  # the schedule runs more micro-batches than this stage posted for
+        if works is None:  # nothing to receive here (first stage's inputs, last's grads)
+            if chunk >= self.microbatches:  # ... unless the stage never posted for it
                 raise RuntimeError(
                     f"pipeline stage {self.stage_index}: micro-batch {chunk} has no posted "
                     f"receive; the stage was built for {self.microbatches} micro-batches")
