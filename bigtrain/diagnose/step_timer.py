@@ -12,11 +12,13 @@ between two marks is charged to the earlier one. Which phase an operation belong
     mark("train step", phase="other")         -> other (step time no strategy refined)
     anything else (callbacks, evaluation)     -> not timed
 
-On a CPU ops run synchronously, so every step is timed exactly for one perf_counter call
-and one dict update per mark. On an accelerator the timer synchronises the device at each
-mark of one step in `sample_every` and ignores the others, so most steps keep their
-asynchronous overlap. The first timed step (allocator, autograd and bucket warm-up) is left
-out of the means whenever later steps exist.
+On a CPU ops run synchronously, so a step is timed exactly for one perf_counter call and
+one dict update per mark; the first `exact_steps` steps are all timed, then one in
+`cpu_every` (the marks of a small model's step cost it a few per cent otherwise: bench_fit's
+probe). On an accelerator the timer synchronises the device at each mark of one step in
+`sample_every` and ignores the others, so most steps keep their asynchronous overlap. The
+first timed step (allocator, autograd and bucket warm-up) is left out of the means whenever
+later steps exist.
 
 Example:
     timer = PhaseTimer()
@@ -51,14 +53,19 @@ class PhaseTimer:
     Args:
         device: the rank's device; a CUDA device is synchronised at each mark of a
             sampled step (None or CPU: never).
-        sample_every: on an accelerator, time one step in this many (CPU: every step).
+        sample_every: on an accelerator, time one step in this many.
+        cpu_every, exact_steps: on a CPU, time the first `exact_steps` steps, then one
+            step in `cpu_every`.
     """
 
-    def __init__(self, device: torch.device | None = None, sample_every: int = 50):
-        if sample_every < 1:
-            raise ValueError(f"sample_every must be >= 1, got {sample_every}")
+    def __init__(self, device: torch.device | None = None, sample_every: int = 50,
+                 cpu_every: int = 8, exact_steps: int = 16):
+        if min(sample_every, cpu_every) < 1:
+            raise ValueError(f"sample_every and cpu_every must be >= 1, got {sample_every} "
+                             f"and {cpu_every}")
         self._cuda = device if device is not None and device.type == "cuda" else None
-        self.sample_every = 1 if self._cuda is None else sample_every
+        self.sample_every = cpu_every if self._cuda is None else sample_every
+        self.exact_steps = exact_steps if self._cuda is None else 0
         self.totals = dict.fromkeys(PHASES, 0.0)
         self.timed_steps = 0
         self.active = False
@@ -69,7 +76,7 @@ class PhaseTimer:
     def begin_step(self, step: int) -> None:
         """Start optimizer step `step` (0-based within the fit): timed or not."""
         self._close()
-        self.active = step % self.sample_every == 0
+        self.active = step < self.exact_steps or step % self.sample_every == 0
         if self.active:
             if self.timed_steps == 1:
                 self._warm = dict(self.totals)

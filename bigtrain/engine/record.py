@@ -196,9 +196,13 @@ def _bf16_extra(task, strategy) -> dict:
 
 def timing_note(strategy, timing) -> str:
     """How this run's step phases were measured and what they leave out, in words."""
-    every = timing.timer.sample_every
-    how = ("every step" if every == 1 else f"one step in {every}, device synchronised") + \
-        (" but the first, averaged over ranks" if timing.timer.timed_steps > 1 else "")
+    timer = timing.timer
+    every, exact = timer.sample_every, timer.exact_steps
+    how = ("every step" if every == 1 else
+           f"the first {exact} steps and one in {every} after them" if exact else
+           f"one step in {every}, device synchronised") + \
+        (" (the first timed step left out), averaged over ranks" if timer.timed_steps > 1
+         else "")
     probe = ("; backward's wait for its in-backward gradient sync (the run's backward minus "
              "its compute, probed at the end of the fit as the median backward without the "
              "sync) was moved to comm_exposed" if timing.backward_compute_s is not None else "")

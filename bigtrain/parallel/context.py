@@ -60,8 +60,9 @@ class StepContext:
         """
         if self.heartbeat is not None:
             self.heartbeat.enter(op, step)
-        if self.timer is not None:
-            self.timer.enter(op, phase)
+        timer = self.timer
+        if timer is not None and timer.active:  # a step the timer samples
+            timer.enter(op, phase)
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         """`loss` times the float16 loss scale (as is without a GradScaler)."""

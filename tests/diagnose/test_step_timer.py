@@ -62,6 +62,23 @@ def test_a_single_step_is_its_own_mean_and_split_moves_time(clock):
 
 def test_nothing_timed_gives_zeros_and_bad_sampling_is_refused():
     assert set(PhaseTimer().means().values()) == {0.0}
-    assert PhaseTimer(sample_every=50).sample_every == 1  # CPU: every step is exact
     with pytest.raises(ValueError, match="sample_every"):
         PhaseTimer(sample_every=0)
+    with pytest.raises(ValueError, match="cpu_every"):
+        PhaseTimer(cpu_every=0)
+
+
+def test_cpu_times_the_first_steps_then_samples(clock):
+    timer = PhaseTimer(sample_every=50, cpu_every=8, exact_steps=4)
+    timed = []
+    for step in range(40):
+        timer.begin_step(step)
+        timed.append(timer.active)
+        timer.enter("forward")
+        clock(1.0 + step)  # a step's forward takes 1 + step seconds
+        timer.enter("callbacks (batch end)")
+    steps = [s for s, t in enumerate(timed) if t]
+    assert steps == [0, 1, 2, 3, 8, 16, 24, 32]
+    assert timer.timed_steps == len(steps)
+    # the first timed step is left out of the mean; the untimed steps charge nothing
+    assert timer.means()["forward"] == pytest.approx(sum(1.0 + s for s in steps[1:]) / 7)
