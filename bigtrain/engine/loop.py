@@ -329,8 +329,17 @@ def _finish(run: _Run) -> None:
     write_run_record(task, strategy, run.module, run.optimizer, run.result, timing,
                      run.monitor)
     ctx.mark("gather full state")
+    if task.weights_in_place and _trained_in_place(strategy, run.module, task.module):
+        run.result.state_dict = None  # already where the caller reads them: no copy
+        return
     state = strategy.full_state_dict(run.module)
     run.result.state_dict = state if strategy.env.is_main else None
+
+
+def _trained_in_place(strategy, module, original) -> bool:
+    """Whether one process trained `original` itself, with plain (unsharded) parameters."""
+    return (strategy.env.world_size == 1 and strategy.unwrap(module) is original
+            and not any(hasattr(p, "to_local") for p in original.parameters()))
 
 
 def _monitor(task, strategy) -> RunMonitor | None:

@@ -155,6 +155,9 @@ class TrainTask:
         watchdog: hang-watchdog settings for distributed runs (None: on, 120 s window).
         carry: what the previous fit of this model under the same compile left (a Carry),
             or None for a first fit.
+        weights_in_place: the caller reads the trained weights from `module` itself (a fit
+            in this process): a run that trained that very module, unsharded, in one process
+            returns no copy of them (`FitResult.state_dict` None).
     """
     module: nn.Module
     losses: list
@@ -171,6 +174,7 @@ class TrainTask:
     checkpoint: CheckpointConfig | None = None
     watchdog: Any = None  # a bigtrain.diagnose.watchdog.WatchdogConfig; None: the default
     carry: Any = None  # a bigtrain.engine.carry.Carry
+    weights_in_place: bool = False
 
     def metric_names(self) -> list[str]:
         return [m.name for ms in self.metrics for m in ms]

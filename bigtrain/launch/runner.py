@@ -192,6 +192,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     if nprocs == 1:
         if devices is None and strat.name != "single":
             warnings.warn(one_process_note(strat), UserWarning, stacklevel=5)
+        task.weights_in_place = True  # owner.net is the task's module: no copy back needed
         return run_rank(task, strat, owner, dist_env.local_env(kind))
     from bigtrain.launch.launcher import launch  # looked up per call (tests stub it)
     return launch(task, strat, nprocs, model_owner=owner, device_kind=kind, **options)
