@@ -13,12 +13,16 @@ between two marks is charged to the earlier one. Which phase an operation belong
     anything else (callbacks, evaluation)     -> not timed
 
 On a CPU ops run synchronously, so a step is timed exactly for one perf_counter call and
-one dict update per mark; the first `exact_steps` steps are all timed, then one in
+one dict update per mark; the first `exact_steps` steps are all timed, then about one in
 `cpu_every` (the marks of a small model's step cost it a few per cent otherwise: bench_fit's
-probe). On an accelerator the timer synchronises the device at each mark of one step in
-`sample_every` and ignores the others, so most steps keep their asynchronous overlap. The
-first timed step (allocator, autograd and bucket warm-up) is left out of the means whenever
-later steps exist.
+probe). On an accelerator the timer synchronises the device at each mark of about one step
+in `sample_every` and ignores the others, so most steps keep their asynchronous overlap.
+Which steps are sampled is a hash of the step number: the same steps on every rank, with no
+period that an operation run every k steps (the loss check every 50) could keep falling
+between. A sampled step counts `every` times in the means, as the steps it stands for, so
+the exactly timed first steps do not outweigh the rest of a run. The first timed step
+(allocator, autograd and bucket warm-up) is left out of the means whenever later steps
+exist.
 
 Example:
     timer = PhaseTimer()
@@ -53,9 +57,15 @@ class PhaseTimer:
     Args:
         device: the rank's device; a CUDA device is synchronised at each mark of a
             sampled step (None or CPU: never).
-        sample_every: on an accelerator, time one step in this many.
-        cpu_every, exact_steps: on a CPU, time the first `exact_steps` steps, then one
-            step in `cpu_every`.
+        sample_every: on an accelerator, time about one step in this many.
+        cpu_every, exact_steps: on a CPU, time the first `exact_steps` steps, then about
+            one step in `cpu_every`.
+
+    Attributes:
+        sample_every: the sampling period in use (`cpu_every` on a CPU).
+        exact_steps: steps timed one by one before sampling starts (0 on an accelerator).
+        synchronises: whether a timed step synchronises the device.
+        timed_steps: steps timed so far.
     """
 
     def __init__(self, device: torch.device | None = None, sample_every: int = 50,
@@ -64,23 +74,29 @@ class PhaseTimer:
             raise ValueError(f"sample_every and cpu_every must be >= 1, got {sample_every} "
                              f"and {cpu_every}")
         self._cuda = device if device is not None and device.type == "cuda" else None
+        self.synchronises = self._cuda is not None
         self.sample_every = cpu_every if self._cuda is None else sample_every
         self.exact_steps = exact_steps if self._cuda is None else 0
-        self.totals = dict.fromkeys(PHASES, 0.0)
+        self.totals = dict.fromkeys(PHASES, 0.0)  # weighted seconds
         self.timed_steps = 0
         self.active = False
-        self._warm: dict | None = None  # totals after the first timed step
+        self._weight = 1.0  # steps the step being timed stands for
+        self._weights = 0.0  # steps the timed steps stand for
+        self._warm: tuple | None = None  # (totals, weights) after the first timed step
         self._phase: str | None = None
         self._t = 0.0
 
     def begin_step(self, step: int) -> None:
         """Start optimizer step `step` (0-based within the fit): timed or not."""
         self._close()
-        self.active = step < self.exact_steps or step % self.sample_every == 0
+        exact = step < self.exact_steps
+        self.active = exact or sampled(step, self.sample_every)
         if self.active:
             if self.timed_steps == 1:
-                self._warm = dict(self.totals)
+                self._warm = (dict(self.totals), self._weights)
             self.timed_steps += 1
+            self._weight = 1.0 if exact else float(self.sample_every)
+            self._weights += self._weight
 
     def enter(self, op: str, phase: str | None = None) -> None:
         """The rank enters `op`: charge the time since the last mark to the open phase."""
@@ -90,7 +106,7 @@ class PhaseTimer:
             torch.cuda.synchronize(self._cuda)
         now = time.perf_counter()
         if self._phase is not None:
-            self.totals[self._phase] += now - self._t
+            self.totals[self._phase] += (now - self._t) * self._weight
         if phase is None:
             phase = _BY_OP[op] if op in _BY_OP else _BY_OP.setdefault(op, phase_of(op))
         elif phase not in self.totals:
@@ -101,21 +117,29 @@ class PhaseTimer:
         """Of the phase open now, `seconds` belong to `phase` (a strategy that measured
         part of an unsplit phase itself, e.g. a pipeline stage's compute, moves it)."""
         if self.active and self._phase is not None and seconds > 0:
-            self.totals[phase] += seconds
-            self.totals[self._phase] -= seconds
+            self.totals[phase] += seconds * self._weight
+            self.totals[self._phase] -= seconds * self._weight
 
     def _close(self) -> None:
         if self.active and self._phase is not None:
-            self.totals[self._phase] += time.perf_counter() - self._t
+            self.totals[self._phase] += (time.perf_counter() - self._t) * self._weight
         self._phase = None
 
     def means(self) -> dict[str, float]:
-        """Mean seconds per timed step in each phase (the first step left out when others
-        exist); zeros when no step was timed."""
+        """Mean seconds per step in each phase over the timed steps, each weighted by the
+        steps it stands for (the first step left out when others exist); zeros when no step
+        was timed."""
         self._close()
         self.active = False
         if self._warm is not None and self.timed_steps > 1:
-            n = self.timed_steps - 1
-            return {p: (self.totals[p] - self._warm[p]) / n for p in PHASES}
-        n = max(self.timed_steps, 1)
+            totals, weights = self._warm
+            n = self._weights - weights
+            return {p: (self.totals[p] - totals[p]) / n for p in PHASES}
+        n = max(self._weights, 1.0)
         return {p: self.totals[p] / n for p in PHASES}
+
+
+def sampled(step: int, every: int) -> bool:
+    """Whether step `step` is one of about one in `every` (step 0 always is): a
+    multiplicative hash of the step, so the same steps on every rank and no fixed period."""
+    return every == 1 or (((step * 0x9E3779B1) & 0xFFFFFFFF) >> 16) % every == 0

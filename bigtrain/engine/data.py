@@ -39,6 +39,8 @@ def _to(t: torch.Tensor, device) -> torch.Tensor:
 def gather(a, idx: torch.Tensor) -> torch.Tensor:
     """Rows `idx` of `a` (a tensor or a memmap) as a tensor."""
     if isinstance(a, torch.Tensor):
+        if idx.device != a.device:  # data kept on an accelerator, indices drawn on the host
+            idx = idx.to(a.device)
         return a.index_select(0, idx) if idx.numel() != a.shape[0] else a[idx]
     rows = np.asarray(a[np.sort(idx.numpy())]) if len(idx) else np.asarray(a[:0])
     order = np.argsort(np.argsort(idx.numpy()))  # back to the requested order

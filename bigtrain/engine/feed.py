@@ -128,7 +128,8 @@ def _plain(data, plan: EpochPlan) -> bool:
     """The common case: one input and one target tensor already on the device, no sample
     weights, no accumulation, an even data shard."""
     if not isinstance(data, ArrayData) or plan.accumulate != 1 or data.sample_weight is not None \
-            or hasattr(plan.shard, "bounds") or len(data.xs) != 1 or len(data.ys) != 1:
+            or getattr(plan.shard, "bounds", None) is not None or len(data.xs) != 1 \
+            or len(data.ys) != 1:
         return False
     return all(isinstance(t, torch.Tensor) and t.device == plan.device
                for t in (data.xs[0], data.ys[0]))
@@ -141,7 +142,7 @@ def _plain_batches(data: ArrayData, plan: EpochPlan, first: int, stop: int):
     x, y = data.xs[0], data.ys[0]
     perm = epoch_permutation(len(data), plan.seed, epoch_window(
         plan.epoch, plan.steps_per_epoch, num_batches(len(data), plan.batch_size))[0],
-        plan.shuffle)
+        plan.shuffle).to(x.device)
     index, shards = plan.shard
     for gidx in perm.split(plan.batch_size)[first + plan.skip:stop]:
         n = gidx.shape[0]

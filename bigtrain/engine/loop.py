@@ -35,7 +35,8 @@ from bigtrain.parallel.watchdog import start_watchdog, stop_watchdog
 
 @dataclass
 class FitResult:
-    """What a finished run hands back to the caller (rank 0 holds the full weights)."""
+    """What a finished run hands back to the caller: rank 0 holds the full weights, unless
+    the run trained the caller's own module in place (`TrainTask.weights_in_place`)."""
     history: dict = field(default_factory=dict)
     epochs: list = field(default_factory=list)
     state_dict: dict | None = None
@@ -204,7 +205,8 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
             None), as Keras's fit sets `model.optimizer` and `model.stop_training`.
 
     Returns:
-        FitResult; `state_dict` is the full unsharded state on rank 0 (None elsewhere).
+        FitResult; `state_dict` is the full unsharded state on rank 0 (None elsewhere, and
+        None where the caller's module itself was trained: `TrainTask.weights_in_place`).
     """
     cfg = task.config
     strategy.use_precision(cfg.precision)

@@ -198,11 +198,14 @@ def timing_note(strategy, timing) -> str:
     """How this run's step phases were measured and what they leave out, in words."""
     timer = timing.timer
     every, exact = timer.sample_every, timer.exact_steps
-    how = ("every step" if every == 1 else
-           f"the first {exact} steps and one in {every} after them" if exact else
-           f"one step in {every}, device synchronised") + \
-        (" (the first timed step left out), averaged over ranks" if timer.timed_steps > 1
-         else "")
+    if every == 1 or timing.steps <= exact:
+        how = "every step"
+    else:
+        how = (f"the first {exact} steps, then about one in {every}" if exact else
+               f"about one step in {every}") + ", each counted as the steps it stands for" + \
+            (", the device synchronised" if timer.synchronises else "")
+    if timer.timed_steps > 1:
+        how += " (the first timed step left out), averaged over ranks"
     probe = ("; backward's wait for its in-backward gradient sync (the run's backward minus "
              "its compute, probed at the end of the fit as the median backward without the "
              "sync) was moved to comm_exposed" if timing.backward_compute_s is not None else "")

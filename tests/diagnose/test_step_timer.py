@@ -68,17 +68,22 @@ def test_nothing_timed_gives_zeros_and_bad_sampling_is_refused():
         PhaseTimer(cpu_every=0)
 
 
-def test_cpu_times_the_first_steps_then_samples(clock):
-    timer = PhaseTimer(sample_every=50, cpu_every=8, exact_steps=4)
+def test_cpu_times_the_first_steps_then_samples_and_weights_them(clock):
+    timer = PhaseTimer(sample_every=50, cpu_every=8, exact_steps=40)
     timed = []
-    for step in range(40):
+    for step in range(400):
         timer.begin_step(step)
         timed.append(timer.active)
         timer.enter("forward")
-        clock(1.0 + step)  # a step's forward takes 1 + step seconds
+        clock(1.0 if step < 40 else 2.0)  # the first steps run faster
         timer.enter("callbacks (batch end)")
     steps = [s for s, t in enumerate(timed) if t]
-    assert steps == [0, 1, 2, 3, 8, 16, 24, 32]
-    assert timer.timed_steps == len(steps)
-    # the first timed step is left out of the mean; the untimed steps charge nothing
-    assert timer.means()["forward"] == pytest.approx(sum(1.0 + s for s in steps[1:]) / 7)
+    assert steps[:40] == list(range(40)) and timer.timed_steps == len(steps)
+    assert 30 <= len(steps) - 40 <= 60  # about one in 8 of the other 360
+    # the same steps on every rank, and no period a check every 50 steps falls between
+    assert steps == [s for s in range(400) if s < 40 or step_timer.sampled(s, 8)]
+    assert any(s % 50 == 49 for s in steps)
+    # a sampled step stands for 8 steps: the mean is close to the mean over all steps but
+    # the first, (39 x 1 + 360 x 2) / 399 = 1.90; unweighted, the 39 fast ones would pull
+    # it to about 1.5
+    assert timer.means()["forward"] == pytest.approx(1.90, rel=0.05)
