@@ -105,10 +105,10 @@ def shard_bounds(count: int, index: int, shards: int) -> tuple[int, int]:
     return start, start + base + (1 if index < extra else 0)
 
 
-def global_batches(perm: torch.Tensor, batch_size: int):
-    """Slices of the epoch permutation, one per global batch (the last may be smaller)."""
-    for start in range(0, len(perm), batch_size):
-        yield perm[start:start + batch_size]
+def global_batches(perm: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, ...]:
+    """Slices of the epoch permutation, one per global batch (the last may be smaller):
+    views made in one call."""
+    return perm.split(batch_size)
 
 
 def num_batches(n: int, batch_size: int) -> int:

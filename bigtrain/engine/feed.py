@@ -9,7 +9,7 @@ not depend on the number of ranks, on `workers`, or on where a run resumed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import count, islice
+from itertools import count
 
 import torch
 
@@ -92,12 +92,20 @@ class Feed:
         return next(self._it)
 
 
+def _step_indices(n: int, plan: EpochPlan, device=None) -> tuple[torch.Tensor, ...]:
+    """The global batch of sample indices of every step left in the epoch (views of the
+    epoch's permutation, moved to `device` when given)."""
+    batches = num_batches(n, plan.batch_size)
+    data_pass, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
+    perm = epoch_permutation(n, plan.seed, data_pass, plan.shuffle)
+    if device is not None:
+        perm = perm.to(device)
+    return global_batches(perm, plan.batch_size)[first + plan.skip:stop]
+
+
 def _index_batches(data: ArrayData, plan: EpochPlan):
     """(global indices, this rank's micro index slices, weights) of every step left."""
-    batches = num_batches(len(data), plan.batch_size)
-    data_pass, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
-    perm = epoch_permutation(len(data), plan.seed, data_pass, plan.shuffle)
-    for gidx in islice(global_batches(perm, plan.batch_size), first + plan.skip, stop):
+    for gidx in _step_indices(len(data), plan):
         n = gidx.shape[0]  # not len(): a Python-level call on a tensor, per step
         lo, hi = local_rows(n, plan.shard)
         local = gidx if lo == 0 and hi == n else gidx[lo:hi]
@@ -116,7 +124,7 @@ def feed_epoch(data, plan: EpochPlan) -> Feed:
         return Feed(_background(data, plan), steps)
     device = plan.device
     if _plain(data, plan):
-        return Feed(_plain_batches(data, plan, first, stop), steps)
+        return Feed(_plain_batches(data, plan), steps)
 
     def batches_now():
         for n, parts, weights in _index_batches(data, plan):
@@ -135,16 +143,13 @@ def _plain(data, plan: EpochPlan) -> bool:
                for t in (data.xs[0], data.ys[0]))
 
 
-def _plain_batches(data: ArrayData, plan: EpochPlan, first: int, stop: int):
+def _plain_batches(data: ArrayData, plan: EpochPlan):
     """The batches `batches_now` would build in the `_plain` case, with fewer Python calls
-    per step: the permutation split once, each rank's rows taken by two index_selects.
-    (Each call costs a small model's step its full time on a CPU: bench_fit's probe.)"""
+    per step: each rank's rows taken by two index_selects. (Each call costs a small model's
+    step its full time on a CPU: bench_fit's probe.)"""
     x, y = data.xs[0], data.ys[0]
-    perm = epoch_permutation(len(data), plan.seed, epoch_window(
-        plan.epoch, plan.steps_per_epoch, num_batches(len(data), plan.batch_size))[0],
-        plan.shuffle).to(x.device)
     index, shards = plan.shard
-    for gidx in perm.split(plan.batch_size)[first + plan.skip:stop]:
+    for gidx in _step_indices(len(data), plan, x.device):
         n = gidx.shape[0]
         if shards > 1:
             lo, hi = shard_bounds(n, index, shards)

@@ -75,3 +75,19 @@ def test_other_data_takes_the_general_path(change):
     plan = EpochPlan(0, 5, None, 7, True, shard, 2 if change == "accumulate" else 1, 1, 0, CPU)
     assert not feed_mod._plain(data, plan)
     _same(_fed(data, plan)[1], _general(data, plan))
+
+
+@pytest.mark.parametrize("epoch,steps_per_epoch,skip,window", [
+    (2, None, 1, (2, 5, 23)),   # epoch 3, one step already trained: pass 2 from sample 5
+    (1, 2, 0, (0, 10, 20)),     # 2-step epochs: the second takes steps 2-3 of pass 0
+])
+def test_the_steps_read_the_epochs_window_of_its_permutation(epoch, steps_per_epoch, skip,
+                                                              window):
+    from bigtrain.engine.data import epoch_permutation
+    ids = torch.arange(23)
+    data = ArrayData([ids.float()[:, None]], [ids])
+    plan = EpochPlan(epoch, 5, steps_per_epoch, 7, True, (0, 1), 1, 1, skip, CPU)
+    _, got = _fed(data, plan)
+    data_pass, start, stop = window
+    expected = epoch_permutation(23, 7, data_pass, True)[start:stop]
+    assert torch.equal(torch.cat([micro[0][1] for _, micro, _ in got]), expected)
