@@ -145,8 +145,9 @@ def loading_of(x, asked: dict | None) -> Loading:
 
 
 def prepare_data(model, x, y, sample_weight=None, need_targets=True,
-                 loading: dict | None = None) -> ArrayData:
-    """Inputs/targets as ArrayData after every check that can fail before training."""
+                 loading: dict | None = None, trusted: list | None = None) -> ArrayData:
+    """Inputs/targets as ArrayData after every check that can fail before training.
+    `trusted`: see validation.check_finite (fit's training arrays only)."""
     from torch.utils.data import DataLoader, Dataset
     if is_hf(x):  # Hugging Face datasets: y names the target column(s)
         x, y = from_hf(x, y, getattr(model.net, "input_names", None)), None
@@ -165,8 +166,8 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
         check.check_input_shapes(xs, model.input_shapes, in_names)
     check.check_numeric(xs, "x")
     check.check_numeric(ys, "y")
-    check.check_finite(xs, "x")
-    check.check_finite(ys, "y")
+    check.check_finite(xs, "x", trusted)
+    check.check_finite(ys, "y", trusted)
     if model.compiled is not None and model.output_shapes is not None:
         for yi, spec, shape, name in zip(ys, model.compiled.losses, model.output_shapes,
                                          model.output_names):
@@ -278,8 +279,10 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                        steps_per_epoch=steps_per_epoch, validation_freq=validation_freq,
                        validation_batch_size=validation_batch_size,
                        validation_steps=validation_steps)
+    # arrays an earlier fit found finite are not read again while the loss check is on
+    trusted = [] if terminate_on_nan else None
     data = prepare_data(model, x, y, sample_weight,
-                        loading={"workers": workers, "prefetch": prefetch})
+                        loading={"workers": workers, "prefetch": prefetch}, trusted=trusted)
     val = None
     if validation_data is not None:
         vx, vy = validation_data[0], validation_data[1]
@@ -290,11 +293,17 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     data = _with_class_weight(data, class_weight)
     _refuse_masked_loss_on_ranks(model, devices)
     check_stream(data, val, config)
-    return run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
-                   make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir,
-                                                   carry=model.carry()),
-                   capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
-                                                           devices))
+    history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
+                      make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir,
+                                                      carry=model.carry()),
+                      capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
+                                                              devices))
+    if trusted and len(history.epoch) < config.epochs - config.initial_epoch:
+        # stopped early (maybe on a NaN loss): did a trusted array change in place?
+        check.rescan(trusted, "It changed in place after an earlier fit had checked it, so "
+                     "this fit trained on it until the loss became NaN/Inf and the model's "
+                     "weights may no longer be finite: rebuild or reload them. ")
+    return history
 
 
 _FIT_KEYWORDS = [name for name in fit.__code__.co_varnames[:fit.__code__.co_argcount +

@@ -1,0 +1,91 @@
+"""fit reads its training arrays for NaN/Inf once: a second fit on the same unchanged array
+skips the pass, and a NaN written in place in between is still named, after the loss check
+stops the fit."""
+import gc
+
+import numpy as np
+import pytest
+import torch
+
+from bigtrain.api import validation
+from tests.api.conftest import seed_like_model, teacher_data
+
+X, Y, _ = teacher_data(n=64)
+
+
+@pytest.fixture
+def scans(monkeypatch):
+    """The names of the arrays scanned, in order."""
+    seen = []
+    real = validation._scan
+
+    def counting(a, name, why=""):
+        seen.append(name)
+        return real(a, name, why)
+    monkeypatch.setattr(validation, "_scan", counting)
+    return seen
+
+
+def test_a_second_fit_on_the_same_arrays_does_not_read_them_again(scans):
+    x, y = X.copy(), Y.copy()
+    model = seed_like_model()
+    model.fit(x, y, epochs=1, verbose=0)
+    assert scans == ["x", "y"]
+    model.fit(x, y, epochs=1, verbose=0)
+    assert scans == ["x", "y"]
+    model.fit(x.copy(), y, epochs=1, verbose=0)  # a new array is read
+    assert scans == ["x", "y", "x"]
+    model.fit(x[:32], y[:32], epochs=1, verbose=0)  # so is a view of another layout
+    assert scans == ["x", "y", "x", "x", "y"]
+
+
+def test_without_the_loss_check_every_fit_reads_them(scans):
+    x, y = X.copy(), Y.copy()
+    model = seed_like_model()
+    model.fit(x, y, verbose=0, terminate_on_nan=False)
+    model.fit(x, y, verbose=0, terminate_on_nan=False)
+    assert scans == ["x", "y", "x", "y"]
+
+
+def test_evaluate_and_validation_data_are_always_read(scans):
+    x, y = X.copy(), Y.copy()
+    model = seed_like_model()
+    model.fit(x, y, verbose=0)
+    model.fit(x, y, verbose=0, validation_data=(x, y))
+    model.evaluate(x, y)
+    assert scans == ["x", "y", "x", "y", "x", "y"]
+
+
+def test_a_tensor_written_in_place_is_read_again_before_training():
+    x, y = torch.from_numpy(X.copy()), torch.from_numpy(Y.copy())
+    model = seed_like_model()
+    model.fit(x, y, verbose=0)
+    before = [w.copy() for w in model.get_weights()]
+    x[5, 2] = float("nan")  # torch bumps the tensor's version
+    with pytest.raises(ValueError, match=r"1 NaN/Inf.*\(5, 2\)") as err:
+        model.fit(x, y, verbose=0)
+    assert "changed in place" not in str(err.value)  # refused before training
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_numpy_array_written_in_place_is_named_after_the_loss_check_stops(capsys):
+    x, y = X.copy(), Y.copy()
+    model = seed_like_model()
+    model.fit(x, y, verbose=0)
+    x[:, 1] = np.nan  # numpy keeps no version: the scan is skipped, the loss goes NaN
+    with pytest.raises(ValueError, match=r"x contains 64 NaN/Inf.*\(0, 1\).*changed in place"):
+        model.fit(x, y, epochs=3, verbose=0)
+    assert "TerminateOnNaN" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"x contains 64 NaN/Inf"):  # and before the next one
+        seed_like_model().fit(x, y, verbose=0)
+
+
+def test_a_freed_array_is_forgotten():
+    x = X.copy()
+    seed_like_model().fit(x, Y, verbose=0)
+    key = id(x)
+    assert key in validation._FOUND_FINITE
+    del x
+    gc.collect()
+    assert key not in validation._FOUND_FINITE
