@@ -41,9 +41,7 @@ import importlib.util
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -52,7 +50,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (Row, alternate, check_target, hand_tuned_epoch,  # noqa: E402
-                          machine_line, on_cpu_clock, print_table)
+                          in_processes, machine_line, on_cpu_clock, print_medians, print_table)
 
 FEATURES, HIDDEN, CLASSES = 1000, 512, 10
 LR = 1e-3
@@ -293,30 +291,15 @@ def across_processes(argv: list[str], processes: int, threads: int) -> int:
     """Run this bench `processes` times, each in a fresh interpreter with `threads` torch
     threads, one after another; print each run's tables and then the median of every ratio
     over the runs. Only the first run profiles or checks torch.compile when asked."""
-    runs = []
-    for i in range(processes):
-        args = argv if i == 0 else [a for a in argv if a not in ("--profile", "--compile-check")]
-        with tempfile.TemporaryDirectory() as tmp:
-            out = os.path.join(tmp, "ratios.json")
-            print(f"\n----- process {i + 1} of {processes} -----", flush=True)
-            # the last --processes / --threads given wins: every run in one configuration
-            subprocess.run([sys.executable, os.path.abspath(__file__), *args, "--processes", "1",
-                            "--threads", str(threads), "--ratios-out", out], check=True)
-            with open(out, encoding="utf-8") as f:
-                runs.append(json.load(f))
-    print(f"\nmedian over {processes} processes (each process's figure in brackets)")
-    for key in runs[0]:
-        values = [r[key] for r in runs if key in r]
-        fmt = "{:.1f} us" if key.endswith(" us") else "{:.3f}x"
-        print(f"  {key:<44} {fmt.format(statistics.median(values)):>9}  "
-              f"[{', '.join(fmt.format(v) for v in values)}]")
+    runs = in_processes(__file__, argv, processes, ["--threads", str(threads)],
+                        first_only=("--profile", "--compile-check"))
+    medians = print_medians(runs)
     targets = [(f"batch {b}: fit / hand-tuned", f"bigtrain/hand-tuned at batch {b}", goal)
                for b, goal in TARGETS.items()]
     targets.append(("batch 32: fit / plain torch", "bigtrain/plain at batch 32", 1.3))
     for key, label, goal in targets:
         if key in runs[0]:
-            check_target(f"{label}, median of {processes} processes",
-                         statistics.median(r[key] for r in runs), goal)
+            check_target(f"{label}, median of {processes} processes", medians[key], goal)
     return 0
 
 

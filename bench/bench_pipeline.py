@@ -14,8 +14,16 @@ below theory. Each step starts after a barrier. The model is a chain of equal Li
 layers ("plain"); its first stage skips its input's gradient and its last adds the loss, so
 the stages differ by 5-12 %. The "equal" rows put a learnable input scale in front
 (InputScale), so the first stage computes its input's gradient like the others: those rows
-test the schedule and the runtime against the theory's equal stages. Each rank runs one
-torch thread.
+test the schedule and the runtime against the theory's equal stages. The "spin" and
+"sleep" rows replace the layers with `Timed` ones whose forward takes exactly --timed-ms per
+stage and micro-batch and whose backward twice that, with the same activations sent
+between the stages: equal stages with no cache or memory-bus effects, so their bubble is
+the pipeline runtime's own (schedule, send/recv, Python). "spin" keeps both cores busy as
+real compute does; "sleep" leaves them free for the communication threads, so spin minus
+sleep is what two ranks sharing two cores cost the transfers. The "long" rows spin for
+--long-ms (4x as long) with the same activations: a cost paid per micro-batch (a transfer,
+the schedule's Python) stays the same in milliseconds ("excess" column) and shrinks against
+the theory as the stage's work grows. Each rank runs one torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
@@ -70,10 +78,56 @@ class InputScale(nn.Module):
         return x * self.a
 
 
-def _chain(hidden: int, layers: int, equal: bool = False) -> nn.Sequential:
+def _hold(seconds: float, kind: str) -> None:
+    """Keep this thread busy on its core ("spin") or off it ("sleep") for `seconds`."""
+    if kind == "sleep":
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+class _Timed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, seconds, kind):
+        ctx.seconds, ctx.kind = seconds, kind
+        _hold(seconds, kind)
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        _hold(2 * ctx.seconds, ctx.kind)
+        return grad.clone(), None, None
+
+
+class Timed(nn.Module):
+    """A layer whose forward takes exactly `seconds` and whose backward twice that, spinning
+    on the core ("spin": the core is as busy as with real compute) or sleeping ("sleep": the
+    core is free for the communication threads). A chain of them has equal stages with no
+    cache or memory-bus effects, so its bubble is the pipeline runtime's alone."""
+
+    def __init__(self, seconds: float, kind: str):
+        super().__init__()
+        self.seconds, self.kind = seconds, kind
+        self.w = nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        return _Timed.apply(x * self.w, self.seconds, self.kind)
+
+
+CHAINS = ("plain", "equal", "spin", "sleep", "long")
+
+
+def _chain(hidden: int, layers: int, kind: str = "plain", chunk_ms: float = 3.0,
+           stages: int = 2) -> nn.Sequential:
     torch.manual_seed(0)
+    if kind in ("spin", "sleep", "long"):  # a stage's forward: chunk_ms per micro-batch
+        per_layer = chunk_ms / 1e3 / (layers // stages)
+        hold = "sleep" if kind == "sleep" else "spin"
+        return nn.Sequential(*(Timed(per_layer, hold) for _ in range(layers)))
     blocks = [nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU()) for _ in range(layers)]
-    return nn.Sequential(*([InputScale()] if equal else []), *blocks)
+    return nn.Sequential(*([InputScale()] if kind == "equal" else []), *blocks)
 
 
 def _pin(rank: int, pin: bool) -> None:
@@ -83,16 +137,17 @@ def _pin(rank: int, pin: bool) -> None:
 
 
 def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps, pin,
-           early=True, equal=False):
+           early=True, kind="plain", chunk_ms=3.0):
     """The timed steps' timelines of this rank (see pipeline_timeline); `early`: receives
     posted at the step's start (bigtrain's default on gloo), else in torch's order;
-    `equal`: the chain starts with InputScale (on the first stage)."""
+    `kind`: the chain (CHAINS; "equal" starts with InputScale, on the first stage)."""
     _pin(rank, pin)
+    equal = kind == "equal"
     split = [layers // world + (1 if equal and r == 0 else 0) for r in range(world)]
     strategy = Pipeline(stages=world, microbatches=m, schedule=schedule, split=split)
     strategy.early_recv = early
     strategy.setup(DistEnv(rank=rank, world_size=world))
-    module = strategy.setup_module(_chain(hidden, layers, equal))
+    module = strategy.setup_module(_chain(hidden, layers, kind, chunk_ms, world))
     opt = strategy.setup_optimizer(module, lambda ps: torch.optim.SGD(ps, lr=1e-3))
     rt, rec = strategy._rt, Recorder()
     attach(rt, rec)
@@ -136,10 +191,12 @@ def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
     return out
 
 
-def measure(schedule, m, args, early=True, equal=False) -> dict:
+def measure(schedule, m, args, early=True, kind="plain") -> dict:
     p = args.stages
+    chunk_ms = args.long_ms if kind == "long" else args.timed_ms
     per_rank = run_ranks(_bench, p, schedule, m, args.hidden, args.layers, args.micro_rows,
-                         args.warmup, args.steps, args.pin, early, equal, timeout=600)
+                         args.warmup, args.steps, args.pin, early, kind, chunk_ms,
+                         timeout=600)
     rows = []
     for s in range(args.steps):
         ranks = [per_rank[r][s] for r in range(p)]
@@ -149,6 +206,7 @@ def measure(schedule, m, args, early=True, equal=False) -> dict:
         span = max(st["end"] for st in ranks) - ranks[0]["start"]
         rows.append({"bubble": sum(1 - b["busy"] / span for b in parts) / p,
                      "own_wall": sum(b["bubble"] for b in parts) / p, "replay": replay(ranks),
+                     "span_ms": 1e3 * span,
                      "skew_ms": 1e3 * (max(st["start"] for st in ranks)
                                        - min(st["start"] for st in ranks)),
                      "replay_cpu": replay(ranks, cpu=True),
@@ -186,8 +244,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-control", action="store_true")
     ap.add_argument("--no-compare", action="store_true",
                     help="skip the runs with torch's receive order")
-    ap.add_argument("--no-equal", action="store_true",
-                    help="skip the rows of the equal-stage chain")
+    ap.add_argument("--chains", nargs="+", choices=CHAINS, default=list(CHAINS),
+                    help="which chains' rows to run (default: all)")
+    ap.add_argument("--timed-ms", type=float, default=3.0,
+                    help="a timed stage's forward per micro-batch, ms (backward: twice)")
+    ap.add_argument("--long-ms", type=float, default=12.0,
+                    help="the same for the \"long\" rows (spin)")
     ap.add_argument("--quick", action="store_true", help="fewer timed steps")
     args = ap.parse_args(argv)
     args.steps = args.steps or (4 if args.quick else 8)
@@ -203,21 +265,21 @@ def main(argv=None) -> int:
           "replay: with each chunk's thread CPU time; eq replay: with every stage's chunks "
           "scaled to the same step total; stage imb: the busier stage's compute / the "
           "other's; idle split as % of wall (mean over ranks); desched: share of wall a "
-          "chunk was off its core; skew: "
+          "chunk was off its core; excess: idle time beyond theory per micro-batch, ms "
+          "((bubble - theory) x span / m); skew: "
           "how far apart the ranks entered the step (median)")
     print(f"  {'chain':<5} {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
           f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} "
           f"{'cpu replay':>10} {'eq replay':>9} {'stage imb':>9} "
           f"{'p2p wait':>8} {'post':>5} {'sched':>5} "
-          f"{'desched':>7} {'chunk ms':>8} {'skew ms':>7}  per-step ratios")
+          f"{'desched':>7} {'chunk ms':>8} {'excess':>6} {'skew ms':>7}  per-step ratios")
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
-    rows = [(False, s, m) for s in ("gpipe", "1f1b") for m in (4, 8)]
-    rows += [] if args.no_equal else [(True, s, m) for s in ("gpipe", "1f1b") for m in (4, 8)]
-    for i, (equal, schedule, m) in enumerate(rows):
+    rows = [(k, s, m) for k in args.chains for s in ("gpipe", "1f1b") for m in (4, 8)]
+    for i, (kind, schedule, m) in enumerate(rows):
         torch_order = None
-        if args.no_compare or equal:
-            r = measure(schedule, m, args, equal=equal)
+        if args.no_compare or kind != "plain":
+            r = measure(schedule, m, args, kind=kind)
         elif i % 2:  # the two receive orders take turns at going first
             torch_order = measure(schedule, m, args, early=False)
             r = measure(schedule, m, args)
@@ -226,7 +288,7 @@ def main(argv=None) -> int:
             torch_order = measure(schedule, m, args, early=False)
         theory = (p - 1) / (m + p - 1)
         tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
-        print(f"  {'equal' if equal else 'plain':<5} {schedule:<8} {m:>2} "
+        print(f"  {kind:<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
               f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
               f"{tord:>10}x "
@@ -235,6 +297,7 @@ def main(argv=None) -> int:
               f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
               f"{r['wait']:>8.1%} {r['post']:>5.1%} "
               f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f} "
+              f"{(r['bubble'] - theory) * r['span_ms'] / m:>6.2f} "
               f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
     if busy0 is not None:

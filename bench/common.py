@@ -13,9 +13,13 @@ Example:
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -214,3 +218,41 @@ def hand_tuned_epoch(model: torch.nn.Module, xt: torch.Tensor, yt: torch.Tensor,
             hits += (out.detach().argmax(1) == yb).sum()
         float(loss_sum), int(hits)
     return run
+
+
+def in_processes(script: str, argv: list[str], processes: int, extra: list[str],
+                 first_only: tuple[str, ...] = ()) -> list[dict[str, float]]:
+    """Run `script` `processes` times, one after another, each in a fresh interpreter with
+    `argv + extra + ["--processes", "1", "--ratios-out", FILE]`, and return the figures each
+    wrote to FILE (a JSON object). Flags in `first_only` go to the first run only.
+
+    Why: on a shared VM one process can run a contender several percent slower for its whole
+    life (every repeat agreeing), so repeats inside one process cannot average it out."""
+    runs = []
+    for i in range(processes):
+        args = argv if i == 0 else [a for a in argv if a not in first_only]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "ratios.json")
+            print(f"\n----- process {i + 1} of {processes} -----", flush=True)
+            # the last --processes given wins: every run is one process
+            subprocess.run([sys.executable, os.path.abspath(script), *args, *extra,
+                            "--processes", "1", "--ratios-out", out], check=True)
+            with open(out, encoding="utf-8") as f:
+                runs.append(json.load(f))
+    return runs
+
+
+def print_medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    """Print, and return, the median of every figure over `runs` (each run's in brackets);
+    a key ending in " us" is a time in microseconds, in " %" a percentage, the rest are
+    ratios."""
+    print(f"\nmedian over {len(runs)} processes (each process's figure in brackets)")
+    medians = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if key in r]
+        medians[key] = statistics.median(values)
+        fmt = ("{:.1f} us" if key.endswith(" us") else "{:.1f} %" if key.endswith(" %")
+               else "{:.3f}x")
+        print(f"  {key:<44} {fmt.format(medians[key]):>9}  "
+              f"[{', '.join(fmt.format(v) for v in values)}]")
+    return medians
