@@ -279,8 +279,9 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                        steps_per_epoch=steps_per_epoch, validation_freq=validation_freq,
                        validation_batch_size=validation_batch_size,
                        validation_steps=validation_steps)
-    # arrays an earlier fit found finite are not read again while the loss check is on
-    trusted = [] if terminate_on_nan else None
+    # arrays an earlier fit found finite are not read again while the loss check is on (a
+    # validation share's rows never reach the training loss: those arrays are always read)
+    trusted = [] if terminate_on_nan and not validation_split else None
     data = prepare_data(model, x, y, sample_weight,
                         loading={"workers": workers, "prefetch": prefetch}, trusted=trusted)
     val = None
@@ -298,11 +299,12 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                                                       carry=model.carry()),
                       capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
                                                               devices))
-    if trusted and len(history.epoch) < config.epochs - config.initial_epoch:
-        # stopped early (maybe on a NaN loss): did a trusted array change in place?
-        check.rescan(trusted, "It changed in place after an earlier fit had checked it, so "
-                     "this fit trained on it until the loss became NaN/Inf and the model's "
-                     "weights may no longer be finite: rebuild or reload them. ")
+    if trusted and getattr(history, "stop_reason", None) == "nan_loss":
+        # did a trusted array change in place since an earlier fit read it?
+        check.rescan(trusted, "The array changed in place after an earlier fit had checked "
+                     "it, so this fit trained on it until the loss became NaN/Inf: the "
+                     "model's weights and optimizer state may no longer be finite (compile "
+                     "the model again and reload or rebuild its weights).")
     return history
 
 

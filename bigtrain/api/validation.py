@@ -67,7 +67,7 @@ def _layout(a) -> tuple | None:
     dtype, and for a tensor the version counter every in-place torch write bumps. A numpy
     array written in place keeps its layout; fit's loss check covers that (check_finite)."""
     if isinstance(a, torch.Tensor):
-        if a.device.type == "meta":
+        if a.device.type == "meta" or a.is_inference():  # no version counter to read
             return None
         return ("tensor", a.data_ptr(), tuple(a.shape), a.stride(), a.dtype, a._version)
     if isinstance(a, np.ndarray):
@@ -111,13 +111,16 @@ def check_finite(arrays: list, what: str, trusted: list | None = None) -> None:
             trusted.append((a, name))
             continue
         _scan(a, name)
-        _remember_finite(a)
+        if trusted is not None:
+            _remember_finite(a)
 
 
 def rescan(trusted: list, why: str) -> None:
-    """Scan the arrays check_finite trusted; raise, saying `why`, if one now holds NaN/Inf."""
-    for a, name in trusted:
+    """Scan the arrays check_finite trusted; raise, adding `why`, if one now holds NaN/Inf
+    (each is forgotten first, so the next fit reads every one of them again)."""
+    for a, _ in trusted:
         _FOUND_FINITE.pop(id(a), None)
+    for a, name in trusted:
         _scan(a, name, why)
         _remember_finite(a)
 
@@ -134,7 +137,7 @@ def _scan(a, name: str, why: str = "") -> None:
         # values only sends us to the exact count below)
         if bool(torch.isfinite(tensor.sum())):
             continue
-        chunk = tensor.numpy()
+        chunk = tensor.detach().cpu().numpy()
         mask = ~np.isfinite(chunk)
         count = int(mask.sum())
         if count and first is None:
@@ -143,8 +146,8 @@ def _scan(a, name: str, why: str = "") -> None:
         bad += count
     if bad:
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); the first at index "
-                         f"{first}. {why}Clean or impute them before fit (bigtrain doctor "
-                         "lists them all).")
+                         f"{first}. Clean or impute them before fit (bigtrain doctor lists "
+                         f"them all).{' ' + why if why else ''}")
 
 
 def _is_integer_like(a) -> bool:

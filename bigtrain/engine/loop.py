@@ -42,6 +42,7 @@ class FitResult:
     state_dict: dict | None = None
     stats: dict = field(default_factory=dict)
     optimizer: object = None  # for the next fit, in a one-process run (bigtrain.engine.carry)
+    stop_reason: str | None = None  # "nan_loss" when TerminateOnNaN stopped the run
 
 
 @dataclass
@@ -280,6 +281,7 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
             logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer,
                                 run.callbacks, epoch, run.timing, run.progress)
         except NonFiniteLoss as e:
+            run.result.stop_reason = "nan_loss"
             if strategy.env.is_main:
                 print(e, flush=True)
             if run.monitor is not None:

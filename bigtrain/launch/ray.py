@@ -89,7 +89,8 @@ def _save_result(result, folder: str) -> None:
     save_file(state, os.path.join(folder, _WEIGHTS))
     with open(os.path.join(folder, _RECORD), "w", encoding="utf-8") as f:
         json.dump({"history": result.history, "epochs": result.epochs,
-                   "stats": result.stats}, f, default=float)
+                   "stats": result.stats, "stop_reason": result.stop_reason}, f,
+                  default=float)
 
 
 def _load_result(folder: str):
@@ -100,7 +101,7 @@ def _load_result(folder: str):
         record = json.load(f)
     return FitResult(history=record["history"], epochs=record["epochs"],
                      state_dict=load_file(os.path.join(folder, _WEIGHTS)),
-                     stats=record["stats"])
+                     stats=record["stats"], stop_reason=record.get("stop_reason"))
 
 
 def _use_gpu(ray, devices, nprocs: int) -> bool:

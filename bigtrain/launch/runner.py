@@ -40,6 +40,7 @@ def _finish(model, result: FitResult, history) -> object:
     history.history = dict(result.history)
     history.epoch = list(result.epochs)
     history.stats = dict(result.stats)
+    history.stop_reason = result.stop_reason
     history.model = model
     model.history = history
     return history

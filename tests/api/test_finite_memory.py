@@ -74,11 +74,44 @@ def test_a_numpy_array_written_in_place_is_named_after_the_loss_check_stops(caps
     model = seed_like_model()
     model.fit(x, y, verbose=0)
     x[:, 1] = np.nan  # numpy keeps no version: the scan is skipped, the loss goes NaN
+    y[3, 0] = np.inf
     with pytest.raises(ValueError, match=r"x contains 64 NaN/Inf.*\(0, 1\).*changed in place"):
         model.fit(x, y, epochs=3, verbose=0)
     assert "TerminateOnNaN" in capsys.readouterr().out
     with pytest.raises(ValueError, match=r"x contains 64 NaN/Inf"):  # and before the next one
         seed_like_model().fit(x, y, verbose=0)
+    x[:, 1] = 0.0
+    with pytest.raises(ValueError, match=r"y contains 1 NaN/Inf.*\(3, 0\)"):  # y forgotten too
+        seed_like_model().fit(x, y, verbose=0)
+
+
+def test_the_history_says_why_the_fit_stopped(scans):
+    from bigtrain.callbacks import EarlyStopping
+    x, y = X.copy(), Y.copy()
+    model = seed_like_model()
+    assert model.fit(x, y, verbose=0).stop_reason is None
+    stopped = model.fit(x, y, epochs=8, verbose=0, callbacks=[
+        EarlyStopping(monitor="loss", min_delta=10.0, patience=0)])
+    assert len(stopped.epoch) < 8 and stopped.stop_reason is None
+    assert scans == ["x", "y"]  # an early stop that is not a NaN loss reads nothing again
+
+
+def test_a_validation_share_is_read_every_time(scans):
+    x, y = X.copy(), Y.copy()
+    model = seed_like_model()
+    model.fit(x, y, verbose=0, validation_split=0.25)
+    x[-1, 0] = np.nan  # in the validation rows: it never reaches the training loss
+    with pytest.raises(ValueError, match=r"1 NaN/Inf.*\(63, 0\)"):
+        model.fit(x, y, verbose=0, validation_split=0.25)
+
+
+def test_an_inference_tensor_is_read_every_time(scans):
+    with torch.inference_mode():
+        x = torch.from_numpy(X.copy()) * 1.0
+    model = seed_like_model()
+    model.fit(x, Y, verbose=0)
+    model.fit(x, Y, verbose=0)
+    assert scans == ["x", "y", "x"]  # no version counter to trust
 
 
 def test_a_freed_array_is_forgotten():

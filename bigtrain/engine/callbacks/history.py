@@ -6,7 +6,8 @@ from bigtrain.engine.callbacks.base import Callback
 
 class History(Callback):
     """`history[key]` is the list of that log's values, one per epoch; `epoch` the list of
-    epoch indices (0-based). Sets `model.history = self` as training goes.
+    epoch indices (0-based); `stop_reason` "nan_loss" when TerminateOnNaN stopped the fit,
+    else None. Sets `model.history = self` as training goes.
 
     Runs on every rank, so `fit` returns the same history everywhere.
 
@@ -23,6 +24,7 @@ class History(Callback):
         super().__init__()
         self.history: dict[str, list] = {}
         self.epoch: list[int] = []
+        self.stop_reason: str | None = None
 
     def on_train_begin(self, logs=None):
         # Keep `history` across fit() calls (Keras does too); only the epoch list restarts.
