@@ -179,7 +179,7 @@ def cat_batches(parts):
 
 
 def take_rows(y, ids):
-    """Rows `ids` of a tensor (or of each tensor of a tuple)."""
+    """Rows `ids` (an index tensor or a slice) of a tensor (or of each tensor of a tuple)."""
     if isinstance(y, (tuple, list)):
         return type(y)(t[ids] for t in y)
     return y[ids]
