@@ -23,7 +23,10 @@ real compute does; "sleep" leaves them free for the communication threads, so sp
 sleep is what two ranks sharing two cores cost the transfers. The "long" rows spin for
 --long-ms (4x as long) with the same activations: a cost paid per micro-batch (a transfer,
 the schedule's Python) stays the same in milliseconds ("excess" column) and shrinks against
-the theory as the stage's work grows. Each rank runs one torch thread.
+the theory as the stage's work grows. Beside the timed gpipe rows, a hand-written p = 2
+GPipe step (isend/irecv, receives posted at the start, no autograd) with the same chunk
+times gives the bubble of the transfers alone: what any pipeline over gloo on this host
+pays. Each rank runs one torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
@@ -117,12 +120,13 @@ class Timed(nn.Module):
 
 
 CHAINS = ("plain", "equal", "spin", "sleep", "long")
+TIMED = ("spin", "sleep", "long")
 
 
 def _chain(hidden: int, layers: int, kind: str = "plain", chunk_ms: float = 3.0,
            stages: int = 2) -> nn.Sequential:
     torch.manual_seed(0)
-    if kind in ("spin", "sleep", "long"):  # a stage's forward: chunk_ms per micro-batch
+    if kind in TIMED:  # a stage's forward: chunk_ms per micro-batch
         per_layer = chunk_ms / 1e3 / (layers // stages)
         hold = "sleep" if kind == "sleep" else "spin"
         return nn.Sequential(*(Timed(per_layer, hold) for _ in range(layers)))
@@ -191,6 +195,57 @@ def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
     return out
 
 
+def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, hold, warmup, steps):
+    """A hand-written p = 2 GPipe step over torch.distributed isend/irecv with the timed
+    chains' chunks: every receive posted at the step's start, each forward `chunk_ms` and
+    each backward twice that. Per timed step (entry, exit, busy seconds) of this rank."""
+    torch.set_num_threads(1)
+    peer, f = 1 - rank, chunk_ms / 1e3
+    out = []
+    for i in range(warmup + steps):
+        bufs = [torch.empty(micro_rows, hidden) for _ in range(m)]
+        torch.distributed.barrier()
+        t0, busy, sends = time.perf_counter(), 0.0, []
+        recvs = [torch.distributed.irecv(b, peer) for b in bufs]  # activations or gradients
+        for k in range(m):  # forward
+            if rank == 1:
+                recvs[k].wait()
+            c = time.perf_counter()
+            _hold(f, hold)
+            act = torch.randn(micro_rows, hidden) if rank == 0 else None
+            busy += time.perf_counter() - c
+            if rank == 0:
+                sends.append(torch.distributed.isend(act, peer))
+        for k in range(m):  # backward
+            if rank == 0:
+                recvs[k].wait()
+            c = time.perf_counter()
+            _hold(2 * f, hold)
+            grad = bufs[k].clone() if rank == 1 else None
+            busy += time.perf_counter() - c
+            if rank == 1:
+                sends.append(torch.distributed.isend(grad, peer))
+        for w in sends:
+            w.wait()
+        if i >= warmup:
+            out.append((t0, time.perf_counter(), busy))
+    return out
+
+
+def hand_gpipe(m, args, kind) -> float:
+    """Median bubble of the hand-written GPipe step (`_hand_gpipe`) for a timed chain,
+    measured as bigtrain's (span from the first stage's entry to the last rank's exit)."""
+    chunk_ms = args.long_ms if kind == "long" else args.timed_ms
+    hold = "sleep" if kind == "sleep" else "spin"
+    per_rank = run_ranks(_hand_gpipe, 2, m, args.hidden, args.micro_rows, chunk_ms, hold,
+                         args.warmup, args.steps, timeout=600)
+    bubbles = []
+    for s in range(args.steps):
+        span = max(r[s][1] for r in per_rank) - per_rank[0][s][0]
+        bubbles.append(sum(1 - r[s][2] / span for r in per_rank) / 2)
+    return statistics.median(bubbles)
+
+
 def measure(schedule, m, args, early=True, kind="plain") -> dict:
     p = args.stages
     chunk_ms = args.long_ms if kind == "long" else args.timed_ms
@@ -242,6 +297,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--pin", action="store_true", help="rank r on core r (sched_setaffinity)")
     ap.add_argument("--no-control", action="store_true")
+    ap.add_argument("--no-hand", action="store_true",
+                    help="skip the hand-written GPipe rows beside the timed chains")
     ap.add_argument("--no-compare", action="store_true",
                     help="skip the runs with torch's receive order")
     ap.add_argument("--chains", nargs="+", choices=CHAINS, default=list(CHAINS),
@@ -276,6 +333,7 @@ def main(argv=None) -> int:
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
     rows = [(k, s, m) for k in args.chains for s in ("gpipe", "1f1b") for m in (4, 8)]
+    gpipe_timed = {}  # (chain, m) -> bigtrain's gpipe bubble / theory, for the hand rows
     for i, (kind, schedule, m) in enumerate(rows):
         torch_order = None
         if args.no_compare or kind != "plain":
@@ -287,6 +345,8 @@ def main(argv=None) -> int:
             r = measure(schedule, m, args)
             torch_order = measure(schedule, m, args, early=False)
         theory = (p - 1) / (m + p - 1)
+        if schedule == "gpipe" and kind in TIMED:
+            gpipe_timed[kind, m] = r["bubble"] / theory
         tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
         print(f"  {kind:<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
@@ -300,6 +360,12 @@ def main(argv=None) -> int:
               f"{(r['bubble'] - theory) * r['span_ms'] / m:>6.2f} "
               f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
+    if gpipe_timed and p == 2 and not args.no_hand:
+        print("  hand-written GPipe, p = 2 (isend/irecv, every receive posted at the step's "
+              "start, no autograd), the same chunk times, bubble / theory:")
+        for (kind, m), ours in gpipe_timed.items():
+            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written "
+                  f"{hand_gpipe(m, args, kind) / ((p - 1) / (m + p - 1)):.2f}", flush=True)
     if busy0 is not None:
         others = (machine_busy_seconds() - busy0) / (time.perf_counter() - t0)
         print(f"  whole machine busy during the runs: {others:.2f} of {os.cpu_count()} cores "
