@@ -20,14 +20,15 @@ Then, per batch size, the seed example's own use: one fit(epochs=3) call against
 hand-tuned epochs (fit's fixed cost per call spread as in a user's run).
 
 Every repeat runs all contenders once (rotated order); the table gives medians. The whole
-comparison runs in `--processes` fresh interpreters one after another (default 3), and the
+comparison runs in `--processes` fresh interpreters one after another (default 3, 5 timed
+rounds each unless --repeats says otherwise; one process alone times 7), and the
 summary gives the median of each ratio over them: something fixed for a process's life
 (most likely where its tensors land in memory) moves fit's and the hand loop's step times
 apart by a few per cent, the same way in every repeat of that process (the seed usage ratio
 read 0.946-1.007 in four processes of one session), so repeats inside one process cannot
 average it out.
 
-    python bench/bench_fit.py            # 4-5 minutes on 2 cores (3 processes)
+    python bench/bench_fit.py            # about 3.5 minutes on 2 cores (3 processes)
     python bench/bench_fit.py --processes 1
     python bench/bench_fit.py --threads 1
     python bench/bench_fit.py --quick    # a few seconds: 4,000 samples, batch 32 and 256
@@ -287,11 +288,13 @@ def default_threads() -> int:
 TARGETS = {32: 0.97, 256: 0.98}  # fit / hand-tuned, one fit call per epoch
 
 
-def across_processes(argv: list[str], processes: int, threads: int) -> int:
+def across_processes(argv: list[str], processes: int, threads: int, repeats: int) -> int:
     """Run this bench `processes` times, each in a fresh interpreter with `threads` torch
-    threads, one after another; print each run's tables and then the median of every ratio
-    over the runs. Only the first run profiles or checks torch.compile when asked."""
-    runs = in_processes(__file__, argv, processes, ["--threads", str(threads)],
+    threads and `repeats` timed rounds, one after another; print each run's tables and then
+    the median of every ratio over the runs. Only the first run profiles or checks
+    torch.compile when asked."""
+    runs = in_processes(__file__, argv, processes,
+                        ["--threads", str(threads), "--repeats", str(repeats)],
                         first_only=("--profile", "--compile-check"))
     medians = print_medians(runs)
     targets = [(f"batch {b}: fit / hand-tuned", f"bigtrain/hand-tuned at batch {b}", goal)
@@ -327,7 +330,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     threads = args.threads or (1 if args.clock == "cpu" else default_threads())
     if args.processes > 1:  # threads chosen once: later runs see the load of earlier ones
-        return across_processes(argv, args.processes, threads)
+        # 5 rounds in each process: the median over processes is the figure
+        return across_processes(argv, args.processes, threads, args.repeats or 5)
     torch.set_num_threads(threads)
     n = args.samples or (4_000 if args.quick else 20_000)
     repeats = args.repeats or (5 if args.quick else 7)

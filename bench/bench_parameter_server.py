@@ -302,7 +302,7 @@ def main() -> None:
     p.add_argument("--only", choices=["throughput", "real", "bytes", "latency"])
     p.add_argument("--servers", type=int, nargs="+", default=[1],
                    help="server counts for the real-compute throughput")
-    p.add_argument("--rounds", type=int, default=3, help="rounds of the real-compute runs")
+    p.add_argument("--rounds", type=int, default=2, help="rounds of the real-compute runs")
     p.add_argument("--step-ms", type=float, default=30.0)
     p.add_argument("--seconds", type=float, default=6.0)
     p.add_argument("--ids", type=int, default=1_000_000)

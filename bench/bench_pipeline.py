@@ -232,6 +232,25 @@ def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, hold, warmup, step
     return out
 
 
+def _ping_pong(rank, world, numel, repeats=40):
+    """Median one-way seconds of a send + recv of `numel` floats between ranks 0 and 1
+    (half a round trip), after 10 untimed round trips."""
+    torch.set_num_threads(1)
+    t, out = torch.zeros(numel), []
+    for i in range(10 + repeats):
+        torch.distributed.barrier()
+        t0 = time.perf_counter()
+        if rank == 0:
+            torch.distributed.send(t, 1)
+            torch.distributed.recv(t, 1)
+        else:
+            torch.distributed.recv(t, 0)
+            torch.distributed.send(t, 0)
+        if i >= 10:
+            out.append((time.perf_counter() - t0) / 2)
+    return statistics.median(out)
+
+
 def hand_gpipe(m, args, kind) -> float:
     """Median bubble of the hand-written GPipe step (`_hand_gpipe`) for a timed chain,
     measured as bigtrain's (span from the first stage's entry to the last rank's exit)."""
@@ -361,6 +380,10 @@ def main(argv=None) -> int:
               f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
     if gpipe_timed and p == 2 and not args.no_hand:
+        one_way = run_ranks(_ping_pong, 2, args.micro_rows * args.hidden, timeout=600)[0]
+        print(f"  one micro-batch's activations ({args.micro_rows * args.hidden * 4 // 1024} "
+              f"KiB) from one rank to the other: {one_way * 1e3:.3f} ms (half a send/recv "
+              "round trip, median)")
         print("  hand-written GPipe, p = 2 (isend/irecv, every receive posted at the step's "
               "start, no autograd), the same chunk times, bubble / theory:")
         for (kind, m), ours in gpipe_timed.items():
