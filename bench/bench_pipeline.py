@@ -22,7 +22,7 @@ the pipeline runtime's own (schedule, send/recv, Python). "spin" keeps both core
 real compute does; "sleep" leaves them free for the communication threads, so spin minus
 sleep is what two ranks sharing two cores cost the transfers. The "long" rows spin for
 --long-ms (4x as long) with the same activations: a cost paid per micro-batch (a transfer,
-the schedule's Python) stays the same in milliseconds ("excess" column) and shrinks against
+the schedule's Python) grows far less than the work ("excess" column, ms) and shrinks against
 the theory as the stage's work grows. Beside the timed gpipe rows, a hand-written p = 2
 GPipe step (isend/irecv, receives posted at the start, no autograd) with the same chunk
 times gives the bubble of the transfers alone: what any pipeline over gloo on this host
@@ -39,8 +39,8 @@ programs had the core).
 Receive order: bigtrain posts a step's receives at its start (bigtrain.parallel.early_recv);
 each "plain" row is run again with torch's order (each receive posted just before its wait),
 the "torch order" column, the two runs taking turns at going first, with `--compare` (left
-out of `make bench` since the sixth session: four more runs, and the gain was measured in
-every run of the third to fifth sessions).
+out of the default run since 2026-12-01: four more runs, and bench/RESULTS.md's earlier
+runs all measured the gain).
 
 Control (`--control`): every rank runs its stage's forward and backward over the same
 micro-batches with no communication, both ranks at once, then one rank alone: the
@@ -206,6 +206,7 @@ def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, hold, warmup, step
     out = []
     for i in range(warmup + steps):
         bufs = [torch.empty(micro_rows, hidden) for _ in range(m)]
+        src = torch.randn(micro_rows, hidden)  # rank 0's forward copies it (rank 1: bufs[k])
         torch.distributed.barrier()
         t0, busy, sends = time.perf_counter(), 0.0, []
         recvs = [torch.distributed.irecv(b, peer) for b in bufs]  # activations or gradients
@@ -214,7 +215,7 @@ def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, hold, warmup, step
                 recvs[k].wait()
             c = time.perf_counter()
             _hold(f, hold)
-            act = torch.randn(micro_rows, hidden) if rank == 0 else None
+            act = src.clone() if rank == 0 else None
             busy += time.perf_counter() - c
             if rank == 0:
                 sends.append(torch.distributed.isend(act, peer))
@@ -343,8 +344,8 @@ def main(argv=None) -> int:
           "replay: with each chunk's thread CPU time; eq replay: with every stage's chunks "
           "scaled to the same step total; stage imb: the busier stage's compute / the "
           "other's; idle split as % of wall (mean over ranks); desched: share of wall a "
-          "chunk was off its core; excess: idle time beyond theory per micro-batch, ms "
-          "((bubble - theory) x span / m); skew: "
+          "chunk was off its core; excess: idle time beyond theory per micro-batch and rank, "
+          "ms ((bubble - theory) / (1 - theory) x span / m); skew: "
           "how far apart the ranks entered the step (median)")
     print(f"  {'chain':<5} {'schedule':<8} {'m':>2} {'measured':>8} {'theory':>6} {'ratio':>5} "
           f"{'rank wall':>9} {'torch order':>11} {'replay':>6} {'ratio':>5} "
@@ -354,7 +355,7 @@ def main(argv=None) -> int:
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
     rows = [(k, s, m) for k in args.chains for s in ("gpipe", "1f1b") for m in (4, 8)]
-    gpipe_timed = {}  # (chain, m) -> bigtrain's gpipe bubble / theory, for the hand rows
+    gpipe_timed = {}  # (chain, m) -> (bigtrain gpipe, hand-written gpipe): bubble / theory
     for i, (kind, schedule, m) in enumerate(rows):
         torch_order = None
         if not args.compare or kind != "plain":
@@ -366,31 +367,31 @@ def main(argv=None) -> int:
             r = measure(schedule, m, args)
             torch_order = measure(schedule, m, args, early=False)
         theory = (p - 1) / (m + p - 1)
-        if schedule == "gpipe" and kind in TIMED:
-            gpipe_timed[kind, m] = r["bubble"] / theory
+        if schedule == "gpipe" and kind in TIMED and p == 2 and not args.no_hand:
+            # the hand-written step right after bigtrain's, with the same chunk times
+            gpipe_timed[kind, m] = (r["bubble"] / theory, hand_gpipe(m, args, kind) / theory)
         tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
         print(f"  {kind:<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
               f"{r['bubble'] / theory:>5.2f} {r['own_wall'] / theory:>8.2f}x "
-              f"{tord:>10}x "
+              f"{tord + ('x' if torch_order is not None else ''):>11} "
               f"{r['replay']:>6.3f} "
               f"{r['replay'] / theory:>5.2f} {r['replay_cpu'] / theory:>9.2f}x "
               f"{r['replay_eq'] / theory:>8.2f}x {r['imbalance']:>8.2f}x "
               f"{r['wait']:>8.1%} {r['post']:>5.1%} "
               f"{r['overhead']:>5.1%} {r['descheduled']:>7.1%} {r['chunk_ms']:>8.1f} "
-              f"{(r['bubble'] - theory) * r['span_ms'] / m:>6.2f} "
+              f"{(r['bubble'] - theory) / (1 - theory) * r['span_ms'] / m:>6.2f} "
               f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
-    if gpipe_timed and p == 2 and not args.no_hand:
+    if gpipe_timed:
         one_way = run_ranks(_ping_pong, 2, args.micro_rows * args.hidden, timeout=600)[0]
         print(f"  one micro-batch's activations ({args.micro_rows * args.hidden * 4 // 1024} "
               f"KiB) from one rank to the other: {one_way * 1e3:.3f} ms (half a send/recv "
               "round trip, median)")
         print("  hand-written GPipe, p = 2 (isend/irecv, every receive posted at the step's "
               "start, no autograd), the same chunk times, bubble / theory:")
-        for (kind, m), ours in gpipe_timed.items():
-            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written "
-                  f"{hand_gpipe(m, args, kind) / ((p - 1) / (m + p - 1)):.2f}", flush=True)
+        for (kind, m), (ours, hand) in gpipe_timed.items():
+            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written {hand:.2f}")
     if busy0 is not None:
         others = (machine_busy_seconds() - busy0) / (time.perf_counter() - t0)
         print(f"  whole machine busy during the runs: {others:.2f} of {os.cpu_count()} cores "
