@@ -221,16 +221,18 @@ def hand_tuned_epoch(model: torch.nn.Module, xt: torch.Tensor, yt: torch.Tensor,
 
 
 def in_processes(script: str, argv: list[str], processes: int, extra: list[str],
-                 first_only: tuple[str, ...] = ()) -> list[dict[str, float]]:
+                 first_only: tuple[str, ...] = (), later: list[str] = ()
+                 ) -> list[dict[str, float]]:
     """Run `script` `processes` times, one after another, each in a fresh interpreter with
     `argv + extra + ["--processes", "1", "--ratios-out", FILE]`, and return the figures each
-    wrote to FILE (a JSON object). Flags in `first_only` go to the first run only.
+    wrote to FILE (a JSON object). Flags in `first_only` go to the first run only; `later`
+    is added to every run after the first.
 
     Why: on a shared VM one process can run a contender several percent slower for its whole
     life (every repeat agreeing), so repeats inside one process cannot average it out."""
     runs = []
     for i in range(processes):
-        args = argv if i == 0 else [a for a in argv if a not in first_only]
+        args = argv if i == 0 else [*(a for a in argv if a not in first_only), *later]
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "ratios.json")
             print(f"\n----- process {i + 1} of {processes} -----", flush=True)
