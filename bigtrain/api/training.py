@@ -299,7 +299,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                                                       carry=model.carry()),
                       capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
                                                               devices))
-    if trusted and getattr(history, "stop_reason", None) == "nan_loss":
+    if trusted and history.stop_reason == "nan_loss":
         # did a trusted array change in place since an earlier fit read it?
         check.rescan(trusted, "The array changed in place after an earlier fit had checked "
                      "it, so this fit trained on it until the loss became NaN/Inf: the "
