@@ -132,7 +132,7 @@ def _bubble(r: RunRecord) -> list[Finding]:
                     f"strategy=Pipeline(stages={p}, microbatches={m}) instead of "
                     f"{r.microbatches} micro-batches (bubble (p-1)/(m+p-1) "
                     f"= {(p - 1) / (m + p - 1):.0%}); keep batch_size >= {m}",
-                    r.pipeline_bubble - (p - 1) / (m + p - 1))]
+                    r.pipeline_bubble)]  # impact: the share of each step spent idle
 
 
 def _straggler(r: RunRecord) -> list[Finding]:
