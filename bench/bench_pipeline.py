@@ -24,9 +24,11 @@ sleep is what two ranks sharing two cores cost the transfers. The "long" rows sp
 --long-ms (4x as long) with the same activations: a cost paid per micro-batch (a transfer,
 the schedule's Python) grows far less than the work ("excess" column, ms) and shrinks against
 the theory as the stage's work grows. Beside the timed gpipe rows, a hand-written p = 2
-GPipe step (isend/irecv, receives posted at the start, no autograd) with the same chunk
-times gives the bubble of the transfers alone: what any pipeline over gloo on this host
-pays. Each rank runs one torch thread.
+GPipe step (isend/irecv, receives posted at the start, no autograd, both ranks' chunks held
+for exactly the chain's times) gives the bubble of the transfers alone: what any pipeline
+over gloo on this host pays; with it, the median time the sender spends inside one isend
+call, and the same transfer's cost to the kernel alone (a loopback socket `sendall`, no
+torch). Each rank runs one torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
@@ -200,39 +202,77 @@ def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
 def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, hold, warmup, steps):
     """A hand-written p = 2 GPipe step over torch.distributed isend/irecv with the timed
     chains' chunks: every receive posted at the step's start, each forward `chunk_ms` and
-    each backward twice that. Per timed step (entry, exit, busy seconds) of this rank."""
+    each backward twice that, on both ranks alike (what is sent is allocated before the
+    step: a fresh 256 KiB buffer costs 0.2 ms of page faults here, which made one rank's
+    chunks longer than the other's). Per timed step (entry, exit, busy seconds, seconds of
+    each isend call) of this rank."""
     torch.set_num_threads(1)
     peer, f = 1 - rank, chunk_ms / 1e3
     out = []
     for i in range(warmup + steps):
         bufs = [torch.empty(micro_rows, hidden) for _ in range(m)]
-        src = torch.randn(micro_rows, hidden)  # rank 0's forward copies it (rank 1: bufs[k])
+        src = torch.randn(micro_rows, hidden)  # rank 0's activations (rank 1 sends bufs[k])
         torch.distributed.barrier()
-        t0, busy, sends = time.perf_counter(), 0.0, []
+        t0, busy, sends, posts = time.perf_counter(), 0.0, [], []
         recvs = [torch.distributed.irecv(b, peer) for b in bufs]  # activations or gradients
         for k in range(m):  # forward
             if rank == 1:
                 recvs[k].wait()
             c = time.perf_counter()
             _hold(f, hold)
-            act = src.clone() if rank == 0 else None
             busy += time.perf_counter() - c
             if rank == 0:
-                sends.append(torch.distributed.isend(act, peer))
+                c = time.perf_counter()
+                sends.append(torch.distributed.isend(src, peer))
+                posts.append(time.perf_counter() - c)
         for k in range(m):  # backward
             if rank == 0:
                 recvs[k].wait()
             c = time.perf_counter()
             _hold(2 * f, hold)
-            grad = bufs[k].clone() if rank == 1 else None
             busy += time.perf_counter() - c
             if rank == 1:
-                sends.append(torch.distributed.isend(grad, peer))
+                c = time.perf_counter()
+                sends.append(torch.distributed.isend(bufs[k], peer))
+                posts.append(time.perf_counter() - c)
         for w in sends:
             w.wait()
         if i >= warmup:
-            out.append((t0, time.perf_counter(), busy))
+            out.append((t0, time.perf_counter(), busy, posts))
     return out
+
+
+def socket_send_ms(nbytes: int, gap_ms: float, repeats: int = 60) -> tuple[float, float]:
+    """(median, 90th percentile) ms of one `sendall` of `nbytes` over a loopback TCP socket
+    to a forked reader, each after `gap_ms` of sleep, as a pipeline stage sends once per
+    chunk: the kernel's own cost of a transfer on this machine, with no torch and no gloo.
+    (Linux and macOS: fork.)"""
+    import socket
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    a = socket.create_connection(server.getsockname())
+    b, _ = server.accept()
+    server.close()
+    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    pid = os.fork()
+    if pid == 0:  # the reader: drain until the writer closes
+        a.close()
+        buf = bytearray(1 << 20)
+        while b.recv_into(buf):
+            pass
+        os._exit(0)
+    b.close()
+    payload, times = bytes(nbytes), []
+    for _ in range(repeats):
+        time.sleep(gap_ms / 1e3)
+        t = time.perf_counter()
+        a.sendall(payload)
+        times.append(1e3 * (time.perf_counter() - t))
+    a.close()
+    os.waitpid(pid, 0)
+    times.sort()
+    return statistics.median(times), times[int(0.9 * len(times))]
 
 
 def _ping_pong(rank, world, numel, repeats=40):
@@ -254,9 +294,10 @@ def _ping_pong(rank, world, numel, repeats=40):
     return statistics.median(out)
 
 
-def hand_gpipe(m, args, kind) -> float:
-    """Median bubble of the hand-written GPipe step (`_hand_gpipe`) for a timed chain,
-    measured as bigtrain's (span from the first stage's entry to the last rank's exit)."""
+def hand_gpipe(m, args, kind) -> tuple[float, float]:
+    """(median bubble, median ms of an isend call) of the hand-written GPipe step
+    (`_hand_gpipe`) for a timed chain, the bubble measured as bigtrain's (span from the
+    first stage's entry to the last rank's exit)."""
     chunk_ms = args.long_ms if kind == "long" else args.timed_ms
     hold = "sleep" if kind == "sleep" else "spin"
     per_rank = run_ranks(_hand_gpipe, 2, m, args.hidden, args.micro_rows, chunk_ms, hold,
@@ -265,7 +306,8 @@ def hand_gpipe(m, args, kind) -> float:
     for s in range(args.steps):
         span = max(r[s][1] for r in per_rank) - per_rank[0][s][0]
         bubbles.append(sum(1 - r[s][2] / span for r in per_rank) / 2)
-    return statistics.median(bubbles)
+    posts = [t for r in per_rank for step in r for t in step[3]]
+    return statistics.median(bubbles), 1e3 * statistics.median(posts)
 
 
 def measure(schedule, m, args, early=True, kind="plain") -> dict:
@@ -369,7 +411,8 @@ def main(argv=None) -> int:
         theory = (p - 1) / (m + p - 1)
         if schedule == "gpipe" and kind in TIMED and p == 2 and not args.no_hand:
             # the hand-written step right after bigtrain's, with the same chunk times
-            gpipe_timed[kind, m] = (r["bubble"] / theory, hand_gpipe(m, args, kind) / theory)
+            hand, post_ms = hand_gpipe(m, args, kind)
+            gpipe_timed[kind, m] = (r["bubble"] / theory, hand / theory, post_ms)
         tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
         print(f"  {kind:<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
@@ -389,9 +432,17 @@ def main(argv=None) -> int:
               f"KiB) from one rank to the other: {one_way * 1e3:.3f} ms (half a send/recv "
               "round trip, median)")
         print("  hand-written GPipe, p = 2 (isend/irecv, every receive posted at the step's "
-              "start, no autograd), the same chunk times, bubble / theory:")
-        for (kind, m), (ours, hand) in gpipe_timed.items():
-            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written {hand:.2f}")
+              "start, no autograd, both ranks' chunks exactly the chain's times), bubble / "
+              "theory, and the median time the sender spends inside one isend call:")
+        for (kind, m), (ours, hand, post_ms) in gpipe_timed.items():
+            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written {hand:.2f} "
+                  f"(isend call {post_ms:.2f} ms)")
+        nbytes = args.micro_rows * args.hidden * 4
+        for gap in sorted({args.timed_ms, args.long_ms}):
+            med, p90 = socket_send_ms(nbytes, gap)
+            print(f"  the kernel alone (no torch, no gloo): one {nbytes // 1024} KiB send on a "
+                  f"loopback TCP socket after {gap:g} ms idle takes {med:.2f} ms (median), "
+                  f"{p90:.2f} ms (90th percentile)")
     if busy0 is not None:
         others = (machine_busy_seconds() - busy0) / (time.perf_counter() - t0)
         print(f"  whole machine busy during the runs: {others:.2f} of {os.cpu_count()} cores "
