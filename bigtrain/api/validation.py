@@ -156,6 +156,16 @@ def _is_integer_like(a) -> bool:
     return np.issubdtype(arr.dtype, np.integer) or bool(np.all(np.mod(arr, 1) == 0))
 
 
+def _first_non_finite(a) -> int | None:
+    """The first row of `a`'s first 1000 (those `_is_integer_like` reads) holding a NaN or
+    Inf, or None."""
+    arr = np.asarray(a[:1000].numpy() if isinstance(a, torch.Tensor) else a[:1000])
+    if not np.issubdtype(arr.dtype, np.floating):
+        return None
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
+    return int(bad.argmax()) if bad.any() else None
+
+
 def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: str) -> None:
     """Labels fit the loss and the output: one-hot vs integer ids, ranges, widths."""
     if loss_name is None or y is None:
@@ -179,8 +189,10 @@ def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: st
                 "loss 'sparse_categorical_crossentropy' expects integer class ids of shape "
                 "(n,); use loss='categorical_crossentropy' or pass y.argmax(-1)")
         if not _is_integer_like(y):
+            row = _first_non_finite(y)
+            got = f"a NaN or Inf at row {row}" if row is not None else "non-integer values"
             raise ValueError(f"loss 'sparse_categorical_crossentropy' needs integer class ids "
-                             f"for output {output_name!r}, got non-integer values")
+                             f"for output {output_name!r}, got {got}")
         lo, hi = _range(y)
         if lo < 0 or hi >= units:
             raise ValueError(f"labels for output {output_name!r} must be class ids in [0, "

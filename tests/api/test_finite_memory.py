@@ -122,3 +122,18 @@ def test_a_freed_array_is_forgotten():
     del x
     gc.collect()
     assert key not in validation._FOUND_FINITE
+
+
+def test_float_class_ids_written_in_place_name_the_nan():
+    """Float class ids under sparse cross-entropy: a NaN written into them since the last
+    fit reaches the label checks first, which name it rather than 'non-integer values'."""
+    x, ids = X.copy(), teacher_data(n=64)[2].astype(np.float32)
+    model = seed_like_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(x, ids, verbose=0)
+    ids[3] = np.nan
+    with pytest.raises(ValueError, match=r"integer class ids .* got a NaN or Inf at row 3"):
+        model.fit(x, ids, verbose=0)
+    ids[3] = 0.5
+    with pytest.raises(ValueError, match="got non-integer values"):
+        model.fit(x, ids, verbose=0)
