@@ -11,7 +11,7 @@ is GLOBAL (each rank takes half of every batch); each rank uses cores/2 torch th
                    per epoch. Built and warmed once; one epoch per repeat.
 Both run in the same rank processes, alternating, after a barrier; a repeat's time is the
 slower rank's. The table gives ms per step and the ratio (goal: bigtrain / hand <= 1.03).
-The comparison runs in `--launches` fresh sets of rank processes (default 3, 5 repeats
+The comparison runs in `--launches` fresh sets of rank processes (default 3, 4 repeats
 each), and the figure is the median of their ratios: one launch alone read 0.97-1.09 over
 four runs of one day, with up to 29 % between its own repeats.
 
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     n = args.samples or (2_048 if args.quick else 8_192)
     launches = args.launches or (1 if args.quick else 3)
-    repeats = args.repeats or (5 if args.quick or launches > 1 else 7)
+    repeats = args.repeats or (4 if launches > 1 else 5 if args.quick else 7)
     batches = args.batches or ([256] if args.quick else [32, 256])
     print(f"bench_ddp: seed model {FEATURES}-{HIDDEN}-{CLASSES}, Adam, {WORLD} gloo ranks, "
           f"{repeats} repeats x {launches} launch(es)\n  {machine_line()} (parent process)")
