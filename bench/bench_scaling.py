@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import machine_line  # noqa: E402
-from bigtrain.plan import DeviceSpec, measure_cpu_device, plan  # noqa: E402
+from bigtrain.plan import DeviceSpec, plan  # noqa: E402
 from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss  # noqa: E402
 from bigtrain.zoo.mlp import MLP  # noqa: E402
 
