@@ -12,8 +12,8 @@ is GLOBAL (each rank takes half of every batch); each rank uses cores/2 torch th
 Both run in the same rank processes, alternating, after a barrier; a repeat's time is the
 slower rank's. The table gives ms per step and the ratio (goal: bigtrain / hand <= 1.03).
 The comparison runs in `--launches` fresh sets of rank processes (default 3, 4 repeats
-each), and the figure is the median of their ratios: one launch alone read 0.97-1.09 over
-four runs of one day, with up to 29 % between its own repeats.
+each), and the figure is the median of their ratios: one launch alone read 0.92-1.09 over
+six runs on two machines, with up to 29 % between its own repeats.
 
 Memory. One step of "ddp" and of "zero3" through the engine; right after the optimizer
 step (before grads are freed) each rank counts the bytes of its local parameters,
