@@ -29,7 +29,8 @@ GPipe step (isend/irecv, receives posted at the start, no autograd, both ranks' 
 for exactly the chain's times) gives the bubble of the transfers alone: what any pipeline
 over gloo on this host pays; with it, the median time the sender spends inside one isend
 call, and the same transfer's cost to the kernel alone (a loopback socket `sendall`, no
-torch). Each rank runs one torch thread.
+torch; these baselines live in bench/pipeline_baselines.py). Each rank runs one torch
+thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with
@@ -67,6 +68,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import machine_busy_seconds, machine_line  # noqa: E402
+from bench.pipeline_baselines import hand_gpipe, hold, one_way_seconds, socket_send_ms  # noqa: E402,E501
 from bench.pipeline_timeline import Recorder, attach, breakdown, replay  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
 from bigtrain.parallel.pipeline import Pipeline  # noqa: E402
@@ -86,26 +88,16 @@ class InputScale(nn.Module):
         return x * self.a
 
 
-def _hold(seconds: float, kind: str) -> None:
-    """Keep this thread busy on its core ("spin") or off it ("sleep") for `seconds`."""
-    if kind == "sleep":
-        time.sleep(seconds)
-        return
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-
-
 class _Timed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, seconds, kind):
         ctx.seconds, ctx.kind = seconds, kind
-        _hold(seconds, kind)
+        hold(seconds, kind)
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        _hold(2 * ctx.seconds, ctx.kind)
+        hold(2 * ctx.seconds, ctx.kind)
         return grad.clone(), None, None
 
 
@@ -199,117 +191,6 @@ def _control(rank, world, m, hidden, layers, micro_rows, steps, pin, stages):
         if i:
             out.append((time.perf_counter() - t0, time.thread_time() - c0))
     return out
-
-
-def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, hold, warmup, steps):
-    """A hand-written p = 2 GPipe step over torch.distributed isend/irecv with the timed
-    chains' chunks: every receive posted at the step's start, each forward `chunk_ms` and
-    each backward twice that, on both ranks alike (what is sent is allocated before the
-    step: a fresh 256 KiB buffer costs 0.2 ms of page faults here, which made one rank's
-    chunks longer than the other's). Per timed step (entry, exit, busy seconds, seconds of
-    each isend call) of this rank."""
-    torch.set_num_threads(1)
-    peer, f = 1 - rank, chunk_ms / 1e3
-    out = []
-    for i in range(warmup + steps):
-        bufs = [torch.empty(micro_rows, hidden) for _ in range(m)]
-        src = torch.randn(micro_rows, hidden)  # rank 0's activations (rank 1 sends bufs[k])
-        torch.distributed.barrier()
-        t0, busy, sends, posts = time.perf_counter(), 0.0, [], []
-        recvs = [torch.distributed.irecv(b, peer) for b in bufs]  # activations or gradients
-        for k in range(m):  # forward
-            if rank == 1:
-                recvs[k].wait()
-            c = time.perf_counter()
-            _hold(f, hold)
-            busy += time.perf_counter() - c
-            if rank == 0:
-                c = time.perf_counter()
-                sends.append(torch.distributed.isend(src, peer))
-                posts.append(time.perf_counter() - c)
-        for k in range(m):  # backward
-            if rank == 0:
-                recvs[k].wait()
-            c = time.perf_counter()
-            _hold(2 * f, hold)
-            busy += time.perf_counter() - c
-            if rank == 1:
-                c = time.perf_counter()
-                sends.append(torch.distributed.isend(bufs[k], peer))
-                posts.append(time.perf_counter() - c)
-        for w in sends:
-            w.wait()
-        if i >= warmup:
-            out.append((t0, time.perf_counter(), busy, posts))
-    return out
-
-
-def socket_send_ms(nbytes: int, gap_ms: float, repeats: int = 60) -> tuple[float, float]:
-    """(median, 90th percentile) ms of one `sendall` of `nbytes` over a loopback TCP socket
-    to a forked reader, each after `gap_ms` of sleep, as a pipeline stage sends once per
-    chunk: the kernel's own cost of a transfer on this machine, with no torch and no gloo.
-    (Linux and macOS: fork.)"""
-    import socket
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    a = socket.create_connection(server.getsockname())
-    b, _ = server.accept()
-    server.close()
-    a.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    pid = os.fork()
-    if pid == 0:  # the reader: drain until the writer closes
-        a.close()
-        buf = bytearray(1 << 20)
-        while b.recv_into(buf):
-            pass
-        os._exit(0)
-    b.close()
-    payload, times = bytes(nbytes), []
-    for _ in range(repeats):
-        time.sleep(gap_ms / 1e3)
-        t = time.perf_counter()
-        a.sendall(payload)
-        times.append(1e3 * (time.perf_counter() - t))
-    a.close()
-    os.waitpid(pid, 0)
-    times.sort()
-    return statistics.median(times), times[int(0.9 * len(times))]
-
-
-def _ping_pong(rank, world, numel, repeats=40):
-    """Median one-way seconds of a send + recv of `numel` floats between ranks 0 and 1
-    (half a round trip), after 10 untimed round trips."""
-    torch.set_num_threads(1)
-    t, out = torch.zeros(numel), []
-    for i in range(10 + repeats):
-        torch.distributed.barrier()
-        t0 = time.perf_counter()
-        if rank == 0:
-            torch.distributed.send(t, 1)
-            torch.distributed.recv(t, 1)
-        else:
-            torch.distributed.recv(t, 0)
-            torch.distributed.send(t, 0)
-        if i >= 10:
-            out.append((time.perf_counter() - t0) / 2)
-    return statistics.median(out)
-
-
-def hand_gpipe(m, args, kind) -> tuple[float, float]:
-    """(median bubble, median ms of an isend call) of the hand-written GPipe step
-    (`_hand_gpipe`) for a timed chain, the bubble measured as bigtrain's (span from the
-    first stage's entry to the last rank's exit)."""
-    chunk_ms = args.long_ms if kind == "long" else args.timed_ms
-    hold = "sleep" if kind == "sleep" else "spin"
-    per_rank = run_ranks(_hand_gpipe, 2, m, args.hidden, args.micro_rows, chunk_ms, hold,
-                         args.warmup, args.steps, timeout=600)
-    bubbles = []
-    for s in range(args.steps):
-        span = max(r[s][1] for r in per_rank) - per_rank[0][s][0]
-        bubbles.append(sum(1 - r[s][2] / span for r in per_rank) / 2)
-    posts = [t for r in per_rank for step in r for t in step[3]]
-    return statistics.median(bubbles), 1e3 * statistics.median(posts)
 
 
 def measure(schedule, m, args, early=True, kind="plain") -> dict:
@@ -429,7 +310,7 @@ def main(argv=None) -> int:
               f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
     if gpipe_timed:
-        one_way = run_ranks(_ping_pong, 2, args.micro_rows * args.hidden, timeout=600)[0]
+        one_way = one_way_seconds(args.micro_rows * args.hidden)
         print(f"  one micro-batch's activations ({args.micro_rows * args.hidden * 4 // 1024} "
               f"KiB) from one rank to the other: {one_way * 1e3:.3f} ms (half a send/recv "
               "round trip, median)")
