@@ -150,16 +150,19 @@ def _scan(a, name: str, why: str = "") -> None:
                          f"them all).{' ' + why if why else ''}")
 
 
+def _head(a) -> np.ndarray:
+    """The first 1000 rows of `a` as a numpy array: the label checks' sample."""
+    return np.asarray(a[:1000].numpy() if isinstance(a, torch.Tensor) else a[:1000])
+
+
 def _is_integer_like(a) -> bool:
-    arr = a[:1000] if not isinstance(a, torch.Tensor) else a[:1000].numpy()
-    arr = np.asarray(arr)
+    arr = _head(a)
     return np.issubdtype(arr.dtype, np.integer) or bool(np.all(np.mod(arr, 1) == 0))
 
 
 def _first_non_finite(a) -> int | None:
-    """The first row of `a`'s first 1000 (those `_is_integer_like` reads) holding a NaN or
-    Inf, or None."""
-    arr = np.asarray(a[:1000].numpy() if isinstance(a, torch.Tensor) else a[:1000])
+    """The first row of `_head(a)` holding a NaN or Inf, or None."""
+    arr = _head(a)
     if not np.issubdtype(arr.dtype, np.floating):
         return None
     bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(1)
