@@ -101,7 +101,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None)
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 5)
-    repeats = args.repeats or (5 if args.quick else 7)
+    repeats = args.repeats or 5
     out = run_ranks(bench_rank, WORLD, steps, repeats, timeout=540.0)[0]
     print(machine_line() + f" (in each rank: {out['threads']} torch threads)")
     if out["others_cores"] is not None:

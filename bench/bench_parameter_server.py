@@ -304,7 +304,7 @@ def main() -> None:
                    help="server counts for the real-compute throughput")
     p.add_argument("--rounds", type=int, default=2, help="rounds of the real-compute runs")
     p.add_argument("--step-ms", type=float, default=30.0)
-    p.add_argument("--seconds", type=float, default=6.0)
+    p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--ids", type=int, default=1_000_000)
     p.add_argument("--iters", type=int, default=30)
     p.add_argument("--quick", action="store_true",

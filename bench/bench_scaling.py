@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         if "zero" in args.only:
             results["zero"] = bench_zero()
         if "ps" in args.only:
-            results["ps"] = bench_ps(seconds=2.0 if args.quick else 3.0,
+            results["ps"] = bench_ps(seconds=2.0,
                                      rounds=1 if args.quick else 2)
     from bench.scaling_plot import plot
     plot(results, args.png)
