@@ -120,8 +120,7 @@ def main(argv=None) -> int:
     processes = args.processes or (1 if args.quick else 3)
     if processes > 1:  # the clock is chosen once: later runs see the load of earlier ones
         runs = in_processes(__file__, argv, processes,
-                            # one step per timed epoch: fit's fixed cost per call is
-                            # 3-5 ms against a 3 s step on 1 thread
+                            # one step per timed epoch: a step is about 3 s on 1 thread
                             ["--clock", clock, "--steps", str(args.steps or 1),
                              "--repeats", str(args.repeats or 3)])
         medians = print_medians(runs)

@@ -14,7 +14,7 @@ from 4 x 3 = 12 layer-times to max(6 x 1, 2 x 3) = 6, so 0.5; with the pipeline'
 drain (M - 1) x slowest + sum of stages, M = 8: (7 x 6 + 12) / (7 x 12 + 16) = 0.54.
 
     python bench/bench_hetero_pipeline.py            # about a minute on 2 cores
-    python bench/bench_hetero_pipeline.py --quick    # fewer repeats
+    python bench/bench_hetero_pipeline.py --quick    # 3 steps per repeat
 """
 from __future__ import annotations
 
@@ -96,13 +96,12 @@ def bench_rank(rank: int, world: int, steps: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 repeats of 3 steps")
+    parser.add_argument("--quick", action="store_true", help="3 steps per repeat")
     parser.add_argument("--steps", type=int, default=None, help="steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     steps = args.steps or (3 if args.quick else 5)
-    repeats = args.repeats or 5
-    out = run_ranks(bench_rank, WORLD, steps, repeats, timeout=540.0)[0]
+    out = run_ranks(bench_rank, WORLD, steps, args.repeats, timeout=540.0)[0]
     print(machine_line() + f" (in each rank: {out['threads']} torch threads)")
     if out["others_cores"] is not None:
         print(f"during the repeats the ranks used {out['ours_cores']:.2f} cores, other "

@@ -177,7 +177,6 @@ def main(argv=None) -> int:
                         default=["convnet", "lstm"])
     parser.add_argument("--keras", action="store_true",
                         help="also time Keras 3 on its torch backend (about a minute more)")
-    parser.add_argument("--no-keras", action="store_true", help=argparse.SUPPRESS)  # the default
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: one per core on an idle machine, else 1)")
     args = parser.parse_args(argv)
@@ -186,7 +185,7 @@ def main(argv=None) -> int:
     repeats = args.repeats or (5 if args.quick else 7)
     print(f"bench_layers: {n:,} samples, {repeats} repeats\n  {machine_line()}")
     for kind in args.only:
-        ratio = bench_model(kind, n, repeats, args.keras and not args.no_keras)
+        ratio = bench_model(kind, n, repeats, args.keras)
         check_target(f"{kind} bigtrain/torch", ratio, 0.95)
     return 0  # targets are reported, not enforced: timings on a shared machine are noisy
 

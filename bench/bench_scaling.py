@@ -199,8 +199,7 @@ def main(argv=None) -> int:
         if "zero" in args.only:
             results["zero"] = bench_zero()
         if "ps" in args.only:
-            results["ps"] = bench_ps(seconds=2.0,
-                                     rounds=1 if args.quick else 2)
+            results["ps"] = bench_ps(rounds=1 if args.quick else 2)
     from bench.scaling_plot import plot
     plot(results, args.png)
     print(f"\nplot: {os.path.relpath(args.png)}")

@@ -140,7 +140,7 @@ def calibrate_cpu(step_ms: float) -> tuple[int, float]:
     return max(1, round(step_ms / per_repeat_ms)), per_repeat_ms
 
 
-def bench_ps(seconds: float = 3.0, rounds: int = 2, step_ms: float = 30.0) -> list[dict]:
+def bench_ps(seconds: float = 2.0, rounds: int = 2, step_ms: float = 30.0) -> list[dict]:
     """BSP throughput of 1..3 equal workers with 1 and 2 servers, real compute; runs rotate
     inside each round; medians over rounds, beside the planner's prediction."""
     repeats, per_ms = calibrate_cpu(step_ms)
