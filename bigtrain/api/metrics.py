@@ -31,26 +31,24 @@ class Metric:
 
     def reset(self, device) -> None:
         self._state = torch.zeros(self.size, dtype=torch.float64, device=device)
-        self._sums: list[torch.Tensor] = []  # per-step sums, folded when `state` is read
-        self._count = 0
+        self._total = self._state[:1]  # the running sum, added to in place every step
+        self._count = 0  # samples counted on the host: no device op per step
 
     @property
     def state(self) -> torch.Tensor:
-        """The running sums; pending per-step values are folded in here, once, instead of
-        two small device ops on every step."""
-        if self._sums:
-            self._state[0] += torch.stack(self._sums).sum().to(torch.float64)
-            self._sums = []
+        """The running sums (the host's sample count folded in here)."""
         if self._count:
             self._state[1] += self._count
             self._count = 0
         return self._state
 
     def _add(self, total: torch.Tensor, count: int) -> None:
-        self._sums.append(total)
+        """Add one update's sum and sample count. In place, into the state: a per-step
+        tensor kept until the pass's end would hold heap memory between steps, and on a
+        CPU the allocator then hands a large step's buffers back to the system and takes
+        them again, page fault by page fault (bench/RESULTS.md, batch 256)."""
+        self._total.add_(total)
         self._count += count
-        if len(self._sums) >= 1024:  # bound the pending list on long epochs
-            _ = self.state
 
     def update(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
         raise NotImplementedError

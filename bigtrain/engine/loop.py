@@ -18,7 +18,7 @@ from bigtrain.engine.carry import carried_optimizer, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
-from bigtrain.engine.feed import EpochPlan, StreamData, feed_epoch
+from bigtrain.engine.feed import EpochPlan, feed_epoch
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
@@ -65,24 +65,29 @@ class NonFiniteLoss(Exception):
 
 class _FiniteCheck:
     """TerminateOnNaN across ranks: the losses since the last check, checked with one
-    all-reduce every `every` steps (and at the epoch's end); every rank stops together."""
+    all-reduce every `every` steps (and at the epoch's end); every rank stops together.
+    The losses are copied into one buffer, not kept as tensors (see `Tally`)."""
 
     def __init__(self, cfg, epoch: int, first: int, strategy: Strategy):
         self.every, self.batch_size, self.epoch = cfg.nan_check_every, cfg.batch_size, epoch
-        self.strategy, self.first, self.pending = strategy, first, []
+        self.strategy, self.first, self.pending = strategy, first, 0
+        self.losses = None  # float64 (every,), allocated on the first loss's device
 
     def add(self, step: int, loss: torch.Tensor, mark) -> None:
-        self.pending.append(loss)
+        if self.losses is None:
+            self.losses = torch.empty(self.every, dtype=torch.float64, device=loss.device)
+        # a non-finite element makes the sum non-finite
+        self.losses[self.pending] = loss if loss.dim() == 0 else loss.sum()
+        self.pending += 1
         if step + 1 - self.first >= self.every:
             mark("loss check all-reduce", phase="comm")
             self.check(step + 1)
 
     def check(self, next_first: int) -> None:
         """A collective: every rank calls it at the same steps, with or without losses."""
-        losses = (torch.stack(self.pending).reshape(len(self.pending), -1) if self.pending
-                  else torch.zeros(0, 1))
-        self.pending.clear()
-        bad = (~torch.isfinite(losses).all(1)).nonzero()
+        losses = self.losses[:self.pending] if self.pending else torch.zeros(0)
+        self.pending = 0
+        bad = (~torch.isfinite(losses)).nonzero()
         flag = torch.tensor([float(self.first + int(bad[0])) if len(bad) else float("inf")])
         self.strategy.all_reduce(flag, op="min")  # every rank stops together
         self.first = next_first
@@ -108,9 +113,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     cfg, device = task.config, strategy.env.device
     feed = _epoch_feed(task, strategy, epoch, progress)
     steps = feed.steps
-    # a stream's batches may share memory with a buffer its generator refills: read at once
-    tally = Tally(task.metrics, task.activations, device,
-                  hold=not isinstance(task.train, StreamData))
+    tally = Tally(task.metrics, task.activations, device)
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
     # decided once per epoch, not per step; steps before progress.skip were trained before
     # the checkpoint this run resumed from

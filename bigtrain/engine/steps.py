@@ -37,13 +37,6 @@ def safe_loss(compute_loss):
     return loss_fn
 
 
-def _stackable(first: tuple, y: torch.Tensor, out: torch.Tensor) -> bool:
-    """Whether (y, out) stacks onto the held (targets, outputs) `first` along the batch."""
-    y0, out0 = first
-    return (out.shape[1:] == out0.shape[1:] and y.shape[1:] == y0.shape[1:]
-            and out.dtype == out0.dtype and y.dtype == y0.dtype)
-
-
 def autocast_factory(precision: str, device: torch.device):
     """A zero-argument context-manager factory for the requested precision."""
     if precision == "32":
@@ -52,38 +45,68 @@ def autocast_factory(precision: str, device: torch.device):
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+class _Ring:
+    """Copies of up to `STEPS` steps' (targets, outputs) of one output, in two buffers
+    allocated once, so that the metrics read them in one update."""
+
+    STEPS = 16
+
+    def __init__(self, y: torch.Tensor, out: torch.Tensor):
+        self.y = torch.empty((self.STEPS, *y.shape), dtype=y.dtype, device=y.device)
+        self.out = torch.empty((self.STEPS, *out.shape), dtype=out.dtype, device=out.device)
+        self._slots = list(zip(self.y.unbind(0), self.out.unbind(0)))
+        self.held = 0
+
+    def fits(self, y: torch.Tensor, out: torch.Tensor) -> bool:
+        return (y.shape == self.y.shape[1:] and out.shape == self.out.shape[1:]
+                and y.dtype == self.y.dtype and out.dtype == self.out.dtype)
+
+    def put(self, y: torch.Tensor, out: torch.Tensor) -> bool:
+        """Copy one step in; True when the ring is full."""
+        slot_y, slot_out = self._slots[self.held]
+        slot_y.copy_(y)
+        slot_out.copy_(out)
+        self.held += 1
+        return self.held == self.STEPS
+
+    def take(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The held steps as one batch (views of the buffers: read before the next `put`)."""
+        k, self.held = self.held, 0
+        return self.y[:k].flatten(0, 1), self.out[:k].flatten(0, 1)
+
+
 class Tally:
     """Running loss (sample-weighted) and metric states for one pass over the data.
 
     Which metrics of an output read raw scores and which need the deferred activation
     (`Metric.reads_scores_only`) is asked once, on the first non-empty batch of the pass.
-    On a CPU, small outputs of built-in metrics (`Metric.batchable`) are held for up to
-    `HOLD_STEPS` steps and read in one update: the same sums for a third of the ops, each
-    of which costs a step its full time there. (An accelerator's ops overlap the step, and
-    a captured graph may overwrite its outputs, so there every output is read at once;
-    `hold=False` reads every step at once too, for batches that may share memory with a
-    buffer their source refills.)
+
+    A step keeps none of its tensors: the loss is added in place, and on a CPU small
+    outputs of built-in metrics (`Metric.batchable`) are copied into a ring allocated once
+    (`_Ring`) and read `_Ring.STEPS` steps at a time: the same sums for a fraction of the
+    ops, each of which costs a small step its full time there. Keeping the steps' own
+    tensors instead (a list of losses, outputs stacked later) held heap memory between
+    steps, and the allocator then returned a large step's buffers to the system and
+    faulted them in again: 3-7 % of fit's time at batch 256 (bench/RESULTS.md). An
+    accelerator's ops overlap the step, so there every output is read at once.
     """
 
-    HOLD_STEPS = 16
-    HOLD_BYTES = 1 << 18  # an output whose storage is larger is read at once (a small view
-    # of a large tensor would keep all of it alive)
+    HOLD_BYTES = 1 << 18  # a larger output is read at once, not copied
 
-    def __init__(self, metrics: list[list], activations: list, device, hold: bool = True):
+    def __init__(self, metrics: list[list], activations: list, device):
         self.metrics, self.activations = metrics, activations
         for ms in metrics:
             for m in ms:
                 m.reset(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0  # samples seen (a host number: no device op per step)
-        self._losses: list = []  # (mean loss tensor, samples) per step, folded in state()
         # per output: (metrics fed the outputs as they are, metrics fed probabilities,
         # activation) once known; None before the output's first non-empty batch
         self._plans: list = [None] * len(metrics)
         self._any = any(metrics)
-        hold = hold and torch.device(device).type == "cpu"
-        self._hold = [hold and all(getattr(m, "batchable", False) for m in ms) for ms in metrics]
-        self._held: list[list] = [[] for _ in metrics]  # (targets, outputs) not yet read
+        cpu = torch.device(device).type == "cpu"
+        self._hold = [cpu and all(getattr(m, "batchable", False) for m in ms) for ms in metrics]
+        self._rings: list[_Ring | None] = [None] * len(metrics)
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
@@ -93,10 +116,8 @@ class Tally:
                 self.update_metrics(y, out)
         if mean_loss.requires_grad:
             mean_loss = mean_loss.detach()
-        self._losses.append((mean_loss, n))  # summed when `state()` is read
+        self.loss_sum.add_(mean_loss if mean_loss.dim() == 0 else mean_loss.reshape(()), alpha=n)
         self.count += n
-        if len(self._losses) >= 1024:  # bound the pending list on long epochs
-            self.state()
 
     def update_metrics(self, targets, outputs) -> None:
         if outputs is None or targets is None:
@@ -111,15 +132,16 @@ class Tally:
                 out = out.detach()  # metrics only read values: no graph
             if mask is not None:  # Keras leaves masked steps out of the metrics
                 out, y = out[mask], y[mask]
-            if self._hold[i] and out.untyped_storage().nbytes() <= self.HOLD_BYTES:
-                if self._held[i] and not _stackable(self._held[i][0], y, out):
-                    self._read_held(i)  # e.g. a new sequence length: read what is held
-                held = self._held[i]
-                held.append((y, out))
-                if len(held) >= self.HOLD_STEPS:
-                    self._read_held(i)
-            else:
-                self._update(i, y, out)
+            if self._hold[i] and out.numel() * out.element_size() <= self.HOLD_BYTES:
+                ring = self._rings[i]
+                if ring is None:
+                    ring = self._rings[i] = _Ring(y, out)
+                if ring.fits(y, out):
+                    if ring.put(y, out):
+                        self._read_held(i)
+                    continue
+                self._read_held(i)  # another shape (the last, smaller batch): read at once
+            self._update(i, y, out)
 
     def _update(self, i: int, y, out) -> None:
         plan = self._plans[i] or self._plan(i, y, out)
@@ -131,11 +153,9 @@ class Tally:
                 m.update(y, probs)
 
     def _read_held(self, i: int) -> None:
-        held, self._held[i] = self._held[i], []
-        if len(held) == 1:
-            self._update(i, *held[0])
-        elif held:
-            self._update(i, torch.cat([y for y, _ in held]), torch.cat([o for _, o in held]))
+        ring = self._rings[i]
+        if ring is not None and ring.held:
+            self._update(i, *ring.take())
 
     def _plan(self, i: int, y, out) -> tuple:
         act = self.activations[i]
@@ -145,14 +165,8 @@ class Tally:
         return plan
 
     def state(self) -> torch.Tensor:
-        for i in range(len(self._held)):
+        for i in range(len(self._rings)):
             self._read_held(i)
-        if self._losses:
-            losses = torch.stack([loss for loss, _ in self._losses]).double()
-            weights = torch.tensor([float(n) for _, n in self._losses], dtype=torch.float64,
-                                   device=losses.device)
-            self.loss_sum += (losses * weights).sum()
-            self._losses = []
         parts = [self.loss_sum.reshape(1),
                  torch.tensor([float(self.count)], dtype=torch.float64, device=self.loss_sum.device)]
         parts += [m.state for ms in self.metrics for m in ms]
