@@ -47,11 +47,12 @@ class FitResult:
 
 @dataclass
 class RunTiming:
-    """What the loop measured for the run record: the phase timer the strategy marks into,
+    """What the loop measured for the run record: the phase timer the strategy marks into
+    (None when the fit keeps no run record: nothing would read it),
     optimizer steps run, one training batch kept for the end-of-fit communication probe,
     and the probe's result: one micro-batch's backward without its gradient sync (seconds,
     or None when the strategy has nothing to probe) and the micro-batches of a step."""
-    timer: PhaseTimer
+    timer: PhaseTimer | None
     steps: int = 0
     last_batch: object = None
     backward_compute_s: float | None = None
@@ -100,6 +101,10 @@ class _FiniteCheck:
                 "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
 
 
+def _unread_mark(op: str, step: int | None = None, phase: str | None = None) -> None:
+    """`StepContext.mark` where neither a watchdog nor a phase timer listens."""
+
+
 def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
     cfg = task.config
     return feed_epoch(task.train, EpochPlan(
@@ -120,14 +125,17 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
     want_logs = end_hooks and callbacks.wants_batch_logs
     finite = _FiniteCheck(cfg, epoch, progress.skip, strategy) if cfg.terminate_on_nan else None
-    mark, timer = ctx.mark, timing.timer
+    timer = timing.timer
+    # a mark that nothing reads (one process, no run record) is not called at all
+    mark = ctx.mark if timer is not None or ctx.heartbeat is not None else _unread_mark
     batch = None
     module.train()
     for step in feed.step_numbers(progress.skip):
         mark("callbacks (batch begin)", progress.step)
         if begin_hooks:
             callbacks.on_train_batch_begin(step)
-        timer.begin_step(timing.steps)
+        if timer is not None:
+            timer.begin_step(timing.steps)
         mark("data")
         size, batch = feed.next()
         # strategies refine it: forward, backward, optimizer step, communication
@@ -187,7 +195,9 @@ def train(task: TrainTask, strategy: Strategy, owner) -> FitResult:
     """
     # one process waits for nobody: no watchdog, so no heartbeat to keep per mark
     beat = Heartbeat() if strategy.env.distributed else None
-    ctx = StepContext(heartbeat=beat, timer=PhaseTimer(strategy.env.device))
+    # the step phases go to the run record only: without one, no mark is timed
+    timer = PhaseTimer(strategy.env.device) if task.run_dir is not None else None
+    ctx = StepContext(heartbeat=beat, timer=timer)
     if task.config.precision == "16-mixed":  # float16 gradients underflow without it
         ctx.grad_scaler = torch.amp.GradScaler(strategy.env.device.type)
     dog = start_watchdog(strategy.env, task.watchdog or WatchdogConfig(), ctx.heartbeat)
@@ -332,9 +342,9 @@ def _finish(run: _Run) -> None:
             autocast_factory(task.config.precision, strategy.env.device))
         if timing.last_batch is not None:
             timing.micro_per_step = len(timing.last_batch.micro)
+        write_run_record(task, strategy, run.module, run.optimizer, run.result, timing,
+                         run.monitor)
     timing.last_batch = None
-    write_run_record(task, strategy, run.module, run.optimizer, run.result, timing,
-                     run.monitor)
     ctx.mark("gather full state")
     if task.weights_in_place and _trained_in_place(strategy, run.module, task.module):
         run.result.state_dict = None  # already where the caller reads them: no copy

@@ -138,7 +138,8 @@ def tokens_per_sample(task) -> int | None:
 
 def write_run_record(task, strategy, module, optimizer, result, timing,
                      monitor=None) -> None:
-    """Gather per-rank figures (collective) and, on rank 0, write `run.json`.
+    """Gather per-rank figures (collective) and, on rank 0, write `run.json` into
+    `task.run_dir` (every rank calls it, or none: the fit has a run_dir on every rank).
 
     Args:
         timing: the loop's RunTiming (phase timer, steps, probed in-backward sync wait).
@@ -148,7 +149,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
     phases, sync_wait = step_phases(timing)
     figures = gather_rank_figures(strategy, module, optimizer, phases,
                                   _bubble(strategy))
-    if not strategy.env.is_main or task.run_dir is None:
+    if not strategy.env.is_main:
         return
     mfu, peak = model_flops_utilisation(task, result.stats.get("samples_per_s"),
                                         strategy.env.world_size, strategy.env.local_world_size)
