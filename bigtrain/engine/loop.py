@@ -65,33 +65,27 @@ class NonFiniteLoss(Exception):
 
 
 class _FiniteCheck:
-    """TerminateOnNaN across ranks: the losses since the last check, checked with one
-    all-reduce every `every` steps (and at the epoch's end); every rank stops together.
-    The losses are copied into one buffer, not kept as tensors (see `Tally`)."""
+    """TerminateOnNaN across ranks: every `every` steps (and at the epoch's end) each rank
+    reads the first non-finite loss of its pass from the tally (which holds the steps'
+    losses) and one all-reduce takes the earliest; every rank stops together."""
 
-    def __init__(self, cfg, epoch: int, first: int, strategy: Strategy):
+    def __init__(self, cfg, epoch: int, first: int, strategy: Strategy, tally: Tally):
         self.every, self.batch_size, self.epoch = cfg.nan_check_every, cfg.batch_size, epoch
-        self.strategy, self.first, self.pending = strategy, first, 0
-        self.losses = None  # float64 (every,), allocated on the first loss's device
+        self.strategy, self.first, self.last = strategy, first, first
+        self.tally = tally
+        tally.watch_finite = True
 
-    def add(self, step: int, loss: torch.Tensor, mark) -> None:
-        if self.losses is None:
-            self.losses = torch.empty(self.every, dtype=torch.float64, device=loss.device)
-        # a non-finite element makes the sum non-finite
-        self.losses[self.pending] = loss if loss.dim() == 0 else loss.sum()
-        self.pending += 1
-        if step + 1 - self.first >= self.every:
+    def after_step(self, step: int, mark) -> None:
+        if step + 1 - self.last >= self.every:
             mark("loss check all-reduce", phase="comm")
             self.check(step + 1)
 
-    def check(self, next_first: int) -> None:
+    def check(self, next_last: int) -> None:
         """A collective: every rank calls it at the same steps, with or without losses."""
-        losses = self.losses[:self.pending] if self.pending else torch.zeros(0)
-        self.pending = 0
-        bad = (~torch.isfinite(losses)).nonzero()
-        flag = torch.tensor([float(self.first + int(bad[0])) if len(bad) else float("inf")])
+        # the tally counts its steps from this pass's first, `first` (a resumed epoch's)
+        flag = torch.tensor([self.first + self.tally.first_non_finite()])
         self.strategy.all_reduce(flag, op="min")  # every rank stops together
-        self.first = next_first
+        self.last = next_last
         if torch.isfinite(flag):
             step, size = int(flag), self.batch_size
             raise NonFiniteLoss(
@@ -124,7 +118,8 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     # the checkpoint this run resumed from
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
     want_logs = end_hooks and callbacks.wants_batch_logs
-    finite = _FiniteCheck(cfg, epoch, progress.skip, strategy) if cfg.terminate_on_nan else None
+    finite = (_FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
+              if cfg.terminate_on_nan else None)
     timer = timing.timer
     # a mark that nothing reads (one process, no run record) is not called at all
     mark = ctx.mark if timer is not None or ctx.heartbeat is not None else _unread_mark
@@ -145,7 +140,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         timing.steps += 1
         tally.add(batch, outputs, loss)
         if finite is not None:
-            finite.add(step, loss, mark)
+            finite.after_step(step, mark)
         mark("callbacks (batch end)")
         if end_hooks:
             callbacks.on_train_batch_end(step, {"size": size, "loss": float(loss)}
@@ -157,7 +152,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         timing.last_batch = batch  # step, where it held a step's inputs through the next
     if finite is not None:
         mark("loss check all-reduce")
-        finite.check(next_first=0)
+        finite.check(next_last=0)
     mark("metrics all-reduce")
     return tally.logs(strategy.all_reduce(tally.state()))
 

@@ -92,6 +92,7 @@ class Tally:
     """
 
     HOLD_BYTES = 1 << 18  # a larger output is read at once, not copied
+    LOSS_SLOTS = 64  # steps' losses held before they are summed
 
     def __init__(self, metrics: list[list], activations: list, device):
         self.metrics, self.activations = metrics, activations
@@ -100,6 +101,14 @@ class Tally:
                 m.reset(device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.count = 0  # samples seen (a host number: no device op per step)
+        self.steps = 0  # steps added in this pass
+        # each step's mean loss is copied into a slot (one op); `_fold_losses` sums them
+        self._loss_buf = torch.empty(self.LOSS_SLOTS, dtype=torch.float64, device=device)
+        self._loss_slots = self._loss_buf.unbind(0)
+        self._loss_rows: list[int] = []  # samples behind each held loss
+        # the pass's first step whose loss is not finite (inf: none yet), kept when asked
+        self.watch_finite = False
+        self._first_bad = torch.full((), float("inf"), dtype=torch.float64, device=device)
         # per output: (metrics fed the outputs as they are, metrics fed probabilities,
         # activation) once known; None before the output's first non-empty batch
         self._plans: list = [None] * len(metrics)
@@ -116,8 +125,35 @@ class Tally:
                 self.update_metrics(y, out)
         if mean_loss.requires_grad:
             mean_loss = mean_loss.detach()
-        self.loss_sum.add_(mean_loss if mean_loss.dim() == 0 else mean_loss.reshape(()), alpha=n)
+        self._loss_slots[len(self._loss_rows)].copy_(
+            mean_loss if mean_loss.dim() == 0 else mean_loss.reshape(()))
+        self._loss_rows.append(n)
         self.count += n
+        self.steps += 1
+        if len(self._loss_rows) == self.LOSS_SLOTS:
+            self._fold_losses()
+
+    def _fold_losses(self) -> None:
+        """Add the held losses, weighted by their samples, into `loss_sum` (and note the
+        first non-finite one when `watch_finite`)."""
+        k = len(self._loss_rows)
+        if not k:
+            return
+        losses = self._loss_buf[:k]
+        if self.watch_finite:
+            steps = torch.arange(self.steps - k, self.steps, dtype=torch.float64,
+                                 device=losses.device)
+            bad = torch.where(torch.isfinite(losses), float("inf"), steps).min()
+            torch.minimum(self._first_bad, bad, out=self._first_bad)
+        rows = torch.tensor(self._loss_rows, dtype=torch.float64, device=losses.device)
+        self.loss_sum += (losses * rows).sum()
+        self._loss_rows = []
+
+    def first_non_finite(self) -> float:
+        """The first step of this pass (0-based, counting `add` calls) whose loss was NaN or
+        Inf; inf when none was. Set `watch_finite` before the first step. Reads the device."""
+        self._fold_losses()
+        return float(self._first_bad)
 
     def update_metrics(self, targets, outputs) -> None:
         if outputs is None or targets is None:
@@ -167,6 +203,7 @@ class Tally:
     def state(self) -> torch.Tensor:
         for i in range(len(self._rings)):
             self._read_held(i)
+        self._fold_losses()
         parts = [self.loss_sum.reshape(1),
                  torch.tensor([float(self.count)], dtype=torch.float64, device=self.loss_sum.device)]
         parts += [m.state for ms in self.metrics for m in ms]
