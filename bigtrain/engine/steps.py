@@ -81,10 +81,12 @@ class Tally:
     Which metrics of an output read raw scores and which need the deferred activation
     (`Metric.reads_scores_only`) is asked once, on the first non-empty batch of the pass.
 
-    A step keeps none of its tensors: the loss is added in place, and on a CPU small
-    outputs of built-in metrics (`Metric.batchable`) are copied into a ring allocated once
-    (`_Ring`) and read `_Ring.STEPS` steps at a time: the same sums for a fraction of the
-    ops, each of which costs a small step its full time there. Keeping the steps' own
+    A step keeps none of its tensors: its loss is copied into a slot of a buffer allocated
+    once (summed `LOSS_SLOTS` at a time, and read by the loop's loss check through
+    `first_non_finite`), and on a CPU small outputs of built-in metrics
+    (`Metric.batchable`) are copied into a ring allocated once (`_Ring`) and read
+    `_Ring.STEPS` steps at a time: the same sums for a fraction of the ops, each of which
+    costs a small step its full time there. Keeping the steps' own
     tensors instead (a list of losses, outputs stacked later) held heap memory between
     steps, and the allocator then returned a large step's buffers to the system and
     faulted them in again: 3-7 % of fit's time at batch 256 (bench/RESULTS.md). An
