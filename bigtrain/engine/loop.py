@@ -95,10 +95,6 @@ class _FiniteCheck:
                 "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
 
 
-def _unread_mark(op: str, step: int | None = None, phase: str | None = None) -> None:
-    """`StepContext.mark` where neither a watchdog nor a phase timer listens."""
-
-
 def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
     cfg = task.config
     return feed_epoch(task.train, EpochPlan(
@@ -121,8 +117,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     finite = (_FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
               if cfg.terminate_on_nan else None)
     timer = timing.timer
-    # a mark that nothing reads (one process, no run record) is not called at all
-    mark = ctx.mark if timer is not None or ctx.heartbeat is not None else _unread_mark
+    mark = ctx.mark_fn()
     batch = None
     module.train()
     for step in feed.step_numbers(progress.skip):

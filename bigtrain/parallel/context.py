@@ -64,6 +64,11 @@ class StepContext:
         if timer is not None and timer.active:  # a step the timer samples
             timer.enter(op, phase)
 
+    def mark_fn(self):
+        """`mark`, or a no-op where nothing reads marks (no watchdog, no phase timer: one
+        process without a run record), for a loop that marks every step."""
+        return self.mark if self.heartbeat is not None or self.timer is not None else _no_mark
+
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         """`loss` times the float16 loss scale (as is without a GradScaler)."""
         return loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
@@ -84,3 +89,7 @@ def _clips(optimizer) -> bool:
     inner = getattr(optimizer, "optim", optimizer)  # ZeroRedundancyOptimizer's local one
     rules = rules_of(inner) or rules_of(optimizer)
     return rules is not None and rules.clips
+
+
+def _no_mark(op: str, step: int | None = None, phase: str | None = None) -> None:
+    """`StepContext.mark` where nothing reads marks."""
