@@ -15,6 +15,7 @@ Lifecycle on every rank:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -151,12 +152,15 @@ class PipelineRuntime:
     # ---- one step ---------------------------------------------------------------------
     def _loss(self, output, ids):
         """The schedule's loss: `ids` are the micro-batch's sample indices (see docstring);
-        ids >= n are padding rows (always at the end), which the loss does not read."""
+        ids >= n are padding rows (always at the end), which the loss does not read.
+
+        It runs on the pipeline's critical path once per micro-batch, right after a chunk
+        of compute has pushed its code out of the caches, so it does no work it can skip."""
         if self._ctx is None:  # forward-only pass: schedules still ask the last stage
             return output.new_zeros(())
-        y, sw, compute_loss, n, wsum, record = self._ctx
+        y, sw, compute_loss, n, wsum, record, idx = self._ctx
         t0 = self.timing.clock()
-        first = int(ids[0])
+        first = _first_id(ids, idx)
         real = min(max(n - first, 0), ids.numel())  # rows of this micro-batch that are data
         if real == 0:  # all padding: a zero loss that keeps the graph (zero gradient)
             loss = output.float().sum() * 0.0
@@ -164,12 +168,13 @@ class PipelineRuntime:
             # the schedule splits arange(rows) in order: a micro-batch's ids are consecutive,
             # so its targets are a view (a gather copied them: 50-80 us per micro-batch)
             rows = slice(first, first + real)
-            loss = compute_loss(output[:real], take_rows(y, rows),
-                                None if sw is None else sw[rows])
+            loss = compute_loss(output if real == output.shape[0] else output[:real],
+                                take_rows(y, rows), None if sw is None else sw[rows])
         self.timing.add(0, self.timing.clock() - t0)
         # keyed by first sample: the schedule's one-off metadata pass (on placeholder
         # activations) calls this too, and the real micro-batch overwrites its entry
-        record[first] = (loss.detach().float(), real)
+        seen = loss.detach()
+        record[first] = (seen if seen.dtype == torch.float32 else seen.float(), real)
         return loss * (real / n * wsum) if real else loss
 
     def step(self, batch: StepBatch, compute_loss, autocast, ctx: StepContext):
@@ -186,8 +191,8 @@ class PipelineRuntime:
                              "keep the batch size of the run")
         x = self._pad(x, rows * m)
         record: dict[int, tuple[torch.Tensor, int]] = {}
-        self._ctx = (y, sw, compute_loss, n, float(sum(batch.weights)), record)
         idx = torch.arange(x.shape[0], device=x.device)
+        self._ctx = (y, sw, compute_loss, n, float(sum(batch.weights)), record, idx)
         has_first = any(st.is_first for st in self.pstages)
         has_last = any(st.is_last for st in self.pstages)
         out = self._run_schedule(autocast, (x,) if has_first else (),
@@ -207,7 +212,7 @@ class PipelineRuntime:
         timer = ctx.timer
         self.timing.start(self.pstages, timer is not None and timer.active)
         t0 = self.timing.clock()
-        with autocast():
+        with autocast(), labels_only_when_profiling():
             out = self.schedule.step(*inputs, target=target)
         self.timing.stop(self.timing.clock() - t0, timer)
         return out
@@ -277,3 +282,39 @@ class PipelineRuntime:
         for sid, sd in sorted((item for part in parts for item in part), key=lambda t: t[0]):
             merged.update(sd)
         return merged
+
+
+def _first_id(ids: torch.Tensor, idx: torch.Tensor) -> int:
+    """The first sample index of a micro-batch's `ids`. The schedule splits `idx`
+    (arange) into views, whose storage offset is that index: read without an indexing op
+    and a host read (int(ids[0]) costs 20-40 us here, on the critical path); anything
+    else (a copy) is read."""
+    if ids._base is idx and ids.dim() == 1 and ids.numel():
+        return ids.storage_offset()
+    return int(ids[0])
+
+
+def _no_label(name: str):
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def labels_only_when_profiling():
+    """Run a torch pipelining schedule with its per-micro-batch profiler labels off unless a
+    profiler is recording.
+
+    ScheduleGPipe opens `record_function(f"Forward {i}")` (and "Backward") around every
+    micro-batch. With no profiler it records nothing, yet right after a chunk of compute
+    its enter and exit took 35 and 65 us (its code was out of the caches, against 5 us in a
+    warm loop): 0.1 ms per micro-batch and phase, on the pipeline's critical path
+    (bench/RESULTS.md, 2026-12-02). Under a profiler the labels stay."""
+    from torch.distributed.pipelining import schedules
+    label = getattr(schedules, "record_function", None)
+    if label is None or label is _no_label or torch._C._autograd._profiler_enabled():
+        yield
+        return
+    schedules.record_function = _no_label
+    try:
+        yield
+    finally:
+        schedules.record_function = label
