@@ -27,7 +27,9 @@ the schedule's Python) grows far less than the work ("excess" column, ms) and sh
 the theory as the stage's work grows. Beside the timed gpipe rows, a hand-written p = 2
 GPipe step (isend/irecv, receives posted at the start, no autograd, both ranks' chunks held
 for exactly the chain's times) gives the bubble of the transfers alone: what any pipeline
-over gloo on this host pays; with it, the median time the sender spends inside one isend
+over gloo on this host pays; for the "long" rows, again with the bench's loss computed on the
+last rank with autograd (what the loss adds to any GPipe: the last stage does more work per
+micro-batch than the first, which the theory's equal stages leave out); with it, the median time the sender spends inside one isend
 call, and the same transfer's cost to the kernel alone (a loopback socket `sendall`, no
 torch; these baselines live in bench/pipeline_baselines.py). Each rank runs one torch
 thread.
@@ -295,7 +297,10 @@ def main(argv=None) -> int:
         if schedule == "gpipe" and kind in TIMED and p == 2 and not args.no_hand:
             # the hand-written step right after bigtrain's, with the same chunk times
             hand, post_ms = hand_gpipe(m, args, kind)
-            gpipe_timed[kind, m] = (r["bubble"] / theory, hand / theory, post_ms)
+            # and with the bench's loss on the last rank (the 12 ms rows: the headline)
+            lossy = hand_gpipe(m, args, kind, loss=True)[0] if kind == "long" else None
+            gpipe_timed[kind, m] = (r["bubble"] / theory, hand / theory, post_ms,
+                                    None if lossy is None else lossy / theory)
         tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
         print(f"  {kind:<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
@@ -317,9 +322,10 @@ def main(argv=None) -> int:
         print("  hand-written GPipe, p = 2 (isend/irecv, every receive posted at the step's "
               "start, no autograd, both ranks' chunks exactly the chain's times), bubble / "
               "theory, and the median time the sender spends inside one isend call:")
-        for (kind, m), (ours, hand, post_ms) in gpipe_timed.items():
-            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written {hand:.2f} "
-                  f"(isend call {post_ms:.2f} ms)")
+        for (kind, m), (ours, hand, post_ms, lossy) in gpipe_timed.items():
+            with_loss = "" if lossy is None else f", with the bench's loss {lossy:.2f}"
+            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written {hand:.2f}"
+                  f"{with_loss} (isend call {post_ms:.2f} ms)")
         nbytes = args.micro_rows * args.hidden * 4
         for gap in sorted({args.timed_ms, args.long_ms}):
             med, p90 = socket_send_ms(nbytes, gap)

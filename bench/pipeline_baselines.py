@@ -23,15 +23,20 @@ def hold(seconds: float, kind: str) -> None:
         pass
 
 
-def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps):
+def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps,
+                loss=False):
     """A hand-written p = 2 GPipe step over torch.distributed isend/irecv with the timed
     chains' chunks: every receive posted at the step's start, each forward `chunk_ms` and
     each backward twice that, on both ranks alike (what is sent is allocated before the
     step: a fresh 256 KiB buffer costs 0.2 ms of page faults here, which made one rank's
-    chunks longer than the other's). Per timed step (entry, exit, busy seconds, seconds of
-    each isend call) of this rank."""
+    chunks longer than the other's). With `loss`, the last rank also computes the bench's
+    loss on each micro-batch's activations, mean((a - t)^2) with autograd, after its forward
+    and backpropagates it before its backward, timed as busy as bigtrain times its loss;
+    it sends that gradient back. Per timed step (entry, exit, busy seconds, seconds of each
+    isend call) of this rank."""
     torch.set_num_threads(1)
     peer, f = 1 - rank, chunk_ms / 1e3
+    target = torch.randn(micro_rows, hidden)
     out = []
     for i in range(warmup + steps):
         bufs = [torch.empty(micro_rows, hidden) for _ in range(m)]
@@ -39,11 +44,15 @@ def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps
         torch.distributed.barrier()
         t0, busy, sends, posts = time.perf_counter(), 0.0, [], []
         recvs = [torch.distributed.irecv(b, peer) for b in bufs]  # activations or gradients
+        held = []  # the last rank's (activations, loss) per micro-batch, with `loss`
         for k in range(m):  # forward
             if rank == 1:
                 recvs[k].wait()
             c = time.perf_counter()
             hold(f, how)
+            if rank == 1 and loss:
+                a = bufs[k].requires_grad_()
+                held.append((a, ((a - target) ** 2).mean()))
             busy += time.perf_counter() - c
             if rank == 0:
                 c = time.perf_counter()
@@ -53,11 +62,14 @@ def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps
             if rank == 0:
                 recvs[k].wait()
             c = time.perf_counter()
+            if held:
+                held[k][1].backward()
             hold(2 * f, how)
             busy += time.perf_counter() - c
             if rank == 1:
+                grad = held[k][0].grad if held else bufs[k]
                 c = time.perf_counter()
-                sends.append(torch.distributed.isend(bufs[k], peer))
+                sends.append(torch.distributed.isend(grad, peer))
                 posts.append(time.perf_counter() - c)
         for w in sends:
             w.wait()
@@ -118,14 +130,15 @@ def _ping_pong(rank, world, numel, repeats=40):
     return statistics.median(out)
 
 
-def hand_gpipe(m, args, kind) -> tuple[float, float]:
+def hand_gpipe(m, args, kind, loss=False) -> tuple[float, float]:
     """(median bubble, median ms of an isend call) of the hand-written GPipe step
-    (`_hand_gpipe`) for a timed chain, the bubble measured as bigtrain's (span from the
-    first stage's entry to the last rank's exit)."""
+    (`_hand_gpipe`, with the bench's loss on the last rank when `loss`) for a timed chain,
+    the bubble measured as bigtrain's (span from the first stage's entry to the last rank's
+    exit)."""
     chunk_ms = args.long_ms if kind == "long" else args.timed_ms
     how = "sleep" if kind == "sleep" else "spin"
     per_rank = run_ranks(_hand_gpipe, 2, m, args.hidden, args.micro_rows, chunk_ms, how,
-                         args.warmup, args.steps, timeout=600)
+                         args.warmup, args.steps, loss, timeout=600)
     bubbles = []
     for s in range(args.steps):
         span = max(r[s][1] for r in per_rank) - per_rank[0][s][0]
