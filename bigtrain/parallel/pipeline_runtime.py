@@ -261,8 +261,9 @@ class PipelineRuntime:
         outs = []
         for start in range(0, n, chunk) if n else [0]:
             part = x[start:start + chunk]
-            out = self.schedule.eval(*((self._pad(part, chunk),) if first else ()),
-                                     target=ids if last else None)
+            with labels_only_when_profiling():
+                out = self.schedule.eval(*((self._pad(part, chunk),) if first else ()),
+                                         target=ids if last else None)
             outs.append(self._broadcast_result(out if last else None)[0][:part.shape[0]])
         return torch.cat(outs)
 
