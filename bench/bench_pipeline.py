@@ -27,12 +27,12 @@ the schedule's Python) grows far less than the work ("excess" column, ms) and sh
 the theory as the stage's work grows. Beside the timed gpipe rows, a hand-written p = 2
 GPipe step (isend/irecv, receives posted at the start, no autograd, both ranks' chunks held
 for exactly the chain's times) gives the bubble of the transfers alone: what any pipeline
-over gloo on this host pays; for the "long" rows, again with the bench's loss computed on the
-last rank with autograd (what the loss adds to any GPipe: the last stage does more work per
-micro-batch than the first, which the theory's equal stages leave out); with it, the median time the sender spends inside one isend
-call, and the same transfer's cost to the kernel alone (a loopback socket `sendall`, no
-torch; these baselines live in bench/pipeline_baselines.py). Each rank runs one torch
-thread.
+over gloo on this host pays. For the "long" rows it runs again with the bench's loss
+computed on its last rank with autograd: what the loss adds to any GPipe (the last stage
+does more work per micro-batch than the first, which the theory's equal stages leave out).
+With it, the median time the sender spends inside one isend call, and the same transfer's
+cost to the kernel alone (a loopback socket `sendall`, no torch; these baselines live in
+bench/pipeline_baselines.py). Each rank runs one torch thread.
 
 Beside it (bench/pipeline_timeline.py): the same step replayed from its measured chunk
 durations with free send/recv and no scheduler overhead (the bubble this schedule gives with

@@ -286,10 +286,10 @@ class PipelineRuntime:
 
 
 def _first_id(ids: torch.Tensor, idx: torch.Tensor) -> int:
-    """The first sample index of a micro-batch's `ids`. The schedule splits `idx`
-    (arange) into views, whose storage offset is that index: read without an indexing op
-    and a host read (int(ids[0]) costs 20-40 us here, on the critical path); anything
-    else (a copy) is read."""
+    """The first sample index of a micro-batch's `ids`. The schedule splits `idx` (a
+    fresh arange) into views, whose storage offset is that index: known without an
+    indexing op and a host read (on a GPU, a sync) on the critical path. Anything else (a
+    copy) is read."""
     if ids._base is idx and ids.dim() == 1 and ids.numel():
         return ids.storage_offset()
     return int(ids[0])
