@@ -70,7 +70,8 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import machine_busy_seconds, machine_line  # noqa: E402
-from bench.pipeline_baselines import hand_gpipe, hold, one_way_seconds, socket_send_ms  # noqa: E402,E501
+from bench.pipeline_baselines import (hand_gpipe, hold, mse, one_way_seconds,  # noqa: E402
+                                      socket_send_ms)
 from bench.pipeline_timeline import Recorder, attach, breakdown, replay  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
 from bigtrain.parallel.pipeline import Pipeline  # noqa: E402
@@ -166,7 +167,7 @@ def _bench(rank, world, schedule, m, hidden, layers, micro_rows, warmup, steps, 
                 rec.end(t0, time.perf_counter())
     rt.schedule.step = step
     x, y = torch.randn(m * micro_rows, hidden), torch.randn(m * micro_rows, hidden)
-    loss = lambda out, t, sw: ((out - t) ** 2).mean()  # noqa: E731
+    loss = lambda out, t, sw: mse(out, t)  # noqa: E731
     for i in range(warmup + steps):
         torch.distributed.barrier()
         if i >= warmup:

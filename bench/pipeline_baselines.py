@@ -23,6 +23,11 @@ def hold(seconds: float, kind: str) -> None:
         pass
 
 
+def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The pipeline bench's loss, for bigtrain's rows and the hand-written GPipe alike."""
+    return ((out - target) ** 2).mean()
+
+
 def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps,
                 loss=False):
     """A hand-written p = 2 GPipe step over torch.distributed isend/irecv with the timed
@@ -52,7 +57,7 @@ def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps
             hold(f, how)
             if rank == 1 and loss:
                 a = bufs[k].requires_grad_()
-                held.append((a, ((a - target) ** 2).mean()))
+                held.append((a, mse(a, target)))
             busy += time.perf_counter() - c
             if rank == 0:
                 c = time.perf_counter()
