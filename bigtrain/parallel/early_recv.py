@@ -18,6 +18,14 @@ used for schedules with several stages per rank, whose streams share a peer pair
 NCCL, where a pending receive would hold back the sends queued behind it on the pair's
 stream.
 
+The gradients travel on a process group of their own (`grad_group`, the same ranks): in
+1f1b the first stage sends a micro-batch's activations while the next sends another's
+gradients, often at the same moment, and two ranks posting sends to each other at once on
+one gloo pair stalled 4-5 ms in the send call (one I/O thread and socket pair for both
+directions). A hand-written p = 2 1F1B with chunks of fixed length read 1.44-1.51x the
+theory's bubble at 8 micro-batches on one group, 1.10-1.24x with a group per direction
+(bench/RESULTS.md).
+
 The wait is outside the compute methods the bubble timer wraps (`compute_chunks`).
 """
 from __future__ import annotations
@@ -31,15 +39,18 @@ class EarlyRecvStage(PipelineStage):
 
     Args:
         microbatches: the schedule's micro-batches per step.
+        grad_group: the process group the gradients are sent and received on (the same
+            ranks as the stage's `group`); None: the stage's group.
         *args, **kwargs: those of PipelineStage.
     """
 
     #: the methods that are this stage's compute (bigtrain.parallel.pipeline_stage.wrap_chunks)
     compute_chunks = (("compute_forward", 0), ("compute_backward", 1))
 
-    def __init__(self, *args, microbatches: int, **kwargs):
+    def __init__(self, *args, microbatches: int, grad_group=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.microbatches = microbatches
+        self.grad_group = grad_group if grad_group is not None else self.group
         self._posted: dict[tuple[str, int], list] = {}
         self._grads_due = False  # this step's gradient receives are still to be posted
 
@@ -49,6 +60,10 @@ class EarlyRecvStage(PipelineStage):
 
     def get_bwd_recv_ops(self, bwd_chunk_id: int) -> list[dist.P2POp]:
         return []
+
+    def get_bwd_send_ops(self, bwd_chunk_id: int) -> list[dist.P2POp]:
+        return [dist.P2POp(op.op, op.tensor, op.peer, self.grad_group, op.tag)
+                for op in super().get_bwd_send_ops(bwd_chunk_id)]
 
     def forward_one_chunk(self, fwd_chunk_id: int, *args, **kwargs):
         if fwd_chunk_id == 0:
@@ -92,10 +107,11 @@ class EarlyRecvStage(PipelineStage):
     def _post(self, kind: str, recv_ops) -> None:
         """Post the receives `recv_ops(self, i)` of every micro-batch i, in order (none for
         gradients without a backward, or on the last stage)."""
+        group = None
         if kind == "B":
-            self._grads_due = False
+            self._grads_due, group = False, self.grad_group
         for i in range(self.microbatches):
-            works = [dist.irecv(op.tensor, src=op.peer, group=op.group, tag=op.tag)
+            works = [dist.irecv(op.tensor, src=op.peer, group=group or op.group, tag=op.tag)
                      for op in recv_ops(self, i)]
             if works:
                 self._posted[kind, i] = works

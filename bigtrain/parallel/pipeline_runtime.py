@@ -103,7 +103,8 @@ class PipelineRuntime:
         if (self.settings.early_recv and self.settings.schedule not in MULTI_STAGE
                 and dist.get_backend(self.pp_group) == "gloo"):
             from bigtrain.parallel.early_recv import EarlyRecvStage  # receives posted early
-            stage, extra = EarlyRecvStage, {"microbatches": self.settings.microbatches}
+            stage, extra = EarlyRecvStage, {"microbatches": self.settings.microbatches,
+                                            "grad_group": self._grad_group()}
         self.pstages = [stage(m, s, self.n_stages, self.env.device, group=self.pp_group, **extra)
                         for m, s in zip(self.modules, self.stage_ids)]
         if self.settings.slowdown > 1.0:
@@ -111,6 +112,20 @@ class PipelineRuntime:
             # (compute only: the schedule's send/recv waits are not inside a chunk)
             wrap_chunks(self.pstages, lambda fn, _: slowed(fn, self.settings.slowdown))
         self.schedule = self._make_schedule()
+
+    def _grad_group(self):
+        """A second gloo group over this rank's pipeline column, for the gradients (see
+        bigtrain.parallel.early_recv: a pair of ranks sending to each other at once on one
+        group stalled for a scheduler tick). Every rank creates every column's group, in
+        the same order (torch.distributed.new_group's rule)."""
+        d, mine = self.dims, None
+        for dp in range(d.dp):
+            for tp in range(d.tp):
+                ranks = [d.rank_of(pp=i, dp=dp, tp=tp) for i in range(d.pp)]
+                group = dist.new_group(ranks, backend="gloo")
+                if self.env.rank in ranks:
+                    mine = group
+        return mine
 
     def _make_schedule(self):
         from torch.distributed import pipelining as pl

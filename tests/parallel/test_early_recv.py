@@ -2,9 +2,11 @@
 receive of a step is pending before the stage's first compute (the first stage's gradients:
 before its first backward), each chunk still reads the
 right micro-batch (parity with one process, 3 stages so the middle one receives from both
-sides), and nothing stays pending after a step or a forward-only call."""
+sides), gradients travel on a group of their own over the same ranks, and nothing stays
+pending after a step or a forward-only call."""
 import pytest
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,6 +33,7 @@ def chain_loss(out, y, sw):
 
 def _run(rank, world, schedule):
     seen = []  # the pending receives when each step's first forward chunk computes
+    grads_on_own_group = []  # per gradient send: was it on the stage's gradient group?
 
     class Spy(Pipeline):
         def setup_module(self, module):
@@ -38,6 +41,16 @@ def _run(rank, world, schedule):
             self.kept, self.module = list(self._rt.pstages), out  # teardown drops them
             for st in self.kept:
                 assert isinstance(st, EarlyRecvStage), type(st)
+                assert st.grad_group is not st.group
+                assert (dist.get_process_group_ranks(st.grad_group)
+                        == dist.get_process_group_ranks(st.group))
+                sends = st.get_bwd_send_ops
+
+                def spied_sends(chunk, _st=st, _s=sends):
+                    ops = _s(chunk)
+                    grads_on_own_group.extend(op.group is _st.grad_group for op in ops)
+                    return ops
+                st.get_bwd_send_ops = spied_sends
                 compute = st.compute_forward
 
                 def spied(chunk, *a, _st=st, _c=compute, **k):
@@ -69,14 +82,14 @@ def _run(rank, world, schedule):
 
     strategy = Spy(stages=world, microbatches=4, schedule=schedule, split=[2, 2, 2])
     trained = train_with(rank, world, strategy, make_chain, chain_data, chain_loss)
-    return trained, seen, strategy.left, strategy.out
+    return trained, seen, strategy.left, strategy.out, grads_on_own_group
 
 
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_receives_posted_at_step_start_train_the_same(schedule):
     ref, ref_losses = train_reference(make_chain, chain_data, chain_loss)
     results = run_ranks(_run, 3, schedule, timeout=180)
-    (full, losses), _, _, _ = results[0]
+    (full, losses), *_ = results[0]
     assert max_diff(full, ref) <= TOL
     assert losses == pytest.approx(ref_losses, abs=1e-5)
     m = 4
@@ -89,7 +102,9 @@ def test_receives_posted_at_step_start_train_the_same(schedule):
     model.load_state_dict(ref)
     with torch.no_grad():
         expected_out = model(chain_data(0)[0][:5])
-    for rank, (_, seen, left, out) in enumerate(results):
+    for rank, (_, seen, left, out, own_group) in enumerate(results):
+        # every stage but the first sends one gradient per micro-batch, on its own group
+        assert own_group == ([] if rank == 0 else [True] * (m * STEPS)), (rank, own_group)
         cut = seen.index("forward only")
         assert seen[:cut] == expected[rank] * STEPS, (rank, seen)
         # a forward-only call (5 rows padded to 4 micro-batches) posts activations only
