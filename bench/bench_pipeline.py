@@ -24,12 +24,15 @@ real compute does; "sleep" leaves them free for the communication threads, so sp
 sleep is what two ranks sharing two cores cost the transfers. The "long" rows spin for
 --long-ms (4x as long) with the same activations: a cost paid per micro-batch (a transfer,
 the schedule's Python) grows far less than the work ("excess" column, ms) and shrinks against
-the theory as the stage's work grows. Beside the timed gpipe rows, a hand-written p = 2
-GPipe step (isend/irecv, receives posted at the start, no autograd, both ranks' chunks held
-for exactly the chain's times) gives the bubble of the transfers alone: what any pipeline
-over gloo on this host pays. For the "long" rows it runs again with the bench's loss
-computed on its last rank with autograd: what the loss adds to any GPipe (the last stage
-does more work per micro-batch than the first, which the theory's equal stages leave out).
+the theory as the stage's work grows. Beside the timed gpipe rows (and the long 1f1b rows),
+a hand-written p = 2 step of the same schedule (isend/irecv, receives posted at the start,
+torch's order of chunks, no autograd, both ranks' chunks held for exactly the chain's times)
+gives the bubble of the transfers alone: what any pipeline over gloo on this host pays. For
+the "long" rows it runs again with the bench's loss computed on its last rank with
+autograd: what the loss adds to any pipeline (the last stage does more work per micro-batch
+than the first, which the theory's equal stages leave out). Activations and gradients go
+on a process group each, as bigtrain's do; the long 1f1b rows also run with both on one
+group, where the two ranks' sends to each other at the same moment stall in gloo.
 With it, the median time the sender spends inside one isend call, and the same transfer's
 cost to the kernel alone (a loopback socket `sendall`, no torch; these baselines live in
 bench/pipeline_baselines.py). Each rank runs one torch thread.
@@ -70,7 +73,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from bench.common import machine_busy_seconds, machine_line  # noqa: E402
-from bench.pipeline_baselines import (hand_gpipe, hold, mse, one_way_seconds,  # noqa: E402
+from bench.pipeline_baselines import (hand_pipeline, hold, mse, one_way_seconds,  # noqa: E402
                                       socket_send_ms)
 from bench.pipeline_timeline import Recorder, attach, breakdown, replay  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
@@ -283,7 +286,8 @@ def main(argv=None) -> int:
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
     rows = [(k, s, m) for k in args.chains for s in ("gpipe", "1f1b") for m in (4, 8)]
-    gpipe_timed = {}  # (chain, m) -> (bigtrain gpipe, hand-written gpipe): bubble / theory
+    # (chain, schedule, m) -> bigtrain, hand-written, isend ms, hand with the loss
+    hand_rows = {}
     for i, (kind, schedule, m) in enumerate(rows):
         torch_order = None
         if not args.compare or kind != "plain":
@@ -295,13 +299,19 @@ def main(argv=None) -> int:
             r = measure(schedule, m, args)
             torch_order = measure(schedule, m, args, early=False)
         theory = (p - 1) / (m + p - 1)
-        if schedule == "gpipe" and kind in TIMED and p == 2 and not args.no_hand:
+        if kind in TIMED and p == 2 and not args.no_hand and (
+                schedule == "gpipe" or kind == "long"):
             # the hand-written step right after bigtrain's, with the same chunk times
-            hand, post_ms = hand_gpipe(m, args, kind)
+            hand, post_ms = hand_pipeline(m, args, kind, schedule=schedule)
             # and with the bench's loss on the last rank (the 12 ms rows: the headline)
-            lossy = hand_gpipe(m, args, kind, loss=True)[0] if kind == "long" else None
-            gpipe_timed[kind, m] = (r["bubble"] / theory, hand / theory, post_ms,
-                                    None if lossy is None else lossy / theory)
+            lossy = (hand_pipeline(m, args, kind, loss=True, schedule=schedule)[0]
+                     if kind == "long" else None)
+            # and 1f1b with both directions on one group (what bigtrain did before)
+            one = (hand_pipeline(m, args, kind, schedule=schedule, one_group=True)[0]
+                   if kind == "long" and schedule == "1f1b" else None)
+            hand_rows[kind, schedule, m] = (r["bubble"] / theory, hand / theory, post_ms,
+                                            None if lossy is None else lossy / theory,
+                                            None if one is None else one / theory)
         tord = "-" if torch_order is None else f"{torch_order['bubble'] / theory:.2f}"
         print(f"  {kind:<5} {schedule:<8} {m:>2} "
               f"{r['bubble']:>8.3f} {theory:>6.3f} "
@@ -315,18 +325,21 @@ def main(argv=None) -> int:
               f"{(r['bubble'] - theory) / (1 - theory) * r['span_ms'] / m:>6.2f} "
               f"{r['skew_ms']:>7.2f}  "
               f"{' '.join(f'{b / theory:.2f}' for b in r['all'])}", flush=True)
-    if gpipe_timed:
+    if hand_rows:
         one_way = one_way_seconds(args.micro_rows * args.hidden)
         print(f"  one micro-batch's activations ({args.micro_rows * args.hidden * 4 // 1024} "
               f"KiB) from one rank to the other: {one_way * 1e3:.3f} ms (half a send/recv "
               "round trip, median)")
-        print("  hand-written GPipe, p = 2 (isend/irecv, every receive posted at the step's "
-              "start, no autograd, both ranks' chunks exactly the chain's times), bubble / "
-              "theory, and the median time the sender spends inside one isend call:")
-        for (kind, m), (ours, hand, post_ms, lossy) in gpipe_timed.items():
+        print("  hand-written GPipe and 1F1B, p = 2 (isend/irecv, every receive posted at the "
+              "step's start, torch's order of chunks, no autograd, both ranks' chunks exactly "
+              "the chain's times, activations and gradients on a group each; \"on one "
+              "group\": both directions on one), bubble / theory, and the median time the "
+              "sender spends inside one isend call:")
+        for (kind, schedule, m), (ours, hand, post_ms, lossy, one) in hand_rows.items():
             with_loss = "" if lossy is None else f", with the bench's loss {lossy:.2f}"
-            print(f"    {kind:<5} m={m}: bigtrain {ours:.2f}, hand-written {hand:.2f}"
-                  f"{with_loss} (isend call {post_ms:.2f} ms)")
+            one_group = "" if one is None else f", on one group {one:.2f}"
+            print(f"    {kind:<5} {schedule:<5} m={m}: bigtrain {ours:.2f}, hand-written "
+                  f"{hand:.2f}{with_loss}{one_group} (isend call {post_ms:.2f} ms)")
         nbytes = args.micro_rows * args.hidden * 4
         for gap in sorted({args.timed_ms, args.long_ms}):
             med, p90 = socket_send_ms(nbytes, gap)

@@ -1,5 +1,5 @@
 """What any p = 2 pipeline over gloo pays on this host, measured without bigtrain: a
-hand-written GPipe step with timed chunks, one transfer's one-way time (half a round trip)
+hand-written GPipe or 1F1B step with timed chunks, one transfer's one-way time (half a round trip)
 and the kernel's own cost of a loopback send. bench_pipeline prints them beside bigtrain's
 rows; see its docstring."""
 from __future__ import annotations
@@ -28,53 +28,74 @@ def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return ((out - target) ** 2).mean()
 
 
-def _hand_gpipe(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps,
-                loss=False):
-    """A hand-written p = 2 GPipe step over torch.distributed isend/irecv with the timed
-    chains' chunks: every receive posted at the step's start, each forward `chunk_ms` and
-    each backward twice that, on both ranks alike (what is sent is allocated before the
-    step: a fresh 256 KiB buffer costs 0.2 ms of page faults here, which made one rank's
-    chunks longer than the other's). With `loss`, the last rank also computes the bench's
-    loss on each micro-batch's activations, mean((a - t)^2) with autograd, after its forward
-    and backpropagates it before its backward, timed as busy as bigtrain times its loss;
-    it sends that gradient back. Per timed step (entry, exit, busy seconds, seconds of each
-    isend call) of this rank."""
+def schedule_order(schedule: str, rank: int, m: int) -> list[tuple[str, int]]:
+    """("F" or "B", micro-batch) in the order rank `rank` of a p = 2 pipeline runs them, as
+    torch's ScheduleGPipe and Schedule1F1B do: gpipe, every forward then every backward;
+    1f1b, (2 - rank) forwards first, then one backward and one forward in turn, then the
+    backwards left.
+
+    Example:
+        >>> schedule_order("1f1b", 0, 3)
+        [('F', 0), ('F', 1), ('B', 0), ('F', 2), ('B', 1), ('B', 2)]
+    """
+    if schedule == "gpipe":
+        return [("F", k) for k in range(m)] + [("B", k) for k in range(m)]
+    warm = min(m, 2 - rank)
+    order = [("F", k) for k in range(warm)]
+    for k in range(m):
+        order.append(("B", k))
+        if warm + k < m:
+            order.append(("F", warm + k))
+    return order
+
+
+def _hand_pipeline(rank, world, m, hidden, micro_rows, chunk_ms, how, warmup, steps,
+                   loss=False, schedule="gpipe", one_group=False):
+    """A hand-written p = 2 pipeline step (`schedule`: "gpipe" or "1f1b", see
+    `schedule_order`) over torch.distributed isend/irecv with the timed chains' chunks: every
+    receive posted at the step's start, each forward `chunk_ms` and each backward twice
+    that, on both ranks alike (what is sent is allocated before the step: a fresh 256 KiB
+    buffer costs 0.2 ms of page faults here, which made one rank's chunks longer than the
+    other's). With `loss`, the last rank also computes the bench's loss on each
+    micro-batch's activations, mean((a - t)^2) with autograd, after its forward and
+    backpropagates it before its backward, timed as busy as bigtrain times its loss; it
+    sends that gradient back. Activations and gradients travel on two groups of the same
+    ranks, as bigtrain's do (bigtrain.parallel.early_recv); `one_group` puts both on one.
+    Per timed step (entry, exit, busy seconds, seconds of each isend call) of this rank."""
     torch.set_num_threads(1)
     peer, f = 1 - rank, chunk_ms / 1e3
+    acts = torch.distributed.new_group([0, 1])
+    grads = acts if one_group else torch.distributed.new_group([0, 1])
     target = torch.randn(micro_rows, hidden)
+    order = schedule_order(schedule, rank, m)
     out = []
     for i in range(warmup + steps):
         bufs = [torch.empty(micro_rows, hidden) for _ in range(m)]
         src = torch.randn(micro_rows, hidden)  # rank 0's activations (rank 1 sends bufs[k])
         torch.distributed.barrier()
         t0, busy, sends, posts = time.perf_counter(), 0.0, [], []
-        recvs = [torch.distributed.irecv(b, peer) for b in bufs]  # activations or gradients
-        held = []  # the last rank's (activations, loss) per micro-batch, with `loss`
-        for k in range(m):  # forward
-            if rank == 1:
+        # rank 1 receives activations, rank 0 gradients
+        recvs = [torch.distributed.irecv(b, peer, group=acts if rank else grads) for b in bufs]
+        held = {}  # the last rank's (activations, loss) per micro-batch, with `loss`
+        for op, k in order:
+            if (op == "F") == (rank == 1):  # this chunk's input comes from the other rank
                 recvs[k].wait()
             c = time.perf_counter()
-            hold(f, how)
-            if rank == 1 and loss:
-                a = bufs[k].requires_grad_()
-                held.append((a, mse(a, target)))
+            if op == "F":
+                hold(f, how)
+                if rank == 1 and loss:
+                    a = bufs[k].requires_grad_()
+                    held[k] = (a, mse(a, target))
+            else:
+                if k in held:
+                    held[k][1].backward()
+                hold(2 * f, how)
             busy += time.perf_counter() - c
-            if rank == 0:
+            if (op == "F") == (rank == 0):  # its output goes to the other rank
+                sent = src if op == "F" else (held[k][0].grad if k in held else bufs[k])
                 c = time.perf_counter()
-                sends.append(torch.distributed.isend(src, peer))
-                posts.append(time.perf_counter() - c)
-        for k in range(m):  # backward
-            if rank == 0:
-                recvs[k].wait()
-            c = time.perf_counter()
-            if held:
-                held[k][1].backward()
-            hold(2 * f, how)
-            busy += time.perf_counter() - c
-            if rank == 1:
-                grad = held[k][0].grad if held else bufs[k]
-                c = time.perf_counter()
-                sends.append(torch.distributed.isend(grad, peer))
+                sends.append(torch.distributed.isend(sent, peer,
+                                                     group=acts if op == "F" else grads))
                 posts.append(time.perf_counter() - c)
         for w in sends:
             w.wait()
@@ -135,15 +156,16 @@ def _ping_pong(rank, world, numel, repeats=40):
     return statistics.median(out)
 
 
-def hand_gpipe(m, args, kind, loss=False) -> tuple[float, float]:
-    """(median bubble, median ms of an isend call) of the hand-written GPipe step
-    (`_hand_gpipe`, with the bench's loss on the last rank when `loss`) for a timed chain,
-    the bubble measured as bigtrain's (span from the first stage's entry to the last rank's
-    exit)."""
+def hand_pipeline(m, args, kind, loss=False, schedule="gpipe",
+                  one_group=False) -> tuple[float, float]:
+    """(median bubble, median ms of an isend call) of the hand-written pipeline step
+    (`_hand_pipeline`, with the bench's loss on the last rank when `loss`) for a timed
+    chain, the bubble measured as bigtrain's (span from the first stage's entry to the last
+    rank's exit)."""
     chunk_ms = args.long_ms if kind == "long" else args.timed_ms
     how = "sleep" if kind == "sleep" else "spin"
-    per_rank = run_ranks(_hand_gpipe, 2, m, args.hidden, args.micro_rows, chunk_ms, how,
-                         args.warmup, args.steps, loss, timeout=600)
+    per_rank = run_ranks(_hand_pipeline, 2, m, args.hidden, args.micro_rows, chunk_ms, how,
+                         args.warmup, args.steps, loss, schedule, one_group, timeout=600)
     bubbles = []
     for s in range(args.steps):
         span = max(r[s][1] for r in per_rank) - per_rank[0][s][0]
