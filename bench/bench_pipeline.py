@@ -31,8 +31,8 @@ gives the bubble of the transfers alone: what any pipeline over gloo on this hos
 the "long" rows it runs again with the bench's loss computed on its last rank with
 autograd: what the loss adds to any pipeline (the last stage does more work per micro-batch
 than the first, which the theory's equal stages leave out). Activations and gradients go
-on a process group each, as bigtrain's do; the long 1f1b rows also run with both on one
-group, where the two ranks' sends to each other at the same moment stall in gloo.
+on a process group each, as bigtrain's do; the long 1f1b row at m = 8 also runs with both
+on one group, where the two ranks' sends to each other at the same moment stall in gloo.
 With it, the median time the sender spends inside one isend call, and the same transfer's
 cost to the kernel alone (a loopback socket `sendall`, no torch; these baselines live in
 bench/pipeline_baselines.py). Each rank runs one torch thread.
@@ -306,9 +306,9 @@ def main(argv=None) -> int:
             # and with the bench's loss on the last rank (the 12 ms rows: the headline)
             lossy = (hand_pipeline(m, args, kind, loss=True, schedule=schedule)[0]
                      if kind == "long" else None)
-            # and 1f1b with both directions on one group (what bigtrain did before)
+            # and 1f1b with both directions on one group (what bigtrain did before), m = 8
             one = (hand_pipeline(m, args, kind, schedule=schedule, one_group=True)[0]
-                   if kind == "long" and schedule == "1f1b" else None)
+                   if kind == "long" and schedule == "1f1b" and m == 8 else None)
             hand_rows[kind, schedule, m] = (r["bubble"] / theory, hand / theory, post_ms,
                                             None if lossy is None else lossy / theory,
                                             None if one is None else one / theory)
