@@ -115,9 +115,9 @@ class PipelineRuntime:
 
     def _grad_group(self):
         """A second gloo group over this rank's pipeline column, for the gradients (see
-        bigtrain.parallel.early_recv: a pair of ranks sending to each other at once on one
-        group stalled for a scheduler tick). Every rank creates every column's group, in
-        the same order (torch.distributed.new_group's rule)."""
+        bigtrain.parallel.early_recv: two ranks sending to each other at once on one group
+        stalled 4-5 ms in the send call). Every rank creates every column's group, in the
+        same order (torch.distributed.new_group's rule)."""
         d, mine = self.dims, None
         for dp in range(d.dp):
             for tp in range(d.tp):
