@@ -286,7 +286,7 @@ def main(argv=None) -> int:
     busy0 = machine_busy_seconds()
     t0 = time.perf_counter()
     rows = [(k, s, m) for k in args.chains for s in ("gpipe", "1f1b") for m in (4, 8)]
-    # (chain, schedule, m) -> bigtrain, hand-written, isend ms, hand with the loss
+    # (chain, schedule, m) -> bigtrain, hand-written, isend ms, with the loss, on one group
     hand_rows = {}
     for i, (kind, schedule, m) in enumerate(rows):
         torch_order = None
