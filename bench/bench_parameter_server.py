@@ -34,7 +34,6 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
@@ -43,6 +42,7 @@ from bigtrain.data.ctr import CTRConfig, make_ctr  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
 from bigtrain.parallel.parameter_server import ParameterServer  # noqa: E402
 from bigtrain.zoo.wide_and_deep import WideAndDeep  # noqa: E402
+from tests.dist import rank_context, set_env  # noqa: E402
 
 
 def rank_threads(world: int) -> int:
@@ -50,7 +50,8 @@ def rank_threads(world: int) -> int:
     return max(1, (os.cpu_count() or 1) // world)
 
 
-def _entry(rank, world, store_path, fn, args, queue):
+def _entry(rank, world, store_path, fn, args, queue, env):
+    set_env(env)
     torch.set_num_threads(rank_threads(world))
     dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank,
                             world_size=world, timeout=timedelta(seconds=120))
@@ -62,11 +63,11 @@ def _entry(rank, world, store_path, fn, args, queue):
 
 def spawn(fn, world: int, *args) -> list:
     """Run fn(rank, world, *args) on `world` gloo ranks; results in rank order."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
+    ctx = rank_context()  # a fork server: a rank starts in well under a second
+    queue, env = ctx.Queue(), dict(os.environ)
     with tempfile.TemporaryDirectory() as tmp:
         procs = [ctx.Process(target=_entry, args=(r, world, os.path.join(tmp, "s"), fn, args,
-                                                  queue)) for r in range(world)]
+                                                  queue, env)) for r in range(world)]
         for p in procs:
             p.start()
         out = dict(queue.get(timeout=600) for _ in range(world))
