@@ -1,6 +1,6 @@
 """The one helper every distributed test uses to start gloo ranks.
 
-`run_ranks(fn, world_size, *args)` starts `world_size` fresh processes (`rank_context`), joins them
+`run_ranks(fn, world_size, *args)` starts `world_size` processes (`rank_context`), joins them
 into a gloo process group through a FileStore in a temporary folder (no TCP port to pick, so
 no port races), runs `fn(rank, world_size, *args)` in each and returns the per-rank results
 in rank order. A hard timeout kills every rank and raises with the ranks' errors; the
@@ -51,9 +51,8 @@ def rank_context():
 
 def set_env(env: dict) -> None:
     """Make this process's environment `env` (the caller's, taken when it started us)."""
-    if env != os.environ:
-        os.environ.clear()
-        os.environ.update(env)
+    os.environ.clear()
+    os.environ.update(env)
 
 
 def _entry(fn, rank, world_size, store_path, pg_timeout, queue, args, kwargs, env):
