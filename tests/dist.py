@@ -39,8 +39,10 @@ def rank_context():
     on 2 cores took 9 s before any test code ran; a forked one starts in a fraction of a
     second. The server runs no torch op before it forks, so a rank's thread pool starts
     fresh. A rank gets the server's environment, not the caller's, so callers pass
-    `dict(os.environ)` on and `_entry` restores it (`set_env`). `BIGTRAIN_RANK_START=spawn`
-    starts them the old way (to compare the two)."""
+    `dict(os.environ)` on and `_entry` restores it (`set_env`). Its stdout and stderr are the
+    server's too, the ones the first caller had: a test checks what `fn` returns, never what
+    a rank prints (capfd does not see it). `BIGTRAIN_RANK_START=spawn` starts ranks the old
+    way (to compare the two)."""
     if (os.environ.get("BIGTRAIN_RANK_START") == "spawn"
             or "forkserver" not in mp.get_all_start_methods()):
         return mp.get_context("spawn")
