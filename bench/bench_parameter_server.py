@@ -28,12 +28,9 @@ import contextlib
 import os
 import statistics
 import sys
-import tempfile
 import time
-from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -42,7 +39,7 @@ from bigtrain.data.ctr import CTRConfig, make_ctr  # noqa: E402
 from bigtrain.parallel.base import DistEnv, StepBatch  # noqa: E402
 from bigtrain.parallel.parameter_server import ParameterServer  # noqa: E402
 from bigtrain.zoo.wide_and_deep import WideAndDeep  # noqa: E402
-from tests.dist import rank_context, set_env  # noqa: E402
+from tests.dist import run_ranks  # noqa: E402
 
 
 def rank_threads(world: int) -> int:
@@ -50,30 +47,11 @@ def rank_threads(world: int) -> int:
     return max(1, (os.cpu_count() or 1) // world)
 
 
-def _entry(rank, world, store_path, fn, args, queue, env):
-    set_env(env)
-    torch.set_num_threads(rank_threads(world))
-    dist.init_process_group("gloo", store=dist.FileStore(store_path, world), rank=rank,
-                            world_size=world, timeout=timedelta(seconds=120))
-    try:
-        queue.put((rank, fn(rank, world, *args)))
-    finally:
-        dist.destroy_process_group()
-
-
 def spawn(fn, world: int, *args) -> list:
-    """Run fn(rank, world, *args) on `world` gloo ranks; results in rank order."""
-    ctx = rank_context()  # a fork server: a rank starts in well under a second
-    queue, env = ctx.Queue(), dict(os.environ)
-    with tempfile.TemporaryDirectory() as tmp:
-        procs = [ctx.Process(target=_entry, args=(r, world, os.path.join(tmp, "s"), fn, args,
-                                                  queue, env)) for r in range(world)]
-        for p in procs:
-            p.start()
-        out = dict(queue.get(timeout=600) for _ in range(world))
-        for p in procs:
-            p.join()
-    return [out[r] for r in range(world)]
+    """Run fn(rank, world, *args) on `world` gloo ranks (the tests' `run_ranks`: ranks forked
+    from a preloaded fork server, `rank_threads(world)` torch threads each); results in rank
+    order."""
+    return run_ranks(fn, world, *args, timeout=600.0, pg_timeout=120.0)
 
 
 def _start(rank, world, strategy, model, lr=1e-3, opt=torch.optim.Adam):

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -27,7 +29,6 @@ def test_run_ranks_reports_a_failing_rank():
 
 
 def _env_and_threads(rank, world_size, names):
-    import os
     return {n: os.environ.get(n) for n in names}, torch.get_num_threads(), os.getpid()
 
 
@@ -43,14 +44,11 @@ def test_ranks_see_the_callers_environment_of_now(monkeypatch):
     assert [env for env, _, _ in out] == [{"BIGTRAIN_TEST_SET": "new value",
                                            "HOME": "/changed-home",
                                            "BIGTRAIN_TEST_GONE": None}] * 2
-    import os
     assert all(threads == max(1, (os.cpu_count() or 1) // 2) for _, threads, _ in out)
     assert len({pid for _, _, pid in out} | {os.getpid()}) == 3  # processes of their own
 
 
 def test_set_env_removes_what_the_caller_no_longer_has(monkeypatch):
-    import os
-
     from tests.dist import set_env
     monkeypatch.setenv("BIGTRAIN_TEST_GONE", "the fork server may still have this")
     caller = {k: v for k, v in os.environ.items() if k != "BIGTRAIN_TEST_GONE"}
