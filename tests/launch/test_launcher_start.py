@@ -1,6 +1,6 @@
 """How fit(devices=N) starts its workers: forked from a preloaded fork server (or spawned),
-each with the caller's environment and stdout/stderr of the moment it starts, not those the
-fork server had when it started."""
+each with the caller's environment, working folder and stdout/stderr of the moment it
+starts, not those the fork server had when it started."""
 import json
 import os
 import re
@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent("""
         print(f"rank {env.rank} to stderr", file=sys.stderr, flush=True)
         seen = {k: os.environ.get(k) for k in ("BT_LATE", "BT_CHANGED", "BT_REMOVED", "RANK",
                                                "WORLD_SIZE")}
+        seen["cwd"] = os.path.basename(os.getcwd())
         return types.SimpleNamespace(state_dict={}, seen=seen)
 
     def go():
@@ -31,6 +32,8 @@ SCRIPT = textwrap.dedent("""
     go()
     os.environ.update(BT_LATE="1", BT_CHANGED="after")
     del os.environ["BT_REMOVED"]
+    os.mkdir("later")
+    os.chdir("later")  # relative paths (checkpoint_dir="ckpt") must mean the same in a rank
     out, err = open(sys.argv[1], "w"), open(sys.argv[2], "w")
     os.dup2(out.fileno(), 1)
     os.dup2(err.fileno(), 2)
@@ -57,7 +60,7 @@ def test_workers_take_the_callers_environment_and_stdio_of_now(tmp_path, start):
     seen = json.loads(re.search(r"SEEN (.*)", out.read_text()).group(1))
     # set, changed and removed after the fork server started; the launcher's own kept
     assert seen == {"BT_LATE": "1", "BT_CHANGED": "after", "BT_REMOVED": None, "RANK": "0",
-                    "WORLD_SIZE": "2"}
+                    "WORLD_SIZE": "2", "cwd": "later"}
 
 
 def test_the_start_method_is_the_fork_server_unless_told_otherwise(monkeypatch):
