@@ -26,15 +26,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bigtrain.launch.launcher import default_start_method
+
 PG_TIMEOUT_S = 30.0  # a collective that waits longer than this fails instead of hanging
-# imported once, in the fork server; DDP's constructor imports torch._dynamo (1.4 s of CPU)
-PRELOAD = ["torch", "torch.distributed", "torch._dynamo", "bigtrain"]
 
 
 def rank_context():
-    """The multiprocessing context that starts rank processes: a fork server that has
-    imported torch and bigtrain once (`PRELOAD`) and forks every rank from that state, or
-    spawn where there is no fork server (Windows).
+    """The multiprocessing context that starts rank processes: the one fit(devices=N)'s
+    launcher uses (`bigtrain.launch.launcher.default_start_method`), a fork server that has
+    imported torch and bigtrain once and forks every rank from that state, or spawn where
+    there is no fork server (Windows) or with `BIGTRAIN_RANK_START=spawn` (to compare the
+    two).
 
     Why: a spawned rank imports torch and bigtrain itself, 2-3 s of CPU, so starting 4 ranks
     on 2 cores took 9 s before any test code ran; a forked one starts in a fraction of a
@@ -42,14 +44,8 @@ def rank_context():
     fresh. A rank gets the server's environment, not the caller's, so callers pass
     `dict(os.environ)` on and `_entry` restores it (`set_env`). Its stdout and stderr are the
     server's too, the ones the first caller had: a test checks what `fn` returns, never what
-    a rank prints (capfd does not see it). `BIGTRAIN_RANK_START=spawn` starts ranks the old
-    way (to compare the two)."""
-    if (os.environ.get("BIGTRAIN_RANK_START") == "spawn"
-            or "forkserver" not in mp.get_all_start_methods()):
-        return mp.get_context("spawn")
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)  # no effect once the server runs
-    return ctx
+    a rank prints (capfd does not see it)."""
+    return mp.get_context(default_start_method())
 
 
 def set_env(env: dict) -> None:
