@@ -53,7 +53,8 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (Row, alternate, check_target, hand_tuned_epoch,  # noqa: E402
-                          in_processes, machine_line, on_cpu_clock, print_medians, print_table)
+                          in_processes, machine_line, on_cpu_clock, others_cores, print_medians,
+                          print_table)
 
 FEATURES, HIDDEN, CLASSES = 1000, 512, 10
 LR = 1e-3
@@ -278,13 +279,14 @@ def profile_fit(x, y, batch: int, top: int = 14) -> None:
 
 
 def default_threads() -> int:
-    """One thread per core when the machine is idle; 1 when other jobs keep its cores busy,
-    where multi-threaded kernels stall on descheduled threads (10x swings between repeats)."""
+    """One thread per core when the machine is idle; 1 when other programs keep its cores
+    busy (sampled for 2 s), where multi-threaded kernels stall on descheduled threads (10x
+    swings between repeats)."""
     cores = os.cpu_count() or 1
-    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    busy = others_cores()
     if busy >= cores / 2:
-        print(f"note: 1-min load {busy:.1f} on {cores} cores: using 1 torch thread "
-              "(pass --threads to override)")
+        print(f"note: other programs keep {busy:.1f} of {cores} cores busy: using 1 torch "
+              "thread (pass --threads to override)")
         return 1
     return cores
 

@@ -138,6 +138,25 @@ def machine_busy_seconds() -> float | None:
     return busy / os.sysconf("SC_CLK_TCK")
 
 
+def others_cores(seconds: float = 2.0) -> float:
+    """Cores other programs keep busy now: the machine's busy CPU time over `seconds` of
+    this process sleeping, divided by them. Where /proc/stat is missing, the 1-minute load
+    average stands in.
+
+    The benches choose their torch threads and clock with it. The load average, used before,
+    still counted the bench that ran a minute earlier: in `make bench` every script after
+    bench_fit saw a load near 2 on 2 cores and fell back to 1 thread on a machine with
+    nothing else running.
+    """
+    start = machine_busy_seconds()
+    if start is None:
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    time.sleep(seconds)
+    ours = time.process_time() - cpu0
+    return max(0.0, (machine_busy_seconds() - start - ours) / (time.perf_counter() - t0))
+
+
 def print_table(title: str, rows: list[Row], ratios: list[tuple[str, str]] = (),
                 unit: str = "samples/s") -> dict[str, float]:
     """Print median rate, median and best time, and spread per contender, then the ratios.
