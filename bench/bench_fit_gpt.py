@@ -132,8 +132,8 @@ def main(argv=None) -> int:
         check_target(f"fit / hand loop, median of {processes} processes",
                      medians["fit / hand loop"], 0.98)
         return 0
-    busy = clock == "cpu" or others_cores() >= cores / 2
-    torch.set_num_threads(1 if busy else cores)
+    one_thread = clock == "cpu" or others_cores() >= cores / 2
+    torch.set_num_threads(1 if one_thread else cores)
     steps = args.steps or (2 if args.quick else 3)
     repeats = args.repeats or (3 if args.quick else 5)
     n_params = sum(p.numel() for p in GPT(CFG).parameters())

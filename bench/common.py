@@ -143,10 +143,9 @@ def others_cores(seconds: float = 2.0) -> float:
     this process sleeping, divided by them. Where /proc/stat is missing, the 1-minute load
     average stands in.
 
-    The benches choose their torch threads and clock with it. The load average, used before,
-    still counted the bench that ran a minute earlier: in `make bench` every script after
-    bench_fit saw a load near 2 on 2 cores and fell back to 1 thread on a machine with
-    nothing else running.
+    The benches choose their torch threads with it. The load average, used before, still
+    counted the bench or command of a minute earlier: in `make bench` a script saw a load
+    of 1-2 on 2 cores and fell back to 1 thread on a machine with nothing else running.
     """
     start = machine_busy_seconds()
     if start is None:
