@@ -144,6 +144,10 @@ def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float
     """Announce this rank in `store` and wait until all `world` ranks did; after
     `timeout_s` raise RuntimeError naming the ranks that never arrived.
 
+    The store is read again after 1 ms, then twice as long each time up to `poll_s`: ranks
+    started together arrive a few ms apart, and a fixed `poll_s` made every one of them
+    wait up to 0.1 s (most of a later fit(devices=2) call's 0.1 s join).
+
     Rank 0 decides the timeout for everyone (it writes a `timed_out` key) and keeps the
     store (which it may host) open until the ranks that did arrive have read who is
     missing, so every rank fails with the same named list.
@@ -156,7 +160,7 @@ def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float
     keys = [f"{prefix}{r}" for r in range(world)]
     gave_up, acks = prefix + "timed_out", prefix + "acks"
     store.set(keys[rank], socket.gethostname())
-    deadline = time.monotonic() + timeout_s
+    deadline, pause = time.monotonic() + timeout_s, min(0.001, poll_s)
     try:
         while not store.check(keys):
             if rank == 0 and time.monotonic() > deadline:
@@ -173,7 +177,8 @@ def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float
                 missing = [r for r in range(world) if not store.check([keys[r]])]
                 if missing:
                     raise RuntimeError(_never_joined(missing, world, rank, timeout_s))
-            time.sleep(poll_s)
+            time.sleep(pause)
+            pause = min(2 * pause, poll_s)
     except dist.DistError as e:
         raise RuntimeError(f"rank {rank} lost the job's store while waiting for the other "
                            f"ranks to join ({e}); rank 0 hosts it: see rank 0's log") from e
