@@ -5,7 +5,7 @@ The workers are forked from a fork server that imported torch and bigtrain once
 (`multiprocessing`'s forkserver start method, started on the first launch and kept for the
 life of this process); where there is none (Windows), or with `BIGTRAIN_RANK_START=spawn`,
 they are spawned and each imports torch and bigtrain itself. On 2 cores a later
-fit(devices=2) call of a small model took 0.5-0.7 s forked against 6-8 s spawned
+fit(devices=2) call of a small model took 0.3-0.5 s forked against 5-8 s spawned
 (bench/bench_launch.py); the one-host rendezvous skips torch's random start sleep
 (`loopback._no_start_skew`, 0.15 s a call on average). Either way the user's `__main__` script never re-runs (scripts
 often have no `if __name__ == "__main__":` guard): bigtrain hides the main module's file
