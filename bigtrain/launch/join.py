@@ -108,6 +108,8 @@ def rendezvous_store(rank: int, world: int, timeout_s: float):
         if master and is_loopback(host):  # one host: listen on loopback only
             return loopback_store(host, port, world, timedelta(seconds=timeout_s),
                                   wait_for_workers=False, multi_tenant=True)
+        if not master:
+            await_listener(host, port)
         return dist.TCPStore(host, port, world, is_master=master,
                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
                              multi_tenant=master)
@@ -121,6 +123,27 @@ def rendezvous_store(rank: int, world: int, timeout_s: float):
             f"{timeout_s:g} s: {owner}, which hosts it, has not started (or MASTER_ADDR/"
             "MASTER_PORT point elsewhere). Start rank 0 / the first node with the same "
             "--rdzv-endpoint, or raise fit(timeout=...).") from e
+
+
+def await_listener(host: str, port: int, limit_s: float = 2.0) -> None:
+    """Return once `host`:`port` accepts a connection, or after `limit_s`.
+
+    A rank started together with rank 0 may reach the store before rank 0 listens; torch's
+    store client then tries again only about 0.5 s later (measured: a server up 20 ms
+    after the client connected it in 0.52 s), which one fit(devices=2) call in eight paid.
+    This looks every 1 ms, doubling up to 50 ms. A store still closed after `limit_s` is
+    left to the client's own retries and timeout, as before.
+    """
+    deadline, pause = time.monotonic() + limit_s, 0.001
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=limit_s):
+                return
+        except OSError:
+            if time.monotonic() + pause > deadline:
+                return
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
 
 
 def attempt_store(store):
