@@ -168,8 +168,8 @@ def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float
     `timeout_s` raise RuntimeError naming the ranks that never arrived.
 
     The store is read again after 1 ms, then twice as long each time up to `poll_s`: ranks
-    started together arrive a few ms apart, and a fixed `poll_s` made every one of them
-    wait up to 0.1 s (most of a later fit(devices=2) call's 0.1 s join).
+    started together arrive a few ms apart, and with a fixed `poll_s` the first to arrive
+    waited the whole 0.1 s (a later fit(devices=2) call's join took 0.1 s; now 0.01-0.07 s).
 
     Rank 0 decides the timeout for everyone (it writes a `timed_out` key) and keeps the
     store (which it may host) open until the ranks that did arrive have read who is

@@ -5,12 +5,12 @@ The workers are forked from a fork server that imported torch and bigtrain once
 (`multiprocessing`'s forkserver start method, started on the first launch and kept for the
 life of this process); where there is none (Windows), or with `BIGTRAIN_RANK_START=spawn`,
 they are spawned and each imports torch and bigtrain itself. On 2 cores a later
-fit(devices=2) call of a small model took 0.3-0.5 s forked against 5-8 s spawned
-(bench/bench_launch.py); the one-host rendezvous skips torch's random start sleep
-(`loopback._no_start_skew`, 0.15 s a call on average). Either way the user's `__main__` script never re-runs (scripts
-often have no `if __name__ == "__main__":` guard): bigtrain hides the main module's file
-while the workers start and sends the task with cloudpickle, which carries classes and
-functions defined in that script by value. Arrays larger than `spill_bytes` travel as
+fit(devices=2) call of a small model took 0.26-0.37 s forked against 4-8 s spawned
+(bench/bench_launch.py; see also `loopback._no_start_skew` and `join.await_listener`).
+Either way the user's `__main__` script never re-runs (scripts often have no
+`if __name__ == "__main__":` guard): bigtrain hides the main module's file while the
+workers start and sends the task with cloudpickle, which carries classes and functions
+defined in that script by value. Arrays larger than `spill_bytes` travel as
 memory-mapped `.npy` files in a temporary folder instead of inside the payload.
 
 A forked worker would otherwise have the fork server's environment and stdout/stderr, the

@@ -11,9 +11,9 @@ from torch.distributed.elastic.rendezvous import rendezvous_handler_registry as 
 from bigtrain.launch.loopback import register_rendezvous
 
 
-def _join_alone(max_nodes: int) -> tuple[list, object]:
-    """One agent joins a fresh rendezvous for up to `max_nodes` nodes; returns every
-    `_delay` argument torch's rendezvous asked for, and the rendezvous info."""
+def _join_alone(max_nodes: int):
+    """One agent joins a fresh rendezvous for up to `max_nodes` nodes; returns torch's
+    RendezvousInfo."""
     params = RendezvousParameters(backend=register_rendezvous(), endpoint="127.0.0.1:0",
                                   run_id=f"test-{max_nodes}", min_nodes=1,
                                   max_nodes=max_nodes, local_addr="127.0.0.1",
