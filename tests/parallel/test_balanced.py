@@ -13,7 +13,10 @@ from tests.parallel.strategy_cases import (build, max_param_diff, reference_stat
 
 TOL = 1e-5
 SLOW = 3.0       # rank 1's slowdown in the speed test
-SHARE_TOL = 0.15  # measured share ratio within 15 % of SLOW
+# Measured share ratio within 30 % of SLOW. The shares follow CPU seconds per sample, which
+# move with the machine: an idle run read 2.8-3.2 (four runs), a fresh-clone CI run beside other
+# work 3.5-3.8. 30 % still tells a 3x-slower rank from an equal one (1.0) and from 2x or 4.5x.
+SHARE_TOL = 0.30
 
 
 # ---- pure logic -------------------------------------------------------------------------------
