@@ -279,6 +279,7 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
     samples, epoch_times = 0, []
     for epoch in range(first_epoch, cfg.epochs):
         run.callbacks.on_epoch_begin(epoch)
+        skipped = run.progress.skip  # batches a resumed checkpoint already trained on
         t0 = time.perf_counter()
         try:
             logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer,
@@ -291,7 +292,7 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
                 run.monitor.stopped("nan_loss", str(e))
             run.owner.stop_training = True
             break
-        samples += _epoch_samples(epoch, cfg, sample_count(task.train))
+        samples += _epoch_samples(epoch, cfg, sample_count(task.train), skipped)
         if task.val is not None and cfg.validates_after(epoch):
             val_batch = cfg.validation_batch_size or cfg.batch_size
             limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
@@ -356,12 +357,13 @@ def _monitor(task, strategy) -> RunMonitor | None:
     return RunMonitor(save=lambda m: write_local_record(task, strategy, None, m))
 
 
-def _epoch_samples(epoch: int, cfg, n: int) -> int:
-    """Training samples in epoch `epoch` (all `n` unless steps_per_epoch cuts the pass)."""
+def _epoch_samples(epoch: int, cfg, n: int, skipped: int = 0) -> int:
+    """Samples this fit trained in epoch `epoch`: all `n` unless steps_per_epoch cuts the
+    pass, less the first `skipped` batches (trained before a resume, by another fit)."""
     if n is None:  # a stream of unknown length: its nominal steps
-        return (cfg.steps_per_epoch or 0) * cfg.batch_size
+        return max(0, (cfg.steps_per_epoch or 0) - skipped) * cfg.batch_size
     _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
-    return min(n, stop * cfg.batch_size) - first * cfg.batch_size
+    return max(0, min(n, stop * cfg.batch_size) - (first + skipped) * cfg.batch_size)
 
 
 def _rank0_reads_weights(callbacks) -> bool:

@@ -282,3 +282,17 @@ def test_a_crash_at_any_point_of_a_save_keeps_a_loadable_checkpoint(tmp_path, mo
     model = make_model(seed=1)
     model.fit(*data(), **FIT, checkpoint_dir=folder)  # resumes and finishes
     assert same(weights(model), uninterrupted)
+
+
+def test_a_resumed_epoch_counts_only_the_samples_this_fit_trained():
+    """The throughput of a resumed fit: the batches the checkpoint had trained are not its
+    own (a resumed run read twice the samples/s of an uninterrupted one at the same step
+    time)."""
+    from bigtrain.engine.loop import _epoch_samples
+    from bigtrain.engine.task import FitConfig
+    cfg = FitConfig(epochs=2, batch_size=10)
+    assert _epoch_samples(1, cfg, 55) == 55
+    assert _epoch_samples(1, cfg, 55, skipped=2) == 35  # batches 2..5, the last one of 5
+    assert _epoch_samples(1, cfg, 55, skipped=6) == 0
+    steps = FitConfig(epochs=2, batch_size=10, steps_per_epoch=3)
+    assert _epoch_samples(0, steps, None, skipped=1) == 20  # a stream: its nominal steps
