@@ -226,12 +226,14 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     params = {"epochs": cfg.epochs, "steps": steps, "samples": n,
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
-    monitor = _monitor(task, strategy)
-    callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
-                             params, strategy.env.is_main)
     result = FitResult()
     load_carried(task.carry, strategy, optimizer)  # a checkpoint resumed below overrides it
     progress, first_epoch = resume(task, strategy, module, optimizer, result)
+    if progress.step:  # from a checkpoint: a log file keeps the epochs trained before it
+        params["resumed_epoch"] = first_epoch
+    monitor = _monitor(task, strategy)
+    callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
+                             params, strategy.env.is_main)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
                RunTiming(ctx.timer), monitor)
     callbacks.on_train_begin()

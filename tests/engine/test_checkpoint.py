@@ -296,3 +296,24 @@ def test_a_resumed_epoch_counts_only_the_samples_this_fit_trained():
     assert _epoch_samples(1, cfg, 55, skipped=6) == 0
     steps = FitConfig(epochs=2, batch_size=10, steps_per_epoch=3)
     assert _epoch_samples(0, steps, None, skipped=1) == 20  # a stream: its nominal steps
+
+
+def test_a_resumed_fit_keeps_the_csv_log_of_the_epochs_before_it(tmp_path):
+    """CSVLogger without append= overwrote its file on a resume: the log of the epochs the
+    checkpoint held was lost."""
+    import csv
+
+    from bigtrain.callbacks import CSVLogger
+    folder, log = str(tmp_path / "ckpt"), str(tmp_path / "log.csv")
+    fit = dict(FIT, epochs=4)
+    with pytest.raises(Interrupt):
+        make_model().fit(*data(), **fit, checkpoint_dir=folder, checkpoint_every=2,
+                         callbacks=[CSVLogger(log), StopAt(2, 3)])
+    epochs = lambda: [int(r["epoch"]) for r in csv.DictReader(open(log))]  # noqa: E731
+    assert epochs() == [0, 1]
+    make_model().fit(*data(), **fit, checkpoint_dir=folder, callbacks=[CSVLogger(log)])
+    assert epochs() == [0, 1, 2, 3]
+    make_model().fit(*data(), **fit, callbacks=[CSVLogger(log)])  # no resume: a new log
+    assert epochs() == [0, 1, 2, 3] and len(open(log).read().splitlines()) == 5
+    make_model().fit(*data(), **dict(fit, epochs=1), callbacks=[CSVLogger(log)])
+    assert epochs() == [0]

@@ -20,7 +20,9 @@ class CSVLogger(Callback):
         filename: path of the CSV file; its folder is created if needed.
         separator: the field delimiter.
         append: add rows to an existing file (header written only if the file is empty)
-            instead of overwriting it; use it when resuming a run.
+            instead of overwriting it. A fit resumed from its checkpoint_dir needs no
+            append: it keeps the rows of the epochs before the checkpoint's and writes
+            after them (rows of later epochs, from the run that stopped, are dropped).
 
     Example:
         >>> model.fit(x, y, epochs=5, callbacks=[CSVLogger("runs/log.csv")])  # doctest: +SKIP
@@ -43,13 +45,31 @@ class CSVLogger(Callback):
         if folder:
             os.makedirs(folder, exist_ok=True)
         self.keys = None
-        if self.append and os.path.exists(self.filename) and os.path.getsize(self.filename):
+        append = self.append
+        if self.params.get("resumed_epoch") is not None and not append:
+            append = self._keep_rows_before(self.params["resumed_epoch"])
+        if append and os.path.exists(self.filename) and os.path.getsize(self.filename):
             # Keep the existing file's columns so appended rows line up under its header.
             with open(self.filename, newline="", encoding="utf-8") as f:
                 self.keys = next(csv.reader(f, delimiter=self.sep))[1:]
-        self._file = open(self.filename, "a" if self.append else "w", newline="",
+        self._file = open(self.filename, "a" if append else "w", newline="",
                           encoding="utf-8")
         self._writer = None if self.keys is None else self._make_writer()
+
+    def _keep_rows_before(self, epoch: int) -> bool:
+        """A fit resumed from a checkpoint at `epoch`: keep the file's rows of the epochs
+        before it (drop later ones, from the run that crashed) and append after them,
+        instead of overwriting the log of the epochs the checkpoint holds."""
+        if not (os.path.exists(self.filename) and os.path.getsize(self.filename)):
+            return False
+        with open(self.filename, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f, delimiter=self.sep))
+        kept = [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) < epoch]
+        tmp = self.filename + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f, delimiter=self.sep).writerows([rows[0], *kept])
+        os.replace(tmp, self.filename)  # a crash here leaves the old file or the new one
+        return True
 
     def _make_writer(self) -> csv.DictWriter:
         return csv.DictWriter(self._file, fieldnames=["epoch", *self.keys],
