@@ -26,6 +26,13 @@ class LiveWeights:
     def __init__(self, strategy, module):
         self.strategy, self.module = strategy, module
         self._gathered: dict[str, torch.Tensor] | None = None
+        # Rank 0's full state that the fit returns instead of the trained one (a distributed
+        # fit's callback that restores earlier weights at its end, as EarlyStopping does)
+        self.final_state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.strategy.env.distributed
 
     def full_state(self) -> dict[str, torch.Tensor]:
         """The full, unsharded state dict: the one gathered for this epoch's callbacks, else

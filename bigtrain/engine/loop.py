@@ -343,6 +343,8 @@ def _finish(run: _Run) -> None:
         run.result.state_dict = None  # already where the caller reads them: no copy
         return
     state = strategy.full_state_dict(run.module)
+    if run.owner.live.final_state is not None:  # e.g. EarlyStopping's best epoch
+        state = run.owner.live.final_state
     run.result.state_dict = state if strategy.env.is_main else None
 
 

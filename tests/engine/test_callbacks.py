@@ -340,3 +340,34 @@ def test_progress_live_bar_on_a_terminal(monkeypatch):
 def test_progress_rejects_bad_verbose():
     with pytest.raises(ValueError, match="verbose"):
         ProgressBar(verbose=3)
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "tensor", "pipeline"])
+def test_restore_best_weights_on_several_ranks_returns_the_best_epoch(strategy):
+    """Sharded, tensor-parallel and pipeline fits crashed at the end (a rank read weights it
+    does not hold, or loaded a full state into DTensors). The best epoch is the first here
+    (mode='max' on a falling loss), so the fit must return epoch 0's weights, as one
+    process does."""
+    import bigtrain
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 13)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 40)]
+
+    def fitted(epochs, **kw):
+        bigtrain.clear_session()
+        bigtrain.set_seed(0)
+        inp = Input(shape=(13,))
+        model = Model(inp, Dense(3, activation="softmax")(Dense(8, activation="relu")(inp)))
+        model.compile(optimizer="sgd", loss="categorical_crossentropy", learning_rate=0.1)
+        model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, shuffle=False, **kw)
+        return model.get_weights()
+
+    first = fitted(1)
+    stop = EarlyStopping(monitor="loss", mode="max", patience=5, restore_best_weights=True)
+    got = fitted(3, strategy=strategy, devices=2, timeout=60, callbacks=[stop])
+    trained = fitted(3)
+    assert max(np.abs(a - b).max() for a, b in zip(first, trained)) > 1e-3  # can tell
+    assert max(np.abs(a - b).max() for a, b in zip(first, got)) < 1e-5

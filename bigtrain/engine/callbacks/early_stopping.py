@@ -73,12 +73,12 @@ class EarlyStopping(Callback):
             return
         if self.restore_best_weights and self.best_weights is None:
             # Nothing better seen yet: the weights of the first watched epoch are the best.
-            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
+            self.best_weights, self.best_epoch = self._snapshot(), epoch
         self.wait += 1
         if is_improvement(current, self.best, self.mode, self.min_delta):
             self.best, self.best_epoch = current, epoch
             if self.restore_best_weights:
-                self.best_weights = self.model.get_weights()
+                self.best_weights = self._snapshot()
             # Restart the count only once the baseline is beaten as well.
             if self.baseline is None or is_improvement(current, self.baseline, self.mode,
                                                        self.min_delta):
@@ -97,4 +97,30 @@ class EarlyStopping(Callback):
             if loud:
                 print(f"Restoring model weights from the end of the best epoch: "
                       f"{self.best_epoch + 1}.")
-            self.model.set_weights(self.best_weights)
+            self._restore(self.best_weights)
+
+    def _live(self):
+        """The running fit's LiveWeights when it spans several ranks, else None."""
+        live = getattr(self.model, "live", None)
+        return live if live is not None and live.distributed else None
+
+    def _snapshot(self):
+        """The weights now: Keras lists in one process; on several ranks, rank 0's copy of
+        the full state (the loop gathered it for this epoch; other ranks hold shards or
+        nothing, and keep True as a marker)."""
+        live = self._live()
+        if live is None:
+            return self.model.get_weights()
+        if not is_main_process():
+            return True
+        return {k: v.detach().clone() for k, v in live.full_state().items()}
+
+    def _restore(self, best) -> None:
+        """Load the best weights. On several ranks the live model may be sharded, split
+        into stages or tensor-parallel, where loading a full state mid-fit is not possible:
+        rank 0 hands it to the loop, and the fit returns it as its final weights."""
+        live = self._live()
+        if live is None:
+            self.model.set_weights(best)
+        elif is_main_process():
+            live.final_state = best
