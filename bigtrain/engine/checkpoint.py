@@ -61,6 +61,30 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def file_digests(path: str) -> dict[str, str]:
+    """SHA-256 of each tensor file DCP wrote in checkpoint folder `path` (model and
+    optimizer state alike; `state_digest` covers only the model's logical state)."""
+    out = {}
+    for name in sorted(os.listdir(path)):
+        if name.endswith(".distcp") or name == ".metadata":
+            h = hashlib.sha256()
+            with open(os.path.join(path, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            out[name] = h.hexdigest()
+    return out
+
+
+def damaged_files(path: str, saved: dict[str, str] | None) -> list[str]:
+    """What differs between the folder's tensor files and the digests saved with them."""
+    if not saved:
+        return []  # written before file digests existed
+    now = file_digests(path)
+    return [f"{name}: " + ("missing" if name not in now else
+                           f"checksum {now[name][:16]}... but {digest[:16]}... when saved")
+            for name, digest in saved.items() if now.get(name) != digest]
+
+
 def _dcp_metadata(path: str) -> dict:
     try:
         return SafeFileSystemReader(path).read_metadata().state_dict_metadata
@@ -184,7 +208,8 @@ class Checkpointer:
                     "optimizer": cs.optimizer_name(self.optimizer),
                     "param_groups": cs.group_hyperparameters(live.groups),
                     "run": self.run_info, "torch": torch.__version__,
-                    "model_sha256": digest, "history": self.history()}
+                    "model_sha256": digest, "files_sha256": file_digests(tmp),
+                    "history": self.history()}
             _write_json_atomic(os.path.join(tmp, META), meta)
 
     def _publish(self, tmp: str, final: str, step: int) -> None:
@@ -235,6 +260,8 @@ class Checkpointer:
         if path is None:
             return None
         meta = check_checkpoint(path)
+        self._agree(damaged_files(path, meta.get("files_sha256")) if self.env.is_main else [],
+                    path, damaged=True)
         position = Position(**meta["position"])
         self._check_compatible(path, meta, position)
         live = cs.live_state(self.module, self.optimizer, self.names)
@@ -259,7 +286,7 @@ class Checkpointer:
         bad = self.env.is_main and digest != saved
         self._agree([f"the loaded model state has checksum {digest[:16]}..., but the checkpoint "
                      f"recorded {saved[:16]}... when it was saved: its files are damaged or "
-                     "were mixed with another run's"] if bad else [], path)
+                     "were mixed with another run's"] if bad else [], path, damaged=True)
 
     def _check_compatible(self, path: str, meta: dict, position: Position) -> None:
         saved, used = meta.get("optimizer"), cs.optimizer_name(self.optimizer)
@@ -280,8 +307,9 @@ class Checkpointer:
                                   f"order, but {'; '.join(diff)}. Use the same settings, or "
                                   "resume from an epoch-end checkpoint")
 
-    def _agree(self, problems: list[str], path: str) -> None:
-        """Raise on every rank when any rank found a mismatch (none may wait in a load)."""
+    def _agree(self, problems: list[str], path: str, damaged: bool = False) -> None:
+        """Raise on every rank when any rank found a mismatch (none may wait in a load);
+        `damaged`: the problems are files changed since the save, not another model."""
         flag = torch.tensor([float(bool(problems))])
         self.strategy.all_reduce(flag, op="max")
         if not problems and float(flag) == 0:
@@ -291,6 +319,11 @@ class Checkpointer:
                                   "model (see rank 0's error)")
         shown = "\n  ".join(problems[:20]) + ("" if len(problems) <= 20 else
                                               f"\n  ... and {len(problems) - 20} more")
+        if damaged:
+            raise CheckpointError(f"checkpoint {path} is damaged: its files changed after they "
+                                  f"were saved (a disk or copy error):\n  {shown}\nDelete "
+                                  "that folder to resume from the checkpoint before it, or pass "
+                                  "resume='never' (or a new checkpoint_dir) to start fresh")
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer "
                               f"(from another model?):\n  {shown}\nBuild the same model to "
                               "resume, or pass resume='never' (or a new checkpoint_dir)")
