@@ -41,6 +41,8 @@ def _data_findings(profile: dict) -> list[Finding]:
     out = []
     for d in profile.get("data_findings", []):
         impact = DATA_IMPACT.get(d["kind"], 0.1) * (0.4 if d["severity"] == "info" else 1.0)
+        if d["kind"] == "train_test_overlap" and d["severity"] != "error":
+            impact = 0.3  # under 5 % of the rows: it cannot explain much of a score
         if d["kind"] == "feature_scale":
             d = {**d, "advice": NORMALIZE}
         if d["kind"] == "train_test_overlap":

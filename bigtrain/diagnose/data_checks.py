@@ -155,7 +155,7 @@ def check_overlap(x2: np.ndarray, xt2: np.ndarray) -> list[Finding]:
 
 
 def check_data(x, y=None, x_test=None, y_test=None, *, max_rows: int = 100_000,
-               seed: int = 0) -> list[Finding]:
+               seed: int = 0, features_x=None) -> list[Finding]:
     """Run every data check; returns the findings, errors first.
 
     Args:
@@ -165,6 +165,9 @@ def check_data(x, y=None, x_test=None, y_test=None, *, max_rows: int = 100_000,
         y_test: test targets.
         max_rows: check a random sample of this many rows when x is longer.
         seed: seed of that sample.
+        features_x: the rows the constant and duplicate feature checks read, when `x` is
+            itself a sample of them (a column constant in 1,000 rows may vary in the full
+            data); default: `x`'s.
 
     Example:
         >>> import numpy as np
@@ -180,7 +183,7 @@ def check_data(x, y=None, x_test=None, y_test=None, *, max_rows: int = 100_000,
     ys = None if y is None else y[rows]
     out = check_nonfinite("x", x) + (check_nonfinite("y", y) if y is not None else [])
     if len(x2) >= 2:
-        out += check_features(x2)
+        out += check_features(x2 if features_x is None else _rows2d(_np(features_x)))
     out += check_labels(ys, x2, None if y_test is None else _np(y_test))
     out += check_duplicate_rows(x2, class_ids(ys))
     if x_test is not None:

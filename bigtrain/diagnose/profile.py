@@ -23,6 +23,7 @@ MAX_ROWS = 1000        # rows of each split the profile looks at
 MAX_FEATURES = 512     # wider inputs (images, long sequences) get no linear baseline
 CV_FOLDS = 3           # folds of the out-of-sample probabilities for cleanlab
 MIN_LABEL_ROWS = 200   # fewer training rows get no label-error estimate
+FULL_FEATURE_CHECK = 20_000_000  # values of x up to which the feature checks read every row
 
 
 def _standardize(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -138,7 +139,11 @@ def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
         yv_s = None if y_val is None else np.asarray(y_val)[vrows]
     out = {"rows": int(len(x)), "features": int(x2.shape[1]), "loss": loss,
            "output_units": output_units, "sample_rows": int(len(rows))}
-    out["data_findings"] = [f.to_dict() for f in check_data(x2, y_s, xv2, yv_s)]
+    # the feature checks read every row where that is cheap: a column constant, or equal to
+    # another, in the sample can differ in the rows it left out
+    whole = np.asarray(x) if np.asarray(x).size <= FULL_FEATURE_CHECK else None
+    out["data_findings"] = [f.to_dict() for f in check_data(x2, y_s, xv2, yv_s,
+                                                            features_x=whole)]
     floating = x2.dtype.kind == "f" and np.isfinite(x2).all()
     if floating:
         out["scale"] = scale_profile(x2)

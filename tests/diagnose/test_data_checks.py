@@ -110,3 +110,32 @@ def test_class_ids_detection():
     assert class_ids(np.array([0.0, 1.0, 1.0] * 10)).dtype == np.int64
     assert class_ids(np.linspace(0, 1, 30)) is None        # regression target
     assert list(class_ids(np.eye(3)[[2, 0]])) == [2, 0]    # one-hot
+
+
+def test_the_run_profile_checks_features_on_every_row_not_its_sample():
+    """A column constant (or equal to another) in the profile's 1,000-row sample but not in
+    the data was reported, and the advice was to drop informative columns."""
+    from bigtrain.diagnose.profile import profile_data, profile_rows
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3000, 4)).astype("float32")
+    left_out = np.setdiff1d(np.arange(3000), profile_rows(3000))[:20]
+    x[:, 0] = 0.0
+    x[left_out, 0] = 1.0  # varies only outside the sample
+    x[:, 2] = x[:, 1]
+    x[left_out, 2] += 1.0  # equal to column 1 only inside the sample
+    y = rng.integers(0, 2, 3000)
+    kinds = [f["kind"] for f in profile_data(x, y)["data_findings"]]
+    assert "constant_features" not in kinds and "duplicate_features" not in kinds
+    x[:, 0] = 0.0
+    kinds = [f["kind"] for f in profile_data(x, y)["data_findings"]]
+    assert "constant_features" in kinds  # a truly constant column still is
+
+
+def test_a_small_split_overlap_does_not_outrank_a_real_problem():
+    from bigtrain.diagnose.baseline_checks import _data_findings
+    found = _data_findings({"data_findings": [
+        {"kind": "train_test_overlap", "severity": "warning", "evidence": "3 of 1000 test rows",
+         "advice": "remove them"},
+        {"kind": "feature_scale", "severity": "warning", "evidence": "1e4x", "advice": ""}]})
+    impact = {f.kind: f.impact for f in found}
+    assert impact["split_overlap"] < impact["feature_scale"]
