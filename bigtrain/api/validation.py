@@ -2,6 +2,7 @@
 wrong and how to fix it."""
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -169,6 +170,10 @@ def _first_non_finite(a) -> int | None:
     return int(bad.argmax()) if bad.any() else None
 
 
+# losses whose target has the output's values, one for one
+_SAME_SHAPE = ("binary_crossentropy", "mse", "mean_squared_error", "mae", "mean_absolute_error")
+
+
 def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: str) -> None:
     """Labels fit the loss and the output: one-hot vs integer ids, ranges, widths."""
     if loss_name is None or y is None:
@@ -196,12 +201,25 @@ def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: st
             got = f"a NaN or Inf at row {row}" if row is not None else "non-integer values"
             raise ValueError(f"loss 'sparse_categorical_crossentropy' needs integer class ids "
                              f"for output {output_name!r}, got {got}")
+        ids = tuple(output_shape[:-1])  # one class id per output position
+        if math.prod(yshape) != math.prod(ids):
+            raise ValueError(
+                f"labels of shape {tuple(y.shape)} do not fit output {output_name!r} of shape "
+                f"(None, {', '.join(map(str, output_shape))}): loss "
+                f"'sparse_categorical_crossentropy' needs one class id per sample, shape "
+                f"(n,){'' if not ids else f' or (n, {chr(44).join(map(str, ids))})'}")
         lo, hi = _range(y)
         if lo < 0 or hi >= units:
             raise ValueError(f"labels for output {output_name!r} must be class ids in [0, "
                              f"{units - 1}] (the output has {units} units), got values in "
                              f"[{lo:g}, {hi:g}]")
-    elif loss_name == "binary_crossentropy":
+    elif loss_name in _SAME_SHAPE and math.prod(yshape) != math.prod(output_shape):
+        raise ValueError(
+            f"labels of shape {tuple(y.shape)} do not fit output {output_name!r} of shape "
+            f"(None, {', '.join(map(str, output_shape))}): loss {loss_name!r} needs a target "
+            f"per output value, shape (n, {', '.join(map(str, output_shape))}); give the last "
+            f"layer {math.prod(yshape)} units, or pass the matching targets")
+    if loss_name == "binary_crossentropy":
         lo, hi = _range(y)
         if lo < 0 or hi > 1:
             raise ValueError(f"loss 'binary_crossentropy' needs labels in [0, 1] for output "

@@ -85,3 +85,23 @@ def test_loading_a_file_that_is_not_a_bigtrain_model(tmp_path):
 def test_validation_split_that_leaves_nothing():
     with pytest.raises(ValueError, match="validation_split"):
         seed_like_model().fit(X, Y, validation_split=0.999, verbose=0)
+
+
+@pytest.mark.parametrize("loss, units, y", [
+    ("mse", 1, np.eye(3, dtype="float32")[np.arange(40) % 3]),
+    ("binary_crossentropy", 2, np.zeros((40, 3), "float32")),
+    ("sparse_categorical_crossentropy", 3, np.eye(4, dtype="int64")[np.arange(40) % 4]),
+])
+def test_targets_that_do_not_fit_the_output_are_refused_before_training(loss, units, y):
+    """They crashed inside the first step ("shape '[32, 1]' is invalid for input of size
+    96"), under ddp only after the ranks had started."""
+    import bigtrain
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    bigtrain.clear_session()
+    inp = Input(shape=(5,))
+    model = Model(inp, Dense(units)(inp))
+    model.compile(optimizer="sgd", loss=loss)
+    x = np.zeros((40, 5), "float32")
+    with pytest.raises(ValueError, match=r"labels of shape \(40, [34]\) do not fit output"):
+        model.fit(x, y, epochs=1, batch_size=8, verbose=0)
