@@ -189,23 +189,40 @@ def lrs(model):
     return [g["lr"] for g in model.optimizer.param_groups]
 
 
-def test_reduce_lr_on_plateau_after_patience_with_cooldown_and_floor():
+def _keras_reduce_lr(values, lr, **kw):
+    """Keras's own ReduceLROnPlateau driven by `values` of val_loss: the learning rate it
+    logs each epoch."""
+    import os
+    import types
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    keras = pytest.importorskip("keras")
+    cb = keras.callbacks.ReduceLROnPlateau(**kw)
+    cb.set_model(types.SimpleNamespace(optimizer=types.SimpleNamespace(learning_rate=lr)))
+    cb.on_train_begin()
+    out = []
+    for epoch, v in enumerate(values):
+        logs = {"val_loss": v}
+        cb.on_epoch_end(epoch, logs)
+        out.append(logs["learning_rate"])
+    return out
+
+
+@pytest.mark.parametrize("values, kw", [
+    ([1.0] * 9, dict(factor=0.5, patience=2, cooldown=1, min_lr=0.02)),
+    ([1.0] * 9, dict(factor=0.5, patience=1, cooldown=2)),
+    ([1.0, 0.9, 0.9, 0.8, 0.8, 0.8, 0.7, 0.7, 0.7, 0.7], dict(factor=0.5, patience=1,
+                                                             cooldown=1)),
+    ([1.0] * 5, dict(factor=0.5, patience=1, min_lr=0.08)),
+])
+def test_reduce_lr_on_plateau_logs_and_reduces_as_keras(values, kw):
+    """The learning rate of each epoch in the History equals Keras's, cooldown and floor
+    included (bigtrain had followed torch's cooldown: [1, 1, .5, .5, .25] against Keras's
+    [1, 1, .5, .25, .125] with patience 1, cooldown 1)."""
     model = FakeModel(lr=0.1, groups=2)
-    seen = []
-
-    class Spy(History):
-        def on_epoch_end(self, epoch, logs=None):
-            seen.append(lrs(model)[0])
-
-    cb = ReduceLROnPlateau(factor=0.5, patience=2, cooldown=1, min_lr=0.02)
-    drive([cb, Spy()], model, losses(*[1.0] * 8))
-    # epoch 0 sets best; 1, 2 wait -> halve at 2; cooldown epoch 3 not counted; 4, 5 wait
-    # -> halve at 5 (0.025); epoch 6 cooldown; epoch 7 counts 1 -> stays.
-    assert seen == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.05, 0.025, 0.025, 0.025])
-    assert lrs(model) == pytest.approx([0.025, 0.025])
-    model = FakeModel(lr=0.03)
-    drive([ReduceLROnPlateau(factor=0.5, patience=1, min_lr=0.02)], model, losses(1, 1, 1, 1))
-    assert lrs(model) == [0.02]
+    history = History()
+    drive([ReduceLROnPlateau(**kw), history], model, losses(*values))
+    assert history.history["learning_rate"] == pytest.approx(_keras_reduce_lr(values, 0.1, **kw))
+    assert lrs(model)[0] == lrs(model)[1]
 
 
 def test_reduce_lr_resets_wait_on_improvement_and_rejects_bad_factor():
@@ -371,3 +388,10 @@ def test_restore_best_weights_on_several_ranks_returns_the_best_epoch(strategy):
     trained = fitted(3)
     assert max(np.abs(a - b).max() for a, b in zip(first, trained)) > 1e-3  # can tell
     assert max(np.abs(a - b).max() for a, b in zip(first, got)) < 1e-5
+
+
+def test_learning_rate_scheduler_puts_each_epochs_rate_in_the_history():
+    history = History()
+    drive([LearningRateScheduler(lambda epoch, lr: 0.1 / (epoch + 1)), history], FakeModel(),
+          losses(1.0, 1.0, 1.0))
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.05, 0.1 / 3])

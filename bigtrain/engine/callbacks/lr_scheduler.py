@@ -52,3 +52,7 @@ class LearningRateScheduler(Callback):
         if self.verbose and is_main_process():
             print(f"Epoch {epoch + 1}: LearningRateScheduler setting learning rate to "
                   f"{', '.join(f'{lr:.4g}' for lr in new)}.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:  # the History gets the epoch's rate, as Keras's does
+            logs["learning_rate"] = get_lrs(self.model.optimizer)[0]

@@ -20,8 +20,9 @@ class ReduceLROnPlateau(Callback):
         factor: multiplier of the learning rate, in (0, 1).
         patience: epochs without improvement before reducing.
         min_delta: smallest change that counts as an improvement.
-        cooldown: epochs right after a reduction that do not count toward `patience`
-            (as in torch's ReduceLROnPlateau; Keras still counts the last one).
+        cooldown: epochs after a reduction during which no epoch counts toward
+            `patience` (Keras's rule: the counter falls at the start of each epoch's check,
+            so the last cooldown epoch already counts).
         min_lr: lower bound of the learning rate.
         mode: "min", "max" or "auto" (max for accuracy/AUC-like names, else min).
         verbose: 1 prints (on rank 0) each reduction.
@@ -56,26 +57,30 @@ class ReduceLROnPlateau(Callback):
         self.cooldown_counter = 0
 
     def on_epoch_end(self, epoch, logs=None):
+        """Keras's rule, step for step: log the epoch's learning rate, then count it."""
+        if logs is not None:
+            logs["learning_rate"] = get_lrs(self.model.optimizer)[0]  # as Keras's History
         current = monitor_value(logs, self.monitor, "ReduceLROnPlateau")
         if current is None:
             return
-        improved = is_improvement(current, self.best, self.mode, self.min_delta)
-        if improved:
-            self.best = current
-        if self.cooldown_counter > 0:  # just reduced: this epoch does not count
+        if self.cooldown_counter > 0:
             self.cooldown_counter -= 1
             self.wait = 0
-            return
-        self.wait = 0 if improved else self.wait + 1
-        if not improved and self.wait >= self.patience:
-            self._reduce(epoch)
-            self.cooldown_counter, self.wait = self.cooldown, 0
+        if is_improvement(current, self.best, self.mode, self.min_delta):
+            self.best, self.wait = current, 0
+        elif self.cooldown_counter == 0:
+            self.wait += 1
+            if self.wait >= self.patience and self._reduce(epoch):
+                self.cooldown_counter, self.wait = self.cooldown, 0
 
-    def _reduce(self, epoch: int) -> None:
+    def _reduce(self, epoch: int) -> bool:
+        """Lower every learning rate above `min_lr`; whether any changed."""
         old = get_lrs(self.model.optimizer)
         new = [max(lr * self.factor, self.min_lr) if lr > self.min_lr else lr for lr in old]
-        if new != old:
-            set_lrs(self.model.optimizer, new)
-            if self.verbose and is_main_process():
-                print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
-                      f"{', '.join(f'{lr:.4g}' for lr in new)}.")
+        if new == old:
+            return False
+        set_lrs(self.model.optimizer, new)
+        if self.verbose and is_main_process():
+            print(f"Epoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to "
+                  f"{', '.join(f'{lr:.4g}' for lr in new)}.")
+        return True
