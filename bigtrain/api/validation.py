@@ -21,8 +21,18 @@ def as_list(data, names: list[str] | None, what: str) -> list:
                              f"{what} are named {names}; use those keys")
         return [data[n] for n in names]
     if isinstance(data, (list, tuple)):
-        return list(data)
+        if data and all(_is_plain(v) for v in data) and (names is None or len(names) == 1
+                                                          or len(data) != len(names)):
+            return [np.asarray(data)]  # one array written as nested Python lists (Keras too)
+        return [np.asarray(v) if _is_plain(v) else v for v in data]
     return [data]
+
+
+def _is_plain(v) -> bool:
+    """A Python number or a (nested) list/tuple of them: data, not a list of arrays."""
+    if isinstance(v, (bool, int, float, np.number)):
+        return True
+    return isinstance(v, (list, tuple)) and bool(v) and _is_plain(v[0])
 
 
 def _nrows(a) -> int:
@@ -38,8 +48,10 @@ def check_lengths(xs: list, ys: list, sample_weight=None) -> int:
     if sample_weight is not None:
         sizes["sample_weight"] = _nrows(sample_weight)
     if len(set(sizes.values())) != 1:
-        raise ValueError(f"x and y must have the same number of samples, got "
-                         f"{', '.join(f'{k}: {v}' for k, v in sizes.items())}")
+        shown = list(sizes.items())
+        listed = ", ".join(f"{k}: {v}" for k, v in shown[:8])
+        more = f", ... ({len(shown) - 8} more arrays)" if len(shown) > 8 else ""
+        raise ValueError(f"x and y must have the same number of samples, got {listed}{more}")
     n = next(iter(sizes.values()))
     if n == 0:
         raise ValueError("the data is empty (0 samples); pass at least one sample")

@@ -105,3 +105,19 @@ def test_targets_that_do_not_fit_the_output_are_refused_before_training(loss, un
     x = np.zeros((40, 5), "float32")
     with pytest.raises(ValueError, match=r"labels of shape \(40, [34]\) do not fit output"):
         model.fit(x, y, epochs=1, batch_size=8, verbose=0)
+
+
+def test_python_lists_are_data_as_in_keras():
+    """fit(x, y.tolist()) listed every label as an array of 0 samples; x.tolist() read as
+    'the data is empty'."""
+    import bigtrain
+    bigtrain.clear_session()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 5)).astype("float32"), rng.integers(0, 3, 40)
+    inp = Input(shape=(5,))
+    model = Model(inp, Dense(3, activation="softmax")(inp))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    a = model.evaluate(x, y, verbose=0)
+    assert model.evaluate(x.tolist(), y.tolist(), verbose=0) == pytest.approx(a)
+    with pytest.raises(ValueError, match=r"same number of samples.*more arrays"):
+        model.fit(x, [np.zeros(3)] * 12, verbose=0)
