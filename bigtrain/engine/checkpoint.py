@@ -174,6 +174,11 @@ class Checkpointer:
         self.env = strategy.env
         self.names = strategy.checkpoint_names(module)
         self.last_saved_step = -1
+        # the epoch's running loss and metric sums, `Tally.state` (the loop sets it): a
+        # mid-epoch checkpoint keeps them, all ranks' added, so a resumed epoch's logs
+        # cover its batches from the first, as an uninterrupted run's do
+        self.epoch_tally = None
+        self.resumed_tally: list[float] | None = None  # that of the checkpoint resumed
 
     # ---- saving -------------------------------------------------------------------------
     def save(self, position: Position) -> str:
@@ -187,9 +192,12 @@ class Checkpointer:
                 shutil.rmtree(tmp)  # left by a crashed save
         self.strategy.barrier()
         digest = state_digest(self.strategy.full_state_dict(self.module))  # before any write
+        tally = None
+        if position.batch and self.epoch_tally is not None:  # a collective, on every rank
+            tally = self.strategy.all_reduce(self.epoch_tally()).tolist()
         live = cs.live_state(self.module, self.optimizer, self.names)
         _dcp(dcp.save, live.tensors, tmp, self.env.distributed)
-        self._write_extras(tmp, position, live, digest)
+        self._write_extras(tmp, position, live, digest, tally)
         self.strategy.barrier()  # every rank's files are in tmp
         if self.env.is_main:
             self._publish(tmp, final, position.step)
@@ -198,7 +206,7 @@ class Checkpointer:
         return final
 
     def _write_extras(self, tmp: str, position: Position, live: cs.LiveState,
-                      digest: str) -> None:
+                      digest: str, tally: list[float] | None) -> None:
         rng = os.path.join(tmp, f"rng-rank{self.env.rank:05d}.json")
         with open(rng, "w", encoding="utf-8") as f:
             json.dump(cs.rng_state(), f)
@@ -209,7 +217,7 @@ class Checkpointer:
                     "param_groups": cs.group_hyperparameters(live.groups),
                     "run": self.run_info, "torch": torch.__version__,
                     "model_sha256": digest, "files_sha256": file_digests(tmp),
-                    "history": self.history()}
+                    "history": self.history(), "epoch_tally": tally}
             _write_json_atomic(os.path.join(tmp, META), meta)
 
     def _publish(self, tmp: str, final: str, step: int) -> None:
@@ -275,6 +283,7 @@ class Checkpointer:
         cs.set_rng_state(read_json(rng, "the RNG state file"))
         self.last_saved_step = position.step
         self.prior = meta.get("history") or {"history": {}, "epochs": []}
+        self.resumed_tally = meta.get("epoch_tally") if position.batch else None
         return position
 
     def _verify_digest(self, path: str, saved: str | None) -> None:

@@ -7,6 +7,7 @@ synchronises with the device per step except to check for a non-finite loss ever
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -116,6 +117,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     want_logs = end_hooks and callbacks.wants_batch_logs
     finite = (_FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
               if cfg.terminate_on_nan else None)
+    _carry_tally(progress, tally, strategy.env.is_main)
     timer = timing.timer
     mark = ctx.mark_fn()
     batch = None
@@ -150,6 +152,20 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         finite.check(next_last=0)
     mark("metrics all-reduce")
     return tally.logs(strategy.all_reduce(tally.state()))
+
+
+def _carry_tally(progress: Progress, tally: Tally, is_main: bool) -> None:
+    """Checkpoints keep this pass's running sums; a resumed epoch starts from the sums of
+    the batches its checkpoint trained (rank 0 adds them: the epoch's all-reduce sums)."""
+    ckpt = progress.checkpointer
+    if ckpt is None:
+        return
+    ckpt.epoch_tally = tally.state
+    seed, ckpt.resumed_tally = ckpt.resumed_tally, None
+    if seed and progress.skip and is_main and not tally.seed(seed):
+        warnings.warn("the checkpoint's running loss and metric sums do not match this "
+                      "model's metrics: the resumed epoch's logs cover only its batches "
+                      "from the checkpoint on", UserWarning, stacklevel=2)
 
 
 def check_precision(strategy: Strategy, precision: str) -> None:

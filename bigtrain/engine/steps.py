@@ -211,6 +211,22 @@ class Tally:
         parts += [m.state for ms in self.metrics for m in ms]
         return torch.cat(parts)
 
+    def seed(self, state: list[float]) -> bool:
+        """Add a `state()` taken earlier (an interrupted run's, up to its checkpoint) so this
+        pass's logs cover the whole epoch; False when its layout does not match."""
+        size = 2 + sum(m.size for ms in self.metrics for m in ms)
+        if len(state) != size:
+            return False
+        t = torch.tensor(state, dtype=torch.float64, device=self.loss_sum.device)
+        self.loss_sum += t[0]
+        self.count += int(round(float(t[1])))
+        offset = 2
+        for ms in self.metrics:
+            for m in ms:
+                m.state.add_(t[offset:offset + m.size].to(m.state.dtype))
+                offset += m.size
+        return True
+
     def logs(self, state: torch.Tensor, prefix: str = "") -> dict[str, float]:
         """Keras-style logs from a (possibly all-reduced) `state()`."""
         count = float(state[1])
