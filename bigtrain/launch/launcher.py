@@ -131,6 +131,41 @@ def _main_module_hidden():
             setattr(main, k, v)
 
 
+#: Signals torch's elastic agent takes over while it runs the workers (its
+#: TORCHELASTIC_SIGNALS_TO_HANDLE default) and leaves set after it returns.
+_AGENT_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+
+
+@contextlib.contextmanager
+def _user_signal_handlers():
+    """Give this process its own signal handlers back after the launch, and Ctrl-C during
+    it back as KeyboardInterrupt.
+
+    torch's agent installs a handler that raises SignalException for SIGINT/SIGTERM/...
+    and never removes it: Ctrl-C after fit would raise SignalException instead of
+    KeyboardInterrupt. The agent stops the workers before it re-raises; a SIGINT then
+    reaches the caller as KeyboardInterrupt, as a Ctrl-C anywhere else in a script would.
+    """
+    import signal
+    import threading
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    if threading.current_thread() is not threading.main_thread():
+        yield  # handlers can only be set (and so were only changed) in the main thread
+        return
+    signals = [getattr(signal, n) for n in _AGENT_SIGNALS if hasattr(signal, n)]
+    saved = {s: signal.getsignal(s) for s in signals}
+    try:
+        yield
+    except SignalException as e:
+        if e.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:  # None: set outside Python; leave as it is
+                signal.signal(s, handler)
+
+
 def _spill(arrays: list, folder: str, tag: str) -> list:
     out = []
     for i, a in enumerate(arrays):
@@ -209,7 +244,7 @@ def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restart
                               start_method=start_method or default_start_method(),
                               local_addr="127.0.0.1")
         try:
-            with _main_module_hidden():
+            with _main_module_hidden(), _user_signal_handlers():
                 results = elastic_launch(config, _worker)(payload, timeout, _Caller())
         except ChildFailedError as e:
             raise RuntimeError(_root_cause(e)) from None

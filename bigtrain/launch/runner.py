@@ -6,6 +6,7 @@ History, so the code after `fit` runs once, as it would without a strategy.
 """
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
@@ -46,11 +47,80 @@ def _finish(model, result: FitResult, history) -> object:
     return history
 
 
-def choose_auto(model, devices, config) -> str:
-    """strategy="auto": the planner's first choice among the registered strategies."""
+def launched_world_size() -> int | None:
+    """WORLD_SIZE of the job a launcher (torchrun, `bigtrain run`) started this process in,
+    or None outside one."""
+    if not dist_env.launched_externally():
+        return None
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def check_launched_job(strat, devices, world: int) -> None:
+    """Refuse, before any collective, a fit that a launched job of `world` ranks cannot run
+    as asked: strategy "single" on several ranks (each rank would train its own copy), or
+    an int `devices` that is not the job's number of processes.
+
+    Example:
+        check_launched_job(resolve_strategy("ddp"), 4, world=2)
+        # ValueError: fit(devices=4) but this job has 2 processes ...
+    """
+    if world > 1 and strat.name == "single":
+        raise ValueError(
+            f"strategy='single' in a job of {world} processes (started by torchrun / "
+            "`bigtrain run`): every rank would train its own copy of the model and end with "
+            "different weights. Drop strategy= (a launched job then trains with 'ddp'), pass "
+            "a multi-rank strategy such as strategy='ddp', or start the script with one "
+            "process.")
+    if isinstance(devices, bool) or not isinstance(devices, int):
+        return  # None, "auto", "cpu", "cuda", "mps": the launcher decided the count
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    if devices != world and not (local != world and devices == local):
+        per_node = f" ({local} on this node)" if local != world else ""
+        raise ValueError(
+            f"fit(devices={devices}) but this job has {world} processes{per_node}, started "
+            "by torchrun / `bigtrain run`: the launcher, not fit, decides how many ranks "
+            f"train. Drop devices= (or pass devices={world}), or start the job with "
+            f"--nproc-per-node {devices}.")
+
+
+def model_refusals(module, devices: int) -> dict[str, str]:
+    """Registered strategy name -> why it cannot split `module` over `devices` ranks (its
+    `check_model`), for the planner's `refused`; empty on one rank.
+
+    Example:
+        plan(module, devices=8, batch_size=32, refused=model_refusals(module, 8))
+    """
+    from bigtrain.parallel.base import strategy_names
+    if devices < 2:
+        return {}
+    refused = {}
+    for name in strategy_names():
+        try:
+            resolve_strategy(name).check_model(module, devices)
+        except (ValueError, TypeError) as e:
+            refused[name] = str(e)
+    return refused
+
+
+def example_input(data, module):
+    """The first sample of fit's array data, as the model takes it (a tensor, or a tuple
+    for several inputs) with a batch dimension of 1, for the planner; None for a Dataset
+    or a stream (the planner then guesses the input from the first layer)."""
+    from bigtrain.engine.data import ArrayData
+    if type(data) is not ArrayData or not data.xs or len(data) == 0:
+        return None
+    device = next(module.parameters(), torch.empty(0)).device
+    inputs = data.take(torch.arange(1), device)[0]
+    return tuple(inputs) if isinstance(inputs, (list, tuple)) else inputs
+
+
+def choose_auto(model, devices, config, sample=None) -> str:
+    """strategy="auto": the planner's first choice among the registered strategies (for
+    the job's ranks when a launcher started this process), profiled on `sample` (one
+    sample of the real inputs; None: guessed from the first layer)."""
     from bigtrain.parallel.base import strategy_names
     from bigtrain.plan import plan
-    n = dist_env.resolve_devices(devices) or 1
+    n = launched_world_size() or dist_env.resolve_devices(devices) or 1
     if n == 1:
         return "single"
     device = None  # this CPU host shared by n ranks
@@ -58,7 +128,9 @@ def choose_auto(model, devices, config) -> str:
         from bigtrain.parallel.inventory import inventory, rank_specs
         device = rank_specs(inventory(), n, "cuda")
     p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
-             optimizer=model.compiled.optimizer.name or "adam", device=device)
+             optimizer=model.compiled.optimizer.name or "adam", device=device,
+             example_input=sample,
+             refused=model_refusals(model.net, n))
     for est in p.estimates:
         if est.fits and est.strategy in strategy_names():
             if dist_env.is_main_process():
@@ -138,15 +210,23 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
                                        options.pop("watchdog_timeout", None))
     if capture is not None:
         capture(strategy)
-    if strategy == "auto":
-        strategy = choose_auto(model, devices, config)
+    cbs = _callbacks(callbacks, config.verbose)
+    task = None
+    if strategy == "auto":  # the planner profiles the model on a sample of the real data
+        task = make_task(cbs)
+        strategy = choose_auto(model, devices, config, example_input(task.train, model.net))
+    world = launched_world_size()
+    if world is not None and world > 1 and strategy is None:
+        strategy = "ddp"  # as Lightning does: a launched multi-rank job trains data parallel
     strat = resolve_strategy(strategy)
+    if world is not None:
+        check_launched_job(strat, devices, world)  # before any collective
     check_precision(strat, config.precision)  # before any process starts
     warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
     check_fit(strat, model, checkpoint)
-    cbs = _callbacks(callbacks, config.verbose)
+    check_callbacks(strat, callbacks)
     history = cbs[0]
-    task = make_task(cbs)
+    task = task or make_task(cbs)
     task.checkpoint = checkpoint
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
     return _finish(model, run_task(task, strat, model, devices, options, cluster), history)
@@ -167,6 +247,22 @@ def check_fit(strat, model, checkpoint) -> None:
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")
+
+
+def check_callbacks(strat, callbacks: list) -> None:
+    """Refuse, before any process starts, callbacks that change the learning rate under a
+    parameter server: its optimizers live on the server ranks, out of the callbacks' reach."""
+    from bigtrain.engine.callbacks import LearningRateScheduler, ReduceLROnPlateau
+    from bigtrain.parallel.parameter_server.strategy import ParameterServer
+    if not isinstance(strat, ParameterServer):
+        return
+    for cb in callbacks:
+        if isinstance(cb, (LearningRateScheduler, ReduceLROnPlateau)):
+            raise ValueError(
+                f"{type(cb).__name__} with strategy {strat.name!r}: the parameter servers "
+                "hold the optimizer and its learning rate, which callbacks in the workers "
+                "cannot change. Drop the callback (set the learning rate in compile), or "
+                "train with a data-parallel strategy such as strategy='ddp'.")
 
 
 def run_task(task, strat, owner, devices, options: dict, cluster: str | None = None

@@ -54,6 +54,12 @@ def monitor_value(logs: dict | None, monitor: str, who: str) -> float | None:
 
 def get_lrs(optimizer) -> list[float]:
     """The learning rate of each param group, as floats."""
+    if not all("lr" in g for g in optimizer.param_groups):
+        raise ValueError(f"the optimizer of this process ({type(optimizer).__name__}) has no "
+                         "learning rate to read or change: under a parameter server the "
+                         "servers hold the real optimizer. Drop LearningRateScheduler / "
+                         "ReduceLROnPlateau, or train with a data-parallel strategy such as "
+                         "strategy='ddp'.")
     return [float(g["lr"]) for g in optimizer.param_groups]
 
 

@@ -1,0 +1,157 @@
+"""fit inside a launched job (strategy/devices against the world size), fit(devices=N)
+leaving the caller's signal handlers alone, LR callbacks under a parameter server, and
+strategy="auto" on a model with several inputs."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from bigtrain.launch import runner
+from bigtrain.parallel.base import resolve_strategy
+from tests.launch.jobs import clean_env, free_port, kubernetes_env
+
+SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import bigtrain
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    bigtrain.set_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 6)).astype("float32"); y = (x[:, 0] > 0).astype("int64")
+    i = Input(shape=(6,)); m = Model(inputs=i, outputs=Dense(2, activation="softmax")(i))
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=1, batch_size=16, verbose=0, timeout=30)
+    np.save(sys.argv[1], m.get_weights()[0])
+""")
+
+
+def test_fit_without_strategy_in_a_launched_job_trains_data_parallel(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    port = free_port()  # each rank saves its own weights: they must be the same
+    envs = [kubernetes_env(r, 2, port) for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "bigtrain.cli.main", "run", str(script),
+                               f"w{r}.npy"], cwd=tmp_path, env=clean_env(env),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r, env in enumerate(envs)]
+    for p in procs:
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out
+    np.testing.assert_array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
+
+
+@pytest.fixture
+def two_rank_job(monkeypatch):
+    """This process as rank 0 of a 2-rank job a launcher started (no store is opened)."""
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": "1", "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_single_in_a_launched_multi_rank_job_is_refused(two_rank_job):
+    with pytest.raises(ValueError, match="strategy='single' in a job of 2 processes"):
+        runner.check_launched_job(resolve_strategy("single"), None, 2)
+
+
+@pytest.mark.parametrize("devices", [1, 4])
+def test_devices_other_than_the_world_size_are_refused(two_rank_job, devices):
+    with pytest.raises(ValueError, match=f"fit\\(devices={devices}\\) but this job has 2"):
+        runner.check_launched_job(resolve_strategy("ddp"), devices, 2)
+    runner.check_launched_job(resolve_strategy("ddp"), 2, 2)  # agrees: no error
+    runner.check_launched_job(resolve_strategy("ddp"), None, 2)
+
+
+def _toy_model():
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    i = Input(shape=(4,))
+    m = Model(inputs=i, outputs=Dense(2, activation="softmax")(i))
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return m
+
+
+def test_fit_refuses_single_and_wrong_devices_before_joining(two_rank_job, monkeypatch):
+    def no_join(*a, **k):
+        raise AssertionError("fit joined the job before refusing")
+    monkeypatch.setattr(runner.dist_env, "join_existing_job", no_join)
+    x, y = np.zeros((8, 4), "float32"), np.zeros(8, "int64")
+    with pytest.raises(ValueError, match="strategy='single'"):
+        _toy_model().fit(x, y, batch_size=4, verbose=0, strategy="single")
+    with pytest.raises(ValueError, match="devices=4"):
+        _toy_model().fit(x, y, batch_size=4, verbose=0, strategy="ddp", devices=4)
+
+
+def test_fit_without_strategy_in_a_launched_job_picks_ddp(two_rank_job, monkeypatch):
+    seen = {}
+
+    def fake_run_task(task, strat, owner, devices, options, cluster=None):
+        seen["strategy"] = strat.name
+        raise KeyboardInterrupt  # stop here: no process group in this test
+    monkeypatch.setattr(runner, "run_task", fake_run_task)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_model().fit(np.zeros((8, 4), "float32"), np.zeros(8, "int64"), batch_size=4,
+                         verbose=0)
+    assert seen["strategy"] == "ddp"
+
+
+def test_lr_callbacks_under_a_parameter_server_are_refused_before_launch():
+    from bigtrain.callbacks import LearningRateScheduler, ReduceLROnPlateau
+    for cb in (LearningRateScheduler(lambda e, lr: lr), ReduceLROnPlateau()):
+        with pytest.raises(ValueError, match=f"{type(cb).__name__} with strategy 'ps'"):
+            _toy_model().fit(np.zeros((8, 4), "float32"), np.zeros(8, "int64"),
+                             batch_size=4, verbose=0, strategy="ps", devices=3,
+                             callbacks=[cb])
+
+
+def test_get_lrs_of_a_server_side_optimizer_says_why():
+    import torch
+    from bigtrain.engine.callbacks._util import get_lrs
+    from bigtrain.parallel.parameter_server.worker import ServerSideOptimizer
+    with pytest.raises(ValueError, match="parameter server"):
+        get_lrs(ServerSideOptimizer([torch.nn.Parameter(torch.zeros(2))]))
+
+
+def test_auto_profiles_a_model_with_several_inputs_on_the_real_sample():
+    import torch
+    from bigtrain.engine.data import ArrayData
+    from bigtrain.zoo.wide_and_deep import WideAndDeep
+    net = WideAndDeep(num_ids=50, num_fields=4, num_dense=3)
+    data = ArrayData([torch.randint(0, 50, (16, 4)), torch.randn(16, 3)], [torch.zeros(16, 1)])
+    sample = runner.example_input(data, net)
+    assert [tuple(t.shape) for t in sample] == [(1, 4), (1, 3)]
+    from bigtrain.plan import plan
+    assert plan(net, devices=2, batch_size=16, example_input=sample).best is not None
+
+
+SIGNALS = textwrap.dedent("""
+    import os, signal, threading, time, numpy as np
+    from bigtrain.layers import Dense, Input
+    from bigtrain.models import Model
+    x = np.random.randn(64, 4).astype("float32"); y = np.random.randint(0, 2, 64)
+    i = Input(shape=(4,)); m = Model(inputs=i, outputs=Dense(2, activation="softmax")(i))
+    m.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    m.fit(x, y, epochs=1, batch_size=16, strategy="ddp", devices=2, verbose=0)
+    print("AFTER", signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+          signal.getsignal(signal.SIGTERM) == signal.SIG_DFL, flush=True)
+    threading.Timer(3.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+    try:
+        m.fit(x, y, epochs=100000, batch_size=16, strategy="ddp", devices=2, verbose=0)
+    except BaseException as e:
+        print("RAISED", type(e).__name__, flush=True)
+""")
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+def test_fit_devices_leaves_signal_handlers_and_ctrl_c_is_keyboard_interrupt(tmp_path):
+    script = tmp_path / "sig.py"
+    script.write_text(SIGNALS)
+    env = clean_env({})
+    out = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert "AFTER True True" in out.stdout, out.stdout + out.stderr
+    assert "RAISED KeyboardInterrupt" in out.stdout, out.stdout + out.stderr
