@@ -22,20 +22,32 @@ def run_plan(args) -> int:
     from torch import nn
 
     from bigtrain.cli.target import load_object
+    from bigtrain.launch.runner import model_refusals
     from bigtrain.plan import plan
     obj = load_object(args.target)
     model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
     module = getattr(model, "net", model)
     if not isinstance(module, nn.Module):
         raise SystemExit(f"{args.target} did not give a model (got {type(model).__name__})")
-    p = plan(module, devices=args.devices, batch_size=args.batch_size,
-             device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
-             seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer,
-             device=plan_device(args.inventory, args.device_kind, args.devices))
+    if args.devices < 1 or args.batch_size < 1:
+        raise SystemExit(f"bigtrain plan: --devices and --batch-size must be at least 1, got "
+                         f"{args.devices} and {args.batch_size}")
+    refused = model_refusals(module, args.devices)
+    try:
+        p = plan(module, devices=args.devices, batch_size=args.batch_size,
+                 device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
+                 seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer,
+                 device=plan_device(args.inventory, args.device_kind, args.devices),
+                 refused=refused)
+    except ValueError as e:  # the model or the settings: the planner says what to change
+        raise SystemExit(f"bigtrain plan: {e}") from None
     Console(width=160).print(p.table())
     for note in p.notes:
         print(f"note: {note}")
-    if args.devices > 1:  # conv channels, heads, Linears split; the rest replicated
+    for name, why in refused.items():
+        if name in p.skipped:
+            print(f"cannot run: {name}: {why}")
+    if args.devices > 1 and "tensor" not in refused:  # conv channels, heads, Linears split
         from bigtrain.parallel.tensor_plan import split_summary
         print(f"note: {split_summary(module, args.devices)}")
     best = p.best
@@ -117,7 +129,8 @@ def _lr_test_of_run(record):
                "file)" if script is None else f"its training script {script} no longer exists")
         return Finding("lr_test_skipped", "info", f"no learning-rate test: {why}",
                        "run `bigtrain doctor SCRIPT.py --lr-test` on the script that trains it")
-    return lr_test_finding(capture_script(script, list(record.script_args)))
+    return lr_test_finding(capture_script(script, list(record.script_args),
+                                          command="bigtrain doctor"))
 
 
 def _numpy(a):
@@ -163,8 +176,15 @@ def _doctor_script_data(script: str, lr_test: bool = False) -> list:
     """Run SCRIPT up to its first fit and check the data it would train on (no training);
     with `lr_test`, also a short learning-rate range test."""
     from bigtrain.cli.verify import capture_script
-    from bigtrain.diagnose import check_data
-    fit = capture_script(script, [])
+    from bigtrain.diagnose import Finding, check_data
+    try:
+        fit = capture_script(script, [], command="bigtrain doctor")
+    except ValueError as e:  # the script's fit refused its data before it would start
+        nan = "NaN/Inf" in str(e)
+        return [Finding("nan_values" if nan else "fit_refused", "error", str(e),
+                        "replace or drop the non-finite values before fit, e.g. keep = "
+                        "np.isfinite(x).all(axis=1); x, y = x[keep], y[keep]" if nan else
+                        "fix what the message names, then run bigtrain doctor again")]
     data, val = fit.data, fit.val
     if not getattr(data, "xs", None):
         raise SystemExit("bigtrain doctor: the script trains from a Dataset; the data checks "

@@ -22,11 +22,12 @@ import sys
 DEFAULT_STRATEGIES = "ddp,zero1,zero2,zero3"
 
 
-def capture_script(script: str, script_args: list[str]):
-    """Run `script` as __main__ up to its first fit; the FitCaptured it raised."""
+def capture_script(script: str, script_args: list[str], command: str = "bigtrain verify"):
+    """Run `script` as __main__ up to its first fit; the FitCaptured it raised. `command`
+    names the CLI command in the errors."""
     from bigtrain.api.capture import FitCaptured, capture_fit
     if not os.path.isfile(script):
-        raise SystemExit(f"bigtrain verify: no such script: {script}")
+        raise SystemExit(f"{command}: no such script: {script}")
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *script_args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
@@ -37,8 +38,9 @@ def capture_script(script: str, script_args: list[str]):
         return fit
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
-    raise SystemExit(f"bigtrain verify: {script} finished without calling model.fit(...); "
-                     "verify needs a script that trains a compiled bigtrain Model with fit")
+    raise SystemExit(f"{command}: {script} finished without calling model.fit(...); "
+                     f"{command.split()[-1]} needs a script that trains a compiled bigtrain "
+                     "Model with fit")
 
 
 def task_factory(fit, steps: int):

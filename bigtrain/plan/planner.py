@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from torch import nn
 
@@ -246,7 +246,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
          bandwidth: float | None = None, activation_bytes_per_sample: float | None = None,
          device: DeviceSpec | Sequence[DeviceSpec] | None = None, example_input=None,
          pipeline_schedule: str = "1f1b", reserve: float = 0.1,
-         bf16_slowdown: float | None = None) -> Plan:
+         bf16_slowdown: float | None = None, refused: Mapping[str, str] | None = None
+         ) -> Plan:
     """Estimate memory and step time of every strategy that can run, and rank them.
 
     Args:
@@ -276,6 +277,10 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
             bf16 matmul takes than fp32 there; default: probed on this host when `device`
             is None (bigtrain.plan.bf16), else 1. Above SLOW_BF16_FACTOR, compute times are
             scaled by it and a note says so.
+        refused: strategy name -> why it cannot split this model over `devices` ranks
+            (the strategy's own `check_model`, asked by the caller: a tensor split that the
+            layer sizes do not allow, a model a pipeline cannot cut). Those strategies are
+            skipped with that reason, so they are never the best.
 
     Example:
         >>> p = plan(1_000_000, devices=2, batch_size=32)
@@ -304,7 +309,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     mean_flops = sum(speeds) / len(speeds)
     for name in names:
         base = SPEED_AWARE.get(name, name)  # costed as its even counterpart...
-        why = _skip_reason(base, devices, batch_size, spec.kind)
+        why = (refused or {}).get(name) or (refused or {}).get(base) or \
+            _skip_reason(base, devices, batch_size, spec.kind)
         if why:
             skipped[name] = why
             continue

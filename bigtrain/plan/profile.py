@@ -27,6 +27,8 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
+import inspect
 import statistics
 from dataclasses import dataclass
 
@@ -85,6 +87,13 @@ def _example_input(module: nn.Module, seq_len: int | None, device):
     if graph:
         xs = tuple(torch.zeros(1, *t.shape, dtype=t.dtype, device=device) for t in graph)
         return xs if len(xs) > 1 else xs[0]
+    needed = _required_inputs(module)
+    if len(needed) > 1:
+        raise ValueError(f"cannot guess the inputs of {type(module).__name__}: its forward "
+                         f"takes {len(needed)} inputs ({', '.join(needed)}) and only a single "
+                         "one can be guessed from the first layer; pass example_input=(one "
+                         "sample of each, with a leading batch dimension of 1), or build the "
+                         "model as a bigtrain Model with Input layers")
     for m in module.modules():
         if isinstance(m, nn.Embedding):
             return torch.zeros(1, seq_len or 1, dtype=torch.long, device=device)
@@ -96,6 +105,16 @@ def _example_input(module: nn.Module, seq_len: int | None, device):
     raise ValueError(f"cannot guess an input for {type(module).__name__}: its first layer is "
                      "neither nn.Embedding nor nn.Linear; pass example_input=<one sample "
                      "with a leading batch dimension of 1>")
+
+
+def _required_inputs(module: nn.Module) -> list[str]:
+    """Names of the arguments `module.forward` cannot do without."""
+    try:
+        params = inspect.signature(module.forward).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C++ forward: assume one input
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
 
 
 def _float_elems(out) -> int:
@@ -144,6 +163,48 @@ def _traced_pass(module: nn.Module, example, on_meta: bool):
     return leaf_out, linear[0], counter.get_total_flops(), linear[1]
 
 
+@contextlib.contextmanager
+def _state_kept(module: nn.Module):
+    """Put back the modules' train/eval flags and the buffers' values (BatchNorm's running
+    statistics and batch count) after a real forward pass, so profiling changes nothing."""
+    modes = [(m, m.training) for m in module.modules()]
+    buffers = [(b, b.detach().clone()) for b in module.buffers() if b.device.type != "meta"]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+        for m, training in modes:
+            m.training = training
+
+
+def _measure(module: nn.Module, example: tuple):
+    """Per-sample (leaf outputs, linear elems, flops, inner elems) and how they were got.
+
+    Tries a meta-device pass, then a real one (see the module docstring), each first on the
+    one sample and then on it twice: a layer that needs more than one value per channel in
+    training mode (BatchNorm) refuses a batch of 1. Figures of a two-sample pass are halved
+    (an output that does not grow with the batch, like GPT's position embedding, is then
+    counted half). The last error is raised when every pass fails.
+    """
+    error = None
+    for on_meta, n in ((True, 1), (True, 2), (False, 1), (False, 2)):
+        batch = example if n == 1 else tuple(torch.cat([x] * n) for x in example)
+        try:
+            with _state_kept(module):
+                leaf_out, linear, flops, inner = _traced_pass(module, batch, on_meta)
+        except Exception as e:  # noqa: BLE001 -- an op without a meta kernel, BatchNorm at 1
+            error = e
+            continue
+        how = ("meta-device" if on_meta else "real") + \
+            (" forward pass" if n == 1 else f" forward pass of {n} samples, divided by {n}")
+        if n == 1:
+            return leaf_out, linear, flops, inner, how
+        return ([e / n for e in leaf_out], linear / n, flops / n, inner / n, how)
+    raise error
+
+
 def profile_module(module: nn.Module, *, seq_len: int | None = None,
                    example_input=None) -> ModelProfile:
     """Measure parameters, activations per sample and FLOPs per sample of `module`.
@@ -167,12 +228,7 @@ def profile_module(module: nn.Module, *, seq_len: int | None = None,
     if example[0].shape[0] != 1:
         raise ValueError(f"example_input must hold one sample (batch dimension 1), got shape "
                          f"{tuple(example[0].shape)}")
-    try:
-        leaf_out, linear, flops, inner = _traced_pass(module, example, on_meta=True)
-        how = "meta-device forward pass"
-    except Exception:  # noqa: BLE001 -- any op without a meta kernel; retry for real
-        leaf_out, linear, flops, inner = _traced_pass(module, example, on_meta=False)
-        how = "one-sample forward pass"
+    leaf_out, linear, flops, inner, how = _measure(module, example)
     inputs = sum(_float_elems(x) for x in example)
     total = sum(leaf_out) + inputs + inner
     units = [sum(p.numel() for p in m.parameters(recurse=False)) for m in module.modules()]
