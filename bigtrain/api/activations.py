@@ -6,6 +6,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """Keras's "leaky_relu" activation: slope 0.2 below zero (torch's default is 0.01; the
+    LeakyReLU layer's default, 0.3, differs again)."""
+    return F.leaky_relu(x, negative_slope=0.2)
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "linear": lambda x: x,
     "relu": F.relu,
@@ -18,7 +25,7 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softplus": F.softplus,
     "silu": F.silu,
     "swish": F.silu,
-    "leaky_relu": F.leaky_relu,
+    "leaky_relu": leaky_relu,
 }
 
 

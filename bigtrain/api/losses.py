@@ -15,9 +15,16 @@ import torch.nn.functional as F
 EPSILON = 1e-7  # Keras's clip for probabilities
 
 
+def _class_ids(y_true, y_pred) -> bool:
+    """Integer targets without the prediction's class axis are class ids; a target shaped
+    like the prediction is one-hot (or soft) whatever its dtype, as in Keras."""
+    return not y_true.is_floating_point() and tuple(y_true.shape) != tuple(y_pred.shape)
+
+
 def categorical_crossentropy(y_true, y_pred, from_logits=False):
-    if not y_true.is_floating_point():  # one-hot labels stored compactly as class ids
+    if _class_ids(y_true, y_pred):  # one-hot labels stored compactly as class ids
         return sparse_categorical_crossentropy(y_true, y_pred, from_logits)
+    y_true = y_true.to(y_pred.dtype)  # integer one-hot rows (np.eye(C, dtype=int)[y])
     if from_logits:
         if y_pred.dim() == 2:  # one fused kernel for the common (B, C) case
             return F.cross_entropy(y_pred, y_true, reduction="none")
@@ -90,9 +97,10 @@ class LossSpec:
         if self.masked:
             return self._masked_loss(y_true, y_pred, sample_weight)
         if sample_weight is None and self.from_logits and y_pred.dim() == 2 and \
-                self.name in _CLASS_ID_LOSSES and not y_true.is_floating_point():
+                self.name in _CLASS_ID_LOSSES and _class_ids(y_true, y_pred):
             ids = y_true if y_true.dim() == 1 else y_true.reshape(-1)
-            return F.cross_entropy(y_pred, ids)  # one fused op, fwd and bwd
+            # torch's kernel takes int64 ids only; int32/uint8 labels are cast (B values)
+            return F.cross_entropy(y_pred, ids.long())  # one fused op, fwd and bwd
         if self.name is None:
             per = self.fn(y_pred, y_true) if self.torch_order else self.fn(y_true, y_pred)
         else:

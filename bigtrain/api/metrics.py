@@ -67,6 +67,14 @@ def _dense_targets(y_true, y_pred):
     return y_true
 
 
+def _target_ids(y_true, y_pred):
+    """The class id of each target: one-hot rows (the prediction's shape) by their argmax;
+    class ids as they are (fit stores exact one-hot labels compactly as ids)."""
+    if y_true.shape == y_pred.shape:
+        return y_true.argmax(-1)
+    return y_true.reshape(y_pred.shape[:-1]).long()
+
+
 class Accuracy(Metric):
     """Keras "accuracy": categorical, sparse or binary, chosen from the shapes as Keras does."""
 
@@ -94,8 +102,9 @@ class Accuracy(Metric):
                 y_true = y_true.reshape(y_pred.shape[:-1]).long()  # (B, 1) or int32 ids
             hit = y_pred.argmax(-1) == y_true
         elif kind == "categorical":
-            hit = y_pred.argmax(-1) == y_true.argmax(-1)
+            hit = y_pred.argmax(-1) == _target_ids(y_true, y_pred)
         else:
+            y_true = _dense_targets(y_true, y_pred)
             hit = (y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)
         self._add(torch.count_nonzero(hit), hit.numel())  # hits: int64, exact
 
@@ -113,8 +122,7 @@ class TopKCategoricalAccuracy(Metric):
         return True
 
     def update(self, y_true, y_pred):
-        target = y_true.argmax(-1) if y_true.shape == y_pred.shape else \
-            y_true.reshape(y_pred.shape[:-1]).long()
+        target = _target_ids(y_true, y_pred)
         topk = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices
         hit = (topk == target.unsqueeze(-1)).any(-1)
         self._add(torch.count_nonzero(hit), hit.numel())
@@ -126,12 +134,17 @@ class MeanError(Metric):
     batchable = True
 
     def __init__(self, name: str):
+        squared = {"mse": True, "mean_squared_error": True, "mae": False,
+                   "mean_absolute_error": False}
+        if name not in squared:
+            raise ValueError(f"MeanError takes 'mse' or 'mae', got {name!r}")
         self.name = name
+        self.squared = squared[name]  # kept apart: the name may change (an output's prefix)
 
     def update(self, y_true, y_pred):
         y_true = _dense_targets(y_true, y_pred)
         d = y_pred - y_true.reshape(y_pred.shape).to(y_pred.dtype)
-        err = d * d if self.name == "mse" else d.abs()
+        err = d * d if self.squared else d.abs()
         self._add(err.sum(), err.numel())
 
 
@@ -178,12 +191,13 @@ METRICS = {
 
 
 def get_metric(metric) -> Metric:
-    """A fresh Metric from a Keras name or a Metric instance."""
+    """A fresh Metric from a Keras name or a Metric instance. A name is also the metric's key
+    in the History and the logs, as Keras logs it ("acc" stays "acc", "mean_absolute_error"
+    is not shortened to "mae")."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str) and metric in METRICS:
         m = METRICS[metric]()
-        if metric in ("categorical_accuracy", "sparse_categorical_accuracy", "binary_accuracy"):
-            m.name = metric
+        m.name = metric
         return m
     raise ValueError(f"unknown metric {metric!r}; valid names: {', '.join(sorted(METRICS))}")

@@ -65,7 +65,10 @@ class Model(nn.Module):
         return cls(module, name=name)
 
     def forward(self, *xs):
-        return self.net(*xs)
+        # what Keras returns: the output layers apply their activation, also one that
+        # compile moved into the loss (which only fit's and evaluate's steps defer)
+        with training.output_activations(self, deferred=False):
+            return self.net(*xs)
 
     # ---- structure -----------------------------------------------------------------------
     @property
@@ -93,7 +96,10 @@ class Model(nn.Module):
         return ["output"]
 
     def count_params(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        """All weights, as Keras counts them: trainable and frozen parameters and the
+        non-trainable buffers Keras lists (BatchNormalization's moving mean and variance)."""
+        from bigtrain.api.summary import model_weights
+        return sum(w.numel() for w, _ in model_weights(self))
 
     def summary(self, print_fn=print) -> str:
         """Print (and return) each layer's output shape and parameter count, and the bytes

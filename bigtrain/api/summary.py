@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from bigtrain.api.functional import GraphModule
+from bigtrain.api.layers.base import Layer
 
 
 def optimizer_state_factor(spec) -> float:
@@ -29,6 +30,41 @@ def _human(n: float) -> str:
     return str(n)
 
 
+def _counted_buffers(module) -> list[torch.Tensor]:
+    """The buffers Keras lists among a layer's weights (BatchNormalization's moving mean and
+    variance), not torch's bookkeeping (num_batches_tracked)."""
+    custom = module.keras_weights() if isinstance(module, Layer) else None
+    keys = [key for key, _, _ in custom] if custom is not None else \
+        [key for key in module.state_dict() if not key.endswith("num_batches_tracked")]
+    buffers = dict(module.named_buffers())
+    return [buffers[key] for key in keys if key in buffers]
+
+
+def model_weights(model) -> list[tuple[torch.Tensor, bool]]:
+    """(tensor, trainable) for every weight Keras counts: each parameter once (a frozen one
+    is non-trainable) and the Keras-visible buffers, which are non-trainable.
+
+    Example:
+        total = sum(w.numel() for w, _ in model_weights(model))  # model.count_params()
+    """
+    net = model.net
+    parts = list(net.layers.values()) if isinstance(net, GraphModule) else [net]
+    out = [(p, p.requires_grad) for p in net.parameters()]
+    seen = {id(p) for p, _ in out}
+    for part in parts:
+        for b in _counted_buffers(part):
+            if id(b) not in seen:
+                seen.add(id(b))
+                out.append((b, False))
+    return out
+
+
+def _layer_count(module) -> int:
+    """One layer's weights as Keras counts them: parameters and Keras-visible buffers."""
+    return sum(p.numel() for p in module.parameters()) + \
+        sum(b.numel() for b in _counted_buffers(module))
+
+
 def _rows(model) -> list[tuple[str, str, int]]:
     net = model.net
     if isinstance(net, GraphModule):
@@ -36,11 +72,11 @@ def _rows(model) -> list[tuple[str, str, int]]:
                 for t in net.input_tensors]
         for node in net.nodes:
             layer, out = node.layer, node.outputs[0]
-            n = sum(p.numel() for p in layer.parameters())
+            n = _layer_count(layer)
             rows.append((f"{layer.name} ({type(layer).__name__})",
                          f"(None, {', '.join(map(str, out.shape))})", n))
         return rows
-    return [(f"{name} ({type(m).__name__})", "?", sum(p.numel() for p in m.parameters()))
+    return [(f"{name} ({type(m).__name__})", "?", _layer_count(m))
             for name, m in net.named_children()] or [(type(net).__name__, "?", model.count_params())]
 
 
@@ -53,17 +89,20 @@ def summary_text(model) -> str:
            f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>{widths[2]}}",
            "═" * sum(widths)]
     out += [f"{a:<{widths[0]}}{b:<{widths[1]}}{c:>{widths[2]},}" for a, b, c in rows]
-    params = list(model.net.parameters())
-    total = sum(p.numel() for p in params)
-    trainable = sum(p.numel() for p in params if p.requires_grad)
+    weights = model_weights(model)
+    total = sum(w.numel() for w, _ in weights)
+    trainable = sum(w.numel() for w, t in weights if t)
+    wbytes = sum(w.numel() * w.element_size() for w, _ in weights)
+    tbytes = sum(w.numel() * w.element_size() for w, t in weights if t)
+    params = list(model.net.parameters())  # the training memory: parameters only
     pbytes = sum(p.numel() * p.element_size() for p in params)
     gbytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     spec = model.compiled.optimizer if model.compiled else None
     obytes = optimizer_state_factor(spec) * sum(p.numel() * 4 for p in params if p.requires_grad)
     out += [line,
-            f" Total params: {total:,} ({_human(pbytes)})",
-            f" Trainable params: {trainable:,}",
-            f" Non-trainable params: {total - trainable:,}"]
+            f" Total params: {total:,} ({_human(wbytes)})",
+            f" Trainable params: {trainable:,} ({_human(tbytes)})",
+            f" Non-trainable params: {total - trainable:,} ({_human(wbytes - tbytes)})"]
     if spec is not None:
         out.append(f" Training memory with {spec.name or spec.cls.__name__}: parameters "
                    f"{_human(pbytes)} + gradients {_human(gbytes)} + optimizer state "

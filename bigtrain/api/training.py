@@ -2,7 +2,9 @@
 `TrainTask`, check the data first, and run it on the chosen strategy."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,19 +34,52 @@ class Compiled:
     loss_weights: list[float]
     metric_names: list[list[str]]
     activations: list  # per output: activation moved into the loss, or None
+    #: the output layers whose activation moved into the loss: they return logits inside
+    #: the engine's steps only (see `output_activations`)
+    deferred: list = field(default_factory=list)
 
 
 def _defer_output_activation(model, index: int, loss: LossSpec):
-    """Move a final softmax/sigmoid into the loss when the loss can read logits."""
+    """The output layer whose final softmax/sigmoid moves into the loss when the loss can
+    read logits, or None. A loss the user built with from_logits=True reads the activated
+    output as logits, as in Keras (with Keras's warning)."""
     if not isinstance(model.net, GraphModule) or loss.name not in LOGIT_LOSSES:
         return None
     layer = model.net.output_layers[index]
     act = getattr(layer, "activation_name", None)
-    if act is not None and act == LOGIT_LOSSES[loss.name]:
-        layer.defer_activation = True
-        loss.from_logits = True
-        return ACTIVATIONS[act]
-    return None
+    if act is None or act != LOGIT_LOSSES[loss.name]:
+        return None
+    if loss.from_logits:
+        warnings.warn(f"loss {loss.name!r} received from_logits=True, but the output of "
+                      f"layer {layer.name!r} is produced by a {act} activation and thus "
+                      "does not represent logits. Was this intended? (bigtrain feeds the "
+                      f"{act} output to the loss as logits, as Keras does; drop "
+                      f"from_logits=True, or the layer's activation, to train on logits)",
+                      UserWarning, stacklevel=4)
+        return None
+    loss.from_logits = True
+    return layer
+
+
+@contextlib.contextmanager
+def output_activations(model, deferred: bool):
+    """Within the block, the output layers whose softmax/sigmoid compile moved into the loss
+    return logits (`deferred=True`: what fit's and evaluate's steps read, the fused loss
+    applying the activation) or apply it (`deferred=False`: what `model(x)` returns).
+
+    Example:
+        with output_activations(model, deferred=False):
+            probabilities = model.net(x)
+    """
+    layers = model.compiled.deferred if model.compiled is not None else []
+    before = [layer.defer_activation for layer in layers]
+    for layer in layers:
+        layer.defer_activation = deferred
+    try:
+        yield
+    finally:
+        for layer, was in zip(layers, before):
+            layer.defer_activation = was
 
 
 def _masked_outputs(model) -> list[bool]:
@@ -87,7 +122,11 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
     losses = [get_loss(item) for item in raw]
     for spec, masked in zip(losses, _masked_outputs(model)):
         spec.masked = masked
-    activations = [_defer_output_activation(model, i, spec) for i, spec in enumerate(losses)]
+    deferred = []  # a loop, not a comprehension: the warning's stacklevel counts frames
+    for i, spec in enumerate(losses):
+        deferred.append(_defer_output_activation(model, i, spec))
+    activations = [None if layer is None else ACTIVATIONS[layer.activation_name]
+                   for layer in deferred]
     names = list(metrics or [])
     per_output = [names[o] if isinstance(names, dict) else names for o in range(n_out)] \
         if not isinstance(metrics, dict) else [metrics.get(n, []) for n in model.output_names]
@@ -96,7 +135,8 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
             get_metric(m)  # unknown names fail here, at compile time
     weights = loss_weight_list(loss_weights, model.output_names)
     model.compiled = Compiled(get_optimizer(optimizer, learning_rate), losses, weights,
-                              [list(ms) for ms in per_output], activations)
+                              [list(ms) for ms in per_output], activations,
+                              [layer for layer in deferred if layer is not None])
 
 
 def _fresh_metrics(model) -> list[list]:
@@ -175,13 +215,18 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
     sw = None if sample_weight is None else as_tensor_source(sample_weight)
     targets = [as_tensor_source(a) for a in ys]
     if model.compiled is not None:
-        targets = [_compact_one_hot(t, spec) for t, spec in zip(targets, model.compiled.losses)]
+        targets = [_compact_one_hot(t, spec, names) for t, spec, names in
+                   zip(targets, model.compiled.losses, model.compiled.metric_names)]
     return ArrayData([as_tensor_source(a) for a in xs], targets, sw)
 
 
-def _compact_one_hot(y, spec: LossSpec):
+def _compact_one_hot(y, spec: LossSpec, metric_names: list):
     """Exactly one-hot labels for a categorical cross-entropy on logits become class ids:
-    the same loss and metrics, computed by torch's fused kernel on 1/C of the bytes."""
+    the same loss and built-in metrics (which read ids and one-hot rows alike), computed by
+    torch's fused kernel on 1/C of the bytes. A user's Metric object sees the labels as
+    given."""
+    if any(not isinstance(m, str) for m in metric_names):
+        return y
     if spec.name != "categorical_crossentropy" or not spec.from_logits or \
             not isinstance(y, torch.Tensor) or y.dim() != 2 or not y.is_floating_point():
         return y
@@ -193,8 +238,13 @@ def _compact_one_hot(y, spec: LossSpec):
 def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
               callbacks: list, run_dir=None, carry=None) -> TrainTask:
     """The engine's TrainTask for `model`; `carry`: what its previous fit left (fit passes
-    `model.carry()`, so a second fit continues the optimizer as Keras's does)."""
+    `model.carry()`, so a second fit continues the optimizer as Keras's does).
+
+    The task's network returns logits where compile moved an activation into the loss, as
+    the engine's steps expect; fit and evaluate give the plain forward back when they end."""
     c = model.compiled
+    for layer in c.deferred:
+        layer.defer_activation = True
     return TrainTask(module=model.net, losses=c.losses, loss_weights=c.loss_weights,
                      metrics=_fresh_metrics(model), activations=c.activations,
                      make_optimizer=c.optimizer.build, optimizer_name=c.optimizer.name,
@@ -294,11 +344,12 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     data = _with_class_weight(data, class_weight)
     _refuse_masked_loss_on_ranks(model, devices)
     check_stream(data, val, config)
-    history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
-                      make_task=lambda cbs: make_task(model, data, val, config, cbs, run_dir,
-                                                      carry=model.carry()),
-                      capture=lambda strat: stop_if_capturing(model, data, val, config, strat,
-                                                              devices))
+    with output_activations(model, deferred=True):
+        history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
+                          make_task=lambda cbs: make_task(model, data, val, config, cbs,
+                                                          run_dir, carry=model.carry()),
+                          capture=lambda strat: stop_if_capturing(model, data, val, config,
+                                                                  strat, devices))
     if trusted and history.stop_reason == "nan_loss":
         # did a trusted array change in place since an earlier fit read it?
         check.rescan(trusted, "The array changed in place after an earlier fit had checked "
@@ -318,9 +369,10 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
     from bigtrain.parallel.base import Strategy
     _require_compiled(model, "evaluate")
     data = prepare_data(model, x, y, sample_weight)
-    task = make_task(model, data, None, FitConfig(batch_size=batch_size or DEFAULT_BATCH_SIZE),
-                     [])
-    logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size)
+    with output_activations(model, deferred=True):
+        task = make_task(model, data, None,
+                         FitConfig(batch_size=batch_size or DEFAULT_BATCH_SIZE), [])
+        logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size)
     if return_dict:
         return logs
     values = list(logs.values())
@@ -330,21 +382,21 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
 def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
     data = prepare_data(model, x, None, need_targets=False)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
-    acts = model.compiled.activations if model.compiled else [None] * len(model.output_names)
     outs: list[list[torch.Tensor]] = []
     was_training = model.net.training
     model.net.eval()
     first = next(model.net.parameters(), None)  # a model of weightless layers runs on the CPU
     device = first.device if first is not None else torch.device("cpu")
-    with torch.no_grad():
+    # the output layers apply their activation here, also in a callback while fit runs
+    with torch.no_grad(), output_activations(model, deferred=False):
         for start in range(0, len(data), batch_size):
             xb, _, _ = data.take(torch.arange(start, min(start + batch_size, len(data))), device)
             out = model.net(*xb) if isinstance(xb, tuple) else model.net(xb)
             out = out if isinstance(out, tuple) else (out,)
-            for i, (o, act) in enumerate(zip(out, acts)):
+            for i, o in enumerate(out):
                 if len(outs) <= i:
                     outs.append([])
-                outs[i].append((act(o) if act is not None else o).float().cpu())
+                outs[i].append(o.float().cpu())
     model.net.train(was_training)
     arrays = [torch.cat(o).numpy() for o in outs]
     return arrays[0] if len(arrays) == 1 else arrays

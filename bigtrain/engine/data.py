@@ -11,6 +11,7 @@ whose share is empty still joins the collectives with a zero-weight step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,15 +75,26 @@ class ArrayData:
     def split(self, fraction: float) -> tuple["ArrayData", "ArrayData"]:
         """Keras's validation_split: the last `fraction` of the samples, before shuffling."""
         n = len(self)
-        cut = n - int(round(n * fraction))
-        if cut <= 0 or cut >= n:
-            raise ValueError(f"validation_split={fraction} leaves no training or no validation "
-                             f"samples out of {n}; use a value in (0, 1) that keeps both")
+        cut = split_index(n, fraction)
         head = lambda arrays: [a[:cut] for a in arrays]  # noqa: E731
         tail = lambda arrays: [a[cut:] for a in arrays]  # noqa: E731
         sw = self.sample_weight
         return (ArrayData(head(self.xs), head(self.ys), None if sw is None else sw[:cut]),
                 ArrayData(tail(self.xs), tail(self.ys), None if sw is None else sw[cut:]))
+
+
+def split_index(n: int, fraction: float) -> int:
+    """Training rows kept by Keras's validation_split: floor(n * (1 - fraction)), the same
+    float expression as Keras, so both keep the same rows (n=10, 0.25: 7, not 8).
+
+    Example:
+        split_index(10, 0.25)  # 7: rows [0, 7) train, [7, 10) validate
+    """
+    cut = int(math.floor(n * (1.0 - fraction)))
+    if cut <= 0 or cut >= n:
+        raise ValueError(f"validation_split={fraction} leaves no training or no validation "
+                         f"samples out of {n}; use a value in (0, 1) that keeps both")
+    return cut
 
 
 def sample_count(data) -> int | None:
@@ -252,10 +264,7 @@ class DatasetData(ArrayData):
     def split(self, fraction: float):
         from torch.utils.data import Subset
         n = len(self)
-        cut = n - int(round(n * fraction))
-        if cut <= 0 or cut >= n:
-            raise ValueError(f"validation_split={fraction} leaves no training or no validation "
-                             f"samples out of {n}; use a value in (0, 1) that keeps both")
+        cut = split_index(n, fraction)
         return (DatasetData(Subset(self.dataset, range(cut)), self.loading),
                 DatasetData(Subset(self.dataset, range(cut, n))))
 

@@ -50,8 +50,8 @@ def test_evaluate_returns_like_keras(data):
 def test_softmax_moves_into_the_loss_and_predict_gives_probabilities(data):
     x, y, _ = data
     model = seed_like_model()
-    logits = model(torch.from_numpy(x[:4]))
-    assert not torch.allclose(logits.sum(-1), torch.ones(4))  # training graph gives logits
+    probs = model(torch.from_numpy(x[:4]))  # as Keras: calling the model applies softmax,
+    assert torch.allclose(probs.sum(-1), torch.ones(4))  # though the loss reads logits
     np.testing.assert_allclose(model.predict(x[:4]).sum(-1), 1.0, rtol=1e-5)
 
 
