@@ -185,9 +185,11 @@ def loading_of(x, asked: dict | None) -> Loading:
 
 
 def prepare_data(model, x, y, sample_weight=None, need_targets=True,
-                 loading: dict | None = None, trusted: list | None = None) -> ArrayData:
+                 loading: dict | None = None, trusted: list | None = None,
+                 names: tuple[str, str] = ("x", "y")) -> ArrayData:
     """Inputs/targets as ArrayData after every check that can fail before training.
-    `trusted`: see validation.check_finite (fit's training arrays only)."""
+    `trusted`: see validation.check_finite (fit's training arrays only); `names`: what the
+    messages call the inputs and targets (validation data's are not x and y)."""
     from torch.utils.data import DataLoader, Dataset
     if is_hf(x):  # Hugging Face datasets: y names the target column(s)
         x, y = from_hf(x, y, getattr(model.net, "input_names", None)), None
@@ -206,8 +208,8 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
         check.check_input_shapes(xs, model.input_shapes, in_names)
     check.check_numeric(xs, "x")
     check.check_numeric(ys, "y")
-    check.check_finite(xs, "x", trusted)
-    check.check_finite(ys, "y", trusted)
+    check.check_finite(xs, names[0], trusted)
+    check.check_finite(ys, names[1], trusted)
     if model.compiled is not None and model.output_shapes is not None:
         for yi, spec, shape, name in zip(ys, model.compiled.losses, model.output_shapes,
                                          model.output_names):
@@ -338,7 +340,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     if validation_data is not None:
         vx, vy = validation_data[0], validation_data[1]
         vsw = validation_data[2] if len(validation_data) > 2 else None
-        val = prepare_data(model, vx, vy, vsw)
+        val = prepare_data(model, vx, vy, vsw, names=("validation x", "validation y"))
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)

@@ -121,3 +121,17 @@ def test_python_lists_are_data_as_in_keras():
     assert model.evaluate(x.tolist(), y.tolist(), verbose=0) == pytest.approx(a)
     with pytest.raises(ValueError, match=r"same number of samples.*more arrays"):
         model.fit(x, [np.zeros(3)] * 12, verbose=0)
+
+
+def test_nan_in_validation_data_is_named_as_such():
+    import bigtrain
+    bigtrain.clear_session()
+    x = np.zeros((20, 5), "float32")
+    y = np.eye(3, dtype="float32")[np.arange(20) % 3]
+    inp = Input(shape=(5,))
+    model = Model(inp, Dense(3, activation="softmax")(inp))
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    xv = x.copy()
+    xv[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"^validation x contains 1 NaN"):
+        model.fit(x, y, validation_data=(xv, y), verbose=0)
