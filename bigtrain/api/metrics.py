@@ -190,6 +190,22 @@ METRICS = {
 }
 
 
+class OutputLoss(Metric):
+    """One output's compiled loss, in a model of several outputs: Keras logs it as
+    "<output>_loss" beside the total. Mean over samples, before `loss_weights`; metrics see
+    no sample weights, so with sample_weight/class_weight it is the unweighted mean."""
+
+    def __init__(self, loss):
+        self.loss, self.name = loss, "loss"
+
+    def reads_scores_only(self, y_true, y_pred) -> bool:
+        return True  # what the step gives the loss: logits where compile moved softmax in
+
+    def update(self, y_true, y_pred):
+        n = int(y_pred.shape[0])
+        self._add(self.loss(y_true, y_pred, None).detach().double() * n, n)
+
+
 def get_metric(metric) -> Metric:
     """A fresh Metric from a Keras name or a Metric instance. A name is also the metric's key
     in the History and the logs, as Keras logs it ("acc" stays "acc", "mean_absolute_error"

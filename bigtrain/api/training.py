@@ -15,7 +15,7 @@ from bigtrain.api.capture import stop_if_capturing
 from bigtrain.api.fit_args import check_keywords, class_weight_to_sample_weight, loss_weight_list
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
-from bigtrain.api.metrics import get_metric
+from bigtrain.api.metrics import OutputLoss, get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
 from bigtrain.data.hf import from_hf, is_hf
 from bigtrain.data.streams import as_stream
@@ -142,8 +142,11 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
 def _fresh_metrics(model) -> list[list]:
     out = []
     multi = len(model.output_names) > 1
-    for name, ms in zip(model.output_names, model.compiled.metric_names):
+    for name, ms, loss in zip(model.output_names, model.compiled.metric_names,
+                              model.compiled.losses):
         metrics = [get_metric(m) for m in ms]
+        if multi and not loss.masked:  # Keras logs each output's loss: "<output>_loss"
+            metrics.insert(0, OutputLoss(loss))
         for m in metrics:
             m.name = f"{name}_{m.name}" if multi else m.name
         out.append(metrics)
@@ -377,7 +380,10 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
         logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size)
     if return_dict:
         return logs
-    values = list(logs.values())
+    # Keras's order: the total loss, each output's loss, then the metrics
+    losses = [f"{name}_loss" for name in model.output_names if f"{name}_loss" in logs]
+    order = ["loss", *losses, *[k for k in logs if k != "loss" and k not in losses]]
+    values = [logs[k] for k in order]
     return values[0] if len(values) == 1 else values
 
 

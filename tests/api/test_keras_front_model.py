@@ -175,3 +175,35 @@ def test_count_params_of_a_torch_module_leaves_out_the_batch_counter():
     model = Model(net)
     # Linear 15 + BatchNorm gamma, beta 6 + running mean, variance 6; not num_batches_tracked
     assert model.count_params() == 27 == sum(w.size for w in model.get_weights())
+
+
+# ---- several outputs: each output's loss ----------------------------------------------------
+def test_each_outputs_loss_is_in_the_history_and_evaluate_as_in_keras():
+    """fit's History and evaluate gave only the total loss: Keras also gives
+    "<output>_loss" (evaluate: [loss, cls_loss, reg_loss, metrics...])."""
+    import keras
+    rng = np.random.default_rng(0)
+    x, ya = rng.normal(size=(20, 5)).astype("float32"), rng.integers(0, 3, 20)
+    yb = rng.normal(size=(20, 2)).astype("float32")
+
+    def build(L, ModelCls, seed=0):
+        inp = L.Input((5,))
+        h = L.Dense(7, activation="relu")(inp)
+        return ModelCls(inp, [L.Dense(3, activation="softmax", name="cls")(h),
+                              L.Dense(2, name="reg")(h)])
+    keras.utils.set_random_seed(0)
+    kmodel, model = build(keras.layers, keras.Model), build(B, Model)
+    model.set_weights(kmodel.get_weights())
+    args = dict(loss={"cls": "sparse_categorical_crossentropy", "reg": "mse"},
+                loss_weights={"cls": 0.5, "reg": 2.0},
+                metrics={"cls": ["accuracy"], "reg": ["mae"]})
+    kmodel.compile(optimizer=keras.optimizers.SGD(0.1), **args)
+    model.compile(optimizer="sgd", learning_rate=0.1, **args)
+    fit = dict(epochs=2, batch_size=8, shuffle=False, verbose=0, validation_split=0.2)
+    want = kmodel.fit(x, {"cls": ya, "reg": yb}, **fit).history
+    got = model.fit(x, {"cls": ya, "reg": yb}, **fit).history
+    assert set(got) == set(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(model.evaluate(x, [ya, yb]),
+                               kmodel.evaluate(x, [ya, yb], verbose=0), rtol=1e-5)
