@@ -265,6 +265,22 @@ def check_callbacks(strat, callbacks: list) -> None:
                 "train with a data-parallel strategy such as strategy='ddp'.")
 
 
+def warn_split_batch_norm(module, strat, nprocs: int) -> None:
+    """Say, once before the ranks start, that BatchNormalization will normalise over each
+    rank's share of the batch (torch's DDP and Keras's MirroredStrategy do the same), so
+    such a model trains close to, not exactly like, one process."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+    if nprocs < 2 or strat.name == "tensor_parallel":  # tensor parallel: whole batch a rank
+        return
+    if not any(isinstance(m, _BatchNorm) for m in module.modules()):
+        return
+    warnings.warn(f"strategy {strat.name!r} on {nprocs} processes: BatchNormalization "
+                  "normalises over each rank's share of the batch, not the whole batch, so "
+                  "this model trains close to, but not exactly like, one process (as with "
+                  "torch's DDP). LayerNormalization has no such difference; or use "
+                  "strategy='tensor'.", UserWarning, stacklevel=5)
+
+
 def run_task(task, strat, owner, devices, options: dict, cluster: str | None = None
              ) -> FitResult:
     """Run `task` in this process, as one rank of a job a launcher started, or on the ranks
@@ -277,6 +293,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
+    warn_split_batch_norm(task.module, strat, nprocs)
     kind = dist_env.device_kind(devices)
     if task.carry is not None and (cluster is not None or nprocs > 1):
         warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output

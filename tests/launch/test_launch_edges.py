@@ -155,3 +155,18 @@ def test_fit_devices_leaves_signal_handlers_and_ctrl_c_is_keyboard_interrupt(tmp
                          capture_output=True, text=True, timeout=240)
     assert "AFTER True True" in out.stdout, out.stdout + out.stderr
     assert "RAISED KeyboardInterrupt" in out.stdout, out.stdout + out.stderr
+
+
+def test_batch_norm_on_several_ranks_is_announced_before_they_start():
+    import numpy as np
+
+    import bigtrain
+    from bigtrain.layers import BatchNormalization, Dense, Input
+    from bigtrain.models import Model
+    bigtrain.clear_session()
+    inp = Input(shape=(6,))
+    model = Model(inp, Dense(2, activation="softmax")(BatchNormalization()(Dense(4)(inp))))
+    model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    x, y = np.random.default_rng(0).normal(size=(32, 6)).astype("float32"), np.arange(32) % 2
+    with pytest.warns(UserWarning, match="BatchNormalization normalises over each rank's"):
+        model.fit(x, y, batch_size=8, verbose=0, strategy="ddp", devices=2, timeout=60)
