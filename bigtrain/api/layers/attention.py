@@ -33,10 +33,11 @@ def _causal(tq: int, tk: int, device) -> torch.Tensor:
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril()
 
 
-def _glorot_keras(w: torch.Tensor) -> None:
-    """Keras's glorot_uniform fans for an EinsumDense kernel: (prod(shape[:-2]) x last two)."""
-    receptive = math.prod(w.shape[:-2])
-    limit = math.sqrt(6.0 / (w.shape[-2] * receptive + w.shape[-1] * receptive))
+def _glorot_keras(w: torch.Tensor, input_axes: int) -> None:
+    """Keras 3's glorot_uniform for an EinsumDense kernel: fan in over the kernel's first
+    `input_axes` axes (those it contracts with the input), fan out over the rest."""
+    fan_in, fan_out = math.prod(w.shape[:input_axes]), math.prod(w.shape[input_axes:])
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
     nn.init.uniform_(w, -limit, limit)
 
 
@@ -126,8 +127,9 @@ class MultiHeadAttention(Layer, SplitsItself):
         self.key_kernel = nn.Parameter(torch.empty(k[1], h, kd))
         self.value_kernel = nn.Parameter(torch.empty(v[1], h, vd))
         self.output_kernel = nn.Parameter(torch.empty(h, vd, out))
-        for w in (self.query_kernel, self.key_kernel, self.value_kernel, self.output_kernel):
-            _glorot_keras(w)
+        for w in (self.query_kernel, self.key_kernel, self.value_kernel):
+            _glorot_keras(w, input_axes=1)  # (d, heads, dim): d in, heads x dim out
+        _glorot_keras(self.output_kernel, input_axes=2)  # (heads, dim, out)
         if self.use_bias:
             self.query_bias = nn.Parameter(torch.zeros(h, kd))
             self.key_bias = nn.Parameter(torch.zeros(h, kd))
