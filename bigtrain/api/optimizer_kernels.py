@@ -13,10 +13,15 @@ strategies hand the optimizer DTensors, and not every kernel takes them:
     replicated)
 
 Arguments the user set (`fused=`, `foreach=`) are kept as given.
+
+Below: the optimizers that give the Keras names Keras 3's arithmetic, as torch optimizers
+that run on these kernels (Adam, AdamW: torch's Adam kernels, fused included,
+with Keras's epsilon; RMSprop: Keras's formula in torch._foreach ops).
 """
 from __future__ import annotations
 
 import inspect
+import math
 
 import torch
 
@@ -52,3 +57,160 @@ def kernel_options(cls: type, params: list, kwargs: dict) -> dict:
           and all(not p.is_sparse and p.is_floating_point() for p in tensors)):
         out["fused"] = True
     return out
+
+
+# Keras's update rules where they differ from torch's (bigtrain.optimizers builds these for
+# the Keras names; a torch class the user passes keeps torch's rule). They subclass the torch
+# class of the same name, so strategies that rebuild an optimizer from its class and defaults
+# (ZeRO-1), code that asks `issubclass(cls, torch.optim.Adam)` and checkpoints that record
+# the optimizer's class name treat them as that class.
+
+def _steps_taken(optimizer: torch.optim.Optimizer, group: dict) -> int:
+    """Steps this group has taken, from its first parameter's torch `step` state."""
+    for p in group["params"]:
+        step = optimizer.state.get(p, {}).get("step")
+        if step is not None:
+            return int(step)
+    return 0
+
+
+def _keras_adam_epsilon(optimizer, args, kwargs) -> None:
+    """Step pre-hook: torch's eps for the coming step t such that torch's Adam is Keras's.
+
+    Keras 3 adds epsilon to the un-corrected sqrt(v): p -= alpha * m / (sqrt(v) + eps) with
+    alpha = lr * sqrt(1 - b2^t) / (1 - b1^t); torch adds it to sqrt(v / (1 - b2^t)). The
+    two agree when torch's eps is keras_eps / sqrt(1 - b2^t).
+    """
+    for group in optimizer.param_groups:
+        keras_eps = group.setdefault("keras_epsilon", group["eps"])
+        # the step count is kept on the host ("keras_step", saved with the group): reading
+        # torch's step tensor every step would wait for an accelerator's queued work
+        t = group.get("keras_step")
+        t = (_steps_taken(optimizer, group) if t is None else int(t)) + 1
+        group["keras_step"] = t
+        group["eps"] = keras_eps / math.sqrt(1.0 - float(group["betas"][1]) ** t)
+
+
+class _KerasEpsilon:
+    """Adam with Keras's epsilon, on torch's kernels (fused on CPU): each param group keeps
+    the Keras epsilon under "keras_epsilon" (saved and restored by state_dict) and its
+    "eps" is set before every step by `_keras_adam_epsilon`."""
+
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self.register_step_pre_hook(_keras_adam_epsilon)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("keras_epsilon", group["eps"])
+
+    def __setstate__(self, state: dict) -> None:
+        unpickled = "_optimizer_step_pre_hooks" not in self.__dict__  # else load_state_dict
+        super().__setstate__(state)
+        if unpickled:  # pickling drops hooks
+            self.register_step_pre_hook(_keras_adam_epsilon)
+
+
+class Adam(_KerasEpsilon, torch.optim.Adam):
+    """torch.optim.Adam (same arguments and state) with Keras 3's epsilon."""
+    __signature__ = inspect.signature(torch.optim.Adam)
+
+
+class AdamW(_KerasEpsilon, torch.optim.AdamW):
+    """torch.optim.AdamW (same arguments and state) with Keras 3's epsilon."""
+    __signature__ = inspect.signature(torch.optim.AdamW)
+
+
+class RMSprop(torch.optim.RMSprop):
+    """RMSprop as Keras 3 computes it, with torch.optim.RMSprop's arguments and state names
+    (alpha is Keras's rho):
+
+        v = rho * v + (1 - rho) * g^2                    (state "square_avg")
+        a = rho * a + (1 - rho) * g                      ("grad_avg", centered only)
+        inc = lr * g / sqrt(v - a^2 + eps)               (torch: g / (sqrt(v - a^2) + eps))
+        m = momentum * m + inc; p -= m                   ("momentum_buffer"; torch keeps lr
+                                                          out of m) -- or p -= inc
+
+    `foreach` (default: on unless the list mixes DTensors and plain tensors) runs each line
+    as one torch._foreach op over the group; off, the same ops run one tensor at a time.
+    """
+
+    def __init__(self, params, lr=1e-3, alpha=0.9, eps=1e-7, weight_decay=0, momentum=0,
+                 centered=False, capturable=False, foreach=None, maximize=False,
+                 differentiable=False):
+        if capturable or differentiable:
+            raise ValueError("bigtrain's Keras RMSprop has no capturable or differentiable "
+                             "mode; pass torch.optim.RMSprop for those")
+        super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
+                         momentum=momentum, centered=centered, foreach=foreach,
+                         maximize=maximize)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError("RMSprop does not support sparse gradients")
+            lists = self._state_lists(group, params)
+            foreach = group["foreach"]
+            if foreach is None:
+                sharded = [_is_dtensor(p) for p in params]
+                foreach = all(sharded) or not any(sharded)
+            if foreach:
+                self._update(group, *lists)
+            else:
+                for one in zip(*lists):
+                    self._update(group, *([t] for t in one))
+        return loss
+
+    def _state_lists(self, group, params):
+        """(params, grads, square_avgs, grad_avgs, momentum_buffers, steps); the last three
+        hold None where centered / momentum are off."""
+        out = [params, [p.grad for p in params], [], [], [], []]
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.zeros((), dtype=torch.float32)
+                state["square_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                if group["momentum"] > 0:
+                    state["momentum_buffer"] = torch.zeros_like(
+                        p, memory_format=torch.preserve_format)
+                if group["centered"]:
+                    state["grad_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            out[2].append(state["square_avg"])
+            out[3].append(state.get("grad_avg"))
+            out[4].append(state.get("momentum_buffer"))
+            out[5].append(state["step"])
+        return out
+
+    @staticmethod
+    def _update(group, params, grads, square_avgs, grad_avgs, momentum_buffers, steps):
+        rho, eps, lr = group["alpha"], group["eps"], float(group["lr"])
+        torch._foreach_add_(steps, 1.0)
+        if group["maximize"]:
+            grads = torch._foreach_neg(grads)
+        if group["weight_decay"]:  # torch's L2 term (Keras's decay is in UpdateRules)
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        torch._foreach_mul_(square_avgs, rho)
+        torch._foreach_addcmul_(square_avgs, grads, grads, value=1.0 - rho)
+        if group["centered"]:
+            torch._foreach_mul_(grad_avgs, rho)
+            torch._foreach_add_(grad_avgs, grads, alpha=1.0 - rho)
+            denom = torch._foreach_addcmul(square_avgs, grad_avgs, grad_avgs, value=-1.0)
+            torch._foreach_add_(denom, eps)
+        else:
+            denom = torch._foreach_add(square_avgs, eps)
+        torch._foreach_sqrt_(denom)
+        if group["momentum"] > 0:
+            torch._foreach_mul_(momentum_buffers, group["momentum"])
+            torch._foreach_addcdiv_(momentum_buffers, grads, denom, value=lr)
+            torch._foreach_sub_(params, momentum_buffers)
+        else:
+            torch._foreach_addcdiv_(params, grads, denom, value=-lr)

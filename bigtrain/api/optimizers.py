@@ -3,6 +3,10 @@
 Strategies create the optimizer only after they have wrapped or sharded the model, so
 compile keeps an `OptimizerSpec` (a factory) rather than an optimizer. Where torch has a
 fused CPU kernel (Adam, AdamW, SGD), it is used: 3-6x faster optimizer steps on CPU.
+
+The Keras names compute what Keras 3 computes: Adam and AdamW run torch's kernels with
+Keras's epsilon, RMSprop Keras's own formula (bigtrain.api.optimizer_kernels). A torch
+optimizer class or instance passed in keeps torch's rule.
 """
 from __future__ import annotations
 
@@ -11,16 +15,17 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bigtrain.api import optimizer_kernels as keras_rules
 from bigtrain.api.optimizer_kernels import kernel_options
 from bigtrain.parallel.update_rules import UpdateRules
 
-# Keras names -> (torch class, Keras defaults translated to torch arguments)
+# Keras names -> (optimizer class, Keras defaults translated to torch arguments)
 _OPTIMIZERS = {
-    "adam": (torch.optim.Adam, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7}),
-    "adamw": (torch.optim.AdamW, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7,
-                                  "weight_decay": 0.004}),
+    "adam": (keras_rules.Adam, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7}),
+    "adamw": (keras_rules.AdamW, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7,
+                                 "weight_decay": 0.004}),
     "sgd": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.0}),
-    "rmsprop": (torch.optim.RMSprop, {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
+    "rmsprop": (keras_rules.RMSprop, {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
 }
 
 
@@ -77,7 +82,7 @@ class Adam(OptimizerSpec):
     def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
-        super().__init__(torch.optim.Adam, {"lr": learning_rate, "betas": (beta_1, beta_2),
+        super().__init__(keras_rules.Adam, {"lr": learning_rate, "betas": (beta_1, beta_2),
                                             "eps": epsilon}, "adam",
                          _rules(weight_decay=weight_decay, clipnorm=clipnorm,
                                 clipvalue=clipvalue, global_clipnorm=global_clipnorm,
@@ -92,7 +97,7 @@ class AdamW(OptimizerSpec):
     def __init__(self, learning_rate=1e-3, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
                  epsilon=1e-7, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
-        super().__init__(torch.optim.AdamW, {"lr": learning_rate, "betas": (beta_1, beta_2),
+        super().__init__(keras_rules.AdamW, {"lr": learning_rate, "betas": (beta_1, beta_2),
                                              "eps": epsilon, "weight_decay": weight_decay},
                          "adamw",
                          _rules(clipnorm=clipnorm, clipvalue=clipvalue,
@@ -114,11 +119,16 @@ class SGD(OptimizerSpec):
 
 
 class RMSprop(OptimizerSpec):
-    def __init__(self, learning_rate=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7, *,
-                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
-        super().__init__(torch.optim.RMSprop, {"lr": learning_rate, "alpha": rho,
-                                               "momentum": momentum, "eps": epsilon}, "rmsprop",
+    """`bigtrain.optimizers.RMSprop(learning_rate=1e-3, momentum=0.5)`: Keras 3's update,
+    lr * g / sqrt(v + epsilon), not torch's lr * g / (sqrt(v) + eps)."""
+
+    def __init__(self, learning_rate=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7,
+                 centered=False, *, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None):
+        super().__init__(keras_rules.RMSprop, {"lr": learning_rate, "alpha": rho,
+                                               "momentum": momentum, "eps": epsilon,
+                                               "centered": centered}, "rmsprop",
                          _rules(weight_decay=weight_decay, clipnorm=clipnorm,
                                 clipvalue=clipvalue, global_clipnorm=global_clipnorm,
                                 use_ema=use_ema, ema_momentum=ema_momentum,

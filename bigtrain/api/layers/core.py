@@ -205,10 +205,38 @@ class LayerNormalization(Layer):
         return {"name": self.name, "epsilon": self.epsilon}
 
 
+class _KerasBatchNorm(nn.BatchNorm1d):
+    """nn.BatchNorm1d whose training forward moves the statistics as Keras does (biased
+    batch variance). The update runs in this module's own forward, so a sharded strategy
+    (FSDP2) gathers the weights it reads."""
+
+    def forward(self, x):
+        if not self.training:
+            return super().forward(x)
+        out = F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
+        self._move_statistics(x)
+        return out
+
+    @torch.no_grad()
+    def _move_statistics(self, flat: torch.Tensor) -> None:
+        """Keras's moving mean and variance update from the (N, C) batch `flat` (torch's
+        momentum is 1 - Keras's)."""
+        keep = 1.0 - self.momentum
+        var, mean = torch.var_mean(flat.detach().float(), dim=0, correction=0)  # (C,), (C,)
+        self.running_mean.mul_(keep).add_(mean.to(self.running_mean.dtype), alpha=self.momentum)
+        self.running_var.mul_(keep).add_(var.to(self.running_var.dtype), alpha=self.momentum)
+        self.num_batches_tracked.add_(1)
+
+
 class BatchNormalization(Layer):
     """`keras.layers.BatchNormalization` over the last (channels) axis.
 
-    Keras's momentum 0.99 (moving = 0.99 * moving + 0.01 * batch) is torch's momentum 0.01.
+    Training normalizes with the batch's statistics (torch's kernel, so outputs and gradients
+    are torch's) and moves the moving statistics as Keras does:
+    moving = momentum * moving + (1 - momentum) * batch, with the batch's biased variance
+    (torch's running_var takes the unbiased one, n / (n - 1) larger). Inference uses the
+    moving statistics. The weights are an nn.BatchNorm1d's (gamma, beta, moving mean and
+    variance, as Keras orders them).
     """
 
     supports_masking = True  # passes a time-step mask on, as Keras
@@ -218,15 +246,16 @@ class BatchNormalization(Layer):
         self.momentum, self.epsilon = momentum, epsilon
 
     def build(self, input_shape):
-        self.norm = nn.BatchNorm1d(input_shape[-1], eps=self.epsilon, momentum=1.0 - self.momentum)
+        self.norm = _KerasBatchNorm(input_shape[-1], eps=self.epsilon,
+                                    momentum=1.0 - self.momentum)
 
     def keras_weights(self):  # gamma, beta, moving mean, moving variance
         return [(f"norm.{k}", _same, _same)
                 for k in ("weight", "bias", "running_mean", "running_var")]
 
     def call(self, x):
-        shape = x.shape
-        return self.norm(x.reshape(-1, shape[-1])).reshape(shape)  # stats over all but channels
+        shape = x.shape  # statistics over all axes but channels: (N, C)
+        return self.norm(x.reshape(-1, shape[-1])).reshape(shape)
 
     def get_config(self):
         return {"name": self.name, "momentum": self.momentum, "epsilon": self.epsilon}
