@@ -51,16 +51,30 @@ def local_rows(n: int, shard) -> tuple[int, int]:
     return bounds(n) if bounds is not None else shard_bounds(n, *shard)
 
 
-def micro_split(local: torch.Tensor, n_global: int, accumulate: int, replicas: int):
+def largest_share(n: int, shard) -> int | None:
+    """The most rows any rank of `shard`'s group takes of a global batch of `n`, or None
+    where only this rank's cut is known (a `Shard` with uneven `bounds`)."""
+    if getattr(shard, "bounds", None) is not None:
+        return None
+    return -(-n // shard[1])  # even split: the first n % count ranks take one more
+
+
+def micro_split(local: torch.Tensor, n_global: int, accumulate: int, replicas: int,
+                most: int | None = None):
     """(index slices, loss weights) of this rank's micro-batches: weights are
-    n_micro / n_global * replicas, so averaged gradients equal the global-batch gradient."""
+    n_micro / n_global * replicas, so averaged gradients equal the global-batch gradient.
+
+    Every rank runs the same number of micro-steps, min(accumulate, most) where `most` is
+    the largest share any rank takes (`largest_share`), else `accumulate`: a rank with fewer
+    rows runs empty micro-steps of weight 0. Sharded strategies (FSDP2) gather and reduce in
+    every micro-step, so ranks that skipped different empty ones would wait on each other
+    forever."""
     if accumulate == 1:
         return [local], [local.shape[0] / n_global * replicas]
+    steps = accumulate if most is None else max(1, min(accumulate, most))
     parts, weights = [], []
-    for k in range(accumulate):
-        a, b = shard_bounds(len(local), k, accumulate)
-        if b == a and k < accumulate - 1:
-            continue  # an empty micro-step would only cost time; the last one always runs
+    for k in range(steps):
+        a, b = shard_bounds(len(local), k, steps)
         parts.append(local[a:b])
         weights.append((b - a) / n_global * replicas)
     return parts, weights
@@ -109,7 +123,8 @@ def _index_batches(data: ArrayData, plan: EpochPlan):
         n = gidx.shape[0]  # not len(): a Python-level call on a tensor, per step
         lo, hi = local_rows(n, plan.shard)
         local = gidx if lo == 0 and hi == n else gidx[lo:hi]
-        parts, weights = micro_split(local, n, plan.accumulate, plan.replicas)
+        parts, weights = micro_split(local, n, plan.accumulate, plan.replicas,
+                                     largest_share(n, plan.shard))
         yield n, parts, weights
 
 
@@ -219,7 +234,8 @@ class StreamData:
         from bigtrain.data.streams import rows_of
         for n, (x, y, sw) in self.source.batches(window):
             m = rows(x)
-            parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas)
+            parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas,
+                                         largest_share(n, plan.shard))
             micro = []
             for p in parts:
                 a, b = (int(p[0]), int(p[-1]) + 1) if len(p) else (0, 0)
