@@ -166,20 +166,37 @@ class Pipeline(Strategy):
         check_slow_ranks(self.slow_ranks, world_size)
         per_replica = dims.replica_batch(global_batch_size)
         m = self.microbatches
+        problem = self._schedule_problem(m, dims.pp)
+        if problem is not None:
+            raise ValueError(problem)
         if per_replica % m:
             lo = per_replica - per_replica % m
-            divisors = [d for d in range(1, per_replica + 1) if per_replica % d == 0]
+            fits = [d for d in range(1, per_replica + 1)
+                    if per_replica % d == 0 and self._schedule_problem(d, dims.pp) is None]
             raise ValueError(
                 f"microbatches={m} does not divide the batch of {per_replica} samples per "
-                f"pipeline replica; use a batch size of {lo or m} or {lo + m} (per replica), "
-                f"or microbatches among {divisors}")
+                f"pipeline replica; use a batch size of {lo or m} or {lo + m} (per replica)"
+                + (f", or microbatches among {fits}" if fits else "")
+                + (f" (schedule {self.schedule!r} on {dims.pp} pipeline ranks)"
+                   if fits != [d for d in range(1, per_replica + 1) if per_replica % d == 0]
+                   else ""))
         self.micro_rows = per_replica // m
+
+    def _schedule_problem(self, m: int, pp: int) -> str | None:
+        """Why the schedule cannot run `m` micro-batches on `pp` pipeline ranks (None: it can).
+        1f1b keeps one micro-batch in flight per stage, so it needs m >= pp; the multi-stage
+        schedules run m in rounds of pp, so m must be a multiple of its round count."""
+        if self.schedule == "1f1b" and m < pp:
+            return (f"schedule '1f1b' on {pp} pipeline ranks needs at least {pp} micro-batches "
+                    f"per step, got microbatches={m}; use microbatches={pp} (or a larger "
+                    "value dividing each replica's batch), or schedule='gpipe'")
         if self.schedule in MULTI_STAGE:
-            rounds = max(1, m // dims.pp)
+            rounds = max(1, m // pp)
             if m % rounds:
-                raise ValueError(f"schedule {self.schedule!r} on {dims.pp} pipeline ranks needs "
-                                 f"microbatches to be a multiple of {rounds}; use "
-                                 f"microbatches={rounds * (m // rounds)} or a multiple of {dims.pp}")
+                return (f"schedule {self.schedule!r} on {pp} pipeline ranks needs microbatches "
+                        f"to be a multiple of {rounds}; use microbatches="
+                        f"{rounds * (m // rounds)} or a multiple of {pp}")
+        return None
 
     def check_model(self, module: nn.Module, world_size: int) -> None:
         dims = self.dims(world_size)

@@ -23,6 +23,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Sequence
 
@@ -73,7 +74,9 @@ def measure_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.T
 
     Each layer is fed the previous layer's output (detached), and back-propagates a sum of
     its output, so the backward of a layer is timed without its neighbours. Gradients
-    left on parameters are cleared.
+    left on parameters are cleared, and the timing leaves no other trace: buffers
+    (BatchNormalization's moving statistics, step counters) and the random number
+    generators (dropout) are as they were, so training matches one process.
 
     Args:
         layers: from `chain_layers`.
@@ -82,8 +85,34 @@ def measure_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.T
         slowdown: the slow-rank knob's factor for this rank (bigtrain.parallel.slow_ranks):
             each timed run sleeps (slowdown - 1) x its compute time, as training will.
     """
+    with state_kept([layer for _, layer in layers], sample.device):
+        return _timed(layers, sample, repeats, slowed(_forward_backward, slowdown))
+
+
+@contextlib.contextmanager
+def state_kept(modules: Sequence[nn.Module], device: torch.device):
+    """Restore the modules' buffers and the random number generators (CPU, and `device`'s
+    when it is a GPU) on exit: forwards that are not training steps (timing, the pipeline
+    schedule's shape pass) move both in training mode.
+
+    Example:
+        with state_kept([model], torch.device("cpu")):
+            model(torch.randn(2, 13))        # BatchNorm statistics, dropout: as before
+    """
+    buffers = {id(b): b for m in modules for b in m.buffers()}.values()
+    saved = [(b, b.detach().clone()) for b in buffers]
+    gpus = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=gpus):
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, copy in saved:
+                    b.copy_(copy)
+
+
+def _timed(layers, sample: torch.Tensor, repeats: int, run) -> list[float]:
     costs, x = [], sample
-    run = slowed(_forward_backward, slowdown)
     for _, layer in layers:
         best = float("inf")
         for _ in range(repeats):
@@ -108,14 +137,20 @@ def sample_input_for(module: nn.Module) -> torch.Tensor | None:
     inputs = getattr(module, "input_tensors", None)  # a Keras-style graph's Input
     if inputs and len(inputs) == 1:
         shape, dtype = (2, *inputs[0].shape), inputs[0].dtype
-        return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else \
-            torch.zeros(shape, dtype=dtype)  # id 0 is in every vocabulary
+        return torch.randn(shape, dtype=dtype, generator=_own_rng()) \
+            if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)  # id 0: any vocab
     # the first layer with weights (a Dense after a Conv2D does not tell the input's shape)
     first = next((m for m in module.modules() if next(m.parameters(False), None) is not None),
                  None)
     if isinstance(first, nn.Linear):
-        return torch.randn(2, first.in_features)
+        return torch.randn(2, first.in_features, generator=_own_rng())
     return None
+
+
+def _own_rng() -> torch.Generator:
+    """A generator of its own for timing inputs, so that making one leaves the global
+    random stream (weight init, dropout) where one process would have it."""
+    return torch.Generator().manual_seed(0)
 
 
 def _forward_backward(layer: nn.Module, inp: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.dims import Topology
 from bigtrain.parallel.parallelize import sync_grads, unique_params
 from bigtrain.parallel.pipeline_stage import (ChunkTimer, StageModule, broadcast_result,
-                                              cat_batches, single_input, take_rows,
+                                              cat_batches, keep_state_in_metadata_pass,
+                                              single_input, take_rows,
                                               wrap_chunks)
 from bigtrain.parallel.slow_ranks import slowed
 
@@ -107,6 +108,7 @@ class PipelineRuntime:
                                             "grad_group": self._grad_group()}
         self.pstages = [stage(m, s, self.n_stages, self.env.device, group=self.pp_group, **extra)
                         for m, s in zip(self.modules, self.stage_ids)]
+        keep_state_in_metadata_pass(self.pstages)  # its forward is no training step
         if self.settings.slowdown > 1.0:
             # the slow-rank knob: each compute chunk sleeps (factor - 1) x its own time
             # (compute only: the schedule's send/recv waits are not inside a chunk)

@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from bigtrain.parallel.pipeline_partition import state_kept
 from bigtrain.parallel.slow_ranks import after_each
 
 #: the methods of a torch PipelineStage that run one micro-batch's compute
@@ -62,6 +63,29 @@ def wrap_chunks(stages, wrap: Callable[[Callable, int], Callable]) -> None:
         for name, slot in getattr(st, "compute_chunks", CHUNKS):
             if hasattr(st, name):  # backward_weight_one_chunk: zero-bubble schedules only
                 setattr(st, name, wrap(getattr(st, name), slot))
+
+
+#: the PipelineStage method that runs a stage's forward once to learn the shapes it sends,
+#: by torch version (2.13: `_forward_metadata_inference`; 2.6: `_shape_inference`)
+METADATA_PASS = ("_forward_metadata_inference", "_shape_inference")
+
+
+def keep_state_in_metadata_pass(stages) -> None:
+    """Make each PipelineStage's one-off shape pass leave no trace: torch runs the stage's
+    forward on the first micro-batch (later stages on uninitialised tensors) before the
+    first step, which in training mode would move BatchNormalization's statistics and the
+    dropout random stream away from what one process computes."""
+    for st in stages:
+        name = next((n for n in METADATA_PASS if hasattr(st, n)), None)
+        if name is not None:  # torch-private; a version without it runs no such pass
+            setattr(st, name, _state_kept_call(getattr(st, name), st.submod, st.device))
+
+
+def _state_kept_call(fn: Callable, module: nn.Module, device) -> Callable:
+    def call(*args, **kwargs):
+        with state_kept([module], torch.device(device)):
+            return fn(*args, **kwargs)
+    return call
 
 
 class ChunkTimer:
