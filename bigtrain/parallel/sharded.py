@@ -30,15 +30,40 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
     """Submodules that directly own parameters, deepest first (each becomes an FSDP unit).
 
     Modules that share a parameter (a GPT's embedding tied to its output head) are left to
-    the root's unit: FSDP needs a tied weight to live in one group."""
+    the root's unit: FSDP needs a tied weight to live in one group. Scalar parameters are
+    not sharded (`scalar_params`), so a module owning only those is no unit."""
     units = [m for m in module.modules()
-             if m is not module and any(True for _ in m.parameters(recurse=False))]
+             if m is not module and any(p.dim() for p in m.parameters(recurse=False))]
     owners: dict[int, list[nn.Module]] = {}
     for m in units:
         for p in m.parameters(recurse=False):
             owners.setdefault(id(p), []).append(m)
     tied = {id(m) for ms in owners.values() if len(ms) > 1 for m in ms}
     return [m for m in units if id(m) not in tied][::-1]
+
+
+def scalar_params(module: nn.Module) -> list[nn.Parameter]:
+    """0-dim parameters (a learnable gate, Attention's score scale): FSDP2 cannot shard
+    them, so every rank keeps the whole value and `average_grads` averages their grads."""
+    return [p for p in module.parameters() if p.dim() == 0]
+
+
+def average_grads(params: list[nn.Parameter]) -> None:
+    """Average the grads of replicated `params` over the default group: one all-reduce of
+    [grads..., present...], so a grad that is None on every rank (an unused parameter)
+    stays None and the ranks still agree on the collective."""
+    if not params:
+        return
+    ref = params[0]
+    packed = torch.zeros(2, len(params), dtype=torch.float32, device=ref.device)
+    for i, p in enumerate(params):
+        if p.grad is not None:
+            packed[0, i], packed[1, i] = p.grad.float(), 1.0
+    dist.all_reduce(packed)
+    world = dist.get_world_size()
+    for i, p in enumerate(params):
+        if packed[1, i] > 0:
+            p.grad = (packed[0, i] / world).to(p.dtype)
 
 
 def _one_rank_group(device: torch.device) -> bool:
@@ -73,6 +98,8 @@ class Sharded(Strategy):
         self.offload = offload
         self.precision = "32"
         self._own_group = False
+        #: trainable scalar parameters FSDP leaves whole; their grads are averaged here
+        self._replicated: list[nn.Parameter] = []
 
     def use_precision(self, precision: str) -> None:
         self.precision = precision  # FSDP casts parameters through its mixed-precision policy
@@ -94,6 +121,7 @@ class Sharded(Strategy):
         if self._own_group and dist.is_initialized():
             dist.destroy_process_group()
         self._own_group = False
+        self._replicated = []
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         module = module.to(self.env.device)
@@ -110,10 +138,19 @@ class Sharded(Strategy):
         if self.precision in _DTYPES:
             kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=_DTYPES[self.precision],
                                                        reduce_dtype=torch.float32)
+        self._replicated = [p for p in scalar_params(module) if p.requires_grad]
+        scalars = set(scalar_params(module))
+        if scalars:  # "fully_shard doesn't support scalar parameters": keep them whole
+            kwargs["ignored_params"] = scalars
         for unit in shard_units(module):
             fully_shard(unit, **kwargs)
         fully_shard(module, **kwargs)
         return module
+
+    def sync_grads(self, module, optimizer, batch, ctx) -> None:
+        if self._replicated:  # FSDP reduced the sharded grads inside backward
+            ctx.mark("scalar parameter gradient all-reduce", phase="comm")
+            average_grads(self._replicated)
 
     def setup_optimizer(self, module, make_optimizer):
         # fused kernels take plain tensors; sharded parameters are DTensors

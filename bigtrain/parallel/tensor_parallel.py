@@ -51,6 +51,9 @@ class TensorParallel(Strategy):
     """
 
     name = "tensor_parallel"
+    # GradScaler's unscale (a foreach kernel over the grads) has no DTensor rule: float16
+    # would fail inside the first optimizer step, so it is refused before launch
+    supports_loss_scaling = False
 
     def __init__(self, degree: int | None = None, plan: Mapping[str, str] | None = None,
                  activation_checkpointing: bool = False):

@@ -106,13 +106,17 @@ def _tied_linears(module: nn.Module) -> set[str]:
 
 
 def _chain_plan(module: nn.Module, degree: int, skip: set[str]) -> dict[str, str]:
-    """Alternate colwise/rowwise over the Linears in registration order (see docstring)."""
+    """Alternate colwise/rowwise over the Linears in registration order (see docstring);
+    Linears inside a forward the planner cannot see stay replicated (`hidden_linears`)."""
     plan: dict[str, str] = {}
     pending: str | None = None  # a colwise Linear whose sharded output is still flowing
+    hidden = set(_hidden_leaves(module))  # below a custom forward: barriers, replicated
     for name, m in module.named_modules():
         if next(m.children(), None) is not None:
             continue  # only leaves; containers hold no computation of their own
-        if isinstance(m, nn.Linear) and name not in skip:
+        if name in hidden and isinstance(m, nn.Linear) and name not in skip:
+            plan[name] = "replicate"
+        if isinstance(m, nn.Linear) and name not in skip and name not in hidden:
             if pending and m.in_features == module.get_submodule(pending).out_features:
                 plan[name], pending = "rowwise", None
                 continue
@@ -124,11 +128,45 @@ def _chain_plan(module: nn.Module, degree: int, skip: set[str]) -> dict[str, str
                 plan[name], pending = "colwise", name
             else:  # e.g. Dense(softmax): gather the features before the activation
                 plan[name], pending = "colwise_gather", None
-        elif not _elementwise_leaf(m) and pending:
+        elif pending and (name in hidden or not _elementwise_leaf(m)):
             plan[pending], pending = "colwise_gather", None
     if pending:
         plan[pending] = "colwise_gather"
     return plan
+
+
+def _visible(m: nn.Module) -> bool:
+    """Whether the planner knows what `m`'s forward does between its children: an
+    nn.Sequential, or a bigtrain module (Keras-style graph, Model, layer) that runs its
+    children in registration order. A forward written elsewhere may apply anything between
+    two Linears (F.normalize, a functional softmax, a learnable gate, a buffer)."""
+    if type(m).forward in (nn.Sequential.forward, nn.Module.forward):
+        return True  # a chain, or a holder with no forward (ModuleDict): its owner decides
+    code = [getattr(type(m), a, None) for a in ("forward", "call")]
+    return all(f is None or getattr(f, "__module__", "").startswith("bigtrain.") for f in code)
+
+
+def hidden_linears(module: nn.Module) -> list[str]:
+    """Linears (qualified names) below a module whose forward the planner cannot see
+    (`_visible`), sub-modules that declare `tp_plan` excepted: the chain rule cannot pair
+    them safely, so they stay replicated unless a plan override names a style."""
+    return [n for n in _hidden_leaves(module) if isinstance(module.get_submodule(n), nn.Linear)]
+
+
+def _hidden_leaves(module: nn.Module) -> list[str]:
+    """Leaf modules below a module whose forward the planner cannot see (see above)."""
+    out = []
+
+    def walk(m: nn.Module, prefix: str, seen: bool):
+        if callable(getattr(m, "tp_plan", None)) or isinstance(m, SplitsItself):
+            return  # declares its own split
+        for name, child in m.named_children():
+            full = f"{prefix}{name}"
+            if next(child.children(), None) is None and not seen:
+                out.append(full)
+            walk(child, f"{full}.", seen and _visible(child))
+    walk(module, "", _visible(module))
+    return out
 
 
 def _elementwise_activation(act, name: str | None) -> bool:
@@ -191,6 +229,16 @@ def apply_tp(module: nn.Module, tp_mesh, plan: Mapping[str, str]) -> nn.Module:
             "widths not divisible by the degree, tied weights, or a plan override): every "
             "rank computes the whole model; use a degree that divides the layer widths, or "
             "a data-parallel strategy", stacklevel=2)
+    hidden = [n for n in hidden_linears(module) if plan.get(n) == "replicate"]
+    if tp_mesh.size() > 1 and hidden:
+        warnings.warn(
+            f"tensor parallelism keeps {len(hidden)} Linear layers of {type(module).__name__} "
+            f"replicated ({', '.join(hidden[:4])}{', ...' if len(hidden) > 4 else ''}): their "
+            "module's forward is custom code, so what runs between them (a normalisation, "
+            "a functional softmax, a gate) is unknown and a column/row split could be wrong; "
+            "to split them, build the layers as an nn.Sequential or a bigtrain Model graph, "
+            "declare `tp_plan(degree)` on the module, or pass TensorParallel(plan={regex: "
+            "style}) naming the styles", stacklevel=2)
     if tp_mesh.size() > 1 and parallel:
         parallelize_module(module, tp_mesh, parallel)
     for name in split:  # layers that shard themselves (layer_split.SplitsItself)

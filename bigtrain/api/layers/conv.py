@@ -252,25 +252,44 @@ class Conv2DTranspose(_Conv):
         _, channels = self._split(input_shape)
         self._pad = None
         self._crop = [-c for cl, cr in reversed(self._crops()) for c in (cl, cr)]  # F.pad order
-        self.conv = nn.ConvTranspose2d(channels, self.filters, self.kernel_size, self.strides,
-                                       dilation=self.dilation_rate, bias=self.use_bias)
+        self.conv = _CroppedConvTranspose2d(channels, self.filters, self.kernel_size,
+                                            self.strides, dilation=self.dilation_rate,
+                                            bias=self.use_bias, crop=self._crop)
         area = math.prod(self.kernel_size)
         glorot_(self.conv.weight, area * self.filters, area * channels)  # Keras (kh, kw, out, in)
         if self.use_bias:
             nn.init.zeros_(self.conv.bias)
 
     def _run(self, x):
-        y = F.conv_transpose2d(x, self.conv.weight, None, self.strides,
-                               dilation=self.dilation_rate)
-        if any(self._crop):
-            y = F.pad(y, self._crop)  # negative pads crop
-        return y if self.conv.bias is None else y + self.conv.bias.view(-1, 1, 1)
+        return self.conv(x)
 
     def get_config(self):
         op = None if self.output_padding is None else list(self.output_padding)
         config = super().get_config()
         config.pop("groups")
         return {**config, "output_padding": op}
+
+
+class _CroppedConvTranspose2d(nn.ConvTranspose2d):
+    """A ConvTranspose2d whose forward crops (or zero-extends) its unpadded output before
+    adding the bias, as Keras's padding and output_padding place it.
+
+    The whole computation is the submodule's own forward so that wrappers hooking it
+    (FSDP2 gathers a sharded weight before forward) see every use of the weight.
+
+    Args:
+        crop: F.pad amounts on (W, H) of the (B, filters, H', W') output; < 0 crops.
+    """
+
+    def __init__(self, *args, crop: list[int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crop = list(crop)
+
+    def forward(self, x, output_size=None):
+        y = F.conv_transpose2d(x, self.weight, None, self.stride, dilation=self.dilation)
+        if any(self.crop):
+            y = F.pad(y, self.crop)  # negative pads crop
+        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
 
 
 def _depthwise_to_keras(w, dm):
