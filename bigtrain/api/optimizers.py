@@ -26,6 +26,15 @@ _OPTIMIZERS = {
                                  "weight_decay": 0.004}),
     "sgd": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.0}),
     "rmsprop": (keras_rules.RMSprop, {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
+    # torch's rule is Keras's for these (Adagrad and Adamax add epsilon a step apart: a
+    # relative 1e-6 where the accumulators are far above epsilon, as they are from step 1)
+    "adagrad": (torch.optim.Adagrad, {"lr": 1e-3, "initial_accumulator_value": 0.1,
+                                      "eps": 1e-7}),
+    "adadelta": (torch.optim.Adadelta, {"lr": 1e-3, "rho": 0.95, "eps": 1e-7}),
+    "adamax": (torch.optim.Adamax, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7}),
+    # Keras's momentum schedule is b1 (1 - 0.5 * 0.96^t): torch's 0.96^(t * decay), decay 1
+    "nadam": (torch.optim.NAdam, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7,
+                                  "momentum_decay": 1.0}),
 }
 
 
@@ -133,6 +142,44 @@ class RMSprop(OptimizerSpec):
                                 clipvalue=clipvalue, global_clipnorm=global_clipnorm,
                                 use_ema=use_ema, ema_momentum=ema_momentum,
                                 ema_overwrite_frequency=ema_overwrite_frequency))
+
+
+def _keras_like(name: str, doc: str, arguments: dict[str, str]):
+    """A Keras-style optimizer class for `name` of `_OPTIMIZERS`: Keras's argument names
+    (`arguments`: Keras name -> torch name, beta_1/beta_2 going to betas), Keras's
+    defaults, and Keras's common arguments (clipnorm, weight_decay, EMA, ...)."""
+    cls, defaults = _OPTIMIZERS[name]
+    common = ("weight_decay", "clipnorm", "clipvalue", "global_clipnorm", "use_ema",
+              "ema_momentum", "ema_overwrite_frequency")
+
+    def __init__(self, learning_rate=defaults["lr"], **kwargs):
+        unknown = set(kwargs) - set(arguments) - set(common) - {"beta_1", "beta_2"}
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(unknown)}; "
+                            f"it takes learning_rate, {', '.join(arguments)} and {', '.join(common)}")
+        torch_args = dict(defaults, lr=learning_rate)
+        if "beta_1" in kwargs or "beta_2" in kwargs:
+            b1, b2 = torch_args["betas"]
+            torch_args["betas"] = (kwargs.pop("beta_1", b1), kwargs.pop("beta_2", b2))
+        for keras_name, torch_name in arguments.items():
+            if keras_name in kwargs:
+                torch_args[torch_name] = kwargs.pop(keras_name)
+        OptimizerSpec.__init__(self, cls, torch_args, name, _rules(**kwargs))
+
+    return type(name.capitalize() if name != "adamax" else "Adamax", (OptimizerSpec,),
+                {"__init__": __init__, "__doc__": doc})
+
+
+Adagrad = _keras_like("adagrad", "`bigtrain.optimizers.Adagrad(learning_rate=1e-3, "
+                      "initial_accumulator_value=0.1, epsilon=1e-7)` as in Keras.",
+                      {"initial_accumulator_value": "initial_accumulator_value",
+                       "epsilon": "eps"})
+Adadelta = _keras_like("adadelta", "`bigtrain.optimizers.Adadelta(learning_rate=1e-3, "
+                       "rho=0.95, epsilon=1e-7)` as in Keras.", {"rho": "rho", "epsilon": "eps"})
+Adamax = _keras_like("adamax", "`bigtrain.optimizers.Adamax(learning_rate=1e-3, beta_1=0.9, "
+                     "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
+Nadam = _keras_like("nadam", "`bigtrain.optimizers.Nadam(learning_rate=1e-3, beta_1=0.9, "
+                    "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
 
 
 def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpec:

@@ -200,3 +200,23 @@ def test_batchnorm_training_output_and_gradients_are_torchs():
     assert torch.allclose(got, torch.nn.functional.batch_norm(
         x.reshape(-1, 5), layer.norm.running_mean, layer.norm.running_var,
         layer.norm.weight, layer.norm.bias, eps=1e-3).reshape(x.shape))
+
+
+# ---- Keras's other built-in optimizers, by name and by class ---------------------------------
+@pytest.mark.parametrize("name, kwargs", [
+    ("adagrad", {}), ("adagrad", dict(learning_rate=0.05, initial_accumulator_value=0.2)),
+    ("adadelta", {}), ("adadelta", dict(learning_rate=1.0, rho=0.9)),
+    ("adamax", {}), ("adamax", dict(learning_rate=0.01, beta_1=0.8)),
+    ("nadam", {}), ("nadam", dict(learning_rate=0.01, beta_2=0.99)),
+])
+def test_keras_optimizers_by_name_and_class_match_keras(name, kwargs):
+    """They were refused ('unknown optimizer'); each now makes Keras's updates."""
+    cls = {"adagrad": "Adagrad", "adadelta": "Adadelta", "adamax": "Adamax", "nadam": "Nadam"}
+    keras_opt = getattr(keras.optimizers, cls[name])(**kwargs)
+    ours = getattr(bo, cls[name])(**kwargs) if kwargs else name
+    _assert_same_updates(*_fit_both(keras_opt, ours), rtol=1e-4)
+
+
+def test_a_keras_optimizer_class_names_a_wrong_argument():
+    with pytest.raises(TypeError, match="unexpected arguments.*momentum"):
+        bo.Adagrad(momentum=0.9)

@@ -12,14 +12,17 @@ from bigtrain.api.training import make_task, prepare_data
 from bigtrain.engine.task import FitConfig
 from bigtrain.layers import Dense, Input
 from bigtrain.models import Model
-from bigtrain.optimizers import SGD
+from bigtrain.optimizers import SGD, Adadelta
 
 STEPS, BATCH, TOL = 5, 8, 1e-5
 
 #: every built-in optimizer; plain SGD at a large rate so a wrong gradient scale shows
 OPTIMIZERS = {"sgd": lambda: SGD(learning_rate=0.5), "sgd_momentum":
               lambda: SGD(learning_rate=0.1, momentum=0.9), "adam": lambda: "adam",
-              "adamw": lambda: "adamw", "rmsprop": lambda: "rmsprop"}
+              "adamw": lambda: "adamw", "rmsprop": lambda: "rmsprop",
+              # Adadelta's steps at Keras's rate 1e-3 are ~1e-7: too small for the guard
+              "adagrad": lambda: "adagrad", "adadelta": lambda: Adadelta(learning_rate=1.0),
+              "adamax": lambda: "adamax", "nadam": lambda: "nadam"}
 
 
 def softmax_mlp(activation="softmax") -> Model:
