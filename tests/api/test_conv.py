@@ -19,6 +19,9 @@ from tests.api.harness import keras_parity
     (lambda L: L.Conv2DTranspose(3, 3), (4, 3, 2)),
     (lambda L: L.Conv2DTranspose(3, 3, strides=2, padding="same"), (4, 3, 2)),
     (lambda L: L.Conv2DTranspose(2, 2, strides=2), (3, 3, 2)),
+    (lambda L: L.Conv2DTranspose(2, 3, strides=2, output_padding=0), (3, 4, 2)),  # was refused
+    (lambda L: L.Conv2DTranspose(2, 3, strides=2, padding="same", output_padding=(1, 0)),
+     (3, 4, 2)),
     (lambda L: L.DepthwiseConv2D(3, depth_multiplier=2), (5, 5, 3)),
     (lambda L: L.DepthwiseConv2D(3, strides=2, padding="same"), (6, 5, 2)),
     (lambda L: L.SeparableConv2D(4, 3, depth_multiplier=2, activation="tanh"), (5, 5, 3)),

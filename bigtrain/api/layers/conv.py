@@ -225,7 +225,7 @@ class Conv2DTranspose(_Conv):
         super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
                          activation, use_bias, **kwargs)
         self.output_padding = (None if output_padding is None
-                               else as_tuple(output_padding, 2, "output_padding"))
+                               else as_tuple(output_padding, 2, "output_padding", minimum=0))
 
     def _crops(self):
         """Per axis (left, right) cells to crop from the unpadded output (< 0: zero-extend)."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import math
 
 
-def as_tuple(value, n: int, what: str) -> tuple[int, ...]:
-    """An int or a sequence of n positive ints, as n ints (Keras's standardize_tuple)."""
+def as_tuple(value, n: int, what: str, minimum: int = 1) -> tuple[int, ...]:
+    """An int or a sequence of n ints >= `minimum` (1: positive), as n ints (Keras's
+    standardize_tuple)."""
     values = (value,) * n if isinstance(value, int) else tuple(value)
-    if len(values) != n or not all(isinstance(v, int) and v > 0 for v in values):
-        raise ValueError(f"{what} must be a positive integer or {n} positive integers, "
-                         f"got {value!r}")
+    if len(values) != n or not all(isinstance(v, int) and v >= minimum for v in values):
+        kind = "positive integer" if minimum == 1 else f"integer >= {minimum}"
+        raise ValueError(f"{what} must be a {kind} or {n} such integers, got {value!r}")
     return values
 
 
