@@ -220,9 +220,17 @@ def profile_module(module: nn.Module, *, seq_len: int | None = None,
         >>> profile_module(nn.Linear(4, 2)).n_params
         10
     """
+    first = next(module.parameters(), None)
+    if first is None:
+        raise ValueError(f"{type(module).__name__} has no parameters: there is nothing to "
+                         "train, so nothing to plan")
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
+        raise ValueError(f"{type(module).__name__} holds lazy layers (e.g. nn.LazyLinear) whose "
+                         "weights do not exist yet: run one batch through the model first "
+                         "(model(x[:1])), then plan or summarise it")
     n_params = count_params(module)
     if example_input is None:
-        device = next(module.parameters()).device
+        device = first.device
         example_input = _example_input(module, seq_len, device)
     example = example_input if isinstance(example_input, tuple) else (example_input,)
     if example[0].shape[0] != 1:

@@ -71,3 +71,13 @@ def test_several_inputs_need_an_example_input():
         profile_module(TwoInputs())
     prof = profile_module(TwoInputs(), example_input=(torch.zeros(1, 4), torch.zeros(1, 6)))
     assert prof.n_params == 4 * 8 + 8 + 6 * 8 + 8 + 8 * 2 + 2
+
+
+@pytest.mark.parametrize("module, match", [
+    (lambda: torch.nn.Sequential(torch.nn.ReLU()), "has no parameters"),  # was StopIteration
+    (lambda: torch.nn.Sequential(torch.nn.LazyLinear(4)), "lazy layers"),
+])
+def test_models_the_planner_cannot_measure_say_why(module, match):
+    from bigtrain.plan import plan
+    with pytest.raises(ValueError, match=match):
+        plan(module(), devices=2, batch_size=8)
