@@ -258,4 +258,14 @@ def _root_cause(err) -> str:
     message = failure.message
     if isinstance(message, dict):
         message = message.get("message", message)
-    return (f"distributed fit failed on rank {rank} (exit code {failure.exitcode}):\n{message}")
+    hint = next((h for marker, h in _HINTS if marker in str(message)), "")
+    return (f"distributed fit failed on rank {rank} (exit code {failure.exitcode}):\n{message}"
+            f"{hint}")
+
+
+#: torch errors whose fix is a bigtrain argument: (text in the error, what to do)
+_HINTS = [
+    ("find_unused_parameters", "\nbigtrain: some parameters got no gradient in a step (a layer "
+     "the forward skipped, or used only on some batches). Train with strategy=DataParallel("
+     "find_unused_parameters=True) (from bigtrain.parallel), or remove the unused layers."),
+]

@@ -170,3 +170,33 @@ def test_batch_norm_on_several_ranks_is_announced_before_they_start():
     x, y = np.random.default_rng(0).normal(size=(32, 6)).astype("float32"), np.arange(32) % 2
     with pytest.warns(UserWarning, match="BatchNormalization normalises over each rank's"):
         model.fit(x, y, batch_size=8, verbose=0, strategy="ddp", devices=2, timeout=60)
+
+
+def test_an_unused_layer_under_ddp_names_bigtrains_fix():
+    """torch's error points at DistributedDataParallel's keyword, which a fit never sees."""
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from bigtrain.models import Model
+    from bigtrain.parallel import DataParallel
+
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.unused, self.b = nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    x, y = np.random.default_rng(0).normal(size=(32, 6)).astype("float32"), np.arange(32) % 2
+    for strategy, fails in (("ddp", True), (DataParallel(find_unused_parameters=True), False)):
+        model = Model(Unused())
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        fit = lambda: model.fit(x, y, batch_size=8, verbose=0, strategy=strategy,  # noqa: E731
+                                devices=2, timeout=60)
+        if fails:
+            with pytest.raises(RuntimeError, match=r"find_unused_parameters=True\) \(from bigtr"):
+                fit()
+        else:
+            fit()
