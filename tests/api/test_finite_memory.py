@@ -53,7 +53,7 @@ def test_evaluate_and_validation_data_are_always_read(scans):
     model.fit(x, y, verbose=0)
     model.fit(x, y, verbose=0, validation_data=(x, y))
     model.evaluate(x, y)
-    assert scans == ["x", "y", "x", "y", "x", "y"]
+    assert scans == ["x", "y", "validation x", "validation y", "x", "y"]
 
 
 def test_a_tensor_written_in_place_is_read_again_before_training():
