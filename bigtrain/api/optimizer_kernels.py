@@ -91,6 +91,14 @@ def _keras_adam_epsilon(optimizer, args, kwargs) -> None:
         group["eps"] = keras_eps / math.sqrt(1.0 - float(group["betas"][1]) ** t)
 
 
+def _recount_steps(optimizer) -> None:
+    """After a load: each group's host step count from the loaded torch `step` state (a
+    checkpoint written before "keras_step" existed, or whose count an optimizer's zero step
+    on load overwrote, would restart epsilon's schedule)."""
+    for group in optimizer.param_groups:
+        group["keras_step"] = _steps_taken(optimizer, group)
+
+
 class _KerasEpsilon:
     """Adam with Keras's epsilon, on torch's kernels (fused on CPU): each param group keeps
     the Keras epsilon under "keras_epsilon" (saved and restored by state_dict) and its
@@ -98,7 +106,11 @@ class _KerasEpsilon:
 
     def __init__(self, params, *args, **kwargs):
         super().__init__(params, *args, **kwargs)
+        self._hook()
+
+    def _hook(self) -> None:
         self.register_step_pre_hook(_keras_adam_epsilon)
+        self.register_load_state_dict_post_hook(_recount_steps)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -109,7 +121,7 @@ class _KerasEpsilon:
         unpickled = "_optimizer_step_pre_hooks" not in self.__dict__  # else load_state_dict
         super().__setstate__(state)
         if unpickled:  # pickling drops hooks
-            self.register_step_pre_hook(_keras_adam_epsilon)
+            self._hook()
 
 
 class Adam(_KerasEpsilon, torch.optim.Adam):

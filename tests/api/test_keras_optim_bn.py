@@ -220,3 +220,35 @@ def test_keras_optimizers_by_name_and_class_match_keras(name, kwargs):
 def test_a_keras_optimizer_class_names_a_wrong_argument():
     with pytest.raises(TypeError, match="unexpected arguments.*momentum"):
         bo.Adagrad(momentum=0.9)
+
+
+def test_an_empty_batch_leaves_batch_normalization_statistics_alone():
+    """A rank's empty share or micro-batch made the moving statistics NaN (var_mean of
+    no rows); torch's own BatchNorm skips such an update."""
+    layer = B.BatchNormalization()
+    layer(B.Input((3,)))
+    layer.train()
+    layer(torch.randn(8, 3))
+    mean, var = layer.norm.running_mean.clone(), layer.norm.running_var.clone()
+    out = layer(torch.zeros(0, 3))
+    assert out.shape == (0, 3)
+    assert torch.equal(layer.norm.running_mean, mean) and torch.equal(layer.norm.running_var, var)
+
+
+def test_a_loaded_adam_counts_its_steps_from_the_loaded_state():
+    """A checkpoint without "keras_step" (written before it existed) loaded into an
+    optimizer that took a zero step kept count 1: epsilon's schedule restarted."""
+    w = torch.nn.Parameter(torch.ones(3))
+    first = KerasAdam([w], lr=1e-3, eps=1e-7)
+    for _ in range(5):
+        w.grad = torch.full((3,), 0.5)
+        first.step()
+    saved = first.state_dict()
+    for g in saved["param_groups"]:
+        g.pop("keras_step")
+    v = torch.nn.Parameter(torch.ones(3))
+    second = KerasAdam([v], lr=1e-3, eps=1e-7)
+    v.grad = torch.zeros(3)
+    second.step()  # what a checkpoint load does first to create the state
+    second.load_state_dict(saved)
+    assert second.param_groups[0]["keras_step"] == 5

@@ -221,6 +221,8 @@ class _KerasBatchNorm(nn.BatchNorm1d):
     def _move_statistics(self, flat: torch.Tensor) -> None:
         """Keras's moving mean and variance update from the (N, C) batch `flat` (torch's
         momentum is 1 - Keras's)."""
+        if flat.shape[0] == 0:  # an empty share or micro-batch: nothing to average
+            return
         keep = 1.0 - self.momentum
         var, mean = torch.var_mean(flat.detach().float(), dim=0, correction=0)  # (C,), (C,)
         self.running_mean.mul_(keep).add_(mean.to(self.running_mean.dtype), alpha=self.momentum)
