@@ -195,6 +195,8 @@ class OutputLoss(Metric):
     "<output>_loss" beside the total. Mean over samples, before `loss_weights`; metrics see
     no sample weights, so with sample_weight/class_weight it is the unweighted mean."""
 
+    batchable = True  # the mean times the rows: stacked steps give the same sum
+
     def __init__(self, loss):
         self.loss, self.name = loss, "loss"
 

@@ -166,7 +166,7 @@ def _keras_like(name: str, doc: str, arguments: dict[str, str]):
                 torch_args[torch_name] = kwargs.pop(keras_name)
         OptimizerSpec.__init__(self, cls, torch_args, name, _rules(**kwargs))
 
-    return type(name.capitalize() if name != "adamax" else "Adamax", (OptimizerSpec,),
+    return type(name.capitalize(), (OptimizerSpec,),
                 {"__init__": __init__, "__doc__": doc})
 
 

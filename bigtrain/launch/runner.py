@@ -126,7 +126,9 @@ def choose_auto(model, devices, config, sample=None) -> str:
     device = None  # this CPU host shared by n ranks
     if devices != "cpu" and torch.cuda.is_available():  # measure the GPUs (about a second)
         from bigtrain.parallel.inventory import inventory, rank_specs
-        device = rank_specs(inventory(), n, "cuda")
+        # this host's GPUs are shared by its own ranks; every host of a job alike
+        local = rank_specs(inventory(), int(os.environ.get("LOCAL_WORLD_SIZE", n)), "cuda")
+        device = (local * -(-n // len(local)))[:n]
     p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
              optimizer=model.compiled.optimizer.name or "adam", device=device,
              example_input=sample,

@@ -52,17 +52,16 @@ def average_grads(params: list[nn.Parameter]) -> None:
     """Average the grads of replicated `params` over the default group: one all-reduce of
     [grads..., present...], so a grad that is None on every rank (an unused parameter)
     stays None and the ranks still agree on the collective."""
-    if not params:
-        return
-    ref = params[0]
-    packed = torch.zeros(2, len(params), dtype=torch.float32, device=ref.device)
-    for i, p in enumerate(params):
-        if p.grad is not None:
-            packed[0, i], packed[1, i] = p.grad.float(), 1.0
-    dist.all_reduce(packed)
     world = dist.get_world_size()
+    if not params or world == 1:
+        return
+    zero = torch.zeros((), dtype=torch.float32, device=params[0].device)
+    packed = torch.stack([torch.stack([zero if p.grad is None else p.grad.float(), zero + (
+        p.grad is not None)]) for p in params], dim=1)  # (2, n): grads, present
+    dist.all_reduce(packed)
+    present = packed[1].tolist()  # one read of the device
     for i, p in enumerate(params):
-        if packed[1, i] > 0:
+        if present[i] > 0:
             p.grad = (packed[0, i] / world).to(p.dtype)
 
 

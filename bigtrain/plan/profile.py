@@ -169,8 +169,11 @@ def _state_kept(module: nn.Module):
     statistics and batch count) after a real forward pass, so profiling changes nothing."""
     modes = [(m, m.training) for m in module.modules()]
     buffers = [(b, b.detach().clone()) for b in module.buffers() if b.device.type != "meta"]
+    # and the RNG: a profiling pass through dropout must not shift the training's draws
+    gpus = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        yield
+        with torch.random.fork_rng(devices=gpus):
+            yield
     finally:
         with torch.no_grad():
             for b, saved in buffers:
