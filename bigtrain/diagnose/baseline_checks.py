@@ -20,6 +20,8 @@ from bigtrain.diagnose.quality_checks import ACCURACY_KEYS
 UNSCALED_RMS = (0.02, 20.0)  # typical feature size sqrt(mean^2 + std^2) outside this range
 SHIFT_SMD = 1.0              # validation mean this many training stds away: shifted
 LABEL_ISSUE_SHARE = 0.10     # likely label errors above this share of the samples
+LABEL_JUDGE_ACCURACY = 0.70  # below it, a judge's flags may be its own errors (info only)
+LABEL_VAL_GAIN = 0.10        # linear accuracy this much higher on validation labels: noise
 BASELINE_MARGIN = 0.03       # accuracy this far below the majority class is below it
 BASELINE_GAP = 0.05          # at least this far below the linear model is below it
 CLASS_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
@@ -102,12 +104,32 @@ def _label_noise(profile: dict) -> list[Finding]:
     if not li or li["share"] < LABEL_ISSUE_SHARE:
         return []
     rows = ", ".join(map(str, li["worst"][:5]))
-    return [Finding("label_noise", "warning",
-                    f"cleanlab flags {li['share']:.0%} of the {li['split']} labels as likely "
-                    f"wrong (confident learning on out-of-sample probabilities); worst rows: "
-                    f"{rows}",
-                    "relabel or drop the flagged rows (cleanlab.filter.find_label_issues "
-                    "lists them all), or train with label_smoothing in the loss", 0.6)]
+    evidence = (f"cleanlab flags {li['share']:.0%} of the {li['split']} labels as likely wrong "
+                f"(confident learning on out-of-sample probabilities); worst rows: {rows}")
+    fix = ("relabel or drop the flagged rows (cleanlab.filter.find_label_issues lists them "
+           "all), or train with label_smoothing in the loss")
+    if _judge_trusted(profile, li):
+        return [Finding("label_noise", "warning", evidence, fix, 0.6)]
+    # confident learning cannot tell a wrong label from a row its weak judge gets wrong: on a
+    # hard task with clean labels it flags about as many rows as the judge misclassifies
+    return [Finding("label_noise", "info",
+                    f"{evidence}; but the model that judged them is right on only "
+                    f"{li.get('accuracy_of_probs', 0.0):.0%} of the rows out of sample, so "
+                    f"most flags may be hard rows rather than wrong labels",
+                    f"look at a few flagged rows before acting; if their labels are wrong: "
+                    f"{fix}", 0.6)]
+
+
+def _judge_trusted(profile: dict, li: dict) -> bool:
+    """Whether the probabilities that flagged the labels are good enough for their flags to
+    mean wrong labels: the judge is right on most rows out of sample, or (training labels)
+    the linear model scores clearly better on the validation labels than on the training
+    labels it learned from, which is what noise in the training labels alone does."""
+    judged = li.get("accuracy_of_probs")
+    if judged is None or judged >= LABEL_JUDGE_ACCURACY:
+        return True
+    val = (profile.get("linear") or {}).get("val")
+    return li["split"] == "train" and val is not None and val >= judged + LABEL_VAL_GAIN
 
 
 def _best(history: dict, keys) -> tuple[str, float] | None:

@@ -92,6 +92,38 @@ def test_cleanlab_finds_flipped_labels_and_names_rows():
     assert profile_data(x, y)["label_issues"]["share"] < 0.05
 
 
+def _hard_task(n, seed, noise=4.0):
+    """Clean labels that the features cannot separate well: y follows x0 + x1 plus noise."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    return x, (x[:, 0] + x[:, 1] + noise * rng.standard_normal(n) > 0).astype(np.int64)
+
+
+def test_label_flags_of_a_weak_judge_are_info_not_a_warning():
+    """On a hard task with clean labels, confident learning flags about the rows its judge
+    gets wrong; with the judge right on under 70 % of rows the finding says so, as info."""
+    x, y = _hard_task(600, 0)
+    xv, yv = _hard_task(300, 1)
+    p = profile_data(x, y, xv, yv)
+    assert p["label_issues"]["share"] > 0.2 and p["label_issues"]["accuracy_of_probs"] < 0.7
+    found = check_profile(p, {})
+    assert [(f.kind, f.severity) for f in found] == [("label_noise", "info")]
+    assert "right on only" in found[0].evidence
+
+
+def test_noisy_training_labels_warn_even_with_a_weak_judge():
+    """35 % of the training labels flipped, validation labels clean: the linear model scores
+    far better on validation than on the labels it learned from, so the flags are noise."""
+    x, y = _blobs()
+    xv, yv = _blobs(seed=1)
+    noisy = y.copy()
+    flip = np.random.default_rng(3).random(len(y)) < 0.35
+    noisy[flip] = 1 - noisy[flip]
+    p = profile_data(x, noisy, xv, yv)
+    assert p["label_issues"]["accuracy_of_probs"] < 0.7
+    assert [(f.kind, f.severity) for f in check_profile(p, {})] == [("label_noise", "warning")]
+
+
 def test_the_label_check_forks_no_process_pool(monkeypatch):
     """It runs at the end of a fit, inside a process with torch, gloo and data-loading
     threads: a forked Pool there can hang for ever (it did, in the doctor's scenario suite
