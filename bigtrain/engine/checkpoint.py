@@ -41,6 +41,9 @@ from bigtrain.engine.checkpoint_dir import (FORMAT, META, POINTER, CheckpointErr
 from bigtrain.engine.checkpoint_dir import write_json_atomic as _write_json_atomic
 from bigtrain.engine.task import CheckpointConfig
 
+DIGESTS = "sha256-rank"  # each rank's checksums of its share of the tensor files, while saving
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a run stands. Attributes: epoch (next epoch to run), batch (batches of that
@@ -61,28 +64,42 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def file_digests(path: str) -> dict[str, str]:
-    """SHA-256 of each tensor file DCP wrote in checkpoint folder `path` (model and
-    optimizer state alike; `state_digest` covers only the model's logical state)."""
-    out = {}
-    for name in sorted(os.listdir(path)):
-        if name.endswith(".distcp") or name == ".metadata":
-            h = hashlib.sha256()
-            with open(os.path.join(path, name), "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
-            out[name] = h.hexdigest()
+def _tensor_files(path: str) -> list[str]:
+    return [n for n in sorted(os.listdir(path)) if n.endswith(".distcp") or n == ".metadata"]
+
+
+def file_digests(path: str, rank: int = 0, world: int = 1) -> dict[str, str]:
+    """SHA-256 of the tensor files DCP wrote in checkpoint folder `path` (model and
+    optimizer state alike; `state_digest` covers only the model's logical state): of every
+    `world`-th file from the `rank`-th, so that ranks hash a folder in parallel."""
+    return {name: _sha256(os.path.join(path, name))
+            for name in _tensor_files(path)[rank::world]}
+
+
+def damaged_files(path: str, saved: dict[str, str] | None, rank: int = 0,
+                  world: int = 1) -> list[str]:
+    """What differs between the folder's tensor files and the digests saved with them (of
+    every `world`-th saved file from the `rank`-th)."""
+    if not saved:
+        return []  # written before file digests existed
+    mine = sorted(saved)[rank::world]
+    present = set(os.listdir(path))
+    out = []
+    for name in mine:
+        now = _sha256(os.path.join(path, name)) if name in present else None
+        if now != saved[name]:
+            out.append(f"{name}: " + ("missing" if now is None else
+                                      f"checksum {now[:16]}... but {saved[name][:16]}... "
+                                      "when saved"))
     return out
 
 
-def damaged_files(path: str, saved: dict[str, str] | None) -> list[str]:
-    """What differs between the folder's tensor files and the digests saved with them."""
-    if not saved:
-        return []  # written before file digests existed
-    now = file_digests(path)
-    return [f"{name}: " + ("missing" if name not in now else
-                           f"checksum {now[name][:16]}... but {digest[:16]}... when saved")
-            for name, digest in saved.items() if now.get(name) != digest]
+def _sha256(file: str) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _dcp_metadata(path: str) -> dict:
@@ -197,28 +214,40 @@ class Checkpointer:
             tally = self.strategy.all_reduce(self.epoch_tally()).tolist()
         live = cs.live_state(self.module, self.optimizer, self.names)
         _dcp(dcp.save, live.tensors, tmp, self.env.distributed)
-        self._write_extras(tmp, position, live, digest, tally)
-        self.strategy.barrier()  # every rank's files are in tmp
+        self.strategy.barrier()  # every rank's tensor files are in tmp
+        self._write_rank_extras(tmp)
+        self.strategy.barrier()  # and every rank's RNG state and file checksums
         if self.env.is_main:
+            self._write_meta(tmp, position, live, digest, tally)
             self._publish(tmp, final, position.step)
         self.strategy.barrier()
         self.last_saved_step = position.step
         return final
 
-    def _write_extras(self, tmp: str, position: Position, live: cs.LiveState,
-                      digest: str, tally: list[float] | None) -> None:
-        rng = os.path.join(tmp, f"rng-rank{self.env.rank:05d}.json")
-        with open(rng, "w", encoding="utf-8") as f:
-            json.dump(cs.rng_state(), f)
-        if self.env.is_main:
-            meta = {"format": FORMAT, "position": asdict(position),
-                    "world_size": self.env.world_size,
-                    "optimizer": cs.optimizer_name(self.optimizer),
-                    "param_groups": cs.group_hyperparameters(live.groups),
-                    "run": self.run_info, "torch": torch.__version__,
-                    "model_sha256": digest, "files_sha256": file_digests(tmp),
-                    "history": self.history(), "epoch_tally": tally}
-            _write_json_atomic(os.path.join(tmp, META), meta)
+    def _write_rank_extras(self, tmp: str) -> None:
+        """This rank's RNG state, and the checksums of its share of the tensor files (the
+        ranks hash a checkpoint in parallel; rank 0 gathers them into the metadata)."""
+        rank, world = self.env.rank, self.env.world_size
+        for name, data in ((f"rng-rank{rank:05d}.json", cs.rng_state()),
+                           (f"{DIGESTS}{rank:05d}.json", file_digests(tmp, rank, world))):
+            with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
+                json.dump(data, f)
+
+    def _write_meta(self, tmp: str, position: Position, live: cs.LiveState,
+                    digest: str, tally: list[float] | None) -> None:
+        files = {}
+        for rank in range(self.env.world_size):
+            share = os.path.join(tmp, f"{DIGESTS}{rank:05d}.json")
+            files.update(read_json(share, "a rank's file checksums"))
+            os.remove(share)
+        meta = {"format": FORMAT, "position": asdict(position),
+                "world_size": self.env.world_size,
+                "optimizer": cs.optimizer_name(self.optimizer),
+                "param_groups": cs.group_hyperparameters(live.groups),
+                "run": self.run_info, "torch": torch.__version__,
+                "model_sha256": digest, "files_sha256": dict(sorted(files.items())),
+                "history": self.history(), "epoch_tally": tally}
+        _write_json_atomic(os.path.join(tmp, META), meta)
 
     def _publish(self, tmp: str, final: str, step: int) -> None:
         """Rank 0: rename into place, move the pointer, drop the oldest checkpoints."""
@@ -268,8 +297,8 @@ class Checkpointer:
         if path is None:
             return None
         meta = check_checkpoint(path)
-        self._agree(damaged_files(path, meta.get("files_sha256")) if self.env.is_main else [],
-                    path, damaged=True)
+        self._agree(damaged_files(path, meta.get("files_sha256"), self.env.rank,
+                                  self.env.world_size), path, damaged=True)
         position = Position(**meta["position"])
         self._check_compatible(path, meta, position)
         live = cs.live_state(self.module, self.optimizer, self.names)
@@ -323,6 +352,11 @@ class Checkpointer:
         self.strategy.all_reduce(flag, op="max")
         if not problems and float(flag) == 0:
             return
+        if not problems and damaged:
+            raise CheckpointError(f"checkpoint {path} is damaged: another rank found its files "
+                                  "changed after they were saved (see that rank's error). "
+                                  "Delete that folder to resume from the checkpoint before it, "
+                                  "or pass resume='never' (or a new checkpoint_dir)")
         if not problems:
             raise CheckpointError(f"another rank found checkpoint {path} incompatible with this "
                                   "model (see rank 0's error)")

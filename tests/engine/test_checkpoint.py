@@ -121,13 +121,13 @@ def test_layout_pointer_and_keep_last(tmp_path):
 
 def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, uninterrupted):
     folder = tmp_path / "ckpt"
-    original = ckpt_mod.Checkpointer._write_extras
+    original = ckpt_mod.Checkpointer._write_meta
 
     def crash_at_step_3(self, tmp, position, *rest):
         if position.step == 3:  # DCP has written the tensors; meta.json never comes
             raise OSError("disk full")
         original(self, tmp, position, *rest)
-    monkeypatch.setattr(ckpt_mod.Checkpointer, "_write_extras", crash_at_step_3)
+    monkeypatch.setattr(ckpt_mod.Checkpointer, "_write_meta", crash_at_step_3)
     with pytest.raises(OSError, match="disk full"):
         make_model().fit(*data(), **FIT, checkpoint_dir=str(folder), checkpoint_every=1)
     monkeypatch.undo()

@@ -119,3 +119,44 @@ def test_export_of_a_sharded_checkpoint_is_the_full_model(saved_on_two, tmp_path
     out = str(tmp_path / "zero3.safetensors")
     export_safetensors(os.path.join(base, "zero3", "full"), out)  # written by 2 FSDP2 ranks
     assert max_param_diff(runs["zero3"][0], load_file(out)) == 0.0
+
+
+def test_ranks_share_the_checksums_of_a_checkpoint_files(saved_on_two):
+    """Each of the 2 saving ranks hashed its share of the tensor files; the metadata holds
+    every file's checksum, and the ranks' share files are gone."""
+    import json
+
+    from bigtrain.engine.checkpoint import DIGESTS, file_digests
+    path = _saved(saved_on_two[0], "zero3", 4)
+    saved = json.load(open(os.path.join(path, "meta.json")))["files_sha256"]
+    assert sorted(saved) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    assert saved == file_digests(path)
+    assert not [n for n in os.listdir(path) if n.startswith(DIGESTS)]
+
+
+def _resume_damaged(rank, world_size, path):
+    from bigtrain.engine.checkpoint import CheckpointError
+    try:
+        train_run("zero3", os.path.join(os.path.dirname(path), f"after-{rank}"), path)
+    except CheckpointError as e:
+        return str(e)
+    return "trained"
+
+
+@pytest.mark.slow
+def test_a_file_damaged_where_another_rank_checks_is_refused_on_every_rank(saved_on_two,
+                                                                          tmp_path):
+    """On 2 ranks, rank 1 checks __0_0.distcp (the files are shared out in name order): a
+    byte changed there stops both ranks before any load, each saying what to do."""
+    import shutil
+    path = str(tmp_path / "step-00000004")
+    shutil.copytree(_saved(saved_on_two[0], "zero3", 4), path)
+    with open(os.path.join(path, "__0_0.distcp"), "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)
+        f.seek(100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    said = run_ranks(_resume_damaged, 2, path, timeout=120)
+    assert "__0_0.distcp: checksum" in said[1] and "damaged" in said[1], said[1]
+    assert "another rank found its files changed" in said[0], said[0]
+    assert all("resume='never'" in s for s in said)
