@@ -192,20 +192,38 @@ METRICS = {
 
 class OutputLoss(Metric):
     """One output's compiled loss, in a model of several outputs: Keras logs it as
-    "<output>_loss" beside the total. Mean over samples, before `loss_weights`; metrics see
-    no sample weights, so with sample_weight/class_weight it is the unweighted mean."""
+    "<output>_loss" beside the total. Mean over samples of the loss the step computed
+    (sample weights applied, as Keras's "sum_over_batch_size"), before `loss_weights`.
 
-    batchable = True  # the mean times the rows: stacked steps give the same sum
+    The step's loss is `loss_fn` itself, which adds each value it returns here, so the log
+    is the loss that was trained on; `update` has nothing left to do.
+    """
 
-    def __init__(self, loss):
-        self.loss, self.name = loss, "loss"
+    batchable = True  # update adds nothing: stacked steps change no sum
+
+    def __init__(self, loss, column: int | None = None):
+        """Args:
+            loss: the output's LossSpec, `loss(y_true, y_pred, sample_weight)`.
+            column: this output's column of a (B, outputs) sample weight (per-output
+                weights), or None."""
+        self.loss, self.column, self.name = loss, column, "loss"
+        self._state = None  # set by reset, at the start of each pass
 
     def reads_scores_only(self, y_true, y_pred) -> bool:
-        return True  # what the step gives the loss: logits where compile moved softmax in
+        return True
 
     def update(self, y_true, y_pred):
-        n = int(y_pred.shape[0])
-        self._add(self.loss(y_true, y_pred, None).detach().double() * n, n)
+        pass  # fed by loss_fn
+
+    def loss_fn(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
+        """The output's loss for the step, counted into this metric."""
+        if sample_weight is not None and sample_weight.dim() == 2 and self.column is not None:
+            sample_weight = sample_weight[:, self.column]  # (B, outputs) -> (B,)
+        value = self.loss(y_true, y_pred, sample_weight)
+        if self._state is not None:
+            n = int(y_pred.shape[0])
+            self._add(value.detach().double() * n, n)
+        return value
 
 
 def get_metric(metric) -> Metric:

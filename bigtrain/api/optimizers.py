@@ -5,7 +5,8 @@ compile keeps an `OptimizerSpec` (a factory) rather than an optimizer. Where tor
 fused CPU kernel (Adam, AdamW, SGD), it is used: 3-6x faster optimizer steps on CPU.
 
 The Keras names compute what Keras 3 computes: Adam and AdamW run torch's kernels with
-Keras's epsilon, RMSprop Keras's own formula (bigtrain.api.optimizer_kernels). A torch
+Keras's epsilon; RMSprop, Adagrad, Lion, Ftrl and Lamb Keras's own formulas
+(bigtrain.api.optimizer_kernels). A torch
 optimizer class or instance passed in keeps torch's rule.
 """
 from __future__ import annotations
@@ -26,16 +27,40 @@ _OPTIMIZERS = {
                                  "weight_decay": 0.004}),
     "sgd": (torch.optim.SGD, {"lr": 0.01, "momentum": 0.0}),
     "rmsprop": (keras_rules.RMSprop, {"lr": 1e-3, "alpha": 0.9, "eps": 1e-7}),
-    # torch's rule is Keras's for these (Adagrad and Adamax add epsilon a step apart: a
-    # relative 1e-6 where the accumulators are far above epsilon, as they are from step 1)
-    "adagrad": (torch.optim.Adagrad, {"lr": 1e-3, "initial_accumulator_value": 0.1,
+    "adagrad": (keras_rules.Adagrad, {"lr": 1e-3, "initial_accumulator_value": 0.1,
                                       "eps": 1e-7}),
+    # torch's rule is Keras's for these (Adamax adds epsilon a step apart: a relative 1e-6
+    # where the accumulators are far above epsilon, as they are from step 1)
     "adadelta": (torch.optim.Adadelta, {"lr": 1e-3, "rho": 0.95, "eps": 1e-7}),
     "adamax": (torch.optim.Adamax, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7}),
     # Keras's momentum schedule is b1 (1 - 0.5 * 0.96^t): torch's 0.96^(t * decay), decay 1
     "nadam": (torch.optim.NAdam, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7,
                                   "momentum_decay": 1.0}),
+    # Keras's own rules, which torch lacks (bigtrain.api.optimizer_kernels)
+    "lion": (keras_rules.Lion, {"lr": 1e-3, "betas": (0.9, 0.99)}),
+    "ftrl": (keras_rules.Ftrl, {"lr": 1e-3, "lr_power": -0.5, "initial_accumulator_value": 0.1,
+                                "l1": 0.0, "l2": 0.0, "l2_shrinkage": 0.0, "beta": 0.0}),
+    "lamb": (keras_rules.Lamb, {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-7}),
 }
+#: Keras 3 optimizers bigtrain does not offer (named in the error, so users know why)
+_NOT_OFFERED = ("adafactor", "muon", "schedulefreeadamw")
+#: Keras arguments bigtrain's optimizers refuse, and why
+_REFUSED = {"loss_scale_factor": "scale the loss in the loss function instead",
+            "gradient_accumulation_steps": "use a larger batch_size instead"}
+
+
+def _refuse(cls_name: str, extra: dict) -> None:
+    """A clear error for Keras arguments bigtrain's optimizers do not take (`name` is
+    accepted and ignored, as it only labels Keras's variables)."""
+    extra = {k: v for k, v in extra.items() if k != "name"}
+    if not extra:
+        return
+    reasons = "; ".join(f"{k}: {_REFUSED[k]}" for k in extra if k in _REFUSED and extra[k])
+    unknown = sorted(k for k in extra if k not in _REFUSED)
+    if unknown:
+        raise TypeError(f"{cls_name} got unexpected arguments {unknown}")
+    if reasons:
+        raise ValueError(f"{cls_name}: bigtrain does not support {reasons}")
 
 
 @dataclass
@@ -88,11 +113,13 @@ def _rules(**keras_args) -> UpdateRules | None:
 class Adam(OptimizerSpec):
     """`bigtrain.optimizers.Adam(learning_rate=1e-3, clipnorm=1.0)` as in Keras."""
 
-    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7, *,
-                 weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
+    def __init__(self, learning_rate=1e-3, beta_1=0.9, beta_2=0.999, epsilon=1e-7,
+                 amsgrad=False, *, weight_decay=None, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, **keras_only):
+        _refuse("Adam", keras_only)
         super().__init__(keras_rules.Adam, {"lr": learning_rate, "betas": (beta_1, beta_2),
-                                            "eps": epsilon}, "adam",
+                                            "eps": epsilon, "amsgrad": bool(amsgrad)}, "adam",
                          _rules(weight_decay=weight_decay, clipnorm=clipnorm,
                                 clipvalue=clipvalue, global_clipnorm=global_clipnorm,
                                 use_ema=use_ema, ema_momentum=ema_momentum,
@@ -104,10 +131,13 @@ class AdamW(OptimizerSpec):
     before the Adam update), so weight_decay goes to torch."""
 
     def __init__(self, learning_rate=1e-3, weight_decay=0.004, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-7, *, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
+                 epsilon=1e-7, amsgrad=False, *, clipnorm=None, clipvalue=None,
+                 global_clipnorm=None, use_ema=False, ema_momentum=0.99,
+                 ema_overwrite_frequency=None, **keras_only):
+        _refuse("AdamW", keras_only)
         super().__init__(keras_rules.AdamW, {"lr": learning_rate, "betas": (beta_1, beta_2),
-                                             "eps": epsilon, "weight_decay": weight_decay},
+                                             "eps": epsilon, "weight_decay": weight_decay,
+                                             "amsgrad": bool(amsgrad)},
                          "adamw",
                          _rules(clipnorm=clipnorm, clipvalue=clipvalue,
                                 global_clipnorm=global_clipnorm, use_ema=use_ema,
@@ -118,7 +148,8 @@ class AdamW(OptimizerSpec):
 class SGD(OptimizerSpec):
     def __init__(self, learning_rate=0.01, momentum=0.0, nesterov=False, *,
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
-                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None):
+                 use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, **keras_only):
+        _refuse("SGD", keras_only)
         super().__init__(torch.optim.SGD, {"lr": learning_rate, "momentum": momentum,
                                            "nesterov": nesterov}, "sgd",
                          _rules(weight_decay=weight_decay, clipnorm=clipnorm,
@@ -134,7 +165,8 @@ class RMSprop(OptimizerSpec):
     def __init__(self, learning_rate=1e-3, rho=0.9, momentum=0.0, epsilon=1e-7,
                  centered=False, *, weight_decay=None, clipnorm=None, clipvalue=None,
                  global_clipnorm=None, use_ema=False, ema_momentum=0.99,
-                 ema_overwrite_frequency=None):
+                 ema_overwrite_frequency=None, **keras_only):
+        _refuse("RMSprop", keras_only)
         super().__init__(keras_rules.RMSprop, {"lr": learning_rate, "alpha": rho,
                                                "momentum": momentum, "eps": epsilon,
                                                "centered": centered}, "rmsprop",
@@ -153,6 +185,8 @@ def _keras_like(name: str, doc: str, arguments: dict[str, str]):
               "ema_momentum", "ema_overwrite_frequency")
 
     def __init__(self, learning_rate=defaults["lr"], **kwargs):
+        _refuse(type(self).__name__, {k: kwargs.pop(k) for k in (*_REFUSED, "name")
+                                      if k in kwargs})
         unknown = set(kwargs) - set(arguments) - set(common) - {"beta_1", "beta_2"}
         if unknown:
             raise TypeError(f"{type(self).__name__} got unexpected arguments {sorted(unknown)}; "
@@ -178,6 +212,18 @@ Adadelta = _keras_like("adadelta", "`bigtrain.optimizers.Adadelta(learning_rate=
                        "rho=0.95, epsilon=1e-7)` as in Keras.", {"rho": "rho", "epsilon": "eps"})
 Adamax = _keras_like("adamax", "`bigtrain.optimizers.Adamax(learning_rate=1e-3, beta_1=0.9, "
                      "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
+Lion = _keras_like("lion", "`bigtrain.optimizers.Lion(learning_rate=1e-3, beta_1=0.9, "
+                   "beta_2=0.99)` as in Keras.", {})
+Ftrl = _keras_like("ftrl", "`bigtrain.optimizers.Ftrl(learning_rate=1e-3, "
+                   "learning_rate_power=-0.5, initial_accumulator_value=0.1, "
+                   "l1_regularization_strength=0.0, l2_regularization_strength=0.0, "
+                   "l2_shrinkage_regularization_strength=0.0, beta=0.0)` as in Keras.",
+                   {"learning_rate_power": "lr_power",
+                    "initial_accumulator_value": "initial_accumulator_value",
+                    "l1_regularization_strength": "l1", "l2_regularization_strength": "l2",
+                    "l2_shrinkage_regularization_strength": "l2_shrinkage", "beta": "beta"})
+Lamb = _keras_like("lamb", "`bigtrain.optimizers.Lamb(learning_rate=1e-3, beta_1=0.9, "
+                   "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
 Nadam = _keras_like("nadam", "`bigtrain.optimizers.Nadam(learning_rate=1e-3, beta_1=0.9, "
                     "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
 
@@ -202,9 +248,12 @@ def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpe
                     if k in inspect.signature(type(optimizer)).parameters}
         spec = OptimizerSpec(type(optimizer), defaults, type(optimizer).__name__.lower())
     else:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid names: "
-                         f"{', '.join(sorted(_OPTIMIZERS))}, a bigtrain.optimizers object, or a "
-                         "torch.optim.Optimizer class or instance")
+        not_offered = isinstance(optimizer, str) and optimizer.lower() in _NOT_OFFERED
+        raise ValueError(f"{'Keras optimizer' if not_offered else 'unknown optimizer'} "
+                         f"{optimizer!r}{' is not offered by bigtrain' if not_offered else ''}"
+                         f"; valid names: {', '.join(sorted(_OPTIMIZERS))}, a "
+                         "bigtrain.optimizers object, or a torch.optim.Optimizer class or "
+                         "instance")
     if learning_rate is not None:
         spec.kwargs["lr"] = float(learning_rate)
     if spec.cls is torch.optim.SGD and "lr" not in spec.kwargs:

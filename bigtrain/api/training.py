@@ -140,13 +140,15 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
 
 
 def _fresh_metrics(model) -> list[list]:
+    """Per output, its metrics; in a model of several outputs an `OutputLoss` first (its
+    `loss_fn` is the loss the task trains on, see `_task_losses`)."""
     out = []
     multi = len(model.output_names) > 1
-    for name, ms, loss in zip(model.output_names, model.compiled.metric_names,
-                              model.compiled.losses):
+    for i, (name, ms, loss) in enumerate(zip(model.output_names, model.compiled.metric_names,
+                                             model.compiled.losses)):
         metrics = [get_metric(m) for m in ms]
-        if multi and not loss.masked:  # Keras logs each output's loss: "<output>_loss"
-            metrics.insert(0, OutputLoss(loss))
+        if multi:  # Keras logs each output's loss: "<output>_loss"
+            metrics.insert(0, OutputLoss(loss, column=i))
         for m in metrics:
             m.name = f"{name}_{m.name}" if multi else m.name
         out.append(metrics)
@@ -206,6 +208,7 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
     ys = check.as_list(y, model.output_names if in_names else None, "y")
     if need_targets and not ys:
         raise ValueError("fit/evaluate need targets: pass y")
+    sample_weight = per_output_weights(sample_weight, model.output_names)
     check.check_lengths(xs, ys, sample_weight)
     if model.input_shapes is not None:
         check.check_input_shapes(xs, model.input_shapes, in_names)
@@ -250,11 +253,52 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
     c = model.compiled
     for layer in c.deferred:
         layer.defer_activation = True
-    return TrainTask(module=model.net, losses=c.losses, loss_weights=c.loss_weights,
-                     metrics=_fresh_metrics(model), activations=c.activations,
+    metrics = _fresh_metrics(model)
+    return TrainTask(module=model.net, losses=_task_losses(c.losses, metrics),
+                     loss_weights=c.loss_weights, metrics=metrics, activations=c.activations,
                      make_optimizer=c.optimizer.build, optimizer_name=c.optimizer.name,
                      train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir,
                      carry=carry)
+
+
+def _task_losses(losses: list, metrics: list[list]) -> list:
+    """The task's loss per output: with several outputs, each output's `OutputLoss.loss_fn`
+    (it picks the output's column of per-output sample weights and logs the value)."""
+    if len(losses) == 1:
+        return losses
+    return [next(m for m in ms if isinstance(m, OutputLoss)).loss_fn for ms in metrics]
+
+
+def per_output_weights(sample_weight, output_names: list[str]):
+    """Keras's per-output `sample_weight` (a list, or a dict by output name) as one
+    (n, outputs) float32 array, column k weighing output k (None or a missing name: 1.0);
+    anything else is returned as is (one weight per sample for every output).
+
+    Example:
+        per_output_weights({"cls": w}, ["reg", "cls"])  # (n, 2): ones, w
+    """
+    if len(output_names) < 2 or not isinstance(sample_weight, (list, tuple, dict)):
+        return sample_weight
+    if isinstance(sample_weight, dict):
+        unknown = [k for k in sample_weight if k not in output_names]
+        if unknown:
+            raise ValueError(f"sample_weight names {unknown}, which are not outputs of this "
+                             f"model; its outputs are {output_names}")
+        sample_weight = [sample_weight.get(name) for name in output_names]
+    if len(sample_weight) != len(output_names):
+        raise ValueError(f"got {len(sample_weight)} sample_weight arrays for "
+                         f"{len(output_names)} outputs ({output_names}); pass one per output "
+                         "(None for unweighted), a dict by output name, or one array for all")
+    columns = [None if w is None else np.asarray(w, dtype=np.float32).reshape(len(w), -1)
+               for w in sample_weight]
+    given = [c for c in columns if c is not None]
+    if not given:
+        return None
+    if any(c.shape[1] != 1 or c.shape[0] != given[0].shape[0] for c in given):
+        raise ValueError("each output's sample_weight must be one weight per sample, all of "
+                         f"the same length; got shapes {[c.shape for c in given]}")
+    ones = np.ones((given[0].shape[0], 1), np.float32)
+    return np.concatenate([ones if c is None else c for c in columns], axis=1)
 
 
 def _with_class_weight(data, class_weight):

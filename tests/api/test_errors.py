@@ -60,7 +60,7 @@ def test_fit_and_evaluate_before_compile():
 
 def test_unknown_optimizer_loss_metric_names():
     model = seed_like_model()
-    with pytest.raises(ValueError, match="unknown optimizer 'adamm'.*adam, adamax, adamw, nadam, rmsprop, sgd"):
+    with pytest.raises(ValueError, match="unknown optimizer 'adamm'.*adam, adamax, adamw, ftrl, lamb, lion, nadam, rmsprop, sgd"):
         model.compile(optimizer="adamm", loss="mse")
     with pytest.raises(ValueError, match="unknown loss"):
         model.compile(optimizer="adam", loss="msee")

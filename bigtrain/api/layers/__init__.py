@@ -2,6 +2,7 @@
 from bigtrain.api.layers.base import Input, InputLayer, KerasTensor, Layer
 from bigtrain.api.layers.core import (Activation, BatchNormalization, Dense, Dropout, Embedding,
                                       Flatten, LayerNormalization, Reshape)
+from bigtrain.api.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from bigtrain.api.layers.attention import AdditiveAttention, Attention, MultiHeadAttention
 from bigtrain.api.layers.conv import (Conv1D, Conv2D, Conv2DTranspose, Conv3D, DepthwiseConv2D,
                                       SeparableConv2D)
@@ -35,6 +36,7 @@ LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout,
                                          Rescaling, Normalization, Lambda, Masking, SimpleRNN,
                                          LSTM, GRU,
                                          Bidirectional, TimeDistributed, MultiHeadAttention,
-                                         Attention, AdditiveAttention)}
+                                         Attention, AdditiveAttention, ReLU, LeakyReLU,
+                                         PReLU, ELU, Softmax)}
 
 __all__ = ["Input", "InputLayer", "KerasTensor", "Layer", *LAYER_CLASSES]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigtrain.api.activations import get_activation
+from bigtrain.api.activations import HALVES_LAST_AXIS, get_activation
 from bigtrain.api.layers.base import Layer
 
 
@@ -20,6 +20,13 @@ def _same(t):
 
 def _transpose(t):
     return t.T
+
+
+def _activated_shape(shape: tuple, activation_name: str | None) -> tuple:
+    """`shape` after the named activation ("glu" halves the last axis)."""
+    if activation_name in HALVES_LAST_AXIS:
+        return (*shape[:-1], shape[-1] // 2)
+    return tuple(shape)
 
 
 class Dense(Layer):
@@ -41,7 +48,10 @@ class Dense(Layer):
             raise ValueError(f"Dense units must be a positive integer, got {units!r}")
         self.units = units
         self.use_bias = use_bias
-        self.activation_name, self.activation = get_activation(activation)
+        self.activation_name, self.activation = get_activation(activation, halving_ok=True)
+        if self.activation_name in HALVES_LAST_AXIS and units % 2:
+            raise ValueError(f"Dense(units={units}, activation={activation!r}): "
+                             f"{activation!r} halves the last axis, so units must be even")
         self._activation_arg = activation
         #: Set by compile when the loss takes logits: the final softmax/sigmoid then moves
         #: into the loss (numerically stable) and into `predict`.
@@ -56,7 +66,7 @@ class Dense(Layer):
             nn.init.zeros_(self.linear.bias)
 
     def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.units)
+        return _activated_shape((*input_shape[:-1], self.units), self.activation_name)
 
     def keras_weights(self):  # kernel (inputs, units), then bias
         return [("linear.weight", _transpose, _transpose)] + (
@@ -81,8 +91,14 @@ class Activation(Layer):
 
     def __init__(self, activation, **kwargs):
         super().__init__(**kwargs)
-        self.activation_name, self.activation = get_activation(activation)
+        self.activation_name, self.activation = get_activation(activation, halving_ok=True)
         self.defer_activation = False
+
+    def compute_output_shape(self, input_shape):
+        if self.activation_name in HALVES_LAST_AXIS and input_shape[-1] % 2:
+            raise ValueError(f"activation {self.activation_name!r} halves the last axis, "
+                             f"which must then be even; got shape {input_shape}")
+        return _activated_shape(input_shape, self.activation_name)
 
     def call(self, x):
         return x if self.defer_activation else self.activation(x)
