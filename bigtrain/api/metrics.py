@@ -149,8 +149,9 @@ class MeanError(Metric):
 
 
 class AUC(Metric):
-    """ROC AUC from histograms of positive and negative scores in `bins` buckets (Keras uses
-    200 thresholds). Sums of histograms reduce exactly across ranks."""
+    """ROC AUC from histograms of positive and negative scores over Keras's 200 thresholds
+    and its trapezoid sum, so it reads what keras.metrics.AUC() reads. Sums of histograms
+    reduce exactly across ranks."""
 
     batchable = True
 
@@ -164,7 +165,9 @@ class AUC(Metric):
         y_true = _dense_targets(y_true, y_pred)
         p = y_pred.detach().reshape(-1).float().clamp(0, 1)
         t = y_true.reshape(-1) > 0.5
-        idx = (p * (self.bins - 1)).round().long()
+        # Keras's buckets: a score counts above threshold k / (bins - 1) when strictly
+        # greater, so bucket ceil(p (bins - 1)) - 1 (0 for a score of 0)
+        idx = (p * (self.bins - 1)).ceil().long().sub_(1).clamp_(min=0)
         self.state[: self.bins].index_add_(0, idx[t], torch.ones_like(idx[t], dtype=torch.float64))
         self.state[self.bins:].index_add_(0, idx[~t], torch.ones_like(idx[~t], dtype=torch.float64))
 

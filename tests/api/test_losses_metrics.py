@@ -83,6 +83,21 @@ def test_auc_close_to_sklearn():
     assert _metric("auc", y, p) == pytest.approx(roc_auc_score(y.numpy(), p.numpy()), abs=5e-3)
 
 
+def test_auc_is_keras_auc():
+    """Keras's 200 thresholds: scores on a threshold, ties, 0 and 1, over two batches."""
+    import keras
+    y = rng.integers(0, 2, 300).astype("float32")
+    p = np.clip(np.round(rng.uniform(-0.1, 1.1, 300) * 199) / 199, 0, 1).astype("float32")
+    p[y == 1] = np.minimum(p[y == 1] + 0.1, 1.0)
+    want = keras.metrics.AUC()
+    m = get_metric("auc")
+    m.reset("cpu")
+    for part in (slice(0, 120), slice(120, 300)):
+        want.update_state(y[part], p[part])
+        m.update(torch.from_numpy(y[part]), torch.from_numpy(p[part]))
+    assert m.result() == pytest.approx(float(want.result()), abs=1e-6)
+
+
 def test_unknown_names_list_valid_ones():
     with pytest.raises(ValueError, match="valid names: .*categorical_crossentropy"):
         get_loss("crossentropy_typo")
