@@ -160,6 +160,17 @@ def test_batchnorm_moving_variance_matches_keras(momentum):
     assert float(np.abs(wk[3] - w0[3]).max()) > 1e-3  # the moving variance moved
 
 
+def test_batchnorm_trains_a_last_batch_of_one_sample_as_keras():
+    """25 rows at batch 8: the last batch holds one sample (variance 0), which Keras trains
+    on and torch's BatchNorm refuses."""
+    x, y = (RNG.normal(size=(25, 6)) * 2 + 1).astype("float32"), RNG.normal(size=(25, 3))
+    w0, wk, wb = _fit_both(keras.optimizers.SGD(0.01), bo.SGD(0.01), x=x, y=y.astype("float32"),
+                           layers=_bn_net(0.5), epochs=2)
+    for name, k, b in zip(["gamma", "beta", "moving_mean", "moving_variance", "kernel", "bias"],
+                          wk, wb):
+        assert float(np.abs(k - b).max()) <= 1e-5 * max(1.0, float(np.abs(k).max())), name
+
+
 def test_batchnorm_4d_input_matches_keras():
     x4 = RNG.normal(size=(6, 4, 4, 3)).astype("float32")
     keras.utils.set_random_seed(0)

@@ -224,25 +224,36 @@ class LayerNormalization(Layer):
 class _KerasBatchNorm(nn.BatchNorm1d):
     """nn.BatchNorm1d whose training forward moves the statistics as Keras does (biased
     batch variance). The update runs in this module's own forward, so a sharded strategy
-    (FSDP2) gathers the weights it reads."""
+    (FSDP2) gathers the weights it reads.
+
+    torch's kernel computes the batch's mean and variance once, for the output and for the
+    statistics alike: it writes them into two scratch buffers (momentum 1 replaces their
+    contents), and the unbiased variance there is scaled back to Keras's biased one. A
+    second pass over the batch (torch.var_mean over the batch axis) cost more than the
+    normalization itself on CPU. As in Keras, a batch of one sample trains (its variance is
+    0), where torch's own check refuses it.
+    """
 
     def forward(self, x):
         if not self.training:
             return super().forward(x)
-        out = F.batch_norm(x, None, None, self.weight, self.bias, training=True, eps=self.eps)
-        self._move_statistics(x)
+        mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
+        out = torch.batch_norm(x, self.weight, self.bias, mean, var, True, 1.0, self.eps,
+                               torch.backends.cudnn.enabled)
+        self._move_statistics(mean, var, x.shape[0])
         return out
 
     @torch.no_grad()
-    def _move_statistics(self, flat: torch.Tensor) -> None:
-        """Keras's moving mean and variance update from the (N, C) batch `flat` (torch's
-        momentum is 1 - Keras's)."""
-        if flat.shape[0] == 0:  # an empty share or micro-batch: nothing to average
+    def _move_statistics(self, mean: torch.Tensor, unbiased_var: torch.Tensor, n: int) -> None:
+        """Keras's moving mean and variance update from a batch of `n` rows with these
+        statistics (torch's momentum is 1 - Keras's)."""
+        if n == 0:  # an empty share or micro-batch: nothing to average
             return
         keep = 1.0 - self.momentum
-        var, mean = torch.var_mean(flat.detach().float(), dim=0, correction=0)  # (C,), (C,)
-        self.running_mean.mul_(keep).add_(mean.to(self.running_mean.dtype), alpha=self.momentum)
-        self.running_var.mul_(keep).add_(var.to(self.running_var.dtype), alpha=self.momentum)
+        # out of place: the kernel saved its scratch buffers for the backward
+        var = unbiased_var * ((n - 1) / n) if n > 1 else torch.zeros_like(unbiased_var)
+        self.running_mean.mul_(keep).add_(mean, alpha=self.momentum)
+        self.running_var.mul_(keep).add_(var, alpha=self.momentum)
         self.num_batches_tracked.add_(1)
 
 
