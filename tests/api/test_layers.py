@@ -131,3 +131,23 @@ def test_chain_models_run_as_a_plain_loop_with_the_same_result():
     fast = chain(x)
     chain.net._chain_layers = None  # the general walk over graph nodes
     torch.testing.assert_close(fast, chain(x), rtol=0, atol=0)
+
+
+def test_dropout_noise_shape_shares_the_mask_along_broadcast_axes(tmp_path):
+    """Keras's noise_shape: (None, 1, 6) drops the same features at every time step."""
+    torch.manual_seed(0)
+    inp = Input(shape=(5, 6))
+    model = Model(inp, Dropout(0.5, noise_shape=(None, 1, 6))(inp))
+    x = torch.ones(8, 5, 6)
+    model.net.train()
+    out = model.net(x)
+    assert torch.equal(out, out[:, :1].expand_as(out))  # one mask per sample and feature
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    model.net.eval()
+    assert torch.equal(model.net(x), x)
+    path = tmp_path / "m"
+    model.save(str(path))
+    loaded = [la for la in load_model(str(path)).layers if isinstance(la, Dropout)]
+    assert [la.noise_shape for la in loaded] == [(None, 1, 6)]
+    with pytest.raises(ValueError, match="noise_shape"):
+        Model(inp, Dropout(0.5, noise_shape=(None, 3, 6))(inp))

@@ -110,21 +110,52 @@ class Activation(Layer):
 
 
 class Dropout(Layer):
-    """`keras.layers.Dropout`: zeroes a fraction `rate` of inputs during training."""
+    """`keras.layers.Dropout(rate, noise_shape=None, seed=None)`: zeroes a fraction `rate`
+    of inputs during training, scaling the rest by 1 / (1 - rate).
+
+    `noise_shape` is the shape of the keep/drop mask, batch axis first, broadcast over the
+    input: (None, 1, features) drops the same features at every time step; None takes the
+    input's size. `seed` is accepted for Keras code and not used: masks come from torch's
+    generator, which `bigtrain.set_seed` seeds.
+
+    Example:
+        h = Dropout(0.3, noise_shape=(None, 1, 64))(sequence)   # (B, steps, 64)
+    """
 
     supports_masking = True  # passes a time-step mask on, as Keras
 
-    def __init__(self, rate: float, **kwargs):
+    def __init__(self, rate: float, noise_shape=None, seed=None, **kwargs):
         super().__init__(**kwargs)
         if not 0.0 <= rate < 1.0:
             raise ValueError(f"Dropout rate must be in [0, 1), got {rate}")
         self.rate = float(rate)
+        self.noise_shape = None if noise_shape is None else tuple(noise_shape)
+        self.seed = seed
+
+    def compute_output_shape(self, input_shape):
+        shape = (None, *input_shape)
+        ns = self.noise_shape
+        if ns is not None and (len(ns) != len(shape) or any(
+                n is not None and n != 1 and d is not None and n != d
+                for n, d in zip(ns[1:], shape[1:]))):
+            raise ValueError(f"Dropout {self.name!r} noise_shape {ns} does not broadcast over "
+                             f"inputs of shape {shape}: give one entry per axis (batch "
+                             "first), each None, 1 or the input's size")
+        return tuple(input_shape)
 
     def call(self, x):
-        return F.dropout(x, self.rate, self.training)
+        if self.noise_shape is None:
+            return F.dropout(x, self.rate, self.training)
+        if not self.training or self.rate == 0.0:
+            return x
+        shape = [d if n is None else n for n, d in zip(self.noise_shape, x.shape)]
+        keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.rate)
+        return x * keep / (1.0 - self.rate)
 
     def get_config(self):
-        return {"name": self.name, "rate": self.rate}
+        return {"name": self.name, "rate": self.rate,
+                "noise_shape": None if self.noise_shape is None else list(self.noise_shape),
+                "seed": self.seed}
 
 
 class Flatten(Layer):
