@@ -112,8 +112,21 @@ class Model(nn.Module):
 
     # ---- training (bigtrain.api.training) -------------------------------------------------
     def compile(self, optimizer="rmsprop", loss=None, metrics=None, loss_weights=None,
-                learning_rate: float | None = None):
-        """Choose the optimizer, loss(es) and metrics, as `keras.Model.compile`."""
+                learning_rate: float | None = None, *, weighted_metrics=None,
+                run_eagerly=False, steps_per_execution=1, jit_compile="auto",
+                auto_scale_loss=True):
+        """Choose the optimizer, loss(es) and metrics, as `keras.Model.compile`.
+
+        Keras's execution switches are accepted so Keras code runs unchanged and change
+        nothing: bigtrain runs each step eagerly, one step per batch (run_eagerly,
+        steps_per_execution, jit_compile), and its mixed precision is fit's `precision=`
+        (auto_scale_loss).
+        `weighted_metrics` is refused: bigtrain's metrics do not take sample weights.
+        """
+        if weighted_metrics:
+            raise ValueError("compile(weighted_metrics=...) is not supported: bigtrain's "
+                             "metrics count every sample once (the loss does use "
+                             "sample_weight and class_weight); pass them as metrics=")
         training.compile_model(self, optimizer, loss, metrics, loss_weights, learning_rate)
         self._carry = None  # a new compile starts a fresh optimizer, as in Keras
         return self
