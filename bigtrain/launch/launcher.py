@@ -266,6 +266,7 @@ def _root_cause(err) -> str:
 #: torch errors whose fix is a bigtrain argument: (text in the error, what to do)
 _HINTS = [
     ("find_unused_parameters", "\nbigtrain: some parameters got no gradient in a step (a layer "
-     "the forward skipped, or used only on some batches). Train with strategy=DataParallel("
-     "find_unused_parameters=True) (from bigtrain.parallel), or remove the unused layers."),
+     "the forward skipped, or used only on some batches or some ranks). Train with "
+     "strategy=DataParallel(find_unused_parameters=True) (from bigtrain.parallel; in place of "
+     "'zero1': Zero1(find_unused_parameters=True)), or remove the unused layers."),
 ]

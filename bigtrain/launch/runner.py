@@ -6,6 +6,7 @@ History, so the code after `fit` runs once, as it would without a strategy.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 
@@ -283,11 +284,32 @@ def warn_split_batch_norm(module, strat, nprocs: int) -> None:
                   "strategy='tensor'.", UserWarning, stacklevel=5)
 
 
+def check_optimizer_step(make_optimizer) -> None:
+    """Refuse, before any process starts, an optimizer whose `step` needs a closure
+    (torch.optim.LBFGS re-evaluates the loss several times per step): fit runs one forward
+    and backward per batch and calls `step()` once, with no closure to give.
+
+    Example:
+        check_optimizer_step(lambda params: torch.optim.LBFGS(params))  # ValueError
+    """
+    probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
+    closure = inspect.signature(type(probe).step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        name = type(probe).__name__
+        raise ValueError(
+            f"optimizer {name} needs a closure in step(): it re-evaluates the loss several "
+            "times per step. fit runs one forward and backward per batch and calls step() "
+            "once, so it cannot drive it (with or without a strategy). Compile with a "
+            "first-order optimizer instead (optimizer='adam', torch.optim.Adam, ...), or "
+            f"train with {name} in a loop of your own that passes the closure.")
+
+
 def run_task(task, strat, owner, devices, options: dict, cluster: str | None = None
              ) -> FitResult:
     """Run `task` in this process, as one rank of a job a launcher started, or on the ranks
     `devices` asks for (started here, or as Ray Train workers for cluster="ray"); rank 0's
     FitResult."""
+    check_optimizer_step(task.make_optimizer)  # the same refusal on every path
     if dist_env.launched_externally():
         env = dist_env.join_existing_job(options.get("timeout"))
         with report_lost_node():  # one line, not a traceback, when a restart follows

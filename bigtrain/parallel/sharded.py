@@ -11,6 +11,7 @@ reduce-scatter of its gradients in backward), then the root.
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 import torch.distributed as dist
@@ -18,10 +19,14 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                      set_model_state_dict)
 from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+from torch.optim.rprop import rprop
 
 from bigtrain.parallel.base import Strategy, register
 from bigtrain.parallel.data_parallel import check_batch_covers_ranks
+from bigtrain.parallel.param_reads import outside_uses
 from bigtrain.parallel.parallelize import parallelize
+from bigtrain.parallel.update_rules import rules_of
 
 _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
@@ -29,17 +34,49 @@ _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 def shard_units(module: nn.Module) -> list[nn.Module]:
     """Submodules that directly own parameters, deepest first (each becomes an FSDP unit).
 
-    Modules that share a parameter (a GPT's embedding tied to its output head) are left to
-    the root's unit: FSDP needs a tied weight to live in one group. Scalar parameters are
-    not sharded (`scalar_params`), so a module owning only those is no unit."""
-    units = [m for m in module.modules()
-             if m is not module and any(p.dim() for p in m.parameters(recurse=False))]
+    A unit's weights are whole only inside its own forward, so these stay out:
+    - modules that share a parameter (a GPT's embedding tied to its output head): FSDP
+      needs a tied weight to live in one group, the root's;
+    - modules whose weights other code reads itself (`F.linear(h, self.emb.weight)` in the
+      parent's forward, `param_reads.outside_uses`), and the modules between them and that
+      reader: their weights go to the reader's unit (the reader becomes one) or the root's.
+    Scalar parameters are not sharded (`scalar_params`), so a module owning only those is
+    no unit."""
     owners: dict[int, list[nn.Module]] = {}
-    for m in units:
+    for m in module.modules():
         for p in m.parameters(recurse=False):
             owners.setdefault(id(p), []).append(m)
     tied = {id(m) for ms in owners.values() if len(ms) > 1 for m in ms}
-    return [m for m in units if id(m) not in tied][::-1]
+    kept, readers = _read_outside(module)
+    units = {id(m) for m in module.modules()
+             if any(p.dim() for p in m.parameters(recurse=False))} | readers
+    units -= tied | kept | {id(module)}
+    return [m for m in module.modules() if id(m) in units][::-1]
+
+
+def _read_outside(module: nn.Module) -> tuple[set[int], set[int]]:
+    """(ids of modules that must not be units, ids of reader modules that may be) for the
+    weights `outside_uses` finds read outside their module's forward."""
+    mods = dict(module.named_modules(remove_duplicate=False))  # a module under 2 names
+    kept, readers = set(), set()
+    for use in outside_uses(module):
+        below = use.owner[len(use.user) + 1:] if use.user else use.owner
+        parts = below.split(".")
+        for i in range(1, len(parts) + 1):  # every module from the reader down to the owner
+            kept.add(id(mods[".".join(filter(None, [use.user, *parts[:i]]))]))
+        if use.whole:
+            kept.update(id(m) for m in mods[use.owner].modules())
+        if use.user and _self_contained(mods[use.user], module):
+            readers.add(id(mods[use.user]))
+    return kept, readers - kept
+
+
+def _self_contained(sub: nn.Module, root: nn.Module) -> bool:
+    """Whether no parameter below `sub` is shared with a module outside it."""
+    inside = {id(p) for p in sub.parameters()}
+    outside = {id(p) for m in root.modules() if not any(m is s for s in sub.modules())
+               for p in m.parameters(recurse=False)}
+    return not inside & outside
 
 
 def scalar_params(module: nn.Module) -> list[nn.Parameter]:
@@ -63,6 +100,53 @@ def average_grads(params: list[nn.Parameter]) -> None:
     for i, p in enumerate(params):
         if present[i] > 0:
             p.grad = (packed[0, i] / world).to(p.dtype)
+
+
+class ShardRprop(torch.optim.Rprop):
+    """torch's Rprop, updating each DTensor parameter through its local shard.
+
+    torch's Rprop writes through boolean masks (`sign[sign.gt(0)] = etaplus`), an in-place
+    op DTensor refuses on a sharded tensor. Rprop is element-wise (its state is one step
+    size and one previous gradient per element), so updating each shard alone is exactly
+    the update of the whole tensor."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lists = [], [], [], [], []  # params, grads, previous grads, step sizes, steps
+            has_complex = self._init_group(group, *lists)
+            params, grads, prevs, sizes, steps = ([_local(t) for t in ts] for ts in lists)
+            (eta_minus, eta_plus), (size_min, size_max) = group["etas"], group["step_sizes"]
+            rprop(
+                params, grads, prevs, sizes, steps, foreach=group["foreach"],
+                maximize=group["maximize"], differentiable=group["differentiable"],
+                capturable=group["capturable"], has_complex=has_complex,
+                step_size_min=size_min, step_size_max=size_max, etaminus=eta_minus,
+                etaplus=eta_plus)
+        return loss
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard (sharing its storage), any other tensor as is."""
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def shard_safe(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """`optimizer`, or for torch's Rprop the same optimizer as a ShardRprop (same groups,
+    defaults and bigtrain update rules), which runs on DTensor parameters."""
+    if type(optimizer) is not torch.optim.Rprop:
+        return optimizer
+    accepted = inspect.signature(ShardRprop).parameters
+    safe = ShardRprop(optimizer.param_groups,
+                      **{k: v for k, v in optimizer.defaults.items() if k in accepted})
+    rules = rules_of(optimizer)
+    if rules is not None:
+        rules.attach(safe)
+    return safe
 
 
 def _one_rank_group(device: torch.device) -> bool:
@@ -153,7 +237,8 @@ class Sharded(Strategy):
 
     def setup_optimizer(self, module, make_optimizer):
         # fused kernels take plain tensors; sharded parameters are DTensors
-        return make_optimizer(list(module.parameters()))
+        optimizer = make_optimizer(list(module.parameters()))
+        return shard_safe(optimizer) if self.sharding else optimizer
 
     def no_sync(self, module: nn.Module):
         if not self.sharding:

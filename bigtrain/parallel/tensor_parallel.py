@@ -31,6 +31,7 @@ from torch import nn
 from bigtrain.parallel.base import Strategy, register
 from bigtrain.parallel.dims import ParallelDims, Topology
 from bigtrain.parallel.parallelize import parallelize, sync_grads
+from bigtrain.parallel.sharded import shard_safe
 from bigtrain.parallel.tensor_plan import (STYLES, apply_tp, check_styles,  # noqa: F401
                                            check_tp, full_tensor_state_dict, tp_plan)
 
@@ -92,6 +93,9 @@ class TensorParallel(Strategy):
         (module,) = parallelize(module, self.topo, tp_overrides=self.plan,
                                 activation_checkpointing=self.activation_checkpointing)
         return module
+
+    def setup_optimizer(self, module, make_optimizer):
+        return shard_safe(make_optimizer(module.parameters()))  # split weights are DTensors
 
     def data_shard(self) -> tuple[int, int]:
         if self.topo is None or self.topo.mesh is None:

@@ -17,7 +17,11 @@ Where a Linear's style comes from, first match wins:
         A Linear whose owner applies an activation that is not element-wise (a Keras
         Dense with softmax, or any callable it cannot see into) gathers its output
         before that activation: softmax over half the features would be wrong.
-Linears whose weight is tied to another module (a GPT's lm_head) stay replicated either way.
+Linears whose weight is tied to another module (a GPT's lm_head) stay replicated either way,
+and so do layers whose weights a parent's forward reads itself (`F.linear(h, self.emb.weight)`,
+found by `outside_reads`): a sharded weight there would meet replicated activations. A
+declared plan with such a layer (a GPT MLP's c_fc) stays replicated whole, as its pairs would
+no longer match.
 
 `overrides={"regex": "colwise" | "colwise_gather" | "rowwise" | "replicate"}` then changes
 the style of the Linears whose qualified name matches (re.search, like Keras's LayoutMap).
@@ -37,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.parallel.layer_split import SplitsItself
+from bigtrain.parallel.param_reads import outside_reads
 
 STYLES = ("colwise", "colwise_gather", "rowwise", "replicate")
 #: layers that act element-wise, so a colwise output may flow through them still sharded
@@ -65,13 +70,20 @@ def tp_plan(module: nn.Module, degree: int,
         # {"0": "colwise", "2": "rowwise"}
     """
     tied = _tied_linears(module)
+    reads = outside_reads(module)
+    groups = [[f"{prefix}{local}" for local in m.tp_plan(degree)] for prefix, m in
+              _declaring(module)]
     plan = {f"{prefix}{local}": style for prefix, m in _declaring(module)
             for local, style in m.tp_plan(degree).items()}
-    plan.update(_chain_plan(module, degree, skip=set(plan) | tied))
+    plan.update(_chain_plan(module, degree, skip=set(plan) | tied | reads))
     for name, m in module.named_modules():  # conv channels, attention heads: see layer_split
         if isinstance(m, SplitsItself):
             plan[name] = "split" if m.tp_split(degree) is None else "replicate"
-    for name in tied:
+    kept = tied | {n for n in plan if any(r == n or r.startswith(n + ".") for r in reads)}
+    for group in groups:  # a colwise layer without its rowwise partner would be wrong
+        if kept.intersection(group):
+            kept.update(group)
+    for name in kept:
         plan[name] = "replicate"
     for pattern, style in check_styles(overrides).items():
         for name in plan:

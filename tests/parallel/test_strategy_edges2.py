@@ -1,0 +1,255 @@
+"""More edges where a strategy crashed inside torch or needed a clear refusal: weights read
+outside their module's forward (a tied output head computed in the parent) under FSDP2 and
+tensor parallelism, torch's Rprop on DTensor parameters, optimizers whose step needs a
+closure (LBFGS), and layers used only on some steps or some ranks under DDP."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import bigtrain
+from bigtrain.layers import Dense, Input
+from bigtrain.models import Model
+from bigtrain.parallel import DataParallel, Zero1
+from bigtrain.parallel.param_reads import outside_uses
+from bigtrain.parallel.sharded import shard_units
+from bigtrain.parallel.tensor_plan import tp_plan
+from bigtrain.zoo.gpt import GPT, MLP, GPTConfig
+
+RNG = np.random.default_rng(0)
+
+
+def _weights(model):
+    return [np.asarray(w, dtype=np.float64) for w in model.get_weights()]
+
+
+def _fit(make, x, y, compile_kw, **fit_kw):
+    bigtrain.clear_session()
+    bigtrain.set_seed(0)
+    torch.manual_seed(0)
+    model = make()
+    model.compile(**compile_kw)
+    model.fit(x, y, verbose=0, epochs=2, batch_size=10, shuffle=False, **fit_kw)
+    return model
+
+
+def _max_diff(a, b):
+    return max(float(np.max(np.abs(p - q))) for p, q in zip(_weights(a), _weights(b)))
+
+
+def _parity(make, x, y, strategy, compile_kw, reference=None):
+    """Largest weight difference between one process (`reference` or `make`) and
+    `strategy` on 2 ranks, after 2 epochs from the same start."""
+    one = _fit(reference or make, x, y, compile_kw)
+    two = _fit(make, x, y, compile_kw, strategy=strategy, devices=2, watchdog_timeout=30)
+    return _max_diff(one, two)
+
+
+# ---- 1: a weight read outside its module's forward ---------------------------------------
+class TiedByHand(nn.Module):
+    """Output head = the embedding, applied in the parent's forward; `out.bias` read before
+    `out` runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(20, 8)
+        self.mid = nn.Linear(8, 8)
+        self.out = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = torch.tanh(self.mid(self.emb(x).mean(1))) + self.out.bias
+        return F.linear(torch.tanh(self.out(h)), self.emb.weight)  # (B, 20)
+
+
+class ReadsMlp(nn.Module):
+    """A GPT MLP (which declares its tensor-parallel plan) whose c_fc weight the parent
+    reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.mlp = MLP(GPTConfig.tiny(n_embd=8, n_head=2))
+        self.out = nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.mlp(x)
+        return self.out(h) + F.linear(h, self.mlp.c_fc.weight[:8])
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self._mix(x)
+
+    def _mix(self, x):  # reached from forward: read too
+        return torch.tanh(self.lin(x)) + x @ self.lin.weight.t()
+
+
+class Nested(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.inp = nn.Linear(8, 8)
+        self.blocks = nn.ModuleList([Block(), Block()])
+
+    def forward(self, x):
+        return self.blocks[1](self.blocks[0](self.inp(x))) + self.blocks[1].lin.bias
+
+
+class Indexed(nn.Module):
+    """Blocks called by a run-time index: no weight read outside a forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Linear(8, 8), nn.Linear(8, 8)])
+
+    def forward(self, x):
+        for i in range(len(self.blocks)):
+            x = self.blocks[i](x)
+        return x
+
+
+def test_outside_reads_are_found_and_kept_out_of_fsdp_units():
+    assert outside_uses(Indexed()) == [] and outside_uses(GPT(GPTConfig.tiny(n_layer=1))) == []
+    uses = {(u.user, u.owner) for u in outside_uses(TiedByHand())}
+    assert uses == {("", "emb"), ("", "out")}
+    model = Nested()
+    names = {id(m): n for n, m in model.named_modules()}
+    units = [names[id(m)] for m in shard_units(model)]
+    # blocks.0 reads its own lin's weight: the block is the unit holding it; blocks.1.lin
+    # is read by the root, so neither it nor blocks.1 is a unit
+    assert units == ["blocks.0", "inp"]
+    plan = tp_plan(ReadsMlp(), 2)
+    assert plan["mlp.c_fc"] == plan["mlp.c_proj"] == "replicate"  # the pair stays whole
+
+
+def test_outside_reads_are_found_in_a_class_without_source():
+    # a class sent to the ranks by value (defined in a script) has bytecode, no source
+    space = {"nn": nn, "F": F}
+    exec("class Head(nn.Module):\n"
+         "    def __init__(self):\n"
+         "        super().__init__(); self.emb = nn.Embedding(5, 4)\n"
+         "    def forward(self, x):\n"
+         "        return F.linear(self.emb(x), self.emb.weight)\n", space)
+    assert [(u.user, u.owner, u.whole) for u in outside_uses(space["Head"]())] == [
+        ("", "emb", False)]
+
+
+@pytest.mark.parametrize("strategy", ["zero3", "zero2"])
+def test_fsdp_trains_a_weight_read_in_the_parents_forward(strategy):
+    x = RNG.integers(0, 20, size=(40, 5))
+    y = RNG.integers(0, 20, size=40)
+    diff = _parity(lambda: Model(TiedByHand()), x, y, strategy,
+                   dict(optimizer="adam", loss=F.cross_entropy))
+    assert diff < 1e-5
+
+
+def test_tensor_parallel_trains_a_declared_plan_whose_weight_is_read_outside():
+    x = RNG.normal(size=(40, 8)).astype("float32")
+    y = RNG.integers(0, 8, size=40)
+    diff = _parity(lambda: Model(ReadsMlp()), x, y, "tensor",
+                   dict(optimizer="adam", loss=F.cross_entropy))
+    assert diff < 1e-5
+
+
+# ---- 2: torch's Rprop on DTensor parameters; LBFGS refused ---------------------------------
+def _dense_model():
+    i = Input(shape=(13,))
+    h = Dense(8, activation="tanh")(Dense(16, activation="relu")(i))
+    return Model(i, Dense(4)(h))
+
+
+@pytest.mark.parametrize("strategy", ["zero2", "zero3", "tensor"])
+def test_rprop_trains_on_sharded_parameters_as_one_process(strategy):
+    x = RNG.normal(size=(37, 13)).astype("float32")
+    y = RNG.normal(size=(37, 4)).astype("float32")
+    one = _fit(_dense_model, x, y, dict(optimizer=torch.optim.Rprop, loss="mse"))
+    two = _fit(_dense_model, x, y, dict(optimizer=torch.optim.Rprop, loss="mse"),
+               strategy=strategy, devices=2, watchdog_timeout=30)
+    assert _max_diff(one, two) < 1e-5
+    assert _max_diff(one, _fit(_dense_model, x, y, dict(optimizer="sgd", loss="mse"))) > 1e-3
+
+
+def test_an_optimizer_whose_step_needs_a_closure_is_refused_before_any_rank(monkeypatch):
+    import bigtrain.launch.launcher as launcher
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("a process was started")
+    monkeypatch.setattr(launcher, "launch", no_launch)
+    x = RNG.normal(size=(8, 13)).astype("float32")
+    y = RNG.normal(size=(8, 4)).astype("float32")
+    for kw in ({}, {"strategy": "ddp", "devices": 2}):
+        model = _dense_model()
+        model.compile(optimizer=torch.optim.LBFGS, loss="mse")
+        with pytest.raises(ValueError, match="LBFGS needs a closure.*optimizer='adam'"):
+            model.fit(x, y, verbose=0, **kw)
+
+
+# ---- 3: layers used on some steps or some ranks only (DDP) ----------------------------------
+class EveryOther(nn.Module):
+    """`b` runs on every other training step, on every rank alike."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.out = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 3)
+        self.calls = 0
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        if self.training:
+            self.calls += 1
+            if self.calls % 2:
+                h = torch.tanh(self.b(h))
+        return self.out(h)
+
+
+class ByData(nn.Module):
+    """`b` or `c` by the sign of the batch's mean feature: ranks may differ in a step."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.tanh(self.a(x))
+        h = torch.tanh(self.b(h)) if x[:, 0].mean() > 0 else torch.tanh(self.c(h))
+        return self.out(h)
+
+
+class ByHalf(ByData):
+    """One process doing what 2 ranks do: each half of the batch picks its own branch."""
+
+    def forward(self, x):
+        n = (x.shape[0] + 1) // 2
+        return torch.cat([ByData.forward(self, x[:n]), ByData.forward(self, x[n:])])
+
+
+X6 = RNG.normal(size=(40, 6)).astype("float32")
+Y3 = RNG.normal(size=(40, 3)).astype("float32")
+
+
+def test_zero1_with_a_skipped_layer_fails_fast_naming_both_fixes():
+    model = Model(EveryOther())
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(RuntimeError, match=r"Zero1\(find_unused_parameters=True\)"):
+        model.fit(X6, Y3, epochs=1, batch_size=10, verbose=0, strategy="zero1", devices=2,
+                  watchdog_timeout=30)
+
+
+@pytest.mark.parametrize("strategy", [DataParallel(find_unused_parameters=True),
+                                      Zero1(find_unused_parameters=True)])
+def test_a_layer_used_on_some_steps_trains_as_one_process(strategy):
+    diff = _parity(lambda: Model(EveryOther()), X6, Y3, strategy,
+                   dict(optimizer="adam", loss="mse"))
+    assert diff < 1e-5
+
+
+def test_ranks_taking_different_branches_average_their_gradients():
+    halves = X6[:, 0].reshape(-1, 2, 5).mean(axis=2) > 0  # (batch, rank): branch b taken
+    assert (halves[:, 0] != halves[:, 1]).any()  # some step has the ranks disagree
+    diff = _parity(lambda: Model(ByData()), X6, Y3, DataParallel(find_unused_parameters=True),
+                   dict(optimizer="adam", loss="mse"), reference=lambda: Model(ByHalf()))
+    assert diff < 1e-5
