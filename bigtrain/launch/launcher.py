@@ -254,13 +254,27 @@ def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restart
 
 
 def _root_cause(err) -> str:
-    rank, failure = err.get_first_failure()
-    message = failure.message
-    if isinstance(message, dict):
-        message = message.get("message", message)
-    hint = next((h for marker, h in _HINTS if marker in str(message)), "")
-    return (f"distributed fit failed on rank {rank} (exit code {failure.exitcode}):\n{message}"
-            f"{hint}")
+    """The failure to show of a ChildFailedError: a rank's own error before the follow-on
+    errors of the ranks that lost it (torch picks the earliest by the second, and a rank
+    that saw its peer close the connection often fails in the same second)."""
+    def message(failure) -> str:
+        m = failure.message
+        return str(m.get("message", m) if isinstance(m, dict) else m)
+    rank, failure = min(err.failures.items(), key=lambda rf: (
+        any(mark in message(rf[1]) for mark in _FOLLOW_ON), rf[1].timestamp, rf[0]))
+    text = message(failure)
+    others = sorted(r for r in err.failures if r != rank)
+    also = f"\n(ranks {others} failed too)" if others else ""
+    hint = next((h for marker, h in _HINTS if marker in text), "")
+    return (f"distributed fit failed on rank {rank} (exit code {failure.exitcode}):\n{text}"
+            f"{hint}{also}")
+
+
+#: what a rank says when another rank failed first (gloo/NCCL lost the peer, a parameter
+#: server or watchdog gave up on it)
+_FOLLOW_ON = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "stopped responding", "NCCL communicator was aborted", "Socket Timeout",
+              "To enable traceback see")
 
 
 #: torch errors whose fix is a bigtrain argument: (text in the error, what to do)

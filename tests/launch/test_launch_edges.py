@@ -200,3 +200,33 @@ def test_an_unused_layer_under_ddp_names_bigtrains_fix():
                 fit()
         else:
             fit()
+
+
+def _failure(tmp_path, rank: int, message: str, timestamp: int):
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+    path = tmp_path / f"error-{rank}.json"
+    path.write_text(json.dumps({"message": {"message": message,
+                                            "extraInfo": {"timestamp": str(timestamp)}}}))
+    return ProcessFailure(local_rank=rank, pid=100 + rank, exitcode=1, error_file=str(path))
+
+
+def test_the_failing_rank_is_shown_before_the_ranks_that_lost_it(tmp_path):
+    """Rank 2 (a parameter server) raised the real error; rank 0 failed in the same second
+    on the closed connection. torch's first failure is rank 0's; bigtrain shows rank 2's."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from bigtrain.launch.launcher import _root_cause
+    err = ChildFailedError("fit", {
+        0: _failure(tmp_path, 0, "RuntimeError: parameter server 0 (rank 2) stopped "
+                    "responding: Connection closed by peer [127.0.0.1]:1", 1000),
+        1: _failure(tmp_path, 1, "RuntimeError: Connection closed by peer", 1000),
+        2: _failure(tmp_path, 2, "ValueError: this checkpoint was written for another "
+                    "number of servers", 1000)})
+    assert err.get_first_failure()[0] == 0
+    shown = _root_cause(err)
+    assert shown.startswith("distributed fit failed on rank 2") and "ValueError" in shown
+    assert "ranks [0, 1] failed too" in shown
+    alone = ChildFailedError("fit", {1: _failure(tmp_path, 1, "ValueError: bad", 5)})
+    assert _root_cause(alone) == "distributed fit failed on rank 1 (exit code 1):\nValueError: bad"
