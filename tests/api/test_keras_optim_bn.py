@@ -171,6 +171,30 @@ def test_batchnorm_trains_a_last_batch_of_one_sample_as_keras():
         assert float(np.abs(k - b).max()) <= 1e-5 * max(1.0, float(np.abs(k).max())), name
 
 
+@pytest.mark.parametrize("kwargs", [dict(center=False), dict(scale=False),
+                                    dict(center=False, scale=False),
+                                    dict(moving_variance_initializer="zeros",
+                                         gamma_initializer="zeros", axis=1)])
+def test_batchnorm_options_match_keras(kwargs):
+    """center/scale drop beta/gamma from the weights as in Keras; the initializers."""
+    x = (X * 2 + 1).astype("float32")
+    net = lambda L, h: L.Dense(3)(L.BatchNormalization(momentum=0.5, **kwargs)(h))  # noqa: E731
+    km, bm = _pair(net)
+    assert [w.shape for w in bm.get_weights()] == [w.shape for w in km.get_weights()]
+    w0, wk, wb = _fit_both(keras.optimizers.SGD(0.01), bo.SGD(0.01), x=x, layers=net, epochs=1)
+    for k, b in zip(wk, wb):
+        assert float(np.abs(k - b).max()) <= 1e-5 * max(1.0, float(np.abs(k).max()))
+
+
+def test_batchnorm_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="synchronized"):
+        B.BatchNormalization(synchronized=True)
+    with pytest.raises(ValueError, match="gamma_initializer"):
+        B.BatchNormalization(gamma_initializer="glorot_uniform")
+    with pytest.raises(ValueError, match="last .channels. axis"):
+        Model(B.Input((4, 3)), B.BatchNormalization(axis=1)(B.Input((4, 3))))
+
+
 def test_batchnorm_4d_input_matches_keras():
     x4 = RNG.normal(size=(6, 4, 4, 3)).astype("float32")
     keras.utils.set_random_seed(0)

@@ -301,21 +301,60 @@ class BatchNormalization(Layer):
 
     supports_masking = True  # passes a time-step mask on, as Keras
 
-    def __init__(self, momentum: float = 0.99, epsilon: float = 1e-3, **kwargs):
+    def __init__(self, axis=-1, momentum: float = 0.99, epsilon: float = 1e-3,
+                 center: bool = True, scale: bool = True, beta_initializer="zeros",
+                 gamma_initializer="ones", moving_mean_initializer="zeros",
+                 moving_variance_initializer="ones", synchronized: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.momentum, self.epsilon = momentum, epsilon
+        if synchronized:
+            raise ValueError("BatchNormalization(synchronized=True) is not supported: bigtrain "
+                             "computes the statistics on each rank's share of the batch (on "
+                             "one process the flag changes nothing; drop it)")
+        self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
+        self.center, self.scale = bool(center), bool(scale)
+        self.initializers = {k: _constant_init(f"BatchNormalization {k}", v) for k, v in (
+            ("beta_initializer", beta_initializer), ("gamma_initializer", gamma_initializer),
+            ("moving_mean_initializer", moving_mean_initializer),
+            ("moving_variance_initializer", moving_variance_initializer))}
 
     def build(self, input_shape):
-        self.norm = _KerasBatchNorm(input_shape[-1], eps=self.epsilon,
-                                    momentum=1.0 - self.momentum)
+        if self.axis not in (-1, len(input_shape)):
+            shape = ", ".join(map(str, input_shape))
+            raise ValueError(f"BatchNormalization {self.name!r}: axis={self.axis} is not "
+                             "supported; bigtrain normalizes over the last (channels) axis "
+                             f"(axis=-1) of inputs of shape (None, {shape})")
+        norm = _KerasBatchNorm(input_shape[-1], eps=self.epsilon, momentum=1.0 - self.momentum)
+        with torch.no_grad():
+            for key, t in (("gamma_initializer", norm.weight), ("beta_initializer", norm.bias),
+                           ("moving_mean_initializer", norm.running_mean),
+                           ("moving_variance_initializer", norm.running_var)):
+                t.fill_(self.initializers[key])
+        if not self.scale:
+            norm.weight = None  # no gamma: torch's kernel multiplies by 1
+        if not self.center:
+            norm.bias = None
+        self.norm = norm
 
-    def keras_weights(self):  # gamma, beta, moving mean, moving variance
-        return [(f"norm.{k}", _same, _same)
-                for k in ("weight", "bias", "running_mean", "running_var")]
+    def keras_weights(self):  # gamma (if scale), beta (if center), moving mean and variance
+        kept = ["weight"] * self.scale + ["bias"] * self.center
+        return [(f"norm.{k}", _same, _same) for k in (*kept, "running_mean", "running_var")]
 
     def call(self, x):
         shape = x.shape  # statistics over all axes but channels: (N, C)
         return self.norm(x.reshape(-1, shape[-1])).reshape(shape)
 
     def get_config(self):
-        return {"name": self.name, "momentum": self.momentum, "epsilon": self.epsilon}
+        return {"name": self.name, "axis": self.axis, "momentum": self.momentum,
+                "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
+                **{k: {0.0: "zeros", 1.0: "ones"}.get(v, v)
+                   for k, v in self.initializers.items()}}
+
+
+def _constant_init(what: str, value) -> float:
+    """The constant of a "zeros"/"ones" initializer name (or a number)."""
+    names = {"zeros": 0.0, "ones": 1.0}
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value.lower() in names:
+        return names[value.lower()]
+    raise ValueError(f"{what} must be 'zeros', 'ones' or a number, got {value!r}")
