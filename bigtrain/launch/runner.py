@@ -218,6 +218,7 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     if strategy == "auto":  # the planner profiles the model on a sample of the real data
         task = make_task(cbs)
         strategy = choose_auto(model, devices, config, example_input(task.train, model.net))
+        strategy = rank0_choice(strategy, options)
     world = launched_world_size()
     if world is not None and world > 1 and strategy is None:
         strategy = "ddp"  # as Lightning does: a launched multi-rank job trains data parallel
@@ -233,6 +234,19 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     task.checkpoint = checkpoint
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
     return _finish(model, run_task(task, strat, model, devices, options, cluster), history)
+
+
+def rank0_choice(name: str, options: dict) -> str:
+    """In a job a launcher started with several ranks, rank 0's `name` on every rank:
+    "auto" plans on each rank from its own timings (GPUs), and two ranks that chose
+    differently would run different strategies into each other's collectives."""
+    world = launched_world_size()
+    if world is None or world <= 1:
+        return name
+    dist_env.join_existing_job(options.get("timeout"))  # run_task reuses this group
+    box = [name]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def check_fit(strat, model, checkpoint) -> None:

@@ -230,3 +230,34 @@ def test_the_failing_rank_is_shown_before_the_ranks_that_lost_it(tmp_path):
     assert "ranks [0, 1] failed too" in shown
     alone = ChildFailedError("fit", {1: _failure(tmp_path, 1, "ValueError: bad", 5)})
     assert _root_cause(alone) == "distributed fit failed on rank 1 (exit code 1):\nValueError: bad"
+
+
+AUTO_SCRIPT = SCRIPT.replace("timeout=30)", "timeout=30, strategy='auto')").replace(
+    "import bigtrain\n", textwrap.dedent("""\
+    import os
+    import bigtrain
+    from bigtrain.launch import runner
+    # the planner's timings differ between ranks: make them choose differently
+    runner.choose_auto = lambda *a, **k: "zero1" if os.environ["RANK"] == "0" else "ddp"
+    resolve = runner.resolve_strategy
+    def record(name):
+        with open(f"strategy{os.environ['RANK']}.txt", "w") as f:
+            f.write(str(name))
+        return resolve(name)
+    runner.resolve_strategy = record
+    """))
+
+
+def test_auto_in_a_launched_job_runs_rank_0s_choice_on_every_rank(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(AUTO_SCRIPT)
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bigtrain.cli.main", "run", str(script),
+                               f"w{r}.npy"], cwd=tmp_path, env=clean_env(kubernetes_env(r, 2, port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    for p in procs:
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out
+    assert [(tmp_path / f"strategy{r}.txt").read_text() for r in range(2)] == ["zero1"] * 2
+    np.testing.assert_array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
