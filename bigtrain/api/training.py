@@ -91,19 +91,26 @@ def _masked_outputs(model) -> list[bool]:
     return [bool(getattr(t, "masked", False)) for t in tensors]
 
 
-def _refuse_masked_loss_on_ranks(model, devices) -> None:
-    """A masked loss divides by the real steps of the whole batch; ranks each see their own
-    share of them, so their mean gradients would not add up to one process's."""
+def _refuse_masked_loss_on_ranks(model, devices, accumulate_steps: int = 1) -> None:
+    """A masked loss divides by the real steps of the whole batch; ranks, and accumulated
+    micro-batches, each see their own share of them, so their mean gradients would not add
+    up to one whole batch's."""
     import os
     from bigtrain.launch import join as dist_env
     if not any(spec.masked for spec in model.compiled.losses):
         return
     n = dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))
+    drop = "end the model with a layer that drops the mask (e.g. return_sequences=False)"
     if n > 1:
         raise ValueError(f"an output carries a time-step mask (masked steps are left out of "
                          f"the loss), which bigtrain computes exactly on one process only, "
-                         f"not on {n}: fit on one process, or end the model with a layer that "
-                         "drops the mask (e.g. return_sequences=False)")
+                         f"not on {n}: fit on one process, or {drop}")
+    if accumulate_steps > 1:
+        raise ValueError(f"an output carries a time-step mask (masked steps are left out of "
+                         f"the loss), which bigtrain computes exactly on whole batches only, "
+                         f"not split into accumulate_steps={accumulate_steps} micro-batches: "
+                         f"fit with accumulate_steps=1 (a smaller batch_size if memory is "
+                         f"short), or {drop}")
 
 
 def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
@@ -391,7 +398,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
-    _refuse_masked_loss_on_ranks(model, devices)
+    _refuse_masked_loss_on_ranks(model, devices, accumulate_steps)
     check_stream(data, val, config)
     with output_activations(model, deferred=True):
         history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,

@@ -1,10 +1,14 @@
 """Loss and metrics over a data set, sharded across ranks and reduced: validation inside fit
-(the loop calls it) and `Model.evaluate`."""
+(the loop calls it) and `Model.evaluate`.
+
+Every rank runs the same number of forwards: a sharded strategy (FSDP) all-gathers the
+parameters in each forward, so a rank whose shard has fewer batches runs the missing ones on
+a padding batch whose results are not counted (else the other ranks wait for it for ever)."""
 from __future__ import annotations
 
 import torch
 
-from bigtrain.engine.data import shard_bounds
+from bigtrain.engine.data import num_batches, shard_bounds
 from bigtrain.engine.steps import Tally, autocast_factory
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
@@ -21,18 +25,23 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
     ctx = StepContext() if ctx is None else ctx
     device = strategy.env.device
     tally = Tally(task.metrics, task.activations, device)
-    shard = strategy.data_shard()
-    lo, hi = shard_bounds(len(data) if limit is None else min(limit, len(data)), *shard)
+    index, count = strategy.data_shard()
+    total = len(data) if limit is None else min(limit, len(data))
+    lo, hi = shard_bounds(total, index, count)
+    # every rank runs as many forwards as shard 0, the largest, has batches
+    steps = num_batches(shard_bounds(total, 0, count)[1], batch_size)
     autocast = autocast_factory(task.config.precision, device)
     was_training = module.training
     module.eval()
     with torch.no_grad():
-        for start in range(lo, hi, batch_size):
+        for step in range(steps):
             ctx.mark("evaluate")  # per batch: restarts the watchdog's clock only
+            start = lo + step * batch_size
+            if start >= hi:  # this shard is done: a forward to keep step with the others
+                _forward(module, data, _padding_rows(lo, hi), device, autocast)
+                continue
             idx = torch.arange(start, min(start + batch_size, hi))
-            x, y, sw = data.take(idx, device)
-            with autocast():
-                out = call_module(module, x)
+            y, sw, out = _forward(module, data, idx, device, autocast)
             loss = task.compute_loss(out, y, sw)
             tally.loss_sum += loss.double() * len(idx)
             tally.count += len(idx)
@@ -40,3 +49,17 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
     module.train(was_training)
     ctx.mark("metrics all-reduce (evaluate)")
     return tally.logs(strategy.all_reduce(tally.state()), prefix)
+
+
+def _forward(module, data, idx: torch.Tensor, device, autocast):
+    """(targets, sample_weight, outputs) of rows `idx`."""
+    x, y, sw = data.take(idx, device)
+    with autocast():
+        out = call_module(module, x)
+    return y, sw, out
+
+
+def _padding_rows(lo: int, hi: int) -> torch.Tensor:
+    """One real row for a padding forward (any layer takes it, unlike an empty batch): this
+    shard's first, or the data's first when the shard is empty."""
+    return torch.tensor([lo if hi > lo else 0])

@@ -21,9 +21,12 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 def padded_lengths(mask: torch.Tensor) -> tuple[torch.Tensor, bool] | None:
     """((B,) real steps per row, whether the padding leads) when every row of the (B, T)
     mask is ones then zeros (trailing padding) or zeros then ones (leading padding, as
-    Keras's pad_sequences makes by default), with at least one real step; else None."""
+    Keras's pad_sequences makes by default), with at least one real step; else None.
+    None for a batch of no rows (a rank's empty share of a small last batch): torch cannot
+    pack it, and the step-by-step path gives its (0, T, u) outputs and the weights' zero
+    gradients."""
     lengths = mask.sum(1)
-    if not bool((lengths > 0).all()):
+    if mask.shape[0] == 0 or not bool((lengths > 0).all()):
         return None
     steps = torch.arange(mask.shape[1], device=mask.device)[None, :]
     if bool(((steps < lengths[:, None]) == mask).all()):
