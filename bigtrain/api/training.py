@@ -438,7 +438,22 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
     return values[0] if len(values) == 1 else values
 
 
+def _refuse_split_weights(model) -> None:
+    """predict in a rank-0-only callback of a fit on several ranks runs on rank 0 alone; a
+    forward through weights split over the ranks (zero2/zero3, tensor) would wait for ranks
+    that never join it, and the fit would die of the mismatch later. (After fit, or in a
+    callback every rank runs, every rank's predict takes part: that works.)"""
+    from bigtrain.engine.callbacks.base import alone
+    if alone() and any(hasattr(p, "to_local") for p in model.net.parameters()):
+        raise RuntimeError("predict() in a callback of a fit whose strategy splits the weights "
+                           "over the ranks (zero2/zero3/fsdp_offload/tensor): callbacks run on "
+                           "rank 0 only, and a forward needs every rank. Call predict after "
+                           "fit returns, or train with strategy='ddp' or 'zero1', which keep "
+                           "whole weights on every rank.")
+
+
 def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
+    _refuse_split_weights(model)
     data = prepare_data(model, x, None, need_targets=False)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     outs: list[list[torch.Tensor]] = []

@@ -249,7 +249,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
         params["resumed_epoch"] = first_epoch
     monitor = _monitor(task, strategy)
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
-                             params, strategy.env.is_main)
+                             params, strategy.env.is_main, strategy.env.world_size)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
                RunTiming(ctx.timer), monitor)
     callbacks.on_train_begin()

@@ -261,3 +261,22 @@ def test_auto_in_a_launched_job_runs_rank_0s_choice_on_every_rank(tmp_path):
         assert p.returncode == 0, out
     assert [(tmp_path / f"strategy{r}.txt").read_text() for r in range(2)] == ["zero1"] * 2
     np.testing.assert_array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
+
+
+def test_predict_after_a_zero3_fit_in_a_launched_job_runs_on_every_rank(tmp_path):
+    """After fit the weights stay split over the job's ranks; every rank's predict takes
+    part in the forward (only a rank-0-only callback's predict is refused)."""
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT.replace("timeout=30)", "timeout=30, strategy='zero3')").replace(
+        "np.save(sys.argv[1], m.get_weights()[0])", "np.save(sys.argv[1], m.predict(x[:5]))"))
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "bigtrain.cli.main", "run", str(script),
+                               f"p{r}.npy"], cwd=tmp_path, env=clean_env(kubernetes_env(r, 2, port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    for p in procs:
+        out = p.communicate(timeout=120)[0]
+        assert p.returncode == 0, out
+    p0, p1 = np.load(tmp_path / "p0.npy"), np.load(tmp_path / "p1.npy")
+    assert p0.shape == (5, 2)
+    np.testing.assert_array_equal(p0, p1)

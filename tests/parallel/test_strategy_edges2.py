@@ -253,3 +253,21 @@ def test_ranks_taking_different_branches_average_their_gradients():
     diff = _parity(lambda: Model(ByData()), X6, Y3, DataParallel(find_unused_parameters=True),
                    dict(optimizer="adam", loss="mse"), reference=lambda: Model(ByHalf()))
     assert diff < 1e-5
+
+
+def test_predict_in_a_callback_of_a_zero3_fit_says_why_it_cannot():
+    """Callbacks run on rank 0 only; a forward through zero3's split weights needs every
+    rank: a clear error, not a gloo mismatch at the end of the fit."""
+    import bigtrain.callbacks as cb
+    x = RNG.normal(size=(16, 5)).astype("float32")
+    y = RNG.integers(0, 2, 16)
+
+    class Peek(cb.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.predict(x[:2])
+    i = Input(shape=(5,))
+    m = Model(i, Dense(2, activation="softmax")(Dense(4)(i)))
+    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+    with pytest.raises(RuntimeError, match=r"predict\(\) in a callback .* Call predict after"):
+        m.fit(x, y, batch_size=8, epochs=1, verbose=0, strategy="zero3", devices=2,
+              callbacks=[Peek()], timeout=60)

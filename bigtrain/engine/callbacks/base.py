@@ -45,20 +45,45 @@ class Callback:
     def on_train_batch_end(self, batch: int, logs=None): ...
 
 
-class CallbackList:
-    """Calls every callback's hook in order; skips main-process-only ones on other ranks."""
+_alone = [False]  # a main-process-only hook of a several-rank fit is running (see alone)
 
-    def __init__(self, callbacks, model, params: dict, is_main: bool):
+
+def alone() -> bool:
+    """Whether this is rank 0 running a main-process-only hook while the other ranks of its
+    fit do not: code that needs every rank (a forward through split weights) cannot run."""
+    return _alone[0]
+
+
+def _on_rank_0_alone(hook):
+    def call(*args, **kwargs):
+        _alone[0] = True
+        try:
+            return hook(*args, **kwargs)
+        finally:
+            _alone[0] = False
+    return call
+
+
+class CallbackList:
+    """Calls every callback's hook in order; skips main-process-only ones on other ranks.
+    `world`: the fit's ranks (with several, rank 0's own hooks run marked `alone`)."""
+
+    def __init__(self, callbacks, model, params: dict, is_main: bool, world: int = 1):
         self.callbacks = [c for c in callbacks if is_main or not c.main_process_only]
         for c in self.callbacks:
             c.set_model(model)
             c.set_params(params)
+        self._marked = world > 1
         # The per-batch hooks that do something, looked up once: the loop calls these every
         # step and skips the dispatch (and building the batch logs) when there are none.
-        self._batch_begin = [c.on_train_batch_begin for c in self.callbacks
+        self._batch_begin = [self._hook(c, "on_train_batch_begin") for c in self.callbacks
                              if _overrides(c, "on_train_batch_begin")]
-        self._batch_end = [c.on_train_batch_end for c in self.callbacks
+        self._batch_end = [self._hook(c, "on_train_batch_end") for c in self.callbacks
                            if _overrides(c, "on_train_batch_end")]
+
+    def _hook(self, callback, name: str):
+        hook = getattr(callback, name)
+        return _on_rank_0_alone(hook) if self._marked and callback.main_process_only else hook
 
     @property
     def wants_batch_logs(self) -> bool:
@@ -88,7 +113,7 @@ class CallbackList:
 
         def call(*args, **kwargs):
             for c in self.callbacks:
-                getattr(c, hook)(*args, **kwargs)
+                self._hook(c, hook)(*args, **kwargs)
         return call
 
 
