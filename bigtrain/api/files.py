@@ -1,5 +1,7 @@
 """Model files without pickle: weights as safetensors, the architecture as JSON in the
-safetensors metadata. A `.bigtrain` file (or any path) written by `Model.save` holds both;
+safetensors metadata. A `.bigtrain` file (or any path) written by `Model.save` holds both,
+and the optimizer state the next fit continues from (tensors under `optim.<fqn>.<state>`
+keys as in a checkpoint; param-group settings and the tensor keys as JSON, "optimizer");
 `bigtrain.api.saving.load_model` rebuilds the graph from JSON and loads the tensors.
 Nothing here can execute code from a file. Model's save/load methods call this module;
 it never imports the Model class.
@@ -10,13 +12,19 @@ import json
 import os
 import re
 import tempfile
+import warnings
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bigtrain.api.functional import GraphModule, graph_config
+from bigtrain.engine import checkpoint_state as cs
+from bigtrain.engine.carry import carried_optimizer
 
 FORMAT = "bigtrain.model/1"
+#: why a file holds no optimizer state although the model trained (metadata "optimizer")
+SEVERAL_PROCESSES = ("the model's last fit ran on several processes or sharded its optimizer; "
+                     "that state stayed with its ranks")
 
 
 def _atomic_save(tensors: dict, path: str, metadata: dict) -> None:
@@ -72,26 +80,59 @@ def _same_layout(own: dict, saved: list) -> bool:
         tuple(a.shape) == tuple(b.shape) for a, b in zip(own.values(), saved))
 
 
+def split(meta: dict, tensors: dict) -> tuple[dict, dict]:
+    """(weights, optimizer tensors) of a file: `save_model` keeps the optimizer's under
+    `optim.` keys, which no network's state dict has (its keys start with `layers.`)."""
+    keys = set(json.loads(meta.get("optimizer", "{}")).get("keys", []))
+    return ({k: v for k, v in tensors.items() if k not in keys},
+            {k: v for k, v in tensors.items() if k in keys})
+
+
 def load_weights(model, path: str) -> None:
     meta, tensors = read(path)
+    tensors = split(meta, tensors)[0]
     own = model.net.state_dict()
     missing = sorted(set(own) - set(tensors))
     unexpected = sorted(set(tensors) - set(own))
     wrong = [f"{k}: file {tuple(tensors[k].shape)} vs model {tuple(own[k].shape)}"
              for k in own if k in tensors and tensors[k].shape != own[k].shape]
     ordered = _in_saved_order(meta, tensors)
-    if (missing or unexpected) and not wrong and _same_layout(own, ordered):
-        # Same architecture built under other automatic names (dense_2 vs dense): match the
-        # weights by their order, as Keras does for topologically saved weights.
+    if (missing or unexpected or wrong) and _same_layout(own, ordered):
+        # Same architecture built under other automatic names (dense_2 vs dense, or dense_1
+        # there holding what dense holds here): match the weights by their order, as Keras
+        # does for topologically saved weights.
         tensors = dict(zip(own, ordered))
-        missing = unexpected = []
+        missing = unexpected = wrong = []
     if missing or unexpected or wrong:
         raise ValueError(f"the weights in {path} do not fit this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}")
     model.net.load_state_dict(tensors)
 
 
-def save_model(model, path: str) -> None:
+def _optimizer_state(model, include: bool) -> tuple[dict, dict]:
+    """(tensors, metadata) of the optimizer state the model's next fit would continue from
+    (bigtrain.engine.carry): the last fit's, or the running fit's when a callback saves."""
+    if not include:
+        return {}, {}
+    if model.live is not None:  # mid-fit: the optimizer that is stepping now
+        optimizer = carried_optimizer(model.live.strategy, model.optimizer)
+    elif model.carry() is not None:
+        optimizer = model.carry().optimizer
+    else:
+        return {}, {}  # not trained since compile: the next fit starts fresh anyway
+    if optimizer is None:
+        warnings.warn(f"Model.save keeps no optimizer state: {SEVERAL_PROCESSES}. A fit of the "
+                      "loaded model starts with a fresh optimizer; to continue exactly, fit "
+                      "with checkpoint_dir=", UserWarning, stacklevel=4)
+        return {}, {"optimizer": json.dumps({"class": None, "why": SEVERAL_PROCESSES})}
+    if not optimizer.state:
+        return {}, {}  # it never stepped: a fresh one is the same
+    tensors, groups = cs.optimizer_tensors(model.net, optimizer)
+    return tensors, {"optimizer": json.dumps({"class": cs.optimizer_name(optimizer),
+                                              "param_groups": groups, "keys": list(tensors)})}
+
+
+def save_model(model, path: str, include_optimizer: bool = True) -> None:
     if not isinstance(model.net, GraphModule):
         raise ValueError("Model.save stores the architecture as JSON, which needs a functional "
                          "or Sequential model; for a wrapped torch module use save_weights() "
@@ -103,5 +144,7 @@ def save_model(model, path: str) -> None:
                            "loss_weights": c.loss_weights, "metrics": c.metric_names,
                            "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate}
     state = model.state_for_saving()
-    _atomic_save(state, path, {"format": FORMAT, "kind": "model", "architecture": json.dumps(arch),
-                               "order": json.dumps(list(state))})
+    optim, optim_meta = _optimizer_state(model, include_optimizer)
+    _atomic_save({**state, **optim}, path, {"format": FORMAT, "kind": "model",
+                                            "architecture": json.dumps(arch),
+                                            "order": json.dumps(list(state)), **optim_meta})

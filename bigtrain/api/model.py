@@ -205,10 +205,16 @@ class Model(nn.Module):
         from bigtrain.api.files import load_weights
         load_weights(self, path)
 
-    def save(self, path: str) -> None:
-        """Architecture as JSON + weights as safetensors, in one file (`.bigtrain`)."""
+    def save(self, path: str, include_optimizer: bool = True) -> None:
+        """Architecture as JSON, weights and the optimizer's state as safetensors, in one file
+        (`.bigtrain`) that `bigtrain.models.load_model` reads.
+
+        Args:
+            include_optimizer: keep the optimizer state that the next fit continues from
+                (False: a fit of the loaded model starts a fresh optimizer).
+        """
         from bigtrain.api.files import save_model
-        save_model(self, path)
+        save_model(self, path, include_optimizer)
 
 
 class Sequential(Model):

@@ -374,6 +374,8 @@ class Ftrl(_PerTensor):
 
     def _update(self, group, p, g, state):
         lr, k = float(group["lr"]), -group["lr_power"]
+        if lr == 0.0:  # the rule divides by lr; a zero-lr step (how torch creates the state
+            return     # of an optimizer it loads into) leaves everything as it is
         l2 = group["l2"] + group["beta"] / (2.0 * lr)
         accum, linear = state["accum"], state["linear"]
         new_accum = accum + g * g

@@ -7,14 +7,23 @@ Example:
 from __future__ import annotations
 
 import json
+import warnings
 
-from bigtrain.api.files import FORMAT, load_weights, read, save_model, save_weights  # noqa: F401
+from bigtrain.api.files import (FORMAT, load_weights, read, save_model, save_weights,  # noqa: F401
+                                split)
 from bigtrain.api.functional import graph_from_config
 from bigtrain.api.model import Model
+from bigtrain.engine import checkpoint_state as cs
 
 
 def load_model(path: str, compile: bool = True):
-    """Rebuild a model saved with `Model.save` (architecture, weights, compile settings).
+    """Rebuild a model saved with `Model.save`: architecture, weights, compile settings and
+    the optimizer state, so that a further fit continues as the saved model's would (as
+    Keras's `.keras` files do).
+
+    Args:
+        compile: compile the model as it was saved and restore its optimizer state (False:
+            architecture and weights only, as in Keras).
 
     Example:
         model = bigtrain.models.load_model("model.bigtrain")
@@ -26,9 +35,32 @@ def load_model(path: str, compile: bool = True):
     arch = json.loads(meta["architecture"])
     graph = graph_from_config(arch["graph"])
     model = Model(graph.input_tensors, graph.output_tensors, name=arch.get("name"))
-    model.net.load_state_dict(tensors)
+    weights, optim = split(meta, tensors)
+    model.net.load_state_dict(weights)
     c = arch.get("compile")
     if compile and c and all(c["losses"]) and c["optimizer"]:
         model.compile(optimizer=c["optimizer"], loss=c["losses"], metrics=c["metrics"][0],
                       loss_weights=c["loss_weights"], learning_rate=c["lr"])
+        if "optimizer" in meta:  # files saved before optimizer state was kept have none
+            _restore_optimizer(model, json.loads(meta["optimizer"]), optim, path)
     return model
+
+
+def _restore_optimizer(model, saved: dict, tensors: dict, path: str) -> None:
+    """Make the saved optimizer state what the model's next fit continues from, as the
+    next fit of the saved model would have (bigtrain.engine.carry)."""
+    if saved.get("class") is None:  # its next fit would have started fresh, and said so
+        model.keep_optimizer(None)
+        return
+    optimizer = model.compiled.optimizer.build(model.net.parameters())
+    if cs.optimizer_name(optimizer) != saved["class"]:
+        problems = [f"optimizer {saved['class']} saved, {cs.optimizer_name(optimizer)} compiled"]
+    else:
+        problems = cs.load_optimizer(model.net, optimizer, tensors, saved["param_groups"])
+    if problems:
+        warnings.warn(f"load_model({path!r}) left the optimizer state out, the model's next fit "
+                      f"starts a fresh optimizer: {'; '.join(problems[:5])}", UserWarning,
+                      stacklevel=3)
+        return
+    model.optimizer = optimizer
+    model.keep_optimizer(optimizer)

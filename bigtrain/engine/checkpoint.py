@@ -301,11 +301,12 @@ class Checkpointer:
                                   self.env.world_size), path, damaged=True)
         position = Position(**meta["position"])
         self._check_compatible(path, meta, position)
-        live = cs.live_state(self.module, self.optimizer, self.names)
-        self._agree(cs.mismatches(live, _dcp_metadata(path)), path)
+        saved = _dcp_metadata(path)
+        live = cs.match_names(cs.live_state(self.module, self.optimizer, self.names), saved)
+        self._agree(cs.mismatches(live, saved), path)
         _dcp(dcp.load, live.tensors, path, self.env.distributed)
         cs.apply_loaded(self.module, self.optimizer, live, meta["param_groups"])
-        self._verify_digest(path, meta.get("model_sha256"))
+        self._verify_digest(path, meta.get("model_sha256"), live.renamed or {})
         rng = os.path.join(path, f"rng-rank{self.env.rank:05d}.json")
         if not os.path.exists(rng):  # more ranks than the saving run: rank 0's streams
             rng = os.path.join(path, "rng-rank00000.json")
@@ -315,12 +316,14 @@ class Checkpointer:
         self.resumed_tally = meta.get("epoch_tally") if position.batch else None
         return position
 
-    def _verify_digest(self, path: str, saved: str | None) -> None:
+    def _verify_digest(self, path: str, saved: str | None, renamed: dict) -> None:
         """Recompute the checksum of the full logical model state after loading (under any
-        world size or layout) and refuse a checkpoint whose state does not match it."""
+        world size or layout; `renamed`: our names -> the checkpoint's) and refuse a
+        checkpoint whose state does not match it."""
         if saved is None:
             return  # written before checksums existed
-        digest = state_digest(self.strategy.full_state_dict(self.module))
+        full = self.strategy.full_state_dict(self.module)
+        digest = state_digest({renamed.get(k, k): v for k, v in full.items()})
         bad = self.env.is_main and digest != saved
         self._agree([f"the loaded model state has checksum {digest[:16]}..., but the checkpoint "
                      f"recorded {saved[:16]}... when it was saved: its files are damaged or "

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import random
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,6 +60,7 @@ class LiveState:
     groups: list
     model_keys: dict | None = None  # checkpoint key -> local fqn, where they differ
     known: set | None = None  # every model key of the whole model, where a rank holds part
+    renamed: dict | None = None  # user-model fqn -> checkpoint fqn (see `match_names`)
 
 
 def live_state(module, optimizer, names=None) -> LiveState:
@@ -141,6 +143,11 @@ def apply_loaded(module, optimizer, live: LiveState, saved_groups: list[dict]) -
     local = (lambda k: k[n:]) if live.model_keys is None else live.model_keys.__getitem__
     set_model_state_dict(module, {local(k): v for k, v in live.tensors.items()
                                   if k.startswith(MODEL)})
+    _apply_optimizer(module, optimizer, live, saved_groups)
+
+
+def _apply_optimizer(module, optimizer, live: LiveState, saved_groups: list[dict]) -> None:
+    """The optimizer half of `apply_loaded`."""
     state: dict = {}
     for key, (fqn, name) in live.slots.items():
         state.setdefault(fqn, {})[name] = live.tensors[key]
@@ -178,6 +185,133 @@ def mismatches(live: LiveState, saved: dict) -> list[str]:
                            "the same parameters)")
         return model_lines
     return lines
+
+
+# ---- the same model under other automatic layer names ----------------------------------
+
+_NUMBER = re.compile(r"_(\d+)$")  # dense_3 -> 3: the count Keras-style automatic names end in
+
+
+def _kind(key: str) -> str:
+    """The key without its automatic-name numbers: layers.dense_3.linear.weight ->
+    layers.dense.linear.weight."""
+    return ".".join(_NUMBER.sub("", part) for part in key.split("."))
+
+
+def _numbers(key: str) -> list[int]:
+    """Each part's automatic-name number (dense: 0, dense_1: 1): the layers' creation order."""
+    return [int(m.group(1)) if (m := _NUMBER.search(part)) else 0 for part in key.split(".")]
+
+
+def _one_to_one(pairs: dict[str, str]) -> bool:
+    """Every prefix (a layer, a layer's sublayer) maps to one prefix and back: a layer's
+    weight and bias go to the same layer."""
+    forward, back = {}, {}
+    for ours, theirs in pairs.items():
+        a, b = ours.split("."), theirs.split(".")
+        for i in range(1, len(a) + 1):
+            x, y = ".".join(a[:i]), ".".join(b[:i])
+            if forward.setdefault(x, y) != y or back.setdefault(y, x) != x:
+                return False
+    return True
+
+
+def auto_name_pairs(ours: dict, theirs: dict) -> dict[str, str] | None:
+    """{our key: their key} for two state layouts that differ only in the numbers of
+    automatic layer names (dense_2, dense_3 here; dense, dense_1 there): keys of one kind
+    pair in creation order. None unless every key pairs, with the same (shape, dtype) where
+    both are known (a value None: this rank does not hold that tensor).
+
+    Example:
+        auto_name_pairs({"l.dense_2.w": ((4, 5), f32)}, {"l.dense.w": ((4, 5), f32)})
+        # {"l.dense_2.w": "l.dense.w"}
+    """
+    kinds: dict[str, tuple[list, list]] = {}
+    for side, keys in enumerate((ours, theirs)):
+        for key in keys:
+            kinds.setdefault(_kind(key), ([], []))[side].append(key)
+    pairs = {}
+    for a, b in kinds.values():
+        if len(a) != len(b):
+            return None
+        for x, y in zip(sorted(a, key=_numbers), sorted(b, key=_numbers)):
+            if None not in (ours[x], theirs[y]) and ours[x] != theirs[y]:
+                return None
+            pairs[x] = y
+    return pairs if _one_to_one(pairs) else None
+
+
+def _spec(t) -> tuple:
+    return tuple(t.shape), t.dtype
+
+
+def match_names(live: LiveState, saved: dict) -> LiveState:
+    """`live` under the checkpoint's names where the checkpoint holds this model built under
+    other automatic layer names (a notebook cell run again makes dense_2, dense_3 of what
+    the checkpoint calls dense, dense_1); `live` itself otherwise, so that `mismatches`
+    names what differs.
+
+    Args:
+        saved: DCP metadata's `state_dict_metadata`, as for `mismatches`.
+    """
+    if not mismatches(live, saved):
+        return live
+    keys = live.known if live.known is not None else [k for k in live.tensors
+                                                       if k.startswith(MODEL)]
+    ours = {k: _spec(live.tensors[k]) if k in live.tensors else None for k in keys}
+    theirs = {k: (tuple(md.size), md.properties.dtype) for k, md in saved.items()
+              if k.startswith(MODEL)}
+    pairs = auto_name_pairs(ours, theirs)
+    if pairs is None or all(a == b for a, b in pairs.items()):
+        return live
+    renamed = _renamed(live, pairs)
+    return live if mismatches(renamed, saved) else renamed
+
+
+def _renamed(live: LiveState, pairs: dict[str, str]) -> LiveState:
+    """`live` with model key k (and its optimizer keys) renamed to pairs[k]."""
+    n = len(MODEL)
+    local = (lambda k: k[n:]) if live.model_keys is None else live.model_keys.__getitem__
+    tensors, slots, model_keys = {}, {}, {}
+    for key, value in live.tensors.items():
+        if key.startswith(MODEL):
+            tensors[pairs[key]], model_keys[pairs[key]] = value, local(key)
+    for key, (fqn, name) in live.slots.items():
+        param = MODEL + key[len(OPTIM):-len(name) - 1]
+        new = OPTIM + pairs.get(param, param)[n:] + "." + name
+        tensors[new], slots[new] = live.tensors[key], (fqn, name)
+    known = None if live.known is None else {pairs[k] for k in live.known}
+    return LiveState(tensors, slots, live.groups, model_keys, known,
+                     {a[n:]: b[n:] for a, b in pairs.items()})
+
+
+# ---- optimizer state in a model file ---------------------------------------------------
+
+def optimizer_tensors(module, optimizer) -> tuple[dict, list[dict]]:
+    """(tensors, param-group settings) of `optimizer` over `module`'s parameters in
+    checkpoint layout (`optim.<fqn>.<state name>`), for a file `load_optimizer` reads."""
+    live = live_state(module, optimizer)
+    tensors = {k: v.detach().cpu() for k, v in live.tensors.items() if k.startswith(OPTIM)}
+    return tensors, group_hyperparameters(live.groups)
+
+
+def load_optimizer(module, optimizer, tensors: dict, groups: list[dict]) -> list[str]:
+    """Load what `optimizer_tensors` returned into a fresh `optimizer` over `module` (as a
+    checkpoint resumes: its step counts, moments, hyperparameters). Returns what does not
+    fit (then nothing is loaded), or [].
+    """
+    live = live_state(module, optimizer)
+    ours = {k: v for k, v in live.tensors.items() if k.startswith(OPTIM)}
+    problems = [f"missing: {k} {tuple(v.shape)}" for k, v in ours.items() if k not in tensors]
+    problems += [f"shape mismatch: {k} saved {tuple(tensors[k].shape)} vs {tuple(v.shape)}"
+                 for k, v in ours.items() if k in tensors and tensors[k].shape != v.shape]
+    problems += [f"not in this model: {k}" for k in tensors if k not in ours]
+    if len(groups) != len(live.groups):
+        problems.append(f"{len(groups)} parameter groups saved, {len(live.groups)} here")
+    if not problems:
+        _apply_optimizer(module, optimizer, LiveState(dict(tensors), live.slots, live.groups),
+                         groups)
+    return problems
 
 
 # ---- random number generators ----------------------------------------------------------
