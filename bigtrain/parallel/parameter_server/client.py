@@ -167,7 +167,7 @@ class WorkerClient:
         for k in self.plan.server_sparse_params(s):
             g = grads.get(k)
             if g is None or not g.is_sparse:
-                pairs += [0, 0]
+                pairs += [P.NO_GRAD, 0]
                 continue
             g = g.detach().coalesce()
             rows_ids = g.indices()[0]

@@ -69,7 +69,23 @@ class PSConfig:
             raise ValueError(f"cpu_workers must be an integer >= 0, got {self.cpu_workers!r}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        t = self.comm_timeout_s
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0):
+            raise ValueError(f"comm_timeout_s must be a number of seconds > 0 or None (the "
+                             f"process group's timeout), got {t!r}")
+        if any(not isinstance(d, (int, float)) or d < 0 for _, d in self.straggler_delay_s):
+            raise ValueError(f"straggler_delay_s must map worker ranks to seconds >= 0, got "
+                             f"{dict(self.straggler_delay_s)}")
         self._check_balance()
+
+    def check_workers(self, workers: int) -> None:
+        """Refuse straggler ranks that are not workers (0..workers-1) of this job."""
+        bad = sorted(r for r, _ in self.straggler_delay_s
+                     if not isinstance(r, int) or not 0 <= r < workers)
+        if bad:
+            raise ValueError(f"straggler_delay_s names ranks {bad}, but the workers of this job "
+                             f"are ranks 0..{workers - 1} (the last {self.servers} serve); "
+                             "give worker ranks only")
 
     def _check_balance(self) -> None:
         if self.balance not in BALANCE_MODES:

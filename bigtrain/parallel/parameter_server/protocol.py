@@ -25,8 +25,9 @@ gives (gloo needs the receiver to know each size):
 
 `clock` is the number of steps the sender has completed (its logical clock). The PUSH index
 is `[numel per piece (0 = absent)] + [(rows, values) per sparse parameter] + [row ids]`,
-and its values are the dense gradients in piece order followed by the sparse rows. Row ids
-are int32 (tables up to 2**31 rows) so a sparse push costs 4 bytes per row beyond the row.
+where (NO_GRAD, 0) marks a table the step did not use (unlike (0, 0): a gradient with no
+rows on this server); its values are the dense gradients in piece order followed by the
+sparse rows. Row ids are int32 (tables up to 2**31 rows) so a sparse push costs 4 bytes per row beyond the row.
 
 Replies reuse the header: `[op, server_rank, server_clock, n_values, staleness,
 max_staleness, mean_staleness_milli, status]`. A PULL reply sends int64 versions (one per
@@ -49,6 +50,7 @@ TAG_HEADER, TAG_INDEX, TAG_VALUES = 101, 102, 103
 TAG_REPLY, TAG_REPLY_INDEX, TAG_REPLY_VALUES = 201, 202, 203
 OK, ERROR = 0, 1
 WANT, SKIP = -1, -2  # PULL index entries: send this piece / leave it out
+NO_GRAD = -1  # PUSH rows count of a table without a gradient this step
 
 
 class Op(enum.IntEnum):

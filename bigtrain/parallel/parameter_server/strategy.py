@@ -54,7 +54,7 @@ from bigtrain.parallel.parameter_server.client import WorkerClient
 from bigtrain.parallel.parameter_server.config import MODES, PSConfig  # noqa: F401
 from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
 from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
-from bigtrain.parallel.parameter_server.store import ShardStore
+from bigtrain.parallel.parameter_server.store import ShardStore, steps_rows_alone
 from bigtrain.parallel.parameter_server.worker import (RowPuller, ServerSideOptimizer,
                                                        rank_device, row_tables)
 from bigtrain.parallel.slow_ranks import (check_slow_ranks, pace, slow_ranks_option,
@@ -76,8 +76,8 @@ class ParameterServer(Strategy):
 
     Example:
         strategy = ParameterServer(servers=1, mode="ssp", staleness=2)
-        model.fit(x, y, batch_size=64, strategy=strategy, devices=4)
-        print(strategy.stats())     # staleness, bytes pushed/pulled
+        history = model.fit(x, y, batch_size=64, strategy=strategy, devices=4)
+        print(history.stats)        # the chief's staleness, bytes pushed/pulled
     """
 
     name = "ps"
@@ -130,6 +130,7 @@ class ParameterServer(Strategy):
             raise ValueError(f"weights={list(w)} declares {len(w)} shares for {world_size - s} "
                              f"workers; give one share per worker")
         check_slow_ranks(dict(self.config.slow_ranks), world_size - s)  # workers only
+        self.config.check_workers(world_size - s)
 
     def _check_servers(self, world_size: int) -> None:
         s, c = self.config.servers, self.config.cpu_workers
@@ -198,12 +199,28 @@ class ParameterServer(Strategy):
         return module
 
     def setup_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
+        self._check_split_rule(make_optimizer)
         if self.is_service_rank():
             self._store.build_optimizers(make_optimizer)
             path = self._checkpoint_path()
             if path is not None and os.path.exists(path):
                 self._store.load(path)  # resume
         return ServerSideOptimizer(module.parameters())
+
+    def _check_split_rule(self, make_optimizer) -> None:
+        """Every rank refuses, before any step, an update rule that splitting a tensor by
+        rows over the servers would change (one that uses a whole variable's norms)."""
+        split = [i.name for k, i in enumerate(self.plan.params)
+                 if len(self.plan.param_pieces(k)) > 1]
+        if not split or steps_rows_alone(make_optimizer):
+            return
+        name = type(make_optimizer([nn.Parameter(torch.zeros(1))])).__name__
+        raise ValueError(f"ParameterServer(servers={self.config.servers}) splits {split[:3]} by "
+                         f"rows over the servers, and {name}'s update of a variable depends on "
+                         "all of it (norms, row or column statistics), so each server would "
+                         "update its rows differently from one process; use servers=1 or an "
+                         "element-wise optimizer (sgd, adam, adamw, adagrad, rmsprop, lion, "
+                         "ftrl)")
 
     def _checkpoint_path(self) -> str | None:
         if self.config.checkpoint_dir is None:
@@ -307,7 +324,9 @@ class ParameterServer(Strategy):
         """Counters of this rank: bytes, pulls, pushes and observed staleness.
 
         On workers `staleness_*` is what this worker saw and `all_workers_staleness_*` what
-        the servers saw over every worker; on servers, the service's counters.
+        the servers saw over every worker; on servers, the service's counters. The process
+        that called fit(devices=N) runs no rank, so there it is {}: the chief's counters come
+        back in `history.stats`.
         """
         if self.is_service_rank():
             return dict(self._server_stats or (self.service.stats() if self.service else {}))
