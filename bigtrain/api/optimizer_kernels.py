@@ -134,7 +134,39 @@ class AdamW(_KerasEpsilon, torch.optim.AdamW):
     __signature__ = inspect.signature(torch.optim.AdamW)
 
 
-class RMSprop(torch.optim.RMSprop):
+class _GroupSteps:
+    """`step` of the Keras rules written with torch._foreach ops (RMSprop, Adagrad): per
+    param group, `_state_lists(group, params)` gives the lists `_update(group, *lists)` reads,
+    one op per line over the group, or one tensor at a time where the group mixes DTensors
+    and plain tensors (`foreach` None: chosen so)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            if any(p.grad.is_sparse for p in params):
+                raise RuntimeError(f"{type(self).__name__} (Keras's rule) does not support "
+                                   "sparse gradients")
+            lists = self._state_lists(group, params)
+            foreach = group["foreach"]
+            if foreach is None:
+                sharded = [_is_dtensor(p) for p in params]
+                foreach = all(sharded) or not any(sharded)
+            if foreach:
+                self._update(group, *lists)
+            else:
+                for one in zip(*lists):
+                    self._update(group, *([t] for t in one))
+        return loss
+
+
+class RMSprop(_GroupSteps, torch.optim.RMSprop):
     """RMSprop as Keras 3 computes it, with torch.optim.RMSprop's arguments and state names
     (alpha is Keras's rho):
 
@@ -157,30 +189,6 @@ class RMSprop(torch.optim.RMSprop):
         super().__init__(params, lr=lr, alpha=alpha, eps=eps, weight_decay=weight_decay,
                          momentum=momentum, centered=centered, foreach=foreach,
                          maximize=maximize)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("RMSprop does not support sparse gradients")
-            lists = self._state_lists(group, params)
-            foreach = group["foreach"]
-            if foreach is None:
-                sharded = [_is_dtensor(p) for p in params]
-                foreach = all(sharded) or not any(sharded)
-            if foreach:
-                self._update(group, *lists)
-            else:
-                for one in zip(*lists):
-                    self._update(group, *([t] for t in one))
-        return loss
 
     def _state_lists(self, group, params):
         """(params, grads, square_avgs, grad_avgs, momentum_buffers, steps); the last three
@@ -228,7 +236,7 @@ class RMSprop(torch.optim.RMSprop):
             torch._foreach_addcdiv_(params, grads, denom, value=-lr)
 
 
-class Adagrad(torch.optim.Adagrad):
+class Adagrad(_GroupSteps, torch.optim.Adagrad):
     """Adagrad as Keras 3 computes it, with torch.optim.Adagrad's arguments and state
     ("sum" starts at initial_accumulator_value):
 
@@ -248,35 +256,14 @@ class Adagrad(torch.optim.Adagrad):
                          initial_accumulator_value=initial_accumulator_value, eps=eps,
                          foreach=foreach, maximize=maximize)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError("Adagrad (Keras's rule) does not support sparse gradients")
-            for p in params:  # torch fills the state in __init__; a later group may lack it
-                if "sum" not in self.state[p]:
-                    self.state[p]["sum"] = torch.full_like(
-                        p, group["initial_accumulator_value"])
-                    self.state[p]["step"] = torch.zeros((), dtype=torch.float32)
-            lists = (params, [p.grad for p in params], [self.state[p]["sum"] for p in params],
-                     [self.state[p]["step"] for p in params])
-            sharded = [_is_dtensor(p) for p in params]
-            foreach = group["foreach"]
-            if foreach is None:
-                foreach = all(sharded) or not any(sharded)
-            if foreach:
-                self._update(group, *lists)
-            else:
-                for one in zip(*lists):
-                    self._update(group, *([t] for t in one))
-        return loss
+    def _state_lists(self, group, params):
+        """(params, grads, sums, steps)."""
+        for p in params:  # torch fills the state in __init__; a later group may lack it
+            if "sum" not in self.state[p]:
+                self.state[p]["sum"] = torch.full_like(p, group["initial_accumulator_value"])
+                self.state[p]["step"] = torch.zeros((), dtype=torch.float32)
+        return (params, [p.grad for p in params], [self.state[p]["sum"] for p in params],
+                [self.state[p]["step"] for p in params])
 
     @staticmethod
     def _update(group, params, grads, sums, steps):
