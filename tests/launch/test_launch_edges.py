@@ -2,7 +2,6 @@
 leaving the caller's signal handlers alone, LR callbacks under a parameter server, and
 strategy="auto" on a model with several inputs."""
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -30,19 +29,26 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_fit_without_strategy_in_a_launched_job_trains_data_parallel(tmp_path):
+def run_two_ranks(tmp_path, script_text: str) -> list[np.ndarray]:
+    """Run `script_text` as both ranks of a 2-rank job under `bigtrain run` (each rank
+    saves an array to the file named by its argument); returns the two arrays."""
     script = tmp_path / "train.py"
-    script.write_text(SCRIPT)
-    port = free_port()  # each rank saves its own weights: they must be the same
-    envs = [kubernetes_env(r, 2, port) for r in range(2)]
+    script.write_text(script_text)
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, "-m", "bigtrain.cli.main", "run", str(script),
-                               f"w{r}.npy"], cwd=tmp_path, env=clean_env(env),
+                               f"out{r}.npy"], cwd=tmp_path,
+                              env=clean_env(kubernetes_env(r, 2, port)),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r, env in enumerate(envs)]
+             for r in range(2)]
     for p in procs:
         out = p.communicate(timeout=120)[0]
         assert p.returncode == 0, out
-    np.testing.assert_array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
+    return [np.load(tmp_path / f"out{r}.npy") for r in range(2)]
+
+
+def test_fit_without_strategy_in_a_launched_job_trains_data_parallel(tmp_path):
+    w0, w1 = run_two_ranks(tmp_path, SCRIPT)  # each rank's own weights: the same
+    np.testing.assert_array_equal(w0, w1)
 
 
 @pytest.fixture
@@ -249,34 +255,16 @@ AUTO_SCRIPT = SCRIPT.replace("timeout=30)", "timeout=30, strategy='auto')").repl
 
 
 def test_auto_in_a_launched_job_runs_rank_0s_choice_on_every_rank(tmp_path):
-    script = tmp_path / "train.py"
-    script.write_text(AUTO_SCRIPT)
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "bigtrain.cli.main", "run", str(script),
-                               f"w{r}.npy"], cwd=tmp_path, env=clean_env(kubernetes_env(r, 2, port)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    for p in procs:
-        out = p.communicate(timeout=120)[0]
-        assert p.returncode == 0, out
+    w0, w1 = run_two_ranks(tmp_path, AUTO_SCRIPT)
     assert [(tmp_path / f"strategy{r}.txt").read_text() for r in range(2)] == ["zero1"] * 2
-    np.testing.assert_array_equal(np.load(tmp_path / "w0.npy"), np.load(tmp_path / "w1.npy"))
+    np.testing.assert_array_equal(w0, w1)
 
 
 def test_predict_after_a_zero3_fit_in_a_launched_job_runs_on_every_rank(tmp_path):
     """After fit the weights stay split over the job's ranks; every rank's predict takes
     part in the forward (only a rank-0-only callback's predict is refused)."""
-    script = tmp_path / "train.py"
-    script.write_text(SCRIPT.replace("timeout=30)", "timeout=30, strategy='zero3')").replace(
+    p0, p1 = run_two_ranks(tmp_path, SCRIPT.replace(
+        "timeout=30)", "timeout=30, strategy='zero3')").replace(
         "np.save(sys.argv[1], m.get_weights()[0])", "np.save(sys.argv[1], m.predict(x[:5]))"))
-    port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "bigtrain.cli.main", "run", str(script),
-                               f"p{r}.npy"], cwd=tmp_path, env=clean_env(kubernetes_env(r, 2, port)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(2)]
-    for p in procs:
-        out = p.communicate(timeout=120)[0]
-        assert p.returncode == 0, out
-    p0, p1 = np.load(tmp_path / "p0.npy"), np.load(tmp_path / "p1.npy")
     assert p0.shape == (5, 2)
     np.testing.assert_array_equal(p0, p1)
