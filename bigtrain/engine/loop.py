@@ -44,6 +44,9 @@ class FitResult:
     stats: dict = field(default_factory=dict)
     optimizer: object = None  # for the next fit, in a one-process run (bigtrain.engine.carry)
     stop_reason: str | None = None  # "nan_loss" when TerminateOnNaN stopped the run
+    #: each of the task's callbacks' plain attributes at the end, from a rank of a launched
+    #: fit, for the caller's own callback objects (bigtrain.launch.launcher.callback_states)
+    callback_states: list | None = None
 
 
 @dataclass

@@ -205,7 +205,26 @@ def _worker(payload_path: str, timeout_s: float | None, caller: _Caller | None =
         return None
     # numpy arrays cross the process boundary as plain bytes (no shared-memory handles)
     result.state_dict = {k: v.numpy() for k, v in (result.state_dict or {}).items()}
+    result.callback_states = callback_states(task.callbacks)
     return result
+
+
+_PLAIN = (int, float, str, bool, type(None), np.generic, np.ndarray)
+
+
+def callback_states(callbacks) -> list[dict]:
+    """Each callback's attributes made of plain values (numbers, strings, arrays and lists or
+    dicts of them: EarlyStopping's best and stopped_epoch, a user's counters), which the
+    caller copies into its own callback objects after a launched fit, as if they had run in
+    its process. The model, open files and writers stay behind."""
+    def plain(v) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(plain(x) for x in v)
+        if isinstance(v, dict):
+            return all(isinstance(k, str) and plain(x) for k, x in v.items())
+        return isinstance(v, _PLAIN)
+    return [{k: v for k, v in vars(cb).items() if k not in ("model", "params") and plain(v)}
+            for cb in callbacks]
 
 
 def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restarts: int = 0,

@@ -233,7 +233,10 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     task = task or make_task(cbs)
     task.checkpoint = checkpoint
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
-    return _finish(model, run_task(task, strat, model, devices, options, cluster), history)
+    result = run_task(task, strat, model, devices, options, cluster)
+    for callback, state in zip(task.callbacks, result.callback_states or []):
+        vars(callback).update(state)  # what the rank's copy ended with (EarlyStopping.best)
+    return _finish(model, result, history)
 
 
 def rank0_choice(name: str, options: dict) -> str:

@@ -271,3 +271,33 @@ def test_predict_in_a_callback_of_a_zero3_fit_says_why_it_cannot():
     with pytest.raises(RuntimeError, match=r"predict\(\) in a callback .* Call predict after"):
         m.fit(x, y, batch_size=8, epochs=1, verbose=0, strategy="zero3", devices=2,
               callbacks=[Peek()], timeout=60)
+
+
+def test_callbacks_of_a_ddp_fit_end_in_the_state_their_rank_copy_reached():
+    """The ranks train with copies of the callbacks; the caller's objects get their plain
+    state back (EarlyStopping's best, a user's counter), as after a one-process fit."""
+    import bigtrain.callbacks as cb
+    x = RNG.normal(size=(32, 5)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+
+    class Count(cb.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs, self.seen = 0, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs += 1
+            self.seen.append(round(float(logs["loss"]), 6))
+
+    def run(**kw):
+        bigtrain.set_seed(0)
+        i = Input(shape=(5,))
+        m = Model(i, Dense(2, activation="softmax")(Dense(4)(i)))
+        m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
+        es, count = cb.EarlyStopping(monitor="loss", patience=50), Count()
+        m.fit(x, y, batch_size=8, epochs=3, verbose=0, callbacks=[es, count], **kw)
+        return es, count
+    es1, c1 = run()
+    es2, c2 = run(strategy="ddp", devices=2, timeout=60)
+    assert c2.epochs == 3 and c2.seen == pytest.approx(c1.seen, abs=1e-5)
+    assert es2.best == pytest.approx(es1.best, abs=1e-5) and es2.best_epoch == es1.best_epoch
