@@ -205,7 +205,7 @@ def _worker(payload_path: str, timeout_s: float | None, caller: _Caller | None =
         return None
     # numpy arrays cross the process boundary as plain bytes (no shared-memory handles)
     result.state_dict = {k: v.numpy() for k, v in (result.state_dict or {}).items()}
-    result.callback_states = callback_states(task.callbacks)
+    result.callback_states = callback_states(getattr(task, "callbacks", []))
     return result
 
 
