@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 
@@ -17,11 +18,14 @@ from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import OutputLoss, get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
+from bigtrain.api.layers.base import weight_rules_of
+from bigtrain.api.regularizers import RegularizedTask, refuse_strategy
 from bigtrain.data.hf import from_hf, is_hf
 from bigtrain.data.streams import as_stream
 from bigtrain.engine.data import ArrayData, DatasetData, Loading, as_tensor_source
 from bigtrain.engine.feed import StreamData, check_stream, stream_data
 from bigtrain.engine.task import FitConfig, TrainTask
+from bigtrain.parallel.update_rules import UpdateRules
 
 DEFAULT_BATCH_SIZE = 32  # as Keras
 
@@ -261,11 +265,17 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
     for layer in c.deferred:
         layer.defer_activation = True
     metrics = _fresh_metrics(model)
-    return TrainTask(module=model.net, losses=_task_losses(c.losses, metrics),
-                     loss_weights=c.loss_weights, metrics=metrics, activations=c.activations,
-                     make_optimizer=c.optimizer.build, optimizer_name=c.optimizer.name,
-                     train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir,
-                     carry=carry)
+    rules = weight_rules_of(model.net)  # kernel_regularizer, kernel_constraint, ...
+    task_cls, extra, optimizer = TrainTask, {}, c.optimizer
+    if rules:  # the penalties' value joins the loss, their gradient the optimizer's hooks
+        task_cls, extra = RegularizedTask, {"weight_rules": rules}
+        optimizer = dataclasses.replace(optimizer, rules=dataclasses.replace(
+            optimizer.rules or UpdateRules(), weights=rules))
+    return task_cls(module=model.net, losses=_task_losses(c.losses, metrics),
+                    loss_weights=c.loss_weights, metrics=metrics, activations=c.activations,
+                    make_optimizer=optimizer.build, optimizer_name=optimizer.name,
+                    train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir,
+                    carry=carry, **extra)
 
 
 def _task_losses(losses: list, metrics: list[list]) -> list:
@@ -399,6 +409,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
     _refuse_masked_loss_on_ranks(model, devices, accumulate_steps)
+    if weight_rules_of(model.net):
+        refuse_strategy(strategy)
     check_stream(data, val, config)
     with output_activations(model, deferred=True):
         history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,

@@ -1,7 +1,9 @@
 """Keras's optimizer arguments that act around the torch optimizer's own update: gradient
 clipping (`clipnorm`, `global_clipnorm`, `clipvalue`), decoupled weight decay and the
-moving average of the weights (`use_ema`). They run as step hooks on the torch optimizer,
-in Keras's order: clip the gradients, decay the weights, update, then average.
+moving average of the weights (`use_ema`); and the model's weight penalties and
+constraints (`kernel_regularizer`, `kernel_constraint`: `weights`). They run as step hooks
+on the torch optimizer, in Keras's order: add the penalties' gradients, clip the
+gradients, decay the weights, update, average, then project the constrained weights.
 
 Exact under sharding: a gradient that is a DTensor shard (FSDP2, tensor parallel) has its
 norm summed over the mesh dimensions it is sharded on, so `global_clipnorm` sees the norm of
@@ -13,6 +15,7 @@ the whole model and `clipnorm` the norm of each whole variable, as one process d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -76,6 +79,11 @@ class UpdateRules:
             every ema_overwrite_frequency steps) the weights are replaced by it.
         ema_momentum: the average's momentum (first step: the weights themselves).
         ema_overwrite_frequency: steps between overwrites (None: only at the end of fit).
+        weights: the model's weight penalties and constraints, or None: an object with
+            `add_penalty_grads(params)` (before the step: each penalty's gradient added to
+            its weight's) and `after_step(params)` (constraints), each given the
+            optimizer's parameters and acting on those it regularizes or constrains
+            (bigtrain.api.regularizers.WeightRules).
     """
     clipnorm: float | None = None
     global_clipnorm: float | None = None
@@ -84,6 +92,7 @@ class UpdateRules:
     use_ema: bool = False
     ema_momentum: float = 0.99
     ema_overwrite_frequency: int | None = None
+    weights: Any = None
 
     def __post_init__(self):
         clips = [n for n in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(self, n)]
@@ -107,7 +116,7 @@ class UpdateRules:
 
     @property
     def active(self) -> bool:
-        return self.clips or bool(self.weight_decay) or self.use_ema
+        return self.clips or bool(self.weight_decay) or self.use_ema or self.weights is not None
 
     def attach(self, optimizer: torch.optim.Optimizer, norm_params=None) -> None:
         """Hook these rules into `optimizer` (before and after each `step`).
@@ -119,16 +128,22 @@ class UpdateRules:
                 (ZeRO-1); None: the optimizer's own parameters.
         """
         setattr(optimizer, _ATTR, self)
-        if self.clips or self.weight_decay:
+        if self.clips or self.weight_decay or self.weights is not None:
             optimizer.register_step_pre_hook(
                 lambda opt, args, kwargs: self.before_step(opt, norm_params))
         if self.use_ema:
             ema = EmaState(self)
             optimizer.register_step_post_hook(lambda opt, args, kwargs: ema.update(opt))
             optimizer._bigtrain_ema = ema
+        if self.weights is not None:  # after the average, as Keras
+            self.weights.after_step(_params(optimizer), project=False)  # the first values
+            optimizer.register_step_post_hook(
+                lambda opt, args, kwargs: self.weights.after_step(_params(opt)))
 
     @torch.no_grad()
     def before_step(self, optimizer, norm_params=None) -> None:
+        if self.weights is not None:  # part of the gradient, as in Keras's loss
+            self.weights.add_penalty_grads(_params(optimizer))
         groups = [(g, [p for p in g["params"] if p.grad is not None])
                   for g in optimizer.param_groups]
         grads = [p.grad for _, ps in groups for p in ps]
@@ -154,6 +169,10 @@ class UpdateRules:
                 lr = group["lr"]
                 for p in params:
                     _local(p).mul_(1.0 - float(lr) * self.weight_decay)
+
+
+def _params(optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
 
 
 class EmaState:

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.base import Layer, WeightOptions
 from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, local, reduce_from_tp, \
     shard_param
 
@@ -58,8 +58,21 @@ class MultiHeadAttention(Layer, SplitsItself):
     takes_list = True
 
     def __init__(self, num_heads: int, key_dim: int | None = None, value_dim: int | None = None,
-                 dropout: float = 0.0, use_bias: bool = True, output_shape=None, **kwargs):
+                 dropout: float = 0.0, use_bias: bool = True, output_shape=None,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, attention_axes=None, flash_attention=None, seed=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        if attention_axes is not None:
+            raise ValueError(f"MultiHeadAttention {self.name!r}: attention_axes="
+                             f"{attention_axes!r} is not supported; bigtrain attends over the "
+                             "steps axis of (batch, steps, features) inputs (drop it)")
+        del flash_attention, seed  # torch picks its fused kernel; dropout uses torch's RNG
+        self.weight_options = {
+            "kernel": WeightOptions("glorot_uniform", kernel_initializer, kernel_regularizer,
+                                    kernel_constraint),
+            "bias": WeightOptions("zeros", bias_initializer, bias_regularizer, bias_constraint)}
         if key_dim is None:
             raise ValueError(f"MultiHeadAttention {self.name!r} needs key_dim (the size of each "
                              "head's query and key), e.g. MultiHeadAttention(num_heads=4, "
@@ -127,14 +140,32 @@ class MultiHeadAttention(Layer, SplitsItself):
         self.key_kernel = nn.Parameter(torch.empty(k[1], h, kd))
         self.value_kernel = nn.Parameter(torch.empty(v[1], h, vd))
         self.output_kernel = nn.Parameter(torch.empty(h, vd, out))
-        for w in (self.query_kernel, self.key_kernel, self.value_kernel):
-            _glorot_keras(w, input_axes=1)  # (d, heads, dim): d in, heads x dim out
-        _glorot_keras(self.output_kernel, input_axes=2)  # (heads, dim, out)
+        kernel = self.weight_options["kernel"]
+        for w, axes in ((self.query_kernel, 1), (self.key_kernel, 1), (self.value_kernel, 1),
+                        (self.output_kernel, 2)):
+            # (d, heads, dim): d in, heads x dim out; output (heads, dim, out): out out
+            fans = (math.prod(w.shape[:axes]), math.prod(w.shape[axes:]))
+            if not kernel.init_(w, fans=fans):
+                _glorot_keras(w, input_axes=axes)
         if self.use_bias:
             self.query_bias = nn.Parameter(torch.zeros(h, kd))
             self.key_bias = nn.Parameter(torch.zeros(h, kd))
             self.value_bias = nn.Parameter(torch.zeros(h, vd))
             self.output_bias = nn.Parameter(torch.zeros(out))
+            for b in (self.query_bias, self.key_bias, self.value_bias, self.output_bias):
+                self.weight_options["bias"].init_(b)
+
+    def constrained_weights(self):
+        """Every projection's kernel and bias (Keras's layout is torch's here)."""
+        roles = [("kernel", w) for w in ("query", "key", "value", "output")]
+        if self.use_bias:
+            roles += [("bias", w) for w in ("query", "key", "value", "output")]
+        out = []
+        for role, which in roles:
+            opts = self.weight_options[role]
+            if opts.regularizer or opts.constraint:
+                out.append((f"{which}_{role}", _same, _same, opts))
+        return out
 
     def _project(self, x, role):
         """(B, T, d) -> (B, heads, T, dim) through the role's kernel (d, heads, dim)
@@ -198,7 +229,8 @@ class MultiHeadAttention(Layer, SplitsItself):
     def get_config(self):
         return {"name": self.name, "num_heads": self.num_heads, "key_dim": self.key_dim,
                 "value_dim": self.value_dim, "dropout": self.dropout,
-                "use_bias": self.use_bias, "output_shape": self.output_size}
+                "use_bias": self.use_bias, "output_shape": self.output_size,
+                **self.weight_options_config()}
 
 
 class Attention(Layer):

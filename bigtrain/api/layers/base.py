@@ -16,6 +16,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from bigtrain.api import constraints as keras_constraints
+from bigtrain.api import initializers as keras_initializers
+from bigtrain.api import regularizers as keras_regularizers
+
 _name_counters: dict[str, itertools.count] = defaultdict(itertools.count)
 
 
@@ -68,6 +72,36 @@ def _fmt(shape) -> str:
     return "(None, " + ", ".join(str(s) for s in shape) + ")"
 
 
+class WeightOptions:
+    """One Keras weight's `<role>_initializer`, `<role>_regularizer` and `<role>_constraint`.
+
+    `initializer` is None for the layer's own default (its build keeps the code it always
+    ran, so default weights are unchanged); `default` is that default's Keras name."""
+
+    def __init__(self, default: str, initializer=None, regularizer=None, constraint=None):
+        self.default = default
+        given = initializer is not None and not (
+            isinstance(initializer, str) and initializer.lower() == default)
+        self.initializer = keras_initializers.get(initializer) if given else None
+        self.regularizer = keras_regularizers.get(regularizer)
+        self.constraint = keras_constraints.get(constraint)
+
+    def init_(self, param, to_torch=None, fans=None, keras_shape=None) -> bool:
+        """Fill `param` with the given initializer; False (nothing done) for the default."""
+        if self.initializer is None:
+            return False
+        keras_initializers.fill_(param, self.initializer, to_torch, fans, keras_shape)
+        return True
+
+    def config(self, role: str) -> dict:
+        """The constructor arguments of this weight, JSON-able (Model.save)."""
+        init = self.default if self.initializer is None else \
+            keras_initializers.serialize(self.initializer)
+        return {f"{role}_initializer": init,
+                f"{role}_regularizer": keras_regularizers.serialize(self.regularizer),
+                f"{role}_constraint": keras_constraints.serialize(self.constraint)}
+
+
 class Layer(nn.Module):
     """Base class of every Keras-style layer.
 
@@ -87,8 +121,16 @@ class Layer(nn.Module):
     takes_mask = False
 
     def __init__(self, name: str | None = None, input_shape: tuple | None = None,
-                 input_dim: int | None = None):
+                 input_dim: int | None = None, activity_regularizer=None):
         super().__init__()
+        if activity_regularizer is not None:
+            raise ValueError(f"activity_regularizer={activity_regularizer!r} is not supported: "
+                             "a penalty on a layer's outputs would have to reach the loss "
+                             "from inside the forward pass, which pipeline stages and "
+                             "sharded batches do not share; use kernel_regularizer/"
+                             "bias_regularizer, or add the penalty to a custom loss")
+        #: Keras's initializer/regularizer/constraint per weight role ("kernel", "bias")
+        self.weight_options: dict[str, WeightOptions] = {}
         self.name = name or unique_name(_snake(type(self).__name__))
         self.built = False
         self.input_shape_ = None  # shape(s) it was built for, without the batch axis
@@ -108,6 +150,31 @@ class Layer(nn.Module):
         two callables convert one tensor's layout (e.g. a conv kernel's axis order).
         """
         return None
+
+    def weight_roles(self) -> dict[str, str]:
+        """Keras weight role ("kernel", "bias", ...) -> its state-dict key in this layer,
+        for the roles in `weight_options` (the weights regularizers and constraints read)."""
+        return {}
+
+    def weight_options_config(self) -> dict:
+        """The initializer/regularizer/constraint arguments of every weight (get_config)."""
+        out = {}
+        for role, opts in self.weight_options.items():
+            out.update(opts.config(role))
+        return out
+
+    def constrained_weights(self) -> list[tuple[str, Callable, Callable, WeightOptions]]:
+        """(state key, torch->Keras, Keras->torch, options) of each weight that has a
+        regularizer or a constraint."""
+        slots = {key: (to_keras, to_torch) for key, to_keras, to_torch in
+                 (self.keras_weights() or [])}
+        out = []
+        for role, key in self.weight_roles().items():
+            opts = self.weight_options.get(role)
+            if opts is not None and (opts.regularizer or opts.constraint):
+                to_keras, to_torch = slots.get(key, (None, None))
+                out.append((key, to_keras, to_torch, opts))
+        return out
 
     # ---- to implement --------------------------------------------------------------------
     def build(self, input_shape) -> None:
@@ -246,3 +313,10 @@ def Input(shape, dtype="float32", name: str | None = None) -> KerasTensor:
     out = KerasTensor(tuple(shape), torch_dtype, node, 0)
     node.outputs.append(out)
     return out
+
+
+def weight_rules_of(net: nn.Module) -> keras_regularizers.WeightRules:
+    """The regularized and constrained weights of every layer in `net` (for fit)."""
+    return keras_regularizers.WeightRules(
+        [(layer, *slot) for layer in net.modules() if isinstance(layer, Layer)
+         for slot in layer.constrained_weights()])

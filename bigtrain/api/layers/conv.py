@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.activations import get_activation
-from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.base import Layer, WeightOptions
 from bigtrain.api.layers.padding import as_tuple, same_padding, window_output
 from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, gather_from_tp, local, \
     shard_param
@@ -51,8 +51,18 @@ class _Conv(Layer, SplitsItself):
     paddings = ("valid", "same")
 
     def __init__(self, filters: int, kernel_size, strides=1, padding="valid", data_format=None,
-                 dilation_rate=1, groups=1, activation=None, use_bias=True, **kwargs):
+                 dilation_rate=1, groups=1, activation=None, use_bias=True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, lora_rank=None, **kwargs):
         super().__init__(**kwargs)
+        if lora_rank is not None:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: lora_rank={lora_rank!r} is "
+                             "not supported (bigtrain has no LoRA adapters); drop it")
+        self.weight_options = {
+            "kernel": WeightOptions("glorot_uniform", kernel_initializer, kernel_regularizer,
+                                    kernel_constraint),
+            "bias": WeightOptions("zeros", bias_initializer, bias_regularizer, bias_constraint)}
         n = self.rank
         if not isinstance(filters, int) or filters <= 0:
             raise ValueError(f"{type(self).__name__} filters must be a positive integer, "
@@ -124,9 +134,27 @@ class _Conv(Layer, SplitsItself):
         self._check_groups(channels)
         self.conv = self._spatial_conv(spatial, channels, self.filters, self.groups, self.use_bias)
         area = math.prod(self.kernel_size)
-        glorot_(self.conv.weight, area * channels // self.groups, area * self.filters)
-        if self.use_bias:
-            nn.init.zeros_(self.conv.bias)
+        if not self._init_kernel("kernel", self.conv.weight, _to_torch_kernel,
+                                 (*self.kernel_size, channels // self.groups, self.filters)):
+            glorot_(self.conv.weight, area * channels // self.groups, area * self.filters)
+        self._init_bias(self.conv)
+
+    def _init_kernel(self, role, weight, to_torch, keras_shape) -> bool:
+        """Fill `weight` with the role's given initializer drawn in the Keras shape; False
+        for the layer's default (the caller's own code then runs, unchanged)."""
+        return self.weight_options[role].init_(weight, to_torch, keras_shape=keras_shape)
+
+    def _init_bias(self, conv) -> None:
+        if self.use_bias and not self.weight_options["bias"].init_(conv.bias):
+            nn.init.zeros_(conv.bias)
+
+    def weight_roles(self):
+        keys = dict(self.keras_weights_keys())
+        return {role: keys[role] for role in self.weight_options if role in keys}
+
+    def keras_weights_keys(self) -> list[tuple[str, str]]:
+        """(Keras role, state key) of this layer's weights."""
+        return [("kernel", "conv.weight")] + ([("bias", "conv.bias")] if self.use_bias else [])
 
     def keras_weights(self):
         slots = [("conv.weight", _to_keras_kernel, _to_torch_kernel)]
@@ -183,7 +211,7 @@ class _Conv(Layer, SplitsItself):
                 "strides": list(self.strides), "padding": self.padding,
                 "data_format": self.data_format, "dilation_rate": list(self.dilation_rate),
                 "groups": self.groups, "activation": self.activation_name,
-                "use_bias": self.use_bias}
+                "use_bias": self.use_bias, **self.weight_options_config()}
 
 
 class Conv1D(_Conv):
@@ -256,9 +284,10 @@ class Conv2DTranspose(_Conv):
                                             self.strides, dilation=self.dilation_rate,
                                             bias=self.use_bias, crop=self._crop)
         area = math.prod(self.kernel_size)
-        glorot_(self.conv.weight, area * self.filters, area * channels)  # Keras (kh, kw, out, in)
-        if self.use_bias:
-            nn.init.zeros_(self.conv.bias)
+        if not self._init_kernel("kernel", self.conv.weight, _to_torch_kernel,
+                                 (*self.kernel_size, self.filters, channels)):
+            glorot_(self.conv.weight, area * self.filters, area * channels)  # (kh, kw, out, in)
+        self._init_bias(self.conv)
 
     def _run(self, x):
         return self.conv(x)
@@ -307,18 +336,26 @@ class DepthwiseConv2D(_Conv):
 
     def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1,
                  data_format=None, dilation_rate=1, activation=None, use_bias=True, **kwargs):
+        options = _pop_options(kwargs, "depthwise")
         super().__init__(1, kernel_size, strides, padding, data_format, dilation_rate, 1,
                          activation, use_bias, **kwargs)
+        self.weight_options = {"depthwise": options["depthwise"],
+                               "bias": self.weight_options["bias"]}
         self.depth_multiplier = int(depth_multiplier)
+
+    def keras_weights_keys(self):
+        return [("depthwise", "conv.weight")] + ([("bias", "conv.bias")] if self.use_bias
+                                                 else [])
 
     def build(self, input_shape):
         spatial, channels = self._split(input_shape)
         self.filters = channels * self.depth_multiplier
         self.conv = self._spatial_conv(spatial, channels, self.filters, channels, self.use_bias)
         area = math.prod(self.kernel_size)
-        glorot_(self.conv.weight, area * channels, area * self.depth_multiplier)
-        if self.use_bias:
-            nn.init.zeros_(self.conv.bias)
+        if not self._init_kernel("depthwise", self.conv.weight, _depthwise_to_torch,
+                                 (*self.kernel_size, channels, self.depth_multiplier)):
+            glorot_(self.conv.weight, area * channels, area * self.depth_multiplier)
+        self._init_bias(self.conv)
 
     def compute_output_shape(self, input_shape):
         spatial, channels = self._split(input_shape)
@@ -344,9 +381,15 @@ class SeparableConv2D(_Conv):
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
                  dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True, **kwargs):
+        options = _pop_options(kwargs, "depthwise", "pointwise")
         super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
                          activation, use_bias, **kwargs)
+        self.weight_options = {**options, "bias": self.weight_options["bias"]}
         self.depth_multiplier = int(depth_multiplier)
+
+    def keras_weights_keys(self):
+        return [("depthwise", "depthwise.weight"), ("pointwise", "pointwise.weight")] + (
+            [("bias", "pointwise.bias")] if self.use_bias else [])
 
     def build(self, input_shape):
         spatial, channels = self._split(input_shape)
@@ -354,10 +397,13 @@ class SeparableConv2D(_Conv):
         self.depthwise = self._spatial_conv(spatial, channels, inner, channels, False)
         self.pointwise = nn.Conv2d(inner, self.filters, 1, bias=self.use_bias)
         area = math.prod(self.kernel_size)
-        glorot_(self.depthwise.weight, area * channels, area * self.depth_multiplier)
-        glorot_(self.pointwise.weight, inner, self.filters)
-        if self.use_bias:
-            nn.init.zeros_(self.pointwise.bias)
+        if not self._init_kernel("depthwise", self.depthwise.weight, _depthwise_to_torch,
+                                 (*self.kernel_size, channels, self.depth_multiplier)):
+            glorot_(self.depthwise.weight, area * channels, area * self.depth_multiplier)
+        if not self._init_kernel("pointwise", self.pointwise.weight, _to_torch_kernel,
+                                 (1, 1, inner, self.filters)):
+            glorot_(self.pointwise.weight, inner, self.filters)
+        self._init_bias(self.pointwise)
 
     def _run(self, x):
         return self.pointwise(self.depthwise(x))
@@ -372,3 +418,17 @@ class SeparableConv2D(_Conv):
         config = super().get_config()
         config.pop("groups")
         return {**config, "depth_multiplier": self.depth_multiplier}
+
+
+def _pop_options(kwargs: dict, *roles: str) -> dict:
+    """WeightOptions of the depthwise/pointwise kernels, taken out of `kwargs` (Keras's
+    glorot_uniform default). These layers have no `kernel`: kernel_* is refused, as Keras
+    refuses it, rather than ignored."""
+    given = sorted(k for k in kwargs if k.startswith("kernel_"))
+    if given:
+        raise ValueError(f"{', '.join(given)}: this layer's kernels are "
+                         f"{' and '.join(roles)}; pass {roles[0]}_initializer etc. instead")
+    return {role: WeightOptions("glorot_uniform", kwargs.pop(f"{role}_initializer",
+                                                             "glorot_uniform"),
+                                kwargs.pop(f"{role}_regularizer", None),
+                                kwargs.pop(f"{role}_constraint", None)) for role in roles}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.activations import HALVES_LAST_AXIS, get_activation
-from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.base import Layer, WeightOptions
 
 
 def _same(t):
@@ -42,12 +42,22 @@ class Dense(Layer):
 
     supports_masking = True  # passes a time-step mask on, as Keras
 
-    def __init__(self, units: int, activation=None, use_bias: bool = True, **kwargs):
+    def __init__(self, units: int, activation=None, use_bias: bool = True,
+                 kernel_initializer="glorot_uniform", bias_initializer="zeros",
+                 kernel_regularizer=None, bias_regularizer=None, kernel_constraint=None,
+                 bias_constraint=None, lora_rank=None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"Dense units must be a positive integer, got {units!r}")
+        if lora_rank is not None:
+            raise ValueError(f"Dense {self.name!r}: lora_rank={lora_rank!r} is not supported "
+                             "(bigtrain has no LoRA adapters); drop it")
         self.units = units
         self.use_bias = use_bias
+        self.weight_options = {
+            "kernel": WeightOptions("glorot_uniform", kernel_initializer, kernel_regularizer,
+                                    kernel_constraint),
+            "bias": WeightOptions("zeros", bias_initializer, bias_regularizer, bias_constraint)}
         self.activation_name, self.activation = get_activation(activation, halving_ok=True)
         if self.activation_name in HALVES_LAST_AXIS and units % 2:
             raise ValueError(f"Dense(units={units}, activation={activation!r}): "
@@ -61,9 +71,15 @@ class Dense(Layer):
         if len(input_shape) < 1:
             raise ValueError("Dense needs inputs with at least one feature axis")
         self.linear = nn.Linear(input_shape[-1], self.units, bias=self.use_bias)
-        nn.init.xavier_uniform_(self.linear.weight)  # Keras glorot_uniform
-        if self.use_bias:
+        if not self.weight_options["kernel"].init_(self.linear.weight, _transpose,
+                                                   keras_shape=(input_shape[-1], self.units)):
+            nn.init.xavier_uniform_(self.linear.weight)  # Keras glorot_uniform
+        if self.use_bias and not self.weight_options["bias"].init_(self.linear.bias):
             nn.init.zeros_(self.linear.bias)
+
+    def weight_roles(self):
+        return {"kernel": "linear.weight", "bias": "linear.bias"} if self.use_bias else \
+            {"kernel": "linear.weight"}
 
     def compute_output_shape(self, input_shape):
         return _activated_shape((*input_shape[:-1], self.units), self.activation_name)
@@ -81,7 +97,7 @@ class Dense(Layer):
             raise ValueError(f"layer {self.name!r} uses a callable activation, which cannot be "
                              "saved as JSON; use a named activation or save_weights()")
         return {"name": self.name, "units": self.units, "activation": self.activation_name,
-                "use_bias": self.use_bias}
+                "use_bias": self.use_bias, **self.weight_options_config()}
 
 
 class Activation(Layer):
@@ -198,14 +214,34 @@ class Embedding(Layer):
     """
 
     def __init__(self, input_dim: int, output_dim: int, sparse: bool = False,
-                 mask_zero: bool = False, **kwargs):
+                 mask_zero: bool = False, embeddings_initializer="uniform",
+                 embeddings_regularizer=None, embeddings_constraint=None,
+                 input_length=None, weights=None, lora_rank=None, **kwargs):
         super().__init__(**kwargs)
+        for arg, value, why in (("weights", weights, "set them with set_weights() after "
+                                 "building the model"),
+                                ("lora_rank", lora_rank, "bigtrain has no LoRA adapters")):
+            if value is not None:
+                raise ValueError(f"Embedding {self.name!r}: {arg}= is not supported ({why})")
         self.input_dim, self.output_dim, self.sparse = int(input_dim), int(output_dim), sparse
         self.mask_zero = self.makes_mask = bool(mask_zero)
+        self.weight_options = {"embeddings": WeightOptions(
+            "uniform", embeddings_initializer, embeddings_regularizer, embeddings_constraint)}
+        opts = self.weight_options["embeddings"]
+        if sparse and (opts.regularizer or opts.constraint):
+            raise ValueError(f"Embedding {self.name!r}: embeddings_regularizer/"
+                             "embeddings_constraint with sparse=True is not supported (a "
+                             "sparse gradient holds only the touched rows, a penalty or "
+                             "constraint reads them all); drop sparse=True or the argument")
+        del input_length  # Keras 3 ignores it too (the input shape comes from Input)
 
     def build(self, input_shape):
         self.embedding = nn.Embedding(self.input_dim, self.output_dim, sparse=self.sparse)
-        nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras default
+        if not self.weight_options["embeddings"].init_(self.embedding.weight):
+            nn.init.uniform_(self.embedding.weight, -0.05, 0.05)  # Keras default
+
+    def weight_roles(self):
+        return {"embeddings": "embedding.weight"}
 
     def compute_output_shape(self, input_shape):
         return (*input_shape, self.output_dim)
@@ -227,29 +263,62 @@ class Embedding(Layer):
 
     def get_config(self):
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
-                "sparse": self.sparse, "mask_zero": self.mask_zero}
+                "sparse": self.sparse, "mask_zero": self.mask_zero,
+                **self.weight_options_config()}
 
 
 class LayerNormalization(Layer):
-    """`keras.layers.LayerNormalization` over the last axis (epsilon 1e-3 as in Keras)."""
+    """`keras.layers.LayerNormalization` over the last axis (epsilon 1e-3 as in Keras).
+
+    center=False / scale=False drop beta / gamma (from the weights too, as Keras).
+    """
 
     supports_masking = True  # passes a time-step mask on, as Keras
 
-    def __init__(self, epsilon: float = 1e-3, **kwargs):
+    def __init__(self, axis=-1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
+                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
+                 rms_scaling: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.epsilon = epsilon
+        if rms_scaling:
+            raise ValueError(f"LayerNormalization {self.name!r}: rms_scaling=True is not "
+                             "supported; drop it (or use center=False for no offset)")
+        self.axis, self.epsilon = axis, epsilon
+        self.center, self.scale = bool(center), bool(scale)
+        self.weight_options = {
+            "gamma": WeightOptions("ones", gamma_initializer, gamma_regularizer,
+                                   gamma_constraint),
+            "beta": WeightOptions("zeros", beta_initializer, beta_regularizer, beta_constraint)}
 
     def build(self, input_shape):
-        self.norm = nn.LayerNorm(input_shape[-1], eps=self.epsilon)
+        if self.axis not in (-1, len(input_shape), [-1], (-1,)):
+            shape = ", ".join(map(str, input_shape))
+            raise ValueError(f"LayerNormalization {self.name!r}: axis={self.axis} is not "
+                             "supported; bigtrain normalizes over the last axis (axis=-1) of "
+                             f"inputs of shape (None, {shape})")
+        self.norm = nn.LayerNorm(input_shape[-1], eps=self.epsilon,
+                                 elementwise_affine=self.scale or self.center,
+                                 bias=self.center)
+        if self.scale:
+            self.weight_options["gamma"].init_(self.norm.weight)
+        elif self.center:
+            self.norm.weight = None  # no gamma: torch's kernel multiplies by 1
+        if self.center:
+            self.weight_options["beta"].init_(self.norm.bias)
 
     def call(self, x):
         return self.norm(x)
 
-    def keras_weights(self):  # gamma, beta
-        return [("norm.weight", _same, _same), ("norm.bias", _same, _same)]
+    def weight_roles(self):
+        return {**({"gamma": "norm.weight"} if self.scale else {}),
+                **({"beta": "norm.bias"} if self.center else {})}
+
+    def keras_weights(self):  # gamma (if scale), beta (if center)
+        return [(key, _same, _same) for key in self.weight_roles().values()]
 
     def get_config(self):
-        return {"name": self.name, "epsilon": self.epsilon}
+        return {"name": self.name, "axis": self.axis, "epsilon": self.epsilon,
+                "center": self.center, "scale": self.scale, **self.weight_options_config()}
 
 
 class _KerasBatchNorm(nn.BatchNorm1d):

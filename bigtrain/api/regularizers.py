@@ -1,0 +1,259 @@
+"""Keras's weight regularizers (`keras.regularizers`): L1, L2 and L1L2 penalties.
+
+Keras adds the sum of every penalty to the loss. bigtrain splits that sum in two, so it is
+exact under every strategy: the penalty's gradient is added to the weight's gradient in
+the optimizer's step hook (bigtrain.parallel.update_rules; element-wise, so it runs on a
+sharded weight's local piece, once per step whatever the ranks and micro-batches), and its
+value is added, without a gradient, to the task's loss (`RegularizedTask`), so the logged
+`loss` is Keras's. `WeightRules` also projects the constrained weights after each step
+(bigtrain.api.constraints).
+
+Example:
+    Dense(64, kernel_regularizer=regularizers.l2(1e-4))
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from bigtrain.engine.task import TrainTask
+
+
+class Regularizer:
+    """Base class: `reg(w)` is the penalty (a 0-dim tensor), `reg.grad(w)` its gradient."""
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grad(self, w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def get_config(self) -> dict:
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class L1L2(Regularizer):
+    """l1 * sum(|w|) + l2 * sum(w ** 2)."""
+
+    def __init__(self, l1: float = 0.0, l2: float = 0.0):
+        for name, value in (("l1", l1), ("l2", l2)):
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"{type(self).__name__} {name} must be a number >= 0, "
+                                 f"got {value!r}")
+        self.l1, self.l2 = float(l1), float(l2)
+
+    def __call__(self, w):
+        w = w.detach().float()
+        out = w.new_zeros(())
+        if self.l1:
+            out = out + self.l1 * w.abs().sum()
+        if self.l2:
+            out = out + self.l2 * w.square().sum()
+        return out
+
+    def grad(self, w):
+        out = torch.zeros_like(w)
+        if self.l1:
+            out.add_(torch.sign(w), alpha=self.l1)  # Keras's d|w|/dw: 0 at w = 0
+        if self.l2:
+            out.add_(w, alpha=2.0 * self.l2)
+        return out
+
+    def get_config(self):
+        return {"l1": self.l1, "l2": self.l2}
+
+
+class L1(L1L2):
+    def __init__(self, l1: float = 0.01):
+        super().__init__(l1=l1)
+
+    def get_config(self):
+        return {"l1": self.l1}
+
+
+class L2(L1L2):
+    def __init__(self, l2: float = 0.01):
+        super().__init__(l2=l2)
+
+    def get_config(self):
+        return {"l2": self.l2}
+
+
+def l1_l2(l1: float = 0.01, l2: float = 0.01) -> L1L2:
+    """Keras's `l1_l2` function: both penalties, 0.01 each by default."""
+    return L1L2(l1, l2)
+
+
+l1, l2 = L1, L2  # Keras's lower-case aliases
+_BY_NAME = {"l1": L1, "l2": L2, "l1_l2": l1_l2, "l1l2": L1L2}
+
+
+def get(identifier) -> Regularizer | None:
+    """A Regularizer from None, a Keras name ("l2"), an instance or a config dict.
+
+    Example:
+        get("l2"); get(L1L2(l1=1e-5, l2=1e-4))
+    """
+    if identifier is None or isinstance(identifier, Regularizer):
+        return identifier
+    if isinstance(identifier, dict) and "class_name" in identifier:
+        cls = _BY_NAME.get(str(identifier["class_name"]).lower())
+        if cls is not None:
+            return cls(**identifier.get("config", {}))
+    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
+        return _BY_NAME[identifier.lower()]()
+    raise ValueError(f"unknown regularizer {identifier!r}; give 'l1', 'l2', 'l1_l2', a "
+                     "bigtrain.regularizers object (L1, L2, L1L2) or its config dict")
+
+
+def serialize(reg: Regularizer | None) -> dict | None:
+    return None if reg is None else {"class_name": type(reg).__name__,
+                                     "config": reg.get_config()}
+
+
+# ---- the model's penalties and constraints in fit ----------------------------------------
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t._local_tensor if isinstance(t, DTensor) else t
+
+
+def _whole_sum(value: torch.Tensor, p: DTensor) -> torch.Tensor:
+    """A sum over a DTensor's local piece -> the sum over the whole tensor (all-reduced
+    over the mesh dimensions it is sharded on)."""
+    for dim, placement in enumerate(p.placements):
+        if placement.is_shard():
+            dist.all_reduce(value, group=p.device_mesh.get_group(dim))
+    return value
+
+
+@dataclass
+class _Weight:
+    layer: torch.nn.Module
+    key: str  # the state-dict key inside the layer, e.g. "linear.weight"
+    to_keras: Any  # torch layout -> Keras layout (None: the same)
+    to_torch: Any
+    regularizer: Regularizer | None
+    constraint: Any
+
+
+class WeightRules:
+    """The regularized and constrained weights of a model, for the optimizer's step hooks
+    (bigtrain.parallel.update_rules.UpdateRules.weights) and the task's loss.
+
+    Each hook acts on the weights the optimizer holds (a ZeRO-1 rank's partition, a
+    pipeline stage's layers) through their current parameter objects (a sharded strategy
+    replaces them), so one code path serves every strategy. A penalty's gradient is
+    element-wise: it is added on a sharded weight's local piece. A norm constraint reads
+    the whole weight (gathered when sharded); a penalty's value, for the loss, is computed
+    from the whole weight where it is at hand and, for a sharded one, after each step (its
+    pieces' sums all-reduced) when every rank runs the hook.
+    """
+
+    def __init__(self, weights: list[tuple]):
+        """`weights`: (layer, state key, torch->Keras, Keras->torch, WeightOptions) of each
+        regularized or constrained weight (bigtrain.api.layers.base.weight_rules_of)."""
+        self.weights = [_Weight(layer, key, to_keras, to_torch, opts.regularizer,
+                                opts.constraint)
+                        for layer, key, to_keras, to_torch, opts in weights]
+        self._sharded_penalty: dict[int, torch.Tensor] = {}  # index -> value, DTensors
+
+    def __bool__(self):
+        return bool(self.weights)
+
+    def _held(self, params) -> list[tuple[int, _Weight, torch.Tensor]]:
+        ids = {id(p) for p in params}
+        found = [(i, w, w.layer.get_parameter(w.key)) for i, w in enumerate(self.weights)]
+        return [(i, w, p) for i, w, p in found if id(p) in ids]
+
+    @torch.no_grad()
+    def add_penalty_grads(self, params) -> None:
+        """Before the step: each penalty's gradient into its weight's gradient."""
+        for _, w, p in self._held(params):
+            if w.regularizer is None:
+                continue
+            if p.grad is None:  # a weight the loss does not read still has its penalty
+                p.grad = torch.zeros_like(p)
+            _local(p.grad).add_(w.regularizer.grad(_local(p)))
+
+    @torch.no_grad()
+    def after_step(self, params, project: bool = True) -> None:
+        """After the step: project the constrained weights (`project`), then note the
+        penalties of the sharded ones (the next loss reads them)."""
+        held = self._held(params)
+        if project:
+            for _, w, p in held:
+                if w.constraint is not None:
+                    _project(p, w)
+        for i, w, p in held:
+            if w.regularizer is not None and isinstance(p, DTensor):
+                self._sharded_penalty[i] = _whole_sum(w.regularizer(_local(p)), p)
+
+    @torch.no_grad()
+    def penalty(self, device) -> torch.Tensor:
+        """The sum of every penalty at the current weights (0-dim float32 on `device`)."""
+        total = torch.zeros((), device=device)
+        for i, w in enumerate(self.weights):
+            if w.regularizer is None:
+                continue
+            p = w.layer.get_parameter(w.key)
+            value = self._sharded_penalty.get(i) if isinstance(p, DTensor) else w.regularizer(p)
+            if value is None:
+                raise RuntimeError(f"the penalty of sharded weight {w.key!r} was not computed "
+                                   "by the optimizer's hooks (is it in the optimizer?)")
+            total += value.to(device)
+        return total
+
+
+def _project(p: torch.Tensor, w: _Weight) -> None:
+    """`p` := constraint(p), computed in Keras's layout of the weight."""
+    c = w.constraint
+    if isinstance(p, DTensor) and not c.reads_norms:  # element-wise: on the local piece
+        _local(p).copy_(c(_local(p)))
+        return
+    whole = p.full_tensor() if isinstance(p, DTensor) else p
+    keras = whole if w.to_keras is None else w.to_keras(whole)
+    new = c(keras)
+    new = new if w.to_torch is None else w.to_torch(new)
+    if isinstance(p, DTensor):
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+        shape, offset = compute_local_shape_and_global_offset(new.shape, p.device_mesh,
+                                                              p.placements)
+        new = new[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+    _local(p).copy_(new)
+
+
+@dataclass
+class RegularizedTask(TrainTask):
+    """A TrainTask whose loss adds the model's penalties, as Keras's does: their value only
+    (the gradient is added in the optimizer's step hook, once per step)."""
+    weight_rules: WeightRules | None = None
+
+    def compute_loss(self, outputs, targets, sample_weight):
+        loss = super().compute_loss(outputs, targets, sample_weight)
+        return loss + self.weight_rules.penalty(loss.device).to(loss.dtype)
+
+
+def refuse_strategy(strategy) -> None:
+    """Refuse, before any process starts, a strategy under which the penalties' value or
+    gradient would not be Keras's."""
+    from bigtrain.parallel.base import resolve_strategy
+    if strategy == "auto" or strategy is None:
+        return
+    strat = resolve_strategy(strategy)
+    if strat.owns_step:
+        raise ValueError(f"kernel/bias/embeddings regularizers and constraints are not "
+                         f"supported under strategy {strat.name!r}: its loss is computed on "
+                         "one pipeline stage (or on servers), which does not hold every "
+                         "regularized weight; use ddp, zero1/zero2/zero3 or tensor")
+    if strat.name == "ddp_cpu_optimizer":
+        raise ValueError("kernel/bias/embeddings regularizers and constraints are not "
+                         "supported under strategy 'ddp_cpu_optimizer' (its optimizer steps "
+                         "host copies of the weights); use ddp, zero1 or fsdp_offload")
