@@ -240,20 +240,30 @@ class RegularizedTask(TrainTask):
         loss = super().compute_loss(outputs, targets, sample_weight)
         return loss + self.weight_rules.penalty(loss.device).to(loss.dtype)
 
+    def strategy_refusal(self, strategy) -> str | None:
+        return why_refused(strategy)
+
+
+def why_refused(strat) -> str | None:
+    """Why the penalties' value or gradient would not be Keras's under Strategy `strat`."""
+    if strat.owns_step:
+        return (f"kernel/bias/embeddings regularizers and constraints are not supported "
+                f"under strategy {strat.name!r}: its loss is computed on one pipeline stage "
+                "(or on servers), which does not hold every regularized weight; use ddp, "
+                "zero1/zero2/zero3 or tensor")
+    if strat.name == "ddp_cpu_optimizer":
+        return ("kernel/bias/embeddings regularizers and constraints are not supported under "
+                "strategy 'ddp_cpu_optimizer' (its optimizer steps host copies of the "
+                "weights); use ddp, zero1 or fsdp_offload")
+    return None
+
 
 def refuse_strategy(strategy) -> None:
     """Refuse, before any process starts, a strategy under which the penalties' value or
-    gradient would not be Keras's."""
+    gradient would not be Keras's ("auto" leaves those out: `strategy_refusal`)."""
     from bigtrain.parallel.base import resolve_strategy
     if strategy == "auto" or strategy is None:
         return
-    strat = resolve_strategy(strategy)
-    if strat.owns_step:
-        raise ValueError(f"kernel/bias/embeddings regularizers and constraints are not "
-                         f"supported under strategy {strat.name!r}: its loss is computed on "
-                         "one pipeline stage (or on servers), which does not hold every "
-                         "regularized weight; use ddp, zero1/zero2/zero3 or tensor")
-    if strat.name == "ddp_cpu_optimizer":
-        raise ValueError("kernel/bias/embeddings regularizers and constraints are not "
-                         "supported under strategy 'ddp_cpu_optimizer' (its optimizer steps "
-                         "host copies of the weights); use ddp, zero1 or fsdp_offload")
+    reason = why_refused(resolve_strategy(strategy))
+    if reason:
+        raise ValueError(reason)

@@ -179,6 +179,11 @@ class TrainTask:
     def metric_names(self) -> list[str]:
         return [m.name for ms in self.metrics for m in ms]
 
+    def strategy_refusal(self, strategy) -> str | None:
+        """Why this task cannot train exactly under `strategy` (a Strategy), or None; the
+        planner leaves such strategies out of strategy="auto"."""
+        return None
+
     def compute_loss(self, outputs, targets, sample_weight):
         """Total loss: the weighted sum of every output's loss (mean over the batch)."""
         if len(self.losses) == 1:

@@ -103,6 +103,16 @@ def model_refusals(module, devices: int) -> dict[str, str]:
     return refused
 
 
+def task_refusals(task) -> dict[str, str]:
+    """Registered strategy name -> why `task` cannot train exactly under it (e.g. weight
+    regularizers under a pipeline), for the planner's `refused`."""
+    from bigtrain.parallel.base import strategy_names
+    if task is None:
+        return {}
+    reasons = {name: task.strategy_refusal(resolve_strategy(name)) for name in strategy_names()}
+    return {name: why for name, why in reasons.items() if why}
+
+
 def example_input(data, module):
     """The first sample of fit's array data, as the model takes it (a tensor, or a tuple
     for several inputs) with a batch dimension of 1, for the planner; None for a Dataset
@@ -115,7 +125,7 @@ def example_input(data, module):
     return tuple(inputs) if isinstance(inputs, (list, tuple)) else inputs
 
 
-def choose_auto(model, devices, config, sample=None) -> str:
+def choose_auto(model, devices, config, sample=None, task=None) -> str:
     """strategy="auto": the planner's first choice among the registered strategies (for
     the job's ranks when a launcher started this process), profiled on `sample` (one
     sample of the real inputs; None: guessed from the first layer)."""
@@ -133,7 +143,7 @@ def choose_auto(model, devices, config, sample=None) -> str:
     p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
              optimizer=model.compiled.optimizer.name or "adam", device=device,
              example_input=sample,
-             refused=model_refusals(model.net, n))
+             refused={**model_refusals(model.net, n), **task_refusals(task)})
     for est in p.estimates:
         if est.fits and est.strategy in strategy_names():
             if dist_env.is_main_process():
@@ -217,7 +227,8 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     task = None
     if strategy == "auto":  # the planner profiles the model on a sample of the real data
         task = make_task(cbs)
-        strategy = choose_auto(model, devices, config, example_input(task.train, model.net))
+        strategy = choose_auto(model, devices, config, example_input(task.train, model.net),
+                               task)
         strategy = rank0_choice(strategy, options)
     world = launched_world_size()
     if world is not None and world > 1 and strategy is None:

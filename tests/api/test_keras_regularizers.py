@@ -155,3 +155,25 @@ def test_strategies_match_one_process(strategy):
     w, loss = _strategy_fit(strategy, accumulate=2)
     assert _diff(ref_w, w) <= TOL
     assert np.allclose(ref_loss, loss, atol=TOL), (ref_loss, loss)
+
+
+def test_auto_leaves_out_the_strategies_a_regularized_model_cannot_use(monkeypatch):
+    """strategy="auto" hands the planner the strategies the penalties refuse (pipelines,
+    parameter servers), so it cannot pick one of them."""
+    import bigtrain.plan
+    from bigtrain.launch import runner
+    seen = {}
+
+    def fake_plan(*args, refused=None, **kwargs):
+        seen.update(refused or {})
+        raise KeyboardInterrupt  # stop before planning
+    monkeypatch.setattr(bigtrain.plan, "plan", fake_plan)
+    i = Input(shape=(4,))
+    m = Model(i, Dense(2, kernel_regularizer=br.L2(0.1))(i))
+    m.compile(optimizer="sgd", loss="mse")
+    x = np.zeros((8, 4), "float32")
+    with pytest.raises(KeyboardInterrupt):
+        m.fit(x, x[:, :2], batch_size=4, verbose=0, strategy="auto", devices=2)
+    assert "regularizers" in seen.get("pipeline", "") and "ddp_cpu_optimizer" in seen
+    assert "ddp" not in seen and "zero3" not in seen
+    assert runner.task_refusals(None) == {}
