@@ -25,6 +25,7 @@ run resumes from its newest checkpoint when `checkpoint_dir` is set.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import tempfile
@@ -267,6 +268,11 @@ def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restart
                 results = elastic_launch(config, _worker)(payload, timeout, _Caller())
         except ChildFailedError as e:
             raise RuntimeError(_root_cause(e)) from None
+        finally:
+            # the rendezvous stores sit in reference cycles, and their server threads run
+            # until collected: a process the caller forks later (DataLoader workers) would
+            # inherit them and abort when it exits ("std::system_error: Invalid argument")
+            gc.collect()
     result = results[0]
     result.state_dict = {k: torch.from_numpy(v) for k, v in result.state_dict.items()}
     return result

@@ -268,3 +268,14 @@ def test_predict_after_a_zero3_fit_in_a_launched_job_runs_on_every_rank(tmp_path
         "np.save(sys.argv[1], m.get_weights()[0])", "np.save(sys.argv[1], m.predict(x[:5]))"))
     assert p0.shape == (5, 2)
     np.testing.assert_array_equal(p0, p1)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_a_launched_fit_leaves_no_store_threads_behind():
+    """The rendezvous stores' server threads end with the fit: a DataLoader worker the
+    caller forks later inherited them and aborted when it exited."""
+    x, y = np.zeros((8, 4), "float32"), np.zeros(8, "int64")
+    _toy_model().fit(x, y, batch_size=4, verbose=0, strategy="ddp", devices=2, timeout=60)
+    before = len(os.listdir("/proc/self/task"))
+    _toy_model().fit(x, y, batch_size=4, verbose=0, strategy="ddp", devices=2, timeout=60)
+    assert len(os.listdir("/proc/self/task")) <= before
