@@ -29,6 +29,7 @@ import gc
 import os
 import sys
 import tempfile
+import time
 import uuid
 
 import cloudpickle
@@ -199,6 +200,12 @@ def _worker(payload_path: str, timeout_s: float | None, caller: _Caller | None =
     env = join_existing_job(timeout_s, kind=kind)
     try:
         result = run_fn(task, strategy, owner, env)
+    except Exception as e:
+        if any(mark in str(e) for mark in _FOLLOW_ON):
+            # another rank failed and closed its connections: let it exit first, so the
+            # agent records its error as the job's, not this rank's echo of it
+            time.sleep(FOLLOW_ON_DELAY_S)
+        raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -294,6 +301,8 @@ def _root_cause(err) -> str:
     return (f"distributed fit failed on rank {rank} (exit code {failure.exitcode}):\n{text}"
             f"{hint}{also}")
 
+
+FOLLOW_ON_DELAY_S = 2.0  # how long a rank that lost a peer waits before failing itself
 
 #: what a rank says when another rank failed first (gloo/NCCL lost the peer, a parameter
 #: server or watchdog gave up on it)

@@ -279,3 +279,17 @@ def test_a_launched_fit_leaves_no_store_threads_behind():
     before = len(os.listdir("/proc/self/task"))
     _toy_model().fit(x, y, batch_size=4, verbose=0, strategy="ddp", devices=2, timeout=60)
     assert len(os.listdir("/proc/self/task")) <= before
+
+
+def test_the_rank_that_raised_is_named_when_its_peer_fails_on_the_closed_connection():
+    """Rank 1 meets a bad label in its share of a Dataset; rank 0 then fails on the closed
+    connection. The error shown is rank 1's own (rank 0 waits before failing)."""
+    import torch
+    from torch.utils.data import TensorDataset
+    x = np.zeros((16, 4), "float32")
+    y = np.zeros(16, "int64")
+    y[12] = 7  # in rank 1's half of the last batch, past the 2 classes
+    data = TensorDataset(torch.from_numpy(x), torch.from_numpy(y))
+    with pytest.raises(RuntimeError, match=r"failed on rank 1 (.|\n)*IndexError"):
+        _toy_model().fit(data, batch_size=8, verbose=0, strategy="ddp", devices=2,
+                         shuffle=False, timeout=60)
