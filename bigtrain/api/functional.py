@@ -138,18 +138,19 @@ def graph_config(module: GraphModule) -> dict:
             "outputs": [names[id(t)] for t in module.output_tensors]}
 
 
-def graph_from_config(config: dict) -> GraphModule:
-    """Rebuild a GraphModule from `graph_config` output (weights are loaded separately)."""
-    from bigtrain.api.layers import LAYER_CLASSES, Input
+def graph_from_config(config: dict, custom_objects: dict | None = None) -> GraphModule:
+    """Rebuild a GraphModule from `graph_config` output (weights are loaded separately).
+    `custom_objects`: {class name: Layer subclass} for layer classes bigtrain does not have."""
+    from bigtrain.api.layers import Input
+    classes = layer_classes(custom_objects)
     tensors, layers = {}, {}
     for entry in config["nodes"]:
         cfg = dict(entry["config"])
         if entry["class"] == "InputLayer":
-            tensors[cfg["name"]] = Input(tuple(cfg["shape"]), cfg["dtype"], name=cfg["name"])
+            tensors[cfg["name"]] = Input(tuple(cfg["shape"]), dtype=cfg["dtype"],
+                                         name=cfg["name"])
             continue
-        if entry["class"] not in LAYER_CLASSES:
-            raise ValueError(f"unknown layer class {entry['class']!r} in the saved model")
-        layer = layers.get(cfg["name"]) or LAYER_CLASSES[entry["class"]](**cfg)
+        layer = layers.get(cfg["name"]) or classes(entry["class"])(**cfg)
         layers[cfg["name"]] = layer
         args = [tensors[r] for r in entry["inbound"]]
         kwargs = entry.get("kwargs", {})
@@ -160,3 +161,16 @@ def graph_from_config(config: dict) -> GraphModule:
             tensors[entry["ref"]] = out
     return GraphModule([tensors[r] for r in config["inputs"]],
                        [tensors[r] for r in config["outputs"]])
+
+
+def layer_classes(custom_objects: dict | None):
+    """`lookup(class name) -> Layer class`: bigtrain's layers, then `custom_objects`."""
+    from bigtrain.api.layers import LAYER_CLASSES
+    known = {**LAYER_CLASSES, **(custom_objects or {})}
+
+    def lookup(name: str):
+        if name not in known:
+            raise ValueError(f"unknown layer class {name!r} in the saved model; pass its class "
+                             f"as custom_objects={{{name!r}: {name}}}")
+        return known[name]
+    return lookup

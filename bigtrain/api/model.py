@@ -33,16 +33,20 @@ class Model(nn.Module):
         name: the model's name in summaries.
     """
 
-    def __init__(self, inputs=None, outputs=None, name: str | None = None):
+    keras_kind = "Functional"  # how to_json names it, as Keras
+
+    def __init__(self, inputs=None, outputs=None, name: str | None = None,
+                 trainable: bool = True):
         super().__init__()
         self.name = name or "functional"
         self.compiled = None  # a training.Compiled after compile()
         self.history = None
         self.stop_training = False
-        self.optimizer = None
+        self._optimizer = None  # the torch optimizer a running fit steps (see optimizer)
         self.live = None  # a bigtrain.engine.live.LiveWeights while fit runs (the loop sets it)
         self._full_weights = None  # see keep_full_weights
         self._carry = None  # a Carry after a fit, until the next compile; see keep_optimizer
+        self._batch_runner = None  # what *_on_batch calls share (bigtrain.api.batch_calls)
         if isinstance(inputs, nn.Module) and outputs is None:
             self.net = inputs
             self.name = name or type(inputs).__name__
@@ -58,6 +62,8 @@ class Model(nn.Module):
             self.net = None  # Sequential builds it
         else:
             raise TypeError("use Model(inputs=..., outputs=...) or Model(torch_module)")
+        self._frozen: list = []  # the parameters `trainable = False` froze, to give back
+        self.trainable = trainable
 
     @classmethod
     def from_module(cls, module: nn.Module, name: str | None = None) -> "Model":
@@ -95,19 +101,119 @@ class Model(nn.Module):
             return [layer.name for layer in self.net.output_layers]
         return ["output"]
 
+    def get_layer(self, name: str | None = None, index: int | None = None):
+        """A layer by name or by index, as Keras's: a functional model's inputs come first
+        (its InputLayers), a Sequential's are not counted."""
+        if name is not None and index is not None:
+            raise ValueError(f"Provide only a layer name or a layer index. Received: "
+                             f"index={index}, name={name}.")
+        named = self._keras_layers()
+        if index is not None:
+            if len(named) <= index:
+                raise ValueError(f"Was asked to retrieve layer at index {index} but model "
+                                 f"only has {len(named)} layers.")
+            return named[index][1]
+        if name is None:
+            raise ValueError("Provide either a layer name or layer index at `get_layer`.")
+        for layer_name, layer in named:
+            if layer_name == name:
+                return layer
+        raise ValueError(f"No such layer: {name}. Existing layers are: "
+                         f"{[n for n, _ in named]}.")
+
+    def _keras_layers(self) -> list[tuple[str, nn.Module]]:
+        """(name, layer) in Keras's order of `model.layers`."""
+        if isinstance(self.net, GraphModule):
+            inputs = [] if isinstance(self, Sequential) else \
+                [(t.node.layer.name, t.node.layer) for t in self.net.input_tensors]
+            return inputs + list(self.net.layers.items())
+        if self.net is None:
+            return [(layer.name, layer) for layer in self.layers]
+        return list(self.net.named_children())
+
+    # ---- weights as Keras lists them (bigtrain.api.summary.Weight) --------------------------
+    @property
+    def weights(self) -> list:
+        """Every weight in Keras's order (that of get_weights), as live `Weight` views:
+        `.shape` and `.numpy()` in Keras's layout, `.value` the torch tensor."""
+        from bigtrain.api.summary import keras_weights
+        return keras_weights(self.net) if self.net is not None else []
+
+    @property
+    def trainable_weights(self) -> list:
+        """The weights that train: parameters not frozen (`trainable = False`)."""
+        return [w for w in self.weights if w.trainable]
+
+    @property
+    def non_trainable_weights(self) -> list:
+        """Frozen parameters and the buffers Keras lists (BatchNormalization's moving
+        mean and variance), in Keras's order."""
+        return [w for w in self.weights if not w.trainable]
+
+    @property
+    def trainable(self) -> bool:
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        """False freezes every parameter of the model; True gives back those it froze.
+        As in Keras 3, the next fit or train_on_batch trains accordingly, compiled again or
+        not (a new compile is not needed)."""
+        self._trainable = bool(value)
+        self._apply_trainable()
+
+    def _apply_trainable(self) -> None:
+        if self.net is None:
+            return
+        if self._trainable:
+            for p in self._frozen:
+                p.requires_grad_(True)
+            self._frozen = []
+            return
+        newly = [p for p in self.net.parameters() if p.requires_grad]
+        for p in newly:
+            p.requires_grad_(False)
+        self._frozen += newly
+
+    # ---- architecture as a dict / JSON (Keras's get_config, to_json) ----------------------
+    def get_config(self) -> dict:
+        """The architecture (no weights), which `Model.from_config` rebuilds."""
+        from bigtrain.api.architecture import model_config
+        return model_config(self)
+
+    @classmethod
+    def from_config(cls, config: dict, custom_objects: dict | None = None) -> "Model":
+        """A new model (fresh weights) from `get_config()`; `custom_objects`: {class name:
+        Layer subclass} for layers of your own."""
+        from bigtrain.api.architecture import model_from_config
+        return model_from_config(config, custom_objects, Model, Sequential)
+
+    def to_json(self, **kwargs) -> str:
+        """The architecture as JSON, which `bigtrain.models.model_from_json` reads
+        (`kwargs` go to `json.dumps`)."""
+        from bigtrain.api.architecture import model_json
+        return model_json(self, **kwargs)
+
     def count_params(self) -> int:
         """All weights, as Keras counts them: trainable and frozen parameters and the
         non-trainable buffers Keras lists (BatchNormalization's moving mean and variance)."""
         from bigtrain.api.summary import model_weights
         return sum(w.numel() for w, _ in model_weights(self))
 
-    def summary(self, print_fn=print) -> str:
+    def summary(self, line_length=None, positions=None, print_fn=None, expand_nested=False,
+                show_trainable=False, layer_range=None) -> str:
         """Print (and return) each layer's output shape and parameter count, and the bytes
-        of parameters, gradients and optimizer state for the compiled optimizer."""
+        of parameters, gradients and optimizer state for the compiled optimizer.
+
+        Args, as Keras's: `print_fn` receives the whole summary in one call, as Keras 3's
+        does (default: print); `show_trainable` adds a Y/N/- column; `layer_range` =
+        (first, last) layer-name regexes; `line_length` and `positions` (fractions of the
+        line, or column ends) set the columns. `expand_nested` changes nothing: bigtrain's
+        graphs have no nested models.
+        """
         from bigtrain.api.summary import summary_text
-        text = summary_text(self)
-        if print_fn is not None:
-            print_fn(text)
+        text = summary_text(self, line_length, positions, show_trainable, layer_range)
+        (print_fn or print)(text)
         return text
 
     # ---- training (bigtrain.api.training) -------------------------------------------------
@@ -136,13 +242,55 @@ class Model(nn.Module):
         return training.fit(self, x, y, batch_size=batch_size, epochs=epochs, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, verbose=0, sample_weight=None,
-                 return_dict=False):
-        """The loss, or [loss, *metrics], as Keras returns them."""
+                 steps=None, callbacks=None, return_dict=False):
+        """The loss, or [loss, *metrics], as Keras returns them. `steps`: the first so many
+        batches only (arrays or a generator of (x, y[, sample_weight]) batches).
+        `callbacks` are refused: bigtrain calls callbacks during fit only."""
+        from bigtrain.api import batch_calls
+        batch_calls.refuse_callbacks(callbacks, "evaluate")
+        x, y, sample_weight, batch_size = batch_calls.first_batches(
+            x, y, sample_weight, batch_size or training.DEFAULT_BATCH_SIZE, steps)
         return training.evaluate(self, x, y, batch_size, sample_weight, return_dict)
 
-    def predict(self, x, batch_size=None, verbose=0) -> np.ndarray:
-        """Model outputs as numpy (probabilities when the activation moved into the loss)."""
+    def predict(self, x, batch_size=None, verbose=0, steps=None, callbacks=None):
+        """Model outputs as numpy (probabilities when the activation moved into the loss).
+        `steps`: the first so many batches only (arrays or a generator); `callbacks` are
+        refused, as in evaluate."""
+        from bigtrain.api import batch_calls
+        batch_calls.refuse_callbacks(callbacks, "predict")
+        x, _, _, batch_size = batch_calls.first_batches(
+            x, None, None, batch_size or training.DEFAULT_BATCH_SIZE, steps, targets=False)
         return training.predict(self, x, batch_size)
+
+    # ---- one batch at a time (bigtrain.api.batch_calls) --------------------------------------
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,
+                       return_dict=False):
+        """One optimizer step on exactly this batch, continuing the model's optimizer (as
+        fit does); returns this batch's loss, or [loss, *metrics], as Keras."""
+        from bigtrain.api import batch_calls
+        return batch_calls.train_on_batch(self, x, y, sample_weight, class_weight, return_dict)
+
+    def test_on_batch(self, x, y=None, sample_weight=None, return_dict=False):
+        """This batch's loss, or [loss, *metrics], in inference mode, as Keras."""
+        from bigtrain.api import batch_calls
+        return batch_calls.test_on_batch(self, x, y, sample_weight, return_dict)
+
+    def predict_on_batch(self, x):
+        """The outputs for this batch as numpy (a list for several outputs)."""
+        from bigtrain.api import batch_calls
+        return batch_calls.predict_on_batch(self, x)
+
+    def reset_metrics(self) -> None:
+        """As Keras's. bigtrain's metrics hold no state between calls (each fit epoch,
+        evaluate and *_on_batch call starts fresh, as Keras's reset there), so nothing
+        carries over to reset."""
+
+    @property
+    def metrics_names(self) -> list[str]:
+        """Keras 3's list: "loss", "compile_metrics" when compile was given metrics, and
+        each output's "<name>_loss" in a model of several outputs ([] before compile)."""
+        from bigtrain.api import batch_calls
+        return batch_calls.metrics_names(self)
 
     def generate(self, idx, max_new_tokens: int, **kwargs):
         """Sample tokens from a language model whose network has `generate` (e.g. the GPT)."""
@@ -161,6 +309,24 @@ class Model(nn.Module):
     def _live(self):
         """(strategy, wrapped module) while fit runs, else None."""
         return None if self.live is None else (self.live.strategy, self.live.module)
+
+    @property
+    def optimizer(self):
+        """Keras's `model.optimizer`: while fit runs, the optimizer that steps; between fits,
+        the one the next fit continues from; before the first fit (or when the next one
+        starts afresh) the compiled OptimizerSpec it will build from; None before compile.
+        Each has Keras's settable `learning_rate`; the torch ones also torch's API
+        (`param_groups`, `state_dict()`)."""
+        if self.live is not None:
+            return self._optimizer
+        carried = self._carry.optimizer if self._carry is not None else None
+        if carried is not None:
+            return carried
+        return self.compiled.optimizer if self.compiled is not None else None
+
+    @optimizer.setter
+    def optimizer(self, optimizer) -> None:
+        self._optimizer = optimizer
 
     def keep_optimizer(self, optimizer) -> None:
         """After a fit: its optimizer (None after a multi-process fit), which the next fit
@@ -225,12 +391,34 @@ class Sequential(Model):
         model.add(Activation("softmax"))
     """
 
-    def __init__(self, layers=None, name: str | None = None):
-        super().__init__(name=name or "sequential")
+    keras_kind = "Sequential"  # how to_json names it, as Keras
+
+    def __init__(self, layers=None, name: str | None = None, trainable: bool = True):
+        super().__init__(name=name or "sequential", trainable=trainable)
         self._stack: list = []
         self._input = None
         for layer in layers or []:
             self.add(layer)
+
+    @property
+    def layers(self) -> list[nn.Module]:
+        return list(self._stack)  # also before the input shape is known, as Keras's
+
+    def pop(self) -> nn.Module:
+        """Remove and return the last layer, as Keras's `Sequential.pop`.
+
+        A compiled model must be compiled again before it trains: the loss was fitted to the
+        removed output layer (e.g. its softmax moved into the loss)."""
+        if not self._stack:
+            raise TypeError("There are no layers in the model.")
+        layer = self._stack.pop()
+        if hasattr(layer, "defer_activation"):
+            layer.defer_activation = False  # the plain forward again, outside this model
+        self.net = None
+        self.compiled, self._carry, self._batch_runner = None, None, None
+        if self._input is not None and self._stack:
+            self.build()
+        return layer
 
     def add(self, layer) -> None:
         if isinstance(layer, KerasTensor):
@@ -260,3 +448,4 @@ class Sequential(Model):
         for layer in self._stack:
             x = layer(x)
         self.net = GraphModule([self._input], [x])
+        self._apply_trainable()  # Sequential(trainable=False): the layers added freeze too

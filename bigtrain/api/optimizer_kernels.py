@@ -134,6 +134,44 @@ class AdamW(_KerasEpsilon, torch.optim.AdamW):
     __signature__ = inspect.signature(torch.optim.AdamW)
 
 
+def _keras_momentum(optimizer, args, kwargs) -> None:
+    """Step pre-hook of `SGD`: where a group's lr changed since its last step, rescale its
+    momentum buffers by old_lr / new_lr, so that lr * buffer stays Keras's momentum m."""
+    for group in optimizer.param_groups:
+        lr, last = float(group["lr"]), group.get("keras_last_lr")
+        group["keras_last_lr"] = lr
+        if last is None or last == lr or lr == 0.0 or not group["momentum"]:
+            continue
+        for p in group["params"]:
+            buf = optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                buf.mul_(last / lr)
+
+
+class SGD(torch.optim.SGD):
+    """torch.optim.SGD (same arguments and state) with Keras 3's momentum under a changing
+    learning rate. Keras keeps lr inside its momentum (m = momentum * m - lr * g; p += m),
+    torch outside it (b = momentum * b + g; p -= lr * b): the same while lr is constant,
+    apart once a schedule or a callback changes it. A step pre-hook (only where momentum is
+    on) rescales the buffers when lr changes, so that -lr * b is Keras's m; nesterov
+    follows. bigtrain.optimizers builds it for SGD with momentum."""
+    __signature__ = inspect.signature(torch.optim.SGD)
+
+    def __init__(self, params, *args, **kwargs):
+        super().__init__(params, *args, **kwargs)
+        self._hook()
+
+    def _hook(self) -> None:
+        if any(group["momentum"] for group in self.param_groups):
+            self.register_step_pre_hook(_keras_momentum)
+
+    def __setstate__(self, state: dict) -> None:
+        unpickled = "_optimizer_step_pre_hooks" not in self.__dict__  # else load_state_dict
+        super().__setstate__(state)
+        if unpickled:  # pickling drops hooks
+            self._hook()
+
+
 class _GroupSteps:
     """`step` of the Keras rules written with torch._foreach ops (RMSprop, Adagrad): per
     param group, `_state_lists(group, params)` gives the lists `_update(group, *lists)` reads,

@@ -8,6 +8,10 @@ The Keras names compute what Keras 3 computes: Adam and AdamW run torch's kernel
 Keras's epsilon; RMSprop, Adagrad, Lion, Ftrl and Lamb Keras's own formulas
 (bigtrain.api.optimizer_kernels). A torch
 optimizer class or instance passed in keeps torch's rule.
+
+Every optimizer a spec builds also answers Keras's `optimizer.learning_rate` (read, set,
+`.assign`), acting on all its param groups, and follows a learning-rate schedule
+(bigtrain.optimizers.schedules) given as `learning_rate`, one value per optimizer step.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import torch
 
 from bigtrain.api import optimizer_kernels as keras_rules
 from bigtrain.api.optimizer_kernels import kernel_options
+from bigtrain.api.schedules import as_schedule, rate_at
+from bigtrain.engine.callbacks._util import get_lrs, set_lrs
 from bigtrain.parallel.update_rules import UpdateRules
 
 # Keras names -> (optimizer class, Keras defaults translated to torch arguments)
@@ -63,6 +69,99 @@ def _refuse(cls_name: str, extra: dict) -> None:
         raise ValueError(f"{cls_name}: bigtrain does not support {reasons}")
 
 
+class LearningRate(float):
+    """What `optimizer.learning_rate` reads: the rate as a float that, like the Keras
+    variable it stands for, `assign`s a new value to the optimizer it was read from."""
+
+    def __new__(cls, value: float, owner):
+        rate = super().__new__(cls, value)
+        rate.owner = owner
+        return rate
+
+    def assign(self, value) -> None:
+        self.owner.learning_rate = value
+
+    def numpy(self) -> float:
+        return float(self)
+
+
+def _not_settable(owner) -> TypeError:
+    return TypeError(f"this optimizer was created with a learning-rate schedule "
+                     f"({type(owner.schedule).__name__}) as its learning_rate, hence its "
+                     "learning rate is not settable; create it with a float learning_rate "
+                     "to set it (as in Keras)")
+
+
+class KerasLearningRate:
+    """Mixed into each torch optimizer class a spec builds (same name, same state_dict):
+    Keras's `learning_rate`, on every param group. With a `schedule` (a class attribute of
+    the scheduled variant) a step pre-hook sets each step's rate from the step count,
+    kept as the groups' "iterations" so that it carries over with the optimizer state."""
+
+    schedule = None
+
+    @property
+    def learning_rate(self) -> LearningRate:
+        if self.schedule is not None:  # Keras: the rate of the next step
+            return LearningRate(rate_at(self.schedule, _iterations(self)), self)
+        return LearningRate(get_lrs(self)[0], self)
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        if self.schedule is not None:
+            raise _not_settable(self)
+        set_lrs(self, [float(value)] * len(self.param_groups))
+
+
+def _iterations(optimizer) -> int:
+    return int(optimizer.param_groups[0].get("iterations", 0))
+
+
+def _scheduled_step(optimizer, args, kwargs) -> None:
+    """Step pre-hook: this step's rate from the schedule, then count the step (it runs
+    before every other pre-hook, so weight decay and SGD's momentum see this step's rate)."""
+    step = _iterations(optimizer)
+    set_lrs(optimizer, [rate_at(optimizer.schedule, step)] * len(optimizer.param_groups))
+    for group in optimizer.param_groups:
+        group["iterations"] = step + 1
+
+
+def _init_scheduled(base: type):
+    def __init__(self, params, *args, **kwargs):
+        base.__init__(self, params, *args, **kwargs)
+        for group in self.param_groups:
+            group.setdefault("iterations", 0)
+        handle = self.register_step_pre_hook(_scheduled_step)
+        # first of all pre-hooks: the base's own (SGD's momentum rescale) read this rate
+        self._optimizer_step_pre_hooks.move_to_end(handle.id, last=False)
+    # the base's signature, for code that reads the constructor's arguments (ZeRO-1)
+    __init__.__signature__ = inspect.signature(base.__init__)
+    return __init__
+
+
+#: torch classes that stay as they are: zero3 swaps torch's exact Rprop for a DTensor-safe one
+_EXACT = (torch.optim.Rprop,)
+_classes: dict = {}
+
+
+def keras_class(cls: type, schedule=None) -> type:
+    """`cls` with Keras's learning_rate (and `schedule`), one class per pair so that two
+    fits of a compile build optimizers of the same class."""
+    if cls in _EXACT:
+        if schedule is not None:
+            raise ValueError(f"{cls.__name__} does not take a learning-rate schedule in "
+                             "bigtrain; give it a float learning_rate")
+        return cls
+    key = (cls, schedule)
+    if key not in _classes:
+        body = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__}
+        if schedule is not None:
+            body.update(schedule=schedule, __init__=_init_scheduled(cls))
+        _classes[key] = type(cls.__name__, (KerasLearningRate, cls), body)
+    return _classes[key]
+
+
 @dataclass
 class OptimizerSpec:
     """How to build the torch optimizer: a class and its keyword arguments.
@@ -79,15 +178,24 @@ class OptimizerSpec:
     name: str = ""
     rules: UpdateRules | None = None
 
+    def __post_init__(self):
+        schedule = as_schedule(self.kwargs.get("lr"))  # a Keras schedule: its bigtrain twin
+        if schedule is not None:
+            self.kwargs["lr"] = schedule
+
     def build(self, params) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad] if not isinstance(params, list) else params
         kwargs = dict(self.kwargs)
+        schedule = self.schedule
+        if schedule is not None:  # the first step's rate, until the step hook sets each
+            kwargs["lr"] = rate_at(schedule, 0)
+        cls = keras_class(self.cls, schedule)
         kwargs.update(kernel_options(self.cls, params, kwargs))  # fused only on plain tensors
         try:
-            optimizer = self.cls(params, **kwargs)
+            optimizer = cls(params, **kwargs)
         except (RuntimeError, TypeError):
             kwargs.pop("fused", None)  # e.g. DTensor parameters or an unsupported dtype
-            optimizer = self.cls(params, **kwargs)
+            optimizer = cls(params, **kwargs)
         if self.rules is not None and self.rules.active:
             self.rules.attach(optimizer)
         return optimizer
@@ -97,8 +205,24 @@ class OptimizerSpec:
         return "fused" in inspect.signature(self.cls).parameters and self.kwargs.get("fused", True)
 
     @property
-    def learning_rate(self) -> float:
-        return float(self.kwargs.get("lr", 0.0))
+    def schedule(self):
+        """The learning-rate schedule given as learning_rate, or None."""
+        lr = self.kwargs.get("lr")
+        return lr if callable(lr) else None
+
+    @property
+    def learning_rate(self) -> LearningRate:
+        """Keras's `model.optimizer.learning_rate` before the first fit: the rate it starts
+        with (a schedule's first), settable (not with a schedule) until then."""
+        if self.schedule is not None:
+            return LearningRate(rate_at(self.schedule, 0), self)
+        return LearningRate(float(self.kwargs.get("lr", 0.0)), self)
+
+    @learning_rate.setter
+    def learning_rate(self, value) -> None:
+        if self.schedule is not None:
+            raise _not_settable(self)
+        self.kwargs["lr"] = float(value)
 
 
 def _rules(**keras_args) -> UpdateRules | None:
@@ -150,8 +274,10 @@ class SGD(OptimizerSpec):
                  weight_decay=None, clipnorm=None, clipvalue=None, global_clipnorm=None,
                  use_ema=False, ema_momentum=0.99, ema_overwrite_frequency=None, **keras_only):
         _refuse("SGD", keras_only)
-        super().__init__(torch.optim.SGD, {"lr": learning_rate, "momentum": momentum,
-                                           "nesterov": nesterov}, "sgd",
+        # Keras's momentum keeps lr inside it: a rule of its own when momentum is on
+        cls = keras_rules.SGD if momentum else torch.optim.SGD
+        super().__init__(cls, {"lr": learning_rate, "momentum": momentum,
+                               "nesterov": nesterov}, "sgd",
                          _rules(weight_decay=weight_decay, clipnorm=clipnorm,
                                 clipvalue=clipvalue, global_clipnorm=global_clipnorm,
                                 use_ema=use_ema, ema_momentum=ema_momentum,
@@ -255,7 +381,7 @@ def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpe
                          "bigtrain.optimizers object, or a torch.optim.Optimizer class or "
                          "instance")
     if learning_rate is not None:
-        spec.kwargs["lr"] = float(learning_rate)
+        spec.kwargs["lr"] = as_schedule(learning_rate) or float(learning_rate)
     if spec.cls is torch.optim.SGD and "lr" not in spec.kwargs:
         spec.kwargs["lr"] = 0.01
     return spec

@@ -11,29 +11,35 @@ import warnings
 
 from bigtrain.api.files import (FORMAT, load_weights, read, save_model, save_weights,  # noqa: F401
                                 split)
+from bigtrain.api.architecture import model_from_config
 from bigtrain.api.functional import graph_from_config
-from bigtrain.api.model import Model
+from bigtrain.api.model import Model, Sequential
 from bigtrain.engine import checkpoint_state as cs
 
 
-def load_model(path: str, compile: bool = True):
+def load_model(filepath: str, custom_objects: dict | None = None, compile: bool = True,
+               safe_mode: bool = True):
     """Rebuild a model saved with `Model.save`: architecture, weights, compile settings and
     the optimizer state, so that a further fit continues as the saved model's would (as
     Keras's `.keras` files do).
 
     Args:
+        custom_objects: {class name: Layer subclass} for layers of your own.
         compile: compile the model as it was saved and restore its optimizer state (False:
             architecture and weights only, as in Keras).
+        safe_mode: accepted for Keras's sake; bigtrain's files hold no code (no lambdas,
+            no pickle), so every load is safe.
 
     Example:
         model = bigtrain.models.load_model("model.bigtrain")
     """
+    path = filepath
     meta, tensors = read(path)
     if meta.get("kind") != "model":
         raise ValueError(f"{path} holds weights only; build the model in code and call "
                          "model.load_weights(path)")
     arch = json.loads(meta["architecture"])
-    graph = graph_from_config(arch["graph"])
+    graph = graph_from_config(arch["graph"], custom_objects)
     model = Model(graph.input_tensors, graph.output_tensors, name=arch.get("name"))
     weights, optim = split(meta, tensors)
     model.net.load_state_dict(weights)
@@ -64,3 +70,15 @@ def _restore_optimizer(model, saved: dict, tensors: dict, path: str) -> None:
         return
     model.optimizer = optimizer
     model.keep_optimizer(optimizer)
+
+
+def model_from_json(json_string: str, custom_objects: dict | None = None):
+    """A new model, with fresh weights, from `model.to_json()` (architecture only, as
+    Keras's `model_from_json`).
+
+    Example:
+        clone = bigtrain.models.model_from_json(model.to_json())
+        clone.set_weights(model.get_weights())
+    """
+    data = json.loads(json_string)
+    return model_from_config(data.get("config", data), custom_objects, Model, Sequential)

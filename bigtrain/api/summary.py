@@ -65,30 +65,90 @@ def _layer_count(module) -> int:
         sum(b.numel() for b in _counted_buffers(module))
 
 
-def _rows(model) -> list[tuple[str, str, int]]:
+def _layer_rows(model) -> list[tuple[tuple[str, str, int], object]]:
+    """((name (type), output shape, parameters), layer) per row; an input's layer is None."""
     net = model.net
     if isinstance(net, GraphModule):
-        rows = [(f"{t.node.layer.name} (InputLayer)", f"(None, {', '.join(map(str, t.shape))})", 0)
+        rows = [((f"{t.node.layer.name} (InputLayer)",
+                  f"(None, {', '.join(map(str, t.shape))})", 0), None)
                 for t in net.input_tensors]
         for node in net.nodes:
             layer, out = node.layer, node.outputs[0]
-            n = _layer_count(layer)
-            rows.append((f"{layer.name} ({type(layer).__name__})",
-                         f"(None, {', '.join(map(str, out.shape))})", n))
+            rows.append(((f"{layer.name} ({type(layer).__name__})",
+                          f"(None, {', '.join(map(str, out.shape))})", _layer_count(layer)),
+                         layer))
         return rows
-    return [(f"{name} ({type(m).__name__})", "?", _layer_count(m))
-            for name, m in net.named_children()] or [(type(net).__name__, "?", model.count_params())]
+    return [((f"{name} ({type(m).__name__})", "?", _layer_count(m)), m)
+            for name, m in net.named_children()] or \
+        [((type(net).__name__, "?", model.count_params()), net)]
 
 
-def summary_text(model) -> str:
-    rows = _rows(model)
-    widths = [max(len("Layer (type)"), *(len(r[0]) for r in rows)) + 2,
-              max(len("Output Shape"), *(len(r[1]) for r in rows)) + 2, 12]
+def _rows(model) -> list[tuple[str, str, int]]:
+    return [row for row, _ in _layer_rows(model)]
+
+
+def _in_range(rows: list, layer_range) -> list:
+    """Keras's `layer_range=(first, last)`: the rows from the first layer whose name matches
+    the regex `first` to the last whose name matches `last`."""
+    if layer_range is None:
+        return rows
+    import re
+    if len(layer_range) != 2 or not all(isinstance(r, str) for r in layer_range):
+        raise ValueError(f"layer_range must be two layer names (regexes), got {layer_range}")
+    names = [row[0].split(" (")[0] for row, _ in rows]
+    lower = [i for i, n in enumerate(names) if re.match(layer_range[0], n)]
+    upper = [i for i, n in enumerate(names) if re.match(layer_range[1], n)]
+    if not lower or not upper:
+        raise ValueError(f"Passed layer_names do not match the layer names in the model. "
+                         f"Received: {layer_range}")
+    if min(lower) > max(upper):
+        return rows[min(upper):max(lower) + 1]
+    return rows[min(lower):max(upper) + 1]
+
+
+def _trainable_mark(layer) -> str:
+    """Keras's Trainable column: Y, N (frozen), or - for a layer without weights."""
+    params = list(layer.parameters()) if layer is not None else []
+    if not params:
+        return "-"
+    return "Y" if any(p.requires_grad for p in params) else "N"
+
+
+def _widths(cells: list[list[str]], line_length, positions) -> list[int]:
+    """Column widths: fitted to the cells, or Keras's `positions` (fractions of
+    `line_length`, default 88, or column ends in characters) when given."""
+    if positions is None and line_length is None:
+        return [max(len(c[i]) for c in cells) + 2 for i in range(len(cells[0]))]
+    n = len(cells[0])
+    line_length = line_length or 88
+    positions = positions or ([0.45, 0.80, 1.0] + [1.1] * (n - 3))[:n]
+    if len(positions) != n:
+        raise ValueError(f"positions needs {n} column ends, got {list(positions)}")
+    ends = [int(p * line_length) if p <= 1 else int(p) for p in positions]
+    return [max(4, end - start) for start, end in zip([0, *ends[:-1]], ends)]
+
+
+def _cell(text: str, width: int, align: str) -> str:
+    """`text` in `width` characters (cut with … when too long); align "<", ">" or "^"."""
+    text = text if len(text) < width else text[:width - 2] + "…"
+    return f"{text:{align}{width}}"
+
+
+def summary_text(model, line_length=None, positions=None, show_trainable=False,
+                 layer_range=None) -> str:
+    """The summary as one string; the arguments as Keras's `Model.summary` takes them."""
+    rows = _in_range(_layer_rows(model), layer_range)
+    header = ["Layer (type)", "Output Shape", "Param #"] + (["Trainable"] if show_trainable else [])
+    cells = [header] + [[a, b, f"{c:,}"] + ([_trainable_mark(layer)] if show_trainable else [])
+                        for (a, b, c), layer in rows]
+    widths = _widths(cells, line_length, positions)
+    if positions is None and line_length is None:
+        widths[2] = max(widths[2], 12)
     line = "─" * sum(widths)
-    out = [f'Model: "{model.name}"', line,
-           f"{'Layer (type)':<{widths[0]}}{'Output Shape':<{widths[1]}}{'Param #':>{widths[2]}}",
-           "═" * sum(widths)]
-    out += [f"{a:<{widths[0]}}{b:<{widths[1]}}{c:>{widths[2]},}" for a, b, c in rows]
+    align = ["<", "<", ">", "^"]  # the Trainable column centred, as Keras's
+    fmt = lambda c: "".join(_cell(t, w, a) for t, w, a in zip(c, widths, align))  # noqa: E731
+    out = [f'Model: "{model.name}"', line, fmt(cells[0]), "═" * sum(widths)]
+    out += [fmt(c) for c in cells[1:]]
     weights = model_weights(model)
     total = sum(w.numel() for w, _ in weights)
     trainable = sum(w.numel() for w, t in weights if t)
@@ -111,3 +171,81 @@ def summary_text(model) -> str:
         out.append(f" Training memory: parameters {_human(pbytes)} + gradients {_human(gbytes)}"
                    " (compile to include the optimizer state)")
     return "\n".join(out)
+
+
+class Weight:
+    """One weight as `model.weights` lists it: a live view of a torch parameter or buffer
+    in Keras's layout, as a Keras variable reads.
+
+    `shape`, `numpy()` and `np.asarray(w)` give Keras's layout (a Dense kernel (inputs,
+    units)), `assign(value)` takes it; `value` is the torch tensor itself (torch's layout),
+    e.g. to hand `[w.value for w in model.trainable_weights]` to a torch optimizer, as
+    Keras's torch backend does.
+
+    Example:
+        kernel = model.get_layer("dense").weights[0]   # or model.weights[0]
+        kernel.shape, kernel.numpy()
+    """
+
+    def __init__(self, path: str, tensor: torch.Tensor, to_keras, to_torch):
+        self.path, self.value = path, tensor
+        self._to_keras, self._to_torch = to_keras, to_torch
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def trainable(self) -> bool:
+        """A parameter that receives gradients (not frozen); buffers never do."""
+        return isinstance(self.value, torch.nn.Parameter) and self.value.requires_grad
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self._to_keras(self.value.detach()).shape)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.value.dtype).split(".")[-1]
+
+    def numpy(self):
+        t = self._to_keras(self.value.detach().cpu())
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()  # numpy has no bf16
+
+    def __array__(self, dtype=None, copy=None):
+        out = self.numpy()
+        return out if dtype is None else out.astype(dtype)
+
+    def assign(self, value) -> None:
+        """Write `value` (Keras's layout and shape) into the weight."""
+        import numpy as np
+        if tuple(np.shape(value)) != self.shape:
+            raise ValueError(f"weight {self.path!r} has shape {self.shape}, got a value of "
+                             f"shape {tuple(np.shape(value))}")
+        new = self._to_torch(torch.as_tensor(np.asarray(value)))
+        with torch.no_grad():
+            self.value.copy_(new.to(self.value.dtype))
+
+    def __repr__(self):
+        return f"<Weight path={self.path}, shape={self.shape}, dtype={self.dtype}>"
+
+
+def _keras_name(layer, key: str) -> str:
+    """A weight's Keras name inside its layer ("kernel", "bias"), else its torch key."""
+    roles = layer.weight_roles() if isinstance(layer, Layer) else {}
+    return next((role for role, k in roles.items() if k == key), key)
+
+
+def keras_weights(net) -> list[Weight]:
+    """Every weight of `net` in Keras's order (that of `get_weights`), as `Weight` views."""
+    from bigtrain.api.weights import weight_slots
+    tensors = net.state_dict(keep_vars=True)
+    out = []
+    for key, to_keras, to_torch in weight_slots(net):
+        if isinstance(net, GraphModule):  # "layers.<layer>.<key inside the layer>"
+            _, layer_name, inner = key.split(".", 2)
+            path = f"{layer_name}/{_keras_name(net.layers[layer_name], inner)}"
+        else:
+            path = key.replace(".", "/")
+        out.append(Weight(path, tensors[key], to_keras, to_torch))
+    return out

@@ -1,0 +1,59 @@
+"""A model's architecture without its weights, as Keras's `get_config` / `from_config` /
+`to_json`: a Sequential's layers in order (and its Input), a functional model's graph.
+
+The model classes come in as arguments (this module is imported by bigtrain.api.model).
+
+Example:
+    config = model_config(model)
+    clone = model_from_config(config, None, Model, Sequential)
+"""
+from __future__ import annotations
+
+import json
+
+from bigtrain.api.functional import GraphModule, graph_config, graph_from_config, layer_classes
+
+
+def model_config(model) -> dict:
+    """The architecture of a functional or Sequential model as a JSON-able dict: a
+    Sequential's layers in order (and its Input), a functional model's graph."""
+    base = {"name": model.name, "trainable": model.trainable}
+    if model.keras_kind == "Sequential":
+        plain = [layer for layer in model.layers if not hasattr(layer, "get_config")]
+        if plain:
+            raise ValueError(f"get_config needs Keras-style layers; {type(plain[0]).__name__} "
+                             "is a plain torch module: give it get_config(), or save the "
+                             "weights only (save_weights) and rebuild the model in code")
+        inp = model._input.node.layer.get_config() if model._input is not None else None
+        return {**base, "input": inp, "layers": [
+            {"class_name": type(layer).__name__, "config": layer.get_config()}
+            for layer in model.layers]}
+    if not isinstance(model.net, GraphModule):
+        raise ValueError("get_config describes functional and Sequential models; a wrapped "
+                         "torch module has no architecture bigtrain can write: rebuild it in "
+                         "code and move the weights with get_weights/set_weights")
+    return {**base, "graph": graph_config(model.net)}
+
+
+def model_from_config(config: dict, custom_objects, functional, sequential):
+    """A new model, with fresh weights, from `model_config`'s dict, built as the class
+    `functional` (a graph) or `sequential` (a stack of layers)."""
+    trainable = config.get("trainable", True)
+    if "layers" in config:  # a Sequential
+        from bigtrain.api.layers import Input
+        classes = layer_classes(custom_objects)
+        inp = config.get("input")
+        first = [Input(tuple(inp["shape"]), dtype=inp["dtype"], name=inp["name"])] if inp else []
+        layers = [classes(entry["class_name"])(**entry["config"]) for entry in config["layers"]]
+        return sequential(first + layers, name=config.get("name"), trainable=trainable)
+    if "graph" not in config:
+        raise ValueError("not a model config: expected the dict of Model.get_config() (with "
+                         f"'layers' or 'graph'), got keys {sorted(config)}")
+    graph = graph_from_config(config["graph"], custom_objects)
+    return functional(graph.input_tensors, graph.output_tensors, name=config.get("name"),
+                      trainable=trainable)
+
+
+def model_json(model, **kwargs) -> str:
+    return json.dumps({"class_name": model.keras_kind, "config": model_config(model)},
+                      **kwargs)
