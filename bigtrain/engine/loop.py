@@ -14,6 +14,7 @@ import torch
 
 from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
+from bigtrain.engine.callbacks._util import Rank0Changes, rank0_only_hooks
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.carry import carried_optimizer, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
@@ -64,8 +65,11 @@ class RunTiming:
 
 
 class NonFiniteLoss(Exception):
-    def __init__(self, message: str):
+    """`tally`: the stopped epoch's, whose logs (loss NaN/Inf) the History keeps."""
+
+    def __init__(self, message: str, tally: Tally):
         super().__init__(message)
+        self.tally = tally
 
 
 class _FiniteCheck:
@@ -95,8 +99,9 @@ class _FiniteCheck:
             raise NonFiniteLoss(
                 f"TerminateOnNaN: the loss became NaN/Inf at epoch {self.epoch + 1}, step "
                 f"{step + 1} (global batch {step} of this epoch: samples {step * size}.."
-                f"{(step + 1) * size - 1} of the shuffled order). Check the inputs for "
-                "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient clipping.")
+                f"{(step + 1) * size - 1} of this epoch's order). Check the inputs for "
+                "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient "
+                "clipping.", self.tally)
 
 
 def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
@@ -108,7 +113,7 @@ def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
 
 
 def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
-                 progress: Progress) -> dict[str, float]:
+                 progress: Progress, sync: _Rank0Sync) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
     feed = _epoch_feed(task, strategy, epoch, progress)
     steps = feed.steps
@@ -129,10 +134,12 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         mark("callbacks (batch begin)", progress.step)
         if begin_hooks:
             callbacks.on_train_batch_begin(step)
+        if sync.batch_begin:  # a rate rank 0's hook set must hold for this step everywhere
+            sync.share()
         if timer is not None:
             timer.begin_step(timing.steps)
         mark("data")
-        size, batch = feed.next()
+        _, batch = feed.next()
         # strategies refine it: forward, backward, optimizer step, communication
         mark("train step", phase="other")
         outputs, loss = train_step(strategy, ctx, module, optimizer, batch, loss_fn, autocast)
@@ -143,10 +150,13 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
             finite.after_step(step, mark)
         mark("callbacks (batch end)")
         if end_hooks:
-            callbacks.on_train_batch_end(step, {"size": size, "loss": float(loss)}
-                                         if want_logs else {"size": size})
+            callbacks.on_train_batch_end(step, tally.running_logs() if want_logs else {})
+        if sync.batch_end:
+            sync.share()
         mark("checkpoint" if progress.checkpointer else "step end")
         progress.after_step(epoch, step, steps)
+        if sync.owner.stop_training:  # set in a batch hook: stop after this batch (Keras)
+            break
     progress.skip = 0
     if batch is not None:  # for the end-of-fit communication probe; kept here, not per
         timing.last_batch = batch  # step, where it held a step's inputs through the next
@@ -254,8 +264,9 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
                              params, strategy.env.is_main, strategy.env.world_size)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
-               RunTiming(ctx.timer), monitor)
+               RunTiming(ctx.timer), monitor, _rank0_sync(task, strategy, optimizer, owner))
     callbacks.on_train_begin()
+    run.sync.share()
     t_start = time.perf_counter()
     try:
         samples, epoch_times = _epochs(run, first_epoch)
@@ -291,6 +302,36 @@ class _Run:
     result: FitResult
     timing: RunTiming
     monitor: RunMonitor | None = None  # rank 0's run-record keeper (bigtrain doctor)
+    sync: _Rank0Sync | None = None
+
+
+@dataclass
+class _Rank0Sync:
+    """Where the loop gives every rank what rank-0-only callbacks changed (the learning
+    rates and `stop_training`; see Rank0Changes): after the train-begin and epoch hooks,
+    and after the batch hooks such a callback overrides. `changes` is None, and nothing is
+    shared, when one rank trains or no such callback runs."""
+    owner: object
+    changes: Rank0Changes | None = None
+    batch_begin: bool = False
+    batch_end: bool = False
+
+    def share(self) -> None:
+        if self.changes is not None:
+            self.changes.share()
+
+
+def _rank0_sync(task, strategy, optimizer, owner) -> _Rank0Sync:
+    """The fit's _Rank0Sync, decided from the whole callback list (the same on every rank,
+    whichever hooks run where)."""
+    cbs = task.callbacks
+    if strategy.env.world_size < 2 or not rank0_only_hooks(cbs):
+        return _Rank0Sync(owner)
+    changes = Rank0Changes(strategy.all_reduce, strategy.env.is_main, optimizer, owner,
+                           strategy.env.device)
+    return _Rank0Sync(owner, changes,
+                      rank0_only_hooks(cbs, "on_train_batch_begin", "on_batch_begin"),
+                      rank0_only_hooks(cbs, "on_train_batch_end", "on_batch_end"))
 
 
 def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
@@ -300,20 +341,22 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
     samples, epoch_times = 0, []
     for epoch in range(first_epoch, cfg.epochs):
         run.callbacks.on_epoch_begin(epoch)
+        run.sync.share()
         skipped = run.progress.skip  # batches a resumed checkpoint already trained on
         t0 = time.perf_counter()
         try:
             logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer,
-                                run.callbacks, epoch, run.timing, run.progress)
-        except NonFiniteLoss as e:
+                                run.callbacks, epoch, run.timing, run.progress, run.sync)
+        except NonFiniteLoss as e:  # the epoch still ends, with its NaN logs (Keras)
+            logs = e.tally.logs(strategy.all_reduce(e.tally.state()))  # every rank is here
             run.result.stop_reason = "nan_loss"
             if strategy.env.is_main:
                 print(e, flush=True)
             if run.monitor is not None:
                 run.monitor.stopped("nan_loss", str(e))
             run.owner.stop_training = True
-            break
-        samples += _epoch_samples(epoch, cfg, sample_count(task.train), skipped)
+        if run.result.stop_reason != "nan_loss":  # as before: a NaN epoch's are not counted
+            samples += _epoch_samples(epoch, cfg, sample_count(task.train), skipped)
         if task.val is not None and cfg.validates_after(epoch):
             val_batch = cfg.validation_batch_size or cfg.batch_size
             limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
@@ -321,6 +364,7 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
                                  run.ctx))
         epoch_times.append(time.perf_counter() - t0)
         _epoch_end(run, epoch, logs)
+        run.sync.share()
         if run.owner.stop_training:
             break
     return samples, epoch_times
@@ -338,7 +382,8 @@ def _epoch_end(run: _Run, epoch: int, logs: dict[str, float]) -> None:
     result.epochs.append(epoch)
     for k, v in logs.items():
         result.history.setdefault(k, []).append(v)
-    if run.progress.checkpointer is not None:  # after the History: the checkpoint keeps it
+    # after the History: the checkpoint keeps it; a NaN stop's weights are not worth resuming
+    if run.progress.checkpointer is not None and result.stop_reason != "nan_loss":
         ctx.mark("checkpoint")
         run.progress.checkpointer.after_epoch(epoch, run.progress.step)
 

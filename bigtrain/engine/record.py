@@ -136,6 +136,14 @@ def tokens_per_sample(task) -> int | None:
     return first[0].numel()
 
 
+def _finished_epochs(result) -> dict:
+    """The History without a NaN-stopped last epoch (which the History keeps, as Keras's):
+    the record's history holds finished epochs; its stop and step losses tell the rest."""
+    if result.stop_reason != "nan_loss":
+        return dict(result.history)
+    return {k: v[:-1] for k, v in result.history.items() if len(v) > 1}
+
+
 def write_run_record(task, strategy, module, optimizer, result, timing,
                      monitor=None) -> None:
     """Gather per-rank figures (collective) and, on rank 0, write `run.json` into
@@ -178,7 +186,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
         pipeline_bubble=figures["bubble"], memory=figures["memory"],
         rank_step_times=[r["data"] + r["forward"] + r["backward"] + r["optimizer"]
                          for r in figures["rank_phases"]],
-        history=dict(result.history), script=_script(), script_args=list(sys.argv[1:]),
+        history=_finished_epochs(result), script=_script(), script_args=list(sys.argv[1:]),
         extra={"timed_steps": timing.timer.timed_steps,
                **({} if sync_wait is None else
                   {"probed_sync_wait_s": sync_wait}),  # rank 0's

@@ -211,6 +211,12 @@ class Tally:
         parts += [m.state for ms in self.metrics for m in ms]
         return torch.cat(parts)
 
+    def running_logs(self) -> dict[str, float]:
+        """Keras's per-batch logs: the loss and metrics over this pass so far (this rank's
+        batches). Reads the device, and the held steps at once: call it only for a
+        callback that reads them."""
+        return self.logs(self.state())
+
     def seed(self, state: list[float]) -> bool:
         """Add a `state()` taken earlier (an interrupted run's, up to its checkpoint) so this
         pass's logs cover the whole epoch; False when its layout does not match."""

@@ -296,6 +296,22 @@ def check_callbacks(strat, callbacks: list) -> None:
                 "train with a data-parallel strategy such as strategy='ddp'.")
 
 
+def check_batch_checkpoints(callbacks: list, nprocs: int) -> None:
+    """Refuse, on every rank before training, a ModelCheckpoint that saves every N batches
+    on several processes (it runs on rank 0 alone, in the middle of an epoch, where every
+    rank takes part in a save); fit's own checkpoints do that."""
+    from bigtrain.engine.callbacks import ModelCheckpoint
+    if nprocs < 2:
+        return
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_freq != "epoch":
+            raise ValueError(f"ModelCheckpoint(save_freq={cb.save_freq}) on {nprocs} processes: "
+                             "it saves in the middle of an epoch, which bigtrain does for "
+                             "several processes with fit(checkpoint_dir=..., "
+                             "checkpoint_every=N) (resumable, every rank taking part); keep "
+                             "save_freq='epoch' here")
+
+
 def warn_split_batch_norm(module, strat, nprocs: int) -> None:
     """Say, once before the ranks start, that BatchNormalization will normalise over each
     rank's share of the batch (torch's DDP and Keras's MirroredStrategy do the same), so
@@ -339,6 +355,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     FitResult."""
     check_optimizer_step(task.make_optimizer)  # the same refusal on every path
     if dist_env.launched_externally():
+        check_batch_checkpoints(task.callbacks, launched_world_size() or 1)
         env = dist_env.join_existing_job(options.get("timeout"))
         with report_lost_node():  # one line, not a traceback, when a restart follows
             return run_rank(task, strat, owner, env)
@@ -346,6 +363,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     warn_split_batch_norm(task.module, strat, nprocs)
+    check_batch_checkpoints(task.callbacks, nprocs)
     kind = dist_env.device_kind(devices)
     if task.carry is not None and (cluster is not None or nprocs > 1):
         warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output

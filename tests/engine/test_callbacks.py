@@ -74,8 +74,10 @@ def test_csv_logger_writes_one_row_per_epoch(tmp_path):
     drive([CSVLogger(path)], FakeModel(), [{"loss": 0.5, "accuracy": 0.75},
                                            {"loss": 0.25, "accuracy": 0.875}])
     rows = list(csv.reader(path.open()))
-    assert rows[0] == ["epoch", "accuracy", "loss"]
-    assert [[float(v) for v in r] for r in rows[1:]] == [[0, 0.75, 0.5], [1, 0.875, 0.25]]
+    # no val_* key: Keras adds a val_ column per key, NA until validation runs
+    assert rows[0] == ["epoch", "accuracy", "loss", "val_accuracy", "val_loss"]
+    assert [r[3:] for r in rows[1:]] == [["NA", "NA"]] * 2
+    assert [[float(v) for v in r[:3]] for r in rows[1:]] == [[0, 0.75, 0.5], [1, 0.875, 0.25]]
 
 
 def test_csv_logger_append_separator_and_missing_values(tmp_path):
@@ -87,7 +89,7 @@ def test_csv_logger_append_separator_and_missing_values(tmp_path):
     lines = path.read_text().splitlines()
     assert lines == ["epoch\tloss\tval_loss", "0\t1.0\t2.0", "0\t0.5\tNA", "1\t0.25\t1.5"]
     drive([CSVLogger(path)], FakeModel(), [{"loss": 9.0}])  # no append: overwrite
-    assert path.read_text().splitlines() == ["epoch,loss", "0,9.0"]
+    assert path.read_text().splitlines() == ["epoch,loss,val_loss", "0,9.0,NA"]
 
 
 # -- TensorBoard ------------------------------------------------------------------------
@@ -133,10 +135,10 @@ def test_checkpoint_auto_mode_maximises_accuracy(tmp_path):
 
 def test_checkpoint_warns_on_missing_monitor_and_explains_bad_fields(tmp_path):
     model = FakeModel()
-    with pytest.warns(RuntimeWarning, match="'val_loss' is not in the logs"):
+    with pytest.warns(RuntimeWarning, match="only with 'val_loss' in the logs"):
         drive([ModelCheckpoint(str(tmp_path / "m.pt"), save_best_only=True)], model,
               [{"loss": 1.0}])
-    assert model.saved == []
+    assert model.saved == [("model", str(tmp_path / "m.pt"))]  # Keras: saves every time
     with pytest.raises(KeyError, match="val_acc"):
         drive([ModelCheckpoint(str(tmp_path / "{val_acc}.pt"))], model, [{"loss": 1.0}])
 

@@ -10,11 +10,15 @@ from bigtrain.engine.callbacks.checkpoint import ModelCheckpoint
 from bigtrain.engine.callbacks.csv_logger import CSVLogger
 from bigtrain.engine.callbacks.early_stopping import EarlyStopping
 from bigtrain.engine.callbacks.history import History
+from bigtrain.engine.callbacks.keras_extras import (BackupAndRestore, LambdaCallback,
+                                                    RemoteMonitor, SwapEMAWeights,
+                                                    TerminateOnNaN)
 from bigtrain.engine.callbacks.lr_scheduler import LearningRateScheduler
-from bigtrain.engine.callbacks.progress import ProgressBar
+from bigtrain.engine.callbacks.progress import ProgbarLogger, ProgressBar
 from bigtrain.engine.callbacks.reduce_lr import ReduceLROnPlateau
 from bigtrain.engine.callbacks.tensorboard import TensorBoard
 
-__all__ = ["CSVLogger", "Callback", "CallbackList", "EarlyStopping", "History",
-           "LearningRateScheduler", "ModelCheckpoint", "ProgressBar", "ReduceLROnPlateau",
-           "TensorBoard"]
+__all__ = ["BackupAndRestore", "CSVLogger", "Callback", "CallbackList", "EarlyStopping",
+           "History", "LambdaCallback", "LearningRateScheduler", "ModelCheckpoint",
+           "ProgbarLogger", "ProgressBar", "ReduceLROnPlateau", "RemoteMonitor",
+           "SwapEMAWeights", "TensorBoard", "TerminateOnNaN"]

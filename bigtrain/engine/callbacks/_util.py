@@ -27,6 +27,19 @@ def resolve_mode(monitor: str, mode: str) -> str:
     return "max" if any(key in name for key in _MAXIMISED) else "min"
 
 
+def check_auto_monitor(monitor: str, mode: str, params: dict, who: str) -> None:
+    """Keras's mode="auto" rule: the direction of `monitor` must be known, so it must be the
+    loss or one of the fit's metrics (`params["metrics"]`, with or without "val_")."""
+    known = params.get("metrics")
+    name = monitor.removeprefix("val_")
+    if mode != "auto" or known is None or name == "loss" or monitor in known or name in known:
+        return
+    raise ValueError(f"{who} callback received monitor={monitor!r}, which is neither the loss "
+                     f"nor one of this fit's metrics {list(known)}, so whether it should be "
+                     "maximized or minimized is unknown. Pass mode='max' to keep the highest "
+                     "value or mode='min' to keep the lowest, or fix the monitor name.")
+
+
 def is_improvement(current: float, reference: float, mode: str, min_delta: float = 0.0) -> bool:
     """True when `current` beats `reference` by more than |min_delta| in direction `mode`."""
     if current is None or math.isnan(current):
@@ -94,3 +107,49 @@ def format_value(value) -> str:
 def format_logs(logs: dict | None) -> str:
     """'loss: 0.1234 - accuracy: 0.9100 - val_loss: ...' (insertion order of the logs)."""
     return " - ".join(f"{k}: {format_value(v)}" for k, v in (logs or {}).items())
+
+
+def rank0_only_hooks(callbacks, *hooks: str) -> bool:
+    """Whether a callback that runs on rank 0 alone could change the learning rate or
+    `model.stop_training` in one of `hooks` (any hook when none is named). bigtrain's own
+    rank-0-only callbacks (progress, logs, checkpoints, the run record) change neither, so
+    only the others count. Every rank must get the same answer: pass the fit's whole list."""
+    from bigtrain.engine.callbacks.base import _overrides
+    return any(c.main_process_only and not type(c).__module__.startswith("bigtrain.")
+               and (not hooks or _overrides(c, *hooks)) for c in callbacks)
+
+
+class Rank0Changes:
+    """Keeps every rank on what rank-0-only callbacks change: each param group's learning
+    rate and `model.stop_training`.
+
+    `share()` is a collective that every rank calls at the same points of the loop: one
+    all-reduce (sum) of 1 + groups float64 values, rank 0 adding its own and the other
+    ranks zeros, so that every rank ends with rank 0's values exactly.
+
+    Args:
+        all_reduce: the strategy's all-reduce over the training ranks.
+        is_main: this rank runs the rank-0-only hooks.
+        optimizer: the optimizer that steps (its param_groups hold the rates).
+        model: the object the callbacks see as `self.model`.
+        device: where the collective's tensor lives.
+    """
+
+    def __init__(self, all_reduce, is_main: bool, optimizer, model, device):
+        self.all_reduce, self.is_main = all_reduce, is_main
+        self.optimizer, self.model, self.device = optimizer, model, device
+
+    def _lrs(self) -> list[float]:
+        groups = self.optimizer.param_groups  # none under a parameter server's workers
+        return [float(g["lr"]) for g in groups] if all("lr" in g for g in groups) else []
+
+    def share(self) -> None:
+        lrs = self._lrs()
+        values = torch.tensor([float(bool(self.model.stop_training)), *lrs],
+                              dtype=torch.float64, device=self.device)
+        if not self.is_main:
+            values.zero_()
+        values = self.all_reduce(values).tolist()
+        self.model.stop_training = bool(values[0])
+        if values[1:] != lrs:
+            set_lrs(self.optimizer, values[1:])

@@ -8,8 +8,10 @@ metrics: list of log keys) before `on_train_begin`.
 Hooks receive `logs`, a dict of Python floats that are already reduced across ranks
 (`loss`, metric names, `val_*` at epoch end, `lr`). Only rank 0 calls the hooks of
 callbacks whose `main_process_only` is True (everything that prints or writes files).
-Per-batch logs are produced only when some callback asks for them (`wants_batch_logs`), so
-the loop does not synchronise with the device on every step otherwise.
+Per-batch logs are Keras's: the running means of the loss and metrics over the epoch so far,
+on this rank's batches (not reduced across ranks). They are built only when a callback with
+a batch-end hook reads them (`wants_batch_logs`), so the loop does not synchronise with the
+device on every step otherwise; the others get an empty dict.
 """
 from __future__ import annotations
 
@@ -20,8 +22,10 @@ class Callback:
     #: Called on rank 0 only (printing, files). Set False for callbacks that must run on
     #: every rank (e.g. learning-rate changes, which must stay identical on all ranks).
     main_process_only = True
-    #: Ask the loop for per-batch logs (costs a device sync each step).
-    wants_batch_logs = False
+    #: Per-batch logs (Keras's running means of the loss and metrics over the epoch so
+    #: far) cost a device sync each step. None: wanted when the callback overrides a
+    #: batch-end hook; False for callbacks that ignore them (a progress bar).
+    wants_batch_logs: bool | None = None
     #: Reads the model's weights (checkpoints, weight restore). Under a distributed
     #: strategy the loop then gathers the full weights on every rank before epoch-end hooks,
     #: so a rank-0-only callback never starts a collective alone.
@@ -41,8 +45,14 @@ class Callback:
     def on_train_end(self, logs=None): ...
     def on_epoch_begin(self, epoch: int, logs=None): ...
     def on_epoch_end(self, epoch: int, logs=None): ...
-    def on_train_batch_begin(self, batch: int, logs=None): ...
-    def on_train_batch_end(self, batch: int, logs=None): ...
+    def on_batch_begin(self, batch: int, logs=None): ...
+    def on_batch_end(self, batch: int, logs=None): ...
+
+    def on_train_batch_begin(self, batch: int, logs=None):
+        self.on_batch_begin(batch, logs=logs)  # Keras's older name, still honoured
+
+    def on_train_batch_end(self, batch: int, logs=None):
+        self.on_batch_end(batch, logs=logs)
 
 
 _alone = [False]  # a main-process-only hook of a several-rank fit is running (see alone)
@@ -76,10 +86,13 @@ class CallbackList:
         self._marked = world > 1
         # The per-batch hooks that do something, looked up once: the loop calls these every
         # step and skips the dispatch (and building the batch logs) when there are none.
-        self._batch_begin = [self._hook(c, "on_train_batch_begin") for c in self.callbacks
-                             if _overrides(c, "on_train_batch_begin")]
-        self._batch_end = [self._hook(c, "on_train_batch_end") for c in self.callbacks
-                           if _overrides(c, "on_train_batch_end")]
+        # Keras's aliases count: the base on_train_batch_* calls on_batch_*.
+        begin = [c for c in self.callbacks
+                 if _overrides(c, "on_train_batch_begin", "on_batch_begin")]
+        end = [c for c in self.callbacks if _overrides(c, "on_train_batch_end", "on_batch_end")]
+        self._batch_begin = [self._hook(c, "on_train_batch_begin") for c in begin]
+        self._batch_end = [self._hook(c, "on_train_batch_end") for c in end]
+        self._end_logs = any(c.wants_batch_logs is not False for c in end)
 
     def _hook(self, callback, name: str):
         hook = getattr(callback, name)
@@ -87,7 +100,8 @@ class CallbackList:
 
     @property
     def wants_batch_logs(self) -> bool:
-        return any(c.wants_batch_logs for c in self.callbacks)
+        """Some callback with a batch-end hook reads the batch logs."""
+        return self._end_logs
 
     @property
     def has_batch_begin(self) -> bool:
@@ -117,6 +131,8 @@ class CallbackList:
         return call
 
 
-def _overrides(callback, hook: str) -> bool:
-    """False only when `callback.<hook>` is the base class's no-op."""
-    return getattr(getattr(callback, hook), "__func__", None) is not getattr(Callback, hook)
+def _overrides(callback, *hooks: str) -> bool:
+    """False only when every `callback.<hook>` is the base class's own (a no-op, or the
+    alias call)."""
+    return any(getattr(getattr(callback, hook), "__func__", None) is not getattr(Callback, hook)
+               for hook in hooks)

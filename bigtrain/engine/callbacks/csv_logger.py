@@ -12,8 +12,10 @@ class CSVLogger(Callback):
     """Writes `epoch` and every log value of each epoch as a CSV row (rank 0 only).
 
     The columns are fixed by the first epoch's logs (`epoch` first, then the log keys in
-    sorted order, as Keras does), or by the existing header when appending; a value
-    missing from an epoch's logs is written as "NA".
+    sorted order, as Keras does; when they hold no `val_*` key, a `val_<key>` column is
+    added for each, so epochs that validate later, as with `validation_freq`, keep their
+    values), or by the existing header when appending; a value missing from an epoch's
+    logs is written as "NA".
     Each row is flushed at once, so the file is readable while training runs.
 
     Args:
@@ -80,7 +82,7 @@ class CSVLogger(Callback):
         if self._file is None:  # driven without on_train_begin
             self.on_train_begin()
         if self._writer is None:  # first epoch of a new file: its keys are the columns
-            self.keys = sorted(logs)
+            self.keys = _columns(logs)
             self._writer = self._make_writer()
             self._writer.writeheader()
         extra = sorted(set(logs) - set(self.keys))
@@ -95,3 +97,11 @@ class CSVLogger(Callback):
         if self._file is not None:
             self._file.close()
         self._file, self._writer = None, None
+
+
+def _columns(logs: dict) -> list[str]:
+    """Keras's columns: the sorted keys, plus `val_<key>` for each when none is `val_*`."""
+    keys = sorted(logs)
+    if keys and not any(k.startswith("val_") for k in keys):
+        keys += [f"val_{k}" for k in keys]
+    return keys

@@ -1,8 +1,9 @@
 """Stops training when a monitored quantity stops improving (Keras `EarlyStopping`)."""
 from __future__ import annotations
 
-from bigtrain.engine.callbacks._util import (is_improvement, is_main_process, monitor_value,
-                                             resolve_mode, worst_value)
+from bigtrain.engine.callbacks._util import (check_auto_monitor, is_improvement,
+                                             is_main_process, monitor_value, resolve_mode,
+                                             worst_value)
 from bigtrain.engine.callbacks.base import Callback
 
 
@@ -49,6 +50,7 @@ class EarlyStopping(Callback):
         self.monitor = monitor
         self.min_delta = abs(min_delta)
         self.patience = patience
+        self._auto = mode == "auto"  # checked against the fit's metrics at an epoch end
         self.mode = resolve_mode(monitor, mode)
         self.baseline = baseline
         self.restore_best_weights = restore_best_weights
@@ -66,6 +68,9 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._auto:  # Keras: before anything else, even a warm-up epoch's
+            check_auto_monitor(self.monitor, "auto", self.params, "EarlyStopping")
+            self._auto = False
         if epoch < self.start_from_epoch:
             return
         current = monitor_value(logs, self.monitor, "EarlyStopping")

@@ -38,8 +38,9 @@ class ProgressBar(Callback):
     than `plain_after_s`, a plain progress line each time another 10% of the batches is done.
     verbose=2: the epoch lines only. verbose=0: silent.
 
-    The bar reads only `logs["size"]` per batch, so it never asks the loop for per-batch
-    losses (which would synchronise with the device every step).
+    The bar reads no per-batch logs (`wants_batch_logs = False`): it counts samples from
+    `params["batch_size"]`, so it never makes the loop synchronise with the device every
+    step.
 
     Args:
         verbose: 0, 1 or 2 as above; None takes `params["verbose"]` from the loop.
@@ -51,6 +52,8 @@ class ProgressBar(Callback):
         >>> model.fit(x, y, epochs=3, callbacks=[ProgressBar(verbose=2)])  # doctest: +SKIP
         Epoch 1/3 - 125/125 - 1.2s - 3318 samples/s - loss: 0.6931 - val_loss: 0.6012
     """
+
+    wants_batch_logs = False
 
     def __init__(self, verbose: int | None = 1, *, file=None, plain_after_s: float = 10.0):
         super().__init__()
@@ -74,7 +77,7 @@ class ProgressBar(Callback):
         if self._console is None:  # hooks driven without on_train_begin
             self.on_train_begin()
         self._epoch, self._t0 = epoch, time.perf_counter()
-        self._done, self._samples, self._last_plain = 0, 0, (0, self._t0)  # (decile, time)
+        self._done, self._last_plain = 0, (0, self._t0)  # (decile, time)
         self._steps = self.params.get("steps")
         if self._level() == 1 and self._live():
             self._progress = Progress(
@@ -86,7 +89,6 @@ class ProgressBar(Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self._done += 1
-        self._samples += int((logs or {}).get("size", self.params.get("batch_size") or 0))
         if self._level() != 1:
             return
         if self._progress is not None:
@@ -101,7 +103,7 @@ class ProgressBar(Callback):
         elapsed = time.perf_counter() - self._t0
         steps = f"{self._done}/{self._steps}" if self._steps else f"{self._done}"
         parts = [self._title(), steps, format_duration(elapsed)]
-        if self._samples:
+        if self._samples():
             parts.append(self._rate_text())
         if logs:
             parts.append(format_logs(logs))
@@ -120,7 +122,13 @@ class ProgressBar(Callback):
 
     def _rate_text(self) -> str:
         elapsed = max(time.perf_counter() - self._t0, 1e-9)
-        return f"{self._samples / elapsed:.0f} samples/s"
+        return f"{self._samples() / elapsed:.0f} samples/s"
+
+    def _samples(self) -> int:
+        """Samples of the batches done this epoch (the data's last batch may be short)."""
+        done = self._done * (self.params.get("batch_size") or 0)
+        total = self.params.get("samples")
+        return done if total is None else min(done, total)
 
     def _print(self, line: str) -> None:
         self._console.print(line, markup=False, highlight=False)
@@ -147,3 +155,14 @@ class ProgressBar(Callback):
         elif now - last_time >= _UNKNOWN_TOTAL_INTERVAL_S:
             self._last_plain = (last_decile, now)
             self._print(f"{self._title()} - {self._done} batches - {self._rate_text()}")
+
+
+class ProgbarLogger(ProgressBar):
+    """Keras's name for the progress display: a ProgressBar at fit's `verbose` level.
+
+    Example:
+        >>> model.fit(x, y, verbose=2, callbacks=[ProgbarLogger()])  # doctest: +SKIP
+    """
+
+    def __init__(self):
+        super().__init__(verbose=None)

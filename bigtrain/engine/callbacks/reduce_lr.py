@@ -2,9 +2,9 @@
 `ReduceLROnPlateau`)."""
 from __future__ import annotations
 
-from bigtrain.engine.callbacks._util import (get_lrs, is_improvement, is_main_process,
-                                             monitor_value, resolve_mode, set_lrs,
-                                             worst_value)
+from bigtrain.engine.callbacks._util import (check_auto_monitor, get_lrs, is_improvement,
+                                             is_main_process, monitor_value, resolve_mode,
+                                             set_lrs, worst_value)
 from bigtrain.engine.callbacks.base import Callback
 
 
@@ -47,6 +47,7 @@ class ReduceLROnPlateau(Callback):
                              f"{cooldown}, {min_lr}.")
         self.monitor, self.factor, self.patience = monitor, factor, patience
         self.min_delta, self.cooldown, self.min_lr = abs(min_delta), cooldown, min_lr
+        self._auto = mode == "auto"  # checked against the fit's metrics at an epoch end
         self.mode = resolve_mode(monitor, mode)
         self.verbose = verbose
         self.on_train_begin()
@@ -58,6 +59,9 @@ class ReduceLROnPlateau(Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         """Keras's rule, step for step: log the epoch's learning rate, then count it."""
+        if self._auto:
+            check_auto_monitor(self.monitor, "auto", self.params, "ReduceLROnPlateau")
+            self._auto = False
         if logs is not None:
             logs["learning_rate"] = get_lrs(self.model.optimizer)[0]  # as Keras's History
         current = monitor_value(logs, self.monitor, "ReduceLROnPlateau")

@@ -35,7 +35,7 @@ class RunMonitor(Callback):
             SAMPLES_PER_EPOCH times per epoch).
     """
 
-    wants_batch_logs = True  # the per-step loss (one host sync per step)
+    wants_batch_logs = True  # the running loss, for the per-step loss (a host sync per step)
 
     def __init__(self, save=None, every: int | None = None):
         super().__init__()
@@ -43,6 +43,7 @@ class RunMonitor(Callback):
         self.health: GradHealth | None = None
         self.history: dict[str, list[float]] = {}
         self.step_losses: list[float] = []
+        self._mean = math.nan  # the epoch's running mean loss after the last step
         self.epoch, self.step = 0, None
         self.stop: dict | None = None
 
@@ -59,11 +60,19 @@ class RunMonitor(Callback):
         self.epoch, self.step, self.step_losses = epoch, None, []
 
     def on_train_batch_end(self, batch, logs=None):
+        # The logs hold the epoch's running mean loss (as Keras's); the step's own loss is
+        # the change of the running sum, batches taken as equal in size (exact but for the
+        # data's last, shorter batch). A NaN/Inf step stays non-finite.
         self.step = batch
-        self.step_losses.append(float((logs or {}).get("loss", math.nan)))
+        mean, k = float((logs or {}).get("loss", math.nan)), len(self.step_losses)
+        self.step_losses.append(mean if k == 0 else (k + 1) * mean - k * self._mean)
+        self._mean = mean
 
     def on_epoch_end(self, epoch, logs=None):
-        for k, v in (logs or {}).items():
+        # The History keeps a NaN-stopped epoch (Keras); the record keeps finished ones only,
+        # and reads the stop from `stop` and the step losses.
+        stopped = self.stop is not None and self.stop["reason"] == "nan_loss"
+        for k, v in ({} if stopped else logs or {}).items():
             self.history.setdefault(k, []).append(float(v))
         if self.save is not None:
             self.save(self)
