@@ -33,6 +33,8 @@ import numpy as np
 import torch
 
 from bigtrain.api import training
+from bigtrain.api.fit_args import class_weight_to_sample_weight
+from bigtrain.api.inputs import _compact_one_hot, prepare_data
 from bigtrain.engine.carry import load_carried
 from bigtrain.engine.data import ArrayData, as_tensor_source
 from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
@@ -157,7 +159,7 @@ def _batch(model, runner: BatchRunner, x, y, sample_weight) -> StepBatch:
     device = runner.device
     xb, yb = as_tensor_source(x).to(device), as_tensor_source(y)
     spec, names = model.compiled.losses[0], model.compiled.metric_names[0]
-    yb = training._compact_one_hot(yb, spec, names).to(device)
+    yb = _compact_one_hot(yb, spec, names).to(device)
     sw = None if sample_weight is None else as_tensor_source(sample_weight).to(device)
     return StepBatch(micro=[(xb, yb, sw)], weights=[1.0])
 
@@ -175,7 +177,7 @@ def _refuse_streams(x) -> None:
 
 def _checked(model, x, y=None, sample_weight=None, need_targets=True) -> ArrayData:
     _refuse_streams(x)
-    return training.prepare_data(model, x, y, sample_weight, need_targets=need_targets)
+    return prepare_data(model, x, y, sample_weight, need_targets=need_targets)
 
 
 class _BatchTally(Tally):
@@ -229,7 +231,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None,
             raise ValueError("train_on_batch got both class_weight and sample_weight; pass "
                              "one (fold the class weights into sample_weight to use both)")
         ys = y if isinstance(y, (list, tuple)) else [y]
-        sample_weight = training.class_weight_to_sample_weight(ys, class_weight, None)
+        sample_weight = class_weight_to_sample_weight(ys, class_weight, None)
     runner = runner_for(model, "train_on_batch")
     batch = _batch(model, runner, x, y, sample_weight)
     optimizer = _optimizer(model, runner)

@@ -13,21 +13,20 @@ import torch
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
 from bigtrain.api.capture import stop_if_capturing
-from bigtrain.api.fit_args import check_keywords, class_weight_to_sample_weight, loss_weight_list
+from bigtrain.api.fit_args import check_keywords, loss_weight_list
 from bigtrain.api.functional import GraphModule
+from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, loader_batch_size,
+                                 prepare_data, validation_of)
+from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import OutputLoss, get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
-from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.regularizers import RegularizedTask, refuse_strategy
-from bigtrain.data.hf import from_hf, is_hf
-from bigtrain.data.streams import as_stream
-from bigtrain.engine.data import ArrayData, DatasetData, Loading, as_tensor_source
-from bigtrain.engine.feed import StreamData, check_stream, stream_data
+from bigtrain.engine.data import ArrayData
+from bigtrain.engine.feed import check_stream
 from bigtrain.engine.task import FitConfig, TrainTask
 from bigtrain.parallel.update_rules import UpdateRules
 
-DEFAULT_BATCH_SIZE = 32  # as Keras
 
 
 @dataclass
@@ -171,89 +170,6 @@ def _require_compiled(model, what: str) -> None:
         raise RuntimeError(f"call model.compile(optimizer=..., loss=...) before model.{what}()")
 
 
-def _from_dataset(x, y, loading: dict | None = None):
-    """A torch Dataset / DataLoader as DatasetData (its batch size is returned too)."""
-    from torch.utils.data import DataLoader
-    if y is not None:
-        raise ValueError("pass either a Dataset/DataLoader yielding (x, y), or arrays x and y, "
-                         "not both")
-    loader_batch = x.batch_size if isinstance(x, DataLoader) else None
-    dataset = x.dataset if isinstance(x, DataLoader) else x
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
-        raise ValueError("fit takes map-style Datasets (with __len__ and __getitem__); wrap an "
-                         "iterable dataset's samples in arrays or a map-style Dataset")
-    if len(dataset) == 0:
-        raise ValueError("the dataset is empty (0 samples); pass at least one sample")
-    return DatasetData(dataset, loading_of(x, loading)), loader_batch
-
-
-def loading_of(x, asked: dict | None) -> Loading:
-    """fit's workers=/prefetch= where given, else a DataLoader's own num_workers,
-    prefetch_factor, pin_memory and collate_fn (bigtrain draws the indices itself)."""
-    from torch.utils.data import DataLoader, default_collate
-    asked = {k: v for k, v in (asked or {}).items() if v is not None}
-    if not isinstance(x, DataLoader):
-        return Loading(**asked)
-    own = {"workers": x.num_workers, "prefetch": x.prefetch_factor or 2,
-           "pin_memory": x.pin_memory,
-           "collate": None if x.collate_fn is default_collate else x.collate_fn}
-    return Loading(**{**own, **asked})
-
-
-def prepare_data(model, x, y, sample_weight=None, need_targets=True,
-                 loading: dict | None = None, trusted: list | None = None,
-                 names: tuple[str, str] = ("x", "y")) -> ArrayData:
-    """Inputs/targets as ArrayData after every check that can fail before training.
-    `trusted`: see validation.check_finite (fit's training arrays only); `names`: what the
-    messages call the inputs and targets (validation data's are not x and y)."""
-    from torch.utils.data import DataLoader, Dataset
-    if is_hf(x):  # Hugging Face datasets: y names the target column(s)
-        x, y = from_hf(x, y, getattr(model.net, "input_names", None)), None
-    stream = as_stream(x)  # generators, IterableDatasets, files: read in order
-    if stream is not None:
-        return stream_data(stream, y)
-    if isinstance(x, (Dataset, DataLoader)):
-        return _from_dataset(x, y, loading)[0]
-    in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
-    xs = check.as_list(x, in_names, "x")
-    ys = check.as_list(y, model.output_names if in_names else None, "y")
-    if need_targets and not ys:
-        raise ValueError("fit/evaluate need targets: pass y")
-    sample_weight = per_output_weights(sample_weight, model.output_names)
-    check.check_lengths(xs, ys, sample_weight)
-    if model.input_shapes is not None:
-        check.check_input_shapes(xs, model.input_shapes, in_names)
-    check.check_numeric(xs, "x")
-    check.check_numeric(ys, "y")
-    check.check_finite(xs, names[0], trusted)
-    check.check_finite(ys, names[1], trusted)
-    if model.compiled is not None and model.output_shapes is not None:
-        for yi, spec, shape, name in zip(ys, model.compiled.losses, model.output_shapes,
-                                         model.output_names):
-            check.check_targets(yi, spec.name, shape, name)
-    sw = None if sample_weight is None else as_tensor_source(sample_weight)
-    targets = [as_tensor_source(a) for a in ys]
-    if model.compiled is not None:
-        targets = [_compact_one_hot(t, spec, names) for t, spec, names in
-                   zip(targets, model.compiled.losses, model.compiled.metric_names)]
-    return ArrayData([as_tensor_source(a) for a in xs], targets, sw)
-
-
-def _compact_one_hot(y, spec: LossSpec, metric_names: list):
-    """Exactly one-hot labels for a categorical cross-entropy on logits become class ids:
-    the same loss and built-in metrics (which read ids and one-hot rows alike), computed by
-    torch's fused kernel on 1/C of the bytes. A user's Metric object sees the labels as
-    given."""
-    if any(not isinstance(m, str) for m in metric_names):
-        return y
-    if spec.name != "categorical_crossentropy" or not spec.from_logits or \
-            not isinstance(y, torch.Tensor) or y.dim() != 2 or not y.is_floating_point():
-        return y
-    if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(1) == 1).all()):
-        return y  # soft labels stay as they are
-    return y.argmax(1)
-
-
 def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
               callbacks: list, run_dir=None, carry=None) -> TrainTask:
     """The engine's TrainTask for `model`; `carry`: what its previous fit left (fit passes
@@ -286,52 +202,6 @@ def _task_losses(losses: list, metrics: list[list]) -> list:
     return [next(m for m in ms if isinstance(m, OutputLoss)).loss_fn for ms in metrics]
 
 
-def per_output_weights(sample_weight, output_names: list[str]):
-    """Keras's per-output `sample_weight` (a list, or a dict by output name) as one
-    (n, outputs) float32 array, column k weighing output k (None or a missing name: 1.0);
-    anything else is returned as is (one weight per sample for every output).
-
-    Example:
-        per_output_weights({"cls": w}, ["reg", "cls"])  # (n, 2): ones, w
-    """
-    if len(output_names) < 2 or not isinstance(sample_weight, (list, tuple, dict)):
-        return sample_weight
-    if isinstance(sample_weight, dict):
-        unknown = [k for k in sample_weight if k not in output_names]
-        if unknown:
-            raise ValueError(f"sample_weight names {unknown}, which are not outputs of this "
-                             f"model; its outputs are {output_names}")
-        sample_weight = [sample_weight.get(name) for name in output_names]
-    if len(sample_weight) != len(output_names):
-        raise ValueError(f"got {len(sample_weight)} sample_weight arrays for "
-                         f"{len(output_names)} outputs ({output_names}); pass one per output "
-                         "(None for unweighted), a dict by output name, or one array for all")
-    columns = [None if w is None else np.asarray(w, dtype=np.float32).reshape(len(w), -1)
-               for w in sample_weight]
-    given = [c for c in columns if c is not None]
-    if not given:
-        return None
-    if any(c.shape[1] != 1 or c.shape[0] != given[0].shape[0] for c in given):
-        raise ValueError("each output's sample_weight must be one weight per sample, all of "
-                         f"the same length; got shapes {[c.shape for c in given]}")
-    ones = np.ones((given[0].shape[0], 1), np.float32)
-    return np.concatenate([ones if c is None else c for c in columns], axis=1)
-
-
-def _with_class_weight(data, class_weight):
-    """The training data with `class_weight[label]` as its sample weights (as Keras, the
-    validation data keeps its own: validation_split takes its share first)."""
-    import dataclasses
-    if class_weight is None:
-        return data
-    if isinstance(data, (DatasetData, StreamData)):
-        raise ValueError("class_weight needs arrays x and y (as in Keras, not a Dataset or "
-                         "a stream): let the Dataset or stream return (x, y, sample_weight) "
-                         "items instead")
-    weights = class_weight_to_sample_weight(data.ys, class_weight, data.sample_weight)
-    return dataclasses.replace(data, sample_weight=as_tensor_source(weights))
-
-
 def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callbacks=None,
         validation_split=0.0, validation_data=None, shuffle=True, class_weight=None,
         sample_weight=None, initial_epoch=0, steps_per_epoch=None, validation_steps=None,
@@ -342,15 +212,27 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
 
     Args:
         x, y: numpy arrays, torch tensors, memory-mapped `.npy` arrays, or lists/dicts of
-            them for several inputs/outputs. Or, with y=None: a map-style torch Dataset or
-            DataLoader; a generator of (x, y) batches or a torch IterableDataset (read in
-            order, each rank keeping its rows of every global batch); files from
-            `bigtrain.data.files(...)`; a Hugging Face dataset, with y naming its target
-            column(s).
-        batch_size: the GLOBAL batch (summed over all ranks); default 32.
-        epochs, verbose, callbacks, validation_split, validation_data, shuffle,
-            class_weight, sample_weight, initial_epoch, steps_per_epoch, validation_steps,
-            validation_batch_size, validation_freq: as in Keras, in every strategy.
+            them for several inputs/outputs (a dict's keys that name no Input are left
+            out, as Keras). Or, with y=None: a map-style torch Dataset or DataLoader; a
+            generator of (x, y) batches, a list of them, a PyDataset-like sequence of them
+            or a torch IterableDataset (read in order, each rank keeping its rows of every
+            global batch); files from `bigtrain.data.files(...)`; a Hugging Face dataset,
+            with y naming its target column(s). Inputs are cast to the dtype of the
+            model's Input (float32 unless declared otherwise), as Keras casts them.
+            A DataLoader's sampler and drop_last decide the samples and their order (as
+            Keras iterates the loader; fit's `shuffle` is then ignored): a RandomSampler
+            gives a new permutation each epoch (seeded by `seed`), a SequentialSampler
+            none, another sampler its own indices (its random draws seeded by `seed` and
+            the pass, so every rank draws the same). A custom batch_sampler is read batch
+            by batch, on one process only.
+        batch_size: the GLOBAL batch (summed over all ranks); default 32 (a DataLoader's
+            own batch size where fit's is not given).
+        validation_data: (x_val, y_val[, sample_weight]), a map-style Dataset or
+            DataLoader, or any of the streams above, whose first `validation_steps`
+            batches (all of them without it) are read into memory once, when fit starts.
+        epochs, verbose, callbacks, validation_split, shuffle, class_weight, sample_weight,
+            initial_epoch, steps_per_epoch, validation_steps, validation_batch_size,
+            validation_freq: as in Keras, in every strategy.
         strategy: a name ("ddp", "zero3", ...) or a `bigtrain.parallel` Strategy object.
         devices: number of processes, "auto" (one per GPU), "cuda", "cpu" (CPU ranks even
             where a GPU exists) or "mps" (one process on an Apple GPU).
@@ -383,9 +265,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     from bigtrain.launch.runner import FIT_OPTIONS, run_fit
     check_keywords("fit", distributed, [*_FIT_KEYWORDS, *FIT_OPTIONS])
     _require_compiled(model, "fit")
-    from torch.utils.data import DataLoader
-    if batch_size is None and isinstance(x, DataLoader) and x.batch_size:
-        batch_size = x.batch_size  # a DataLoader's batch size stands in for fit's default
+    if batch_size is None and loader_batch_size(x):
+        batch_size = loader_batch_size(x)  # a DataLoader's batch size stands in for fit's
     if model.net is None:
         model.build(tuple(np.shape(x)[1:]))
     config = FitConfig(epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None
@@ -402,9 +283,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                         loading={"workers": workers, "prefetch": prefetch}, trusted=trusted)
     val = None
     if validation_data is not None:
-        vx, vy = validation_data[0], validation_data[1]
-        vsw = validation_data[2] if len(validation_data) > 2 else None
-        val = prepare_data(model, vx, vy, vsw, names=("validation x", "validation y"))
+        val, config = validation_of(model, validation_data, config)
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)

@@ -11,11 +11,15 @@ import torch
 _CHUNK = 65_536  # rows per chunk when scanning arrays that may be memory-mapped
 
 
-def as_list(data, names: list[str] | None, what: str) -> list:
-    """Arrays of one kind of data (inputs or targets) as a list in the model's order."""
+def as_list(data, names: list[str] | None, what: str, extra_ok: bool = False) -> list:
+    """Arrays of one kind of data (inputs or targets) as a list in the model's order.
+    `extra_ok`: a dict's keys that name none of `names` are left out (Keras reads only the
+    keys that name an Input)."""
     if data is None:
         return []
     if isinstance(data, dict):
+        if extra_ok and names is not None and set(names) <= set(data):
+            return [data[n] for n in names]
         if names is None or set(data) != set(names):
             raise ValueError(f"{what} is a dict with keys {sorted(data)}, but the model's "
                              f"{what} are named {names}; use those keys")
@@ -248,11 +252,15 @@ def _range(y) -> tuple[float, float]:
 
 
 def check_input_shapes(xs: list, expected: list[tuple], names: list[str]) -> None:
-    """Each input array's per-sample shape equals the model input's."""
+    """Each input array's per-sample shape equals the model input's (or lacks only its
+    last axis of 1, which each batch then gains, as Keras)."""
     if len(xs) != len(expected):
         raise ValueError(f"the model takes {len(expected)} input(s) ({', '.join(names)}), "
                          f"got {len(xs)} array(s)")
     for a, shape, name in zip(xs, expected, names):
+        if len(a.shape) == len(shape) and shape and shape[-1] == 1 and \
+                tuple(a.shape[1:]) == tuple(shape[:-1]):
+            continue  # Keras adds the missing last axis of 1: (n,) for (None, 1)
         if tuple(a.shape[1:]) != tuple(shape):
             raise ValueError(f"input {name!r} expects samples of shape {tuple(shape)} (batch "
                              f"shape (None, {', '.join(map(str, shape))})), got an array of "

@@ -54,6 +54,18 @@ class FileSource:
     def steps(self, batch_size: int) -> int:
         return -(-self.total // batch_size)
 
+    def sample_shape(self) -> tuple | None:
+        """The shape of one sample of x, from the first file's schema (None: a list column
+        of varying length, known only once read)."""
+        import pyarrow as pa
+        from bigtrain.data.file_layout import _schema_and_groups
+        if len(self.x) > 1:
+            return (len(self.x),)
+        kind = _schema_and_groups(self.paths[0])[0].field(self.x[0]).type
+        if pa.types.is_fixed_size_list(kind):
+            return (kind.list_size,)
+        return None if pa.types.is_list(kind) or pa.types.is_large_list(kind) else (1,)
+
     # ---- the order of one pass ------------------------------------------------------------
     def blocks(self, data_pass: int, seed: int, shuffle: bool) -> list[list[int]]:
         """Unit positions (into the pass's unit order) of each shuffle block."""
@@ -87,10 +99,10 @@ class FileSource:
     def read_units(self, units: list[int]) -> dict[str, np.ndarray]:
         """The needed columns of `units` (indices into self.units), concatenated; zero rows
         (with the columns' types) for no units."""
-        if not units:
+        if not units:  # one row read, so that a list column keeps its width
             unit = self.units[0]
-            table = _read_unit(self.paths[unit.file], unit.group, self.columns()).slice(0, 0)
-            return {name: _column(table, name) for name in self.columns()}
+            table = _read_unit(self.paths[unit.file], unit.group, self.columns()).slice(0, 1)
+            return {name: _column(table, name)[:0] for name in self.columns()}
         parts: dict[str, list] = {}
         for u in units:
             table = _read_unit(self.paths[self.units[u].file], self.units[u].group,
@@ -116,8 +128,9 @@ class FileSource:
 
     def _tensors(self, cols: dict[str, np.ndarray]) -> tuple:
         feats = [cols[c] for c in self.x]
-        if len(feats) == 1:
-            x = torch.from_numpy(np.ascontiguousarray(feats[0]))
+        if len(feats) == 1:  # a scalar column is one feature per row: (n, 1), as x=[name]
+            one = feats[0] if feats[0].ndim > 1 else feats[0].reshape(-1, 1)
+            x = torch.from_numpy(np.ascontiguousarray(one))
         else:
             x = torch.from_numpy(np.stack(feats, axis=1).astype(np.float32, copy=False))
         x = x.float() if x.dtype == torch.float64 else x
@@ -188,7 +201,10 @@ def _column(table, name: str) -> np.ndarray:
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
             pa.types.is_fixed_size_list(col.type):
         values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
-        return values.reshape(len(col), -1) if len(col) else values.reshape(0, 0)
+        if len(col):
+            return values.reshape(len(col), -1)
+        width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else 0
+        return values.reshape(0, width)
     return col.to_numpy(zero_copy_only=False)
 
 
@@ -207,7 +223,9 @@ def files(pattern, x, y=None, sample_weight=None, buffer_rows: int = 65_536) -> 
 
     Args:
         pattern: a glob ("data/*.parquet", "data/**/*.arrow") or a list of paths/globs.
-        x: input column name, or a list of numeric columns stacked into one (n, k) input.
+        x: input column name (a fixed-size list column gives an (n, k) input, a scalar
+            column (n, 1)), or a list of numeric columns stacked into one (n, k) input.
+            Batches are cast to the model Input's dtype and checked against its shape.
         y: target column name (None: the model takes no targets).
         sample_weight: column of per-sample loss weights, or None.
         buffer_rows: rows shuffled together (whole row groups are added until a block

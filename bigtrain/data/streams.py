@@ -90,10 +90,11 @@ class BatchStream:
 
     is_bigtrain_stream = True
 
-    def __init__(self, source):
+    def __init__(self, source, one_rank: str | None = None):
         self.source = source
         self.one_shot = iter(source) is source
         self.read = 0  # batches a one-shot source has given so far
+        self.one_rank = one_rank  # why the source can be read on one rank only, or None
 
     def __reduce__(self):
         if self.one_shot:
@@ -102,7 +103,7 @@ class BatchStream:
                 "(devices=N): pass a torch IterableDataset (or a list of batches), or start "
                 "the script with `bigtrain run --nproc-per-node N script.py` so every rank "
                 "makes its own generator")
-        return (BatchStream, (self.source,))
+        return (BatchStream, (self.source, self.one_rank))
 
     def steps(self, batch_size: int) -> int | None:
         """Batches per pass when the source has a len(), else None (its own batch size)."""
@@ -116,15 +117,24 @@ class BatchStream:
     def samples(self) -> int | None:
         return None  # batches bring their own sizes
 
+    def _pass(self, window: Window):
+        """An iterator over one pass of a re-iterable source (a sequence in the pass's
+        order: fit's shuffle permutes its batches, as Keras's)."""
+        if isinstance(self.source, Sequence):
+            return self.source.ordered(window.data_pass, window.seed, window.shuffle)
+        return iter(self.source)
+
     def batches(self, window: Window):
         """(global rows, this rank's (x, y, sample_weight) rows) of each batch in window."""
+        if self.one_rank and window.shard[1] > 1:
+            raise ValueError(self.one_rank)
         if self.one_shot:
             if window.start < self.read:
                 raise StreamEnded(f"a generator cannot go back to batch {window.start} (it has "
                                   f"given {self.read}); pass a fresh generator to each fit")
             it, at = self.source, self.read
         else:
-            it, at = iter(self.source), 0
+            it, at = self._pass(window), 0
         got = at
         for item in it:
             got += 1
@@ -193,18 +203,100 @@ def _collated(collate, items: list, example) -> tuple:
     return parts[0], parts[1], parts[2] if len(parts) == 3 else None
 
 
+class Sequence:
+    """Batches `source[0] .. source[len - 1]` of a keras.utils.PyDataset-like object (with
+    `__len__` and `__getitem__`), read again each pass, in an order fit's shuffle permutes;
+    its `on_epoch_end()`, where it has one, runs after each whole pass, as Keras calls
+    it."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __iter__(self):
+        return self.ordered(0, 0, False)
+
+    def ordered(self, data_pass: int, seed: int, shuffle: bool):
+        """The batches of one pass; with `shuffle`, in a permutation seeded by (seed,
+        pass), the same on every rank (Keras shuffles a PyDataset's batches likewise)."""
+        n = len(self.source)
+        order = range(n)
+        if shuffle:  # seeded as the permutations of arrays are (engine.data)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + data_pass)
+            order = torch.randperm(n, generator=g).tolist()
+        end = getattr(self.source, "on_epoch_end", None)  # Keras's PyDataset protocol
+        for k, i in enumerate(order):
+            batch = self.source[i]
+            if k == n - 1 and callable(end):  # before the yield: a reader stops at the last
+                end()
+            yield batch
+
+
+def _is_batch(item) -> bool:
+    """(x, y) or (x, y, sample_weight) with array-like parts, not a row of numbers."""
+    return isinstance(item, (tuple, list)) and len(item) in (2, 3) and \
+        not isinstance(item[0], (bool, int, float, np.number)) and \
+        (hasattr(item[0], "shape") or isinstance(item[0], (tuple, list, dict)))
+
+
+def as_batches(x):
+    """A BatchStream for `x` given without y when it is a list of (x, y[, sample_weight])
+    batches or a PyDataset-like sequence of them (`__len__` and `__getitem__`, no `shape`);
+    else None. Both are read again every pass."""
+    from torch.utils.data import Dataset
+    if isinstance(x, list):
+        return BatchStream(x) if x and all(_is_batch(b) for b in x) else None
+    if isinstance(x, (tuple, dict, str, bytes, Dataset)) or hasattr(x, "shape") or \
+            not (hasattr(x, "__len__") and hasattr(x, "__getitem__")):
+        return None
+    return BatchStream(Sequence(x))
+
+
+def read_all(source, batch_size: int, steps: int | None) -> tuple:
+    """(x, y, sample_weight) of the first `steps` batches of a stream source (all of them
+    for None), concatenated: a stream as arrays, for validation."""
+    window = Window(0, 0, steps, batch_size, rows=lambda n: (0, n), what="validation")
+    parts = [batch for _, batch in source.batches(window)]
+    if not parts:
+        raise ValueError("validation_data gave no batches; pass at least one")
+    joined = [_concat([p[k] for p in parts]) for k in range(3)]
+    return tuple(joined)
+
+
+def _concat(parts: list):
+    if parts[0] is None:
+        return None
+    if isinstance(parts[0], tuple):
+        return [torch.cat(column) for column in zip(*parts)]
+    return torch.cat(parts)
+
+
+_BATCH_SAMPLER_RANKS = (
+    "a DataLoader with a custom batch_sampler is read batch by batch, as Keras reads it, on "
+    "one process only: its batches (of varying sizes, often random) could not be split the "
+    "same way on every rank. Fit on one process, or give the DataLoader a sampler= and "
+    "batch_size= instead (each rank then takes its share of every batch)")
+
+
 def as_stream(x):
     """The stream source for `x` when fit should read it in order, else None.
 
     Generators and iterators become a BatchStream (each item a global batch), as does a
-    DataLoader over an IterableDataset (its batches, its workers); a torch IterableDataset
-    becomes a SampleStream. Sources already built (`bigtrain.data.files(...)`) pass as is.
+    DataLoader over an IterableDataset (its batches, its workers) or with a custom
+    batch_sampler (its batches, one process only); a torch IterableDataset becomes a
+    SampleStream. Sources already built (`bigtrain.data.files(...)`) pass as is.
     """
-    from torch.utils.data import DataLoader, IterableDataset
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset
     if getattr(x, "is_bigtrain_stream", False):
         return x
     if isinstance(x, DataLoader):
-        return BatchStream(x) if isinstance(x.dataset, IterableDataset) else None
+        if isinstance(x.dataset, IterableDataset):
+            return BatchStream(x)
+        if x.batch_sampler is not None and type(x.batch_sampler) is not BatchSampler:
+            return BatchStream(x, one_rank=_BATCH_SAMPLER_RANKS)
+        return None
     if isinstance(x, IterableDataset):
         return SampleStream(x)
     if isinstance(x, (torch.Tensor, np.ndarray, list, tuple, dict, str, bytes)):

@@ -33,6 +33,58 @@ def as_tensor_source(a):
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model's Input declares about one input, which every batch is made to meet.
+
+    Attributes:
+        name: the input's name, for messages.
+        dtype: batches are cast to it, as Keras casts inputs to the Input's dtype (ints,
+            bools and uint8 become float32 for a float32 Input; an Input(dtype="int64") of
+            token ids stays integer). None (a plain torch module): float64 becomes float32,
+            other dtypes stay.
+        shape: per-sample shape, or None (not checked). A batch of one rank less whose
+            missing last axis is 1 gains it (Keras's rank adjustment: (n,) for (None, 1)).
+    """
+    name: str = "x"
+    dtype: torch.dtype | None = None
+    shape: tuple | None = None
+
+    def fit(self, t: torch.Tensor) -> torch.Tensor:
+        """Batch `t` in this input's dtype and rank; a clear error where its shape differs."""
+        if not isinstance(t, torch.Tensor):  # a dict or object the module itself reads
+            return t
+        if self.shape is not None:
+            shape = tuple(self.shape)
+            if t.dim() == len(shape) and shape and shape[-1] == 1:
+                t = t.unsqueeze(-1)
+            if tuple(t.shape[1:]) != shape:
+                raise ValueError(
+                    f"input {self.name!r} expects samples of shape {shape} (batch shape "
+                    f"(None, {', '.join(map(str, shape))})), got a batch of shape "
+                    f"{tuple(t.shape)}; make the data's samples match the model's Input, "
+                    "or change Input(shape=...)")
+        if self.dtype is None:
+            return t.float() if t.dtype == torch.float64 else t
+        return t if t.dtype == self.dtype else t.to(self.dtype)
+
+
+def fit_inputs(x, specs: list | None):
+    """An input batch (a tensor, or a tuple for several inputs) made to meet `specs` (see
+    InputSpec; None: float64 becomes float32 only)."""
+    if isinstance(x, (tuple, list)):
+        specs = specs or [InputSpec()] * len(x)
+        if len(specs) != len(x):
+            raise ValueError(f"the model takes {len(specs)} input(s) "
+                             f"({', '.join(s.name for s in specs)}), got a batch of {len(x)}")
+        return tuple(s.fit(t) for s, t in zip(specs, x))
+    if specs is not None and len(specs) != 1:
+        raise ValueError(f"the model takes {len(specs)} inputs "
+                         f"({', '.join(s.name for s in specs)}), got a batch of one tensor; "
+                         "give each batch's x as a tuple of one tensor per input")
+    return (specs[0] if specs else InputSpec()).fit(x)
+
+
 def _to(t: torch.Tensor, device) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
@@ -58,10 +110,13 @@ def _pick(arrays: list, idx: torch.Tensor, device):
 
 @dataclass
 class ArrayData:
-    """Inputs, targets and sample weights that share their first (sample) axis."""
+    """Inputs, targets and sample weights that share their first (sample) axis.
+    `inputs`: per input, the InputSpec its batches are made to meet (None: float64 inputs
+    become float32, nothing else changes)."""
     xs: list
     ys: list
     sample_weight: object | None = None
+    inputs: list | None = None
 
     def __len__(self) -> int:
         return int(self.xs[0].shape[0])
@@ -70,7 +125,12 @@ class ArrayData:
         """(inputs, targets, sample_weight) for rows `idx`, on `device`; single arrays are
         returned bare and several as a tuple."""
         sw = None if self.sample_weight is None else gather(self.sample_weight, idx).to(device)
-        return _pick(self.xs, idx, device), _pick(self.ys, idx, device) if self.ys else None, sw
+        x = fit_inputs(_pick(self.xs, idx, device), self.inputs)
+        return x, _pick(self.ys, idx, device) if self.ys else None, sw
+
+    def pass_order(self, data_pass: int, seed: int, shuffle: bool) -> torch.Tensor:
+        """The sample indices one pass trains on, in order."""
+        return epoch_permutation(len(self), seed, data_pass, shuffle)
 
     def split(self, fraction: float) -> tuple["ArrayData", "ArrayData"]:
         """Keras's validation_split: the last `fraction` of the samples, before shuffling."""
@@ -79,8 +139,10 @@ class ArrayData:
         head = lambda arrays: [a[:cut] for a in arrays]  # noqa: E731
         tail = lambda arrays: [a[cut:] for a in arrays]  # noqa: E731
         sw = self.sample_weight
-        return (ArrayData(head(self.xs), head(self.ys), None if sw is None else sw[:cut]),
-                ArrayData(tail(self.xs), tail(self.ys), None if sw is None else sw[cut:]))
+        return (ArrayData(head(self.xs), head(self.ys), None if sw is None else sw[:cut],
+                          self.inputs),
+                ArrayData(tail(self.xs), tail(self.ys), None if sw is None else sw[cut:],
+                          self.inputs))
 
 
 def split_index(n: int, fraction: float) -> int:
@@ -201,25 +263,93 @@ class _IndexLists:
         return len(self.lists)
 
 
+@dataclass(frozen=True)
+class LoaderOrder:
+    """A DataLoader's sample order, which fit follows instead of its own `shuffle` (Keras
+    iterates the loader, so the loader's sampler decides).
+
+    Attributes:
+        shuffle: the loader's RandomSampler (True: a new permutation each pass, seeded by
+            fit's seed and the pass) or SequentialSampler (False).
+        sampler: any other sampler (weighted, a subset, with replacement, ...): its indices
+            are drawn again each pass, its random draws seeded by fit's seed and the pass,
+            so every rank draws the same list and takes its share of each global batch.
+        drop_last: leave out the samples after the last whole batch of `batch_size`.
+        batch_size: the loader's batch size (what drop_last counts in).
+    """
+    shuffle: bool = False
+    sampler: object = None
+    drop_last: bool = False
+    batch_size: int | None = None
+
+    def count(self, n: int) -> int:
+        """Samples one pass trains on, of a dataset of `n`."""
+        return self._kept(n if self.sampler is None else len(self.sampler))
+
+    def indices(self, n: int, data_pass: int, seed: int) -> torch.Tensor:
+        idx = epoch_permutation(n, seed, data_pass, self.shuffle) if self.sampler is None \
+            else draw_sampler(self.sampler, seed, data_pass)
+        return idx[:self._kept(len(idx))]
+
+    def _kept(self, count: int) -> int:
+        if not self.drop_last or not self.batch_size:
+            return count
+        return count // self.batch_size * self.batch_size
+
+
+def draw_sampler(sampler, seed: int, data_pass: int) -> torch.Tensor:
+    """One pass of `sampler`'s indices, the same on every rank and after a resume: its
+    random draws are seeded by (seed, pass), through its own `generator` (whose state is
+    put back after) or else torch's global generator (forked, so the caller's draws do not
+    change). A sampler drawing from another generator (numpy, random) is read as it is."""
+    key = seed * 1_000_003 + data_pass
+    own = getattr(sampler, "generator", None)
+    if isinstance(own, torch.Generator):
+        state = own.get_state()
+        own.manual_seed(key)
+        try:
+            return torch.as_tensor(list(sampler), dtype=torch.long)
+        finally:
+            own.set_state(state)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(key)
+        return torch.as_tensor(list(sampler), dtype=torch.long)
+
+
 class DatasetData(ArrayData):
     """A map-style torch `Dataset` whose items are `(x, y)` or `(x, y, sample_weight)`
     (x and y may be tuples for several inputs/outputs). Batches are collated from the
     items of each index batch, so the dataset is never loaded whole; with
-    `loading.workers > 0` worker processes collate them ahead of the step."""
+    `loading.workers > 0` worker processes collate them ahead of the step. `order`: a
+    DataLoader's own order (None: fit's shuffle decides); `inputs`: see ArrayData."""
 
-    def __init__(self, dataset, loading: Loading | None = None):
+    def __init__(self, dataset, loading: Loading | None = None, order: LoaderOrder | None = None,
+                 inputs: list | None = None):
         self.dataset = dataset
         self.loading = loading or Loading()
+        self.order = order
         first = dataset[0]
         if not isinstance(first, (tuple, list)) or len(first) not in (2, 3):
             raise ValueError("a Dataset passed to fit must return (x, y) or (x, y, sample_weight) "
                              f"items; item 0 is a {type(first).__name__}")
         self.first = first
         self._loader = None
-        super().__init__(xs=[], ys=[], sample_weight=None)
+        self._drawn = None  # (data pass, seed, indices): a sampler is drawn once per pass
+        super().__init__(xs=[], ys=[], sample_weight=None, inputs=inputs)
 
     def __len__(self) -> int:
         return len(self.dataset)
+
+    def sample_count(self) -> int:
+        """Samples one pass trains on (a loader's sampler and drop_last decide)."""
+        return len(self) if self.order is None else self.order.count(len(self))
+
+    def pass_order(self, data_pass: int, seed: int, shuffle: bool) -> torch.Tensor:
+        if self.order is None:
+            return epoch_permutation(len(self), seed, data_pass, shuffle)
+        if self._drawn is None or self._drawn[:2] != (data_pass, seed):
+            self._drawn = (data_pass, seed, self.order.indices(len(self), data_pass, seed))
+        return self._drawn[2]
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -241,10 +371,8 @@ class DatasetData(ArrayData):
         moved = [tuple(t.to(device, non_blocking=True) for t in part)
                  if isinstance(part, (list, tuple)) else part.to(device, non_blocking=True)
                  for part in items]
-        x, y = moved[0], moved[1]
+        x, y = fit_inputs(moved[0], self.inputs), moved[1]
         sw = moved[2] if len(moved) == 3 else None
-        if isinstance(x, torch.Tensor) and x.dtype == torch.float64:
-            x = x.float()
         return x, y, sw
 
     def loader_for(self, index_lists: list):
@@ -263,10 +391,16 @@ class DatasetData(ArrayData):
 
     def split(self, fraction: float):
         from torch.utils.data import Subset
+        if self.order is not None and (self.order.sampler is not None or self.order.drop_last):
+            raise ValueError(f"validation_split={fraction} cannot split a DataLoader whose "
+                             "sampler picks the samples (or that drops the last batch): pass "
+                             "validation_data=... instead (as Keras, which splits arrays "
+                             "only)")
         n = len(self)
         cut = split_index(n, fraction)
-        return (DatasetData(Subset(self.dataset, range(cut)), self.loading),
-                DatasetData(Subset(self.dataset, range(cut, n))))
+        return (DatasetData(Subset(self.dataset, range(cut)), self.loading, self.order,
+                            self.inputs),
+                DatasetData(Subset(self.dataset, range(cut, n)), inputs=self.inputs))
 
 
 def _worker_context():

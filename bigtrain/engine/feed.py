@@ -13,8 +13,8 @@ from itertools import count
 
 import torch
 
-from bigtrain.engine.data import (ArrayData, DatasetData, epoch_permutation, epoch_window,
-                                  global_batches, num_batches, shard_bounds)
+from bigtrain.engine.data import (ArrayData, DatasetData, epoch_window, fit_inputs,
+                                  global_batches, num_batches, sample_count, shard_bounds)
 from bigtrain.parallel.base import StepBatch
 from bigtrain.parallel.microbatch import rows
 
@@ -106,12 +106,12 @@ class Feed:
         return next(self._it)
 
 
-def _step_indices(n: int, plan: EpochPlan, device=None) -> tuple[torch.Tensor, ...]:
+def _step_indices(data: ArrayData, plan: EpochPlan, device=None) -> tuple[torch.Tensor, ...]:
     """The global batch of sample indices of every step left in the epoch (views of the
-    epoch's permutation, moved to `device` when given)."""
-    batches = num_batches(n, plan.batch_size)
+    pass's order, `data.pass_order`, moved to `device` when given)."""
+    batches = num_batches(sample_count(data), plan.batch_size)
     data_pass, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
-    perm = epoch_permutation(n, plan.seed, data_pass, plan.shuffle)
+    perm = data.pass_order(data_pass, plan.seed, plan.shuffle)
     if device is not None:
         perm = perm.to(device)
     return global_batches(perm, plan.batch_size)[first + plan.skip:stop]
@@ -119,7 +119,7 @@ def _step_indices(n: int, plan: EpochPlan, device=None) -> tuple[torch.Tensor, .
 
 def _index_batches(data: ArrayData, plan: EpochPlan):
     """(global indices, this rank's micro index slices, weights) of every step left."""
-    for gidx in _step_indices(len(data), plan):
+    for gidx in _step_indices(data, plan):
         n = gidx.shape[0]  # not len(): a Python-level call on a tensor, per step
         lo, hi = local_rows(n, plan.shard)
         local = gidx if lo == 0 and hi == n else gidx[lo:hi]
@@ -132,7 +132,7 @@ def feed_epoch(data, plan: EpochPlan) -> Feed:
     """The Feed of `data` for `plan` (see the module docstring)."""
     if isinstance(data, StreamData):  # streams split their own batches (bigtrain.data)
         return data.feed(plan)
-    batches = num_batches(len(data), plan.batch_size)
+    batches = num_batches(sample_count(data), plan.batch_size)
     _, first, stop = epoch_window(plan.epoch, plan.steps_per_epoch, batches)
     steps = stop - first
     if isinstance(data, DatasetData) and data.loading.workers > 0:
@@ -164,14 +164,14 @@ def _plain_batches(data: ArrayData, plan: EpochPlan):
     step its full time on a CPU: bench_fit's probe.)"""
     x, y = data.xs[0], data.ys[0]
     index, shards = plan.shard
-    for gidx in _step_indices(len(data), plan, x.device):
+    for gidx in _step_indices(data, plan, x.device):
         n = gidx.shape[0]
         if shards > 1:
             lo, hi = shard_bounds(n, index, shards)
             gidx = gidx[lo:hi]
         weight = gidx.shape[0] / n * plan.replicas
-        yield n, StepBatch(micro=[(x.index_select(0, gidx), y.index_select(0, gidx), None)],
-                           weights=[weight])
+        xb = fit_inputs(x.index_select(0, gidx), data.inputs)
+        yield n, StepBatch(micro=[(xb, y.index_select(0, gidx), None)], weights=[weight])
 
 
 def _background(data, plan: EpochPlan):
@@ -187,10 +187,11 @@ def _background(data, plan: EpochPlan):
 
 class StreamData:
     """Training data read in order (a `bigtrain.data` stream: generator, IterableDataset,
-    Parquet files, Hugging Face datasets) rather than by index."""
+    Parquet files, Hugging Face datasets) rather than by index. `inputs`: per input, the
+    InputSpec each batch is made to meet (engine.data; None: float64 becomes float32)."""
 
-    def __init__(self, source):
-        self.source = source
+    def __init__(self, source, inputs: list | None = None):
+        self.source, self.inputs = source, inputs
         self.xs, self.ys, self.sample_weight = [], [], None  # nothing to spill to files
 
     def sample_count(self) -> int | None:
@@ -233,6 +234,7 @@ class StreamData:
     def _steps(self, window, plan: EpochPlan):
         from bigtrain.data.streams import rows_of
         for n, (x, y, sw) in self.source.batches(window):
+            x = fit_inputs(x, self.inputs)
             m = rows(x)
             parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas,
                                          largest_share(n, plan.shard))
@@ -261,9 +263,9 @@ def unknown_length_note(why: str) -> str:
 def check_stream(data, val, config) -> None:
     """Refuse, before training, what a stream cannot do under `config`."""
     if isinstance(val, StreamData):
-        raise ValueError("validation_data must have a length (arrays, a map-style Dataset or a "
-                         "Hugging Face datasets.Dataset): a stream cannot be evaluated in "
-                         "shards; pass validation_steps with arrays, or evaluate after fit")
+        raise ValueError("validation data read in order (a stream) cannot be evaluated in "
+                         "shards: give it as arrays or a map-style Dataset (fit's "
+                         "validation_data reads a stream's batches into memory first)")
     if not isinstance(data, StreamData):
         return
     source = data.source
@@ -272,9 +274,10 @@ def check_stream(data, val, config) -> None:
         raise ValueError(unknown_length_note(f"epochs={config.epochs}"))
 
 
-def stream_data(source, y) -> StreamData:
-    """`source` (from `bigtrain.data.streams.as_stream`) as training data."""
+def stream_data(source, y, inputs: list | None = None) -> StreamData:
+    """`source` (from `bigtrain.data.streams.as_stream`) as training data; `inputs`: see
+    StreamData."""
     if y is not None:
         raise ValueError("a generator, IterableDataset or file source brings its own targets: "
                          "pass y=None and let it yield (x, y) or (x, y, sample_weight)")
-    return StreamData(source)
+    return StreamData(source, inputs)

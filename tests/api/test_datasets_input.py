@@ -33,7 +33,9 @@ def test_dataset_and_dataloader_train_like_arrays():
             model.fit(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)), epochs=2,
                       batch_size=32, verbose=0)
         else:
-            model.fit(DataLoader(Lazy(x, y), batch_size=32), epochs=2, verbose=0)
+            # the loader's order rules: a RandomSampler is fit's seeded order
+            model.fit(DataLoader(Lazy(x, y), batch_size=32, shuffle=True), epochs=2,
+                      verbose=0)
         results.append(model.get_weights())
     for other in results[1:]:
         for a, b in zip(results[0], other):

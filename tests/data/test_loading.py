@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 import bigtrain
-from bigtrain.api.training import loading_of
+from bigtrain.api.inputs import loading_of
 from tests.api.conftest import seed_like_model, teacher_data
 
 
@@ -53,7 +53,8 @@ def _max_diff(a, b):
 def test_workers_load_in_other_processes_and_train_identically(tmp_path):
     x, y, _ = teacher_data(n=200)
     plain = _fit(Recorded(x, y))
-    loader = DataLoader(Recorded(x, y), batch_size=32, num_workers=2,
+    # shuffle=True: the loader's order rules, and a RandomSampler is fit's seeded order
+    loader = DataLoader(Recorded(x, y), batch_size=32, shuffle=True, num_workers=2,
                         collate_fn=PidCollate(str(tmp_path)))
     background = _fit(loader)
     pids = {int(p) for p in os.listdir(tmp_path)}

@@ -89,8 +89,8 @@ def test_a_resumed_generator_run_reads_past_the_trained_batches(tmp_path, in_ord
     (lambda: batches_forever(), dict(steps_per_epoch=1, validation_split=0.2), "validation_data"),
     (lambda: Samples(), dict(y=Y), "y=None"),
     (lambda: iter([X[:32]]), dict(steps_per_epoch=1), r"\(x, y\)"),
-    (lambda: batches_forever(), dict(steps_per_epoch=1, validation_data=(Samples(), None)),
-     "validation_data must have a length"),
+    (lambda: batches_forever(), dict(steps_per_epoch=1, validation_data=(X, Y, None, None)),
+     "validation_data is a tuple of 4 items"),
 ])
 def test_what_a_stream_cannot_do_is_refused(source, kw, match):
     with pytest.raises(ValueError, match=match):
