@@ -162,7 +162,8 @@ def _plain_batches(data: ArrayData, plan: EpochPlan):
     """The batches `batches_now` would build in the `_plain` case, with fewer Python calls
     per step: each rank's rows taken by two index_selects. (Each call costs a small model's
     step its full time on a CPU: bench_fit's probe.)"""
-    x, y = data.xs[0], data.ys[0]
+    # the Input's dtype and shape met once for the whole array, not per step
+    x, y = fit_inputs(data.xs[0], data.inputs), data.ys[0]
     index, shards = plan.shard
     for gidx in _step_indices(data, plan, x.device):
         n = gidx.shape[0]
@@ -170,8 +171,8 @@ def _plain_batches(data: ArrayData, plan: EpochPlan):
             lo, hi = shard_bounds(n, index, shards)
             gidx = gidx[lo:hi]
         weight = gidx.shape[0] / n * plan.replicas
-        xb = fit_inputs(x.index_select(0, gidx), data.inputs)
-        yield n, StepBatch(micro=[(xb, y.index_select(0, gidx), None)], weights=[weight])
+        yield n, StepBatch(micro=[(x.index_select(0, gidx), y.index_select(0, gidx), None)],
+                           weights=[weight])
 
 
 def _background(data, plan: EpochPlan):
