@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import torch
 
+from bigtrain.api.keras_objects import KerasObject, lookup, serialize  # noqa: F401
+
 EPSILON = 1e-7  # keras.backend.epsilon()
 
 
-class Constraint:
+class Constraint(KerasObject):
     """Base class: `c(w)` is `w` projected (in Keras's layout of the weight)."""
 
     #: reads norms across elements (under sharding it needs the whole tensor)
@@ -22,13 +24,6 @@ class Constraint:
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
         return w
-
-    def get_config(self) -> dict:
-        return {}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 def _norms(w: torch.Tensor, axis) -> torch.Tensor:
@@ -98,17 +93,7 @@ _BY_NAME = {"maxnorm": MaxNorm, "max_norm": MaxNorm, "nonneg": NonNeg, "non_neg"
 
 def get(identifier) -> Constraint | None:
     """A Constraint from None, a Keras name ("max_norm"), an instance or a config dict."""
-    if identifier is None or isinstance(identifier, Constraint):
-        return identifier
-    if isinstance(identifier, dict) and "class_name" in identifier:
-        cls = _BY_NAME.get(str(identifier["class_name"]).lower())
-        if cls is not None:
-            return cls(**identifier.get("config", {}))
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(f"unknown constraint {identifier!r}; give a bigtrain.constraints object "
-                     "(MaxNorm, NonNeg, UnitNorm, MinMaxNorm), its name or its config dict")
-
-
-def serialize(c: Constraint | None) -> dict | None:
-    return None if c is None else {"class_name": type(c).__name__, "config": c.get_config()}
+    if identifier is None:
+        return None
+    return lookup(identifier, Constraint, _BY_NAME, "constraint", "give a bigtrain.constraints "
+                  "object (MaxNorm, NonNeg, UnitNorm, MinMaxNorm), its name or its config dict")

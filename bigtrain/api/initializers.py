@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from bigtrain.api.keras_objects import KerasObject, lookup, serialize  # noqa: F401
+
 _TRUNCATED_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
 
 
@@ -35,21 +37,13 @@ def _truncated(shape, mean: float, stddev: float) -> torch.Tensor:
     return t
 
 
-class Initializer:
+class Initializer(KerasObject):
     """Base class: `init(shape, fans=None)` gives a float32 tensor of `shape` (Keras layout);
     `fans` overrides `compute_fans(shape)` where a layer's kernel contracts other axes
     (MultiHeadAttention)."""
 
     def __call__(self, shape, fans: tuple[int, int] | None = None) -> torch.Tensor:
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
 
 class Constant(Initializer):
     def __init__(self, value: float = 0.0):
@@ -214,25 +208,9 @@ def get(identifier) -> Initializer:
     Example:
         get("glorot_uniform"); get(RandomNormal(stddev=0.02))
     """
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, type) and issubclass(identifier, Initializer):
-        return identifier()
-    if isinstance(identifier, dict) and "class_name" in identifier:
-        cls = _BY_NAME.get(str(identifier["class_name"]).replace("_", "").lower()) or \
-            _BY_NAME.get(str(identifier["class_name"]).lower())
-        if cls is not None:
-            return cls(**identifier.get("config", {}))
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(f"unknown initializer {identifier!r}; give a Keras name (glorot_uniform, "
-                     "he_normal, zeros, orthogonal, ...), a bigtrain.initializers object or "
-                     "its config dict")
-
-
-def serialize(init: Initializer) -> dict:
-    """The JSON config that `get` turns back into `init` (Model.save)."""
-    return {"class_name": type(init).__name__, "config": init.get_config()}
+    return lookup(identifier, Initializer, _BY_NAME, "initializer", "give a Keras name "
+                  "(glorot_uniform, he_normal, zeros, orthogonal, ...), a "
+                  "bigtrain.initializers object or its config dict")
 
 
 @torch.no_grad()

@@ -20,10 +20,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from bigtrain.api.keras_objects import KerasObject, lookup, serialize  # noqa: F401
 from bigtrain.engine.task import TrainTask
 
 
-class Regularizer:
+class Regularizer(KerasObject):
     """Base class: `reg(w)` is the penalty (a 0-dim tensor), `reg.grad(w)` its gradient."""
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
@@ -31,14 +32,6 @@ class Regularizer:
 
     def grad(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {}
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
-
 
 class L1L2(Regularizer):
     """l1 * sum(|w|) + l2 * sum(w ** 2)."""
@@ -102,21 +95,10 @@ def get(identifier) -> Regularizer | None:
     Example:
         get("l2"); get(L1L2(l1=1e-5, l2=1e-4))
     """
-    if identifier is None or isinstance(identifier, Regularizer):
-        return identifier
-    if isinstance(identifier, dict) and "class_name" in identifier:
-        cls = _BY_NAME.get(str(identifier["class_name"]).lower())
-        if cls is not None:
-            return cls(**identifier.get("config", {}))
-    if isinstance(identifier, str) and identifier.lower() in _BY_NAME:
-        return _BY_NAME[identifier.lower()]()
-    raise ValueError(f"unknown regularizer {identifier!r}; give 'l1', 'l2', 'l1_l2', a "
-                     "bigtrain.regularizers object (L1, L2, L1L2) or its config dict")
-
-
-def serialize(reg: Regularizer | None) -> dict | None:
-    return None if reg is None else {"class_name": type(reg).__name__,
-                                     "config": reg.get_config()}
+    if identifier is None:
+        return None
+    return lookup(identifier, Regularizer, _BY_NAME, "regularizer", "give 'l1', 'l2', "
+                  "'l1_l2', a bigtrain.regularizers object (L1, L2, L1L2) or its config dict")
 
 
 # ---- the model's penalties and constraints in fit ----------------------------------------
