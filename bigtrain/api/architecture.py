@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 
-from bigtrain.api.functional import GraphModule, graph_config, graph_from_config, layer_classes
+from bigtrain.api.functional import (GraphModule, _config, graph_config, graph_from_config,
+                                     layer_classes)
 
 
 def model_config(model) -> dict:
@@ -26,7 +27,7 @@ def model_config(model) -> dict:
                              "weights only (save_weights) and rebuild the model in code")
         inp = model._input.node.layer.get_config() if model._input is not None else None
         return {**base, "input": inp, "layers": [
-            {"class_name": type(layer).__name__, "config": layer.get_config()}
+            {"class_name": type(layer).__name__, "config": _config(layer)}
             for layer in model.layers]}
     if not isinstance(model.net, GraphModule):
         raise ValueError("get_config describes functional and Sequential models; a wrapped "

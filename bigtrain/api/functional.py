@@ -120,6 +120,12 @@ class GraphModule(nn.Module):
         return prev is self.output_tensors[0]
 
 
+def _config(layer) -> dict:
+    """The layer's constructor arguments, with `trainable=False` where it is frozen."""
+    config = layer.get_config()
+    return config if getattr(layer, "trainable", True) else {**config, "trainable": False}
+
+
 def graph_config(module: GraphModule) -> dict:
     """A JSON-serialisable description of the graph (layer configs and their connections)."""
     names = {}
@@ -131,7 +137,7 @@ def graph_config(module: GraphModule) -> dict:
         ref = f"{node.layer.name}@{i}"
         names[id(node.outputs[0])] = ref
         names.update((id(t), f"{ref}#{j}") for j, t in enumerate(node.outputs) if j)
-        entries.append({"class": type(node.layer).__name__, "config": node.layer.get_config(),
+        entries.append({"class": type(node.layer).__name__, "config": _config(node.layer),
                         "inbound": [names[id(t)] for t in node.inputs], "ref": ref,
                         "list": node.takes_list, "kwargs": node.kwargs})
     return {"nodes": entries, "inputs": [names[id(t)] for t in module.input_tensors],

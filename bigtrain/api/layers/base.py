@@ -121,8 +121,10 @@ class Layer(nn.Module):
     takes_mask = False
 
     def __init__(self, name: str | None = None, input_shape: tuple | None = None,
-                 input_dim: int | None = None, activity_regularizer=None):
+                 input_dim: int | None = None, activity_regularizer=None,
+                 trainable: bool = True):
         super().__init__()
+        self.__dict__["_trainable"] = bool(trainable)  # see `trainable`
         if activity_regularizer is not None:
             raise ValueError(f"activity_regularizer={activity_regularizer!r} is not supported: "
                              "a penalty on a layer's outputs would have to reach the loss "
@@ -197,11 +199,28 @@ class Layer(nn.Module):
     def forward(self, *args, **kwargs):
         return self.call(*args, **kwargs)
 
+    @property
+    def trainable(self) -> bool:
+        """Keras's `layer.trainable`: False freezes this layer's weights (no gradient, no
+        update) from the next step on, sublayers included; a frozen BatchNormalization
+        also normalizes with its moving statistics, as in Keras."""
+        return self.__dict__.get("_trainable", True)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        for m in self.modules():
+            if isinstance(m, Layer):
+                m.__dict__["_trainable"] = bool(value)
+        for p in self.parameters():
+            p.requires_grad_(bool(value))
+
     def _ensure_built(self, input_shape) -> None:
         if not self.built:
             self.build(input_shape)
             self.input_shape_ = input_shape
             self.built = True
+            if not self.trainable:  # Dense(4, trainable=False): its new weights freeze
+                self.trainable = False
 
     def output_mask(self, mask):
         """The (B, T) bool mask of this layer's output, given its input's (Keras's compute_mask)."""

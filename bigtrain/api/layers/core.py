@@ -410,7 +410,12 @@ class BatchNormalization(Layer):
 
     def call(self, x):
         shape = x.shape  # statistics over all axes but channels: (N, C)
-        return self.norm(x.reshape(-1, shape[-1])).reshape(shape)
+        flat = x.reshape(-1, shape[-1])
+        if self.training and not self.trainable:  # frozen: the moving statistics (Keras)
+            n = self.norm
+            return F.batch_norm(flat, n.running_mean, n.running_var, n.weight, n.bias,
+                                training=False, eps=n.eps).reshape(shape)
+        return self.norm(flat).reshape(shape)
 
     def get_config(self):
         return {"name": self.name, "axis": self.axis, "momentum": self.momentum,
