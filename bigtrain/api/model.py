@@ -62,8 +62,9 @@ class Model(nn.Module):
             self.net = None  # Sequential builds it
         else:
             raise TypeError("use Model(inputs=..., outputs=...) or Model(torch_module)")
-        self._frozen: list = []  # the parameters `trainable = False` froze, to give back
-        self.trainable = trainable
+        self._trainable = bool(trainable)
+        if not trainable:  # Model(..., trainable=False); True leaves each layer's own flag
+            self._apply_trainable()
 
     @classmethod
     def from_module(cls, module: nn.Module, name: str | None = None) -> "Model":
@@ -156,7 +157,8 @@ class Model(nn.Module):
 
     @trainable.setter
     def trainable(self, value: bool) -> None:
-        """False freezes every parameter of the model; True gives back those it froze.
+        """Every layer's `trainable`, as Keras sets it: False freezes every weight (and runs
+        BatchNormalization on its moving statistics), True makes every layer train again.
         As in Keras 3, the next fit or train_on_batch trains accordingly, compiled again or
         not (a new compile is not needed)."""
         self._trainable = bool(value)
@@ -165,15 +167,12 @@ class Model(nn.Module):
     def _apply_trainable(self) -> None:
         if self.net is None:
             return
-        if self._trainable:
-            for p in self._frozen:
-                p.requires_grad_(True)
-            self._frozen = []
-            return
-        newly = [p for p in self.net.parameters() if p.requires_grad]
-        for p in newly:
-            p.requires_grad_(False)
-        self._frozen += newly
+        from bigtrain.api.layers.base import Layer
+        for m in self.net.modules():
+            if isinstance(m, Layer):
+                m.__dict__["_trainable"] = self._trainable
+        for p in self.net.parameters():  # a wrapped torch module's too
+            p.requires_grad_(self._trainable)
 
     # ---- architecture as a dict / JSON (Keras's get_config, to_json) ----------------------
     def get_config(self) -> dict:
@@ -448,4 +447,5 @@ class Sequential(Model):
         for layer in self._stack:
             x = layer(x)
         self.net = GraphModule([self._input], [x])
-        self._apply_trainable()  # Sequential(trainable=False): the layers added freeze too
+        if not self._trainable:  # Sequential(trainable=False): the layers added freeze too
+            self._apply_trainable()

@@ -16,6 +16,7 @@ Every optimizer a spec builds also answers Keras's `optimizer.learning_rate` (re
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -185,6 +186,10 @@ class OptimizerSpec:
 
     def build(self, params) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad] if not isinstance(params, list) else params
+        if not params:  # a model frozen whole: Keras warns and trains nothing
+            warnings.warn("The model does not have any trainable weights.", UserWarning,
+                          stacklevel=2)
+            params = [torch.nn.Parameter(torch.zeros(()), requires_grad=False)]  # never steps
         kwargs = dict(self.kwargs)
         schedule = self.schedule
         if schedule is not None:  # the first step's rate, until the step hook sets each

@@ -181,8 +181,10 @@ class Strategy:
         return contextlib.nullcontext()
 
     def backward(self, loss: torch.Tensor) -> None:
-        """Backward of one micro-batch's (weighted, loss-scaled) loss."""
-        loss.backward()
+        """Backward of one micro-batch's (weighted, loss-scaled) loss; none where no weight
+        trains (a model frozen whole: the loss has no graph)."""
+        if loss.requires_grad:
+            loss.backward()
 
     def sync_grads(self, module: nn.Module, optimizer: torch.optim.Optimizer,
                    batch: StepBatch, ctx: StepContext) -> None:

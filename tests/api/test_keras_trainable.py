@@ -76,3 +76,16 @@ def test_a_frozen_layer_stays_frozen_on_two_ranks():
     first = _pair()[1].get_layer("first")
     np.testing.assert_array_equal(ranks.get_layer("first").linear.weight.detach().numpy(),
                                   first.linear.weight.detach().numpy())
+
+
+def test_a_model_frozen_whole_warns_and_trains_nothing_as_keras():
+    """torch refused an optimizer over no parameters; Keras warns and fits anyway."""
+    km, bm = _pair()
+    for m in (km, bm):
+        m.trainable = False
+        m.compile(optimizer="adam", loss="mse")
+    kh = km.fit(X, Y, **FIT)
+    with pytest.warns(UserWarning, match="does not have any trainable weights"):
+        bh = bm.fit(X, Y, **FIT)
+    np.testing.assert_allclose(bh.history["loss"], kh.history["loss"], rtol=1e-5)
+    _same(km, bm)
