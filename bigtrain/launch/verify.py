@@ -103,10 +103,10 @@ def first_samples(data: ArrayData, n: int) -> ArrayData:
         return data
     if isinstance(data, DatasetData):
         from torch.utils.data import Subset
-        return DatasetData(Subset(data.dataset, range(n)))
+        return DatasetData(Subset(data.dataset, range(n)), inputs=data.inputs)
     sw = data.sample_weight
     return ArrayData([a[:n] for a in data.xs], [a[:n] for a in data.ys],
-                     None if sw is None else sw[:n])
+                     None if sw is None else sw[:n], inputs=data.inputs)
 
 
 def max_state_diff(ref: dict, got: dict) -> float:

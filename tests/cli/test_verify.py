@@ -117,3 +117,15 @@ def test_verify_rejects_a_script_without_fit(tmp_path):
     script.write_text("print('no training here')\n")
     with pytest.raises(SystemExit, match="without calling model.fit"):
         main(["verify", str(script), "--strategies", "ddp"])
+
+
+def test_first_samples_keeps_the_inputs_dtypes():
+    """verify trains on the first samples: they keep the model's Input specs, so integer
+    inputs are cast for a float Input there as in fit."""
+    from bigtrain.engine.data import InputSpec
+    spec = [InputSpec("x", torch.float32, (2,))]
+    data = ArrayData([torch.arange(8).reshape(4, 2)], [torch.zeros(4)], None, inputs=spec)
+    first = first_samples(data, 2)
+    assert first.inputs == spec
+    x, _, _ = first.take(torch.arange(2), "cpu")
+    assert x.dtype == torch.float32
