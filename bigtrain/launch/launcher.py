@@ -297,7 +297,8 @@ def _root_cause(err) -> str:
     text = message(failure)
     others = sorted(r for r in err.failures if r != rank)
     also = f"\n(ranks {others} failed too)" if others else ""
-    hint = next((h for marker, h in _HINTS if marker in text), "")
+    hint = "" if "bigtrain:" in text else next(  # a torch error, not one of ours
+        (h for marker, h in _HINTS if marker in text), "")
     return (f"distributed fit failed on rank {rank} (exit code {failure.exitcode}):\n{text}"
             f"{hint}{also}")
 

@@ -26,6 +26,7 @@ from bigtrain.parallel.base import Strategy, register
 from bigtrain.parallel.data_parallel import check_batch_covers_ranks
 from bigtrain.parallel.param_reads import outside_uses
 from bigtrain.parallel.parallelize import parallelize
+from bigtrain.parallel.unit_order import UnitOrder
 from bigtrain.parallel.update_rules import rules_of
 
 _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
@@ -183,6 +184,8 @@ class Sharded(Strategy):
         self._own_group = False
         #: trainable scalar parameters FSDP leaves whole; their grads are averaged here
         self._replicated: list[nn.Parameter] = []
+        #: the units each rank's forward ran, compared before every update (several ranks)
+        self._order: UnitOrder | None = None
 
     def use_precision(self, precision: str) -> None:
         self.precision = precision  # FSDP casts parameters through its mixed-precision policy
@@ -205,6 +208,9 @@ class Sharded(Strategy):
             dist.destroy_process_group()
         self._own_group = False
         self._replicated = []
+        if self._order is not None:
+            self._order.remove()
+        self._order = None
 
     def setup_module(self, module: nn.Module) -> nn.Module:
         module = module.to(self.env.device)
@@ -225,12 +231,18 @@ class Sharded(Strategy):
         scalars = set(scalar_params(module))
         if scalars:  # "fully_shard doesn't support scalar parameters": keep them whole
             kwargs["ignored_params"] = scalars
-        for unit in shard_units(module):
+        units = shard_units(module)
+        for unit in units:
             fully_shard(unit, **kwargs)
         fully_shard(module, **kwargs)
+        if self.env.distributed and units:
+            self._order = UnitOrder(units, self.env.device)
         return module
 
     def sync_grads(self, module, optimizer, batch, ctx) -> None:
+        if self._order is not None:  # before the update: a wrongly paired step is not applied
+            ctx.mark("layer order check", phase="comm")
+            self._order.check()
         if self._replicated:  # FSDP reduced the sharded grads inside backward
             ctx.mark("scalar parameter gradient all-reduce", phase="comm")
             average_grads(self._replicated)

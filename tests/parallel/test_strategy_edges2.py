@@ -255,6 +255,26 @@ def test_ranks_taking_different_branches_average_their_gradients():
     assert diff < 1e-5
 
 
+@pytest.mark.parametrize("strategy", ["zero2", "zero3"])
+def test_ranks_taking_different_branches_under_sharding_stop_the_fit(strategy):
+    """FSDP gathers a layer's weights as it runs: b's gather on one rank paired with c's on
+    the other (both 8x8) swapped their shards and trained wrong, with no error."""
+    model = Model(ByData())
+    model.compile(optimizer="adam", loss="mse")
+    with pytest.raises(RuntimeError, match=r"step \d+ the ranks ran different layers.*"
+                       r"DataParallel\(find_unused_parameters=True\)") as err:
+        model.fit(X6, Y3, epochs=1, batch_size=10, shuffle=False, verbose=0,
+                  strategy=strategy, devices=2, watchdog_timeout=30)
+    assert "got no gradient" not in str(err.value)  # not DDP's hint for a torch error
+
+
+def test_a_layer_skipped_on_every_rank_alike_trains_under_zero3_as_one_process():
+    """The check compares the ranks' paths, not one step's path with the last one's."""
+    diff = _parity(lambda: Model(EveryOther()), X6, Y3, "zero3",
+                   dict(optimizer="adam", loss="mse"))
+    assert diff < 1e-5
+
+
 def test_predict_in_a_callback_of_a_zero3_fit_says_why_it_cannot():
     """Callbacks run on rank 0 only; a forward through zero3's split weights needs every
     rank: a clear error, not a gloo mismatch at the end of the fit."""
