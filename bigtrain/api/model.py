@@ -21,6 +21,7 @@ from torch import nn
 from bigtrain.api import training, weights
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import KerasTensor, Layer
+from bigtrain.api.optimizers import keras_facing
 from bigtrain.engine.carry import Carry
 
 
@@ -325,7 +326,7 @@ class Model(nn.Module):
 
     @optimizer.setter
     def optimizer(self, optimizer) -> None:
-        self._optimizer = optimizer
+        self._optimizer = keras_facing(optimizer)
 
     def keep_optimizer(self, optimizer) -> None:
         """After a fit: its optimizer (None after a multi-process fit), which the next fit
