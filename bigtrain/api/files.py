@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bigtrain.api.functional import GraphModule, graph_config
+from bigtrain.api.optimizer_config import spec_config
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.engine.carry import carried_optimizer
 
@@ -125,11 +126,22 @@ def _optimizer_state(model, include: bool) -> tuple[dict, dict]:
                       "loaded model starts with a fresh optimizer; to continue exactly, fit "
                       "with checkpoint_dir=", UserWarning, stacklevel=4)
         return {}, {"optimizer": json.dumps({"class": None, "why": SEVERAL_PROCESSES})}
-    if not optimizer.state:
-        return {}, {}  # it never stepped: a fresh one is the same
+    if not optimizer.state and not any(g.get("iterations") for g in optimizer.param_groups):
+        return {}, {}  # it never stepped (a schedule's step count is state too)
     tensors, groups = cs.optimizer_tensors(model.net, optimizer)
     return tensors, {"optimizer": json.dumps({"class": cs.optimizer_name(optimizer),
                                               "param_groups": groups, "keys": list(tensors)})}
+
+
+def _optimizer_config(spec) -> dict | None:
+    config = spec_config(spec)
+    if config is None:
+        warnings.warn(f"Model.save keeps only the optimizer's name ({spec.name}) and first "
+                      "learning rate: its torch class or learning-rate schedule is not one of "
+                      "bigtrain's or torch's, and a file names no code. Compile the loaded "
+                      "model again with your optimizer (load_model(..., compile=False)).",
+                      UserWarning, stacklevel=4)
+    return config
 
 
 def save_model(model, path: str, include_optimizer: bool = True) -> None:
@@ -142,7 +154,8 @@ def save_model(model, path: str, include_optimizer: bool = True) -> None:
         c = model.compiled
         arch["compile"] = {"losses": [spec.name for spec in c.losses],
                            "loss_weights": c.loss_weights, "metrics": c.metric_names,
-                           "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate}
+                           "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate,
+                           "optimizer_config": _optimizer_config(c.optimizer)}
     state = model.state_for_saving()
     optim, optim_meta = _optimizer_state(model, include_optimizer)
     _atomic_save({**state, **optim}, path, {"format": FORMAT, "kind": "model",

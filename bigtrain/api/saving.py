@@ -14,6 +14,7 @@ from bigtrain.api.files import (FORMAT, load_weights, read, save_model, save_wei
 from bigtrain.api.architecture import model_from_config
 from bigtrain.api.functional import graph_from_config
 from bigtrain.api.model import Model, Sequential
+from bigtrain.api.optimizer_config import spec_from_config
 from bigtrain.engine import checkpoint_state as cs
 
 
@@ -45,8 +46,10 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
     model.net.load_state_dict(weights)
     c = arch.get("compile")
     if compile and c and all(c["losses"]) and c["optimizer"]:
-        model.compile(optimizer=c["optimizer"], loss=c["losses"], metrics=c["metrics"][0],
-                      loss_weights=c["loss_weights"], learning_rate=c["lr"])
+        config = c.get("optimizer_config")  # files before it: the name and rate alone
+        optimizer = spec_from_config(config, custom_objects) if config else c["optimizer"]
+        model.compile(optimizer=optimizer, loss=c["losses"], metrics=c["metrics"][0],
+                      loss_weights=c["loss_weights"], learning_rate=None if config else c["lr"])
         if "optimizer" in meta:  # files saved before optimizer state was kept have none
             _restore_optimizer(model, json.loads(meta["optimizer"]), optim, path)
     return model
