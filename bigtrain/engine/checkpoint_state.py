@@ -19,6 +19,7 @@ Everything that is not a tensor (param-group hyperparameters, RNG states) is JSO
 from __future__ import annotations
 
 import base64
+import contextlib
 import random
 import re
 from dataclasses import dataclass
@@ -80,7 +81,9 @@ def live_state(module, optimizer, names=None) -> LiveState:
     else:
         model_keys = {MODEL + rename(k): k for k in local}
         tensors = {key: local[k] for key, k in model_keys.items()}
-    osd = get_optimizer_state_dict(module, inner_optimizer(optimizer))
+    inner = inner_optimizer(optimizer)
+    with _no_step_hooks(inner):
+        osd = get_optimizer_state_dict(module, inner)
     slots = {}
     for fqn, state in osd["state"].items():
         for name, value in state.items():
@@ -94,6 +97,27 @@ def live_state(module, optimizer, names=None) -> LiveState:
             tensors[key], slots[key] = value, (fqn, name)
     known = None if known is None else {MODEL + k for k in known}
     return LiveState(tensors, slots, osd["param_groups"], model_keys, known)
+
+
+@contextlib.contextmanager
+def _no_step_hooks(optimizer):
+    """Without the optimizer's step hooks while torch reads or loads its state: torch runs
+    a step with lr 0 and zero gradients on an optimizer with no state (SGD without momentum
+    never has any) to create it, and bigtrain's hooks would make that a real step (a
+    schedule sets its rate and counts the step; weight decay and EMA act), so every
+    checkpoint shifted a schedule by one step."""
+    if optimizer.state:
+        yield
+        return
+    hooks = optimizer._optimizer_step_pre_hooks, optimizer._optimizer_step_post_hooks
+    saved = [dict(h) for h in hooks]
+    for h in hooks:
+        h.clear()
+    try:
+        yield
+    finally:
+        for h, kept in zip(hooks, saved):
+            h.update(kept)
 
 
 def group_hyperparameters(groups: list) -> list[dict]:
@@ -152,9 +176,10 @@ def _apply_optimizer(module, optimizer, live: LiveState, saved_groups: list[dict
     for key, (fqn, name) in live.slots.items():
         state.setdefault(fqn, {})[name] = live.tensors[key]
     inner = inner_optimizer(optimizer)
-    set_optimizer_state_dict(module, inner, {"state": state,
-                                             "param_groups": _merge_groups(live.groups,
-                                                                           saved_groups)})
+    with _no_step_hooks(inner):
+        set_optimizer_state_dict(module, inner, {"state": state,
+                                                 "param_groups": _merge_groups(live.groups,
+                                                                               saved_groups)})
     if inner is not optimizer:  # ZeRO exposes the global groups; keep lr & co. in step
         optimizer._sync_param_groups(inner.param_groups, optimizer.param_groups)
 
