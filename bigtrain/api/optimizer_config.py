@@ -45,8 +45,12 @@ def spec_config(spec: OptimizerSpec) -> dict | None:
     if spec.rules is not None:
         rules = {f.name: getattr(spec.rules, f.name) for f in dataclasses.fields(spec.rules)
                  if f.name != "weights"}  # the layers' own penalties: rebuilt by compile
+    groups = None
+    if spec.groups is not None:  # a torch instance's own groups: positions and settings
+        groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+                  for g in spec.groups]
     return {"module": where, "class": cls.__name__, "kwargs": kwargs, "name": spec.name,
-            "rules": rules}
+            "rules": rules, "groups": groups}
 
 
 def _schedule_config(schedule) -> dict | None:
@@ -74,7 +78,10 @@ def spec_from_config(config: dict, custom_objects: dict | None = None) -> Optimi
             value = _schedule(value, custom_objects or {})
         kwargs[key] = value
     rules = UpdateRules(**config["rules"]) if config.get("rules") else None
-    return OptimizerSpec(cls, kwargs, config["name"], rules)
+    groups = config.get("groups")
+    if groups is not None:
+        groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
+    return OptimizerSpec(cls, kwargs, config["name"], rules, groups)
 
 
 def _schedule(config: dict, custom_objects: dict):

@@ -208,11 +208,15 @@ class OptimizerSpec:
         name: Keras-style name for summaries and the run record.
         rules: Keras's clipping, weight decay and weight averaging around the update
             (hooked into every optimizer `build` makes), or None.
+        groups: a torch optimizer instance's own param groups, or None (one group of every
+            trainable parameter): [{"index": positions in the model's `parameters()`,
+            "count": how many the model has, **that group's settings}].
     """
     cls: type
     kwargs: dict = field(default_factory=dict)
     name: str = ""
     rules: UpdateRules | None = None
+    groups: list | None = None
 
     def __post_init__(self):
         schedule = as_schedule(self.kwargs.get("lr"))  # a Keras schedule: its bigtrain twin
@@ -220,7 +224,10 @@ class OptimizerSpec:
             self.kwargs["lr"] = schedule
 
     def build(self, params) -> torch.optim.Optimizer:
-        params = [p for p in params if p.requires_grad] if not isinstance(params, list) else params
+        if self.groups is not None:
+            params = self._grouped(list(params))
+        elif not isinstance(params, list):
+            params = [p for p in params if p.requires_grad]
         if not params:  # a model frozen whole: Keras warns and trains nothing
             warnings.warn("The model does not have any trainable weights.", UserWarning,
                           stacklevel=2)
@@ -230,7 +237,8 @@ class OptimizerSpec:
         if schedule is not None:  # the first step's rate, until the step hook sets each
             kwargs["lr"] = rate_at(schedule, 0)
         cls = keras_class(self.cls, schedule)
-        kwargs.update(kernel_options(self.cls, params, kwargs))  # fused only on plain tensors
+        flat = [p for g in params for p in g["params"]] if self.groups is not None else params
+        kwargs.update(kernel_options(self.cls, flat, kwargs))  # fused only on plain tensors
         try:
             optimizer = cls(params, **kwargs)
         except (RuntimeError, TypeError):
@@ -239,6 +247,29 @@ class OptimizerSpec:
         if self.rules is not None and self.rules.active:
             self.rules.attach(optimizer)
         return optimizer
+
+    def _grouped(self, params: list) -> list[dict]:
+        """torch param groups over `params` (the model's, in `parameters()` order) as the
+        instance the user compiled with had them."""
+        count = self.groups[0]["count"]
+        if len(params) == 1 and count > 1:  # a probe of the class (runner, zero1, ps)
+            settings = {k: v for k, v in self.groups[0].items() if k not in ("index", "count")}
+            return [{"params": params, **settings}]
+        if len(params) != count:
+            raise ValueError(
+                f"bigtrain: the {self.cls.__name__} given to compile has its own parameter "
+                f"groups (or covers part of the model), but this strategy hands the optimizer "
+                f"{len(params)} of the model's {count} parameters, so the groups cannot be "
+                "kept. Train on one process or with strategy='ddp', 'zero2', 'zero3' or "
+                f"'tensor', or compile with the class (optimizer=torch.optim.{self.cls.__name__}"
+                ") to give every parameter the same settings.")
+        groups = []
+        for group in self.groups:
+            chosen = [params[i] for i in group["index"] if params[i].requires_grad]
+            settings = {k: v for k, v in group.items() if k not in ("index", "count")}
+            if chosen:
+                groups.append({"params": chosen, **settings})
+        return groups
 
     @property
     def fused(self) -> bool:
@@ -394,16 +425,47 @@ Nadam = _keras_like("nadam", "`bigtrain.optimizers.Nadam(learning_rate=1e-3, bet
                     "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
 
 
-def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpec:
+def _instance_groups(optimizer: torch.optim.Optimizer, params: list | None) -> list | None:
+    """`optimizer`'s param groups as positions in the model's `params`, or None where one
+    group holds every trainable parameter with the optimizer's defaults (the common case,
+    which every strategy can rebuild)."""
+    if params is None:
+        return None
+    where = {id(p): i for i, p in enumerate(params)}
+    accepted = inspect.signature(type(optimizer)).parameters
+    groups = []
+    for group in optimizer.param_groups:
+        strangers = [p for p in group["params"] if id(p) not in where]
+        if strangers:
+            raise ValueError(f"the {type(optimizer).__name__} given to compile holds "
+                             f"{len(strangers)} parameters that are not this model's; build "
+                             "it over model.parameters() (or a part of them)")
+        settings = {k: (v.item() if torch.is_tensor(v) else v) for k, v in group.items()
+                    if k != "params" and k in accepted}
+        groups.append({"index": [where[id(p)] for p in group["params"]],
+                       "count": len(params), **settings})
+    trainable = {i for i, p in enumerate(params) if p.requires_grad}
+    if (len(groups) == 1 and trainable <= set(groups[0]["index"])
+            and all(groups[0][k] == v for k, v in optimizer.defaults.items()
+                    if k in groups[0])):
+        return None
+    return groups
+
+
+def get_optimizer(optimizer, learning_rate: float | None = None,
+                  params: list | None = None) -> OptimizerSpec:
     """An OptimizerSpec from a Keras name, a spec, a torch optimizer class or instance.
 
     Example:
         get_optimizer("adam", learning_rate=3e-4)
         get_optimizer(torch.optim.SGD)            # with torch's defaults (lr must be given)
+
+    `params`: the model's parameters, to keep a torch optimizer instance's own param groups
+    (or the part of the model it covers: a head fine-tuned alone).
     """
     if isinstance(optimizer, OptimizerSpec):
         spec = OptimizerSpec(optimizer.cls, dict(optimizer.kwargs), optimizer.name,
-                             optimizer.rules)
+                             optimizer.rules, optimizer.groups)
     elif isinstance(optimizer, str) and optimizer.lower() in _OPTIMIZERS:
         cls, defaults = _OPTIMIZERS[optimizer.lower()]
         spec = OptimizerSpec(cls, dict(defaults), optimizer.lower())
@@ -412,7 +474,8 @@ def get_optimizer(optimizer, learning_rate: float | None = None) -> OptimizerSpe
     elif isinstance(optimizer, torch.optim.Optimizer):
         defaults = {k: v for k, v in optimizer.defaults.items()
                     if k in inspect.signature(type(optimizer)).parameters}
-        spec = OptimizerSpec(type(optimizer), defaults, type(optimizer).__name__.lower())
+        spec = OptimizerSpec(type(optimizer), defaults, type(optimizer).__name__.lower(),
+                             groups=_instance_groups(optimizer, params))
     else:
         not_offered = isinstance(optimizer, str) and optimizer.lower() in _NOT_OFFERED
         raise ValueError(f"{'Keras optimizer' if not_offered else 'unknown optimizer'} "

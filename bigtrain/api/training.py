@@ -144,7 +144,8 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
         for m in ms:
             get_metric(m)  # unknown names fail here, at compile time
     weights = loss_weight_list(loss_weights, model.output_names)
-    model.compiled = Compiled(get_optimizer(optimizer, learning_rate), losses, weights,
+    model.compiled = Compiled(get_optimizer(optimizer, learning_rate,
+                                            list(model.net.parameters())), losses, weights,
                               [list(ms) for ms in per_output], activations,
                               [layer for layer in deferred if layer is not None])
 

@@ -267,6 +267,7 @@ def check_fit(strat, model, checkpoint) -> None:
     """Refuse, before any process starts, the optimizer arguments and checkpoints `strat`
     cannot run exactly."""
     rules = model.compiled.optimizer.rules
+    _check_param_groups(strat, model.compiled.optimizer)
     refusal = strat.refuse_update_rules(rules) if rules is not None else None
     if refusal:
         raise ValueError(f"the optimizer's arguments cannot run exactly under strategy "
@@ -278,6 +279,22 @@ def check_fit(strat, model, checkpoint) -> None:
     if checkpoint is not None and strat.checkpoint_unsupported:
         raise ValueError(f"fit(checkpoint_dir=...) with strategy {strat.name!r}: "
                          f"{strat.checkpoint_unsupported}")
+
+
+def _check_param_groups(strat, spec) -> None:
+    """A torch optimizer instance with its own param groups (OptimizerSpec.groups) needs
+    every rank's optimizer over all the model's parameters: zero1 and the parameter server
+    build theirs per shard, from the class and its defaults alone."""
+    from bigtrain.parallel.parameter_server.strategy import ParameterServer
+    from bigtrain.parallel.zero1 import Zero1
+    if getattr(spec, "groups", None) is not None and isinstance(strat, (Zero1, ParameterServer)):
+        raise ValueError(
+            f"the {spec.cls.__name__} given to compile has its own parameter groups (or "
+            f"covers part of the model), which strategy {strat.name!r} cannot keep: it builds "
+            "its optimizers per shard from the class and its defaults. Train on one process "
+            "or with strategy='ddp', 'zero2', 'zero3' or 'tensor', or compile with the class "
+            f"(optimizer=torch.optim.{spec.cls.__name__}) to give every parameter the same "
+            "settings.")
 
 
 def check_callbacks(strat, callbacks: list) -> None:
