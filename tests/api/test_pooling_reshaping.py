@@ -85,7 +85,8 @@ def test_normalization_adapt_matches_keras():
                         Dense(1)])
     fixed.compile(optimizer="sgd", loss="mse")
     fixed.fit(np.ones((4, 2), "float32"), np.ones((4, 1), "float32"), verbose=0)
-    np.testing.assert_array_equal(fixed.get_weights()[0], [1.0, 2.0])  # not trained
+    np.testing.assert_array_equal(fixed.layers[0].mean.numpy(), [1.0, 2.0])  # not trained
+    assert [w.shape for w in fixed.get_weights()] == [(2, 1), (1,)]  # constants, as Keras  # not trained
 
 
 def test_random_layers_act_only_in_training():

@@ -1,19 +1,21 @@
 """Keras-style layers (`from bigtrain.layers import Dense, Input`)."""
 from bigtrain.api.layers.base import Input, InputLayer, KerasTensor, Layer
-from bigtrain.api.layers.core import (Activation, BatchNormalization, Dense, Dropout, Embedding,
-                                      Flatten, LayerNormalization, Reshape)
+from bigtrain.api.layers.core import Activation, Dense, Dropout, Embedding, Flatten, Reshape
+from bigtrain.api.layers.normalization import (BatchNormalization, GroupNormalization,
+                                               LayerNormalization)
 from bigtrain.api.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
 from bigtrain.api.layers.attention import AdditiveAttention, Attention, MultiHeadAttention
 from bigtrain.api.layers.conv import (Conv1D, Conv2D, Conv2DTranspose, Conv3D, DepthwiseConv2D,
                                       SeparableConv2D)
-from bigtrain.api.layers.merge import Add, Concatenate
+from bigtrain.api.layers.merge import (Add, Average, Concatenate, Dot, Maximum, Minimum,
+                                       Multiply, Subtract)
+from bigtrain.api.layers.noise import (AlphaDropout, GaussianDropout, GaussianNoise,
+                                       SpatialDropout1D, SpatialDropout2D, SpatialDropout3D)
 from bigtrain.api.layers.pooling import (AveragePooling1D, AveragePooling2D, AveragePooling3D,
                                          GlobalAveragePooling1D, GlobalAveragePooling2D,
                                          GlobalMaxPooling1D, GlobalMaxPooling2D, MaxPooling1D,
                                          MaxPooling2D, MaxPooling3D)
-from bigtrain.api.layers.preprocessing import (GaussianNoise, Lambda, Masking, Normalization,
-                                               Rescaling,
-                                               SpatialDropout1D, SpatialDropout2D)
+from bigtrain.api.layers.preprocessing import Lambda, Masking, Normalization, Rescaling
 from bigtrain.api.layers.recurrent import GRU, LSTM, SimpleRNN
 from bigtrain.api.layers.rnn_wrappers import Bidirectional, TimeDistributed
 from bigtrain.api.layers.reshaping import (Cropping1D, Cropping2D, Permute, RepeatVector,
@@ -23,7 +25,10 @@ from bigtrain.api.layers.transformer import PositionalEmbedding, TransformerBloc
 
 LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout, Flatten, Reshape,
                                          Embedding, LayerNormalization, BatchNormalization,
-                                         Concatenate, Add, PositionalEmbedding, TransformerBlock,
+                                         GroupNormalization,
+                                         Concatenate, Add, Subtract, Multiply, Average,
+                                         Maximum, Minimum, Dot,
+                                         PositionalEmbedding, TransformerBlock,
                                          Conv1D, Conv2D, Conv3D, Conv2DTranspose,
                                          DepthwiseConv2D, SeparableConv2D,
                                          MaxPooling1D, MaxPooling2D, MaxPooling3D,
@@ -32,7 +37,8 @@ LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout,
                                          GlobalAveragePooling1D, GlobalAveragePooling2D,
                                          ZeroPadding1D, ZeroPadding2D, Cropping1D, Cropping2D,
                                          UpSampling1D, UpSampling2D, Permute, RepeatVector,
-                                         SpatialDropout1D, SpatialDropout2D, GaussianNoise,
+                                         SpatialDropout1D, SpatialDropout2D, SpatialDropout3D,
+                                         GaussianNoise, GaussianDropout, AlphaDropout,
                                          Rescaling, Normalization, Lambda, Masking, SimpleRNN,
                                          LSTM, GRU,
                                          Bidirectional, TimeDistributed, MultiHeadAttention,

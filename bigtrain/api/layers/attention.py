@@ -41,6 +41,19 @@ def _glorot_keras(w: torch.Tensor, input_axes: int) -> None:
     nn.init.uniform_(w, -limit, limit)
 
 
+def _steps_axes(name: str, attention_axes):
+    """Keras's `attention_axes` where it names the default, the steps axis of (batch,
+    steps, features) inputs (1 or -2, as an int or a one-item list); None for the default."""
+    if attention_axes is None:
+        return None
+    axes = [attention_axes] if isinstance(attention_axes, int) else list(attention_axes)
+    if [a + 3 if a < 0 else a for a in axes] != [1]:
+        raise ValueError(f"MultiHeadAttention {name!r}: attention_axes={attention_axes!r} is "
+                         "not supported; bigtrain attends over the steps axis of (batch, "
+                         "steps, features) inputs (attention_axes=None or (1,))")
+    return axes
+
+
 class MultiHeadAttention(Layer, SplitsItself):
     """`keras.layers.MultiHeadAttention(num_heads, key_dim)`, called `mha(query, value, key)`.
 
@@ -64,10 +77,7 @@ class MultiHeadAttention(Layer, SplitsItself):
                  bias_constraint=None, attention_axes=None, flash_attention=None, seed=None,
                  **kwargs):
         super().__init__(**kwargs)
-        if attention_axes is not None:
-            raise ValueError(f"MultiHeadAttention {self.name!r}: attention_axes="
-                             f"{attention_axes!r} is not supported; bigtrain attends over the "
-                             "steps axis of (batch, steps, features) inputs (drop it)")
+        self.attention_axes = _steps_axes(self.name, attention_axes)
         del flash_attention, seed  # torch picks its fused kernel; dropout uses torch's RNG
         self.weight_options = {
             "kernel": WeightOptions("glorot_uniform", kernel_initializer, kernel_regularizer,
@@ -230,7 +240,7 @@ class MultiHeadAttention(Layer, SplitsItself):
         return {"name": self.name, "num_heads": self.num_heads, "key_dim": self.key_dim,
                 "value_dim": self.value_dim, "dropout": self.dropout,
                 "use_bias": self.use_bias, "output_shape": self.output_size,
-                **self.weight_options_config()}
+                "attention_axes": self.attention_axes, **self.weight_options_config()}
 
 
 class Attention(Layer):

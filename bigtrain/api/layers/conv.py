@@ -49,6 +49,9 @@ class _Conv(Layer, SplitsItself):
     rank = 2
     transpose = False
     paddings = ("valid", "same")
+    #: Keras takes strides > 1 with dilation_rate > 1 in the depthwise and separable
+    #: convolutions only
+    strided_dilation = False
 
     def __init__(self, filters: int, kernel_size, strides=1, padding="valid", data_format=None,
                  dilation_rate=1, groups=1, activation=None, use_bias=True,
@@ -77,6 +80,10 @@ class _Conv(Layer, SplitsItself):
         self.kernel_size = as_tuple(kernel_size, n, "kernel_size")
         self.strides = as_tuple(strides, n, "strides")
         self.dilation_rate = as_tuple(dilation_rate, n, "dilation_rate")
+        if not self.strided_dilation and max(self.strides) > 1 and max(self.dilation_rate) > 1:
+            raise ValueError(f"{type(self).__name__} {self.name!r}: strides > 1 together with "
+                             f"dilation_rate > 1 is not supported (as in Keras); got strides="
+                             f"{self.strides} and dilation_rate={self.dilation_rate}")
         self.data_format = data_format or "channels_last"
         if self.data_format not in ("channels_last", "channels_first"):
             raise ValueError(f"data_format must be 'channels_last' or 'channels_first', "
@@ -254,6 +261,12 @@ class Conv2DTranspose(_Conv):
                          activation, use_bias, **kwargs)
         self.output_padding = (None if output_padding is None
                                else as_tuple(output_padding, 2, "output_padding", minimum=0))
+        for i, (op, stride) in enumerate(zip(self.output_padding or (), self.strides)):
+            if op >= stride:
+                raise ValueError(f"Conv2DTranspose {self.name!r}: output_padding must be "
+                                 f"smaller than strides on every axis (as in Keras); axis {i} "
+                                 f"has output_padding {op} and strides {stride} (output_padding="
+                                 f"{self.output_padding}, strides={self.strides})")
 
     def _crops(self):
         """Per axis (left, right) cells to crop from the unpadded output (< 0: zero-extend)."""
@@ -333,6 +346,7 @@ def _depthwise_to_torch(k):
 class DepthwiseConv2D(_Conv):
     """`keras.layers.DepthwiseConv2D`: one (kh, kw) filter per input channel and multiplier."""
     rank = 2
+    strided_dilation = True
 
     def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1,
                  data_format=None, dilation_rate=1, activation=None, use_bias=True, **kwargs):
@@ -378,6 +392,7 @@ class SeparableConv2D(_Conv):
     1x1 convolution to `filters`. Keras weights: depthwise (kh, kw, in, dm), pointwise
     (1, 1, in * dm, filters), bias (filters,)."""
     rank = 2
+    strided_dilation = True
 
     def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
                  dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True, **kwargs):

@@ -1,6 +1,7 @@
-"""Core Keras-style layers: Dense, Activation, Dropout, Flatten, Reshape, Embedding and the
-normalisations. Each wraps a plain torch module and initialises it as Keras does
-(glorot-uniform kernels, zero biases), so models port with the same behaviour.
+"""Core Keras-style layers: Dense, Activation, Dropout, Flatten, Reshape and Embedding (the
+normalizations are in `normalization.py`). Each wraps a plain torch module and initialises
+it as Keras does (glorot-uniform kernels, zero biases), so models port with the same
+behaviour.
 """
 from __future__ import annotations
 
@@ -253,10 +254,22 @@ class Embedding(Layer):
         return ids != 0 if self.mask_zero else None  # (B, T) bool
 
     def call(self, ids):
-        out = self.embedding(ids.long())
+        try:
+            out = self.embedding(ids.long())
+        except IndexError:  # torch's check on CPU; named here, at no cost to valid ids
+            raise self._range_error(ids) from None
         if self.mask_zero:
             out._keras_mask = self.compute_mask(ids)
         return out
+
+    def _range_error(self, ids) -> ValueError:
+        ids = ids.long()
+        bad = ids[(ids < 0) | (ids >= self.input_dim)]
+        found = bad.flatten()[0].item() if bad.numel() else "out of range"
+        return ValueError(f"Embedding {self.name!r} got id {found}, but its input_dim="
+                          f"{self.input_dim} takes ids 0 to {self.input_dim - 1}; raise "
+                          "input_dim above the largest id (the vocabulary size), or map the "
+                          "ids into range")
 
     def keras_weights(self):
         return [("embedding.weight", _same, _same)]
@@ -265,170 +278,3 @@ class Embedding(Layer):
         return {"name": self.name, "input_dim": self.input_dim, "output_dim": self.output_dim,
                 "sparse": self.sparse, "mask_zero": self.mask_zero,
                 **self.weight_options_config()}
-
-
-class LayerNormalization(Layer):
-    """`keras.layers.LayerNormalization` over the last axis (epsilon 1e-3 as in Keras).
-
-    center=False / scale=False drop beta / gamma (from the weights too, as Keras).
-    """
-
-    supports_masking = True  # passes a time-step mask on, as Keras
-
-    def __init__(self, axis=-1, epsilon: float = 1e-3, center: bool = True, scale: bool = True,
-                 beta_initializer="zeros", gamma_initializer="ones", beta_regularizer=None,
-                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
-                 rms_scaling: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        if rms_scaling:
-            raise ValueError(f"LayerNormalization {self.name!r}: rms_scaling=True is not "
-                             "supported; drop it (or use center=False for no offset)")
-        self.axis, self.epsilon = axis, epsilon
-        self.center, self.scale = bool(center), bool(scale)
-        self.weight_options = {
-            "gamma": WeightOptions("ones", gamma_initializer, gamma_regularizer,
-                                   gamma_constraint),
-            "beta": WeightOptions("zeros", beta_initializer, beta_regularizer, beta_constraint)}
-
-    def build(self, input_shape):
-        if self.axis not in (-1, len(input_shape), [-1], (-1,)):
-            shape = ", ".join(map(str, input_shape))
-            raise ValueError(f"LayerNormalization {self.name!r}: axis={self.axis} is not "
-                             "supported; bigtrain normalizes over the last axis (axis=-1) of "
-                             f"inputs of shape (None, {shape})")
-        self.norm = nn.LayerNorm(input_shape[-1], eps=self.epsilon,
-                                 elementwise_affine=self.scale or self.center,
-                                 bias=self.center)
-        if self.scale:
-            self.weight_options["gamma"].init_(self.norm.weight)
-        elif self.center:
-            self.norm.weight = None  # no gamma: torch's kernel multiplies by 1
-        if self.center:
-            self.weight_options["beta"].init_(self.norm.bias)
-
-    def call(self, x):
-        return self.norm(x)
-
-    def weight_roles(self):
-        return {**({"gamma": "norm.weight"} if self.scale else {}),
-                **({"beta": "norm.bias"} if self.center else {})}
-
-    def keras_weights(self):  # gamma (if scale), beta (if center)
-        return [(key, _same, _same) for key in self.weight_roles().values()]
-
-    def get_config(self):
-        return {"name": self.name, "axis": self.axis, "epsilon": self.epsilon,
-                "center": self.center, "scale": self.scale, **self.weight_options_config()}
-
-
-class _KerasBatchNorm(nn.BatchNorm1d):
-    """nn.BatchNorm1d whose training forward moves the statistics as Keras does (biased
-    batch variance). The update runs in this module's own forward, so a sharded strategy
-    (FSDP2) gathers the weights it reads.
-
-    torch's kernel computes the batch's mean and variance once, for the output and for the
-    statistics alike: it writes them into two scratch buffers (momentum 1 replaces their
-    contents), and the unbiased variance there is scaled back to Keras's biased one. A
-    second pass over the batch (torch.var_mean over the batch axis) cost more than the
-    normalization itself on CPU. As in Keras, a batch of one sample trains (its variance is
-    0), where torch's own check refuses it.
-    """
-
-    def forward(self, x):
-        if not self.training:
-            return super().forward(x)
-        mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
-        out = torch.batch_norm(x, self.weight, self.bias, mean, var, True, 1.0, self.eps,
-                               torch.backends.cudnn.enabled)
-        self._move_statistics(mean, var, x.shape[0])
-        return out
-
-    @torch.no_grad()
-    def _move_statistics(self, mean: torch.Tensor, unbiased_var: torch.Tensor, n: int) -> None:
-        """Keras's moving mean and variance update from a batch of `n` rows with these
-        statistics (torch's momentum is 1 - Keras's)."""
-        if n == 0:  # an empty share or micro-batch: nothing to average
-            return
-        keep = 1.0 - self.momentum
-        # out of place: the kernel saved its scratch buffers for the backward
-        var = unbiased_var * ((n - 1) / n) if n > 1 else torch.zeros_like(unbiased_var)
-        self.running_mean.mul_(keep).add_(mean, alpha=self.momentum)
-        self.running_var.mul_(keep).add_(var, alpha=self.momentum)
-        self.num_batches_tracked.add_(1)
-
-
-class BatchNormalization(Layer):
-    """`keras.layers.BatchNormalization` over the last (channels) axis.
-
-    Training normalizes with the batch's statistics (torch's kernel, so outputs and gradients
-    are torch's) and moves the moving statistics as Keras does:
-    moving = momentum * moving + (1 - momentum) * batch, with the batch's biased variance
-    (torch's running_var takes the unbiased one, n / (n - 1) larger). Inference uses the
-    moving statistics. The weights are an nn.BatchNorm1d's (gamma, beta, moving mean and
-    variance, as Keras orders them).
-    """
-
-    supports_masking = True  # passes a time-step mask on, as Keras
-
-    def __init__(self, axis=-1, momentum: float = 0.99, epsilon: float = 1e-3,
-                 center: bool = True, scale: bool = True, beta_initializer="zeros",
-                 gamma_initializer="ones", moving_mean_initializer="zeros",
-                 moving_variance_initializer="ones", synchronized: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        if synchronized:
-            raise ValueError("BatchNormalization(synchronized=True) is not supported: bigtrain "
-                             "computes the statistics on each rank's share of the batch (on "
-                             "one process the flag changes nothing; drop it)")
-        self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
-        self.center, self.scale = bool(center), bool(scale)
-        self.initializers = {k: _constant_init(f"BatchNormalization {k}", v) for k, v in (
-            ("beta_initializer", beta_initializer), ("gamma_initializer", gamma_initializer),
-            ("moving_mean_initializer", moving_mean_initializer),
-            ("moving_variance_initializer", moving_variance_initializer))}
-
-    def build(self, input_shape):
-        if self.axis not in (-1, len(input_shape)):
-            shape = ", ".join(map(str, input_shape))
-            raise ValueError(f"BatchNormalization {self.name!r}: axis={self.axis} is not "
-                             "supported; bigtrain normalizes over the last (channels) axis "
-                             f"(axis=-1) of inputs of shape (None, {shape})")
-        norm = _KerasBatchNorm(input_shape[-1], eps=self.epsilon, momentum=1.0 - self.momentum)
-        with torch.no_grad():
-            for key, t in (("gamma_initializer", norm.weight), ("beta_initializer", norm.bias),
-                           ("moving_mean_initializer", norm.running_mean),
-                           ("moving_variance_initializer", norm.running_var)):
-                t.fill_(self.initializers[key])
-        if not self.scale:
-            norm.weight = None  # no gamma: torch's kernel multiplies by 1
-        if not self.center:
-            norm.bias = None
-        self.norm = norm
-
-    def keras_weights(self):  # gamma (if scale), beta (if center), moving mean and variance
-        kept = ["weight"] * self.scale + ["bias"] * self.center
-        return [(f"norm.{k}", _same, _same) for k in (*kept, "running_mean", "running_var")]
-
-    def call(self, x):
-        shape = x.shape  # statistics over all axes but channels: (N, C)
-        flat = x.reshape(-1, shape[-1])
-        if self.training and not self.trainable:  # frozen: the moving statistics (Keras)
-            n = self.norm
-            return F.batch_norm(flat, n.running_mean, n.running_var, n.weight, n.bias,
-                                training=False, eps=n.eps).reshape(shape)
-        return self.norm(flat).reshape(shape)
-
-    def get_config(self):
-        return {"name": self.name, "axis": self.axis, "momentum": self.momentum,
-                "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
-                **{k: {0.0: "zeros", 1.0: "ones"}.get(v, v)
-                   for k, v in self.initializers.items()}}
-
-
-def _constant_init(what: str, value) -> float:
-    """The constant of a "zeros"/"ones" initializer name (or a number)."""
-    names = {"zeros": 0.0, "ones": 1.0}
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and value.lower() in names:
-        return names[value.lower()]
-    raise ValueError(f"{what} must be 'zeros', 'ones' or a number, got {value!r}")

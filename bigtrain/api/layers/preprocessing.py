@@ -1,5 +1,5 @@
-"""Preprocessing and noise layers with Keras's arguments: Rescaling, Normalization (with
-`adapt`), GaussianNoise, SpatialDropout1D/2D, and Lambda (a torch callable)."""
+"""Preprocessing layers with Keras's arguments: Rescaling, Normalization (with `adapt`),
+Lambda (a torch callable) and Masking. The noise layers are in `noise.py`."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,28 +9,73 @@ from torch import nn
 from bigtrain.api.layers.base import Layer
 
 
+def _fmt(shape) -> str:
+    return "(None, " + ", ".join(map(str, shape)) + ")"
+
+
 class Rescaling(Layer):
-    """`keras.layers.Rescaling(scale, offset=0.0)`: x * scale + offset (e.g. 1/255 for pixels)."""
+    """`keras.layers.Rescaling(scale, offset=0.0)`: x * scale + offset (e.g. 1/255 for pixels).
+
+    `scale` and `offset` may be numbers or arrays broadcast against the input as numpy
+    does, e.g. one scale per channel: `Rescaling([1 / 58.4, 1 / 57.1, 1 / 57.4])`. They are
+    constants, not weights (as in Keras).
+    """
 
     supports_masking = True  # passes a time-step mask on, as Keras
 
-    def __init__(self, scale: float, offset: float = 0.0, **kwargs):
+    def __init__(self, scale, offset=0.0, **kwargs):
         super().__init__(**kwargs)
-        self.scale, self.offset = float(scale), float(offset)
+        self.scale, self.offset = self._constant(scale), self._constant(offset)
+        # arrays as non-persistent buffers: they follow .to(device), and are no weights
+        for key in ("scale", "offset"):
+            value = getattr(self, key)
+            if isinstance(value, np.ndarray):
+                delattr(self, key)
+                self.register_buffer(key, torch.as_tensor(value), persistent=False)
+
+    @staticmethod
+    def _constant(value):
+        array = np.asarray(value, dtype="float32")
+        return float(array) if array.ndim == 0 else array
+
+    def compute_output_shape(self, input_shape):
+        full = (1, *input_shape)
+        for value in (self.scale, self.offset):
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else ()
+            try:
+                fits = np.broadcast_shapes(full, shape) == full
+            except ValueError:
+                fits = False
+            if not fits:
+                raise ValueError(f"Rescaling {self.name!r}: a scale or offset of shape {shape} "
+                                 f"does not broadcast over inputs of shape {_fmt(input_shape)}")
+        return input_shape
 
     def call(self, x):
-        return x * self.scale + self.offset
+        return x * self._like(self.scale, x) + self._like(self.offset, x)
+
+    @staticmethod
+    def _like(value, x):
+        """An array constant in a float input's dtype (bf16 stays bf16); ints become float."""
+        if isinstance(value, torch.Tensor) and x.is_floating_point():
+            return value.to(x.dtype)
+        return value
 
     def get_config(self):
-        return {"name": self.name, "scale": self.scale, "offset": self.offset}
+        def plain(value):
+            return value.tolist() if isinstance(value, torch.Tensor) else value
+        return {"name": self.name, "scale": plain(self.scale), "offset": plain(self.offset)}
 
 
 class Normalization(Layer):
     """`keras.layers.Normalization(axis=-1)`: (x - mean) / sqrt(variance) per feature.
 
-    The statistics come from `adapt(data)` (over every axis but `axis`) or from `mean=` and
-    `variance=`. They are non-trainable weights, listed as Keras does: mean, variance and a
-    count (which Keras 3 keeps at 0).
+    `axis` (counted with the batch axis, as Keras) is the axis or axes that keep their own
+    statistics: -1 one mean per feature, (1, 2) one per cell of a (None, H, W) input, None
+    one mean for everything. The statistics come from `adapt(data)` (over every other axis)
+    or from `mean=` and `variance=`. Adapted statistics are non-trainable weights, listed as
+    Keras does: mean, variance and a count (which Keras 3 keeps at 0); given ones are
+    constants, not weights (as in Keras).
 
     Example:
         norm = Normalization()
@@ -42,52 +87,90 @@ class Normalization(Layer):
 
     def __init__(self, axis=-1, mean=None, variance=None, invert: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.axis = axis
+        self.axis = () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
         self.invert = bool(invert)
         if (mean is None) != (variance is None):
             raise ValueError("Normalization takes both mean= and variance=, or neither "
                              "(then call adapt(data))")
         self._given = None if mean is None else (np.asarray(mean, "float32"),
                                                  np.asarray(variance, "float32"))
+        if self._given is not None and (self._given[0].shape != self._given[1].shape or
+                                        self._given[0].ndim > len(self.axis)):
+            raise ValueError(f"Normalization {self.name!r}: mean and variance must have one "
+                             f"shape, of at most one axis per kept axis (axis={axis}); got "
+                             f"{self._given[0].shape} and {self._given[1].shape}")
         self._adapted = None
 
-    def _feature_axis(self, rank: int) -> int:
-        """The feature axis counted without the batch axis."""
-        axis = self.axis if self.axis >= 0 else rank + 1 + self.axis
-        if not 1 <= axis <= rank:
-            raise ValueError(f"Normalization {self.name!r}: axis={self.axis} is not a feature "
-                             f"axis of inputs with {rank} axes after the batch")
-        return axis - 1
+    def _kept_axes(self, rank: int) -> tuple[int, ...]:
+        """The axes with their own statistics, counted with the batch axis (rank + 1 axes)."""
+        kept = sorted(a + rank + 1 if a < 0 else a for a in self.axis)
+        if any(not 1 <= a <= rank for a in kept):
+            raise ValueError(f"Normalization {self.name!r}: axis={self.axis} is not a set of "
+                             f"feature axes of inputs with {rank} axes after the batch (the "
+                             "batch axis 0 cannot keep its own statistics)")
+        return tuple(kept)
+
+    def _shapes(self, input_shape):
+        """(statistics' shape, their broadcast shape against a batch)."""
+        kept = self._kept_axes(len(input_shape))
+        full = (1, *input_shape)
+        return (tuple(full[a] for a in kept),
+                [full[a] if a in kept else 1 for a in range(len(full))])
 
     def adapt(self, data) -> None:
         """Compute the mean and variance of `data` (numpy or tensor, batch first)."""
+        if self._given is not None:
+            raise ValueError(f"Normalization {self.name!r} was given mean= and variance=; "
+                             "adapt() would replace them: pass one or the other")
         data = np.asarray(data, dtype="float64")
-        axis = self._feature_axis(data.ndim - 1) + 1
-        reduce = tuple(i for i in range(data.ndim) if i != axis)
-        self._adapted = (data.mean(reduce), data.var(reduce), 0.0)  # Keras 3 leaves count at 0
+        kept = self._kept_axes(data.ndim - 1)
+        reduce = tuple(i for i in range(data.ndim) if i not in kept)
+        self._adapted = (data.mean(reduce), data.var(reduce))
         if self.built:
             self._load(*self._adapted)
 
     def build(self, input_shape):
-        features = input_shape[self._feature_axis(len(input_shape))]
-        self.mean = nn.Parameter(torch.zeros(features), requires_grad=False)
-        self.variance = nn.Parameter(torch.ones(features), requires_grad=False)
+        stats_shape, self._bshape = self._shapes(input_shape)
+        if self._given is not None:  # constants, as Keras: no weights
+            mean, variance = (self._place_given(v, input_shape, stats_shape)
+                              for v in self._given)
+            self.register_buffer("mean", mean, persistent=False)
+            self.register_buffer("variance", variance, persistent=False)
+            return
+        self.mean = nn.Parameter(torch.zeros(stats_shape), requires_grad=False)
+        self.variance = nn.Parameter(torch.ones(stats_shape), requires_grad=False)
         self.count = nn.Parameter(torch.zeros(()), requires_grad=False)
-        self._bshape = [1] * (len(input_shape) + 1)
-        self._bshape[self._feature_axis(len(input_shape)) + 1] = features
         if self._adapted is not None:
             self._load(*self._adapted)
-        elif self._given is not None:
-            self._load(*self._given, 0.0)
 
-    def _load(self, mean, variance, count):
+    def _place_given(self, value: np.ndarray, input_shape, stats_shape) -> torch.Tensor:
+        """A given mean or variance broadcast to the statistics' shape: its axes stand for
+        the last kept axes (Keras's rule), a scalar for all of them."""
+        kept = self._kept_axes(len(input_shape))
+        full = [1] * (len(input_shape) + 1)
+        for i in range(1, value.ndim + 1):
+            full[kept[-i]] = value.shape[-i]
+        try:
+            placed = np.broadcast_to(value.reshape(full), self._bshape)
+        except ValueError:
+            raise ValueError(f"Normalization {self.name!r}: mean/variance of shape "
+                             f"{value.shape} do not fit inputs of shape {_fmt(input_shape)} "
+                             f"with axis={self.axis}") from None
+        return torch.as_tensor(np.array(placed.reshape(stats_shape)))
+
+    def _load(self, mean, variance):
         def to_tensor(values, like):
             return torch.as_tensor(np.array(np.broadcast_to(values, like.shape), "float32"))
 
         with torch.no_grad():
             self.mean.copy_(to_tensor(mean, self.mean))
             self.variance.copy_(to_tensor(variance, self.variance))
-            self.count.fill_(count)
+            self.count.fill_(0.0)  # Keras 3 leaves the count at 0
+
+    def keras_weights(self):
+        if self._given is not None:
+            return []
+        return [(key, _same, _same) for key in ("mean", "variance", "count")]
 
     def call(self, x):
         mean, var = self.mean.view(self._bshape), self.variance.view(self._bshape)
@@ -95,58 +178,15 @@ class Normalization(Layer):
         return x * std + mean if self.invert else (x - mean) / std
 
     def get_config(self):
-        return {"name": self.name, "axis": self.axis, "invert": self.invert}
+        axis = None if not self.axis else self.axis[0] if len(self.axis) == 1 else list(self.axis)
+        config = {"name": self.name, "axis": axis, "invert": self.invert}
+        if self._given is not None:
+            config.update(mean=self._given[0].tolist(), variance=self._given[1].tolist())
+        return config
 
 
-class GaussianNoise(Layer):
-    """`keras.layers.GaussianNoise(stddev)`: adds N(0, stddev^2) noise in training only."""
-
-    supports_masking = True  # passes a time-step mask on, as Keras
-
-    def __init__(self, stddev: float, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.stddev = float(stddev)
-
-    def call(self, x):
-        return x + torch.randn_like(x) * self.stddev if self.training else x
-
-    def get_config(self):
-        return {"name": self.name, "stddev": self.stddev}
-
-
-class SpatialDropout1D(Layer):
-    """`keras.layers.SpatialDropout1D(rate)`: drops whole channels of (B, steps, C)."""
-
-    rank = 1
-
-    def __init__(self, rate: float, **kwargs):
-        super().__init__(**kwargs)
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f"{type(self).__name__} rate must be in [0, 1), got {rate}")
-        self.rate = float(rate)
-
-    def compute_output_shape(self, input_shape):
-        if len(input_shape) != self.rank + 1:
-            raise ValueError(f"{type(self).__name__} {self.name!r} expects inputs of rank "
-                             f"{self.rank + 2}, got shape (None, "
-                             f"{', '.join(map(str, input_shape))})")
-        return input_shape
-
-    def call(self, x):
-        if not self.training or self.rate == 0.0:
-            return x
-        shape = (x.shape[0], *([1] * self.rank), x.shape[-1])  # one draw per sample and channel
-        keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.rate)
-        return x * keep / (1.0 - self.rate)
-
-    def get_config(self):
-        return {"name": self.name, "rate": self.rate}
-
-
-class SpatialDropout2D(SpatialDropout1D):
-    """`keras.layers.SpatialDropout2D(rate)`: drops whole channels of (B, H, W, C)."""
-
-    rank = 2
+def _same(t):
+    return t
 
 
 class Lambda(Layer):

@@ -12,13 +12,13 @@ from bigtrain.api.layers.recurrent import _RNN, _layer_from
 class Bidirectional(Layer):
     """`keras.layers.Bidirectional(layer, merge_mode="concat")`: the layer forwards and a copy
     backwards; their outputs (the backward one re-aligned in time) concatenated, summed,
-    multiplied, averaged, or (None) listed. Keras weights: the forward layer's, then the
-    backward layer's.
+    multiplied, averaged, or (merge_mode=None) listed: [forward, backward]. Keras weights:
+    the forward layer's, then the backward layer's.
     """
 
-    modes = ("concat", "sum", "mul", "ave")
+    modes = ("concat", "sum", "mul", "ave", None)
 
-    def __init__(self, layer: _RNN, merge_mode: str = "concat", **kwargs):
+    def __init__(self, layer: _RNN, merge_mode: str | None = "concat", **kwargs):
         super().__init__(**kwargs)
         layer = _layer_from(layer)
         if not isinstance(layer, _RNN):
@@ -34,6 +34,9 @@ class Bidirectional(Layer):
         self.merge_mode = merge_mode
         for side in (self.forward_layer, self.backward_layer):  # as Keras: masked steps give 0
             side.zero_output_for_mask = side.return_sequences
+        if merge_mode is None and layer.return_sequences:
+            # Keras masks both listed outputs; a graph carries a mask on the first only
+            self.refuses_mask = True
 
     def output_mask(self, mask):
         return mask if self.forward_layer.return_sequences else None
@@ -43,8 +46,11 @@ class Bidirectional(Layer):
         states = shape[1:] if self.forward_layer.return_state else None
         shape = shape[0] if states is not None else shape
         out = (*shape[:-1], 2 * shape[-1]) if self.merge_mode == "concat" else shape
-        # return_state, as Keras: [output, forward states..., backward states...]
-        return out if states is None else [out, *states, *states]
+        outs = [shape, shape] if self.merge_mode is None else [out]  # None: both, listed
+        # return_state, as Keras: [output(s), forward states..., backward states...]
+        if states is None and self.merge_mode is not None:
+            return out
+        return [*outs, *(states or ()), *(states or ())]
 
     def build(self, input_shape):
         for layer in (self.forward_layer, self.backward_layer):
@@ -61,6 +67,8 @@ class Bidirectional(Layer):
             states = [*fwd_states, *bwd_states]
         if self.forward_layer.return_sequences:
             bwd = bwd.flip(1)  # step t of the backward pass read x_{T-1-t}
+        if self.merge_mode is None:
+            return [fwd, bwd, *states]
         out = self._merge(fwd, bwd)
         return [out, *states] if states else out
 
