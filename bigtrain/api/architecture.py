@@ -14,6 +14,9 @@ import json
 from bigtrain.api.functional import (GraphModule, _config, graph_config, graph_from_config,
                                      layer_classes)
 
+#: how a config names a model used as a layer (its `keras_kind`)
+MODEL_KINDS = ("Functional", "Sequential")
+
 
 def model_config(model) -> dict:
     """The architecture of a functional or Sequential model as a JSON-able dict: a
@@ -27,13 +30,18 @@ def model_config(model) -> dict:
                              "weights only (save_weights) and rebuild the model in code")
         inp = model._input.node.layer.get_config() if model._input is not None else None
         return {**base, "input": inp, "layers": [
-            {"class_name": type(layer).__name__, "config": _config(layer)}
-            for layer in model.layers]}
+            {"class_name": _kind(layer), "config": _config(layer)} for layer in model.layers]}
     if not isinstance(model.net, GraphModule):
         raise ValueError("get_config describes functional and Sequential models; a wrapped "
                          "torch module has no architecture bigtrain can write: rebuild it in "
                          "code and move the weights with get_weights/set_weights")
     return {**base, "graph": graph_config(model.net)}
+
+
+def _kind(layer) -> str:
+    """A layer's class name, or a model's Keras kind ("Functional", "Sequential") for a
+    model used as a layer of the stack."""
+    return getattr(type(layer), "keras_kind", None) or type(layer).__name__
 
 
 def model_from_config(config: dict, custom_objects, functional, sequential):
@@ -45,14 +53,25 @@ def model_from_config(config: dict, custom_objects, functional, sequential):
         classes = layer_classes(custom_objects)
         inp = config.get("input")
         first = [Input(tuple(inp["shape"]), dtype=inp["dtype"], name=inp["name"])] if inp else []
-        layers = [classes(entry["class_name"])(**entry["config"]) for entry in config["layers"]]
+        build = nested_builder(custom_objects, functional, sequential)
+        layers = [build(entry["config"]) if entry["class_name"] in MODEL_KINDS
+                  else classes(entry["class_name"])(**entry["config"])
+                  for entry in config["layers"]]
         return sequential(first + layers, name=config.get("name"), trainable=trainable)
     if "graph" not in config:
         raise ValueError("not a model config: expected the dict of Model.get_config() (with "
                          f"'layers' or 'graph'), got keys {sorted(config)}")
-    graph = graph_from_config(config["graph"], custom_objects)
+    graph = graph_from_config(config["graph"], custom_objects, nested_builder(
+        custom_objects, functional, sequential))
     return functional(graph.input_tensors, graph.output_tensors, name=config.get("name"),
                       trainable=trainable)
+
+
+def nested_builder(custom_objects, functional, sequential):
+    """`build(config) -> model` for the models a graph calls as layers (graph_from_config)."""
+    def build(config: dict):
+        return model_from_config(config, custom_objects, functional, sequential)
+    return build
 
 
 def model_json(model, **kwargs) -> str:

@@ -20,7 +20,7 @@ from torch import nn
 
 from bigtrain.api import training, weights
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.layers.base import KerasTensor, Layer
+from bigtrain.api.layers.base import InputLayer, KerasTensor, Layer, train_mode
 from bigtrain.api.optimizers import keras_facing
 from bigtrain.engine.carry import Carry
 
@@ -72,17 +72,39 @@ class Model(nn.Module):
         """Wrap any `torch.nn.Module` so it trains with compile/fit."""
         return cls(module, name=name)
 
-    def forward(self, *xs):
+    def forward(self, *xs, **options):
+        """The outputs for `xs`, as Keras's `model(x)`: `training=True/False` runs every
+        layer in that mode; without it, layers called with `training=` in the graph run in
+        that mode (as in Keras 3; fit, evaluate and predict pass their own mode, which
+        wins). Called on Input tensors (or other layers' outputs) the model is a layer of a
+        new functional model: `base(x, training=False)`."""
+        mode = options.pop("training", None)
+        if options:
+            raise TypeError(f"model {self.name!r} was called with {', '.join(options)}=; a "
+                            "model takes its inputs and training= only")
+        if isinstance(self.net, GraphModule) and len(xs) == 1 and \
+                isinstance(xs[0], (list, tuple)):
+            xs = tuple(xs[0])  # Keras's model([a, b])
+        if xs and isinstance(xs[0], KerasTensor):
+            if not isinstance(self.net, GraphModule):
+                raise TypeError(f"model {self.name!r} wraps a torch module, which cannot be "
+                                "called on Input tensors; build it from layers")
+            return self.net.call_symbolic(list(xs), self, mode)
         # what Keras returns: the output layers apply their activation, also one that
         # compile moved into the loss (which only fit's and evaluate's steps defer)
         with training.output_activations(self, deferred=False):
-            return self.net(*xs)
+            if mode is None and isinstance(self.net, GraphModule):
+                return self.net(*xs, recorded_modes=True)
+            with train_mode(self.net, mode):
+                return self.net(*xs)
 
     # ---- structure -----------------------------------------------------------------------
     @property
     def layers(self) -> list[nn.Module]:
+        """The layers in Keras's order (a model called as a layer is one entry), without
+        the InputLayers."""
         if isinstance(self.net, GraphModule):
-            return list(self.net.layers.values())
+            return [m for m in self.net.keras_layers if not isinstance(m, InputLayer)]
         return list(self.net.children()) if self.net is not None else []
 
     @property
@@ -126,9 +148,8 @@ class Model(nn.Module):
     def _keras_layers(self) -> list[tuple[str, nn.Module]]:
         """(name, layer) in Keras's order of `model.layers`."""
         if isinstance(self.net, GraphModule):
-            inputs = [] if isinstance(self, Sequential) else \
-                [(t.node.layer.name, t.node.layer) for t in self.net.input_tensors]
-            return inputs + list(self.net.layers.items())
+            skip = InputLayer if isinstance(self, Sequential) else ()
+            return [(m.name, m) for m in self.net.keras_layers if not isinstance(m, skip)]
         if self.net is None:
             return [(layer.name, layer) for layer in self.layers]
         return list(self.net.named_children())
@@ -208,8 +229,8 @@ class Model(nn.Module):
         Args, as Keras's: `print_fn` receives the whole summary in one call, as Keras 3's
         does (default: print); `show_trainable` adds a Y/N/- column; `layer_range` =
         (first, last) layer-name regexes; `line_length` and `positions` (fractions of the
-        line, or column ends) set the columns. `expand_nested` changes nothing: bigtrain's
-        graphs have no nested models.
+        line, or column ends) set the columns. `expand_nested` is ignored: a model called
+        as a layer is one row, as Keras prints it by default.
         """
         from bigtrain.api.summary import summary_text
         text = summary_text(self, line_length, positions, show_trainable, layer_range)

@@ -11,7 +11,7 @@ import warnings
 
 from bigtrain.api.files import (FORMAT, load_weights, read, save_model, save_weights,  # noqa: F401
                                 split)
-from bigtrain.api.architecture import model_from_config
+from bigtrain.api.architecture import model_from_config, nested_builder
 from bigtrain.api.functional import graph_from_config
 from bigtrain.api.model import Model, Sequential
 from bigtrain.api.optimizer_config import spec_from_config
@@ -40,7 +40,8 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
         raise ValueError(f"{path} holds weights only; build the model in code and call "
                          "model.load_weights(path)")
     arch = json.loads(meta["architecture"])
-    graph = graph_from_config(arch["graph"], custom_objects)
+    graph = graph_from_config(arch["graph"], custom_objects,
+                              nested_builder(custom_objects, Model, Sequential))
     model = Model(graph.input_tensors, graph.output_tensors, name=arch.get("name"))
     weights, optim = split(meta, tensors)
     model.net.load_state_dict(weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.base import InputLayer, Layer
 
 
 def optimizer_state_factor(spec) -> float:
@@ -65,19 +65,26 @@ def _layer_count(module) -> int:
         sum(b.numel() for b in _counted_buffers(module))
 
 
+def _graph_row(net: GraphModule, layer) -> tuple[tuple[str, str, int], object]:
+    """One layer's row, as Keras prints it: once however often the layer is called, with
+    its last call's output shape; a model called as a layer counts its layers' weights."""
+    if isinstance(layer, InputLayer):
+        return (f"{layer.name} (InputLayer)", f"(None, {', '.join(map(str, layer.shape))})",
+                0), None
+    out = net.outputs_of(layer)[0]
+    shape = f"(None, {', '.join(map(str, out.shape))})"
+    if isinstance(layer, Layer):
+        return (f"{layer.name} ({type(layer).__name__})", shape, _layer_count(layer)), layer
+    count = sum(_layer_count(leaf) for leaf in net.inner_layers(layer))
+    return (f"{layer.name} ({layer.keras_kind})", shape, count), layer
+
+
 def _layer_rows(model) -> list[tuple[tuple[str, str, int], object]]:
-    """((name (type), output shape, parameters), layer) per row; an input's layer is None."""
+    """((name (type), output shape, parameters), layer) per row in Keras's order of the
+    layers; an input's layer is None."""
     net = model.net
     if isinstance(net, GraphModule):
-        rows = [((f"{t.node.layer.name} (InputLayer)",
-                  f"(None, {', '.join(map(str, t.shape))})", 0), None)
-                for t in net.input_tensors]
-        for node in net.nodes:
-            layer, out = node.layer, node.outputs[0]
-            rows.append(((f"{layer.name} ({type(layer).__name__})",
-                          f"(None, {', '.join(map(str, out.shape))})", _layer_count(layer)),
-                         layer))
-        return rows
+        return [_graph_row(net, layer) for layer in net.keras_layers]
     return [((f"{name} ({type(m).__name__})", "?", _layer_count(m)), m)
             for name, m in net.named_children()] or \
         [((type(net).__name__, "?", model.count_params()), net)]

@@ -1,5 +1,5 @@
 """Keras-order weight lists (`get_weights`/`set_weights`), so weights move between Keras
-and bigtrain: per layer in graph order, a Dense kernel shaped (inputs, units) then its
+and bigtrain: per layer in Keras's layer order, a Dense kernel shaped (inputs, units) then its
 bias; Embedding's table; LayerNormalization's gamma, beta; BatchNormalization's gamma,
 beta, moving mean, moving variance; a Conv2D kernel (kh, kw, in, out). Each layer declares
 its layout in `Layer.keras_weights`. A plain torch module lists its state dict in order
@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.layers.base import Layer
 
 
 def _same(t):
@@ -24,19 +23,14 @@ def _same(t):
 Slot = tuple[str, Callable, Callable]
 
 
-def _layer_slots(name: str, layer) -> list[Slot]:
-    prefix = f"layers.{name}."
-    custom = layer.keras_weights() if isinstance(layer, Layer) else None
-    if custom is not None:
-        return [(prefix + key, to_k, to_t) for key, to_k, to_t in custom]
-    return [(prefix + key, _same, _same) for key in layer.state_dict()  # e.g. a user module
-            if not key.endswith("num_batches_tracked")]
-
-
 def weight_slots(net) -> list[Slot]:
-    """(full state-dict key, torch->Keras, Keras->torch) for each Keras weight, in Keras order."""
+    """(full state-dict key, torch->Keras, Keras->torch) for each Keras weight, in Keras order:
+    a graph's layers in Keras's order of `model.layers` (by depth, see
+    bigtrain.api.functional.keras_order), each layer's in its `Layer.weight_slots` order."""
     if isinstance(net, GraphModule):
-        return [slot for name, layer in net.layers.items() for slot in _layer_slots(name, layer)]
+        names = {id(layer): name for name, layer in net.layers.items()}
+        return [(f"layers.{names[id(layer)]}.{key}", to_k, to_t)
+                for layer in net.weight_layers() for key, to_k, to_t in layer.weight_slots()]
     return [(k, _same, _same) for k in net.state_dict() if not k.endswith("num_batches_tracked")]
 
 

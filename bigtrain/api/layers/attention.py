@@ -101,7 +101,8 @@ class MultiHeadAttention(Layer, SplitsItself):
         self._has_key = self._has_mask = None  # fixed by the first call, as Keras's build
 
     def __call__(self, query, value=None, key=None, attention_mask=None,
-                 use_causal_mask: bool = False, has_key: bool = False, has_mask: bool = False):
+                 use_causal_mask: bool = False, has_key: bool = False, has_mask: bool = False,
+                 training=None, **kwargs):
         if isinstance(query, (list, tuple)):  # the packed form a saved graph replays
             parts = list(query)
         else:
@@ -118,8 +119,10 @@ class MultiHeadAttention(Layer, SplitsItself):
                              f"{'with' if self._has_key else 'without'} a key and "
                              f"{'with' if self._has_mask else 'without'} a mask; call it the "
                              "same way each time")
+        if training is not None:  # Keras's call-time mode (Layer.__call__ records it)
+            kwargs["training"] = training
         return super().__call__(parts, use_causal_mask=bool(use_causal_mask),
-                                has_key=has_key, has_mask=has_mask)
+                                has_key=has_key, has_mask=has_mask, **kwargs)
 
     def _shapes(self, shapes):
         q, v = shapes[0], shapes[1]

@@ -7,12 +7,16 @@ recorded graph into one `nn.Module`.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import inspect
 import itertools
 import re
 import warnings
 from collections import defaultdict
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -21,6 +25,10 @@ from bigtrain.api import initializers as keras_initializers
 from bigtrain.api import regularizers as keras_regularizers
 
 _name_counters: dict[str, itertools.count] = defaultdict(itertools.count)
+
+
+def _same(t):
+    return t
 
 
 def _snake(name: str) -> str:
@@ -66,6 +74,34 @@ class Node:
         self.takes_list = takes_list
         self.kwargs = dict(kwargs or {})  # JSON-able call options, e.g. use_causal_mask=True
         self.outputs: list[KerasTensor] = []
+        #: Keras's call-time `training=` (Dropout(0.5)(x, training=True), base(x,
+        #: training=False)): the layer's mode when the model is called without training=;
+        #: fit, evaluate and predict set their own, as in Keras 3. None: the model's mode
+        self.training: bool | None = None
+        #: the call of a model inside another model's graph that made this node
+        #: (bigtrain.api.functional.NestedCall), None for a layer called directly
+        self.nested = None
+
+
+@contextlib.contextmanager
+def train_mode(module: nn.Module, mode: bool | None):
+    """Within the block, `module` and its submodules run in training mode `mode` (None:
+    unchanged); afterwards each has its own mode back.
+
+    Example:
+        with train_mode(layer, False):  # Keras's layer(x, training=False)
+            y = layer(x)
+    """
+    if mode is None:
+        yield
+        return
+    modes = [(m, m.training) for m in module.modules()]
+    module.train(mode)
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
 
 
 def _fmt(shape) -> str:
@@ -102,6 +138,59 @@ class WeightOptions:
                 f"{role}_constraint": keras_constraints.serialize(self.constraint)}
 
 
+#: the `dtype=` values under which a layer computes as bigtrain's do (float32)
+_FLOAT32 = (None, "float32", torch.float32)
+
+
+def _check_dtype(kind: str, dtype) -> None:
+    """Keras's `dtype=` (a dtype policy): float32 is what bigtrain computes in anyway."""
+    if dtype in _FLOAT32 or getattr(dtype, "name", None) == "float32":
+        return
+    raise ValueError(f"{kind}(dtype={dtype!r}) is not supported: bigtrain's layers compute in "
+                     "float32, so the numbers would differ from Keras's; drop dtype= (or "
+                     "pass 'float32'), and for mixed precision fit with "
+                     "precision='bf16-mixed' or '16-mixed'")
+
+
+def _constructor_keywords(cls) -> list[str]:
+    """The keyword arguments `cls(...)` takes, its own first, then its base classes'."""
+    names = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or not issubclass(klass, Layer):
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) \
+                    and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def _refuse_keywords(cls, unsupported: dict) -> None:
+    """Refuse constructor arguments bigtrain's `cls` does not take, naming the layer class,
+    the argument and what it does take; `cls.harmless_keywords` are accepted and ignored."""
+    unknown = [k for k in unsupported if k not in cls.harmless_keywords]
+    if unknown:
+        raise TypeError(f"{cls.__name__}({unknown[0]}=...) is not supported: bigtrain's "
+                        f"{cls.__name__} takes {', '.join(_constructor_keywords(cls))}; drop "
+                        f"{unknown[0]}= (or write the layer yourself as a Layer subclass)")
+
+
+@functools.cache
+def _call_keywords(cls) -> tuple[str, ...] | None:
+    """The keyword options `cls.call` takes after its input (None: any, it has **kwargs),
+    without the time-step `mask`, which the graph hands over itself."""
+    params = list(inspect.signature(cls.call).parameters.values())[2:]  # self, the input
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind != p.VAR_POSITIONAL and p.name != "mask")
+
+
+def _holds_tensor(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_holds_tensor(v) for v in value)
+    return isinstance(value, (KerasTensor, torch.Tensor))
+
+
 class Layer(nn.Module):
     """Base class of every Keras-style layer.
 
@@ -120,9 +209,15 @@ class Layer(nn.Module):
     #: call() takes the input's time-step mask as `mask=` (recurrent layers).
     takes_mask = False
 
+    #: Keras constructor arguments this layer accepts and ignores because they leave its
+    #: math unchanged (e.g. an RNN's `unroll`); any other unknown one is refused
+    harmless_keywords: tuple[str, ...] = ()
+
     def __init__(self, name: str | None = None, input_shape: tuple | None = None,
                  input_dim: int | None = None, activity_regularizer=None,
-                 trainable: bool = True):
+                 trainable: bool = True, dtype=None, autocast: bool = True, **unsupported):
+        _refuse_keywords(type(self), unsupported)
+        _check_dtype(type(self).__name__, dtype)  # autocast: a float32 layer casts nothing
         super().__init__()
         self.__dict__["_trainable"] = bool(trainable)  # see `trainable`
         if activity_regularizer is not None:
@@ -152,6 +247,46 @@ class Layer(nn.Module):
         two callables convert one tensor's layout (e.g. a conv kernel's axis order).
         """
         return None
+
+    def weight_slots(self) -> list[tuple[str, Callable, Callable]]:
+        """`keras_weights()`, or for a layer without a Keras layout its state dict in order
+        (parameters and buffers, without BatchNorm's step counter), untransposed."""
+        custom = self.keras_weights()
+        if custom is not None:
+            return custom
+        return [(key, _same, _same) for key in self.state_dict()
+                if not key.endswith("num_batches_tracked")]
+
+    def get_weights(self) -> list[np.ndarray]:
+        """This layer's weights as Keras's `layer.get_weights()` lists them: a Dense kernel
+        (inputs, units) then its bias; BatchNormalization's gamma, beta, moving mean and
+        variance.
+
+        Example:
+            kernel, bias = model.get_layer("dense").get_weights()
+        """
+        state = self.state_dict()
+        return [to_keras(state[key].detach().cpu()).numpy().copy()
+                for key, to_keras, _ in self.weight_slots()]
+
+    def set_weights(self, values: list) -> None:
+        """Write `values` (Keras's order, layouts and shapes, as `get_weights` gives them)
+        into this layer's weights."""
+        slots = self.weight_slots()
+        if len(values) != len(slots):
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) has {len(slots)} "
+                             f"weights, set_weights got {len(values)} arrays")
+        state = self.state_dict(keep_vars=True)
+        new = []
+        for (key, to_keras, to_torch), value in zip(slots, values):
+            want = tuple(to_keras(state[key].detach()).shape)
+            if tuple(np.shape(value)) != want:
+                raise ValueError(f"layer {self.name!r}: weight {key!r} expects shape {want}, "
+                                 f"got {tuple(np.shape(value))}")
+            new.append((state[key], to_torch(torch.as_tensor(np.asarray(value)))))
+        with torch.no_grad():  # every shape checked first: a refusal changes nothing
+            for tensor, value in new:
+                tensor.copy_(value.to(tensor.dtype))
 
     def weight_roles(self) -> dict[str, str]:
         """Keras weight role ("kernel", "bias", ...) -> its state-dict key in this layer,
@@ -243,21 +378,50 @@ class Layer(nn.Module):
                 out._keras_mask = out_mask
         return out
 
-    def __call__(self, *args, **kwargs):
-        if self.built and args and isinstance(args[0], torch.Tensor):  # the training path
-            return self._carry_mask(args[0], super().__call__(*args, **kwargs))
+    def __call__(self, *args, training=None, **kwargs):
+        if training is None and self.built and args and isinstance(args[0], torch.Tensor):
+            return self._carry_mask(args[0], super().__call__(*args, **kwargs))  # the hot path
+        if training not in (None, True, False):
+            raise ValueError(f"layer {self.name!r} ({type(self).__name__}): training= must be "
+                             f"True, False or None, got {training!r}")
         first = args[0] if args else None
         symbolic = isinstance(first, KerasTensor) or (
             isinstance(first, (list, tuple)) and first and isinstance(first[0], KerasTensor))
         if symbolic:
-            return self._call_symbolic(first, kwargs)
-        if not self.built:
-            x = first
-            shape = [tuple(t.shape[1:]) for t in x] if self.takes_list else tuple(x.shape[1:])
-            self._ensure_built(shape)
-        return self._carry_mask(first, super().__call__(*args, **kwargs))
+            return self._call_symbolic(first, kwargs, training)
+        with train_mode(self, training):  # Keras's eager layer(x, training=...)
+            if not self.built:
+                x = first
+                shape = [tuple(t.shape[1:]) for t in x] if self.takes_list else tuple(x.shape[1:])
+                self._ensure_built(shape)
+            return self._carry_mask(first, super().__call__(*args, **kwargs))
 
-    def _call_symbolic(self, inputs, kwargs: dict | None = None):
+    def _graph_keywords(self, kwargs: dict) -> dict:
+        """The call options a graph node keeps, checked at graph build so that a keyword the
+        layer's `call` does not take fails here, naming the layer, not later in fit."""
+        kind = f"layer {self.name!r} ({type(self).__name__})"
+        takes = _call_keywords(type(self))
+        kept = {}
+        for key, value in kwargs.items():
+            if key == "mask" and value is None:
+                continue
+            if key == "mask":
+                raise ValueError(f"{kind} was called with mask=<tensor>, which bigtrain does "
+                                 "not take: it passes a time-step mask from Embedding("
+                                 "mask_zero=True) or Masking to the layers after them; make the "
+                                 "mask that way")
+            if takes is not None and key not in takes:
+                raise TypeError(f"{kind} was called with {key}=..., which bigtrain's "
+                                f"{type(self).__name__} does not take (its call takes "
+                                f"{', '.join(['training', *takes])}); drop {key}=")
+            if _holds_tensor(value):
+                raise ValueError(f"{kind}: {key}= got a tensor; bigtrain's graphs take "
+                                 "tensors only as a layer's inputs")
+            kept[key] = value
+        return kept
+
+    def _call_symbolic(self, inputs, kwargs: dict | None = None, training: bool | None = None):
+        kwargs = self._graph_keywords(kwargs or {})
         tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
         if not self.takes_list and len(tensors) != 1:
             raise ValueError(f"layer {self.name!r} takes one input, got {len(tensors)}")
@@ -281,6 +445,7 @@ class Layer(nn.Module):
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}): {e}") from None
         node = Node(self, tensors, self.takes_list, kwargs)
+        node.training = training
         shapes = out_shape if isinstance(out_shape, list) else [out_shape]  # return_state: many
         out_masked = self.makes_mask or (masked and self.output_mask(True) is not None)
         for i, s in enumerate(shapes):

@@ -51,6 +51,8 @@ class _RNN(Layer):
 
     gates = 1
     activations = ("tanh",)
+    #: Keras keywords that change no number here: taken and ignored (Layer.__init__)
+    harmless_keywords = ("unroll", "use_cudnn")
     #: one step's math, (input terms, recurrent terms, state, activation) -> new state,
     #: for the step-by-step recurrent_dropout path (bigtrain.api.layers.rnn_loop)
     cell = None
