@@ -282,3 +282,11 @@ def stream_data(source, y, inputs: list | None = None) -> StreamData:
         raise ValueError("a generator, IterableDataset or file source brings its own targets: "
                          "pass y=None and let it yield (x, y) or (x, y, sample_weight)")
     return StreamData(source, inputs)
+
+
+def input_sample(data, device, rows: int = 2):
+    """Inputs of the first `rows` samples of `data`; None for a stream (read in order only)."""
+    n = sample_count(data)
+    if isinstance(data, StreamData) or not n:
+        return None
+    return data.take(torch.arange(min(rows, n)), device)[0]

@@ -20,7 +20,7 @@ from bigtrain.engine.carry import carried_optimizer, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
-from bigtrain.engine.feed import EpochPlan, feed_epoch
+from bigtrain.engine.feed import EpochPlan, feed_epoch, input_sample
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
@@ -243,6 +243,8 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     """
     cfg = task.config
     strategy.use_precision(cfg.precision)
+    if strategy.wants_input_sample:
+        strategy.use_input_sample(input_sample(task.train, strategy.env.device))
     module = strategy.setup_module(task.module)
     optimizer = strategy.setup_optimizer(module, task.make_optimizer)
     if strategy.is_service_rank():  # a parameter server: serve the workers, no loop

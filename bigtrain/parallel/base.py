@@ -147,6 +147,14 @@ class Strategy:
         a strategy that casts parameters itself (FSDP's mixed-precision policy) keeps it.
         Default: nothing (the engine's autocast does the casting)."""
 
+    #: whether `use_input_sample` wants the fit's first rows (read only for such strategies)
+    wants_input_sample = False
+
+    def use_input_sample(self, x) -> None:
+        """Told a few rows of the fit's training inputs (a tensor, or a tuple for several
+        inputs, on this rank's device; None for a stream) before `setup_module`, where
+        `wants_input_sample`: the pipeline times its layers on them. Default: nothing."""
+
     def setup_module(self, module: nn.Module) -> nn.Module:
         return module.to(self.env.device)
 

@@ -38,6 +38,9 @@ Tied weights (GPT lm_head = token embedding). Layers keep their Parameter object
 weight shared by two layers on one rank stays one tensor. When the sharing layers sit on
 different ranks, each rank holds a copy; after backward the copies' gradients are summed
 with an all-reduce over just those ranks, so both copies take identical optimizer steps.
+A module placed at two positions of an nn.Sequential is the same case (its weights tie the
+two positions); one that holds buffers (a BatchNorm used twice) is refused, since each
+rank's copy would move its statistics apart.
 
 Slow-rank knob (tests and benchmarks on one machine): `slow_ranks={1: 3.0}`, or the
 environment variable BIGTRAIN_SLOW_RANKS="1:3.0", makes rank 1 sleep twice the time of each
@@ -66,8 +69,8 @@ from bigtrain.parallel.dims import ParallelDims, Topology
 from bigtrain.parallel.parallelize import parallelize
 from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
                                                   device_aware_partition, measure_layer_costs,
-                                                  parameter_costs, sample_input_for,
-                                                  slowest_replica_costs)
+                                                  guessed_layer_costs, sample_input_for,
+                                                  shared_buffer, slowest_replica_costs)
 from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, PipelineSettings
 from bigtrain.parallel.pipeline_stage import StageModule
 from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
@@ -103,9 +106,10 @@ class Pipeline(Strategy):
             number of cut-able layers, e.g. [3, 3] for embed + 4 blocks + head on P=2).
         stages_per_rank: V; default 2 for interleaved/zero_bubble, else 1.
         activation_checkpointing: recompute each block's activations in backward.
-        sample_input: one micro-batch of model input used to time the layers; when None it
-            is built from the model (GPT config, or the first Linear's width), else layers
-            are weighed by parameter count.
+        sample_input: one micro-batch of model input used to time the layers; when None,
+            the fit's own inputs (`use_input_sample`), else one the model declares (GPT
+            config, a Keras Input), else one guessed from a first Linear's width; where
+            none fits the model, layers are weighed by parameter count.
         tp: tensor-parallel degree inside each stage (used by Hybrid).
         slow_ranks: rank -> slowdown factor >= 1 for testing, e.g. {1: 3.0}; default from the
             BIGTRAIN_SLOW_RANKS environment variable (see the module docstring).
@@ -151,6 +155,7 @@ class Pipeline(Strategy):
         #: full replica batch / M, set by `validate`; smaller batches are padded to it
         self.micro_rows: int | None = None
         self._rt = None  # runtime state built in setup/setup_module
+        self._data_sample: torch.Tensor | None = None  # rows of the fit's inputs
 
     # ---- checks before any process group ------------------------------------------------
     def num_processes(self, devices):
@@ -206,6 +211,14 @@ class Pipeline(Strategy):
     def check_module(self, module: nn.Module, pp: int) -> list[tuple[str, nn.Module]]:
         """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages."""
         layers = chain_layers(module)
+        shared = shared_buffer(layers)
+        if shared is not None:  # tied weights are summed across ranks; buffers cannot be
+            raise ValueError(
+                f"layers {shared[0]!r} and {shared[1]!r} of the pipeline's chain are one "
+                "module (or share a submodule) holding buffers (e.g. BatchNorm's running "
+                "statistics); pipeline stages on different ranks would each update their own "
+                "copy. Give each position its own module, or use a data-parallel strategy "
+                "(ddp, zero1/2/3, fsdp_offload) for this model")
         masking = [n for n, layer in layers if any(getattr(m, "makes_mask", False)
                                                    for m in layer.modules())]
         if masking:  # the mask rides on the tensor, and stages exchange plain tensors
@@ -232,6 +245,17 @@ class Pipeline(Strategy):
         return layers
 
     # ---- setup --------------------------------------------------------------------------
+    wants_input_sample = True
+
+    def use_input_sample(self, x) -> None:
+        """Told a few rows of the fit's inputs before `setup_module`: the layers are timed
+        on them (a first Linear may take (batch, steps, width) input, so its width alone
+        does not give the input's shape). A tuple of several inputs is not kept (the
+        pipeline feeds one tensor; `step` says so)."""
+        if isinstance(x, (tuple, list)):
+            x = x[0] if len(x) == 1 else None
+        self._data_sample = x[:2].detach() if x is not None and x.shape[0] else None
+
     def setup(self, env) -> None:
         super().setup(env)
         if not env.distributed:
@@ -259,11 +283,14 @@ class Pipeline(Strategy):
     def _balance(self, module, layers, rt) -> list[int]:
         """Layer counts per stage from every rank's own layer costs (module docstring)."""
         slow = self.slow_ranks.get(self.env.rank, 1.0)
-        sample = self.sample_input if self.sample_input is not None else sample_input_for(module)
-        if sample is None:
-            costs = [c * slow for c in parameter_costs(layers)]
-        else:
-            costs = measure_layer_costs(layers, sample.to(self.env.device), slowdown=slow)
+        known = next((s for s in (self.sample_input, self._data_sample,
+                                  sample_input_for(module, guess=False)) if s is not None), None)
+        if known is not None:
+            costs = measure_layer_costs(layers, known.to(self.env.device), slowdown=slow)
+        else:  # no input known: a guess, or parameter counts where it does not fit
+            guess = sample_input_for(module)
+            costs = guessed_layer_costs(layers, None if guess is None
+                                        else guess.to(self.env.device), slowdown=slow)
         table = torch.zeros(self.env.world_size, len(costs), dtype=torch.float64,
                             device=self.env.device)
         table[self.env.rank] = torch.tensor(costs, dtype=torch.float64)

@@ -50,7 +50,8 @@ def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         blocks = [(f"blocks.{i}", b) for i, b in enumerate(model.blocks)]
         return [("embed", model.embed), *blocks, ("head", model.head)]
     if isinstance(model, nn.Sequential):
-        return list(model.named_children())
+        # every position, as forward runs them (named_children lists a repeated module once)
+        return [(n, m) for n, m in model._modules.items() if m is not None]
     chain = getattr(model, "chain", None)  # a Keras-style functional/Sequential graph
     if callable(chain) and chain() is not None:
         return [(f"layers.{layer.name}", layer) for layer in chain()]
@@ -66,6 +67,18 @@ def block_count(layers: Sequence[tuple[str, nn.Module]]) -> int:
     """Layers that are transformer blocks (names "blocks.<i>"), or all layers of a chain."""
     n = sum(1 for name, _ in layers if name.split(".")[-2:-1] == ["blocks"])
     return n or len(layers)
+
+
+def shared_buffer(layers: Sequence[tuple[str, nn.Module]]) -> tuple[str, str] | None:
+    """The names of two positions of the chain that hold the same buffer (one BatchNorm
+    placed twice, say), or None. Stages on different ranks would each move a copy of it."""
+    first: dict[int, int] = {}
+    for i, (_, layer) in enumerate(layers):
+        for b in layer.buffers():
+            j = first.setdefault(id(b), i)
+            if j != i:
+                return layers[j][0], layers[i][0]
+    return None
 
 
 def measure_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.Tensor,
@@ -127,10 +140,10 @@ def _timed(layers, sample: torch.Tensor, repeats: int, run) -> list[float]:
     return costs
 
 
-def sample_input_for(module: nn.Module) -> torch.Tensor | None:
+def sample_input_for(module: nn.Module, guess: bool = True) -> torch.Tensor | None:
     """A 2-sample input for timing layers, when the model tells its input shape: its own
-    `sample_input(n)` (bigtrain.zoo.gpt.GPT), a Keras-style graph's Input, or the width of a
-    first Linear."""
+    `sample_input(n)` (bigtrain.zoo.gpt.GPT) or a Keras-style graph's Input; with `guess`,
+    else one shaped by the width of a first Linear (a guess: a Linear may take 3-D input)."""
     declared = getattr(module, "sample_input", None)
     if callable(declared):
         return declared(2)
@@ -139,12 +152,30 @@ def sample_input_for(module: nn.Module) -> torch.Tensor | None:
         shape, dtype = (2, *inputs[0].shape), inputs[0].dtype
         return torch.randn(shape, dtype=dtype, generator=_own_rng()) \
             if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)  # id 0: any vocab
+    if not guess:
+        return None
     # the first layer with weights (a Dense after a Conv2D does not tell the input's shape)
     first = next((m for m in module.modules() if next(m.parameters(False), None) is not None),
                  None)
     if isinstance(first, nn.Linear):
         return torch.randn(2, first.in_features, generator=_own_rng())
     return None
+
+
+def guessed_layer_costs(layers: Sequence[tuple[str, nn.Module]], sample: torch.Tensor | None,
+                        slowdown: float = 1.0) -> list[float]:
+    """`measure_layer_costs` on a guessed `sample` (`sample_input_for`); parameter counts
+    (`parameter_costs`, times `slowdown`) when there is none or the layers refuse it (a
+    first Linear fed (batch, steps, width), which a 2-D guess does not match). The refusal
+    is the same on every rank, so all ranks weigh their layers alike."""
+    if sample is not None:
+        try:
+            return measure_layer_costs(layers, sample, slowdown=slowdown)
+        except Exception:  # noqa: BLE001 - any error: the guess does not fit the model
+            for _, layer in layers:  # a failed backward may have left gradients
+                for p in layer.parameters():
+                    p.grad = None
+    return [c * slowdown for c in parameter_costs(layers)]
 
 
 def _own_rng() -> torch.Generator:

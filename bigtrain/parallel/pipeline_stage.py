@@ -6,6 +6,7 @@ the data, loss and tied-weight conventions.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, Sequence
 
@@ -68,17 +69,60 @@ def wrap_chunks(stages, wrap: Callable[[Callable, int], Callable]) -> None:
 #: the PipelineStage method that runs a stage's forward once to learn the shapes it sends,
 #: by torch version (2.13: `_forward_metadata_inference`; 2.6: `_shape_inference`)
 METADATA_PASS = ("_forward_metadata_inference", "_shape_inference")
+#: the PipelineStage method torch calls on every stage once all of its metadata passes are
+#: done (2.13: after a backward pass through the forward pass's graph; 2.6 has neither)
+METADATA_END = "_post_metadata_inference_cleanup"
 
 
 def keep_state_in_metadata_pass(stages) -> None:
-    """Make each PipelineStage's one-off shape pass leave no trace: torch runs the stage's
+    """Make the stages' one-off metadata pass leave no trace: torch runs each stage's
     forward on the first micro-batch (later stages on uninitialised tensors) before the
     first step, which in training mode would move BatchNormalization's statistics and the
-    dropout random stream away from what one process computes."""
+    dropout random stream away from what one process computes.
+
+    torch 2.13 then runs a backward through that forward's graph, which saved BatchNorm's
+    running statistics: restoring them between the two (an in-place copy, a new tensor
+    version) failed that backward ("modified by an inplace operation"). So the state is
+    taken when the first of this rank's stages starts its pass and put back when torch
+    ends them all (`METADATA_END`); where torch has no such end, after each forward.
+    """
+    held = _HeldState([st.submod for st in stages], stages[0].device if stages else "cpu")
     for st in stages:
         name = next((n for n in METADATA_PASS if hasattr(st, n)), None)
-        if name is not None:  # torch-private; a version without it runs no such pass
+        if name is None:  # torch-private; a version without it runs no such pass
+            continue
+        if hasattr(st, METADATA_END):
+            setattr(st, name, held.taking(getattr(st, name)))
+            setattr(st, METADATA_END, held.restoring(getattr(st, METADATA_END)))
+        else:
             setattr(st, name, _state_kept_call(getattr(st, name), st.submod, st.device))
+
+
+class _HeldState:
+    """One `state_kept` over a rank's stage modules, held open across calls: entered by
+    the first metadata pass, left (buffers and random streams put back) at its end."""
+
+    def __init__(self, modules: Sequence[nn.Module], device):
+        self.modules, self.device = list(modules), torch.device(device)
+        self._open: contextlib.ExitStack | None = None
+
+    def taking(self, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            if self._open is None:  # the state before any stage's pass
+                self._open = contextlib.ExitStack()
+                self._open.enter_context(state_kept(self.modules, self.device))
+            return fn(*args, **kwargs)
+        return call
+
+    def restoring(self, fn: Callable) -> Callable:
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)  # frees the passes' graphs first
+            finally:
+                if self._open is not None:
+                    held, self._open = self._open, None
+                    held.close()
+        return call
 
 
 def _state_kept_call(fn: Callable, module: nn.Module, device) -> Callable:
