@@ -6,6 +6,8 @@ the whole global batch. Metrics read probabilities (the final activation applied
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 
@@ -76,13 +78,23 @@ def _target_ids(y_true, y_pred):
 
 
 class Accuracy(Metric):
-    """Keras "accuracy": categorical, sparse or binary, chosen from the shapes as Keras does."""
+    """Keras "accuracy": categorical, sparse or binary, chosen from the shapes as Keras does.
 
-    name = "accuracy"
+    Args:
+        kind: "categorical", "sparse" or "binary"; None: read from the first batch of each
+            pass (each model the object is compiled into reads its own).
+        name: the key in the History and the logs.
+    """
+
     batchable = True
 
-    def __init__(self, kind: str | None = None):
-        self.kind = kind  # "categorical" | "sparse" | "binary"; None = from the first batch
+    def __init__(self, kind: str | None = None, name: str = "accuracy"):
+        self.kind, self.name = kind, name
+        self._kind = kind  # the kind in use: `kind`, or the one read since the last reset
+
+    def reset(self, device) -> None:
+        super().reset(device)
+        self._kind = self.kind
 
     def _resolve(self, y_true, y_pred) -> str:
         if y_pred.dim() == 1 or y_pred.shape[-1] == 1:
@@ -92,11 +104,11 @@ class Accuracy(Metric):
         return "sparse"
 
     def reads_scores_only(self, y_true, y_pred) -> bool:
-        self.kind = self.kind or self._resolve(y_true, y_pred)
-        return self.kind != "binary"
+        self._kind = self._kind or self._resolve(y_true, y_pred)
+        return self._kind != "binary"
 
     def update(self, y_true, y_pred):
-        kind = self.kind = self.kind or self._resolve(y_true, y_pred)
+        kind = self._kind = self._kind or self._resolve(y_true, y_pred)
         if kind == "sparse":
             if y_true.dtype is not torch.int64 or y_true.dim() != y_pred.dim() - 1:
                 y_true = y_true.reshape(y_pred.shape[:-1]).long()  # (B, 1) or int32 ids
@@ -114,9 +126,8 @@ class TopKCategoricalAccuracy(Metric):
 
     batchable = True
 
-    def __init__(self, k: int = 5):
-        self.k = k
-        self.name = "top_k_categorical_accuracy"
+    def __init__(self, k: int = 5, name: str = "top_k_categorical_accuracy"):
+        self.k, self.name = k, name
 
     def reads_scores_only(self, y_true, y_pred) -> bool:
         return True
@@ -133,13 +144,16 @@ class MeanError(Metric):
 
     batchable = True
 
-    def __init__(self, name: str):
+    def __init__(self, kind: str, name: str | None = None):
+        """Args:
+            kind: "mse" / "mean_squared_error" or "mae" / "mean_absolute_error".
+            name: the key in the History and the logs (default: `kind`)."""
         squared = {"mse": True, "mean_squared_error": True, "mae": False,
                    "mean_absolute_error": False}
-        if name not in squared:
-            raise ValueError(f"MeanError takes 'mse' or 'mae', got {name!r}")
-        self.name = name
-        self.squared = squared[name]  # kept apart: the name may change (an output's prefix)
+        if kind not in squared:
+            raise ValueError(f"MeanError takes 'mse' or 'mae', got {kind!r}")
+        self.name = kind if name is None else name
+        self.squared = squared[kind]  # kept apart: the name may change (an output's prefix)
 
     def update(self, y_true, y_pred):
         y_true = _dense_targets(y_true, y_pred)
@@ -155,11 +169,14 @@ class AUC(Metric):
 
     batchable = True
 
-    name = "auc"
-
-    def __init__(self, bins: int = 200):
-        self.bins = bins
-        self.size = 2 * bins
+    def __init__(self, num_thresholds: int = 200, name: str = "auc"):
+        """Args:
+            num_thresholds: Keras's thresholds, evenly spaced over [0, 1] (one bucket each).
+            name: the key in the History and the logs."""
+        if num_thresholds < 2:
+            raise ValueError(f"AUC needs num_thresholds > 1, got {num_thresholds}")
+        self.bins, self.name = num_thresholds, name
+        self.size = 2 * num_thresholds
 
     def update(self, y_true, y_pred):
         y_true = _dense_targets(y_true, y_pred)
@@ -229,14 +246,39 @@ class OutputLoss(Metric):
         return value
 
 
+#: the metric classes a user may pass as objects
+METRIC_CLASSES = ("Accuracy", "AUC", "MeanError", "TopKCategoricalAccuracy")
+
+
 def get_metric(metric) -> Metric:
-    """A fresh Metric from a Keras name or a Metric instance. A name is also the metric's key
-    in the History and the logs, as Keras logs it ("acc" stays "acc", "mean_absolute_error"
-    is not shortened to "mae")."""
+    """A Metric from a Keras name (a new one) or a Metric instance (itself). A name is also
+    the metric's key in the History and the logs, as Keras logs it ("acc" stays "acc",
+    "mean_absolute_error" is not shortened to "mae")."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str) and metric in METRICS:
         m = METRICS[metric]()
         m.name = metric
         return m
-    raise ValueError(f"unknown metric {metric!r}; valid names: {', '.join(sorted(METRICS))}")
+    raise ValueError(f"unknown metric {metric!r}{_hint(metric)}; valid names: "
+                     f"{', '.join(sorted(METRICS))}, or a bigtrain.metrics object ("
+                     f"{', '.join(f'{c}()' for c in METRIC_CLASSES)}, or a subclass of "
+                     "bigtrain.metrics.Metric for a metric of your own)")
+
+
+def _hint(metric) -> str:
+    if any(c.__module__.startswith("keras") for c in type(metric).__mro__):
+        return " (Keras's metric objects are not read by bigtrain)"
+    if callable(metric):
+        return (" (a metric function is not read by bigtrain: a Metric subclass's update "
+                "adds sums to a state that ranks add up)")
+    return ""
+
+
+def fresh_metric(metric) -> Metric:
+    """A Metric of its own for one output of one run: a name's, or a copy of a Metric
+    object, so that the object the user compiled keeps its name and state, and each output
+    counts its own. (A deep copy: a subclass may keep more than `state`; the ranks get the
+    metrics pickled anyway, which asks as much of them.)"""
+    m = get_metric(metric)
+    return copy.deepcopy(m) if m is metric else m

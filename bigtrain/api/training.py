@@ -19,7 +19,7 @@ from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, loader_
                                  prepare_data, validation_of)
 from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
-from bigtrain.api.metrics import OutputLoss, get_metric
+from bigtrain.api.metrics import OutputLoss, fresh_metric, get_metric
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
 from bigtrain.api.regularizers import RegularizedTask, refuse_strategy
 from bigtrain.engine.data import ArrayData
@@ -48,6 +48,8 @@ def _defer_output_activation(model, index: int, loss: LossSpec):
     output as logits, as in Keras (with Keras's warning)."""
     if not isinstance(model.net, GraphModule) or loss.name not in LOGIT_LOSSES:
         return None
+    if loss.options.get("axis", -1) != -1 and loss.name != "binary_crossentropy":
+        return None  # the softmax runs over the last axis, the loss over another
     layer = model.net.output_layers[index]
     act = getattr(layer, "activation_name", None)
     if act is None or act != LOGIT_LOSSES[loss.name]:
@@ -94,26 +96,51 @@ def _masked_outputs(model) -> list[bool]:
     return [bool(getattr(t, "masked", False)) for t in tensors]
 
 
-def _refuse_masked_loss_on_ranks(model, devices, accumulate_steps: int = 1) -> None:
-    """A masked loss divides by the real steps of the whole batch; ranks, and accumulated
-    micro-batches, each see their own share of them, so their mean gradients would not add
-    up to one whole batch's."""
+def _processes(devices) -> int:
+    """How many processes fit will train on."""
     import os
     from bigtrain.launch import join as dist_env
-    if not any(spec.masked for spec in model.compiled.losses):
-        return
-    n = dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))
-    drop = "end the model with a layer that drops the mask (e.g. return_sequences=False)"
-    if n > 1:
-        raise ValueError(f"an output carries a time-step mask (masked steps are left out of "
-                         f"the loss), which bigtrain computes exactly on one process only, "
-                         f"not on {n}: fit on one process, or {drop}")
-    if accumulate_steps > 1:
-        raise ValueError(f"an output carries a time-step mask (masked steps are left out of "
-                         f"the loss), which bigtrain computes exactly on whole batches only, "
-                         f"not split into accumulate_steps={accumulate_steps} micro-batches: "
-                         f"fit with accumulate_steps=1 (a smaller batch_size if memory is "
-                         f"short), or {drop}")
+    return dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _refuse_inexact_losses(model, devices, accumulate_steps: int = 1) -> None:
+    """A loss that sums over the whole batch, or divides by a count of it (masked steps,
+    ignore_class), is exact on whole batches only: ranks and accumulated micro-batches each
+    see their own share, and the engine weighs each share's loss as a share of a mean."""
+    for spec in model.compiled.losses:
+        why = spec.whole_batch_only()
+        if why is None:
+            continue
+        what, fix = why
+        n = _processes(devices)
+        if n > 1:
+            raise ValueError(f"{what}, which bigtrain computes exactly on one process only, "
+                             f"not on {n}: fit on one process, or {fix}")
+        if accumulate_steps > 1:
+            raise ValueError(f"{what}, which bigtrain computes exactly on whole batches only, "
+                             f"not split into accumulate_steps={accumulate_steps} "
+                             f"micro-batches: fit with accumulate_steps=1 (a smaller "
+                             f"batch_size if memory is short), or {fix}")
+
+
+def _metrics_per_output(metrics, output_names: list[str]) -> list[list]:
+    """compile's `metrics` per output, in Keras's forms: a dict by output name (a name or
+    a list each), a list of lists (one per output), or one list for every output."""
+    def as_list(ms):
+        return [] if ms is None else [ms] if isinstance(ms, str) or \
+            not isinstance(ms, (list, tuple)) else list(ms)
+    if metrics is None:
+        return [[] for _ in output_names]
+    if isinstance(metrics, dict):
+        return [as_list(metrics.get(name)) for name in output_names]
+    items = as_list(metrics)
+    if items and all(m is None or isinstance(m, (list, tuple)) for m in items):
+        if len(items) != len(output_names):
+            raise ValueError(f"metrics is a list of {len(items)} lists, for a model of "
+                             f"{len(output_names)} outputs {output_names}: give one list per "
+                             "output, a dict by output name, or one flat list for every output")
+        return [as_list(m) for m in items]
+    return [list(items) for _ in output_names]
 
 
 def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
@@ -137,9 +164,7 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
         deferred.append(_defer_output_activation(model, i, spec))
     activations = [None if layer is None else ACTIVATIONS[layer.activation_name]
                    for layer in deferred]
-    names = list(metrics or [])
-    per_output = [names[o] if isinstance(names, dict) else names for o in range(n_out)] \
-        if not isinstance(metrics, dict) else [metrics.get(n, []) for n in model.output_names]
+    per_output = _metrics_per_output(metrics, model.output_names)
     for ms in per_output:
         for m in ms:
             get_metric(m)  # unknown names fail here, at compile time
@@ -150,20 +175,30 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
                               [layer for layer in deferred if layer is not None])
 
 
-def _fresh_metrics(model) -> list[list]:
-    """Per output, its metrics; in a model of several outputs an `OutputLoss` first (its
-    `loss_fn` is the loss the task trains on, see `_task_losses`)."""
-    out = []
+def _fresh_metrics(model, losses: list) -> list[list]:
+    """Per output, metrics of its own for this run (the compiled objects are copied, never
+    changed); in a model of several outputs an `OutputLoss` first (its `loss_fn` is the
+    loss the task trains on, see `_task_losses`). Keras's names: "<output>_<metric>" with
+    several outputs, and "_1", "_2", ... after a name already taken."""
+    out, taken = [], {}
     multi = len(model.output_names) > 1
     for i, (name, ms, loss) in enumerate(zip(model.output_names, model.compiled.metric_names,
-                                             model.compiled.losses)):
-        metrics = [get_metric(m) for m in ms]
+                                             losses)):
+        metrics = [fresh_metric(m) for m in ms]
+        for m in metrics:
+            m.name = _unique(f"{name}_{m.name}" if multi else m.name, taken)
         if multi:  # Keras logs each output's loss: "<output>_loss"
             metrics.insert(0, OutputLoss(loss, column=i))
-        for m in metrics:
-            m.name = f"{name}_{m.name}" if multi else m.name
+            metrics[0].name = f"{name}_loss"
         out.append(metrics)
     return out
+
+
+def _unique(name: str, taken: dict[str, int]) -> str:
+    """`name`, or Keras's `name_<k>` when it was taken k times before."""
+    k = taken.get(name, 0)
+    taken[name] = k + 1
+    return name if k == 0 else f"{name}_{k}"
 
 
 def _require_compiled(model, what: str) -> None:
@@ -172,23 +207,25 @@ def _require_compiled(model, what: str) -> None:
 
 
 def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
-              callbacks: list, run_dir=None, carry=None) -> TrainTask:
+              callbacks: list, run_dir=None, carry=None, split: bool = False) -> TrainTask:
     """The engine's TrainTask for `model`; `carry`: what its previous fit left (fit passes
-    `model.carry()`, so a second fit continues the optimizer as Keras's does).
+    `model.carry()`, so a second fit continues the optimizer as Keras's does); `split`: the
+    run splits each batch over processes or micro-batches (the losses check themselves).
 
     The task's network returns logits where compile moved an activation into the loss, as
     the engine's steps expect; fit and evaluate give the plain forward back when they end."""
     c = model.compiled
     for layer in c.deferred:
         layer.defer_activation = True
-    metrics = _fresh_metrics(model)
+    losses = [dataclasses.replace(spec, split=split) for spec in c.losses]
+    metrics = _fresh_metrics(model, losses)
     rules = weight_rules_of(model.net)  # kernel_regularizer, kernel_constraint, ...
     task_cls, extra, optimizer = TrainTask, {}, c.optimizer
     if rules:  # the penalties' value joins the loss, their gradient the optimizer's hooks
         task_cls, extra = RegularizedTask, {"weight_rules": rules}
         optimizer = dataclasses.replace(optimizer, rules=dataclasses.replace(
             optimizer.rules or UpdateRules(), weights=rules))
-    return task_cls(module=model.net, losses=_task_losses(c.losses, metrics),
+    return task_cls(module=model.net, losses=_task_losses(losses, metrics),
                     loss_weights=c.loss_weights, metrics=metrics, activations=c.activations,
                     make_optimizer=optimizer.build, optimizer_name=optimizer.name,
                     train=data, val=val, config=config, callbacks=callbacks, run_dir=run_dir,
@@ -288,14 +325,16 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
-    _refuse_masked_loss_on_ranks(model, devices, accumulate_steps)
+    _refuse_inexact_losses(model, devices, accumulate_steps)
+    split = accumulate_steps > 1 or _processes(devices) > 1
     if weight_rules_of(model.net):
         refuse_strategy(strategy)
     check_stream(data, val, config)
     with output_activations(model, deferred=True):
         history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
                           make_task=lambda cbs: make_task(model, data, val, config, cbs,
-                                                          run_dir, carry=model.carry()),
+                                                          run_dir, carry=model.carry(),
+                                                          split=split),
                           capture=lambda strat: stop_if_capturing(model, data, val, config,
                                                                   strat, devices))
     if trusted and history.stop_reason == "nan_loss":
