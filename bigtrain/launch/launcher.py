@@ -10,7 +10,8 @@ fit(devices=2) call of a small model took 0.26-0.37 s forked against 4-8 s spawn
 Either way the user's `__main__` script never re-runs (scripts often have no
 `if __name__ == "__main__":` guard): bigtrain hides the main module's file while the
 workers start and sends the task with cloudpickle, which carries classes and functions
-defined in that script by value. Arrays larger than `spill_bytes` travel as
+defined in that script by value (and modules with torch parametrizations, which torch
+will not pickle, as their state: `_Pickler`). Arrays larger than `spill_bytes` travel as
 memory-mapped `.npy` files in a temporary folder instead of inside the payload.
 
 A forked worker would otherwise have the fork server's environment and stdout/stderr, the
@@ -35,6 +36,7 @@ import uuid
 import cloudpickle
 import numpy as np
 import torch
+from torch.nn.utils import parametrize as _parametrize
 
 from bigtrain.engine.loop import run_rank
 from bigtrain.launch.loopback import register_rendezvous
@@ -187,6 +189,33 @@ def _spill_task_data(task, folder: str) -> None:
             data.ys = _spill(data.ys, folder, f"{name}_y")
 
 
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, and modules that torch.nn.utils.parametrize has parametrized
+    (parametrizations.weight_norm, spectral_norm, orthogonal, a user's own): torch refuses to
+    pickle those ("only supported through state_dict()"), as their class is made on the fly
+    and its __getstate__ raises. Such a module travels as its own class, its state (the
+    parametrizations, their original tensors and buffers included) and the names of its
+    parametrized tensors; the rank parametrizes it again as torch's
+    register_parametrization would, without recomputing the originals (`_parametrized`)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, torch.nn.Module) and _parametrize.is_parametrized(obj) and \
+                type(obj).__module__ == _parametrize.__name__:  # torch's class, made on the fly
+            names = tuple(obj.parametrizations.keys())
+            return _parametrized, (type(obj).__bases__[0], names), dict(vars(obj))
+        return super().reducer_override(obj)
+
+
+def _parametrized(base: type, names: tuple[str, ...]) -> torch.nn.Module:
+    """An empty `base` module with torch's parametrized class and a property per name in
+    `names`; unpickling then gives it the sender's state."""
+    module = base.__new__(base)
+    _parametrize._inject_new_class(module)
+    for name in names:
+        _parametrize._inject_property(module, name)
+    return module
+
+
 def _worker(payload_path: str, timeout_s: float | None, caller: _Caller | None = None):
     """Entry point of every launched rank: join the group, train, return rank 0's result."""
     import torch.distributed as dist
@@ -262,7 +291,7 @@ def launch(task, strategy, nprocs: int, *, model_owner, run_fn=None, max_restart
         _spill_task_data(task, folder)
         payload = os.path.join(folder, "payload.pkl")
         with open(payload, "wb") as f:
-            cloudpickle.dump((run_fn, task, strategy, model_owner, device_kind), f)
+            _Pickler(f).dump((run_fn, task, strategy, model_owner, device_kind))
         config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                               run_id=f"bigtrain-{uuid.uuid4().hex[:8]}",
                               rdzv_backend=register_rendezvous(),  # listens on loopback only

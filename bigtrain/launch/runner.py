@@ -96,11 +96,77 @@ def model_refusals(module, devices: int) -> dict[str, str]:
         return {}
     refused = {}
     for name in strategy_names():
+        strat = resolve_strategy(name)
         try:
-            resolve_strategy(name).check_model(module, devices)
+            strat.check_model(module, devices)
         except (ValueError, TypeError) as e:
             refused[name] = str(e)
+            continue
+        why = renorm_refusal(module, strat, devices)
+        if why:
+            refused[name] = why
     return refused
+
+
+def renorm_refusal(module, strat, nprocs: int) -> str | None:
+    """Why `strat` on `nprocs` ranks cannot train `module`'s nn.Embedding/EmbeddingBag with
+    `max_norm` as one process does, or None.
+
+    Such a layer rescales the rows it looks up in place, inside forward. Each data-parallel
+    rank sees only its share of the batch, so it rescales only those rows and the ranks'
+    copies drift apart (ddp, zero1); where the forward runs on a gathered or host copy of
+    the weights (zero2/zero3/fsdp_offload, ddp_cpu_optimizer, parameter servers) the write
+    is lost. Exact: one process ("single"), and tensor/pipeline parallelism without
+    data-parallel replicas (every rank sees the whole batch).
+
+    Example:
+        renorm_refusal(nn.Embedding(10, 4, max_norm=1.0), resolve_strategy("ddp"), 2)
+        # "nn.Embedding '' has max_norm=1.0: ..."
+    """
+    from bigtrain.parallel.pipeline import Pipeline
+    from bigtrain.parallel.tensor_parallel import TensorParallel
+    if nprocs < 2 or strat.name == "single" or (isinstance(strat, (TensorParallel, Pipeline))
+                                                and strat.dims(nprocs).dp == 1):
+        return None
+    found = next(((n, m) for n, m in module.named_modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                  and m.max_norm is not None), None)
+    if found is None:
+        return None
+    name, layer = found
+    return (f"nn.{type(layer).__name__} {name!r} has max_norm={layer.max_norm}: its forward "
+            f"rescales the rows it looks up, in place. Under strategy {strat.name!r} on "
+            f"{nprocs} processes that does not train as one process does: each rank sees "
+            "only its share of the batch, so the ranks rescale different rows, and where "
+            "the forward runs on a gathered or host copy of the weights (zero2/zero3/"
+            "fsdp_offload, ddp_cpu_optimizer, parameter servers) the rescaling is lost. Train "
+            "with strategy='tensor' (every rank sees the whole batch) or on one process, or "
+            "drop max_norm and bound the rows after each update instead (Keras's rule: "
+            "bigtrain.layers.Embedding(..., embeddings_constraint=bigtrain.constraints."
+            f"MaxNorm({layer.max_norm}, axis=1)), under ddp, zero1/zero2/zero3 or tensor).")
+
+
+def check_ray_payload(module) -> None:
+    """Refuse, before Ray starts any worker, a module with torch.nn.utils.parametrize
+    parametrizations (parametrizations.weight_norm, spectral_norm, ...): torch refuses to
+    pickle those and Ray sends the task pickled. (bigtrain's own launcher, fit(devices=N)
+    without cluster=, rebuilds them on each rank.)"""
+    from torch.nn.utils import parametrize
+    name = next((n for n, m in module.named_modules() if parametrize.is_parametrized(m)), None)
+    if name is not None:
+        raise ValueError(
+            f"fit(cluster='ray') with a parametrized module ({name!r}, "
+            "torch.nn.utils.parametrizations: weight_norm, spectral_norm, ...): torch refuses "
+            "to pickle such modules, and Ray sends the model to its workers pickled. Train "
+            "with fit(devices=N) without cluster= (bigtrain's launcher rebuilds them on each "
+            "rank), or use the hook-based torch.nn.utils.weight_norm / spectral_norm.")
+
+
+def check_renorm(module, strat, nprocs: int) -> None:
+    """Refuse, before any process starts, what `renorm_refusal` names."""
+    why = renorm_refusal(module, strat, nprocs)
+    if why:
+        raise ValueError(why)
 
 
 def task_refusals(task) -> dict[str, str]:
@@ -372,6 +438,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     FitResult."""
     check_optimizer_step(task.make_optimizer)  # the same refusal on every path
     if dist_env.launched_externally():
+        check_renorm(task.module, strat, launched_world_size() or 1)
         check_batch_checkpoints(task.callbacks, launched_world_size() or 1)
         env = dist_env.join_existing_job(options.get("timeout"))
         with report_lost_node():  # one line, not a traceback, when a restart follows
@@ -379,6 +446,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
+    check_renorm(task.module, strat, nprocs)
     warn_split_batch_norm(task.module, strat, nprocs)
     check_batch_checkpoints(task.callbacks, nprocs)
     kind = dist_env.device_kind(devices)
@@ -387,6 +455,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
         task.carry = None  # the ranks start fresh; nothing to ship to them
         owner.keep_optimizer(None)  # nor to keep alive here while they train
     if cluster is not None:
+        check_ray_payload(task.module)
         from bigtrain.launch.ray import launch_on_ray
         return launch_on_ray(task, strat, nprocs, model_owner=owner, devices=devices,
                              **options)

@@ -48,7 +48,7 @@ def outside_uses(module: nn.Module) -> list[OutsideRead]:
             if hit is not None:
                 owner = f"{name}.{hit[0]}" if name else hit[0]
                 out.append(OutsideRead(name, owner, hit[1]))
-    return out
+    return list(dict.fromkeys(out))  # a weight read in several places is one use
 
 
 def outside_reads(module: nn.Module) -> set[str]:
@@ -81,19 +81,31 @@ def _self_chains(cls: type) -> tuple:
 
 
 def _user_code(cls: type, name: str) -> types.CodeType | None:
-    """The code of method `name` of cls, unless torch or bigtrain defines it (their layers
-    read only their own weights). Bytecode, not source: a class sent to the ranks by value
-    (defined in a script or a notebook) has no source there."""
+    """The code of method `name` of cls, unless bigtrain or torch outside torch.nn's layers
+    defines it. bigtrain's layers read only their own weights; torch's built-in layers are
+    read like user code, as some read a child's: MultiheadAttention applies
+    `self.out_proj.weight` itself, TransformerEncoderLayer's inference fast path passes
+    every child's weights to one kernel. Bytecode, not source: a class sent to the ranks
+    by value (defined in a script or a notebook) has no source there."""
     owner = next((k for k in cls.__mro__ if name in vars(k)), None)
     fn = vars(owner)[name] if owner is not None else None
-    if not inspect.isfunction(fn) or owner.__module__.startswith(("torch.", "bigtrain.")):
+    if not inspect.isfunction(fn) or _skipped(owner.__module__):
         return None
     return fn.__code__
 
 
+def _skipped(module_name: str) -> bool:
+    """Whether code of this module is trusted to read no sub-module's weights."""
+    if module_name.startswith("torch.nn.modules."):
+        return False
+    return module_name.startswith(("torch.", "bigtrain."))
+
+
 def _chains(code: types.CodeType, self_name: str) -> list[tuple]:
-    """Every `self.a[0].b...` chain of loads in `code` and the functions nested in it."""
-    out, steps = [], None
+    """Every `self.a[0].b...` chain of loads in `code` and the functions nested in it. A
+    local bound to a chain (`first = self.layers[0]`) continues it where it is loaded
+    (`first.norm1.weight`): TransformerEncoder reads its first layer's weights that way."""
+    out, steps, aliases = [], None, {}
     ins = list(dis.get_instructions(code))
     i = 0
     while i < len(ins):
@@ -108,7 +120,12 @@ def _chains(code: types.CodeType, self_name: str) -> list[tuple]:
         else:
             if steps:
                 out.append(tuple(steps))
-            steps = [] if op.opname in _LOADS and op.argval == self_name else None
+                if op.opname in ("STORE_FAST", "STORE_DEREF"):
+                    aliases[op.argval] = tuple(steps)
+            steps = None
+            if op.opname in _LOADS:
+                steps = [] if op.argval == self_name else (
+                    list(aliases[op.argval]) if op.argval in aliases else None)
         i += 1
     if steps:
         out.append(tuple(steps))

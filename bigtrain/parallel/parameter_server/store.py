@@ -88,8 +88,11 @@ class ShardStore:
         self.plan = plan
         self.pieces = plan.server_pieces(server)
         self.sparse_params = plan.server_sparse_params(server)
+        # in the piece's own shape: a 0-dim parameter stays 0-dim (its gradient arrives so,
+        # and its optimizer then steps it as one process does)
         self.tensors = [nn.Parameter(rows_view(full[plan.params[p.param].name].detach().cpu(),
-                                               p.start, p.stop).clone()) for p in self.pieces]
+                                               p.start, p.stop).reshape(plan.piece_shape(p))
+                                     .clone()) for p in self.pieces]
         self.versions = [0] * len(self.pieces)
         self.locks = [threading.Lock() for _ in self.pieces]
         self.optims: list[torch.optim.Optimizer] = []
