@@ -271,6 +271,8 @@ class Sharded(Strategy):
     def full_state_dict(self, module):
         if not self.sharding:
             return super().full_state_dict(module)
+        if self._order is not None:  # the steps since the last comparison, before they leave
+            self._order.finish()
         state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
                                                                       cpu_offload=True))
         return {k: v.detach().cpu().clone() for k, v in state.items()}

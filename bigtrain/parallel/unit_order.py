@@ -9,12 +9,16 @@ shards, and the backward's reduce-scatters mix their gradients, with no error fr
 
 `UnitOrder` keeps a running hash of the units each rank's training forward enters. After
 backward and before the optimizer step, `check()` compares the ranks' hashes in one small
-all-reduce and raises where they differ, so the wrongly paired gradients never reach the
-weights.
+all-reduce and raises where they differ. It compares at each of the first
+`EVERY_STEP_UNTIL` steps (a data-dependent path shows there, before any wrong update), then
+every `EVERY` steps over the hash of all the steps since (one all-reduce costs a small
+model's step several percent on CPU), and once more when the fit gathers its weights
+(`finish`), so a difference anywhere stops the fit with an error.
 
     order = UnitOrder(units, device)   # after fully_shard
     ...forward, backward...
     order.check()                      # RuntimeError when the ranks' paths differed
+    order.finish()                     # before the weights leave the ranks
 """
 from __future__ import annotations
 
@@ -23,6 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 _MODULUS = (1 << 61) - 1  # a prime: the hash of a sequence of unit numbers, kept in int64
+EVERY_STEP_UNTIL = 20
+EVERY = 20
 
 
 class UnitOrder:
@@ -37,6 +43,7 @@ class UnitOrder:
         self.device = device
         self.trace = 0
         self.steps = 0
+        self.checked = 0  # the last step compared
         self._handles = [unit.register_forward_pre_hook(self._entered(i + 1))
                          for i, unit in enumerate(units)]
 
@@ -47,22 +54,36 @@ class UnitOrder:
         return hook
 
     def check(self) -> None:
-        """Raise on every rank when the ranks' units since the last check differ."""
-        both = torch.tensor([self.trace, -self.trace], dtype=torch.int64, device=self.device)
-        self.trace = 0
+        """After a step's backward: compare (at this step's turn) and raise on every rank
+        when the ranks' units since the last comparison differ."""
         self.steps += 1
+        if self.steps <= EVERY_STEP_UNTIL or self.steps % EVERY == 0:
+            self._compare()
+
+    def finish(self) -> None:
+        """Compare the steps not compared yet (every rank calls it, e.g. as the fit ends)."""
+        if self.checked < self.steps:
+            self._compare()
+
+    def _compare(self) -> None:
+        both = torch.tensor([self.trace, -self.trace], dtype=torch.int64, device=self.device)
+        first, self.trace, self.checked = self.checked + 1, 0, self.steps
         dist.all_reduce(both, op=dist.ReduceOp.MAX)
         high, low = both.tolist()
-        if high != -low:
-            raise RuntimeError(
-                f"bigtrain: in training step {self.steps} the ranks ran different layers "
-                "(a forward whose path depends on the data went another way on another "
-                "rank). zero2, zero3 and fsdp_offload gather each layer's weights with the "
-                "other ranks as it runs, so every rank must run the same layers in the same "
-                "order, or the ranks exchange the wrong layers' weights and train wrong. This "
-                "step's update was not applied. Train this model with "
-                "strategy=DataParallel(find_unused_parameters=True) (from bigtrain.parallel), "
-                "or make the forward take one path on every rank.")
+        if high == -low:
+            return
+        when = (f"in training step {self.steps}" if first == self.steps else
+                f"between training steps {first} and {self.steps}")
+        applied = ("This step's update was not applied" if first == self.steps else
+                   "The updates of those steps are wrong, and the fit stops here")
+        raise RuntimeError(
+            f"bigtrain: {when} the ranks ran different layers (a forward whose path depends "
+            "on the data went another way on another rank). zero2, zero3 and fsdp_offload "
+            "gather each layer's weights with the other ranks as it runs, so every rank must "
+            "run the same layers in the same order, or the ranks exchange the wrong layers' "
+            f"weights and train wrong. {applied}. Train this model with "
+            "strategy=DataParallel(find_unused_parameters=True) (from bigtrain.parallel), "
+            "or make the forward take one path on every rank.")
 
     def remove(self) -> None:
         for handle in self._handles:

@@ -268,6 +268,31 @@ def test_ranks_taking_different_branches_under_sharding_stop_the_fit(strategy):
     assert "got no gradient" not in str(err.value)  # not DDP's hint for a torch error
 
 
+class ByDataLater(ByData):
+    """Every rank takes `b` for 22 training steps, then the batch's sign picks."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        if self.training:
+            self.calls += 1
+        if self.training and self.calls <= 22:
+            return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
+        return ByData.forward(self, x)
+
+
+def test_ranks_parting_after_the_checked_steps_still_stop_the_fit():
+    """After its first steps the check compares every 20 steps and when the weights are
+    gathered at the end: a difference in the steps between still stops the fit."""
+    model = Model(ByDataLater())
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(RuntimeError, match=r"between training steps 21 and 3\d the ranks"):
+        model.fit(X6, Y3, epochs=8, batch_size=10, shuffle=False, verbose=0,
+                  strategy="zero3", devices=2, watchdog_timeout=30)
+
+
 def test_a_layer_skipped_on_every_rank_alike_trains_under_zero3_as_one_process():
     """The check compares the ranks' paths, not one step's path with the last one's."""
     diff = _parity(lambda: Model(EveryOther()), X6, Y3, "zero3",
