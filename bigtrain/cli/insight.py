@@ -87,16 +87,25 @@ def run_inventory(args) -> int:
     return 0
 
 
-def _run_dir(path: str) -> str:
+def _run_dir(path: str, command: str) -> str:
+    """`path` when it holds a readable run.json; otherwise exit with one line saying why."""
+    from bigtrain.diagnose import RunRecord
     if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "run.json")):
         raise SystemExit(f"{path} is not a bigtrain run directory (no run.json); pass the "
                          "run_dir given to fit(run_dir=...)")
+    try:
+        RunRecord.load(path)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # corrupt or foreign JSON
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise SystemExit(f"bigtrain {command}: {os.path.join(path, 'run.json')} is not a "
+                         f"bigtrain run record ({why}); pass the run_dir given to "
+                         "fit(run_dir=...)") from None
     return path
 
 
 def run_report(args) -> int:
     from bigtrain.diagnose import render_report
-    out = render_report(_run_dir(args.run_dir))
+    out = render_report(_run_dir(args.run_dir, "report"))
     print(f"wrote {out}")
     return 0
 
@@ -106,7 +115,7 @@ def run_doctor(args) -> int:
     if args.run_dir.endswith(".py"):
         findings = _doctor_script_data(args.run_dir, lr_test=args.lr_test)
     else:
-        record = RunRecord.load(_run_dir(args.run_dir))
+        record = RunRecord.load(_run_dir(args.run_dir, "doctor"))
         findings = check_run(record)
         if args.lr_test:
             findings.append(_lr_test_of_run(record))

@@ -6,7 +6,9 @@
 The script runs until its first `model.fit(...)`, which is stopped before training (see
 bigtrain.api.capture); its model, data and settings are then trained for K steps (shuffle
 off, the script's seed, global batch and accumulation) in this process and with every
-strategy on N ranks, and a parity table is printed. The exit status is 1 when any strategy
+strategy on N ranks, and a parity table is printed. Parameters must agree within
+--tolerance; the mean loss within --tolerance x (1 + |loss|), as a float32 loss is only
+known relative to its magnitude. The exit status is 1 when any strategy
 failed or errored, 0 otherwise. Nothing is trained, and the exit status is 1, when a
 strategy name is not registered (the closest valid name is suggested) or when the K steps
 move the parameters too little for the tolerance to tell a broken strategy apart.
@@ -94,7 +96,8 @@ def add_parser(sub) -> None:
     v.add_argument("--steps", type=int, default=5, help="optimizer steps to compare")
     v.add_argument("--devices", type=int, default=2, help="processes per strategy")
     v.add_argument("--tolerance", type=float, default=1e-5,
-                   help="max |difference| of parameters and mean loss")
+                   help="max |difference| of every parameter; the mean loss may differ "
+                        "by TOLERANCE x (1 + |loss|), relative to its magnitude (default 1e-5)")
     v.add_argument("--script-args", default="", type=shlex.split,
                    help='arguments for the script, one string (e.g. "--data small")')
 
