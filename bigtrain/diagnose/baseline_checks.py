@@ -80,6 +80,15 @@ def _shift(profile: dict) -> list[Finding]:
                     "data like what the model will see", 0.8)]
 
 
+def _skipped(profile: dict) -> list[Finding]:
+    """Checks the profile could not run: a missing finding there means "not checked"."""
+    why = profile.get("skipped") or []
+    if not why:
+        return []
+    return [Finding("checks_skipped", "info", "not checked: " + "; ".join(why),
+                    "fix what each line names to get these checks", 0.05)]
+
+
 def _wrong_loss(profile: dict) -> list[Finding]:
     loss, task, classes = profile.get("loss"), profile.get("task"), profile.get("classes")
     if loss is None or task is None:
@@ -204,5 +213,5 @@ def check_profile(profile: dict, history: dict, *, stop: dict | None = None,
     out = (_data_findings(profile) + _unscaled(profile, profile.get("normalized_in_model",
                                                                      False))
            + _shift(profile) + _wrong_loss(profile) + _label_noise(profile)
-           + _baselines(profile, history))
+           + _baselines(profile, history) + _skipped(profile))
     return out + _nan_stop(stop, step_losses or [], out + prior)

@@ -18,6 +18,7 @@ from bigtrain.diagnose.label_checks import check_labels, class_ids
 
 SCALE_RATIO = 100.0         # std of the widest feature / std of the narrowest
 DUPLICATE_ROW_SHARE = 0.01  # duplicated rows above this share are reported
+NEAR_CONSTANT_SHARE = 0.99  # a feature with one value in this share of rows is near-constant
 
 
 def _np(a) -> np.ndarray:
@@ -80,6 +81,15 @@ def _duplicate_columns(x2: np.ndarray, columns: np.ndarray) -> list[tuple[int, i
     return sorted(pairs)
 
 
+def near_constant(x2: np.ndarray) -> np.ndarray:
+    """(features,) bool: the columns where one value fills NEAR_CONSTANT_SHARE of the rows,
+    such as an image's border pixels. Their std measures a few rare rows, not the feature's
+    scale, so the scale and shift checks leave them out; the test is scale-free, so a dense
+    feature on a tiny scale still counts."""
+    # a value in over half the rows is the median
+    return (x2 == np.median(x2, axis=0)).mean(axis=0) >= NEAR_CONSTANT_SHARE
+
+
 def check_features(x2: np.ndarray) -> list[Finding]:
     """Constant features, duplicated features, and wildly different feature scales."""
     out = []
@@ -103,7 +113,9 @@ def check_features(x2: np.ndarray) -> list[Finding]:
         out.append(Finding("duplicate_features", "warning",
                            f"{len(dups)} features repeat another column exactly: {pairs}",
                            f"drop the copies (e.g. column {dups[0][1]})"))
-    if floating and len(varying) >= 2:
+    scaled = np.setdiff1d(varying, np.flatnonzero(near_constant(x2)))
+    if floating and len(scaled) >= 2:
+        varying = scaled
         std = std_fn(x2[:, varying], axis=0)
         wide = np.quantile(std, 0.99, method="higher")
         narrow = np.quantile(std, 0.01, method="lower")

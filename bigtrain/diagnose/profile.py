@@ -3,7 +3,9 @@ kept in the run record (RunRecord.data_profile): the feature scale against a sta
 the data checks (bigtrain.diagnose.data_checks), train/validation shift, and the baselines a
 model must beat: the majority class (or the mean) and a scikit-learn linear model on the same
 features. With `cleanlab` installed, likely label errors (confident learning on out-of-sample
-predicted probabilities).
+predicted probabilities). Inputs wider than MAX_FEATURES give the linear model and the label
+check their MAX_FEATURES highest-variance columns; a check that cannot run says why in
+profile["skipped"].
 
 Example:
     from bigtrain.diagnose.profile import profile_data
@@ -16,11 +18,11 @@ import warnings
 
 import numpy as np
 
-from bigtrain.diagnose.data_checks import check_data
+from bigtrain.diagnose.data_checks import check_data, near_constant
 from bigtrain.diagnose.label_checks import class_ids
 
 MAX_ROWS = 1000        # rows of each split the profile looks at
-MAX_FEATURES = 512     # wider inputs (images, long sequences) get no linear baseline
+MAX_FEATURES = 512     # wider inputs: the linear model sees their highest-variance columns
 CV_FOLDS = 3           # folds of the out-of-sample probabilities for cleanlab
 MIN_LABEL_ROWS = 200   # fewer training rows get no label-error estimate
 FULL_FEATURE_CHECK = 20_000_000  # values of x up to which the feature checks read every row
@@ -40,7 +42,7 @@ def _sample(n: int, seed: int) -> np.ndarray:
 def scale_profile(x2: np.ndarray) -> dict:
     """Typical feature magnitude against the standard scale (mean 0, std 1)."""
     mean, std = x2.mean(0), x2.std(0)
-    varying = std > 0
+    varying = (std > 0) & ~near_constant(x2)  # a rare value's std is not a scale
     rms = np.sqrt(mean ** 2 + std ** 2)[varying]
     return {"median_abs_mean": float(np.median(np.abs(mean[varying]))) if varying.any() else 0.0,
             "median_std": float(np.median(std[varying])) if varying.any() else 0.0,
@@ -52,7 +54,9 @@ def scale_profile(x2: np.ndarray) -> dict:
 def shift_profile(x2: np.ndarray, xv2: np.ndarray) -> dict:
     """Largest standardized difference of a feature's mean between train and validation."""
     sd = x2.std(0)
-    smd = np.abs(xv2.mean(0) - x2.mean(0)) / np.where(sd > 0, sd, np.inf)
+    # a near-constant training feature's tiny std would turn any move into thousands of stds
+    usable = (sd > 0) & ~near_constant(x2)
+    smd = np.abs(xv2.mean(0) - x2.mean(0)) / np.where(usable, sd, np.inf)
     j = int(np.argmax(smd))
     return {"max_mean_shift": float(smd[j]), "feature": j,
             "features_shifted": int((smd > 0.5).sum())}
@@ -161,20 +165,49 @@ def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
         if yv_s is not None:
             yvf = np.asarray(yv_s, dtype=np.float64).reshape(len(yv_s), -1)[:, 0]
             out["mean_baseline_mse"] = float(np.mean((yvf - yf.mean()) ** 2))
-    if not floating or x2.shape[1] > MAX_FEATURES or (ids is not None and ids.min() < 0):
-        return out
+    out["skipped"] = _fit_baselines(out, x2, y_s, xv2, yv_s, ids, ids_v, val_probs,
+                                    None if x_val is None else _sample(len(x_val), seed), rows)
+    return out
+
+
+def _fit_baselines(out, x2, y_s, xv2, yv_s, ids, ids_v, val_probs, vrows, rows) -> list[str]:
+    """The linear baseline and the label check into `out`; returns why any was skipped."""
+    if x2.dtype.kind not in "fiub" or not np.isfinite(x2).all():
+        return ["linear baseline and label check: inputs are not finite numbers"]
+    if ids is not None and ids.min() < 0:
+        return ["linear baseline and label check: class ids are negative"]
     yv_lin = None if yv_s is None or ids is not None else \
         np.asarray(yv_s, dtype=np.float64).reshape(len(yv_s), -1)[:, 0]
     y_lin = ids if ids is not None else \
         np.asarray(y_s, dtype=np.float64).reshape(len(y_s), -1)[:, 0]
     ok_val = xv2 is not None and xv2.shape[1] == x2.shape[1] and np.isfinite(xv2).all()
-    out["linear"], probs = _linear(x2, y_lin, xv2 if ok_val else None, yv_lin, ids,
-                                   ids_v if ok_val else None)
-    if ids is not None and len(np.unique(ids)) >= 2:
-        vrows = _sample(len(x_val), seed) if x_val is not None else None
-        out["label_issues"] = _best_label_issues(ids, probs, rows, ids_v, val_probs, vrows,
-                                                 out["linear"].get("val"))
-    return out
+    xs, xvs = _reduced(x2, xv2 if ok_val else None)
+    out["linear"], probs = _linear(xs, y_lin, xvs, yv_lin, ids, ids_v if ok_val else None)
+    out["linear"]["features"] = int(xs.shape[1])  # of out["features"]: fewer when reduced
+    if ids is None or len(np.unique(ids)) < 2:
+        return []
+    out["label_issues"] = _best_label_issues(ids, probs, rows, ids_v, val_probs, vrows,
+                                             out["linear"].get("val"))
+    if out["label_issues"] is not None:
+        return []
+    if len(ids) < MIN_LABEL_ROWS:
+        return [f"label check: {len(ids)} training rows, fewer than {MIN_LABEL_ROWS}"]
+    if probs is None:
+        return ["label check: a class has fewer than 2 rows for cross-validation"]
+    return ["label check: needs cleanlab (pip install cleanlab) and probabilities for every "
+            "class"]
+
+
+def _reduced(x2: np.ndarray, xv2: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """At most MAX_FEATURES columns, the highest-variance ones, as float64: a cost bound for
+    the linear model that keeps the columns carrying the signal (on images the varying
+    pixels, not the near-constant border)."""
+    x2 = x2.astype(np.float64)
+    xv2 = None if xv2 is None else xv2.astype(np.float64)
+    if x2.shape[1] <= MAX_FEATURES:
+        return x2, xv2
+    keep = np.sort(np.argsort(x2.var(0), kind="stable")[::-1][:MAX_FEATURES])
+    return x2[:, keep], None if xv2 is None else xv2[:, keep]
 
 
 def _best_label_issues(ids, probs, rows, ids_v, val_probs, vrows,
