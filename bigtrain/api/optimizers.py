@@ -23,6 +23,7 @@ import torch
 
 from bigtrain.api import optimizer_kernels as keras_rules
 from bigtrain.api.optimizer_kernels import kernel_options
+from bigtrain.api.param_groups import grouped, instance_groups
 from bigtrain.api.schedules import as_schedule, rate_at
 from bigtrain.engine.callbacks._util import get_lrs, set_lrs
 from bigtrain.parallel.update_rules import UpdateRules
@@ -163,41 +164,6 @@ def keras_class(cls: type, schedule=None) -> type:
     return _classes[key]
 
 
-def keras_facing(optimizer):
-    """`optimizer` with Keras's `learning_rate` when it wraps an optimizer that has it and
-    lacks it itself: zero1's ZeroRedundancyOptimizer (`.optim`) and ddp_cpu_optimizer's
-    HostOptimizer (`.optimizer`), which the ranks' callbacks see as `model.optimizer`.
-    The rate lives on the wrapper's param groups, the ones the wrapped optimizer steps
-    with (ZeRO copies them in at every step). The object keeps its identity (its class
-    becomes a subclass), as the loop and the callbacks hold it."""
-    inner = _wrapped(optimizer)
-    if (not isinstance(inner, KerasLearningRate)
-            or isinstance(getattr(type(optimizer), "learning_rate", None), property)):
-        return optimizer
-    base = type(optimizer)
-    if base not in _wrapper_classes:
-        _wrapper_classes[base] = type(base.__name__, (_WrapperRate, base),
-                                      {"__module__": base.__module__,
-                                       "__qualname__": base.__qualname__})
-    optimizer.__class__ = _wrapper_classes[base]
-    return optimizer
-
-
-def _wrapped(optimizer):
-    return getattr(optimizer, "optim", None) or getattr(optimizer, "optimizer", None)
-
-
-class _WrapperRate(KerasLearningRate):
-    """KerasLearningRate on a wrapper: the schedule is the wrapped optimizer's."""
-
-    @property
-    def schedule(self):
-        return _wrapped(self).schedule
-
-
-_wrapper_classes: dict[type, type] = {}
-
-
 @dataclass
 class OptimizerSpec:
     """How to build the torch optimizer: a class and its keyword arguments.
@@ -249,27 +215,7 @@ class OptimizerSpec:
         return optimizer
 
     def _grouped(self, params: list) -> list[dict]:
-        """torch param groups over `params` (the model's, in `parameters()` order) as the
-        instance the user compiled with had them."""
-        count = self.groups[0]["count"]
-        if len(params) == 1 and count > 1:  # a probe of the class (runner, zero1, ps)
-            settings = {k: v for k, v in self.groups[0].items() if k not in ("index", "count")}
-            return [{"params": params, **settings}]
-        if len(params) != count:
-            raise ValueError(
-                f"bigtrain: the {self.cls.__name__} given to compile has its own parameter "
-                f"groups (or covers part of the model), but this strategy hands the optimizer "
-                f"{len(params)} of the model's {count} parameters, so the groups cannot be "
-                "kept. Train on one process or with strategy='ddp', 'zero2', 'zero3' or "
-                f"'tensor', or compile with the class (optimizer=torch.optim.{self.cls.__name__}"
-                ") to give every parameter the same settings.")
-        groups = []
-        for group in self.groups:
-            chosen = [params[i] for i in group["index"] if params[i].requires_grad]
-            settings = {k: v for k, v in group.items() if k not in ("index", "count")}
-            if chosen:
-                groups.append({"params": chosen, **settings})
-        return groups
+        return grouped(self.groups, self.cls.__name__, params)
 
     @property
     def fused(self) -> bool:
@@ -425,33 +371,6 @@ Nadam = _keras_like("nadam", "`bigtrain.optimizers.Nadam(learning_rate=1e-3, bet
                     "beta_2=0.999, epsilon=1e-7)` as in Keras.", {"epsilon": "eps"})
 
 
-def _instance_groups(optimizer: torch.optim.Optimizer, params: list | None) -> list | None:
-    """`optimizer`'s param groups as positions in the model's `params`, or None where one
-    group holds every trainable parameter with the optimizer's defaults (the common case,
-    which every strategy can rebuild)."""
-    if params is None:
-        return None
-    where = {id(p): i for i, p in enumerate(params)}
-    accepted = inspect.signature(type(optimizer)).parameters
-    groups = []
-    for group in optimizer.param_groups:
-        strangers = [p for p in group["params"] if id(p) not in where]
-        if strangers:
-            raise ValueError(f"the {type(optimizer).__name__} given to compile holds "
-                             f"{len(strangers)} parameters that are not this model's; build "
-                             "it over model.parameters() (or a part of them)")
-        settings = {k: (v.item() if torch.is_tensor(v) else v) for k, v in group.items()
-                    if k != "params" and k in accepted}
-        groups.append({"index": [where[id(p)] for p in group["params"]],
-                       "count": len(params), **settings})
-    trainable = {i for i, p in enumerate(params) if p.requires_grad}
-    if (len(groups) == 1 and trainable <= set(groups[0]["index"])
-            and all(groups[0][k] == v for k, v in optimizer.defaults.items()
-                    if k in groups[0])):
-        return None
-    return groups
-
-
 def get_optimizer(optimizer, learning_rate: float | None = None,
                   params: list | None = None) -> OptimizerSpec:
     """An OptimizerSpec from a Keras name, a spec, a torch optimizer class or instance.
@@ -475,7 +394,7 @@ def get_optimizer(optimizer, learning_rate: float | None = None,
         defaults = {k: v for k, v in optimizer.defaults.items()
                     if k in inspect.signature(type(optimizer)).parameters}
         spec = OptimizerSpec(type(optimizer), defaults, type(optimizer).__name__.lower(),
-                             groups=_instance_groups(optimizer, params))
+                             groups=instance_groups(optimizer, params))
     else:
         not_offered = isinstance(optimizer, str) and optimizer.lower() in _NOT_OFFERED
         raise ValueError(f"{'Keras optimizer' if not_offered else 'unknown optimizer'} "
