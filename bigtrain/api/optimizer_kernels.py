@@ -27,8 +27,8 @@ import torch
 
 
 def _is_dtensor(t: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-    return isinstance(t, DTensor)
+    from bigtrain.parallel.lazy_types import is_dtensor
+    return is_dtensor(t)
 
 
 def kernel_options(cls: type, params: list, kwargs: dict) -> dict:

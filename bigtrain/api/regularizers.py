@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from bigtrain.parallel.lazy_types import is_dtensor
 
 from bigtrain.api.keras_objects import KerasObject, lookup, serialize  # noqa: F401
 from bigtrain.engine.task import TrainTask
@@ -104,10 +104,10 @@ def get(identifier) -> Regularizer | None:
 # ---- the model's penalties and constraints in fit ----------------------------------------
 
 def _local(t: torch.Tensor) -> torch.Tensor:
-    return t._local_tensor if isinstance(t, DTensor) else t
+    return t._local_tensor if is_dtensor(t) else t
 
 
-def _whole_sum(value: torch.Tensor, p: DTensor) -> torch.Tensor:
+def _whole_sum(value: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """A sum over a DTensor's local piece -> the sum over the whole tensor (all-reduced
     over the mesh dimensions it is sharded on)."""
     for dim, placement in enumerate(p.placements):
@@ -175,7 +175,7 @@ class WeightRules:
                 if w.constraint is not None:
                     _project(p, w)
         for i, w, p in held:
-            if w.regularizer is not None and isinstance(p, DTensor):
+            if w.regularizer is not None and is_dtensor(p):
                 self._sharded_penalty[i] = _whole_sum(w.regularizer(_local(p)), p)
 
     @torch.no_grad()
@@ -186,7 +186,7 @@ class WeightRules:
             if w.regularizer is None:
                 continue
             p = w.layer.get_parameter(w.key)
-            value = self._sharded_penalty.get(i) if isinstance(p, DTensor) else w.regularizer(p)
+            value = self._sharded_penalty.get(i) if is_dtensor(p) else w.regularizer(p)
             if value is None:
                 raise RuntimeError(f"the penalty of sharded weight {w.key!r} was not computed "
                                    "by the optimizer's hooks (is it in the optimizer?)")
@@ -197,14 +197,14 @@ class WeightRules:
 def _project(p: torch.Tensor, w: _Weight) -> None:
     """`p` := constraint(p), computed in Keras's layout of the weight."""
     c = w.constraint
-    if isinstance(p, DTensor) and not c.reads_norms:  # element-wise: on the local piece
+    if is_dtensor(p) and not c.reads_norms:  # element-wise: on the local piece
         _local(p).copy_(c(_local(p)))
         return
-    whole = p.full_tensor() if isinstance(p, DTensor) else p
+    whole = p.full_tensor() if is_dtensor(p) else p
     keras = whole if w.to_keras is None else w.to_keras(whole)
     new = c(keras)
     new = new if w.to_torch is None else w.to_torch(new)
-    if isinstance(p, DTensor):
+    if is_dtensor(p):
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
         shape, offset = compute_local_shape_and_global_offset(new.shape, p.device_mesh,
                                                               p.placements)

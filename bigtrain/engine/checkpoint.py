@@ -30,10 +30,8 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.distributed.checkpoint as dcp
 
 from bigtrain.engine import checkpoint_state as cs
-from bigtrain.engine.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
 from bigtrain.engine.checkpoint_dir import (FORMAT, META, POINTER, CheckpointError,  # noqa: F401
                                             check_checkpoint, complete_checkpoints,
                                             find_checkpoint, read_json, resolve_resume,
@@ -103,13 +101,19 @@ def _sha256(file: str) -> str:
 
 
 def _dcp_metadata(path: str) -> dict:
+    from bigtrain.engine.safe_dcp import SafeFileSystemReader
     try:
         return SafeFileSystemReader(path).read_metadata().state_dict_metadata
     except Exception as e:  # noqa: BLE001 - any failure here means an unreadable file
         raise CheckpointError(f"cannot read the DCP metadata of {path}: {e}") from None
 
 
-def _dcp(fn, state: dict, path: str, distributed: bool) -> None:
+def _dcp(op: str, state: dict, path: str, distributed: bool) -> None:
+    """DCP's "save" or "load"; torch's checkpoint package (about 1 s to import, with DTensor)
+    loads on the first checkpoint, not with every process that might write one."""
+    import torch.distributed.checkpoint as dcp
+    from bigtrain.engine.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
+    fn = dcp.load if op == "load" else dcp.save
     with warnings.catch_warnings():  # DCP warns that one process means "no_dist"
         warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
         warnings.filterwarnings("ignore", message=".*assuming the intent is to.*")
@@ -155,7 +159,7 @@ def export_safetensors(checkpoint: str, path: str) -> dict[str, tuple[int, ...]]
     n = len(cs.MODEL)
     state = {k: torch.empty(tuple(md.size), dtype=md.properties.dtype)
              for k, md in _dcp_metadata(src).items() if k.startswith(cs.MODEL)}
-    _dcp(dcp.load, state, src, distributed=False)
+    _dcp("load", state, src, distributed=False)
     weights = {k[n:]: v.contiguous() for k, v in state.items()}
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -213,7 +217,7 @@ class Checkpointer:
         if position.batch and self.epoch_tally is not None:  # a collective, on every rank
             tally = self.strategy.all_reduce(self.epoch_tally()).tolist()
         live = cs.live_state(self.module, self.optimizer, self.names)
-        _dcp(dcp.save, live.tensors, tmp, self.env.distributed)
+        _dcp("save", live.tensors, tmp, self.env.distributed)
         self.strategy.barrier()  # every rank's tensor files are in tmp
         self._write_rank_extras(tmp)
         self.strategy.barrier()  # and every rank's RNG state and file checksums
@@ -304,7 +308,7 @@ class Checkpointer:
         saved = _dcp_metadata(path)
         live = cs.match_names(cs.live_state(self.module, self.optimizer, self.names), saved)
         self._agree(cs.mismatches(live, saved), path)
-        _dcp(dcp.load, live.tensors, path, self.env.distributed)
+        _dcp("load", live.tensors, path, self.env.distributed)
         cs.apply_loaded(self.module, self.optimizer, live, meta["param_groups"])
         self._verify_digest(path, meta.get("model_sha256"), live.renamed or {})
         rng = os.path.join(path, f"rng-rank{self.env.rank:05d}.json")

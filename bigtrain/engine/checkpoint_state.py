@@ -26,18 +26,22 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.distributed.checkpoint.state_dict import (get_model_state_dict,
-                                                     get_optimizer_state_dict,
-                                                     set_model_state_dict,
-                                                     set_optimizer_state_dict)
-from torch.distributed.optim import ZeroRedundancyOptimizer
+
+from bigtrain.parallel.lazy_types import is_zero_optimizer
 
 MODEL, OPTIM = "model.", "optim."
 
 
+def _dcp():
+    """torch's state-dict functions for any parallelism, imported on first use: about 0.4 s
+    that a process which never checkpoints or saves does not pay."""
+    import torch.distributed.checkpoint.state_dict as state_dict
+    return state_dict
+
+
 def inner_optimizer(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
     """The optimizer that holds this rank's state (ZeRO's local optimizer under zero1)."""
-    return optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else optimizer
+    return optimizer.optim if is_zero_optimizer(optimizer) else optimizer
 
 
 def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
@@ -75,7 +79,7 @@ def live_state(module, optimizer, names=None) -> LiveState:
             rank whose module names its tensors otherwise than the user's model does.
     """
     rename, known = names if names is not None else (None, None)
-    local = get_model_state_dict(module)
+    local = _dcp().get_model_state_dict(module)
     if rename is None:
         tensors, model_keys = {MODEL + k: v for k, v in local.items()}, None
     else:
@@ -83,7 +87,7 @@ def live_state(module, optimizer, names=None) -> LiveState:
         tensors = {key: local[k] for key, k in model_keys.items()}
     inner = inner_optimizer(optimizer)
     with _no_step_hooks(inner):
-        osd = get_optimizer_state_dict(module, inner)
+        osd = _dcp().get_optimizer_state_dict(module, inner)
     slots = {}
     for fqn, state in osd["state"].items():
         for name, value in state.items():
@@ -165,8 +169,8 @@ def apply_loaded(module, optimizer, live: LiveState, saved_groups: list[dict]) -
     """Push tensors that DCP loaded into `live.tensors` into the model and optimizer."""
     n = len(MODEL)
     local = (lambda k: k[n:]) if live.model_keys is None else live.model_keys.__getitem__
-    set_model_state_dict(module, {local(k): v for k, v in live.tensors.items()
-                                  if k.startswith(MODEL)})
+    _dcp().set_model_state_dict(module, {local(k): v for k, v in live.tensors.items()
+                                         if k.startswith(MODEL)})
     _apply_optimizer(module, optimizer, live, saved_groups)
 
 
@@ -177,9 +181,8 @@ def _apply_optimizer(module, optimizer, live: LiveState, saved_groups: list[dict
         state.setdefault(fqn, {})[name] = live.tensors[key]
     inner = inner_optimizer(optimizer)
     with _no_step_hooks(inner):
-        set_optimizer_state_dict(module, inner, {"state": state,
-                                                 "param_groups": _merge_groups(live.groups,
-                                                                               saved_groups)})
+        groups = _merge_groups(live.groups, saved_groups)
+        _dcp().set_optimizer_state_dict(module, inner, {"state": state, "param_groups": groups})
     if inner is not optimizer:  # ZeRO exposes the global groups; keep lr & co. in step
         optimizer._sync_param_groups(inner.param_groups, optimizer.param_groups)
 

@@ -19,14 +19,14 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
+from bigtrain.parallel.lazy_types import is_dtensor, is_zero_optimizer, loaded_instance
 
 _ATTR = "_bigtrain_update_rules"  # the rules an optimizer was built with (see rules_of)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
     """This rank's piece of `t` (a DTensor's local shard, else `t`), writable in place."""
-    return t._local_tensor if isinstance(t, DTensor) else t  # to_local() under no_grad
+    return t._local_tensor if is_dtensor(t) else t  # to_local() under no_grad
 
 
 def _all_reduce_sum(t: torch.Tensor, group) -> torch.Tensor:
@@ -47,7 +47,7 @@ def full_sq_norms(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     Every rank must call it with the same list structure."""
     groups: dict = {}
     for i, g in enumerate(grads):
-        key = (id(g.device_mesh), tuple(g.placements)) if isinstance(g, DTensor) else None
+        key = (id(g.device_mesh), tuple(g.placements)) if is_dtensor(g) else None
         groups.setdefault(key, []).append(i)
     out: list = [None] * len(grads)
     for key, idx in groups.items():
@@ -216,16 +216,14 @@ def finish_ema(optimizer) -> None:
     `optimizer` is what the strategy built: a torch optimizer, a ZeroRedundancyOptimizer
     (each rank averages its partition, then every partition is broadcast) or a host-side
     HostOptimizer (the averaged host weights are copied back to the device)."""
-    from torch.distributed.optim import ZeroRedundancyOptimizer
-
-    from bigtrain.parallel.cpu_optimizer import HostOptimizer
-    inner = optimizer.optim if isinstance(optimizer, ZeroRedundancyOptimizer) else \
-        optimizer.optimizer if isinstance(optimizer, HostOptimizer) else optimizer
+    host = loaded_instance(optimizer, "bigtrain.parallel.cpu_optimizer", "HostOptimizer")
+    inner = optimizer.optim if is_zero_optimizer(optimizer) else \
+        optimizer.optimizer if host else optimizer
     ema = getattr(inner, "_bigtrain_ema", None)
     if ema is None:
         return
     ema.overwrite()
-    if isinstance(optimizer, ZeroRedundancyOptimizer):
+    if is_zero_optimizer(optimizer):
         optimizer._sync_params()
-    elif isinstance(optimizer, HostOptimizer):
+    elif host:
         optimizer.copy_masters_to_device()

@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.distributed.checkpoint as torch_dcp
 
 import bigtrain
 from bigtrain.callbacks import Callback
@@ -255,7 +256,7 @@ def _crash_in(monkeypatch, target, name, when):
 # JSON, after the rename but before the pointer moved, and while pruning old checkpoints
 CRASH_POINTS = {
     "before-tensors": lambda mp: _crash_in(mp, ckpt_mod.cs, "live_state", lambda *a: True),
-    "inside-dcp-write": lambda mp: _crash_in(mp, ckpt_mod.dcp, "save", lambda *a: True),
+    "inside-dcp-write": lambda mp: _crash_in(mp, torch_dcp, "save", lambda *a: True),
     "before-rename": lambda mp: _crash_in(mp, ckpt_mod.os, "replace",
                                           lambda src, dst: src.endswith(".tmp")),
     "before-pointer": lambda mp: _crash_in(mp, ckpt_mod, "_write_json_atomic",

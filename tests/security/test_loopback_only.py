@@ -5,8 +5,8 @@ gloo listener can join or disturb the job. On one host bigtrain therefore keeps 
 listener on loopback. Each test starts a two-rank job that pauses in training (a callback
 sleeps on rank 0 after the first batch, the other rank waits in its collective), and
 meanwhile reads the listening TCP sockets of the whole process tree from /proc (each pid's
-socket fds matched with its network namespace's /proc/<pid>/net/tcp and tcp6). Every one must
-be bound to 127.0.0.1 (or ::1).
+socket fds matched with its network namespace's /proc/<pid>/net/tcp and tcp6), then lets it
+go on (a second file ends the pause early). Every one must be bound to 127.0.0.1 (or ::1).
 
 The machine running the tests may map its hostname to 127.0.0.1 (then gloo's default,
 binding to whatever the hostname resolves to, looks safe by accident). The last test runs the
@@ -27,7 +27,7 @@ import pytest
 from tests.multihost import netns
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PAUSE_S = 20.0  # rank 0 sleeps this long; the sockets are read meanwhile
+PAUSE_S = 40.0  # rank 0 waits at most this long (or until released); sockets are read meanwhile
 LOOPBACK = {"127.0.0.1", "::1"}
 
 SCRIPT = textwrap.dedent("""
@@ -44,7 +44,9 @@ SCRIPT = textwrap.dedent("""
         def on_train_batch_end(self, batch, logs=None):
             if batch == 0 and bigtrain.is_main_process() and not os.path.exists(READY):
                 open(READY, "w").close()
-                time.sleep(PAUSE)
+                end = time.monotonic() + PAUSE
+                while not os.path.exists(READY + ".go") and time.monotonic() < end:
+                    time.sleep(0.05)
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(64, 8)).astype("float32")
@@ -144,6 +146,7 @@ def observe_listeners(argv: list[str], ready: str, popen=subprocess.Popen, timeo
         time.sleep(1.0)  # rank 1 is in its all-reduce by now
         seen = [(pid, addr, port, _cmdline(pid))
                 for pid, addr, port in listening_sockets(descendants(proc.pid))]
+        open(ready + ".go", "w").close()  # release the paused rank
         out = proc.communicate(timeout=timeout)[0]
     finally:
         if proc.poll() is None:

@@ -146,10 +146,6 @@ ALLOWED = {
         "SafeFileSystemReader(path).read_metadata(): the allow-list unpickler",
     ("engine/checkpoint.py", "_dcp", "dcp.load"):
         "called with storage_reader=SafeFileSystemReader and planner=SafeLoadPlanner",
-    ("engine/checkpoint.py", "export_safetensors", "dcp.load"):
-        "passed to _dcp, which adds the safe reader and planner",
-    ("engine/checkpoint.py", "restore", "dcp.load"):
-        "passed to _dcp, which adds the safe reader and planner",
 }
 
 UNPICKLING = {"pickle.load", "pickle.loads", "cloudpickle.load", "cloudpickle.loads",
