@@ -18,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from bigtrain.api.functional import GraphModule, graph_config
+from bigtrain.api.loss_config import loss_configs
 from bigtrain.api.optimizer_config import spec_config
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.engine.carry import carried_optimizer
@@ -153,6 +154,7 @@ def save_model(model, path: str, include_optimizer: bool = True) -> None:
     if model.compiled is not None:
         c = model.compiled
         arch["compile"] = {"losses": [spec.name for spec in c.losses],
+                           "loss_configs": loss_configs(c),  # with their arguments
                            "loss_weights": c.loss_weights, "metrics": c.metric_names,
                            "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate,
                            "optimizer_config": _optimizer_config(c.optimizer)}

@@ -151,7 +151,8 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
     if model.compiled is not None and model.output_shapes is not None:
         for yi, spec, shape, name in zip(ys, model.compiled.losses, model.output_shapes,
                                          model.output_names):
-            check.check_targets(yi, spec.name, shape, name)
+            check.check_targets(yi, spec.name, shape, name,
+                                ignore_class=spec.options.get("ignore_class"))
     sw = None if sample_weight is None else as_tensor_source(sample_weight)
     targets = [as_tensor_source(a) for a in ys]
     if model.compiled is not None:

@@ -13,6 +13,7 @@ from bigtrain.api.files import (FORMAT, load_weights, read, save_model, save_wei
                                 split)
 from bigtrain.api.architecture import model_from_config, nested_builder
 from bigtrain.api.functional import graph_from_config
+from bigtrain.api.loss_config import losses_from_configs
 from bigtrain.api.model import Model, Sequential
 from bigtrain.api.optimizer_config import spec_from_config
 from bigtrain.engine import checkpoint_state as cs
@@ -25,9 +26,11 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
     Keras's `.keras` files do).
 
     Args:
-        custom_objects: {class name: Layer subclass} for layers of your own.
-        compile: compile the model as it was saved and restore its optimizer state (False:
-            architecture and weights only, as in Keras).
+        custom_objects: {class name: Layer subclass} for layers of your own, and {name:
+            function or loss object} for a loss of your own (a file holds no code).
+        compile: compile the model as it was saved, each loss with its arguments, and
+            restore its optimizer state (False: architecture and weights only, as in
+            Keras).
         safe_mode: accepted for Keras's sake; bigtrain's files hold no code (no lambdas,
             no pickle), so every load is safe.
 
@@ -46,14 +49,36 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
     weights, optim = split(meta, tensors)
     model.net.load_state_dict(weights)
     c = arch.get("compile")
-    if compile and c and all(c["losses"]) and c["optimizer"]:
+    losses = _saved_losses(c, custom_objects, path) if compile and c else None
+    if losses and c["optimizer"]:
         config = c.get("optimizer_config")  # files before it: the name and rate alone
         optimizer = spec_from_config(config, custom_objects) if config else c["optimizer"]
-        model.compile(optimizer=optimizer, loss=c["losses"], metrics=c["metrics"][0],
+        model.compile(optimizer=optimizer, loss=losses, metrics=c["metrics"],
                       loss_weights=c["loss_weights"], learning_rate=None if config else c["lr"])
         if "optimizer" in meta:  # files saved before optimizer state was kept have none
             _restore_optimizer(model, json.loads(meta["optimizer"]), optim, path)
     return model
+
+
+def _saved_losses(c: dict, custom_objects: dict | None, path: str) -> list | None:
+    """The saved model's loss per output, with its arguments ("loss_configs"; files
+    before them hold the names alone), or None, with a warning, when a loss is a function
+    of the user's that `custom_objects` does not give."""
+    if "loss_configs" in c:
+        losses, missing = losses_from_configs(c["loss_configs"], custom_objects)
+    else:
+        losses, missing = c["losses"], ["?" for name in c["losses"] if not name]
+    if not missing:
+        return losses
+    named = [m for m in missing if m != "?"]
+    fix = (f"pass custom_objects={{{', '.join(f'{m!r}: {m}' for m in named)}}} (the function "
+           "or the loss object you compiled with), or compile" if named else "compile")
+    warnings.warn(f"load_model({path!r}) returns the model uncompiled: its loss "
+                  f"{', '.join(named) or '(unnamed)'} is a function or class of your own (or "
+                  "a torch loss with a tensor argument), which a file holds no code for: "
+                  f"{fix} the loaded model yourself before fit or evaluate (the saved "
+                  "optimizer state is then left out)", UserWarning, stacklevel=3)
+    return None
 
 
 def _restore_optimizer(model, saved: dict, tensors: dict, path: str) -> None:

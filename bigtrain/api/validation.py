@@ -190,8 +190,11 @@ def _first_non_finite(a) -> int | None:
 _SAME_SHAPE = ("binary_crossentropy", "mse", "mean_squared_error", "mae", "mean_absolute_error")
 
 
-def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: str) -> None:
-    """Labels fit the loss and the output: one-hot vs integer ids, ranges, widths."""
+def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: str,
+                  ignore_class: int | None = None) -> None:
+    """Labels fit the loss and the output: one-hot vs integer ids, ranges, widths.
+    `ignore_class`: the loss's (Keras's SparseCategoricalCrossentropy(ignore_class=-1)):
+    labels of that value are left out of the loss, so they may lie outside the classes."""
     if loss_name is None or y is None:
         return
     yshape = tuple(y.shape[1:])
@@ -224,11 +227,12 @@ def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: st
                 f"(None, {', '.join(map(str, output_shape))}): loss "
                 f"'sparse_categorical_crossentropy' needs one class id per sample, shape "
                 f"(n,){'' if not ids else f' or (n, {chr(44).join(map(str, ids))})'}")
-        lo, hi = _range(y)
+        lo, hi = _range(y, skip=ignore_class)
         if lo < 0 or hi >= units:
+            kept = "" if ignore_class is None else f" besides ignore_class={ignore_class}"
             raise ValueError(f"labels for output {output_name!r} must be class ids in [0, "
                              f"{units - 1}] (the output has {units} units), got values in "
-                             f"[{lo:g}, {hi:g}]")
+                             f"[{lo:g}, {hi:g}]{kept}")
     elif loss_name in _SAME_SHAPE and math.prod(yshape) != math.prod(output_shape):
         raise ValueError(
             f"labels of shape {tuple(y.shape)} do not fit output {output_name!r} of shape "
@@ -242,12 +246,16 @@ def check_targets(y, loss_name: str | None, output_shape: tuple, output_name: st
                              f"{output_name!r}, got values in [{lo:g}, {hi:g}]")
 
 
-def _range(y) -> tuple[float, float]:
+def _range(y, skip: float | None = None) -> tuple[float, float]:
+    """(min, max) of `y`, values equal to `skip` left out ((inf, -inf) if none is left)."""
     lo, hi = float("inf"), float("-inf")
     for start in range(0, _nrows(y), _CHUNK):
         chunk = y[start:start + _CHUNK]
         chunk = chunk.numpy() if isinstance(chunk, torch.Tensor) else np.asarray(chunk)
-        lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
+        if skip is not None:
+            chunk = chunk[chunk != skip]
+        if chunk.size:
+            lo, hi = min(lo, float(chunk.min())), max(hi, float(chunk.max()))
     return lo, hi
 
 
