@@ -21,6 +21,8 @@ UNSCALED_RMS = (0.02, 20.0)  # typical feature size sqrt(mean^2 + std^2) outside
 SHIFT_SMD = 1.0              # validation mean this many training stds away: shifted
 LABEL_ISSUE_SHARE = 0.10     # likely label errors above this share of the samples
 LABEL_JUDGE_ACCURACY = 0.70  # below it, a judge's flags may be its own errors (info only)
+UNRELATED_GAIN = 0.10       # accuracy within this share of the way from chance to 1: chance
+UNRELATED_MODEL_GAIN = 0.15  # the same for the trained model's best validation accuracy
 LABEL_VAL_GAIN = 0.10        # linear accuracy this much higher on validation labels: noise
 BASELINE_MARGIN = 0.03       # accuracy this far below the majority class is below it
 BASELINE_GAP = 0.05          # at least this far below the linear model is below it
@@ -129,6 +131,41 @@ def _label_noise(profile: dict) -> list[Finding]:
                     f"{fix}", 0.6)]
 
 
+def _near_chance(acc: float | None, majority: float | None, gain: float) -> bool:
+    return acc is not None and majority is not None and acc <= majority + gain * (1 - majority)
+
+
+def _unrelated_labels(profile: dict, history: dict) -> list[Finding]:
+    """Labels that nothing predicts: a linear model scores at chance on held-out training
+    labels (cross-validated) and on the validation labels, and so does the trained model.
+    That is what labels shuffled apart from their rows (or a wrong label column) look like."""
+    if profile.get("task") != "classification":
+        return []
+    li, lin = profile.get("label_issues") or {}, profile.get("linear") or {}
+    judged = li.get("accuracy_of_probs") if li.get("split") == "train" else None
+    major, val_major = profile.get("majority_share"), profile.get("val_majority_share")
+    model = _best(history, [f"val_{k}" for k in ACCURACY_KEYS])
+    if judged is None and lin.get("val") is None:
+        return []
+    if (judged is not None and not _near_chance(judged, major, UNRELATED_GAIN)) or (
+            lin.get("val") is not None and not _near_chance(lin["val"], val_major,
+                                                            UNRELATED_GAIN)) or (
+            model is not None and not _near_chance(model[1], val_major, UNRELATED_MODEL_GAIN)):
+        return []
+    seen = [f"a logistic regression predicts held-out training labels {judged:.0%} right"
+            if judged is not None else None,
+            f"trained on them it scores {lin['val']:.0%} on the validation labels"
+            if lin.get("val") is not None else None,
+            f"this model's best {model[0]} is {model[1]:.0%}" if model else None,
+            f"the most common class alone scores {major:.0%}" if major is not None else None]
+    return [Finding("label_noise", "error",
+                    "the training labels do not follow from the inputs, as if shuffled: "
+                    + ", ".join(s for s in seen if s),
+                    "check that y_train still lines up with x_train (a shuffle or sort applied "
+                    "to x or y alone, a wrong label column): compare a few rows by eye, e.g. "
+                    "print(x_train[:3], y_train[:3])", 0.93)]
+
+
 def _judge_trusted(profile: dict, li: dict) -> bool:
     """Whether the probabilities that flagged the labels are good enough for their flags to
     mean wrong labels: the judge is right on most rows out of sample, or (training labels)
@@ -139,6 +176,11 @@ def _judge_trusted(profile: dict, li: dict) -> bool:
         return True
     val = (profile.get("linear") or {}).get("val")
     return li["split"] == "train" and val is not None and val >= judged + LABEL_VAL_GAIN
+
+
+def _labels(profile: dict, history: dict) -> list[Finding]:
+    """Labels unrelated to the inputs explain cleanlab's flags: one finding, not two."""
+    return _unrelated_labels(profile, history) or _label_noise(profile)
 
 
 def _best(history: dict, keys) -> tuple[str, float] | None:
@@ -212,6 +254,6 @@ def check_profile(profile: dict, history: dict, *, stop: dict | None = None,
         return _nan_stop(stop, step_losses or [], prior)
     out = (_data_findings(profile) + _unscaled(profile, profile.get("normalized_in_model",
                                                                      False))
-           + _shift(profile) + _wrong_loss(profile) + _label_noise(profile)
+           + _shift(profile) + _wrong_loss(profile) + _labels(profile, history)
            + _baselines(profile, history) + _skipped(profile))
     return out + _nan_stop(stop, step_losses or [], out + prior)

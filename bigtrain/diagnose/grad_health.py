@@ -192,11 +192,18 @@ def _dead(health: dict) -> list[Finding]:
     if not dead:
         return []
     name, share = next(iter(dead.items()))  # the first dead layer cuts off those after it
+    grads = health["layers"][name]["grad"]
+    if grads and grads[0] == 0:  # no gradient from the first step: the start killed them
+        when = "dead from the first step: the initial weights and biases put their inputs below 0"
+        fix = (f"re-initialise layer {name}: Dense(..., kernel_initializer='he_normal', "
+               "bias_initializer='zeros'), or use activation='leaky_relu'")
+    else:
+        when = "alive at the start, they died in training: large steps pushed their inputs below 0"
+        fix = ("lower the learning rate 3-10x (e.g. optimizer=Adam(learning_rate=1e-3)), or "
+               "use activation='leaky_relu'")
     return [Finding("dead_units", "warning",
                     f"{share:.0%} of layer {name}'s units got no gradient in the last "
-                    f"{DEAD_WINDOW} sampled steps (dead ReLUs: their inputs stay below 0)",
-                    f"re-initialise layer {name} (zero biases, glorot weights), lower the "
-                    "learning rate, or use activation='leaky_relu'/'gelu'", impact=0.7)]
+                    f"{DEAD_WINDOW} sampled steps (dead ReLUs, {when})", fix, impact=0.7)]
 
 
 def _lr_scale(health: dict) -> list[Finding]:

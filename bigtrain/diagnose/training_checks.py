@@ -14,6 +14,7 @@ import statistics
 from bigtrain.diagnose.baseline_checks import check_profile
 from bigtrain.diagnose.findings import Finding, sort_findings
 from bigtrain.diagnose.grad_health import check_gradients
+from bigtrain.diagnose.lr_checks import check_lr, reconcile
 from bigtrain.diagnose.quality_checks import check_history
 from bigtrain.diagnose.record import RunRecord
 
@@ -73,10 +74,26 @@ def _comm_advice(r: RunRecord) -> str:
             "threads each")
 
 
+def _replicas(r: RunRecord) -> int:
+    """Data-parallel replicas of the run: the ranks of one pipeline or tensor-parallel group
+    all compute on the same samples, so only the replicas split the batch. The record names
+    a pipeline by its stages (pipeline_stages), tensor parallelism and hybrids by
+    Strategy.describe() ("degree=2", "dp=auto, tp=2, pp=1; ...")."""
+    hybrid = re.match(r"dp=(\w+), tp=(\d+), pp=(\d+)", r.strategy)
+    if hybrid:
+        dp, tp, pp = hybrid.groups()
+        return int(dp) if dp.isdigit() else max(r.world_size // (int(tp) * int(pp)), 1)
+    tensor = re.match(r"degree=(\d+|world)", r.strategy)
+    if tensor:
+        return 1 if tensor.group(1) == "world" else max(r.world_size // int(tensor.group(1)), 1)
+    if r.pipeline_stages:
+        return max(r.world_size // r.pipeline_stages, 1)
+    return r.world_size
+
+
 def _per_rank_batch(r: RunRecord) -> float:
-    if r.strategy in ("pipeline", "tensor"):
-        return r.batch_size / r.microbatches
-    return r.batch_size / r.world_size / r.microbatches
+    """Samples in one micro-batch of one rank's forward."""
+    return r.batch_size / _replicas(r) / r.microbatches
 
 
 def _low_mfu(r: RunRecord) -> list[Finding]:
@@ -86,8 +103,16 @@ def _low_mfu(r: RunRecord) -> list[Finding]:
     return [Finding("small_batch", "warning",
                     f"MFU is {r.mfu:.1%}{peak} with {_per_rank_batch(r):.0f} samples per rank "
                     "per micro-batch: the matrix multiplies are too small to keep cores busy",
-                    f"fit(..., batch_size={r.batch_size * 4}) (scale the learning rate with "
-                    "it), or accumulate fewer, larger micro-batches", 1.0 - r.mfu / LOW_MFU)]
+                    _bigger_batches(r), 1.0 - r.mfu / LOW_MFU)]
+
+
+def _bigger_batches(r: RunRecord) -> str:
+    if r.pipeline_stages:  # fewer micro-batches would grow the bubble (p-1)/(m+p-1)
+        return (f"fit(..., batch_size={r.batch_size * 4}) (scale the learning rate with it) "
+                f"and keep microbatches={r.microbatches}: each micro-batch grows to "
+                f"{4 * _per_rank_batch(r):.0f} samples")
+    return (f"fit(..., batch_size={r.batch_size * 4}) (scale the learning rate with it), or "
+            "accumulate fewer, larger micro-batches")
 
 
 def _oversubscribed(r: RunRecord) -> list[Finding]:
@@ -124,36 +149,84 @@ def suggested_microbatches(stages: int, target: float = TARGET_BUBBLE) -> int:
 def _bubble(r: RunRecord) -> list[Finding]:
     if r.pipeline_bubble is None or r.pipeline_bubble < HIGH_BUBBLE:
         return []
-    p = r.pipeline_stages or r.world_size
+    p, m_now = r.pipeline_stages or r.world_size, r.microbatches
     m = suggested_microbatches(p)
+    evidence = (f"the pipeline idles {r.pipeline_bubble:.0%} of each step with {p} stages "
+                f"and {m_now} micro-batches")
+    if m_now < m:  # more micro-batches shrink the schedule's bubble (p-1)/(m+p-1)
+        return [Finding("pipeline_bubble", "warning", evidence,
+                        f"strategy=Pipeline(stages={p}, microbatches={m}) instead of "
+                        f"{m_now} micro-batches (bubble (p-1)/(m+p-1) falls from "
+                        f"{(p - 1) / (m_now + p - 1):.0%} to {(p - 1) / (m + p - 1):.0%}); "
+                        f"keep batch_size >= {m} per replica", r.pipeline_bubble)]
+    # enough micro-batches already: the idle time is not the schedule's fill and drain
+    theory = (p - 1) / (m_now + p - 1)
+    slow = _slow_stage(r)
+    advice = (_rebalance_advice(r, slow) if slow is not None else
+              f"make each micro-batch bigger: raise batch_size from {r.batch_size} to "
+              f"{2 * r.batch_size} ({_per_rank_batch(r):.0f} samples per micro-batch now; "
+              "each one pays the send/recv latency between stages), or "
+              "strategy=Pipeline(..., schedule='interleaved')")
     return [Finding("pipeline_bubble", "warning",
-                    f"the pipeline idles {r.pipeline_bubble:.0%} of each step with {p} stages "
-                    f"and {r.microbatches} micro-batches",
-                    f"strategy=Pipeline(stages={p}, microbatches={m}) instead of "
-                    f"{r.microbatches} micro-batches (bubble (p-1)/(m+p-1) "
-                    f"= {(p - 1) / (m + p - 1):.0%}); keep batch_size >= {m}",
-                    r.pipeline_bubble)]  # impact: the share of each step spent idle
+                    f"{evidence}, far above the schedule's own (p-1)/(m+p-1) = {theory:.0%}"
+                    + (f": stage {slow} is the slowest and the others wait for it"
+                       if slow is not None else ""), advice, r.pipeline_bubble)]
+
+
+def _slowest(r: RunRecord) -> tuple[int, float] | None:
+    """(slowest rank, the other ranks' median seconds per step) when that rank's own work
+    takes STRAGGLER_RATIO x the median or more; None otherwise."""
+    times = r.rank_step_times
+    if len(times) < 2:
+        return None
+    slow = max(range(len(times)), key=times.__getitem__)
+    median = statistics.median(times[:slow] + times[slow + 1:])  # of the other ranks
+    return (slow, median) if median > 0 and times[slow] / median >= STRAGGLER_RATIO else None
+
+
+def _slow_stage(r: RunRecord) -> int | None:
+    """The slowest pipeline stage, when each rank is one stage and one is much slower."""
+    found = _slowest(r)
+    return found[0] if found and r.pipeline_stages == len(r.rank_step_times) else None
+
+
+def _rebalance_advice(r: RunRecord, slow: int) -> str:
+    """Move layers off a slow pipeline stage: each stage's layer count is in the split."""
+    split = re.search(r"split=\[([0-9, ]+)\]", r.strategy)
+    counts = [int(c) for c in split.group(1).split(",")] if split else []
+    if len(counts) == len(r.rank_step_times) and counts[slow] > 1:
+        to = slow + 1 if slow + 1 < len(counts) and (slow == 0 or r.rank_step_times[slow + 1]
+                                                     <= r.rank_step_times[slow - 1]) else slow - 1
+        new = list(counts)
+        new[slow], new[to] = new[slow] - 1, new[to] + 1
+        return (f"rebalance the stages: move a layer from stage {slow} to stage {to}, "
+                f"Pipeline(..., split={new}) instead of split={counts}; or leave split out "
+                "so bigtrain balances the stages by measured layer time")
+    return (f"rebalance the stages: give stage {slow} fewer layers (Pipeline(..., "
+            "split=[layers per stage]), or leave split out so bigtrain balances by measured "
+            "layer time); if its host is busy, free its cores")
 
 
 def _straggler(r: RunRecord) -> list[Finding]:
-    times = r.rank_step_times
-    if len(times) < 2:
+    found = _slowest(r)
+    if found is None:
         return []
-    slow = max(range(len(times)), key=times.__getitem__)
-    median = statistics.median(times[:slow] + times[slow + 1:])  # of the other ranks
-    if median <= 0 or times[slow] / median < STRAGGLER_RATIO:
-        return []
+    (slow, median), times = found, r.rank_step_times
     total = r.step_time.total
     if total > 0 and (times[slow] - median) / total < STRAGGLER_SHARE:
         return []  # 0.3 ms of a 20 ms step: the ranks differ, but nobody waits for long
+    if _slow_stage(r) is not None:  # a stage's work is its layers: batch splits cannot help
+        who, advice = f"pipeline stage {slow}", _rebalance_advice(r, slow)
+    else:
+        who = f"rank {slow}"
+        advice = (f"give rank {slow} less work: fit(..., strategy='ddp_balanced') splits "
+                  "each batch by measured speed; or free its host's cores (other "
+                  "processes, torch.set_num_threads)")
     # time lost: every rank waits for the slow one, which could run as fast as the others
     return [Finding("straggler", "warning",
-                    f"rank {slow} takes {_ms(times[slow])} per step, "
+                    f"{who} takes {_ms(times[slow])} per step, "
                     f"{times[slow] / median:.2f}x the other ranks ({_ms(median)}); every "
-                    "collective waits for it",
-                    f"give rank {slow} less work: fit(..., strategy='ddp_balanced') splits "
-                    "each batch by measured speed; or free its host's cores (other "
-                    "processes, torch.set_num_threads)", 1.0 - median / times[slow])]
+                    "collective waits for it", advice, 1.0 - median / times[slow])]
 
 
 def _slow_bf16(r: RunRecord) -> list[Finding]:
@@ -221,12 +294,13 @@ def check_run(record: RunRecord) -> list[Finding]:
         Findings, the one that explains most first; empty when nothing looks wrong.
     """
     out = [f for check in SPEED_CHECKS for f in check(record)]
-    grads = check_gradients(record.layer_health)
+    # check_lr first: of two lr_too_high findings, the one with more evidence is kept
+    grads = check_lr(record) + check_gradients(record.layer_health)
     out += grads + check_profile(record.data_profile, record.history, stop=record.stop,
                                  step_losses=record.step_losses, prior=grads)
     history = check_history(record.history, num_classes=record.num_classes)
     out += history + _nan_in_steps(record, history) + _stop(record)
-    return sort_findings(_dedupe(out))
+    return sort_findings(reconcile(_dedupe(out)))
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
