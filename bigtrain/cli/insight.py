@@ -23,6 +23,7 @@ def run_plan(args) -> int:
 
     from bigtrain.cli.target import load_object
     from bigtrain.launch.runner import model_refusals
+    from bigtrain.parallel.tensor_plan import planned_styles
     from bigtrain.plan import plan
     obj = load_object(args.target)
     model = obj() if callable(obj) and not isinstance(obj, nn.Module) else obj
@@ -38,7 +39,7 @@ def run_plan(args) -> int:
                  device_memory=parse_bytes(args.device_memory) if args.device_memory else None,
                  seq_len=args.seq_len, precision=args.precision, optimizer=args.optimizer,
                  device=plan_device(args.inventory, args.device_kind, args.devices),
-                 refused=refused)
+                 refused=refused, tensor_styles=planned_styles(module, args.devices))
     except ValueError as e:  # the model or the settings: the planner says what to change
         raise SystemExit(f"bigtrain plan: {e}") from None
     Console(width=160).print(p.table())

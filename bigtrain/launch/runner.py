@@ -196,6 +196,7 @@ def choose_auto(model, devices, config, sample=None, task=None) -> str:
     the job's ranks when a launcher started this process), profiled on `sample` (one
     sample of the real inputs; None: guessed from the first layer)."""
     from bigtrain.parallel.base import strategy_names
+    from bigtrain.parallel.tensor_plan import planned_styles
     from bigtrain.plan import plan
     n = launched_world_size() or dist_env.resolve_devices(devices) or 1
     if n == 1:
@@ -208,7 +209,7 @@ def choose_auto(model, devices, config, sample=None, task=None) -> str:
         device = (local * -(-n // len(local)))[:n]
     p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
              optimizer=model.compiled.optimizer.name or "adam", device=device,
-             example_input=sample,
+             example_input=sample, tensor_styles=planned_styles(model.net, n),
              refused={**model_refusals(model.net, n), **task_refusals(task)})
     for est in p.estimates:
         if est.fits and est.strategy in strategy_names():

@@ -301,3 +301,17 @@ def split_summary(module: torch.nn.Module, degree: int) -> str:
     text = (f"tensor parallel over {degree} ranks splits {len(lines) - len(kept)} of "
             f"{len(lines)} layers with weights")
     return text + ("; replicated: " + "; ".join(kept) if kept else "")
+
+
+def planned_styles(module: nn.Module, degree: int) -> dict[str, str] | None:
+    """`tp_plan(module, degree)` for the planner (`plan(..., tensor_styles=...)`), so its
+    tensor-parallel memory counts exactly the layers the runtime splits; None where the
+    plan cannot be made here (the planner then estimates from layer widths)."""
+    if degree < 2:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return tp_plan(module, degree)
+    except Exception:  # noqa: BLE001 - a model the runtime would refuse: the planner says so
+        return None

@@ -10,7 +10,9 @@ state per parameter (which, in mixed precision, includes the fp32 master weights
     zero2         P*Psi/n    G*Psi/n    K*Psi/n    (FSDP2, see below; the paper's: P*Psi)
     zero3         P*Psi/n    G*Psi/n    K*Psi/n
     fsdp_offload  0          0          0          (all of zero3's shard lives in host memory)
-    pipeline      P*Psi/p    G*Psi/p    K*Psi/p    (p stages, balanced)
+    pipeline      P*Psi      G*Psi/p    K*Psi/p    (p stages; every rank keeps the whole
+                                                    model; the planner uses the heaviest
+                                                    stage, bigtrain.plan.stages)
     tensor        P*Psi/n    G*Psi/n    K*Psi/n    (every weight matrix split n ways)
     ps            worker: P*Psi + G*Psi; server: P*Psi + K*Psi (see `ps_server_bytes`)
 
@@ -115,7 +117,8 @@ class MemoryBreakdown:
         grads: gradient bytes on the device.
         optimizer: optimizer-state bytes on the device (incl. fp32 master weights).
         activations: peak saved activations of the micro-batches alive at once.
-        comm_buffers: flat buckets / gathered parameters the collectives need.
+        comm_buffers: flat buckets / gathered parameters the collectives need (and a
+            pipeline stage's gradient accumulation copy, bigtrain.plan.stages).
         offloaded_host: bytes this rank keeps in host memory instead (not on the device).
         role: which rank this describes when ranks differ (e.g. "server"), else "".
     """
@@ -145,7 +148,9 @@ def _states(strategy: str, psi: float, n: int, p: float, g: float, k: float,
         return p * psi, g * psi, k * psi, 0.0, ""
     if strategy == "zero1":  # ZeroRedundancyOptimizer hands out whole parameters
         return p * psi, g * psi, k * max(psi / n, largest), 0.0, ""
-    if strategy in ("zero2", "zero3", "pipeline", "tensor"):  # zero2: FSDP2 (docstring)
+    if strategy == "pipeline":  # each rank keeps the model it built (bigtrain.plan.stages)
+        return p * psi, g * psi / n, k * psi / n, 0.0, ""
+    if strategy in ("zero2", "zero3", "tensor"):  # zero2: FSDP2 (docstring)
         return p * psi / n, g * psi / n, k * psi / n, 0.0, ""
     if strategy == "fsdp_offload":
         return 0.0, 0.0, 0.0, (p + g + k) * psi / n, ""

@@ -29,6 +29,8 @@ from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
                                   optimizer_bytes, ps_server_bytes)
 from bigtrain.plan.profile import ModelProfile, profile_module
 from bigtrain.plan.report import format_bytes, plan_table, reason_for
+from bigtrain.plan.stages import pipeline_note, pipeline_states
+from bigtrain.plan.tensor_share import per_rank_params, split_params, splittable_params
 
 
 @dataclass(frozen=True)
@@ -114,7 +116,10 @@ def _comm_buffers(strategy: str, prof: ModelProfile, prec, micro: int) -> float:
         # reshard_after_forward=False), plus one unit's unsharded gradient
         return prec.param_bytes * psi + prec.grad_bytes * unit
     if strategy in ("zero3", "fsdp_offload"):
-        return 2 * unit * (prec.param_bytes + prec.grad_bytes)  # current + prefetched unit
+        # FSDP2 at its peak, in the biggest unit's backward: its gathered parameters and
+        # unsharded gradient, and the next unit's parameters gathered ahead (prefetch)
+        ahead = unit if prof.second_unit_params is None else float(prof.second_unit_params)
+        return unit * (prec.param_bytes + prec.grad_bytes) + ahead * prec.param_bytes
     if strategy == "pipeline":
         boundary = (prof.boundary_elems_per_sample or 0.0) * prec.activation_bytes
         return 2 * boundary * micro  # send + receive buffers of one micro-batch
@@ -123,17 +128,29 @@ def _comm_buffers(strategy: str, prof: ModelProfile, prec, micro: int) -> float:
 
 def _memory(strategy: str, prof: ModelProfile, *, devices: int, precision: str,
             optimizer, act_per_sample: float, batch_size: int, microbatches: int,
-            schedule: str) -> MemoryBreakdown:
-    """Full per-rank breakdown (the heavier role for the parameter server)."""
+            schedule: str, tensor_split: float | None = None) -> MemoryBreakdown:
+    """Full per-rank breakdown (the heavier role for the parameter server).
+    `tensor_split`: parameters tensor parallelism splits (None: every one)."""
     prec = get_precision(precision)
     states = model_state_bytes(strategy, prof.n_params, world_size=devices,
                                precision=precision, optimizer=optimizer,
                                largest_param=prof.largest_unit_params or 0)
+    if strategy == "tensor" and tensor_split is not None:  # the rest is replicated
+        states = model_state_bytes("single", per_rank_params(prof.n_params, tensor_split,
+                                                             devices),
+                                   world_size=1, precision=precision, optimizer=optimizer)
     acts = activation_bytes(strategy, act_per_sample, world_size=devices,
                             batch_size=batch_size, microbatches=microbatches,
                             schedule=schedule, linear_share=prof.linear_share)
     local = math.ceil(batch_size / data_parallel_degree(strategy, devices))
     buffers = _comm_buffers(strategy, prof, prec, math.ceil(local / microbatches))
+    if strategy == "pipeline":  # the heaviest stage of the runtime's cut
+        p, g, o, accumulation = pipeline_states(
+            prof.chain, prof.n_params, stages=devices, param_bytes=prec.param_bytes,
+            grad_bytes=prec.grad_bytes, optimizer_bytes=optimizer_bytes(optimizer, precision),
+            microbatches=microbatches)
+        states = replace(states, params=p, grads=g, optimizer=o)
+        buffers += accumulation
     mem = MemoryBreakdown(states.params, states.grads, states.optimizer, acts, buffers,
                           states.offloaded_host, states.role)
     if strategy == "ps":
@@ -178,6 +195,28 @@ def slowest(specs: Sequence[DeviceSpec]) -> DeviceSpec:
                    latency=max(s.latency for s in specs),
                    memory_bandwidth=min((s.memory_bandwidth for s in specs
                                          if s.memory_bandwidth), default=None))
+
+
+def _tensor_split(model, devices: int, styles: Mapping[str, str] | None,
+                  notes: list[str]) -> tuple[float | None, str | None]:
+    """(parameters tensor parallelism splits, why it cannot run) for an nn.Module on
+    `devices` ranks; (None, None) when only a parameter count is known (every one split)."""
+    if not isinstance(model, nn.Module) or devices < 2:
+        return None, None
+    if styles is not None:
+        split = split_params(model, styles)
+    else:
+        split = splittable_params(model, devices)
+        if split:
+            notes.append("tensor: counts every Linear with a width divisible by the ranks as "
+                         "split, the most that can split (its memory may be higher); pass "
+                         "tensor_styles=bigtrain.parallel.tensor_plan.tp_plan(model, devices) "
+                         "for the runtime's own plan")
+    if split == 0:
+        return 0.0, (f"no layer splits over {devices} ranks (no Linear pair whose widths "
+                     f"divide by {devices}, nor a layer that splits itself): every rank would "
+                     "hold and compute the whole model; use a data-parallel strategy")
+    return float(split), None
 
 
 def _profile(model, seq_len, example_input) -> ModelProfile:
@@ -246,8 +285,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
          bandwidth: float | None = None, activation_bytes_per_sample: float | None = None,
          device: DeviceSpec | Sequence[DeviceSpec] | None = None, example_input=None,
          pipeline_schedule: str = "1f1b", reserve: float = 0.1,
-         bf16_slowdown: float | None = None, refused: Mapping[str, str] | None = None
-         ) -> Plan:
+         bf16_slowdown: float | None = None, refused: Mapping[str, str] | None = None,
+         tensor_styles: Mapping[str, str] | None = None) -> Plan:
     """Estimate memory and step time of every strategy that can run, and rank them.
 
     Args:
@@ -281,6 +320,10 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
             (the strategy's own `check_model`, asked by the caller: a tensor split that the
             layer sizes do not allow, a model a pipeline cannot cut). Those strategies are
             skipped with that reason, so they are never the best.
+        tensor_styles: the runtime's tensor plan for `devices` ranks, layer name -> style
+            (bigtrain.parallel.tensor_plan.tp_plan(model, devices)): tensor's memory counts
+            only the layers it splits, and a plan that splits nothing skips "tensor". When
+            None, layer widths bound what can split (bigtrain.plan.tensor_share).
 
     Example:
         >>> p = plan(1_000_000, devices=2, batch_size=32)
@@ -304,20 +347,25 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     host = (spec.host_memory_bytes or host_memory_bytes() / devices) * (1.0 - reserve)
     if prof.largest_unit_params is None:
         notes.append("layer sizes unknown: ZeRO-3/offload gather buffers not counted")
+    tensor_split, tensor_why = _tensor_split(model_or_param_count, devices, tensor_styles,
+                                             notes)
+    if tensor_why and "tensor" not in (refused or {}):  # a refusal the caller prints itself
+        notes.append(f"tensor not offered: {tensor_why}")
     estimates, skipped = [], {}
     names = [*STRATEGIES, *SPEED_AWARE] if uneven else STRATEGIES
     mean_flops = sum(speeds) / len(speeds)
     for name in names:
         base = SPEED_AWARE.get(name, name)  # costed as its even counterpart...
         why = (refused or {}).get(name) or (refused or {}).get(base) or \
-            _skip_reason(base, devices, batch_size, spec.kind)
+            _skip_reason(base, devices, batch_size, spec.kind) or \
+            (tensor_why if base == "tensor" else None)
         if why:
             skipped[name] = why
             continue
         m = microbatches or (min(batch_size, 4 * devices) if base == "pipeline" else 1)
         mem = _memory(base, prof, devices=devices, precision=precision, optimizer=optimizer,
                       act_per_sample=act, batch_size=batch_size, microbatches=m,
-                      schedule=pipeline_schedule)
+                      schedule=pipeline_schedule, tensor_split=tensor_split)
         # ...at the mean speed when the work follows each rank's speed
         rate = mean_flops if name in SPEED_AWARE or base == "pipeline" else spec.flops
         t = step_time(base, prof, prec, world_size=devices, batch_size=batch_size,
@@ -328,6 +376,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
                       optimizer_bytes=optimizer_bytes(optimizer, precision))
         fits = mem.device_total <= usable and mem.offloaded_host <= host
         estimates.append(StrategyEstimate(name, mem, t, fits, m))
+        if base == "pipeline":
+            notes.append(pipeline_note(prof.chain, devices))
     estimates.sort(key=lambda e: (not e.fits, e.time.total, e.memory.device_total))
     ranked = [StrategyEstimate(e.strategy, e.memory, e.time, e.fits, e.microbatches,
                                reason_for(e, estimates, usable, host)) for e in estimates]

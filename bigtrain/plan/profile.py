@@ -37,6 +37,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
+from bigtrain.plan.stages import LayerFigures, chain_figures
+
 
 @dataclass(frozen=True)
 class ModelProfile:
@@ -49,11 +51,15 @@ class ModelProfile:
         forward_flops_per_sample: forward FLOPs of one sample (None: use 2 * n_params * tokens).
         largest_unit_params: parameters of the biggest leaf module (ZeRO-3 gathers one at a
             time, prefetching the next).
+        second_unit_params: parameters of the second biggest one (the most a unit gathered
+            ahead of the biggest can hold; None: unknown, taken as the biggest).
         boundary_elems_per_sample: elements of a typical leaf output, the size a pipeline
             stage sends to the next one (median of leaf outputs).
         linear_share: fraction of activation elements that are nn.Linear outputs.
         n_linear: nn.Linear layers (tensor parallelism communicates once per pair).
         n_units: leaf modules holding parameters (ZeRO-2/3 communicate once per unit).
+        chain: per-layer figures of the chain a pipeline cuts (bigtrain.plan.stages), None
+            when the model is no chain or only its parameter count is known.
         method: how the figures were obtained, for the plan's notes.
     """
     n_params: int
@@ -61,10 +67,12 @@ class ModelProfile:
     activation_elems_per_sample: float | None = None
     forward_flops_per_sample: float | None = None
     largest_unit_params: int | None = None
+    second_unit_params: int | None = None
     boundary_elems_per_sample: float | None = None
     linear_share: float = 0.5
     n_linear: int | None = None
     n_units: int | None = None
+    chain: tuple[LayerFigures, ...] | None = None
     method: str = "parameter count only"
 
     def __post_init__(self):
@@ -250,8 +258,10 @@ def profile_module(module: nn.Module, *, seq_len: int | None = None,
         activation_elems_per_sample=float(total),
         forward_flops_per_sample=float(flops) if flops else None,
         largest_unit_params=max(units) if units else None,
+        second_unit_params=sorted(units)[-2] if len(units) > 1 else 0,
         boundary_elems_per_sample=float(statistics.median(leaf_out)) if leaf_out else None,
         linear_share=linear / total if total else 0.5,
         n_linear=sum(isinstance(m, nn.Linear) for m in module.modules()),
         n_units=len(units),
+        chain=chain_figures(module, example),
         method=f"{how}: leaf-module output elements and FlopCounterMode FLOPs of one sample")
