@@ -25,6 +25,7 @@ from bigtrain.api import optimizer_kernels as keras_rules
 from bigtrain.api.optimizer_kernels import kernel_options
 from bigtrain.api.param_groups import grouped, instance_groups
 from bigtrain.api.schedules import as_schedule, rate_at
+from bigtrain.api.sparse_grads import watch_sparse_grads
 from bigtrain.engine.callbacks._util import get_lrs, set_lrs
 from bigtrain.parallel.update_rules import UpdateRules
 
@@ -210,7 +211,9 @@ class OptimizerSpec:
         except (RuntimeError, TypeError):
             kwargs.pop("fused", None)  # e.g. DTensor parameters or an unsupported dtype
             optimizer = cls(params, **kwargs)
-        if self.rules is not None and self.rules.active:
+        active = self.rules is not None and self.rules.active
+        watch_sparse_grads(optimizer, active)  # before the rules' hooks: they read dense grads
+        if active:
             self.rules.attach(optimizer)
         return optimizer
 

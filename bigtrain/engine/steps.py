@@ -3,6 +3,7 @@ device so that the loop talks to the host only where a number is shown."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 
 import torch
 
@@ -27,14 +28,37 @@ def make_step_batch(data: ArrayData, gidx: torch.Tensor, shard: tuple[int, int],
 
 def safe_loss(compute_loss):
     """Wrap `compute_loss` so an empty micro-batch gives a zero loss that still has a graph
-    (the rank keeps joining gradient collectives) instead of NaN."""
+    (the rank keeps joining gradient collectives) instead of NaN, and a module that returns
+    a dict is stopped at its first batch with the fix named (`dict_output_error`)."""
     def loss_fn(outputs, targets, sample_weight):
+        if isinstance(outputs, Mapping):
+            raise dict_output_error(outputs)
         first = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
         if first.shape[0] == 0:
             flat = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
             return sum(o.sum() for o in flat) * 0.0
         return compute_loss(outputs, targets, sample_weight)
     return loss_fn
+
+
+def dict_output_error(outputs: Mapping) -> TypeError:
+    """What fit says when the module's forward returns a dict (Hugging Face style).
+
+    Keras matches a dict of outputs to `loss={name: ...}` by key; bigtrain names a torch
+    module's outputs by position only (one loss per tensor of a tuple), so a dict would
+    reach the loss and metrics as an object they cannot read."""
+    keys = list(outputs)
+    if not keys:
+        return TypeError("the model's forward returned an empty dict; return a tensor, or a "
+                         "tuple of tensors (one per loss)")
+    several = (f", or a tuple such as (out[{keys[0]!r}], out[{keys[1]!r}]) with a loss per "
+               "output") if len(keys) > 1 else ""
+    return TypeError(
+        f"the model's forward returned a dict with keys {keys}; fit's losses and metrics take "
+        "a tensor, or a tuple of tensors matched by position to compile's losses (bigtrain "
+        "does not match a torch module's dict outputs to loss={name: ...} by key as Keras "
+        "does). Return a tensor from forward, e.g. wrap the module in one whose forward "
+        f"returns self.net(x)[{keys[0]!r}]{several}")
 
 
 def autocast_factory(precision: str, device: torch.device):

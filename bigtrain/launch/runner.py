@@ -123,10 +123,11 @@ def renorm_refusal(module, strat, nprocs: int) -> str | None:
         renorm_refusal(nn.Embedding(10, 4, max_norm=1.0), resolve_strategy("ddp"), 2)
         # "nn.Embedding '' has max_norm=1.0: ..."
     """
+    if nprocs < 2 or strat.name == "single":
+        return None
     from bigtrain.parallel.pipeline import Pipeline
     from bigtrain.parallel.tensor_parallel import TensorParallel
-    if nprocs < 2 or strat.name == "single" or (isinstance(strat, (TensorParallel, Pipeline))
-                                                and strat.dims(nprocs).dp == 1):
+    if isinstance(strat, (TensorParallel, Pipeline)) and strat.dims(nprocs).dp == 1:
         return None
     found = next(((n, m) for n, m in module.named_modules()
                   if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
@@ -352,9 +353,11 @@ def _check_param_groups(strat, spec) -> None:
     """A torch optimizer instance with its own param groups (OptimizerSpec.groups) needs
     every rank's optimizer over all the model's parameters: zero1 and the parameter server
     build theirs per shard, from the class and its defaults alone."""
+    if getattr(spec, "groups", None) is None:
+        return  # (before the imports: zero1's pulls in torch.distributed.optim, 0.4 s)
     from bigtrain.parallel.parameter_server.strategy import ParameterServer
     from bigtrain.parallel.zero1 import Zero1
-    if getattr(spec, "groups", None) is not None and isinstance(strat, (Zero1, ParameterServer)):
+    if isinstance(strat, (Zero1, ParameterServer)):
         raise ValueError(
             f"the {spec.cls.__name__} given to compile has its own parameter groups (or "
             f"covers part of the model), which strategy {strat.name!r} cannot keep: it builds "
@@ -368,8 +371,9 @@ def check_callbacks(strat, callbacks: list) -> None:
     """Refuse, before any process starts, callbacks that change the learning rate under a
     parameter server: its optimizers live on the server ranks, out of the callbacks' reach."""
     from bigtrain.engine.callbacks import LearningRateScheduler, ReduceLROnPlateau
-    from bigtrain.parallel.parameter_server.strategy import ParameterServer
-    if not isinstance(strat, ParameterServer):
+    from bigtrain.parallel.lazy_types import loaded_instance
+    if not loaded_instance(strat, "bigtrain.parallel.parameter_server.strategy",
+                           "ParameterServer"):
         return
     for cb in callbacks:
         if isinstance(cb, (LearningRateScheduler, ReduceLROnPlateau)):
@@ -397,19 +401,20 @@ def check_batch_checkpoints(callbacks: list, nprocs: int) -> None:
 
 
 def warn_split_batch_norm(module, strat, nprocs: int) -> None:
-    """Say, once before the ranks start, that BatchNormalization will normalise over each
-    rank's share of the batch (torch's DDP and Keras's MirroredStrategy do the same), so
-    such a model trains close to, not exactly like, one process."""
-    from torch.nn.modules.batchnorm import _BatchNorm
-    if nprocs < 2 or strat.name == "tensor_parallel":  # tensor parallel: whole batch a rank
+    """Warn, before the ranks start, that BatchNormalization normalises parts of a batch."""
+    from bigtrain.parallel.lazy_types import loaded_instance
+    pipe = nprocs > 1 and loaded_instance(strat, "bigtrain.parallel.pipeline", "Pipeline")
+    parts = strat.dims(nprocs).dp * strat.microbatches if pipe else nprocs
+    if parts < 2 or strat.name == "tensor_parallel" or not any(  # tp: whole batch a rank
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
         return
-    if not any(isinstance(m, _BatchNorm) for m in module.modules()):
-        return
-    warnings.warn(f"strategy {strat.name!r} on {nprocs} processes: BatchNormalization "
-                  "normalises over each rank's share of the batch, not the whole batch, so "
-                  "this model trains close to, but not exactly like, one process (as with "
-                  "torch's DDP). LayerNormalization has no such difference; or use "
-                  "strategy='tensor'.", UserWarning, stacklevel=5)
+    part, fix = (f"each of the {parts} micro-batches (as accumulate_steps={parts})",
+                 "microbatches=1 without replicas") if pipe else \
+        ("each rank's share", "strategy='tensor'")
+    warnings.warn(f"strategy {strat.name!r} on {nprocs} processes: BatchNormalization normalises "
+                  f"over {part}, not the whole batch: the model trains close to, not exactly "
+                  f"like, one process. LayerNormalization has no such difference; or use {fix}.",
+                  UserWarning, stacklevel=5)
 
 
 def check_optimizer_step(make_optimizer) -> None:

@@ -42,6 +42,20 @@ A module placed at two positions of an nn.Sequential is the same case (its weigh
 two positions); one that holds buffers (a BatchNorm used twice) is refused, since each
 rank's copy would move its statistics apart.
 
+Randomness (dropout). One process draws every mask from one torch stream, layer after
+layer over the whole batch. A pipeline rank runs only its stages, on micro-batches, at the
+times the schedule gives, so it cannot draw those same numbers. Instead, fit draws one
+number from the torch stream of the process that calls it (so bigtrain.set_seed or
+torch.manual_seed before fit fixes it; a second fit draws another), and each rank seeds its
+own stream from that number, its pipeline rank and its data-parallel replica
+(`pipeline_stage.stage_seed`; a stage's tensor-parallel ranks share one stream). Two runs
+from the same seed with the same ranks, micro-batches, schedule and split train
+identically (give `split=`: the measured balance, timed anew each run, may cut elsewhere
+on a busy machine). What differs from one process: the masks themselves (each unit is still kept
+with probability 1 - rate, independently), hence the weights after a step with dropout; and
+they change with the number of ranks, the micro-batches, the split or the schedule, which
+set the order in which a rank draws.
+
 Slow-rank knob (tests and benchmarks on one machine): `slow_ranks={1: 3.0}`, or the
 environment variable BIGTRAIN_SLOW_RANKS="1:3.0", makes rank 1 sleep twice the time of each
 of its forward and backward chunks, and of its layer timings, so it runs 3x slower.
@@ -72,7 +86,7 @@ from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
                                                   guessed_layer_costs, sample_input_for,
                                                   shared_buffer, slowest_replica_costs)
 from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, PipelineSettings
-from bigtrain.parallel.pipeline_stage import StageModule
+from bigtrain.parallel.pipeline_stage import StageModule, draw_seed
 from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
 from bigtrain.parallel.tensor_plan import check_tp
 
@@ -156,6 +170,9 @@ class Pipeline(Strategy):
         self.micro_rows: int | None = None
         self._rt = None  # runtime state built in setup/setup_module
         self._data_sample: torch.Tensor | None = None  # rows of the fit's inputs
+        #: the run's base seed, drawn where fit was called (see "Randomness"); None: drawn
+        #: by every rank in `setup` (ranks a launcher started, each seeded alike)
+        self._seed: int | None = None
 
     # ---- checks before any process group ------------------------------------------------
     def num_processes(self, devices):
@@ -186,6 +203,8 @@ class Pipeline(Strategy):
                    if fits != [d for d in range(1, per_replica + 1) if per_replica % d == 0]
                    else ""))
         self.micro_rows = per_replica // m
+        if not dist.is_initialized():  # in the process that calls fit, before it starts ranks
+            self._seed = draw_seed()
 
     def _schedule_problem(self, m: int, pp: int) -> str | None:
         """Why the schedule cannot run `m` micro-batches on `pp` pipeline ranks (None: it can).
@@ -262,8 +281,9 @@ class Pipeline(Strategy):
             raise ValueError("Pipeline needs several processes (one per stage); run with "
                              "devices >= 2 or under the launcher, or use strategy='single'")
         topo = Topology(self.dims(env.world_size), env.rank, env.device.type)
+        seed = self._seed if self._seed is not None else draw_seed()
         settings = PipelineSettings(self.schedule, self.microbatches, self.micro_rows,
-                                    self.slow_ranks.get(env.rank, 1.0), self.early_recv)
+                                    self.slow_ranks.get(env.rank, 1.0), self.early_recv, seed)
         self._rt = PipelineRuntime(settings, env, topo)
 
     def setup_module(self, module: nn.Module) -> nn.Module:

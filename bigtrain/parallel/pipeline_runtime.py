@@ -30,7 +30,7 @@ from bigtrain.parallel.dims import Topology
 from bigtrain.parallel.parallelize import sync_grads, unique_params
 from bigtrain.parallel.pipeline_stage import (ChunkTimer, StageModule, broadcast_result,
                                               cat_batches, keep_state_in_metadata_pass,
-                                              single_input, take_rows,
+                                              single_input, stage_seed, take_rows,
                                               wrap_chunks)
 from bigtrain.parallel.slow_ranks import slowed
 
@@ -50,12 +50,16 @@ class PipelineSettings:
         slowdown: this rank's slow-rank factor (1.0: normal speed), bigtrain.parallel.slow_ranks.
         early_recv: post each step's receives at its start where that is safe (gloo, one
             stage per rank; bigtrain.parallel.early_recv).
+        seed: the run's base seed (pipeline_stage.draw_seed); `start` seeds this rank's
+            torch stream (dropout) from it, its pipeline rank and its replica. None: the
+            stream is left as it is.
     """
     schedule: str
     microbatches: int
     micro_rows: int | None = None
     slowdown: float = 1.0
     early_recv: bool = True
+    seed: int | None = None
 
 
 class PipelineRuntime:
@@ -98,8 +102,11 @@ class PipelineRuntime:
         return self.modules, {id(p) for params, _ in self.ties for p in params}
 
     def start(self) -> None:
-        """Wrap the (parallelized) stages in PipelineStages and build the schedule."""
+        """Seed this rank's random stream, wrap the (parallelized) stages in PipelineStages
+        and build the schedule."""
         from torch.distributed.pipelining import PipelineStage
+        if self.settings.seed is not None:  # one stream per stage and replica (see Pipeline)
+            torch.manual_seed(stage_seed(self.settings.seed, self.pp_rank, self.dp_idx))
         stage, extra = PipelineStage, {}
         if (self.settings.early_recv and self.settings.schedule not in MULTI_STAGE
                 and dist.get_backend(self.pp_group) == "gloo"):
