@@ -18,6 +18,7 @@ from bigtrain.diagnose.training_checks import check_run
 
 PHASES = ("data", "forward", "backward", "optimizer", "comm_exposed", "other")
 MEMORY_PARTS = ("params", "grads", "optimizer", "activations_peak")
+_NOTES = ("step_time_note", "memory_note", "peak_flops_note")  # printed beside their tables
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -165,12 +166,16 @@ def render_report(run_dir) -> Path:
     lines += ["", "## Step time", ""] + _step_table(rec)
     if rec.extra.get("step_time_note"):
         lines += ["", f"How measured: {rec.extra['step_time_note']}."]
+    if rec.extra.get("peak_flops_note"):
+        lines += ["", f"Peak FLOP/s (for MFU): {rec.extra['peak_flops_note']}."]
     if rec.memory:
         lines += ["", "## Memory per rank", ""] + _memory_table(rec)
+        if rec.extra.get("memory_note"):
+            lines += ["", f"How measured: {rec.extra['memory_note']}."]
     lines += ["", "## Doctor", "", "```", render_doctor(check_run(rec)), "```"]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
-    extra = {k: v for k, v in rec.extra.items() if k != "step_time_note"}
+    extra = {k: v for k, v in rec.extra.items() if k not in _NOTES}
     if extra:
         lines += ["", "## Extra", ""] + [f"- {k}: {v}" for k, v in extra.items()]
     path = run_dir / "report.md"

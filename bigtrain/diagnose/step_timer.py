@@ -24,6 +24,10 @@ the exactly timed first steps do not outweigh the rest of a run. The first timed
 (allocator, autograd and bucket warm-up) is left out of the means whenever later steps
 exist.
 
+The timer also measures the memory of the fit's first step (a StepMemory, see
+bigtrain.diagnose.step_memory): saved activations and gradients. That step is timed but left
+out of the means, so the probe costs the means nothing.
+
 Example:
     timer = PhaseTimer()
     timer.begin_step(0); timer.enter("data"); ...; timer.enter("forward"); ...
@@ -35,6 +39,8 @@ from __future__ import annotations
 import time
 
 import torch
+
+from bigtrain.diagnose.step_memory import StepMemory
 
 PHASES = ("data", "forward", "backward", "optimizer", "comm", "other")
 _FIRST_WORD = {"data": "data", "forward": "forward", "backward": "backward",
@@ -66,6 +72,7 @@ class PhaseTimer:
         exact_steps: steps timed one by one before sampling starts (0 on an accelerator).
         synchronises: whether a timed step synchronises the device.
         timed_steps: steps timed so far.
+        memory: the first step's measured memory (StepMemory).
     """
 
     def __init__(self, device: torch.device | None = None, sample_every: int = 50,
@@ -85,10 +92,15 @@ class PhaseTimer:
         self._warm: tuple | None = None  # (totals, weights) after the first timed step
         self._phase: str | None = None
         self._t = 0.0
+        self.memory = StepMemory()
 
     def begin_step(self, step: int) -> None:
         """Start optimizer step `step` (0-based within the fit): timed or not."""
         self._close()
+        if step == 0:
+            self.memory.open()
+        elif self.memory.is_open:
+            self.memory.close()
         exact = step < self.exact_steps
         self.active = exact or sampled(step, self.sample_every)
         if self.active:
@@ -100,6 +112,8 @@ class PhaseTimer:
 
     def enter(self, op: str, phase: str | None = None) -> None:
         """The rank enters `op`: charge the time since the last mark to the open phase."""
+        if self.memory.is_open and op == "metrics":  # the loop's mark after a step
+            self.memory.close()
         if not self.active:
             return
         if self._cuda is not None:
@@ -130,6 +144,7 @@ class PhaseTimer:
         steps it stands for (the first step left out when others exist); zeros when no step
         was timed."""
         self._close()
+        self.memory.close()
         self.active = False
         if self._warm is not None and self.timed_steps > 1:
             totals, weights = self._warm

@@ -9,6 +9,7 @@ Example (what the loop does when a fit raises):
 from __future__ import annotations
 
 import os
+import time
 import warnings
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from bigtrain.diagnose.profile import profile_data, profile_rows
-from bigtrain.diagnose.record import RunRecord, StepTimes
+from bigtrain.diagnose.record import RECORD_FILE, RunRecord, StepTimes
 from bigtrain.engine.data import DatasetData
 
 _INPUT_SCALERS = ("Normaliz", "Rescal", "BatchNorm", "LayerNorm", "Standard")
@@ -113,10 +114,35 @@ def doctor_fields(monitor, profile: dict | None) -> dict:
     return fields
 
 
+#: an epoch-end record is written when the last one is at least this old (seconds)
+EPOCH_RECORD_EVERY_S = 2.0
+
+
+def _recently_written(run_dir) -> bool:
+    """Whether run_dir's record was written less than EPOCH_RECORD_EVERY_S ago."""
+    try:
+        age = time.time() - os.stat(os.path.join(run_dir, RECORD_FILE)).st_mtime
+    except OSError:
+        return False
+    return 0 <= age < EPOCH_RECORD_EVERY_S
+
+
 def write_local_record(task, strategy, timing, monitor, profile: bool = False) -> None:
     """Write rank 0's record from what it knows alone (no collectives): the history so
-    far, the monitor's fields, its own step phases; with `profile`, the data profile."""
+    far, the monitor's fields, its own step phases; with `profile`, the data profile.
+
+    At a plain epoch end (no `timing`, no stop) the write is skipped while the record on
+    disk is younger than EPOCH_RECORD_EVERY_S: a record costs several milliseconds to
+    write (a few per cent of a short epoch, more as its gradient health grows), so short
+    epochs write it about every two seconds. The first epoch always writes (replacing a
+    record an earlier fit left in run_dir), a stop (NaN, exception, Ctrl-C) always writes,
+    and the end of the fit writes the full record (bigtrain.engine.record).
+    """
     if not strategy.env.is_main or task.run_dir is None:
+        return
+    first = len(next(iter(monitor.history.values()), [])) <= 1  # replaces an older fit's
+    if timing is None and monitor.stop is None and not first and \
+            _recently_written(task.run_dir):
         return
     ph = timing.timer.means() if timing is not None else {}  # stops the timer: last use
     fields = doctor_fields(monitor, data_profile(task, strategy) if profile else None)

@@ -155,6 +155,29 @@ def measure_matmul_flops(n: int = 512, repeats: int = 3) -> float:
     return 2.0 * n ** 3 / _time_best(lambda: torch.mm(a, b), repeats)
 
 
+def measure_peak_flops(seconds: float = 0.3, n: int = 512) -> float:
+    """Peak fp32 matmul FLOP/s of this process's torch threads, measured for about
+    `seconds`: a warm-up of a tenth of it, then short timed groups of n x n matmuls (about
+    a millisecond each, at least one matmul) until the time is spent; the fastest group is
+    kept, the one least disturbed by other work on the host. Steadier than one short
+    matmul, which reads several times slow when its thread is descheduled once.
+
+    Example:
+        flops = measure_peak_flops(0.3)     # about 0.3 s of matmuls
+    """
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    start = time.perf_counter()
+    reps = 0
+    while time.perf_counter() < start + seconds / 10 or reps < 2:  # warm BLAS and caches
+        torch.mm(a, b)
+        reps += 1
+    one = (time.perf_counter() - start) / reps  # seconds per matmul, warm
+    per_group = max(1, int(1e-3 / max(one, 1e-9)))
+    groups = max(3, int((seconds - (time.perf_counter() - start)) / (one * per_group)))
+    best = _time_best(lambda: [torch.mm(a, b) for _ in range(per_group)], groups)
+    return 2.0 * n ** 3 * per_group / best
+
+
 def rank_peak_flops(measured: float, threads: int, ranks_per_host: int,
                     cores: int | None) -> float:
     """Peak FLOP/s of one rank from a matmul it timed alone with its own `threads`.
