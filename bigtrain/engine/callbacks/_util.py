@@ -8,6 +8,8 @@ import warnings
 import torch
 import torch.distributed as dist
 
+from bigtrain.engine.callbacks.rank0_weights import refresh_host_masters, share_weights
+
 # Monitored names that improve upward (Keras: "acc"/"auc" in the name means maximise).
 _MAXIMISED = ("acc", "auc", "precision", "recall", "f1", "fmeasure", "iou")
 
@@ -110,22 +112,33 @@ def format_logs(logs: dict | None) -> str:
 
 
 def rank0_only_hooks(callbacks, *hooks: str) -> bool:
-    """Whether a callback that runs on rank 0 alone could change the learning rate or
-    `model.stop_training` in one of `hooks` (any hook when none is named). bigtrain's own
-    rank-0-only callbacks (progress, logs, checkpoints, the run record) change neither, so
-    only the others count. Every rank must get the same answer: pass the fit's whole list."""
+    """Whether a callback that runs on rank 0 alone could change the learning rate, the
+    weights or `model.stop_training` in one of `hooks` (any hook when none is named): those
+    that run user code (`runs_user_code`: a user's own callback, LambdaCallback's functions,
+    TerminateOnNaN's stop). Every rank must get the same answer: pass the fit's whole list."""
     from bigtrain.engine.callbacks.base import _overrides
-    return any(c.main_process_only and not type(c).__module__.startswith("bigtrain.")
+    return any(c.main_process_only and c.runs_user_code
                and (not hooks or _overrides(c, *hooks)) for c in callbacks)
+
+
+def batch_logs_wanted(callbacks) -> bool:
+    """Whether some callback of the fit reads per-batch logs (a batch-end hook that does not
+    decline them). On several ranks such logs must be the global batch's, as one process's
+    are: every rank then all-reduces its running sums after each step, so every rank must
+    get the same answer: pass the fit's whole list."""
+    from bigtrain.engine.callbacks.base import _overrides
+    return any(_overrides(c, "on_train_batch_end", "on_batch_end")
+               and c.wants_batch_logs is not False for c in callbacks)
 
 
 class Rank0Changes:
     """Keeps every rank on what rank-0-only callbacks change: each param group's learning
-    rate and `model.stop_training`.
+    rate, `model.stop_training` and the weights (`set_weights`, see rank0_weights).
 
     `share()` is a collective that every rank calls at the same points of the loop: one
-    all-reduce (sum) of 1 + groups float64 values, rank 0 adding its own and the other
-    ranks zeros, so that every rank ends with rank 0's values exactly.
+    all-reduce (sum) of 2 + groups float64 values, rank 0 adding its own and the other
+    ranks zeros, so that every rank ends with rank 0's values exactly; when rank 0's hooks
+    set weights, `share_weights` then loads them on every rank.
 
     Args:
         all_reduce: the strategy's all-reduce over the training ranks.
@@ -144,12 +157,16 @@ class Rank0Changes:
         return [float(g["lr"]) for g in groups] if all("lr" in g for g in groups) else []
 
     def share(self) -> None:
-        lrs = self._lrs()
-        values = torch.tensor([float(bool(self.model.stop_training)), *lrs],
+        lrs, live = self._lrs(), self.model.live
+        new_weights = live is not None and live.final_state is not None
+        values = torch.tensor([float(bool(self.model.stop_training)), float(new_weights), *lrs],
                               dtype=torch.float64, device=self.device)
         if not self.is_main:
             values.zero_()
         values = self.all_reduce(values).tolist()
         self.model.stop_training = bool(values[0])
-        if values[1:] != lrs:
-            set_lrs(self.optimizer, values[1:])
+        if values[2:] != lrs:
+            set_lrs(self.optimizer, values[2:])
+        if values[1]:
+            share_weights(live, self.all_reduce, self.is_main, self.device)
+            refresh_host_masters(self.optimizer)

@@ -7,13 +7,19 @@ metrics: list of log keys) before `on_train_begin`.
 
 Hooks receive `logs`, a dict of Python floats that are already reduced across ranks
 (`loss`, metric names, `val_*` at epoch end, `lr`). Only rank 0 calls the hooks of
-callbacks whose `main_process_only` is True (everything that prints or writes files).
+callbacks whose `main_process_only` is True (everything that prints or writes files, and
+every user's callback, as Keras runs them once). What such a hook changes reaches every
+rank: the learning rates, `stop_training` and weights set with `self.model.set_weights`
+(see rank0_weights); `self.model.get_weights()` works in on_epoch_end under every strategy
+(the loop gathers the weights for it) and elsewhere where every rank holds whole weights.
 Per-batch logs are Keras's: the running means of the loss and metrics over the epoch so far,
 on this rank's batches (not reduced across ranks). They are built only when a callback with
 a batch-end hook reads them (`wants_batch_logs`), so the loop does not synchronise with the
 device on every step otherwise; the others get an empty dict.
 """
 from __future__ import annotations
+
+from bigtrain.engine.callbacks.rank0_weights import rank0_weights
 
 
 class Callback:
@@ -26,14 +32,32 @@ class Callback:
     #: far) cost a device sync each step. None: wanted when the callback overrides a
     #: batch-end hook; False for callbacks that ignore them (a progress bar).
     wants_batch_logs: bool | None = None
-    #: Reads the model's weights (checkpoints, weight restore). Under a distributed
-    #: strategy the loop then gathers the full weights on every rank before epoch-end hooks,
-    #: so a rank-0-only callback never starts a collective alone.
-    needs_weights = False
+    #: Its hooks may run the user's code, which may read or set the weights, change the
+    #: learning rate or set `model.stop_training`; on several ranks the loop then keeps every
+    #: rank in step with what rank 0's hooks did. bigtrain's own rank-0-only callbacks that
+    #: do none of this (progress, logs, checkpoints) set False and spare those collectives.
+    runs_user_code = True
 
     def __init__(self):
         self.model = None
         self.params: dict = {}
+
+    @property
+    def needs_weights(self) -> bool:
+        """Reads the model's weights on rank 0 alone at epoch ends (checkpoints, weight
+        restore, a user's `self.model.get_weights()`). Under a distributed strategy the loop
+        then gathers the full weights on every rank before the epoch-end hooks, so a
+        rank-0-only callback never starts a collective alone. Default: a rank-0-only
+        callback that runs user code in on_epoch_end."""
+        declared = getattr(self, "_needs_weights", None)
+        if declared is not None:
+            return declared
+        return (self.main_process_only and self.runs_user_code
+                and _overrides(self, "on_epoch_end"))
+
+    @needs_weights.setter
+    def needs_weights(self, value: bool) -> None:
+        self._needs_weights = bool(value)
 
     def set_model(self, model) -> None:
         self.model = model
@@ -64,11 +88,14 @@ def alone() -> bool:
     return _alone[0]
 
 
-def _on_rank_0_alone(hook):
+def _on_rank_0_alone(hook, model, name: str, readable: bool):
+    """`hook` marked alone, its model's weights read and set through Rank0Weights.
+    `readable`: the loop gathered the full state for this hook."""
     def call(*args, **kwargs):
         _alone[0] = True
         try:
-            return hook(*args, **kwargs)
+            with rank0_weights(model, readable, name):
+                return hook(*args, **kwargs)
         finally:
             _alone[0] = False
     return call
@@ -84,6 +111,8 @@ class CallbackList:
             c.set_model(model)
             c.set_params(params)
         self._marked = world > 1
+        self._model = model
+        self._gathered = any(c.needs_weights for c in self.callbacks)
         # The per-batch hooks that do something, looked up once: the loop calls these every
         # step and skips the dispatch (and building the batch logs) when there are none.
         # Keras's aliases count: the base on_train_batch_* calls on_batch_*.
@@ -96,7 +125,12 @@ class CallbackList:
 
     def _hook(self, callback, name: str):
         hook = getattr(callback, name)
-        return _on_rank_0_alone(hook) if self._marked and callback.main_process_only else hook
+        if not (self._marked and callback.main_process_only):
+            return hook
+        # the loop gathers the full state before epoch-end hooks when one needs it
+        # (decided from the whole list, which rank 0 holds)
+        readable = name == "on_epoch_end" and self._gathered
+        return _on_rank_0_alone(hook, self._model, name, readable)
 
     @property
     def wants_batch_logs(self) -> bool:

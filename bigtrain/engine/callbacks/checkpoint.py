@@ -45,6 +45,7 @@ class ModelCheckpoint(Callback):
     #: Reads the weights on rank 0 only: the loop gathers the full state on every rank
     #: before `on_epoch_end`, so saving never starts a collective on one rank alone.
     needs_weights = True
+    runs_user_code = False  # changes neither the weights, the rates nor stop_training
 
     def __init__(self, filepath: str | os.PathLike, monitor: str = "val_loss",
                  verbose: int = 0, save_best_only: bool = False,

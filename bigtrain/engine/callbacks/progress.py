@@ -54,6 +54,7 @@ class ProgressBar(Callback):
     """
 
     wants_batch_logs = False
+    runs_user_code = False  # changes neither the weights, the rates nor stop_training
 
     def __init__(self, verbose: int | None = 1, *, file=None, plain_after_s: float = 10.0):
         super().__init__()

@@ -36,6 +36,7 @@ class RunMonitor(Callback):
     """
 
     wants_batch_logs = True  # the running loss, for the per-step loss (a host sync per step)
+    runs_user_code = False  # changes neither the weights, the rates nor stop_training
 
     def __init__(self, save=None, every: int | None = None):
         super().__init__()

@@ -34,6 +34,8 @@ class TensorBoard(Callback):
         >>> model.fit(x, y, epochs=5, callbacks=[TensorBoard("runs/tb")])  # doctest: +SKIP
     """
 
+    runs_user_code = False  # changes neither the weights, the rates nor stop_training
+
     def __init__(self, log_dir: str | os.PathLike = "logs", histogram_freq: int = 0,
                  write_graph: bool = True, update_freq: str | int = "epoch", **keras_args):
         super().__init__()
