@@ -14,7 +14,7 @@ import torch
 
 from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
-from bigtrain.engine.callbacks._util import Rank0Changes, rank0_only_hooks
+from bigtrain.engine.callbacks._util import Rank0Changes, batch_logs_wanted, rank0_only_hooks
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.carry import carried_optimizer, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
@@ -123,6 +123,9 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     # the checkpoint this run resumed from
     begin_hooks, end_hooks = callbacks.has_batch_begin, callbacks.has_batch_end
     want_logs = end_hooks and callbacks.wants_batch_logs
+    # several ranks: a user's batch hooks get the global batch's logs, as in one process (an
+    # all-reduce per step), decided from the fit's whole callback list so every rank joins
+    global_logs = strategy.env.world_size > 1 and batch_logs_wanted(task.callbacks)
     finite = (_FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
               if cfg.terminate_on_nan else None)
     _carry_tally(progress, tally, strategy.env.is_main)
@@ -149,8 +152,12 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         if finite is not None:
             finite.after_step(step, mark)
         mark("callbacks (batch end)")
+        if global_logs:
+            logs = tally.logs(strategy.all_reduce(tally.state()))
+        else:
+            logs = tally.running_logs() if want_logs else {}
         if end_hooks:
-            callbacks.on_train_batch_end(step, tally.running_logs() if want_logs else {})
+            callbacks.on_train_batch_end(step, logs)
         if sync.batch_end:
             sync.share()
         mark("checkpoint" if progress.checkpointer else "step end")
@@ -409,8 +416,8 @@ def _finish(run: _Run) -> None:
         run.result.state_dict = None  # already where the caller reads them: no copy
         return
     state = strategy.full_state_dict(run.module)
-    if run.owner.live.final_state is not None:  # e.g. EarlyStopping's best epoch
-        state = run.owner.live.final_state
+    if run.owner.live.final_state is not None:  # EarlyStopping's best epoch, set_weights
+        state = {**(state or {}), **run.owner.live.final_state}
     run.result.state_dict = state if strategy.env.is_main else None
 
 

@@ -122,12 +122,14 @@ def rank0_only_hooks(callbacks, *hooks: str) -> bool:
 
 
 def batch_logs_wanted(callbacks) -> bool:
-    """Whether some callback of the fit reads per-batch logs (a batch-end hook that does not
-    decline them). On several ranks such logs must be the global batch's, as one process's
-    are: every rank then all-reduces its running sums after each step, so every rank must
-    get the same answer: pass the fit's whole list."""
+    """Whether a callback of the fit that runs user code reads per-batch logs (a batch-end
+    hook that does not decline them). On several ranks such logs must be the global batch's,
+    as one process's are: every rank then all-reduces its running sums after each step, so
+    every rank must get the same answer: pass the fit's whole list. bigtrain's own readers
+    (the run record's step losses, TensorBoard's batch scalars) take rank 0's share and
+    spare the per-step all-reduce."""
     from bigtrain.engine.callbacks.base import _overrides
-    return any(_overrides(c, "on_train_batch_end", "on_batch_end")
+    return any(c.runs_user_code and _overrides(c, "on_train_batch_end", "on_batch_end")
                and c.wants_batch_logs is not False for c in callbacks)
 
 

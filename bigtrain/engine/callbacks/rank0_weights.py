@@ -98,11 +98,6 @@ class Rank0Weights:
 
     def keep(self, state: dict[str, torch.Tensor]) -> None:
         """Rank 0's new weights, for every rank at the next share (or the fit's result)."""
-        if self.hook == "on_train_end" and not self.readable:
-            raise RuntimeError(f"A callback's on_train_end sets the model's weights on rank 0 "
-                               f"alone under strategy {self.live.strategy.name!r}, which "
-                               "splits them over the ranks. Set them in on_epoch_end, or "
-                               "call set_weights after fit returns.")
         self.live.final_state = {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
