@@ -31,6 +31,7 @@ from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
 from bigtrain.parallel.context import StepContext
+from bigtrain.parallel.seeds import seed_rank
 from bigtrain.parallel.update_rules import finish_ema
 from bigtrain.parallel.watchdog import start_watchdog, stop_watchdog
 
@@ -207,6 +208,7 @@ def run_rank(task: TrainTask, strategy: Strategy, owner, env) -> FitResult:
     check_precision(strategy, task.config.precision)
     strategy.setup(env)
     try:
+        seed_rank(task.rank_seed, strategy)
         return train(task, strategy, owner)
     finally:
         strategy.teardown()

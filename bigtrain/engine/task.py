@@ -158,6 +158,9 @@ class TrainTask:
         weights_in_place: the caller reads the trained weights from `module` itself (a fit
             in this process): a run that trained that very module, unsharded, in one process
             returns no copy of them (`FitResult.state_dict` None).
+        rank_seed: a fit on several processes: the base of its ranks' random streams, drawn
+            from the caller's (bigtrain.parallel.seeds); None: one process, whose stream
+            continues.
     """
     module: nn.Module
     losses: list
@@ -175,6 +178,7 @@ class TrainTask:
     watchdog: Any = None  # a bigtrain.diagnose.watchdog.WatchdogConfig; None: the default
     carry: Any = None  # a bigtrain.engine.carry.Carry
     weights_in_place: bool = False
+    rank_seed: int | None = None
 
     def metric_names(self) -> list[str]:
         return [m.name for ms in self.metrics for m in ms]

@@ -21,6 +21,7 @@ from bigtrain.launch import join as dist_env
 from bigtrain.launch.ray import check_cluster, cluster_defaults
 from bigtrain.parallel.base import resolve_strategy
 from bigtrain.parallel.lost_node import report_lost_node
+from bigtrain.parallel.seeds import draw_seed
 
 
 def _callbacks(user: list, verbose: int) -> list:
@@ -447,6 +448,8 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
         check_renorm(task.module, strat, launched_world_size() or 1)
         check_batch_checkpoints(task.callbacks, launched_world_size() or 1)
         env = dist_env.join_existing_job(options.get("timeout"))
+        if env.world_size > 1:  # every rank draws it from its own stream (seeded alike)
+            task.rank_seed = draw_seed()
         with report_lost_node():  # one line, not a traceback, when a restart follows
             return run_rank(task, strat, owner, env)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
@@ -460,6 +463,8 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
         warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output
         task.carry = None  # the ranks start fresh; nothing to ship to them
         owner.keep_optimizer(None)  # nor to keep alive here while they train
+    if cluster is not None or nprocs > 1:  # the ranks' streams follow the caller's seed
+        task.rank_seed = draw_seed()
     if cluster is not None:
         check_ray_payload(task.module)
         from bigtrain.launch.ray import launch_on_ray

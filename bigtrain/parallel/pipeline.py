@@ -86,7 +86,8 @@ from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
                                                   guessed_layer_costs, sample_input_for,
                                                   shared_buffer, slowest_replica_costs)
 from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, PipelineSettings
-from bigtrain.parallel.pipeline_stage import StageModule, draw_seed
+from bigtrain.parallel.pipeline_stage import StageModule
+from bigtrain.parallel.seeds import draw_seed
 from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
 from bigtrain.parallel.tensor_plan import check_tp
 

@@ -50,7 +50,7 @@ class PipelineSettings:
         slowdown: this rank's slow-rank factor (1.0: normal speed), bigtrain.parallel.slow_ranks.
         early_recv: post each step's receives at its start where that is safe (gloo, one
             stage per rank; bigtrain.parallel.early_recv).
-        seed: the run's base seed (pipeline_stage.draw_seed); `start` seeds this rank's
+        seed: the run's base seed (bigtrain.parallel.seeds.draw_seed); `start` seeds this rank's
             torch stream (dropout) from it, its pipeline rank and its replica. None: the
             stream is left as it is.
     """

@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch import nn
 
 from bigtrain.parallel.pipeline_partition import state_kept
+from bigtrain.parallel.seeds import stream_seed
 from bigtrain.parallel.slow_ranks import after_each
 
 #: the methods of a torch PipelineStage that run one micro-batch's compute
@@ -253,22 +254,13 @@ def take_rows(y, ids):
     return y[ids]
 
 
-def draw_seed() -> int:
-    """One number from this process's torch random stream (set by bigtrain.set_seed or
-    torch.manual_seed), to seed a pipeline run's stage streams: a second fit draws another,
-    as one process's second fit continues its stream."""
-    return int(torch.randint(0, 2**62, (), dtype=torch.int64))
-
-
 def stage_seed(base: int, pp_rank: int, replica: int) -> int:
     """The seed of the random stream of pipeline rank `pp_rank` in data-parallel replica
-    `replica`, from the run's `base` (draw_seed): a different stream per stage and replica
-    (numpy's SeedSequence mixes the three), the same on a stage's tensor-parallel ranks,
-    which must drop the same units of their replicated activations.
+    `replica`, from the run's `base` (bigtrain.parallel.seeds.draw_seed): a different stream
+    per stage and replica, the same on a stage's tensor-parallel ranks, which must drop the
+    same units of their replicated activations.
 
     Example:
         torch.manual_seed(stage_seed(draw_seed(), pp_rank=1, replica=0))
     """
-    import numpy as np
-    words = np.random.SeedSequence([base, pp_rank, replica]).generate_state(2, np.uint32)
-    return int(words[0]) << 31 | int(words[1]) >> 1  # < 2**63: any torch generator takes it
+    return stream_seed(base, pp_rank, replica)
