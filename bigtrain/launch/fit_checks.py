@@ -1,0 +1,165 @@
+"""Checks `fit` runs before any rank starts, so that what cannot train as one process does
+is refused (or noted) with its fix instead of training wrong or hanging: in-place
+renormalising embeddings, parametrized modules sent to Ray, param groups a strategy cannot
+keep, learning-rate callbacks under a parameter server, mid-epoch checkpoints on several
+ranks, BatchNorm over parts of a batch, optimizers that need a closure.
+
+Example:
+    check_renorm(model.net, resolve_strategy("ddp"), 2)     # raises for Embedding(max_norm)
+"""
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import torch
+
+
+def renorm_refusal(module, strat, nprocs: int) -> str | None:
+    """Why `strat` on `nprocs` ranks cannot train `module`'s nn.Embedding/EmbeddingBag with
+    `max_norm` as one process does, or None.
+
+    Such a layer rescales the rows it looks up in place, inside forward. Each data-parallel
+    rank sees only its share of the batch, so it rescales only those rows and the ranks'
+    copies drift apart (ddp, zero1); where the forward runs on a gathered or host copy of
+    the weights (zero2/zero3/fsdp_offload, ddp_cpu_optimizer, parameter servers) the write
+    is lost. Exact: one process ("single"), and tensor/pipeline parallelism without
+    data-parallel replicas (every rank sees the whole batch).
+
+    Example:
+        renorm_refusal(nn.Embedding(10, 4, max_norm=1.0), resolve_strategy("ddp"), 2)
+        # "nn.Embedding '' has max_norm=1.0: ..."
+    """
+    if nprocs < 2 or strat.name == "single":
+        return None
+    from bigtrain.parallel.pipeline import Pipeline
+    from bigtrain.parallel.tensor_parallel import TensorParallel
+    if isinstance(strat, (TensorParallel, Pipeline)) and strat.dims(nprocs).dp == 1:
+        return None
+    found = next(((n, m) for n, m in module.named_modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                  and m.max_norm is not None), None)
+    if found is None:
+        return None
+    name, layer = found
+    return (f"nn.{type(layer).__name__} {name!r} has max_norm={layer.max_norm}: its forward "
+            f"rescales the rows it looks up, in place. Under strategy {strat.name!r} on "
+            f"{nprocs} processes that does not train as one process does: each rank sees "
+            "only its share of the batch, so the ranks rescale different rows, and where "
+            "the forward runs on a gathered or host copy of the weights (zero2/zero3/"
+            "fsdp_offload, ddp_cpu_optimizer, parameter servers) the rescaling is lost. Train "
+            "with strategy='tensor' (every rank sees the whole batch) or on one process, or "
+            "drop max_norm and bound the rows after each update instead (Keras's rule: "
+            "bigtrain.layers.Embedding(..., embeddings_constraint=bigtrain.constraints."
+            f"MaxNorm({layer.max_norm}, axis=1)), under ddp, zero1/zero2/zero3 or tensor).")
+
+
+def check_ray_payload(module) -> None:
+    """Refuse, before Ray starts any worker, a module with torch.nn.utils.parametrize
+    parametrizations (parametrizations.weight_norm, spectral_norm, ...): torch refuses to
+    pickle those and Ray sends the task pickled. (bigtrain's own launcher, fit(devices=N)
+    without cluster=, rebuilds them on each rank.)"""
+    from torch.nn.utils import parametrize
+    name = next((n for n, m in module.named_modules() if parametrize.is_parametrized(m)), None)
+    if name is not None:
+        raise ValueError(
+            f"fit(cluster='ray') with a parametrized module ({name!r}, "
+            "torch.nn.utils.parametrizations: weight_norm, spectral_norm, ...): torch refuses "
+            "to pickle such modules, and Ray sends the model to its workers pickled. Train "
+            "with fit(devices=N) without cluster= (bigtrain's launcher rebuilds them on each "
+            "rank), or use the hook-based torch.nn.utils.weight_norm / spectral_norm.")
+
+
+def check_renorm(module, strat, nprocs: int) -> None:
+    """Refuse, before any process starts, what `renorm_refusal` names."""
+    why = renorm_refusal(module, strat, nprocs)
+    if why:
+        raise ValueError(why)
+
+
+def _check_param_groups(strat, spec) -> None:
+    """A torch optimizer instance with its own param groups (OptimizerSpec.groups) needs
+    every rank's optimizer over all the model's parameters: zero1 and the parameter server
+    build theirs per shard, from the class and its defaults alone."""
+    if getattr(spec, "groups", None) is None:
+        return  # (before the imports: zero1's pulls in torch.distributed.optim, 0.4 s)
+    from bigtrain.parallel.parameter_server.strategy import ParameterServer
+    from bigtrain.parallel.zero1 import Zero1
+    if isinstance(strat, (Zero1, ParameterServer)):
+        raise ValueError(
+            f"the {spec.cls.__name__} given to compile has its own parameter groups (or "
+            f"covers part of the model), which strategy {strat.name!r} cannot keep: it builds "
+            "its optimizers per shard from the class and its defaults. Train on one process "
+            "or with strategy='ddp', 'zero2', 'zero3' or 'tensor', or compile with the class "
+            f"(optimizer=torch.optim.{spec.cls.__name__}) to give every parameter the same "
+            "settings.")
+
+
+def check_callbacks(strat, callbacks: list) -> None:
+    """Refuse, before any process starts, callbacks that change the learning rate under a
+    parameter server: its optimizers live on the server ranks, out of the callbacks' reach."""
+    from bigtrain.engine.callbacks import LearningRateScheduler, ReduceLROnPlateau
+    from bigtrain.parallel.lazy_types import loaded_instance
+    if not loaded_instance(strat, "bigtrain.parallel.parameter_server.strategy",
+                           "ParameterServer"):
+        return
+    for cb in callbacks:
+        if isinstance(cb, (LearningRateScheduler, ReduceLROnPlateau)):
+            raise ValueError(
+                f"{type(cb).__name__} with strategy {strat.name!r}: the parameter servers "
+                "hold the optimizer and its learning rate, which callbacks in the workers "
+                "cannot change. Drop the callback (set the learning rate in compile), or "
+                "train with a data-parallel strategy such as strategy='ddp'.")
+
+
+def check_batch_checkpoints(callbacks: list, nprocs: int) -> None:
+    """Refuse, on every rank before training, a ModelCheckpoint that saves every N batches
+    on several processes (it runs on rank 0 alone, in the middle of an epoch, where every
+    rank takes part in a save); fit's own checkpoints do that."""
+    from bigtrain.engine.callbacks import ModelCheckpoint
+    if nprocs < 2:
+        return
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.save_freq != "epoch":
+            raise ValueError(f"ModelCheckpoint(save_freq={cb.save_freq}) on {nprocs} processes: "
+                             "it saves in the middle of an epoch, which bigtrain does for "
+                             "several processes with fit(checkpoint_dir=..., "
+                             "checkpoint_every=N) (resumable, every rank taking part); keep "
+                             "save_freq='epoch' here")
+
+
+def warn_split_batch_norm(module, strat, nprocs: int) -> None:
+    """Warn, before the ranks start, that BatchNormalization normalises parts of a batch."""
+    from bigtrain.parallel.lazy_types import loaded_instance
+    pipe = nprocs > 1 and loaded_instance(strat, "bigtrain.parallel.pipeline", "Pipeline")
+    parts = strat.dims(nprocs).dp * strat.microbatches if pipe else nprocs
+    if parts < 2 or strat.name == "tensor_parallel" or not any(  # tp: whole batch a rank
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return
+    part, fix = (f"each of the {parts} micro-batches (as accumulate_steps={parts})",
+                 "microbatches=1 without replicas") if pipe else \
+        ("each rank's share", "strategy='tensor'")
+    warnings.warn(f"strategy {strat.name!r} on {nprocs} processes: BatchNormalization normalises "
+                  f"over {part}, not the whole batch: the model trains close to, not exactly "
+                  f"like, one process. LayerNormalization has no such difference; or use {fix}.",
+                  UserWarning, stacklevel=5)
+
+
+def check_optimizer_step(make_optimizer) -> None:
+    """Refuse, before any process starts, an optimizer whose `step` needs a closure
+    (torch.optim.LBFGS re-evaluates the loss several times per step): fit runs one forward
+    and backward per batch and calls `step()` once, with no closure to give.
+
+    Example:
+        check_optimizer_step(lambda params: torch.optim.LBFGS(params))  # ValueError
+    """
+    probe = make_optimizer([torch.nn.Parameter(torch.zeros(1))])
+    closure = inspect.signature(type(probe).step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        name = type(probe).__name__
+        raise ValueError(
+            f"optimizer {name} needs a closure in step(): it re-evaluates the loss several "
+            "times per step. fit runs one forward and backward per batch and calls step() "
+            "once, so it cannot drive it (with or without a strategy). Compile with a "
+            "first-order optimizer instead (optimizer='adam', torch.optim.Adam, ...), or "
+            f"train with {name} in a loop of your own that passes the closure.")
