@@ -204,16 +204,19 @@ class GraphModule(nn.Module):
         masks: dict[int, torch.Tensor] = {}  # time-step masks by graph tensor, kept here
         for node in self.nodes:                # rather than on tensors a wrapper may replace
             args = [values[id(t)] for t in node.inputs]
-            mask = masks.get(id(node.inputs[0])) if node.inputs else None
-            kwargs = {**node.kwargs, **({"mask": mask} if mask is not None
+            # a layer of many inputs (a merge, attention) gets one mask (or None) per input
+            given = [masks.get(id(t)) for t in node.inputs] if node.takes_list else \
+                masks.get(id(node.inputs[0])) if node.inputs else None
+            has_mask = any(m is not None for m in given) if node.takes_list else given is not None
+            kwargs = {**node.kwargs, **({"mask": given} if has_mask
                                         and node.layer.takes_mask else {})}
             if node.training is None or not recorded_modes:
                 out = node.layer(args if node.takes_list else args[0], **kwargs)
             else:  # Keras's layer(x, training=...) in a call without training=
                 with train_mode(node.layer, node.training):
                     out = node.layer(args if node.takes_list else args[0], **kwargs)
-            if self._masked and not node.takes_list:
-                out_mask = node.layer.compute_mask(args[0], mask)
+            if self._masked:
+                out_mask = node.layer.compute_mask(args if node.takes_list else args[0], given)
                 if out_mask is not None:
                     masks[id(node.outputs[0])] = out_mask
             if len(node.outputs) > 1:  # return_state: [output, *states]

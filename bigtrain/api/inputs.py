@@ -88,7 +88,7 @@ def _check_file_shape(stream, specs: list | None) -> None:
                          f"({', '.join(s.name for s in specs)}), but files(...) gives one x; "
                          "use a model of one Input")
     want = specs[0].shape
-    if shape is not None and shape != want:
+    if shape is not None and want is not None and shape != want:
         raise ValueError(f"input {specs[0].name!r} expects samples of shape {want}, but "
                          f"files(..., x={stream.x if len(stream.x) > 1 else stream.x[0]!r}) "
                          f"gives samples of shape {shape}; pick the x column(s) that make "
@@ -100,8 +100,18 @@ def input_specs(model) -> list | None:
     for a plain torch module (float64 inputs become float32, nothing else changes)."""
     if not isinstance(model.net, GraphModule):
         return None
-    return [InputSpec(name, t.dtype, tuple(t.shape))
+    return [InputSpec(name, t.dtype, None if None in t.shape else tuple(t.shape))
             for name, t in zip(model.net.input_names, model.net.input_tensors)]
+
+
+def _sized(shapes: list[tuple], arrays: list) -> list[tuple]:
+    """Each declared shape with its None (any size) axes taken from the array that fills
+    it, so that only the fixed axes are checked: Input(shape=(None, 8)) takes (n, T, 8)."""
+    out = []
+    for shape, a in zip(shapes, arrays):
+        given = tuple(getattr(a, "shape", ()))[1:]
+        out.append(tuple(g if s is None else s for s, g in zip(shape, given + shape[len(given):])))
+    return out
 
 
 def loading_of(x, asked: dict | None) -> Loading:
@@ -143,16 +153,17 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
     sample_weight = per_output_weights(sample_weight, model.output_names)
     check.check_lengths(xs, ys, sample_weight)
     if model.input_shapes is not None:
-        check.check_input_shapes(xs, model.input_shapes, in_names)
+        check.check_input_shapes(xs, _sized(model.input_shapes, xs), in_names)
     check.check_numeric(xs, "x")
     check.check_numeric(ys, "y")
     check.check_finite(xs, names[0], trusted)
     check.check_finite(ys, names[1], trusted)
     if model.compiled is not None and model.output_shapes is not None:
-        for yi, spec, shape, name in zip(ys, model.compiled.losses, model.output_shapes,
-                                         model.output_names):
-            check.check_targets(yi, spec.name, shape, name,
-                                ignore_class=spec.options.get("ignore_class"))
+        for yi, spec, shape, name in zip(ys, model.compiled.losses,
+                                         _sized(model.output_shapes, ys), model.output_names):
+            if None not in shape:  # an axis of any size the labels do not fix: not checked
+                check.check_targets(yi, spec.name, shape, name,
+                                    ignore_class=spec.options.get("ignore_class"))
     sw = None if sample_weight is None else as_tensor_source(sample_weight)
     targets = [as_tensor_source(a) for a in ys]
     if model.compiled is not None:

@@ -41,8 +41,8 @@ class Model(nn.Module):
         super().__init__()
         self.name = name or "functional"
         self.compiled = None  # a training.Compiled after compile()
-        self.history = None
-        self.stop_training = False
+        self.history, self.stop_training = None, False
+        self.training = False  # model(x) is inference, as Keras's, until model.train()
         self._optimizer = None  # the torch optimizer a running fit steps (see optimizer)
         self.live = None  # a bigtrain.engine.live.LiveWeights while fit runs (the loop sets it)
         self._full_weights = None  # see keep_full_weights
@@ -73,11 +73,10 @@ class Model(nn.Module):
         return cls(module, name=name)
 
     def forward(self, *xs, **options):
-        """The outputs for `xs`, as Keras's `model(x)`: `training=True/False` runs every
-        layer in that mode; without it, layers called with `training=` in the graph run in
-        that mode (as in Keras 3; fit, evaluate and predict pass their own mode, which
-        wins). Called on Input tensors (or other layers' outputs) the model is a layer of a
-        new functional model: `base(x, training=False)`."""
+        """The outputs for `xs`, as Keras's `model(x)`: inference unless `training=True`
+        (every layer in that mode); without training=, layers called with `training=` in
+        the graph run in that mode, as in Keras 3. On Input tensors (or other layers'
+        outputs) the model is a layer of a new functional model: `base(x, training=False)`."""
         mode = options.pop("training", None)
         if options:
             raise TypeError(f"model {self.name!r} was called with {', '.join(options)}=; a "
@@ -93,18 +92,19 @@ class Model(nn.Module):
         # what Keras returns: the output layers apply their activation, also one that
         # compile moved into the loss (which only fit's and evaluate's steps defer)
         with training.output_activations(self, deferred=False):
-            if mode is None and isinstance(self.net, GraphModule):
-                return self.net(*xs, recorded_modes=True)
+            if isinstance(self.net, GraphModule):  # Keras: inference unless training=True
+                with train_mode(self.net, False if mode is None and not self.training else mode):
+                    return self.net(*xs, recorded_modes=mode is None)
             with train_mode(self.net, mode):
                 return self.net(*xs)
 
     # ---- structure -----------------------------------------------------------------------
     @property
     def layers(self) -> list[nn.Module]:
-        """The layers in Keras's order (a model called as a layer is one entry), without
-        the InputLayers."""
+        """The layers in Keras's order (a model called as a layer is one entry), InputLayers
+        included as in Keras's functional models (a Sequential's `layers` leaves them out)."""
         if isinstance(self.net, GraphModule):
-            return [m for m in self.net.keras_layers if not isinstance(m, InputLayer)]
+            return list(self.net.keras_layers)
         return list(self.net.children()) if self.net is not None else []
 
     @property

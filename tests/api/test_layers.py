@@ -57,7 +57,7 @@ def test_keras_weight_layout_and_roundtrip():
     model = Model(inputs=inp, outputs=out)
     w = model.get_weights()
     assert [a.shape for a in w] == [(3, 2), (2,), (2,), (2,), (2,), (2,)]
-    dense = model.layers[0]
+    dense = model.layers[1]  # after the InputLayer, as in Keras
     np.testing.assert_array_equal(w[0], dense.linear.weight.detach().T.numpy())
     new = [np.full_like(a, i + 1.0) for i, a in enumerate(w)]
     model.set_weights(new)

@@ -110,7 +110,7 @@ def test_lambda_runs_and_refuses_save(tmp_path):
     inp = Input(shape=(4,))
     out = Dense(2)(Lambda(lambda t: t[:, :3] * 2.0, name="twice")(inp))
     model = Model(inp, out)
-    assert model.output_shapes == [(2,)] and model.layers[1].input_shape_ == (3,)
+    assert model.output_shapes == [(2,)] and model.layers[2].input_shape_ == (3,)
     with pytest.raises(ValueError, match="Lambda layer 'twice'.*pickle.*save_weights"):
         model.save(str(tmp_path / "m.bigtrain"))
 

@@ -28,6 +28,11 @@ def _fmt(shape) -> str:
     return "(None, " + ", ".join(map(str, shape)) + ")"
 
 
+def _and(a, b):
+    """a & b, either of them None (no mask)."""
+    return b if a is None else a if b is None else a & b
+
+
 def _causal(tq: int, tk: int, device) -> torch.Tensor:
     """(Tq, Tk) bool: query i sees keys j <= i, as Keras's use_causal_mask."""
     return torch.ones(tq, tk, dtype=torch.bool, device=device).tril()
@@ -66,8 +71,9 @@ class MultiHeadAttention(Layer, SplitsItself):
         y = MultiHeadAttention(num_heads=4, key_dim=8)(x, x, use_causal_mask=True)
     """
 
-    refuses_mask = True  # Keras turns a mask into attention masks
-
+    #: the query's and value's (and key's) time-step masks join the attention mask, and
+    #: the output keeps the query's, as Keras's
+    takes_mask = True
     takes_list = True
 
     def __init__(self, num_heads: int, key_dim: int | None = None, value_dim: int | None = None,
@@ -204,15 +210,19 @@ class MultiHeadAttention(Layer, SplitsItself):
         shard_param(self, "output_kernel", tp_mesh, 0)  # (heads, dim, out): partial sums
         self._tp_group = tp_mesh.get_group()
 
-    def call(self, parts, use_causal_mask=False, has_key=False, has_mask=False):
+    def output_mask(self, masks):
+        return masks[0] if isinstance(masks, list) else masks  # the query's
+
+    def call(self, parts, use_causal_mask=False, has_key=False, has_mask=False, mask=None):
         query, value = parts[0], parts[1]
         key = parts[2] if has_key else value
-        mask = parts[-1].bool() if has_mask else None
+        attend = parts[-1].bool() if has_mask else None
         want = (query.shape[0], query.shape[1], key.shape[1])
-        if mask is not None and tuple(mask.shape) != want:  # a tensor handed in directly
+        if attend is not None and tuple(attend.shape) != want:  # a tensor handed in directly
             raise ValueError(f"MultiHeadAttention {self.name!r}: attention_mask must have "
                              f"shape (batch, query steps, key steps) = {want}, got "
-                             f"{tuple(mask.shape)}")
+                             f"{tuple(attend.shape)}")
+        mask = _and(attend, self._input_masks(mask, has_key))
         if use_causal_mask:
             causal = _causal(query.shape[1], key.shape[1], query.device)
             mask = causal if mask is None else mask & causal
@@ -233,6 +243,20 @@ class MultiHeadAttention(Layer, SplitsItself):
             y = reduce_from_tp(y, group)
         return y + self.output_bias if self.use_bias else y
 
+    @staticmethod
+    def _input_masks(masks, has_key):
+        """(B, Tq, Tk) from the inputs' time-step masks (Keras's _compute_attention_mask):
+        query (B, Tq) -> (B, Tq, 1), value and key (B, Tk) -> (B, 1, Tk), AND-ed; or None."""
+        if masks is None:
+            return None
+        query, value = masks[0], masks[1]
+        key = masks[2] if has_key else None
+        out = None if query is None else query.bool().unsqueeze(-1)
+        for m in (value, key):
+            if m is not None:
+                out = _and(out, m.bool().unsqueeze(-2))
+        return out
+
     def keras_weights(self):
         roles = ("query", "key", "value", "output")
         if not self.use_bias:
@@ -250,11 +274,12 @@ class Attention(Layer):
     """`keras.layers.Attention`: dot-product attention on [query, value] or [query, value, key].
 
     scores = query @ key^T (times a learned scalar with use_scale=True); score_mode="concat"
-    scores sum(tanh(query + key)) instead. `use_causal_mask=True` at call time.
+    scores sum(tanh(query + key)) instead. `use_causal_mask=True` at call time. Time-step
+    masks as Keras's: the value's hides those steps from every query, a masked query step
+    gives zeros, and the output keeps the query's mask.
     """
 
-    refuses_mask = True  # Keras turns a mask into attention masks
-
+    takes_mask = True
     takes_list = True
 
     def __init__(self, use_scale: bool = False, score_mode: str = "dot", dropout: float = 0.0,
@@ -294,15 +319,22 @@ class Attention(Layer):
         t = q.unsqueeze(-2) + k.unsqueeze(-3)  # (B, Tq, Tv, dim)
         return self.concat_score_weight * torch.tanh(self.scale * t if self.use_scale else t).sum(-1)
 
-    def call(self, parts, use_causal_mask=False):
+    def output_mask(self, masks):
+        return masks[0] if isinstance(masks, list) else masks  # the query's
+
+    def call(self, parts, use_causal_mask=False, mask=None):
         q, v = parts[0], parts[1]
         k = parts[2] if len(parts) == 3 else v
-        scores = self._scores(q, k)
+        q_mask, v_mask = (None, None) if mask is None else (mask[0], mask[1])
+        scores = self._scores(q, k)  # (B, Tq, Tv)
+        keep = None if v_mask is None else v_mask.bool().unsqueeze(-2)  # (B, 1, Tv)
         if use_causal_mask:
-            keep = _causal(scores.shape[-2], scores.shape[-1], scores.device)
+            keep = _and(keep, _causal(scores.shape[-2], scores.shape[-1], scores.device))
+        if keep is not None:
             scores = torch.where(keep, scores, scores - _NEG)
         weights = F.dropout(scores.softmax(-1), self.dropout, self.training)
-        return weights @ v
+        out = weights @ v
+        return out if q_mask is None else torch.where(q_mask.bool().unsqueeze(-1), out, 0.0)
 
     def keras_weights(self):
         names = (["scale"] if self.use_scale else []) + (

@@ -23,6 +23,7 @@ from torch import nn
 from bigtrain.api import constraints as keras_constraints
 from bigtrain.api import initializers as keras_initializers
 from bigtrain.api import regularizers as keras_regularizers
+from bigtrain.api.layers.reuse import reuse_refusal
 
 _name_counters: dict[str, itertools.count] = defaultdict(itertools.count)
 
@@ -55,8 +56,7 @@ class KerasTensor:
                  masked: bool = False):
         self.shape = tuple(shape)
         self.dtype = dtype
-        self.node = node
-        self.index = index
+        self.node, self.index = node, index
         self.masked = masked  # carries a Keras time-step mask (Embedding(mask_zero), Masking)
 
     def __repr__(self):
@@ -186,9 +186,8 @@ def _call_keywords(cls) -> tuple[str, ...] | None:
 
 
 def _holds_tensor(value) -> bool:
-    if isinstance(value, (list, tuple)):
-        return any(_holds_tensor(v) for v in value)
-    return isinstance(value, (KerasTensor, torch.Tensor))
+    return any(_holds_tensor(v) for v in value) if isinstance(value, (list, tuple)) else \
+        isinstance(value, (KerasTensor, torch.Tensor))
 
 
 class Layer(nn.Module):
@@ -352,8 +351,7 @@ class Layer(nn.Module):
     def _ensure_built(self, input_shape) -> None:
         if not self.built:
             self.build(input_shape)
-            self.input_shape_ = input_shape
-            self.built = True
+            self.input_shape_, self.built = input_shape, True
             if not self.trainable:  # Dense(4, trainable=False): its new weights freeze
                 self.trainable = False
 
@@ -428,26 +426,29 @@ class Layer(nn.Module):
         shape = [t.shape for t in tensors] if self.takes_list else tensors[0].shape
         sources = ", ".join(f"layer {t.node.layer.name!r} with output shape {_fmt(t.shape)}"
                             for t in tensors)
-        if self.built and self.input_shape_ != shape:
+        why = self.built and self.input_shape_ != shape and \
+            reuse_refusal(self, tensors, self.input_shape_, kwargs)  # shared: other lengths
+        if why:
             built = [_fmt(s) for s in self.input_shape_] if self.takes_list else _fmt(self.input_shape_)
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
-                             f"({type(self).__name__}), which was built for inputs of shape {built}")
+                             f"({type(self).__name__}), which was built for inputs of "
+                             f"shape {built}: {why}")
         masked = any(t.masked for t in tensors)
         if masked and self.refuses_mask:
             raise ValueError(f"layer {self.name!r} ({type(self).__name__}) gets a time-step mask "
-                             f"from {sources}; Keras would apply it here, which bigtrain does "
-                             "not yet: drop mask_zero/Masking before it, or put a recurrent "
-                             "layer (which consumes the mask) in between")
+                             f"from {sources}, which Keras applies here and bigtrain does not "
+                             "yet: drop mask_zero/Masking before it, or consume it first (RNNs)")
         try:
             self._ensure_built(shape)
             out_shape = self.compute_output_shape(shape)
-        except ValueError as e:
+        except (ValueError, TypeError) as e:  # TypeError: None (any size) where a size is needed
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}): {e}") from None
         node = Node(self, tensors, self.takes_list, kwargs)
         node.training = training
         shapes = out_shape if isinstance(out_shape, list) else [out_shape]  # return_state: many
-        out_masked = self.makes_mask or (masked and self.output_mask(True) is not None)
+        out_masked = self.makes_mask or (masked and self.output_mask(  # a merge: one per input
+            [t.masked or None for t in tensors] if self.takes_list else True) is not None)
         for i, s in enumerate(shapes):
             node.outputs.append(KerasTensor(s, self.output_dtype(tensors[0].dtype), node, i,
                                             masked=i == 0 and out_masked))
@@ -464,8 +465,7 @@ class InputLayer(Layer):
         super().__init__(name=name or unique_name("input_layer"))
         self.shape = tuple(shape)
         self.dtype = dtype
-        self.built = True
-        self.input_shape_ = self.shape
+        self.built, self.input_shape_ = True, self.shape
 
     def call(self, x):
         return x
@@ -481,7 +481,7 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.
 def Input(shape=None, batch_size=None, dtype=None, sparse=None, ragged=None,
           batch_shape=None, name: str | None = None, tensor=None,
           optional=False) -> KerasTensor:
-    """A symbolic input of `shape` (without the batch axis), as `keras.Input`.
+    """A symbolic input of `shape` (without the batch axis; None: any size), as `keras.Input`.
 
     `batch_shape=(batch, *shape)` may stand for `shape` (its first entry, like
     `batch_size`, is accepted and not enforced: every batch size runs). Sparse, ragged,
@@ -509,10 +509,10 @@ def Input(shape=None, batch_size=None, dtype=None, sparse=None, ragged=None,
         raise ValueError(f"Input batch_size must be a positive integer or None, "
                          f"got {batch_size!r}")
     dtype = "float32" if dtype is None else dtype
-    if isinstance(shape, int):
-        shape = (shape,)
-    if not all(isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f"Input shape must be positive integers without the batch axis, got {shape}")
+    shape = (shape,) if isinstance(shape, int) else shape
+    if not all(s is None or isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(f"Input shape must be positive integers (None: any size) without "
+                         f"the batch axis, got {shape}")
     torch_dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")

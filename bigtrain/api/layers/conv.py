@@ -122,14 +122,24 @@ class _Conv(Layer, SplitsItself):
                              f"divide both the input channels ({channels}) and filters "
                              f"({self.filters})")
 
+    #: "same" padding with strides > 1: its cells depend on the input's size, which may
+    #: change from call to call (an axis of any size, a layer shared by two inputs), so
+    #: each call pads with F.pad for the size it gets
+    _pad_per_call = False
+
+    def _pads(self, spatial) -> list[tuple[int, int]]:
+        """(before, after) padding cells per spatial axis, Keras's "same"/"causal"/"valid"."""
+        return [same_padding(n, k, s, d) if self.padding == "same" else
+                ((k - 1) * d, 0) if self.padding == "causal" else (0, 0)
+                for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+
     def _spatial_conv(self, spatial, cin, cout, groups, bias) -> nn.Module:
         """The torch convolution over the spatial axes, with Keras's padding; an uneven
         "same" padding (stride > 1) or "causal" is applied by F.pad first (`self._pad`)."""
         self._spatial_out(spatial)  # raises when the kernel does not fit
-        pads = [same_padding(n, k, s, d) if self.padding == "same" else
-                ((k - 1) * d, 0) if self.padding == "causal" else (0, 0)
-                for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
-        symmetric = all(a == b for a, b in pads)
+        self._pad_per_call = self.padding == "same" and max(self.strides) > 1
+        pads = self._pads([1] * self.rank if self._pad_per_call else spatial)
+        symmetric = all(a == b for a, b in pads) and not self._pad_per_call
         self._pad = None if symmetric else [p for a, b in reversed(pads) for p in (a, b)]
         conv_cls = (nn.Conv1d, nn.Conv2d, nn.Conv3d)[self.rank - 1]
         return conv_cls(cin, cout, self.kernel_size, self.strides,
@@ -176,7 +186,9 @@ class _Conv(Layer, SplitsItself):
         last = self.data_format == "channels_last"
         if last:
             x = x.movedim(-1, 1)  # (B, C, *spatial) view; channels_last memory for 2D/3D
-        if self._pad is not None:
+        if self._pad_per_call:
+            x = F.pad(x, [p for a, b in reversed(self._pads(x.shape[2:])) for p in (a, b)])
+        elif self._pad is not None:
             x = F.pad(x, self._pad)
         y = self._run(x)
         if not self.defer_activation:
@@ -243,207 +255,3 @@ class Conv2D(_Conv):
 class Conv3D(_Conv):
     """`keras.layers.Conv3D` on (B, D, H, W, C)."""
     rank = 3
-
-
-class Conv2DTranspose(_Conv):
-    """`keras.layers.Conv2DTranspose` on (B, H, W, C); kernel (kh, kw, filters, in) in Keras.
-
-    Output sizes follow Keras: "valid" gives (n - 1) * s + max(k, s), "same" gives n * s. As
-    Keras's torch backend does, torch's transposed convolution runs unpadded (output
-    (n - 1) * s + k) and is then cropped per side to the window JAX/TensorFlow define (an
-    asymmetric crop torch's `padding` cannot express); the bias is added after.
-    """
-    rank = 2
-
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", output_padding=None,
-                 data_format=None, dilation_rate=1, activation=None, use_bias=True, **kwargs):
-        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
-                         activation, use_bias, **kwargs)
-        self.output_padding = (None if output_padding is None
-                               else as_tuple(output_padding, 2, "output_padding", minimum=0))
-        for i, (op, stride) in enumerate(zip(self.output_padding or (), self.strides)):
-            if op >= stride:
-                raise ValueError(f"Conv2DTranspose {self.name!r}: output_padding must be "
-                                 f"smaller than strides on every axis (as in Keras); axis {i} "
-                                 f"has output_padding {op} and strides {stride} (output_padding="
-                                 f"{self.output_padding}, strides={self.strides})")
-
-    def _crops(self):
-        """Per axis (left, right) cells to crop from the unpadded output (< 0: zero-extend)."""
-        out = []
-        for i, (k, s, d) in enumerate(zip(self.kernel_size, self.strides, self.dilation_rate)):
-            k = (k - 1) * d + 1
-            op = None if self.output_padding is None else self.output_padding[i]
-            if self.padding == "valid":
-                left, right = k - 1, k - 1 + (max(k, s) - k if op is None else op)
-            else:
-                total = s + k - 2 if op is None else k + k % 2 - 2 + op
-                left = min(total // 2 + total % 2, k - 1)
-                right = total - left
-            out.append((k - 1 - left, k - 1 - right))
-        return out
-
-    def compute_output_shape(self, input_shape):
-        spatial, _ = self._split(input_shape)
-        sizes = tuple((n - 1) * s + (k - 1) * d + 1 - cl - cr for n, k, s, d, (cl, cr) in zip(
-            spatial, self.kernel_size, self.strides, self.dilation_rate, self._crops()))
-        return self._join(sizes, self.filters)
-
-    def build(self, input_shape):
-        _, channels = self._split(input_shape)
-        self._pad = None
-        self._crop = [-c for cl, cr in reversed(self._crops()) for c in (cl, cr)]  # F.pad order
-        self.conv = _CroppedConvTranspose2d(channels, self.filters, self.kernel_size,
-                                            self.strides, dilation=self.dilation_rate,
-                                            bias=self.use_bias, crop=self._crop)
-        area = math.prod(self.kernel_size)
-        if not self._init_kernel("kernel", self.conv.weight, _to_torch_kernel,
-                                 (*self.kernel_size, self.filters, channels)):
-            glorot_(self.conv.weight, area * self.filters, area * channels)  # (kh, kw, out, in)
-        self._init_bias(self.conv)
-
-    def _run(self, x):
-        return self.conv(x)
-
-    def get_config(self):
-        op = None if self.output_padding is None else list(self.output_padding)
-        config = super().get_config()
-        config.pop("groups")
-        return {**config, "output_padding": op}
-
-
-class _CroppedConvTranspose2d(nn.ConvTranspose2d):
-    """A ConvTranspose2d whose forward crops (or zero-extends) its unpadded output before
-    adding the bias, as Keras's padding and output_padding place it.
-
-    The whole computation is the submodule's own forward so that wrappers hooking it
-    (FSDP2 gathers a sharded weight before forward) see every use of the weight.
-
-    Args:
-        crop: F.pad amounts on (W, H) of the (B, filters, H', W') output; < 0 crops.
-    """
-
-    def __init__(self, *args, crop: list[int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.crop = list(crop)
-
-    def forward(self, x, output_size=None):
-        y = F.conv_transpose2d(x, self.weight, None, self.stride, dilation=self.dilation)
-        if any(self.crop):
-            y = F.pad(y, self.crop)  # negative pads crop
-        return y if self.bias is None else y + self.bias.view(-1, 1, 1)
-
-
-def _depthwise_to_keras(w, dm):
-    """torch (in * dm, 1, kh, kw) -> Keras (kh, kw, in, dm); output channel c * dm + m."""
-    return w.reshape(-1, dm, *w.shape[2:]).permute(2, 3, 0, 1)
-
-
-def _depthwise_to_torch(k):
-    return k.permute(2, 3, 0, 1).reshape(-1, 1, *k.shape[:2])
-
-
-class DepthwiseConv2D(_Conv):
-    """`keras.layers.DepthwiseConv2D`: one (kh, kw) filter per input channel and multiplier."""
-    rank = 2
-    strided_dilation = True
-
-    def __init__(self, kernel_size, strides=1, padding="valid", depth_multiplier=1,
-                 data_format=None, dilation_rate=1, activation=None, use_bias=True, **kwargs):
-        options = _pop_options(kwargs, "depthwise")
-        super().__init__(1, kernel_size, strides, padding, data_format, dilation_rate, 1,
-                         activation, use_bias, **kwargs)
-        self.weight_options = {"depthwise": options["depthwise"],
-                               "bias": self.weight_options["bias"]}
-        self.depth_multiplier = int(depth_multiplier)
-
-    def keras_weights_keys(self):
-        return [("depthwise", "conv.weight")] + ([("bias", "conv.bias")] if self.use_bias
-                                                 else [])
-
-    def build(self, input_shape):
-        spatial, channels = self._split(input_shape)
-        self.filters = channels * self.depth_multiplier
-        self.conv = self._spatial_conv(spatial, channels, self.filters, channels, self.use_bias)
-        area = math.prod(self.kernel_size)
-        if not self._init_kernel("depthwise", self.conv.weight, _depthwise_to_torch,
-                                 (*self.kernel_size, channels, self.depth_multiplier)):
-            glorot_(self.conv.weight, area * channels, area * self.depth_multiplier)
-        self._init_bias(self.conv)
-
-    def compute_output_shape(self, input_shape):
-        spatial, channels = self._split(input_shape)
-        return self._join(self._spatial_out(spatial), channels * self.depth_multiplier)
-
-    def keras_weights(self):
-        dm = self.depth_multiplier
-        slots = [("conv.weight", lambda w: _depthwise_to_keras(w, dm), _depthwise_to_torch)]
-        return slots + ([("conv.bias", _same, _same)] if self.use_bias else [])
-
-    def get_config(self):
-        config = super().get_config()
-        for key in ("filters", "groups"):
-            config.pop(key)
-        return {**config, "depth_multiplier": self.depth_multiplier}
-
-
-class SeparableConv2D(_Conv):
-    """`keras.layers.SeparableConv2D`: a depthwise (kh, kw) convolution per channel, then a
-    1x1 convolution to `filters`. Keras weights: depthwise (kh, kw, in, dm), pointwise
-    (1, 1, in * dm, filters), bias (filters,)."""
-    rank = 2
-    strided_dilation = True
-
-    def __init__(self, filters, kernel_size, strides=1, padding="valid", data_format=None,
-                 dilation_rate=1, depth_multiplier=1, activation=None, use_bias=True, **kwargs):
-        options = _pop_options(kwargs, "depthwise", "pointwise")
-        super().__init__(filters, kernel_size, strides, padding, data_format, dilation_rate, 1,
-                         activation, use_bias, **kwargs)
-        self.weight_options = {**options, "bias": self.weight_options["bias"]}
-        self.depth_multiplier = int(depth_multiplier)
-
-    def keras_weights_keys(self):
-        return [("depthwise", "depthwise.weight"), ("pointwise", "pointwise.weight")] + (
-            [("bias", "pointwise.bias")] if self.use_bias else [])
-
-    def build(self, input_shape):
-        spatial, channels = self._split(input_shape)
-        inner = channels * self.depth_multiplier
-        self.depthwise = self._spatial_conv(spatial, channels, inner, channels, False)
-        self.pointwise = nn.Conv2d(inner, self.filters, 1, bias=self.use_bias)
-        area = math.prod(self.kernel_size)
-        if not self._init_kernel("depthwise", self.depthwise.weight, _depthwise_to_torch,
-                                 (*self.kernel_size, channels, self.depth_multiplier)):
-            glorot_(self.depthwise.weight, area * channels, area * self.depth_multiplier)
-        if not self._init_kernel("pointwise", self.pointwise.weight, _to_torch_kernel,
-                                 (1, 1, inner, self.filters)):
-            glorot_(self.pointwise.weight, inner, self.filters)
-        self._init_bias(self.pointwise)
-
-    def _run(self, x):
-        return self.pointwise(self.depthwise(x))
-
-    def keras_weights(self):
-        dm = self.depth_multiplier
-        slots = [("depthwise.weight", lambda w: _depthwise_to_keras(w, dm), _depthwise_to_torch),
-                 ("pointwise.weight", _to_keras_kernel, _to_torch_kernel)]
-        return slots + ([("pointwise.bias", _same, _same)] if self.use_bias else [])
-
-    def get_config(self):
-        config = super().get_config()
-        config.pop("groups")
-        return {**config, "depth_multiplier": self.depth_multiplier}
-
-
-def _pop_options(kwargs: dict, *roles: str) -> dict:
-    """WeightOptions of the depthwise/pointwise kernels, taken out of `kwargs` (Keras's
-    glorot_uniform default). These layers have no `kernel`: kernel_* is refused, as Keras
-    refuses it, rather than ignored."""
-    given = sorted(k for k in kwargs if k.startswith("kernel_"))
-    if given:
-        raise ValueError(f"{', '.join(given)}: this layer's kernels are "
-                         f"{' and '.join(roles)}; pass {roles[0]}_initializer etc. instead")
-    return {role: WeightOptions("glorot_uniform", kwargs.pop(f"{role}_initializer",
-                                                             "glorot_uniform"),
-                                kwargs.pop(f"{role}_regularizer", None),
-                                kwargs.pop(f"{role}_constraint", None)) for role in roles}

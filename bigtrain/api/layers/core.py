@@ -71,6 +71,11 @@ class Dense(Layer):
     def build(self, input_shape):
         if len(input_shape) < 1:
             raise ValueError("Dense needs inputs with at least one feature axis")
+        if input_shape[-1] is None:
+            raise ValueError(f"Dense {self.name!r} sizes its kernel from the last axis, which "
+                             "has any size (None) here; fix it in Input(shape=...), or pool "
+                             "the axis of any size away first (e.g. GlobalAveragePooling1D "
+                             "instead of Flatten)")
         self.linear = nn.Linear(input_shape[-1], self.units, bias=self.use_bias)
         if not self.weight_options["kernel"].init_(self.linear.weight, _transpose,
                                                    keras_shape=(input_shape[-1], self.units)):
@@ -179,7 +184,7 @@ class Flatten(Layer):
     """`keras.layers.Flatten`: (B, d1, d2, ...) -> (B, d1*d2*...)."""
 
     def compute_output_shape(self, input_shape):
-        return (math.prod(input_shape),)
+        return (None if None in input_shape else math.prod(input_shape),)  # None: any size
 
     def call(self, x):
         return x.flatten(1)
@@ -193,6 +198,8 @@ class Reshape(Layer):
         self.target_shape = tuple(target_shape)
 
     def compute_output_shape(self, input_shape):
+        if None in input_shape:  # an axis of any size: only -1 stays open, as in Keras
+            return tuple(None if s == -1 else s for s in self.target_shape)
         total, known = math.prod(input_shape), math.prod(s for s in self.target_shape if s != -1)
         shape = tuple(total // known if s == -1 else s for s in self.target_shape)
         if math.prod(shape) != total:

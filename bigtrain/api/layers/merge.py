@@ -25,10 +25,21 @@ def _full_axis(axis: int, rank: int, what: str) -> int:
     return full
 
 
-class Concatenate(Layer):
-    """`keras.layers.Concatenate(axis=-1)([a, b, ...])`; axis 0 joins along the batch."""
+def _or(masks):
+    """The element-wise OR of (B, T) masks, or of the graph's True flags."""
+    out = masks[0]
+    for m in masks[1:]:
+        out = out | m
+    return out
 
-    refuses_mask = True  # Keras merges the inputs' masks
+
+class Concatenate(Layer):
+    """`keras.layers.Concatenate(axis=-1)([a, b, ...])`; axis 0 joins along the batch.
+
+    Time-step masks merge as Keras's: each input's mask spread over its own shape (an
+    unmasked input: all True), concatenated along `axis`, then any() over the last axis;
+    so along the time axis the masks join end to end, along the features they are OR-ed.
+    """
 
     takes_list = True
 
@@ -47,21 +58,39 @@ class Concatenate(Layer):
         if axis == 0:  # along the batch: the per-sample shape stays
             return tuple(input_shapes[0])
         out = list(input_shapes[0])
-        out[axis - 1] = sum(s[axis - 1] for s in input_shapes)
+        sizes = [s[axis - 1] for s in input_shapes]
+        out[axis - 1] = None if None in sizes else sum(sizes)  # None: any size
         return tuple(out)
 
     def call(self, tensors):
         return torch.cat(list(tensors), dim=self.axis)
+
+    def output_mask(self, masks):
+        return None if all(m is None for m in masks) else True  # the graph's flag
+
+    def compute_mask(self, tensors, masks):
+        if all(m is None for m in masks):
+            return None
+        spread = [torch.ones_like(x, dtype=torch.bool) if m is None else
+                  m.reshape(*m.shape, *(1,) * (x.dim() - m.dim())).expand_as(x)
+                  for x, m in zip(tensors, masks)]
+        return torch.cat(spread, dim=self.axis).any(-1)
 
     def get_config(self):
         return {"name": self.name, "axis": self.axis}
 
 
 class _Elementwise(Layer):
-    """An element-wise merge of broadcastable inputs (Keras's `Merge`)."""
+    """An element-wise merge of broadcastable inputs (Keras's `Merge`).
 
-    refuses_mask = True  # Keras merges the inputs' masks
+    Time-step masks: the output is masked where every input is, with the OR of their
+    masks (Keras's `Merge.compute_mask`); the values are computed without them, as
+    Keras's Add, Subtract and Average do."""
+
     takes_list = True
+
+    def output_mask(self, masks):
+        return None if any(m is None for m in masks) else _or(masks)
 
     def compute_output_shape(self, input_shapes):
         out: tuple = ()
@@ -75,6 +104,9 @@ class _Elementwise(Layer):
             a, b = b, a
         out = list(a[:len(a) - len(b)])
         for i, j in zip(a[len(a) - len(b):], b):
+            if None in (i, j):  # an axis of any size: Keras checks it when the data come
+                out.append(j if i in (1, None) else i)
+                continue
             if i != j and 1 not in (i, j):
                 name = type(self).__name__
                 raise ValueError(f"{name} needs inputs of one shape, or shapes that "
@@ -82,17 +114,45 @@ class _Elementwise(Layer):
             out.append(j if i == 1 else i)
         return tuple(out)
 
-    def call(self, tensors):
+    def call(self, tensors, mask=None):
         rank = max(t.dim() for t in tensors)
         aligned = []
         for t in tensors:  # new axes after the batch axis, as Keras
             while t.dim() < rank:
                 t = t.unsqueeze(1)
             aligned.append(t)
-        return self._merge(aligned)
+        if mask is None:
+            return self._merge(aligned)
+        spread = [None if m is None else _spread(m, x) for m, x in zip(mask, aligned)]
+        return self._merge_masked(aligned, spread)
 
     def _merge(self, tensors):
         raise NotImplementedError
+
+    def _merge_masked(self, tensors, masks):
+        """The merge of `tensors` given each one's mask spread over its shape (or None);
+        only for the layers that take masks (`takes_mask`)."""
+        raise NotImplementedError
+
+
+def _spread(mask, x):
+    """A (B, T) mask as x's shape (B, T, ...), bool."""
+    return mask.bool().reshape(*mask.shape, *(1,) * (x.dim() - mask.dim())).expand_as(x)
+
+
+def _masked_pairwise(op, tensors, masks):
+    """Keras's `_apply_merge_op_and_or_mask`: a masked step of one input takes the other
+    input's value, so `op` (max, min) sees real steps only; the mask stays while every
+    input so far has one."""
+    out, out_mask = tensors[0], masks[0]
+    for x, m in zip(tensors[1:], masks[1:]):
+        if m is not None:
+            x = torch.where(m, x, out)
+        if out_mask is not None:
+            out = torch.where(out_mask, out, x)
+        out_mask = out_mask | m if m is not None and out_mask is not None else None
+        out = op(out, x)
+    return out
 
 
 def _sum(tensors):
@@ -125,11 +185,23 @@ class Subtract(_Elementwise):
 class Multiply(_Elementwise):
     """`keras.layers.Multiply()([a, b, ...])`: element-wise product."""
 
+    takes_mask = True  # Keras's values depend on the masks here (masked steps skipped)
+
     def _merge(self, tensors):
         out = tensors[0]
         for t in tensors[1:]:
             out = out * t
         return out
+
+    def _merge_masked(self, tensors, masks):
+        """Keras's: masked steps count as 1; where every input is masked the output is 0."""
+        out = None
+        for x, m in zip(tensors, masks):
+            x = x if m is None else torch.where(m, x, 1.0)
+            out = x if out is None else out * x
+        if any(m is None for m in masks):
+            return out
+        return torch.where(_or(masks), out, 0.0)
 
 
 class Average(_Elementwise):
@@ -142,21 +214,31 @@ class Average(_Elementwise):
 class Maximum(_Elementwise):
     """`keras.layers.Maximum()([a, b, ...])`: element-wise maximum."""
 
+    takes_mask = True  # Keras's values depend on the masks here (masked steps skipped)
+
     def _merge(self, tensors):
         out = tensors[0]
         for t in tensors[1:]:
             out = torch.maximum(out, t)
         return out
 
+    def _merge_masked(self, tensors, masks):
+        return _masked_pairwise(torch.maximum, tensors, masks)
+
 
 class Minimum(_Elementwise):
     """`keras.layers.Minimum()([a, b, ...])`: element-wise minimum."""
+
+    takes_mask = True  # Keras's values depend on the masks here (masked steps skipped)
 
     def _merge(self, tensors):
         out = tensors[0]
         for t in tensors[1:]:
             out = torch.minimum(out, t)
         return out
+
+    def _merge_masked(self, tensors, masks):
+        return _masked_pairwise(torch.minimum, tensors, masks)
 
 
 class Dot(Layer):

@@ -15,8 +15,14 @@ def as_tuple(value, n: int, what: str, minimum: int = 1) -> tuple[int, ...]:
     return values
 
 
-def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """(before, after) cells of "same" padding: output ceil(size / stride), odd extra after."""
+def same_padding(size: int | None, kernel: int, stride: int,
+                 dilation: int = 1) -> tuple[int, int]:
+    """(before, after) cells of "same" padding: output ceil(size / stride), odd extra after.
+    With stride 1 it does not depend on `size`, which may then be None (any size)."""
+    if size is None:
+        if stride != 1:
+            raise ValueError("same padding with stride > 1 depends on the input's size")
+        size = 1
     effective = (kernel - 1) * dilation + 1
     out = math.ceil(size / stride)
     total = max((out - 1) * stride + effective - size, 0)
@@ -25,7 +31,10 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
 
 def window_output(size: int, kernel: int, stride: int, dilation: int, padding: str,
                   layer: str, kind: str) -> int:
-    """Output length of one axis; a clear error when a "valid" window does not fit."""
+    """Output length of one axis (None for an axis of any size, as Keras); a clear error
+    when a "valid" window does not fit."""
+    if size is None:
+        return None
     if padding in ("same", "causal"):
         return math.ceil(size / stride)
     effective = (kernel - 1) * dilation + 1

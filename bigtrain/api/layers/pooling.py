@@ -1,4 +1,5 @@
-"""Pooling layers with Keras's arguments: Max/AveragePooling1D/2D/3D and the global poolings.
+"""Pooling layers with Keras's arguments: Max/AveragePooling1D/2D/3D and the global poolings
+(1D/2D/3D).
 
 Inputs are channels-last as in Keras; like the convolutions, they reach torch's kernels as a
 (B, C, ...) view (torch's `channels_last` memory for 2D/3D), with no per-batch transpose.
@@ -53,29 +54,26 @@ class _Pool(Layer):
         return (*out, channels) if self.data_format == "channels_last" else (channels, *out)
 
     def build(self, input_shape):
-        spatial, _ = self._spatial(input_shape)
         self.compute_output_shape(input_shape)  # raises when the window does not fit
-        pads = [same_padding(n, k, s) if self.padding == "same" else (0, 0)
-                for n, k, s in zip(spatial, self.pool_size, self.strides)]
-        self._symmetric = tuple(a for a, _ in pads) if all(a == b for a, b in pads) else None
-        self._pad = [p for a, b in reversed(pads) for p in (a, b)]
-        self._count = None
-        if self.average and self._symmetric is None:
-            # real cells under each window of the explicitly padded input, (1, 1, *out)
-            ones = F.pad(torch.ones(1, 1, *spatial), self._pad)
-            self._count = _AVG[self.rank - 1](ones, self.pool_size, self.strides)
 
     def _pool(self, x):
-        n = self.rank - 1
-        if self._symmetric is not None:
+        """Pool (B, C, *spatial) `x`; "same" padding is worked out for the size `x` has
+        (an axis of any size, or a layer shared by inputs of two sizes)."""
+        n, spatial = self.rank - 1, x.shape[2:]
+        pads = [same_padding(size, k, s) if self.padding == "same" else (0, 0)
+                for size, k, s in zip(spatial, self.pool_size, self.strides)]
+        if all(a == b for a, b in pads):
+            symmetric = tuple(a for a, _ in pads)
             if self.average:
-                return _AVG[n](x, self.pool_size, self.strides, self._symmetric,
+                return _AVG[n](x, self.pool_size, self.strides, symmetric,
                                count_include_pad=False)
-            return _MAX[n](x, self.pool_size, self.strides, self._symmetric)
-        if self.average:  # zero padding, then divide by the real cells only
-            y = _AVG[n](F.pad(x, self._pad), self.pool_size, self.strides)
-            return y / self._count.to(y.dtype)
-        return _MAX[n](F.pad(x, self._pad, value=float("-inf")), self.pool_size, self.strides)
+            return _MAX[n](x, self.pool_size, self.strides, symmetric)
+        pad = [p for a, b in reversed(pads) for p in (a, b)]
+        if self.average:  # zero padding, then divide by the real cells under each window
+            count = _AVG[n](F.pad(x.new_ones(1, 1, *spatial), pad), self.pool_size,
+                            self.strides)
+            return _AVG[n](F.pad(x, pad), self.pool_size, self.strides) / count
+        return _MAX[n](F.pad(x, pad, value=float("-inf")), self.pool_size, self.strides)
 
     def call(self, x):
         if self.data_format == "channels_last":
@@ -167,12 +165,32 @@ class GlobalMaxPooling2D(_GlobalPool):
 
 
 class GlobalAveragePooling1D(_GlobalPool):
-    """`keras.layers.GlobalAveragePooling1D`: (B, steps, C) -> (B, C)."""
+    """`keras.layers.GlobalAveragePooling1D`: (B, steps, C) -> (B, C); with a time-step
+    mask (Embedding(mask_zero=True), Masking) it averages the unmasked steps only, as
+    Keras, and the mask ends here."""
 
-    refuses_mask = True  # Keras averages the unmasked steps only
+    takes_mask = True
     rank, average = 1, True
+
+    def call(self, x, mask=None):
+        if mask is None:
+            return super().call(x)
+        steps = self._dims[0]  # 1 (channels_last) or 2 (channels_first)
+        keep = mask.unsqueeze(2 if steps == 1 else 1).bool()  # (B, T, 1) or (B, 1, T)
+        total = torch.where(keep, x, 0).sum(steps, keepdim=self.keepdims)
+        return total / keep.to(x.dtype).sum(steps, keepdim=self.keepdims)
 
 
 class GlobalAveragePooling2D(_GlobalPool):
     """`keras.layers.GlobalAveragePooling2D`: (B, H, W, C) -> (B, C)."""
     rank, average = 2, True
+
+
+class GlobalMaxPooling3D(_GlobalPool):
+    """`keras.layers.GlobalMaxPooling3D`: (B, D, H, W, C) -> (B, C)."""
+    rank = 3
+
+
+class GlobalAveragePooling3D(_GlobalPool):
+    """`keras.layers.GlobalAveragePooling3D`: (B, D, H, W, C) -> (B, C)."""
+    rank, average = 3, True

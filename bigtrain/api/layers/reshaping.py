@@ -1,10 +1,12 @@
-"""Shape layers with Keras's arguments: ZeroPadding1D/2D, Cropping1D/2D, UpSampling1D/2D,
-Permute and RepeatVector. None has weights; all take channels-last inputs as Keras."""
+"""Shape layers with Keras's arguments: ZeroPadding1D/2D/3D, Cropping1D/2D/3D,
+UpSampling1D/2D/3D, Permute and RepeatVector. None has weights; all take channels-last
+inputs as Keras."""
 from __future__ import annotations
 
 import torch.nn.functional as F
 
 from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.padding import as_tuple
 
 
 def _pairs(value, n: int, what: str) -> tuple[tuple[int, int], ...]:
@@ -20,6 +22,14 @@ def _pairs(value, n: int, what: str) -> tuple[tuple[int, int], ...]:
         raise ValueError(f"{what} must be an int, {n} ints or {n} (before, after) pairs of "
                          f"non-negative ints, got {value!r}")
     return pairs
+
+
+def _grow(size: int | None, by: int) -> int | None:
+    return None if size is None else size + by  # None: an axis of any size
+
+
+def _scale(size: int | None, by: int) -> int | None:
+    return None if size is None else size * by
 
 
 class _Spatial(Layer):
@@ -53,7 +63,7 @@ class ZeroPadding1D(_Spatial):
         first = self._first_axis(input_shape)
         shape = list(input_shape)
         for i, (a, b) in enumerate(self.pairs):
-            shape[first + i] += a + b
+            shape[first + i] = _grow(shape[first + i], a + b)
         return tuple(shape)
 
     def call(self, x):
@@ -71,6 +81,14 @@ class ZeroPadding2D(ZeroPadding1D):
         super().__init__(padding, data_format=data_format, **kwargs)
 
 
+class ZeroPadding3D(ZeroPadding1D):
+    """`keras.layers.ZeroPadding3D(padding=((1, 1), (1, 1), (1, 1)))` on (B, D, H, W, C)."""
+    rank = 3
+
+    def __init__(self, padding=((1, 1), (1, 1), (1, 1)), data_format=None, **kwargs):
+        super().__init__(padding, data_format=data_format, **kwargs)
+
+
 class Cropping1D(_Spatial):
     """`keras.layers.Cropping1D(cropping=(1, 1))` on (B, steps, C)."""
     arg = "cropping"
@@ -82,6 +100,8 @@ class Cropping1D(_Spatial):
         first = self._first_axis(input_shape)
         shape = list(input_shape)
         for i, (a, b) in enumerate(self.pairs):
+            if shape[first + i] is None:  # an axis of any size stays so
+                continue
             if a + b >= shape[first + i]:
                 raise ValueError(f"{type(self).__name__} {self.name!r}: cropping {a}+{b} "
                                  f"leaves nothing of an axis of size {shape[first + i]}")
@@ -104,6 +124,14 @@ class Cropping2D(Cropping1D):
         super().__init__(cropping, data_format=data_format, **kwargs)
 
 
+class Cropping3D(Cropping1D):
+    """`keras.layers.Cropping3D(cropping=((1, 1), (1, 1), (1, 1)))` on (B, D, H, W, C)."""
+    rank = 3
+
+    def __init__(self, cropping=((1, 1), (1, 1), (1, 1)), data_format=None, **kwargs):
+        super().__init__(cropping, data_format=data_format, **kwargs)
+
+
 class UpSampling1D(Layer):
     """`keras.layers.UpSampling1D(size=2)`: repeats each step `size` times."""
 
@@ -112,7 +140,7 @@ class UpSampling1D(Layer):
         self.size = int(size)
 
     def compute_output_shape(self, input_shape):
-        return (input_shape[0] * self.size, *input_shape[1:])
+        return (_scale(input_shape[0], self.size), *input_shape[1:])
 
     def call(self, x):
         return x.repeat_interleave(self.size, dim=1)
@@ -145,8 +173,7 @@ class UpSampling2D(Layer):
                              f"shape (None, {', '.join(map(str, input_shape))})")
         h, w = (0, 1) if self.data_format == "channels_last" else (1, 2)
         shape = list(input_shape)
-        shape[h] *= self.size[0]
-        shape[w] *= self.size[1]
+        shape[h], shape[w] = _scale(shape[h], self.size[0]), _scale(shape[w], self.size[1])
         return tuple(shape)
 
     def call(self, x):
@@ -163,6 +190,34 @@ class UpSampling2D(Layer):
     def get_config(self):
         return {"name": self.name, "size": list(self.size), "data_format": self.data_format,
                 "interpolation": self.interpolation}
+
+
+class UpSampling3D(Layer):
+    """`keras.layers.UpSampling3D(size=(2, 2, 2))`: repeats each cell along D, H and W."""
+
+    def __init__(self, size=(2, 2, 2), data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.size = as_tuple(size, 3, "size")
+        self.data_format = data_format or "channels_last"
+
+    def compute_output_shape(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(f"UpSampling3D {self.name!r} expects inputs of rank 5, got "
+                             f"shape (None, {', '.join(map(str, input_shape))})")
+        first = 0 if self.data_format == "channels_last" else 1
+        shape = list(input_shape)
+        for i, size in enumerate(self.size):
+            shape[first + i] = _scale(shape[first + i], size)
+        return tuple(shape)
+
+    def call(self, x):
+        first = 1 if self.data_format == "channels_last" else 2
+        for i, size in enumerate(self.size):
+            x = x.repeat_interleave(size, dim=first + i)
+        return x
+
+    def get_config(self):
+        return {"name": self.name, "size": list(self.size), "data_format": self.data_format}
 
 
 class Permute(Layer):

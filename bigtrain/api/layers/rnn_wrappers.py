@@ -95,11 +95,13 @@ class Bidirectional(Layer):
 class TimeDistributed(Layer):
     """`keras.layers.TimeDistributed(layer)`: applies `layer` to every step of (B, T, ...)."""
 
-    refuses_mask = True  # Keras hands the mask to the inner layer
+    supports_masking = True  # the time-step mask passes through, as Keras's
 
     def __init__(self, layer: Layer, **kwargs):
         super().__init__(**kwargs)
         self.layer = _layer_from(layer)
+        # Keras hands a layer that reads masks one step's (B,) mask at a time: refused
+        self.refuses_mask = self.layer.takes_mask or self.layer.refuses_mask
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) < 2:
