@@ -8,8 +8,9 @@ pass), or to parameter counts, the runtime's own stand-in, where the FLOPs canno
 and as the measured times move with the host's load (the same model was cut [1, 2] and
 [2, 1] on a busy 2-core machine), it counts the heaviest stage of any cut whose costliest
 stage is within TIMING_SPREAD of the best cut's. The plan layer sits below parallel/ and
-cannot import the runtime's functions: `chain_modules` and `balanced_counts` restate them,
-and tests/plan/test_plan_accuracy_pipeline.py holds each equal to the runtime's.
+cannot import the runtime's functions: `chain_modules` restates `chain_layers`, and
+tests/plan/test_plan_accuracy_pipeline.py holds the two equal; the cut itself is one
+function both use (bigtrain.plan.partition).
 
 What one pipeline rank holds (the runtime as it is, measured on 2 gloo ranks):
     parameters   the whole model: every rank builds it and keeps its layers, its stage
@@ -35,6 +36,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
+
+from bigtrain.plan.partition import balanced_partition
 
 
 @dataclass(frozen=True)
@@ -138,48 +141,13 @@ def _layer_flops(module: nn.Module, layers: list[nn.Module], example: tuple) -> 
     return spent
 
 
-def balanced_counts(costs: Sequence[float], parts: int) -> list[int]:
-    """Layer counts of `parts` contiguous, non-empty parts minimising the costliest part,
-    ties broken by the smallest sum of squared part costs (towards even parts): the rule of
-    bigtrain.parallel.pipeline_partition.balanced_partition (a test holds the two equal).
-
-    Example:
-        >>> balanced_counts([1, 4, 4, 4, 4, 2], 3)
-        [2, 2, 2]
-    """
-    n = len(costs)
-    if not 1 <= parts <= n:
-        raise ValueError(f"cannot cut {n} layers into {parts} non-empty stages")
-    prefix = [0.0]
-    for c in costs:
-        prefix.append(prefix[-1] + float(c))
-    inf = (float("inf"), float("inf"))
-    # best[k][i]: (costliest part, sum of squares) of the first i layers in k parts
-    best = [[inf] * (n + 1) for _ in range(parts + 1)]
-    cut = [[0] * (n + 1) for _ in range(parts + 1)]
-    best[0][0] = (0.0, 0.0)
-    for k in range(1, parts + 1):
-        for i in range(k, n - (parts - k) + 1):
-            for j in range(k - 1, i):
-                if best[k - 1][j] != inf:
-                    part = prefix[i] - prefix[j]
-                    cand = (max(best[k - 1][j][0], part), best[k - 1][j][1] + part * part)
-                    if cand < best[k][i]:
-                        best[k][i], cut[k][i] = cand, j
-    counts, i = [], n
-    for k in range(parts, 0, -1):
-        counts.append(i - cut[k][i])
-        i = cut[k][i]
-    return counts[::-1]
-
-
 def heaviest_stage(layers: Sequence[LayerFigures], stages: int,
                    spread: float = TIMING_SPREAD) -> StageShare:
     """The stage with the most parameters among the cuts the runtime may make.
 
     The runtime cuts by layer times it measures on each rank, which the planner cannot know:
     it prices each layer by its FLOPs (by parameters + 1, as the runtime, when no FLOPs were
-    counted), finds the best cut (`balanced_counts`), and returns the heaviest contiguous
+    counted), finds the best cut (`balanced_partition`), and returns the heaviest contiguous
     stage of any cut whose costliest stage is within `spread` times the best one's.
 
     Raises:
@@ -187,7 +155,7 @@ def heaviest_stage(layers: Sequence[LayerFigures], stages: int,
     """
     counted = any(f.flops > 0 for f in layers)  # an activation layer counts 0 FLOPs
     costs = [f.flops if counted else f.params + 1.0 for f in layers]
-    counts = balanced_counts(costs, stages)
+    counts = balanced_partition(costs, stages)
     starts = [sum(counts[:k]) for k in range(stages)]
     bound = spread * max(sum(costs[a:a + c]) for a, c in zip(starts, counts)) * (1 + 1e-9)
     first, end = _worst_segment(costs, [f.params for f in layers], stages, bound)
@@ -263,5 +231,5 @@ def pipeline_note(chain: Sequence[LayerFigures] | None, stages: int) -> str:
                    "the cut, so this is the heaviest stage any such cut leaves")
 
 
-__all__ = ["LayerFigures", "StageShare", "balanced_counts", "chain_figures", "chain_modules",
+__all__ = ["LayerFigures", "StageShare", "chain_figures", "chain_modules",
            "heaviest_stage", "pipeline_note", "pipeline_states"]
