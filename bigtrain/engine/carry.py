@@ -12,7 +12,10 @@ optimizer's state_dict; both restart with each fit.
 
 A fit on several processes cannot: its ranks' optimizer state ends with them. The next fit
 then starts with a fresh optimizer and says so (a warning) rather than training differently
-without a word; `checkpoint_dir=` with `resume="auto"` continues exactly.
+without a word; `checkpoint_dir=` with `resume="auto"` continues exactly. Its learning rate
+does carry: rank 0 hands back the rate the run ended with (`final_rate`), which the
+compiled optimizer then starts from (`keep_final_rate`), so `model.optimizer.learning_rate`
+reads what a callback (ReduceLROnPlateau, LearningRateScheduler) left, as in Keras.
 
 Example:
     load_carried(task.carry, strategy, optimizer)      # before a checkpoint may resume
@@ -86,3 +89,23 @@ def _same_parameters(old, new) -> bool:
     return all(len(a["params"]) == len(b["params"])
                and all(p is q for p, q in zip(a["params"], b["params"]))
                for a, b in zip(old.param_groups, new.param_groups))
+
+
+def final_rate(optimizer) -> float | None:
+    """The learning rate `optimizer`'s param groups ended with, or None where they hold
+    none (a parameter server's workers: the rate lives on the servers) or several."""
+    rates = {group.get("lr") for group in optimizer.param_groups}
+    if len(rates) != 1 or None in rates:
+        return None
+    return float(rates.pop())
+
+
+def keep_final_rate(spec, carried, rate: float | None) -> None:
+    """After a fit whose optimizer does not carry (`carried` None: several processes, or a
+    sharded optimizer), make the compiled OptimizerSpec `spec` start the next fit at `rate`,
+    the one the run ended with, as Keras's optimizer keeps its `learning_rate` variable.
+    Left as compiled: a schedule (its rate follows the step count, which does not carry)
+    and an optimizer instance's own param groups (each keeps its own rate)."""
+    if carried is not None or rate is None or spec.schedule is not None or spec.groups:
+        return
+    spec.learning_rate = rate

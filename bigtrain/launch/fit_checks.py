@@ -2,7 +2,8 @@
 is refused (or noted) with its fix instead of training wrong or hanging: in-place
 renormalising embeddings, parametrized modules sent to Ray, param groups a strategy cannot
 keep, learning-rate callbacks under a parameter server, mid-epoch checkpoints on several
-ranks, BatchNorm over parts of a batch, optimizers that need a closure.
+ranks, BatchNorm over parts of a batch, optimizers that need a closure, sparse embedding
+gradients under strategies that shard or copy them.
 
 Example:
     check_renorm(model.net, resolve_strategy("ddp"), 2)     # raises for Embedding(max_norm)
@@ -52,6 +53,53 @@ def renorm_refusal(module, strat, nprocs: int) -> str | None:
             "drop max_norm and bound the rows after each update instead (Keras's rule: "
             "bigtrain.layers.Embedding(..., embeddings_constraint=bigtrain.constraints."
             f"MaxNorm({layer.max_norm}, axis=1)), under ddp, zero1/zero2/zero3 or tensor).")
+
+
+#: strategies (module, class) whose gradient handling takes dense gradients only: zero1
+#: builds its per-shard optimizers from the class and defaults (torch's fused kernel then
+#: meets the sparse gradient), FSDP (zero2/zero3/fsdp, fsdp_offload) reduce-scatters flat
+#: dense buffers, ddp_cpu_optimizer copies gradients into dense host tensors, ddp_balanced
+#: sizes them with nbytes
+_DENSE_GRAD_ONLY = (("bigtrain.parallel.zero1", "Zero1"),
+                    ("bigtrain.parallel.sharded", "Sharded"),
+                    ("bigtrain.parallel.cpu_optimizer", "CpuOptimizerDataParallel"),
+                    ("bigtrain.parallel.balanced", "BalancedDataParallel"))
+
+
+def sparse_refusal(module, strat, nprocs: int) -> str | None:
+    """Why `strat` on `nprocs` ranks cannot train `module`'s nn.Embedding/EmbeddingBag with
+    `sparse=True` (a trainable one), or None. ddp, the parameter servers, tensor and
+    pipeline train it as one process does; the strategies of `_DENSE_GRAD_ONLY` fail
+    inside torch on the sparse gradient.
+
+    Example:
+        sparse_refusal(nn.Embedding(10, 4, sparse=True), resolve_strategy("zero1"), 2)
+        # "nn.Embedding '' has sparse=True: ..."
+    """
+    from bigtrain.parallel.lazy_types import loaded_instance
+    if nprocs < 2 or not any(loaded_instance(strat, *where) for where in _DENSE_GRAD_ONLY):
+        return None
+    found = next(((n, m) for n, m in module.named_modules()
+                  if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                  and m.sparse and m.weight.requires_grad), None)
+    if found is None:
+        return None
+    name, layer = found
+    # zero2, zero3 and fsdp_offload share one class and its name ("zero3"); describe() tells
+    label = strat.describe() if loaded_instance(strat, *_DENSE_GRAD_ONLY[1]) else strat.name
+    return (f"nn.{type(layer).__name__} {name!r} has sparse=True: its gradient is a sparse "
+            f"tensor, which strategy {label!r} cannot handle (it shards, copies or "
+            "fuses gradients as dense tensors; torch fails inside the step). Build the layer "
+            "with sparse=False (the same update, with a dense gradient), or train with "
+            "strategy='ddp' (also 'tensor', 'pipeline' or a parameter server 'ps'), which "
+            "keep sparse gradients.")
+
+
+def check_sparse(module, strat, nprocs: int) -> None:
+    """Refuse, before any process starts, what `sparse_refusal` names."""
+    why = sparse_refusal(module, strat, nprocs)
+    if why:
+        raise ValueError(why)
 
 
 def check_ray_payload(module) -> None:
