@@ -300,6 +300,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     Returns:
         A History with `.history` (Keras's keys) and `.epoch`.
     """
+    from bigtrain.engine.run_profile import CallerProfile
+    from bigtrain.launch.join import is_main_process
     from bigtrain.launch.runner import FIT_OPTIONS, run_fit
     check_keywords("fit", distributed, [*_FIT_KEYWORDS, *FIT_OPTIONS])
     _require_compiled(model, "fit")
@@ -330,11 +332,13 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     if weight_rules_of(model.net):
         refuse_strategy(strategy)
     check_stream(data, val, config)
-    with output_activations(model, deferred=True):
+    # several ranks: this process adds the data profile to their record (CallerProfile)
+    with output_activations(model, deferred=True), \
+            CallerProfile(main=is_main_process()) as caller:
         history = run_fit(model, config, list(callbacks or []), strategy, devices, distributed,
-                          make_task=lambda cbs: make_task(model, data, val, config, cbs,
-                                                          run_dir, carry=model.carry(),
-                                                          split=split),
+                          make_task=lambda cbs: caller.keep(make_task(
+                              model, data, val, config, cbs, run_dir, carry=model.carry(),
+                              split=split)),
                           capture=lambda strat: stop_if_capturing(model, data, val, config,
                                                                   strat, devices))
     if trusted and history.stop_reason == "nan_loss":

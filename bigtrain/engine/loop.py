@@ -115,11 +115,12 @@ def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
 
 
 def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
-                 progress: Progress, sync: _Rank0Sync) -> dict[str, float]:
+                 progress: Progress, sync: _Rank0Sync, monitor=None) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
     feed = _epoch_feed(task, strategy, epoch, progress)
-    steps = feed.steps
-    tally = Tally(task.metrics, task.activations, device)
+    tally = Tally(task.metrics, task.activations, device, keep_step_losses=monitor is not None)
+    if monitor is not None:  # the record's step losses, read when it is written
+        monitor.watch(tally, first_step=progress.skip)
     loss_fn, autocast = safe_loss(task.compute_loss), autocast_factory(cfg.precision, device)
     # decided once per epoch, not per step; steps before progress.skip were trained before
     # the checkpoint this run resumed from
@@ -163,7 +164,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
         if sync.batch_end:
             sync.share()
         mark("checkpoint" if progress.checkpointer else "step end")
-        progress.after_step(epoch, step, steps)
+        progress.after_step(epoch, step, feed.steps)
         if sync.owner.stop_training:  # set in a batch hook: stop after this batch (Keras)
             break
     progress.skip = 0
@@ -358,8 +359,8 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
         skipped = run.progress.skip  # batches a resumed checkpoint already trained on
         t0 = time.perf_counter()
         try:
-            logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer,
-                                run.callbacks, epoch, run.timing, run.progress, run.sync)
+            logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer, run.callbacks,
+                                epoch, run.timing, run.progress, run.sync, run.monitor)
         except NonFiniteLoss as e:  # the epoch still ends, with its NaN logs (Keras)
             logs = e.tally.logs(strategy.all_reduce(e.tally.state()))  # every rank is here
             run.result.stop_reason = "nan_loss"

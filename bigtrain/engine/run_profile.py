@@ -3,11 +3,18 @@ profile of the training and validation arrays (bigtrain.diagnose.profile), the R
 stop, step losses and gradient health, and the rank-local record written at epoch ends and
 when a fit ends badly (when no collective can be trusted any more).
 
+A fit on several ranks leaves the data profile to the process that called fit
+(`CallerProfile`): it has the same arrays, and its profile of them is the same (a multi-rank
+profile has no validation probabilities), but importing scikit-learn, SciPy and cleanlab in
+a freshly started rank 0 held every rank at the end of the fit for about 9 s; the caller
+pays that import once per process, not once per fit.
+
 Example (what the loop does when a fit raises):
     write_local_record(task, strategy, timing, monitor, profile=True)
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -76,7 +83,17 @@ def _val_probs(task, net: nn.Module, x: torch.Tensor) -> np.ndarray | None:
 
 def data_profile(task, strategy) -> dict:
     """The data profile of this fit's training/validation arrays; {} for Datasets, several
-    inputs or outputs, or when profiling fails (the record is still written)."""
+    inputs or outputs, or when profiling fails (the record is still written), and on
+    several ranks, where the process that called fit adds it (`CallerProfile`)."""
+    if strategy.env.world_size > 1:
+        return {}
+    single = not any(hasattr(p, "to_local") for p in task.module.parameters())
+    return profile_of(task, with_probs=single)
+
+
+def profile_of(task, with_probs: bool) -> dict:
+    """`data_profile` of `task`'s arrays; `with_probs`: the validation rows' predicted
+    probabilities from `task.module` join the label check (a module one process can call)."""
     try:
         rows = profile_rows(len(task.train))
         train = _arrays(task.train, rows)
@@ -84,9 +101,8 @@ def data_profile(task, strategy) -> dict:
             return {}
         vrows = profile_rows(len(task.val)) if task.val is not None else None
         val = _arrays(task.val, vrows) if task.val is not None else None
-        single = strategy.env.world_size == 1 and not any(
-            hasattr(p, "to_local") for p in task.module.parameters())
-        probs = _val_probs(task, task.module, val[0]) if val is not None and single else None
+        probs = _val_probs(task, task.module, val[0]) if val is not None and with_probs \
+            else None
         loss = task.losses[0].name if len(task.losses) == 1 else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -161,3 +177,52 @@ def write_local_record(task, strategy, timing, monitor, profile: bool = False) -
         **fields)
     record.save(task.run_dir)
 
+
+
+class CallerProfile:
+    """Adds the data profile to the record of a multi-rank fit, in the process that called
+    fit, once the ranks have written it (also when the fit raised; not after Ctrl-C).
+
+    Args:
+        main: this process is rank 0 of its job (or a plain script): only it writes.
+
+    Example (what fit does):
+        with CallerProfile(main=True) as caller:
+            run_fit(..., make_task=lambda cbs: caller.keep(make_task(cbs)))
+    """
+
+    def __init__(self, main: bool = True):
+        self.main, self.task, self.since = main, None, time.time()
+
+    def keep(self, task):
+        """The fit's task (its arrays and run_dir); returns it."""
+        self.task = task
+        return task
+
+    def __enter__(self):
+        self.since = time.time()
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        task = self.task  # weights_in_place: one process here, which profiled already
+        if self.main and task is not None and task.run_dir is not None and \
+                not task.weights_in_place and kind is not KeyboardInterrupt:
+            fill_data_profile(task, self.since)
+        return False
+
+
+def fill_data_profile(task, since: float) -> None:
+    """Add the data profile to `task.run_dir`'s record when a fit on several ranks wrote it
+    (at or after `since`, a time.time()) without one."""
+    path = os.path.join(task.run_dir, RECORD_FILE)
+    try:
+        if os.stat(path).st_mtime < since - 1.0:  # an older fit's (1 s: coarse file clocks)
+            return
+        record = RunRecord.load(path)
+    except (OSError, ValueError, TypeError):  # no record, or one this version cannot read
+        return
+    if record.world_size <= 1 or record.data_profile:
+        return
+    fields = doctor_fields(None, profile_of(task, with_probs=False))
+    if fields:
+        dataclasses.replace(record, **fields).save(task.run_dir)

@@ -120,7 +120,8 @@ class Tally:
     HOLD_BYTES = 1 << 18  # a larger output is read at once, not copied
     LOSS_SLOTS = 64  # steps' losses held before they are summed
 
-    def __init__(self, metrics: list[list], activations: list, device):
+    def __init__(self, metrics: list[list], activations: list, device,
+                 keep_step_losses: bool = False):
         self.metrics, self.activations = metrics, activations
         for ms in metrics:
             for m in ms:
@@ -132,6 +133,9 @@ class Tally:
         self._loss_buf = torch.empty(self.LOSS_SLOTS, dtype=torch.float64, device=device)
         self._loss_slots = self._loss_buf.unbind(0)
         self._loss_rows: list[int] = []  # samples behind each held loss
+        # with keep_step_losses, each fold's losses are kept (a device copy, no host read)
+        # for `step_losses`: the run record's per-step losses without a sync per step
+        self._kept: list[torch.Tensor] | None = [] if keep_step_losses else None
         # the pass's first step whose loss is not finite (inf: none yet), kept when asked
         self.watch_finite = False
         self._first_bad = torch.full((), float("inf"), dtype=torch.float64, device=device)
@@ -171,6 +175,8 @@ class Tally:
                                  device=losses.device)
             bad = torch.where(torch.isfinite(losses), float("inf"), steps).min()
             torch.minimum(self._first_bad, bad, out=self._first_bad)
+        if self._kept is not None:
+            self._kept.append(losses.clone())
         rows = torch.tensor(self._loss_rows, dtype=torch.float64, device=losses.device)
         self.loss_sum += (losses * rows).sum()
         self._loss_rows = []
@@ -180,6 +186,16 @@ class Tally:
         Inf; inf when none was. Set `watch_finite` before the first step. Reads the device."""
         self._fold_losses()
         return float(self._first_bad)
+
+    def step_losses(self) -> list[float]:
+        """Each step's mean loss in this pass, in order (made with keep_step_losses=True;
+        else []). Reads the device once."""
+        self._fold_losses()
+        if not self._kept:
+            return []
+        if len(self._kept) > 1:  # one tensor from now on: a later call reads it alone
+            self._kept = [torch.cat(self._kept)]
+        return self._kept[0].tolist()
 
     def update_metrics(self, targets, outputs) -> None:
         if outputs is None or targets is None:

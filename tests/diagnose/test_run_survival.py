@@ -10,6 +10,7 @@ import pytest
 from bigtrain import layers as L
 from bigtrain.callbacks import Callback
 from bigtrain.diagnose import RunRecord, check_run
+from bigtrain.engine.callbacks.run_monitor import MIN_RUN_SAMPLES
 from bigtrain.models import Sequential
 from bigtrain.optimizers import SGD, Adam
 from tests.dist import run_ranks
@@ -84,9 +85,11 @@ def test_a_completed_run_says_so_and_records_gradient_health(tmp_path):
     rec = RunRecord.load(tmp_path)
     assert rec.stop["reason"] == "completed" and len(rec.step_losses) == 8
     health = rec.layer_health
-    assert health["every"] == 1 and health["steps"] == list(range(16))
+    # 16 steps: MIN_RUN_SAMPLES samples, evenly spaced from the first step
+    every = 16 // MIN_RUN_SAMPLES
+    assert health["every"] == every and health["steps"] == list(range(0, 16, every))
     for layer in health["layers"].values():
-        assert len(layer["grad"]) == len(layer["update"]) == 16
+        assert len(layer["grad"]) == len(layer["update"]) == MIN_RUN_SAMPLES
         assert all(g > 0 for g in layer["grad"])
 
 
