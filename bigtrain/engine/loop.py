@@ -21,6 +21,7 @@ from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
 from bigtrain.engine.feed import EpochPlan, feed_epoch, input_sample
+from bigtrain.engine.finite_check import FiniteCheck, NonFiniteLoss
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
@@ -66,46 +67,6 @@ class RunTiming:
     micro_per_step: int = 1
 
 
-class NonFiniteLoss(Exception):
-    """`tally`: the stopped epoch's, whose logs (loss NaN/Inf) the History keeps."""
-
-    def __init__(self, message: str, tally: Tally):
-        super().__init__(message)
-        self.tally = tally
-
-
-class _FiniteCheck:
-    """TerminateOnNaN across ranks: every `every` steps (and at the epoch's end) each rank
-    reads the first non-finite loss of its pass from the tally (which holds the steps'
-    losses) and one all-reduce takes the earliest; every rank stops together."""
-
-    def __init__(self, cfg, epoch: int, first: int, strategy: Strategy, tally: Tally):
-        self.every, self.batch_size, self.epoch = cfg.nan_check_every, cfg.batch_size, epoch
-        self.strategy, self.first, self.last = strategy, first, first
-        self.tally = tally
-        tally.watch_finite = True
-
-    def after_step(self, step: int, mark) -> None:
-        if step + 1 - self.last >= self.every:
-            mark("loss check all-reduce", phase="comm")
-            self.check(step + 1)
-
-    def check(self, next_last: int) -> None:
-        """A collective: every rank calls it at the same steps, with or without losses."""
-        # the tally counts its steps from this pass's first, `first` (a resumed epoch's)
-        flag = torch.tensor([self.first + self.tally.first_non_finite()])
-        self.strategy.all_reduce(flag, op="min")  # every rank stops together
-        self.last = next_last
-        if torch.isfinite(flag):
-            step, size = int(flag), self.batch_size
-            raise NonFiniteLoss(
-                f"TerminateOnNaN: the loss became NaN/Inf at epoch {self.epoch + 1}, step "
-                f"{step + 1} (global batch {step} of this epoch: samples {step * size}.."
-                f"{(step + 1) * size - 1} of this epoch's order). Check the inputs for "
-                "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient "
-                "clipping.", self.tally)
-
-
 def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
     cfg = task.config
     return feed_epoch(task.train, EpochPlan(
@@ -129,7 +90,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     # several ranks: a user's batch hooks get the global batch's logs, as in one process (an
     # all-reduce per step), decided from the fit's whole callback list so every rank joins
     global_logs = strategy.env.world_size > 1 and batch_logs_wanted(task.callbacks)
-    finite = (_FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
+    finite = (FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
               if cfg.terminate_on_nan else None)
     _carry_tally(progress, tally, strategy.env.is_main)
     timer = timing.timer

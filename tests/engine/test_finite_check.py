@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bigtrain.engine.loop import NonFiniteLoss, _FiniteCheck
+from bigtrain.engine.finite_check import FiniteCheck, NonFiniteLoss
 from bigtrain.engine.steps import Tally
 from bigtrain.parallel.base import StepBatch
 
@@ -26,7 +26,7 @@ class _Ranks:
 def _run(losses, every, first=0, other=float("inf")):
     """Feed `losses` as steps first, first+1, ...; return (message or None, all-reduces)."""
     tally, ranks = Tally([[]], [None], "cpu"), _Ranks(other)
-    check = _FiniteCheck(SimpleNamespace(nan_check_every=every, batch_size=4), 0, first,
+    check = FiniteCheck(SimpleNamespace(nan_check_every=every, batch_size=4), 0, first,
                          ranks, tally)
     batch = StepBatch([(torch.zeros(4, 2), torch.zeros(4), None)], [1.0])
     try:
