@@ -6,7 +6,7 @@ ranks, BatchNorm over parts of a batch, optimizers that need a closure, sparse e
 gradients under strategies that shard or copy them.
 
 Example:
-    check_renorm(model.net, resolve_strategy("ddp"), 2)     # raises for Embedding(max_norm)
+    check_layers(model.net, resolve_strategy("ddp"), 2)     # raises for Embedding(max_norm)
 """
 from __future__ import annotations
 
@@ -95,13 +95,6 @@ def sparse_refusal(module, strat, nprocs: int) -> str | None:
             "keep sparse gradients.")
 
 
-def check_sparse(module, strat, nprocs: int) -> None:
-    """Refuse, before any process starts, what `sparse_refusal` names."""
-    why = sparse_refusal(module, strat, nprocs)
-    if why:
-        raise ValueError(why)
-
-
 def check_ray_payload(module) -> None:
     """Refuse, before Ray starts any worker, a module with torch.nn.utils.parametrize
     parametrizations (parametrizations.weight_norm, spectral_norm, ...): torch refuses to
@@ -118,9 +111,16 @@ def check_ray_payload(module) -> None:
             "rank), or use the hook-based torch.nn.utils.weight_norm / spectral_norm.")
 
 
-def check_renorm(module, strat, nprocs: int) -> None:
-    """Refuse, before any process starts, what `renorm_refusal` names."""
-    why = renorm_refusal(module, strat, nprocs)
+def layer_refusal(module, strat, nprocs: int) -> str | None:
+    """Why `strat` on `nprocs` ranks cannot train one of `module`'s layers as one process
+    does (`renorm_refusal`, `sparse_refusal`), or None; strategy="auto" leaves such
+    strategies out (runner.model_refusals)."""
+    return renorm_refusal(module, strat, nprocs) or sparse_refusal(module, strat, nprocs)
+
+
+def check_layers(module, strat, nprocs: int) -> None:
+    """Refuse, before any process starts, what `layer_refusal` names."""
+    why = layer_refusal(module, strat, nprocs)
     if why:
         raise ValueError(why)
 

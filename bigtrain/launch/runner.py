@@ -19,8 +19,8 @@ from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
 from bigtrain.launch.fit_checks import (_check_param_groups, check_batch_checkpoints,  # noqa: F401
                                        check_callbacks, check_optimizer_step, check_ray_payload,
-                                       check_renorm, check_sparse, renorm_refusal,
-                                       sparse_refusal, warn_split_batch_norm)
+                                       check_layers, layer_refusal, renorm_refusal,
+                                       warn_split_batch_norm)
 from bigtrain.launch.ray import check_cluster, cluster_defaults
 from bigtrain.parallel.base import resolve_strategy
 from bigtrain.parallel.lost_node import report_lost_node
@@ -107,7 +107,7 @@ def model_refusals(module, devices: int) -> dict[str, str]:
         except (ValueError, TypeError) as e:
             refused[name] = str(e)
             continue
-        why = renorm_refusal(module, strat, devices) or sparse_refusal(module, strat, devices)
+        why = layer_refusal(module, strat, devices)
         if why:
             refused[name] = why
     return refused
@@ -303,8 +303,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     FitResult."""
     check_optimizer_step(task.make_optimizer)  # the same refusal on every path
     if dist_env.launched_externally():
-        check_renorm(task.module, strat, launched_world_size() or 1)
-        check_sparse(task.module, strat, launched_world_size() or 1)
+        check_layers(task.module, strat, launched_world_size() or 1)
         check_batch_checkpoints(task.callbacks, launched_world_size() or 1)
         env = dist_env.join_existing_job(options.get("timeout"))
         if env.world_size > 1:  # every rank draws it from its own stream (seeded alike)
@@ -314,8 +313,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
-    check_renorm(task.module, strat, nprocs)
-    check_sparse(task.module, strat, nprocs)
+    check_layers(task.module, strat, nprocs)
     warn_split_batch_norm(task.module, strat, nprocs)
     check_batch_checkpoints(task.callbacks, nprocs)
     kind = dist_env.device_kind(devices)
