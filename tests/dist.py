@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from bigtrain.launch.group_start import start_group
 from bigtrain.launch.launcher import default_start_method
 
 PG_TIMEOUT_S = 30.0  # a collective that waits longer than this fails instead of hanging
@@ -60,8 +61,7 @@ def _entry(fn, rank, world_size, store_path, pg_timeout, queue, args, kwargs, en
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
     try:
         store = dist.FileStore(store_path, world_size)
-        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size,
-                                timeout=timedelta(seconds=pg_timeout))
+        start_group("gloo", store, rank, world_size, timedelta(seconds=pg_timeout), tag="run")
         result = fn(rank, world_size, *args, **kwargs)
         # plain pickle copies tensor data (no shared-memory handles that die with this process)
         queue.put((rank, "ok", pickle.dumps(result)))

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from bigtrain.parallel.base import DistEnv
+from bigtrain.launch.group_start import start_group
 from bigtrain.launch.loopback import is_loopback, loopback_store
 
 DEFAULT_TIMEOUT_S = 300.0  # collectives fail after this instead of gloo's 30 minutes
@@ -252,8 +253,7 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True,
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         store = attempt_store(rendezvous_store(rank, world, timeout))
         wait_for_ranks(store, rank, world, timeout)
-        dist.init_process_group(backend, store=store, rank=rank, world_size=world,
-                                timeout=timedelta(seconds=group_timeout_s or timeout))
+        start_group(backend, store, rank, world, timedelta(seconds=group_timeout_s or timeout))
         atexit.register(_destroy_group)  # the user's script goes on after fit; tidy up at exit
     elif timeout_s:  # a group formed before this fit (`bigtrain run` on a cluster, Ray)
         dist.distributed_c10d._set_pg_timeout(timedelta(seconds=timeout_s))

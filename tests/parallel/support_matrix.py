@@ -332,11 +332,11 @@ def _fresh_group(store, rank: int, world_size: int, tag: str) -> None:
     """Replace the default process group by a new one for the next cell (the old one may
     hold collectives a failed cell left unmatched)."""
     import torch.distributed as dist
+
+    from bigtrain.launch.group_start import start_group
     if dist.is_initialized():
         dist.destroy_process_group()
-    dist.init_process_group("gloo", store=dist.PrefixStore(tag, store), rank=rank,
-                            world_size=world_size,
-                            timeout=timedelta(seconds=CELL_PG_TIMEOUT_S))
+    start_group("gloo", store, rank, world_size, timedelta(seconds=CELL_PG_TIMEOUT_S), tag=tag)
 
 
 def run_row_cells(rank: int, world_size: int, row: str | Callable, todo: list) -> dict:
