@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from bigtrain.api.layers.base import (InputLayer, KerasTensor, Layer, Node, _fmt,
-                                      train_mode)
+from bigtrain.api.layers.base import KerasTensor, Layer, Node, _fmt, train_mode
+from bigtrain.api.layers.input_layer import InputLayer
 
 
 class NestedCall:

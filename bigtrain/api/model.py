@@ -20,7 +20,8 @@ from torch import nn
 
 from bigtrain.api import training, weights
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.layers.base import InputLayer, KerasTensor, Layer, train_mode
+from bigtrain.api.layers.base import KerasTensor, Layer, train_mode
+from bigtrain.api.layers.input_layer import InputLayer
 from bigtrain.api.optimizer_wrappers import keras_facing
 from bigtrain.engine.carry import Carry
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.layers.base import InputLayer, Layer
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.input_layer import InputLayer
 
 
 def optimizer_state_factor(spec) -> float:

@@ -1,5 +1,6 @@
 """Keras-style layers (`from bigtrain.layers import Dense, Input`)."""
-from bigtrain.api.layers.base import Input, InputLayer, KerasTensor, Layer
+from bigtrain.api.layers.base import KerasTensor, Layer
+from bigtrain.api.layers.input_layer import Input, InputLayer
 from bigtrain.api.layers.core import Activation, Dense, Dropout, Embedding, Flatten, Reshape
 from bigtrain.api.layers.normalization import (BatchNormalization, GroupNormalization,
                                                LayerNormalization)

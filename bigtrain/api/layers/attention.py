@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigtrain.api.layers.base import Layer, WeightOptions
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.weight_options import WeightOptions
 from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, local, reduce_from_tp, \
     shard_param
 

@@ -20,10 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bigtrain.api import constraints as keras_constraints
-from bigtrain.api import initializers as keras_initializers
 from bigtrain.api import regularizers as keras_regularizers
 from bigtrain.api.layers.reuse import reuse_refusal
+from bigtrain.api.layers.weight_options import WeightOptions
 
 _name_counters: dict[str, itertools.count] = defaultdict(itertools.count)
 
@@ -106,36 +105,6 @@ def train_mode(module: nn.Module, mode: bool | None):
 
 def _fmt(shape) -> str:
     return "(None, " + ", ".join(str(s) for s in shape) + ")"
-
-
-class WeightOptions:
-    """One Keras weight's `<role>_initializer`, `<role>_regularizer` and `<role>_constraint`.
-
-    `initializer` is None for the layer's own default (its build keeps the code it always
-    ran, so default weights are unchanged); `default` is that default's Keras name."""
-
-    def __init__(self, default: str, initializer=None, regularizer=None, constraint=None):
-        self.default = default
-        given = initializer is not None and not (
-            isinstance(initializer, str) and initializer.lower() == default)
-        self.initializer = keras_initializers.get(initializer) if given else None
-        self.regularizer = keras_regularizers.get(regularizer)
-        self.constraint = keras_constraints.get(constraint)
-
-    def init_(self, param, to_torch=None, fans=None, keras_shape=None) -> bool:
-        """Fill `param` with the given initializer; False (nothing done) for the default."""
-        if self.initializer is None:
-            return False
-        keras_initializers.fill_(param, self.initializer, to_torch, fans, keras_shape)
-        return True
-
-    def config(self, role: str) -> dict:
-        """The constructor arguments of this weight, JSON-able (Model.save)."""
-        init = self.default if self.initializer is None else \
-            keras_initializers.serialize(self.initializer)
-        return {f"{role}_initializer": init,
-                f"{role}_regularizer": keras_regularizers.serialize(self.regularizer),
-                f"{role}_constraint": keras_constraints.serialize(self.constraint)}
 
 
 #: the `dtype=` values under which a layer computes as bigtrain's do (float32)
@@ -456,71 +425,6 @@ class Layer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
-
-
-class InputLayer(Layer):
-    """The source of a functional graph; made by `Input`."""
-
-    def __init__(self, shape, dtype=torch.float32, name=None):
-        super().__init__(name=name or unique_name("input_layer"))
-        self.shape = tuple(shape)
-        self.dtype = dtype
-        self.built, self.input_shape_ = True, self.shape
-
-    def call(self, x):
-        return x
-
-    def get_config(self):
-        return {"name": self.name, "shape": list(self.shape), "dtype": str(self.dtype).split(".")[-1]}
-
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64}
-
-
-def Input(shape=None, batch_size=None, dtype=None, sparse=None, ragged=None,
-          batch_shape=None, name: str | None = None, tensor=None,
-          optional=False) -> KerasTensor:
-    """A symbolic input of `shape` (without the batch axis; None: any size), as `keras.Input`.
-
-    `batch_shape=(batch, *shape)` may stand for `shape` (its first entry, like
-    `batch_size`, is accepted and not enforced: every batch size runs). Sparse, ragged,
-    optional and tensor-backed inputs are refused.
-
-    Example:
-        x = Input(shape=(1000,))
-        ids = Input(batch_shape=(None, 16), dtype="int64")
-    """
-    for arg, value in (("sparse", sparse), ("ragged", ragged), ("optional", optional)):
-        if value:
-            raise ValueError(f"Input({arg}=True) is not supported: bigtrain's inputs are dense "
-                             "tensors with every entry present; pass dense arrays")
-    if tensor is not None:
-        raise ValueError("Input(tensor=...) is not supported: build the model from "
-                         "Input(shape=...) and pass the data to fit/predict")
-    if batch_shape is not None:
-        if shape is not None and tuple(shape) != tuple(batch_shape)[1:]:
-            raise ValueError(f"Input got shape={shape} and batch_shape={batch_shape}, which "
-                             "disagree; pass one of them")
-        shape = tuple(batch_shape)[1:]
-    if shape is None:
-        raise ValueError("Input needs shape= (without the batch axis) or batch_shape=")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size <= 0):
-        raise ValueError(f"Input batch_size must be a positive integer or None, "
-                         f"got {batch_size!r}")
-    dtype = "float32" if dtype is None else dtype
-    shape = (shape,) if isinstance(shape, int) else shape
-    if not all(s is None or isinstance(s, int) and s > 0 for s in shape):
-        raise ValueError(f"Input shape must be positive integers (None: any size) without "
-                         f"the batch axis, got {shape}")
-    torch_dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
-    layer = InputLayer(shape, torch_dtype, name)
-    node = Node(layer, [], False)
-    out = KerasTensor(tuple(shape), torch_dtype, node, 0)
-    node.outputs.append(out)
-    return out
 
 
 def weight_rules_of(net: nn.Module) -> keras_regularizers.WeightRules:

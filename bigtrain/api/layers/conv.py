@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.activations import get_activation
-from bigtrain.api.layers.base import Layer, WeightOptions
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.weight_options import WeightOptions
 from bigtrain.api.layers.padding import as_tuple, same_padding, window_output
 from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, gather_from_tp, local, \
     shard_param

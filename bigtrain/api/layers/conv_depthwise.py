@@ -10,7 +10,7 @@ import math
 
 from torch import nn
 
-from bigtrain.api.layers.base import WeightOptions
+from bigtrain.api.layers.weight_options import WeightOptions
 from bigtrain.api.layers.conv import _Conv, _same, _to_keras_kernel, _to_torch_kernel, glorot_
 
 

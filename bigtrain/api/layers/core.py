@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.activations import HALVES_LAST_AXIS, get_activation
-from bigtrain.api.layers.base import Layer, WeightOptions
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.weight_options import WeightOptions
 
 
 def _same(t):

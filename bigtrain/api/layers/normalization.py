@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigtrain.api.layers.base import Layer, WeightOptions
+from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.weight_options import WeightOptions
 
 
 def _same(t):
