@@ -35,6 +35,7 @@ import torch
 from bigtrain.api import training
 from bigtrain.api.fit_args import class_weight_to_sample_weight
 from bigtrain.api.inputs import _compact_one_hot, prepare_data
+from bigtrain.api.keyed_outputs import split_dict
 from bigtrain.engine.carry import load_carried
 from bigtrain.engine.data import ArrayData, as_tensor_source
 from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
@@ -295,7 +296,10 @@ def predict_on_batch(model, x):
             out = call_module(module, xb)
     finally:
         module.train(was_training)
-    outs = [o.float().cpu().numpy() for o in (out if isinstance(out, tuple) else (out,))]
+    flat, keys = split_dict(out)  # keys: the module returned a dict, as predict gives back
+    outs = [o.float().cpu().numpy() for o in flat]
+    if keys is not None:
+        return dict(zip(keys, outs))
     return outs[0] if len(outs) == 1 else outs
 
 

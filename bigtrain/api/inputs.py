@@ -13,7 +13,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from bigtrain.api import validation as check
+from bigtrain.api import keyed_outputs, validation as check
 from bigtrain.api.fit_args import class_weight_to_sample_weight
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LossSpec
@@ -147,7 +147,9 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
         return _from_dataset(x, y, loading, specs)[0]
     in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
     xs = check.as_list(x, in_names, "x", extra_ok=True)
-    ys = check.as_list(y, model.output_names if in_names else None, "y")
+    keyed = in_names is None and keyed_outputs.output_names(model) is not None
+    # a dict output's keys without a loss may have targets too: they are left out
+    ys = check.as_list(y, model.output_names if in_names or keyed else None, "y", extra_ok=keyed)
     if need_targets and not ys:
         raise ValueError("fit/evaluate need targets: pass y")
     sample_weight = per_output_weights(sample_weight, model.output_names)

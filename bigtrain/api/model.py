@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bigtrain.api import training, weights
+from bigtrain.api import keyed_outputs, training, weights
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import KerasTensor, Layer, train_mode
 from bigtrain.api.layers.input_layer import InputLayer
@@ -124,7 +124,7 @@ class Model(nn.Module):
     def output_names(self) -> list[str]:
         if isinstance(self.net, GraphModule):
             return [layer.name for layer in self.net.output_layers]
-        return ["output"]
+        return keyed_outputs.output_names(self) or ["output"]
 
     def get_layer(self, name: str | None = None, index: int | None = None):
         """A layer by name or by index, as Keras's: a functional model's inputs come first

@@ -17,6 +17,8 @@ from bigtrain.api.fit_args import check_keywords, loss_weight_list
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, loader_batch_size,
                                  prepare_data, validation_of)
+from bigtrain.api.keyed_outputs import hook_dict_outputs, refuse_strategy as refuse_keyed, \
+    split_dict
 from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import OutputLoss, fresh_metric, get_metric
@@ -40,6 +42,8 @@ class Compiled:
     #: the output layers whose activation moved into the loss: they return logits inside
     #: the engine's steps only (see `output_activations`)
     deferred: list = field(default_factory=list)
+    #: a torch module's dict outputs trained by key (a KeyedOutputs hook), or None
+    keyed: object = None
 
 
 def _defer_output_activation(model, index: int, loss: LossSpec):
@@ -77,6 +81,10 @@ def output_activations(model, deferred: bool):
             probabilities = model.net(x)
     """
     layers = model.compiled.deferred if model.compiled is not None else []
+    keyed = [model.compiled.keyed] if model.compiled and model.compiled.keyed else []
+    views = [hook.engine_view for hook in keyed]
+    for hook in keyed:  # the engine reads a dict output as a tuple in key order
+        hook.engine_view = deferred
     before = [layer.defer_activation for layer in layers]
     for layer in layers:
         layer.defer_activation = deferred
@@ -85,14 +93,16 @@ def output_activations(model, deferred: bool):
     finally:
         for layer, was in zip(layers, before):
             layer.defer_activation = was
+        for hook, was in zip(keyed, views):
+            hook.engine_view = was
 
 
-def _masked_outputs(model) -> list[bool]:
+def _masked_outputs(model, n_out: int) -> list[bool]:
     """Per output: it carries a time-step mask (Embedding(mask_zero=True), Masking), which
     Keras leaves out of the loss and the metrics."""
     tensors = getattr(model.net, "output_tensors", None)
     if tensors is None:
-        return [False] * len(model.output_names)
+        return [False] * n_out
     return [bool(getattr(t, "masked", False)) for t in tensors]
 
 
@@ -146,33 +156,35 @@ def _metrics_per_output(metrics, output_names: list[str]) -> list[list]:
 def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
     if model.net is None:
         raise ValueError("the model has no layers yet; add layers (and an input shape) first")
-    n_out = len(model.output_names)
+    keyed = hook_dict_outputs(model, loss)  # a torch module's dict outputs, by key
+    names = keyed.keys if keyed is not None else model.output_names
+    n_out = len(names)
     for layer in model.layers:  # a second compile starts from the plain graph
         if hasattr(layer, "defer_activation"):
             layer.defer_activation = False
     if loss is None:
         raise ValueError("compile needs a loss, e.g. loss='categorical_crossentropy'")
-    raw = [loss[n] for n in model.output_names] if isinstance(loss, dict) else \
+    raw = [loss[n] for n in names] if isinstance(loss, dict) else \
         list(loss) if isinstance(loss, (list, tuple)) else [loss] * n_out
     if len(raw) != n_out:
-        raise ValueError(f"got {len(raw)} losses for {n_out} outputs ({model.output_names})")
+        raise ValueError(f"got {len(raw)} losses for {n_out} outputs ({names})")
     losses = [get_loss(item) for item in raw]
-    for spec, masked in zip(losses, _masked_outputs(model)):
+    for spec, masked in zip(losses, _masked_outputs(model, n_out)):
         spec.masked = masked
     deferred = []  # a loop, not a comprehension: the warning's stacklevel counts frames
     for i, spec in enumerate(losses):
         deferred.append(_defer_output_activation(model, i, spec))
     activations = [None if layer is None else ACTIVATIONS[layer.activation_name]
                    for layer in deferred]
-    per_output = _metrics_per_output(metrics, model.output_names)
+    per_output = _metrics_per_output(metrics, names)
     for ms in per_output:
         for m in ms:
             get_metric(m)  # unknown names fail here, at compile time
-    weights = loss_weight_list(loss_weights, model.output_names)
+    weights = loss_weight_list(loss_weights, names)
     model.compiled = Compiled(get_optimizer(optimizer, learning_rate,
                                             list(model.net.parameters())), losses, weights,
                               [list(ms) for ms in per_output], activations,
-                              [layer for layer in deferred if layer is not None])
+                              [layer for layer in deferred if layer is not None], keyed)
 
 
 def _fresh_metrics(model, losses: list) -> list[list]:
@@ -331,6 +343,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     split = accumulate_steps > 1 or _processes(devices) > 1
     if weight_rules_of(model.net):
         refuse_strategy(strategy)
+    refuse_keyed(model, strategy)
     check_stream(data, val, config)
     # several ranks: this process adds the data profile to their record (CallerProfile)
     with output_activations(model, deferred=True), \
@@ -392,6 +405,7 @@ def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
     data = prepare_data(model, x, None, need_targets=False)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
     outs: list[list[torch.Tensor]] = []
+    keys = None  # a module's dict outputs: predict returns a dict with its keys
     was_training = model.net.training
     model.net.eval()
     first = next(model.net.parameters(), None)  # a model of weightless layers runs on the CPU
@@ -401,11 +415,13 @@ def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
         for start in range(0, len(data), batch_size):
             xb, _, _ = data.take(torch.arange(start, min(start + batch_size, len(data))), device)
             out = model.net(*xb) if isinstance(xb, tuple) else model.net(xb)
-            out = out if isinstance(out, tuple) else (out,)
+            out, keys = split_dict(out)
             for i, o in enumerate(out):
                 if len(outs) <= i:
                     outs.append([])
                 outs[i].append(o.float().cpu())
     model.net.train(was_training)
     arrays = [torch.cat(o).numpy() for o in outs]
+    if keys is not None:
+        return dict(zip(keys, arrays))
     return arrays[0] if len(arrays) == 1 else arrays

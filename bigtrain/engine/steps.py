@@ -42,23 +42,20 @@ def safe_loss(compute_loss):
 
 
 def dict_output_error(outputs: Mapping) -> TypeError:
-    """What fit says when the module's forward returns a dict (Hugging Face style).
+    """What fit says when the module's forward returns a dict (Hugging Face style) and
+    compile's loss is not a dict by key (`bigtrain.api.keyed_outputs` trains it by key).
 
-    Keras matches a dict of outputs to `loss={name: ...}` by key; bigtrain names a torch
-    module's outputs by position only (one loss per tensor of a tuple), so a dict would
-    reach the loss and metrics as an object they cannot read."""
+    Keras gives a single loss to every output; bigtrain cannot know a module's keys at
+    compile, so it asks for them."""
     keys = list(outputs)
     if not keys:
         return TypeError("the model's forward returned an empty dict; return a tensor, or a "
-                         "tuple of tensors (one per loss)")
-    several = (f", or a tuple such as (out[{keys[0]!r}], out[{keys[1]!r}]) with a loss per "
-               "output") if len(keys) > 1 else ""
+                         "dict of tensors with compile(loss={key: loss, ...})")
+    example = ", ".join(f"{k!r}: ..." for k in keys)
     return TypeError(
-        f"the model's forward returned a dict with keys {keys}; fit's losses and metrics take "
-        "a tensor, or a tuple of tensors matched by position to compile's losses (bigtrain "
-        "does not match a torch module's dict outputs to loss={name: ...} by key as Keras "
-        "does). Return a tensor from forward, e.g. wrap the module in one whose forward "
-        f"returns self.net(x)[{keys[0]!r}]{several}")
+        f"the model's forward returned a dict with keys {keys}, but compile's loss is not a "
+        f"dict by key: compile with loss={{{example}}} (one loss per key to train; a key "
+        "left out is not trained on), and pass y as a dict with the same keys")
 
 
 def autocast_factory(precision: str, device: torch.device):

@@ -1,0 +1,112 @@
+"""A torch module whose forward returns a dict of tensors (as Hugging Face models do),
+trained with `compile(loss={key: ...})` as Keras trains a model with named outputs.
+
+compile takes the keys that have a loss, sorted (the order in which Keras flattens a dict
+of outputs), as the model's output names, and hooks the module's forward: inside fit's and
+evaluate's steps it returns those tensors as a tuple in that order, which the multi-output
+path reads by position (a loss, a loss weight and metrics per output; History's
+"<key>_loss" and "<key>_<metric>"). Everywhere else (`model(x)`, predict) the module
+returns its own dict. A key without a loss is not trained on, as in Keras (whose fit also
+wants targets for it; bigtrain does not).
+
+Example:
+    model = Model(module)                    # module(x) -> {"a": (B, 2), "b": (B, 3)}
+    model.compile(optimizer="sgd", loss={"a": "mse", "b": "sparse_categorical_crossentropy"},
+                  loss_weights={"a": 1.0, "b": 0.5}, metrics={"b": ["accuracy"]})
+    history = model.fit(x, {"a": ya, "b": yb})  # loss, a_loss, b_loss, b_accuracy
+    model.predict(x)                            # {"a": array, "b": array}
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class KeyedOutputs:
+    """The forward hook that turns the module's dict into the tuple of `keys`.
+
+    Args:
+        keys: the dict's keys that have a loss, in output order.
+
+    `engine_view` is True only inside fit's and evaluate's steps (set and restored by
+    `bigtrain.api.training.output_activations`, as it sets the output layers' deferred
+    activations); elsewhere the hook leaves the dict as it is.
+    """
+
+    def __init__(self, keys: list[str]):
+        self.keys = list(keys)
+        self.engine_view = False
+        self.handle = None  # torch's RemovableHandle, kept to unhook at the next compile
+
+    def __call__(self, module, args, output):
+        if not self.engine_view:
+            return None  # the module's own output
+        if not isinstance(output, Mapping):
+            raise TypeError(f"compile's loss is a dict by output key {self.keys}, but the "
+                            f"model's forward returned {type(output).__name__}, not a dict; "
+                            "return a dict of tensors from forward, or compile with one loss "
+                            "(or a list of losses, one per tensor of a tuple)")
+        missing = [k for k in self.keys if k not in output]
+        if missing:
+            raise ValueError(f"compile's loss names {missing}, which the model's forward does "
+                             f"not return: its dict has keys {list(output)}; give losses only "
+                             "for those keys")
+        return tuple(output[k] for k in self.keys)
+
+    def __getstate__(self):  # launched ranks get the hook without the caller's handle
+        return {"keys": self.keys, "engine_view": self.engine_view, "handle": None}
+
+
+def hook_dict_outputs(model, loss) -> KeyedOutputs | None:
+    """For a torch module compiled with a loss dict, hook its forward (see the module
+    docstring) and return the hook; None for a functional model or a loss that is no
+    dict. An earlier compile's hook is removed first.
+
+    Args:
+        model: a `bigtrain.models.Model`, `model.net` the module.
+        loss: compile's `loss`; a dict maps output keys to losses (a None loss: the key is
+            not trained on, as in Keras).
+    """
+    from bigtrain.api.functional import GraphModule
+    earlier = model.compiled.keyed if model.compiled is not None else None
+    if earlier is not None:
+        earlier.handle.remove()
+        model.compiled.keyed = None  # that compile's output names are gone with its hook
+    if isinstance(model.net, GraphModule) or not isinstance(loss, Mapping):
+        return None
+    keys = sorted(k for k, v in loss.items() if v is not None)
+    if not keys:
+        raise ValueError(f"compile's loss dict {dict(loss)} gives no output a loss; name at "
+                         "least one key of the model's output dict with a loss")
+    hook = KeyedOutputs(keys)
+    hook.handle = model.net.register_forward_hook(hook)
+    return hook
+
+
+def output_names(model) -> list[str] | None:
+    """The output keys a loss dict gave at compile (see `hook_dict_outputs`), or None."""
+    hook = model.compiled.keyed if model.compiled is not None else None
+    return None if hook is None else hook.keys
+
+
+def refuse_strategy(model, strategy) -> None:
+    """Refuse, before any process starts, a pipeline for a model trained on dict outputs:
+    the pipeline cuts the module into stages and computes the loss on the last one's
+    output, not on the module's dict."""
+    from bigtrain.parallel.base import resolve_strategy
+    from bigtrain.parallel.pipeline import Pipeline
+    if output_names(model) is None or strategy in (None, "auto"):
+        return
+    strat = resolve_strategy(strategy)
+    if isinstance(strat, Pipeline):
+        raise ValueError(f"strategy {strat.name!r} cannot train a module whose forward returns "
+                         "a dict (compile's loss is a dict by output key): a pipeline cuts the "
+                         "module into stages and does not see its dict; use strategy='ddp', "
+                         "'zero2', 'zero3' or 'fsdp'")
+
+
+def split_dict(out) -> tuple[tuple, list[str] | None]:
+    """predict's outputs of one batch as a tuple, and the keys where the module returned a
+    dict (None otherwise)."""
+    if isinstance(out, Mapping):
+        return tuple(out.values()), list(out)
+    return (out if isinstance(out, tuple) else (out,)), None
