@@ -1,278 +1,30 @@
-"""Keras metrics, accumulated on the device without a host sync per step.
+"""Keras metrics: what compile(metrics=[...]) and `bigtrain.metrics.get` read.
 
-Each metric keeps its running sums in one small tensor (`state`), so ranks reduce metrics
-with a single all-reduce of the concatenated states and the result equals the metric over
-the whole global batch. Metrics read probabilities (the final activation applied).
+The classes live in `metrics_base.py` (the `Metric` base and the first metrics) and
+`metrics_keras.py` (Keras's other classes); `metrics_config.py` maps Keras's names and
+metric objects onto them. Each metric keeps its running sums in one small tensor (`state`),
+so ranks reduce metrics with a single all-reduce of the concatenated states.
 """
 from __future__ import annotations
 
 import copy
 
-import torch
+from bigtrain.api.metrics_base import (AUC, Accuracy, MeanError, Metric, OutputLoss,
+                                       TopKCategoricalAccuracy)
+from bigtrain.api.metrics_config import metric_from
 
-
-class Metric:
-    """Base: `update` adds to `state` (a 1-D float64 tensor of sums); `result` reads it."""
-
-    name = "metric"
-    size = 2
-    #: `update` adds per-sample sums, so one update on several batches stacked equals one
-    #: update per batch (the loop then reads a few steps at once). A metric that adds a
-    #: per-batch figure (a batch mean) must leave it False.
-    batchable = False
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        # not inherited: a subclass of a built-in metric may add a per-batch figure
-        cls.batchable = cls.__dict__.get("batchable", False)
-
-    def reads_scores_only(self, y_true, y_pred) -> bool:
-        """True when raw scores (logits) give the same result as probabilities (argmax
-        metrics), so the loop can skip the softmax before `update`."""
-        return False
-
-    def reset(self, device) -> None:
-        self._state = torch.zeros(self.size, dtype=torch.float64, device=device)
-        self._total = self._state[:1]  # the running sum, added to in place every step
-        self._count = 0  # samples counted on the host: no device op per step
-
-    @property
-    def state(self) -> torch.Tensor:
-        """The running sums (the host's sample count folded in here)."""
-        if self._count:
-            self._state[1] += self._count
-            self._count = 0
-        return self._state
-
-    def _add(self, total: torch.Tensor, count: int) -> None:
-        """Add one update's sum and sample count. In place, into the state: a per-step
-        tensor kept until the pass's end would hold heap memory between steps, and on a
-        CPU the allocator then hands a large step's buffers back to the system and takes
-        them again, page fault by page fault (bench/RESULTS.md, batch 256)."""
-        self._total.add_(total)
-        self._count += count
-
-    def update(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
-        raise NotImplementedError
-
-    def result(self, state: torch.Tensor | None = None) -> float:
-        s = self.state if state is None else state
-        return float(s[0] / s[1]) if float(s[1]) > 0 else 0.0
-
-
-def _dense_targets(y_true, y_pred):
-    """Class-id targets as one-hot rows when the prediction has one column per class."""
-    if y_true.shape != y_pred.shape and y_pred.dim() > 1 and y_pred.shape[-1] > 1 \
-            and not y_true.is_floating_point():
-        ids = y_true.reshape(y_pred.shape[:-1]).long()
-        return torch.nn.functional.one_hot(ids, y_pred.shape[-1]).to(y_pred.dtype)
-    return y_true
-
-
-def _target_ids(y_true, y_pred):
-    """The class id of each target: one-hot rows (the prediction's shape) by their argmax;
-    class ids as they are (fit stores exact one-hot labels compactly as ids)."""
-    if y_true.shape == y_pred.shape:
-        return y_true.argmax(-1)
-    return y_true.reshape(y_pred.shape[:-1]).long()
-
-
-class Accuracy(Metric):
-    """Keras "accuracy": categorical, sparse or binary, chosen from the shapes as Keras does.
-
-    Args:
-        kind: "categorical", "sparse" or "binary"; None: read from the first batch of each
-            pass (each model the object is compiled into reads its own).
-        name: the key in the History and the logs.
-    """
-
-    batchable = True
-
-    def __init__(self, kind: str | None = None, name: str = "accuracy"):
-        self.kind, self.name = kind, name
-        self._kind = kind  # the kind in use: `kind`, or the one read since the last reset
-
-    def reset(self, device) -> None:
-        super().reset(device)
-        self._kind = self.kind
-
-    def _resolve(self, y_true, y_pred) -> str:
-        if y_pred.dim() == 1 or y_pred.shape[-1] == 1:
-            return "binary"
-        if y_true.shape == y_pred.shape:
-            return "categorical"
-        return "sparse"
-
-    def reads_scores_only(self, y_true, y_pred) -> bool:
-        self._kind = self._kind or self._resolve(y_true, y_pred)
-        return self._kind != "binary"
-
-    def update(self, y_true, y_pred):
-        kind = self._kind = self._kind or self._resolve(y_true, y_pred)
-        if kind == "sparse":
-            if y_true.dtype is not torch.int64 or y_true.dim() != y_pred.dim() - 1:
-                y_true = y_true.reshape(y_pred.shape[:-1]).long()  # (B, 1) or int32 ids
-            hit = y_pred.argmax(-1) == y_true
-        elif kind == "categorical":
-            hit = y_pred.argmax(-1) == _target_ids(y_true, y_pred)
-        else:
-            y_true = _dense_targets(y_true, y_pred)
-            hit = (y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)
-        self._add(torch.count_nonzero(hit), hit.numel())  # hits: int64, exact
-
-
-class TopKCategoricalAccuracy(Metric):
-    """Target in the k highest predictions (one-hot or integer targets)."""
-
-    batchable = True
-
-    def __init__(self, k: int = 5, name: str = "top_k_categorical_accuracy"):
-        self.k, self.name = k, name
-
-    def reads_scores_only(self, y_true, y_pred) -> bool:
-        return True
-
-    def update(self, y_true, y_pred):
-        target = _target_ids(y_true, y_pred)
-        topk = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices
-        hit = (topk == target.unsqueeze(-1)).any(-1)
-        self._add(torch.count_nonzero(hit), hit.numel())
-
-
-class MeanError(Metric):
-    """Mean squared ("mse") or absolute ("mae") error over all values."""
-
-    batchable = True
-
-    def __init__(self, kind: str, name: str | None = None):
-        """Args:
-            kind: "mse" / "mean_squared_error" or "mae" / "mean_absolute_error".
-            name: the key in the History and the logs (default: `kind`)."""
-        squared = {"mse": True, "mean_squared_error": True, "mae": False,
-                   "mean_absolute_error": False}
-        if kind not in squared:
-            raise ValueError(f"MeanError takes 'mse' or 'mae', got {kind!r}")
-        self.name = kind if name is None else name
-        self.squared = squared[kind]  # kept apart: the name may change (an output's prefix)
-
-    def update(self, y_true, y_pred):
-        y_true = _dense_targets(y_true, y_pred)
-        d = y_pred - y_true.reshape(y_pred.shape).to(y_pred.dtype)
-        err = d * d if self.squared else d.abs()
-        self._add(err.sum(), err.numel())
-
-
-class AUC(Metric):
-    """ROC AUC from histograms of positive and negative scores over Keras's 200 thresholds
-    and its trapezoid sum, so it reads what keras.metrics.AUC() reads. Sums of histograms
-    reduce exactly across ranks."""
-
-    batchable = True
-
-    def __init__(self, num_thresholds: int = 200, name: str = "auc"):
-        """Args:
-            num_thresholds: Keras's thresholds, evenly spaced over [0, 1] (one bucket each).
-            name: the key in the History and the logs."""
-        if num_thresholds < 2:
-            raise ValueError(f"AUC needs num_thresholds > 1, got {num_thresholds}")
-        self.bins, self.name = num_thresholds, name
-        self.size = 2 * num_thresholds
-
-    def update(self, y_true, y_pred):
-        y_true = _dense_targets(y_true, y_pred)
-        p = y_pred.detach().reshape(-1).float().clamp(0, 1)
-        t = y_true.reshape(-1) > 0.5
-        # Keras's buckets: a score counts above threshold k / (bins - 1) when strictly
-        # greater, so bucket ceil(p (bins - 1)) - 1 (0 for a score of 0)
-        idx = (p * (self.bins - 1)).ceil().long().sub_(1).clamp_(min=0)
-        self.state[: self.bins].index_add_(0, idx[t], torch.ones_like(idx[t], dtype=torch.float64))
-        self.state[self.bins:].index_add_(0, idx[~t], torch.ones_like(idx[~t], dtype=torch.float64))
-
-    def result(self, state=None):
-        s = (self.state if state is None else state).double()
-        pos, neg = s[: self.bins].flip(0), s[self.bins:].flip(0)  # high scores first
-        if pos.sum() == 0 or neg.sum() == 0:
-            return 0.0
-        tpr = torch.cat([torch.zeros(1, dtype=s.dtype), pos.cumsum(0) / pos.sum()])
-        fpr = torch.cat([torch.zeros(1, dtype=s.dtype), neg.cumsum(0) / neg.sum()])
-        return float(torch.trapezoid(tpr, fpr))
-
-
-METRICS = {
-    "accuracy": Accuracy, "acc": Accuracy,
-    "categorical_accuracy": lambda: Accuracy("categorical"),
-    "sparse_categorical_accuracy": lambda: Accuracy("sparse"),
-    "binary_accuracy": lambda: Accuracy("binary"),
-    "top_k_categorical_accuracy": TopKCategoricalAccuracy,
-    "mse": lambda: MeanError("mse"), "mean_squared_error": lambda: MeanError("mse"),
-    "mae": lambda: MeanError("mae"), "mean_absolute_error": lambda: MeanError("mae"),
-    "auc": AUC,
-}
-
-
-class OutputLoss(Metric):
-    """One output's compiled loss, in a model of several outputs: Keras logs it as
-    "<output>_loss" beside the total. Mean over samples of the loss the step computed
-    (sample weights applied, as Keras's "sum_over_batch_size"), before `loss_weights`.
-
-    The step's loss is `loss_fn` itself, which adds each value it returns here, so the log
-    is the loss that was trained on; `update` has nothing left to do.
-    """
-
-    batchable = True  # update adds nothing: stacked steps change no sum
-
-    def __init__(self, loss, column: int | None = None):
-        """Args:
-            loss: the output's LossSpec, `loss(y_true, y_pred, sample_weight)`.
-            column: this output's column of a (B, outputs) sample weight (per-output
-                weights), or None."""
-        self.loss, self.column, self.name = loss, column, "loss"
-        self._state = None  # set by reset, at the start of each pass
-
-    def reads_scores_only(self, y_true, y_pred) -> bool:
-        return True
-
-    def update(self, y_true, y_pred):
-        pass  # fed by loss_fn
-
-    def loss_fn(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
-        """The output's loss for the step, counted into this metric."""
-        if sample_weight is not None and sample_weight.dim() == 2 and self.column is not None:
-            sample_weight = sample_weight[:, self.column]  # (B, outputs) -> (B,)
-        value = self.loss(y_true, y_pred, sample_weight)
-        if self._state is not None:
-            n = int(y_pred.shape[0])
-            self._add(value.detach().double() * n, n)
-        return value
-
-
-#: the metric classes a user may pass as objects
-METRIC_CLASSES = ("Accuracy", "AUC", "MeanError", "TopKCategoricalAccuracy")
+__all__ = ["AUC", "Accuracy", "MeanError", "Metric", "OutputLoss", "TopKCategoricalAccuracy",
+           "fresh_metric", "get_metric"]
 
 
 def get_metric(metric) -> Metric:
-    """A Metric from a Keras name (a new one) or a Metric instance (itself). A name is also
-    the metric's key in the History and the logs, as Keras logs it ("acc" stays "acc",
+    """A Metric from a Keras name (a new one), a Keras metric object (its bigtrain
+    counterpart, same arguments and name) or a Metric instance (itself). A name is also the
+    metric's key in the History and the logs, as Keras logs it ("acc" stays "acc",
     "mean_absolute_error" is not shortened to "mae")."""
     if isinstance(metric, Metric):
         return metric
-    if isinstance(metric, str) and metric in METRICS:
-        m = METRICS[metric]()
-        m.name = metric
-        return m
-    raise ValueError(f"unknown metric {metric!r}{_hint(metric)}; valid names: "
-                     f"{', '.join(sorted(METRICS))}, or a bigtrain.metrics object ("
-                     f"{', '.join(f'{c}()' for c in METRIC_CLASSES)}, or a subclass of "
-                     "bigtrain.metrics.Metric for a metric of your own)")
-
-
-def _hint(metric) -> str:
-    if any(c.__module__.startswith("keras") for c in type(metric).__mro__):
-        return " (Keras's metric objects are not read by bigtrain)"
-    if callable(metric):
-        return (" (a metric function is not read by bigtrain: a Metric subclass's update "
-                "adds sums to a state that ranks add up)")
-    return ""
+    return metric_from(metric)
 
 
 def fresh_metric(metric) -> Metric:

@@ -176,10 +176,13 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
         deferred.append(_defer_output_activation(model, i, spec))
     activations = [None if layer is None else ACTIVATIONS[layer.activation_name]
                    for layer in deferred]
-    per_output = _metrics_per_output(metrics, names)
+    # unknown names fail here, at compile time; a Keras metric object becomes its bigtrain
+    # counterpart now, so that no Keras object is kept or sent to the ranks
+    per_output = [[m if isinstance(m, str) else get_metric(m) for m in ms]
+                  for ms in _metrics_per_output(metrics, names)]
     for ms in per_output:
         for m in ms:
-            get_metric(m)  # unknown names fail here, at compile time
+            get_metric(m)
     weights = loss_weight_list(loss_weights, names)
     model.compiled = Compiled(get_optimizer(optimizer, learning_rate,
                                             list(model.net.parameters())), losses, weights,

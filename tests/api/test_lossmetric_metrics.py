@@ -139,7 +139,8 @@ def test_metric_classes_take_keras_names_and_thresholds():
 
 def test_a_metric_bigtrain_does_not_read_is_named_with_what_it_reads():
     _, model = _pair()
-    with pytest.raises(ValueError, match=r"Keras's metric objects.*AUC\(\).*bigtrain.metrics"):
-        model.compile(optimizer="sgd", loss="mse", metrics=[keras.metrics.Precision()])
+    with pytest.raises(ValueError, match=r"keras.metrics.Hinge has no bigtrain counterpart"
+                                         r".*bigtrain.metrics object.*AUC\(\).*Precision\(\)"):
+        model.compile(optimizer="sgd", loss="mse", metrics=[keras.metrics.Hinge()])
     with pytest.raises(ValueError, match="metric function.*Metric subclass"):
         model.compile(optimizer="sgd", loss="mse", metrics=[lambda y, p: p.mean()])
