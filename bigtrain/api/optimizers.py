@@ -130,16 +130,26 @@ def _scheduled_step(optimizer, args, kwargs) -> None:
 
 
 def _init_scheduled(base: type):
-    def __init__(self, params, *args, **kwargs):
+    def __init__(self, params, *args, iterations: int = 0, **kwargs):
         base.__init__(self, params, *args, **kwargs)
+        self.defaults["iterations"] = iterations  # read back as an argument (ZeRO-1)
         for group in self.param_groups:
-            group.setdefault("iterations", 0)
+            group.setdefault("iterations", iterations)
         handle = self.register_step_pre_hook(_scheduled_step)
         # first of all pre-hooks: the base's own (SGD's momentum rescale) read this rate
         self._optimizer_step_pre_hooks.move_to_end(handle.id, last=False)
-    # the base's signature, for code that reads the constructor's arguments (ZeRO-1)
-    __init__.__signature__ = inspect.signature(base.__init__)
+    # the base's signature and the step count to start from, for code that reads the
+    # constructor's arguments (ZeRO-1 builds its local optimizer from them)
+    __init__.__signature__ = _with_iterations(inspect.signature(base.__init__))
     return __init__
+
+
+def _with_iterations(signature: inspect.Signature) -> inspect.Signature:
+    """`signature` with a keyword-only `iterations=0`, before any **kwargs."""
+    params = list(signature.parameters.values())
+    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
+    extra = inspect.Parameter("iterations", inspect.Parameter.KEYWORD_ONLY, default=0)
+    return signature.replace(parameters=[*params[:at], extra, *params[at:]])
 
 
 #: torch classes that stay as they are: zero3 swaps torch's exact Rprop for a DTensor-safe one
@@ -178,12 +188,16 @@ class OptimizerSpec:
         groups: a torch optimizer instance's own param groups, or None (one group of every
             trainable parameter): [{"index": positions in the model's `parameters()`,
             "count": how many the model has, **that group's settings}].
+        start_step: the step count a learning-rate schedule starts from: the steps of
+            fits under this compile whose optimizer did not carry (several processes), so
+            that the next fit continues the schedule as Keras's `iterations` does.
     """
     cls: type
     kwargs: dict = field(default_factory=dict)
     name: str = ""
     rules: UpdateRules | None = None
     groups: list | None = None
+    start_step: int = 0
 
     def __post_init__(self):
         schedule = as_schedule(self.kwargs.get("lr"))  # a Keras schedule: its bigtrain twin
@@ -202,7 +216,8 @@ class OptimizerSpec:
         kwargs = dict(self.kwargs)
         schedule = self.schedule
         if schedule is not None:  # the first step's rate, until the step hook sets each
-            kwargs["lr"] = rate_at(schedule, 0)
+            kwargs["lr"] = rate_at(schedule, self.start_step)
+            kwargs["iterations"] = self.start_step
         cls = keras_class(self.cls, schedule)
         flat = [p for g in params for p in g["params"]] if self.groups is not None else params
         kwargs.update(kernel_options(self.cls, flat, kwargs))  # fused only on plain tensors
@@ -233,9 +248,9 @@ class OptimizerSpec:
     @property
     def learning_rate(self) -> LearningRate:
         """Keras's `model.optimizer.learning_rate` before the first fit: the rate it starts
-        with (a schedule's first), settable (not with a schedule) until then."""
+        with (a schedule's at `start_step`), settable (not with a schedule) until then."""
         if self.schedule is not None:
-            return LearningRate(rate_at(self.schedule, 0), self)
+            return LearningRate(rate_at(self.schedule, self.start_step), self)
         return LearningRate(float(self.kwargs.get("lr", 0.0)), self)
 
     @learning_rate.setter

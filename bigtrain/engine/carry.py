@@ -15,7 +15,11 @@ then starts with a fresh optimizer and says so (a warning) rather than training 
 without a word; `checkpoint_dir=` with `resume="auto"` continues exactly. Its learning rate
 does carry: rank 0 hands back the rate the run ended with (`final_rate`), which the
 compiled optimizer then starts from (`keep_final_rate`), so `model.optimizer.learning_rate`
-reads what a callback (ReduceLROnPlateau, LearningRateScheduler) left, as in Keras.
+reads what a callback (ReduceLROnPlateau, LearningRateScheduler) left, as in Keras. So does
+a learning-rate schedule's step count (`final_steps`, `keep_final_steps`): the next fit
+continues the schedule where the ranks left it, as Keras's `iterations`. Both go the other
+way too: a multi-process fit after a one-process one starts its ranks from the carried
+optimizer's rate and step count (`start_ranks_from`).
 
 Example:
     load_carried(task.carry, strategy, optimizer)      # before a checkpoint may resume
@@ -109,3 +113,31 @@ def keep_final_rate(spec, carried, rate: float | None) -> None:
     if carried is not None or rate is None or spec.schedule is not None or spec.groups:
         return
     spec.learning_rate = rate
+
+
+def final_steps(optimizer) -> int | None:
+    """The optimizer steps a learning-rate schedule counted (its param groups' "iterations",
+    bigtrain.api.optimizers), or None for an optimizer without a schedule."""
+    counts = {group.get("iterations") for group in optimizer.param_groups}
+    if len(counts) != 1 or None in counts:
+        return None
+    return int(counts.pop())
+
+
+def keep_final_steps(spec, carried, steps: int | None) -> None:
+    """After a fit whose optimizer does not carry (`carried` None), make the compiled
+    OptimizerSpec `spec` start the next fit's schedule at `steps`, the count the run ended
+    with (Keras's `iterations` lives on across fit calls)."""
+    if carried is not None or steps is None or spec.schedule is None:
+        return
+    spec.start_step = steps
+
+
+def start_ranks_from(spec, optimizer) -> None:
+    """Before a fit on several processes, whose ranks build their optimizer from the
+    compiled `spec`: start them at the rate and schedule step `optimizer` (the previous,
+    one-process fit's) ended with. Its moments stay behind (see `warn_fresh`)."""
+    if optimizer is None:  # the previous fit ran on ranks too: `spec` holds both already
+        return
+    keep_final_rate(spec, None, final_rate(optimizer))
+    keep_final_steps(spec, None, final_steps(optimizer))

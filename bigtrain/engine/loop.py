@@ -16,7 +16,7 @@ from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks._util import Rank0Changes, batch_logs_wanted, rank0_only_hooks
 from bigtrain.engine.callbacks.base import CallbackList
-from bigtrain.engine.carry import carried_optimizer, final_rate, load_carried
+from bigtrain.engine.carry import carried_optimizer, final_rate, final_steps, load_carried
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
@@ -47,6 +47,7 @@ class FitResult:
     stats: dict = field(default_factory=dict)
     optimizer: object = None  # for the next fit, in a one-process run (bigtrain.engine.carry)
     learning_rate: float | None = None  # the rate it ended with, for the next fit (carry)
+    iterations: int | None = None  # a schedule's step count it ended with (carry)
     stop_reason: str | None = None  # "nan_loss" when TerminateOnNaN stopped the run
     #: each of the task's callbacks' plain attributes at the end, from a rank of a launched
     #: fit, for the caller's own callback objects (bigtrain.launch.launcher.callback_states)
@@ -259,6 +260,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     _finish(run)
     result.optimizer = carried_optimizer(strategy, optimizer)
     result.learning_rate = final_rate(optimizer)
+    result.iterations = final_steps(optimizer)
     owner.live = None
     return result
 

@@ -8,10 +8,11 @@ process, else a new local one) and hands the task to `ray.train.torch.TorchTrain
   `devices` is not "cpu") and forms their torch process group (gloo / NCCL);
 - each worker runs bigtrain's own rank code (`engine.loop.run_rank`) in that group, as a
   rank started by torchrun would;
-- rank 0's result (full weights, History) comes back as a Ray Checkpoint: weights as
-  safetensors, History as JSON, stored under fit's `checkpoint_dir` (`<dir>/ray/`) or a
-  temporary folder when there is none (one-node clusters only: a multi-node cluster needs
-  storage every node sees, so fit refuses to start there without `checkpoint_dir`).
+- rank 0's result (full weights, History, the learning rate and schedule step it ended
+  with) comes back as a Ray Checkpoint: weights as safetensors, the rest as JSON, stored
+  under fit's `checkpoint_dir` (`<dir>/ray/`) or a temporary folder when there is none
+  (one-node clusters only: a multi-node cluster needs storage every node sees, so fit
+  refuses to start there without `checkpoint_dir`).
 
 Failures: `max_restarts=K` becomes Ray's `FailureConfig(max_failures=K)`: when a worker dies,
 Ray restarts the whole worker group and bigtrain resumes from the newest checkpoint in
@@ -89,8 +90,10 @@ def _save_result(result, folder: str) -> None:
     save_file(state, os.path.join(folder, _WEIGHTS))
     with open(os.path.join(folder, _RECORD), "w", encoding="utf-8") as f:
         json.dump({"history": result.history, "epochs": result.epochs,
-                   "stats": result.stats, "stop_reason": result.stop_reason}, f,
-                  default=float)
+                   "stats": result.stats, "stop_reason": result.stop_reason,
+                   # what the caller's next fit starts from (bigtrain.engine.carry)
+                   "learning_rate": result.learning_rate, "iterations": result.iterations},
+                  f, default=float)
 
 
 def _load_result(folder: str):
@@ -101,7 +104,9 @@ def _load_result(folder: str):
         record = json.load(f)
     return FitResult(history=record["history"], epochs=record["epochs"],
                      state_dict=load_file(os.path.join(folder, _WEIGHTS)),
-                     stats=record["stats"], stop_reason=record.get("stop_reason"))
+                     stats=record["stats"], stop_reason=record.get("stop_reason"),
+                     learning_rate=record.get("learning_rate"),
+                     iterations=record.get("iterations"))
 
 
 def _use_gpu(ray, devices, nprocs: int) -> bool:

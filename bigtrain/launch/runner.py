@@ -13,7 +13,7 @@ import torch
 
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
-from bigtrain.engine.carry import keep_final_rate, warn_fresh
+from bigtrain.engine.carry import keep_final_rate, keep_final_steps, start_ranks_from, warn_fresh
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
@@ -44,6 +44,7 @@ def _finish(model, result: FitResult, history) -> object:
             model.net.load_state_dict(result.state_dict)
     model.keep_optimizer(result.optimizer)
     keep_final_rate(model.compiled.optimizer, result.optimizer, result.learning_rate)
+    keep_final_steps(model.compiled.optimizer, result.optimizer, result.iterations)
     history.history = dict(result.history)
     history.epoch = list(result.epochs)
     history.stats = dict(result.stats)
@@ -319,6 +320,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     kind = dist_env.device_kind(devices)
     if task.carry is not None and (cluster is not None or nprocs > 1):
         warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output
+        start_ranks_from(owner.compiled.optimizer, task.carry.optimizer)  # rate, schedule step
         task.carry = None  # the ranks start fresh; nothing to ship to them
         owner.keep_optimizer(None)  # nor to keep alive here while they train
     if cluster is not None or nprocs > 1:  # the ranks' streams follow the caller's seed
