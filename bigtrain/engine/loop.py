@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -236,24 +237,28 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     if progress.step:  # from a checkpoint: a log file keeps the epochs trained before it
         params["resumed_epoch"] = first_epoch
     monitor = _monitor(task, strategy)
+    sync = _rank0_sync(task, strategy, optimizer, owner)
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
-                             params, strategy.env.is_main, strategy.env.world_size)
+                             params, strategy.env.is_main, strategy.env.world_size, sync.gather)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
-               RunTiming(ctx.timer), monitor, _rank0_sync(task, strategy, optimizer, owner))
+               RunTiming(ctx.timer), monitor, sync)
     callbacks.on_train_begin()
     run.sync.share()
     t_start = time.perf_counter()
+    finished = False  # after a failure no rank waits for rank 0's on_train_end
     try:
         samples, epoch_times = _epochs(run, first_epoch)
         if first_epoch < cfg.epochs:
             finish_ema(optimizer)  # use_ema: the weights become their average, as Keras
+        finished = True
     except BaseException as e:  # the record survives: history, step losses, why it stopped
         if monitor is not None:
             monitor.failed(e, lambda m: write_local_record(task, strategy, run.timing, m,
                                                            profile=True))
         raise
     finally:
-        callbacks.on_train_end()
+        with run.sync.train_end(finished):
+            callbacks.on_train_end()
     elapsed = time.perf_counter() - t_start
     result.stats = {"samples_per_s": samples / elapsed if elapsed > 0 else 0.0,
                     "wall_s": elapsed, "epoch_times": epoch_times, **strategy.stats()}
@@ -285,8 +290,9 @@ class _Run:
 @dataclass
 class _Rank0Sync:
     """Where the loop gives every rank what rank-0-only callbacks changed (the learning
-    rates and `stop_training`; see Rank0Changes): after the train-begin and epoch hooks,
-    and after the batch hooks such a callback overrides. `changes` is None, and nothing is
+    rates, `stop_training`, the weights) and joins their reads of split weights (see
+    Rank0Changes): after the train-begin, epoch and train-end hooks, and after the batch
+    hooks such a callback overrides. `changes` is None, and nothing is
     shared, when one rank trains or no such callback runs."""
     owner: object
     changes: Rank0Changes | None = None
@@ -296,6 +302,15 @@ class _Rank0Sync:
     def share(self) -> None:
         if self.changes is not None:
             self.changes.share()
+
+    @property
+    def gather(self):
+        """How rank 0's hooks read split weights with every rank (None: nothing to serve)."""
+        return None if self.changes is None else self.changes.gather
+
+    def train_end(self, finished: bool):
+        """Around on_train_end: see Rank0Changes.train_end."""
+        return nullcontext() if self.changes is None else self.changes.train_end(finished)
 
 
 def _rank0_sync(task, strategy, optimizer, owner) -> _Rank0Sync:

@@ -80,6 +80,7 @@ from torch import nn
 from bigtrain.parallel.base import Strategy, StepBatch, register
 from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.dims import ParallelDims, Topology
+from bigtrain.parallel.full_state_load import load_full_into
 from bigtrain.parallel.parallelize import parallelize
 from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
                                                   device_aware_partition, measure_layer_costs,
@@ -363,6 +364,11 @@ class Pipeline(Strategy):
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return self._rt.full_state_dict()
+
+    def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Every rank holds the same full `state`; each stage takes its layers' tensors."""
+        for stage in self._rt.modules:
+            load_full_into(stage, state, stage.original_name)
 
     def checkpoint_names(self, module: "PipelineModule"):
         """Checkpoints name a stage's tensors as the user's model does: the local

@@ -30,6 +30,7 @@ from torch import nn
 
 from bigtrain.parallel.base import Strategy, register
 from bigtrain.parallel.dims import ParallelDims, Topology
+from bigtrain.parallel.full_state_load import load_full_into
 from bigtrain.parallel.parallelize import parallelize, sync_grads
 from bigtrain.parallel.sharded import shard_safe
 from bigtrain.parallel.tensor_plan import (STYLES, apply_tp, check_styles,  # noqa: F401
@@ -109,6 +110,10 @@ class TensorParallel(Strategy):
 
     def full_state_dict(self, module: nn.Module) -> dict[str, torch.Tensor]:
         return full_tensor_state_dict(self.unwrap(module))
+
+    def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        """Every rank holds the same full `state`; each keeps its shards (no collective)."""
+        load_full_into(self.unwrap(module), state)
 
     def teardown(self) -> None:
         self.topo = None

@@ -2,6 +2,7 @@
 optimizer's param groups, log formatting, and "am I rank 0" for messages."""
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
@@ -135,12 +136,20 @@ def batch_logs_wanted(callbacks) -> bool:
 
 class Rank0Changes:
     """Keeps every rank on what rank-0-only callbacks change: each param group's learning
-    rate, `model.stop_training` and the weights (`set_weights`, see rank0_weights).
+    rate, `model.stop_training` and the weights (`set_weights`, see rank0_weights), and lets
+    such a callback read split weights (`gather`).
 
-    `share()` is a collective that every rank calls at the same points of the loop: one
-    all-reduce (sum) of 2 + groups float64 values, rank 0 adding its own and the other
-    ranks zeros, so that every rank ends with rank 0's values exactly; when rank 0's hooks
-    set weights, `share_weights` then loads them on every rank.
+    `share()` is a collective that every rank calls at the same points of the loop, right
+    after the hooks that may run a rank-0-only user callback: one all-reduce (sum) of
+    3 + groups float64 values, rank 0 adding its own and the other ranks zeros, so that
+    every rank ends with rank 0's values exactly; when rank 0's hooks set weights,
+    `share_weights` then loads them on every rank.
+
+    Reading split weights on demand: while rank 0 runs such a hook, the other ranks are
+    already waiting in that all-reduce. A `gather` on rank 0 sends the same all-reduce with
+    its "gather" slot set; the other ranks see it, join the strategy's gather of the full
+    state, and wait again; rank 0's own share (slot clear) lets them go on. A hook that reads
+    no weights costs nothing beyond the share the loop makes anyway.
 
     Args:
         all_reduce: the strategy's all-reduce over the training ranks.
@@ -153,22 +162,52 @@ class Rank0Changes:
     def __init__(self, all_reduce, is_main: bool, optimizer, model, device):
         self.all_reduce, self.is_main = all_reduce, is_main
         self.optimizer, self.model, self.device = optimizer, model, device
+        self.serving = True  # the other ranks wait in a share after rank 0's hooks
 
     def _lrs(self) -> list[float]:
         groups = self.optimizer.param_groups  # none under a parameter server's workers
         return [float(g["lr"]) for g in groups] if all("lr" in g for g in groups) else []
 
-    def share(self) -> None:
-        lrs, live = self._lrs(), self.model.live
-        new_weights = live is not None and live.final_state is not None
-        values = torch.tensor([float(bool(self.model.stop_training)), float(new_weights), *lrs],
+    def _exchange(self, stop: bool, new_weights: bool, gather: bool, lrs: list[float]):
+        values = torch.tensor([float(stop), float(new_weights), float(gather), *lrs],
                               dtype=torch.float64, device=self.device)
         if not self.is_main:
             values.zero_()
-        values = self.all_reduce(values).tolist()
+        return self.all_reduce(values).tolist()
+
+    def gather(self, live) -> dict[str, torch.Tensor]:
+        """Rank 0, inside a rank-0-only hook: the full state of `live` (the fit's
+        LiveWeights), gathered with every rank (they join from their wait in `share`)."""
+        if not (self.is_main and self.serving):
+            raise RuntimeError("no other rank waits for this read of the weights")
+        self._exchange(False, False, True, [0.0] * len(self._lrs()))
+        return live.strategy.full_state_dict(live.module)
+
+    def share(self, load_weights: bool = True) -> None:
+        """Every rank, after the hooks: rank 0's stop, rates and weights for everyone.
+        `load_weights=False` (after on_train_end) leaves rank 0's new weights as the fit's
+        result instead of loading them."""
+        lrs, live = self._lrs(), self.model.live
+        new_weights = live is not None and live.final_state is not None
+        values = self._exchange(bool(self.model.stop_training), new_weights, False, lrs)
+        while values[2]:  # rank 0's hook reads the weights: join its gather, wait again
+            live.strategy.full_state_dict(live.module)
+            values = self._exchange(False, False, False, lrs)
         self.model.stop_training = bool(values[0])
-        if values[2:] != lrs:
-            set_lrs(self.optimizer, values[2:])
-        if values[1]:
+        if values[3:] != lrs:
+            set_lrs(self.optimizer, values[3:])
+        if values[1] and load_weights:
             share_weights(live, self.all_reduce, self.is_main, self.device)
             refresh_host_masters(self.optimizer)
+
+    @contextlib.contextmanager
+    def train_end(self, finished: bool):
+        """Around on_train_end: after a finished fit every rank shares once more (rank 0's
+        hook may read split weights); after a failure no rank waits for rank 0's reads."""
+        self.serving = finished
+        try:
+            yield
+        finally:
+            self.serving = True
+        if finished:
+            self.share(load_weights=False)

@@ -10,8 +10,9 @@ Hooks receive `logs`, a dict of Python floats that are already reduced across ra
 callbacks whose `main_process_only` is True (everything that prints or writes files, and
 every user's callback, as Keras runs them once). What such a hook changes reaches every
 rank: the learning rates, `stop_training` and weights set with `self.model.set_weights`
-(see rank0_weights); `self.model.get_weights()` works in on_epoch_end under every strategy
-(the loop gathers the weights for it) and elsewhere where every rank holds whole weights.
+(see rank0_weights); `self.model.get_weights()` works in every training hook under every
+strategy (where the strategy splits the weights, every rank joins a gather when a hook
+reads them, and only then).
 Per-batch logs are Keras's: the running means of the loss and metrics over the epoch so far,
 on this rank's batches (not reduced across ranks). They are built only when a callback with
 a batch-end hook reads them (`wants_batch_logs`), so the loop does not synchronise with the
@@ -19,6 +20,7 @@ device on every step otherwise; the others get an empty dict.
 """
 from __future__ import annotations
 
+from bigtrain.engine.callbacks.every_rank_weights import every_rank_weights
 from bigtrain.engine.callbacks.rank0_weights import rank0_weights
 
 
@@ -44,16 +46,13 @@ class Callback:
 
     @property
     def needs_weights(self) -> bool:
-        """Reads the model's weights on rank 0 alone at epoch ends (checkpoints, weight
-        restore, a user's `self.model.get_weights()`). Under a distributed strategy the loop
-        then gathers the full weights on every rank before the epoch-end hooks, so a
-        rank-0-only callback never starts a collective alone. Default: a rank-0-only
-        callback that runs user code in on_epoch_end."""
-        declared = getattr(self, "_needs_weights", None)
-        if declared is not None:
-            return declared
-        return (self.main_process_only and self.runs_user_code
-                and _overrides(self, "on_epoch_end"))
+        """Reads the model's weights on rank 0 alone at every epoch end (checkpoints, weight
+        restore). Under a distributed strategy the loop then gathers the full weights on
+        every rank before the epoch-end hooks, so a rank-0-only callback never starts a
+        collective alone. Default False: a user's callback that reads the weights in a hook
+        gets them gathered when it asks (see rank0_weights), and one that does not costs no
+        gather."""
+        return bool(getattr(self, "_needs_weights", False))
 
     @needs_weights.setter
     def needs_weights(self, value: bool) -> None:
@@ -88,25 +87,44 @@ def alone() -> bool:
     return _alone[0]
 
 
-def _on_rank_0_alone(hook, model, name: str, readable: bool):
+#: The hooks after which every rank waits in the loop's share (Rank0Changes) when a
+#: rank-0-only callback that runs user code implements them: there they can join its reads.
+_SERVED = frozenset({"on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end",
+                     "on_train_batch_begin", "on_train_batch_end"})
+
+
+def _on_rank_0_alone(hook, model, name: str, readable: bool, gather=None):
     """`hook` marked alone, its model's weights read and set through Rank0Weights.
-    `readable`: the loop gathered the full state for this hook."""
+    `readable`: the loop gathered the full state for this hook; `gather`: reads the full
+    state with the other ranks (None where they do not wait for this hook)."""
     def call(*args, **kwargs):
         _alone[0] = True
         try:
-            with rank0_weights(model, readable, name):
+            with rank0_weights(model, readable, name, gather):
                 return hook(*args, **kwargs)
         finally:
             _alone[0] = False
     return call
 
 
+def _on_every_rank(hook, model):
+    """`hook`, its model's weights read whole on every rank (AllRanksWeights)."""
+    def call(*args, **kwargs):
+        with every_rank_weights(model):
+            return hook(*args, **kwargs)
+    return call
+
+
 class CallbackList:
     """Calls every callback's hook in order; skips main-process-only ones on other ranks.
-    `world`: the fit's ranks (with several, rank 0's own hooks run marked `alone`)."""
+    `world`: the fit's ranks (with several, rank 0's own hooks run marked `alone`).
+    `gather`: `Rank0Changes.gather` when every rank waits after the training hooks of
+    rank-0-only user callbacks (their reads of split weights go through it), else None."""
 
-    def __init__(self, callbacks, model, params: dict, is_main: bool, world: int = 1):
+    def __init__(self, callbacks, model, params: dict, is_main: bool, world: int = 1,
+                 gather=None):
         self.callbacks = [c for c in callbacks if is_main or not c.main_process_only]
+        self._gather = gather
         for c in self.callbacks:
             c.set_model(model)
             c.set_params(params)
@@ -125,12 +143,16 @@ class CallbackList:
 
     def _hook(self, callback, name: str):
         hook = getattr(callback, name)
-        if not (self._marked and callback.main_process_only):
+        if not self._marked:
             return hook
+        if not callback.main_process_only:  # every rank runs it: reads give every rank all
+            return _on_every_rank(hook, self._model) if callback.runs_user_code else hook
         # the loop gathers the full state before epoch-end hooks when one needs it
         # (decided from the whole list, which rank 0 holds)
         readable = name == "on_epoch_end" and self._gathered
-        return _on_rank_0_alone(hook, self._model, name, readable)
+        served = callback.runs_user_code and name in _SERVED
+        return _on_rank_0_alone(hook, self._model, name, readable,
+                                self._gather if served else None)
 
     @property
     def wants_batch_logs(self) -> bool:

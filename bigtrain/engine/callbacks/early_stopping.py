@@ -38,6 +38,9 @@ class EarlyStopping(Callback):
     """
 
     main_process_only = False
+    # reads the weights on rank 0 from the loop's gather (needs_weights) and sets
+    # stop_training on every rank itself: its reads must not wait for the other ranks
+    runs_user_code = False
 
     def __init__(self, monitor: str = "val_loss", min_delta: float = 0.0, patience: int = 0,
                  mode: str = "auto", baseline: float | None = None,

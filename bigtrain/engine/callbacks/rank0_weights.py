@@ -4,35 +4,39 @@ weights reach every rank.
 In a fit on several ranks a callback whose `main_process_only` is True (the default, so
 every Keras user's own callback) runs on rank 0 only, while the other ranks go on to the
 loop's next collective. Its `self.model.get_weights()` / `set_weights()` must then start no
-collective (it would wait for ranks that never join it: a hang) and must not change rank
-0's copy alone (the ranks would train apart, silently). So while such a hook runs the model
-reads and writes through a `Rank0Weights` instead of the fit's LiveWeights:
+collective the other ranks do not join (a hang) and must not change rank 0's copy alone
+(the ranks would train apart, silently). So while such a hook runs the model reads and
+writes through a `Rank0Weights` instead of the fit's LiveWeights:
 
-- reading gives the full state the loop gathered for this epoch's end (it gathers when a
-  callback `needs_weights`), or this rank's own copy where the strategy keeps whole weights
-  on every rank (ddp, zero1; ps pulls them from the servers); elsewhere it raises, saying
-  where reading works;
+- reading gives this rank's own copy where the strategy keeps whole weights on every rank
+  (ddp, zero1; ps pulls them from the servers), the full state the loop gathered before
+  the epoch-end hooks (for callbacks that declare `needs_weights`), or else a gather that
+  the other ranks join from their wait after the hook (`Rank0Changes.gather`: a user's
+  callback in any training hook); elsewhere it raises, saying where reading works;
 - writing keeps the new state as rank 0's `LiveWeights.final_state`. `share_weights`, which
   every rank calls after the hook (`Rank0Changes.share`), loads it on every rank; after
-  `on_train_end` it is what the fit returns.
+  `on_train_end` it is what the fit returns. A read after a write in the same hook sees
+  the new values, as in one process.
 
 Example (what CallbackList does around a rank-0-only hook):
-    with rank0_weights(model, readable=True):
-        callback.on_epoch_end(epoch, logs)
+    with rank0_weights(model, readable=False, hook="on_train_batch_end", gather=changes.gather):
+        callback.on_train_batch_end(batch, logs)
 """
 from __future__ import annotations
 
 import contextlib
 
 import torch
+import torch.distributed as dist
 
 from bigtrain.parallel.base import Strategy
 from bigtrain.parallel.cpu_optimizer import HostOptimizer
 from bigtrain.parallel.parameter_server.strategy import ParameterServer
 
 _UNREADABLE = ("reads the model's weights on rank 0 alone under strategy {name!r}, which "
-               "splits them over the ranks: reading them is a step every rank must take. Read "
-               "them in on_epoch_end (the fit gathers them for it), set `main_process_only = "
+               "splits them over the ranks: reading them is a step every rank must take, and "
+               "no rank waits for it here. Read them in a training hook (on_train_begin/end, "
+               "on_epoch_begin/end, on_train_batch_begin/end), set `main_process_only = "
                "False` on the callback so every rank runs it, or read them after fit returns.")
 
 
@@ -57,9 +61,12 @@ class _Rank0Strategy:
         self._view = view
 
     def full_state_dict(self, module) -> dict[str, torch.Tensor]:
-        # set_weights merges its new arrays into this: without a readable state, only the
-        # new ones go to final_state, and share_weights keeps the rest as they are
-        return self._view.full_state() if self._view.readable else {}
+        # set_weights merges its new arrays into this: without a readable state (no gather
+        # just to write), only the new ones go to final_state, and share_weights keeps the
+        # rest as they are
+        if self._view.readable:
+            return self._view.full_state()
+        return dict(self._view.final_state or {})
 
     def load_full_state_dict(self, module, state) -> None:
         self._view.keep(state)
@@ -76,11 +83,14 @@ class Rank0Weights:
         readable: the full state can be read without the other ranks (gathered for this
             hook, or the strategy keeps whole weights).
         hook: the hook's name, for the messages.
+        gather: `gather(live)` reads the full state with every rank (they wait for it
+            after this hook), or None where no rank waits.
     """
 
-    def __init__(self, live, readable: bool, hook: str):
-        self.live, self.readable, self.hook = live, readable, hook
+    def __init__(self, live, readable: bool, hook: str, gather=None):
+        self.live, self.readable, self.hook, self._gather = live, readable, hook, gather
         self.module, self.strategy = live.module, _Rank0Strategy(self)
+        self._read = None  # gathered once per hook call: training does not move meanwhile
 
     @property
     def distributed(self) -> bool:
@@ -91,10 +101,17 @@ class Rank0Weights:
         return self.live.final_state
 
     def full_state(self) -> dict[str, torch.Tensor]:
-        if not self.readable:
+        if self.readable:
+            state = self.live.full_state()
+        elif self._gather is not None:
+            if self._read is None:
+                self._read = self._gather(self.live)
+            state = self._read
+        else:
             raise RuntimeError(f"A callback's {self.hook} "
                                + _UNREADABLE.format(name=self.live.strategy.name))
-        return self.live.full_state()
+        pending = self.live.final_state  # set in a hook, loaded everywhere after it
+        return {**state, **pending} if pending else state
 
     def keep(self, state: dict[str, torch.Tensor]) -> None:
         """Rank 0's new weights, for every rank at the next share (or the fit's result)."""
@@ -102,13 +119,14 @@ class Rank0Weights:
 
 
 @contextlib.contextmanager
-def rank0_weights(model, readable: bool, hook: str):
+def rank0_weights(model, readable: bool, hook: str, gather=None):
     """`model.live` reads and writes as Rank0Weights while the block runs (no fit: as is)."""
     live = getattr(model, "live", None)
     if live is None or not live.distributed:
         yield
         return
-    model.live = Rank0Weights(live, readable or keeps_whole_weights(live.strategy), hook)
+    model.live = Rank0Weights(live, readable or keeps_whole_weights(live.strategy), hook,
+                              gather)
     try:
         yield
     finally:
@@ -121,18 +139,18 @@ def share_weights(live, all_reduce, is_main: bool, device) -> None:
     A collective every rank calls together: the full state once (rank 0 needs the values
     it did not set; a gather where the strategy shards, which may leave the other ranks
     nothing), then one all-reduce (sum) of every tensor flattened into one float64 vector,
-    rank 0 adding its values and the others zeros. The names, shapes and dtypes come from
-    this rank's own module (a sharded tensor reports its whole shape).
+    rank 0 adding its values and the others zeros. Every rank then holds the whole new state
+    and the strategy loads its own part (a shard, a pipeline stage's layers).
     """
     strategy = live.strategy
     if not loads_mid_fit(strategy):
         raise RuntimeError(f"A callback set the model's weights during a fit under strategy "
                            f"{strategy.name!r}, which cannot load a whole model into its "
                            "running parts. Set the weights before or after fit, or train "
-                           "with ddp, zero1/2/3 or fsdp_offload.")
+                           "with ddp, zero1/2/3, fsdp_offload, tensor or pipeline.")
     now = live.full_state()
-    layout = {k: (v.shape, v.dtype) for k, v in strategy.unwrap(live.module).state_dict().items()}
     mine = {**now, **live.final_state} if is_main else {}
+    layout = _layout(strategy, live.module, mine)
     parts = []
     for name, (shape, _) in layout.items():
         new, n = mine.get(name), shape.numel()
@@ -146,6 +164,17 @@ def share_weights(live, all_reduce, is_main: bool, device) -> None:
         at += n
     strategy.load_full_state_dict(live.module, state)
     live.final_state = None
+
+
+def _layout(strategy, module, mine: dict) -> dict:
+    """{name: (shape, dtype)} of the whole model, the same on every rank: this rank's own
+    module's where it names the whole model as the user's does (a sharded tensor reports its
+    whole shape), else rank 0's (a pipeline stage holds only its layers: one broadcast)."""
+    if strategy.checkpoint_names(module) is None:
+        return {k: (v.shape, v.dtype) for k, v in strategy.unwrap(module).state_dict().items()}
+    box = [{k: (v.shape, v.dtype) for k, v in mine.items()}]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def refresh_host_masters(optimizer) -> None:
