@@ -42,6 +42,14 @@ from bigtrain.engine.task import CheckpointConfig
 DIGESTS = "sha256-rank"  # each rank's checksums of its share of the tensor files, while saving
 
 
+def _json_value(value):
+    """An epoch's log value as JSON: a float, or a list of floats for a metric with one value
+    per class or threshold (F1Score(average=None), Precision(thresholds=[...]))."""
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0) > 0:
+        return [float(v) for v in value]
+    return float(value)
+
+
 @dataclass(frozen=True)
 class Position:
     """Where a run stands. Attributes: epoch (next epoch to run), batch (batches of that
@@ -277,7 +285,7 @@ class Checkpointer:
         epochs = list(self.prior["epochs"])
         if self.record is not None:
             for k, values in self.record.history.items():
-                hist.setdefault(k, []).extend(float(v) for v in values)
+                hist.setdefault(k, []).extend(_json_value(v) for v in values)
             epochs += [int(e) for e in self.record.epochs]
         return {"history": hist, "epochs": epochs}
 

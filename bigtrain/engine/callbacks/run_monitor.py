@@ -93,6 +93,8 @@ class RunMonitor(Callback):
         # and reads the stop from `stop` and the step losses.
         stopped = self.stop is not None and self.stop["reason"] == "nan_loss"
         for k, v in ({} if stopped else logs or {}).items():
+            if isinstance(v, (list, tuple)) or getattr(v, "ndim", 0) > 0:
+                continue  # a value per class or threshold: the record keeps scalars
             self.history.setdefault(k, []).append(float(v))
         if self.save is not None:
             self.save(self)
