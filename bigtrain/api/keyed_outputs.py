@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
+
 
 class KeyedOutputs:
     """The forward hook that turns the module's dict into the tuple of `keys`.
@@ -50,6 +52,14 @@ class KeyedOutputs:
             raise ValueError(f"compile's loss names {missing}, which the model's forward does "
                              f"not return: its dict has keys {list(output)}; give losses only "
                              "for those keys")
+        not_tensors = {k: type(output[k]).__name__ for k in self.keys
+                       if not isinstance(output[k], torch.Tensor)}
+        if not_tensors:
+            raise TypeError(f"compile's loss names {list(not_tensors)}, but the model's forward "
+                            f"returned no tensor for them ({not_tensors}); a loss needs a "
+                            "tensor: give losses only for keys whose value is a tensor")
+        if len(self.keys) == 1:  # one output: the engine reads a tensor, not a 1-tuple
+            return output[self.keys[0]]
         return tuple(output[k] for k in self.keys)
 
     def __getstate__(self):  # launched ranks get the hook without the caller's handle
@@ -106,7 +116,10 @@ def refuse_strategy(model, strategy) -> None:
 
 def split_dict(out) -> tuple[tuple, list[str] | None]:
     """predict's outputs of one batch as a tuple, and the keys where the module returned a
-    dict (None otherwise)."""
+    dict (None otherwise). Of a dict, only the tensors: a value that is None or a tuple
+    (as a Hugging Face model returns for an absent loss or its cache) has no array to
+    give, and Hugging Face's own `to_tuple` leaves None out likewise."""
     if isinstance(out, Mapping):
-        return tuple(out.values()), list(out)
+        keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
+        return tuple(out[k] for k in keys), keys
     return (out if isinstance(out, tuple) else (out,)), None

@@ -338,11 +338,11 @@ class FBetaScore(_Sums):
         recall = tp / (tp + fn + EPSILON)
         b2 = self.beta ** 2
         score = (1 + b2) * precision * recall / (b2 * precision + recall + EPSILON)
+        if self.average is None:  # Keras: one score per class, a list also for one class
+            return score.tolist()
         if self.average == "weighted":
-            score = (score * support / (support.sum() + EPSILON)).sum(0, keepdim=True)
-        elif self.average is not None:
-            score = score.mean(0, keepdim=True)
-        return _one_or_list(score)
+            return float((score * support / (support.sum() + EPSILON)).sum())
+        return float(score.mean())  # "macro"; "micro" has one score already
 
 
 class F1Score(FBetaScore):
