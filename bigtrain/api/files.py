@@ -25,8 +25,10 @@ from bigtrain.engine.carry import carried_optimizer
 
 FORMAT = "bigtrain.model/1"
 #: why a file holds no optimizer state although the model trained (metadata "optimizer")
-SEVERAL_PROCESSES = ("the model's last fit ran on several processes or sharded its optimizer; "
-                     "that state stayed with its ranks")
+SEVERAL_PROCESSES = ("the optimizer state is with the ranks of a fit on several processes: "
+                     "it is handed back when such a fit ends, but not during it (a callback's "
+                     "save) nor under parameter servers, pipelines, hybrid or "
+                     "ddp_cpu_optimizer")
 
 
 def _atomic_save(tensors: dict, path: str, metadata: dict) -> None:
@@ -134,8 +136,10 @@ def _optimizer_state(model, include: bool) -> tuple[dict, dict]:
                                               "param_groups": groups, "keys": list(tensors)})}
 
 
-def _optimizer_config(spec) -> dict | None:
+def _optimizer_config(spec, include_optimizer: bool) -> dict | None:
     config = spec_config(spec)
+    if config is not None and not include_optimizer:  # a fresh optimizer, as Keras's file
+        config["start_step"] = 0
     if config is None:
         warnings.warn(f"Model.save keeps only the optimizer's name ({spec.name}) and first "
                       "learning rate: its torch class or learning-rate schedule is not one of "
@@ -157,7 +161,8 @@ def save_model(model, path: str, include_optimizer: bool = True) -> None:
                            "loss_configs": loss_configs(c),  # with their arguments
                            "loss_weights": c.loss_weights, "metrics": c.metric_names,
                            "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate,
-                           "optimizer_config": _optimizer_config(c.optimizer)}
+                           "optimizer_config": _optimizer_config(c.optimizer,
+                                                                 include_optimizer)}
     state = model.state_for_saving()
     optim, optim_meta = _optimizer_state(model, include_optimizer)
     _atomic_save({**state, **optim}, path, {"format": FORMAT, "kind": "model",

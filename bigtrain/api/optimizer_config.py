@@ -50,7 +50,8 @@ def spec_config(spec: OptimizerSpec) -> dict | None:
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
                   for g in spec.groups]
     return {"module": where, "class": cls.__name__, "kwargs": kwargs, "name": spec.name,
-            "rules": rules, "groups": groups}
+            "rules": rules, "groups": groups,
+            "start_step": spec.start_step}  # a schedule's steps (Keras saves `iterations`)
 
 
 def _schedule_config(schedule) -> dict | None:
@@ -81,7 +82,8 @@ def spec_from_config(config: dict, custom_objects: dict | None = None) -> Optimi
     groups = config.get("groups")
     if groups is not None:
         groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]
-    return OptimizerSpec(cls, kwargs, config["name"], rules, groups)
+    return OptimizerSpec(cls, kwargs, config["name"], rules, groups,
+                         config.get("start_step", 0))
 
 
 def _schedule(config: dict, custom_objects: dict):

@@ -55,6 +55,8 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
         optimizer = spec_from_config(config, custom_objects) if config else c["optimizer"]
         model.compile(optimizer=optimizer, loss=losses, metrics=c["metrics"],
                       loss_weights=c["loss_weights"], learning_rate=None if config else c["lr"])
+        if config:  # compile starts a spec at step 0; the file's schedule continues
+            model.compiled.optimizer.start_step = config.get("start_step", 0)
         if "optimizer" in meta:  # files saved before optimizer state was kept have none
             _restore_optimizer(model, json.loads(meta["optimizer"]), optim, path)
     return model

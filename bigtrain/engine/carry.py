@@ -10,19 +10,24 @@ the optimizer it builds. A new `compile` starts afresh, as in Keras.
 Not carried: the moving average of `use_ema` and float16's loss scale, which live beside the
 optimizer's state_dict; both restart with each fit.
 
-A fit on several processes cannot: its ranks' optimizer state ends with them. The next fit
-then starts with a fresh optimizer and says so (a warning) rather than training differently
-without a word; `checkpoint_dir=` with `resume="auto"` continues exactly. Its learning rate
-does carry: rank 0 hands back the rate the run ended with (`final_rate`), which the
-compiled optimizer then starts from (`keep_final_rate`), so `model.optimizer.learning_rate`
-reads what a callback (ReduceLROnPlateau, LearningRateScheduler) left, as in Keras. So does
-a learning-rate schedule's step count (`final_steps`, `keep_final_steps`): the next fit
+A fit on several processes hands its whole optimizer state back too: every rank enters a
+gather at its end, rank 0 returns the state (`FitResult.optimizer_state`, see
+bigtrain.engine.carry_state) and the caller loads it into a plain optimizer over its own
+network, kept as after a one-process fit. A next fit on several processes ships that state
+to its ranks (`Carry.state`), each of which loads its share (`load_carried`). Strategies
+that cannot (parameter servers, pipelines, hybrids, ddp_cpu_optimizer: see
+`carry_state.carries`) start the next fit with a fresh optimizer and say so (a warning);
+`checkpoint_dir=` with `resume="auto"` continues exactly. Their learning rate does carry:
+rank 0 hands back the rate the run ended with (`final_rate`), which the compiled optimizer
+then starts from (`keep_final_rate`), so `model.optimizer.learning_rate` reads what a
+callback (ReduceLROnPlateau, LearningRateScheduler) left, as in Keras. So does a
+learning-rate schedule's step count (`final_steps`, `keep_final_steps`): the next fit
 continues the schedule where the ranks left it, as Keras's `iterations`. Both go the other
 way too: a multi-process fit after a one-process one starts its ranks from the carried
 optimizer's rate and step count (`start_ranks_from`).
 
 Example:
-    load_carried(task.carry, strategy, optimizer)      # before a checkpoint may resume
+    load_carried(task.carry, strategy, optimizer, module)  # before a checkpoint may resume
     ...
     result.optimizer = carried_optimizer(strategy, optimizer)
 """
@@ -39,10 +44,13 @@ class Carry:
     """What the previous fit of a model under its current compile left.
 
     Attributes:
-        optimizer: its torch optimizer, or None when it ran on several processes or
-            sharded its optimizer (nothing to carry).
+        optimizer: its torch optimizer, or None when its strategy could not hand the
+            state back (nothing to carry).
+        state: for the ranks of a fit on several processes: that optimizer's whole state
+            in torch's full layout (bigtrain.engine.carry_state), which each rank loads.
     """
     optimizer: object
+    state: dict | None = None
 
 
 def _plain(optimizer) -> bool:
@@ -55,7 +63,8 @@ def _plain(optimizer) -> bool:
 
 
 def carried_optimizer(strategy, optimizer):
-    """What the next fit continues from: this optimizer, in a one-process run."""
+    """What the next fit continues from: this optimizer, in a one-process run (a fit on
+    several processes hands its state back through `carry_state.gather_full` instead)."""
     return optimizer if not strategy.env.distributed and _plain(optimizer) else None
 
 
@@ -63,21 +72,27 @@ def warn_fresh(optimizer_name: str) -> None:
     """Say that this fit does not continue the previous fit's optimizer."""
     warnings.warn(
         f"this fit starts with a fresh {optimizer_name} state: this fit or the model's "
-        "previous one ran on several processes or sharded its optimizer, and such state does "
+        "previous one ran under a strategy whose optimizer state stays with its ranks "
+        "(parameter servers, pipelines, hybrid, ddp_cpu_optimizer), and such state does "
         "not carry from one fit call to the next as Keras's does. To continue exactly, fit "
         "once with more epochs, or pass checkpoint_dir= (resume='auto' continues from its "
         "newest checkpoint)", UserWarning, stacklevel=3)
 
 
-def load_carried(carry: Carry | None, strategy, optimizer) -> None:
-    """Continue from the previous fit's optimizer state where there is one to load."""
+def load_carried(carry: Carry | None, strategy, optimizer, module=None) -> None:
+    """Continue from the previous fit's optimizer state where there is one to load (the
+    ranks of a fit on several processes: every rank, from `carry.state`)."""
     if carry is None:
+        return
+    if carry.state is not None:
+        from bigtrain.engine.carry_state import load_full
+        load_full(strategy, module, optimizer, carry.state)
         return
     if carry.optimizer is None or carried_optimizer(strategy, optimizer) is None:
         if strategy.env.is_main:
             warn_fresh(type(optimizer).__name__)
         return
-    if not _same_parameters(carry.optimizer, optimizer):
+    if not same_parameters(carry.optimizer, optimizer):
         warnings.warn(f"this fit starts with a fresh {type(optimizer).__name__} state: it "
                       "trains other parameters than the previous fit (a layer's trainable "
                       "changed? Keras asks for a new compile then)", UserWarning, stacklevel=2)
@@ -85,7 +100,7 @@ def load_carried(carry: Carry | None, strategy, optimizer) -> None:
     optimizer.load_state_dict(carry.optimizer.state_dict())
 
 
-def _same_parameters(old, new) -> bool:
+def same_parameters(old, new) -> bool:
     """The same optimizer class over the same parameter objects, group by group:
     `load_state_dict` matches states by position and checks only the counts."""
     if type(old) is not type(new) or len(old.param_groups) != len(new.param_groups):
@@ -105,8 +120,8 @@ def final_rate(optimizer) -> float | None:
 
 
 def keep_final_rate(spec, carried, rate: float | None) -> None:
-    """After a fit whose optimizer does not carry (`carried` None: several processes, or a
-    sharded optimizer), make the compiled OptimizerSpec `spec` start the next fit at `rate`,
+    """After a fit on several processes (`carried` None: this process holds none of its
+    optimizers; they may hand their state back too, bigtrain.engine.carry_state), make the compiled OptimizerSpec `spec` start the next fit at `rate`,
     the one the run ended with, as Keras's optimizer keeps its `learning_rate` variable.
     Left as compiled: a schedule (its rate follows the step count, which does not carry)
     and an optimizer instance's own param groups (each keeps its own rate)."""
@@ -136,8 +151,9 @@ def keep_final_steps(spec, carried, steps: int | None) -> None:
 def start_ranks_from(spec, optimizer) -> None:
     """Before a fit on several processes, whose ranks build their optimizer from the
     compiled `spec`: start them at the rate and schedule step `optimizer` (the previous,
-    one-process fit's) ended with. Its moments stay behind (see `warn_fresh`)."""
-    if optimizer is None:  # the previous fit ran on ranks too: `spec` holds both already
+    one-process fit's) ended with. Where the ranks load its whole state (`Carry.state`)
+    that sets the same rate and step; where not, its moments stay behind (`warn_fresh`)."""
+    if optimizer is None:  # nothing carried here: `spec` holds both already
         return
     keep_final_rate(spec, None, final_rate(optimizer))
     keep_final_steps(spec, None, final_steps(optimizer))

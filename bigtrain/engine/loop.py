@@ -18,6 +18,7 @@ from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
 from bigtrain.engine.callbacks._util import Rank0Changes, batch_logs_wanted, rank0_only_hooks
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.carry import carried_optimizer, final_rate, final_steps, load_carried
+from bigtrain.engine.carry_state import gather_full
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
@@ -49,6 +50,8 @@ class FitResult:
     optimizer: object = None  # for the next fit, in a one-process run (bigtrain.engine.carry)
     learning_rate: float | None = None  # the rate it ended with, for the next fit (carry)
     iterations: int | None = None  # a schedule's step count it ended with (carry)
+    #: several processes: the whole optimizer state on rank 0 (bigtrain.engine.carry_state)
+    optimizer_state: bytes | None = None
     stop_reason: str | None = None  # "nan_loss" when TerminateOnNaN stopped the run
     #: each of the task's callbacks' plain attributes at the end, from a rank of a launched
     #: fit, for the caller's own callback objects (bigtrain.launch.launcher.callback_states)
@@ -232,7 +235,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
               "batch_size": cfg.batch_size, "verbose": cfg.verbose,
               "metrics": ["loss", *task.metric_names()]}
     result = FitResult()
-    load_carried(task.carry, strategy, optimizer)  # a checkpoint resumed below overrides it
+    load_carried(task.carry, strategy, optimizer, module)  # a resumed checkpoint overrides it
     progress, first_epoch = resume(task, strategy, module, optimizer, result)
     if progress.step:  # from a checkpoint: a log file keeps the epochs trained before it
         params["resumed_epoch"] = first_epoch
@@ -264,6 +267,9 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
                     "wall_s": elapsed, "epoch_times": epoch_times, **strategy.stats()}
     _finish(run)
     result.optimizer = carried_optimizer(strategy, optimizer)
+    if strategy.env.distributed:  # once per fit, every rank: the state for the next fit
+        ctx.mark("gather optimizer state")
+        result.optimizer_state = gather_full(strategy, module, optimizer)
     result.learning_rate = final_rate(optimizer)
     result.iterations = final_steps(optimizer)
     owner.live = None

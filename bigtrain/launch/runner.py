@@ -13,7 +13,9 @@ import torch
 
 from bigtrain.diagnose.watchdog import WatchdogConfig
 from bigtrain.engine.callbacks import History, ProgressBar
-from bigtrain.engine.carry import keep_final_rate, keep_final_steps, start_ranks_from, warn_fresh
+from bigtrain.engine.carry import (Carry, keep_final_rate, keep_final_steps, same_parameters,
+                                   start_ranks_from, warn_fresh)
+from bigtrain.engine.carry_state import carries, full_of_plain, load_into_plain, unpack
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
@@ -42,9 +44,13 @@ def _finish(model, result: FitResult, history) -> object:
             model.keep_full_weights(result.state_dict)
         else:
             model.net.load_state_dict(result.state_dict)
-    model.keep_optimizer(result.optimizer)
-    keep_final_rate(model.compiled.optimizer, result.optimizer, result.learning_rate)
-    keep_final_steps(model.compiled.optimizer, result.optimizer, result.iterations)
+    carried = result.optimizer  # a one-process fit's own; several: rebuilt from their state
+    model.keep_optimizer(carried if carried is not None
+                         else _ranks_optimizer(model, result.optimizer_state))
+    # several processes: the compiled spec follows on every rank of a launched job alike,
+    # where rank 0 alone gets the state back
+    keep_final_rate(model.compiled.optimizer, carried, result.learning_rate)
+    keep_final_steps(model.compiled.optimizer, carried, result.iterations)
     history.history = dict(result.history)
     history.epoch = list(result.epochs)
     history.stats = dict(result.stats)
@@ -52,6 +58,32 @@ def _finish(model, result: FitResult, history) -> object:
     history.model = model
     model.history = history
     return history
+
+
+def _ranks_optimizer(model, packed: bytes | None):
+    """A plain optimizer over `model.net` holding the state a multi-process fit's ranks
+    ended with (bigtrain.engine.carry_state), or None where they handed none back."""
+    if packed is None or launched_world_size() is not None:
+        return None  # a launched job: rank 0 alone has it, the next fit's ranks could not
+    optimizer = model.compiled.optimizer.build(model.net.parameters())
+    if not load_into_plain(optimizer, model.net, unpack(packed)):
+        return None  # other parameters than the ranks trained: the next fit starts fresh
+    return optimizer
+
+
+def _ranks_carry(carry, strat, model, name: str):
+    """What the ranks of a fit on several processes continue from: the previous fit's whole
+    optimizer state, or None (a fresh `name` optimizer, said here, not in a rank's output)."""
+    if carry.optimizer is None or not carries(strat):
+        warn_fresh(name)
+        return None
+    fresh = model.compiled.optimizer.build(model.net.parameters())  # no state: cheap
+    if not same_parameters(carry.optimizer, fresh):
+        warnings.warn(f"this fit starts with a fresh {name} state: it trains other parameters "
+                      "than the previous fit (a layer's trainable changed? Keras asks for a "
+                      "new compile then)", UserWarning, stacklevel=6)
+        return None
+    return Carry(None, full_of_plain(carry.optimizer, model.net))
 
 
 def launched_world_size() -> int | None:
@@ -319,10 +351,10 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     check_batch_checkpoints(task.callbacks, nprocs)
     kind = dist_env.device_kind(devices)
     if task.carry is not None and (cluster is not None or nprocs > 1):
-        warn_fresh(task.optimizer_name or "optimizer")  # here, not in a rank's output
         start_ranks_from(owner.compiled.optimizer, task.carry.optimizer)  # rate, schedule step
-        task.carry = None  # the ranks start fresh; nothing to ship to them
-        owner.keep_optimizer(None)  # nor to keep alive here while they train
+        task.carry = _ranks_carry(task.carry, strat, owner,  # shipped to the ranks
+                                  task.optimizer_name or "optimizer")
+        owner.keep_optimizer(None)  # not kept alive here while they train
     if cluster is not None or nprocs > 1:  # the ranks' streams follow the caller's seed
         task.rank_seed = draw_seed()
     if cluster is not None:
