@@ -143,7 +143,15 @@ def keep_final_steps(spec, carried, steps: int | None) -> None:
     """After a fit whose optimizer does not carry (`carried` None), make the compiled
     OptimizerSpec `spec` start the next fit's schedule at `steps`, the count the run ended
     with (Keras's `iterations` lives on across fit calls)."""
-    if carried is not None or steps is None or spec.schedule is None:
+    if carried is not None or spec.schedule is None:
+        return
+    if steps is None:  # a parameter server's workers: the servers counted the steps
+        warnings.warn(f"the ranks did not report how many steps the learning-rate schedule "
+                      f"({type(spec.schedule).__name__}) took (under a parameter server the "
+                      f"servers count them), so the next fit starts the schedule again at "
+                      f"step {spec.start_step}, where Keras would go on; train with "
+                      "strategy='ddp' (or a sharded one) to carry it", RuntimeWarning,
+                      stacklevel=3)
         return
     spec.start_step = steps
 

@@ -143,11 +143,22 @@ def _check_param_groups(strat, spec) -> None:
             "settings.")
 
 
-def check_callbacks(strat, callbacks: list) -> None:
-    """Refuse, before any process starts, callbacks that change the learning rate under a
-    parameter server: its optimizers live on the server ranks, out of the callbacks' reach."""
+def check_callbacks(strat, callbacks: list, spec=None) -> None:
+    """Refuse, before any process starts, callbacks that change the learning rate where it
+    cannot change: an optimizer compiled with a learning-rate schedule (`spec.schedule`; its
+    step hook would overwrite every rate the callback sets, and Keras raises TypeError), or
+    a parameter server (its optimizers live on the server ranks, out of the callbacks'
+    reach)."""
     from bigtrain.engine.callbacks import LearningRateScheduler, ReduceLROnPlateau
     from bigtrain.parallel.lazy_types import loaded_instance
+    schedule = getattr(spec, "schedule", None)
+    for cb in callbacks:
+        if schedule is not None and isinstance(cb, (LearningRateScheduler, ReduceLROnPlateau)):
+            raise TypeError(
+                f"{type(cb).__name__} changes the learning rate, but the optimizer was "
+                f"compiled with a learning-rate schedule ({type(schedule).__name__}) as its "
+                "learning_rate, hence its learning rate is not settable (as in Keras); drop "
+                "the callback, or compile with a float learning_rate")
     if not loaded_instance(strat, "bigtrain.parallel.parameter_server.strategy",
                            "ParameterServer"):
         return

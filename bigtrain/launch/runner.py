@@ -287,7 +287,7 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     check_precision(strat, config.precision)  # before any process starts
     warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
     check_fit(strat, model, checkpoint)
-    check_callbacks(strat, callbacks)
+    check_callbacks(strat, callbacks, model.compiled.optimizer if model.compiled else None)
     history = cbs[0]
     task = task or make_task(cbs)
     task.checkpoint = checkpoint

@@ -117,3 +117,16 @@ def test_ranks_after_one_process_keep_its_reduced_rate():
     assert ref_rate == pytest.approx(0.075)
     assert got_rate == pytest.approx(ref_rate)
     assert_same(got, ref)
+
+
+def test_a_parameter_server_says_its_schedule_restarts():
+    """Under a parameter server the servers count the schedule's steps and the workers
+    report none: the next fit restarted the schedule at step 0 without a word (0.18 off
+    Keras's weights after two fits of 2 epochs)."""
+    bigtrain.clear_session()
+    inp = Input(shape=(6,))
+    model = Model(inp, Dense(3, activation="softmax")(inp))
+    model.compile(optimizer=bo.SGD(schedules.ExponentialDecay(*SCHEDULES["ExponentialDecay"])),
+                  loss=LOSS)
+    with pytest.warns(RuntimeWarning, match="starts the schedule again at step 0"):
+        model.fit(X, Y, **FIT, epochs=1, strategy="ps", devices=3, timeout=90)
