@@ -10,6 +10,8 @@ bigtrain.parallel.tensor_plan; a model may declare its own there. For a GPT bloc
                 embeddings, LayerNorms, tied lm_head: replicated
 
     chain of Linears (e.g. 1000 -> 512 relu -> 10):  colwise, rowwise, colwise, ...
+    functional graph: a pair only where the row-wise Dense alone reads the colwise one's
+        output (a Dense feeding two heads or a skip connection gathers its output instead)
 
 The model is composed by bigtrain.parallel.parallelize (TP, then activation checkpointing,
 then the data-parallel replicas over the remaining ranks).

@@ -11,7 +11,9 @@ Where a Linear's style comes from, first match wins:
        get the Megatron plan); names are prefixed with the sub-module's qualified name;
     2. the generic fallback for any other nn.Module (`_chain_plan`): a chain of Linears
        (e.g. 1000 -> 512 relu -> 10) alternates colwise, rowwise, colwise, ...
-        pairs form only across element-wise layers (activations, dropout); a colwise
+        pairs form only across element-wise layers (activations, dropout), and in a
+        functional model only where the row-wise Linear alone reads the colwise one's
+        output (not two heads, a skip, a concat: bigtrain.parallel.tensor_flow); a colwise
         Linear without a row-wise partner all-gathers its output ("colwise_gather");
         a Linear whose out width does not divide by T (a 3-class output) stays replicated.
         A Linear whose owner applies an activation that is not element-wise (a Keras
@@ -42,6 +44,7 @@ from torch import nn
 
 from bigtrain.parallel.layer_split import SplitsItself
 from bigtrain.parallel.param_reads import outside_reads
+from bigtrain.parallel.tensor_flow import pair_check
 
 STYLES = ("colwise", "colwise_gather", "rowwise", "replicate")
 #: layers that act element-wise, so a colwise output may flow through them still sharded
@@ -123,13 +126,15 @@ def _chain_plan(module: nn.Module, degree: int, skip: set[str]) -> dict[str, str
     plan: dict[str, str] = {}
     pending: str | None = None  # a colwise Linear whose sharded output is still flowing
     hidden = set(_hidden_leaves(module))  # below a custom forward: barriers, replicated
+    may_pair = pair_check(module, _passes_split)  # a graph: the partner is the sole reader
     for name, m in module.named_modules():
         if next(m.children(), None) is not None:
             continue  # only leaves; containers hold no computation of their own
         if name in hidden and isinstance(m, nn.Linear) and name not in skip:
             plan[name] = "replicate"
         if isinstance(m, nn.Linear) and name not in skip and name not in hidden:
-            if pending and m.in_features == module.get_submodule(pending).out_features:
+            if (pending and m.in_features == module.get_submodule(pending).out_features
+                    and may_pair(pending, name)):
                 plan[name], pending = "rowwise", None
                 continue
             if pending:
@@ -145,6 +150,12 @@ def _chain_plan(module: nn.Module, degree: int, skip: set[str]) -> dict[str, str
     if pending:
         plan[pending] = "colwise_gather"
     return plan
+
+
+def _passes_split(layer: nn.Module) -> bool:
+    """A functional graph's layer that a column-split output may cross still split: no
+    weights, element-wise (an Activation layer)."""
+    return next(layer.parameters(), None) is None and _elementwise_leaf(layer)
 
 
 def _visible(m: nn.Module) -> bool:
