@@ -13,6 +13,8 @@ from bigtrain.models import Model
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
+from tests.api.test_lossmetric_metrics import _pair  # noqa: E402  (a Keras and a bigtrain twin)
+
 RNG = np.random.default_rng(3)
 N = 48
 X = RNG.normal(size=(N, 5)).astype("float32")
@@ -21,16 +23,6 @@ IDS = RNG.integers(0, 4, N)
 ONEHOT = np.eye(4, dtype="float32")[IDS]
 Y_REG = RNG.normal(size=(N, 2)).astype("float32")
 FIT = dict(batch_size=16, epochs=2, shuffle=False, verbose=0)
-
-
-def _pair(units, activation):
-    keras.utils.set_random_seed(0)
-    ki = keras.Input((5,))
-    kmodel = keras.Model(ki, keras.layers.Dense(units, activation=activation)(ki))
-    bi = B.Input((5,))
-    model = Model(bi, B.Dense(units, activation=activation)(bi))
-    model.set_weights(kmodel.get_weights())
-    return kmodel, model
 
 
 def _same(got, want):

@@ -22,17 +22,11 @@ from bigtrain.optimizers import schedules  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-RNG = np.random.default_rng(0)
-X = RNG.normal(size=(32, 6)).astype("float32")
-Y = RNG.integers(0, 3, 32)
-FIT = dict(batch_size=8, shuffle=False, verbose=0)  # 4 optimizer steps per epoch
-W0 = [RNG.normal(scale=0.5, size=(6, 3)).astype("float32"), np.zeros(3, "float32")]
-LOSS = "sparse_categorical_crossentropy"
+from tests.engine.carry_data import FIT, LOSS, RANKS, W0, X, Y  # noqa: E402
 #: schedule name -> arguments that change the rate within the 16 steps of 4 epochs
 SCHEDULES = {"ExponentialDecay": (0.5, 3, 0.5),
              "PiecewiseConstantDecay": ([5], [0.5, 0.05]),
              "CosineDecay": (0.5, 10)}
-RANKS = dict(devices=2, timeout=60)
 
 
 def bigtrain_fits(schedule: str, *fits: dict):

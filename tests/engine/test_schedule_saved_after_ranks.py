@@ -18,12 +18,7 @@ from bigtrain.layers import Dense, Input  # noqa: E402
 from bigtrain.models import Model, load_model  # noqa: E402
 from bigtrain.optimizers import schedules  # noqa: E402
 
-RNG = np.random.default_rng(0)
-X = RNG.normal(size=(32, 6)).astype("float32")
-Y = RNG.integers(0, 3, 32)
-FIT = dict(batch_size=8, shuffle=False, verbose=0)  # 4 optimizer steps per epoch
-W0 = [RNG.normal(scale=0.5, size=(6, 3)).astype("float32"), np.zeros(3, "float32")]
-LOSS = "sparse_categorical_crossentropy"
+from tests.engine.carry_data import FIT, LOSS, W0, X, Y  # noqa: E402
 DECAY = (0.5, 3, 0.5)  # ExponentialDecay: the rate halves every 3 steps
 
 
