@@ -15,7 +15,8 @@ loads its share (`load_full`).
 
 Not carried (the next fit starts fresh and says so): parameter servers (the state lives on
 the servers), pipelines and hybrids (each stage names its parameters its own way), and the
-host optimizer of ddp_cpu_optimizer (not a torch optimizer).
+host optimizer of ddp_cpu_optimizer and ddp_balanced(optimizer_device="cpu") (not a torch
+optimizer).
 
 Example:
     packed = gather_full(strategy, module, optimizer)       # every rank; bytes on rank 0
@@ -41,7 +42,10 @@ def carries(strategy) -> bool:
     from bigtrain.parallel.sharded import Sharded
     from bigtrain.parallel.tensor_parallel import TensorParallel
     return (isinstance(strategy, (DataParallel, Sharded, TensorParallel))
-            and not isinstance(strategy, (CpuOptimizerDataParallel, Hybrid)))
+            and not isinstance(strategy, (CpuOptimizerDataParallel, Hybrid))
+            # ddp_balanced(optimizer_device="cpu") steps a host optimizer, as
+            # ddp_cpu_optimizer does: no torch optimizer to gather or load
+            and getattr(strategy, "optimizer_device", None) is None)
 
 
 def _options(**kwargs):
