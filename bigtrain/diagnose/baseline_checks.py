@@ -91,7 +91,25 @@ def _skipped(profile: dict) -> list[Finding]:
                     "fix what each line names to get these checks", 0.05)]
 
 
+def _double_softmax(profile: dict) -> list[Finding]:
+    """from_logits=True on a softmax output: the loss applies softmax a second time."""
+    if not profile.get("loss_reads_probabilities"):
+        return []
+    c = profile.get("classes") or profile.get("output_units") or 2
+    floor = math.log(math.e + c - 1) - 1  # softmax of a one-hot-like probability row
+    return [Finding("wrong_loss", "error",
+                    f"the loss {profile.get('loss')!r} reads the model's outputs as logits "
+                    "(from_logits=True), but the last layer already outputs softmax "
+                    "probabilities: the loss applies a second softmax, which squashes every "
+                    f"prediction towards 1/{c}, so the loss cannot fall below {floor:.3g} and "
+                    "the gradients shrink as the model improves",
+                    "drop from_logits=True (compile(loss='sparse_categorical_crossentropy')), "
+                    "or keep it and give the last layer no activation: Dense(classes)", 0.92)]
+
+
 def _wrong_loss(profile: dict) -> list[Finding]:
+    if profile.get("loss_reads_probabilities"):
+        return _double_softmax(profile)
     loss, task, classes = profile.get("loss"), profile.get("task"), profile.get("classes")
     if loss is None or task is None:
         return []
@@ -144,6 +162,8 @@ def _unrelated_labels(profile: dict, history: dict) -> list[Finding]:
     li, lin = profile.get("label_issues") or {}, profile.get("linear") or {}
     judged = li.get("accuracy_of_probs") if li.get("split") == "train" else None
     major, val_major = profile.get("majority_share"), profile.get("val_majority_share")
+    if val_major is not None:  # no-skill on validation: the best constant guess there
+        val_major = max(val_major, profile.get("val_top_share", 0.0))
     model = _best(history, [f"val_{k}" for k in ACCURACY_KEYS])
     if judged is None and lin.get("val") is None:
         return []
@@ -234,7 +254,7 @@ def _nan_stop(stop: dict | None, step_losses: list, findings: list[Finding]) -> 
     if not stop or stop.get("reason") != "nan_loss":
         return []
     if any(f.kind in ("unscaled_features", "feature_scale", "nan_values", "lr_too_high",
-                      "exploding_gradients") for f in findings):
+                      "exploding_gradients", "bad_init", "nan_inputs") for f in findings):
         return []
     step = next((i for i, v in enumerate(step_losses) if not math.isfinite(v)), None)
     where = f" at step {step + 1} of epoch {stop['epoch'] + 1}" if step is not None else ""

@@ -76,6 +76,10 @@ class GradHealth:
         self.weight = {n: [] for n in self.layers}
         self.update = {n: [] for n in self.layers}
         self.with_grad: set[str] = set()  # layers this rank saw a gradient for
+        # layer -> RMS over its units of each unit's weight-vector norm at the fit's first
+        # step: sqrt(fan_in * variance), about 1.4 for He and under 1.5 for Glorot, whatever
+        # the layer's size (a shard of rows gives the same figure)
+        self.start_rows: dict[str, float] = {}
         self._before: dict[str, list[torch.Tensor]] | None = None
         self._handles: list = []
 
@@ -107,13 +111,23 @@ class GradHealth:
                 self.grad[name].append(g)
                 self.weight[name].append(
                     math.sqrt(sum(float(_local(p).float().pow(2).sum()) for p in params)))
+            if self.count == 0:
+                self._start_rows()
             for name, w in self.units.items():
-                if w.grad is not None:
+                # a NaN gradient (a NaN batch) says nothing about which units are alive
+                if w.grad is not None and bool(torch.isfinite(_local(w.grad)).all()):
                     g = _local(w.grad)
                     self.recent[name] = (self.recent[name] + [g.reshape(g.shape[0], -1)
                                                               .abs().sum(1) > 0])[-DEAD_WINDOW:]
             self._before = {n: [_local(p).detach().clone() for p in ps]
                             for n, ps in self.layers.items()}
+
+    def _start_rows(self) -> None:
+        for name, w in self.units.items():
+            rows = _local(w).detach().float()
+            if rows.numel():
+                rows = rows.reshape(rows.shape[0], -1)  # (units, fan_in)
+                self.start_rows[name] = float(rows.pow(2).sum(1).mean().sqrt())
 
     def _post(self, optimizer, args, kwargs) -> None:
         self.count += 1
@@ -140,7 +154,8 @@ class GradHealth:
                 "layers": {n: {"grad": self.grad[n], "weight": self.weight[n],
                                "update": self.update[n][:len(self.grad[n])],
                                "dead_units": dead.get(n)}
-                           for n in self.layers if n in self.with_grad}}
+                           for n in self.layers if n in self.with_grad},
+                "start_rows": {n: r for n, r in self.start_rows.items() if n in self.with_grad}}
 
 
 def _median(xs: list[float]) -> float:
@@ -167,7 +182,7 @@ def _exploding(health: dict) -> list[Finding]:
                             f"layer {name}'s gradient norm reached {max(bad):.3g} (sampled "
                             f"every {health['every']} steps; above {EXPLODING_NORM:g} explodes)",
                             "clip gradients and lower the learning rate: "
-                            f"optimizer=Adam(learning_rate=3e-4, clipnorm=1.0)", impact=0.6)]
+                            "optimizer=Adam(learning_rate=3e-4, clipnorm=1.0)", impact=0.6)]
     return []
 
 
@@ -199,8 +214,11 @@ def _dead(health: dict) -> list[Finding]:
                "bias_initializer='zeros'), or use activation='leaky_relu'")
     else:
         when = "alive at the start, they died in training: large steps pushed their inputs below 0"
-        fix = ("lower the learning rate 3-10x (e.g. optimizer=Adam(learning_rate=1e-3)), or "
-               "use activation='leaky_relu'")
+        lrs = [x for x in health.get("lr") or [] if math.isfinite(x) and x > 0]
+        lower = (f"learning_rate={max(lrs) / 5:.2g} instead of {max(lrs):.3g}" if lrs
+                 else "optimizer=Adam(learning_rate=1e-3)")
+        fix = (f"lower the learning rate 3-10x (e.g. {lower}), or use "
+               "activation='leaky_relu'")
     return [Finding("dead_units", "warning",
                     f"{share:.0%} of layer {name}'s units got no gradient in the last "
                     f"{DEAD_WINDOW} sampled steps (dead ReLUs, {when})", fix, impact=0.7)]

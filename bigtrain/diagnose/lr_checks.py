@@ -42,11 +42,13 @@ def peak_step(health: dict) -> tuple[str, float] | None:
     return max(peaks, key=lambda p: p[1]) if peaks else None
 
 
-def _prior_loss(record: RunRecord) -> float | None:
+def prior_loss(record: RunRecord) -> float | None:
     """Cross-entropy of predicting the training class shares: what a model that learned
-    nothing scores (ln C for C balanced classes)."""
+    nothing scores (ln C for C balanced classes); for mse, the targets' variance."""
     profile = record.data_profile or {}
     counts = profile.get("class_counts")
+    if profile.get("loss") in ("mse", "mean_squared_error") and profile.get("target_std"):
+        return profile["target_std"] ** 2
     if profile.get("loss") not in CE_LOSSES and profile.get("loss") != "binary_crossentropy":
         return None
     if not counts or sum(counts) == 0:
@@ -58,7 +60,8 @@ def _prior_loss(record: RunRecord) -> float | None:
 def _loss_symptoms(record: RunRecord) -> list[str]:
     loss = [v for v in record.history.get("loss", []) if math.isfinite(v)]
     out = []
-    prior = _prior_loss(record)
+    classes = (record.data_profile or {}).get("task") == "classification"
+    prior = prior_loss(record) if classes else None
     if prior and loss and max(loss) > PRIOR_MARGIN * prior:
         k = max(range(len(loss)), key=loss.__getitem__)
         out.append(f"epoch {k + 1}'s training loss {loss[k]:.3g} is worse than predicting the "

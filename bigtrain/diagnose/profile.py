@@ -116,11 +116,16 @@ def _classes(ids: np.ndarray, ids_v: np.ndarray | None) -> dict:
            "majority_class": major, "majority_share": float(counts.max() / len(ids))}
     if ids_v is not None:
         out["val_majority_share"] = float((ids_v == major).mean())
+        # the best a model that ignores the inputs can score on validation: a constant
+        # guess of the most common validation class (small splits differ from training's)
+        if len(ids_v) and ids_v.min() >= 0:
+            out["val_top_share"] = float(np.bincount(ids_v).max() / len(ids_v))
     return out
 
 
 def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
-                 output_units: int | None = None, val_probs=None, seed: int = 0) -> dict:
+                 output_units: int | None = None, val_probs=None, seed: int = 0,
+                 loss_reads_probabilities: bool = False) -> dict:
     """The data profile of one run (JSON-ready).
 
     Args:
@@ -132,6 +137,8 @@ def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
             `profile_rows(len(x_val))` (out-of-sample), used for the label check when they
             beat the linear model's.
         seed: seed of the row sample.
+        loss_reads_probabilities: the loss takes the model's output as logits
+            (from_logits=True) while the model already outputs softmax probabilities.
     """
     rows = _sample(len(x), seed)
     x2 = np.asarray(x)[rows].reshape(len(rows), -1)
@@ -142,7 +149,8 @@ def profile_data(x, y, x_val=None, y_val=None, *, loss: str | None = None,
         xv2 = np.asarray(x_val)[vrows].reshape(len(vrows), -1)
         yv_s = None if y_val is None else np.asarray(y_val)[vrows]
     out = {"rows": int(len(x)), "features": int(x2.shape[1]), "loss": loss,
-           "output_units": output_units, "sample_rows": int(len(rows))}
+           "output_units": output_units, "sample_rows": int(len(rows)),
+           "loss_reads_probabilities": bool(loss_reads_probabilities)}
     # the feature checks read every row where that is cheap: a column constant, or equal to
     # another, in the sample can differ in the rows it left out
     whole = np.asarray(x) if np.asarray(x).size <= FULL_FEATURE_CHECK else None

@@ -140,7 +140,8 @@ class RunRecord:
         layer_health: per-layer gradient figures sampled every `every` optimizer steps
             (bigtrain.diagnose.grad_health.GradHealth.summary): {"every": k, "steps":
             [global step], "lr": [...], "layers": {name: {"grad": [...], "weight": [...],
-            "update": [...], "dead_units": share or None}}}.
+            "update": [...], "dead_units": share or None}}, "start_rows": {name: RMS of
+            the unit weight-vector norms at the fit's first step}}.
         data_profile: what the data alone says, measured on a sample at the end of the fit
             (bigtrain.diagnose.profile.profile_data): scale, labels, the majority-class and
             linear-model baselines, likely label errors.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
+from dataclasses import replace
 
 from bigtrain.diagnose.baseline_checks import check_profile
 from bigtrain.diagnose.findings import Finding, sort_findings
@@ -17,8 +18,13 @@ from bigtrain.diagnose.grad_health import check_gradients
 from bigtrain.diagnose.lr_checks import check_lr, reconcile
 from bigtrain.diagnose.quality_checks import check_history
 from bigtrain.diagnose.record import RunRecord
+from bigtrain.diagnose.start_checks import check_start, reconcile_start
 
 INPUT_BOUND_SHARE = 0.30   # data-wait share of the step that makes a run input-bound
+#: and at least this wait per step (seconds): under it the wait is the batch's own indexing
+#: and copy (in-memory arrays take ~0.1 ms), which background workers cannot hide - handing
+#: a batch over from a worker process costs about as much
+INPUT_BOUND_MIN_S = 1e-3
 COMM_BOUND_SHARE = 0.30    # exposed-communication share that makes it communication-bound
 LOW_MFU = 0.20             # below this MFU a small batch is the first suspect
 SMALL_BATCH = 32           # fewer samples per rank (per micro-batch) are small
@@ -28,6 +34,7 @@ TARGET_BUBBLE = 0.10       # what the suggested micro-batch count aims for
 STRAGGLER_RATIO = 1.20     # slowest rank / median rank step time
 STRAGGLER_SHARE = 0.10     # and the others' wait for it is this share of the step at least
 FUSABLE = {"adam", "adamw", "sgd", "adagrad"}  # torch optimizers with fused CPU kernels
+BROKEN_IMPACT = 0.5        # a quality finding explaining this much: the model is broken
 
 
 def _ms(seconds: float) -> str:
@@ -36,7 +43,7 @@ def _ms(seconds: float) -> str:
 
 def _input_bound(r: RunRecord) -> list[Finding]:
     st = r.step_time
-    if st.share("data") < INPUT_BOUND_SHARE:
+    if st.share("data") < INPUT_BOUND_SHARE or st.data < INPUT_BOUND_MIN_S:
         return []
     return [Finding("input_bound", "warning",
                     f"waiting for data is {st.share('data'):.0%} of each {_ms(st.total)} step "
@@ -293,14 +300,24 @@ def check_run(record: RunRecord) -> list[Finding]:
     Returns:
         Findings, the one that explains most first; empty when nothing looks wrong.
     """
-    out = [f for check in SPEED_CHECKS for f in check(record)]
     # check_lr first: of two lr_too_high findings, the one with more evidence is kept
-    grads = check_lr(record) + check_gradients(record.layer_health)
-    out += grads + check_profile(record.data_profile, record.history, stop=record.stop,
-                                 step_losses=record.step_losses, prior=grads)
+    grads = check_start(record) + check_lr(record) + check_gradients(record.layer_health)
+    out = grads + check_profile(record.data_profile, record.history, stop=record.stop,
+                                step_losses=record.step_losses, prior=grads)
     history = check_history(record.history, num_classes=record.num_classes)
     out += history + _nan_in_steps(record, history) + _stop(record)
-    return sort_findings(reconcile(_dedupe(out)))
+    speed = [f for check in SPEED_CHECKS for f in check(record)]
+    return sort_findings(reconcile_start(reconcile(_dedupe(_model_first(out, speed)))))
+
+
+def _model_first(quality: list[Finding], speed: list[Finding]) -> list[Finding]:
+    """A run whose model is broken (a quality finding that explains at least half of
+    it) gets that cause first: a faster run of a model that does not learn helps nobody,
+    so speed findings rank below it (their share of step time still orders them)."""
+    broken = any(f.severity != "info" and f.impact >= BROKEN_IMPACT for f in quality)
+    if broken:
+        speed = [replace(f, impact=min(f.impact, BROKEN_IMPACT - 0.01)) for f in speed]
+    return quality + speed
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:

@@ -81,6 +81,30 @@ def _val_probs(task, net: nn.Module, x: torch.Tensor) -> np.ndarray | None:
     return out.numpy().astype(np.float64)
 
 
+def _reads_probabilities(task, net: nn.Module, x: torch.Tensor) -> bool:
+    """The loss reads the output as logits (from_logits=True, no activation moved into
+    it) while the model already outputs class probabilities (a softmax layer): the loss
+    applies a second softmax, and the model trains towards a floor it cannot pass."""
+    loss = task.losses[0] if len(task.losses) == 1 else None
+    if loss is None or not getattr(loss, "from_logits", False) or \
+            (task.activations and task.activations[0] is not None):
+        return False
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(x[:64])
+    except Exception:  # noqa: BLE001 - a model we cannot call alone says nothing here
+        return False
+    finally:
+        net.train(was)
+    if not torch.is_tensor(out) or out.dim() != 2 or out.shape[1] < 2:
+        return False
+    out = out.float()
+    return bool(((out >= 0) & (out <= 1)).all() and
+                torch.allclose(out.sum(1), torch.ones(1), atol=1e-3))
+
+
 def data_profile(task, strategy) -> dict:
     """The data profile of this fit's training/validation arrays; {} for Datasets, several
     inputs or outputs, or when profiling fails (the record is still written), and on
@@ -109,7 +133,9 @@ def profile_of(task, with_probs: bool) -> dict:
             prof = profile_data(train[0].numpy(), train[1].numpy(),
                                 None if val is None else val[0].numpy(),
                                 None if val is None else val[1].numpy(), loss=loss,
-                                output_units=_output_units(task.module), val_probs=probs)
+                                output_units=_output_units(task.module), val_probs=probs,
+                                loss_reads_probabilities=_reads_probabilities(
+                                    task, task.module, train[0]) if with_probs else False)
     except Exception as e:  # noqa: BLE001 - the profile is advice; never lose the record
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     prof["normalized_in_model"] = _normalized_in_model(task.module)
