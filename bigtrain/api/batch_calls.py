@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from bigtrain.api import training
+from bigtrain.api.compile_metrics import keras_order
 from bigtrain.api.fit_args import class_weight_to_sample_weight
 from bigtrain.api.inputs import _compact_one_hot, prepare_data
 from bigtrain.api.keyed_outputs import split_dict
@@ -159,7 +160,7 @@ def _batch(model, runner: BatchRunner, x, y, sample_weight) -> StepBatch:
                          weights=[1.0])
     device = runner.device
     xb, yb = as_tensor_source(x).to(device), as_tensor_source(y)
-    spec, names = model.compiled.losses[0], model.compiled.metric_names[0]
+    spec, names = model.compiled.losses[0], model.compiled.all_metrics(0)
     yb = _compact_one_hot(yb, spec, names).to(device)
     sw = None if sample_weight is None else as_tensor_source(sample_weight).to(device)
     return StepBatch(micro=[(xb, yb, sw)], weights=[1.0])
@@ -205,17 +206,10 @@ def _logs(tally: _BatchTally | None, batch: StepBatch, outputs: list, loss) -> d
     return tally.logs(tally.state())
 
 
-def keras_order(logs: dict[str, float], output_names: list[str]) -> list[str]:
-    """Keras's order of the returned list (as evaluate's): the total loss, each output's
-    loss, then the compiled metrics output by output."""
-    losses = [f"{name}_loss" for name in output_names if f"{name}_loss" in logs]
-    return ["loss", *losses, *[k for k in logs if k != "loss" and k not in losses]]
-
-
 def _result(model, logs: dict[str, float], return_dict: bool):
     if return_dict:
         return logs
-    values = [logs[k] for k in keras_order(logs, model.output_names)]
+    values = [logs[k] for k in keras_order(model.compiled, model.output_names, logs)]
     return values[0] if len(values) == 1 else values
 
 
@@ -305,11 +299,12 @@ def predict_on_batch(model, x):
 
 def metrics_names(model) -> list[str]:
     """Keras 3's `metrics_names`: [] before compile, then "loss", "compile_metrics" when
-    compile was given metrics, and each output's "<name>_loss" in a model of several."""
+    compile was given metrics or weighted_metrics, and each output's "<name>_loss" in a
+    model of several."""
     if model.compiled is None:
         return []
     names = ["loss"]
-    if any(model.compiled.metric_names):
+    if any(model.compiled.metric_names) or any(model.compiled.weighted_names):
         names.append("compile_metrics")
     if len(model.output_names) > 1:
         names += [f"{name}_loss" for name in model.output_names]

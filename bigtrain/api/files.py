@@ -160,6 +160,7 @@ def save_model(model, path: str, include_optimizer: bool = True) -> None:
         arch["compile"] = {"losses": [spec.name for spec in c.losses],
                            "loss_configs": loss_configs(c),  # with their arguments
                            "loss_weights": c.loss_weights, "metrics": c.metric_names,
+                           "weighted_metrics": c.weighted_names,
                            "optimizer": c.optimizer.name, "lr": c.optimizer.learning_rate,
                            "optimizer_config": _optimizer_config(c.optimizer,
                                                                  include_optimizer)}

@@ -169,8 +169,8 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
     sw = None if sample_weight is None else as_tensor_source(sample_weight)
     targets = [as_tensor_source(a) for a in ys]
     if model.compiled is not None:
-        targets = [_compact_one_hot(t, spec, names) for t, spec, names in
-                   zip(targets, model.compiled.losses, model.compiled.metric_names)]
+        targets = [_compact_one_hot(t, spec, model.compiled.all_metrics(i))
+                   for i, (t, spec) in enumerate(zip(targets, model.compiled.losses))]
     return ArrayData([as_tensor_source(a) for a in xs], targets, sw, specs)
 
 

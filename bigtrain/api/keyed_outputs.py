@@ -9,6 +9,10 @@ path reads by position (a loss, a loss weight and metrics per output; History's
 returns its own dict. A key without a loss is not trained on, as in Keras (whose fit also
 wants targets for it; bigtrain does not).
 
+Under DDP (ddp, zero1) a key without a loss can leave parameters without gradients, which
+DDP refuses unless told: fit turns on its `find_unused_parameters` where a forward of the
+first row shows such parameters (`ddp_strategy`).
+
 Example:
     model = Model(module)                    # module(x) -> {"a": (B, 2), "b": (B, 3)}
     model.compile(optimizer="sgd", loss={"a": "mse", "b": "sparse_categorical_crossentropy"},
@@ -112,6 +116,80 @@ def refuse_strategy(model, strategy) -> None:
                          "a dict (compile's loss is a dict by output key): a pipeline cuts the "
                          "module into stages and does not see its dict; use strategy='ddp', "
                          "'zero2', 'zero3' or 'fsdp'")
+
+
+def ddp_strategy(model, strategy, data, processes: int):
+    """The strategy to fit a dict-output module with: a DDP one (ddp, zero1, ...) that
+    finds unused parameters where some trainable parameter reaches no output that has a
+    loss (a layer feeding only a key without one, as Keras leaves such an output
+    untrained); else `strategy` as given. Without it DDP stops the first step: it waits
+    for gradients those parameters never get. A copy is changed, never the user's object.
+
+    Args:
+        model: the compiled Model; `strategy`: fit's (a name, an object or None);
+        data: fit's training data, whose first row the check runs on;
+        processes: how many ranks the fit runs on (one: no DDP, nothing to do).
+    """
+    import copy
+    from bigtrain.launch.runner import launched_world_size
+    from bigtrain.parallel.base import resolve_strategy
+    from bigtrain.parallel.data_parallel import DataParallel
+    if output_names(model) is None or processes < 2 or strategy == "auto":
+        return strategy
+    # a launched job of several ranks trains with ddp when fit names no strategy
+    name = "ddp" if strategy is None and (launched_world_size() or 1) > 1 else strategy
+    strat = resolve_strategy(name)
+    if not isinstance(strat, DataParallel) or strat.find_unused_parameters:
+        return strategy
+    if not _unused_parameters(model, data):
+        return strategy
+    strat = copy.copy(strat)
+    strat.find_unused_parameters = True
+    return strat
+
+
+def _unused_parameters(model, data) -> bool:
+    """Whether some trainable parameter of `model.net` reaches no output that has a loss,
+    read from the autograd graph of a forward of the data's first row in inference mode
+    (no running statistic moves, no dropout draws). True where no row can be read (a
+    stream): DDP then looks for unused parameters itself, at each step."""
+    from bigtrain.engine.data import ArrayData
+    from bigtrain.parallel.microbatch import call_module
+    net, hook = model.net, model.compiled.keyed
+    params = {id(p) for p in net.parameters() if p.requires_grad}
+    if not params:
+        return False
+    if not isinstance(data, ArrayData) or len(data) == 0:
+        return True
+    x, _, _ = data.take(torch.arange(1), next(net.parameters()).device)
+    was_training, was_view = net.training, hook.engine_view
+    net.eval()
+    hook.engine_view = True  # the tuple of the keys that have a loss
+    try:
+        with torch.enable_grad():
+            out = call_module(net, x)
+    finally:
+        net.train(was_training)
+        hook.engine_view = was_view
+    return bool(params - _leaves(out if isinstance(out, tuple) else (out,)))
+
+
+def _leaves(outputs: tuple) -> set[int]:
+    """ids of the tensors requiring grad that `outputs` were computed from (the parameters
+    their backward would reach)."""
+    reached = {id(o) for o in outputs if o.requires_grad and o.grad_fn is None}
+    stack = [o.grad_fn for o in outputs if o.grad_fn is not None]
+    seen = set()
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        leaf = getattr(fn, "variable", None)  # AccumulateGrad: the leaf it adds into
+        if leaf is not None:
+            reached.add(id(leaf))
+        stack.extend(next_fn for next_fn, _ in fn.next_functions)
+    return reached
 
 
 def split_dict(out) -> tuple[tuple, list[str] | None]:

@@ -21,6 +21,10 @@ class Metric:
     #: per-batch figure (a batch mean) must leave it False.
     batchable = False
 
+    #: compiled as one of `weighted_metrics`: `update` gets the batch's sample weights
+    #: (the engine's tally passes them; compile sets it on the run's own copy)
+    weighted = False
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         # not inherited: a subclass of a built-in metric may add a per-batch figure
@@ -52,12 +56,39 @@ class Metric:
         self._total.add_(total)
         self._count += count
 
-    def update(self, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
+    def _add_weighted(self, values: torch.Tensor, sample_weight: torch.Tensor) -> None:
+        """Add one update's values (errors, or hits as booleans), each counted with the
+        weight of its sample (`value_weights`): sum(w v) to the total, sum(w) to the count,
+        as Keras's weighted mean."""
+        w = value_weights(sample_weight, values)
+        self._total.add_((values.to(torch.float64) * w).sum())
+        self._state[1] += w.sum()
+
+    def update(self, y_true: torch.Tensor, y_pred: torch.Tensor,
+               sample_weight: torch.Tensor | None = None) -> None:
+        """Add a batch. `sample_weight` (B,) or (B, T) is given to the metrics compiled as
+        `weighted_metrics` (None when the batch has none); a subclass of your own takes it
+        as Keras's `update_state(y_true, y_pred, sample_weight=None)` does."""
         raise NotImplementedError
 
     def result(self, state: torch.Tensor | None = None) -> float:
         s = self.state if state is None else state
         return float(s[0] / s[1]) if float(s[1]) > 0 else 0.0
+
+
+def value_weights(sample_weight: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Each value's weight (float64, shaped as `values` (B, ...)): Keras's sample weights,
+    one per sample (B,) or per time step (B, T), spread over the values of the sample or
+    step they weigh. Keras averages a sample's values first and weighs the means; every
+    sample having as many values, sum(w v) / sum(w) over the values is the same number."""
+    w = sample_weight.detach().to(device=values.device, dtype=torch.float64)
+    if w.dim() == values.dim() + 1 and w.shape[-1] == 1:
+        w = w.squeeze(-1)  # (B, 1) weights of (B,) values
+    if w.dim() > values.dim() or tuple(w.shape) != tuple(values.shape[:w.dim()]):
+        raise ValueError(f"sample_weight of shape {tuple(sample_weight.shape)} does not fit "
+                         f"a weighted metric's values of shape {tuple(values.shape)}: give "
+                         "one weight per sample (or per time step of a sequence output)")
+    return w.reshape(*w.shape, *[1] * (values.dim() - w.dim())).expand(values.shape)
 
 
 def _dense_targets(y_true, y_pred):
@@ -107,7 +138,7 @@ class Accuracy(Metric):
         self._kind = self._kind or self._resolve(y_true, y_pred)
         return self._kind != "binary"
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         kind = self._kind = self._kind or self._resolve(y_true, y_pred)
         if kind == "sparse":
             if y_true.dtype is not torch.int64 or y_true.dim() != y_pred.dim() - 1:
@@ -117,8 +148,11 @@ class Accuracy(Metric):
             hit = y_pred.argmax(-1) == _target_ids(y_true, y_pred)
         else:
             y_true = _dense_targets(y_true, y_pred)
-            hit = (y_pred.reshape(-1) > 0.5) == (y_true.reshape(-1) > 0.5)
-        self._add(torch.count_nonzero(hit), hit.numel())  # hits: int64, exact
+            hit = (y_pred > 0.5) == (y_true.reshape(y_pred.shape) > 0.5)
+        if sample_weight is not None:
+            self._add_weighted(hit, sample_weight)
+        else:
+            self._add(torch.count_nonzero(hit), hit.numel())  # hits: int64, exact
 
 
 class TopKCategoricalAccuracy(Metric):
@@ -132,11 +166,14 @@ class TopKCategoricalAccuracy(Metric):
     def reads_scores_only(self, y_true, y_pred) -> bool:
         return True
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         target = _target_ids(y_true, y_pred)
         topk = y_pred.topk(min(self.k, y_pred.shape[-1]), dim=-1).indices
         hit = (topk == target.unsqueeze(-1)).any(-1)
-        self._add(torch.count_nonzero(hit), hit.numel())
+        if sample_weight is not None:
+            self._add_weighted(hit, sample_weight)
+        else:
+            self._add(torch.count_nonzero(hit), hit.numel())
 
 
 class MeanError(Metric):
@@ -155,11 +192,14 @@ class MeanError(Metric):
         self.name = kind if name is None else name
         self.squared = squared[kind]  # kept apart: the name may change (an output's prefix)
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         y_true = _dense_targets(y_true, y_pred)
         d = y_pred - y_true.reshape(y_pred.shape).to(y_pred.dtype)
         err = d * d if self.squared else d.abs()
-        self._add(err.sum(), err.numel())
+        if sample_weight is not None:
+            self._add_weighted(err, sample_weight)
+        else:
+            self._add(err.sum(), err.numel())
 
 
 class AUC(Metric):
@@ -201,7 +241,7 @@ class AUC(Metric):
         self.summation_method, self.from_logits = summation_method, from_logits
         self.size = 2 * num_thresholds
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         y_true = _dense_targets(y_true, y_pred)
         p = y_pred.detach().reshape(-1).float()
         p = (p.sigmoid() if self.from_logits else p).clamp(0, 1)
@@ -209,8 +249,11 @@ class AUC(Metric):
         # Keras's buckets: a score counts above threshold k / (bins - 1) when strictly
         # greater, so bucket ceil(p (bins - 1)) - 1 (0 for a score of 0)
         idx = (p * (self.bins - 1)).ceil().long().sub_(1).clamp_(min=0)
-        self.state[: self.bins].index_add_(0, idx[t], torch.ones_like(idx[t], dtype=torch.float64))
-        self.state[self.bins:].index_add_(0, idx[~t], torch.ones_like(idx[~t], dtype=torch.float64))
+        # each score counts once, or with its sample's weight (weighted_metrics)
+        counts = torch.ones_like(idx, dtype=torch.float64) if sample_weight is None else \
+            value_weights(sample_weight, y_pred).reshape(-1)
+        self.state[: self.bins].index_add_(0, idx[t], counts[t])
+        self.state[self.bins:].index_add_(0, idx[~t], counts[~t])
 
     def result(self, state=None):
         s = (self.state if state is None else state).double()
@@ -268,7 +311,7 @@ class OutputLoss(Metric):
     def reads_scores_only(self, y_true, y_pred) -> bool:
         return True
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         pass  # fed by loss_fn
 
     def loss_fn(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:

@@ -15,7 +15,8 @@ import math
 import torch
 
 from bigtrain.api import losses
-from bigtrain.api.metrics_base import Accuracy, Metric, _dense_targets, _target_ids
+from bigtrain.api.metrics_base import (Accuracy, Metric, _dense_targets, _target_ids,
+                                       value_weights)
 
 EPSILON = 1e-7  # Keras's backend.epsilon()
 NEG_INF = -1e10  # Keras's stand-in for -inf (the default threshold with top_k)
@@ -41,9 +42,12 @@ class _MeanOf(Metric):
     def values(self, y_true, y_pred) -> torch.Tensor:
         raise NotImplementedError
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         v = self.values(y_true, y_pred)
-        self._add(v.sum(dtype=torch.float64), v.numel())
+        if sample_weight is not None:
+            self._add_weighted(v, sample_weight)
+        else:
+            self._add(v.sum(dtype=torch.float64), v.numel())
 
 
 def _same_shape(y_true, y_pred):
@@ -143,12 +147,15 @@ class SparseTopKCategoricalAccuracy(Metric):
     def reads_scores_only(self, y_true, y_pred) -> bool:
         return True  # a softmax keeps the order of the scores
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         scores = y_pred.reshape(-1, y_pred.shape[-1])  # (N, C)
         ids = _target_ids(y_true, y_pred).reshape(-1, 1)  # (N, 1)
         kth = scores.topk(min(self.k, scores.shape[-1]), dim=-1).values[:, -1:]
         hit = scores.gather(1, ids) >= kth
-        self._add(torch.count_nonzero(hit), hit.numel())
+        if sample_weight is not None:  # a weight per sample: hits shaped as the samples
+            self._add_weighted(hit.reshape(y_pred.shape[:-1]), sample_weight)
+        else:
+            self._add(torch.count_nonzero(hit), hit.numel())
 
 
 class _Crossentropy(_MeanOf):
@@ -229,22 +236,27 @@ class _Confusion(_Sums):
         self.top_k, self.class_id, self.name = top_k, class_id, name
         self.size = 2 * len(self.thresholds)
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         y_true = _same_shape(y_true, y_pred)
+        # each value counts once, or with its sample's weight (weighted_metrics)
+        w = None if sample_weight is None else value_weights(sample_weight, y_pred)
         if self.top_k is not None:  # Keras's _filter_top_k: the rest at -1e10
             idx = y_pred.topk(self.top_k, dim=-1).indices
             keep = torch.zeros_like(y_pred, dtype=torch.bool).scatter_(-1, idx, True)
             y_pred = torch.where(keep, y_pred, NEG_INF)
         if self.class_id is not None:
             y_true, y_pred = y_true[..., self.class_id], y_pred[..., self.class_id]
+            w = None if w is None else w[..., self.class_id]
         t = torch.tensor(self.thresholds, dtype=y_pred.dtype, device=y_pred.device)
         above = y_pred.reshape(-1, 1) > t  # (values, thresholds)
         pos = (y_true.reshape(-1, 1) != 0)
-        first = (above & pos).sum(0)  # tp
-        second = (above & ~pos).sum(0) if self.counts[1] == "fp" else (~above & pos).sum(0)
+        first = above & pos  # tp
+        second = (above & ~pos) if self.counts[1] == "fp" else (~above & pos)
+        if w is not None:
+            first, second = first * w.reshape(-1, 1), second * w.reshape(-1, 1)
         n = len(self.thresholds)
-        self._state[:n] += first
-        self._state[n:] += second
+        self._state[:n] += first.sum(0)
+        self._state[n:] += second.sum(0)
 
     def result(self, state=None):
         s = self.state if state is None else state
@@ -309,7 +321,7 @@ class FBetaScore(_Sums):
         self.average, self.beta, self.threshold, self.name = average, float(beta), threshold, name
         self.size = 0  # 4 * classes, once a batch has shown the classes
 
-    def update(self, y_true, y_pred):
+    def update(self, y_true, y_pred, sample_weight=None):
         if y_pred.dim() != 2:
             raise ValueError(f"{type(self).__name__} reads (batch, classes) predictions, got "
                              f"shape {tuple(y_pred.shape)}")
@@ -325,6 +337,8 @@ class FBetaScore(_Sums):
             pred = y_pred > self.threshold
         pred = pred.to(y_pred.dtype)
         sums = torch.stack([pred * y_true, pred * (1 - y_true), (1 - pred) * y_true, y_true])
+        if sample_weight is not None:  # (4, B, C) * (B, C): each sample's weight
+            sums = sums * value_weights(sample_weight, y_pred)
         self._state += sums.sum(1, dtype=torch.float64).reshape(-1)  # (4, B, C) -> 4 C
 
     def result(self, state=None):

@@ -6,7 +6,7 @@ which the ranks' callbacks see as `model.optimizer`.
 """
 from __future__ import annotations
 
-from bigtrain.api.optimizers import KerasLearningRate
+from bigtrain.api.keras_optimizer import KerasLearningRate
 
 
 def keras_facing(optimizer):

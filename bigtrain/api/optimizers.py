@@ -10,8 +10,9 @@ Keras's epsilon; RMSprop, Adagrad, Lion, Ftrl and Lamb Keras's own formulas
 optimizer class or instance passed in keeps torch's rule.
 
 Every optimizer a spec builds also answers Keras's `optimizer.learning_rate` (read, set,
-`.assign`), acting on all its param groups, and follows a learning-rate schedule
-(bigtrain.optimizers.schedules) given as `learning_rate`, one value per optimizer step.
+`.assign`), acting on all its param groups, and `optimizer.iterations` (the steps taken),
+and follows a learning-rate schedule (bigtrain.optimizers.schedules) given as
+`learning_rate`, one value per optimizer step (bigtrain.api.keras_optimizer).
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ import torch
 
 from bigtrain.api import optimizer_kernels as keras_rules
 from bigtrain.api.optimizer_kernels import kernel_options
+from bigtrain.api.keras_optimizer import Iterations, LearningRate, keras_class, not_settable
 from bigtrain.api.param_groups import grouped, instance_groups
 from bigtrain.api.schedules import as_schedule, rate_at
 from bigtrain.api.sparse_grads import watch_sparse_grads
-from bigtrain.engine.callbacks._util import get_lrs, set_lrs
 from bigtrain.parallel.update_rules import UpdateRules
 
 # Keras names -> (optimizer class, Keras defaults translated to torch arguments)
@@ -72,109 +73,6 @@ def _refuse(cls_name: str, extra: dict) -> None:
         raise ValueError(f"{cls_name}: bigtrain does not support {reasons}")
 
 
-class LearningRate(float):
-    """What `optimizer.learning_rate` reads: the rate as a float that, like the Keras
-    variable it stands for, `assign`s a new value to the optimizer it was read from."""
-
-    def __new__(cls, value: float, owner):
-        rate = super().__new__(cls, value)
-        rate.owner = owner
-        return rate
-
-    def assign(self, value) -> None:
-        self.owner.learning_rate = value
-
-    def numpy(self) -> float:
-        return float(self)
-
-
-def _not_settable(owner) -> TypeError:
-    return TypeError(f"this optimizer was created with a learning-rate schedule "
-                     f"({type(owner.schedule).__name__}) as its learning_rate, hence its "
-                     "learning rate is not settable; create it with a float learning_rate "
-                     "to set it (as in Keras)")
-
-
-class KerasLearningRate:
-    """Mixed into each torch optimizer class a spec builds (same name, same state_dict):
-    Keras's `learning_rate`, on every param group. With a `schedule` (a class attribute of
-    the scheduled variant) a step pre-hook sets each step's rate from the step count,
-    kept as the groups' "iterations" so that it carries over with the optimizer state."""
-
-    schedule = None
-
-    @property
-    def learning_rate(self) -> LearningRate:
-        if self.schedule is not None:  # Keras: the rate of the next step
-            return LearningRate(rate_at(self.schedule, _iterations(self)), self)
-        return LearningRate(get_lrs(self)[0], self)
-
-    @learning_rate.setter
-    def learning_rate(self, value) -> None:
-        if self.schedule is not None:
-            raise _not_settable(self)
-        set_lrs(self, [float(value)] * len(self.param_groups))
-
-
-def _iterations(optimizer) -> int:
-    return int(optimizer.param_groups[0].get("iterations", 0))
-
-
-def _scheduled_step(optimizer, args, kwargs) -> None:
-    """Step pre-hook: this step's rate from the schedule, then count the step (it runs
-    before every other pre-hook, so weight decay and SGD's momentum see this step's rate)."""
-    step = _iterations(optimizer)
-    set_lrs(optimizer, [rate_at(optimizer.schedule, step)] * len(optimizer.param_groups))
-    for group in optimizer.param_groups:
-        group["iterations"] = step + 1
-
-
-def _init_scheduled(base: type):
-    def __init__(self, params, *args, iterations: int = 0, **kwargs):
-        base.__init__(self, params, *args, **kwargs)
-        self.defaults["iterations"] = iterations  # read back as an argument (ZeRO-1)
-        for group in self.param_groups:
-            group.setdefault("iterations", iterations)
-        handle = self.register_step_pre_hook(_scheduled_step)
-        # first of all pre-hooks: the base's own (SGD's momentum rescale) read this rate
-        self._optimizer_step_pre_hooks.move_to_end(handle.id, last=False)
-    # the base's signature and the step count to start from, for code that reads the
-    # constructor's arguments (ZeRO-1 builds its local optimizer from them)
-    __init__.__signature__ = _with_iterations(inspect.signature(base.__init__))
-    return __init__
-
-
-def _with_iterations(signature: inspect.Signature) -> inspect.Signature:
-    """`signature` with a keyword-only `iterations=0`, before any **kwargs."""
-    params = list(signature.parameters.values())
-    at = next((i for i, p in enumerate(params) if p.kind is p.VAR_KEYWORD), len(params))
-    extra = inspect.Parameter("iterations", inspect.Parameter.KEYWORD_ONLY, default=0)
-    return signature.replace(parameters=[*params[:at], extra, *params[at:]])
-
-
-#: torch classes that stay as they are: zero3 swaps torch's exact Rprop for a DTensor-safe one
-_EXACT = (torch.optim.Rprop,)
-_classes: dict = {}
-
-
-def keras_class(cls: type, schedule=None) -> type:
-    """`cls` with Keras's learning_rate (and `schedule`), one class per pair so that two
-    fits of a compile build optimizers of the same class."""
-    if cls in _EXACT:
-        if schedule is not None:
-            raise ValueError(f"{cls.__name__} does not take a learning-rate schedule in "
-                             "bigtrain; give it a float learning_rate")
-        return cls
-    key = (cls, schedule)
-    if key not in _classes:
-        body = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__}
-        if schedule is not None:
-            body.update(schedule=schedule, __init__=_init_scheduled(cls))
-        _classes[key] = type(cls.__name__, (KerasLearningRate, cls), body)
-    return _classes[key]
-
-
 @dataclass
 class OptimizerSpec:
     """How to build the torch optimizer: a class and its keyword arguments.
@@ -188,9 +86,10 @@ class OptimizerSpec:
         groups: a torch optimizer instance's own param groups, or None (one group of every
             trainable parameter): [{"index": positions in the model's `parameters()`,
             "count": how many the model has, **that group's settings}].
-        start_step: the step count a learning-rate schedule starts from: the steps of
-            fits under this compile whose optimizer did not carry (several processes), so
-            that the next fit continues the schedule as Keras's `iterations` does.
+        start_step: the step count (`iterations`, and a learning-rate schedule's step)
+            the optimizers it builds start from: the steps of fits under this compile
+            whose optimizer did not carry (several processes), so that the next fit
+            continues counting, and the schedule, as Keras's `iterations` does.
     """
     cls: type
     kwargs: dict = field(default_factory=dict)
@@ -217,8 +116,9 @@ class OptimizerSpec:
         schedule = self.schedule
         if schedule is not None:  # the first step's rate, until the step hook sets each
             kwargs["lr"] = rate_at(schedule, self.start_step)
-            kwargs["iterations"] = self.start_step
         cls = keras_class(self.cls, schedule)
+        if cls is not self.cls:  # a class that counts its steps (not one of _EXACT)
+            kwargs["iterations"] = self.start_step
         flat = [p for g in params for p in g["params"]] if self.groups is not None else params
         kwargs.update(kernel_options(self.cls, flat, kwargs))  # fused only on plain tensors
         try:
@@ -256,8 +156,18 @@ class OptimizerSpec:
     @learning_rate.setter
     def learning_rate(self, value) -> None:
         if self.schedule is not None:
-            raise _not_settable(self)
+            raise not_settable(self)
         self.kwargs["lr"] = float(value)
+
+    @property
+    def iterations(self) -> Iterations:
+        """Keras's `model.optimizer.iterations` before the first fit: 0 after compile (or
+        the steps of earlier fits whose optimizer state stayed with their ranks)."""
+        return Iterations(self.start_step, self)
+
+    @iterations.setter
+    def iterations(self, value) -> None:
+        self.start_step = int(value)
 
 
 def _rules(**keras_args) -> UpdateRules | None:

@@ -54,6 +54,7 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
         config = c.get("optimizer_config")  # files before it: the name and rate alone
         optimizer = spec_from_config(config, custom_objects) if config else c["optimizer"]
         model.compile(optimizer=optimizer, loss=losses, metrics=c["metrics"],
+                      weighted_metrics=c.get("weighted_metrics") or None,
                       loss_weights=c["loss_weights"], learning_rate=None if config else c["lr"])
         if config:  # compile starts a spec at step 0; the file's schedule continues
             model.compiled.optimizer.start_step = config.get("start_step", 0)

@@ -13,15 +13,16 @@ import torch
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
 from bigtrain.api.capture import stop_if_capturing
+from bigtrain.api.compile_metrics import compiled_metrics, fresh_metrics, keras_order
 from bigtrain.api.fit_args import check_keywords, loss_weight_list
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, loader_batch_size,
                                  prepare_data, validation_of)
-from bigtrain.api.keyed_outputs import hook_dict_outputs, refuse_strategy as refuse_keyed, \
-    split_dict
+from bigtrain.api.keyed_outputs import ddp_strategy as keyed_ddp, hook_dict_outputs, \
+    refuse_strategy as refuse_keyed, split_dict
 from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
-from bigtrain.api.metrics import OutputLoss, fresh_metric, get_metric
+from bigtrain.api.metrics import OutputLoss
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
 from bigtrain.api.regularizers import RegularizedTask, refuse_strategy
 from bigtrain.engine.data import ArrayData
@@ -44,6 +45,12 @@ class Compiled:
     deferred: list = field(default_factory=list)
     #: a torch module's dict outputs trained by key (a KeyedOutputs hook), or None
     keyed: object = None
+    #: per output, compile's `weighted_metrics` (fed the sample weights); [] for none
+    weighted_names: list = field(default_factory=list)
+
+    def all_metrics(self, i: int) -> list:
+        """Output `i`'s metrics and weighted metrics, as compile was given them."""
+        return [*self.metric_names[i], *(self.weighted_names[i] if self.weighted_names else [])]
 
 
 def _defer_output_activation(model, index: int, loss: LossSpec):
@@ -133,27 +140,8 @@ def _refuse_inexact_losses(model, devices, accumulate_steps: int = 1) -> None:
                              f"batch_size if memory is short), or {fix}")
 
 
-def _metrics_per_output(metrics, output_names: list[str]) -> list[list]:
-    """compile's `metrics` per output, in Keras's forms: a dict by output name (a name or
-    a list each), a list of lists (one per output), or one list for every output."""
-    def as_list(ms):
-        return [] if ms is None else [ms] if isinstance(ms, str) or \
-            not isinstance(ms, (list, tuple)) else list(ms)
-    if metrics is None:
-        return [[] for _ in output_names]
-    if isinstance(metrics, dict):
-        return [as_list(metrics.get(name)) for name in output_names]
-    items = as_list(metrics)
-    if items and all(m is None or isinstance(m, (list, tuple)) for m in items):
-        if len(items) != len(output_names):
-            raise ValueError(f"metrics is a list of {len(items)} lists, for a model of "
-                             f"{len(output_names)} outputs {output_names}: give one list per "
-                             "output, a dict by output name, or one flat list for every output")
-        return [as_list(m) for m in items]
-    return [list(items) for _ in output_names]
-
-
-def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) -> None:
+def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate,
+                  weighted_metrics=None) -> None:
     if model.net is None:
         raise ValueError("the model has no layers yet; add layers (and an input shape) first")
     keyed = hook_dict_outputs(model, loss)  # a torch module's dict outputs, by key
@@ -176,44 +164,14 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate) 
         deferred.append(_defer_output_activation(model, i, spec))
     activations = [None if layer is None else ACTIVATIONS[layer.activation_name]
                    for layer in deferred]
-    # unknown names fail here, at compile time; a Keras metric object becomes its bigtrain
-    # counterpart now, so that no Keras object is kept or sent to the ranks
-    per_output = [[m if isinstance(m, str) else get_metric(m) for m in ms]
-                  for ms in _metrics_per_output(metrics, names)]
-    for ms in per_output:
-        for m in ms:
-            get_metric(m)
+    per_output = compiled_metrics(metrics, names)
+    weighted = compiled_metrics(weighted_metrics, names, weighted=True)
     weights = loss_weight_list(loss_weights, names)
     model.compiled = Compiled(get_optimizer(optimizer, learning_rate,
                                             list(model.net.parameters())), losses, weights,
-                              [list(ms) for ms in per_output], activations,
-                              [layer for layer in deferred if layer is not None], keyed)
-
-
-def _fresh_metrics(model, losses: list) -> list[list]:
-    """Per output, metrics of its own for this run (the compiled objects are copied, never
-    changed); in a model of several outputs an `OutputLoss` first (its `loss_fn` is the
-    loss the task trains on, see `_task_losses`). Keras's names: "<output>_<metric>" with
-    several outputs, and "_1", "_2", ... after a name already taken."""
-    out, taken = [], {}
-    multi = len(model.output_names) > 1
-    for i, (name, ms, loss) in enumerate(zip(model.output_names, model.compiled.metric_names,
-                                             losses)):
-        metrics = [fresh_metric(m) for m in ms]
-        for m in metrics:
-            m.name = _unique(f"{name}_{m.name}" if multi else m.name, taken)
-        if multi:  # Keras logs each output's loss: "<output>_loss"
-            metrics.insert(0, OutputLoss(loss, column=i))
-            metrics[0].name = f"{name}_loss"
-        out.append(metrics)
-    return out
-
-
-def _unique(name: str, taken: dict[str, int]) -> str:
-    """`name`, or Keras's `name_<k>` when it was taken k times before."""
-    k = taken.get(name, 0)
-    taken[name] = k + 1
-    return name if k == 0 else f"{name}_{k}"
+                              per_output, activations,
+                              [layer for layer in deferred if layer is not None], keyed,
+                              weighted if any(weighted) else [])
 
 
 def _require_compiled(model, what: str) -> None:
@@ -233,7 +191,7 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
     for layer in c.deferred:
         layer.defer_activation = True
     losses = [dataclasses.replace(spec, split=split) for spec in c.losses]
-    metrics = _fresh_metrics(model, losses)
+    metrics = fresh_metrics(c, model.output_names, losses)
     rules = weight_rules_of(model.net)  # kernel_regularizer, kernel_constraint, ...
     task_cls, extra, optimizer = TrainTask, {}, c.optimizer
     if rules:  # the penalties' value joins the loss, their gradient the optimizer's hooks
@@ -348,6 +306,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
         refuse_strategy(strategy)
     refuse_keyed(model, strategy)
     check_stream(data, val, config)
+    strategy = keyed_ddp(model, strategy, data, _processes(devices))
     # several ranks: this process adds the data profile to their record (CallerProfile)
     with output_activations(model, deferred=True), \
             CallerProfile(main=is_main_process()) as caller:
@@ -382,10 +341,7 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
         logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size)
     if return_dict:
         return logs
-    # Keras's order: the total loss, each output's loss, then the metrics
-    losses = [f"{name}_loss" for name in model.output_names if f"{name}_loss" in logs]
-    order = ["loss", *losses, *[k for k in logs if k != "loss" and k not in losses]]
-    values = [logs[k] for k in order]
+    values = [logs[k] for k in keras_order(model.compiled, model.output_names, logs)]
     return values[0] if len(values) == 1 else values
 
 

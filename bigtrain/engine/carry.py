@@ -131,8 +131,8 @@ def keep_final_rate(spec, carried, rate: float | None) -> None:
 
 
 def final_steps(optimizer) -> int | None:
-    """The optimizer steps a learning-rate schedule counted (its param groups' "iterations",
-    bigtrain.api.optimizers), or None for an optimizer without a schedule."""
+    """The optimizer steps `optimizer` counted (its param groups' "iterations", Keras's
+    `iterations`, bigtrain.api.optimizers), or None for one that counts none."""
     counts = {group.get("iterations") for group in optimizer.param_groups}
     if len(counts) != 1 or None in counts:
         return None
@@ -141,10 +141,13 @@ def final_steps(optimizer) -> int | None:
 
 def keep_final_steps(spec, carried, steps: int | None) -> None:
     """After a fit whose optimizer does not carry (`carried` None), make the compiled
-    OptimizerSpec `spec` start the next fit's schedule at `steps`, the count the run ended
-    with (Keras's `iterations` lives on across fit calls)."""
-    if carried is not None or spec.schedule is None:
+    OptimizerSpec `spec` start the next fit's step count (`iterations`, and its schedule)
+    at `steps`, the count the run ended with (Keras's `iterations` lives on across fit
+    calls)."""
+    if carried is not None:
         return
+    if steps is None and spec.schedule is None:
+        return  # no count came back and no schedule depends on one
     if steps is None:  # a parameter server's workers: the servers counted the steps
         warnings.warn(f"the ranks did not report how many steps the learning-rate schedule "
                       f"({type(spec.schedule).__name__}) took (under a parameter server the "

@@ -45,7 +45,7 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
             loss = task.compute_loss(out, y, sw)
             tally.loss_sum += loss.double() * len(idx)
             tally.count += len(idx)
-            tally.update_metrics(y, out)
+            tally.update_metrics(y, out, sw)
     module.train(was_training)
     ctx.mark("metrics all-reduce (evaluate)")
     return tally.logs(strategy.all_reduce(tally.state()), prefix)

@@ -96,6 +96,29 @@ class _Ring:
         return self.y[:k].flatten(0, 1), self.out[:k].flatten(0, 1)
 
 
+def _output_weights(sample_weight, i: int, outputs: int):
+    """Output `i`'s sample weights: its column of per-output weights (B, outputs), as the
+    output's loss reads them (`OutputLoss`), else the batch's own (every output alike)."""
+    if sample_weight is not None and outputs > 1 and sample_weight.dim() == 2:
+        return sample_weight[:, i]
+    return sample_weight
+
+
+def _masked_weights(sample_weight, mask):
+    """The weights of the time steps a (B, T) mask keeps, (B,) or (B, T) weights given."""
+    w = sample_weight.reshape(*sample_weight.shape, *[1] * (mask.dim() - sample_weight.dim()))
+    return w.expand(mask.shape)[mask]
+
+
+def _feed(metric, y, out, sample_weight) -> None:
+    """`metric.update`, with the sample weights for a weighted metric only (a metric of
+    the user's own may take no `sample_weight`)."""
+    if metric.weighted:
+        metric.update(y, out, sample_weight=sample_weight)
+    else:
+        metric.update(y, out)
+
+
 class Tally:
     """Running loss (sample-weighted) and metric states for one pass over the data.
 
@@ -141,15 +164,17 @@ class Tally:
         self._plans: list = [None] * len(metrics)
         self._any = any(metrics)
         cpu = torch.device(device).type == "cpu"
-        self._hold = [cpu and all(getattr(m, "batchable", False) for m in ms) for ms in metrics]
+        # (an output with weighted metrics is read at once: the ring holds no sample weights)
+        self._hold = [cpu and all(getattr(m, "batchable", False) and not m.weighted for m in ms)
+                      for ms in metrics]
         self._rings: list[_Ring | None] = [None] * len(metrics)
 
     def add(self, batch: StepBatch, outputs: list, mean_loss: torch.Tensor) -> None:
         n = 0
-        for (x, y, _), out in zip(batch.micro, outputs):
+        for (x, y, sw), out in zip(batch.micro, outputs):
             n += rows(y if y is not None else x)
             if self._any:
-                self.update_metrics(y, out)
+                self.update_metrics(y, out, sw)
         if mean_loss.requires_grad:
             mean_loss = mean_loss.detach()
         self._loss_slots[len(self._loss_rows)].copy_(
@@ -194,7 +219,10 @@ class Tally:
             self._kept = [torch.cat(self._kept)]
         return self._kept[0].tolist()
 
-    def update_metrics(self, targets, outputs) -> None:
+    def update_metrics(self, targets, outputs, sample_weight=None) -> None:
+        """Add a batch's outputs to the metrics; `sample_weight` (B,), (B, T) or, with
+        several outputs, (B, outputs) reaches the weighted metrics (compile's
+        `weighted_metrics`) only."""
         if outputs is None or targets is None:
             return
         outs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -202,11 +230,13 @@ class Tally:
         for i, (ms, out, y) in enumerate(zip(self.metrics, outs, ys)):
             if not ms or not out.shape[0]:
                 continue
+            sw = _output_weights(sample_weight, i, len(self.metrics))
             mask = getattr(out, "_keras_mask", None)  # (B, T) time-step mask, as Keras
             if out.requires_grad:
                 out = out.detach()  # metrics only read values: no graph
             if mask is not None:  # Keras leaves masked steps out of the metrics
                 out, y = out[mask], y[mask]
+                sw = None if sw is None else _masked_weights(sw, mask)
             if self._hold[i] and out.numel() * out.element_size() <= self.HOLD_BYTES:
                 ring = self._rings[i]
                 if ring is None:
@@ -216,16 +246,16 @@ class Tally:
                         self._read_held(i)
                     continue
                 self._read_held(i)  # another shape (the last, smaller batch): read at once
-            self._update(i, y, out)
+            self._update(i, y, out, sw)
 
-    def _update(self, i: int, y, out) -> None:
+    def _update(self, i: int, y, out, sw=None) -> None:
         plan = self._plans[i] or self._plan(i, y, out)
         for m in plan[0]:
-            m.update(y, out)  # argmax metrics: softmax changes nothing
+            _feed(m, y, out, sw)  # argmax metrics: softmax changes nothing
         if plan[1]:
             probs = plan[2](out.float())
             for m in plan[1]:
-                m.update(y, probs)
+                _feed(m, y, probs, sw)
 
     def _read_held(self, i: int) -> None:
         ring = self._rings[i]

@@ -171,22 +171,6 @@ def check_callbacks(strat, callbacks: list, spec=None) -> None:
                 "train with a data-parallel strategy such as strategy='ddp'.")
 
 
-def check_batch_checkpoints(callbacks: list, nprocs: int) -> None:
-    """Refuse, on every rank before training, a ModelCheckpoint that saves every N batches
-    on several processes (it runs on rank 0 alone, in the middle of an epoch, where every
-    rank takes part in a save); fit's own checkpoints do that."""
-    from bigtrain.engine.callbacks import ModelCheckpoint
-    if nprocs < 2:
-        return
-    for cb in callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.save_freq != "epoch":
-            raise ValueError(f"ModelCheckpoint(save_freq={cb.save_freq}) on {nprocs} processes: "
-                             "it saves in the middle of an epoch, which bigtrain does for "
-                             "several processes with fit(checkpoint_dir=..., "
-                             "checkpoint_every=N) (resumable, every rank taking part); keep "
-                             "save_freq='epoch' here")
-
-
 def warn_split_batch_norm(module, strat, nprocs: int) -> None:
     """Warn, before the ranks start, that BatchNormalization normalises parts of a batch."""
     from bigtrain.parallel.lazy_types import loaded_instance

@@ -19,7 +19,7 @@ from bigtrain.engine.carry_state import carries, full_of_plain, load_into_plain,
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
-from bigtrain.launch.fit_checks import (_check_param_groups, check_batch_checkpoints,  # noqa: F401
+from bigtrain.launch.fit_checks import (_check_param_groups,  # noqa: F401
                                        check_callbacks, check_optimizer_step, check_ray_payload,
                                        check_layers, layer_refusal, renorm_refusal,
                                        warn_split_batch_norm)
@@ -337,7 +337,6 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     check_optimizer_step(task.make_optimizer)  # the same refusal on every path
     if dist_env.launched_externally():
         check_layers(task.module, strat, launched_world_size() or 1)
-        check_batch_checkpoints(task.callbacks, launched_world_size() or 1)
         env = dist_env.join_existing_job(options.get("timeout"))
         if env.world_size > 1:  # every rank draws it from its own stream (seeded alike)
             task.rank_seed = draw_seed()
@@ -348,7 +347,6 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     check_layers(task.module, strat, nprocs)
     warn_split_batch_norm(task.module, strat, nprocs)
-    check_batch_checkpoints(task.callbacks, nprocs)
     kind = dist_env.device_kind(devices)
     if task.carry is not None and (cluster is not None or nprocs > 1):
         start_ranks_from(owner.compiled.optimizer, task.carry.optimizer)  # rate, schedule step

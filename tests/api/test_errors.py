@@ -137,11 +137,9 @@ def test_nan_in_validation_data_is_named_as_such():
         model.fit(x, y, validation_data=(xv, y), verbose=0)
 
 
-def test_compile_takes_keras_execution_switches_and_refuses_weighted_metrics():
-    """Keras code passing run_eagerly/jit_compile/steps_per_execution compiles as is;
-    weighted_metrics, which bigtrain cannot honour, is refused with the reason."""
+def test_compile_takes_keras_execution_switches():
+    """Keras code passing run_eagerly/jit_compile/steps_per_execution compiles as is
+    (weighted_metrics: tests/api/test_backlog_weighted_metrics.py)."""
     model = seed_like_model()
     model.compile(optimizer="adam", loss="mse", metrics=["mae"], run_eagerly=True,
                   jit_compile=False, steps_per_execution=4, auto_scale_loss=False)
-    with pytest.raises(ValueError, match="weighted_metrics.*not supported"):
-        model.compile(optimizer="adam", loss="mse", weighted_metrics=["mae"])

@@ -195,21 +195,3 @@ def test_progbar_logger_follows_fit_verbose(capsys):
           callbacks=[bcb.ProgbarLogger()])
     lines = capsys.readouterr().out.splitlines()
     assert [ln.split(" - ")[0] for ln in lines] == ["Epoch 1/2", "Epoch 2/2"]  # no double bar
-
-
-def test_a_batch_checkpoint_on_several_processes_is_refused_before_they_start(monkeypatch):
-    """It would run on rank 0 alone mid-epoch; refused on every path before any rank."""
-    from bigtrain.callbacks import ModelCheckpoint
-    from bigtrain.launch import runner
-
-    def no_launch(*a, **k):
-        raise AssertionError("launched before refusing")
-    monkeypatch.setattr("bigtrain.launch.launcher.launch", no_launch)
-    i = Input(shape=(4,))
-    m = Model(i, Dense(2, activation="softmax")(i))
-    m.compile(optimizer="sgd", loss="sparse_categorical_crossentropy")
-    x, y = np.zeros((8, 4), "float32"), np.zeros(8, "int64")
-    with pytest.raises(ValueError, match=r"save_freq=3\) on 2 processes"):
-        m.fit(x, y, batch_size=4, verbose=0, strategy="ddp", devices=2,
-              callbacks=[ModelCheckpoint("unused-{epoch}", save_freq=3)])
-    runner.check_batch_checkpoints([ModelCheckpoint("unused", save_freq=3)], 1)  # one: fine

@@ -31,7 +31,10 @@ class ModelCheckpoint(Callback):
         save_weights_only: call `model.save_weights` instead of `model.save`.
         verbose: 1 prints a line for each epoch's decision and save.
         save_freq: "epoch", or an int: save every that many batches (counted across epochs,
-            with the batch's logs: running means of the epoch so far). One process only.
+            with the batch's logs: running means of the epoch so far). On several ranks
+            rank 0 saves the whole model as at an epoch end: every rank then waits after
+            each batch (an all-reduce), so that the ranks of a strategy that splits the
+            weights join their gather when it saves.
         initial_value_threshold: the value `monitor` must beat for the first save (with
             save_best_only).
 
@@ -71,14 +74,10 @@ class ModelCheckpoint(Callback):
         self._since_save, self._last_batch, self._epoch = 0, None, 0
         # batch logs only when saving by batches (they cost a device sync per step)
         self.wants_batch_logs = save_freq != "epoch"
-
-    def on_train_begin(self, logs=None):
-        live = getattr(self.model, "live", None)
-        if self.save_freq != "epoch" and live is not None and live.distributed:
-            raise ValueError("ModelCheckpoint(save_freq=<batches>) saves in the middle of an "
-                             "epoch on rank 0 alone, which a fit on several ranks cannot do; "
-                             "use save_freq='epoch', or fit(checkpoint_dir=...,"
-                             " checkpoint_every=<steps>) to checkpoint every few steps.")
+        # saving by batches: on several ranks the loop treats the batch hook as a user's
+        # (bigtrain.engine.callbacks.rank0_weights): the other ranks wait after it and join
+        # the gather of split weights that saving reads, and its logs are the global batch's
+        self.runs_user_code = save_freq != "epoch"
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
