@@ -181,7 +181,7 @@ class LossSpec:
 
     def _reduce(self, per, y_true, sample_weight) -> torch.Tensor:
         """Keras's reduction of per-sample (or per-position) values, `sample_weight` (B,)
-        weighing every value of its sample."""
+        weighing every value of its sample, or (B, T) weighing each time step."""
         valid = self._valid(y_true, per)
         if sample_weight is None and valid is None:
             # the mean over (B, ...) equals the mean of per-sample means
@@ -191,7 +191,7 @@ class LossSpec:
                              f"{sample_weight.shape[0]} samples, so sample_weight/class_weight "
                              "cannot weigh them: the loss must return one value per sample")
         weight = torch.ones_like(per) if sample_weight is None else \
-            sample_weight.to(per.dtype).reshape(-1, *[1] * (per.dim() - 1)).expand_as(per)
+            _spread_weight(sample_weight.to(per.dtype), per)
         if valid is not None:
             weight = weight * valid
         total = (per * weight).sum()
@@ -244,8 +244,8 @@ class LossSpec:
                              "time step, not a scalar")
         if per.shape[0] == 0:
             return per.sum()
-        if sample_weight is not None:  # (B,) per sample -> every step of that sample
-            sample_weight = sample_weight.reshape(-1, 1).expand(mask.shape)[mask]
+        if sample_weight is not None:  # (B,) per sample or (B, T) per step -> (N,)
+            sample_weight = _spread_weight(sample_weight, mask)[mask]
         return self._reduce(per, y_true, sample_weight)
 
     def whole_batch_only(self) -> tuple[str, str] | None:
@@ -328,6 +328,23 @@ def named_loss(name: str, from_logits=False, reduction="sum_over_batch_size",
     return LossSpec(canonical, fn, bool(from_logits), options=kept, reduction=reduction)
 
 
+def _spread_weight(weight: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """A sample_weight spread over `values` (B, ...): (B,) weighs every value of its
+    sample; a weight per time step, (B, T) against (B, T) values (a temporal output, Keras's
+    2-D sample_weight), weighs each value, a trailing axis of 1 aside as in Keras's
+    squeeze_or_expand_to_same_rank."""
+    if weight.dim() > 1 and weight.shape[-1] == 1 and weight.dim() == values.dim() + 1:
+        weight = weight.squeeze(-1)  # (B, T, 1) against (B, T)
+    if weight.dim() == 1:
+        return weight.reshape(-1, *[1] * (values.dim() - 1)).expand_as(values)
+    if tuple(weight.shape) != tuple(values.shape[:weight.dim()]):
+        raise ValueError(f"sample_weight of shape {tuple(weight.shape)} does not fit the "
+                         f"loss's values of shape {tuple(values.shape)}: give one weight per "
+                         "sample (batch,), or for a temporal output one per time step "
+                         "(batch, timesteps)")
+    return weight.reshape(*weight.shape, *[1] * (values.dim() - weight.dim())).expand_as(values)
+
+
 class KerasFunction:
     """A Keras loss function with its arguments (or a Keras loss's `call`), called as a
     Keras loss object calls it: targets and predictions as float32 (or wider), the same
@@ -383,9 +400,23 @@ def get_loss(loss) -> LossSpec:
         return LossSpec(None, loss, torch_order=torch_order)
     if isinstance(loss, str) and loss in LOSSES:
         return named_loss(loss)
+    keras_fn = _keras_loss_named(loss) if isinstance(loss, str) else None
+    if keras_fn is not None:  # "mape", "kl_divergence", "binary_focal_crossentropy", ...
+        return _from_keras(keras_fn) if _is_keras_loss(keras_fn) else \
+            LossSpec(None, KerasFunction(keras_fn, {}))
     raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(sorted(LOSSES))}, "
                      "a Keras or bigtrain loss object, or a callable (y_true, y_pred) -> "
                      "loss per sample")
+
+
+def _keras_loss_named(name: str):
+    """Keras's loss function (or object) of this name, Keras being installed; else None."""
+    try:
+        import keras
+        found = keras.losses.get(name)
+    except (ImportError, ValueError):
+        return None
+    return found if callable(found) else None
 
 
 def _loss_class(loss: str, cls_name: str):

@@ -10,6 +10,7 @@ from bigtrain.api.layers.conv import Conv1D, Conv2D, Conv3D
 from bigtrain.api.layers.conv_depthwise import (DepthwiseConv1D, DepthwiseConv2D,
                                                 SeparableConv1D, SeparableConv2D)
 from bigtrain.api.layers.conv_transpose import Conv1DTranspose, Conv2DTranspose, Conv3DTranspose
+from bigtrain.api.layers.extra import Identity, RMSNormalization, UnitNormalization
 from bigtrain.api.layers.merge import (Add, Average, Concatenate, Dot, Maximum, Minimum,
                                        Multiply, Subtract)
 from bigtrain.api.layers.noise import (AlphaDropout, GaussianDropout, GaussianNoise,
@@ -52,6 +53,27 @@ LAYER_CLASSES = {c.__name__: c for c in (InputLayer, Dense, Activation, Dropout,
                                          LSTM, GRU,
                                          Bidirectional, TimeDistributed, MultiHeadAttention,
                                          Attention, AdditiveAttention, ReLU, LeakyReLU,
-                                         PReLU, ELU, Softmax)}
+                                         PReLU, ELU, Softmax, Identity,
+                                         UnitNormalization, RMSNormalization)}
 
-__all__ = ["Input", "InputLayer", "KerasTensor", "Layer", *LAYER_CLASSES]
+#: Keras's other names of the same classes (keras.layers.MaxPool2D is MaxPooling2D)
+ALIASES = {"AvgPool1D": AveragePooling1D, "AvgPool2D": AveragePooling2D,
+           "AvgPool3D": AveragePooling3D, "MaxPool1D": MaxPooling1D, "MaxPool2D": MaxPooling2D,
+           "MaxPool3D": MaxPooling3D, "GlobalAvgPool1D": GlobalAveragePooling1D,
+           "GlobalAvgPool2D": GlobalAveragePooling2D, "GlobalAvgPool3D": GlobalAveragePooling3D,
+           "GlobalMaxPool1D": GlobalMaxPooling1D, "GlobalMaxPool2D": GlobalMaxPooling2D,
+           "GlobalMaxPool3D": GlobalMaxPooling3D, "Convolution1D": Conv1D,
+           "Convolution2D": Conv2D, "Convolution3D": Conv3D,
+           "Convolution1DTranspose": Conv1DTranspose, "Convolution2DTranspose": Conv2DTranspose,
+           "Convolution3DTranspose": Conv3DTranspose,
+           "SeparableConvolution1D": SeparableConv1D, "SeparableConvolution2D": SeparableConv2D}
+globals().update(ALIASES)
+
+__all__ = ["Input", "InputLayer", "KerasTensor", "Layer", *LAYER_CLASSES, *ALIASES]
+
+
+def __getattr__(name: str):
+    """A Keras layer bigtrain does not offer: an error that says so (and what to do), not
+    Python's bare "cannot import name"."""
+    from bigtrain.api.layers.missing import refusal
+    raise refusal(name, __name__)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from bigtrain.api import regularizers as keras_regularizers
+from bigtrain.api.layers import subclassing
 from bigtrain.api.layers.reuse import reuse_refusal
 from bigtrain.api.layers.weight_options import WeightOptions
 
@@ -162,8 +163,11 @@ def _holds_tensor(value) -> bool:
 class Layer(nn.Module):
     """Base class of every Keras-style layer.
 
-    Subclasses implement `build(input_shape)` (create torch submodules once the input shape is
-    known), `compute_output_shape(input_shape)` and `call(x)`. Shapes exclude the batch axis.
+    bigtrain's layers implement `build(input_shape)` (create torch submodules once the input
+    shape is known), `compute_output_shape(input_shape)` and `call(x)`, with shapes that
+    exclude the batch axis. A user's subclass follows Keras's contract instead (shapes with
+    the batch axis, `add_weight`, `call(x, training=None)`): see
+    bigtrain.api.layers.subclassing.
     """
 
     #: Merge layers (Concatenate, Add) take a list of tensors.
@@ -222,8 +226,34 @@ class Layer(nn.Module):
         custom = self.keras_weights()
         if custom is not None:
             return custom
+        if not type(self).__module__.startswith("bigtrain."):  # a user's layer: Keras's order
+            return subclassing.keras_slots(self, Layer)
         return [(key, _same, _same) for key in self.state_dict()
                 if not key.endswith("num_batches_tracked")]
+
+    def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True,
+                   autocast=True, regularizer=None, constraint=None, aggregation="none",
+                   overwrite_with_gradient=False, name=None):
+        """Keras's `add_weight` for a layer of your own (see bigtrain.api.layers.subclassing):
+        `self.w = self.add_weight(shape=(n, 4), initializer="random_normal")` in `build`."""
+        del autocast, aggregation, overwrite_with_gradient  # no effect on float32 weights
+        return subclassing.add_weight(self, shape, initializer, dtype, trainable, regularizer,
+                                      constraint, name)
+
+    def add_loss(self, loss) -> None:
+        """Keras's `add_loss`, refused: a loss added inside the forward pass would have to
+        reach the training step from there, which pipeline stages and split batches do
+        not share."""
+        raise NotImplementedError(
+            f"{type(self).__name__} {self.name!r} called add_loss, which bigtrain does not "
+            "support: put the term in the loss (a callable loss(y_true, y_pred) given to "
+            "compile), or for a weight penalty use kernel_regularizer/bias_regularizer")
+
+    def __setattr__(self, name, value):
+        if "_added_weights" in self.__dict__ and subclassing.is_added_buffer(self, value):
+            self.register_buffer(name, value)  # a non-trainable add_weight: saved and moved
+            return
+        super().__setattr__(name, value)
 
     def get_weights(self) -> list[np.ndarray]:
         """This layer's weights as Keras's `layer.get_weights()` lists them: a Dense kernel
@@ -258,8 +288,9 @@ class Layer(nn.Module):
 
     def weight_roles(self) -> dict[str, str]:
         """Keras weight role ("kernel", "bias", ...) -> its state-dict key in this layer,
-        for the roles in `weight_options` (the weights regularizers and constraints read)."""
-        return {}
+        for the roles in `weight_options` (the weights regularizers and constraints read);
+        a layer of the user's: the names its add_weight weights were given."""
+        return subclassing.added_names(self)
 
     def weight_options_config(self) -> dict:
         """The initializer/regularizer/constraint arguments of every weight (get_config)."""
@@ -300,6 +331,8 @@ class Layer(nn.Module):
 
     # ---- machinery -----------------------------------------------------------------------
     def forward(self, *args, **kwargs):
+        if subclassing.call_takes_training(type(self)) and "training" not in kwargs:
+            kwargs["training"] = self.training  # a user's call(x, training=None), as Keras
         return self.call(*args, **kwargs)
 
     @property
@@ -319,7 +352,9 @@ class Layer(nn.Module):
 
     def _ensure_built(self, input_shape) -> None:
         if not self.built:
-            self.build(input_shape)
+            keras_shape = subclassing.keras_convention(type(self), "build")
+            self.build(subclassing.with_batch(input_shape) if keras_shape else input_shape)
+            subclassing.register_added(self)
             self.input_shape_, self.built = input_shape, True
             if not self.trainable:  # Dense(4, trainable=False): its new weights freeze
                 self.trainable = False
@@ -409,7 +444,7 @@ class Layer(nn.Module):
                              "yet: drop mask_zero/Masking before it, or consume it first (RNNs)")
         try:
             self._ensure_built(shape)
-            out_shape = self.compute_output_shape(shape)
+            out_shape = self._output_shape(shape, tensors[0].dtype)
         except (ValueError, TypeError) as e:  # TypeError: None (any size) where a size is needed
             raise ValueError(f"cannot connect {sources} to layer {self.name!r} "
                              f"({type(self).__name__}): {e}") from None
@@ -422,6 +457,17 @@ class Layer(nn.Module):
             node.outputs.append(KerasTensor(s, self.output_dtype(tensors[0].dtype), node, i,
                                             masked=i == 0 and out_masked))
         return node.outputs if isinstance(out_shape, list) else node.outputs[0]
+
+    def _output_shape(self, shape, dtype):
+        """compute_output_shape's answer; for a layer of the user's, Keras's: with the batch
+        axis, or found by running call when the class does not define it."""
+        cls = type(self)
+        if subclassing.infers_output_shape(cls):
+            return subclassing.run_for_shape(self, shape, dtype)
+        if subclassing.keras_convention(cls, "compute_output_shape"):
+            return subclassing.without_batch(
+                self.compute_output_shape(subclassing.with_batch(shape)))
+        return self.compute_output_shape(shape)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"

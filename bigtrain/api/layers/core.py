@@ -96,6 +96,8 @@ class Dense(Layer):
             [("linear.bias", _same, _same)] if self.use_bias else [])
 
     def call(self, x):
+        if not x.is_floating_point():  # Input(dtype="int32"): Keras's matmul promotes it
+            x = x.to(self.linear.weight.dtype)
         y = self.linear(x)
         return y if self.defer_activation else self.activation(y)
 

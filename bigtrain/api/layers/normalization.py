@@ -23,6 +23,7 @@ class LayerNormalization(Layer):
     (`axis=[-2, -1]`: gamma and beta then have their shape, as in Keras).
 
     center=False / scale=False drop beta / gamma (from the weights too, as Keras).
+    rms_scaling=True is Keras's x * rsqrt(var(x) + epsilon) * gamma (no centering, no beta).
     """
 
     supports_masking = True  # passes a time-step mask on, as Keras
@@ -32,11 +33,9 @@ class LayerNormalization(Layer):
                  gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
                  rms_scaling: bool = False, **kwargs):
         super().__init__(**kwargs)
-        if rms_scaling:
-            raise ValueError(f"LayerNormalization {self.name!r}: rms_scaling=True is not "
-                             "supported; drop it (or use center=False for no offset)")
-        self.axis, self.epsilon = axis, epsilon
-        self.center, self.scale = bool(center), bool(scale)
+        self.axis, self.epsilon, self.rms_scaling = axis, epsilon, bool(rms_scaling)
+        # Keras: rms_scaling keeps gamma and drops beta
+        self.center, self.scale = bool(center) and not rms_scaling, bool(scale) or rms_scaling
         self.weight_options = {
             "gamma": WeightOptions("ones", gamma_initializer, gamma_regularizer,
                                    gamma_constraint),
@@ -69,7 +68,11 @@ class LayerNormalization(Layer):
             self.weight_options["beta"].init_(self.norm.bias)
 
     def call(self, x):
-        return self.norm(x)
+        if not self.rms_scaling:
+            return self.norm(x)
+        dims = tuple(range(-len(self.norm.normalized_shape), 0))
+        var = x.var(dims, unbiased=False, keepdim=True)  # Keras's: centred variance
+        return x * torch.rsqrt(var + self.epsilon) * self.norm.weight
 
     def weight_roles(self):
         return {**({"gamma": "norm.weight"} if self.scale else {}),
@@ -81,7 +84,8 @@ class LayerNormalization(Layer):
     def get_config(self):
         axis = list(self.axis) if isinstance(self.axis, tuple) else self.axis
         return {"name": self.name, "axis": axis, "epsilon": self.epsilon,
-                "center": self.center, "scale": self.scale, **self.weight_options_config()}
+                "center": self.center, "scale": self.scale, "rms_scaling": self.rms_scaling,
+                **self.weight_options_config()}
 
 
 class _KerasBatchNorm(nn.BatchNorm1d):
@@ -97,13 +101,38 @@ class _KerasBatchNorm(nn.BatchNorm1d):
     0), where torch's own check refuses it.
     """
 
-    def forward(self, x):
+    def forward(self, x, keep=None, frozen=False):
+        if frozen:  # a frozen layer in training: the moving statistics, left unchanged
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                training=False, eps=self.eps)
         if not self.training:
             return super().forward(x)
+        if keep is not None:
+            return self._masked_forward(x, keep)
         mean, var = torch.zeros_like(self.running_mean), torch.ones_like(self.running_var)
         out = torch.batch_norm(x, self.weight, self.bias, mean, var, True, 1.0, self.eps,
                                torch.backends.cudnn.enabled)
         self._move_statistics(mean, var, x.shape[0])
+        return out
+
+    def _masked_forward(self, x, keep):
+        """Keras's training step on (N, C) rows of which the (N,) bool `keep` marks the
+        unmasked time steps: mean and biased variance over those rows only (Keras adds its
+        epsilon 1e-7 to their count), every row normalized with them."""
+        kept = keep[:, None]  # (N, 1)
+        count = kept.to(x.dtype).sum() + 1e-7
+        mean = torch.where(kept, x, 0).sum(0) / count  # (C,)
+        var = torch.where(kept, x - mean, 0).square().sum(0) / count
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            out = out * self.weight
+        if self.bias is not None:
+            out = out + self.bias
+        with torch.no_grad():
+            keep_old = 1.0 - self.momentum
+            self.running_mean.mul_(keep_old).add_(mean.detach(), alpha=self.momentum)
+            self.running_var.mul_(keep_old).add_(var.detach(), alpha=self.momentum)
+            self.num_batches_tracked.add_(1)
         return out
 
     @torch.no_grad()
@@ -176,15 +205,30 @@ class BatchNormalization(Layer):
         kept = ["weight"] * self.scale + ["bias"] * self.center
         return [(f"norm.{k}", _same, _same) for k in (*kept, "running_mean", "running_var")]
 
-    def call(self, x):
+    #: in training, Keras's statistics leave out the masked time steps (Embedding(mask_zero=
+    #: True), Masking); the mask passes on unchanged
+    takes_mask = True
+
+    def _kept_rows(self, x, mask) -> torch.Tensor:
+        """The (N,) bool rows of the flattened (N, C) input that a (B, T) mask keeps."""
+        if self._axis != -1 or tuple(mask.shape) != tuple(x.shape[:-1]):
+            raise ValueError(f"BatchNormalization {self.name!r} got a time-step mask of shape "
+                             f"{tuple(mask.shape)} for inputs of shape {tuple(x.shape)} with "
+                             f"axis={self.axis}; Keras's masked statistics need the mask to "
+                             "cover every axis but the last, the normalized one (axis=-1)")
+        return mask.reshape(-1).bool()
+
+    def call(self, x, mask=None):
+        mask = getattr(x, "_keras_mask", None) if mask is None else mask
         last = self._axis == -1
         h = x if last else x.movedim(self._axis, -1)  # channels last
         shape = h.shape  # statistics over all axes but channels: (N, C)
         flat = h.reshape(-1, shape[-1])
         if self.training and not self.trainable:  # frozen: the moving statistics (Keras)
-            n = self.norm
-            out = F.batch_norm(flat, n.running_mean, n.running_var, n.weight, n.bias,
-                               training=False, eps=n.eps)
+            # inside the norm's own forward, where a sharded strategy (FSDP2) gathers them
+            out = self.norm(flat, frozen=True)
+        elif mask is not None and self.training:
+            out = self.norm(flat, self._kept_rows(x, mask))
         else:
             out = self.norm(flat)
         out = out.reshape(shape)

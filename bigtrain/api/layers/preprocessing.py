@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
 from bigtrain.api.layers.base import Layer
 
@@ -137,9 +136,11 @@ class Normalization(Layer):
             self.register_buffer("mean", mean, persistent=False)
             self.register_buffer("variance", variance, persistent=False)
             return
-        self.mean = nn.Parameter(torch.zeros(stats_shape), requires_grad=False)
-        self.variance = nn.Parameter(torch.ones(stats_shape), requires_grad=False)
-        self.count = nn.Parameter(torch.zeros(()), requires_grad=False)
+        # buffers, not parameters: no `trainable = True` (of the layer or the model) may
+        # ever hand them to the optimizer, as Keras never trains them
+        self.register_buffer("mean", torch.zeros(stats_shape))
+        self.register_buffer("variance", torch.ones(stats_shape))
+        self.register_buffer("count", torch.zeros(()))
         if self._adapted is not None:
             self._load(*self._adapted)
 
@@ -205,9 +206,13 @@ class Lambda(Layer):
         if not callable(function):
             raise TypeError(f"Lambda takes a callable, got {type(function).__name__}")
         self.function = function
-        self.output_shape = None if output_shape is None else tuple(output_shape)
+        # a callable maps Keras's whole input shape (batch axis first) to the output's
+        self.output_shape = output_shape if output_shape is None or callable(output_shape) \
+            else tuple(output_shape)
 
     def compute_output_shape(self, input_shape):
+        if callable(self.output_shape):
+            return tuple(self.output_shape((None, *input_shape)))[1:]
         if self.output_shape is not None:
             return self.output_shape
         with torch.no_grad():

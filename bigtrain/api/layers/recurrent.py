@@ -244,10 +244,13 @@ class LSTM(_RNN):
 
 
 class GRU(_RNN):
-    """`keras.layers.GRU(units)` with Keras's defaults (reset_after=True, sigmoid gates).
+    """`keras.layers.GRU(units)` with sigmoid gates; reset_after=True (Keras 3's default)
+    runs torch's fused kernel, reset_after=False (Keras 2's default: the reset gate before
+    the recurrent kernel) runs step by step (rnn_loop.gru_reset_before_kernel).
 
-    Keras weights: kernel (features, 3u), recurrent_kernel (u, 3u), bias (2, 3u), gates z, r, h.
-    Kept in torch's gate order (r, z, n): `keras_weights` swaps the first two blocks.
+    Keras weights: kernel (features, 3u), recurrent_kernel (u, 3u), bias (2, 3u) (one
+    (3u,) with reset_after=False), gates z, r, h. Kept in torch's gate order (r, z, n):
+    `keras_weights` swaps the first two blocks.
     """
 
     gates = 3
@@ -255,16 +258,33 @@ class GRU(_RNN):
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, reset_after: bool = True, **kwargs):
-        if recurrent_activation != "sigmoid" or not reset_after:
-            raise ValueError("GRU supports recurrent_activation='sigmoid' with reset_after=True "
-                             "(Keras's defaults, torch's fused kernel); got "
-                             f"recurrent_activation={recurrent_activation!r}, "
-                             f"reset_after={reset_after!r}")
+        if recurrent_activation != "sigmoid":
+            raise ValueError("GRU supports recurrent_activation='sigmoid' (Keras's default), "
+                             f"got recurrent_activation={recurrent_activation!r}")
+        self.reset_after = bool(reset_after)
         super().__init__(units, activation, use_bias, **kwargs)
 
     def _init_bias(self):
-        if self.use_bias:
-            self.bias = nn.Parameter(torch.zeros(2, 3 * self.units))  # (input, recurrent)
+        if self.use_bias:  # (input, recurrent) biases; reset_after=False: one
+            shape = (2, 3 * self.units) if self.reset_after else (3 * self.units,)
+            self.bias = nn.Parameter(torch.zeros(shape))
+
+    def run(self, x, mask=None):
+        if self.reset_after:
+            return super().run(x, mask)
+        drop = self.training  # Keras's dropouts act in training only
+        b = self.bias if self.use_bias else None
+        xp = rnn_loop.input_projection(x, self.weight_ih, b, 3, self.dropout if drop else 0.0)
+        kernel = rnn_loop.gru_reset_before_kernel(
+            self.weight_hh, self.recurrent_dropout if drop else 0.0, x.shape[0])
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        state = (x.new_zeros(1, x.shape[0], self.units),)
+        return run_masked(kernel, xp, mask, state, self.go_backwards, self.zero_output_for_mask,
+                          stepwise=True)
+
+    def get_config(self):
+        return {**super().get_config(), "reset_after": self.reset_after}
 
     def _biases(self):
         return self.bias[0], self.bias[1]

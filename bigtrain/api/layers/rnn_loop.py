@@ -71,3 +71,25 @@ def gru_cell(xp, hp, state, activation):
     r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
     n = torch.tanh(xn + r * hn)
     return ((1 - z) * n + z * state[0],)
+
+
+def gru_reset_before_kernel(weight_hh, rate: float, batch: int):
+    """One step of Keras's GRU with reset_after=False (Keras 2's default), for
+    `rnn_mask.run_stepwise`: r = sigmoid(x W_r + h U_r), z = sigmoid(x W_z + h U_z),
+    n = tanh(x W_n + (r * h) U_n), h' = (1 - z) n + z h; the reset gate acts before the
+    recurrent kernel, which torch's fused GRU cannot do. Input terms (bias included) come
+    in `xp` (B, 1, 3u), torch's gate order r, z, n; h_{t-1} dropped by one (B, u) mask per
+    gate when `rate` > 0."""
+    u = weight_hh.shape[1]
+    keep = _keep((3, batch, u), rate, weight_hh) if rate else None
+    w_r, w_z, w_n = weight_hh.view(3, u, u)  # each (u out, u in)
+
+    def kernel(xp, state, _batch_sizes):
+        h = state[0][0]
+        h_r, h_z, h_n = (h, h, h) if keep is None else (h * keep[0], h * keep[1], h * keep[2])
+        x_r, x_z, x_n = xp[:, 0].chunk(3, -1)
+        r = torch.sigmoid(x_r + h_r @ w_r.T)
+        z = torch.sigmoid(x_z + h_z @ w_z.T)
+        n = torch.tanh(x_n + (r * h_n) @ w_n.T)
+        return None, (((1 - z) * n + z * h)[None],)
+    return kernel
