@@ -27,10 +27,12 @@ from bigtrain.engine.task import FitConfig
 DEFAULT_BATCH_SIZE = 32  # as Keras
 
 
-def _from_dataset(x, y, loading: dict | None = None, inputs: list | None = None):
+def _from_dataset(x, y, loading: dict | None = None, inputs: list | None = None,
+                  outputs: list | None = None):
     """A torch Dataset / DataLoader as DatasetData (its batch size is returned too). A
     DataLoader's sampler and drop_last decide which samples each pass trains on, in which
-    order (`loader_order`); `inputs`: the model's InputSpecs (engine.data)."""
+    order (`loader_order`); `inputs`: the model's InputSpecs (engine.data); `outputs`: its
+    output names (a dict y's keys)."""
     from torch.utils.data import DataLoader
     if y is not None:
         raise ValueError("pass either a Dataset/DataLoader yielding (x, y), or arrays x and y, "
@@ -43,7 +45,19 @@ def _from_dataset(x, y, loading: dict | None = None, inputs: list | None = None)
     if len(dataset) == 0:
         raise ValueError("the dataset is empty (0 samples); pass at least one sample")
     order = loader_order(x) if isinstance(x, DataLoader) else None
-    return DatasetData(dataset, loading_of(x, loading), order, inputs), loader_batch
+    return DatasetData(dataset, loading_of(x, loading), order, inputs, outputs), loader_batch
+
+
+def _refuse_sample_weight(x, sample_weight, what: str) -> None:
+    """A Dataset, DataLoader or stream brings its own weights (as in Keras, which refuses
+    sample_weight= with them): a separate array would have no rows to line up with, and
+    leaving it out would train unweighted without a word."""
+    if sample_weight is None:
+        return
+    raise ValueError(f"sample_weight cannot be given with {what} as a {type(x).__name__} (a "
+                     "Dataset, DataLoader, generator or other stream): its rows could not be "
+                     "matched to the weights. Let its items or batches carry the weights, "
+                     "as (x, y, sample_weight), as Keras requires")
 
 
 def loader_batch_size(x) -> int | None:
@@ -137,17 +151,20 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
     if is_hf(x):  # Hugging Face datasets: y names the target column(s)
         x, y = from_hf(x, y, getattr(model.net, "input_names", None)), None
     specs = input_specs(model)
+    in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
+    keyed = in_names is None and keyed_outputs.output_names(model) is not None
+    outputs = model.output_names if in_names or keyed else None  # what a dict y is keyed by
     stream = as_stream(x)  # generators, IterableDatasets, files: read in order
     if stream is None and y is None:  # a list of batches, a PyDataset-like sequence
         stream = as_batches(x)
+    if stream is not None or isinstance(x, (Dataset, DataLoader)):
+        _refuse_sample_weight(x, sample_weight, names[0])
     if stream is not None:
         _check_file_shape(stream, specs)
-        return stream_data(stream, y, specs)
+        return stream_data(stream, y, specs, outputs)
     if isinstance(x, (Dataset, DataLoader)):
-        return _from_dataset(x, y, loading, specs)[0]
-    in_names = model.net.input_names if isinstance(model.net, GraphModule) else None
+        return _from_dataset(x, y, loading, specs, outputs)[0]
     xs = check.as_list(x, in_names, "x", extra_ok=True)
-    keyed = in_names is None and keyed_outputs.output_names(model) is not None
     # a dict output's keys without a loss may have targets too: they are left out
     ys = check.as_list(y, model.output_names if in_names or keyed else None, "y", extra_ok=keyed)
     if need_targets and not ys:

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bigtrain.data.streams import SampleStream, to_tensor
+from bigtrain.data.parts import to_tensor
+from bigtrain.data.streams import SampleStream
 
 
 def is_hf(x) -> bool:

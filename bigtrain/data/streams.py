@@ -22,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from bigtrain.data.parts import count_rows, rows_of
+
 
 class StreamEnded(ValueError):
     """The stream ran out before the batches an epoch needs."""
@@ -49,24 +51,6 @@ class Window:
     shuffle: bool = False
     shard: tuple = (0, 1)
     what: str = "this epoch"
-
-
-def to_tensor(a) -> torch.Tensor:
-    """A batch part as a tensor (float64 becomes float32, as Keras's floatx)."""
-    t = a if isinstance(a, torch.Tensor) else torch.as_tensor(np.asarray(a))
-    return t.float() if t.dtype == torch.float64 else t
-
-
-def rows_of(part, lo: int, hi: int):
-    """Rows [lo, hi) of a tensor or of each tensor in a tuple."""
-    if isinstance(part, (tuple, list)):
-        return tuple(to_tensor(p)[lo:hi] for p in part)
-    return to_tensor(part)[lo:hi]
-
-
-def _count(part) -> int:
-    first = part[0] if isinstance(part, (tuple, list)) else part
-    return int(len(first))
 
 
 def _check_item(item, kind: str, index: int):
@@ -143,7 +127,7 @@ class BatchStream:
             if got <= window.start:
                 continue  # before the window: read past (a stream cannot jump)
             x, y, *sw = _check_item(item, "batch", got - 1)
-            n = _count(x)
+            n = count_rows(x)
             lo, hi = window.rows(n)
             yield n, (rows_of(x, lo, hi), rows_of(y, lo, hi),
                       rows_of(sw[0], lo, hi) if sw else None)
@@ -243,15 +227,21 @@ def _is_batch(item) -> bool:
 
 def as_batches(x):
     """A BatchStream for `x` given without y when it is a list of (x, y[, sample_weight])
-    batches or a PyDataset-like sequence of them (`__len__` and `__getitem__`, no `shape`);
-    else None. Both are read again every pass."""
-    from torch.utils.data import Dataset
+    batches, a PyDataset-like sequence of them (`__len__` and `__getitem__`, no `shape`) or
+    any other re-iterable of them (a class whose `__iter__` starts again each time, as a
+    tf.data.Dataset does); else None. All are read again every pass."""
+    from collections.abc import Mapping, Set
+    from torch.utils.data import DataLoader, Dataset
     if isinstance(x, list):
         return BatchStream(x) if x and all(_is_batch(b) for b in x) else None
-    if isinstance(x, (tuple, dict, str, bytes, Dataset)) or hasattr(x, "shape") or \
-            not (hasattr(x, "__len__") and hasattr(x, "__getitem__")):
+    if isinstance(x, (tuple, Mapping, Set, range, str, bytes, Dataset, DataLoader)) or \
+            hasattr(x, "shape") or hasattr(x, "__array__"):
         return None
-    return BatchStream(Sequence(x))
+    if hasattr(x, "__len__") and hasattr(x, "__getitem__"):
+        return BatchStream(Sequence(x))
+    if callable(getattr(type(x), "__iter__", None)):
+        return BatchStream(x)
+    return None
 
 
 def read_all(source, batch_size: int, steps: int | None) -> tuple:
@@ -266,10 +256,14 @@ def read_all(source, batch_size: int, steps: int | None) -> tuple:
 
 
 def _concat(parts: list):
+    """One part of many batches joined along the samples (tuples column by column, dicts
+    key by key)."""
     if parts[0] is None:
         return None
+    if isinstance(parts[0], dict):
+        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
     if isinstance(parts[0], tuple):
-        return [torch.cat(column) for column in zip(*parts)]
+        return [_concat(list(column)) for column in zip(*parts)]
     return torch.cat(parts)
 
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bigtrain.data.parts import by_name, moved, rows_of
+from bigtrain.engine.data_order import LoaderOrder, epoch_permutation
+
 
 def as_tensor_source(a):
     """Keep numpy memmaps as they are (read lazily); turn other arrays into torch tensors
@@ -70,19 +73,29 @@ class InputSpec:
 
 
 def fit_inputs(x, specs: list | None):
-    """An input batch (a tensor, or a tuple for several inputs) made to meet `specs` (see
-    InputSpec; None: float64 becomes float32 only)."""
+    """An input batch (a tensor, a tuple for several inputs, or a dict keyed by the inputs'
+    names, as Keras takes one) made to meet `specs` (see InputSpec; None: float64 becomes
+    float32 only, and a dict goes to the module as it is)."""
+    x = by_name(x, None if specs is None else [s.name for s in specs], "x", "inputs")
     if isinstance(x, (tuple, list)):
         specs = specs or [InputSpec()] * len(x)
         if len(specs) != len(x):
             raise ValueError(f"the model takes {len(specs)} input(s) "
-                             f"({', '.join(s.name for s in specs)}), got a batch of {len(x)}")
+                             f"({', '.join(s.name for s in specs)}), got a batch of {len(x)}"
+                             " (a Dataset item's x written as a Python list collates into one "
+                             "tensor per element: return it as a numpy array or tensor)")
         return tuple(s.fit(t) for s, t in zip(specs, x))
     if specs is not None and len(specs) != 1:
         raise ValueError(f"the model takes {len(specs)} inputs "
                          f"({', '.join(s.name for s in specs)}), got a batch of one tensor; "
                          "give each batch's x as a tuple of one tensor per input")
     return (specs[0] if specs else InputSpec()).fit(x)
+
+
+def fit_targets(y, outputs: list | None):
+    """A target batch given as a dict keyed by the model's output names (`outputs`; None:
+    not known) as the tensor or tuple, in output order, that the losses read."""
+    return by_name(y, outputs, "y", "outputs")
 
 
 def _to(t: torch.Tensor, device) -> torch.Tensor:
@@ -162,14 +175,6 @@ def split_index(n: int, fraction: float) -> int:
 def sample_count(data) -> int | None:
     """Samples in one pass over `data`, or None for a stream whose length is unknown."""
     return data.sample_count() if hasattr(data, "sample_count") else len(data)
-
-
-def epoch_permutation(n: int, seed: int, epoch: int, shuffle: bool) -> torch.Tensor:
-    """The same permutation on every rank: seeded by (seed, epoch), not by global RNG state."""
-    if not shuffle:
-        return torch.arange(n)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g)
 
 
 def shard_bounds(count: int, index: int, shards: int) -> tuple[int, int]:
@@ -263,57 +268,7 @@ class _IndexLists:
         return len(self.lists)
 
 
-@dataclass(frozen=True)
-class LoaderOrder:
-    """A DataLoader's sample order, which fit follows instead of its own `shuffle` (Keras
-    iterates the loader, so the loader's sampler decides).
-
-    Attributes:
-        shuffle: the loader's RandomSampler (True: a new permutation each pass, seeded by
-            fit's seed and the pass) or SequentialSampler (False).
-        sampler: any other sampler (weighted, a subset, with replacement, ...): its indices
-            are drawn again each pass, its random draws seeded by fit's seed and the pass,
-            so every rank draws the same list and takes its share of each global batch.
-        drop_last: leave out the samples after the last whole batch of `batch_size`.
-        batch_size: the loader's batch size (what drop_last counts in).
-    """
-    shuffle: bool = False
-    sampler: object = None
-    drop_last: bool = False
-    batch_size: int | None = None
-
-    def count(self, n: int) -> int:
-        """Samples one pass trains on, of a dataset of `n`."""
-        return self._kept(n if self.sampler is None else len(self.sampler))
-
-    def indices(self, n: int, data_pass: int, seed: int) -> torch.Tensor:
-        idx = epoch_permutation(n, seed, data_pass, self.shuffle) if self.sampler is None \
-            else draw_sampler(self.sampler, seed, data_pass)
-        return idx[:self._kept(len(idx))]
-
-    def _kept(self, count: int) -> int:
-        if not self.drop_last or not self.batch_size:
-            return count
-        return count // self.batch_size * self.batch_size
-
-
-def draw_sampler(sampler, seed: int, data_pass: int) -> torch.Tensor:
-    """One pass of `sampler`'s indices, the same on every rank and after a resume: its
-    random draws are seeded by (seed, pass), through its own `generator` (whose state is
-    put back after) or else torch's global generator (forked, so the caller's draws do not
-    change). A sampler drawing from another generator (numpy, random) is read as it is."""
-    key = seed * 1_000_003 + data_pass
-    own = getattr(sampler, "generator", None)
-    if isinstance(own, torch.Generator):
-        state = own.get_state()
-        own.manual_seed(key)
-        try:
-            return torch.as_tensor(list(sampler), dtype=torch.long)
-        finally:
-            own.set_state(state)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(key)
-        return torch.as_tensor(list(sampler), dtype=torch.long)
+_PARTS = ("x", "y", "sample_weight")  # what a Dataset's item holds, in order
 
 
 class DatasetData(ArrayData):
@@ -321,11 +276,12 @@ class DatasetData(ArrayData):
     (x and y may be tuples for several inputs/outputs). Batches are collated from the
     items of each index batch, so the dataset is never loaded whole; with
     `loading.workers > 0` worker processes collate them ahead of the step. `order`: a
-    DataLoader's own order (None: fit's shuffle decides); `inputs`: see ArrayData."""
+    DataLoader's own order (None: fit's shuffle decides); `inputs`: see ArrayData;
+    `outputs`: the model's output names, which a dict y is keyed by (None: not known)."""
 
     def __init__(self, dataset, loading: Loading | None = None, order: LoaderOrder | None = None,
-                 inputs: list | None = None):
-        self.dataset = dataset
+                 inputs: list | None = None, outputs: list | None = None):
+        self.dataset, self.outputs = dataset, outputs
         self.loading = loading or Loading()
         self.order = order
         first = dataset[0]
@@ -336,6 +292,10 @@ class DatasetData(ArrayData):
         self._loader = None
         self._drawn = None  # (data pass, seed, indices): a sampler is drawn once per pass
         super().__init__(xs=[], ys=[], sample_weight=None, inputs=inputs)
+        if self.loading.collate is None:  # (a loader's own collate_fn runs in its workers)
+            # item 0 as a batch of one, through the whole path: a part no model takes (text),
+            # a dict of other names or a wrong shape is refused here, before any rank starts
+            self.finish(_Collate(None)([first]), torch.device("cpu"))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -367,13 +327,13 @@ class DatasetData(ArrayData):
         """(x, y, sample_weight) on `device` from collated items (None: an empty share)."""
         from torch.utils.data import default_collate
         if items is None:  # an empty share: zero rows shaped like the first item
-            items = [t[:0] for t in default_collate([self.first])]
-        moved = [tuple(t.to(device, non_blocking=True) for t in part)
-                 if isinstance(part, (list, tuple)) else part.to(device, non_blocking=True)
-                 for part in items]
-        x, y = fit_inputs(moved[0], self.inputs), moved[1]
-        sw = moved[2] if len(moved) == 3 else None
-        return x, y, sw
+            items = [rows_of(part, 0, 0) for part in default_collate([self.first])]
+        if not isinstance(items, (tuple, list)) or len(items) not in (2, 3):
+            raise ValueError(f"the DataLoader's collate_fn gave a {type(items).__name__}; fit "
+                             "needs each batch as (x, y) or (x, y, sample_weight)")
+        parts = [moved(part, device, what) for part, what in zip(items, _PARTS)]
+        x, y = fit_inputs(parts[0], self.inputs), fit_targets(parts[1], self.outputs)
+        return x, y, parts[2] if len(parts) == 3 else None
 
     def loader_for(self, index_lists: list):
         """A DataLoader (kept across epochs: its workers persist) that collates the items of
@@ -399,8 +359,9 @@ class DatasetData(ArrayData):
         n = len(self)
         cut = split_index(n, fraction)
         return (DatasetData(Subset(self.dataset, range(cut)), self.loading, self.order,
-                            self.inputs),
-                DatasetData(Subset(self.dataset, range(cut, n)), inputs=self.inputs))
+                            self.inputs, self.outputs),
+                DatasetData(Subset(self.dataset, range(cut, n)), inputs=self.inputs,
+                            outputs=self.outputs))
 
 
 def _worker_context():

@@ -13,10 +13,11 @@ from itertools import count
 
 import torch
 
-from bigtrain.engine.data import (ArrayData, DatasetData, epoch_window, fit_inputs,
+from bigtrain.data.parts import count_rows, moved, rows_of
+from bigtrain.data.streams import StreamEnded
+from bigtrain.engine.data import (ArrayData, DatasetData, epoch_window, fit_inputs, fit_targets,
                                   global_batches, num_batches, sample_count, shard_bounds)
 from bigtrain.parallel.base import StepBatch
-from bigtrain.parallel.microbatch import rows
 
 
 @dataclass(frozen=True)
@@ -189,10 +190,11 @@ def _background(data, plan: EpochPlan):
 class StreamData:
     """Training data read in order (a `bigtrain.data` stream: generator, IterableDataset,
     Parquet files, Hugging Face datasets) rather than by index. `inputs`: per input, the
-    InputSpec each batch is made to meet (engine.data; None: float64 becomes float32)."""
+    InputSpec each batch is made to meet (engine.data; None: float64 becomes float32);
+    `outputs`: the model's output names, which a dict y is keyed by (None: not known)."""
 
-    def __init__(self, source, inputs: list | None = None):
-        self.source, self.inputs = source, inputs
+    def __init__(self, source, inputs: list | None = None, outputs: list | None = None):
+        self.source, self.inputs, self.outputs = source, inputs, outputs
         self.xs, self.ys, self.sample_weight = [], [], None  # nothing to spill to files
 
     def sample_count(self) -> int | None:
@@ -233,25 +235,30 @@ class StreamData:
         return Feed(self._steps(window, plan), None if stop is None else stop - first)
 
     def _steps(self, window, plan: EpochPlan):
-        from bigtrain.data.streams import rows_of
+        read = 0
         for n, (x, y, sw) in self.source.batches(window):
-            x = fit_inputs(x, self.inputs)
-            m = rows(x)
-            parts, weights = micro_split(torch.arange(m), n, plan.accumulate, plan.replicas,
-                                         largest_share(n, plan.shard))
+            read += 1
+            x, y = fit_inputs(x, self.inputs), fit_targets(y, self.outputs)
+            parts, weights = micro_split(torch.arange(count_rows(x)), n, plan.accumulate,
+                                         plan.replicas, largest_share(n, plan.shard))
             micro = []
             for p in parts:
                 a, b = (int(p[0]), int(p[-1]) + 1) if len(p) else (0, 0)
-                micro.append(tuple(None if t is None else _to_device(rows_of(t, a, b),
-                                                                      plan.device)
-                                   for t in (x, y, sw)))
+                micro.append(tuple(None if t is None else moved(rows_of(t, a, b), plan.device,
+                                                                what)
+                                   for t, what in zip((x, y, sw), ("x", "y", "sample_weight"))))
             yield n, StepBatch(micro=micro, weights=weights)
+        if not read and window.start == 0:  # (a stream with a known end raises itself)
+            raise StreamEnded(_no_batches(window.data_pass, plan.epoch))
 
 
-def _to_device(part, device):
-    if isinstance(part, tuple):
-        return tuple(t.to(device, non_blocking=True) for t in part)
-    return part.to(device, non_blocking=True)
+def _no_batches(data_pass: int, epoch: int) -> str:
+    again = "" if data_pass == 0 else (
+        f" (pass {data_pass + 1} over it: an iterable read once already, e.g. an "
+        "IterableDataset whose __iter__ returns the same iterator each time, gives nothing "
+        "the second time; make __iter__ start again)")
+    return (f"the stream gave no batches for epoch {epoch + 1}{again}; fit needs at least one "
+            "(x, y) batch (or sample) per epoch")
 
 
 def unknown_length_note(why: str) -> str:
@@ -275,13 +282,14 @@ def check_stream(data, val, config) -> None:
         raise ValueError(unknown_length_note(f"epochs={config.epochs}"))
 
 
-def stream_data(source, y, inputs: list | None = None) -> StreamData:
-    """`source` (from `bigtrain.data.streams.as_stream`) as training data; `inputs`: see
-    StreamData."""
+def stream_data(source, y, inputs: list | None = None,
+                outputs: list | None = None) -> StreamData:
+    """`source` (from `bigtrain.data.streams.as_stream`) as training data; `inputs`,
+    `outputs`: see StreamData."""
     if y is not None:
         raise ValueError("a generator, IterableDataset or file source brings its own targets: "
                          "pass y=None and let it yield (x, y) or (x, y, sample_weight)")
-    return StreamData(source, inputs)
+    return StreamData(source, inputs, outputs)
 
 
 def input_sample(data, device, rows: int = 2):

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.nn.utils import parametrize as _parametrize
 
+from bigtrain.data.memmaps import memmap_reference, open_memmap
 from bigtrain.engine.loop import run_rank
 from bigtrain.launch.loopback import register_rendezvous
 
@@ -199,6 +200,10 @@ class _Pickler(cloudpickle.Pickler):
     register_parametrization would, without recomputing the originals (`_parametrized`)."""
 
     def reducer_override(self, obj):
+        if isinstance(obj, np.memmap):  # travels as its file, not its bytes (data.memmaps)
+            ref = memmap_reference(obj)
+            if ref is not None:
+                return open_memmap, ref
         if isinstance(obj, torch.nn.Module) and _parametrize.is_parametrized(obj) and \
                 type(obj).__module__ == _parametrize.__name__:  # torch's class, made on the fly
             names = tuple(obj.parametrizations.keys())

@@ -104,7 +104,8 @@ def first_samples(data: ArrayData, n: int) -> ArrayData:
         return data
     if isinstance(data, DatasetData):
         from torch.utils.data import Subset
-        return DatasetData(Subset(data.dataset, range(n)), inputs=data.inputs)
+        return DatasetData(Subset(data.dataset, range(n)), inputs=data.inputs,
+                           outputs=data.outputs)
     sw = data.sample_weight
     return ArrayData([a[:n] for a in data.xs], [a[:n] for a in data.ys],
                      None if sw is None else sw[:n], inputs=data.inputs)
