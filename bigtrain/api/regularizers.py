@@ -233,10 +233,11 @@ def why_refused(strat) -> str | None:
                 f"under strategy {strat.name!r}: its loss is computed on one pipeline stage "
                 "(or on servers), which does not hold every regularized weight; use ddp, "
                 "zero1/zero2/zero3 or tensor")
-    if strat.name == "ddp_cpu_optimizer":
+    if strat.name == "ddp_cpu_optimizer" or getattr(strat, "optimizer_device", None) == "cpu":
         return ("kernel/bias/embeddings regularizers and constraints are not supported under "
-                "strategy 'ddp_cpu_optimizer' (its optimizer steps host copies of the "
-                "weights); use ddp, zero1 or fsdp_offload")
+                f"strategy {strat.name!r} with its optimizer on the host (it steps host "
+                "copies of the weights, which the penalties and constraints do not reach); "
+                "use ddp, zero1 or fsdp_offload")
     return None
 
 

@@ -112,8 +112,11 @@ def load_full(strategy, module, optimizer, full: dict) -> None:
         for k, v in saved.items():  # keys a hook adds at the first step ("keras_step"):
             group.setdefault(k, v)  # torch loads only the keys this rank's groups have
     if full["state"] and any(g["params"] for g in inner.param_groups):
+        # not strict: a parameter that got no gradient in the last fit (an unused head, a
+        # layer skipped on every step) has no state, and starts afresh, as in one process
         with cs._no_step_hooks(inner):
-            cs._dcp().set_optimizer_state_dict(module, inner, full, options=_options())
+            cs._dcp().set_optimizer_state_dict(module, inner, full,
+                                               options=_options(strict=False))
     else:  # no tensors (SGD without momentum; an empty ZeRO partition): torch needs one
         for group, saved in zip(inner.param_groups, full["param_groups"]):
             group.update({k: v for k, v in saved.items() if k != "params"})

@@ -315,6 +315,7 @@ class Checkpointer:
         self._check_compatible(path, meta, position)
         saved = _dcp_metadata(path)
         live = cs.match_names(cs.live_state(self.module, self.optimizer, self.names), saved)
+        cs.drop_unstepped(live, saved)  # parameters no gradient had reached: no state
         self._agree(cs.mismatches(live, saved), path)
         _dcp("load", live.tensors, path, self.env.distributed)
         cs.apply_loaded(self.module, self.optimizer, live, meta["param_groups"])

@@ -182,9 +182,32 @@ def _apply_optimizer(module, optimizer, live: LiveState, saved_groups: list[dict
     inner = inner_optimizer(optimizer)
     with _no_step_hooks(inner):
         groups = _merge_groups(live.groups, saved_groups)
-        _dcp().set_optimizer_state_dict(module, inner, {"state": state, "param_groups": groups})
+        _dcp().set_optimizer_state_dict(module, inner, {"state": state, "param_groups": groups},
+                                        options=_not_strict())  # see drop_unstepped
     if inner is not optimizer:  # ZeRO exposes the global groups; keep lr & co. in step
         optimizer._sync_param_groups(inner.param_groups, optimizer.param_groups)
+
+
+def drop_unstepped(live: LiveState, saved: dict) -> None:
+    """Leave out of the load the optimizer state of parameters the checkpoint holds none
+    for, where it holds that kind of state for others: no gradient had reached them when
+    it was saved (an unused head, a layer no step has run yet), so the saving run had no
+    state for them either, and they start afresh as they would have. (This rank's live
+    state has them: torch makes every parameter's state before a load.) A checkpoint of
+    another optimizer holds none of these state names, and still fails `mismatches`."""
+    by_param: dict[str, list[str]] = {}
+    for key, (fqn, _) in live.slots.items():
+        by_param.setdefault(fqn, []).append(key)
+    kinds = {k.rsplit(".", 1)[-1] for k in saved if k.startswith(OPTIM)}
+    for fqn, keys in by_param.items():
+        if all(k not in saved and live.slots[k][1] in kinds for k in keys):
+            for k in keys:
+                del live.tensors[k], live.slots[k]
+
+
+def _not_strict():
+    """Load options that let a parameter without state (`drop_unstepped`) stay without."""
+    return _dcp().StateDictOptions(strict=False)
 
 
 def mismatches(live: LiveState, saved: dict) -> list[str]:

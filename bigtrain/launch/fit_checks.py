@@ -111,11 +111,25 @@ def check_ray_payload(module) -> None:
             "rank), or use the hook-based torch.nn.utils.weight_norm / spectral_norm.")
 
 
+def frozen_refusal(module, strat, nprocs: int) -> str | None:
+    """A model frozen whole (`trainable = False`) on several processes: one process runs
+    its steps and trains nothing (Keras warns), but ranks crashed inside torch (DDP refuses
+    a module without trainable parameters; the parameter server's backward met a loss
+    without a graph; the end-of-fit optimizer gather met the placeholder parameter)."""
+    if nprocs < 2 or any(p.requires_grad for p in module.parameters()):
+        return None
+    return (f"the model has no trainable weights (trainable=False on the model or on every "
+            f"layer), so strategy {strat.name!r} on {nprocs} processes has nothing to "
+            "train or synchronise; set trainable=True on the layers to train, or fit in "
+            "one process (no strategy or devices) to run the frozen model's steps")
+
+
 def layer_refusal(module, strat, nprocs: int) -> str | None:
     """Why `strat` on `nprocs` ranks cannot train one of `module`'s layers as one process
-    does (`renorm_refusal`, `sparse_refusal`), or None; strategy="auto" leaves such
-    strategies out (runner.model_refusals)."""
-    return renorm_refusal(module, strat, nprocs) or sparse_refusal(module, strat, nprocs)
+    does (`renorm_refusal`, `sparse_refusal`, `frozen_refusal`), or None;
+    strategy="auto" leaves such strategies out (runner.model_refusals)."""
+    return (renorm_refusal(module, strat, nprocs) or sparse_refusal(module, strat, nprocs)
+            or frozen_refusal(module, strat, nprocs))
 
 
 def check_layers(module, strat, nprocs: int) -> None:

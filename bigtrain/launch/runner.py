@@ -185,7 +185,7 @@ def choose_auto(model, devices, config, sample=None, task=None) -> str:
         local = rank_specs(inventory(), int(os.environ.get("LOCAL_WORLD_SIZE", n)), "cuda")
         device = (local * -(-n // len(local)))[:n]
     p = plan(model.net, devices=n, batch_size=config.batch_size, precision=config.precision,
-             optimizer=model.compiled.optimizer.name or "adam", device=device,
+             optimizer=_planned_optimizer(model.compiled.optimizer), device=device,
              example_input=sample, tensor_styles=planned_styles(model.net, n),
              refused={**model_refusals(model.net, n), **task_refusals(task)})
     for est in p.estimates:
@@ -195,6 +195,20 @@ def choose_auto(model, devices, config, sample=None, task=None) -> str:
             return est.strategy
     raise ValueError(f"strategy='auto': no strategy fits {n} devices for this model; run "
                      "bigtrain plan for the breakdown")
+
+
+def _planned_optimizer(spec) -> str | int:
+    """The optimizer as the planner takes it: a name its table knows, else the state bytes
+    per parameter measured on a probe (a torch optimizer class given to compile, whose
+    name the table lacks, stopped strategy="auto" with "unknown optimizer")."""
+    from bigtrain.plan.memory import OPTIMIZER_STATE_BYTES, measured_state_bytes
+    name = (spec.name or "adam").lower()
+    if name in OPTIMIZER_STATE_BYTES:
+        return name
+    try:
+        return measured_state_bytes(spec.build)
+    except Exception:  # noqa: BLE001 - a step that needs a closure: fit refuses it itself
+        return OPTIMIZER_STATE_BYTES["adam"]
 
 
 def warn_if_slow_bf16(precision: str, device_kind: str) -> None:

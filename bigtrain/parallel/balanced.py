@@ -112,6 +112,13 @@ class BalancedDataParallel(DataParallel):
         self._shares = SpeedShares(1)  # the real split is made in setup
         self._params: list[nn.Parameter] = []
 
+    @property
+    def supports_loss_scaling(self) -> bool:
+        """False with optimizer_device="cpu": the host optimizer copies the gradients in its
+        own step, so a GradScaler finds none to unscale and stops the first step (as
+        ddp_cpu_optimizer, precision="16-mixed" is then refused before any rank starts)."""
+        return self.optimizer_device != "cpu"
+
     # ---- checks and setup -----------------------------------------------------------------
     def validate(self, world_size: int, global_batch_size: int) -> None:
         check_batch_covers_ranks(self.name, world_size, global_batch_size)

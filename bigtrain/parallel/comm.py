@@ -44,18 +44,26 @@ def all_reduce_grads(params: Iterable[nn.Parameter], group=None, average: bool =
         group: the process group (e.g. the data-parallel sub-mesh's group); None: all ranks.
         average: divide by the group size after summing (data-parallel averaging).
         materialize: give parameters without a gradient a zero one first, so every rank
-            contributes the same buffer (ranks that skip None grads must all skip the same).
+            contributes the same buffer (ranks that skip None grads must all skip the same);
+            a parameter no rank had a gradient for gets None back, as one process leaves
+            it (an optimizer skips it: a zero gradient would still decay it and move it
+            by its momentum, and Ftrl would reset it).
         bucket_bytes: largest bucket in bytes; None: one bucket per dtype.
     """
     size = dist.get_world_size(group)
     if size == 1:
         return
     params = list(params)
-    if materialize:
+    present = None
+    if materialize and params:
+        # (n,) 1.0 where this rank has a gradient, summed with the gradients' own buckets
+        present = torch.tensor([float(p.grad is not None) for p in params],
+                               device=_local(params[0]).device)
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-    buckets = _buckets([_local(p.grad) for p in params if p.grad is not None], bucket_bytes)
+    grads = [_local(p.grad) for p in params if p.grad is not None]
+    buckets = _buckets(grads + ([present] if present is not None else []), bucket_bytes)
     flats = [_flatten_dense_tensors(b) for b in buckets]
     works = [dist.all_reduce(f, group=group, async_op=True) for f in flats]
     for bucket, flat, work in zip(buckets, flats, works):
@@ -64,6 +72,10 @@ def all_reduce_grads(params: Iterable[nn.Parameter], group=None, average: bool =
             flat.div_(size)
         for g, reduced in zip(bucket, _unflatten_dense_tensors(flat, bucket)):
             g.copy_(reduced)
+    if present is not None:
+        for p, some_rank in zip(params, present.tolist()):
+            if not some_rank:
+                p.grad = None
 
 
 def _buckets(grads: list[torch.Tensor], cap: int | None) -> list[list[torch.Tensor]]:

@@ -26,6 +26,22 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.in
 _MAX_DIMS = 8
 
 
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward hands on a contiguous gradient. A stage sends the gradient of
+    its input back to the previous stage as autograd made it, and the receiver's buffer
+    copies its strides: a layer that reads its input transposed (a GRU after a Conv1D)
+    gave a transposed gradient, which gloo's receive refuses ("input tensor has to be
+    contiguous")."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
 class StageModule(nn.Module):
     """A run of consecutive layers of the original model; remembers their original names.
 
@@ -40,11 +56,17 @@ class StageModule(nn.Module):
         self.layers = nn.ModuleList(layers)
 
     def forward(self, x):
+        if isinstance(x, torch.Tensor) and x.requires_grad:  # from the previous stage
+            x = _ContiguousGrad.apply(x)
         for layer in self.layers:
             x = layer(x)
         # a stage of view layers only (Flatten, Reshape) would hand the schedule a view of its
-        # input; zero-bubble schedules detach stage outputs in place, which views refuse
-        return x.clone() if isinstance(x, torch.Tensor) and x._is_view() else x
+        # input; zero-bubble schedules detach stage outputs in place, which views refuse. An
+        # output in another memory layout (Conv1D's, channels-last: a transposed view) kept it
+        # through clone() and gloo sends contiguous tensors only
+        if isinstance(x, torch.Tensor) and (x._is_view() or not x.is_contiguous()):
+            return x.clone(memory_format=torch.contiguous_format)
+        return x
 
     def original_name(self, key: str) -> str:
         """This stage's state-dict key "layers.<j>.<rest>" as the original model names it:

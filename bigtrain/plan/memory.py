@@ -75,7 +75,29 @@ OPTIMIZER_STATE_BYTES = {
     "sgd_momentum": 4, "momentum": 4, "nesterov": 4,   # momentum buffer
     "rmsprop": 4, "adagrad": 4, "lion": 4,
     "adadelta": 8, "adamax": 8, "nadam": 8, "radam": 8,
+    "ftrl": 8, "lamb": 8,             # accumulator + linear; exp_avg + exp_avg_sq
 }
+
+
+def measured_state_bytes(make_optimizer) -> int:
+    """Optimizer state bytes per parameter of an optimizer the table does not name (a torch
+    optimizer class given to compile: Rprop, ASGD, ...), read off one step on a probe of
+    64 elements: its per-element state tensors, in bytes per element.
+
+    Args:
+        make_optimizer: builds the optimizer over a list of parameters.
+
+    Example:
+        measured_state_bytes(lambda ps: torch.optim.Rprop(ps))   # 8: prev + step_size
+    """
+    import torch  # only here: the rest of this module is arithmetic on sizes
+    probe = torch.nn.Parameter(torch.zeros(64))
+    optimizer = make_optimizer([probe])
+    probe.grad = torch.full_like(probe, 0.1)
+    optimizer.step()
+    state = [v for st in optimizer.state.values() for v in st.values()
+             if isinstance(v, torch.Tensor) and v.numel() == probe.numel()]
+    return sum(v.element_size() for v in state)
 
 
 def get_precision(precision: str) -> Precision:
