@@ -1,7 +1,13 @@
 """README.md and the examples' docstrings run as tests (Sybil): see tests/readme/documents.py."""
+from pathlib import Path
+
 from tests.readme.documents import pytest_collect_file  # noqa: F401
 
 import pytest  # noqa: E402
+
+#: the example scripts (their docstrings' commands are tests); tests/examples/ holds real
+#: test modules and must be imported as such
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 
 
 def pytest_collection_modifyitems(items):
@@ -10,7 +16,7 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.path.name == "README.md":
             item.add_marker(pytest.mark.timeout(900))
-        elif item.path.parent.name == "examples":
+        elif item.path.parent == EXAMPLES:
             item.add_marker(pytest.mark.timeout(450))
 
 
@@ -23,7 +29,7 @@ class _Script(pytest.Module):
 
 
 def pytest_pycollect_makemodule(module_path, parent):
-    if module_path.parent.name == "examples":
+    if Path(module_path).resolve().parent == EXAMPLES:
         return _Script.from_parent(parent, path=module_path)
 
 

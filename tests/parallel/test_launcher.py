@@ -1,5 +1,6 @@
 """fit(..., devices=2) from a plain script without a main guard, and `bigtrain run`."""
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
@@ -44,19 +45,29 @@ def _run(tmp_path, strategy, devices, launcher=()):
     return out.stdout
 
 
+def _run_here(tmp_path, capsys):
+    """The script without strategy and devices, run in this process: the one-process
+    reference (a subprocess would only add its own torch import)."""
+    path = tmp_path / "single.py"
+    path.write_text(SCRIPT.replace("STRATEGY", "None").replace("DEVICES", "None"))
+    capsys.readouterr()
+    runpy.run_path(str(path), run_name="__main__")
+    return capsys.readouterr().out
+
+
 def _after(stdout):
     line = next(line for line in stdout.splitlines() if line.startswith("AFTER FIT"))
     return float(line.split()[2]), float(line.split()[3])
 
 
 @pytest.mark.slow
-def test_unguarded_script_with_devices_runs_once_and_matches_single(tmp_path):
+def test_unguarded_script_with_devices_runs_once_and_matches_single(tmp_path, capsys):
     out = _run(tmp_path, "ddp", 2)
     assert out.count("TOP OF SCRIPT") == 1, out  # workers never re-ran the script
     assert out.count("AFTER FIT") == 1  # the code after fit runs once, in the caller
     assert out.count("Epoch 8/8") == 1  # only rank 0 prints progress
     acc, wsum = _after(out)
-    single_acc, single_wsum = _after(_run(tmp_path, None, None))
+    single_acc, single_wsum = _after(_run_here(tmp_path, capsys))
     assert acc > 0.8
     assert abs(wsum - single_wsum) < 1e-3 * abs(single_wsum)  # same training as one process
 

@@ -138,14 +138,9 @@ def test_seed_example_on_kjv_under_the_pipeline_matches_one_process():
 
 
 def test_gpt_kjv_example_runs_under_the_pipeline_with_an_uneven_last_batch():
-    import os
-    import subprocess
-    import sys
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    # 40 windows in batches of 32: the last batch has 8 windows, 2 per micro-batch
-    cmd = [sys.executable, os.path.join(root, "examples", "gpt_kjv.py"), "--windows", "40",
-           "--epochs", "1", "--strategy", "pipeline", "--devices", "2"]
-    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=480, env=env, cwd=root)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "validation loss" in done.stdout and "sample:" in done.stdout
+    from tests.readme.commands import SHORTER, run_documented
+    # the docstring's command as its test runs it (and sharing that run): 40 windows in
+    # batches of 32, so the last batch has 8 windows, 2 per micro-batch
+    assert SHORTER["gpt_kjv.py"][:2] == ["--windows", "40"]
+    out = run_documented("python examples/gpt_kjv.py --strategy pipeline --devices 2")
+    assert "validation loss" in out and "sample:" in out, out[-3000:]
