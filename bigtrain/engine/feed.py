@@ -8,6 +8,7 @@ not depend on the number of ranks, on `workers`, or on where a run resumed.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from itertools import count
 
@@ -83,20 +84,28 @@ def micro_split(local: torch.Tensor, n_global: int, accumulate: int, replicas: i
 
 class Feed:
     """Step batches of one epoch: `steps` (None when the stream's length is unknown) and
-    `next()` -> (global batch size, StepBatch), or None when the stream has ended."""
+    `next()` -> (global batch size, StepBatch), or None when the stream has ended.
+    `agree`: on several ranks, a `ShortestStream` that open-ended feeds ask before each
+    step whether every rank still has a batch (None: this rank decides alone)."""
 
     def __init__(self, batches, steps: int | None):
         self._it, self.steps = iter(batches), steps
         self._ahead = None
+        self.agree = None
 
-    def step_numbers(self, first: int):
-        """Step indices from `first`; open-ended feeds stop where the stream ends."""
+    def step_numbers(self, first: int, epoch: int = 0):
+        """Step indices from `first`; open-ended feeds stop where the stream ends (on
+        several ranks, where the first rank's stream ends)."""
         if self.steps is not None:
             yield from range(first, self.steps)
             return
         for step in count(first):
             self._ahead = next(self._it, None)
-            if self._ahead is None:
+            have = self._ahead is not None
+            if self.agree is not None and not self.agree(have, step, epoch):
+                self._ahead = None  # another rank ran out: this batch is not trained
+                return
+            if not have:
                 return
             yield step
 
@@ -105,6 +114,68 @@ class Feed:
             item, self._ahead = self._ahead, None
             return item
         return next(self._it)
+
+
+class ShortestStream:
+    """The ranks' agreement, before each step of a stream of unknown length, that every
+    one still has a batch; the epoch ends for all where the shortest stream ends ("stop at
+    the shortest": no rank trains a step the others cannot join, and no rank pads).
+
+    Ranks that each read their own stream (a generator made on every rank under `bigtrain
+    run`, an IterableDataset that reads by rank) may hold streams of different lengths. A
+    rank that ran on alone started collectives no other rank joined: gloo aborted on the
+    mismatch, or, where the sizes happened to match, it trained against another step's.
+    The cost is one all-reduce of two numbers per step (a device sync where the ranks
+    reduce on a GPU), paid only by streams of unknown length; the first epoch whose
+    streams differ warns on rank 0, once per fit, naming each rank's batches.
+
+    `reduce`: the strategy's `all_reduce` over the ranks that run the loop (all ranks, or
+    a parameter server's workers: ranks 0..workers-1); `rank`, `world`: the job's.
+    """
+
+    def __init__(self, reduce, rank: int, world: int, device, is_main: bool):
+        self.reduce, self.rank, self.world = reduce, rank, world
+        self.device, self.is_main = device, is_main
+        self.warned = False
+
+    def __call__(self, have: bool, read: int, epoch: int) -> bool:
+        """Whether every rank has a batch after the `read` batches of epoch `epoch`."""
+        # (ranks with a batch, ranks in the loop): the same two numbers on every rank
+        flags = torch.tensor([1.0 if have else 0.0, 1.0], device=self.device)
+        ranks_with, ranks = (int(v) for v in self.reduce(flags).tolist())
+        if ranks_with in (0, ranks):
+            return ranks_with == ranks
+        if not self.warned:  # every rank comes here together: the reduce below matches
+            self.warned = True
+            self._warn(have, read, epoch, ranks)
+        return False
+
+    def _warn(self, have: bool, read: int, epoch: int, ranks: int) -> None:
+        table = torch.zeros(2 * self.world, device=self.device)  # (batches, had more) by rank
+        table[2 * self.rank], table[2 * self.rank + 1] = float(read), float(have)
+        rows = self.reduce(table).view(self.world, 2).tolist()[:ranks]
+        if not self.is_main:
+            return
+        ended = ", ".join(f"rank {r}: {int(n)}" for r, (n, more) in enumerate(rows) if not more)
+        longer = ", ".join(f"rank {r}: more than {int(n)}" for r, (n, more) in enumerate(rows)
+                           if more)
+        warnings.warn(
+            f"epoch {epoch + 1}: the ranks' streams gave different numbers of batches "
+            f"({ended}; {longer}); every rank stopped after {read}, where the shortest "
+            "ended, and the longer streams' further batches were not trained. Give every "
+            "rank a stream of the same length, or pass steps_per_epoch=N (warned once per "
+            "fit)", UserWarning, stacklevel=2)
+
+
+def stream_ends(strategy, n: int | None, steps_per_epoch: int | None) -> ShortestStream | None:
+    """A fit's ShortestStream when several ranks read a stream of unknown length (`n`, the
+    samples, None and no `steps_per_epoch`); arrays, Datasets and streams of known length
+    pay nothing per step (the loop also asks only feeds whose `steps` is None)."""
+    env = strategy.env
+    if env.world_size < 2 or n is not None or steps_per_epoch is not None:
+        return None
+    return ShortestStream(strategy.all_reduce, env.rank, env.world_size, env.device,
+                          env.is_main)
 
 
 def _step_indices(data: ArrayData, plan: EpochPlan, device=None) -> tuple[torch.Tensor, ...]:

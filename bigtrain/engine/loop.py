@@ -22,7 +22,8 @@ from bigtrain.engine.carry_state import gather_full
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
 from bigtrain.engine.evaluate import evaluate
-from bigtrain.engine.feed import EpochPlan, feed_epoch, input_sample
+from bigtrain.engine.feed import (EpochPlan, ShortestStream, feed_epoch, input_sample,
+                                  stream_ends)
 from bigtrain.engine.finite_check import FiniteCheck, NonFiniteLoss
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
@@ -81,9 +82,12 @@ def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
 
 
 def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
-                 progress: Progress, sync: _Rank0Sync, monitor=None) -> dict[str, float]:
+                 progress: Progress, sync: _Rank0Sync, monitor=None,
+                 ends: ShortestStream | None = None) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
     feed = _epoch_feed(task, strategy, epoch, progress)
+    if feed.steps is None:  # a stream of unknown length: the ranks agree where it ends
+        feed.agree = ends
     tally = Tally(task.metrics, task.activations, device, keep_step_losses=monitor is not None)
     if monitor is not None:  # the record's step losses, read when it is written
         monitor.watch(tally, first_step=progress.skip)
@@ -102,7 +106,7 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     mark = ctx.mark_fn()
     batch = None
     module.train()
-    for step in feed.step_numbers(progress.skip):
+    for step in feed.step_numbers(progress.skip, epoch):
         mark("callbacks (batch begin)", progress.step)
         if begin_hooks:
             callbacks.on_train_batch_begin(step)
@@ -244,7 +248,8 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
                              params, strategy.env.is_main, strategy.env.world_size, sync.gather)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
-               RunTiming(ctx.timer), monitor, sync)
+               RunTiming(ctx.timer), monitor, sync,
+               stream_ends(strategy, n, cfg.steps_per_epoch))
     callbacks.on_train_begin()
     run.sync.share()
     t_start = time.perf_counter()
@@ -291,6 +296,7 @@ class _Run:
     timing: RunTiming
     monitor: RunMonitor | None = None  # rank 0's run-record keeper (bigtrain doctor)
     sync: _Rank0Sync | None = None
+    ends: ShortestStream | None = None  # where several ranks' streams end (feed.py)
 
 
 @dataclass
@@ -344,7 +350,8 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
         t0 = time.perf_counter()
         try:
             logs = _train_epoch(task, strategy, run.ctx, run.module, run.optimizer, run.callbacks,
-                                epoch, run.timing, run.progress, run.sync, run.monitor)
+                                epoch, run.timing, run.progress, run.sync, run.monitor,
+                                run.ends)
         except NonFiniteLoss as e:  # the epoch still ends, with its NaN logs (Keras)
             logs = e.tally.logs(strategy.all_reduce(e.tally.state()))  # every rank is here
             run.result.stop_reason = "nan_loss"

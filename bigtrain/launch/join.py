@@ -100,17 +100,26 @@ def rendezvous_store(rank: int, world: int, timeout_s: float):
     that next, and can then name the ranks that never came).
 
     Under torchrun's shared agent store (TORCHELASTIC_USE_AGENT_STORE=True) every rank is
-    a client of the launcher's store.
+    a client of the launcher's store. A client gives up once the store has not listened
+    for `timeout_s`: torch's own client, given a store that never opens, waits out its
+    timeout, sleeps 2-4 s and tries once more (a 4 s timeout failed after 8-10 s), so it is
+    only started on a store that already listens.
     """
     host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
     master = rank == 0 and not agent
+    owner = "the launcher" if agent else "rank 0"
+    unreachable = (
+        f"rank {rank} could not reach the job's store at {host}:{port} within "
+        f"{timeout_s:g} s: {owner}, which hosts it, has not started (or MASTER_ADDR/"
+        "MASTER_PORT point elsewhere). Start rank 0 / the first node with the same "
+        "--rdzv-endpoint, or raise fit(timeout=...).")
+    if not master and not await_listener(host, port, limit_s=timeout_s):
+        raise RuntimeError(unreachable)
     try:
         if master and is_loopback(host):  # one host: listen on loopback only
             return loopback_store(host, port, world, timedelta(seconds=timeout_s),
                                   wait_for_workers=False, multi_tenant=True)
-        if not master:
-            await_listener(host, port)
         return dist.TCPStore(host, port, world, is_master=master,
                              timeout=timedelta(seconds=timeout_s), wait_for_workers=False,
                              multi_tenant=master)
@@ -118,31 +127,28 @@ def rendezvous_store(rank: int, world: int, timeout_s: float):
         if master:
             raise RuntimeError(f"rank 0 could not open the job's store on {host}:{port}: {e}; "
                                "is MASTER_PORT already in use?") from e
-        owner = "the launcher" if agent else "rank 0"
-        raise RuntimeError(
-            f"rank {rank} could not reach the job's store at {host}:{port} within "
-            f"{timeout_s:g} s: {owner}, which hosts it, has not started (or MASTER_ADDR/"
-            "MASTER_PORT point elsewhere). Start rank 0 / the first node with the same "
-            "--rdzv-endpoint, or raise fit(timeout=...).") from e
+        raise RuntimeError(unreachable) from e
 
 
-def await_listener(host: str, port: int, limit_s: float = 2.0) -> None:
-    """Return once `host`:`port` accepts a connection, or after `limit_s`.
+def await_listener(host: str, port: int, limit_s: float = 2.0) -> bool:
+    """Return True once `host`:`port` accepts a connection, False when it did not within
+    `limit_s`.
 
     A rank started together with rank 0 may reach the store before rank 0 listens; torch's
     store client then tries again only about 0.5 s later (measured: a server up 20 ms
     after the client connected it in 0.52 s), which one fit(devices=2) call in eight paid.
-    This looks every 1 ms, doubling up to 50 ms. A store still closed after `limit_s` is
-    left to the client's own retries and timeout, as before.
+    This looks every 1 ms, doubling up to 50 ms, so the caller can also give up at its
+    own deadline instead of the client's (see `rendezvous_store`).
     """
     deadline, pause = time.monotonic() + limit_s, 0.001
     while True:
-        try:
-            with socket.create_connection((host, port), timeout=limit_s):
-                return
+        try:  # one attempt never runs past the deadline (a host that drops the SYN)
+            with socket.create_connection((host, port),
+                                          timeout=max(0.05, deadline - time.monotonic())):
+                return True
         except OSError:
             if time.monotonic() + pause > deadline:
-                return
+                return False
             time.sleep(pause)
             pause = min(2 * pause, 0.05)
 
@@ -164,9 +170,11 @@ def attempt_store(store):
     return dist.PrefixStore(f"bigtrain/attempt_{attempt}/", store)
 
 
-def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float = 0.1) -> None:
-    """Announce this rank in `store` and wait until all `world` ranks did; after
-    `timeout_s` raise RuntimeError naming the ranks that never arrived.
+def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float = 0.1,
+                   start: float | None = None) -> None:
+    """Announce this rank in `store` and wait until all `world` ranks did; `timeout_s`
+    after `start` (a `time.monotonic()` reading; default now) raise RuntimeError naming
+    the ranks that never arrived.
 
     The store is read again after 1 ms, then twice as long each time up to `poll_s`: ranks
     started together arrive a few ms apart, and with a fixed `poll_s` the first to arrive
@@ -184,7 +192,8 @@ def wait_for_ranks(store, rank: int, world: int, timeout_s: float, poll_s: float
     keys = [f"{prefix}{r}" for r in range(world)]
     gave_up, acks = prefix + "timed_out", prefix + "acks"
     store.set(keys[rank], socket.gethostname())
-    deadline, pause = time.monotonic() + timeout_s, min(0.001, poll_s)
+    deadline = (time.monotonic() if start is None else start) + timeout_s
+    pause = min(0.001, poll_s)
     try:
         while not store.check(keys):
             if rank == 0 and time.monotonic() > deadline:
@@ -251,8 +260,10 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True,
         if device.type == "cuda":
             torch.cuda.set_device(device)
         timeout = timeout_s or DEFAULT_TIMEOUT_S
+        start = time.monotonic()
         store = attempt_store(rendezvous_store(rank, world, timeout))
-        wait_for_ranks(store, rank, world, timeout)
+        # one deadline for the whole join: the wait for the others gets what is left of it
+        wait_for_ranks(store, rank, world, timeout, start=start)
         start_group(backend, store, rank, world, timedelta(seconds=group_timeout_s or timeout))
         atexit.register(_destroy_group)  # the user's script goes on after fit; tidy up at exit
     elif timeout_s:  # a group formed before this fit (`bigtrain run` on a cluster, Ray)
