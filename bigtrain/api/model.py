@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from bigtrain.api import keyed_outputs, training, weights
+from bigtrain.api.call_inputs import call_inputs
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import KerasTensor, Layer, train_mode
 from bigtrain.api.layers.input_layer import InputLayer
@@ -85,6 +86,8 @@ class Model(Trainer, nn.Module):
         if isinstance(self.net, GraphModule) and len(xs) == 1 and \
                 isinstance(xs[0], (list, tuple)):
             xs = tuple(xs[0])  # Keras's model([a, b])
+        if self.net is not None:  # numpy arrays (or a dict by input name), as Keras takes them
+            xs = call_inputs(self.net, xs)
         if xs and isinstance(xs[0], KerasTensor):
             if not isinstance(self.net, GraphModule):
                 raise TypeError(f"model {self.name!r} wraps a torch module, which cannot be "

@@ -148,10 +148,10 @@ def keep_final_steps(spec, carried, steps: int | None) -> None:
         return
     if steps is None and spec.schedule is None:
         return  # no count came back and no schedule depends on one
-    if steps is None:  # a parameter server's workers: the servers counted the steps
+    if steps is None:  # the ranks' optimizer counted no steps
         warnings.warn(f"the ranks did not report how many steps the learning-rate schedule "
-                      f"({type(spec.schedule).__name__}) took (under a parameter server the "
-                      f"servers count them), so the next fit starts the schedule again at "
+                      f"({type(spec.schedule).__name__}) took, so the next fit starts the "
+                      f"schedule again at "
                       f"step {spec.start_step}, where Keras would go on; train with "
                       "strategy='ddp' (or a sharded one) to carry it", RuntimeWarning,
                       stacklevel=3)

@@ -331,7 +331,9 @@ class DatasetData(ArrayData):
         if not isinstance(items, (tuple, list)) or len(items) not in (2, 3):
             raise ValueError(f"the DataLoader's collate_fn gave a {type(items).__name__}; fit "
                              "needs each batch as (x, y) or (x, y, sample_weight)")
-        parts = [moved(part, device, what) for part, what in zip(items, _PARTS)]
+        # y and sample_weight as arrays give them (as_tensor_source): float64 as float32
+        parts = [moved(part if what == "x" else _floatx(part), device, what)
+                 for part, what in zip(items, _PARTS)]
         x, y = fit_inputs(parts[0], self.inputs), fit_targets(parts[1], self.outputs)
         return x, y, parts[2] if len(parts) == 3 else None
 
@@ -362,6 +364,19 @@ class DatasetData(ArrayData):
                             self.inputs, self.outputs),
                 DatasetData(Subset(self.dataset, range(cut, n)), inputs=self.inputs,
                             outputs=self.outputs))
+
+
+def _floatx(part):
+    """A collated batch part with its float64 tensors as float32, Keras's floatx (torch's
+    collate makes float64 of Python floats and float64 arrays); tuples, lists and dicts
+    value by value, anything else as it is."""
+    if isinstance(part, torch.Tensor):
+        return part.float() if part.dtype == torch.float64 else part
+    if isinstance(part, dict):
+        return {k: _floatx(v) for k, v in part.items()}
+    if isinstance(part, (tuple, list)):
+        return tuple(_floatx(p) for p in part)  # as `moved` gives them
+    return part
 
 
 def _worker_context():

@@ -105,9 +105,21 @@ def _output_weights(sample_weight, i: int, outputs: int):
 
 
 def _masked_weights(sample_weight, mask):
-    """The weights of the time steps a (B, T) mask keeps, (B,) or (B, T) weights given."""
-    w = sample_weight.reshape(*sample_weight.shape, *[1] * (mask.dim() - sample_weight.dim()))
-    return w.expand(mask.shape)[mask]
+    """The weights Keras's weighted metrics give the time steps a (B, T) mask keeps, from
+    (B,), (B, T) or (B, T, 1) sample weights: a kept step's weight times B*T / (steps the
+    batch keeps). Keras's loss (reduction "sum_over_batch_size") scales the batch's weights
+    so, in place (`apply_mask` in keras/src/losses/loss.py), before the metrics read the
+    same tensor: a batch that keeps few of its steps counts more in the pass's metrics."""
+    w = sample_weight
+    if w.dim() == mask.dim() + 1 and w.shape[-1] == 1:
+        w = w.squeeze(-1)  # (B, T, 1), as Keras's squeeze_or_expand_to_same_rank
+    if w.dim() > mask.dim() or tuple(w.shape) != tuple(mask.shape[:w.dim()]):
+        raise ValueError(f"sample_weight of shape {tuple(sample_weight.shape)} does not fit a "
+                         f"masked sequence output of {tuple(mask.shape)} (batch, timesteps): "
+                         "give one weight per sample (batch,) or per time step "
+                         "(batch, timesteps)")
+    w = w.reshape(*w.shape, *[1] * (mask.dim() - w.dim())).expand(mask.shape)[mask]
+    return w * (mask.numel() / mask.sum().clamp(min=1))  # (N,): one per kept step
 
 
 def _feed(metric, y, out, sample_weight) -> None:

@@ -205,7 +205,7 @@ class ParameterServer(Strategy):
             path = self._checkpoint_path()
             if path is not None and os.path.exists(path):
                 self._store.load(path)  # resume
-        return ServerSideOptimizer(module.parameters())
+        return ServerSideOptimizer(module.parameters(), _start_step(make_optimizer))
 
     def _check_split_rule(self, make_optimizer) -> None:
         """Every rank refuses, before any step, an update rule that splitting a tensor by
@@ -270,6 +270,7 @@ class ParameterServer(Strategy):
             p.grad = None
         self._puller.forget()  # our own push changed those rows: pull them again next time
         self.clock += 1
+        optimizer.count_step()  # Keras's iterations, read back after the fit
         return outputs, total / max(sum(batch.weights), 1e-12)
 
     def _pace(self, t0: tuple[float, float], samples: int) -> None:
@@ -363,6 +364,14 @@ class ParameterServer(Strategy):
         if c.slow_ranks:
             extra += f", slow ranks {dict(c.slow_ranks)}"
         return f"servers={c.servers}, mode={c.mode!r}{extra}"
+
+
+def _start_step(make_optimizer) -> int:
+    """The step count the compiled optimizer starts from (its param groups' "iterations":
+    the steps of earlier fits under this compile), read from one built on a probe: 0 for
+    an optimizer that counts none."""
+    probe = make_optimizer([nn.Parameter(torch.zeros(1))])
+    return int(probe.param_groups[0].get("iterations", 0))
 
 
 register("ps", lambda: ParameterServer(mode="bsp"))

@@ -31,10 +31,27 @@ def row_tables(module: nn.Module) -> set[int]:
 
 
 class ServerSideOptimizer(torch.optim.Optimizer):
-    """What workers get from `setup_optimizer`: the real optimizers live on the servers."""
+    """What workers get from `setup_optimizer`: the real optimizers live on the servers.
 
-    def __init__(self, params):
-        super().__init__(list(params), {})
+    It counts the steps this worker takes (`count_step`, once per train_step) in its param
+    groups' "iterations", where bigtrain's optimizers count Keras's `iterations`, so that
+    `model.optimizer.iterations` reads them and the next fit goes on from them
+    (bigtrain.engine.carry.final_steps), starting from `iterations`, the count the
+    compiled optimizer starts from. Under "bsp" every worker steps together: the count is
+    the synchronous steps, one update each on the servers; under "asp"/"ssp" it is this
+    worker's steps, while the servers apply every worker's pushes."""
+
+    def __init__(self, params, iterations: int = 0):
+        super().__init__(list(params), {"iterations": int(iterations)})
+
+    @property
+    def iterations(self) -> int:
+        """Keras's `optimizer.iterations`: the steps taken (callbacks read it during fit)."""
+        return int(self.param_groups[0]["iterations"])
+
+    def count_step(self) -> None:
+        for group in self.param_groups:
+            group["iterations"] += 1
 
     def step(self, closure=None):
         raise RuntimeError("with a ParameterServer strategy the servers apply the updates; "
