@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import os
 import socket
+import sys
 import time
 from datetime import timedelta
 
@@ -85,9 +86,32 @@ def threads_per_rank(local_world_size: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, local_world_size))
 
 
-def _destroy_group() -> None:
+EXIT_WAIT_S = 10.0  # at exit, rank 0 waits this long at most for the others to leave
+
+
+def _destroy_group(held: list | None = None, rank: int = 0, world: int = 1) -> None:
+    """At exit, leave the job together. Rank 0's process hosts the job's store: when it
+    ended while another rank still tore its group down or held a store connection, a rank
+    aborted ("terminate called without an active exception") after the script's work was
+    done. So every rank destroys its group, says so in the store and closes its connection;
+    rank 0 waits (at most EXIT_WAIT_S: a rank that died never says so) for all of them
+    before its store goes. `held`: a one-item list with the job's store."""
     if dist.is_initialized():
         dist.destroy_process_group()
+    store = held.pop() if held else None
+    if store is None or world < 2 or hasattr(sys, "last_value"):
+        return  # a script that failed leaves at once: the others may be gone or cut off
+    try:
+        store.set_timeout(timedelta(seconds=EXIT_WAIT_S))
+        store.add("bigtrain/exit", 1)
+        if rank != 0:
+            return  # returning drops the last reference: the connection closes
+        deadline = time.monotonic() + EXIT_WAIT_S
+        while store.add("bigtrain/exit", 0) < world and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # the last rank's connection closes just after its add
+    except Exception:  # noqa: BLE001 - the store is gone already: nothing to wait for
+        pass
 
 
 def local_env(kind: str | None = None) -> DistEnv:
@@ -265,7 +289,8 @@ def join_existing_job(timeout_s: float | None = None, set_threads: bool = True,
         # one deadline for the whole join: the wait for the others gets what is left of it
         wait_for_ranks(store, rank, world, timeout, start=start)
         start_group(backend, store, rank, world, timedelta(seconds=group_timeout_s or timeout))
-        atexit.register(_destroy_group)  # the user's script goes on after fit; tidy up at exit
+        # the user's script goes on after fit; tidy up at exit, every rank together
+        atexit.register(_destroy_group, [store], rank, world)
     elif timeout_s:  # a group formed before this fit (`bigtrain run` on a cluster, Ray)
         dist.distributed_c10d._set_pg_timeout(timedelta(seconds=timeout_s))
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank,
