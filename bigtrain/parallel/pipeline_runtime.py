@@ -134,6 +134,8 @@ class PipelineRuntime:
                 group = dist.new_group(ranks, backend="gloo")
                 if self.env.rank in ranks:
                     mine = group
+        if mine is not None:  # gloo's connect can return on one rank before its peer's
+            dist.barrier(group=mine)  # has: a rank leaving at once closed it under the peer
         return mine
 
     def _make_schedule(self):
