@@ -17,6 +17,7 @@ It refuses to run without CUDA; `--dry-run` walks the same code on the CPU with 
     python bench/gpu_offload.py                       # both parts, ~10 minutes on one GPU
     python bench/gpu_offload.py --gpu-memory-gb 24    # as if the GPU had 24 GB
     python bench/gpu_offload.py --dry-run             # CPU, seconds
+    python bench/gpu_offload.py --max-seconds 200     # stop climbing the ladder after 200 s
 """
 from __future__ import annotations
 
@@ -92,7 +93,13 @@ def trial(shape, offload: bool, args) -> dict:
     cmd += ["--offload"] if offload else []
     cmd += ["--dry-run"] if args.dry_run else []
     cmd += ["--gpu-memory-gb", str(args.gpu_memory_gb)] if args.gpu_memory_gb else []
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    left = args.deadline - time.monotonic()
+    if left < 5:
+        return {"ok": False, "error": f"not tried: --max-seconds {args.max_seconds:.0f} spent"}
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=min(1200, left))
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"still running after {left:.0f} s (--max-seconds)"}
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("{")]
     if done.returncode or not lines:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -110,6 +117,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=1024)
     ap.add_argument("--gpu-memory-gb", type=float, default=None)
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--max-seconds", type=float, default=1e9,
+                    help="time for the whole run; trials not finished by then are skipped")
     ap.add_argument("--trial", help=argparse.SUPPRESS)
     ap.add_argument("--offload", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -118,6 +127,7 @@ def main() -> None:
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("gpu_offload.py measures GPU memory and needs CUDA; --dry-run checks "
                          "the script on the CPU")
+    args.deadline = time.monotonic() + args.max_seconds
     if args.dry_run:
         args.seq = min(args.seq, 32)
     ladder = TINY if args.dry_run else LADDER
