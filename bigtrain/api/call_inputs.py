@@ -8,8 +8,10 @@ int64 -> int32 for an `Input(dtype="int32")`), and one a rank off whose odd axis
 squeezed or expanded (`(n,)` for `Input(shape=(1,))`). A float Input takes the weights'
 float dtype (a model made `.double()` or `.half()` gets arrays in its own precision). A
 plain torch module (no Inputs) gets arrays as tensors, float64 as float32 (Keras's floatx,
-as fit feeds it). Torch tensors go to the network as given: a model called as a layer
-inside another passes its activations in the precision the step runs in.
+as fit feeds it). Torch tensors go to the network as given (a model called as a layer
+inside another passes its activations in the precision the step runs in), but a float64
+tensor takes the weights' float dtype, as Keras's layers cast it (a float32 model would
+fail on it: "mat1 and mat2 must have the same dtype").
 
 Example:
     model([x_a, x_b])                # two numpy arrays -> one output tensor
@@ -30,15 +32,20 @@ def call_inputs(net: nn.Module, xs: tuple) -> tuple:
     if len(xs) == 1 and isinstance(xs[0], dict) and isinstance(net, GraphModule):
         named = by_name(xs[0], net.input_names, "x", "inputs")  # Keras's model({"a": xa})
         xs = named if isinstance(named, tuple) else (named,)
-    if not any(_is_array(x) for x in xs):
+    if not any(_is_array(x) or _is_double(x) for x in xs):
         return xs
     device, float_dtype = _weights_of(net)
     if not isinstance(net, GraphModule):
-        return tuple(_tensor(x, device, {torch.float64: float_dtype}) if _is_array(x) else x
-                     for x in xs)
+        return tuple(_tensor(x, device, {torch.float64: float_dtype}) if _is_array(x) else
+                     x.to(float_dtype) if _is_double(x) else x for x in xs)
     specs = net.input_tensors  # extra or missing inputs: the graph's own error says so
     return tuple(_as_input(x, specs[i], device, float_dtype)
-                 if i < len(specs) and _is_array(x) else x for i, x in enumerate(xs))
+                 if i < len(specs) and (_is_array(x) or _is_double(x)) else x
+                 for i, x in enumerate(xs))
+
+
+def _is_double(x) -> bool:
+    return isinstance(x, torch.Tensor) and x.dtype == torch.float64
 
 
 def _is_array(x) -> bool:
@@ -62,9 +69,12 @@ def _tensor(x, device: torch.device, casts: dict) -> torch.Tensor:
 
 
 def _as_input(x, spec, device: torch.device, float_dtype: torch.dtype) -> torch.Tensor:
-    """Array `x` as one functional input in its Input's dtype and rank, as Keras's
-    Functional takes it (`spec`: the Input's KerasTensor; shape without the batch axis)."""
+    """Array `x` (or a float64 tensor) as one functional input in its Input's dtype and
+    rank, as Keras's Functional takes it (`spec`: the Input's KerasTensor; shape without
+    the batch axis)."""
     want = float_dtype if spec.dtype.is_floating_point else spec.dtype
+    if isinstance(x, torch.Tensor):  # float64: its dtype only; a tensor stays where it is
+        return x.to(dtype=want)
     t = torch.as_tensor(np.asarray(x))
     rank = len(spec.shape) + 1  # with the batch axis
     if t.dim() == rank + 1 and t.shape[-1] == 1:

@@ -18,6 +18,12 @@ import inspect
 from bigtrain.api.metrics import OutputLoss, fresh_metric, get_metric
 
 
+#: the loss reductions under which Keras's loss scales a masked output's sample weights by
+#: B*T / (steps kept), in place, so that its weighted metrics read them so scaled
+#: (`apply_mask` in keras/src/losses/loss.py); under "sum" the weights stay as given
+MASK_SCALING_REDUCTIONS = ("sum_over_batch_size", "mean")
+
+
 def metrics_per_output(metrics, output_names: list[str]) -> list[list]:
     """compile's `metrics` per output, in Keras's forms: a dict by output name (a name or
     a list each), a list of lists (one per output), or one list for every output."""
@@ -90,6 +96,8 @@ def fresh_metrics(compiled, output_names: list[str], losses: list) -> list[list]
                 taken[m.name] = 1
     out = []
     for i, (name, loss) in enumerate(zip(output_names, losses)):
+        for m in weighted[i]:  # Keras's mask scaling of the weights follows the reduction
+            m.mask_scaled = getattr(loss, "reduction", None) in MASK_SCALING_REDUCTIONS
         metrics = plain[i] + weighted[i]
         if multi:  # Keras logs each output's loss: "<output>_loss"
             metrics.insert(0, OutputLoss(loss, column=i))

@@ -48,6 +48,7 @@ def class_weight_to_sample_weight(ys: list, class_weight: dict, sample_weight) -
         raise ValueError(f"class_weight needs a model with one output (this one has "
                          f"{len(ys)}); pass sample_weight instead")
     y = np.asarray(ys[0].cpu() if hasattr(ys[0], "cpu") else ys[0])
+    _check_class_labels(y)
     if y.ndim > 1:
         y = y.argmax(-1) if y.shape[-1] != 1 else y.squeeze(-1)
     labels = np.round(y).astype(np.int64)
@@ -55,6 +56,23 @@ def class_weight_to_sample_weight(ys: list, class_weight: dict, sample_weight) -
     for cls, w in class_weight.items():
         weights[labels == int(cls)] = float(w)
     return weights
+
+
+def _check_class_labels(y: np.ndarray) -> None:
+    """Refuse labels with a class per time step, which class_weight cannot read one class
+    per sample from: (n, T, ...) labels, and (n, T) integers other than 0 and 1 (ids, not
+    one-hot or multi-label rows). Keras takes the argmax of (n, T) ids (a step's index,
+    not a class) and fails on (n, T, C) ("only 0-dimensional arrays can be converted to
+    Python scalars")."""
+    ids = y.ndim == 2 and y.shape[1] > 1 and np.issubdtype(y.dtype, np.integer) and \
+        bool(((y[:1000] != 0) & (y[:1000] != 1)).any())
+    if y.ndim <= 2 and not ids:
+        return
+    raise ValueError(f"class_weight reads one class per sample, from labels of shape (n,), "
+                     f"(n, 1) or one-hot (n, classes); got labels of shape {tuple(y.shape)}, "
+                     f"a class per time step. Pass sample_weight of shape {tuple(y.shape[:2])}"
+                     " instead, each step's class weight (for class ids: "
+                     "np.vectorize(lambda c: class_weight.get(c, 1.0))(labels))")
 
 
 def loss_weight_list(loss_weights, output_names: list[str]) -> list[float]:

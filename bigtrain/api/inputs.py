@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import torch
@@ -71,6 +72,22 @@ def loader_batch_size(x) -> int | None:
     return x.batch_size
 
 
+def fit_batch_size(x, batch_size: int | None) -> int | None:
+    """fit's batch size for data `x`: a DataLoader's own where it batches (as Keras, which
+    iterates the loader and leaves fit's batch_size aside; a different one given is
+    ignored, with a warning), else `batch_size` as given."""
+    own = loader_batch_size(x)
+    if own is None:
+        return batch_size
+    if batch_size is not None and batch_size != own:
+        warnings.warn(f"fit got batch_size={batch_size}, but x is a DataLoader of batches of "
+                      f"{own}: its batches are trained on, as in Keras, and batch_size is "
+                      f"ignored. To train on batches of {batch_size}, give the DataLoader "
+                      f"batch_size={batch_size} (or pass its Dataset)", UserWarning,
+                      stacklevel=4)
+    return own
+
+
 def loader_order(loader) -> LoaderOrder:
     """The order a DataLoader over a map-style Dataset gives its samples, as fit follows it
     (Keras iterates the loader): a SequentialSampler in order, a RandomSampler (without
@@ -128,6 +145,22 @@ def _sized(shapes: list[tuple], arrays: list) -> list[tuple]:
     return out
 
 
+def _unused_loading(x, stream, asked: dict | None) -> None:
+    """Warn when fit's workers=/prefetch= were given for data they do not load: they start
+    processes that load a map-style Dataset's items, and arrays (sliced in the step) or a
+    stream (read in order, by its own iterator or DataLoader) have none. Keras's fit has
+    no such arguments; its PyDataset(workers=...) is the stream's own, as here."""
+    given = sorted(k for k, v in (asked or {}).items()
+                   if v is not None and not (k == "workers" and v == 0))  # 0: none asked
+    if not given:
+        return
+    kind = "arrays" if stream is None else f"a {type(x).__name__} read in order"
+    warnings.warn(f"fit ignores {' and '.join(f'{k}=' for k in given)} here: they load the "
+                  f"items of a map-style Dataset or DataLoader in background processes, and "
+                  f"x is {kind}. Leave them out (a generator or a DataLoader over an "
+                  "IterableDataset loads ahead in its own workers)", UserWarning, stacklevel=5)
+
+
 def loading_of(x, asked: dict | None) -> Loading:
     """fit's workers=/prefetch= where given, else a DataLoader's own num_workers,
     prefetch_factor, pin_memory and collate_fn (bigtrain draws the indices itself)."""
@@ -159,11 +192,12 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
         stream = as_batches(x)
     if stream is not None or isinstance(x, (Dataset, DataLoader)):
         _refuse_sample_weight(x, sample_weight, names[0])
+    if isinstance(x, (Dataset, DataLoader)) and stream is None:
+        return _from_dataset(x, y, loading, specs, outputs)[0]
+    _unused_loading(x, stream, loading)
     if stream is not None:
         _check_file_shape(stream, specs)
         return stream_data(stream, y, specs, outputs)
-    if isinstance(x, (Dataset, DataLoader)):
-        return _from_dataset(x, y, loading, specs, outputs)[0]
     xs = check.as_list(x, in_names, "x", extra_ok=True)
     # a dict output's keys without a loss may have targets too: they are left out
     ys = check.as_list(y, model.output_names if in_names or keyed else None, "y", extra_ok=keyed)
@@ -222,11 +256,38 @@ def validation_of(model, validation_data, config: FitConfig) -> tuple[ArrayData,
                          "drop_last, or the Subset to evaluate")
     if not isinstance(data, StreamData):
         return data, config
-    x, y, sw = read_all(data.source, config.validation_batch_size or config.batch_size,
-                        config.validation_steps)
+    size = config.validation_batch_size or config.batch_size
+    source = data.source
+    known = getattr(source, "steps", lambda _: None)(size)  # batches per pass, if known
+    if config.validation_steps is None and known is None:
+        source = _WarnLong(source)  # of unknown length: it may never end
+    x, y, sw = read_all(source, size, config.validation_steps)
     # validation_steps is spent: the loop evaluates every sample read
     return prepare_data(model, x, y, sw, names=names), \
         dataclasses.replace(config, validation_steps=None)
+
+
+class _WarnLong:
+    """A validation stream of unknown length, read without validation_steps, that warns
+    once it has given LONG_VALIDATION batches: an endless generator (`while True: yield`)
+    would be read for ever (Keras too reads it for ever, as its docs say), and here also
+    into memory. A finite stream that long is legitimate, so this warns, not raises, and
+    says so before the read could end in a hang or out of memory."""
+
+    LONG_VALIDATION = 1000
+
+    def __init__(self, source):
+        self.source = source
+
+    def batches(self, window):
+        for k, item in enumerate(self.source.batches(window), 1):
+            if k == self.LONG_VALIDATION:
+                warnings.warn(f"validation_data has given {k} batches and is read on: fit "
+                              "reads a generator (or other stream of unknown length) given "
+                              "without validation_steps to its end, into memory, once, when "
+                              "fit starts; an endless one never ends. Pass validation_steps="
+                              "N to evaluate its first N batches", UserWarning, stacklevel=2)
+            yield item
 
 
 def _compact_one_hot(y, spec: LossSpec, metric_names: list):

@@ -24,6 +24,11 @@ class Metric:
     #: compiled as one of `weighted_metrics`: `update` gets the batch's sample weights
     #: (the engine's tally passes them; compile sets it on the run's own copy)
     weighted = False
+    #: (a weighted metric of a masked sequence output) the output's loss scales each
+    #: batch's weights of the steps kept by B*T / (steps kept) before the metrics read
+    #: them, as Keras's does in place for reduction "sum_over_batch_size"; compile sets it
+    #: False for a loss of another reduction ("sum", "mean_with_sample_weight") or none
+    mask_scaled = True
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -16,7 +16,7 @@ from bigtrain.api.capture import stop_if_capturing
 from bigtrain.api.compile_metrics import compiled_metrics, fresh_metrics, keras_order
 from bigtrain.api.fit_args import check_keywords, loss_weight_list
 from bigtrain.api.functional import GraphModule
-from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, loader_batch_size,
+from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, fit_batch_size,
                                  prepare_data, validation_of)
 from bigtrain.api.keyed_outputs import ddp_strategy as keyed_ddp, hook_dict_outputs, \
     refuse_strategy as refuse_keyed, split_dict
@@ -236,8 +236,9 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
             none, another sampler its own indices (its random draws seeded by `seed` and
             the pass, so every rank draws the same). A custom batch_sampler is read batch
             by batch, on one process only.
-        batch_size: the GLOBAL batch (summed over all ranks); default 32 (a DataLoader's
-            own batch size where fit's is not given).
+        batch_size: the GLOBAL batch (summed over all ranks); default 32. A DataLoader
+            brings its own batch size, which rules (as in Keras; a different one given
+            here is ignored, with a warning).
         validation_data: (x_val, y_val[, sample_weight]), a map-style Dataset or
             DataLoader, or any of the streams above, whose first `validation_steps`
             batches (all of them without it) are read into memory once, when fit starts.
@@ -278,8 +279,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     from bigtrain.launch.runner import FIT_OPTIONS, run_fit
     check_keywords("fit", distributed, [*_FIT_KEYWORDS, *FIT_OPTIONS])
     _require_compiled(model, "fit")
-    if batch_size is None and loader_batch_size(x):
-        batch_size = loader_batch_size(x)  # a DataLoader's batch size stands in for fit's
+    batch_size = fit_batch_size(x, batch_size)  # a DataLoader's own batch size rules
     if model.net is None:
         model.build(tuple(np.shape(x)[1:]))
     config = FitConfig(epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None

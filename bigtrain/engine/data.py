@@ -23,9 +23,11 @@ from bigtrain.engine.data_order import LoaderOrder, epoch_permutation
 
 def as_tensor_source(a):
     """Keep numpy memmaps as they are (read lazily); turn other arrays into torch tensors
-    without copying where possible."""
+    without copying where possible. float64 (numpy or torch) becomes float32, Keras's
+    floatx, as Keras casts its inputs: float64 would double the work, and float64 targets
+    or weights would make the loss and metrics float64."""
     if isinstance(a, torch.Tensor):
-        return a
+        return a.float() if a.dtype == torch.float64 else a
     if isinstance(a, np.memmap):
         return a
     arr = np.asarray(a)

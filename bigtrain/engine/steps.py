@@ -104,12 +104,19 @@ def _output_weights(sample_weight, i: int, outputs: int):
     return sample_weight
 
 
-def _masked_weights(sample_weight, mask):
+def _mask_scaled(metrics: list) -> bool:
+    """Whether an output's weighted metrics read mask-scaled weights (`Metric.mask_scaled`:
+    its loss's reduction decides)."""
+    return all(getattr(m, "mask_scaled", True) for m in metrics if m.weighted)
+
+
+def _masked_weights(sample_weight, mask, scaled: bool = True):
     """The weights Keras's weighted metrics give the time steps a (B, T) mask keeps, from
-    (B,), (B, T) or (B, T, 1) sample weights: a kept step's weight times B*T / (steps the
-    batch keeps). Keras's loss (reduction "sum_over_batch_size") scales the batch's weights
-    so, in place (`apply_mask` in keras/src/losses/loss.py), before the metrics read the
-    same tensor: a batch that keeps few of its steps counts more in the pass's metrics."""
+    (B,), (B, T) or (B, T, 1) sample weights: with `scaled`, a kept step's weight times
+    B*T / (steps the batch keeps). Keras's loss (reduction "sum_over_batch_size") scales
+    the batch's weights so, in place (`apply_mask` in keras/src/losses/loss.py), before the
+    metrics read the same tensor: a batch that keeps few of its steps counts more in the
+    pass's metrics. Under reduction "sum" (or "mean_with_sample_weight") it does not."""
     w = sample_weight
     if w.dim() == mask.dim() + 1 and w.shape[-1] == 1:
         w = w.squeeze(-1)  # (B, T, 1), as Keras's squeeze_or_expand_to_same_rank
@@ -119,6 +126,8 @@ def _masked_weights(sample_weight, mask):
                          "give one weight per sample (batch,) or per time step "
                          "(batch, timesteps)")
     w = w.reshape(*w.shape, *[1] * (mask.dim() - w.dim())).expand(mask.shape)[mask]
+    if not scaled:
+        return w  # (N,): one per kept step
     return w * (mask.numel() / mask.sum().clamp(min=1))  # (N,): one per kept step
 
 
@@ -248,7 +257,7 @@ class Tally:
                 out = out.detach()  # metrics only read values: no graph
             if mask is not None:  # Keras leaves masked steps out of the metrics
                 out, y = out[mask], y[mask]
-                sw = None if sw is None else _masked_weights(sw, mask)
+                sw = None if sw is None else _masked_weights(sw, mask, _mask_scaled(ms))
             if self._hold[i] and out.numel() * out.element_size() <= self.HOLD_BYTES:
                 ring = self._rings[i]
                 if ring is None:
