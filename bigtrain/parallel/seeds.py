@@ -7,7 +7,8 @@ drew the same masks for different samples. Now `fit` draws one number from the c
 stream (`draw_seed`; a second fit draws another, as one process's second fit continues its
 stream), and each rank seeds its own stream from it and its data shard (`stream_seed`):
 ranks that read the same samples (a tensor-parallel group) share a stream, as their
-replicated activations need the same masks; a pipeline then gives each stage its own.
+replicated activations need the same masks (inside a split region each rank forks a stream
+of its own from it: bigtrain.parallel.tensor_random); a pipeline gives each stage its own.
 
 Example:
     base = draw_seed()                              # where fit is called

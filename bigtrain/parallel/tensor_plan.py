@@ -45,6 +45,7 @@ from torch import nn
 from bigtrain.parallel.layer_split import SplitsItself
 from bigtrain.parallel.param_reads import outside_reads
 from bigtrain.parallel.tensor_flow import pair_check
+from bigtrain.parallel.tensor_random import split_streams
 
 STYLES = ("colwise", "colwise_gather", "rowwise", "replicate")
 #: layers that act element-wise, so a colwise output may flow through them still sharded
@@ -266,6 +267,7 @@ def apply_tp(module: nn.Module, tp_mesh, plan: Mapping[str, str]) -> nn.Module:
         parallelize_module(module, tp_mesh, parallel)
     for name in split:  # layers that shard themselves (layer_split.SplitsItself)
         module.get_submodule(name).tp_apply(tp_mesh)
+    split_streams(module, plan, tp_mesh)  # dropout on a shard: this rank's own masks
     return module
 
 

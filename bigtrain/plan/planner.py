@@ -334,6 +334,16 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         raise ValueError(f"devices and batch_size must be >= 1, got {devices}, {batch_size}")
     if pipeline_schedule not in ("1f1b", "gpipe"):
         raise ValueError(f"pipeline_schedule must be '1f1b' or 'gpipe', got {pipeline_schedule!r}")
+    weights = list(model_or_param_count.parameters()) \
+        if isinstance(model_or_param_count, nn.Module) else []
+    if devices > 1 and weights and not any(p.requires_grad for p in weights):
+        # every strategy refuses it on several processes (launch.fit_checks.frozen_refusal)
+        raise ValueError(
+            f"the model has no trainable weights (trainable=False on the model or on every "
+            f"layer, or requires_grad=False on every parameter): there is nothing to train "
+            f"on {devices} devices, so no strategy is planned; set trainable=True on the "
+            "layers to train, or fit in one process (no strategy or devices) to run the "
+            "frozen model's steps (they train nothing, as in Keras)")
     prof = _profile(model_or_param_count, seq_len, example_input)
     prec = get_precision(precision)
     notes = [f"model figures: {prof.method}"]

@@ -178,8 +178,10 @@ def test_batch_norm_on_several_ranks_is_announced_before_they_start():
         model.fit(x, y, batch_size=8, verbose=0, strategy="ddp", devices=2, timeout=60)
 
 
-def test_an_unused_layer_under_ddp_names_bigtrains_fix():
-    """torch's error points at DistributedDataParallel's keyword, which a fit never sees."""
+def test_a_layer_unused_after_the_first_step_under_ddp_names_bigtrains_fix():
+    """torch's error points at DistributedDataParallel's keyword, which a fit never sees. (A
+    layer unused from the start is found before DDP is built and trains; one that stops
+    being used later still meets torch's error.)"""
     import numpy as np
     import torch
     from torch import nn
@@ -191,9 +193,12 @@ def test_an_unused_layer_under_ddp_names_bigtrains_fix():
         def __init__(self):
             super().__init__()
             self.a, self.unused, self.b = nn.Linear(6, 4), nn.Linear(4, 4), nn.Linear(4, 2)
+            self.calls = 0
 
         def forward(self, x):
-            return self.b(torch.relu(self.a(x)))
+            self.calls += 1  # used in the first two calls: fit's look at its rows, step 1
+            h = torch.relu(self.a(x))
+            return self.b(self.unused(h) if self.calls <= 2 else h)
 
     x, y = np.random.default_rng(0).normal(size=(32, 6)).astype("float32"), np.arange(32) % 2
     for strategy, fails in (("ddp", True), (DataParallel(find_unused_parameters=True), False)):

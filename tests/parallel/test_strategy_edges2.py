@@ -231,12 +231,12 @@ X6 = RNG.normal(size=(40, 6)).astype("float32")
 Y3 = RNG.normal(size=(40, 3)).astype("float32")
 
 
-def test_zero1_with_a_skipped_layer_fails_fast_naming_both_fixes():
-    model = Model(EveryOther())
-    model.compile(optimizer="adam", loss="mse")
-    with pytest.raises(RuntimeError, match=r"Zero1\(find_unused_parameters=True\)"):
-        model.fit(X6, Y3, epochs=1, batch_size=10, verbose=0, strategy="zero1", devices=2,
-                  watchdog_timeout=30)
+def test_zero1_finds_a_layer_its_first_rows_skip_and_trains_as_one_process():
+    """`b` reaches no output of an inference-mode forward of the fit's first rows, so zero1
+    builds DDP with find_unused_parameters=True itself (bigtrain.parallel.unused_params)."""
+    diff = _parity(lambda: Model(EveryOther()), X6, Y3, "zero1",
+                   dict(optimizer="adam", loss="mse"))
+    assert diff < 1e-5
 
 
 @pytest.mark.parametrize("strategy", [DataParallel(find_unused_parameters=True),
