@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from bigtrain.api.layers.base import KerasTensor, Layer, Node, _fmt, train_mode
+from bigtrain.api.layers.layer_losses import run_call
 from bigtrain.api.layers.input_layer import InputLayer
 
 
@@ -192,6 +193,10 @@ class GraphModule(nn.Module):
         `recorded_modes=True` (Keras's `model(x)` without `training=`) runs each layer
         called with `training=True/False` in that mode instead. fit, evaluate and predict
         leave it off: their mode wins, as Keras 3's `training=` does over the graph's."""
+        # the outermost call: it clears the losses the layers added before (add_loss)
+        return run_call(self, self._run, xs, {"recorded_modes": recorded_modes})
+
+    def _run(self, *xs, recorded_modes: bool = False):
         if len(xs) != len(self.input_tensors):
             raise ValueError(f"model takes {len(self.input_tensors)} input(s) "
                              f"({', '.join(self.input_names)}), got {len(xs)}")

@@ -23,6 +23,7 @@ from bigtrain.api import keyed_outputs, training, weights
 from bigtrain.api.call_inputs import call_inputs
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import KerasTensor, Layer, train_mode
+from bigtrain.api.layers.layer_losses import losses_of
 from bigtrain.api.layers.input_layer import InputLayer
 from bigtrain.api.trainer import Trainer
 
@@ -103,6 +104,12 @@ class Model(Trainer, nn.Module):
                 return self.net(*xs)
 
     # ---- structure -----------------------------------------------------------------------
+    @property
+    def losses(self) -> list[torch.Tensor]:
+        """Keras's `model.losses`: what the layers added in the latest call (add_loss,
+        activity regularizers), then the penalties of the regularized weights."""
+        return losses_of(self.net) if self.net is not None else []
+
     @property
     def layers(self) -> list[nn.Module]:
         """The layers in Keras's order (a model called as a layer is one entry), InputLayers

@@ -13,6 +13,7 @@ Example:
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,10 @@ class Regularizer(KerasObject):
     def grad(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
 class L1L2(Regularizer):
     """l1 * sum(|w|) + l2 * sum(w ** 2)."""
 
@@ -44,12 +49,16 @@ class L1L2(Regularizer):
         self.l1, self.l2 = float(l1), float(l2)
 
     def __call__(self, w):
-        w = w.detach().float()
-        out = w.new_zeros(())
+        return self.differentiable(w.detach())
+
+    def differentiable(self, x: torch.Tensor) -> torch.Tensor:
+        """The penalty of `x` with its gradient (an activity regularizer, `layer.losses`)."""
+        x = x.float()
+        out = x.new_zeros(())
         if self.l1:
-            out = out + self.l1 * w.abs().sum()
+            out = out + self.l1 * x.abs().sum()
         if self.l2:
-            out = out + self.l2 * w.square().sum()
+            out = out + self.l2 * x.square().sum()
         return out
 
     def grad(self, w):
@@ -212,8 +221,62 @@ def _project(p: torch.Tensor, w: _Weight) -> None:
     _local(p).copy_(new)
 
 
+# ---- losses the layers add in the forward pass (add_loss, activity_regularizer) ----------
+
+#: the attribute (in a module's __dict__) holding the losses its last call added
+ADDED_LOSSES = "_added_losses"
+
+
+class _Added(threading.local):
+    #: a layer of this thread has added a loss; until then no step walks the modules
+    any = False
+
+
+_added = _Added()
+
+
+def keep_added(module: torch.nn.Module, losses: list) -> None:
+    """Keep `losses` on `module` until its next outermost call (add_loss)."""
+    module.__dict__.setdefault(ADDED_LOSSES, []).extend(losses)
+    _added.any = True
+
+
+def any_added() -> bool:
+    """Whether a layer of this thread has ever added a loss."""
+    return _added.any
+
+
+def added_losses(module: torch.nn.Module) -> list[torch.Tensor]:
+    """The losses every layer in `module` added in its latest call (Keras's `model.losses`
+    without the weight penalties), in module order."""
+    if not _added.any:
+        return []
+    return [loss for m in module.modules() for loss in m.__dict__.get(ADDED_LOSSES, ())]
+
+
 @dataclass
-class RegularizedTask(TrainTask):
+class LayerLossTask(TrainTask):
+    """A TrainTask whose loss adds, with their gradient, the losses the layers added in the
+    step's forward (`add_loss`, `activity_regularizer`), as Keras's train and test steps
+    add `model.losses` (each summed to a number). On ranks or micro-batches that split the
+    batch, each share adds its own, weighed as its share of the batch like its loss: exact
+    for a term that is a mean over the batch (an activity regularizer, which Keras divides
+    by the batch size) or that does not read the batch."""
+    adds_losses: bool = False  # a layer may add losses (refuses pipeline/parameter servers)
+    activity: bool = False  # a layer has an activity_regularizer (refuses tensor too)
+
+    def compute_loss(self, outputs, targets, sample_weight):
+        loss = super().compute_loss(outputs, targets, sample_weight)
+        for extra in added_losses(self.module):
+            loss = loss + extra.sum().to(loss.dtype)
+        return loss
+
+    def strategy_refusal(self, strategy) -> str | None:
+        return why_refused(strategy, False, self.adds_losses, self.activity)
+
+
+@dataclass
+class RegularizedTask(LayerLossTask):
     """A TrainTask whose loss adds the model's penalties, as Keras's does: their value only
     (the gradient is added in the optimizer's step hook, once per step)."""
     weight_rules: WeightRules | None = None
@@ -223,11 +286,25 @@ class RegularizedTask(TrainTask):
         return loss + self.weight_rules.penalty(loss.device).to(loss.dtype)
 
     def strategy_refusal(self, strategy) -> str | None:
-        return why_refused(strategy)
+        return why_refused(strategy, True, self.adds_losses, self.activity)
 
 
-def why_refused(strat) -> str | None:
-    """Why the penalties' value or gradient would not be Keras's under Strategy `strat`."""
+def why_refused(strat, weights: bool = True, adds_losses: bool = False,
+                activity: bool = False) -> str | None:
+    """Why the penalties' value or gradient (`weights`), the losses layers add in the
+    forward (`adds_losses`) or an activity regularizer (`activity`) would not be Keras's
+    under Strategy `strat`."""
+    if adds_losses and strat.owns_step:
+        return (f"add_loss and activity_regularizer are not supported under strategy "
+                f"{strat.name!r}: its loss is computed on one pipeline stage (or on "
+                "servers), which does not see the losses the other layers add in the "
+                "forward; use ddp, zero1/zero2/zero3, fsdp or tensor")
+    if activity and strat.name == "tensor_parallel":
+        return ("activity_regularizer is not supported under strategy 'tensor_parallel': a "
+                "split layer's output is split over the ranks too, so each rank's penalty "
+                "would read only its part of it; use ddp, zero1/zero2/zero3 or fsdp")
+    if not weights:
+        return None
     if strat.owns_step:
         return (f"kernel/bias/embeddings regularizers and constraints are not supported "
                 f"under strategy {strat.name!r}: its loss is computed on one pipeline stage "
@@ -241,12 +318,14 @@ def why_refused(strat) -> str | None:
     return None
 
 
-def refuse_strategy(strategy) -> None:
+def refuse_strategy(strategy, weights: bool = True, adds_losses: bool = False,
+                    activity: bool = False) -> None:
     """Refuse, before any process starts, a strategy under which the penalties' value or
-    gradient would not be Keras's ("auto" leaves those out: `strategy_refusal`)."""
+    gradient (`weights`), or the losses the layers add (`adds_losses`, `activity`), would
+    not be Keras's ("auto" leaves those out: `strategy_refusal`)."""
     from bigtrain.parallel.base import resolve_strategy
     if strategy == "auto" or strategy is None:
         return
-    reason = why_refused(resolve_strategy(strategy))
+    reason = why_refused(resolve_strategy(strategy), weights, adds_losses, activity)
     if reason:
         raise ValueError(reason)

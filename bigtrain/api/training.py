@@ -21,10 +21,11 @@ from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, fit_bat
 from bigtrain.api.keyed_outputs import ddp_strategy as keyed_ddp, hook_dict_outputs, \
     refuse_strategy as refuse_keyed, split_dict
 from bigtrain.api.layers.base import weight_rules_of
+from bigtrain.api.layers.layer_losses import has_activity_regularizer, may_add_losses
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import OutputLoss
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
-from bigtrain.api.regularizers import RegularizedTask, refuse_strategy
+from bigtrain.api.regularizers import LayerLossTask, RegularizedTask, refuse_strategy
 from bigtrain.engine.data import ArrayData
 from bigtrain.engine.feed import check_stream
 from bigtrain.engine.task import FitConfig, TrainTask
@@ -193,9 +194,12 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
     losses = [dataclasses.replace(spec, split=split) for spec in c.losses]
     metrics = fresh_metrics(c, model.output_names, losses)
     rules = weight_rules_of(model.net)  # kernel_regularizer, kernel_constraint, ...
-    task_cls, extra, optimizer = TrainTask, {}, c.optimizer
+    # the losses layers add in the forward (add_loss) join the loss, with their gradient
+    task_cls, optimizer = LayerLossTask, c.optimizer
+    extra = {"adds_losses": may_add_losses(model.net),
+             "activity": has_activity_regularizer(model.net)}
     if rules:  # the penalties' value joins the loss, their gradient the optimizer's hooks
-        task_cls, extra = RegularizedTask, {"weight_rules": rules}
+        task_cls, extra = RegularizedTask, {**extra, "weight_rules": rules}
         optimizer = dataclasses.replace(optimizer, rules=dataclasses.replace(
             optimizer.rules or UpdateRules(), weights=rules))
     return task_cls(module=model.net, losses=_task_losses(losses, metrics),
@@ -302,8 +306,10 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     data = _with_class_weight(data, class_weight)
     _refuse_inexact_losses(model, devices, accumulate_steps)
     split = accumulate_steps > 1 or _processes(devices) > 1
-    if weight_rules_of(model.net):
-        refuse_strategy(strategy)
+    regularized, adds_losses = bool(weight_rules_of(model.net)), may_add_losses(model.net)
+    if regularized or adds_losses:  # penalties, add_loss: not on pipelines/servers
+        refuse_strategy(strategy, regularized, adds_losses,
+                        has_activity_regularizer(model.net))
     refuse_keyed(model, strategy)
     check_stream(data, val, config)
     strategy = keyed_ddp(model, strategy, data, _processes(devices))

@@ -69,7 +69,8 @@ class MultiHeadAttention(Layer, SplitsItself):
 
     Example:
         x = Input(shape=(16, 32))
-        y = MultiHeadAttention(num_heads=4, key_dim=8)(x, x, use_causal_mask=True)
+        y, scores = MultiHeadAttention(num_heads=4, key_dim=8)(
+            x, x, use_causal_mask=True, return_attention_scores=True)  # (B, 4, 16, 16)
     """
 
     #: the query's and value's (and key's) time-step masks join the attention mask, and
@@ -109,7 +110,7 @@ class MultiHeadAttention(Layer, SplitsItself):
 
     def __call__(self, query, value=None, key=None, attention_mask=None,
                  use_causal_mask: bool = False, has_key: bool = False, has_mask: bool = False,
-                 training=None, **kwargs):
+                 training=None, return_attention_scores: bool = False, **kwargs):
         if isinstance(query, (list, tuple)):  # the packed form a saved graph replays
             parts = list(query)
         else:
@@ -128,8 +129,14 @@ class MultiHeadAttention(Layer, SplitsItself):
                              "same way each time")
         if training is not None:  # Keras's call-time mode (Layer.__call__ records it)
             kwargs["training"] = training
-        return super().__call__(parts, use_causal_mask=bool(use_causal_mask),
-                                has_key=has_key, has_mask=has_mask, **kwargs)
+        if return_attention_scores:  # a graph node records it (its outputs: two tensors)
+            kwargs["return_attention_scores"] = True
+        self._scores_shape = bool(return_attention_scores)  # compute_output_shape's answer
+        try:
+            return super().__call__(parts, use_causal_mask=bool(use_causal_mask),
+                                    has_key=has_key, has_mask=has_mask, **kwargs)
+        finally:
+            self._scores_shape = False
 
     def _shapes(self, shapes):
         q, v = shapes[0], shapes[1]
@@ -148,9 +155,12 @@ class MultiHeadAttention(Layer, SplitsItself):
                              f"{_fmt(q)} and key {_fmt(k)}, got {_fmt(mask)}")
         return q, v, k
 
+    _scores_shape = False  # the call being connected returns the attention scores too
+
     def compute_output_shape(self, shapes):
-        q, _, _ = self._shapes(shapes)
-        return (q[0], self.output_size or q[1])
+        q, _, k = self._shapes(shapes)
+        out = (q[0], self.output_size or q[1])
+        return [out, (self.num_heads, q[0], k[0])] if self._scores_shape else out
 
     def build(self, shapes):
         q, v, k = self._shapes(shapes)
@@ -214,7 +224,8 @@ class MultiHeadAttention(Layer, SplitsItself):
     def output_mask(self, masks):
         return masks[0] if isinstance(masks, list) else masks  # the query's
 
-    def call(self, parts, use_causal_mask=False, has_key=False, has_mask=False, mask=None):
+    def call(self, parts, use_causal_mask=False, has_key=False, has_mask=False, mask=None,
+             return_attention_scores=False):
         query, value = parts[0], parts[1]
         key = parts[2] if has_key else value
         attend = parts[-1].bool() if has_mask else None
@@ -237,12 +248,31 @@ class MultiHeadAttention(Layer, SplitsItself):
             query, key, value = (copy_to_tp(t, group) for t in (query, key, value))
         q, k, v = self._project(query, "query"), self._project(key, "key"), \
             self._project(value, "value")
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        scores = None
+        if return_attention_scores:
+            o, scores = self._attend_with_scores(q, k, v, bias)
+        else:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = o.transpose(1, 2).flatten(2) @ local(self.output_kernel).flatten(0, 1)  # (B,Tq,out)
         if group is not None:  # each rank's heads give a partial sum
             y = reduce_from_tp(y, group)
-        return y + self.output_bias if self.use_bias else y
+        y = y + self.output_bias if self.use_bias else y
+        return (y, scores) if return_attention_scores else y
+
+    def _attend_with_scores(self, q, k, v, bias):
+        """return_attention_scores=True, as Keras's _compute_attention (the fused kernel has no
+        scores): q, k, v (B, h, T, dim) -> (B, h, Tq, vd), softmax scores (B, h, Tq, Tk)."""
+        if self._tp_group is not None:
+            raise ValueError(f"MultiHeadAttention {self.name!r}: return_attention_scores=True "
+                             "is not supported under tensor parallelism (each rank holds "
+                             "only its heads' scores); fit with ddp, zero1/2/3 or fsdp")
+        logits = (q / math.sqrt(self.key_dim)) @ k.transpose(-1, -2)  # (B, h, Tq, Tk)
+        if bias is not None:
+            logits = logits + bias
+        scores = torch.softmax(logits, dim=-1)
+        dropped = F.dropout(scores, self.dropout, self.training) if self.dropout else scores
+        return dropped @ v, scores
 
     @staticmethod
     def _input_masks(masks, has_key):

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from bigtrain.api import regularizers as keras_regularizers
-from bigtrain.api.layers import subclassing
+from bigtrain.api.layers import layer_losses, subclassing
 from bigtrain.api.layers.reuse import reuse_refusal
 from bigtrain.api.layers.symbolic import (  # noqa: F401 - re-exported
     KerasTensor, Node, _snake, clear_session, train_mode, unique_name)
@@ -85,7 +85,7 @@ def _holds_tensor(value) -> bool:
         isinstance(value, (KerasTensor, torch.Tensor))
 
 
-class Layer(nn.Module):
+class Layer(layer_losses.LayerLosses, nn.Module):
     """Base class of every Keras-style layer.
 
     bigtrain's layers implement `build(input_shape)` (create torch submodules once the input
@@ -117,12 +117,8 @@ class Layer(nn.Module):
         _check_dtype(type(self).__name__, dtype)  # autocast: a float32 layer casts nothing
         super().__init__()
         self.__dict__["_trainable"] = bool(trainable)  # see `trainable`
-        if activity_regularizer is not None:
-            raise ValueError(f"activity_regularizer={activity_regularizer!r} is not supported: "
-                             "a penalty on a layer's outputs would have to reach the loss "
-                             "from inside the forward pass, which pipeline stages and "
-                             "sharded batches do not share; use kernel_regularizer/"
-                             "bias_regularizer, or add the penalty to a custom loss")
+        #: Keras's penalty on this layer's outputs (bigtrain.api.layers.layer_losses)
+        self.activity_regularizer = keras_regularizers.get(activity_regularizer)
         #: Keras's initializer/regularizer/constraint per weight role ("kernel", "bias")
         self.weight_options: dict[str, WeightOptions] = {}
         self.name = name or unique_name(_snake(type(self).__name__))
@@ -164,15 +160,6 @@ class Layer(nn.Module):
         del autocast, aggregation, overwrite_with_gradient  # no effect on float32 weights
         return subclassing.add_weight(self, shape, initializer, dtype, trainable, regularizer,
                                       constraint, name)
-
-    def add_loss(self, loss) -> None:
-        """Keras's `add_loss`, refused: a loss added inside the forward pass would have to
-        reach the training step from there, which pipeline stages and split batches do
-        not share."""
-        raise NotImplementedError(
-            f"{type(self).__name__} {self.name!r} called add_loss, which bigtrain does not "
-            "support: put the term in the loss (a callable loss(y_true, y_pred) given to "
-            "compile), or for a weight penalty use kernel_regularizer/bias_regularizer")
 
     def __setattr__(self, name, value):
         if "_added_weights" in self.__dict__ and subclassing.is_added_buffer(self, value):
@@ -219,7 +206,8 @@ class Layer(nn.Module):
 
     def weight_options_config(self) -> dict:
         """The initializer/regularizer/constraint arguments of every weight (get_config)."""
-        out = {}
+        reg = self.activity_regularizer
+        out = {} if reg is None else {"activity_regularizer": keras_regularizers.serialize(reg)}
         for role, opts in self.weight_options.items():
             out.update(opts.config(role))
         return out
@@ -258,7 +246,7 @@ class Layer(nn.Module):
     def forward(self, *args, **kwargs):
         if subclassing.call_takes_training(type(self)) and "training" not in kwargs:
             kwargs["training"] = self.training  # a user's call(x, training=None), as Keras
-        return self.call(*args, **kwargs)
+        return layer_losses.run_call(self, self.call, args, kwargs)  # add_loss's bookkeeping
 
     @property
     def trainable(self) -> bool:

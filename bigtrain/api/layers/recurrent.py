@@ -12,13 +12,16 @@ Python loop over steps):
 - SimpleRNN: h_t = tanh(x W + h U + b) is `rnn_tanh` (or `rnn_relu`) with b_hh = 0.
 
 Parameters are kept in torch's layout; `keras_weights` converts to Keras's. In training with
-`recurrent_dropout` > 0 the recurrence runs step by step instead (rnn_loop), as Keras's does.
+`recurrent_dropout` > 0 the recurrence runs step by step instead (rnn_loop), as Keras's does,
+and so does an LSTM or GRU whose `recurrent_activation` is not sigmoid (e.g. hard_sigmoid,
+Keras 2's default), which torch's fused kernels cannot compute.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from bigtrain.api.activations import ACTIVATIONS, HALVES_LAST_AXIS
 from bigtrain.api.layers import rnn_loop
 from bigtrain.api.layers.base import Layer
 from bigtrain.api.layers.rnn_mask import run_masked
@@ -46,6 +49,18 @@ def _gru_swap(t, u):
     return blocks[..., [1, 0, 2], :].reshape(t.shape)
 
 
+def _gate_activation(layer, name) -> str:
+    """An LSTM's or GRU's recurrent_activation: a Keras activation name of one value per
+    value (sigmoid, hard_sigmoid, relu...)."""
+    ok = isinstance(name, str) and name in ACTIVATIONS and name not in HALVES_LAST_AXIS \
+        and name not in ("softmax", "log_softmax")
+    if not ok:
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: recurrent_activation must be "
+                         "the name of an element-wise Keras activation ('sigmoid', "
+                         f"'hard_sigmoid', 'relu', 'tanh', ...), got {name!r}")
+    return name
+
+
 class _RNN(Layer):
     """Shared machinery: argument checks, shapes, the fused call, go_backwards."""
 
@@ -53,9 +68,12 @@ class _RNN(Layer):
     activations = ("tanh",)
     #: Keras keywords that change no number here: taken and ignored (Layer.__init__)
     harmless_keywords = ("unroll", "use_cudnn")
-    #: one step's math, (input terms, recurrent terms, state, activation) -> new state,
-    #: for the step-by-step recurrent_dropout path (bigtrain.api.layers.rnn_loop)
+    #: one step's math, (input terms, recurrent terms, state, acts) -> new state, for the
+    #: step-by-step path (bigtrain.api.layers.rnn_loop)
     cell = None
+    #: the gates' activation (LSTM, GRU: Keras's recurrent_activation); torch's fused
+    #: kernels compute sigmoid only, any other runs step by step
+    recurrent_activation = "sigmoid"
 
     def __init__(self, units: int, activation="tanh", use_bias: bool = True,
                  return_sequences: bool = False, return_state: bool = False,
@@ -119,7 +137,7 @@ class _RNN(Layer):
     def run(self, x, mask=None):
         """(outputs (B, T, u) in the order the steps were taken, final states tuple (B, u))."""
         state = tuple(x.new_zeros(1, x.shape[0], self.units) for _ in range(self.states))
-        if self.recurrent_dropout and self.training:  # off the fused kernel, as Keras
+        if (self.recurrent_dropout and self.training) or self._stepwise():  # as Keras
             return self._run_dropped(x, mask, state)
         if self.dropout and self.training:  # one mask per sequence, as Keras
             keep = torch.empty_like(x[:, :1]).bernoulli_(1.0 - self.dropout)
@@ -146,12 +164,24 @@ class _RNN(Layer):
                              f"expected (batch, timesteps) = {tuple(x.shape[:2])} for inputs "
                              f"of shape {tuple(x.shape)}")
 
+    def _stepwise(self) -> bool:
+        """The gates' activation is one torch's fused kernels do not compute."""
+        return self.recurrent_activation != "sigmoid"
+
+    def _acts(self) -> tuple:
+        """(activation, recurrent activation) as functions, for rnn_loop's cells."""
+        return ACTIVATIONS[self.activation], ACTIVATIONS[self.recurrent_activation]
+
     def _run_dropped(self, x, mask, state):
-        """Training with recurrent_dropout: Keras's per-gate masks, one step at a time."""
+        """One step at a time: in training with recurrent_dropout, Keras's per-gate masks;
+        and for a recurrent_activation torch's kernels lack (dropouts in training only)."""
         b_ih, b_hh = self._biases() if self.use_bias else (None, None)
-        xp = rnn_loop.input_projection(x, self.weight_ih, b_ih, self.gates, self.dropout)
+        drop = self.training
+        xp = rnn_loop.input_projection(x, self.weight_ih, b_ih, self.gates,
+                                       self.dropout if drop else 0.0)
         kernel = rnn_loop.step_kernel(self.cell, self.weight_hh, b_hh, self.gates,
-                                      self.recurrent_dropout, x.shape[0], self.activation)
+                                      self.recurrent_dropout if drop else 0.0, x.shape[0],
+                                      self._acts())
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return run_masked(kernel, xp, mask, state, self.go_backwards,
@@ -214,10 +244,8 @@ class LSTM(_RNN):
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, unit_forget_bias: bool = True, **kwargs):
-        if recurrent_activation != "sigmoid":
-            raise ValueError(f"LSTM supports recurrent_activation='sigmoid' only (torch's "
-                             f"fused kernel), got {recurrent_activation!r}")
         super().__init__(units, activation, use_bias, **kwargs)
+        self.recurrent_activation = _gate_activation(self, recurrent_activation)
         self.unit_forget_bias = bool(unit_forget_bias)
 
     def _init_bias(self):
@@ -240,7 +268,8 @@ class LSTM(_RNN):
         return slots + ([("bias", _same, _same)] if self.use_bias else [])
 
     def get_config(self):
-        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias,
+                "recurrent_activation": self.recurrent_activation}
 
 
 class GRU(_RNN):
@@ -258,11 +287,9 @@ class GRU(_RNN):
 
     def __init__(self, units: int, activation="tanh", recurrent_activation="sigmoid",
                  use_bias: bool = True, reset_after: bool = True, **kwargs):
-        if recurrent_activation != "sigmoid":
-            raise ValueError("GRU supports recurrent_activation='sigmoid' (Keras's default), "
-                             f"got recurrent_activation={recurrent_activation!r}")
         self.reset_after = bool(reset_after)
         super().__init__(units, activation, use_bias, **kwargs)
+        self.recurrent_activation = _gate_activation(self, recurrent_activation)
 
     def _init_bias(self):
         if self.use_bias:  # (input, recurrent) biases; reset_after=False: one
@@ -276,7 +303,7 @@ class GRU(_RNN):
         b = self.bias if self.use_bias else None
         xp = rnn_loop.input_projection(x, self.weight_ih, b, 3, self.dropout if drop else 0.0)
         kernel = rnn_loop.gru_reset_before_kernel(
-            self.weight_hh, self.recurrent_dropout if drop else 0.0, x.shape[0])
+            self.weight_hh, self.recurrent_dropout if drop else 0.0, x.shape[0], self._acts())
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         state = (x.new_zeros(1, x.shape[0], self.units),)
@@ -284,7 +311,8 @@ class GRU(_RNN):
                           stepwise=True)
 
     def get_config(self):
-        return {**super().get_config(), "reset_after": self.reset_after}
+        return {**super().get_config(), "reset_after": self.reset_after,
+                "recurrent_activation": self.recurrent_activation}
 
     def _biases(self):
         return self.bias[0], self.bias[1]

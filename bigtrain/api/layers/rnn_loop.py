@@ -5,8 +5,10 @@ drawn once per sequence and reused at every step; whenever recurrent_dropout is 
 switches LSTM and GRU to `implementation=1`, which draws one independent mask per gate,
 for the recurrent state and for the inputs alike (SimpleRNN: one mask). torch's fused
 kernels cannot drop inside the recurrence, so this path runs one step at a time. It is
-taken only in training with recurrent_dropout > 0: at inference both dropouts are off,
-as in Keras, and the fused kernel runs.
+taken in training with recurrent_dropout > 0 (at inference both dropouts are off, as in
+Keras, and the fused kernel runs), and always for a recurrent_activation other than
+sigmoid, which torch's fused kernels do not take. A cell gets `acts`, (activation,
+recurrent activation) as functions.
 
 Weights are in torch's layout and gate order (LSTM i, f, g, o; GRU r, z, n).
 """
@@ -34,46 +36,52 @@ def input_projection(x, weight_ih, b_ih, gates: int, rate: float) -> torch.Tenso
     return out if b_ih is None else out + b_ih
 
 
-def step_kernel(cell, weight_hh, b_hh, gates: int, rate: float, batch: int, activation: str):
+def step_kernel(cell, weight_hh, b_hh, gates: int, rate: float, batch: int, acts: tuple):
     """One step for `rnn_mask.run_stepwise`: kernel(input terms (B, 1, G*u), state tuple of
-    (1, B, u), None) -> (None, new state tuple); h_{t-1} dropped by one (B, u) mask per gate,
-    drawn here once for the whole sequence."""
+    (1, B, u), None) -> (None, new state tuple); h_{t-1} dropped by one (B, u) mask per gate
+    (`rate` > 0), drawn here once for the whole sequence."""
     u = weight_hh.shape[1]
-    keep = _keep((gates, batch, u), rate, weight_hh)
+    keep = _keep((gates, batch, u), rate, weight_hh) if rate else None
     w = weight_hh.view(gates, u, u)  # (G, u out, u in)
 
     def kernel(xp, state, _batch_sizes):
         h = state[0][0]
-        hp = torch.einsum("gbi,goi->bgo", h[None] * keep, w).flatten(1)  # (B, G*u)
+        if keep is None:
+            hp = h @ weight_hh.T  # (B, G*u)
+        else:
+            hp = torch.einsum("gbi,goi->bgo", h[None] * keep, w).flatten(1)  # (B, G*u)
         if b_hh is not None:
             hp = hp + b_hh
-        new = cell(xp[:, 0], hp, tuple(s[0] for s in state), activation)
+        new = cell(xp[:, 0], hp, tuple(s[0] for s in state), acts)
         return None, tuple(s[None] for s in new)
     return kernel
 
 
-def simple_rnn_cell(xp, hp, state, activation):
-    z = xp + hp
-    return (torch.tanh(z) if activation == "tanh" else torch.relu(z),)
+def simple_rnn_cell(xp, hp, state, acts):
+    return (acts[0](xp + hp),)
 
 
-def lstm_cell(xp, hp, state, activation):
+def lstm_cell(xp, hp, state, acts):
+    """c' = rec(f) c + rec(i) act(g), h' = rec(o) act(c') (Keras: tanh act, sigmoid rec)."""
+    act, rec = acts
     i, f, g, o = (xp + hp).chunk(4, -1)
-    c = torch.sigmoid(f) * state[1] + torch.sigmoid(i) * torch.tanh(g)
-    return torch.sigmoid(o) * torch.tanh(c), c
+    c = rec(f) * state[1] + rec(i) * act(g)
+    return rec(o) * act(c), c
 
 
-def gru_cell(xp, hp, state, activation):
-    """reset_after=True: n = tanh(x W_n + b0_n + r * (h U_n + b1_n)), h' = (1-z) n + z h
-    (the undropped h, as Keras)."""
+def gru_cell(xp, hp, state, acts):
+    """reset_after=True: n = act(x W_n + b0_n + r * (h U_n + b1_n)), h' = (1-z) n + z h
+    (the undropped h, as Keras), r and z through the recurrent activation."""
+    act, rec = acts
     xr, xz, xn = xp.chunk(3, -1)
     hr, hz, hn = hp.chunk(3, -1)
-    r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
-    n = torch.tanh(xn + r * hn)
+    r, z = rec(xr + hr), rec(xz + hz)
+    n = act(xn + r * hn)
     return ((1 - z) * n + z * state[0],)
 
 
-def gru_reset_before_kernel(weight_hh, rate: float, batch: int):
+def gru_reset_before_kernel(weight_hh, rate: float, batch: int,
+                            acts: tuple = (torch.tanh, torch.sigmoid)):
     """One step of Keras's GRU with reset_after=False (Keras 2's default), for
     `rnn_mask.run_stepwise`: r = sigmoid(x W_r + h U_r), z = sigmoid(x W_z + h U_z),
     n = tanh(x W_n + (r * h) U_n), h' = (1 - z) n + z h; the reset gate acts before the
@@ -88,8 +96,8 @@ def gru_reset_before_kernel(weight_hh, rate: float, batch: int):
         h = state[0][0]
         h_r, h_z, h_n = (h, h, h) if keep is None else (h * keep[0], h * keep[1], h * keep[2])
         x_r, x_z, x_n = xp[:, 0].chunk(3, -1)
-        r = torch.sigmoid(x_r + h_r @ w_r.T)
-        z = torch.sigmoid(x_z + h_z @ w_z.T)
-        n = torch.tanh(x_n + (r * h_n) @ w_n.T)
+        r = acts[1](x_r + h_r @ w_r.T)
+        z = acts[1](x_z + h_z @ w_z.T)
+        n = acts[0](x_n + (r * h_n) @ w_n.T)
         return None, (((1 - z) * n + z * h)[None],)
     return kernel

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from bigtrain.api import initializers as keras_initializers
+from bigtrain.api.layers.weight_options import WeightOptions
 
 
 def _definer(layer_cls: type, method: str) -> type | None:
@@ -77,15 +78,14 @@ def add_weight(layer, shape=None, initializer=None, dtype=None, trainable=True,
     """Keras's `add_weight`: a new weight of `shape` (without any batch axis) filled by
     `initializer` (Keras's default: glorot_uniform), trainable or not. A trainable weight
     is an `nn.Parameter`, a non-trainable one a buffer; both are listed by get_weights in
-    Keras's order and saved with the model."""
+    Keras's order and saved with the model. A trainable weight's `regularizer` and
+    `constraint` act as a built-in layer's kernel_regularizer/kernel_constraint (the
+    penalty joins the loss, the constraint projects the weight after each step); Keras
+    leaves both unused on a non-trainable weight, and so does bigtrain."""
     kind = f"{type(layer).__name__} {layer.name!r}"
     if dtype not in (None, "float32", torch.float32):
         raise ValueError(f"{kind}: add_weight(dtype={dtype!r}) is not supported: bigtrain's "
                          "weights are float32; drop dtype=")
-    if regularizer is not None or constraint is not None:
-        raise ValueError(f"{kind}: add_weight(regularizer=/constraint=) is not supported; add "
-                         "the penalty to the loss, or use a built-in layer's "
-                         "kernel_regularizer/kernel_constraint")
     shape = () if shape is None else tuple(shape)
     if not all(isinstance(s, int) and s >= 0 for s in shape):
         raise ValueError(f"{kind}: add_weight(shape={shape}) needs sizes that are integers "
@@ -93,8 +93,16 @@ def add_weight(layer, shape=None, initializer=None, dtype=None, trainable=True,
     init = keras_initializers.get("glorot_uniform" if initializer is None else initializer)
     value = init(shape).to(torch.float32)
     weight = nn.Parameter(value) if trainable else value
-    added = layer.__dict__.setdefault("_added_weights", [])
-    added.append((weight, bool(trainable), name or "variable"))
+    name = name or "variable"
+    opts = WeightOptions("glorot_uniform", None, regularizer, constraint)
+    if trainable and (opts.regularizer is not None or opts.constraint is not None):
+        n, role = 0, name  # its role in weight_options (weight_roles): one per weight
+        while role in layer.weight_options:
+            n += 1
+            role = f"{name}_{n}"
+        layer.weight_options[role] = opts
+        name = role
+    layer.__dict__.setdefault("_added_weights", []).append((weight, bool(trainable), name))
     return weight
 
 
