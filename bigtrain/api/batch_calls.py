@@ -382,13 +382,3 @@ def first_batches(x, y, sample_weight, batch_size: int, steps: int | None,
                          "iterate over it and pass the first batches as arrays")
     n = steps * batch_size
     return _cut(x, n), _cut(y, n), _cut(sample_weight, n), batch_size
-
-
-def refuse_callbacks(callbacks, what: str) -> None:
-    """evaluate/predict run their batches inside the engine, which calls no test or predict
-    hooks: a callback given here would silently see nothing."""
-    if callbacks:
-        raise ValueError(f"{what}(callbacks=...) is not supported: bigtrain calls callbacks "
-                         f"during fit only (its on_test_*/on_predict_* hooks would never run). "
-                         f"Drop callbacks= here, or call test_on_batch/predict_on_batch per "
-                         "batch and run your own code between them")

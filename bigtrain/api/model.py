@@ -50,6 +50,8 @@ class Model(Trainer, nn.Module):
         self.live = None  # a bigtrain.engine.live.LiveWeights while fit runs (the loop sets it)
         self._full_weights = None  # see keep_full_weights
         self._carry = None  # a Carry after a fit, until the next compile; see keep_optimizer
+        # the optimizer object compile was given and its rate then (Trainer.compile)
+        self._compiled_with, self._compiled_rate = None, None
         self._batch_runner = None  # what *_on_batch calls share (bigtrain.api.batch_calls)
         if isinstance(inputs, nn.Module) and outputs is None:
             self.net = inputs

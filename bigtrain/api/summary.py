@@ -24,11 +24,33 @@ def optimizer_state_factor(spec) -> float:
 
 
 def _human(n: float) -> str:
+    """Bytes as Keras's summary writes them: "124.00 B", "2.50 KB"."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":
-            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
+            return f"{n:.2f} {unit}"
         n /= 1024
     return str(n)
+
+
+def optimizer_weights(model) -> tuple[int, int] | None:
+    """(count, bytes) of the optimizer's variables as Keras's summary counts them once the
+    optimizer is built (here: after a fit, or a load, left it on the model): its
+    per-parameter slots (Adam's two moments, SGD's momentum) plus `iterations` and
+    `learning_rate`, and NAdam's one momentum product; None before that. torch's
+    per-parameter step counters are Keras's one `iterations`, so they count once."""
+    carry = getattr(model, "_carry", None)
+    optimizer = getattr(carry, "optimizer", None)
+    if optimizer is None or not hasattr(optimizer, "state"):
+        return None
+    count, nbytes, product = 2, 8, False  # iterations and learning_rate, 4 bytes each
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if key == "mu_product":
+                product = True
+            elif isinstance(value, torch.Tensor) and value.dim() > 0:
+                count += value.numel()
+                nbytes += value.numel() * value.element_size()
+    return count + product, nbytes + 4 * product
 
 
 def _counted_buffers(module) -> list[torch.Tensor]:
@@ -167,10 +189,14 @@ def summary_text(model, line_length=None, positions=None, show_trainable=False,
     gbytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
     spec = model.compiled.optimizer if model.compiled else None
     obytes = optimizer_state_factor(spec) * sum(p.numel() * 4 for p in params if p.requires_grad)
+    built = optimizer_weights(model)  # Keras counts a built optimizer's in the total
+    n_opt, opt_bytes = built or (0, 0)
     out += [line,
-            f" Total params: {total:,} ({_human(wbytes)})",
+            f" Total params: {total + n_opt:,} ({_human(wbytes + opt_bytes)})",
             f" Trainable params: {trainable:,} ({_human(tbytes)})",
             f" Non-trainable params: {total - trainable:,} ({_human(wbytes - tbytes)})"]
+    if built is not None:
+        out.append(f" Optimizer params: {n_opt:,} ({_human(opt_bytes)})")
     if spec is not None:
         out.append(f" Training memory with {spec.name or spec.cls.__name__}: parameters "
                    f"{_human(pbytes)} + gradients {_human(gbytes)} + optimizer state "
@@ -238,10 +264,23 @@ class Weight:
         return f"<Weight path={self.path}, shape={self.shape}, dtype={self.dtype}>"
 
 
+#: Keras's names of a torch batch norm's weights (BatchNormalization keeps one inside)
+_BATCH_NORM_NAMES = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+                     "running_var": "moving_variance"}
+
+
 def _keras_name(layer, key: str) -> str:
-    """A weight's Keras name inside its layer ("kernel", "bias"), else its torch key."""
+    """A weight's Keras name inside its layer ("kernel", "bias"; a BatchNormalization's
+    "gamma" ... "moving_variance"), else its torch key."""
     roles = layer.weight_roles() if isinstance(layer, Layer) else {}
-    return next((role for role, k in roles.items() if k == key), key)
+    role = next((role for role, k in roles.items() if k == key), None)
+    if role is not None:
+        return role
+    owner, _, leaf = key.rpartition(".")
+    inner = layer.get_submodule(owner) if owner else layer
+    if isinstance(inner, torch.nn.modules.batchnorm._NormBase) and leaf in _BATCH_NORM_NAMES:
+        return _BATCH_NORM_NAMES[leaf]
+    return key
 
 
 def keras_weights(net) -> list[Weight]:

@@ -6,7 +6,8 @@ The work is done in `bigtrain.api.training` (compile/fit/evaluate/predict: a Tra
 the chosen strategy) and `bigtrain.api.batch_calls` (*_on_batch); a model keeps what Keras
 keeps on it: `compiled` (what compile chose), the running fit's optimizer and, between
 fits, what the next fit continues from (a `bigtrain.engine.carry.Carry`). Model's
-constructor sets those attributes (`compiled`, `live`, `_optimizer`, `_carry`).
+constructor sets those attributes (`compiled`, `live`, `_optimizer`, `_carry`,
+`_compiled_with`, `_compiled_rate`).
 
 Example:
     model.compile(optimizer="adam", loss="mse", weighted_metrics=["mae"])
@@ -17,7 +18,17 @@ from __future__ import annotations
 
 from bigtrain.api import training
 from bigtrain.api.optimizer_wrappers import keras_facing
+from bigtrain.api.optimizers import OptimizerSpec
 from bigtrain.engine.carry import Carry
+
+
+def _rate(optimizer) -> float | None:
+    """The learning rate a bigtrain.optimizers object holds now (None for a schedule or any
+    other optimizer: what a fit left on a torch optimizer is already in its state)."""
+    if not isinstance(optimizer, OptimizerSpec) or optimizer.schedule is not None:
+        return None
+    rate = optimizer.kwargs.get("lr")
+    return None if rate is None else float(rate)
 
 
 class Trainer:
@@ -37,10 +48,32 @@ class Trainer:
         from fit's and evaluate's `sample_weight` (fit's `class_weight` too); the History
         names them as Keras does ("weighted_<metric>" where a metric took the name).
         """
+        same = self._compiled_again_with(optimizer, learning_rate)
         training.compile_model(self, optimizer, loss, metrics, loss_weights, learning_rate,
                                weighted_metrics)
-        self._carry = None  # a new compile starts a fresh optimizer, as in Keras
+        carried, rate = self._carry and self._carry.optimizer, _rate(optimizer)
+        if not same:  # a new optimizer starts fresh, as in Keras
+            self._carry = None
+        elif carried is not None and rate not in (None, self._compiled_rate):
+            # the rate set on the object since its last compile holds, as on Keras's
+            from bigtrain.engine.callbacks._util import set_lrs
+            set_lrs(carried, [rate] * len(carried.param_groups))
+        # a name builds a new optimizer at every compile, as Keras's optimizers.get does
+        self._compiled_with = None if isinstance(optimizer, str) else optimizer
+        self._compiled_rate = rate
         return self
+
+    def _compiled_again_with(self, optimizer, learning_rate) -> bool:
+        """Whether `optimizer` is the optimizer object this model already trains with: the
+        one the last compile was given, or `model.optimizer` after a fit. Keras's optimizer
+        keeps its state (moments, `iterations`) in itself, so compiling again with the same
+        object continues it (recompiling after a change of loss or metrics, or with
+        `optimizer=model.optimizer`); a new object or a name starts afresh."""
+        carry = self._carry
+        if carry is None or isinstance(optimizer, str) or learning_rate is not None:
+            return False
+        return optimizer is self._compiled_with or (
+            carry.optimizer is not None and optimizer is carry.optimizer)
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, **kwargs):
         """Train; see `bigtrain.api.training.fit` for every argument. Returns a History."""
@@ -50,22 +83,21 @@ class Trainer:
                  steps=None, callbacks=None, return_dict=False):
         """The loss, or [loss, *metrics], as Keras returns them. `steps`: the first so many
         batches only (arrays or a generator of (x, y[, sample_weight]) batches).
-        `callbacks` are refused: bigtrain calls callbacks during fit only."""
+        `callbacks` get Keras's test hooks (on_test_begin, on_test_batch_*, on_test_end)."""
         from bigtrain.api import batch_calls
-        batch_calls.refuse_callbacks(callbacks, "evaluate")
         x, y, sample_weight, batch_size = batch_calls.first_batches(
             x, y, sample_weight, batch_size or training.DEFAULT_BATCH_SIZE, steps)
-        return training.evaluate(self, x, y, batch_size, sample_weight, return_dict)
+        return training.evaluate(self, x, y, batch_size, sample_weight, return_dict,
+                                 callbacks)
 
     def predict(self, x, batch_size=None, verbose=0, steps=None, callbacks=None):
         """Model outputs as numpy (probabilities when the activation moved into the loss).
-        `steps`: the first so many batches only (arrays or a generator); `callbacks` are
-        refused, as in evaluate."""
+        `steps`: the first so many batches only (arrays or a generator); `callbacks` get
+        Keras's predict hooks (on_predict_begin, on_predict_batch_*, on_predict_end)."""
         from bigtrain.api import batch_calls
-        batch_calls.refuse_callbacks(callbacks, "predict")
         x, _, _, batch_size = batch_calls.first_batches(
             x, None, None, batch_size or training.DEFAULT_BATCH_SIZE, steps, targets=False)
-        return training.predict(self, x, batch_size)
+        return training.predict(self, x, batch_size, callbacks)
 
     # ---- one batch at a time (bigtrain.api.batch_calls) --------------------------------------
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None,

@@ -12,6 +12,7 @@ import torch
 
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
+from bigtrain.api.call_hooks import batch_outputs, hook_list
 from bigtrain.api.capture import stop_if_capturing
 from bigtrain.api.compile_metrics import compiled_metrics, fresh_metrics, keras_order
 from bigtrain.api.fit_args import check_keywords, loss_weight_list
@@ -336,15 +337,24 @@ _FIT_KEYWORDS = [name for name in fit.__code__.co_varnames[:fit.__code__.co_argc
                  if name != "model"]
 
 
-def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False):
+def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False,
+             callbacks=None):
+    """Keras's evaluate; `callbacks` get on_test_begin, the test-batch hooks and
+    on_test_end (with the returned logs), as Keras's."""
     from bigtrain.engine.loop import evaluate as run_eval
     from bigtrain.parallel.base import Strategy
     _require_compiled(model, "evaluate")
     data = prepare_data(model, x, y, sample_weight)
+    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    hooks = hook_list(model, callbacks, len(data), batch_size)
+    if hooks is not None:
+        hooks.on_test_begin()
     with output_activations(model, deferred=True):
-        task = make_task(model, data, None,
-                         FitConfig(batch_size=batch_size or DEFAULT_BATCH_SIZE), [])
-        logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size)
+        task = make_task(model, data, None, FitConfig(batch_size=batch_size), [])
+        logs = run_eval(task, Strategy(), model.net, data, task.config.batch_size,
+                        hooks=None if hooks is None else hooks.test_batch_hooks)
+    if hooks is not None:
+        hooks.on_test_end(dict(logs))
     if return_dict:
         return logs
     values = [logs[k] for k in keras_order(model.compiled, model.output_names, logs)]
@@ -365,10 +375,15 @@ def _refuse_split_weights(model) -> None:
                            "whole weights on every rank.")
 
 
-def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
+def predict(model, x, batch_size=None, callbacks=None) -> np.ndarray | list[np.ndarray]:
+    """Keras's predict; `callbacks` get on_predict_begin, per batch on_predict_batch_begin
+    and on_predict_batch_end ({"outputs": the batch's outputs as numpy}), on_predict_end."""
     _refuse_split_weights(model)
     data = prepare_data(model, x, None, need_targets=False)
     batch_size = batch_size or DEFAULT_BATCH_SIZE
+    hooks = hook_list(model, callbacks, len(data), batch_size)
+    if hooks is not None:
+        hooks.on_predict_begin()
     outs: list[list[torch.Tensor]] = []
     keys = None  # a module's dict outputs: predict returns a dict with its keys
     was_training = model.net.training
@@ -377,7 +392,9 @@ def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
     device = first.device if first is not None else torch.device("cpu")
     # the output layers apply their activation here, also in a callback while fit runs
     with torch.no_grad(), output_activations(model, deferred=False):
-        for start in range(0, len(data), batch_size):
+        for step, start in enumerate(range(0, len(data), batch_size)):
+            if hooks is not None:
+                hooks.on_predict_batch_begin(step)
             xb, _, _ = data.take(torch.arange(start, min(start + batch_size, len(data))), device)
             out = model.net(*xb) if isinstance(xb, tuple) else model.net(xb)
             out, keys = split_dict(out)
@@ -385,7 +402,11 @@ def predict(model, x, batch_size=None) -> np.ndarray | list[np.ndarray]:
                 if len(outs) <= i:
                     outs.append([])
                 outs[i].append(o.float().cpu())
+            if hooks is not None:
+                hooks.on_predict_batch_end(step, {"outputs": batch_outputs(outs, keys)})
     model.net.train(was_training)
+    if hooks is not None:
+        hooks.on_predict_end()
     arrays = [torch.cat(o).numpy() for o in outs]
     if keys is not None:
         return dict(zip(keys, arrays))

@@ -18,10 +18,12 @@ from bigtrain.parallel.microbatch import call_module
 
 def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
              prefix: str = "", limit: int | None = None,
-             ctx: StepContext | None = None) -> dict[str, float]:
+             ctx: StepContext | None = None, hooks=None) -> dict[str, float]:
     """Loss and metrics over `data` (its first `limit` samples when given), sharded across
     ranks and reduced; Keras-style logs. `ctx`: the fit's StepContext (marks for the hang
-    watchdog), None outside a fit."""
+    watchdog), None outside a fit. `hooks`: a CallbackList whose `on_test_batch_begin` /
+    `on_test_batch_end` run around each of this rank's batches (the end's logs: Keras's
+    running means over this rank's batches so far), or None."""
     ctx = StepContext() if ctx is None else ctx
     device = strategy.env.device
     tally = Tally(task.metrics, task.activations, device)
@@ -41,11 +43,15 @@ def evaluate(task: TrainTask, strategy: Strategy, module, data, batch_size: int,
                 _forward(module, data, _padding_rows(lo, hi), device, autocast)
                 continue
             idx = torch.arange(start, min(start + batch_size, hi))
+            if hooks is not None:
+                hooks.on_test_batch_begin(step)
             y, sw, out = _forward(module, data, idx, device, autocast)
             loss = task.compute_loss(out, y, sw)
             tally.loss_sum += loss.double() * len(idx)
             tally.count += len(idx)
             tally.update_metrics(y, out, sw)
+            if hooks is not None:
+                hooks.on_test_batch_end(step, tally.running_logs())
     module.train(was_training)
     ctx.mark("metrics all-reduce (evaluate)")
     return tally.logs(strategy.all_reduce(tally.state()), prefix)

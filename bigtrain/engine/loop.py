@@ -365,8 +365,11 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
         if task.val is not None and cfg.validates_after(epoch):
             val_batch = cfg.validation_batch_size or cfg.batch_size
             limit = None if cfg.validation_steps is None else cfg.validation_steps * val_batch
-            logs.update(evaluate(task, strategy, run.module, task.val, val_batch, "val_", limit,
-                                 run.ctx))
+            run.callbacks.on_test_begin()  # Keras's validation calls the test hooks
+            val = evaluate(task, strategy, run.module, task.val, val_batch, "val_", limit,
+                           run.ctx, run.callbacks.test_batch_hooks)
+            run.callbacks.on_test_end({k.removeprefix("val_"): v for k, v in val.items()})
+            logs.update(val)
         epoch_times.append(time.perf_counter() - t0)
         _epoch_end(run, epoch, logs)
         run.sync.share()

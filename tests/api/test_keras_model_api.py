@@ -8,7 +8,6 @@ import pytest
 
 import bigtrain
 import bigtrain.layers as B
-from bigtrain.callbacks import Callback
 from bigtrain.models import Model, Sequential, load_model, model_from_json
 
 RNG = np.random.default_rng(1)
@@ -177,10 +176,6 @@ def test_evaluate_and_predict_steps_as_keras():
     assert ours.shape == kmodel.predict(X, batch_size=8, steps=3, verbose=0).shape == (24, 2)
     np.testing.assert_allclose(model.predict(batches(5), steps=2),
                                kmodel.predict(batches(5), steps=2, verbose=0), atol=1e-5)
-    with pytest.raises(ValueError, match="fit only"):
-        model.evaluate(X, Y, callbacks=[Callback()])
-    with pytest.raises(ValueError, match="fit only"):
-        model.predict(X, callbacks=[Callback()])
 
 
 def test_summary_arguments():

@@ -70,6 +70,16 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs=None): ...
     def on_batch_begin(self, batch: int, logs=None): ...
     def on_batch_end(self, batch: int, logs=None): ...
+    # validation inside fit and evaluate(callbacks=...) call the test hooks; predict the
+    # predict hooks (on_predict_batch_end's logs: {"outputs": this batch's outputs})
+    def on_test_begin(self, logs=None): ...
+    def on_test_end(self, logs=None): ...
+    def on_test_batch_begin(self, batch: int, logs=None): ...
+    def on_test_batch_end(self, batch: int, logs=None): ...
+    def on_predict_begin(self, logs=None): ...
+    def on_predict_end(self, logs=None): ...
+    def on_predict_batch_begin(self, batch: int, logs=None): ...
+    def on_predict_batch_end(self, batch: int, logs=None): ...
 
     def on_train_batch_begin(self, batch: int, logs=None):
         self.on_batch_begin(batch, logs=logs)  # Keras's older name, still honoured
@@ -130,6 +140,7 @@ class CallbackList:
             c.set_params(params)
         self._marked = world > 1
         self._model = model
+        self._last_logs = None  # the last epoch's logs, which on_train_end receives
         self._gathered = any(c.needs_weights for c in self.callbacks)
         # The per-batch hooks that do something, looked up once: the loop calls these every
         # step and skips the dispatch (and building the batch logs) when there are none.
@@ -160,6 +171,14 @@ class CallbackList:
         return self._end_logs
 
     @property
+    def test_batch_hooks(self) -> "CallbackList | None":
+        """This list when some callback implements a test-batch hook, else None (evaluate
+        then builds no per-batch logs)."""
+        wanted = any(_overrides(c, "on_test_batch_begin", "on_test_batch_end")
+                     for c in self.callbacks)
+        return self if wanted else None
+
+    @property
     def has_batch_begin(self) -> bool:
         """Some callback implements `on_train_batch_begin`."""
         return bool(self._batch_begin)
@@ -169,21 +188,42 @@ class CallbackList:
         """Some callback implements `on_train_batch_end`."""
         return bool(self._batch_end)
 
-    def on_train_batch_begin(self, *args, **kwargs):
+    def on_train_batch_begin(self, batch: int, logs=None):
+        logs = {} if logs is None else logs  # Keras's hooks never get None
         for hook in self._batch_begin:
-            hook(*args, **kwargs)
+            hook(batch, logs)
 
-    def on_train_batch_end(self, *args, **kwargs):
+    def on_train_batch_end(self, batch: int, logs=None):
+        logs = {} if logs is None else logs
         for hook in self._batch_end:
-            hook(*args, **kwargs)
+            hook(batch, logs)
+
+    def on_epoch_end(self, epoch: int, logs=None):
+        # on_train_end gets them as Keras's fit passes them: without what hooks add
+        self._last_logs = None if logs is None else dict(logs)
+        self._call("on_epoch_end", epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self._call("on_train_end", self._last_logs if logs is None else logs)
+
+    def _call(self, hook: str, *args) -> None:
+        """Every callback's `hook`, its logs a dict ({} for none) passed by position, as
+        Keras's CallbackList passes them (a LambdaCallback's `lambda logs: ...` needs it);
+        `args`: (logs,) or (epoch, logs)."""
+        *index, logs = args
+        logs = {} if logs is None else logs
+        for c in self.callbacks:
+            self._hook(c, hook)(*index, logs)
 
     def __getattr__(self, hook):
         if not hook.startswith("on_"):
             raise AttributeError(hook)
+        indexed = int("epoch" in hook or "batch" in hook)  # on_epoch_begin(epoch, logs)
 
-        def call(*args, **kwargs):
-            for c in self.callbacks:
-                self._hook(c, hook)(*args, **kwargs)
+        def call(*args, logs=None):
+            if len(args) > indexed:
+                args, logs = args[:indexed], args[indexed]
+            self._call(hook, *args, logs)
         return call
 
 
