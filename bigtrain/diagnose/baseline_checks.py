@@ -1,7 +1,7 @@
 """Why a model is poor, from the run record's data profile and how the run ended: features
 off the standard scale, likely label errors, train/validation shift, a loss that does not fit
-the labels, a NaN stop, and a model below the majority class or a linear model on the same
-features.
+the labels, a NaN stop, a model below the majority class or a linear model on the same
+features, and one stuck at the majority class's accuracy on imbalanced classes.
 
 Impacts rank the findings (bigtrain.diagnose.findings.Finding.impact): a cause in the data
 or the set-up ranks above the symptoms it produces (below-baseline accuracy, overfitting).
@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 
 from bigtrain.diagnose.findings import Finding
+from bigtrain.diagnose.label_checks import MODERATE_IMBALANCE
 from bigtrain.diagnose.quality_checks import ACCURACY_KEYS
 
 UNSCALED_RMS = (0.02, 20.0)  # typical feature size sqrt(mean^2 + std^2) outside this range
@@ -26,6 +27,7 @@ UNRELATED_MODEL_GAIN = 0.15  # the same for the trained model's best validation 
 LABEL_VAL_GAIN = 0.10        # linear accuracy this much higher on validation labels: noise
 BASELINE_MARGIN = 0.03       # accuracy this far below the majority class is below it
 BASELINE_GAP = 0.05          # at least this far below the linear model is below it
+STUCK_GAIN = 0.10            # accuracy within this share of the way from the majority to 1
 CLASS_LOSSES = ("sparse_categorical_crossentropy", "categorical_crossentropy",
                 "binary_crossentropy", "categorical_focal_crossentropy")
 REGRESSION_LOSSES = ("mse", "mean_squared_error", "mae", "mean_absolute_error", "huber",
@@ -249,6 +251,38 @@ def _baselines(profile: dict, history: dict) -> list[Finding]:
     return out
 
 
+def _stuck_on_majority(profile: dict, history: dict) -> list[Finding]:
+    """Imbalanced classes (MODERATE_IMBALANCE or more) and a model that scores what always
+    answering the most common class scores, while a logistic regression on the same features
+    does clearly better: the model learned the class frequencies, not the inputs, and its
+    accuracy looks good only because the classes are uneven."""
+    counts = profile.get("class_counts") or []
+    present = [c for c in counts if c > 0]
+    if profile.get("task") != "classification" or len(present) < 2 or \
+            max(present) / min(present) < MODERATE_IMBALANCE:
+        return []
+    got = _best(history, [f"val_{k}" for k in ACCURACY_KEYS])
+    major, lin = profile.get("val_majority_share"), (profile.get("linear") or {}).get("val")
+    if got is None or major is None or lin is None:
+        return []
+    key, acc = got
+    if not major - BASELINE_MARGIN <= acc <= major + STUCK_GAIN * (1 - major) or \
+            lin < major + max(BASELINE_GAP, 2 * STUCK_GAIN * (1 - major)):
+        return []
+    big, small = counts.index(max(present)), counts.index(min(present))
+    n = sum(present)
+    weights = ", ".join(f"{c}: {n / (len(present) * k):.2g}" for c, k in enumerate(counts) if k)
+    return [Finding("class_imbalance", "warning",
+                    f"class {big} has {max(present) / min(present):.1f}x the samples of class "
+                    f"{small}, and the model's best {key} {acc:.3f} is what always answering "
+                    f"class {big} scores ({major:.3f}) while a logistic regression on the same "
+                    f"features scores {lin:.3f}: the model learned the class frequencies, not "
+                    "the inputs",
+                    f"weight the rare classes: fit(..., class_weight={{{weights}}}) (or "
+                    "oversample them), fix any cause ranked above, and judge with per-class "
+                    "recall: sklearn.metrics.classification_report", 0.845)]
+
+
 def _nan_stop(stop: dict | None, step_losses: list, findings: list[Finding]) -> list[Finding]:
     """A NaN stop on clean, standard-scaled data: the step size is the suspect."""
     if not stop or stop.get("reason") != "nan_loss":
@@ -275,5 +309,6 @@ def check_profile(profile: dict, history: dict, *, stop: dict | None = None,
     out = (_data_findings(profile) + _unscaled(profile, profile.get("normalized_in_model",
                                                                      False))
            + _shift(profile) + _wrong_loss(profile) + _labels(profile, history)
-           + _baselines(profile, history) + _skipped(profile))
+           + _stuck_on_majority(profile, history) + _baselines(profile, history)
+           + _skipped(profile))
     return out + _nan_stop(stop, step_losses or [], out + prior)

@@ -19,6 +19,10 @@ from bigtrain.diagnose.label_checks import check_labels, class_ids
 SCALE_RATIO = 100.0         # std of the widest feature / std of the narrowest
 DUPLICATE_ROW_SHARE = 0.01  # duplicated rows above this share are reported
 NEAR_CONSTANT_SHARE = 0.99  # a feature with one value in this share of rows is near-constant
+#: rows off its common value a column needs before an exact match with another one means
+#: anything: two columns that leave their common value in a row or two (an image's edge
+#: pixels that one stroke touches) match by chance
+DUPLICATE_MIN_ROWS = 10
 
 
 def _np(a) -> np.ndarray:
@@ -90,8 +94,32 @@ def near_constant(x2: np.ndarray) -> np.ndarray:
     return (x2 == np.median(x2, axis=0)).mean(axis=0) >= NEAR_CONSTANT_SHARE
 
 
+def _informative(x2: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """The `columns` that leave their most common value in DUPLICATE_MIN_ROWS rows or more
+    (a value in over half the rows is the median; without one, every column qualifies),
+    or in half the rows of a smaller sample."""
+    off = (x2[:, columns] != np.median(x2[:, columns], axis=0)).sum(axis=0)
+    return columns[off >= min(DUPLICATE_MIN_ROWS, max(len(x2) // 2, 1))]
+
+
+def _constant(x2: np.ndarray, constant: np.ndarray) -> list[Finding]:
+    """One finding for the columns that never change, naming how many more are constant
+    but for a few rows (an image's border): both carry (almost) no information."""
+    if not len(constant):
+        return []
+    near = int(near_constant(x2).sum()) - len(constant)
+    also = (f"; {near} more hold one value in {NEAR_CONSTANT_SHARE:.0%} of the rows"
+            if near > 0 else "")
+    return [Finding("constant_features", "info",
+                    f"{len(constant)} of {x2.shape[1]} features never change: columns "
+                    f"{_first(constant)}{also}",
+                    "drop them; they carry no information and waste parameters"
+                    + (" (for images, cropping the border drops most)" if near > 0 else ""))]
+
+
 def check_features(x2: np.ndarray) -> list[Finding]:
-    """Constant features, duplicated features, and wildly different feature scales."""
+    """Constant features, duplicated features, and wildly different feature scales.
+    Duplicates count among informative columns only (see DUPLICATE_MIN_ROWS)."""
     out = []
     floating = x2.dtype.kind == "f"
     if floating and not np.isfinite(x2).all():
@@ -100,14 +128,10 @@ def check_features(x2: np.ndarray) -> list[Finding]:
         x2 = np.nan_to_num(x2)  # for the exact column comparison below
     else:
         lo, hi, std_fn = x2.min(axis=0), x2.max(axis=0), np.std
-    constant = np.flatnonzero(lo == hi)
-    if len(constant):
-        out.append(Finding("constant_features", "info",
-                           f"{len(constant)} of {x2.shape[1]} features never change: columns "
-                           f"{_first(constant)}",
-                           "drop them; they carry no information and waste parameters"))
+    out += _constant(x2, np.flatnonzero(lo == hi))
     varying = np.flatnonzero(lo != hi)
-    dups = _duplicate_columns(x2, varying) if len(varying) >= 2 else []
+    informative = _informative(x2, varying) if len(varying) >= 2 else varying
+    dups = _duplicate_columns(x2, informative) if len(informative) >= 2 else []
     if dups:
         pairs = ", ".join(f"{a}={b}" for a, b in dups[:5])
         out.append(Finding("duplicate_features", "warning",

@@ -11,6 +11,9 @@ import numpy as np
 from bigtrain.diagnose.findings import Finding
 
 IMBALANCE_RATIO = 10.0      # samples of the largest class / samples of the smallest
+#: a ratio from here to IMBALANCE_RATIO is worth knowing (info): whether it costs the model
+#: shows in its accuracy (baseline_checks: stuck at the majority share)
+MODERATE_IMBALANCE = 3.0
 MAX_LEAK_COLUMNS = 2000     # columns examined for label leakage
 LEAK_CORRELATION = 0.999    # |corr(feature, target)| that counts as leakage for regression
 
@@ -79,10 +82,11 @@ def _label_range(ids: np.ndarray, test_ids: np.ndarray | None) -> list[Finding]:
 
 def _imbalance(ids: np.ndarray) -> list[Finding]:
     classes, counts = np.unique(ids, return_counts=True)
-    if len(classes) < 2 or counts.max() / counts.min() < IMBALANCE_RATIO:
+    if len(classes) < 2 or counts.max() / counts.min() < MODERATE_IMBALANCE:
         return []
     big, small = classes[counts.argmax()], classes[counts.argmin()]
-    return [Finding("class_imbalance", "warning",
+    severity = "warning" if counts.max() / counts.min() >= IMBALANCE_RATIO else "info"
+    return [Finding("class_imbalance", severity,
                     f"class {int(big)} has {int(counts.max())} samples, class {int(small)} "
                     f"only {int(counts.min())} ({counts.max() / counts.min():.1f}x)",
                     "pass class_weight={class: n_samples / (n_classes * count)} to fit, "

@@ -128,6 +128,11 @@ class RunRecord:
         memory: rank -> RankMemory.
         rank_step_times: mean seconds per step of each training rank's own work (data,
             forward, backward, optimizer; waits for other ranks left out), by rank.
+        rank_step_samples: each rank's own work (data, forward and optimizer seconds) in
+            up to 64 timed steps spread over the run, the same steps on every rank, by rank
+            as rank_step_times (bigtrain.diagnose.step_timer.StepSamples); empty on one
+            process. The doctor's straggler check reads whether a rank was slow step after
+            step or only on average.
         history: Keras-style per-epoch metrics ("loss", "val_loss", "accuracy", ...) of the
             epochs that finished.
         stop: how the run ended: {"reason": "completed" | "nan_loss" | "exception" |
@@ -174,6 +179,7 @@ class RunRecord:
     pipeline_bubble: float | None = None
     memory: dict[int, RankMemory] = field(default_factory=dict)
     rank_step_times: list[float] = field(default_factory=list)
+    rank_step_samples: list[list[float]] = field(default_factory=list)
     history: dict[str, list[float]] = field(default_factory=dict)
     stop: dict | None = None
     step_losses: list[float] = field(default_factory=list)
@@ -209,7 +215,7 @@ class RunRecord:
         data["history"] = {k: [_as_float(v) for v in vals]
                            for k, vals in data.get("history", {}).items()}
         data["rank_step_times"] = [_as_float(v) for v in data.get("rank_step_times", [])]
-        for key in ("step_losses", "layer_health", "data_profile"):
+        for key in ("step_losses", "layer_health", "data_profile", "rank_step_samples"):
             if key in data:
                 data[key] = _floats_back(data[key])
         for key in ("samples_per_s", "tokens_per_s", "mfu", "peak_flops", "pipeline_bubble"):

@@ -24,6 +24,11 @@ the exactly timed first steps do not outweigh the rest of a run. The first timed
 (allocator, autograd and bucket warm-up) is left out of the means whenever later steps
 exist.
 
+The timer also keeps each timed step's own work (StepSamples: data, forward and optimizer
+seconds of up to MAX_STEP_SAMPLES steps spread over the run, the same steps on every rank),
+which the doctor reads to tell a rank that is slow step after step from one that was slow
+for a while.
+
 The timer also measures the memory of the fit's first step (a StepMemory, see
 bigtrain.diagnose.step_memory): saved activations and gradients. That step is timed but left
 out of the means, so the probe costs the means nothing.
@@ -43,6 +48,9 @@ import torch
 from bigtrain.diagnose.step_memory import StepMemory
 
 PHASES = ("data", "forward", "backward", "optimizer", "comm", "other")
+#: the phases a step's sample adds up (StepSamples): the rank's own work without backward
+OWN_PHASES = frozenset({"data", "forward", "optimizer"})
+MAX_STEP_SAMPLES = 64  # per-step samples a rank keeps (StepSamples)
 _FIRST_WORD = {"data": "data", "forward": "forward", "backward": "backward",
                "optimizer": "optimizer"}
 _BY_OP: dict[str, str | None] = {}  # op -> phase_of(op), filled as ops are first seen
@@ -55,6 +63,40 @@ def phase_of(op: str, phase: str | None = None) -> str | None:
             raise ValueError(f"unknown step phase {phase!r}; valid phases: {', '.join(PHASES)}")
         return phase
     return _FIRST_WORD.get(op.split(" ", 1)[0])
+
+
+class StepSamples:
+    """Each timed step's own work, for the doctor's straggler check: whether a rank was
+    slower step after step or only on average (a burst of load from another process on a
+    shared host raises one rank's mean for a while).
+
+    A sample is the step's data, forward and optimizer seconds. Backward is left out: a
+    data-parallel backward holds the wait for the other ranks' gradients (the sync runs
+    inside it), so a fast rank's backward grows by what the slow one costs and a sum with
+    it would hide who was slow. At most MAX_STEP_SAMPLES samples are kept, spread over the
+    run: every `stride`-th timed step, the stride doubling (and every other sample dropped)
+    when the list is full. Every rank times the same steps, so the i-th sample of every
+    rank is the same step.
+    """
+
+    def __init__(self, limit: int = MAX_STEP_SAMPLES):
+        self.values: list[float] = []  # seconds, one per kept step
+        self.current = 0.0  # seconds of the step being timed so far
+        self._limit, self._stride, self._seen = limit, 1, 0
+
+    def add(self, phase: str | None, seconds: float) -> None:
+        if phase in OWN_PHASES:
+            self.current += seconds
+
+    def end_step(self, keep: bool) -> None:
+        """The timed step is over: keep its sample (not for the warm-up step)."""
+        if keep:
+            if self._seen % self._stride == 0:
+                self.values.append(self.current)
+                if len(self.values) > self._limit:
+                    self.values, self._stride = self.values[::2], 2 * self._stride
+            self._seen += 1
+        self.current = 0.0
 
 
 class PhaseTimer:
@@ -73,6 +115,7 @@ class PhaseTimer:
         synchronises: whether a timed step synchronises the device.
         timed_steps: steps timed so far.
         memory: the first step's measured memory (StepMemory).
+        samples: each timed step's own work but the first (StepSamples).
     """
 
     def __init__(self, device: torch.device | None = None, sample_every: int = 50,
@@ -93,6 +136,7 @@ class PhaseTimer:
         self._phase: str | None = None
         self._t = 0.0
         self.memory = StepMemory()
+        self.samples = StepSamples()
 
     def begin_step(self, step: int) -> None:
         """Start optimizer step `step` (0-based within the fit): timed or not."""
@@ -121,6 +165,7 @@ class PhaseTimer:
         now = time.perf_counter()
         if self._phase is not None:
             self.totals[self._phase] += (now - self._t) * self._weight
+            self.samples.add(self._phase, now - self._t)
         if phase is None:
             phase = _BY_OP[op] if op in _BY_OP else _BY_OP.setdefault(op, phase_of(op))
         elif phase not in self.totals:
@@ -133,10 +178,16 @@ class PhaseTimer:
         if self.active and self._phase is not None and seconds > 0:
             self.totals[phase] += seconds * self._weight
             self.totals[self._phase] -= seconds * self._weight
+            self.samples.add(phase, seconds)
+            self.samples.add(self._phase, -seconds)
 
     def _close(self) -> None:
         if self.active and self._phase is not None:
-            self.totals[self._phase] += (time.perf_counter() - self._t) * self._weight
+            seconds = time.perf_counter() - self._t
+            self.totals[self._phase] += seconds * self._weight
+            self.samples.add(self._phase, seconds)
+        if self.active:
+            self.samples.end_step(keep=self.timed_steps > 1)  # the first is warm-up
         self._phase = None
 
     def means(self) -> dict[str, float]:
@@ -158,3 +209,25 @@ def sampled(step: int, every: int) -> bool:
     """Whether step `step` is one of about one in `every` (step 0 always is): a
     multiplicative hash of the step, so the same steps on every rank and no fixed period."""
     return every == 1 or (((step * 0x9E3779B1) & 0xFFFFFFFF) >> 16) % every == 0
+
+
+def gather_step_samples(timer: PhaseTimer | None, all_reduce, rank: int,
+                        world_size: int) -> list[list[float]]:
+    """Every rank's step samples (StepSamples.values), by rank; [] on one process.
+
+    Collective: one all-reduce(sum) of a world_size x (MAX_STEP_SAMPLES + 1) float64 table
+    in which each rank fills its own row (count, then samples); every rank must call it.
+
+    Args:
+        timer: this rank's PhaseTimer (None: the rank timed nothing).
+        all_reduce: in-place sum over all ranks, e.g. `strategy.all_reduce`.
+        rank, world_size: this rank and the job's size.
+    """
+    if world_size < 2:
+        return []
+    table = torch.zeros(world_size, MAX_STEP_SAMPLES + 1, dtype=torch.float64)
+    mine = [] if timer is None else timer.samples.values[:MAX_STEP_SAMPLES]
+    table[rank, 0] = len(mine)
+    table[rank, 1:1 + len(mine)] = torch.tensor(mine, dtype=torch.float64)
+    all_reduce(table)
+    return [row[1:1 + int(row[0])].tolist() for row in table]

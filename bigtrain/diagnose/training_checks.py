@@ -28,11 +28,22 @@ INPUT_BOUND_MIN_S = 1e-3
 COMM_BOUND_SHARE = 0.30    # exposed-communication share that makes it communication-bound
 LOW_MFU = 0.20             # below this MFU a small batch is the first suspect
 SMALL_BATCH = 32           # fewer samples per rank (per micro-batch) are small
+#: fewer still are tiny: each step's fixed cost (launches, Python, the optimizer's loop over
+#: tensors) dwarfs its arithmetic whatever the model, so a bigger batch surely pays
+TINY_BATCH = 8
+#: a batch from TINY_BATCH to SMALL_BATCH is the suspect only when the model is big enough
+#: for the batch to matter: 4x the batch can at most raise MFU 4x (the step cannot get
+#: faster), so an MFU below this stays far under LOW_MFU at any batch size; it is the model
+#: that is too small to keep the cores busy, and its batch is the user's choice to make
+BATCH_BOUND_MFU = LOW_MFU / 8
 OPTIMIZER_SHARE = 0.10     # optimizer share worth fusing
 HIGH_BUBBLE = 0.25         # pipeline idle fraction worth more micro-batches
 TARGET_BUBBLE = 0.10       # what the suggested micro-batch count aims for
 STRAGGLER_RATIO = 1.20     # slowest rank / median rank step time
 STRAGGLER_SHARE = 0.10     # and the others' wait for it is this share of the step at least
+STRAGGLER_STEPS = 0.80     # and it was the slower in this share of the sampled steps
+MIN_STEP_SAMPLES = 5       # sampled steps that can show it (5 of 5: 1 in 32 by chance)
+UNSAMPLED_RATIO = 2.0      # a record without per-step samples: only this gap is evidence
 FUSABLE = {"adam", "adamw", "sgd", "adagrad"}  # torch optimizers with fused CPU kernels
 BROKEN_IMPACT = 0.5        # a quality finding explaining this much: the model is broken
 
@@ -106,6 +117,8 @@ def _per_rank_batch(r: RunRecord) -> float:
 def _low_mfu(r: RunRecord) -> list[Finding]:
     if r.mfu is None or r.mfu >= LOW_MFU or _per_rank_batch(r) >= SMALL_BATCH:
         return []
+    if _per_rank_batch(r) >= TINY_BATCH and r.mfu < BATCH_BOUND_MFU:
+        return []  # a tiny model: no batch size would keep the cores busy
     peak = f" of {r.peak_flops:.3g} FLOP/s peak" if r.peak_flops else ""
     return [Finding("small_batch", "warning",
                     f"MFU is {r.mfu:.1%}{peak} with {_per_rank_batch(r):.0f} samples per rank "
@@ -214,6 +227,31 @@ def _rebalance_advice(r: RunRecord, slow: int) -> str:
             "layer time); if its host is busy, free its cores")
 
 
+def _step_evidence(r: RunRecord, slow: int) -> str | None:
+    """Whether the per-step samples (RunRecord.rank_step_samples) show rank `slow` slower
+    step after step, by more than the run's own step-to-step spread: a sentence saying so,
+    "" when they do not, None when the record has too few samples to tell.
+
+    Ranks that share a host's cores take turns being slow for a while (another process, the
+    OS); that raises one rank's mean but not the share of steps it loses, nor its median
+    lead over the steps' spread (the interquartile range of the other ranks' samples)."""
+    samples = r.rank_step_samples
+    if len(samples) != len(r.rank_step_times) or len(samples[slow]) < MIN_STEP_SAMPLES:
+        return None
+    others = [s for i, s in enumerate(samples) if i != slow and len(s) >= MIN_STEP_SAMPLES]
+    if not others:
+        return None
+    n = min(len(samples[slow]), *map(len, others))
+    ref = [statistics.median(o[i] for o in others) for i in range(n)]  # per step
+    lead = [samples[slow][i] - ref[i] for i in range(n)]
+    slower = sum(d > 0 for d in lead)
+    q1, _, q3 = statistics.quantiles(ref, n=4)
+    if slower < max(MIN_STEP_SAMPLES, STRAGGLER_STEPS * n) or statistics.median(lead) <= q3 - q1:
+        return ""
+    return (f"; it was the slower in {slower} of {n} sampled steps, by a median "
+            f"{_ms(statistics.median(lead))} (the other ranks' steps vary by {_ms(q3 - q1)})")
+
+
 def _straggler(r: RunRecord) -> list[Finding]:
     found = _slowest(r)
     if found is None:
@@ -222,6 +260,9 @@ def _straggler(r: RunRecord) -> list[Finding]:
     total = r.step_time.total
     if total > 0 and (times[slow] - median) / total < STRAGGLER_SHARE:
         return []  # 0.3 ms of a 20 ms step: the ranks differ, but nobody waits for long
+    steps = _step_evidence(r, slow)
+    if steps == "" or (steps is None and times[slow] / median < UNSAMPLED_RATIO):
+        return []  # slower on average only, or by a gap noise can make
     if _slow_stage(r) is not None:  # a stage's work is its layers: batch splits cannot help
         who, advice = f"pipeline stage {slow}", _rebalance_advice(r, slow)
     else:
@@ -232,8 +273,8 @@ def _straggler(r: RunRecord) -> list[Finding]:
     # time lost: every rank waits for the slow one, which could run as fast as the others
     return [Finding("straggler", "warning",
                     f"{who} takes {_ms(times[slow])} per step, "
-                    f"{times[slow] / median:.2f}x the other ranks ({_ms(median)}); every "
-                    "collective waits for it", advice, 1.0 - median / times[slow])]
+                    f"{times[slow] / median:.2f}x the other ranks ({_ms(median)}){steps or ''}"
+                    "; every collective waits for it", advice, 1.0 - median / times[slow])]
 
 
 def _slow_bf16(r: RunRecord) -> list[Finding]:

@@ -18,6 +18,7 @@ import torch
 from bigtrain.diagnose.record import RankMemory, RunRecord, StepTimes
 from bigtrain.diagnose.step_memory import local_bytes as _local_bytes
 from bigtrain.diagnose.step_memory import process_rss
+from bigtrain.diagnose.step_timer import gather_step_samples
 from bigtrain.engine.checkpoint_state import inner_optimizer
 from bigtrain.engine.run_profile import data_profile, doctor_fields
 
@@ -195,6 +196,8 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
     step_memory = timing.timer.memory if timing.timer is not None else None
     figures = gather_rank_figures(strategy, module, optimizer, phases,
                                   _bubble(strategy), step_memory)
+    samples = gather_step_samples(timing.timer, strategy.all_reduce, strategy.env.rank,
+                                  strategy.env.world_size)
     if not strategy.env.is_main:
         return
     mfu, peak = model_flops_utilisation(task, result.stats.get("samples_per_s"),
@@ -225,6 +228,7 @@ def write_run_record(task, strategy, module, optimizer, result, timing,
         pipeline_bubble=figures["bubble"], memory=figures["memory"],
         rank_step_times=[r["data"] + r["forward"] + r["backward"] + r["optimizer"]
                          for r in figures["rank_phases"]],
+        rank_step_samples=samples,
         history=_finished_epochs(result), script=_script(), script_args=list(sys.argv[1:]),
         extra={"timed_steps": timing.timer.timed_steps,
                **({} if sync_wait is None else

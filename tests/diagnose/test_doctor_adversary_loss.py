@@ -32,6 +32,26 @@ def test_softmax_output_with_from_logits_is_a_wrong_loss():
     assert f"{floor:.3g}" in findings[0].evidence
 
 
+def test_softmax_output_with_from_logits_is_a_wrong_loss_on_two_ranks():
+    """A fit on several ranks gets its data profile from the process that called fit; that
+    profile never looked at the output, so the double softmax went unreported."""
+    import tempfile
+
+    from bigtrain.diagnose import RunRecord
+    from bigtrain.models import Sequential
+    x, y, xv, yv = sklearn_data("digits")
+    model = Sequential(mlp(64, (32,), 10))
+    model.compile(optimizer=Adam(learning_rate=1e-3),
+                  loss=losses.SparseCategoricalCrossentropy(from_logits=True))
+    with tempfile.TemporaryDirectory() as run_dir:
+        model.fit(x, y, validation_data=(xv, yv), epochs=1, batch_size=64, verbose=0,
+                  run_dir=run_dir, strategy="ddp", devices=2)
+        record = RunRecord.load(run_dir)
+    assert record.world_size == 2
+    findings = ranked(record)
+    assert findings[0].kind == "wrong_loss", shown(findings)
+
+
 @pytest.mark.parametrize("loss, out_activation", [
     ("sparse_categorical_crossentropy", "softmax"),
     (losses.SparseCategoricalCrossentropy(from_logits=True), None)],

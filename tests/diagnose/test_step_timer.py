@@ -87,3 +87,33 @@ def test_cpu_times_the_first_steps_then_samples_and_weights_them(clock):
     # the first, (39 x 1 + 360 x 2) / 399 = 1.90; unweighted, the 39 fast ones would pull
     # it to about 1.5
     assert timer.means()["forward"] == pytest.approx(1.90, rel=0.05)
+
+
+def test_step_samples_hold_each_steps_own_work_without_backward(clock):
+    """A sample is a step's data + forward + optimizer seconds (a data-parallel backward
+    holds the wait for the other ranks), the warm-up step left out."""
+    timer = PhaseTimer()
+    _step(timer, clock, 0, data=9.0, fwd=9.0, bwd=9.0, opt=9.0, comm=9.0)  # warm-up step
+    _step(timer, clock, 1, data=0.1, fwd=0.2, bwd=0.4, opt=0.05, comm=0.3)
+    _step(timer, clock, 2, data=0.3, fwd=0.4, bwd=5.0, opt=0.15, comm=0.1)
+    timer.means()
+    assert timer.samples.values == pytest.approx([0.35, 0.85])
+
+
+def test_step_samples_stay_few_and_are_the_same_steps_on_every_rank(clock):
+    """Thinned to at most MAX_STEP_SAMPLES spread over the run: two ranks that time the
+    same steps keep the same ones, whatever their speeds."""
+    runs = []
+    for speed in (1.0, 3.0):
+        timer = PhaseTimer(cpu_every=1)
+        for step in range(1000):
+            timer.begin_step(step)
+            timer.enter("forward")
+            clock(speed * (step + 1))  # the step number, scaled: which step a sample is
+            timer.enter("callbacks (batch end)")
+        timer.means()
+        runs.append([v / speed for v in timer.samples.values])
+    kept = runs[0]
+    assert runs[1] == pytest.approx(kept)
+    assert 32 <= len(kept) <= step_timer.MAX_STEP_SAMPLES
+    assert kept[0] == pytest.approx(2.0) and kept[-1] > 900  # step 1 (after warm-up) to the end
