@@ -111,7 +111,10 @@ def load_full(strategy, module, optimizer, full: dict) -> None:
     for group, saved in zip(inner.param_groups, full["param_groups"]):
         for k, v in saved.items():  # keys a hook adds at the first step ("keras_step"):
             group.setdefault(k, v)  # torch loads only the keys this rank's groups have
-    if full["state"] and any(g["params"] for g in inner.param_groups):
+    params = [p for g in inner.param_groups for p in g["params"]]
+    if full["state"] and params and not any(p.dim() for p in params):
+        _load_scalars(inner, strategy.unwrap(module), full)  # torch's loader cannot
+    elif full["state"] and params:
         # not strict: a parameter that got no gradient in the last fit (an unused head, a
         # layer skipped on every step) has no state, and starts afresh, as in one process
         with cs._no_step_hooks(inner):
@@ -122,6 +125,22 @@ def load_full(strategy, module, optimizer, full: dict) -> None:
             group.update({k: v for k, v in saved.items() if k != "params"})
     if inner is not optimizer:  # ZeRO exposes the global groups; keep lr & co. in step
         optimizer._sync_param_groups(inner.param_groups, optimizer.param_groups)
+
+
+def _load_scalars(optimizer, net, full: dict) -> None:
+    """Load `full` into an optimizer of 0-dim parameters only (a ZeRO partition that got a
+    learned temperature alone): torch's full-state loader takes its device from a state
+    tensor of at least one dimension and fails without one. Such parameters are plain
+    tensors (never sharded), so their state is set by name; "step" stays where torch keeps
+    it, on the host."""
+    names = _names(net)
+    for p in (p for g in optimizer.param_groups for p in g["params"]):
+        saved = full["state"].get(names.get(id(p)))
+        if saved is not None:
+            optimizer.state[p] = {k: v if not torch.is_tensor(v) else v.clone()
+                                  if k == "step" else v.to(p.device) for k, v in saved.items()}
+    for group, saved in zip(optimizer.param_groups, full["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})
 
 
 def _keep_kernels(groups: list, optimizer) -> list:

@@ -137,15 +137,21 @@ def _chains(code: types.CodeType, self_name: str) -> list[tuple]:
 
 #: instructions that load a local or closed-over name (CPython 3.10 - 3.14)
 _LOADS = ("LOAD_FAST", "LOAD_DEREF", "LOAD_FAST_CHECK", "LOAD_FAST_BORROW", "LOAD_CLOSURE")
+#: containers of weights that have no forward: whoever holds one reads its weights itself
+_PARAM_CONTAINERS = (nn.ParameterList, nn.ParameterDict)
 
 
 def _resolve(m: nn.Module, steps: tuple, path: tuple = ()) -> tuple[str, bool] | None:
-    """(owner's name below m, whole) when the chain reads a sub-module's weight itself;
-    None for m's own attributes, or a chain that ends on a sub-module (called: its forward
-    runs; or handed on). `path`: m's name below the reader, when m is below it."""
+    """(owner's name below m, whole) when the chain reads a sub-module's weight itself
+    (an item of a ParameterList/ParameterDict, or the container itself, counts: it has no
+    forward); None for m's own attributes, or a chain that ends on another sub-module
+    (called: its forward runs; or handed on). `path`: m's name below the reader, when m is
+    below it."""
     obj, path = m, list(path)
     for i, (kind, key) in enumerate(steps):
         if kind == "item":
+            if path and isinstance(obj, _PARAM_CONTAINERS):  # self.pl[0]: a weight itself
+                return ".".join(path), False
             if not path or not isinstance(obj, (nn.ModuleList, nn.Sequential, nn.ModuleDict)):
                 return None
             child = _item(obj, key)
@@ -161,6 +167,8 @@ def _resolve(m: nn.Module, steps: tuple, path: tuple = ()) -> tuple[str, bool] |
             return ".".join(path), key not in obj._parameters
         path.append(next(k for k, v in obj._modules.items() if v is child))
         obj = child
+    if path and isinstance(obj, _PARAM_CONTAINERS):  # iterated or handed on: its weights
+        return ".".join(path), False
     return None
 
 

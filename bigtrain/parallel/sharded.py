@@ -41,6 +41,9 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
     - modules whose weights other code reads itself (`F.linear(h, self.emb.weight)` in the
       parent's forward, `param_reads.outside_uses`), and the modules between them and that
       reader: their weights go to the reader's unit (the reader becomes one) or the root's.
+    - modules without a forward of their own (ParameterList, ParameterDict, a holder of
+      weights): nothing ever calls them, so a unit there would never gather its weights;
+      they go to the unit of the module that reads them, or the root's.
     Scalar parameters are not sharded (`scalar_params`), so a module owning only those is
     no unit."""
     owners: dict[int, list[nn.Module]] = {}
@@ -50,7 +53,8 @@ def shard_units(module: nn.Module) -> list[nn.Module]:
     tied = {id(m) for ms in owners.values() if len(ms) > 1 for m in ms}
     kept, readers = _read_outside(module)
     units = {id(m) for m in module.modules()
-             if any(p.dim() for p in m.parameters(recurse=False))} | readers
+             if type(m).forward is not nn.Module.forward  # it can run (see above)
+             and any(p.dim() for p in m.parameters(recurse=False))} | readers
     units -= tied | kept | {id(module)}
     return [m for m in module.modules() if id(m) in units][::-1]
 
@@ -131,14 +135,37 @@ class ShardRprop(torch.optim.Rprop):
         return loss
 
 
+def _split(t: torch.Tensor) -> bool:
+    """Whether `t` is a DTensor sharded on some mesh dimension (of any size: torch's
+    Adafactor fails on a 1-rank mesh's shard too, as fsdp_offload on one process has)."""
+    return isinstance(t, DTensor) and any(p.is_shard() for p in t.placements)
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     """A DTensor's local shard (sharing its storage), any other tensor as is."""
     return t._local_tensor if isinstance(t, DTensor) else t
 
 
-def shard_safe(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+#: torch optimizers whose step needs each parameter whole, and why (refused on shards)
+_WHOLE_TENSOR_RULES = {"Adafactor": "its factored second moment is a mean over whole rows "
+                                    "and whole columns of each weight"}
+
+
+def shard_safe(optimizer: torch.optim.Optimizer,
+               strategy: str = "this strategy") -> torch.optim.Optimizer:
     """`optimizer`, or for torch's Rprop the same optimizer as a ShardRprop (same groups,
-    defaults and bigtrain update rules), which runs on DTensor parameters."""
+    defaults and bigtrain update rules), which runs on DTensor parameters. An optimizer
+    whose rule reads a whole tensor (`_WHOLE_TENSOR_RULES`) over a split weight is refused
+    with the fix: every rank builds its optimizer at the same point, so all raise together,
+    before any step (inside torch it failed at the first step)."""
+    name = type(optimizer).__name__
+    if (type(optimizer).__module__.startswith("torch.optim") and name in _WHOLE_TENSOR_RULES
+            and any(_split(p) for g in optimizer.param_groups for p in g["params"])):
+        raise ValueError(
+            f"torch.optim.{name} cannot step the weights {strategy} shards: "
+            f"{_WHOLE_TENSOR_RULES[name]}, which torch computes on whole tensors only. Use "
+            "strategy='ddp' or 'zero1' (whole weights on every rank; on one process, no "
+            "strategy), or an element-wise optimizer such as 'adam'")
     if type(optimizer) is not torch.optim.Rprop:
         return optimizer
     accepted = inspect.signature(ShardRprop).parameters
@@ -250,7 +277,7 @@ class Sharded(Strategy):
     def setup_optimizer(self, module, make_optimizer):
         # fused kernels take plain tensors; sharded parameters are DTensors
         optimizer = make_optimizer(list(module.parameters()))
-        return shard_safe(optimizer) if self.sharding else optimizer
+        return shard_safe(optimizer, self.describe()) if self.sharding else optimizer
 
     def no_sync(self, module: nn.Module):
         if not self.sharding:

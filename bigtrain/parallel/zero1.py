@@ -28,6 +28,13 @@ def optimizer_recipe(make_optimizer) -> tuple[type, dict, object]:
     return type(probe), kwargs, rules_of(probe)
 
 
+def trainable(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters ZeRO partitions: those that train (at least one, so that
+    ZeroRedundancyOptimizer gets a non-empty list; a model frozen whole trains nothing)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    return params or list(module.parameters())[:1]
+
+
 class Zero1(DataParallel):
     """DDP gradients + optimizer state sharded across ranks.
 
@@ -39,11 +46,28 @@ class Zero1(DataParallel):
     timing_note = ("gradients as in DDP (probed wait in comm_exposed); the broadcast of the "
                    "updated shards after the optimizer step is timed in comm_exposed")
 
+    def check_model(self, module, world_size: int) -> None:
+        """ZeroRedundancyOptimizer takes parameters of one dtype only; two are refused
+        here, before any rank starts (inside torch it failed on every rank after the
+        start). Frozen parameters do not count: ZeRO holds the trainable ones."""
+        super().check_model(module, world_size)
+        dtypes: dict = {}
+        for name, p in module.named_parameters():
+            if p.requires_grad:
+                dtypes.setdefault(p.dtype, name)
+        if world_size > 1 and len(dtypes) > 1:
+            seen = ", ".join(f"{str(d).replace('torch.', '')} ({n})" for d, n in dtypes.items())
+            raise ValueError(f"strategy 'zero1' needs every parameter in one dtype, but the "
+                             f"model has {seen}; cast the model to one dtype (e.g. "
+                             "module.float()), or use strategy='ddp', 'zero2' or 'zero3'")
+
     def setup_optimizer(self, module, make_optimizer):
         if not self.env.distributed:
             return make_optimizer(module.parameters())
         cls, kwargs, rules = optimizer_recipe(make_optimizer)
-        zero = ZeroRedundancyOptimizer(module.parameters(), optimizer_class=cls, **kwargs)
+        # trainable parameters only: a rank whose partition held only frozen ones had no
+        # state at all, which torch cannot load the next fit's carried state into
+        zero = ZeroRedundancyOptimizer(trainable(module), optimizer_class=cls, **kwargs)
         if rules is not None:
             # every rank holds every (all-reduced) gradient: the global norm is local
             rules.attach(zero.optim, norm_params=list(module.parameters()))
