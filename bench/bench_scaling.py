@@ -3,12 +3,15 @@ throughput vs workers, each measured point beside the planner's prediction.
 
 1. size: one training step (forward, backward, fused Adam) of the zoo MLP (4 square layers) and the
    zoo GPT (vocab 4096, 128 tokens) from about 1M to 100M parameters on one rank, one torch
-   thread. The sizes of a family alternate inside every repeat (rotated order), medians of
-   the repeats. A least-squares fit of log(time) on log(params) gives the exponent; the
-   slope between neighbouring sizes shows where it departs. Beside each point: the planner's
-   step time (`plan(..., devices=1)` on this host's measured 1-thread matmul FLOP/s and copy
-   bandwidth, both by CPU time) and its activation bytes against the bytes autograd really saved (a
-   saved-tensor hook over one forward, parameters excluded, each storage once).
+   thread. The sizes of a family alternate inside every repeat (rotated order), each timed
+   step after an untimed one of the same model (as in training, where the step before was
+   the same model's), medians of the repeats. A least-squares fit of log(time) on
+   log(params) gives the exponent; the slope between neighbouring sizes shows where it
+   departs. Beside each point: the planner's step time (`plan(..., devices=1)` on this
+   host's measured 1-thread matmul FLOP/s and copy bandwidth, both by CPU time, with a
+   kernel probe: bigtrain.plan.kernels) and its activation bytes against the bytes autograd
+   really saved (a saved-tensor hook over one forward, parameters excluded, each storage
+   once).
 2. zero: per-rank bytes of parameters + gradients + optimizer state for zero1, zero2, zero3
    on 1..4 ranks, summed from the running strategy's local tensors (a DTensor's local shard,
    the local optimizer's state) after one step, before the gradients are freed; the heaviest
@@ -36,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import machine_line  # noqa: E402
 from bigtrain.plan import DeviceSpec, plan  # noqa: E402
+from bigtrain.plan.kernels import KernelProbe  # noqa: E402
 from bigtrain.zoo.gpt import GPT, GPTConfig, gpt_loss  # noqa: E402
 from bigtrain.zoo.mlp import MLP  # noqa: E402
 
@@ -104,7 +108,8 @@ def bench_size(family: str, shapes, repeats: int, spec: DeviceSpec) -> list[dict
     for r in range(repeats):
         order = list(range(len(cases)))
         for i in order[r % len(order):] + order[:r % len(order)]:
-            times[i].append(step(i))
+            step(i)  # untimed: training runs a model's steps back to back, so a timed step
+            times[i].append(step(i))  # finds its own tensors in the caches, not another's
     rows = []
     for (model, x, loss_of), both, shape in zip(cases, times, shapes):
         t, cpu = [w for w, _ in both], [c for _, c in both]
@@ -163,13 +168,15 @@ def _best_cpu_seconds(fn, repeats: int) -> float:
 
 def host_spec() -> DeviceSpec:
     """This host for one 1-thread rank: fp32 matmul FLOP/s (1024^3) and memory bytes/s
-    (a 256 MB copy: read + write), both by CPU time, best of 5."""
+    (a 256 MB copy: read + write), both by CPU time, best of 5, and a kernel probe."""
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     flops = 2 * 1024 ** 3 / _best_cpu_seconds(lambda: torch.mm(a, b), 5)
     src = torch.empty(256 * 2 ** 20, dtype=torch.uint8)
     dst = torch.empty_like(src)
     mem = 2 * src.numel() / _best_cpu_seconds(lambda: dst.copy_(src), 5)
-    return DeviceSpec("cpu", 8e9, flops, mem / 2, memory_bandwidth=mem, latency=0.0)
+    # the planner times the models' own kernels on this host against that peak
+    return DeviceSpec("cpu", 8e9, flops, mem / 2, memory_bandwidth=mem, latency=0.0,
+                      kernels=KernelProbe(peak_flops=flops, stream_bandwidth=mem))
 
 
 def main(argv=None) -> int:

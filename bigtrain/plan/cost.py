@@ -1,6 +1,8 @@
 """Step-time model: compute + communication + pipeline bubble (+ host offload traffic).
 
-    time = FLOPs per rank / device FLOP/s                      (compute)
+    time = FLOPs per rank / device FLOP/s                      (compute; or, with a
+                                                                kernel probe, the traced
+                                                                step's kernels as timed)
          + bytes each rank moves / link bandwidth              (communication, not overlapped)
          + collectives per step * latency                      (fixed cost per message)
          + compute * bubble / (1 - bubble)                     (pipeline idle time)
@@ -10,6 +12,11 @@ The optimizer update reads every local parameter, gradient and state element and
 parameter and state back: (2 (P + K) + G) bytes per parameter the rank updates (fp32 Adam:
 28). At a few FLOPs per byte it runs at memory speed, not matmul speed; on one CPU core it is
 about a third of a 100M-parameter MLP's step at batch 64 (bench/bench_scaling.py).
+
+With a kernel probe (DeviceSpec.kernels, bigtrain.plan.kernels) the compute term is the
+rank's own forward + loss + backward at its local batch, every kernel timed at the shapes the
+model runs: a rank of a data-parallel strategy runs its share of the batch, pipeline and
+tensor ranks 1/n of the calls of each micro-batch (`traced_compute`).
 
 Training FLOPs are 3 x forward (backward costs about twice the forward): the forward is
 counted from the module (FlopCounterMode), or approximated as 2 * N per token, giving the
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from bigtrain.plan.memory import Precision, data_parallel_degree
 from bigtrain.plan.profile import ModelProfile
@@ -146,6 +154,29 @@ def update_bytes(strategy: str, n_params: float, prec: Precision, optimizer_byte
     return per_param * float(n_params) * share
 
 
+def traced_compute(strategy: str, seconds: Callable[[int], float | None], *,
+                   world_size: int, batch_size: int, microbatches: int) -> float | None:
+    """Compute seconds of the busiest rank from `seconds(b)`, one forward + backward of `b`
+    samples of the whole model on one rank; None when `seconds` gives None.
+
+    Data-parallel ranks (ddp, zero*, ps) run `microbatches` passes of their share of the
+    batch; pipeline stages and tensor shards run 1/n of the work of every micro-batch
+    (an even cut: the calls of each micro-batch divided over the ranks).
+
+    Example:
+        >>> traced_compute("ddp", lambda b: 0.001 * b, world_size=2, batch_size=64,
+        ...                microbatches=1)
+        0.032
+    """
+    m = microbatches
+    if strategy in ("pipeline", "tensor"):
+        per = seconds(max(1, math.ceil(batch_size / m)))
+        return None if per is None else m * per / world_size
+    dp = data_parallel_degree(strategy, world_size)
+    per = seconds(max(1, math.ceil(batch_size / dp / m)))
+    return None if per is None else m * per
+
+
 BUCKET_BYTES = 25 * 2 ** 20  # DDP's default gradient bucket size
 
 
@@ -172,7 +203,8 @@ def step_time(strategy: str, profile: ModelProfile, prec: Precision, *, world_si
               batch_size: int, microbatches: int, flops: float, bandwidth: float,
               host_bandwidth: float, offload_moves: bool,
               act_per_sample: float = 0.0, latency: float = 0.0,
-              memory_bandwidth: float | None = None, optimizer_bytes: float = 0.0) -> StepTime:
+              memory_bandwidth: float | None = None, optimizer_bytes: float = 0.0,
+              local_seconds: Callable[[int], float | None] | None = None) -> StepTime:
     """Estimate one step's seconds for `strategy`.
 
     Args:
@@ -190,11 +222,17 @@ def step_time(strategy: str, profile: ModelProfile, prec: Precision, *, world_si
         latency: seconds per collective.
         memory_bandwidth: the rank's memory bytes/s (None: the update is not counted).
         optimizer_bytes: K, optimizer bytes per parameter (incl. master weights).
+        local_seconds: seconds of one forward + backward of b samples on one rank, from a
+            kernel probe (None: compute is FLOPs / `flops`).
     """
     total = training_flops(profile, batch_size)
     dp = data_parallel_degree(strategy, world_size)
     split = world_size if strategy in ("pipeline", "tensor") else dp
     compute = total / split / flops
+    if local_seconds is not None:
+        traced = traced_compute(strategy, local_seconds, world_size=world_size,
+                                batch_size=batch_size, microbatches=microbatches)
+        compute = compute if traced is None else traced
     comm = comm_bytes(strategy, profile, prec, world_size=world_size, batch_size=batch_size,
                       act_per_sample=act_per_sample) / bandwidth
     comm += latency * collectives_per_step(strategy, profile, prec, world_size=world_size,

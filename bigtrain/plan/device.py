@@ -6,7 +6,8 @@ about two to rank strategies; `measure_cpu_device()` gets closer on the machine 
 Example:
     from bigtrain.plan.device import DeviceSpec, cpu_device, measure_cpu_device
     spec = cpu_device(ranks_per_host=2)     # defaults, this host shared by 2 ranks
-    spec = measure_cpu_device()              # ~0.5 s of matmul + memcpy timing
+    spec = measure_cpu_device()              # ~0.5 s of matmul + memcpy timing, and a
+                                             # kernel probe for the planner's step time
     gpu = DeviceSpec.preset("h100-80gb")
 """
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass, replace
 
 import torch
+
+from bigtrain.plan.kernels import KernelProbe
 
 #: Conservative fp32 throughput of one CPU core with AVX2 FMA in a real matmul (FLOP/s).
 CPU_FLOPS_PER_CORE = 2.0e10
@@ -55,6 +58,11 @@ class DeviceSpec:
         memory_bandwidth: bytes/s this rank streams through its own memory (read + write);
             bounds the optimizer update, which touches every parameter, gradient and state
             element once per step and does few FLOPs per byte. None: no update term.
+        kernels: a probe of this host's kernels (bigtrain.plan.kernels); with it the planner
+            times the model's own kernels at each rank's batch instead of dividing FLOPs by
+            `flops`, and prices the update at a fused Adam's measured speed, both scaled by
+            flops / kernels.peak_flops (the rank's share of the probed host). None: FLOPs and
+            `memory_bandwidth` only (a device that is not this host, a datasheet preset).
     """
     kind: str
     memory_bytes: float
@@ -64,6 +72,7 @@ class DeviceSpec:
     host_memory_bytes: float | None = None
     latency: float = 5e-5
     memory_bandwidth: float | None = None
+    kernels: KernelProbe | None = None
 
     def __post_init__(self):
         if self.kind not in ("cpu", "cuda"):
@@ -74,6 +83,9 @@ class DeviceSpec:
                                  "pass the figure of one rank's device")
         if not self.latency >= 0:
             raise ValueError(f"DeviceSpec.latency must be >= 0 seconds, got {self.latency!r}")
+        if self.kernels is not None and not isinstance(self.kernels, KernelProbe):
+            raise ValueError(f"DeviceSpec.kernels must be a bigtrain.plan.kernels.KernelProbe "
+                             f"or None, got {type(self.kernels).__name__}")
         for name in ("host_bandwidth", "host_memory_bytes", "memory_bandwidth"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -199,7 +211,9 @@ def rank_peak_flops(measured: float, threads: int, ranks_per_host: int,
 
 def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
                        repeats: int = 3) -> DeviceSpec:
-    """Measure this host: an n x n fp32 matmul for FLOP/s, a tensor copy for bandwidth.
+    """Measure this host: an n x n fp32 matmul for FLOP/s, a tensor copy for bandwidth, and
+    attach a KernelProbe (its timings are taken when a plan first needs them: about a
+    second for a 100M-parameter model, cached per process).
 
     The copy bandwidth is an upper bound of what gloo reaches through loopback between
     processes, so it is halved. Memory and FLOP/s are split over `ranks_per_host`.
@@ -220,4 +234,5 @@ def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
     # a copy reads and writes every byte once: 2 x size moved through memory
     copy_bw = 2.0 * src.numel() / _time_best(lambda: dst.copy_(src), repeats)
     return DeviceSpec("cpu", host_memory_bytes() / ranks_per_host, flops / ranks_per_host,
-                      copy_bw / 2.0, memory_bandwidth=copy_bw / ranks_per_host)
+                      copy_bw / 2.0, memory_bandwidth=copy_bw / ranks_per_host,
+                      kernels=KernelProbe(peak_flops=flops, stream_bandwidth=copy_bw))

@@ -15,6 +15,7 @@ Example:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
@@ -24,10 +25,11 @@ from torch import nn
 from bigtrain.plan.bf16 import SLOW_BF16_FACTOR, probe_bf16
 from bigtrain.plan.cost import StepTime, step_time
 from bigtrain.plan.device import DeviceSpec, cpu_device, host_memory_bytes
+from bigtrain.plan.kernels import step_timer
 from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
                                   data_parallel_degree, get_precision, model_state_bytes,
                                   optimizer_bytes, ps_server_bytes)
-from bigtrain.plan.profile import ModelProfile, profile_module
+from bigtrain.plan.profile import ModelProfile, example_sample, profile_module
 from bigtrain.plan.report import format_bytes, plan_table, reason_for
 from bigtrain.plan.stages import pipeline_note, pipeline_states
 from bigtrain.plan.tensor_share import per_rank_params, split_params, splittable_params
@@ -227,6 +229,19 @@ def _profile(model, seq_len, example_input) -> ModelProfile:
     return ModelProfile(n_params=int(model), tokens_per_sample=seq_len or 1)
 
 
+def _kernel_timer(model, spec: DeviceSpec, precision: str, seq_len, example_input,
+                  notes: list[str]):
+    """seconds(b, rate) of the model's step on a rank at `rate` FLOP/s, from the spec's
+    kernel probe; None where the probe does not apply (see bigtrain.plan.kernels.step_timer)."""
+    if spec.kernels is None or spec.kind != "cpu" or not isinstance(model, nn.Module):
+        return None
+    if precision != "32":
+        notes.append(f"step time: FLOPs / FLOP/s; the kernel probe times fp32 kernels, not "
+                     f"{precision}'s")
+        return None
+    return step_timer(spec.kernels, model, example_sample(model, seq_len, example_input), notes)
+
+
 def _activation_per_sample(prof: ModelProfile, prec, override: float | None,
                            notes: list[str]) -> float:
     """Saved activation bytes of one sample: the override, the measured figure, or 0."""
@@ -361,6 +376,11 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
                                              notes)
     if tensor_why and "tensor" not in (refused or {}):  # a refusal the caller prints itself
         notes.append(f"tensor not offered: {tensor_why}")
+    timer = _kernel_timer(model_or_param_count, spec, precision, seq_len, example_input, notes)
+    mem_bw = spec.memory_bandwidth
+    if timer is not None:  # the update at a fused Adam's speed, the rank's share of it
+        mem_bw = spec.kernels.update_bandwidth(prof.n_params) * spec.flops / \
+            spec.kernels.peak_flops
     estimates, skipped = [], {}
     names = [*STRATEGIES, *SPEED_AWARE] if uneven else STRATEGIES
     mean_flops = sum(speeds) / len(speeds)
@@ -381,9 +401,9 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         t = step_time(base, prof, prec, world_size=devices, batch_size=batch_size,
                       microbatches=m, flops=rate, bandwidth=spec.bandwidth,
                       host_bandwidth=spec.host_link, offload_moves=spec.kind != "cpu",
-                      act_per_sample=act, latency=spec.latency,
-                      memory_bandwidth=spec.memory_bandwidth,
-                      optimizer_bytes=optimizer_bytes(optimizer, precision))
+                      act_per_sample=act, latency=spec.latency, memory_bandwidth=mem_bw,
+                      optimizer_bytes=optimizer_bytes(optimizer, precision),
+                      local_seconds=timer and functools.partial(timer, rate=rate))
         fits = mem.device_total <= usable and mem.offloaded_host <= host
         estimates.append(StrategyEstimate(name, mem, t, fits, m))
         if base == "pipeline":

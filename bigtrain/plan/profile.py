@@ -115,6 +115,15 @@ def _example_input(module: nn.Module, seq_len: int | None, device):
                      "with a leading batch dimension of 1>")
 
 
+def example_sample(module: nn.Module, seq_len: int | None, example_input=None) -> tuple:
+    """One sample as a tuple of tensors with a leading batch dimension of 1: `example_input`
+    (a tensor or tuple), or guessed as `profile_module` does."""
+    if example_input is None:
+        device = next(module.parameters()).device
+        example_input = _example_input(module, seq_len, device)
+    return example_input if isinstance(example_input, tuple) else (example_input,)
+
+
 def _required_inputs(module: nn.Module) -> list[str]:
     """Names of the arguments `module.forward` cannot do without."""
     try:
