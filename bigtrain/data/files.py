@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from bigtrain.data.file_layout import PARQUET, expand, read_layout
+from bigtrain.data.file_layout import (PARQUET, expand, null_error, read_layout,
+                                       sample_shape)
 from bigtrain.data.streams import StreamEnded, Window
 
 def _pyarrow():
@@ -46,6 +47,7 @@ class FileSource:
         self.paths, self.x, self.y, self.weight = paths, x, y, sample_weight
         self.buffer_rows = buffer_rows
         self.units = read_layout(paths, self.columns())
+        self.shape = sample_shape(paths[0], x)
         self.total = sum(u.rows for u in self.units)
 
     def samples(self) -> int:
@@ -57,14 +59,7 @@ class FileSource:
     def sample_shape(self) -> tuple | None:
         """The shape of one sample of x, from the first file's schema (None: a list column
         of varying length, known only once read)."""
-        import pyarrow as pa
-        from bigtrain.data.file_layout import _schema_and_groups
-        if len(self.x) > 1:
-            return (len(self.x),)
-        kind = _schema_and_groups(self.paths[0])[0].field(self.x[0]).type
-        if pa.types.is_fixed_size_list(kind):
-            return (kind.list_size,)
-        return None if pa.types.is_list(kind) or pa.types.is_large_list(kind) else (1,)
+        return self.shape
 
     # ---- the order of one pass ------------------------------------------------------------
     def blocks(self, data_pass: int, seed: int, shuffle: bool) -> list[list[int]]:
@@ -101,15 +96,16 @@ class FileSource:
         (with the columns' types) for no units."""
         if not units:  # one row read, so that a list column keeps its width
             unit = self.units[0]
-            table = _read_unit(self.paths[unit.file], unit.group, self.columns()).slice(0, 1)
-            return {name: _column(table, name)[:0] for name in self.columns()}
+            table = _read_unit(self.paths[unit.file], unit, self.columns()).slice(0, 1)
+            return {name: _column(table, name, self.paths[unit.file], unit.group)[:0]
+                    for name in self.columns()}
         parts: dict[str, list] = {}
         for u in units:
-            table = _read_unit(self.paths[self.units[u].file], self.units[u].group,
-                               self.columns())
+            path, group = self.paths[self.units[u].file], self.units[u].group
+            table = _read_unit(path, self.units[u], self.columns())
             for name in table.column_names:
-                parts.setdefault(name, []).append(_column(table, name))
-        return {k: np.concatenate(v) for k, v in parts.items()}
+                parts.setdefault(name, []).append(_column(table, name, path, group))
+        return {k: _joined(k, v) for k, v in parts.items()}
 
     def batches(self, window: Window):
         """(global rows, this rank's (x, y, sample_weight)) for every batch in `window`."""
@@ -193,14 +189,28 @@ class _BlockPlan:
         return {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in out.items()}
 
 
-def _column(table, name: str) -> np.ndarray:
-    """A column as numpy: (n,) for scalars, (n, k) for list columns of equal lengths."""
+def _joined(name: str, parts: list[np.ndarray]) -> np.ndarray:
+    """One column's row groups stacked; list columns of different lengths are refused
+    (numpy's own error named no column)."""
+    widths = sorted({p.shape[1:] for p in parts})
+    if len(widths) > 1:
+        raise ValueError(f"bigtrain.data.files: list column {name!r} holds lists of "
+                         f"different lengths {[w[0] for w in widths]} in different row "
+                         "groups; every sample of x needs the same length (pad or cut the "
+                         "lists to one length, or use a fixed-size list column)")
+    return np.concatenate(parts)
+
+
+def _column(table, name: str, path: str, group: int) -> np.ndarray:
+    """A column as numpy: (n,) for scalars, (n, k) for list columns of equal lengths.
+    Nulls (also inside lists) are refused, naming the file: they read as NaN or -2**63."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     col = table.column(name).combine_chunks()
+    if col.null_count:
+        raise null_error(name, path, group, col.null_count)
     if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or \
             pa.types.is_fixed_size_list(col.type):
-        values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+        values = _list_values(col, name, path, group)
         if len(col):
             return values.reshape(len(col), -1)
         width = col.type.list_size if pa.types.is_fixed_size_list(col.type) else 0
@@ -208,14 +218,46 @@ def _column(table, name: str) -> np.ndarray:
     return col.to_numpy(zero_copy_only=False)
 
 
-def _read_unit(path: str, group: int, columns: list[str]):
+def _list_values(col, name: str, path: str, group: int) -> np.ndarray:
+    """The flat values of a list column, once its lists are known to be of one length
+    (a flat reshape of unequal lists moved values between rows) and free of nulls."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    flat = pc.list_flatten(col)
+    if flat.null_count:
+        raise null_error(name, path, group, flat.null_count)
+    if len(col) and not pa.types.is_fixed_size_list(col.type):
+        bounds = pc.min_max(pc.list_value_length(col)).as_py()
+        if bounds["min"] != bounds["max"]:
+            raise ValueError(f"bigtrain.data.files: list column {name!r} holds lists of "
+                             f"{bounds['min']} to {bounds['max']} values in row group "
+                             f"{group} of {path!r}; every sample of x needs the same "
+                             "length (pad or cut the lists to one length, or use a "
+                             "fixed-size list column)")
+    return flat.to_numpy(zero_copy_only=False)
+
+
+def _read_unit(path: str, unit, columns: list[str]):
+    """One row group (record batch) of `path`, checked against the layout `files` read:
+    a file rewritten since (another row count or grouping) is named, not misread."""
     pa = _pyarrow()
     if path.endswith(PARQUET):
         import pyarrow.parquet as pq
-        return pq.ParquetFile(path).read_row_group(group, columns=columns)
-    with pa.OSFile(path) as source:  # reads this batch's buffers only, into owned memory
-        batch = pa.ipc.open_file(source).get_batch(group)
-        return pa.Table.from_batches([batch]).select(columns)
+        reader = pq.ParquetFile(path)
+        if unit.group < reader.num_row_groups and \
+                reader.metadata.row_group(unit.group).num_rows == unit.rows:
+            return reader.read_row_group(unit.group, columns=columns)
+    else:
+        with pa.OSFile(path) as source:  # reads this batch's buffers only, into owned memory
+            reader = pa.ipc.open_file(source)
+            if unit.group < reader.num_record_batches:
+                batch = reader.get_batch(unit.group)
+                if batch.num_rows == unit.rows:
+                    return pa.Table.from_batches([batch]).select(columns)
+    raise ValueError(f"bigtrain.data.files: {path!r} changed after files(...) read its "
+                     f"layout (row group {unit.group} of {unit.rows} rows is no longer "
+                     "there): the files must stay as they are while fit reads them; write "
+                     "new data to new files and call files(...) again for the next fit")
 
 
 def files(pattern, x, y=None, sample_weight=None, buffer_rows: int = 65_536) -> FileSource:
@@ -231,6 +273,10 @@ def files(pattern, x, y=None, sample_weight=None, buffer_rows: int = 65_536) -> 
         buffer_rows: rows shuffled together (whole row groups are added until a block
             holds at least this many); memory per rank is about this many rows / ranks.
 
+    Columns must hold numbers or lists of numbers, without nulls (text, categories, dates
+    and nulls are refused, naming the file and column: before training where the schema
+    or Parquet's statistics show them, else where a rank reads them).
+
     Example:
         model.fit(files("data/*.parquet", x=["f0", "f1"], y="label"), batch_size=256)
     """
@@ -238,6 +284,9 @@ def files(pattern, x, y=None, sample_weight=None, buffer_rows: int = 65_536) -> 
     xs = [x] if isinstance(x, str) else list(x)
     if not xs or not all(isinstance(c, str) for c in xs):
         raise ValueError(f"x must be a column name or a list of column names, got {x!r}")
+    for arg, value in (("y", y), ("sample_weight", sample_weight)):
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{arg} must be one column name (or None), got {value!r}")
     if not isinstance(buffer_rows, int) or buffer_rows < 1:
         raise ValueError(f"buffer_rows must be a positive number of rows, got {buffer_rows!r}")
     return FileSource(expand(pattern), xs, y, sample_weight, buffer_rows)

@@ -9,7 +9,9 @@ every rank reads in order, keeping its rows of each global batch.
 
 Columns: `y` names the target column(s) (default "label" or "labels"); the inputs are the
 columns named like the model's inputs when it has named inputs and all are present, else
-every other column (one column as it is, several numeric ones stacked into (n, k)).
+every other column (one column as it is, several numeric ones stacked into (n, k)). A null
+in those columns is refused, naming it (numpy format reads it as NaN): before training for a
+Dataset, at its row for a stream.
 """
 from __future__ import annotations
 
@@ -62,6 +64,7 @@ class HFColumns(Dataset):
     """A datasets.Dataset as (x, y) items; `__getitems__` reads a batch in one Arrow take."""
 
     def __init__(self, ds, xs: list[str], ys: list[str], stack: bool):
+        _refuse_nulls(ds, [*xs, *ys])
         self.ds, self.xs, self.ys, self.stack = ds.with_format("numpy"), xs, ys, stack
 
     def __len__(self):
@@ -74,6 +77,43 @@ class HFColumns(Dataset):
         batch = self.ds[list(map(int, indices))]
         x, y = _assemble(batch, self.xs, self.stack), _assemble(batch, self.ys, False)
         return list(zip(_rows(x), _rows(y)))
+
+
+def _null_count(column) -> int:
+    """Nulls of an Arrow column, inside its lists too (a null list counts once)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    count = column.null_count
+    while pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or \
+            pa.types.is_fixed_size_list(column.type):
+        column = pc.list_flatten(column)
+        count += column.null_count
+    return count
+
+
+def _null_error(name: str, count: int, where: str) -> ValueError:
+    return ValueError(f"column {name!r} of the Hugging Face dataset has {count} null "
+                      f"(missing) value(s){where}: a null has no number to train on (numpy "
+                      "format reads it as NaN, an integer label then as -2**63). Fill or drop "
+                      f"them first, e.g. ds.filter(lambda r: r[{name!r}] is not None)")
+
+
+def _refuse_nulls(ds, cols: list[str]) -> None:
+    """Refuse nulls in the columns fit reads, before training: the table's own counts (no
+    data read), and, where the dataset selects rows of a bigger table, those rows only."""
+    for name in cols:
+        if not _null_count(ds.data.column(name)):
+            continue
+        count = _null_count(ds.data.column(name)) if ds._indices is None else \
+            _null_count(ds.with_format("arrow")[name])
+        if count:
+            raise _null_error(name, count, "")
+
+
+def _has_null(value) -> bool:
+    if isinstance(value, (list, tuple)):
+        return any(_has_null(v) for v in value)
+    return value is None
 
 
 def _rows(part):
@@ -89,7 +129,10 @@ class HFStream:
         self.ds, self.xs, self.ys, self.stack = ds, xs, ys, stack
 
     def __iter__(self):
-        for row in self.ds:
+        for i, row in enumerate(self.ds):
+            bad = next((c for c in (*self.xs, *self.ys) if _has_null(row[c])), None)
+            if bad is not None:
+                raise _null_error(bad, 1, f" (in row {i} of the stream)")
             batch = {k: [v] for k, v in row.items()}
             x, y = _assemble(batch, self.xs, self.stack), _assemble(batch, self.ys, False)
             yield _rows(x)[0], _rows(y)[0]

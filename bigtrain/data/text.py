@@ -87,8 +87,13 @@ class TextCorpus:
         """
         data = self._split(split)
         stride = block_size if stride is None else stride
-        if block_size < 1 or stride < 1:
-            raise ValueError(f"block_size and stride must be >= 1, got {block_size}, {stride}.")
+        if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in (block_size, stride)):
+            raise ValueError(f"block_size and stride must be whole numbers >= 1, got "
+                             f"{block_size!r}, {stride!r}.")
+        if max_windows is not None and not (isinstance(max_windows, (int, np.integer)) and
+                                            max_windows >= 0):
+            raise ValueError(f"max_windows must be a whole number >= 0 or None, got "
+                             f"{max_windows!r} (a negative one dropped windows from the end).")
         if data.size < block_size + 1:
             raise ValueError(f"The {split} split has {data.size} tokens, fewer than "
                              f"block_size + 1 = {block_size + 1}; use a smaller block_size.")
