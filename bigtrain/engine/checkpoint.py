@@ -12,8 +12,10 @@ Layout of `checkpoint_dir`:
 
 A save writes everything into `step-XXXXXXXX.tmp/`, then renames it to `step-XXXXXXXX/`
 (atomic), and only then replaces the `latest` pointer (temporary file + rename). A crash at
-any point leaves the previous checkpoint complete and loadable. The newest `keep_last`
-checkpoints are kept. All metadata is JSON.
+any point leaves the previous checkpoint complete and loadable. The `keep_last` checkpoints
+saved last are kept, and resume="auto" takes the one saved last: meta.json numbers the saves
+into the folder ("save_index"), so a run started afresh where a longer run had saved larger
+steps keeps and resumes its own checkpoints. All metadata is JSON.
 
     fit(x, y, epochs=3, checkpoint_dir="ckpt", checkpoint_every=100, keep_last=2)
     fit(x, y, epochs=3, checkpoint_dir="ckpt")     # run again: continues where it stopped
@@ -33,9 +35,11 @@ import torch
 
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.engine.checkpoint_dir import (FORMAT, META, POINTER, CheckpointError,  # noqa: F401
-                                            check_checkpoint, complete_checkpoints,
-                                            find_checkpoint, read_json, resolve_resume,
-                                            step_dirname)
+                                            SAVE_INDEX, check_checkpoint,
+                                            complete_checkpoints, crashed_saves, discard,
+                                            find_checkpoint, next_save_index, read_json,
+                                            resolve_resume, step_dirname, write_failed,
+                                            write_problem)
 from bigtrain.engine.checkpoint_dir import write_json_atomic as _write_json_atomic
 from bigtrain.engine.task import CheckpointConfig
 
@@ -121,6 +125,7 @@ def _dcp(op: str, state: dict, path: str, distributed: bool) -> None:
     """DCP's "save" or "load"; torch's checkpoint package (about 1 s to import, with DTensor)
     loads on the first checkpoint, not with every process that might write one."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from bigtrain.engine.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
     fn = dcp.load if op == "load" else dcp.save
     with warnings.catch_warnings():  # DCP warns that one process means "no_dist"
@@ -138,7 +143,14 @@ def _dcp(op: str, state: dict, path: str, distributed: bool) -> None:
                                       "checkpoint (resume='<step folder>') or start fresh "
                                       "(resume='never')") from None
         else:
-            fn(state, checkpoint_id=path, no_dist=not distributed)
+            # a replicated tensor from rank 0 alone: by default DCP spreads them over the
+            # ranks, and ranks may hold different copies (ddp's BatchNorm statistics: each
+            # rank updates them on its own batch, and rank 0's are broadcast at the next step)
+            planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
+            try:
+                fn(state, checkpoint_id=path, planner=planner, no_dist=not distributed)
+            except dcp.api.CheckpointException as e:  # a BaseException: user code misses it
+                raise write_failed(path, e) from None
 
 
 def export_safetensors(checkpoint: str, path: str) -> dict[str, tuple[int, ...]]:
@@ -211,6 +223,25 @@ class Checkpointer:
         self.resumed_tally: list[float] | None = None  # that of the checkpoint resumed
 
     # ---- saving -------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Raise on every rank, before any training, when a rank cannot write into the
+        checkpoint folder (every rank writes its own tensor files there): found at the
+        first save, the error came after an epoch of work, or `checkpoint_every` steps."""
+        directory = self.config.directory
+        if self.env.is_main and os.path.isdir(directory):
+            discard(crashed_saves(directory))  # a save that died of a full disk left its files
+        self.strategy.barrier()
+        problem = write_problem(directory, self.env.rank)
+        flag = torch.tensor([float(bool(problem))])
+        self.strategy.all_reduce(flag, op="max")
+        if problem or float(flag):
+            where = f"rank {self.env.rank}: {problem}" if problem else \
+                "another rank could not write it (see that rank's error)"
+            raise CheckpointError(f"checkpoint_dir {directory} cannot be written ({where}); "
+                                  "pass a folder every process can create files in (on a "
+                                  "filesystem all machines share, for several), or leave "
+                                  "checkpoint_dir out")
+
     def save(self, position: Position) -> str:
         """Write a checkpoint at `position` (all ranks); returns its folder."""
         directory = self.config.directory
@@ -259,25 +290,22 @@ class Checkpointer:
                 "param_groups": cs.group_hyperparameters(live.groups),
                 "run": self.run_info, "torch": torch.__version__,
                 "model_sha256": digest, "files_sha256": dict(sorted(files.items())),
-                "history": self.history(), "epoch_tally": tally}
+                "history": self.history(), "epoch_tally": tally,
+                SAVE_INDEX: next_save_index(self.config.directory)}
         _write_json_atomic(os.path.join(tmp, META), meta)
 
     def _publish(self, tmp: str, final: str, step: int) -> None:
-        """Rank 0: rename into place, move the pointer, drop the oldest checkpoints."""
-        if os.path.exists(final):
-            shutil.rmtree(final)  # an older run's checkpoint of the same step
+        """Rank 0: rename into place, move the pointer, drop the checkpoints saved first
+        (the one just saved is always the last saved: `complete_checkpoints`)."""
+        if os.path.exists(final):  # an older run's checkpoint of the same step
+            shutil.rmtree(final + ".del", ignore_errors=True)
+            os.replace(final, final + ".del")  # never a half-deleted folder that looks complete
         os.replace(tmp, final)
         directory = self.config.directory
         _write_json_atomic(os.path.join(directory, POINTER),
                            {"step": step, "path": os.path.basename(final)})
-        old = [path for _, path in complete_checkpoints(directory)[:-self.config.keep_last]]
-        old += [os.path.join(directory, n) for n in os.listdir(directory)
-                if n.endswith((".tmp", ".del")) and n.startswith("step-")]  # crashed saves
-        for path in old:
-            trash = path if path.endswith(".del") else path + ".del"
-            if trash != path:
-                os.replace(path, trash)  # never a half-deleted folder that looks complete
-            shutil.rmtree(trash, ignore_errors=True)
+        discard([path for _, path in complete_checkpoints(directory)[:-self.config.keep_last]]
+                + crashed_saves(directory))
 
     def history(self) -> dict:
         """{"history": {key: [value per epoch]}, "epochs": [epoch indices]} of every epoch

@@ -243,6 +243,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
     progress, first_epoch = resume(task, strategy, module, optimizer, result)
     if progress.step:  # from a checkpoint: a log file keeps the epochs trained before it
         params["resumed_epoch"] = first_epoch
+        params["resumed_history"] = progress.checkpointer.prior["history"]  # ModelCheckpoint
     monitor = _monitor(task, strategy)
     sync = _rank0_sync(task, strategy, optimizer, owner)
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,

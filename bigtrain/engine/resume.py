@@ -34,6 +34,7 @@ def resume(task, strategy, module, optimizer, result) -> tuple[Progress, int]:
             "shuffle": cfg.shuffle, "strategy": strategy.name,
             "steps_per_epoch": cfg.steps_per_epoch}
     ckpt = Checkpointer(task.checkpoint, strategy, module, optimizer, info, record=result)
+    ckpt.check_writable()  # a folder it cannot save into fails now, not at the first save
     start = ckpt.restore()
     if start is None:
         return Progress(checkpointer=ckpt), cfg.initial_epoch

@@ -18,7 +18,8 @@ class ModelCheckpoint(Callback):
     "ckpt/{epoch:02d}-{val_loss:.2f}.safetensors" -> "ckpt/03-0.41...".
 
     As in Keras, `best` is kept across fits: a checkpoint reused by a second fit overwrites
-    the best file only with a better model.
+    the best file only with a better model. A fit that resumes from its checkpoint_dir
+    starts from the best value of the epochs that checkpoint had trained.
 
     Args:
         filepath: where to save; folders are created as needed.
@@ -78,6 +79,17 @@ class ModelCheckpoint(Callback):
         # (bigtrain.engine.callbacks.rank0_weights): the other ranks wait after it and join
         # the gather of split weights that saving reads, and its logs are the global batch's
         self.runs_user_code = save_freq != "epoch"
+
+    def on_train_begin(self, logs=None):
+        """A fit resumed from its checkpoint_dir (a restarted job builds this callback
+        anew): the best value so far is the best of the epochs trained before it, so that
+        the first epoch after a crash overwrites the best file only with a better model."""
+        done = (self.params or {}).get("resumed_history") or {}
+        values = [v for v in done.get(self.monitor, []) if isinstance(v, (int, float))]
+        if self.save_best_only and values:
+            best = min(values) if self.mode == "min" else max(values)
+            if is_improvement(best, self.best, self.mode):
+                self.best = float(best)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
