@@ -35,7 +35,7 @@ import torch
 from bigtrain.api import training
 from bigtrain.api.compile_metrics import keras_order
 from bigtrain.api.fit_args import class_weight_to_sample_weight
-from bigtrain.api.inputs import _compact_one_hot, prepare_data
+from bigtrain.api.inputs import _compact_one_hot, loader_batch_size, prepare_data
 from bigtrain.api.keyed_outputs import split_dict
 from bigtrain.engine.carry import load_carried
 from bigtrain.engine.data import ArrayData, as_tensor_source
@@ -231,8 +231,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None,
     batch = _batch(model, runner, x, y, sample_weight)
     optimizer = _optimizer(model, runner)
     module = model.net
-    if not module.training:  # predict and test_on_batch restore the mode they found
-        module.train()
+    module.train()  # every layer (a fresh one infers, as Keras's layer(x))
     tally = _fresh_tally(runner)
     with training.output_activations(model, deferred=True):
         if optimizer is None:
@@ -360,8 +359,10 @@ def first_batches(x, y, sample_weight, batch_size: int, steps: int | None,
     """(x, y, sample_weight, batch_size) limited to Keras's `steps` batches: arrays cut to
     their first `steps * batch_size` samples; a generator's first `steps` batches (all of
     them when steps is None), each `(x, y[, sample_weight])` (or `x` alone for predict),
-    joined into arrays and read in batches of its own size.
+    joined into arrays and read in batches of its own size; a DataLoader in its own batches
+    (Keras iterates it, whatever batch_size says).
     """
+    batch_size = loader_batch_size(x) or batch_size
     if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)
                               or steps <= 0):
         raise ValueError(f"steps must be a positive integer or None, got {steps!r}")

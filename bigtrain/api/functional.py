@@ -256,8 +256,13 @@ class GraphModule(nn.Module):
 
 
 def _config(layer) -> dict:
-    """The layer's constructor arguments, with `trainable=False` where it is frozen."""
+    """The layer's constructor arguments, with `trainable=False` where it is frozen, and
+    the activity_regularizer every Layer takes (its own get_config may not list it)."""
     config = layer.get_config()
+    reg = getattr(layer, "activity_regularizer", None)
+    if reg is not None and "activity_regularizer" not in config:
+        from bigtrain.api.regularizers import serialize
+        config = {**config, "activity_regularizer": serialize(reg)}
     return config if getattr(layer, "trainable", True) else {**config, "trainable": False}
 
 

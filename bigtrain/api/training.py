@@ -18,7 +18,7 @@ from bigtrain.api.compile_metrics import compiled_metrics, fresh_metrics, keras_
 from bigtrain.api.fit_args import check_keywords, loss_weight_list
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, fit_batch_size,
-                                 prepare_data, validation_of)
+                                 loader_batch_size, prepare_data, validation_of)
 from bigtrain.api.keyed_outputs import ddp_strategy as keyed_ddp, hook_dict_outputs, \
     refuse_strategy as refuse_keyed, split_dict
 from bigtrain.api.layers.base import weight_rules_of
@@ -345,7 +345,8 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
     from bigtrain.parallel.base import Strategy
     _require_compiled(model, "evaluate")
     data = prepare_data(model, x, y, sample_weight)
-    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    # a DataLoader's own batches rule (Keras iterates it): the last batch's mean weighs less
+    batch_size = loader_batch_size(x) or batch_size or DEFAULT_BATCH_SIZE
     hooks = hook_list(model, callbacks, len(data), batch_size)
     if hooks is not None:
         hooks.on_test_begin()
@@ -380,7 +381,7 @@ def predict(model, x, batch_size=None, callbacks=None) -> np.ndarray | list[np.n
     and on_predict_batch_end ({"outputs": the batch's outputs as numpy}), on_predict_end."""
     _refuse_split_weights(model)
     data = prepare_data(model, x, None, need_targets=False)
-    batch_size = batch_size or DEFAULT_BATCH_SIZE
+    batch_size = loader_batch_size(x) or batch_size or DEFAULT_BATCH_SIZE  # as evaluate
     hooks = hook_list(model, callbacks, len(data), batch_size)
     if hooks is not None:
         hooks.on_predict_begin()

@@ -13,11 +13,25 @@ from bigtrain.parallel.base import Strategy
 
 
 class NonFiniteLoss(Exception):
-    """`tally`: the stopped epoch's, whose logs (loss NaN/Inf) the History keeps."""
+    """`tally`: the stopped epoch's, whose logs (loss NaN/Inf) the History keeps; `step`:
+    the first step (of the tally's pass) whose loss was not finite on some rank."""
 
-    def __init__(self, message: str, tally: Tally):
+    def __init__(self, message: str, tally: Tally, step: int = 0):
         super().__init__(message)
-        self.tally = tally
+        self.tally, self.step = tally, step
+
+    def logs(self, strategy: Strategy) -> dict[str, float]:
+        """The stopped epoch's logs on every rank (two all-reduces: call it on all).
+
+        Keras's TerminateOnNaN stops at the bad batch, so its epoch loss is the running
+        mean through that batch: the bad loss itself (inf stays inf, NaN stays NaN). The
+        check's interval let later steps run (their losses NaN once the weights are), so
+        the loss is that step's losses summed over the ranks, not the pass's mean."""
+        logs = self.tally.logs(strategy.all_reduce(self.tally.state()))
+        bad = self.tally.first_non_finite_loss()
+        mine = bad if self.tally.first_non_finite() == self.step else torch.zeros_like(bad)
+        logs["loss"] = float(strategy.all_reduce(mine.reshape(1).clone()))
+        return logs
 
 
 class FiniteCheck:
@@ -49,4 +63,4 @@ class FiniteCheck:
                 f"{step + 1} (global batch {step} of this epoch: samples {step * size}.."
                 f"{(step + 1) * size - 1} of this epoch's order). Check the inputs for "
                 "NaN/Inf (bigtrain doctor), lower the learning rate, or use gradient "
-                "clipping.", self.tally)
+                "clipping.", self.tally, step - self.first)

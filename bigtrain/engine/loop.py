@@ -354,7 +354,7 @@ def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
                                 epoch, run.timing, run.progress, run.sync, run.monitor,
                                 run.ends)
         except NonFiniteLoss as e:  # the epoch still ends, with its NaN logs (Keras)
-            logs = e.tally.logs(strategy.all_reduce(e.tally.state()))  # every rank is here
+            logs = e.logs(strategy)  # every rank is here
             run.result.stop_reason = "nan_loss"
             if strategy.env.is_main:
                 print(e, flush=True)

@@ -180,6 +180,7 @@ class Tally:
         # the pass's first step whose loss is not finite (inf: none yet), kept when asked
         self.watch_finite = False
         self._first_bad = torch.full((), float("inf"), dtype=torch.float64, device=device)
+        self._first_bad_loss = torch.zeros((), dtype=torch.float64, device=device)  # its value
         # per output: (metrics fed the outputs as they are, metrics fed probabilities,
         # activation) once known; None before the output's first non-empty batch
         self._plans: list = [None] * len(metrics)
@@ -216,7 +217,10 @@ class Tally:
         if self.watch_finite:
             steps = torch.arange(self.steps - k, self.steps, dtype=torch.float64,
                                  device=losses.device)
-            bad = torch.where(torch.isfinite(losses), float("inf"), steps).min()
+            ranked = torch.where(torch.isfinite(losses), float("inf"), steps)
+            bad, value = ranked.min(), losses[ranked.argmin()]  # this fold's first bad loss
+            torch.where(bad < self._first_bad, value, self._first_bad_loss,
+                        out=self._first_bad_loss)
             torch.minimum(self._first_bad, bad, out=self._first_bad)
         if self._kept is not None:
             self._kept.append(losses.clone())
@@ -229,6 +233,11 @@ class Tally:
         Inf; inf when none was. Set `watch_finite` before the first step. Reads the device."""
         self._fold_losses()
         return float(self._first_bad)
+
+    def first_non_finite_loss(self) -> torch.Tensor:
+        """That step's loss (NaN, Inf or -Inf; 0 when none was), on the device."""
+        self._fold_losses()
+        return self._first_bad_loss
 
     def step_losses(self) -> list[float]:
         """Each step's mean loss in this pass, in order (made with keep_step_losses=True;

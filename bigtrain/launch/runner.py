@@ -30,7 +30,8 @@ from bigtrain.parallel.seeds import draw_seed
 
 
 def _callbacks(user: list, verbose: int) -> list:
-    cbs = [History()]
+    # a History of the user's own is the one fit fills and returns (Keras adds none then)
+    cbs = [] if any(isinstance(c, History) for c in user) else [History()]
     if verbose and not any(isinstance(c, ProgressBar) for c in user):
         cbs.append(ProgressBar(verbose=verbose))
     return cbs + user
@@ -51,7 +52,10 @@ def _finish(model, result: FitResult, history) -> object:
     # where rank 0 alone gets the state back
     keep_final_rate(model.compiled.optimizer, carried, result.learning_rate)
     keep_final_steps(model.compiled.optimizer, carried, result.iterations)
-    history.history = dict(result.history)
+    # this fit's epochs after the ones a History given again already held (Keras keeps them)
+    history.history = {k: list(v) for k, v in history.history.items()}
+    for k, v in result.history.items():
+        history.history.setdefault(k, []).extend(v)
     history.epoch = list(result.epochs)
     history.stats = dict(result.stats)
     history.stop_reason = result.stop_reason
@@ -302,13 +306,20 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
     warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
     check_fit(strat, model, checkpoint)
     check_callbacks(strat, callbacks, model.compiled.optimizer if model.compiled else None)
-    history = cbs[0]
+    history = [c for c in cbs if isinstance(c, History)][-1]  # the last, as Keras
+    prior = {k: list(v) for k, v in history.history.items()}  # its earlier fits' epochs
     task = task or make_task(cbs)
     task.checkpoint = checkpoint
     task.watchdog = watchdog  # read by the engine's loop (hang watchdog)
-    result = run_task(task, strat, model, devices, options, cluster)
+    modes = [(m, m.training) for m in model.net.modules()]  # fit trains in training mode
+    try:
+        result = run_task(task, strat, model, devices, options, cluster)
+    finally:  # and leaves each module's mode as it found it (layer(x): inference again)
+        for m, was in modes:
+            m.training = was
     for callback, state in zip(task.callbacks, result.callback_states or []):
         vars(callback).update(state)  # what the rank's copy ended with (EarlyStopping.best)
+    history.history = prior  # _finish adds this fit's epochs, however the ranks filled it
     return _finish(model, result, history)
 
 

@@ -214,6 +214,7 @@ def test_batchnorm_4d_input_matches_keras():
 def test_batchnorm_training_output_and_gradients_are_torchs():
     layer = B.BatchNormalization(momentum=0.9)
     layer(B.Input((5,)))
+    layer.train()  # as a torch user trains it (called on its own it infers, as Keras's)
     ref = torch.nn.BatchNorm1d(5, eps=1e-3, momentum=0.1)
     with torch.no_grad():
         for p in (layer.norm.weight, ref.weight):

@@ -93,7 +93,7 @@ def test_random_layers_act_only_in_training():
     x = torch.ones(64, 4, 4, 8)
     drop = SpatialDropout2D(0.5)
     drop(Input(shape=(4, 4, 8)))
-    y = drop(x)
+    y = drop(x, training=True)  # called on its own it infers, as Keras's
     per_channel = y.reshape(64, 16, 8)
     assert torch.all(per_channel.amax(1) == per_channel.amin(1))  # whole channels dropped
     assert 0.3 < (per_channel[:, 0] == 0).float().mean() < 0.7
@@ -101,7 +101,7 @@ def test_random_layers_act_only_in_training():
     assert torch.equal(drop(x), x)
     noise = GaussianNoise(0.5)
     noise(Input(shape=(4, 4, 8)))
-    assert 0.4 < (noise(x) - x).std() < 0.6
+    assert 0.4 < (noise(x, training=True) - x).std() < 0.6
     noise.eval()
     assert torch.equal(noise(x), x)
 

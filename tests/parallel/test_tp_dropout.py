@@ -196,6 +196,7 @@ def _mha_partials(rank, world):
     strategy = TensorParallel(degree=2)
     strategy.setup(DistEnv(rank=rank, world_size=world))
     net = strategy.setup_module(make_mha())
+    net.train()  # dropout draws, as in fit's steps (a Keras-style layer alone infers)
     partials, reduce = [], attention.reduce_from_tp
 
     def recording(y, group):  # the rank's partial sum, before the all-reduce

@@ -5,7 +5,8 @@ from bigtrain.api.layers.core import Activation, Dense, Dropout, Embedding, Flat
 from bigtrain.api.layers.normalization import (BatchNormalization, GroupNormalization,
                                                LayerNormalization)
 from bigtrain.api.layers.activation import ELU, LeakyReLU, PReLU, ReLU, Softmax
-from bigtrain.api.layers.attention import AdditiveAttention, Attention, MultiHeadAttention
+from bigtrain.api.layers.attention import MultiHeadAttention
+from bigtrain.api.layers.attention_scores import AdditiveAttention, Attention
 from bigtrain.api.layers.conv import Conv1D, Conv2D, Conv3D
 from bigtrain.api.layers.conv_depthwise import (DepthwiseConv1D, DepthwiseConv2D,
                                                 SeparableConv1D, SeparableConv2D)

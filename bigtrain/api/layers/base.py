@@ -116,6 +116,8 @@ class Layer(layer_losses.LayerLosses, nn.Module):
         _refuse_keywords(type(self), unsupported)
         _check_dtype(type(self).__name__, dtype)  # autocast: a float32 layer casts nothing
         super().__init__()
+        # layer(x) is inference, as Keras's, until fit (or layer.train()) sets training mode
+        self.training = False
         self.__dict__["_trainable"] = bool(trainable)  # see `trainable`
         #: Keras's penalty on this layer's outputs (bigtrain.api.layers.layer_losses)
         self.activity_regularizer = keras_regularizers.get(activity_regularizer)
@@ -267,6 +269,7 @@ class Layer(layer_losses.LayerLosses, nn.Module):
         if not self.built:
             keras_shape = subclassing.keras_convention(type(self), "build")
             self.build(subclassing.with_batch(input_shape) if keras_shape else input_shape)
+            self.train(self.training)  # torch modules made in __init__ or build: its mode
             subclassing.register_added(self)
             self.input_shape_, self.built = input_shape, True
             if not self.trainable:  # Dense(4, trainable=False): its new weights freeze

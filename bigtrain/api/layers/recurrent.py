@@ -49,15 +49,16 @@ def _gru_swap(t, u):
     return blocks[..., [1, 0, 2], :].reshape(t.shape)
 
 
-def _gate_activation(layer, name) -> str:
-    """An LSTM's or GRU's recurrent_activation: a Keras activation name of one value per
-    value (sigmoid, hard_sigmoid, relu...)."""
+def _gate_activation(layer, name, arg: str = "recurrent_activation") -> str:
+    """An RNN's activation or an LSTM's or GRU's recurrent_activation: a Keras activation
+    name of one value per value (sigmoid, hard_sigmoid, relu...; None is linear, as Keras)."""
+    name = "linear" if name is None else name
     ok = isinstance(name, str) and name in ACTIVATIONS and name not in HALVES_LAST_AXIS \
         and name not in ("softmax", "log_softmax")
     if not ok:
-        raise ValueError(f"{type(layer).__name__} {layer.name!r}: recurrent_activation must be "
-                         "the name of an element-wise Keras activation ('sigmoid', "
-                         f"'hard_sigmoid', 'relu', 'tanh', ...), got {name!r}")
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: {arg} must be the name of "
+                         "an element-wise Keras activation ('sigmoid', 'hard_sigmoid', "
+                         f"'relu', 'tanh', ...), got {name!r}")
     return name
 
 
@@ -65,6 +66,8 @@ class _RNN(Layer):
     """Shared machinery: argument checks, shapes, the fused call, go_backwards."""
 
     gates = 1
+    #: the activations torch's fused kernels compute; any other element-wise one runs step
+    #: by step (rnn_loop), as Keras's
     activations = ("tanh",)
     #: Keras keywords that change no number here: taken and ignored (Layer.__init__)
     harmless_keywords = ("unroll", "use_cudnn")
@@ -83,9 +86,7 @@ class _RNN(Layer):
         kind = type(self).__name__
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"{kind} units must be a positive integer, got {units!r}")
-        if activation not in self.activations:
-            raise ValueError(f"{kind} supports activation in {self.activations} (torch's fused "
-                             f"kernels), got {activation!r}")
+        activation = _gate_activation(self, activation, "activation")
         for arg, rate in (("dropout", dropout), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(f"{kind} {arg} must be in [0, 1), got {rate}")
@@ -165,8 +166,8 @@ class _RNN(Layer):
                              f"of shape {tuple(x.shape)}")
 
     def _stepwise(self) -> bool:
-        """The gates' activation is one torch's fused kernels do not compute."""
-        return self.recurrent_activation != "sigmoid"
+        """An activation (or the gates') is one torch's fused kernels do not compute."""
+        return self.recurrent_activation != "sigmoid" or self.activation not in self.activations
 
     def _acts(self) -> tuple:
         """(activation, recurrent activation) as functions, for rnn_loop's cells."""
