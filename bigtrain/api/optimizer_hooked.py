@@ -88,16 +88,52 @@ class AdamW(_KerasEpsilon, torch.optim.AdamW):
 
 def _keras_momentum(optimizer, args, kwargs) -> None:
     """Step pre-hook of `SGD`: where a group's lr changed since its last step, rescale its
-    momentum buffers by old_lr / new_lr, so that lr * buffer stays Keras's momentum m."""
+    momentum buffers by old_lr / new_lr, so that lr * buffer stays Keras's momentum m.
+
+    At lr = 0 Keras still moves: m = momentum * m; p += m (nesterov: p += momentum * m),
+    which torch's step cannot do (its buffer would need scaling by old_lr / 0). `_coast`
+    takes that step, the group keeping its last non-zero lr ("keras_last_lr") as the
+    buffers' scale, and torch's step leaves the group alone."""
     for group in optimizer.param_groups:
         lr, last = float(group["lr"]), group.get("keras_last_lr")
+        if not group["momentum"]:
+            continue
+        if lr == 0.0:
+            _coast(optimizer, group, last)
+            continue
         group["keras_last_lr"] = lr
-        if last is None or last == lr or lr == 0.0 or not group["momentum"]:
+        if last is None or last == lr:
             continue
         for p in group["params"]:
             buf = optimizer.state.get(p, {}).get("momentum_buffer")
             if buf is not None:
                 buf.mul_(last / lr)
+
+
+@torch.no_grad()
+def _coast(optimizer, group: dict, scale: float | None) -> None:
+    """Keras's zero-lr step for `group`, whose buffers b hold m = -scale * b: b *= momentum
+    (so m = momentum * m) and p += m (nesterov: p += momentum * m). Its gradients are set
+    aside until the post-hook `_restore_grads`: torch's step skips a parameter without one
+    (it would add the gradient to the buffer; at lr = 0 Keras's update does not read it)."""
+    mu = float(group["momentum"])
+    hidden = optimizer.__dict__.setdefault("_hidden_grads", [])
+    for p in group["params"]:
+        if p.grad is None:
+            continue
+        hidden.append((p, p.grad))
+        p.grad = None
+        buf = optimizer.state.get(p, {}).get("momentum_buffer")
+        if buf is None or scale is None:  # Keras's m is still 0: nothing moves
+            continue
+        buf.mul_(mu)
+        p.add_(buf, alpha=-scale * (mu if group["nesterov"] else 1.0))
+
+
+def _restore_grads(optimizer, args, kwargs) -> None:
+    """Step post-hook of `SGD`: give back the gradients `_coast` set aside."""
+    for p, grad in optimizer.__dict__.pop("_hidden_grads", ()):
+        p.grad = grad
 
 
 class SGD(torch.optim.SGD):
@@ -116,6 +152,7 @@ class SGD(torch.optim.SGD):
     def _hook(self) -> None:
         if any(group["momentum"] for group in self.param_groups):
             self.register_step_pre_hook(_keras_momentum)
+            self.register_step_post_hook(_restore_grads)
 
     def __setstate__(self, state: dict) -> None:
         unpickled = "_optimizer_step_pre_hooks" not in self.__dict__  # else load_state_dict

@@ -10,8 +10,9 @@ import torch
 
 
 class _PerTensor(torch.optim.Optimizer):
-    """Base of the per-tensor Keras rules: `step` calls `_update(group, p, grad, state)`
-    for every parameter with a gradient; subclasses set `_init_state(group, p)`."""
+    """Base of the per-tensor Keras rules: `step` calls `_update(group, p, grad, state, t)`
+    for every parameter with a gradient, t the steps it has taken (this one included);
+    subclasses set `_init_state(group, p)`."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -31,8 +32,23 @@ class _PerTensor(torch.optim.Optimizer):
                     state["step"] = torch.zeros((), dtype=torch.float32)
                     state.update(self._init_state(group, p))
                 state["step"] += 1
-                self._update(group, p, p.grad.to(p.dtype), state)
+                self._update(group, p, p.grad.to(p.dtype), state, self._count(p, state["step"]))
         return loss
+
+    def _count(self, p, step: torch.Tensor) -> int:
+        """Steps `p` has taken, this one included (`step`, just incremented), counted on the
+        host: reading `step` (on the parameter's device after a load there) for every tensor
+        of every step would wait for the device's queued work each time. It is read once
+        where the tensor was replaced or written since our last increment (a load: its
+        version counter moved by more than that increment)."""
+        counts = self.__dict__.setdefault("_host_steps", {})  # p -> (step tensor, version, t)
+        seen = counts.get(p)
+        if seen is not None and seen[0] is step and step._version == seen[1] + 1:
+            t = seen[2] + 1
+        else:
+            t = int(round(float(step)))
+        counts[p] = (step, step._version, t)
+        return t
 
 
 class Lion(_PerTensor):
@@ -51,7 +67,7 @@ class Lion(_PerTensor):
     def _init_state(self, group, p):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    def _update(self, group, p, g, state):
+    def _update(self, group, p, g, state, t):
         b1, b2 = group["betas"]
         m = state["exp_avg"]
         p.sub_(torch.sign(m * b1 + g * (1.0 - b1)), alpha=float(group["lr"]))
@@ -87,7 +103,7 @@ class Ftrl(_PerTensor):
         return {"accum": torch.full_like(p, group["initial_accumulator_value"]),
                 "linear": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    def _update(self, group, p, g, state):
+    def _update(self, group, p, g, state, t):
         lr, k = float(group["lr"]), -group["lr_power"]
         if lr == 0.0:  # the rule divides by lr; a zero-lr step (how torch creates the state
             return     # of an optimizer it loads into) leaves everything as it is
@@ -114,9 +130,8 @@ class Lamb(_PerTensor):
         return {"exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format)}
 
-    def _update(self, group, p, g, state):
+    def _update(self, group, p, g, state, t):
         b1, b2 = group["betas"]
-        t = float(state["step"])
         m, v = state["exp_avg"], state["exp_avg_sq"]
         m.add_((g - m) * (1 - b1))
         v.add_((g * g - v) * (1 - b2))

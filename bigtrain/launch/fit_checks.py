@@ -220,3 +220,32 @@ def check_optimizer_step(make_optimizer) -> None:
             "once, so it cannot drive it (with or without a strategy). Compile with a "
             "first-order optimizer instead (optimizer='adam', torch.optim.Adam, ...), or "
             f"train with {name} in a loop of your own that passes the closure.")
+
+
+#: device kinds whose tensors torch's SyncBatchNorm all-reduces (its forward refuses others)
+_SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
+
+
+def check_sync_batch_norm(module, strat, nprocs: int, device_kind: str) -> None:
+    """Refuse, before any rank starts, nn.SyncBatchNorm on `nprocs` > 1 ranks computing on
+    `device_kind` "cpu" (or "mps"): torch's SyncBatchNorm syncs its statistics on GPUs only
+    and failed inside the first forward on every rank ("expected input tensor to be on
+    GPU"). It is refused rather than turned into BatchNorm: that would normalise over each
+    rank's share instead of the whole batch the user asked for.
+
+    Example:
+        check_sync_batch_norm(nn.SyncBatchNorm(4), resolve_strategy("ddp"), 2, "cpu")
+    """
+    if nprocs < 2 or device_kind in _SYNC_BN_DEVICES:
+        return
+    name = next((n for n, m in module.named_modules()
+                 if isinstance(m, torch.nn.SyncBatchNorm)), None)
+    if name is None:
+        return
+    raise ValueError(
+        f"nn.SyncBatchNorm {name!r} under strategy {strat.name!r} on {nprocs} {device_kind} "
+        "processes: torch's SyncBatchNorm averages its statistics across ranks on GPUs only "
+        "(on CPU it fails inside the first forward). Build the model with nn.BatchNorm1d/2d/"
+        "3d (or bigtrain.layers.BatchNormalization): data-parallel strategies normalise each "
+        "rank's share of the batch with it, as Keras's multi-device training does, and "
+        "strategy='tensor' normalises the whole batch; or train on GPUs (devices='cuda').")

@@ -21,7 +21,8 @@ from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
 from bigtrain.launch.fit_checks import (_check_param_groups,  # noqa: F401
                                        check_callbacks, check_optimizer_step, check_ray_payload,
-                                       check_layers, layer_refusal, renorm_refusal,
+                                       check_layers, check_sync_batch_norm,
+                                       layer_refusal, renorm_refusal,
                                        warn_split_batch_norm)
 from bigtrain.launch.ray import check_cluster, cluster_defaults
 from bigtrain.parallel.base import resolve_strategy
@@ -373,6 +374,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     check_layers(task.module, strat, nprocs)
     warn_split_batch_norm(task.module, strat, nprocs)
     kind = dist_env.device_kind(devices)
+    check_sync_batch_norm(task.module, strat, nprocs, kind)  # torch's: on GPUs only
     if task.carry is not None and (cluster is not None or nprocs > 1):
         start_ranks_from(owner.compiled.optimizer, task.carry.optimizer)  # rate, schedule step
         task.carry = _ranks_carry(task.carry, strat, owner,  # shipped to the ranks
