@@ -167,13 +167,21 @@ class ShortestStream:
             "fit)", UserWarning, stacklevel=2)
 
 
-def stream_ends(strategy, n: int | None, steps_per_epoch: int | None) -> ShortestStream | None:
+def stream_ends(strategy, n: int | None, steps_per_epoch: int | None,
+                lockstep: bool = False) -> ShortestStream | None:
     """A fit's ShortestStream when several ranks read a stream of unknown length (`n`, the
     samples, None and no `steps_per_epoch`); arrays, Datasets and streams of known length
-    pay nothing per step (the loop also asks only feeds whose `steps` is None)."""
+    pay nothing per step (the loop also asks only feeds whose `steps` is None). A strategy
+    whose ranks do not meet every step (asynchronous parameter servers) may agree its own
+    way (`stream_agreement`), unless `lockstep`: the ranks meet after every step anyway
+    (rank-0-only batch hooks), and only the all-reduce keeps those meetings matched."""
     env = strategy.env
     if env.world_size < 2 or n is not None or steps_per_epoch is not None:
         return None
+    own = None if lockstep else getattr(strategy, "stream_agreement", None)
+    if own is not None:
+        return own() or ShortestStream(strategy.all_reduce, env.rank, env.world_size,
+                                       env.device, env.is_main)
     return ShortestStream(strategy.all_reduce, env.rank, env.world_size, env.device,
                           env.is_main)
 

@@ -250,7 +250,8 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
                              params, strategy.env.is_main, strategy.env.world_size, sync.gather)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
                RunTiming(ctx.timer), monitor, sync,
-               stream_ends(strategy, n, cfg.steps_per_epoch))
+               stream_ends(strategy, n, cfg.steps_per_epoch,
+                           lockstep=sync.batch_begin or sync.batch_end))
     callbacks.on_train_begin()
     run.sync.share()
     t_start = time.perf_counter()
@@ -412,6 +413,9 @@ def _finish(run: _Run) -> None:
                          run.monitor)
     timing.last_batch = None
     ctx.mark("gather full state")
+    settle = getattr(strategy, "settle", None)  # every rank: pushes still in flight land
+    if settle is not None:
+        settle()
     if task.weights_in_place and _trained_in_place(strategy, run.module, task.module):
         run.result.state_dict = None  # already where the caller reads them: no copy
         return

@@ -222,6 +222,16 @@ def check_optimizer_step(make_optimizer) -> None:
             f"train with {name} in a loop of your own that passes the closure.")
 
 
+def check_split_rule(module, strat, make_optimizer) -> None:
+    """Refuse, before any process starts, an update rule that `strat` would change by
+    splitting tensors over its ranks (a strategy's `split_rule_refusal`: Lamb's trust ratio
+    over a tensor that parameter servers split by rows)."""
+    refusal = getattr(strat, "split_rule_refusal", None)
+    why = refusal(module, make_optimizer) if refusal is not None else None
+    if why:
+        raise ValueError(why)
+
+
 #: device kinds whose tensors torch's SyncBatchNorm all-reduces (its forward refuses others)
 _SYNC_BN_DEVICES = ("cuda", "xpu", "hpu")
 

@@ -21,6 +21,7 @@ from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
 from bigtrain.launch.fit_checks import (_check_param_groups,  # noqa: F401
                                        check_callbacks, check_optimizer_step, check_ray_payload,
+                                       check_split_rule,
                                        check_layers, check_sync_batch_norm,
                                        layer_refusal, renorm_refusal,
                                        warn_split_batch_norm)
@@ -361,6 +362,7 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
     `devices` asks for (started here, or as Ray Train workers for cluster="ray"); rank 0's
     FitResult."""
     check_optimizer_step(task.make_optimizer)  # the same refusal on every path
+    check_split_rule(task.module, strat, task.make_optimizer)  # e.g. Lamb over split rows
     if dist_env.launched_externally():
         check_layers(task.module, strat, launched_world_size() or 1)
         env = dist_env.join_existing_job(options.get("timeout"))

@@ -42,6 +42,8 @@ class WorkerClient:
         self.wait_s = 0.0
         self.stal_max = self.stal_sum = self.stal_n = 0
         self.server_stal_max, self.server_stal_mean = 0, 0.0
+        self.ended = 0  # from the replies: 1 + the last epoch a worker's stream ran out in
+        self.applied = [0] * len(self.servers)  # updates each server applied, last reply
         self.finished = False
 
     def _fail(self, s: int, err: Exception) -> RuntimeError:
@@ -95,6 +97,7 @@ class WorkerClient:
             versions = self._recv(s, len(pieces), torch.int64, P.TAG_REPLY_INDEX).tolist()
             values = self._recv(s, int(head[3]), self.dtype, P.TAG_REPLY_VALUES)
             self._note_staleness(head)
+            self.applied[s], self.ended = int(head[2]), max(self.ended, int(head[8]))
             off = 0
             with torch.no_grad():
                 for piece, v in zip(pieces, versions):
@@ -192,6 +195,21 @@ class WorkerClient:
                 torch.empty(0, dtype=self.dtype)
             self._send(s, [(P.header(P.Op.SET, self.rank, clock, values.numel()), P.TAG_HEADER),
                            (values, P.TAG_VALUES)])
+
+    def end_stream(self, epoch: int) -> None:
+        """Tell every server this worker's open-ended stream of `epoch` is over (ASP/SSP:
+        the other workers stop theirs at their next pull, see `ended`)."""
+        for s in range(len(self.servers)):
+            self._send(s, [(P.header(P.Op.END, self.rank, 0, epoch), P.TAG_HEADER)])
+
+    def sync(self) -> None:
+        """Wait until every live worker asked the same (ASP/SSP, as the fit gathers the
+        weights): the servers then hold all their pushes, and `applied` counts them."""
+        for s in range(len(self.servers)):
+            self._send(s, [(P.header(P.Op.SYNC, self.rank, 0), P.TAG_HEADER)])
+        for s in range(len(self.servers)):
+            head = self._reply(s)
+            self.applied[s], self.ended = int(head[2]), max(self.ended, int(head[8]))
 
     def done(self) -> None:
         """Tell every server this worker is finished (idempotent; ignores dead servers)."""

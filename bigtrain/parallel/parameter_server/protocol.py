@@ -8,7 +8,7 @@ blocks the others, and messages of one worker are handled in the order they were
 A request is a fixed header followed by zero to two payload tensors whose sizes the header
 gives (gloo needs the receiver to know each size):
 
-    header  int64[8] = [op, sender_rank, clock, a, b, c, d, status]     tag TAG_HEADER
+    header  int64[9] = [op, sender_rank, clock, a, b, c, d, status, e]  tag TAG_HEADER
     index   int32[a]   row ids, counts                                    tag TAG_INDEX
     values  <dtype>[b] parameter values or gradients, flattened           tag TAG_VALUES
 
@@ -22,6 +22,10 @@ gives (gloo needs the receiver to know each size):
     SET    values len              0           values: every piece  none (overwrites values,
                                                of this server       keeps optimizer state)
     DONE   -                       -           -                    none
+    END    epoch                   -           -                    none (the sender's
+                                                                    stream ran out)
+    SYNC   -                       -           -                    header, once every live
+                                                                    worker sent its SYNC
 
 `clock` is the number of steps the sender has completed (its logical clock). The PUSH index
 is `[numel per piece (0 = absent)] + [(rows, values) per sparse parameter] + [row ids]`,
@@ -30,7 +34,10 @@ rows on this server); its values are the dense gradients in piece order followed
 sparse rows. Row ids are int32 (tables up to 2**31 rows) so a sparse push costs 4 bytes per row beyond the row.
 
 Replies reuse the header: `[op, server_rank, server_clock, n_values, staleness,
-max_staleness, mean_staleness_milli, status]`. A PULL reply sends int64 versions (one per
+max_staleness, mean_staleness_milli, status, ended]`, where `server_clock` is the updates
+this server applied in this run (BSP: synchronous steps; ASP/SSP: pushes) and `ended` is
+1 + the last epoch in which some worker sent END (0: none), so that under ASP/SSP the other
+workers stop that epoch's open-ended stream at their next pull without a collective. A PULL reply sends int64 versions (one per
 piece; -1 = not sent) then the values of the pieces it sent, concatenated. When `status`
 is ERROR the reply carries instead one uint8 payload, the UTF-8 error message, of length
 `n_values`, and the worker raises it as a ValueError.
@@ -45,7 +52,7 @@ import enum
 import torch
 import torch.distributed as dist
 
-HEADER_LEN = 8
+HEADER_LEN = 9
 TAG_HEADER, TAG_INDEX, TAG_VALUES = 101, 102, 103
 TAG_REPLY, TAG_REPLY_INDEX, TAG_REPLY_VALUES = 201, 202, 203
 OK, ERROR = 0, 1
@@ -59,6 +66,8 @@ class Op(enum.IntEnum):
     PUSH = 3
     DONE = 4
     SET = 5
+    END = 6
+    SYNC = 7
 
 
 class CommError(RuntimeError):
@@ -66,9 +75,9 @@ class CommError(RuntimeError):
 
 
 def header(op: int, sender: int, clock: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0,
-           status: int = OK) -> torch.Tensor:
-    """An int64[8] header tensor (see the module docstring for the fields)."""
-    return torch.tensor([int(op), sender, clock, a, b, c, d, status], dtype=torch.int64)
+           status: int = OK, e: int = 0) -> torch.Tensor:
+    """An int64[9] header tensor (see the module docstring for the fields)."""
+    return torch.tensor([int(op), sender, clock, a, b, c, d, status, e], dtype=torch.int64)
 
 
 def send(tensors: list[tuple[torch.Tensor, int]], dst: int, group) -> int:

@@ -9,7 +9,9 @@ the consistency model says it must:
          applied once every live worker pushed; a pull at clock t waits for that update.
     ASP  every push is applied at once; pulls never wait.
     SSP  every push is applied at once; a pull at clock c waits while the slowest live
-         worker's clock is below c - staleness.
+         worker's clock is below c - staleness (a worker whose open-ended stream ran out,
+         END, does not count until it pushes again: it waits for the others at the
+         epoch's end).
 
 A worker whose connection closes (process died) is dropped: it no longer counts for BSP
 completion nor holds back SSP, and the others finish. A worker's DONE ends its handler.
@@ -55,7 +57,10 @@ class ServerService:
         self.clock = {w: 0 for w in self.workers}  # steps each worker has pushed
         self.live = set(self.workers)
         self.dead: dict[int, str] = {}
-        self.server_clock = 0  # BSP: updates applied in this run
+        self.server_clock = 0  # updates applied in this run (BSP: clocks; ASP/SSP: pushes)
+        self.ended = 0  # 1 + the last epoch in which a worker's open-ended stream ran out
+        self.parked: set[int] = set()  # workers out of stream, not pushing until they start
+        self.synced: dict[int, int] = {}  # worker -> SYNCs it sent
         self.pending: dict[int, dict] = {}  # BSP: worker -> gradients of the current clock
         self.errors: dict[int, str] = {}  # worker -> rejection to report on its next reply
         self.fatal: str | None = None
@@ -131,6 +136,10 @@ class ServerService:
             self._rows(w, clock, int(head[3]), int(head[4]))
         elif op == P.Op.SET:
             self._set(w, int(head[3]))
+        elif op == P.Op.END:
+            self._end_stream(w, int(head[3]))
+        elif op == P.Op.SYNC:
+            self._sync(w)
         else:
             raise RuntimeError(f"unknown operation {op} from rank {w}")
 
@@ -154,11 +163,35 @@ class ServerService:
         self.store.apply(grads)
         with self.cond:
             self.clock[w] = max(self.clock[w], clock + 1)
+            self.parked.discard(w)
+            self.server_clock += 1
             self.store.updates += 1
             due = self._checkpoint_due()
             self.cond.notify_all()
         if due:
             self.store.save(self.checkpoint_path)
+
+    def _end_stream(self, w: int, epoch: int) -> None:
+        """Worker `w`'s open-ended stream of `epoch` ran out (or it stopped there): the
+        others learn it from `ended` in their next reply, and until `w` pushes again the
+        SSP bound does not wait for it (it waits for them at the epoch's end)."""
+        with self.cond:
+            self.ended = max(self.ended, epoch + 1)
+            self.parked.add(w)
+            self.cond.notify_all()
+
+    def _sync(self, w: int) -> None:
+        """Answer once every live worker sent as many SYNCs as `w` (a dead one is not
+        waited for): each worker's pushes precede its SYNC, so the reply's clock counts
+        every update the workers made before gathering the weights (ASP/SSP)."""
+        with self.cond:
+            self.synced[w] = n = self.synced.get(w, 0) + 1
+            self.parked.add(w)  # it pushes nothing while it waits: SSP must not wait for it
+            self.cond.notify_all()
+            self.cond.wait_for(lambda: all(self.synced.get(v, 0) >= n for v in self.live)
+                               or self.fatal is not None)
+            head = P.header(P.Op.SYNC, self.rank, self.server_clock, e=self.ended)
+        P.send([(head, P.TAG_REPLY)], w, self.group)
 
     def _set(self, w: int, n_values: int) -> None:
         values = P.recv(n_values, self.store.tensors[0].dtype, w, self.group, P.TAG_VALUES)
@@ -193,7 +226,7 @@ class ServerService:
     def _wait_for_clock(self, clock: int) -> int:
         """Block as the mode requires for a pull at `clock`; returns the observed staleness."""
         def slowest():
-            return min((self.clock[v] for v in self.live), default=clock)
+            return min((self.clock[v] for v in self.live - self.parked), default=clock)
         with self.cond:
             if self.mode == "bsp":
                 self.cond.wait_for(lambda: self.server_clock >= clock or self.fatal is not None)
@@ -238,7 +271,7 @@ class ServerService:
         with self.cond:
             smax, smean = self.stal_max, self.stal_sum / max(self.stal_n, 1)
         head = P.header(P.Op.PULL, self.rank, self.server_clock, values.numel(), stal, smax,
-                        int(smean * 1000))
+                        int(smean * 1000), e=self.ended)
         P.send([(head, P.TAG_REPLY), (torch.tensor(versions, dtype=torch.int64),
                                       P.TAG_REPLY_INDEX), (values, P.TAG_REPLY_VALUES)],
                w, self.group)

@@ -52,9 +52,10 @@ from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.microbatch import batch_rows, call_module
 from bigtrain.parallel.parameter_server.client import WorkerClient
 from bigtrain.parallel.parameter_server.config import MODES, PSConfig  # noqa: F401
+from bigtrain.parallel.parameter_server.ends import ServerStreamEnds, split_rule_refusal
 from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_file
 from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
-from bigtrain.parallel.parameter_server.store import ShardStore, steps_rows_alone
+from bigtrain.parallel.parameter_server.store import ShardStore
 from bigtrain.parallel.parameter_server.worker import (RowPuller, ServerSideOptimizer,
                                                        rank_device, row_tables)
 from bigtrain.parallel.slow_ranks import (check_slow_ranks, pace, slow_ranks_option,
@@ -110,6 +111,7 @@ class ParameterServer(Strategy):
         self._puller: RowPuller | None = None  # a worker's lazy pulls (forward hooks)
         self.clock = 0
         self._server_stats: dict = {}
+        self._optimizer: ServerSideOptimizer | None = None
 
     # ---- topology ------------------------------------------------------------------------
     @property
@@ -198,29 +200,35 @@ class ParameterServer(Strategy):
         self._puller.install(module, tables)
         return module
 
+    def stream_agreement(self):
+        """Feed.agree for open-ended streams under ASP/SSP: the servers pass on where a
+        worker's stream ended (parameter_server.ends), no per-step collective; None under
+        BSP (its workers meet every step anyway: the loop's ShortestStream)."""
+        if self.config.mode == "bsp" or self.is_service_rank():
+            return None
+        return ServerStreamEnds(self.client, self.env.rank)
+
     def setup_optimizer(self, module: nn.Module, make_optimizer) -> torch.optim.Optimizer:
-        self._check_split_rule(make_optimizer)
+        self._check_split_rule(module, make_optimizer)
         if self.is_service_rank():
             self._store.build_optimizers(make_optimizer)
             path = self._checkpoint_path()
             if path is not None and os.path.exists(path):
                 self._store.load(path)  # resume
-        return ServerSideOptimizer(module.parameters(), _start_step(make_optimizer))
+        self._optimizer = ServerSideOptimizer(module.parameters(), _start_step(make_optimizer))
+        return self._optimizer
 
-    def _check_split_rule(self, make_optimizer) -> None:
-        """Every rank refuses, before any step, an update rule that splitting a tensor by
-        rows over the servers would change (one that uses a whole variable's norms)."""
-        split = [i.name for k, i in enumerate(self.plan.params)
-                 if len(self.plan.param_pieces(k)) > 1]
-        if not split or steps_rows_alone(make_optimizer):
-            return
-        name = type(make_optimizer([nn.Parameter(torch.zeros(1))])).__name__
-        raise ValueError(f"ParameterServer(servers={self.config.servers}) splits {split[:3]} by "
-                         f"rows over the servers, and {name}'s update of a variable depends on "
-                         "all of it (norms, row or column statistics), so each server would "
-                         "update its rows differently from one process; use servers=1 or an "
-                         "element-wise optimizer (sgd, adam, adamw, adagrad, rmsprop, lion, "
-                         "ftrl)")
+    def split_rule_refusal(self, module: nn.Module, make_optimizer) -> str | None:
+        """Why splitting tensors by rows over the servers would change `make_optimizer`'s
+        update (Lamb's trust ratio reads a whole tensor's norm), or None; fit asks it
+        before any rank starts (bigtrain.launch.fit_checks.check_split_rule)."""
+        return split_rule_refusal(module, self.config.servers, make_optimizer)
+
+    def _check_split_rule(self, module: nn.Module, make_optimizer) -> None:
+        """Every rank refuses the same, for jobs that reach setup without fit's check."""
+        why = self.split_rule_refusal(module, make_optimizer)
+        if why:
+            raise ValueError(why)
 
     def _checkpoint_path(self) -> str | None:
         if self.config.checkpoint_dir is None:
@@ -306,12 +314,24 @@ class ParameterServer(Strategy):
         """Every worker pulls every piece (all table rows too) and returns the full state.
 
         A worker's own copy holds only the rows its batches looked up, so it is refreshed
-        whole here. In ASP/SSP this is a snapshot: slower workers may still push after it.
+        whole here. In ASP/SSP this is a snapshot (a rank-0-only callback reads it alone,
+        while the others train); at the fit's end `settle` first lands every push.
         """
         if self.is_service_rank():
             return {}
         self.client.pull(self._params, self.clock, everything=True)
         return {k: v.detach().cpu().clone() for k, v in self.unwrap(module).state_dict().items()}
+
+    def settle(self) -> None:
+        """Every worker, after its last step (the loop, before gathering the weights): under
+        ASP/SSP the servers answer once every live worker asked (SYNC; a dead one is not
+        waited for), so the weights gathered next hold every push, and the optimizer's
+        `iterations` becomes the updates the servers applied in this fit."""
+        if self.is_service_rank() or self.config.mode == "bsp":
+            return
+        self.client.sync()
+        if self._optimizer is not None:
+            self._optimizer.set_applied(max(self.client.applied))
 
     def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Load `state` on every worker; the chief also writes it to the servers."""

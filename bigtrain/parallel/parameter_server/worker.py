@@ -38,11 +38,19 @@ class ServerSideOptimizer(torch.optim.Optimizer):
     `model.optimizer.iterations` reads them and the next fit goes on from them
     (bigtrain.engine.carry.final_steps), starting from `iterations`, the count the
     compiled optimizer starts from. Under "bsp" every worker steps together: the count is
-    the synchronous steps, one update each on the servers; under "asp"/"ssp" it is this
-    worker's steps, while the servers apply every worker's pushes."""
+    the synchronous steps, one update each on the servers. Under "asp"/"ssp" each push is
+    an update of its own: during the fit the count is this worker's steps, and when the
+    fit gathers the weights (`set_applied`) it becomes the updates the servers applied to
+    them, every worker's pushes (the servers' `updates` in this fit)."""
 
     def __init__(self, params, iterations: int = 0):
         super().__init__(list(params), {"iterations": int(iterations)})
+        self.start = int(iterations)
+
+    def set_applied(self, updates: int) -> None:
+        """The count after the servers applied `updates` pushes in this fit (ASP/SSP)."""
+        for group in self.param_groups:
+            group["iterations"] = self.start + int(updates)
 
     @property
     def iterations(self) -> int:
