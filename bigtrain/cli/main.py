@@ -20,7 +20,7 @@ import runpy
 import sys
 
 import bigtrain
-from bigtrain.cli import cluster, insight, rendezvous, verify
+from bigtrain.cli import cluster, insight, rendezvous, run_args, verify
 from bigtrain.cli.target import load_object
 from bigtrain.parallel.lost_node import quiet_restart_failures
 
@@ -83,7 +83,6 @@ def _summary(args) -> int:
 
 def _run(args, rest: list[str]) -> int:
     """Hand off to torch.distributed.run (torchrun) with bigtrain's safe defaults."""
-    from torch.distributed.run import main as torchrun_main
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")  # restarts deadlock otherwise
     join_timeout, argv = rendezvous.pop_join_timeout(list(rest))
     ran = cluster.run_on_ray(argv, _run_script)  # --ray ADDRESS
@@ -91,36 +90,49 @@ def _run(args, rest: list[str]) -> int:
         ran = cluster.run_on_cluster(argv, join_timeout, _run_script)  # srun / mpirun / k8s
     if ran is not None:
         return ran
-    if {"-h", "--help"} & set(argv[:rendezvous.script_index(argv)]):
+    flags = run_args.launcher_flags(argv)  # torchrun's; the rest is the script's own
+    if {"-h", "--help"} & set(flags):
         print(RUN_HELP, flush=True)
-    nproc = next((argv[i + 1] for i, a in enumerate(argv[:-1])
-                  if a in ("--nproc-per-node", "--nproc_per_node")), None)
+    else:
+        run_args.check_script(argv)
+    nproc = _flag(flags, "--nproc-per-node", "--nproc_per_node")
     if nproc is not None and (not nproc.isdigit() or int(nproc) < 1) and nproc not in (
             "auto", "cpu", "gpu"):
         raise SystemExit(f"bigtrain run: --nproc-per-node must be a positive number of processes "
                          f"(or auto), got {nproc!r}")
     if nproc and nproc.isdigit() and "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // int(nproc)))
-    if not any(a.startswith("--rdzv") or a.startswith("--rdzv_") for a in argv) and \
-            not any(a.startswith("--nnodes") for a in argv):
+    if not any(a.startswith("--rdzv") or a.startswith("--rdzv_") for a in flags) and \
+            not any(a.startswith("--nnodes") for a in flags):
         # one host: rendezvous on loopback only, on a free port
         from bigtrain.launch.loopback import register_rendezvous
-        argv = ["--rdzv-backend", register_rendezvous(), "--rdzv-endpoint", "127.0.0.1:0",
-                "--local-addr", "127.0.0.1", *argv]
+        flags = ["--rdzv-backend", register_rendezvous(), "--rdzv-endpoint", "127.0.0.1:0",
+                 "--local-addr", "127.0.0.1", *flags]
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # gloo's pairs on loopback too
-    gathering = _gathering(argv, join_timeout)
+    gathering = _gathering(flags, join_timeout)
     if gathering is not None:
-        argv = rendezvous.with_join_timeout(argv, gathering.backend, join_timeout)
-    _check_rendezvous_port(argv)
-    warning = _restarts_across_hosts_warning(argv)
+        flags = rendezvous.with_join_timeout(flags, gathering.backend, join_timeout)
+    _check_rendezvous_port(flags)
+    warning = _restarts_across_hosts_warning(flags)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    restarts = _flag(argv, "--max-restarts", "--max_restarts") or "0"
+    restarts = _flag(flags, "--max-restarts", "--max_restarts") or "0"
     quiet_restart_failures(int(restarts) if restarts.isdigit() else 0)
-    if gathering is None:
-        torchrun_main(argv)
-    else:
-        _gather_and_run(torchrun_main, argv, gathering)
+    argv = flags + argv[len(run_args.launcher_flags(argv)):]
+    return _launch(argv, gathering)
+
+
+def _launch(argv: list[str], gathering: rendezvous.Gathering | None) -> int:
+    """torchrun on `argv`; a failed rank or a signal ends in an exit code, not a traceback."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    try:
+        if gathering is None:
+            run_args.torchrun(argv)
+        else:
+            _gather_and_run(run_args.torchrun, argv, gathering)
+    except (ChildFailedError, SignalException) as e:
+        return run_args.exit_code_of(e)
     return 0
 
 

@@ -9,7 +9,8 @@ off, the script's seed, global batch and accumulation) in this process and with 
 strategy on N ranks, and a parity table is printed. Parameters must agree within
 --tolerance; the mean loss within --tolerance x (1 + |loss|), as a float32 loss is only
 known relative to its magnitude. The exit status is 1 when any strategy
-failed or errored, 0 otherwise. Nothing is trained, and the exit status is 1, when a
+failed or errored, or when every strategy refused the model, batch or devices (nothing
+was checked), 0 otherwise. Nothing is trained, and the exit status is 1, when a
 strategy name is not registered (the closest valid name is suggested) or when the K steps
 move the parameters too little for the tolerance to tell a broken strategy apart.
 """
@@ -63,8 +64,8 @@ def task_factory(fit, steps: int):
 
 
 def run_verify(args) -> int:
-    from bigtrain.launch.verify import (BlindCheck, all_passed, check_names, render_rows,
-                                        verify_parity)
+    from bigtrain.launch.verify import (PASS, BlindCheck, all_passed, check_names,
+                                        render_rows, verify_parity)
     if args.steps < 1 or args.devices < 2 or args.tolerance <= 0:
         raise SystemExit("bigtrain verify: need --steps >= 1, --devices >= 2, --tolerance > 0")
     fit = capture_script(args.script, args.script_args)
@@ -84,6 +85,10 @@ def run_verify(args) -> int:
     except BlindCheck as e:  # nothing a strategy does could fail this check
         raise SystemExit(f"bigtrain verify: {e}") from None
     print(render_rows(rows, args.tolerance))
+    if not any(r.status == PASS for r in rows):  # every strategy refused: nothing was checked
+        print("bigtrain verify: no strategy could be checked (see the reasons above); change "
+              "--devices or --strategies", file=sys.stderr, flush=True)
+        return 1
     return 0 if all_passed(rows) else 1
 
 
