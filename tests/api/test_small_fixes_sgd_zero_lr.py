@@ -10,11 +10,9 @@ import pytest
 os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras")
 
-import bigtrain  # noqa: E402
 import bigtrain.optimizers as bo  # noqa: E402
 from bigtrain.callbacks import Callback, LearningRateScheduler  # noqa: E402
-from bigtrain.layers import Dense, Input  # noqa: E402
-from bigtrain.models import Model  # noqa: E402
+from tests.api.test_keras_lr import _pair  # noqa: E402  (Keras and bigtrain, same weights)
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -22,19 +20,6 @@ RATES = [0.1, 0.1, 0.0, 0.1, 0.05, 0.0, 0.0, 0.1]
 rng = np.random.default_rng(0)
 X = rng.normal(size=(16, 12)).astype("float32")  # one batch: one step per epoch
 Y = rng.integers(0, 4, 16)
-
-
-def _pair():
-    """A Keras model and a bigtrain model with the same weights."""
-    keras.utils.set_random_seed(1)
-    inp = keras.Input((12,))
-    k = keras.Model(inp, keras.layers.Dense(4, activation="softmax")(
-        keras.layers.Dense(16, activation="relu")(inp)))
-    bigtrain.clear_session()
-    binp = Input(shape=(12,))
-    b = Model(binp, Dense(4, activation="softmax")(Dense(16, activation="relu")(binp)))
-    b.set_weights([np.array(w) for w in k.get_weights()])
-    return k, b
 
 
 def _recorder(base, seen):
