@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import time
 import warnings
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
 from bigtrain.diagnose.step_timer import PhaseTimer
 from bigtrain.diagnose.watchdog import Heartbeat, WatchdogConfig
-from bigtrain.engine.callbacks._util import Rank0Changes, batch_logs_wanted, rank0_only_hooks
+from bigtrain.engine.callbacks._util import batch_logs_wanted
 from bigtrain.engine.callbacks.base import CallbackList
 from bigtrain.engine.carry import carried_optimizer, final_rate, final_steps, load_carried
 from bigtrain.engine.carry_state import gather_full
@@ -25,6 +24,7 @@ from bigtrain.engine.evaluate import evaluate
 from bigtrain.engine.feed import (EpochPlan, ShortestStream, feed_epoch, input_sample,
                                   stream_ends)
 from bigtrain.engine.finite_check import FiniteCheck, NonFiniteLoss
+from bigtrain.engine.rank0_sync import Rank0Sync, rank0_reads_weights, rank0_sync
 from bigtrain.engine.record import write_run_record
 from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
@@ -82,7 +82,7 @@ def _epoch_feed(task, strategy: Strategy, epoch: int, progress: Progress):
 
 
 def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timing,
-                 progress: Progress, sync: _Rank0Sync, monitor=None,
+                 progress: Progress, sync: Rank0Sync, monitor=None,
                  ends: ShortestStream | None = None) -> dict[str, float]:
     cfg, device = task.config, strategy.env.device
     feed = _epoch_feed(task, strategy, epoch, progress)
@@ -245,7 +245,7 @@ def _train(task: TrainTask, strategy: Strategy, ctx: StepContext, owner) -> FitR
         params["resumed_epoch"] = first_epoch
         params["resumed_history"] = progress.checkpointer.prior["history"]  # ModelCheckpoint
     monitor = _monitor(task, strategy)
-    sync = _rank0_sync(task, strategy, optimizer, owner)
+    sync = rank0_sync(task, strategy, optimizer, owner)
     callbacks = CallbackList([*([monitor] if monitor else []), *task.callbacks], owner,
                              params, strategy.env.is_main, strategy.env.world_size, sync.gather)
     run = _Run(task, strategy, ctx, module, optimizer, owner, callbacks, progress, result,
@@ -297,47 +297,8 @@ class _Run:
     result: FitResult
     timing: RunTiming
     monitor: RunMonitor | None = None  # rank 0's run-record keeper (bigtrain doctor)
-    sync: _Rank0Sync | None = None
+    sync: Rank0Sync | None = None
     ends: ShortestStream | None = None  # where several ranks' streams end (feed.py)
-
-
-@dataclass
-class _Rank0Sync:
-    """Where the loop gives every rank what rank-0-only callbacks changed (the learning
-    rates, `stop_training`, the weights) and joins their reads of split weights (see
-    Rank0Changes): after the train-begin, epoch and train-end hooks, and after the batch
-    hooks such a callback overrides. `changes` is None, and nothing is
-    shared, when one rank trains or no such callback runs."""
-    owner: object
-    changes: Rank0Changes | None = None
-    batch_begin: bool = False
-    batch_end: bool = False
-
-    def share(self) -> None:
-        if self.changes is not None:
-            self.changes.share()
-
-    @property
-    def gather(self):
-        """How rank 0's hooks read split weights with every rank (None: nothing to serve)."""
-        return None if self.changes is None else self.changes.gather
-
-    def train_end(self, finished: bool):
-        """Around on_train_end: see Rank0Changes.train_end."""
-        return nullcontext() if self.changes is None else self.changes.train_end(finished)
-
-
-def _rank0_sync(task, strategy, optimizer, owner) -> _Rank0Sync:
-    """The fit's _Rank0Sync, decided from the whole callback list (the same on every rank,
-    whichever hooks run where)."""
-    cbs = task.callbacks
-    if strategy.env.world_size < 2 or not rank0_only_hooks(cbs):
-        return _Rank0Sync(owner)
-    changes = Rank0Changes(strategy.all_reduce, strategy.env.is_main, optimizer, owner,
-                           strategy.env.device)
-    return _Rank0Sync(owner, changes,
-                      rank0_only_hooks(cbs, "on_train_batch_begin", "on_batch_begin"),
-                      rank0_only_hooks(cbs, "on_train_batch_end", "on_batch_end"))
 
 
 def _epochs(run: _Run, first_epoch: int) -> tuple[int, list[float]]:
@@ -385,7 +346,7 @@ def _epoch_end(run: _Run, epoch: int, logs: dict[str, float]) -> None:
     the epoch's checkpoint."""
     ctx, live, result = run.ctx, run.owner.live, run.result
     ctx.mark("gather weights for callbacks")
-    live.gather_if(run.strategy.env.distributed and _rank0_reads_weights(run.task.callbacks))
+    live.gather_if(run.strategy.env.distributed and rank0_reads_weights(run.task.callbacks))
     ctx.mark("callbacks (epoch end)")
     run.callbacks.on_epoch_end(epoch, logs)
     live.release()
@@ -445,9 +406,3 @@ def _epoch_samples(epoch: int, cfg, n: int, skipped: int = 0) -> int:
         return max(0, (cfg.steps_per_epoch or 0) - skipped) * cfg.batch_size
     _, first, stop = epoch_window(epoch, cfg.steps_per_epoch, num_batches(n, cfg.batch_size))
     return max(0, min(n, stop * cfg.batch_size) - (first + skipped) * cfg.batch_size)
-
-
-def _rank0_reads_weights(callbacks) -> bool:
-    """Whether a callback reads weights on rank 0 only (checkpoints): it must not start a
-    collective alone, so every rank gathers the full state before the epoch's callbacks."""
-    return any(getattr(c, "needs_weights", False) for c in callbacks)
