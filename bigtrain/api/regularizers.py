@@ -26,16 +26,23 @@ from bigtrain.engine.task import TrainTask
 
 
 class Regularizer(KerasObject):
-    """Base class: `reg(w)` is the penalty (a 0-dim tensor), `reg.grad(w)` its gradient."""
+    """Base class: `reg(w)` is the penalty (a 0-dim tensor), `reg.grad(w)` its gradient.
+    A subclass defines `__call__` with torch ops, as a Keras one does; `differentiable` and
+    `grad` follow from it by autograd (L1L2 writes both out)."""
 
     def __call__(self, w: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def grad(self, w: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} must define __call__(self, x): the penalty "
+                        "of x as a 0-dim tensor, written with torch ops")
 
     def differentiable(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The penalty of `x` with its gradient (an activity regularizer, `layer.losses`)."""
+        return self(x)
+
+    def grad(self, w: torch.Tensor) -> torch.Tensor:
+        """d penalty / d w, by autograd through `differentiable`."""
+        with torch.enable_grad():
+            x = w.detach().requires_grad_(True)
+            return torch.autograd.grad(self.differentiable(x), x)[0]
 
 
 class L1L2(Regularizer):
