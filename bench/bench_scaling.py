@@ -22,6 +22,8 @@ throughput vs workers, each measured point beside the planner's prediction.
     python bench/bench_scaling.py               # all three, a few minutes; writes the PNG
     python bench/bench_scaling.py --quick       # smaller sizes and fewer repeats
     python bench/bench_scaling.py --only zero ps
+    python bench/bench_scaling.py --only strategies   # bench/plan_strategies.py: the planner's
+                                  # time and peak memory per strategy against 2 ranks' runs
 """
 from __future__ import annotations
 
@@ -125,7 +127,8 @@ def bench_size(family: str, shapes, repeats: int, spec: DeviceSpec) -> list[dict
                      "plan_s": p.time.total, "plan_compute_s": p.time.compute,
                      "act_bytes": saved_activation_bytes(model, x, loss_of),
                      "plan_act_bytes": p.memory.activations})
-    del cases, opts
+    cases.clear()  # the models and their Adam state: freed before the next family
+    opts.clear()
     return rows
 
 
@@ -182,7 +185,7 @@ def host_spec() -> DeviceSpec:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="sizes up to ~30M, fewer repeats")
-    ap.add_argument("--only", nargs="+", choices=["size", "zero", "ps"],
+    ap.add_argument("--only", nargs="+", choices=["size", "zero", "ps", "strategies"],
                     default=["size", "zero", "ps"])
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--png", default=os.path.join(HERE, "scaling.png"))
@@ -207,6 +210,11 @@ def main(argv=None) -> int:
             results["zero"] = bench_zero()
         if "ps" in args.only:
             results["ps"] = bench_ps(rounds=1 if args.quick else 2)
+    if "strategies" in args.only:  # not by default: 1-4 minutes of its own
+        from bench.plan_strategies import main as strategies
+        strategies(["--quick"] if args.quick else [])
+    if not results:
+        return 0
     from bench.scaling_plot import plot
     plot(results, args.png)
     print(f"\nplot: {os.path.relpath(args.png)}")

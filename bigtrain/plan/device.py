@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import torch
 
@@ -236,3 +237,34 @@ def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
     return DeviceSpec("cpu", host_memory_bytes() / ranks_per_host, flops / ranks_per_host,
                       copy_bw / 2.0, memory_bandwidth=copy_bw / ranks_per_host,
                       kernels=KernelProbe(peak_flops=flops, stream_bandwidth=copy_bw))
+
+
+def rank_specs(device, devices: int, overrides: tuple) -> list[DeviceSpec]:
+    """One DeviceSpec per rank: `device` is None (this CPU host shared by `devices` ranks),
+    one DeviceSpec (every rank alike) or a sequence of `devices` specs (a mixed job).
+    `overrides` (memory, flops, bandwidth) replace the figures of every rank."""
+    if device is None:
+        device = cpu_device(ranks_per_host=devices)
+    if isinstance(device, DeviceSpec):
+        specs = [device] * devices
+    else:
+        specs = list(device)
+        if len(specs) != devices or not all(isinstance(s, DeviceSpec) for s in specs):
+            raise ValueError(f"device must be a DeviceSpec or a list of {devices} DeviceSpecs "
+                             f"(one per rank), got {len(specs)} entries; see "
+                             "bigtrain.parallel.inventory.rank_specs for one from an inventory")
+    return [s.with_overrides(*overrides) for s in specs]
+
+
+def slowest(specs: Sequence[DeviceSpec]) -> DeviceSpec:
+    """The figures an evenly split job runs at: the least memory, FLOP/s and bandwidth of
+    any rank (a step waits for the slowest rank; the smallest device must hold its share)."""
+    first = specs[0]
+    kinds = {s.kind for s in specs}
+    return replace(first, kind="cuda" if "cuda" in kinds else "cpu",
+                   memory_bytes=min(s.memory_bytes for s in specs),
+                   flops=min(s.flops for s in specs),
+                   bandwidth=min(s.bandwidth for s in specs),
+                   latency=max(s.latency for s in specs),
+                   memory_bandwidth=min((s.memory_bandwidth for s in specs
+                                         if s.memory_bandwidth), default=None))

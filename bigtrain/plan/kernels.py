@@ -21,7 +21,12 @@ expected over REPLAY_MAX_SECONDS) or met after PROBE_BUDGET_S of timing are esti
 max(FLOPs / peak, bytes / stream bandwidth), stretched by how far the step's timed calls
 fell short of their own estimates. Calls are run into a reused output buffer where the op
 has an out= form: a training step's allocator hands back memory its last step freed, while
-a fresh big output would pay the kernel's page faults on every run.
+a fresh big output would pay the kernel's page faults on every run. Except for the biggest:
+glibc's malloc (Linux) maps every block of MMAP_MAX_BYTES or more anew and unmaps it on
+free, so a call whose output is that big (a 5000 x 5000 layer's weight gradient, under
+`zero_grad(set_to_none=True)`) writes into fresh pages every step: those bytes are added at
+the rate this host faults pages in (`fault_bandwidth`; 4 x 100 MB of gradients measured 400
+MB of page faults per step, a fifth of the step).
 
 Times are this process's, with its torch threads; the planner stretches them by
 peak_flops / the rank's FLOP/s for a rank that gets a share of the host.
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from dataclasses import dataclass
 
@@ -54,6 +60,9 @@ PROBE_BUDGET_S = 1.5
 #: parameters the optimizer probe streams at most (16M: 256 MB of state and gradient,
 #: past the caches of most CPUs; bigger models are taken to stream at its speed)
 ADAM_PROBE_MAX = 2.0 ** 24
+#: glibc malloc's largest mmap threshold on 64-bit Linux (DEFAULT_MMAP_THRESHOLD_MAX):
+#: blocks this big or bigger are always mapped fresh, faulted in on first write
+MMAP_MAX_BYTES = 32 * 2 ** 20
 #: calls estimated to take this long (seconds) or more set how much slower than their
 #: estimates untimed calls run (shorter ones are mostly dispatch, which an estimate lacks)
 WORK_SECONDS = 1e-4
@@ -103,6 +112,13 @@ def _names(func) -> list[str]:
     return [a.name for a in func._schema.arguments]
 
 
+def out_form(call: OpCall):
+    """The out= overload `call` can write into a given buffer with, or None (no single
+    tensor output, no out= form, or one of another overload: sum.out is the full sum)."""
+    into = getattr(call.func._overloadpacket, "out", None) if call.out is not None else None
+    return into if into is not None and _names(into) == _names(call.func) + ["out"] else None
+
+
 def time_call(call: OpCall) -> float | None:
     """Best seconds of `call` run on real tensors of its shapes (a warm-up, then three runs,
     two above 50 ms, none above 0.2 s: the warm-up's time), each run after the level-2
@@ -111,9 +127,7 @@ def time_call(call: OpCall) -> float | None:
     which a training step, reusing the memory its last step freed, does not pay); None
     when it cannot run that way (an argument the plain values do not suit)."""
     args, kwargs = tree_map(_real, (call.args, dict(call.kwargs)))
-    into = getattr(call.func._overloadpacket, "out", None) if call.out is not None else None
-    if into is not None and _names(into) != _names(call.func) + ["out"]:
-        into = None  # an out= form of another overload (sum.out is the full sum)
+    into = out_form(call)
     if into is not None:  # into a buffer it reuses, as a step's allocator hands back memory
         kwargs = {**kwargs, "out": _real(call.out)}  # freed a step before (no fresh pages)
     run = functools.partial(into or call.func, *args, **kwargs)
@@ -144,12 +158,17 @@ class KernelProbe:
             (a rank on the whole host: the same figure).
         stream_bandwidth: bytes/s a memory-bound call streams, for calls estimated rather
             than timed.
+        fault_bandwidth: bytes/s at which fresh pages are faulted in, for outputs of
+            MMAP_MAX_BYTES or more (None: measured on this host when first needed).
     """
     peak_flops: float
     stream_bandwidth: float
+    fault_bandwidth: float | None = None
 
     def __post_init__(self):
-        for name in ("peak_flops", "stream_bandwidth"):
+        for name in ("peak_flops", "stream_bandwidth", "fault_bandwidth"):
+            if name == "fault_bandwidth" and self.fault_bandwidth is None:
+                continue
             if not getattr(self, name) > 0:
                 raise ValueError(f"KernelProbe.{name} must be > 0, got "
                                  f"{getattr(self, name)!r}; pass this host's measured figure")
@@ -189,7 +208,19 @@ class KernelProbe:
             else:
                 pending.append(guess)
         slower = max(1.0, timed_s / guessed_s) if guessed_s > 0 else 1.0
-        return total + slower * sum(pending)
+        return total + slower * sum(pending) + self.fresh_seconds(calls)
+
+    def fresh_seconds(self, calls: list[OpCall]) -> float:
+        """Seconds of faulting in the pages of outputs malloc maps anew every step (each of
+        MMAP_MAX_BYTES or more). Only calls timed into a reused buffer (`out_form`): a call
+        without one allocated its output, faults included, in every timed run."""
+        if not sys.platform.startswith("linux"):  # another malloc: its thresholds differ
+            return 0.0
+        fresh = sum(c.out.nbytes for c in calls if c.out is not None and c.nbytes > 0
+                    and c.out.nbytes >= MMAP_MAX_BYTES and out_form(c) is not None)
+        if not fresh:
+            return 0.0
+        return fresh / (self.fault_bandwidth or fault_bandwidth(torch.get_num_threads()))
 
     def step_seconds(self, module: nn.Module, example: tuple, batch: int) -> float | None:
         """Seconds of one forward + loss + backward of `batch` samples of `module` in this
@@ -225,6 +256,23 @@ def step_timer(kernels: KernelProbe, module: nn.Module, example: tuple, notes: l
                  "backward, every distinct kernel timed on this host at each rank's batch "
                  "(bigtrain.plan.kernels); the update at a fused Adam's measured bytes/s")
     return seconds
+
+
+@functools.lru_cache(maxsize=None)
+def fault_bandwidth(threads: int) -> float:
+    """Bytes/s of page faults on this host (with `threads`, the cache key): a fresh 64 MiB
+    block filled, less the same fill into a block already faulted in, best of 3."""
+    n, clock = 64 * 2 ** 20, _clock()
+    warm = torch.empty(n, dtype=torch.uint8)
+    warm.fill_(1)
+    best = float("inf")
+    for _ in range(3):
+        t0 = clock()
+        torch.empty(n, dtype=torch.uint8).fill_(1)  # mapped anew (>= MMAP_MAX_BYTES)
+        t1 = clock()
+        warm.fill_(2)
+        best = min(best, (t1 - t0) - (clock() - t1))
+    return n / max(best, 1e-6)
 
 
 @functools.lru_cache(maxsize=None)

@@ -24,7 +24,7 @@ from torch import nn
 
 from bigtrain.plan.bf16 import SLOW_BF16_FACTOR, probe_bf16
 from bigtrain.plan.cost import StepTime, step_time
-from bigtrain.plan.device import DeviceSpec, cpu_device, host_memory_bytes
+from bigtrain.plan.device import DeviceSpec, host_memory_bytes, rank_specs, slowest
 from bigtrain.plan.kernels import step_timer
 from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
                                   data_parallel_degree, get_precision, model_state_bytes,
@@ -162,41 +162,21 @@ def _memory(strategy: str, prof: ModelProfile, *, devices: int, precision: str,
     return mem
 
 
+#: micro-batches of the registered "pipeline" strategy (bigtrain.parallel.pipeline's
+#: Pipeline(microbatches=4)): what strategy="auto" runs when it picks "pipeline"
+PIPELINE_MICROBATCHES = 4
+
+
+def pipeline_microbatches(batch_size: int, stages: int) -> int:
+    """Micro-batches the planner assumes for "pipeline": the registered strategy's 4 (1F1B
+    needs one per stage at least, so more on longer pipelines), at most one per sample."""
+    return min(batch_size, max(PIPELINE_MICROBATCHES, stages))
+
+
 #: Speeds further apart than this make the planner also estimate the speed-aware split.
 UNEVEN_SPEED = 1.05
 #: Strategies whose work a speed-aware split (or partition) spreads by measured speed.
 SPEED_AWARE = {"ddp_balanced": "ddp"}
-
-
-def rank_specs(device, devices: int, overrides: tuple) -> list[DeviceSpec]:
-    """One DeviceSpec per rank: `device` is None (this CPU host shared by `devices` ranks),
-    one DeviceSpec (every rank alike) or a sequence of `devices` specs (a mixed job).
-    `overrides` (memory, flops, bandwidth) replace the figures of every rank."""
-    if device is None:
-        device = cpu_device(ranks_per_host=devices)
-    if isinstance(device, DeviceSpec):
-        specs = [device] * devices
-    else:
-        specs = list(device)
-        if len(specs) != devices or not all(isinstance(s, DeviceSpec) for s in specs):
-            raise ValueError(f"device must be a DeviceSpec or a list of {devices} DeviceSpecs "
-                             f"(one per rank), got {len(specs)} entries; see "
-                             "bigtrain.parallel.inventory.rank_specs for one from an inventory")
-    return [s.with_overrides(*overrides) for s in specs]
-
-
-def slowest(specs: Sequence[DeviceSpec]) -> DeviceSpec:
-    """The figures an evenly split job runs at: the least memory, FLOP/s and bandwidth of
-    any rank (a step waits for the slowest rank; the smallest device must hold its share)."""
-    first = specs[0]
-    kinds = {s.kind for s in specs}
-    return replace(first, kind="cuda" if "cuda" in kinds else "cpu",
-                   memory_bytes=min(s.memory_bytes for s in specs),
-                   flops=min(s.flops for s in specs),
-                   bandwidth=min(s.bandwidth for s in specs),
-                   latency=max(s.latency for s in specs),
-                   memory_bandwidth=min((s.memory_bandwidth for s in specs
-                                         if s.memory_bandwidth), default=None))
 
 
 def _tensor_split(model, devices: int, styles: Mapping[str, str] | None,
@@ -312,7 +292,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         device_memory: bytes per rank (overrides the device spec).
         seq_len: tokens per sample for sequence models.
         microbatches: micro-batches per step (gradient accumulation; the pipeline schedule
-            length). Default 1, and min(batch_size, 4 * stages) for "pipeline".
+            length). Default 1, and for "pipeline" what strategy="pipeline" runs:
+            `pipeline_microbatches` (4, or one per stage beyond 4 stages).
         precision: "32", "bf16-mixed" or "16-mixed".
         optimizer: optimizer name ("adam", "sgd", ...) or its state bytes per parameter.
         device_flops: FLOP/s per rank (overrides the device spec).
@@ -392,7 +373,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         if why:
             skipped[name] = why
             continue
-        m = microbatches or (min(batch_size, 4 * devices) if base == "pipeline" else 1)
+        m = microbatches or (pipeline_microbatches(batch_size, devices)
+                             if base == "pipeline" else 1)
         mem = _memory(base, prof, devices=devices, precision=precision, optimizer=optimizer,
                       act_per_sample=act, batch_size=batch_size, microbatches=m,
                       schedule=pipeline_schedule, tensor_split=tensor_split)

@@ -1,13 +1,14 @@
 """What the heaviest pipeline stage holds, cut as bigtrain's pipeline cuts the model.
 
 The pipeline (bigtrain.parallel.pipeline) cuts the model's chain of layers
-(`pipeline_partition.chain_layers`) into contiguous stages with `balanced_partition`, on
-forward + backward times each rank measures at start. The planner cannot know those times
-before the run, so it applies the same rule to each layer's forward FLOPs (one meta-device
-pass), or to parameter counts, the runtime's own stand-in, where the FLOPs cannot be counted;
-and as the measured times move with the host's load (the same model was cut [1, 2] and
-[2, 1] on a busy 2-core machine), it counts the heaviest stage of any cut whose costliest
-stage is within TIMING_SPREAD of the best cut's. The plan layer sits below parallel/ and
+(`pipeline_partition.chain_layers`) into contiguous stages with `device_aware_partition`,
+each stage priced on forward + backward times its own rank measures at start. The planner
+cannot know those times before the run, so it applies the same rule to each layer's forward
+FLOPs (one meta-device pass), or to parameter counts, the runtime's own stand-in, where the
+FLOPs cannot be counted; and as the measured times move with the host's load (the same
+model was cut [1, 2] and [2, 1] on a busy 2-core machine), it counts the heaviest stage of
+the cuts the rule makes when one rank times its layers up to TIMING_SPREAD times slower
+than the others. The plan layer sits below parallel/ and
 cannot import the runtime's functions: `chain_modules` restates `chain_layers`, and
 tests/plan/test_plan_accuracy_pipeline.py holds the two equal; the cut itself is one
 function both use (bigtrain.plan.partition).
@@ -37,7 +38,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.utils.flop_counter import FlopCounterMode
 
-from bigtrain.plan.partition import balanced_partition
+from bigtrain.plan.partition import balanced_partition, device_aware_partition
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,12 @@ class LayerFigures:
 
 
 #: how much slower one rank may time the same layers than another (a loaded host, a cold
-#: first layer): the runtime's cut can then move until a stage costs this times the best
-#: cut's costliest stage, so the planner counts the heaviest stage any such cut leaves
+#: first layer): the runtime's cut then moves layers off that rank, so the planner counts
+#: the heaviest stage any such cut leaves
 TIMING_SPREAD = 1.5
+#: ranks slowed in turn to find those cuts (the first, the last and evenly spaced ones
+#: between): each is one cut of O(layers^2 x stages), a second for 100 layers on 64 stages
+SLOWED_RANKS = 4
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,15 @@ def heaviest_stage(layers: Sequence[LayerFigures], stages: int,
                    spread: float = TIMING_SPREAD) -> StageShare:
     """The stage with the most parameters among the cuts the runtime may make.
 
-    The runtime cuts by layer times it measures on each rank, which the planner cannot know:
-    it prices each layer by its FLOPs (by parameters + 1, as the runtime, when no FLOPs were
-    counted), finds the best cut (`balanced_partition`), and returns the heaviest contiguous
-    stage of any cut whose costliest stage is within `spread` times the best one's.
+    The runtime cuts by layer times each rank measures (a stage priced on the rank that owns
+    it: `device_aware_partition`), which the planner cannot know: it prices each layer by its
+    FLOPs (by parameters + 1, as the runtime, when no FLOPs were counted), and takes the cuts
+    the same rule makes when one rank times every layer up to `spread` times slower than the
+    others (a loaded rank hands layers to its neighbours); the heaviest stage of those cuts
+    is returned. A rank slowed `spread` times moves the cut only as far as that slowdown
+    pays: GPT-like chains (embedding, 4 blocks, head) on 2 ranks go from [3, 3] to [4, 2],
+    never to [5, 1] (a stage costing 1.4 x the best cut's, but beaten by [4, 2] however the
+    one rank is slowed).
 
     Raises:
         ValueError: fewer layers than stages (the runtime refuses that model too).
@@ -156,41 +165,24 @@ def heaviest_stage(layers: Sequence[LayerFigures], stages: int,
     counted = any(f.flops > 0 for f in layers)  # an activation layer counts 0 FLOPs
     costs = [f.flops if counted else f.params + 1.0 for f in layers]
     counts = balanced_partition(costs, stages)
-    starts = [sum(counts[:k]) for k in range(stages)]
-    bound = spread * max(sum(costs[a:a + c]) for a, c in zip(starts, counts)) * (1 + 1e-9)
-    first, end = _worst_segment(costs, [f.params for f in layers], stages, bound)
-    return StageShare(sum(f.params for f in layers[first:end]),
-                      max(f.largest_tensor for f in layers[first:end]), (first, end),
+    cuts = {tuple(counts)}
+    owners = list(range(stages))
+    # each rank slowed in turn (at most SLOWED_RANKS of them, spread over the pipeline)
+    tried = min(stages, SLOWED_RANKS)
+    for slow in sorted({round(k * (stages - 1) / max(1, tried - 1)) for k in range(tried)}):
+        matrix = [[c * (spread if r == slow else 1.0) for c in costs] for r in owners]
+        cuts.add(tuple(device_aware_partition(matrix, owners)))
+    best, where = -1, (0, len(layers))
+    for cut in cuts:
+        first = 0
+        for c in cut:
+            held = sum(f.params for f in layers[first:first + c])
+            if held > best:
+                best, where = held, (first, first + c)
+            first += c
+    first, end = where
+    return StageShare(best, max(f.largest_tensor for f in layers[first:end]), where,
                       tuple(counts))
-
-
-def _min_parts(costs: Sequence[float], bound: float) -> int:
-    """Fewest contiguous parts of `costs` with each part's sum <= bound (greedy packing)."""
-    parts, run = 0, None
-    for c in costs:
-        if run is None or run + c > bound:
-            parts, run = parts + 1, c
-        else:
-            run += c
-    return parts
-
-
-def _worst_segment(costs, params, stages: int, bound: float) -> tuple[int, int]:
-    """(first, end) of the most parameters one stage can hold in a cut of `stages` non-empty
-    stages each costing <= bound: the rest before and after must fit the other stages."""
-    n = len(costs)
-    before = [_min_parts(costs[:i], bound) for i in range(n + 1)]
-    after = [_min_parts(costs[j:], bound) for j in range(n + 1)]
-    best, where = -1, (0, n)
-    for i in range(n):
-        run, held = 0.0, 0
-        for j in range(i + 1, n + 1):
-            run, held = run + costs[j - 1], held + params[j - 1]
-            if run > bound:
-                break
-            if before[i] + after[j] <= stages - 1 <= i + (n - j) and held > best:
-                best, where = held, (i, j)
-    return where
 
 
 def pipeline_states(chain: Sequence[LayerFigures] | None, n_params: float, *, stages: int,
