@@ -76,9 +76,13 @@ def live_state(module, optimizer, names=None) -> LiveState:
 
     Args:
         names: `Strategy.checkpoint_names(module)`: None, or (rename, model keys) for a
-            rank whose module names its tensors otherwise than the user's model does.
+            rank whose module names its tensors otherwise than the user's model does, or
+            (rename, model keys, state rename) where optimizer state takes other names than
+            the model's tensors (a weight tied across pipeline stages: one process keeps
+            one optimizer entry, under the weight's first name).
     """
-    rename, known = names if names is not None else (None, None)
+    rename, known = names[:2] if names is not None else (None, None)
+    state_name = names[2] if names is not None and len(names) > 2 else rename
     local = _dcp().get_model_state_dict(module)
     if rename is None:
         tensors, model_keys = {MODEL + k: v for k, v in local.items()}, None
@@ -97,7 +101,7 @@ def live_state(module, optimizer, names=None) -> LiveState:
                 raise TypeError(f"optimizer state {fqn!r}/{name!r} is a {type(value).__name__}, "
                                 "not a tensor; bigtrain checkpoints hold tensor optimizer state "
                                 "only (torch.optim's built-in optimizers qualify)")
-            key = f"{OPTIM}{fqn if rename is None else rename(fqn)}.{name}"
+            key = f"{OPTIM}{fqn if state_name is None else state_name(fqn)}.{name}"
             tensors[key], slots[key] = value, (fqn, name)
     known = None if known is None else {MODEL + k for k in known}
     return LiveState(tensors, slots, osd["param_groups"], model_keys, known)

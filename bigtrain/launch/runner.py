@@ -16,6 +16,7 @@ from bigtrain.engine.callbacks import History, ProgressBar
 from bigtrain.engine.carry import (Carry, keep_final_rate, keep_final_steps, same_parameters,
                                    start_ranks_from, warn_fresh)
 from bigtrain.engine.carry_state import carries, full_of_plain, load_into_plain, unpack
+from bigtrain.engine.feed import input_sample
 from bigtrain.engine.loop import FitResult, check_precision, run_rank
 from bigtrain.engine.task import CheckpointConfig
 from bigtrain.launch import join as dist_env
@@ -372,6 +373,8 @@ def run_task(task, strat, owner, devices, options: dict, cluster: str | None = N
             return run_rank(task, strat, owner, env)
     nprocs = strat.num_processes(dist_env.resolve_devices(devices))
     strat.validate(nprocs, task.config.batch_size)  # before any process starts
+    if strat.checks_input_sample:  # the fit's first rows: a pipeline checks its cut on them
+        strat.use_input_sample(input_sample(task.train, torch.device("cpu")))
     strat.check_model(task.module, nprocs)  # e.g. a model a pipeline cannot cut
     check_layers(task.module, strat, nprocs)
     warn_split_batch_norm(task.module, strat, nprocs)

@@ -150,6 +150,9 @@ class Strategy:
 
     #: whether `use_input_sample` wants the fit's first rows (read only for such strategies)
     wants_input_sample = False
+    #: whether `check_model` reads them too: fit then hands them over before any rank
+    #: starts (the pipeline checks that its chain of layers computes the model's forward)
+    checks_input_sample = False
 
     def use_input_sample(self, x) -> None:
         """Told a few rows of the fit's training inputs (a tensor, or a tuple for several
@@ -258,7 +261,9 @@ class Strategy:
         """How this rank's state names map to the user's model for checkpoints: None when
         they are the same, else `(rename, model_keys)`: `rename(local fqn) -> fqn in the
         user's model`, and the set of every model key of the whole model (a rank that holds
-        part of it, like a pipeline stage, must not call the others' keys foreign)."""
+        part of it, like a pipeline stage, must not call the others' keys foreign); a third
+        entry, where present, renames optimizer state (`state_name(local fqn)`: a pipeline
+        files a weight tied across stages under one name, as one process does)."""
         return None
 
     def load_full_state_dict(self, module: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -3,6 +3,9 @@
 The model's layer chain (`chain_layers`: embed, blocks..., head of a GPT, or the children
 of an nn.Sequential) is cut into P * V contiguous stages, V per rank, balanced by measured
 per-layer forward+backward time (`pipeline_partition`) or by `split=[layers per stage]`.
+The stages run that chain and nothing else, so a model holding weights outside it, or whose
+forward gives something else than the chain on the fit's first rows (a scaled embedding,
+blocks handed a causal mask), is refused before any rank starts (`refuse_off_chain`).
 Each rank times every layer on its own device; the ranks gather the [rank x layer] table, so
 all agree, and each stage is priced on the rank that will run it (the slowest of its
 data/tensor-parallel replicas): a faster device gets more layers.
@@ -83,11 +86,12 @@ from bigtrain.parallel.dims import ParallelDims, Topology
 from bigtrain.parallel.full_state_load import load_full_into
 from bigtrain.parallel.parallelize import parallelize
 from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
-                                                  device_aware_partition, measure_layer_costs,
-                                                  guessed_layer_costs, sample_input_for,
-                                                  shared_buffer, slowest_replica_costs)
+                                                  device_aware_partition, guessed_layer_costs,
+                                                  measure_layer_costs, refuse_off_chain,
+                                                  sample_input_for, shared_buffer,
+                                                  slowest_replica_costs)
 from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, PipelineSettings
-from bigtrain.parallel.pipeline_stage import StageModule
+from bigtrain.parallel.pipeline_stage import StageModule, first_names
 from bigtrain.parallel.seeds import draw_seed
 from bigtrain.parallel.slow_ranks import check_slow_ranks, slow_ranks_option
 from bigtrain.parallel.tensor_plan import check_tp
@@ -199,7 +203,8 @@ class Pipeline(Strategy):
                     if per_replica % d == 0 and self._schedule_problem(d, dims.pp) is None]
             raise ValueError(
                 f"microbatches={m} does not divide the batch of {per_replica} samples per "
-                f"pipeline replica; use a batch size of {lo or m} or {lo + m} (per replica)"
+                f"pipeline replica; use a batch size of "
+                + (f"{lo} or {lo + m}" if lo else f"{m}") + " (per replica)"
                 + (f", or microbatches among {fits}" if fits else "")
                 + (f" (schedule {self.schedule!r} on {dims.pp} pipeline ranks)"
                    if fits != [d for d in range(1, per_replica + 1) if per_replica % d == 0]
@@ -226,12 +231,14 @@ class Pipeline(Strategy):
 
     def check_model(self, module: nn.Module, world_size: int) -> None:
         dims = self.dims(world_size)
-        self.check_module(module, dims.pp)
+        layers = self.check_module(module, dims.pp)
         check_tp(module, dims.tp)
+        self._check_forward(module, layers)  # where fit told the input (use_input_sample)
 
     def check_module(self, module: nn.Module, pp: int) -> list[tuple[str, nn.Module]]:
         """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages."""
         layers = chain_layers(module)
+        refuse_off_chain(module, layers)  # weights the stages would never run
         shared = shared_buffer(layers)
         if shared is not None:  # tied weights are summed across ranks; buffers cannot be
             raise ValueError(
@@ -267,6 +274,7 @@ class Pipeline(Strategy):
 
     # ---- setup --------------------------------------------------------------------------
     wants_input_sample = True
+    checks_input_sample = True  # `_check_forward`, before any rank starts
 
     def use_input_sample(self, x) -> None:
         """Told a few rows of the fit's inputs before `setup_module`: the layers are timed
@@ -294,13 +302,26 @@ class Pipeline(Strategy):
         layers = self.check_module(module, rt.dims.pp)  # same error on every rank
         check_tp(module, rt.dims.tp)
         module.to(self.env.device)
+        self._check_forward(module, layers)
         self.model_keys = set(module.state_dict())  # checkpoints name tensors by these
+        self.first_names = first_names(module)  # ... and optimizer state by these
         counts = self.split or self._balance(module, layers, rt)
         self.partition = list(counts)  # layers per stage, in stage order
         stages = parallelize(module, rt.topo, pipeline=rt.cutter(layers, counts),
                              activation_checkpointing=self.activation_checkpointing)
         rt.start()
         return PipelineModule(stages, rt)
+
+    def _check_forward(self, module, layers) -> None:
+        """Refuse a model whose forward is not its chain of layers run in order, checked on
+        the fit's first rows where known (`use_input_sample`; the launching process has
+        them too): the stages run the chain and nothing else."""
+        sample = next((s for s in (self.sample_input, self._data_sample) if s is not None),
+                      None)
+        weight = next(module.parameters(), None)  # the model's device, wherever it is
+        if sample is not None:
+            refuse_off_chain(module, layers, sample.to(
+                self.env.device if weight is None else weight.device))
 
     def _balance(self, module, layers, rt) -> list[int]:
         """Layer counts per stage from every rank's own layer costs (module docstring)."""
@@ -373,13 +394,23 @@ class Pipeline(Strategy):
     def checkpoint_names(self, module: "PipelineModule"):
         """Checkpoints name a stage's tensors as the user's model does: the local
         "stages.<i>.layers.<j>.<rest>" becomes "<name of layer j of stage i>.<rest>", so every
-        stage writes its own keys and a checkpoint loads under any other strategy."""
-        stages = module.stages
+        stage writes its own keys and a checkpoint loads under any other strategy.
+
+        Optimizer state goes under each weight's first name in the user's model, as one
+        process names it: a weight tied across stages (a GPT's lm_head on the last stage,
+        its token embedding on the first) has one entry that both copies write and read
+        (they step alike), so a one-process checkpoint resumes here and back.
+        """
+        stages, first = module.stages, self.first_names
 
         def rename(fqn: str) -> str:
             _, i, key = fqn.split(".", 2)  # "stages", i, "layers.<j>.<rest>"
             return stages[int(i)].original_name(key)
-        return rename, self.model_keys
+
+        def state_name(fqn: str) -> str:
+            name = rename(fqn)
+            return first.get(name, name)
+        return rename, self.model_keys, state_name
 
     def teardown(self) -> None:
         self._rt = None

@@ -64,6 +64,76 @@ def chain_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         "head(blocks(embed(x))) (like bigtrain.zoo.gpt.GPT)")
 
 
+def outside_chain(model: nn.Module, layers: Sequence[tuple[str, nn.Module]]) -> list[str]:
+    """Names of `model`'s parameters and buffers that no layer of the chain holds. A model
+    cut by convention (`embed`, `blocks`, `head`) may keep a final LayerNorm or a scale of
+    its own beside them; the stages run the chain alone, so those would never take part.
+
+    Example:
+        outside_chain(gpt_with_ln_f_beside_head, chain_layers(...))  # ["ln_f.weight", ...]
+    """
+    inside = {id(t) for _, layer in layers for t in (*layer.parameters(), *layer.buffers())}
+    return [n for n, t in (*model.named_parameters(), *model.named_buffers())
+            if id(t) not in inside]
+
+
+def chain_differs(model: nn.Module, layers: Sequence[tuple[str, nn.Module]],
+                  sample: torch.Tensor) -> str | None:
+    """Why running the chain's layers one after another on `sample` does not give
+    `model(sample)` (None when it does, to float rounding). A model cut by convention may do
+    more in its forward than head(blocks(embed(x))): scale the embedding, hand the blocks a
+    causal mask. Evaluation mode (no dropout), no gradients; buffers and random streams are
+    left as they were (`state_kept`)."""
+    modes = [(m, m.training) for m in model.modules()]  # a frozen BatchNorm stays in eval
+    with state_kept([model], sample.device), torch.no_grad():
+        model.eval()
+        try:
+            want, got = model(sample), sample
+            for _, layer in layers:
+                got = layer(got)
+        except Exception as e:  # noqa: BLE001 - a layer that cannot run alone is the answer
+            return f"a layer of the chain fails on the output of the one before ({e})"
+        finally:
+            for m, training in modes:
+                m.training = training
+    if not (torch.is_tensor(want) and torch.is_tensor(got)) or want.shape != got.shape:
+        return "the chain's output differs in type or shape from forward's"
+    scale = float(want.detach().abs().max()) if want.numel() else 0.0
+    if not torch.allclose(got.float(), want.float(), rtol=1e-4, atol=1e-5 * max(1.0, scale)):
+        diff = float((got.float() - want.float()).abs().max())
+        return f"the chain's output differs from forward's by up to {diff:.3g}"
+    return None
+
+
+def refuse_off_chain(model: nn.Module, layers: Sequence[tuple[str, nn.Module]],
+                     sample: torch.Tensor | None = None) -> None:
+    """ValueError when a pipeline running `layers` one after another would not train
+    `model`: weights outside them (`outside_chain`), or, given a `sample` input, a forward
+    that computes something else (`chain_differs`). A model cut by convention (`embed`,
+    `blocks`, `head`) is trusted to compute head(blocks(embed(x))); these check it."""
+    kind, names = type(model).__name__, _some([n for n, _ in layers])
+    outside = outside_chain(model, layers)
+    if outside:
+        raise ValueError(
+            f"{kind} holds {_some(outside)} outside the layers a pipeline runs ({names}): "
+            "the stages would skip them. Move them into a layer of the chain (e.g. a final "
+            "LayerNorm into `head`), so that forward is head(blocks(embed(x))), or use a "
+            "data-parallel strategy (ddp, zero1/2/3, fsdp_offload) or tensor")
+    why = None if sample is None else chain_differs(model, layers, sample)
+    if why is not None:
+        raise ValueError(
+            f"{kind}'s forward does more than run the layers a pipeline cuts ({names}) one "
+            f"after another: {why}. A pipeline runs only those layers, each on the one "
+            "before's output; move the extra work (a scale, a causal mask) into them, or use "
+            "a data-parallel strategy (ddp, zero1/2/3, fsdp_offload) or tensor")
+
+
+def _some(names: Sequence[str], n: int = 4) -> str:
+    """Up to `n` names, quoted, and how many more."""
+    shown = ", ".join(repr(x) for x in names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def block_count(layers: Sequence[tuple[str, nn.Module]]) -> int:
     """Layers that are transformer blocks (names "blocks.<i>"), or all layers of a chain."""
     n = sum(1 for name, _ in layers if name.split(".")[-2:-1] == ["blocks"])

@@ -26,6 +26,18 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.in
 _MAX_DIMS = 8
 
 
+def first_names(module: nn.Module) -> dict[str, str]:
+    """{name of a parameter -> the first name of the same tensor} for the parameters the
+    module reaches under several names (tied weights): `named_parameters` lists a shared
+    tensor once, under its first name, and so does one process's optimizer state (the
+    pipeline's checkpoints name optimizer state so, `Pipeline.checkpoint_names`)."""
+    first: dict[int, str] = {}
+    out = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        out[name] = first.setdefault(id(p), name)
+    return {k: v for k, v in out.items() if k != v}
+
+
 class _ContiguousGrad(torch.autograd.Function):
     """Identity whose backward hands on a contiguous gradient. A stage sends the gradient of
     its input back to the previous stage as autograd made it, and the receiver's buffer
@@ -60,6 +72,13 @@ class StageModule(nn.Module):
             x = _ContiguousGrad.apply(x)
         for layer in self.layers:
             x = layer(x)
+        if (isinstance(x, torch.Tensor) and x.is_floating_point() and not x.requires_grad
+                and torch.is_grad_enabled()):
+            # a stage without trainable weights whose input needs no gradient (embedding and
+            # first blocks frozen) gave the next stage an input without one, and torch's
+            # zero-bubble schedule then split that stage's backward wrong (its weight
+            # gradients came out 0.3 off one process): hand it a leaf that asks for one
+            x = x.detach().requires_grad_()
         # a stage of view layers only (Flatten, Reshape) would hand the schedule a view of its
         # input; zero-bubble schedules detach stage outputs in place, which views refuse. An
         # output in another memory layout (Conv1D's, channels-last: a transposed view) kept it

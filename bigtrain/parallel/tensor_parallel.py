@@ -83,7 +83,10 @@ class TensorParallel(Strategy):
         self.dims(world_size).replica_batch(global_batch_size)
 
     def check_model(self, module: nn.Module, world_size: int) -> None:
-        check_tp(module, self._degree(world_size))
+        degree = self._degree(world_size)
+        check_tp(module, degree)
+        if self.plan and degree > 1:  # an override that cannot apply: before any rank starts
+            tp_plan(module, degree, self.plan)
 
     def setup(self, env) -> None:
         super().setup(env)

@@ -83,7 +83,8 @@ def tp_plan(module: nn.Module, degree: int,
     for name, m in module.named_modules():  # conv channels, attention heads: see layer_split
         if isinstance(m, SplitsItself):
             plan[name] = "split" if m.tp_split(degree) is None else "replicate"
-    kept = tied | {n for n in plan if any(r == n or r.startswith(n + ".") for r in reads)}
+    unsafe = tied | {n for n in plan if any(r == n or r.startswith(n + ".") for r in reads)}
+    kept = set(unsafe)
     for group in groups:  # a colwise layer without its rowwise partner would be wrong
         if kept.intersection(group):
             kept.update(group)
@@ -92,8 +93,22 @@ def tp_plan(module: nn.Module, degree: int,
     for pattern, style in check_styles(overrides).items():
         for name in plan:
             if re.search(pattern, name):
+                if style != "replicate" and name in unsafe:
+                    raise ValueError(_unsafe_override(pattern, style, name, name in tied))
                 plan[name] = style
     return plan
+
+
+def _unsafe_override(pattern: str, style: str, name: str, tied: bool) -> str:
+    """Why plan override `pattern` -> `style` cannot split layer `name`."""
+    why = ("shares its weight with another layer (tied, e.g. an lm_head and the token "
+           "embedding): a split weight would no longer be the other layer's, and the two "
+           "would train apart" if tied else
+           "has weights its parent's forward reads itself (F.linear(h, self.layer.weight)): "
+           "that code would meet a split weight beside whole activations")
+    return (f"TensorParallel(plan={{{pattern!r}: {style!r}}}) would split {name!r}, which "
+            f"{why}; leave it replicated (a pattern that does not match {name!r}, or "
+            "'replicate')")
 
 
 def _declaring(module: nn.Module) -> list[tuple[str, nn.Module]]:
