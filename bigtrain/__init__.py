@@ -12,6 +12,9 @@ Example:
 __version__ = "0.1.0"
 
 from bigtrain.launch.join import is_main_process  # noqa: E402
+from bigtrain.launch.parent_watch import follow_launcher  # noqa: E402
 from bigtrain.utils import clear_session, set_seed, to_categorical  # noqa: E402
+
+follow_launcher()  # a rank of `bigtrain run` ends with its launcher, SIGKILL included
 
 __all__ = ["__version__", "clear_session", "is_main_process", "set_seed", "to_categorical"]

@@ -22,6 +22,7 @@ import sys
 import bigtrain
 from bigtrain.cli import cluster, insight, rendezvous, run_args, verify
 from bigtrain.cli.target import load_object
+from bigtrain.launch.parent_watch import LAUNCHER_PID_ENV
 from bigtrain.parallel.lost_node import quiet_restart_failures
 
 RUN_HELP = f"""\
@@ -119,6 +120,7 @@ def _run(args, rest: list[str]) -> int:
     restarts = _flag(flags, "--max-restarts", "--max_restarts") or "0"
     quiet_restart_failures(int(restarts) if restarts.isdigit() else 0)
     argv = flags + argv[len(run_args.launcher_flags(argv)):]
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # its ranks die with it (SIGKILL too)
     return _launch(argv, gathering)
 
 

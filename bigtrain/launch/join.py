@@ -3,6 +3,7 @@ the local single-process environment, devices and threads per rank."""
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import socket
 import sys
@@ -95,9 +96,19 @@ def _destroy_group(held: list | None = None, rank: int = 0, world: int = 1) -> N
     aborted ("terminate called without an active exception") after the script's work was
     done. So every rank destroys its group, says so in the store and closes its connection;
     rank 0 waits (at most EXIT_WAIT_S: a rank that died never says so) for all of them
-    before its store goes. `held`: a one-item list with the job's store."""
+    before its store goes. `held`: a one-item list with the job's store.
+
+    destroy_process_group only forgets the group: a DistributedDataParallel wrapper's
+    reducer still holds it in a reference cycle, so gloo's threads ran on past this point
+    until the interpreter's last collection, with the store and the peers going away under
+    them. Collecting here ends them while the interpreter is whole, before saying "left";
+    so does waiting for a watchdog thread still inside a slow store call (at most
+    EXIT_WAIT_S, a moment after a failure)."""
+    from bigtrain.parallel.watchdog import join_store_threads  # fit imported it already
+    join_store_threads(1.0 if hasattr(sys, "last_value") else EXIT_WAIT_S)
     if dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()
     store = held.pop() if held else None
     if store is None or world < 2 or hasattr(sys, "last_value"):
         return  # a script that failed leaves at once: the others may be gone or cut off

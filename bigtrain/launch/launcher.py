@@ -41,6 +41,7 @@ from torch.nn.utils import parametrize as _parametrize
 from bigtrain.data.memmaps import memmap_reference, open_memmap
 from bigtrain.engine.loop import run_rank
 from bigtrain.launch.loopback import register_rendezvous
+from bigtrain.launch.parent_watch import follow_multiprocessing_parent
 
 SPILL_BYTES = 64 * 2**20  # arrays above this go through memory-mapped files
 # imported once, in the fork server; DDP's constructor imports torch._dynamo (1.4 s of CPU);
@@ -227,6 +228,8 @@ def _worker(payload_path: str, timeout_s: float | None, caller: _Caller | None =
 
     if caller is not None:
         caller.adopt()
+    # a launcher killed with SIGKILL cannot stop its ranks: each ends with it instead
+    follow_multiprocessing_parent()
     from bigtrain.launch.join import join_existing_job
     with open(payload_path, "rb") as f:
         run_fn, task, strategy, owner, kind = cloudpickle.load(f)  # our own file, just written

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 
 import torch.distributed as dist
@@ -29,6 +30,8 @@ from bigtrain.diagnose.watchdog import HangWatchdog, Heartbeat, WatchdogConfig
 from bigtrain.parallel.base import DistEnv
 
 HANG_EXIT_CODE = 1  # what the launcher sees from a rank its watchdog ended
+#: the watchdog's threads that call the job's store (see HangWatchdog.stop)
+STORE_THREADS = ("bigtrain-watchdog", "bigtrain-forget")
 
 
 def job_store():
@@ -98,3 +101,21 @@ def start_watchdog(env: DistEnv, config: WatchdogConfig, heartbeat: Heartbeat
 def stop_watchdog(dog: HangWatchdog | None) -> None:
     if dog is not None:
         dog.stop()
+
+
+def join_store_threads(limit_s: float) -> list[str]:
+    """Wait at most `limit_s` seconds for the watchdog's threads that `stop_watchdog` left
+    running (a heartbeat or its removal still inside a slow store call); the names of
+    those still running after that.
+
+    Why at exit: a daemon thread inside a store call (C++, the GIL released) that returns
+    while the interpreter shuts down is ended by Python in the middle of that C++ frame,
+    and the process aborts ("terminate called without an active exception") after its
+    work was done. The job's exit (bigtrain.launch.join) calls this before it leaves the
+    group.
+    """
+    deadline = time.monotonic() + limit_s
+    for thread in threading.enumerate():
+        if thread.name in STORE_THREADS:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    return [t.name for t in threading.enumerate() if t.name in STORE_THREADS and t.is_alive()]
