@@ -21,7 +21,7 @@ from bigtrain.api import regularizers as keras_regularizers
 from bigtrain.api.layers import layer_losses, subclassing
 from bigtrain.api.layers.reuse import reuse_refusal
 from bigtrain.api.layers.symbolic import (  # noqa: F401 - re-exported
-    KerasTensor, Node, _snake, clear_session, train_mode, unique_name)
+    KerasTensor, Node, _snake, clear_session, train_mode, unique_name, unsized_axes_named)
 from bigtrain.api.layers.weight_options import WeightOptions
 
 
@@ -268,7 +268,8 @@ class Layer(layer_losses.LayerLosses, nn.Module):
     def _ensure_built(self, input_shape) -> None:
         if not self.built:
             keras_shape = subclassing.keras_convention(type(self), "build")
-            self.build(subclassing.with_batch(input_shape) if keras_shape else input_shape)
+            with unsized_axes_named(self, input_shape):  # not torch's TypeError about None
+                self.build(subclassing.with_batch(input_shape) if keras_shape else input_shape)
             self.train(self.training)  # torch modules made in __init__ or build: its mode
             subclassing.register_added(self)
             self.input_shape_, self.built = input_shape, True

@@ -18,7 +18,8 @@ from torch import nn
 from bigtrain.api.activations import get_activation
 from bigtrain.api.layers.base import Layer
 from bigtrain.api.layers.weight_options import WeightOptions
-from bigtrain.api.layers.padding import as_tuple, same_padding, window_output
+from bigtrain.api.layers.padding import as_tuple, data_format_of, same_padding, \
+    window_output
 from bigtrain.parallel.layer_split import SplitsItself, copy_to_tp, gather_from_tp, local, \
     shard_param
 
@@ -85,10 +86,7 @@ class _Conv(Layer, SplitsItself):
             raise ValueError(f"{type(self).__name__} {self.name!r}: strides > 1 together with "
                              f"dilation_rate > 1 is not supported (as in Keras); got strides="
                              f"{self.strides} and dilation_rate={self.dilation_rate}")
-        self.data_format = data_format or "channels_last"
-        if self.data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', "
-                             f"got {data_format!r}")
+        self.data_format = data_format_of(self, data_format)
         self.use_bias = use_bias
         self.activation_name, self.activation = get_activation(activation)
         self.defer_activation = False

@@ -6,6 +6,7 @@ behaviour.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,7 @@ from torch import nn
 
 from bigtrain.api.activations import HALVES_LAST_AXIS, get_activation
 from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.padding import data_format_of
 from bigtrain.api.layers.weight_options import WeightOptions
 
 
@@ -184,13 +186,27 @@ class Dropout(Layer):
 
 
 class Flatten(Layer):
-    """`keras.layers.Flatten`: (B, d1, d2, ...) -> (B, d1*d2*...)."""
+    """`keras.layers.Flatten`: (B, d1, d2, ...) -> (B, d1*d2*...).
+
+    data_format="channels_first" reads (B, C, ...) inputs and flattens them in the
+    channels-last order (B, ..., C), as Keras does, so a Dense after it has the same kernel
+    rows whichever layout the convolutions before it used.
+    """
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = data_format_of(self, data_format)
 
     def compute_output_shape(self, input_shape):
         return (None if None in input_shape else math.prod(input_shape),)  # None: any size
 
     def call(self, x):
+        if self.data_format == "channels_first" and x.dim() > 2:
+            x = x.movedim(1, -1)  # (B, C, ...) -> (B, ..., C)
         return x.flatten(1)
+
+    def get_config(self):
+        return {"name": self.name, "data_format": self.data_format}
 
 
 class Reshape(Layer):
@@ -234,6 +250,10 @@ class Embedding(Layer):
                                 ("lora_rank", lora_rank, "bigtrain has no LoRA adapters")):
             if value is not None:
                 raise ValueError(f"Embedding {self.name!r}: {arg}= is not supported ({why})")
+        for arg, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Embedding {self.name!r}: {arg} must be a positive integer, "
+                                 f"got {value!r}")
         self.input_dim, self.output_dim, self.sparse = int(input_dim), int(output_dim), sparse
         self.mask_zero = self.makes_mask = bool(mask_zero)
         self.weight_options = {"embeddings": WeightOptions(

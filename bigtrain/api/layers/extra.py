@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.normalization import as_float
 
 
 def _fmt(shape) -> str:
@@ -86,7 +87,7 @@ class RMSNormalization(Layer):
         self.scale = nn.Parameter(torch.ones(self._shape))
 
     def call(self, x):
-        return F.rms_norm(x, self._shape, self.scale, self.epsilon)
+        return F.rms_norm(as_float(x, self), self._shape, self.scale, self.epsilon)
 
     def get_config(self):
         return {"name": self.name, "axis": self.axis, "epsilon": self.epsilon}

@@ -8,6 +8,7 @@ which `bigtrain.set_seed` seeds.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -29,6 +30,9 @@ class GaussianNoise(Layer):
 
     def __init__(self, stddev: float, seed=None, **kwargs):
         super().__init__(**kwargs)
+        if not isinstance(stddev, numbers.Real) or isinstance(stddev, bool) or stddev < 0:
+            raise ValueError(f"GaussianNoise {self.name!r}: stddev must be a number >= 0, "
+                             f"got {stddev!r}")
         self.stddev = float(stddev)
         self.seed = seed
 

@@ -18,6 +18,16 @@ def _fmt(shape) -> str:
     return "(None, " + ", ".join(map(str, shape)) + ")"
 
 
+def as_float(x: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """An integer input (Input(dtype="int32")) in the dtype of `module`'s weights (float32
+    without any), as Keras casts a layer's inputs to its compute dtype; torch's kernels
+    refuse integers, or mixed dtypes."""
+    if x.is_floating_point():
+        return x
+    weight = next(module.parameters(), None)
+    return x.to(torch.get_default_dtype() if weight is None else weight.dtype)
+
+
 class LayerNormalization(Layer):
     """`keras.layers.LayerNormalization` over the last axis, or the last few
     (`axis=[-2, -1]`: gamma and beta then have their shape, as in Keras).
@@ -68,6 +78,7 @@ class LayerNormalization(Layer):
             self.weight_options["beta"].init_(self.norm.bias)
 
     def call(self, x):
+        x = as_float(x, self)
         if not self.rms_scaling:
             return self.norm(x)
         dims = tuple(range(-len(self.norm.normalized_shape), 0))
@@ -166,12 +177,24 @@ class BatchNormalization(Layer):
     def __init__(self, axis=-1, momentum: float = 0.99, epsilon: float = 1e-3,
                  center: bool = True, scale: bool = True, beta_initializer="zeros",
                  gamma_initializer="ones", moving_mean_initializer="zeros",
-                 moving_variance_initializer="ones", synchronized: bool = False, **kwargs):
+                 moving_variance_initializer="ones", beta_regularizer=None,
+                 gamma_regularizer=None, beta_constraint=None, gamma_constraint=None,
+                 synchronized: bool = False, renorm: bool = False, renorm_clipping=None,
+                 renorm_momentum: float = 0.99, **kwargs):
         super().__init__(**kwargs)
         if synchronized:
             raise ValueError("BatchNormalization(synchronized=True) is not supported: bigtrain "
                              "computes the statistics on each rank's share of the batch (on "
                              "one process the flag changes nothing; drop it)")
+        if renorm or renorm_clipping is not None:
+            raise ValueError(f"BatchNormalization {self.name!r}: renorm=True (batch "
+                             "renormalization) is not supported; drop renorm and "
+                             "renorm_clipping")
+        del renorm_momentum  # read by renorm only
+        # regularizers and constraints only: the initializers are the constants below
+        self.weight_options = {
+            "gamma": WeightOptions("ones", None, gamma_regularizer, gamma_constraint),
+            "beta": WeightOptions("zeros", None, beta_regularizer, beta_constraint)}
         self.axis, self.momentum, self.epsilon = axis, momentum, epsilon
         self.center, self.scale = bool(center), bool(scale)
         self.initializers = {k: _constant_init(f"BatchNormalization {k}", v) for k, v in (
@@ -205,6 +228,10 @@ class BatchNormalization(Layer):
         kept = ["weight"] * self.scale + ["bias"] * self.center
         return [(f"norm.{k}", _same, _same) for k in (*kept, "running_mean", "running_var")]
 
+    def weight_roles(self):
+        return {**({"gamma": "norm.weight"} if self.scale else {}),
+                **({"beta": "norm.bias"} if self.center else {})}
+
     #: in training, Keras's statistics leave out the masked time steps (Embedding(mask_zero=
     #: True), Masking); the mask passes on unchanged
     takes_mask = True
@@ -220,6 +247,7 @@ class BatchNormalization(Layer):
 
     def call(self, x, mask=None):
         mask = getattr(x, "_keras_mask", None) if mask is None else mask
+        x = as_float(x, self)
         last = self._axis == -1
         h = x if last else x.movedim(self._axis, -1)  # channels last
         shape = h.shape  # statistics over all axes but channels: (N, C)
@@ -238,7 +266,9 @@ class BatchNormalization(Layer):
         return {"name": self.name, "axis": self.axis, "momentum": self.momentum,
                 "epsilon": self.epsilon, "center": self.center, "scale": self.scale,
                 **{k: {0.0: "zeros", 1.0: "ones"}.get(v, v)
-                   for k, v in self.initializers.items()}}
+                   for k, v in self.initializers.items()},
+                **{k: v for k, v in self.weight_options_config().items()
+                   if not k.endswith("_initializer")}}
 
 
 def _constant_init(what: str, value) -> float:
@@ -299,7 +329,7 @@ class GroupNormalization(Layer):
             self.weight_options["beta"].init_(self.beta)
 
     def call(self, x):
-        h = x.movedim(self._axis, 1)  # (B, C, ...): torch's groups are runs of channels
+        h = as_float(x, self).movedim(self._axis, 1)  # (B, C, ...): torch's groups: channels
         if self.scale and self.center:
             out = F.group_norm(h, self._groups, self.gamma, self.beta, self.epsilon)
         else:  # torch's backward fails given a bias without a weight: apply them here

@@ -1,14 +1,26 @@
 """Window arithmetic shared by convolution and pooling layers: Keras's "valid", "same" and
-"causal" output sizes and the TensorFlow-style "same" padding (the extra cell goes after)."""
+"causal" output sizes and the TensorFlow-style "same" padding (the extra cell goes after);
+and the check of the `data_format` argument the spatial layers share."""
 from __future__ import annotations
 
 import math
 
 
+def data_format_of(layer, value) -> str:
+    """Keras's `data_format` argument checked as Keras does (None: "channels_last", any
+    case): a misspelt value must not pass as one of the two layouts."""
+    fmt = "channels_last" if value is None else str(value).lower()
+    if fmt not in ("channels_last", "channels_first"):
+        raise ValueError(f"{type(layer).__name__} {layer.name!r}: data_format must be "
+                         f"'channels_last' or 'channels_first', got {value!r}")
+    return fmt
+
+
 def as_tuple(value, n: int, what: str, minimum: int = 1) -> tuple[int, ...]:
     """An int or a sequence of n ints >= `minimum` (1: positive), as n ints (Keras's
     standardize_tuple)."""
-    values = (value,) * n if isinstance(value, int) else tuple(value)
+    values = (value,) * n if isinstance(value, int) else \
+        tuple(value) if isinstance(value, (tuple, list)) else ()  # () for a float, a str...
     if len(values) != n or not all(isinstance(v, int) and v >= minimum for v in values):
         kind = "positive integer" if minimum == 1 else f"integer >= {minimum}"
         raise ValueError(f"{what} must be a {kind} or {n} such integers, got {value!r}")

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from bigtrain.api.layers.base import Layer
-from bigtrain.api.layers.padding import as_tuple, same_padding, window_output
+from bigtrain.api.layers.normalization import as_float
+from bigtrain.api.layers.padding import as_tuple, data_format_of, same_padding, window_output
 
 _MAX = (F.max_pool1d, F.max_pool2d, F.max_pool3d)
 _AVG = (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d)
@@ -33,10 +34,7 @@ class _Pool(Layer):
         if self.padding not in ("valid", "same"):
             raise ValueError(f"{type(self).__name__} padding must be 'valid' or 'same', "
                              f"got {padding!r}")
-        self.data_format = data_format or "channels_last"
-        if self.data_format not in ("channels_last", "channels_first"):
-            raise ValueError(f"data_format must be 'channels_last' or 'channels_first', "
-                             f"got {data_format!r}")
+        self.data_format = data_format_of(self, data_format)
 
     def _spatial(self, input_shape):
         if len(input_shape) != self.rank + 1:
@@ -125,7 +123,7 @@ class _GlobalPool(Layer):
 
     def __init__(self, data_format=None, keepdims: bool = False, **kwargs):
         super().__init__(**kwargs)
-        self.data_format = data_format or "channels_last"
+        self.data_format = data_format_of(self, data_format)
         self.keepdims = bool(keepdims)
 
     def _axes(self, input_shape):
@@ -146,8 +144,8 @@ class _GlobalPool(Layer):
         self._dims = self._axes(input_shape)
 
     def call(self, x):
-        if self.average:
-            return x.mean(self._dims, keepdim=self.keepdims)
+        if self.average:  # an integer input's mean is a float, as Keras's
+            return as_float(x, self).mean(self._dims, keepdim=self.keepdims)
         return x.amax(self._dims, keepdim=self.keepdims)
 
     def get_config(self):
@@ -175,6 +173,7 @@ class GlobalAveragePooling1D(_GlobalPool):
     def call(self, x, mask=None):
         if mask is None:
             return super().call(x)
+        x = as_float(x, self)
         steps = self._dims[0]  # 1 (channels_last) or 2 (channels_first)
         keep = mask.unsqueeze(2 if steps == 1 else 1).bool()  # (B, T, 1) or (B, 1, T)
         total = torch.where(keep, x, 0).sum(steps, keepdim=self.keepdims)

@@ -197,29 +197,44 @@ class Lambda(Layer):
     given. A Lambda cannot be saved with `Model.save` (storing a Python callable would need
     pickle); use `save_weights`, or write a `Layer` subclass.
 
+    Called on a list of tensors, `function` gets the list, as in Keras; `arguments` are
+    keyword arguments handed to every call of `function`.
+
     Example:
         h = Lambda(lambda t: t * 2.0)(Input(shape=(4,)))
+        s = Lambda(lambda ab, k: (ab[0] - ab[1]) * k, arguments={"k": 0.5})([h, h])
     """
 
-    def __init__(self, function, output_shape=None, **kwargs):
+    def __init__(self, function, output_shape=None, mask=None, arguments=None, **kwargs):
         super().__init__(**kwargs)
         if not callable(function):
             raise TypeError(f"Lambda takes a callable, got {type(function).__name__}")
-        self.function = function
+        if mask is not None:
+            raise ValueError(f"Lambda {self.name!r}: mask= is not supported (bigtrain's masks "
+                             "come from Embedding(mask_zero=True) or Masking); drop it")
+        self.function, self.arguments = function, dict(arguments or {})
         # a callable maps Keras's whole input shape (batch axis first) to the output's
         self.output_shape = output_shape if output_shape is None or callable(output_shape) \
             else tuple(output_shape)
 
+    def __call__(self, *args, **kwargs):
+        if args and isinstance(args[0], (list, tuple)):
+            self.takes_list = True  # Keras hands `function` the whole list
+        return super().__call__(*args, **kwargs)
+
     def compute_output_shape(self, input_shape):
+        shapes = input_shape if self.takes_list else [input_shape]
         if callable(self.output_shape):
-            return tuple(self.output_shape((None, *input_shape)))[1:]
+            full = [(None, *s) for s in shapes]
+            return tuple(self.output_shape(full if self.takes_list else full[0]))[1:]
         if self.output_shape is not None:
             return self.output_shape
         with torch.no_grad():
-            return tuple(self.function(torch.zeros(2, *input_shape)).shape[1:])
+            zeros = [torch.zeros(2, *s) for s in shapes]
+            return tuple(self.call(zeros if self.takes_list else zeros[0]).shape[1:])
 
     def call(self, x):
-        return self.function(x)
+        return self.function(x, **self.arguments)
 
     def get_config(self):
         raise ValueError(f"Lambda layer {self.name!r} holds a Python callable, which "

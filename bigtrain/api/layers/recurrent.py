@@ -24,7 +24,9 @@ from torch import nn
 from bigtrain.api.activations import ACTIVATIONS, HALVES_LAST_AXIS
 from bigtrain.api.layers import rnn_loop
 from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.normalization import as_float
 from bigtrain.api.layers.rnn_mask import run_masked
+from bigtrain.api.layers.weight_options import WeightOptions
 
 
 def _same(t):
@@ -81,8 +83,18 @@ class _RNN(Layer):
     def __init__(self, units: int, activation="tanh", use_bias: bool = True,
                  return_sequences: bool = False, return_state: bool = False,
                  go_backwards: bool = False, dropout: float = 0.0,
-                 recurrent_dropout: float = 0.0, **kwargs):
+                 recurrent_dropout: float = 0.0, kernel_initializer="glorot_uniform",
+                 recurrent_initializer="orthogonal", bias_initializer="zeros",
+                 kernel_regularizer=None, recurrent_regularizer=None, bias_regularizer=None,
+                 kernel_constraint=None, recurrent_constraint=None, bias_constraint=None,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.weight_options = {
+            "kernel": WeightOptions("glorot_uniform", kernel_initializer, kernel_regularizer,
+                                    kernel_constraint),
+            "recurrent_kernel": WeightOptions("orthogonal", recurrent_initializer,
+                                              recurrent_regularizer, recurrent_constraint),
+            "bias": WeightOptions("zeros", bias_initializer, bias_regularizer, bias_constraint)}
         kind = type(self).__name__
         if not isinstance(units, int) or units <= 0:
             raise ValueError(f"{kind} units must be a positive integer, got {units!r}")
@@ -120,6 +132,26 @@ class _RNN(Layer):
         nn.init.xavier_uniform_(self.weight_ih)  # Keras glorot_uniform on (features, g*u)
         nn.init.orthogonal_(self.weight_hh)      # Keras orthogonal on (u, g*u)
         self._init_bias()
+        self._given_initializers()
+
+    def _given_initializers(self) -> None:
+        """kernel_/recurrent_/bias_initializer given by the user: drawn in Keras's layout
+        (gates in Keras's order), then moved to torch's; an LSTM's forget gate bias is 1
+        after it with unit_forget_bias, as Keras."""
+        slots = {key: (to_keras, to_torch) for key, to_keras, to_torch in self.keras_weights()}
+        for role, key in self.weight_roles().items():
+            param, (to_keras, to_torch) = getattr(self, key), slots[key]
+            shape = tuple(to_keras(param.detach()).shape)
+            if self.weight_options[role].init_(param, to_torch, keras_shape=shape) and \
+                    role == "bias":
+                self._init_forget_bias()
+
+    def _init_forget_bias(self) -> None:
+        """An LSTM's forget gate bias of 1 (unit_forget_bias); other layers have none."""
+
+    def weight_roles(self):
+        return {"kernel": "weight_ih", "recurrent_kernel": "weight_hh",
+                **({"bias": "bias"} if self.use_bias else {})}
 
     def _init_bias(self):
         if self.use_bias:
@@ -198,6 +230,7 @@ class _RNN(Layer):
     def call(self, x, mask=None):
         mask = getattr(x, "_keras_mask", None) if mask is None else mask
         self._check_call(x, mask)
+        x = as_float(x, self)  # Input(dtype="int32"): Keras's cast to the compute dtype
         out, state = self.run(x, mask)
         y = out if self.return_sequences else state[0]  # Keras's last output is h_T
         return [y, *state] if self.return_state else y
@@ -206,7 +239,10 @@ class _RNN(Layer):
         return {"name": self.name, "units": self.units, "activation": self.activation,
                 "use_bias": self.use_bias, "return_sequences": self.return_sequences,
                 "return_state": self.return_state, "go_backwards": self.go_backwards,
-                "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout}
+                "dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout,
+                # Keras's arguments say recurrent_initializer for the recurrent_kernel
+                **{k.replace("recurrent_kernel_", "recurrent_"): v
+                   for k, v in self.weight_options_config().items()}}
 
 
 class SimpleRNN(_RNN):
@@ -251,6 +287,9 @@ class LSTM(_RNN):
 
     def _init_bias(self):
         super()._init_bias()
+        self._init_forget_bias()
+
+    def _init_forget_bias(self):
         if self.use_bias and self.unit_forget_bias:
             with torch.no_grad():
                 self.bias[self.units:2 * self.units] = 1.0  # the forget gate starts open

@@ -3,10 +3,12 @@ UpSampling1D/2D/3D, Permute and RepeatVector. None has weights; all take channel
 inputs as Keras."""
 from __future__ import annotations
 
+import operator
+
 import torch.nn.functional as F
 
 from bigtrain.api.layers.base import Layer
-from bigtrain.api.layers.padding import as_tuple
+from bigtrain.api.layers.padding import as_tuple, data_format_of
 
 
 def _pairs(value, n: int, what: str) -> tuple[tuple[int, int], ...]:
@@ -32,6 +34,20 @@ def _scale(size: int | None, by: int) -> int | None:
     return None if size is None else size * by
 
 
+def _positive(value, n: int, what: str) -> tuple[int, ...]:
+    """An int (numpy's too) or n of them, each positive: a size of 0 would make an empty
+    output that fails only later, far from the layer."""
+    try:
+        values = tuple(map(operator.index, (value,) * n if not hasattr(value, "__len__")
+                           else value))
+    except TypeError:
+        values = ()
+    if len(values) != n or min(values) <= 0:
+        raise ValueError(f"{what} must be a positive integer"
+                         + (f" or {n} of them" if n > 1 else "") + f", got {value!r}")
+    return values
+
+
 class _Spatial(Layer):
     rank = 1
     arg = "padding"
@@ -39,7 +55,7 @@ class _Spatial(Layer):
     def __init__(self, value, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.pairs = _pairs(value, self.rank, self.arg)
-        self.data_format = data_format or "channels_last"
+        self.data_format = data_format_of(self, data_format)
 
     def _first_axis(self, input_shape):
         if len(input_shape) != self.rank + 1:
@@ -137,7 +153,7 @@ class UpSampling1D(Layer):
 
     def __init__(self, size: int = 2, **kwargs):
         super().__init__(**kwargs)
-        self.size = int(size)
+        self.size = _positive(size, 1, "UpSampling1D size")[0]
 
     def compute_output_shape(self, input_shape):
         return (_scale(input_shape[0], self.size), *input_shape[1:])
@@ -160,8 +176,8 @@ class UpSampling2D(Layer):
 
     def __init__(self, size=(2, 2), data_format=None, interpolation="nearest", **kwargs):
         super().__init__(**kwargs)
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        self.data_format = data_format or "channels_last"
+        self.size = _positive(size, 2, "UpSampling2D size")
+        self.data_format = data_format_of(self, data_format)
         self.interpolation = str(interpolation).lower()
         if self.interpolation not in self.modes:
             raise ValueError(f"UpSampling2D supports interpolation in {self.modes}, "
@@ -198,7 +214,7 @@ class UpSampling3D(Layer):
     def __init__(self, size=(2, 2, 2), data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.size = as_tuple(size, 3, "size")
-        self.data_format = data_format or "channels_last"
+        self.data_format = data_format_of(self, data_format)
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 4:
@@ -249,7 +265,7 @@ class RepeatVector(Layer):
 
     def __init__(self, n: int, **kwargs):
         super().__init__(**kwargs)
-        self.n = int(n)
+        self.n = _positive(n, 1, "RepeatVector n")[0]
 
     def compute_output_shape(self, input_shape):
         if len(input_shape) != 1:

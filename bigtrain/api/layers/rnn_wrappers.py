@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.normalization import BatchNormalization
 from bigtrain.api.layers.recurrent import _RNN, _layer_from
 
 
@@ -18,7 +19,8 @@ class Bidirectional(Layer):
 
     modes = ("concat", "sum", "mul", "ave", None)
 
-    def __init__(self, layer: _RNN, merge_mode: str | None = "concat", **kwargs):
+    def __init__(self, layer: _RNN, merge_mode: str | None = "concat", backward_layer=None,
+                 **kwargs):
         super().__init__(**kwargs)
         layer = _layer_from(layer)
         if not isinstance(layer, _RNN):
@@ -27,16 +29,38 @@ class Bidirectional(Layer):
         if merge_mode not in self.modes:
             raise ValueError(f"Bidirectional merge_mode must be one of {self.modes}, "
                              f"got {merge_mode!r}")
-        config = {k: v for k, v in layer.get_config().items() if k != "name"}
         self.forward_layer = layer
-        self.backward_layer = type(layer)(**{**config, "go_backwards": not layer.go_backwards},
-                                          name=f"backward_{layer.name}")
+        self._given_backward = backward_layer is not None  # saved in get_config then
+        if backward_layer is None:  # as Keras: a copy of the layer reading backwards
+            config = {k: v for k, v in layer.get_config().items() if k != "name"}
+            backward_layer = type(layer)(**{**config, "go_backwards": True},
+                                         name=f"backward_{layer.name}")
+        self.backward_layer = self._checked_backward(_layer_from(backward_layer))
         self.merge_mode = merge_mode
         for side in (self.forward_layer, self.backward_layer):  # as Keras: masked steps give 0
             side.zero_output_for_mask = side.return_sequences
         if merge_mode is None and layer.return_sequences:
             # Keras masks both listed outputs; a graph carries a mask on the first only
             self.refuses_mask = True
+
+    def _checked_backward(self, backward):
+        """The backward layer, checked as Keras does: an RNN reading the other way, with
+        the forward layer's return_sequences and return_state (and, here, its units)."""
+        forward = self.forward_layer
+        if not isinstance(backward, _RNN):
+            raise TypeError(f"Bidirectional {self.name!r}: backward_layer must be a SimpleRNN, "
+                            f"LSTM or GRU, got {type(backward).__name__}")
+        if backward.go_backwards == forward.go_backwards:
+            raise ValueError(f"Bidirectional {self.name!r}: the forward and backward layers "
+                             f"both have go_backwards={forward.go_backwards}; the forward "
+                             "layer must read forwards (go_backwards=False) unless a "
+                             "backward_layer with go_backwards=False is given")
+        for attr in ("return_sequences", "return_state", "units"):
+            if getattr(backward, attr) != getattr(forward, attr):
+                raise ValueError(f"Bidirectional {self.name!r}: backward_layer has {attr}="
+                                 f"{getattr(backward, attr)!r} but the forward layer has "
+                                 f"{getattr(forward, attr)!r}; give both the same")
+        return backward
 
     def output_mask(self, mask):
         return mask if self.forward_layer.return_sequences else None
@@ -87,9 +111,13 @@ class Bidirectional(Layer):
                 for key, a, b in getattr(self, side).keras_weights()]
 
     def get_config(self):
-        return {"name": self.name, "merge_mode": self.merge_mode,
-                "layer": {"class": type(self.forward_layer).__name__,
-                          "config": self.forward_layer.get_config()}}
+        config = {"name": self.name, "merge_mode": self.merge_mode,
+                  "layer": {"class": type(self.forward_layer).__name__,
+                            "config": self.forward_layer.get_config()}}
+        if self._given_backward:
+            config["backward_layer"] = {"class": type(self.backward_layer).__name__,
+                                        "config": self.backward_layer.get_config()}
+        return config
 
 
 class TimeDistributed(Layer):
@@ -114,9 +142,19 @@ class TimeDistributed(Layer):
         self.layer._ensure_built(tuple(input_shape[1:]))
 
     def call(self, x):
+        if self.training and self._batch_statistics():
+            # Keras calls the layer once per step: in training, a BatchNormalization's
+            # statistics are each step's (B samples), and its moving ones move T times
+            return torch.stack([self.layer(x[:, i]) for i in range(x.shape[1])], 1)
         b, t = x.shape[:2]
         y = self.layer(x.reshape(b * t, *x.shape[2:]))  # every step as one batch
         return y.reshape(b, t, *y.shape[1:])
+
+    def _batch_statistics(self) -> bool:
+        """Whether the wrapped layer normalizes with its batch's statistics in training (a
+        trainable BatchNormalization in it), so one (B * T) batch would differ from Keras."""
+        return any(isinstance(m, BatchNormalization) and m.trainable
+                   for m in self.layer.modules())
 
     def keras_weights(self):
         inner = self.layer.keras_weights()

@@ -90,3 +90,23 @@ def train_mode(module: nn.Module, mode: bool | None):
     finally:
         for m, was in modes:
             m.training = was
+
+
+@contextlib.contextmanager
+def unsized_axes_named(layer: "Layer", input_shape):
+    """Around a layer's build: torch's TypeError for a weight sized by an axis of any size
+    (None), "empty(): argument 'size' ... NoneType", becomes what it means in the user's
+    terms. A TypeError with no None axis in `input_shape` is something else and stands."""
+    try:
+        yield
+    except TypeError as e:
+        shapes = input_shape if input_shape and isinstance(input_shape[0], (tuple, list)) \
+            else [input_shape]
+        if not any(s is None for shape in shapes for s in shape):
+            raise
+        shown = ", ".join("(None, " + ", ".join(map(str, shape)) + ")" for shape in shapes)
+        raise ValueError(f"{type(layer).__name__} {layer.name!r} sizes its weights from its "
+                         f"input's axes, and inputs of shape {shown} have an axis of any "
+                         "size (None) that it needs fixed: give it a size in Input(shape="
+                         "...), or pool it away first (e.g. GlobalAveragePooling1D instead "
+                         f"of Flatten). ({e})") from e
