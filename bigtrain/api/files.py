@@ -22,6 +22,7 @@ from bigtrain.api.loss_config import loss_configs
 from bigtrain.api.optimizer_config import spec_config
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.engine.carry import carried_optimizer
+from bigtrain.parallel.update_rules import ema_tensors
 
 FORMAT = "bigtrain.model/1"
 #: why a file holds no optimizer state although the model trained (metadata "optimizer")
@@ -131,7 +132,9 @@ def _optimizer_state(model, include: bool) -> tuple[dict, dict]:
         return {}, {"optimizer": json.dumps({"class": None, "why": SEVERAL_PROCESSES})}
     if not optimizer.state and not any(g.get("iterations") for g in optimizer.param_groups):
         return {}, {}  # it never stepped (a schedule's step count is state too)
+    ema = ema_tensors(model.net, optimizer)  # use_ema's average (before a state init step)
     tensors, groups = cs.optimizer_tensors(model.net, optimizer)
+    tensors.update(ema)
     return tensors, {"optimizer": json.dumps({"class": cs.optimizer_name(optimizer),
                                               "param_groups": groups, "keys": list(tensors)})}
 

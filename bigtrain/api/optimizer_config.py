@@ -16,6 +16,7 @@ import dataclasses
 import torch
 
 from bigtrain.api import optimizer_kernels, schedules
+from bigtrain.api.optimizer_decay import DecayExclusion
 from bigtrain.api.optimizers import OptimizerSpec
 from bigtrain.parallel.update_rules import UpdateRules
 
@@ -44,7 +45,11 @@ def spec_config(spec: OptimizerSpec) -> dict | None:
     rules = None
     if spec.rules is not None:
         rules = {f.name: getattr(spec.rules, f.name) for f in dataclasses.fields(spec.rules)
-                 if f.name != "weights"}  # the layers' own penalties: rebuilt by compile
+                 if f.name not in ("weights", "exclude_from_decay")}  # penalties: compile's
+        if spec.rules.exclude_from_decay is not None:
+            rules["exclude_from_decay"] = spec.rules.exclude_from_decay.config()
+            if rules["exclude_from_decay"] is None:  # torch tensors: a file cannot name them
+                return None
     groups = None
     if spec.groups is not None:  # a torch instance's own groups: positions and settings
         groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
@@ -78,7 +83,12 @@ def spec_from_config(config: dict, custom_objects: dict | None = None) -> Optimi
         elif isinstance(value, dict) and "schedule" in value:
             value = _schedule(value, custom_objects or {})
         kwargs[key] = value
-    rules = UpdateRules(**config["rules"]) if config.get("rules") else None
+    rules = None
+    if config.get("rules"):
+        saved = dict(config["rules"])
+        excluded = saved.pop("exclude_from_decay", None)
+        rules = UpdateRules(**saved, exclude_from_decay=None if excluded is None else
+                            DecayExclusion(excluded["names"], excluded["paths"]))
     groups = config.get("groups")
     if groups is not None:
         groups = [{k: (tuple(v) if k == "betas" else v) for k, v in g.items()} for g in groups]

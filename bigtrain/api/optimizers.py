@@ -25,6 +25,7 @@ import torch
 from bigtrain.api import optimizer_kernels as keras_rules
 from bigtrain.api.optimizer_kernels import kernel_options
 from bigtrain.api.keras_optimizer import Iterations, LearningRate, keras_class, not_settable
+from bigtrain.api.optimizer_decay import exclude
 from bigtrain.api.param_groups import grouped, instance_groups
 from bigtrain.api.schedules import as_schedule, rate_at
 from bigtrain.api.sparse_grads import watch_sparse_grads
@@ -55,8 +56,15 @@ _OPTIMIZERS = {
 #: Keras 3 optimizers bigtrain does not offer (named in the error, so users know why)
 _NOT_OFFERED = ("adafactor", "muon", "schedulefreeadamw")
 #: Keras arguments bigtrain's optimizers refuse, and why
-_REFUSED = {"loss_scale_factor": "scale the loss in the loss function instead",
-            "gradient_accumulation_steps": "use a larger batch_size instead"}
+_REFUSED = {
+    # Keras multiplies the loss by it and divides the gradients by it again: the update is
+    # the same, so scaling the loss oneself would change training, not reproduce it
+    "loss_scale_factor": "it does not change Keras's update (the gradients are unscaled "
+                         "again); drop it: fit(precision='16-mixed') scales float16 losses "
+                         "itself",
+    "gradient_accumulation_steps": "fit(batch_size=k * b, accumulate_steps=k) computes the "
+                                   "same averaged gradient of k batches of b rows per update, "
+                                   "with the memory of one batch of b"}
 
 
 def _refuse(cls_name: str, extra: dict) -> None:
@@ -134,6 +142,13 @@ class OptimizerSpec:
 
     def _grouped(self, params: list) -> list[dict]:
         return grouped(self.groups, self.cls.__name__, params)
+
+    def exclude_from_weight_decay(self, var_list=None, var_names=None) -> None:
+        """Keras's: `weight_decay` skips the weights in `var_list` (the model's weights, as
+        `model.weights` or `layer.weights` list them, or torch parameters) and every weight
+        whose name contains a match of one of `var_names` (`["bias"]`: every bias).
+        Call it before compile. A later call replaces the earlier one, as in Keras."""
+        exclude(self, var_list, var_names)
 
     @property
     def fused(self) -> bool:

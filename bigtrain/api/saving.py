@@ -17,6 +17,7 @@ from bigtrain.api.loss_config import losses_from_configs
 from bigtrain.api.model import Model, Sequential
 from bigtrain.api.optimizer_config import spec_from_config
 from bigtrain.engine import checkpoint_state as cs
+from bigtrain.parallel.update_rules import load_ema_tensors, pop_ema_tensors
 
 
 def load_model(filepath: str, custom_objects: dict | None = None, compile: bool = True,
@@ -91,6 +92,7 @@ def _restore_optimizer(model, saved: dict, tensors: dict, path: str) -> None:
         model.keep_optimizer(None)
         return
     optimizer = model.compiled.optimizer.build(model.net.parameters())
+    ema = pop_ema_tensors(tensors := dict(tensors))  # use_ema's average
     if cs.optimizer_name(optimizer) != saved["class"]:
         problems = [f"optimizer {saved['class']} saved, {cs.optimizer_name(optimizer)} compiled"]
     else:
@@ -100,6 +102,7 @@ def _restore_optimizer(model, saved: dict, tensors: dict, path: str) -> None:
                       f"starts a fresh optimizer: {'; '.join(problems[:5])}", UserWarning,
                       stacklevel=3)
         return
+    load_ema_tensors(model.net, optimizer, ema)
     model.optimizer = optimizer
     model.keep_optimizer(optimizer)
 

@@ -25,6 +25,7 @@ from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.layers.layer_losses import has_activity_regularizer, may_add_losses
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
 from bigtrain.api.metrics import OutputLoss
+from bigtrain.api.optimizer_decay import resolve_spec
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
 from bigtrain.api.regularizers import LayerLossTask, RegularizedTask, refuse_strategy
 from bigtrain.engine.data import ArrayData
@@ -196,7 +197,7 @@ def make_task(model, data: ArrayData, val: ArrayData | None, config: FitConfig,
     metrics = fresh_metrics(c, model.output_names, losses)
     rules = weight_rules_of(model.net)  # kernel_regularizer, kernel_constraint, ...
     # the losses layers add in the forward (add_loss) join the loss, with their gradient
-    task_cls, optimizer = LayerLossTask, c.optimizer
+    task_cls, optimizer = LayerLossTask, resolve_spec(c.optimizer, model)  # decay exclusions
     extra = {"adds_losses": may_add_losses(model.net),
              "activity": has_activity_regularizer(model.net)}
     if rules:  # the penalties' value joins the loss, their gradient the optimizer's hooks

@@ -7,8 +7,10 @@ optimizer back (the model keeps it as `model.optimizer`) and the next fit under 
 compile loads its `state_dict()` (read then, so changes made between the calls count) into
 the optimizer it builds. A new `compile` starts afresh, as in Keras.
 
-Not carried: the moving average of `use_ema` and float16's loss scale, which live beside the
-optimizer's state_dict; both restart with each fit.
+Not carried: float16's loss scale, which lives beside the optimizer's state_dict; it
+restarts with each fit. The moving average of `use_ema` rides in the state_dict of one
+process's optimizer (bigtrain.parallel.update_rules.EmaState), so it continues there; a fit on
+several processes hands the state back without it, and the next fit says that it restarts.
 
 A fit on several processes hands its whole optimizer state back too: every rank enters a
 gather at its end, rank 0 returns the state (`FitResult.optimizer_state`, see

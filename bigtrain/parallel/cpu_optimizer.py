@@ -170,6 +170,13 @@ class CpuOptimizerDataParallel(DataParallel):
     def setup_optimizer(self, module, make_optimizer):
         return setup_optimizer_on("cpu", module, make_optimizer, self.pin_memory)
 
+    def refuse_update_rules(self, rules) -> str | None:
+        if rules.weight_decay and rules.exclude_from_decay is not None:
+            return ("exclude_from_weight_decay: the host optimizer steps copies of the "
+                    "weights, which the exclusion cannot name; use strategy='ddp' or "
+                    "'fsdp_offload' (optimizer state on the host too), or drop the exclusion")
+        return super().refuse_update_rules(rules)
+
     def describe(self) -> str:
         return f"ddp, optimizer on the host, bucket {self.bucket_cap_mb} MB"
 

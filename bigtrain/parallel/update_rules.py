@@ -14,6 +14,7 @@ the whole model and `clipnorm` the norm of each whole variable, as one process d
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,10 @@ class UpdateRules:
             its weight's) and `after_step(params)` (constraints), each given the
             optimizer's parameters and acting on those it regularizes or constrains
             (bigtrain.api.regularizers.WeightRules).
+        exclude_from_decay: the weights weight_decay skips (Keras's
+            `exclude_from_weight_decay`), or None: an object whose
+            `excluded_ids(params)` gives the ids of those among the optimizer's `params`
+            (bigtrain.api.optimizer_decay.DecayExclusion).
     """
     clipnorm: float | None = None
     global_clipnorm: float | None = None
@@ -93,6 +98,7 @@ class UpdateRules:
     ema_momentum: float = 0.99
     ema_overwrite_frequency: int | None = None
     weights: Any = None
+    exclude_from_decay: Any = None
 
     def __post_init__(self):
         clips = [n for n in ("clipnorm", "global_clipnorm", "clipvalue") if getattr(self, n)]
@@ -134,6 +140,10 @@ class UpdateRules:
         if self.use_ema:
             ema = EmaState(self)
             optimizer.register_step_post_hook(lambda opt, args, kwargs: ema.update(opt))
+            # the average travels in state_dict, so that the next fit (which loads this
+            # optimizer's state into the one it builds) continues it, as Keras's does
+            optimizer.register_state_dict_post_hook(ema.save_into)
+            optimizer.register_load_state_dict_pre_hook(ema.load_from)
             optimizer._bigtrain_ema = ema
         if self.weights is not None:  # after the average, as Keras
             self.weights.after_step(_params(optimizer), project=False)  # the first values
@@ -165,24 +175,76 @@ class UpdateRules:
             for g in grads:
                 _local(g).mul_(scale.to(_local(g).device))
         if self.weight_decay:
+            skip = () if self.exclude_from_decay is None else \
+                self.exclude_from_decay.excluded_ids([p for _, ps in groups for p in ps])
             for group, params in groups:
                 lr = group["lr"]
                 for p in params:
-                    _local(p).mul_(1.0 - float(lr) * self.weight_decay)
+                    if id(p) not in skip:
+                        _local(p).mul_(1.0 - float(lr) * self.weight_decay)
 
 
 def _params(optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
+_EMA_KEY = "bigtrain_ema"  # beside "state" and "param_groups" in the optimizer's state_dict
+
+
 class EmaState:
-    """The moving average of one optimizer's parameters (local shards under sharding)."""
+    """The moving average of one optimizer's parameters (local shards under sharding).
+
+    It rides along in the optimizer's `state_dict()` (key "bigtrain_ema": the step count
+    and the average by the parameter's position in the param groups), so that a second fit,
+    which loads the first fit's optimizer state, continues the average and Keras's momentum
+    (zero only at the very first step) instead of restarting them; model files keep it
+    too (`ema_tensors`). Collective state dicts (the ranks' gather and load) keep only
+    "state" and "param_groups": a fit that loads such a state restarts the average and
+    says so."""
 
     def __init__(self, rules: UpdateRules):
         self.rules, self.average, self.steps = rules, {}, 0
+        self.restarts = False  # loaded a trained optimizer's state without its average
+
+    def save_into(self, optimizer, state_dict: dict) -> None:
+        """state_dict post-hook: add the average (the local tensors, cloned)."""
+        if self.restarts:  # none to hand on: the next loader restarts (and says so)
+            return
+        where = {id(p): i for i, p in enumerate(_params(optimizer))}
+        state_dict[_EMA_KEY] = {"steps": self.steps,
+                                "average": {where[id(p)]: avg.detach().clone()
+                                            for p, avg in self.average.items()
+                                            if id(p) in where}}
+
+    def load_from(self, optimizer, state_dict: dict) -> dict:
+        """load_state_dict pre-hook: take the average back out of `state_dict` (torch's
+        loader would not know the key); an average whose shapes do not fit is dropped."""
+        saved = state_dict.pop(_EMA_KEY, None)
+        if saved is None:  # a state from the ranks' gather or a file without the average
+            self.restarts = any(g.get("iterations") for g in state_dict.get("param_groups", ()))
+            return state_dict
+        params = _params(optimizer)
+        average = {}
+        for i, avg in saved["average"].items():
+            i = int(i)
+            if i >= len(params) or _local(params[i]).shape != avg.shape:
+                return state_dict  # another model or sharding: the average restarts
+            local = _local(params[i])
+            average[params[i]] = avg.detach().to(device=local.device, dtype=local.dtype).clone()
+        self.average, self.steps, self.restarts = average, int(saved["steps"]), False
+        return state_dict
 
     @torch.no_grad()
     def update(self, optimizer) -> None:
+        if self.restarts:
+            self.restarts = False
+            if not dist.is_initialized() or dist.get_rank() == 0:
+                warnings.warn("use_ema: this fit continues an optimizer state that came "
+                              "without its moving average of the weights (a fit on several "
+                              "processes hands it back without it), so the average restarts "
+                              "from the current weights, where Keras's would continue; to "
+                              "average exactly, fit once with more epochs", UserWarning,
+                              stacklevel=2)
         momentum = self.rules.ema_momentum if self.steps else 0.0
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -202,6 +264,41 @@ class EmaState:
         """Replace the weights by their average (Keras's finalize_variable_values)."""
         for p, avg in self.average.items():
             _local(p).copy_(avg)
+
+
+_EMA_FILE = "ema."  # model-file keys: "ema.<parameter name>", and "ema.steps"
+
+
+def ema_tensors(module, optimizer) -> dict[str, torch.Tensor]:
+    """The moving average of `use_ema` (one process: plain tensors) by parameter name, for
+    a model file, so that the loaded model's next fit continues it; {} without use_ema."""
+    ema = getattr(optimizer, "_bigtrain_ema", None)
+    if ema is None or not ema.steps:
+        return {}
+    names = {id(p): name for name, p in module.named_parameters()}
+    out = {_EMA_FILE + names[id(p)]: avg.detach().cpu().clone()
+           for p, avg in ema.average.items() if id(p) in names}
+    out[_EMA_FILE + "steps"] = torch.tensor(ema.steps)
+    return out
+
+
+def pop_ema_tensors(tensors: dict) -> dict[str, torch.Tensor]:
+    """Take `ema_tensors`' entries out of a file's optimizer tensors."""
+    return {k: tensors.pop(k) for k in [k for k in tensors if k.startswith(_EMA_FILE)]}
+
+
+def load_ema_tensors(module, optimizer, tensors: dict) -> None:
+    """Continue the average `ema_tensors` saved in `optimizer` (built over `module`)."""
+    ema = getattr(optimizer, "_bigtrain_ema", None)
+    if ema is None or _EMA_FILE + "steps" not in tensors:
+        return
+    params = dict(module.named_parameters())
+    average = {params[k[len(_EMA_FILE):]]: v for k, v in tensors.items()
+               if k[len(_EMA_FILE):] in params}
+    where = {id(p): i for i, p in enumerate(_params(optimizer))}
+    ema.load_from(optimizer, {_EMA_KEY: {
+        "steps": int(tensors[_EMA_FILE + "steps"]),
+        "average": {where[id(p)]: avg for p, avg in average.items() if id(p) in where}}})
 
 
 def rules_of(optimizer) -> UpdateRules | None:

@@ -374,6 +374,10 @@ class ParameterServer(Strategy):
                     "own, so clipnorm/global_clipnorm (norms of whole variables or the whole "
                     "model) and use_ema are not applied exactly; use clipvalue, or a "
                     "data-parallel or sharded strategy (ddp, zero3) for these arguments")
+        if rules.weight_decay and rules.exclude_from_decay is not None:
+            return ("exclude_from_weight_decay: the servers decay row shards of the "
+                    "parameters, which the exclusion cannot name; use a data-parallel or "
+                    "sharded strategy (ddp, zero3), or drop the exclusion")
         return None
 
     def describe(self) -> str:
