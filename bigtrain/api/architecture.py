@@ -1,5 +1,8 @@
 """A model's architecture without its weights, as Keras's `get_config` / `from_config` /
-`to_json`: a Sequential's layers in order (and its Input), a functional model's graph.
+`to_json`: a Sequential's layers in order (and its Input), a functional model's graph;
+and the shapes a model's graph is built from: Model's dict of inputs (`graph_inputs`), a
+Sequential's `build` shape and the first data an unbuilt Sequential meets
+(`build_on_data`).
 
 The model classes come in as arguments (this module is imported by bigtrain.api.model).
 
@@ -12,7 +15,8 @@ from __future__ import annotations
 import json
 
 from bigtrain.api.functional import (GraphModule, _config, graph_config, graph_from_config,
-                                     layer_classes)
+                                     graph_outputs, layer_classes)
+from bigtrain.api.layers.base import KerasTensor
 
 #: how a config names a model used as a layer (its `keras_kind`)
 MODEL_KINDS = ("Functional", "Sequential")
@@ -63,7 +67,7 @@ def model_from_config(config: dict, custom_objects, functional, sequential):
                          f"'layers' or 'graph'), got keys {sorted(config)}")
     graph = graph_from_config(config["graph"], custom_objects, nested_builder(
         custom_objects, functional, sequential))
-    return functional(graph.input_tensors, graph.output_tensors, name=config.get("name"),
+    return functional(graph.input_tensors, graph_outputs(graph), name=config.get("name"),
                       trainable=trainable)
 
 
@@ -77,3 +81,46 @@ def nested_builder(custom_objects, functional, sequential):
 def model_json(model, **kwargs) -> str:
     return json.dumps({"class_name": model.keras_kind, "config": model_config(model)},
                       **kwargs)
+
+
+def sample_shape(input_shape) -> tuple:
+    """`Sequential.build`'s argument as the shape of one sample: Keras's batch shape
+    `(None, 4)` loses its batch axis; a shape without a leading None is a sample's."""
+    shape = tuple(input_shape)
+    return shape[1:] if len(shape) >= 2 and shape[0] is None else shape
+
+
+def build_on_data(model, x) -> None:
+    """Build a Sequential given no input shape from the first data it meets, as Keras's
+    first fit/evaluate/predict or call builds it, and run the compile that waited for it
+    (`model.pending_compile`: the call `training.compile_model` kept before the build)."""
+    import numpy as np
+    import torch
+    from bigtrain.api.layers import Input
+    if model.net is not None or not model.layers:
+        return
+    if not isinstance(x, (np.ndarray, torch.Tensor)):
+        raise ValueError(f"the Sequential has no input shape yet and cannot read one from "
+                         f"{type(x).__name__}: start it with Input(shape=...), give the first "
+                         "layer input_shape=..., or call model.build((None, *sample_shape))")
+    integer = not (x.is_floating_point() if isinstance(x, torch.Tensor) else
+                   np.issubdtype(x.dtype, np.floating))  # token ids stay integers
+    model._input = Input(tuple(x.shape[1:]), dtype="int64" if integer else None)
+    model.build()
+    pending, model.pending_compile = model.pending_compile, None
+    if pending is not None:  # compile's call, kept by training.compile_model
+        pending()
+
+
+def graph_inputs(inputs) -> list:
+    """Model's `inputs` as a list: a dict `{name: Input(name=name)}` in Keras's order (by
+    key), each key naming its Input, as the dict of arrays fit and predict take is read."""
+    if not isinstance(inputs, dict):
+        return list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    for key, t in inputs.items():
+        name = t.node.layer.name if isinstance(t, KerasTensor) else None
+        if name is not None and name != key:
+            raise ValueError(f"Model(inputs={{...}}) maps {key!r} to the Input named {name!r}; "
+                             "bigtrain reads a dict of arrays by the Inputs' names: key each "
+                             f"Input by its name, or create it as Input(..., name={key!r})")
+    return [inputs[key] for key in sorted(inputs)]

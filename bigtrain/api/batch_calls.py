@@ -24,7 +24,6 @@ Example:
 """
 from __future__ import annotations
 
-import itertools
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -32,11 +31,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from bigtrain.api import training
+from bigtrain.api import steps_data, training
+from bigtrain.api.architecture import build_on_data
 from bigtrain.api.compile_metrics import keras_order
 from bigtrain.api.fit_args import class_weight_to_sample_weight
-from bigtrain.api.inputs import _compact_one_hot, loader_batch_size, prepare_data
+from bigtrain.api.inputs import _compact_one_hot, prepare_data
 from bigtrain.api.keyed_outputs import split_dict
+from bigtrain.api.steps_data import _is_iterator
+from bigtrain.api.weights import as_numpy
 from bigtrain.engine.carry import load_carried
 from bigtrain.engine.data import ArrayData, as_tensor_source
 from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
@@ -45,6 +47,10 @@ from bigtrain.engine.task import FitConfig, TrainTask
 from bigtrain.parallel.base import StepBatch, Strategy
 from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.microbatch import call_module
+
+
+#: evaluate(steps=)/predict(steps=) read their batches here (Trainer's evaluate, predict)
+first_batches = steps_data.first_batches
 
 
 @dataclass
@@ -207,9 +213,11 @@ def _logs(tally: _BatchTally | None, batch: StepBatch, outputs: list, loss) -> d
 
 
 def _result(model, logs: dict[str, float], return_dict: bool):
+    model.metric_logs = dict(logs)  # what model.metrics reads, as Keras's metrics hold it
     if return_dict:
         return logs
-    values = [logs[k] for k in keras_order(model.compiled, model.output_names, logs)]
+    c = model.compiled
+    values = [logs[k] for k in keras_order(c, c.reported(model.output_names), logs)]
     return values[0] if len(values) == 1 else values
 
 
@@ -220,6 +228,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None,
     Cost per call on a CPU thread (Dense(32)-Dense(1), batch 64, Adam, best of 15 x 300
     calls): a hand-written torch step 581 us, train_on_batch 608 us; with a metric
     (metrics=["mae"]) 954 us, the engine's metric tally being built for each call."""
+    build_on_data(model, x)
     training._require_compiled(model, "train_on_batch")
     if class_weight is not None:
         if sample_weight is not None:
@@ -254,6 +263,7 @@ def _forward_only(model, runner: BatchRunner, batch: StepBatch):
 
 def test_on_batch(model, x, y=None, sample_weight=None, return_dict=False):
     """Loss (and metrics) of this batch in inference mode; no weight changes."""
+    build_on_data(model, x)
     training._require_compiled(model, "test_on_batch")
     runner = runner_for(model, "test_on_batch")
     batch = _batch(model, runner, x, y, sample_weight)
@@ -277,6 +287,7 @@ test_on_batch.__test__ = False  # a model method, not a test for pytest to colle
 
 def predict_on_batch(model, x):
     """The model's outputs for this batch as numpy (a list for several outputs)."""
+    build_on_data(model, x)
     data = _checked(model, x, need_targets=False)
     first = next(model.net.parameters(), None)
     device = first.device if first is not None else torch.device("cpu")
@@ -290,7 +301,8 @@ def predict_on_batch(model, x):
     finally:
         module.train(was_training)
     flat, keys = split_dict(out)  # keys: the module returned a dict, as predict gives back
-    outs = [o.float().cpu().numpy() for o in flat]
+    keys = keys or getattr(module, "output_keys", None)  # Model(x, {key: tensor})
+    outs = [as_numpy(o.cpu()) for o in flat]  # own dtype (ints stay ints); bf16 as float32
     if keys is not None:
         return dict(zip(keys, outs))
     return outs[0] if len(outs) == 1 else outs
@@ -300,86 +312,15 @@ def metrics_names(model) -> list[str]:
     """Keras 3's `metrics_names`: [] before compile, then "loss", "compile_metrics" when
     compile was given metrics or weighted_metrics, and each output's "<name>_loss" in a
     model of several."""
+    pending = getattr(model, "pending_compile", None)  # compiled before its build
+    if model.compiled is None and pending is not None:
+        given = pending.keywords["metrics"] or pending.keywords["weighted_metrics"]
+        return ["loss", "compile_metrics"] if given else ["loss"]
     if model.compiled is None:
         return []
     names = ["loss"]
     if any(model.compiled.metric_names) or any(model.compiled.weighted_names):
         names.append("compile_metrics")
     if len(model.output_names) > 1:
-        names += [f"{name}_loss" for name in model.output_names]
+        names += [f"{name}_loss" for name in model.compiled.reported(model.output_names)]
     return names
-
-
-# ---- evaluate(steps=...) / predict(steps=...) ---------------------------------------------
-def _is_iterator(x) -> bool:
-    """A generator or other one-pass iterator of batches (not arrays, datasets, loaders)."""
-    if isinstance(x, (np.ndarray, torch.Tensor, list, tuple, dict, str, bytes)) or x is None:
-        return False
-    try:
-        return iter(x) is x
-    except TypeError:
-        return False
-
-
-def _join(parts: list):
-    """Batches (arrays, or lists/tuples/dicts of them) joined along the sample axis."""
-    first = parts[0]
-    if first is None:
-        return None
-    if isinstance(first, dict):
-        return {k: _join([p[k] for p in parts]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return [_join([p[i] for p in parts]) for i in range(len(first))]
-    if isinstance(first, torch.Tensor):
-        return torch.cat(parts)
-    return np.concatenate([np.asarray(p) for p in parts])
-
-
-def _rows_of(x) -> int:
-    """Samples in one batch (an array, or a list/tuple/dict of them)."""
-    if isinstance(x, dict):
-        x = next(iter(x.values()))
-    elif isinstance(x, (list, tuple)):
-        x = x[0]
-    return int(x.shape[0]) if hasattr(x, "shape") else len(x)
-
-
-def _cut(a, n: int):
-    if a is None:
-        return None
-    if isinstance(a, dict):
-        return {k: v[:n] for k, v in a.items()}
-    if isinstance(a, (list, tuple)):
-        return [v[:n] for v in a]
-    return a[:n]
-
-
-def first_batches(x, y, sample_weight, batch_size: int, steps: int | None,
-                  targets: bool = True):
-    """(x, y, sample_weight, batch_size) limited to Keras's `steps` batches: arrays cut to
-    their first `steps * batch_size` samples; a generator's first `steps` batches (all of
-    them when steps is None), each `(x, y[, sample_weight])` (or `x` alone for predict),
-    joined into arrays and read in batches of its own size; a DataLoader in its own batches
-    (Keras iterates it, whatever batch_size says).
-    """
-    batch_size = loader_batch_size(x) or batch_size
-    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool)
-                              or steps <= 0):
-        raise ValueError(f"steps must be a positive integer or None, got {steps!r}")
-    if _is_iterator(x):
-        items = list(itertools.islice(x, steps)) if steps else list(x)
-        if not items:
-            raise ValueError("the generator yielded no batches")
-        if not targets:  # predict: x alone, or (x, ...) whose targets it ignores
-            xs = [item[0] if isinstance(item, tuple) else item for item in items]
-            return _join(xs), None, None, batch_size or _rows_of(xs[0])
-        rows = [tuple(item) + (None,) * (3 - len(item)) for item in items]
-        columns = [_join([r[i] for r in rows]) for i in range(3)]
-        return (*columns, batch_size or _rows_of(rows[0][0]))
-    if steps is None:
-        return x, y, sample_weight, batch_size
-    if not isinstance(x, (np.ndarray, torch.Tensor, list, tuple, dict)):
-        raise ValueError(f"steps= limits arrays and generators; got {type(x).__name__}: "
-                         "iterate over it and pass the first batches as arrays")
-    n = steps * batch_size
-    return _cut(x, n), _cut(y, n), _cut(sample_weight, n), batch_size

@@ -11,7 +11,8 @@ plain torch module (no Inputs) gets arrays as tensors, float64 as float32 (Keras
 as fit feeds it). Torch tensors go to the network as given (a model called as a layer
 inside another passes its activations in the precision the step runs in), but a float64
 tensor takes the weights' float dtype, as Keras's layers cast it (a float32 model would
-fail on it: "mat1 and mat2 must have the same dtype").
+fail on it: "mat1 and mat2 must have the same dtype"), and so does any float tensor given to
+a functional model outside autocast (a bf16 tensor to a float32 model, or the reverse).
 
 Example:
     model([x_a, x_b])                # two numpy arrays -> one output tensor
@@ -32,15 +33,17 @@ def call_inputs(net: nn.Module, xs: tuple) -> tuple:
     if len(xs) == 1 and isinstance(xs[0], dict) and isinstance(net, GraphModule):
         named = by_name(xs[0], net.input_names, "x", "inputs")  # Keras's model({"a": xa})
         xs = named if isinstance(named, tuple) else (named,)
-    if not any(_is_array(x) or _is_double(x) for x in xs):
+    graph = isinstance(net, GraphModule)
+    if not any(_is_array(x) or _is_double(x) or graph and _uncast(x) for x in xs):
         return xs
-    device, float_dtype = _weights_of(net)
-    if not isinstance(net, GraphModule):
+    device, float_dtype = weights_of(net)
+    if not graph:
         return tuple(_tensor(x, device, {torch.float64: float_dtype}) if _is_array(x) else
                      x.to(float_dtype) if _is_double(x) else x for x in xs)
     specs = net.input_tensors  # extra or missing inputs: the graph's own error says so
     return tuple(_as_input(x, specs[i], device, float_dtype)
-                 if i < len(specs) and (_is_array(x) or _is_double(x)) else x
+                 if i < len(specs) and (_is_array(x) or _is_double(x)
+                                        or _uncast(x) and x.dtype != float_dtype) else x
                  for i, x in enumerate(xs))
 
 
@@ -48,12 +51,21 @@ def _is_double(x) -> bool:
     return isinstance(x, torch.Tensor) and x.dtype == torch.float64
 
 
+def _uncast(x) -> bool:
+    """A float tensor outside autocast, which Keras's layers cast to their compute dtype
+    when it differs (a bf16 tensor stopped a float32 model at its first matmul: "mat1 and
+    mat2 must have the same dtype"); under autocast it is in the step's own precision and
+    goes on as it is."""
+    return isinstance(x, torch.Tensor) and x.is_floating_point() \
+        and not torch.is_autocast_enabled(x.device.type)
+
+
 def _is_array(x) -> bool:
     """A numpy array or another array-like (`__array__`) that is not a torch tensor."""
     return not isinstance(x, torch.Tensor) and hasattr(x, "__array__")
 
 
-def _weights_of(net: nn.Module) -> tuple[torch.device, torch.dtype]:
+def weights_of(net: nn.Module) -> tuple[torch.device, torch.dtype]:
     """(device, float dtype) of the network's weights: where arrays go, and the precision a
     float input takes; the CPU and float32 without float weights."""
     for t in (*net.parameters(), *net.buffers()):

@@ -1,6 +1,7 @@
 """Keras's `compile`/`fit` arguments that need translating before a TrainTask exists:
 unknown keywords (refused with the closest valid name), `class_weight` (turned into per-sample
-weights, as Keras does) and `loss_weights` (a list, or a dict keyed by output name)."""
+weights, as Keras does), `loss_weights` (a list, or a dict keyed by output name) and
+`devices` (the number of processes)."""
 from __future__ import annotations
 
 import difflib
@@ -97,3 +98,11 @@ def loss_weight_list(loss_weights, output_names: list[str]) -> list[float]:
         raise ValueError(f"got {len(weights)} loss_weights for {n} outputs ({output_names}); "
                          "pass one per output, or a dict {output name: weight}")
     return weights
+
+
+def processes(devices) -> int:
+    """How many processes fit will train on, for its `devices=` (inside a launched job:
+    the job's world size)."""
+    import os
+    from bigtrain.launch import join as dist_env
+    return dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))

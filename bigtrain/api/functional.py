@@ -110,9 +110,14 @@ class GraphModule(nn.Module):
 
     _chain_layers: list | None = None  # the layers in order when the graph is one chain
 
-    def __init__(self, inputs: list[KerasTensor], outputs: list[KerasTensor]):
+    def __init__(self, inputs: list[KerasTensor], outputs: list[KerasTensor],
+                 output_keys: list[str] | None = None):
         super().__init__()
         self.input_tensors, self.output_tensors = list(inputs), list(outputs)
+        #: the keys of Model(inputs, {key: tensor}), in order; None for a list of outputs.
+        #: forward still returns a tuple (what the engine's steps read); `keyed` makes
+        #: the dict that model(x) and predict return
+        self.output_keys = list(output_keys) if output_keys is not None else None
         nodes = _topological_nodes(self.output_tensors)
         given = {id(t.node) for t in self.input_tensors}
         for node in nodes:
@@ -177,7 +182,16 @@ class GraphModule(nn.Module):
             made[0].node.training = node.training if training is None else training
             values.update((id(t), o) for t, o in zip(node.outputs, made))
         call.outputs = [values[id(t)] for t in self.output_tensors]
+        if self.output_keys is not None:  # Keras gives a dict-output model's dict back
+            return dict(zip(self.output_keys, call.outputs))
         return call.outputs[0] if len(call.outputs) == 1 else list(call.outputs)
+
+    def keyed(self, outputs):
+        """`outputs` (what forward returned) as {key: output} for dict outputs, else as is."""
+        if self.output_keys is None:
+            return outputs
+        flat = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+        return dict(zip(self.output_keys, flat))
 
     @property
     def input_names(self) -> list[str]:
@@ -296,8 +310,11 @@ def graph_config(module: GraphModule) -> dict:
         entries.append(_entry(unit, ref, names))
         names[id(unit.outputs[0])] = ref
         names.update((id(t), f"{ref}#{j}") for j, t in enumerate(unit.outputs) if j)
-    return {"nodes": entries, "inputs": [names[id(t)] for t in module.input_tensors],
-            "outputs": [names[id(t)] for t in module.output_tensors]}
+    config = {"nodes": entries, "inputs": [names[id(t)] for t in module.input_tensors],
+              "outputs": [names[id(t)] for t in module.output_tensors]}
+    if module.output_keys is not None:
+        config["output_keys"] = module.output_keys
+    return config
 
 
 def _no_models(config: dict):
@@ -329,6 +346,8 @@ def graph_from_config(config: dict, custom_objects: dict | None = None,
             model = layers.get(cfg["name"]) or build_model(cfg)
             layers[cfg["name"]] = model
             out = model(*args, training=training)
+            if isinstance(out, dict):  # a model of dict outputs: its outputs in key order
+                out = list(out.values()) if len(out) > 1 else next(iter(out.values()))
         else:
             layer = layers.get(cfg["name"]) or classes(entry["class"])(**cfg)
             layers[cfg["name"]] = layer
@@ -340,7 +359,15 @@ def graph_from_config(config: dict, custom_objects: dict | None = None,
         else:
             tensors[entry["ref"]] = out
     return GraphModule([tensors[r] for r in config["inputs"]],
-                       [tensors[r] for r in config["outputs"]])
+                       [tensors[r] for r in config["outputs"]], config.get("output_keys"))
+
+
+def graph_outputs(graph: GraphModule):
+    """The `outputs` argument of Model that rebuilds `graph`'s model: a dict for keyed
+    outputs, else the list."""
+    if graph.output_keys is None:
+        return graph.output_tensors
+    return dict(zip(graph.output_keys, graph.output_tensors))
 
 
 def layer_classes(custom_objects: dict | None):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from bigtrain.api import keyed_outputs, validation as check
+from bigtrain.api.call_inputs import weights_of
 from bigtrain.api.fit_args import class_weight_to_sample_weight
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.losses import LossSpec
@@ -128,10 +129,17 @@ def _check_file_shape(stream, specs: list | None) -> None:
 
 def input_specs(model) -> list | None:
     """Per model input, the InputSpec (name, dtype, shape) every batch is made to meet; None
-    for a plain torch module (float64 inputs become float32, nothing else changes)."""
+    for a plain torch module (float64 inputs become float32, nothing else changes).
+
+    A float Input takes the weights' float dtype, as model(x) does (call_inputs): Keras's
+    layers cast a float input to their compute dtype, so Input(dtype="float64") (or
+    "float16", "bfloat16") feeds a float32 model float32, where the batch in the Input's
+    own dtype stopped at the first layer ("mat1 and mat2 must have the same dtype")."""
     if not isinstance(model.net, GraphModule):
         return None
-    return [InputSpec(name, t.dtype, None if None in t.shape else tuple(t.shape))
+    floats = weights_of(model.net)[1]
+    return [InputSpec(name, floats if t.dtype.is_floating_point else t.dtype,
+                      None if None in t.shape else tuple(t.shape))
             for name, t in zip(model.net.input_names, model.net.input_tensors)]
 
 

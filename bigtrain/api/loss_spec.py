@@ -22,6 +22,25 @@ import torch.nn.functional as F
 from bigtrain.api.loss_functions import _class_ids
 
 _CLASS_ID_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
+#: float dtypes a mixed-precision forward (autocast, FSDP's bf16 parameters) outputs in
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+def float32_output(y_pred):
+    """A float16/bfloat16 output as float32 (with its time-step mask), else as it is.
+
+    Keras computes every loss and metric in float32 (their dtype, floatx) whatever the
+    model's compute dtype: under precision="bf16-mixed" the losses that cast the targets to
+    the prediction's dtype (Huber, cosine similarity, a label-smoothed cross-entropy) would
+    otherwise round float32 targets to bf16's 8 significant bits (1000.5 -> 1000) and sum
+    in bf16."""
+    if not isinstance(y_pred, torch.Tensor) or y_pred.dtype not in LOW_PRECISION:
+        return y_pred
+    out = y_pred.float()  # differentiable: the gradient flows back in the output's dtype
+    mask = getattr(y_pred, "_keras_mask", None)
+    if mask is not None:
+        out._keras_mask = mask
+    return out
 
 
 @dataclass
@@ -54,6 +73,7 @@ class LossSpec:
     _checked: bool = field(default=False, repr=False, compare=False)
 
     def __call__(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
+        y_pred = float32_output(y_pred)
         if self.masked:
             return self._masked_loss(y_true, y_pred, sample_weight)
         if sample_weight is None and self._fusable(y_true, y_pred):

@@ -4,7 +4,9 @@ A Model is an `nn.Module` holding the network in `self.net`: a `GraphModule` bui
 `Model(inputs, outputs)`, the layers of a `Sequential`, or any user `nn.Module`
 (`Model(module)`, `Model.from_module(module)`). compile/fit/evaluate/predict, the
 per-batch calls and `optimizer` come from `bigtrain.api.trainer.Trainer` (as Keras's Model
-takes them from its Trainer), which delegates to `bigtrain.api.training`.
+takes them from its Trainer), which delegates to `bigtrain.api.training`; `inputs`,
+`outputs`, `input_shape`, `get_layer` and the other graph attributes from
+`bigtrain.api.model_graph.GraphAccess`.
 
 Example:
     inputs = Input(shape=(1000,))
@@ -19,16 +21,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from bigtrain.api import keyed_outputs, training, weights
+from bigtrain.api import training, weights
+from bigtrain.api.architecture import graph_inputs
 from bigtrain.api.call_inputs import call_inputs
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.layers.base import KerasTensor, Layer, train_mode
 from bigtrain.api.layers.layer_losses import losses_of
-from bigtrain.api.layers.input_layer import InputLayer
+from bigtrain.api.model_graph import GraphAccess
 from bigtrain.api.trainer import Trainer
 
 
-class Model(Trainer, nn.Module):
+class Model(Trainer, GraphAccess, nn.Module):
     """A trainable model with Keras's methods.
 
     Args:
@@ -44,6 +47,8 @@ class Model(Trainer, nn.Module):
         super().__init__()
         self.name = name or "functional"
         self.compiled = None  # a training.Compiled after compile()
+        self.pending_compile = None  # compile's call until an unbuilt Sequential builds
+        self.metric_logs = None  # the latest call's logs, which `metrics` reads (metric_views)
         self.history, self.stop_training = None, False
         self.training = False  # model(x) is inference, as Keras's, until model.train()
         self._optimizer = None  # the torch optimizer a running fit steps (see optimizer)
@@ -57,13 +62,14 @@ class Model(Trainer, nn.Module):
             self.net = inputs
             self.name = name or type(inputs).__name__
         elif inputs is not None and outputs is not None:
-            ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
-            outs = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+            keys = sorted(outputs) if isinstance(outputs, dict) else None  # Keras's order
+            ins, outs = graph_inputs(inputs), [outputs[k] for k in keys] if keys else \
+                list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
             for t in ins + outs:
                 if not isinstance(t, KerasTensor):
                     raise TypeError(f"Model(inputs, outputs) takes Input()/layer outputs, got "
                                     f"{type(t).__name__}; to wrap a torch module use Model(module)")
-            self.net = GraphModule(ins, outs)
+            self.net = GraphModule(ins, outs, output_keys=keys)
         elif inputs is None and outputs is None and type(self) is not Model:
             self.net = None  # Sequential builds it
         else:
@@ -89,6 +95,9 @@ class Model(Trainer, nn.Module):
         if isinstance(self.net, GraphModule) and len(xs) == 1 and \
                 isinstance(xs[0], (list, tuple)):
             xs = tuple(xs[0])  # Keras's model([a, b])
+        if self.net is None and xs:  # a Sequential without an input shape: Keras builds it
+            from bigtrain.api.architecture import build_on_data
+            build_on_data(self, xs[0])
         if self.net is not None:  # numpy arrays (or a dict by input name), as Keras takes them
             xs = call_inputs(self.net, xs)
         if xs and isinstance(xs[0], KerasTensor):
@@ -101,7 +110,7 @@ class Model(Trainer, nn.Module):
         with training.output_activations(self, deferred=False):
             if isinstance(self.net, GraphModule):  # Keras: inference unless training=True
                 with train_mode(self.net, False if mode is None and not self.training else mode):
-                    return self.net(*xs, recorded_modes=mode is None)
+                    return self.net.keyed(self.net(*xs, recorded_modes=mode is None))
             with train_mode(self.net, mode):
                 return self.net(*xs)
 
@@ -119,53 +128,6 @@ class Model(Trainer, nn.Module):
         if isinstance(self.net, GraphModule):
             return list(self.net.keras_layers)
         return list(self.net.children()) if self.net is not None else []
-
-    @property
-    def input_shapes(self) -> list[tuple] | None:
-        if isinstance(self.net, GraphModule):
-            return [t.shape for t in self.net.input_tensors]
-        return None
-
-    @property
-    def output_shapes(self) -> list[tuple] | None:
-        if isinstance(self.net, GraphModule):
-            return [t.shape for t in self.net.output_tensors]
-        return None
-
-    @property
-    def output_names(self) -> list[str]:
-        if isinstance(self.net, GraphModule):
-            return [layer.name for layer in self.net.output_layers]
-        return keyed_outputs.output_names(self) or ["output"]
-
-    def get_layer(self, name: str | None = None, index: int | None = None):
-        """A layer by name or by index, as Keras's: a functional model's inputs come first
-        (its InputLayers), a Sequential's are not counted."""
-        if name is not None and index is not None:
-            raise ValueError(f"Provide only a layer name or a layer index. Received: "
-                             f"index={index}, name={name}.")
-        named = self._keras_layers()
-        if index is not None:
-            if len(named) <= index:
-                raise ValueError(f"Was asked to retrieve layer at index {index} but model "
-                                 f"only has {len(named)} layers.")
-            return named[index][1]
-        if name is None:
-            raise ValueError("Provide either a layer name or layer index at `get_layer`.")
-        for layer_name, layer in named:
-            if layer_name == name:
-                return layer
-        raise ValueError(f"No such layer: {name}. Existing layers are: "
-                         f"{[n for n, _ in named]}.")
-
-    def _keras_layers(self) -> list[tuple[str, nn.Module]]:
-        """(name, layer) in Keras's order of `model.layers`."""
-        if isinstance(self.net, GraphModule):
-            skip = InputLayer if isinstance(self, Sequential) else ()
-            return [(m.name, m) for m in self.net.keras_layers if not isinstance(m, skip)]
-        if self.net is None:
-            return [(layer.name, layer) for layer in self.layers]
-        return list(self.net.named_children())
 
     # ---- weights as Keras lists them (bigtrain.api.summary.Weight) --------------------------
     @property
@@ -289,29 +251,40 @@ class Model(Trainer, nn.Module):
     def get_weights(self) -> list[np.ndarray]:
         """Weights as Keras lists them: per layer, a Dense kernel shaped (inputs, units),
         then its bias; BatchNormalization's gamma, beta, moving mean and variance."""
+        if self.net is None:  # a Sequential not built yet has none, as Keras's
+            return []
         return weights.get_weights(self.net, self.state_for_saving())
 
     def set_weights(self, values: list) -> None:
         weights.set_weights(self.net, values, live=self._live)
 
-    def save_weights(self, path: str) -> None:
-        from bigtrain.api.files import save_weights
-        save_weights(self, path)
+    def save_weights(self, filepath: str, overwrite: bool = True,
+                     max_shard_size=None) -> None:
+        """The weights as safetensors (any file name), which `load_weights` reads; Keras's
+        arguments as in `bigtrain.api.save_args.save_weights_as_keras`."""
+        from bigtrain.api.save_args import save_weights_as_keras
+        save_weights_as_keras(self, filepath, overwrite, max_shard_size)
 
-    def load_weights(self, path: str) -> None:
-        from bigtrain.api.files import load_weights
-        load_weights(self, path)
+    def load_weights(self, filepath: str, skip_mismatch: bool = False, **kwargs) -> None:
+        """Weights saved by `save_weights` or `save`, matched by name (or by order where
+        only automatic names differ); `skip_mismatch=True` leaves the weights whose shape
+        differs as they are, with a warning, as Keras's."""
+        from bigtrain.api.save_args import load_weights_as_keras
+        load_weights_as_keras(self, filepath, skip_mismatch, kwargs)
 
-    def save(self, path: str, include_optimizer: bool = True) -> None:
+    def save(self, filepath: str, overwrite: bool = True, include_optimizer: bool = True,
+             **kwargs) -> None:
         """Architecture as JSON, weights and the optimizer's state as safetensors, in one file
-        (`.bigtrain`) that `bigtrain.models.load_model` reads.
+        (any name: `.keras` and `.bigtrain` alike) that `bigtrain.models.load_model` reads.
 
         Args:
+            overwrite: False refuses to replace an existing file (Keras asks).
             include_optimizer: keep the optimizer state that the next fit continues from
                 (False: a fit of the loaded model starts a fresh optimizer).
+            **kwargs: Keras's `zipped` (None or True: the one file).
         """
-        from bigtrain.api.files import save_model
-        save_model(self, path, include_optimizer)
+        from bigtrain.api.save_args import save_as_keras
+        save_as_keras(self, filepath, overwrite, include_optimizer, kwargs)
 
 
 class Sequential(Model):
@@ -368,13 +341,16 @@ class Sequential(Model):
             self.build()
 
     def build(self, input_shape: tuple | None = None) -> None:
-        """Connect the stack into a graph (done automatically once the input shape is known)."""
+        """Connect the stack into a graph (done automatically once the input shape is known,
+        and by the first fit/evaluate/predict or call from its data's shape). `input_shape`:
+        Keras's batch shape `(None, *shape)`, or the shape of one sample."""
+        from bigtrain.api.architecture import sample_shape
         from bigtrain.api.layers import Input
         if self._input is None:
             if input_shape is None:
                 raise ValueError("the Sequential has no input shape yet: start it with "
                                  "Input(shape=...) or give the first layer input_shape=...")
-            self._input = Input(tuple(input_shape))
+            self._input = Input(sample_shape(input_shape))
         x = self._input
         for layer in self._stack:
             x = layer(x)

@@ -1,5 +1,6 @@
 """`load_model`: rebuild a Model from a file written by `Model.save` (bigtrain.api.files
-writes and reads the safetensors; nothing here can execute code from a file).
+writes and reads the safetensors; nothing here can execute code from a file); and the
+architecture-only rebuilds `model_from_json` and `clone_model`.
 
 Example:
     model = bigtrain.models.load_model("model.bigtrain")
@@ -7,15 +8,17 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 from bigtrain.api.files import (FORMAT, load_weights, read, save_model, save_weights,  # noqa: F401
                                 split)
 from bigtrain.api.architecture import model_from_config, nested_builder
-from bigtrain.api.functional import graph_from_config
+from bigtrain.api.functional import GraphModule, graph_from_config, graph_outputs
 from bigtrain.api.loss_config import losses_from_configs
 from bigtrain.api.model import Model, Sequential
 from bigtrain.api.optimizer_config import spec_from_config
+from bigtrain.api.save_args import refuse_keras_files
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.parallel.update_rules import load_ema_tensors, pop_ema_tensors
 
@@ -38,7 +41,8 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
     Example:
         model = bigtrain.models.load_model("model.bigtrain")
     """
-    path = filepath
+    path = os.fspath(filepath)
+    refuse_keras_files(path)
     meta, tensors = read(path)
     if meta.get("kind") != "model":
         raise ValueError(f"{path} holds weights only; build the model in code and call "
@@ -46,7 +50,7 @@ def load_model(filepath: str, custom_objects: dict | None = None, compile: bool 
     arch = json.loads(meta["architecture"])
     graph = graph_from_config(arch["graph"], custom_objects,
                               nested_builder(custom_objects, Model, Sequential))
-    model = Model(graph.input_tensors, graph.output_tensors, name=arch.get("name"))
+    model = Model(graph.input_tensors, graph_outputs(graph), name=arch.get("name"))
     weights, optim = split(meta, tensors)
     model.net.load_state_dict(weights)
     c = arch.get("compile")
@@ -117,3 +121,32 @@ def model_from_json(json_string: str, custom_objects: dict | None = None):
     """
     data = json.loads(json_string)
     return model_from_config(data.get("config", data), custom_objects, Model, Sequential)
+
+
+def clone_model(model, input_tensors=None, clone_function=None, call_function=None,
+                recursive=False, **kwargs):
+    """A new model of the same architecture, with fresh weights and not compiled, as
+    Keras's `clone_model`: its layers keep their names and arguments (layer classes of
+    your own included); a model called as a layer is rebuilt too. `recursive` changes
+    nothing here; `input_tensors`, `clone_function` and `call_function` are refused.
+
+    Example:
+        twin = bigtrain.models.clone_model(model)
+        twin.set_weights(model.get_weights())
+    """
+    asked = [k for k, v in (("input_tensors", input_tensors), ("clone_function", clone_function),
+                            ("call_function", call_function)) if v is not None] + list(kwargs)
+    if asked:
+        raise ValueError(f"clone_model() does not take {', '.join(asked)} in bigtrain: it "
+                         "rebuilds the model from model.get_config(); to change layers, "
+                         "build the new model from them in code")
+    if not isinstance(model, Model):
+        raise TypeError(f"clone_model() takes a bigtrain.models Model or Sequential, got "
+                        f"{type(model).__name__}")
+    if model.net is not None and model.keras_kind != "Sequential" and \
+            not isinstance(model.net, GraphModule):
+        raise ValueError("clone_model() rebuilds functional and Sequential models; this one "
+                         "wraps a torch module, which has no architecture to rebuild from: "
+                         "use copy.deepcopy(model) (it copies the weights too)")
+    classes = {type(m).__name__: type(m) for m in model.modules()}  # the user's layers too
+    return model_from_config(model.get_config(), classes, Model, Sequential)

@@ -71,6 +71,10 @@ def model_weights(model) -> list[tuple[torch.Tensor, bool]]:
         total = sum(w.numel() for w, _ in model_weights(model))  # model.count_params()
     """
     net = model.net
+    if net is None:
+        raise ValueError(f"model {model.name!r} is not built yet, so it has no weights to "
+                         "count: build it (model.build((None, *sample_shape))) or call it "
+                         "on a batch of data first")
     parts = list(net.layers.values()) if isinstance(net, GraphModule) else [net]
     out = [(p, p.requires_grad) for p in net.parameters()]
     seen = {id(p) for p, _ in out}
@@ -167,6 +171,8 @@ def _cell(text: str, width: int, align: str) -> str:
 def summary_text(model, line_length=None, positions=None, show_trainable=False,
                  layer_range=None) -> str:
     """The summary as one string; the arguments as Keras's `Model.summary` takes them."""
+    if model.net is None:
+        return _unbuilt_text(model, line_length, positions)
     rows = _in_range(_layer_rows(model), layer_range)
     header = ["Layer (type)", "Output Shape", "Param #"] + (["Trainable"] if show_trainable else [])
     cells = [header] + [[a, b, f"{c:,}"] + ([_trainable_mark(layer)] if show_trainable else [])
@@ -205,6 +211,19 @@ def summary_text(model, line_length=None, positions=None, show_trainable=False,
         out.append(f" Training memory: parameters {_human(pbytes)} + gradients {_human(gbytes)}"
                    " (compile to include the optimizer state)")
     return "\n".join(out)
+
+
+def _unbuilt_text(model, line_length, positions) -> str:
+    """A Sequential without an input shape has no weights yet: its layers, shapes "?" and
+    "0 (unbuilt)" parameters, as Keras prints it."""
+    cells = [["Layer (type)", "Output Shape", "Param #"]] + [
+        [f"{layer.name} ({type(layer).__name__})", "?", "0 (unbuilt)"] for layer in model.layers]
+    widths = _widths(cells, line_length, positions)
+    line = "─" * sum(widths)
+    fmt = lambda c: "".join(_cell(t, w, a) for t, w, a in zip(c, widths, "<<>"))  # noqa: E731
+    return "\n".join([f'Model: "{model.name}"', line, fmt(cells[0]), "═" * sum(widths),
+                      *[fmt(c) for c in cells[1:]], line, " Total params: 0 (0.00 B)",
+                      " Trainable params: 0 (0.00 B)", " Non-trainable params: 0 (0.00 B)"])
 
 
 class Weight:

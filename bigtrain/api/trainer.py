@@ -7,7 +7,7 @@ the chosen strategy) and `bigtrain.api.batch_calls` (*_on_batch); a model keeps 
 keeps on it: `compiled` (what compile chose), the running fit's optimizer and, between
 fits, what the next fit continues from (a `bigtrain.engine.carry.Carry`). Model's
 constructor sets those attributes (`compiled`, `live`, `_optimizer`, `_carry`,
-`_compiled_with`, `_compiled_rate`).
+`_compiled_with`, `_compiled_rate`, `metric_logs`).
 
 Example:
     model.compile(optimizer="adam", loss="mse", weighted_metrics=["mae"])
@@ -118,9 +118,22 @@ class Trainer:
         return batch_calls.predict_on_batch(self, x)
 
     def reset_metrics(self) -> None:
-        """As Keras's. bigtrain's metrics hold no state between calls (each fit epoch,
-        evaluate and *_on_batch call starts fresh, as Keras's reset there), so nothing
-        carries over to reset."""
+        """As Keras's: the values `metrics` and `get_metrics_result()` read become 0 (each
+        fit epoch, evaluate and *_on_batch call starts its metrics fresh anyway)."""
+        for metric in self.metrics:
+            metric.reset_state()
+
+    @property
+    def metrics(self) -> list:
+        """Keras's `model.metrics`: one per `metrics_names` entry, whose `result()` is its
+        value in the latest fit, evaluate or *_on_batch call (bigtrain.api.metric_views)."""
+        from bigtrain.api.metric_views import logged_metrics
+        return logged_metrics(self)
+
+    def get_metrics_result(self) -> dict:
+        """The latest call's loss and metrics as one dict, as Keras's."""
+        from bigtrain.api.metric_views import metrics_result
+        return metrics_result(self)
 
     @property
     def metrics_names(self) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import warnings
 from dataclasses import dataclass, field
 
@@ -12,10 +13,11 @@ import torch
 
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
+from bigtrain.api.architecture import build_on_data
 from bigtrain.api.call_hooks import batch_outputs, hook_list
 from bigtrain.api.capture import stop_if_capturing
 from bigtrain.api.compile_metrics import compiled_metrics, fresh_metrics, keras_order
-from bigtrain.api.fit_args import check_keywords, loss_weight_list
+from bigtrain.api.fit_args import check_keywords, loss_weight_list, processes as _processes
 from bigtrain.api.functional import GraphModule
 from bigtrain.api.inputs import (DEFAULT_BATCH_SIZE, _with_class_weight, fit_batch_size,
                                  loader_batch_size, prepare_data, validation_of)
@@ -24,6 +26,7 @@ from bigtrain.api.keyed_outputs import ddp_strategy as keyed_ddp, hook_dict_outp
 from bigtrain.api.layers.base import weight_rules_of
 from bigtrain.api.layers.layer_losses import has_activity_regularizer, may_add_losses
 from bigtrain.api.losses import LOGIT_LOSSES, LossSpec, get_loss
+from bigtrain.api.metric_views import fit_logs
 from bigtrain.api.metrics import OutputLoss
 from bigtrain.api.optimizer_decay import resolve_spec
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
@@ -50,10 +53,17 @@ class Compiled:
     keyed: object = None
     #: per output, compile's `weighted_metrics` (fed the sample weights); [] for none
     weighted_names: list = field(default_factory=list)
+    #: a model of dict outputs compiled with a dict of losses: the outputs in that dict's
+    #: order, which Keras lists their "<key>_loss" in (evaluate's list, metrics_names)
+    loss_order: list | None = None
 
     def all_metrics(self, i: int) -> list:
         """Output `i`'s metrics and weighted metrics, as compile was given them."""
         return [*self.metric_names[i], *(self.weighted_names[i] if self.weighted_names else [])]
+
+    def reported(self, output_names: list[str]) -> list[str]:
+        """The outputs in the order Keras reports their losses."""
+        return self.loss_order or output_names
 
 
 def _defer_output_activation(model, index: int, loss: LossSpec):
@@ -116,37 +126,19 @@ def _masked_outputs(model, n_out: int) -> list[bool]:
     return [bool(getattr(t, "masked", False)) for t in tensors]
 
 
-def _processes(devices) -> int:
-    """How many processes fit will train on."""
-    import os
-    from bigtrain.launch import join as dist_env
-    return dist_env.resolve_devices(devices) or int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def _refuse_inexact_losses(model, devices, accumulate_steps: int = 1) -> None:
-    """A loss that sums over the whole batch, or divides by a count of it (masked steps,
-    ignore_class), is exact on whole batches only: ranks and accumulated micro-batches each
-    see their own share, and the engine weighs each share's loss as a share of a mean."""
-    for spec in model.compiled.losses:
-        why = spec.whole_batch_only()
-        if why is None:
-            continue
-        what, fix = why
-        n = _processes(devices)
-        if n > 1:
-            raise ValueError(f"{what}, which bigtrain computes exactly on one process only, "
-                             f"not on {n}: fit on one process, or {fix}")
-        if accumulate_steps > 1:
-            raise ValueError(f"{what}, which bigtrain computes exactly on whole batches only, "
-                             f"not split into accumulate_steps={accumulate_steps} "
-                             f"micro-batches: fit with accumulate_steps=1 (a smaller "
-                             f"batch_size if memory is short), or {fix}")
-
-
 def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate,
                   weighted_metrics=None) -> None:
     if model.net is None:
-        raise ValueError("the model has no layers yet; add layers (and an input shape) first")
+        if not model.layers:
+            raise ValueError("the model has no layers yet; add layers (and an input shape) "
+                             "first")
+        # a Sequential of layers with no input shape: its first data builds it and then
+        # compiles it so (architecture.build_on_data), as Keras's
+        model.pending_compile = functools.partial(
+            compile_model, model, optimizer=optimizer, loss=loss, metrics=metrics,
+            loss_weights=loss_weights, learning_rate=learning_rate,
+            weighted_metrics=weighted_metrics)
+        return
     keyed = hook_dict_outputs(model, loss)  # a torch module's dict outputs, by key
     names = keyed.keys if keyed is not None else model.output_names
     n_out = len(names)
@@ -170,14 +162,21 @@ def compile_model(model, optimizer, loss, metrics, loss_weights, learning_rate,
     per_output = compiled_metrics(metrics, names)
     weighted = compiled_metrics(weighted_metrics, names, weighted=True)
     weights = loss_weight_list(loss_weights, names)
+    keyed_graph = isinstance(loss, dict) and getattr(model.net, "output_keys", None)
+    order = [k for k in loss if k in names] + [n for n in names if n not in loss] \
+        if keyed_graph else None
     model.compiled = Compiled(get_optimizer(optimizer, learning_rate,
                                             list(model.net.parameters())), losses, weights,
                               per_output, activations,
                               [layer for layer in deferred if layer is not None], keyed,
-                              weighted if any(weighted) else [])
+                              weighted if any(weighted) else [], order)
 
 
 def _require_compiled(model, what: str) -> None:
+    if model.compiled is None and getattr(model, "pending_compile", None) is not None:
+        raise RuntimeError(f"model.{what}() needs the Sequential built first: it has no input "
+                           "shape yet (it builds from arrays or tensors, or call "
+                           "model.build((None, *sample_shape)))")
     if model.compiled is None:
         raise RuntimeError(f"call model.compile(optimizer=..., loss=...) before model.{what}()")
 
@@ -284,10 +283,9 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     from bigtrain.launch.join import is_main_process
     from bigtrain.launch.runner import FIT_OPTIONS, run_fit
     check_keywords("fit", distributed, [*_FIT_KEYWORDS, *FIT_OPTIONS])
+    build_on_data(model, x)
     _require_compiled(model, "fit")
     batch_size = fit_batch_size(x, batch_size)  # a DataLoader's own batch size rules
-    if model.net is None:
-        model.build(tuple(np.shape(x)[1:]))
     config = FitConfig(epochs=epochs, batch_size=DEFAULT_BATCH_SIZE if batch_size is None
                        else batch_size, shuffle=shuffle, initial_epoch=initial_epoch,
                        verbose=verbose, accumulate_steps=accumulate_steps, seed=seed,
@@ -306,7 +304,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
-    _refuse_inexact_losses(model, devices, accumulate_steps)
+    check.refuse_inexact_losses(model, _processes(devices), accumulate_steps)
     split = accumulate_steps > 1 or _processes(devices) > 1
     regularized, adds_losses = bool(weight_rules_of(model.net)), may_add_losses(model.net)
     if regularized or adds_losses:  # penalties, add_loss: not on pipelines/servers
@@ -324,6 +322,7 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
                               split=split)),
                           capture=lambda strat: stop_if_capturing(model, data, val, config,
                                                                   strat, devices))
+    model.metric_logs = fit_logs(history, validation_freq)  # what model.metrics reads
     if trusted and history.stop_reason == "nan_loss":
         # did a trusted array change in place since an earlier fit read it?
         check.rescan(trusted, "The array changed in place after an earlier fit had checked "
@@ -344,6 +343,7 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
     on_test_end (with the returned logs), as Keras's."""
     from bigtrain.engine.loop import evaluate as run_eval
     from bigtrain.parallel.base import Strategy
+    build_on_data(model, x)
     _require_compiled(model, "evaluate")
     data = prepare_data(model, x, y, sample_weight)
     # a DataLoader's own batches rule (Keras iterates it): the last batch's mean weighs less
@@ -357,30 +357,19 @@ def evaluate(model, x, y, batch_size=None, sample_weight=None, return_dict=False
                         hooks=None if hooks is None else hooks.test_batch_hooks)
     if hooks is not None:
         hooks.on_test_end(dict(logs))
+    model.metric_logs = dict(logs)  # what model.metrics reads (bigtrain.api.metric_views)
     if return_dict:
         return logs
-    values = [logs[k] for k in keras_order(model.compiled, model.output_names, logs)]
+    c = model.compiled
+    values = [logs[k] for k in keras_order(c, c.reported(model.output_names), logs)]
     return values[0] if len(values) == 1 else values
-
-
-def _refuse_split_weights(model) -> None:
-    """predict in a rank-0-only callback of a fit on several ranks runs on rank 0 alone; a
-    forward through weights split over the ranks (zero2/zero3, tensor) would wait for ranks
-    that never join it, and the fit would die of the mismatch later. (After fit, or in a
-    callback every rank runs, every rank's predict takes part: that works.)"""
-    from bigtrain.engine.callbacks.base import alone
-    if alone() and any(hasattr(p, "to_local") for p in model.net.parameters()):
-        raise RuntimeError("predict() in a callback of a fit whose strategy splits the weights "
-                           "over the ranks (zero2/zero3/fsdp_offload/tensor): callbacks run on "
-                           "rank 0 only, and a forward needs every rank. Call predict after "
-                           "fit returns, or train with strategy='ddp' or 'zero1', which keep "
-                           "whole weights on every rank.")
 
 
 def predict(model, x, batch_size=None, callbacks=None) -> np.ndarray | list[np.ndarray]:
     """Keras's predict; `callbacks` get on_predict_begin, per batch on_predict_batch_begin
     and on_predict_batch_end ({"outputs": the batch's outputs as numpy}), on_predict_end."""
-    _refuse_split_weights(model)
+    build_on_data(model, x)
+    check.refuse_split_weights(model)
     data = prepare_data(model, x, None, need_targets=False)
     batch_size = loader_batch_size(x) or batch_size or DEFAULT_BATCH_SIZE  # as evaluate
     hooks = hook_list(model, callbacks, len(data), batch_size)
@@ -400,10 +389,12 @@ def predict(model, x, batch_size=None, callbacks=None) -> np.ndarray | list[np.n
             xb, _, _ = data.take(torch.arange(start, min(start + batch_size, len(data))), device)
             out = model.net(*xb) if isinstance(xb, tuple) else model.net(xb)
             out, keys = split_dict(out)
+            keys = keys or getattr(model.net, "output_keys", None)  # Model(x, {key: t})
             for i, o in enumerate(out):
                 if len(outs) <= i:
                     outs.append([])
-                outs[i].append(o.float().cpu())
+                # in its own dtype (ints stay ints); bf16, which numpy lacks, as float32
+                outs[i].append(o.float().cpu() if o.dtype == torch.bfloat16 else o.cpu())
             if hooks is not None:
                 hooks.on_predict_batch_end(step, {"outputs": batch_outputs(outs, keys)})
     model.net.train(was_training)

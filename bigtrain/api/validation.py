@@ -1,5 +1,6 @@
-"""Checks on the user's data, run before training starts, with messages that say what was
-wrong and how to fix it."""
+"""Checks on the user's data (and on what fit and predict are asked to run with: losses
+exact on whole batches only, a predict that would wait on sharded weights), run before
+training starts, with messages that say what was wrong and how to fix it."""
 from __future__ import annotations
 
 import math
@@ -273,3 +274,37 @@ def check_input_shapes(xs: list, expected: list[tuple], names: list[str]) -> Non
             raise ValueError(f"input {name!r} expects samples of shape {tuple(shape)} (batch "
                              f"shape (None, {', '.join(map(str, shape))})), got an array of "
                              f"shape {tuple(a.shape)}")
+
+
+def refuse_inexact_losses(model, processes: int, accumulate_steps: int = 1) -> None:
+    """A loss that sums over the whole batch, or divides by a count of it (masked steps,
+    ignore_class), is exact on whole batches only: ranks and accumulated micro-batches each
+    see their own share, and the engine weighs each share's loss as a share of a mean.
+    `processes`: how many processes the fit trains on."""
+    for spec in model.compiled.losses:
+        why = spec.whole_batch_only()
+        if why is None:
+            continue
+        what, fix = why
+        if processes > 1:
+            raise ValueError(f"{what}, which bigtrain computes exactly on one process only, "
+                             f"not on {processes}: fit on one process, or {fix}")
+        if accumulate_steps > 1:
+            raise ValueError(f"{what}, which bigtrain computes exactly on whole batches only, "
+                             f"not split into accumulate_steps={accumulate_steps} "
+                             f"micro-batches: fit with accumulate_steps=1 (a smaller "
+                             f"batch_size if memory is short), or {fix}")
+
+
+def refuse_split_weights(model) -> None:
+    """predict in a rank-0-only callback of a fit on several ranks runs on rank 0 alone; a
+    forward through weights split over the ranks (zero2/zero3, tensor) would wait for ranks
+    that never join it, and the fit would die of the mismatch later. (After fit, or in a
+    callback every rank runs, every rank's predict takes part: that works.)"""
+    from bigtrain.engine.callbacks.base import alone
+    if alone() and any(hasattr(p, "to_local") for p in model.net.parameters()):
+        raise RuntimeError("predict() in a callback of a fit whose strategy splits the weights "
+                           "over the ranks (zero2/zero3/fsdp_offload/tensor): callbacks run on "
+                           "rank 0 only, and a forward needs every rank. Call predict after "
+                           "fit returns, or train with strategy='ddp' or 'zero1', which keep "
+                           "whole weights on every rank.")

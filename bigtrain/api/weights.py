@@ -35,8 +35,13 @@ def weight_slots(net) -> list[Slot]:
 
 
 def get_weights(net, state: dict[str, torch.Tensor]) -> list[np.ndarray]:
-    return [to_keras(state[key].detach().cpu()).numpy().copy()
-            for key, to_keras, _ in weight_slots(net)]
+    return [as_numpy(to_keras(state[key].detach().cpu())) for key, to_keras, _ in weight_slots(net)]
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a numpy copy; bfloat16, which numpy lacks ("Got unsupported
+    ScalarType BFloat16"), as float32, which holds every bf16 value exactly."""
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
 
 
 def set_weights(net, values: list, live=None) -> None:

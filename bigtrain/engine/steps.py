@@ -264,6 +264,8 @@ class Tally:
             mask = getattr(out, "_keras_mask", None)  # (B, T) time-step mask, as Keras
             if out.requires_grad:
                 out = out.detach()  # metrics only read values: no graph
+            if out.dtype in (torch.float16, torch.bfloat16):  # mixed precision's output:
+                out = out.float()  # Keras's metrics compute in float32, as its losses do
             if mask is not None:  # Keras leaves masked steps out of the metrics
                 out, y = out[mask], y[mask]
                 sw = None if sw is None else _masked_weights(sw, mask, _mask_scaled(ms))

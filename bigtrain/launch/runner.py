@@ -26,6 +26,7 @@ from bigtrain.launch.fit_checks import (_check_param_groups,  # noqa: F401
                                        check_layers, check_sync_batch_norm,
                                        layer_refusal, renorm_refusal,
                                        warn_split_batch_norm)
+from bigtrain.launch.precision_checks import check_dtypes
 from bigtrain.launch.ray import check_cluster, cluster_defaults
 from bigtrain.parallel.base import resolve_strategy
 from bigtrain.parallel.lost_node import report_lost_node
@@ -220,11 +221,14 @@ def _planned_optimizer(spec) -> str | int:
 
 def warn_if_slow_bf16(precision: str, device_kind: str) -> None:
     """Warn, before training starts (main process only), when bf16 is much slower than fp32
-    on this CPU; the probe (bigtrain.plan.bf16) runs once per process, only for bf16 on CPU."""
+    on this CPU; the probe (bigtrain.plan.bf16) runs once per process, only for bf16 (or
+    float16: "16-mixed") on CPU."""
     from bigtrain.plan import bf16
-    if precision != "bf16-mixed" or device_kind != "cpu" or not dist_env.is_main_process():
+    if precision not in ("bf16-mixed", "16-mixed") or device_kind != "cpu" or \
+            not dist_env.is_main_process():
         return
-    message = bf16.slow_bf16_message(precision, device_kind, bf16.probe_bf16())
+    probe = bf16.probe_bf16() if precision == "bf16-mixed" else bf16.probe_float16()
+    message = bf16.slow_bf16_message(precision, device_kind, probe)
     if message:
         warnings.warn(message, bf16.SlowBf16Warning, stacklevel=4)
 
@@ -307,6 +311,7 @@ def run_fit(model, config, callbacks, strategy, devices, options: dict, *, make_
         check_launched_job(strat, devices, world)  # before any collective
     check_precision(strat, config.precision)  # before any process starts
     warn_if_slow_bf16(config.precision, dist_env.device_kind(devices))
+    check_dtypes(model.net, config.precision)  # a Keras policy it ignores, half weights
     check_fit(strat, model, checkpoint)
     check_callbacks(strat, callbacks, model.compiled.optimizer if model.compiled else None)
     history = [c for c in cbs if isinstance(c, History)][-1]  # the last, as Keras

@@ -19,6 +19,7 @@ from torch import nn
 
 from bigtrain.api import regularizers as keras_regularizers
 from bigtrain.api.layers import layer_losses, subclassing
+from bigtrain.api.layers.graph_place import GraphPlace
 from bigtrain.api.layers.reuse import reuse_refusal
 from bigtrain.api.layers.symbolic import (  # noqa: F401 - re-exported
     KerasTensor, Node, _snake, clear_session, train_mode, unique_name, unsized_axes_named)
@@ -27,6 +28,11 @@ from bigtrain.api.layers.weight_options import WeightOptions
 
 def _same(t):
     return t
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor as a numpy copy; bfloat16 (numpy has none) as float32, which holds it."""
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
 
 
 def _fmt(shape) -> str:
@@ -85,7 +91,7 @@ def _holds_tensor(value) -> bool:
         isinstance(value, (KerasTensor, torch.Tensor))
 
 
-class Layer(layer_losses.LayerLosses, nn.Module):
+class Layer(layer_losses.LayerLosses, GraphPlace, nn.Module):
     """Base class of every Keras-style layer.
 
     bigtrain's layers implement `build(input_shape)` (create torch submodules once the input
@@ -178,7 +184,7 @@ class Layer(layer_losses.LayerLosses, nn.Module):
             kernel, bias = model.get_layer("dense").get_weights()
         """
         state = self.state_dict()
-        return [to_keras(state[key].detach().cpu()).numpy().copy()
+        return [_numpy(to_keras(state[key].detach().cpu()))
                 for key, to_keras, _ in self.weight_slots()]
 
     def set_weights(self, values: list) -> None:
@@ -367,6 +373,7 @@ class Layer(layer_losses.LayerLosses, nn.Module):
                              f"({type(self).__name__}): {e}") from None
         node = Node(self, tensors, self.takes_list, kwargs)
         node.training = training
+        self.record_node(node)  # Keras's layer.output and layer.input (GraphPlace)
         shapes = out_shape if isinstance(out_shape, list) else [out_shape]  # return_state: many
         out_masked = self.makes_mask or (masked and self.output_mask(  # a merge: one per input
             [t.masked or None for t in tensors] if self.takes_list else True) is not None)

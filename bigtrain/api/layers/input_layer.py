@@ -1,6 +1,7 @@
 """The source of a functional graph: `Input` (as `keras.Input`) and the `InputLayer` it makes."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from bigtrain.api.layers.base import KerasTensor, Layer, Node, unique_name
@@ -23,7 +24,26 @@ class InputLayer(Layer):
 
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
-           "bfloat16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64}
+           "bfloat16": torch.bfloat16, "int32": torch.int32, "int64": torch.int64,
+           "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool}
+
+
+def _input_dtype(dtype) -> torch.dtype:
+    """Input's `dtype=` as a torch dtype: a name Keras takes ("float32", "uint8", "bool",
+    ...), a numpy dtype (np.float32, np.dtype("int64")) or a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype if isinstance(dtype, str) else getattr(dtype, "__name__", None)
+    if name not in _DTYPES:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if name not in _DTYPES:
+        raise ValueError(f"Input(dtype={dtype!r}): unknown dtype; use one of "
+                         f"{', '.join(_DTYPES)} (a float Input is cast to the model's "
+                         "float dtype, as Keras's layers cast their inputs)")
+    return _DTYPES[name]
 
 
 def Input(shape=None, batch_size=None, dtype=None, sparse=None, ragged=None,
@@ -61,11 +81,10 @@ def Input(shape=None, batch_size=None, dtype=None, sparse=None, ragged=None,
     if not all(s is None or isinstance(s, int) and s > 0 for s in shape):
         raise ValueError(f"Input shape must be positive integers (None: any size) without "
                          f"the batch axis, got {shape}")
-    torch_dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if not isinstance(torch_dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(_DTYPES)}")
+    torch_dtype = _input_dtype(dtype)
     layer = InputLayer(shape, torch_dtype, name)
     node = Node(layer, [], False)
     out = KerasTensor(tuple(shape), torch_dtype, node, 0)
     node.outputs.append(out)
+    layer.record_node(node)  # Keras's input_layer.output (and .input): this tensor
     return out
