@@ -54,13 +54,28 @@ def refuse_keras_files(path) -> None:
         return
     with open(path, "rb") as f:
         head = f.read(8)
-    kind = "a Keras .keras archive (zip)" if head.startswith(b"PK\x03\x04") else \
+    kind = "a Keras .keras archive (zip)" if _keras_zip(path, head) else \
         "an HDF5 file (Keras's .h5 / .weights.h5)" if head.startswith(b"\x89HDF") else None
     if kind:
         raise ValueError(f"{path} is {kind}, which bigtrain does not read: it reads the "
                          "safetensors files its own Model.save/save_weights write. Build "
                          "the model in bigtrain and copy the weights over: "
                          "model.set_weights(keras_model.get_weights())")
+
+
+def _keras_zip(path: str, head: bytes) -> bool:
+    """A zip holding Keras's archive members (config.json, model.weights.h5); other zips,
+    such as torch.save's pickles, are left to the reader's own refusal. Only the zip's
+    member names are read, nothing inside them."""
+    if not head.startswith(b"PK\x03\x04"):
+        return False
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+    return bool(names & {"config.json", "metadata.json", "model.weights.h5"})
 
 
 def load_weights_as_keras(model, filepath, skip_mismatch: bool, kwargs: dict) -> None:
