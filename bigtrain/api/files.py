@@ -22,6 +22,7 @@ from bigtrain.api.loss_config import loss_configs
 from bigtrain.api.optimizer_config import spec_config
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.engine.carry import carried_optimizer
+from bigtrain.engine.checkpoint_dir import replace_synced
 from bigtrain.parallel.update_rules import ema_tensors
 
 FORMAT = "bigtrain.model/1"
@@ -33,15 +34,16 @@ SEVERAL_PROCESSES = ("the optimizer state is with the ranks of a fit on several 
 
 
 def _atomic_save(tensors: dict, path: str, metadata: dict) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash mid-write leaves
-    any previous file at `path` intact."""
+    """Write to a temporary file in the same folder, fsync it, then rename (and fsync the
+    folder): a crash or power loss mid-write leaves any previous file at `path` intact, and
+    never an empty file under its name."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     os.close(fd)
     try:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        replace_synced(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -11,8 +11,11 @@ Layout of `checkpoint_dir`:
     latest                  {"step": 40, "path": "step-00000040"}
 
 A save writes everything into `step-XXXXXXXX.tmp/`, then renames it to `step-XXXXXXXX/`
-(atomic), and only then replaces the `latest` pointer (temporary file + rename). A crash at
-any point leaves the previous checkpoint complete and loadable. The `keep_last` checkpoints
+(atomic), and only then replaces the `latest` pointer (temporary file + rename). Every file
+is fsynced before its folder is renamed, and the folders after, so a power loss never keeps
+a name without its data. A crash at any point leaves the previous checkpoint complete and
+loadable; one between the renames that replace a checkpoint of the same step is repaired
+when the next fit starts (checkpoint_dir.recover_cut_short_save). The `keep_last` checkpoints
 saved last are kept, and resume="auto" takes the one saved last: meta.json numbers the saves
 into the folder ("save_index"), so a run started afresh where a longer run had saved larger
 steps keeps and resumes its own checkpoints. All metadata is JSON.
@@ -36,8 +39,10 @@ import torch
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.engine.checkpoint_dir import (FORMAT, META, POINTER, CheckpointError,  # noqa: F401
                                             SAVE_INDEX, check_checkpoint,
-                                            complete_checkpoints, crashed_saves, discard,
+                                            complete_checkpoints, crashed_saves,
+                                            damaged_files, discard, file_digests,
                                             find_checkpoint, next_save_index, read_json,
+                                            recover_cut_short_save, replace_synced,
                                             resolve_resume, step_dirname, write_failed,
                                             write_problem)
 from bigtrain.engine.checkpoint_dir import write_json_atomic as _write_json_atomic
@@ -75,44 +80,6 @@ def state_digest(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def _tensor_files(path: str) -> list[str]:
-    return [n for n in sorted(os.listdir(path)) if n.endswith(".distcp") or n == ".metadata"]
-
-
-def file_digests(path: str, rank: int = 0, world: int = 1) -> dict[str, str]:
-    """SHA-256 of the tensor files DCP wrote in checkpoint folder `path` (model and
-    optimizer state alike; `state_digest` covers only the model's logical state): of every
-    `world`-th file from the `rank`-th, so that ranks hash a folder in parallel."""
-    return {name: _sha256(os.path.join(path, name))
-            for name in _tensor_files(path)[rank::world]}
-
-
-def damaged_files(path: str, saved: dict[str, str] | None, rank: int = 0,
-                  world: int = 1) -> list[str]:
-    """What differs between the folder's tensor files and the digests saved with them (of
-    every `world`-th saved file from the `rank`-th)."""
-    if not saved:
-        return []  # written before file digests existed
-    mine = sorted(saved)[rank::world]
-    present = set(os.listdir(path))
-    out = []
-    for name in mine:
-        now = _sha256(os.path.join(path, name)) if name in present else None
-        if now != saved[name]:
-            out.append(f"{name}: " + ("missing" if now is None else
-                                      f"checksum {now[:16]}... but {saved[name][:16]}... "
-                                      "when saved"))
-    return out
-
-
-def _sha256(file: str) -> str:
-    h = hashlib.sha256()
-    with open(file, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _dcp_metadata(path: str) -> dict:
     from bigtrain.engine.safe_dcp import SafeFileSystemReader
     try:
@@ -125,6 +92,7 @@ def _dcp(op: str, state: dict, path: str, distributed: bool) -> None:
     """DCP's "save" or "load"; torch's checkpoint package (about 1 s to import, with DTensor)
     loads on the first checkpoint, not with every process that might write one."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
     from bigtrain.engine.safe_dcp import SafeFileSystemReader, SafeLoadPlanner
     fn = dcp.load if op == "load" else dcp.save
@@ -147,8 +115,10 @@ def _dcp(op: str, state: dict, path: str, distributed: bool) -> None:
             # ranks, and ranks may hold different copies (ddp's BatchNorm statistics: each
             # rank updates them on its own batch, and rank 0's are broadcast at the next step)
             planner = DefaultSavePlanner(dedup_save_to_lowest_rank=True)
+            writer = FileSystemWriter(path, sync_files=True)  # fsync every file it writes
             try:
-                fn(state, checkpoint_id=path, planner=planner, no_dist=not distributed)
+                fn(state, checkpoint_id=path, storage_writer=writer, planner=planner,
+                   no_dist=not distributed)
             except dcp.api.CheckpointException as e:  # a BaseException: user code misses it
                 raise write_failed(path, e) from None
 
@@ -188,7 +158,7 @@ def export_safetensors(checkpoint: str, path: str) -> dict[str, tuple[int, ...]]
     save_file(weights, tmp, metadata={"format": "bigtrain.model/1", "kind": "weights",
                                       "step": str(meta["position"]["step"]),
                                       "order": json.dumps(list(weights))})
-    os.replace(tmp, path)
+    replace_synced(tmp, path)
     return {k: tuple(v.shape) for k, v in weights.items()}
 
 
@@ -229,6 +199,7 @@ class Checkpointer:
         first save, the error came after an epoch of work, or `checkpoint_every` steps."""
         directory = self.config.directory
         if self.env.is_main and os.path.isdir(directory):
+            recover_cut_short_save(directory)  # before its .tmp and .del folders go
             discard(crashed_saves(directory))  # a save that died of a full disk left its files
         self.strategy.barrier()
         problem = write_problem(directory, self.env.rank)
@@ -276,6 +247,8 @@ class Checkpointer:
                            (f"{DIGESTS}{rank:05d}.json", file_digests(tmp, rank, world))):
             with open(os.path.join(tmp, name), "w", encoding="utf-8") as f:
                 json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())  # before _publish renames the folder
 
     def _write_meta(self, tmp: str, position: Position, live: cs.LiveState,
                     digest: str, tally: list[float] | None) -> None:
@@ -300,7 +273,7 @@ class Checkpointer:
         if os.path.exists(final):  # an older run's checkpoint of the same step
             shutil.rmtree(final + ".del", ignore_errors=True)
             os.replace(final, final + ".del")  # never a half-deleted folder that looks complete
-        os.replace(tmp, final)
+        replace_synced(tmp, final)  # a cut between the two: recover_cut_short_save
         directory = self.config.directory
         _write_json_atomic(os.path.join(directory, POINTER),
                            {"step": step, "path": os.path.basename(final)})

@@ -1,16 +1,19 @@
 """The layout of a `checkpoint_dir` on disk (see bigtrain.engine.checkpoint for the whole
 picture): `step-XXXXXXXX/` folders, each complete once it holds meta.json and DCP's
 .metadata, and the `latest` pointer. Finding the checkpoint a run resumes from (the one
-saved last), the JSON files written atomically (temporary file + rename), whether a folder
-can be written, and deleting folders so that no half-deleted one looks complete. No
-tensors here.
+saved last, or the one a save cut short left out of place), the files' checksums, the
+writes that last through a power loss (fsync, rename, fsync of the folder), whether a
+folder can be written, and deleting folders so that no half-deleted one looks complete.
+No tensors here.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
+import warnings
 
 from bigtrain.engine.task import CheckpointConfig
 
@@ -52,6 +55,37 @@ def write_json_atomic(path: str, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    sync(os.path.dirname(os.path.abspath(path)))
+
+
+def sync(path: str) -> None:
+    """fsync a file or a folder. Without it a power loss can keep a rename but not the data
+    it names (an empty file under the final name); a folder's fsync makes the names created
+    or renamed in it last. A folder that cannot be opened or synced (Windows, some network
+    filesystems) is skipped: its renames are as durable as that system makes them."""
+    folder = os.path.isdir(path)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not folder:
+            raise  # the data did not reach the disk (a full disk on NFS says so here)
+    finally:
+        os.close(fd)
+
+
+def replace_synced(tmp: str, path: str) -> None:
+    """Publish a written file or folder `tmp` under the name `path`: fsync it (a folder: its
+    names; its files were synced as they were written), rename, fsync the folder holding
+    both. One fsync per file: cheap next to writing it."""
+    sync(tmp)
+    os.replace(tmp, path)
+    sync(os.path.dirname(os.path.abspath(path)))
 
 
 def write_problem(directory: str, rank: int) -> str:
@@ -88,6 +122,44 @@ def write_failed(path: str, error: BaseException) -> CheckpointWriteError:
         f"saved before it are intact and fit(checkpoint_dir=...) resumes from the newest: free "
         f"space (a full disk is the usual cause; keep_last checkpoints are kept while the next "
         f"is written) or pass another checkpoint_dir")
+
+
+def _tensor_files(path: str) -> list[str]:
+    return [n for n in sorted(os.listdir(path)) if n.endswith(".distcp") or n == ".metadata"]
+
+
+def file_digests(path: str, rank: int = 0, world: int = 1) -> dict[str, str]:
+    """SHA-256 of the tensor files DCP wrote in checkpoint folder `path` (model and
+    optimizer state alike; `state_digest` covers only the model's logical state): of every
+    `world`-th file from the `rank`-th, so that ranks hash a folder in parallel."""
+    return {name: _sha256(os.path.join(path, name))
+            for name in _tensor_files(path)[rank::world]}
+
+
+def damaged_files(path: str, saved: dict[str, str] | None, rank: int = 0,
+                  world: int = 1) -> list[str]:
+    """What differs between the folder's tensor files and the digests saved with them (of
+    every `world`-th saved file from the `rank`-th)."""
+    if not saved:
+        return []  # written before file digests existed
+    mine = sorted(saved)[rank::world]
+    present = set(os.listdir(path))
+    out = []
+    for name in mine:
+        now = _sha256(os.path.join(path, name)) if name in present else None
+        if now != saved[name]:
+            out.append(f"{name}: " + ("missing" if now is None else
+                                      f"checksum {now[:16]}... but {saved[name][:16]}... "
+                                      "when saved"))
+    return out
+
+
+def _sha256(file: str) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def crashed_saves(directory: str) -> list[str]:
@@ -161,13 +233,76 @@ def check_checkpoint(path: str) -> dict:
     return meta
 
 
+def cut_short_save(directory: str) -> tuple[str, str | None] | None:
+    """A save that replaces a checkpoint of the same step renames step-N to step-N.del, then
+    step-N.tmp to step-N; cut short between the two, it leaves the `latest` pointer naming
+    a missing folder beside its .tmp or .del. Returns (that missing folder, the one to use
+    in its place: the new checkpoint when whole, else the old one, else None), or None when
+    the folder shows no such save."""
+    try:
+        name = str(read_json(os.path.join(directory, POINTER), POINTER).get("path", ""))
+    except (CheckpointError, AttributeError):
+        return None  # no pointer, or a damaged one: find_checkpoint says so
+    path = os.path.join(directory, name)
+    if not _STEP_DIR.match(name) or os.path.exists(path):
+        return None
+    left = [path + end for end in (".tmp", ".del") if os.path.isdir(path + end)]
+    return (path, next((p for p in left if _whole(p)), None)) if left else None
+
+
+def _whole(path: str) -> bool:
+    """Whether a .tmp or .del folder holds a whole checkpoint: meta.json (written last),
+    DCP's .metadata, rank 0's RNG state and every tensor file meta.json lists (a deletion
+    cut short removes whole files, never part of one)."""
+    try:
+        meta = check_checkpoint(path)
+        listed = set(meta.get("files_sha256") or ())
+    except (CheckpointError, AttributeError):
+        return False
+    return listed | {"rng-rank00000.json"} <= set(os.listdir(path))
+
+
+def recover_cut_short_save(directory: str) -> None:
+    """Rank 0, before the crashed saves are deleted: put the checkpoint that a save cut short
+    left out of place (`cut_short_save`) back under its name, or, when neither folder is
+    whole, point `latest` at the newest complete checkpoint (with a warning)."""
+    cut = cut_short_save(directory)
+    if cut is None:
+        return
+    missing, whole = cut
+    if whole is not None:
+        os.replace(whole, missing)
+        sync(directory)
+        return
+    found = _saved_order(directory)
+    if found:
+        warnings.warn(_fallback_note(directory, missing, found[-1][2]), UserWarning, 2)
+        write_json_atomic(os.path.join(directory, POINTER),
+                          {"step": found[-1][1], "path": os.path.basename(found[-1][2])})
+
+
+def _fallback_note(directory: str, missing: str, used: str) -> str:
+    return (f"the '{POINTER}' pointer of {directory} names {os.path.basename(missing)}, which "
+            f"a save cut short left missing, and neither its .tmp nor its .del folder is "
+            f"whole: using {os.path.basename(used)}, the newest complete checkpoint")
+
+
 def find_checkpoint(directory: str) -> str | None:
     """The newest complete checkpoint in `directory` (None when it holds none).
 
     The `latest` pointer must be valid when present; a complete checkpoint saved after it
-    (a crash between the rename and the pointer update) wins.
+    (a crash between the rename and the pointer update) wins. Where a save was cut short
+    between the renames that replace a checkpoint of the same step, the whole folder it
+    left out of place (`cut_short_save`; nothing is renamed here: a fit's rank 0 puts it
+    back first, `recover_cut_short_save`).
     """
     found = _saved_order(directory)
+    cut = cut_short_save(directory)
+    if cut is not None and cut[1] is not None:
+        return cut[1]
+    if cut is not None and found:
+        warnings.warn(_fallback_note(directory, cut[0], found[-1][2]), UserWarning, 2)
+        return found[-1][2]
     pointer = os.path.join(directory, POINTER)
     if os.path.exists(pointer):
         target = read_json(pointer, f"the '{POINTER}' pointer of {directory}")
