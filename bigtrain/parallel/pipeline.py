@@ -85,11 +85,10 @@ from bigtrain.parallel.context import StepContext
 from bigtrain.parallel.dims import ParallelDims, Topology
 from bigtrain.parallel.full_state_load import load_full_into
 from bigtrain.parallel.parallelize import parallelize
-from bigtrain.parallel.pipeline_partition import (block_count, chain_layers,
-                                                  device_aware_partition, guessed_layer_costs,
+from bigtrain.parallel.pipeline_checks import check_chain, check_microbatches
+from bigtrain.parallel.pipeline_partition import (device_aware_partition, guessed_layer_costs,
                                                   measure_layer_costs, refuse_off_chain,
-                                                  sample_input_for, shared_buffer,
-                                                  slowest_replica_costs)
+                                                  sample_input_for, slowest_replica_costs)
 from bigtrain.parallel.pipeline_runtime import MULTI_STAGE, PipelineRuntime, PipelineSettings
 from bigtrain.parallel.pipeline_stage import StageModule, first_names
 from bigtrain.parallel.seeds import draw_seed
@@ -193,41 +192,10 @@ class Pipeline(Strategy):
         dims = self.dims(world_size)
         check_slow_ranks(self.slow_ranks, world_size)
         per_replica = dims.replica_batch(global_batch_size)
-        m = self.microbatches
-        problem = self._schedule_problem(m, dims.pp)
-        if problem is not None:
-            raise ValueError(problem)
-        if per_replica % m:
-            lo = per_replica - per_replica % m
-            fits = [d for d in range(1, per_replica + 1)
-                    if per_replica % d == 0 and self._schedule_problem(d, dims.pp) is None]
-            raise ValueError(
-                f"microbatches={m} does not divide the batch of {per_replica} samples per "
-                f"pipeline replica; use a batch size of "
-                + (f"{lo} or {lo + m}" if lo else f"{m}") + " (per replica)"
-                + (f", or microbatches among {fits}" if fits else "")
-                + (f" (schedule {self.schedule!r} on {dims.pp} pipeline ranks)"
-                   if fits != [d for d in range(1, per_replica + 1) if per_replica % d == 0]
-                   else ""))
-        self.micro_rows = per_replica // m
+        check_microbatches(self.schedule, self.microbatches, dims.pp, per_replica)
+        self.micro_rows = per_replica // self.microbatches
         if not dist.is_initialized():  # in the process that calls fit, before it starts ranks
             self._seed = draw_seed()
-
-    def _schedule_problem(self, m: int, pp: int) -> str | None:
-        """Why the schedule cannot run `m` micro-batches on `pp` pipeline ranks (None: it can).
-        1f1b keeps one micro-batch in flight per stage, so it needs m >= pp; the multi-stage
-        schedules run m in rounds of pp, so m must be a multiple of its round count."""
-        if self.schedule == "1f1b" and m < pp:
-            return (f"schedule '1f1b' on {pp} pipeline ranks needs at least {pp} micro-batches "
-                    f"per step, got microbatches={m}; use microbatches={pp} (or a larger "
-                    "value dividing each replica's batch), or schedule='gpipe'")
-        if self.schedule in MULTI_STAGE:
-            rounds = max(1, m // pp)
-            if m % rounds:
-                return (f"schedule {self.schedule!r} on {pp} pipeline ranks needs microbatches "
-                        f"to be a multiple of {rounds}; use microbatches="
-                        f"{rounds * (m // rounds)} or a multiple of {pp}")
-        return None
 
     def check_model(self, module: nn.Module, world_size: int) -> None:
         dims = self.dims(world_size)
@@ -236,41 +204,9 @@ class Pipeline(Strategy):
         self._check_forward(module, layers)  # where fit told the input (use_input_sample)
 
     def check_module(self, module: nn.Module, pp: int) -> list[tuple[str, nn.Module]]:
-        """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages."""
-        layers = chain_layers(module)
-        refuse_off_chain(module, layers)  # weights the stages would never run
-        shared = shared_buffer(layers)
-        if shared is not None:  # tied weights are summed across ranks; buffers cannot be
-            raise ValueError(
-                f"layers {shared[0]!r} and {shared[1]!r} of the pipeline's chain are one "
-                "module (or share a submodule) holding buffers (e.g. BatchNorm's running "
-                "statistics); pipeline stages on different ranks would each update their own "
-                "copy. Give each position its own module, or use a data-parallel strategy "
-                "(ddp, zero1/2/3, fsdp_offload) for this model")
-        masking = [n for n, layer in layers if any(getattr(m, "makes_mask", False)
-                                                   for m in layer.modules())]
-        if masking:  # the mask rides on the tensor, and stages exchange plain tensors
-            raise ValueError(f"layer {masking[0]!r} makes a time-step mask (Embedding("
-                             "mask_zero=True) or Masking), which cannot cross a pipeline stage "
-                             "boundary; use a data-parallel strategy (ddp, zero1/2/3, "
-                             "fsdp_offload) for this model, or pad sequences in front and drop "
-                             "the mask")
-        n_stages = pp * self.stages_per_rank
-        blocks = block_count(layers)
-        if n_stages > len(layers) or (blocks < len(layers) and n_stages > blocks):
-            one_stage = ", schedule='1f1b' or 'gpipe' (one stage per rank)" \
-                if self.stages_per_rank > 1 and pp <= blocks else ""
-            raise ValueError(
-                f"{n_stages} pipeline stages ({pp} ranks x {self.stages_per_rank} per rank) "
-                f"but the model has only {blocks} blocks ({len(layers)} cut-able layers); use "
-                f"at most {blocks // self.stages_per_rank or 1} pipeline ranks{one_stage} "
-                "or a deeper model")
-        if self.split is not None:
-            if len(self.split) != n_stages or sum(self.split) != len(layers) or min(self.split) < 1:
-                raise ValueError(
-                    f"split={self.split} must list {n_stages} positive layer counts summing "
-                    f"to {len(layers)} (the cut-able layers: {[n for n, _ in layers]})")
-        return layers
+        """The layer chain of `module`, or ValueError if it cannot form `pp` * V stages
+        (bigtrain.parallel.pipeline_checks)."""
+        return check_chain(module, pp, self.stages_per_rank, self.split)
 
     # ---- setup --------------------------------------------------------------------------
     wants_input_sample = True

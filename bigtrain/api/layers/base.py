@@ -11,28 +11,18 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 
 from bigtrain.api import regularizers as keras_regularizers
 from bigtrain.api.layers import layer_losses, subclassing
 from bigtrain.api.layers.graph_place import GraphPlace
+from bigtrain.api.layers.layer_weights import LayerWeights
 from bigtrain.api.layers.reuse import reuse_refusal
 from bigtrain.api.layers.symbolic import (  # noqa: F401 - re-exported
     KerasTensor, Node, _snake, clear_session, train_mode, unique_name, unsized_axes_named)
 from bigtrain.api.layers.weight_options import WeightOptions
-
-
-def _same(t):
-    return t
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    """A CPU tensor as a numpy copy; bfloat16 (numpy has none) as float32, which holds it."""
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()
 
 
 def _fmt(shape) -> str:
@@ -91,14 +81,15 @@ def _holds_tensor(value) -> bool:
         isinstance(value, (KerasTensor, torch.Tensor))
 
 
-class Layer(layer_losses.LayerLosses, GraphPlace, nn.Module):
+class Layer(layer_losses.LayerLosses, GraphPlace, LayerWeights, nn.Module):
     """Base class of every Keras-style layer.
 
     bigtrain's layers implement `build(input_shape)` (create torch submodules once the input
     shape is known), `compute_output_shape(input_shape)` and `call(x)`, with shapes that
     exclude the batch axis. A user's subclass follows Keras's contract instead (shapes with
     the batch axis, `add_weight`, `call(x, training=None)`): see
-    bigtrain.api.layers.subclassing.
+    bigtrain.api.layers.subclassing. Keras's weight lists (`get_weights`, `set_weights`,
+    a layer's own layout in `keras_weights`): bigtrain.api.layers.layer_weights.
     """
 
     #: Merge layers (Concatenate, Add) take a list of tensors.
@@ -141,25 +132,6 @@ class Layer(layer_losses.LayerLosses, GraphPlace, nn.Module):
             input_shape = (input_shape,) if isinstance(input_shape, int) else tuple(input_shape)
         self.declared_input_shape = input_shape
 
-    def keras_weights(self) -> list[tuple[str, Callable, Callable]] | None:
-        """This layer's weights in Keras's order and layout, or None for its state dict as is.
-
-        Returns (state-dict key inside the layer, torch->Keras, Keras->torch) per weight; the
-        two callables convert one tensor's layout (e.g. a conv kernel's axis order).
-        """
-        return None
-
-    def weight_slots(self) -> list[tuple[str, Callable, Callable]]:
-        """`keras_weights()`, or for a layer without a Keras layout its state dict in order
-        (parameters and buffers, without BatchNorm's step counter), untransposed."""
-        custom = self.keras_weights()
-        if custom is not None:
-            return custom
-        if not type(self).__module__.startswith("bigtrain."):  # a user's layer: Keras's order
-            return subclassing.keras_slots(self, Layer)
-        return [(key, _same, _same) for key in self.state_dict()
-                if not key.endswith("num_batches_tracked")]
-
     def add_weight(self, shape=None, initializer=None, dtype=None, trainable=True,
                    autocast=True, regularizer=None, constraint=None, aggregation="none",
                    overwrite_with_gradient=False, name=None):
@@ -174,64 +146,6 @@ class Layer(layer_losses.LayerLosses, GraphPlace, nn.Module):
             self.register_buffer(name, value)  # a non-trainable add_weight: saved and moved
             return
         super().__setattr__(name, value)
-
-    def get_weights(self) -> list[np.ndarray]:
-        """This layer's weights as Keras's `layer.get_weights()` lists them: a Dense kernel
-        (inputs, units) then its bias; BatchNormalization's gamma, beta, moving mean and
-        variance.
-
-        Example:
-            kernel, bias = model.get_layer("dense").get_weights()
-        """
-        state = self.state_dict()
-        return [_numpy(to_keras(state[key].detach().cpu()))
-                for key, to_keras, _ in self.weight_slots()]
-
-    def set_weights(self, values: list) -> None:
-        """Write `values` (Keras's order, layouts and shapes, as `get_weights` gives them)
-        into this layer's weights."""
-        slots = self.weight_slots()
-        if len(values) != len(slots):
-            raise ValueError(f"layer {self.name!r} ({type(self).__name__}) has {len(slots)} "
-                             f"weights, set_weights got {len(values)} arrays")
-        state = self.state_dict(keep_vars=True)
-        new = []
-        for (key, to_keras, to_torch), value in zip(slots, values):
-            want = tuple(to_keras(state[key].detach()).shape)
-            if tuple(np.shape(value)) != want:
-                raise ValueError(f"layer {self.name!r}: weight {key!r} expects shape {want}, "
-                                 f"got {tuple(np.shape(value))}")
-            new.append((state[key], to_torch(torch.as_tensor(np.asarray(value)))))
-        with torch.no_grad():  # every shape checked first: a refusal changes nothing
-            for tensor, value in new:
-                tensor.copy_(value.to(tensor.dtype))
-
-    def weight_roles(self) -> dict[str, str]:
-        """Keras weight role ("kernel", "bias", ...) -> its state-dict key in this layer,
-        for the roles in `weight_options` (the weights regularizers and constraints read);
-        a layer of the user's: the names its add_weight weights were given."""
-        return subclassing.added_names(self)
-
-    def weight_options_config(self) -> dict:
-        """The initializer/regularizer/constraint arguments of every weight (get_config)."""
-        reg = self.activity_regularizer
-        out = {} if reg is None else {"activity_regularizer": keras_regularizers.serialize(reg)}
-        for role, opts in self.weight_options.items():
-            out.update(opts.config(role))
-        return out
-
-    def constrained_weights(self) -> list[tuple[str, Callable, Callable, WeightOptions]]:
-        """(state key, torch->Keras, Keras->torch, options) of each weight that has a
-        regularizer or a constraint."""
-        slots = {key: (to_keras, to_torch) for key, to_keras, to_torch in
-                 (self.keras_weights() or [])}
-        out = []
-        for role, key in self.weight_roles().items():
-            opts = self.weight_options.get(role)
-            if opts is not None and (opts.regularizer or opts.constraint):
-                to_keras, to_torch = slots.get(key, (None, None))
-                out.append((key, to_keras, to_torch, opts))
-        return out
 
     # ---- to implement --------------------------------------------------------------------
     def build(self, input_shape) -> None:

@@ -78,6 +78,32 @@ class PSConfig:
                              f"{dict(self.straggler_delay_s)}")
         self._check_balance()
 
+    def check_servers(self, world_size: int) -> None:
+        """Refuse a job of `world_size` processes too small for `servers` and `cpu_workers`
+        (every rank checks it again in setup, for jobs that reach it without fit's checks)."""
+        s, c = self.servers, self.cpu_workers
+        if c > max(world_size - s, 0):
+            raise ValueError(f"cpu_workers={c} but the job has only {max(world_size - s, 0)} "
+                             f"workers ({world_size} processes, {s} servers); use "
+                             f"cpu_workers <= {max(world_size - s, 0)}")
+        if s >= world_size:
+            raise ValueError(f"ParameterServer(servers={s}) needs more than {s} processes (the "
+                             f"last {s} serve, the rest train) but the job has {world_size}; "
+                             f"use devices >= {s + 1} or fewer servers")
+
+    def check_job(self, world_size: int, global_batch_size: int) -> None:
+        """Refuse a job whose processes, global batch or declared `weights` do not fit these
+        settings: every worker needs a sample of each batch, and a share of its own."""
+        self.check_servers(world_size)
+        workers = world_size - self.servers
+        if global_batch_size < workers:
+            raise ValueError(f"batch size {global_batch_size} is smaller than the number of "
+                             f"workers ({workers}); raise batch_size or use fewer devices")
+        w = self.weights
+        if w and len(w) != workers:
+            raise ValueError(f"weights={list(w)} declares {len(w)} shares for {workers} "
+                             f"workers; give one share per worker")
+
     def check_workers(self, workers: int) -> None:
         """Refuse straggler ranks that are not workers (0..workers-1) of this job."""
         bad = sorted(r for r, _ in self.straggler_delay_s

@@ -57,10 +57,12 @@ from bigtrain.parallel.parameter_server.server import ServerService, checkpoint_
 from bigtrain.parallel.parameter_server.sharding import ShardPlan, build_plan
 from bigtrain.parallel.parameter_server.store import ShardStore
 from bigtrain.parallel.parameter_server.worker import (RowPuller, ServerSideOptimizer,
-                                                       rank_device, row_tables)
+                                                       rank_device, row_tables,
+                                                       start_iterations)
 from bigtrain.parallel.slow_ranks import (check_slow_ranks, pace, slow_ranks_option,
                                          start_clocks)
 from bigtrain.parallel.speed_shares import SpeedShares, gather_rates
+
 
 class ParameterServer(Strategy):
     """Workers pull parameters from and push gradients to sharded parameter servers.
@@ -122,31 +124,13 @@ class ParameterServer(Strategy):
         return self.config.servers + 1 if devices is None else int(devices)
 
     def validate(self, world_size: int, global_batch_size: int) -> None:
-        self._check_servers(world_size)
-        s = self.config.servers
-        if global_batch_size < world_size - s:
-            raise ValueError(f"batch size {global_batch_size} is smaller than the number of "
-                             f"workers ({world_size - s}); raise batch_size or use fewer devices")
-        w = self.config.weights
-        if w and len(w) != world_size - s:
-            raise ValueError(f"weights={list(w)} declares {len(w)} shares for {world_size - s} "
-                             f"workers; give one share per worker")
-        check_slow_ranks(dict(self.config.slow_ranks), world_size - s)  # workers only
-        self.config.check_workers(world_size - s)
-
-    def _check_servers(self, world_size: int) -> None:
-        s, c = self.config.servers, self.config.cpu_workers
-        if c > max(world_size - s, 0):
-            raise ValueError(f"cpu_workers={c} but the job has only {max(world_size - s, 0)} "
-                             f"workers ({world_size} processes, {s} servers); use "
-                             f"cpu_workers <= {max(world_size - s, 0)}")
-        if s >= world_size:
-            raise ValueError(f"ParameterServer(servers={s}) needs more than {s} processes (the "
-                             f"last {s} serve, the rest train) but the job has {world_size}; "
-                             f"use devices >= {s + 1} or fewer servers")
+        self.config.check_job(world_size, global_batch_size)  # servers, batch, weights
+        workers = world_size - self.config.servers
+        check_slow_ranks(dict(self.config.slow_ranks), workers)  # workers only
+        self.config.check_workers(workers)
 
     def setup(self, env: DistEnv) -> None:
-        self._check_servers(env.world_size)
+        self.config.check_servers(env.world_size)
         super().setup(replace(env, device=rank_device(env, self.config)))
         timeout = (None if self.config.comm_timeout_s is None
                    else timedelta(seconds=self.config.comm_timeout_s))
@@ -215,7 +199,7 @@ class ParameterServer(Strategy):
             path = self._checkpoint_path()
             if path is not None and os.path.exists(path):
                 self._store.load(path)  # resume
-        self._optimizer = ServerSideOptimizer(module.parameters(), _start_step(make_optimizer))
+        self._optimizer = ServerSideOptimizer(module.parameters(), start_iterations(make_optimizer))
         return self._optimizer
 
     def split_rule_refusal(self, module: nn.Module, make_optimizer) -> str | None:
@@ -388,14 +372,6 @@ class ParameterServer(Strategy):
         if c.slow_ranks:
             extra += f", slow ranks {dict(c.slow_ranks)}"
         return f"servers={c.servers}, mode={c.mode!r}{extra}"
-
-
-def _start_step(make_optimizer) -> int:
-    """The step count the compiled optimizer starts from (its param groups' "iterations":
-    the steps of earlier fits under this compile), read from one built on a probe: 0 for
-    an optimizer that counts none."""
-    probe = make_optimizer([nn.Parameter(torch.zeros(1))])
-    return int(probe.param_groups[0].get("iterations", 0))
 
 
 register("ps", lambda: ParameterServer(mode="bsp"))

@@ -66,6 +66,14 @@ class ServerSideOptimizer(torch.optim.Optimizer):
                            "train through strategy.train_step")
 
 
+def start_iterations(make_optimizer) -> int:
+    """The step count the compiled optimizer starts from (its param groups' "iterations":
+    the steps of earlier fits under this compile), read from one built on a probe: 0 for
+    an optimizer that counts none. A worker's `ServerSideOptimizer` counts on from it."""
+    probe = make_optimizer([nn.Parameter(torch.zeros(1))])
+    return int(probe.param_groups[0].get("iterations", 0))
+
+
 def rank_device(env: DistEnv, config: PSConfig) -> torch.device:
     """Where this rank computes: servers on the host CPU; the last `config.cpu_workers`
     workers on the CPU too; the other workers on the device the job gave them.
