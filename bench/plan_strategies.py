@@ -21,8 +21,9 @@ figure shown:
                buffers, but also a step's temporaries, which the planner does not count
 
 Beside each: the planner's figure on this host's measured 1-thread matmul FLOP/s, copy
-bandwidth and kernel probe (`bench_scaling.host_spec`), loopback link and collective
-latency, and the runtime's tensor plan, with the error in percent (plan / measured - 1).
+bandwidth and kernel probe (`bench_scaling.host_spec`), gloo's collective costs measured
+on 2 ranks of this host (`bigtrain.plan.collectives`), and the runtime's tensor plan, with
+the error in percent (plan / measured - 1).
 Not in run_all (1-4 minutes); `bench_scaling.py --only strategies` runs it too.
 
     python bench/plan_strategies.py            # both models
@@ -182,12 +183,14 @@ def predict(kind: str, spec: DeviceSpec) -> dict:
 
 
 def rank_spec() -> DeviceSpec:
-    """One rank of this host: 1 torch thread on its own core (2 ranks, 2+ cores), measured."""
+    """One rank of this host: 1 torch thread on its own core (2 ranks, 2+ cores), measured,
+    with gloo's collective costs measured on 2 ranks of it (bigtrain.plan.collectives)."""
     from bench.bench_scaling import host_spec
+    from bigtrain.plan.collectives import measure_collectives
     host = host_spec()
     return DeviceSpec("cpu", host_memory_bytes() / WORLD, host.flops, CPU_LOOPBACK_BANDWIDTH,
                       memory_bandwidth=host.memory_bandwidth, latency=CPU_COLLECTIVE_LATENCY,
-                      kernels=host.kernels)
+                      kernels=host.kernels, collectives=measure_collectives(WORLD))
 
 
 def bench_kind(kind: str, spec: DeviceSpec, names=STRATEGIES) -> list[dict]:
@@ -221,7 +224,8 @@ def print_rows(rows: list[dict]) -> None:
     for r in rows:
         t, m = r["time_parts"], r["memory_parts"]
         print(f"  plan {r['strategy']:<9} ms: compute {t.compute * 1e3:.1f} comm "
-              f"{t.comm * 1e3:.1f} bubble {t.bubble * 1e3:.1f} update {t.update * 1e3:.1f} | "
+              f"{t.comm * 1e3:.1f} copies {t.copies * 1e3:.1f} bubble {t.bubble * 1e3:.1f} "
+              f"update {t.update * 1e3:.1f} | "
               f"MB: params {m.params / 1e6:.1f} grads {m.grads / 1e6:.1f} optim "
               f"{m.optimizer / 1e6:.1f} acts {m.activations / 1e6:.1f} buffers "
               f"{m.comm_buffers / 1e6:.1f}")

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from bigtrain.plan.collectives import CollectiveCosts
 from bigtrain.plan.kernels import KernelProbe
 
 #: Conservative fp32 throughput of one CPU core with AVX2 FMA in a real matmul (FLOP/s).
@@ -64,6 +65,10 @@ class DeviceSpec:
             `flops`, and prices the update at a fused Adam's measured speed, both scaled by
             flops / kernels.peak_flops (the rank's share of the probed host). None: FLOPs and
             `memory_bandwidth` only (a device that is not this host, a datasheet preset).
+        collectives: gloo collective costs measured between ranks of this host
+            (bigtrain.plan.collectives.measure_collectives); with them a CPU rank's
+            communication is priced per kind of collective and per FSDP2 unit, and its
+            buffer copies at `memory_bandwidth`. None: `bandwidth` and `latency` only.
     """
     kind: str
     memory_bytes: float
@@ -74,6 +79,7 @@ class DeviceSpec:
     latency: float = 5e-5
     memory_bandwidth: float | None = None
     kernels: KernelProbe | None = None
+    collectives: CollectiveCosts | None = None
 
     def __post_init__(self):
         if self.kind not in ("cpu", "cuda"):
@@ -87,6 +93,9 @@ class DeviceSpec:
         if self.kernels is not None and not isinstance(self.kernels, KernelProbe):
             raise ValueError(f"DeviceSpec.kernels must be a bigtrain.plan.kernels.KernelProbe "
                              f"or None, got {type(self.kernels).__name__}")
+        if self.collectives is not None and not isinstance(self.collectives, CollectiveCosts):
+            raise ValueError("DeviceSpec.collectives must be a bigtrain.plan.collectives."
+                             f"CollectiveCosts or None, got {type(self.collectives).__name__}")
         for name in ("host_bandwidth", "host_memory_bytes", "memory_bandwidth"):
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -211,7 +220,7 @@ def rank_peak_flops(measured: float, threads: int, ranks_per_host: int,
 
 
 def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
-                       repeats: int = 3) -> DeviceSpec:
+                       repeats: int = 3, collectives: bool = False) -> DeviceSpec:
     """Measure this host: an n x n fp32 matmul for FLOP/s, a tensor copy for bandwidth, and
     attach a KernelProbe (its timings are taken when a plan first needs them: about a
     second for a 100M-parameter model, cached per process).
@@ -224,6 +233,8 @@ def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
         n: matmul size (2 n^3 FLOPs each).
         copy_mb: megabytes copied per bandwidth sample.
         repeats: samples per figure (best kept).
+        collectives: also measure gloo's collectives between `ranks_per_host` (>= 2) ranks
+            of this host (bigtrain.plan.collectives: a few seconds of spawned processes).
 
     Example:
         spec = measure_cpu_device(ranks_per_host=2)
@@ -234,9 +245,14 @@ def measure_cpu_device(ranks_per_host: int = 1, n: int = 512, copy_mb: int = 64,
     dst.copy_(src)
     # a copy reads and writes every byte once: 2 x size moved through memory
     copy_bw = 2.0 * src.numel() / _time_best(lambda: dst.copy_(src), repeats)
+    costs = None
+    if collectives and ranks_per_host >= 2:
+        from bigtrain.plan.collectives import measure_collectives
+        costs = measure_collectives(ranks_per_host)
     return DeviceSpec("cpu", host_memory_bytes() / ranks_per_host, flops / ranks_per_host,
                       copy_bw / 2.0, memory_bandwidth=copy_bw / ranks_per_host,
-                      kernels=KernelProbe(peak_flops=flops, stream_bandwidth=copy_bw))
+                      kernels=KernelProbe(peak_flops=flops, stream_bandwidth=copy_bw),
+                      collectives=costs)
 
 
 def rank_specs(device, devices: int, overrides: tuple) -> list[DeviceSpec]:
@@ -268,3 +284,19 @@ def slowest(specs: Sequence[DeviceSpec]) -> DeviceSpec:
                    latency=max(s.latency for s in specs),
                    memory_bandwidth=min((s.memory_bandwidth for s in specs
                                          if s.memory_bandwidth), default=None))
+
+
+def step_rates(spec: DeviceSpec, n_params: float, probed: bool) -> dict:
+    """The rates `bigtrain.plan.cost.step_time` prices a step of `spec`'s rank with, as its
+    keyword arguments: the update's bytes/s (with the kernel probe, `probed`: a fused Adam's
+    and a per-tensor loop's measured speed, scaled to the rank's share of the probed host;
+    else `memory_bandwidth`), the measured collective costs, and on a CPU rank the bytes/s
+    of the buffer copies its own core makes (its `memory_bandwidth`)."""
+    rates = {"memory_bandwidth": spec.memory_bandwidth, "unfused_bandwidth": None,
+             "collectives": spec.collectives,
+             "copy_bandwidth": spec.memory_bandwidth if spec.kind == "cpu" else None}
+    if probed and spec.kernels is not None:
+        share = spec.flops / spec.kernels.peak_flops
+        rates["memory_bandwidth"] = spec.kernels.update_bandwidth(n_params) * share
+        rates["unfused_bandwidth"] = spec.kernels.loop_update_bandwidth(n_params) * share
+    return rates

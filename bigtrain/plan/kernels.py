@@ -235,6 +235,12 @@ class KernelProbe:
         n = min(max(float(n_params), 2.0 ** 20), ADAM_PROBE_MAX)
         return adam_bandwidth(torch.get_num_threads(), 2 ** round(math.log2(n)))
 
+    def loop_update_bandwidth(self, n_params: float) -> float:
+        """`update_bandwidth` of torch's per-tensor Adam loop: what an optimizer over
+        DTensors (zero2/zero3, tensor parallel) runs, the fused kernel refusing them."""
+        n = min(max(float(n_params), 2.0 ** 20), ADAM_PROBE_MAX)
+        return loop_adam_bandwidth(torch.get_num_threads(), 2 ** round(math.log2(n)))
+
 
 def step_timer(kernels: KernelProbe, module: nn.Module, example: tuple, notes: list[str]):
     """seconds(batch, rate): one forward + stand-in loss + backward of `batch` samples of
@@ -280,10 +286,23 @@ def adam_bandwidth(threads: int, n: int) -> float:
     """Bytes/s of torch's fused Adam step on `n` fp32 parameters with `threads` torch
     threads (with n, the cache key): 28 bytes per parameter (read parameter, gradient and
     two moments; write parameter and moments), best of 3."""
+    return _adam_rate(n, fused=True)
+
+
+@functools.lru_cache(maxsize=None)
+def loop_adam_bandwidth(threads: int, n: int) -> float:
+    """`adam_bandwidth` of torch's per-tensor Adam loop (fused=False, foreach=False): the
+    kernel of an optimizer over DTensors, which the fused kernel refuses."""
+    return _adam_rate(n, fused=False)
+
+
+def _adam_rate(n: int, fused: bool) -> float:
+    """28 n bytes over the best of 3 timed Adam steps on `n` fp32 parameters."""
     p = nn.Parameter(torch.zeros(n))
     p.grad = torch.full((n,), 1e-3)
     try:
-        opt = torch.optim.Adam([p], lr=1e-4, fused=True)
+        opt = torch.optim.Adam([p], lr=1e-4, fused=True) if fused else \
+            torch.optim.Adam([p], lr=1e-4, fused=False, foreach=False)
         opt.step()
     except (RuntimeError, TypeError):  # a torch without a fused CPU Adam
         opt = torch.optim.Adam([p], lr=1e-4, foreach=True)

@@ -24,7 +24,8 @@ from torch import nn
 
 from bigtrain.plan.bf16 import SLOW_BF16_FACTOR, probe_bf16
 from bigtrain.plan.cost import StepTime, step_time
-from bigtrain.plan.device import DeviceSpec, host_memory_bytes, rank_specs, slowest
+from bigtrain.plan.device import (DeviceSpec, host_memory_bytes, rank_specs, slowest,
+                                  step_rates)
 from bigtrain.plan.kernels import step_timer
 from bigtrain.plan.memory import (STRATEGIES, MemoryBreakdown, activation_bytes,
                                   data_parallel_degree, get_precision, model_state_bytes,
@@ -348,7 +349,8 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     spec, speeds = slowest(specs), [s.flops for s in specs]
     uneven = max(speeds) > UNEVEN_SPEED * min(speeds)
     act = _activation_per_sample(prof, prec, activation_bytes_per_sample, notes)
-    notes.append("step time assumes no overlap of communication with compute (upper bound)")
+    notes.append("step time assumes no overlap of communication with compute (on CPU ranks "
+                 "the rank's own core runs gloo's collectives and copies)")
     usable = spec.memory_bytes * (1.0 - reserve)
     host = (spec.host_memory_bytes or host_memory_bytes() / devices) * (1.0 - reserve)
     if prof.largest_unit_params is None:
@@ -358,10 +360,7 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
     if tensor_why and "tensor" not in (refused or {}):  # a refusal the caller prints itself
         notes.append(f"tensor not offered: {tensor_why}")
     timer = _kernel_timer(model_or_param_count, spec, precision, seq_len, example_input, notes)
-    mem_bw = spec.memory_bandwidth
-    if timer is not None:  # the update at a fused Adam's speed, the rank's share of it
-        mem_bw = spec.kernels.update_bandwidth(prof.n_params) * spec.flops / \
-            spec.kernels.peak_flops
+    rates = step_rates(spec, prof.n_params, probed=timer is not None)  # update, comm, copies
     estimates, skipped = [], {}
     names = [*STRATEGIES, *SPEED_AWARE] if uneven else STRATEGIES
     mean_flops = sum(speeds) / len(speeds)
@@ -383,7 +382,7 @@ def plan(model_or_param_count, *, devices: int, batch_size: int,
         t = step_time(base, prof, prec, world_size=devices, batch_size=batch_size,
                       microbatches=m, flops=rate, bandwidth=spec.bandwidth,
                       host_bandwidth=spec.host_link, offload_moves=spec.kind != "cpu",
-                      act_per_sample=act, latency=spec.latency, memory_bandwidth=mem_bw,
+                      act_per_sample=act, latency=spec.latency, **rates,
                       optimizer_bytes=optimizer_bytes(optimizer, precision),
                       local_seconds=timer and functools.partial(timer, rate=rate))
         fits = mem.device_total <= usable and mem.offloaded_host <= host

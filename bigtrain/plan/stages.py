@@ -223,5 +223,24 @@ def pipeline_note(chain: Sequence[LayerFigures] | None, stages: int) -> str:
                    "the cut, so this is the heaviest stage any such cut leaves")
 
 
+def stage_work_share(chain: Sequence[LayerFigures] | None, stages: int) -> float:
+    """Fraction of a step's work the heaviest pipeline stage (`heaviest_stage`, the one whose
+    states the plan counts) runs: its layers' forward FLOPs over the chain's (parameters
+    where no FLOPs were counted); 1/stages when the chain is unknown or too short. The
+    stages run one after the other for each micro-batch, so this rank's share, not 1/stages,
+    sets the step.
+
+    Example:
+        >>> stage_work_share(None, 4)
+        0.25
+    """
+    if not chain or len(chain) < stages:
+        return 1.0 / stages
+    first, end = heaviest_stage(chain, stages).layers
+    counted = any(f.flops > 0 for f in chain)
+    work = [f.flops if counted else float(f.params) for f in chain]
+    return sum(work[first:end]) / sum(work) if sum(work) > 0 else 1.0 / stages
+
+
 __all__ = ["LayerFigures", "StageShare", "chain_figures", "chain_modules",
-           "heaviest_stage", "pipeline_note", "pipeline_states"]
+           "heaviest_stage", "pipeline_note", "pipeline_states", "stage_work_share"]
