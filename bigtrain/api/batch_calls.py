@@ -35,12 +35,12 @@ from bigtrain.api import steps_data, training
 from bigtrain.api.architecture import build_on_data
 from bigtrain.api.compile_metrics import keras_order
 from bigtrain.api.fit_args import class_weight_to_sample_weight
-from bigtrain.api.inputs import _compact_one_hot, prepare_data
+from bigtrain.api.inputs import _compact_one_hot, input_specs, prepare_data
 from bigtrain.api.keyed_outputs import split_dict
 from bigtrain.api.steps_data import _is_iterator
 from bigtrain.api.weights import as_numpy
 from bigtrain.engine.carry import load_carried
-from bigtrain.engine.data import ArrayData, as_tensor_source
+from bigtrain.engine.data import ArrayData, as_tensor_source, fit_inputs, keeps_double
 from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
 from bigtrain.engine.step import train_step
 from bigtrain.engine.task import FitConfig, TrainTask
@@ -164,11 +164,13 @@ def _batch(model, runner: BatchRunner, x, y, sample_weight) -> StepBatch:
         runner.checked = signature
         return StepBatch(micro=[data.take(torch.arange(len(data)), runner.device)],
                          weights=[1.0])
-    device = runner.device
-    xb, yb = as_tensor_source(x).to(device), as_tensor_source(y)
+    device, specs = runner.device, input_specs(model)
+    double = keeps_double(specs)  # a float64 model's data stays float64, as in data.take
+    xb = fit_inputs(as_tensor_source(x, double).to(device), specs)
+    yb = as_tensor_source(y, double)
     spec, names = model.compiled.losses[0], model.compiled.all_metrics(0)
     yb = _compact_one_hot(yb, spec, names).to(device)
-    sw = None if sample_weight is None else as_tensor_source(sample_weight).to(device)
+    sw = None if sample_weight is None else as_tensor_source(sample_weight, double).to(device)
     return StepBatch(micro=[(xb, yb, sw)], weights=[1.0])
 
 

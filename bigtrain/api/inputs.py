@@ -22,7 +22,7 @@ from bigtrain.api.losses import LossSpec
 from bigtrain.data.hf import from_hf, is_hf
 from bigtrain.data.streams import as_batches, as_stream, read_all
 from bigtrain.engine.data import (ArrayData, DatasetData, InputSpec, Loading, LoaderOrder,
-                                  as_tensor_source)
+                                  as_tensor_source, keeps_double)
 from bigtrain.engine.feed import StreamData, stream_data
 from bigtrain.engine.task import FitConfig
 
@@ -108,11 +108,11 @@ def loader_order(loader) -> LoaderOrder:
     return LoaderOrder(sampler=sampler, drop_last=drop_last, batch_size=size)
 
 
-def _check_file_shape(stream, specs: list | None) -> None:
+def _check_file_shape(stream, specs: list | InputSpec | None) -> None:
     """Files' x against the model's one Input, before any rank starts (other streams are
     checked batch by batch, as they are read)."""
     from bigtrain.data.files import FileSource
-    if not isinstance(stream, FileSource) or specs is None:
+    if not isinstance(stream, FileSource) or not isinstance(specs, list):  # plain module
         return
     shape = stream.sample_shape()
     if len(specs) != 1:
@@ -127,17 +127,20 @@ def _check_file_shape(stream, specs: list | None) -> None:
                          "the model's input, or change Input(shape=...)")
 
 
-def input_specs(model) -> list | None:
-    """Per model input, the InputSpec (name, dtype, shape) every batch is made to meet; None
-    for a plain torch module (float64 inputs become float32, nothing else changes).
+def input_specs(model) -> list | InputSpec | None:
+    """Per model input, the InputSpec (name, dtype, shape) every batch is made to meet; for
+    a plain torch module, None when its weights are float32 (float64 inputs become float32,
+    nothing else changes), else one InputSpec whose `floats` every float input takes (a
+    module made `.double()` is fed float64, not float32: "mat1 and mat2 must have the same
+    dtype").
 
     A float Input takes the weights' float dtype, as model(x) does (call_inputs): Keras's
     layers cast a float input to their compute dtype, so Input(dtype="float64") (or
     "float16", "bfloat16") feeds a float32 model float32, where the batch in the Input's
     own dtype stopped at the first layer ("mat1 and mat2 must have the same dtype")."""
-    if not isinstance(model.net, GraphModule):
-        return None
     floats = weights_of(model.net)[1]
+    if not isinstance(model.net, GraphModule):
+        return None if floats == torch.float32 else InputSpec(floats=floats)
     return [InputSpec(name, floats if t.dtype.is_floating_point else t.dtype,
                       None if None in t.shape else tuple(t.shape))
             for name, t in zip(model.net.input_names, model.net.input_tensors)]
@@ -225,12 +228,13 @@ def prepare_data(model, x, y, sample_weight=None, need_targets=True,
             if None not in shape:  # an axis of any size the labels do not fix: not checked
                 check.check_targets(yi, spec.name, shape, name,
                                     ignore_class=spec.options.get("ignore_class"))
-    sw = None if sample_weight is None else as_tensor_source(sample_weight)
-    targets = [as_tensor_source(a) for a in ys]
+    double = keeps_double(specs)  # a float64 model: float64 data is not rounded to float32
+    sw = None if sample_weight is None else as_tensor_source(sample_weight, double)
+    targets = [as_tensor_source(a, double) for a in ys]
     if model.compiled is not None:
         targets = [_compact_one_hot(t, spec, model.compiled.all_metrics(i))
                    for i, (t, spec) in enumerate(zip(targets, model.compiled.losses))]
-    return ArrayData([as_tensor_source(a) for a in xs], targets, sw, specs)
+    return ArrayData([as_tensor_source(a, double) for a in xs], targets, sw, specs)
 
 
 def validation_of(model, validation_data, config: FitConfig) -> tuple[ArrayData, FitConfig]:

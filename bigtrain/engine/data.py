@@ -21,17 +21,18 @@ from bigtrain.data.parts import by_name, moved, rows_of
 from bigtrain.engine.data_order import LoaderOrder, epoch_permutation
 
 
-def as_tensor_source(a):
+def as_tensor_source(a, double: bool = False):
     """Keep numpy memmaps as they are (read lazily); turn other arrays into torch tensors
     without copying where possible. float64 (numpy or torch) becomes float32, Keras's
     floatx, as Keras casts its inputs: float64 would double the work, and float64 targets
-    or weights would make the loss and metrics float64."""
+    or weights would make the loss and metrics float64. `double` (a float64 model, see
+    keeps_double): float64 stays, so no value is rounded through float32."""
     if isinstance(a, torch.Tensor):
-        return a.float() if a.dtype == torch.float64 else a
+        return a.float() if a.dtype == torch.float64 and not double else a
     if isinstance(a, np.memmap):
         return a
     arr = np.asarray(a)
-    if arr.dtype == np.float64:
+    if arr.dtype == np.float64 and not double:
         arr = arr.astype(np.float32)  # Keras's floatx; float64 would double the work
     elif not arr.flags.writeable:
         arr = arr.copy()  # torch tensors must not alias read-only memory
@@ -46,14 +47,19 @@ class InputSpec:
         name: the input's name, for messages.
         dtype: batches are cast to it, as Keras casts inputs to the Input's dtype (ints,
             bools and uint8 become float32 for a float32 Input; an Input(dtype="int64") of
-            token ids stays integer). None (a plain torch module): float64 becomes float32,
-            other dtypes stay.
+            token ids stays integer). None (a plain torch module): float64 becomes
+            `floats`, other dtypes stay.
         shape: per-sample shape, or None (not checked). A batch of one rank less whose
             missing last axis is 1 gains it (Keras's rank adjustment: (n,) for (None, 1)).
+        floats: with dtype None, a plain module's weights' float dtype. float32: float64
+            inputs become float32, other floats stay (Keras's floatx). Any other (a module
+            made `.double()`, `.half()`): every float input takes it, as Keras's layers cast
+            inputs to their dtype (float32 inputs to a float64 Linear stop at its matmul).
     """
     name: str = "x"
     dtype: torch.dtype | None = None
     shape: tuple | None = None
+    floats: torch.dtype = torch.float32
 
     def fit(self, t: torch.Tensor) -> torch.Tensor:
         """Batch `t` in this input's dtype and rank; a clear error where its shape differs."""
@@ -70,17 +76,22 @@ class InputSpec:
                     f"{tuple(t.shape)}; make the data's samples match the model's Input, "
                     "or change Input(shape=...)")
         if self.dtype is None:
-            return t.float() if t.dtype == torch.float64 else t
+            cast = t.is_floating_point() and t.dtype != self.floats and \
+                (t.dtype == torch.float64 or self.floats != torch.float32)
+            return t.to(self.floats) if cast else t
         return t if t.dtype == self.dtype else t.to(self.dtype)
 
 
-def fit_inputs(x, specs: list | None):
+def fit_inputs(x, specs: list | InputSpec | None):
     """An input batch (a tensor, a tuple for several inputs, or a dict keyed by the inputs'
     names, as Keras takes one) made to meet `specs` (see InputSpec; None: float64 becomes
-    float32 only, and a dict goes to the module as it is)."""
+    float32 only, and a dict goes to the module as it is; one InputSpec: a plain module's
+    rule for its float inputs, for any number of them)."""
+    plain = specs if isinstance(specs, InputSpec) else InputSpec()
+    specs = None if isinstance(specs, InputSpec) else specs
     x = by_name(x, None if specs is None else [s.name for s in specs], "x", "inputs")
     if isinstance(x, (tuple, list)):
-        specs = specs or [InputSpec()] * len(x)
+        specs = specs or [plain] * len(x)
         if len(specs) != len(x):
             raise ValueError(f"the model takes {len(specs)} input(s) "
                              f"({', '.join(s.name for s in specs)}), got a batch of {len(x)}"
@@ -91,7 +102,16 @@ def fit_inputs(x, specs: list | None):
         raise ValueError(f"the model takes {len(specs)} inputs "
                          f"({', '.join(s.name for s in specs)}), got a batch of one tensor; "
                          "give each batch's x as a tuple of one tensor per input")
-    return (specs[0] if specs else InputSpec()).fit(x)
+    return (specs[0] if specs else plain).fit(x)
+
+
+def keeps_double(specs: list | InputSpec | None) -> bool:
+    """Whether float64 data stays float64 (inputs, targets, sample weights): a float64
+    model's (a plain module made `.double()`, or a float64 Input), whose loss and metrics
+    then run in float64 too; else float64 becomes float32, Keras's floatx."""
+    if isinstance(specs, InputSpec):
+        return specs.floats == torch.float64
+    return any(s.dtype == torch.float64 for s in specs or ())
 
 
 def fit_targets(y, outputs: list | None):
@@ -104,8 +124,8 @@ def _to(t: torch.Tensor, device) -> torch.Tensor:
     return t if t.device == device else t.to(device, non_blocking=True)
 
 
-def gather(a, idx: torch.Tensor) -> torch.Tensor:
-    """Rows `idx` of `a` (a tensor or a memmap) as a tensor."""
+def gather(a, idx: torch.Tensor, double: bool = False) -> torch.Tensor:
+    """Rows `idx` of `a` (a tensor or a memmap) as a tensor (`double`: see as_tensor_source)."""
     if isinstance(a, torch.Tensor):
         if idx.device != a.device:  # data kept on an accelerator, indices drawn on the host
             idx = idx.to(a.device)
@@ -113,25 +133,25 @@ def gather(a, idx: torch.Tensor) -> torch.Tensor:
     rows = np.asarray(a[np.sort(idx.numpy())]) if len(idx) else np.asarray(a[:0])
     order = np.argsort(np.argsort(idx.numpy()))  # back to the requested order
     out = torch.from_numpy(np.ascontiguousarray(rows[order]))
-    return out.float() if out.dtype == torch.float64 else out
+    return out.float() if out.dtype == torch.float64 and not double else out
 
 
-def _pick(arrays: list, idx: torch.Tensor, device):
+def _pick(arrays: list, idx: torch.Tensor, device, double: bool):
     """Rows `idx` of each array on `device`: one array bare, several as a tuple."""
     if len(arrays) == 1:
-        return _to(gather(arrays[0], idx), device)
-    return tuple(_to(gather(a, idx), device) for a in arrays)
+        return _to(gather(arrays[0], idx, double), device)
+    return tuple(_to(gather(a, idx, double), device) for a in arrays)
 
 
 @dataclass
 class ArrayData:
     """Inputs, targets and sample weights that share their first (sample) axis.
     `inputs`: per input, the InputSpec its batches are made to meet (None: float64 inputs
-    become float32, nothing else changes)."""
+    become float32, nothing else changes; one InputSpec: a plain module's, see fit_inputs)."""
     xs: list
     ys: list
     sample_weight: object | None = None
-    inputs: list | None = None
+    inputs: list | InputSpec | None = None
 
     def __len__(self) -> int:
         return int(self.xs[0].shape[0])
@@ -139,9 +159,11 @@ class ArrayData:
     def take(self, idx: torch.Tensor, device) -> tuple:
         """(inputs, targets, sample_weight) for rows `idx`, on `device`; single arrays are
         returned bare and several as a tuple."""
-        sw = None if self.sample_weight is None else gather(self.sample_weight, idx).to(device)
-        x = fit_inputs(_pick(self.xs, idx, device), self.inputs)
-        return x, _pick(self.ys, idx, device) if self.ys else None, sw
+        double = keeps_double(self.inputs)
+        sw = None if self.sample_weight is None else \
+            gather(self.sample_weight, idx, double).to(device)
+        x = fit_inputs(_pick(self.xs, idx, device, double), self.inputs)
+        return x, _pick(self.ys, idx, device, double) if self.ys else None, sw
 
     def pass_order(self, data_pass: int, seed: int, shuffle: bool) -> torch.Tensor:
         """The sample indices one pass trains on, in order."""
@@ -334,7 +356,8 @@ class DatasetData(ArrayData):
             raise ValueError(f"the DataLoader's collate_fn gave a {type(items).__name__}; fit "
                              "needs each batch as (x, y) or (x, y, sample_weight)")
         # y and sample_weight as arrays give them (as_tensor_source): float64 as float32
-        parts = [moved(part if what == "x" else _floatx(part), device, what)
+        double = keeps_double(self.inputs)
+        parts = [moved(part if what == "x" else _floatx(part, double), device, what)
                  for part, what in zip(items, _PARTS)]
         x, y = fit_inputs(parts[0], self.inputs), fit_targets(parts[1], self.outputs)
         return x, y, parts[2] if len(parts) == 3 else None
@@ -368,16 +391,16 @@ class DatasetData(ArrayData):
                             outputs=self.outputs))
 
 
-def _floatx(part):
+def _floatx(part, double: bool = False):
     """A collated batch part with its float64 tensors as float32, Keras's floatx (torch's
-    collate makes float64 of Python floats and float64 arrays); tuples, lists and dicts
-    value by value, anything else as it is."""
+    collate makes float64 of Python floats and float64 arrays), unless `double` (a float64
+    model); tuples, lists and dicts value by value, anything else as it is."""
     if isinstance(part, torch.Tensor):
-        return part.float() if part.dtype == torch.float64 else part
+        return part.float() if part.dtype == torch.float64 and not double else part
     if isinstance(part, dict):
-        return {k: _floatx(v) for k, v in part.items()}
+        return {k: _floatx(v, double) for k, v in part.items()}
     if isinstance(part, (tuple, list)):
-        return tuple(_floatx(p) for p in part)  # as `moved` gives them
+        return tuple(_floatx(p, double) for p in part)  # as `moved` gives them
     return part
 
 
