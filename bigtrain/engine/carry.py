@@ -10,7 +10,8 @@ the optimizer it builds. A new `compile` starts afresh, as in Keras.
 Not carried: float16's loss scale, which lives beside the optimizer's state_dict; it
 restarts with each fit. The moving average of `use_ema` rides in the state_dict of one
 process's optimizer (bigtrain.parallel.update_rules.EmaState), so it continues there; a fit on
-several processes hands the state back without it, and the next fit says that it restarts.
+several processes hands it back with the rest of the state (whole tensors by parameter name,
+as the moments), so it continues after such a fit too.
 
 A fit on several processes hands its whole optimizer state back too: every rank enters a
 gather at its end, rank 0 returns the state (`FitResult.optimizer_state`, see

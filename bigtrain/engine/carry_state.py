@@ -4,7 +4,11 @@ At the end of such a fit every rank enters `gather_full`; rank 0 gets the state 
 full layout (`torch.distributed.checkpoint.state_dict` with `full_state_dict=True`):
 
     {"state": {fqn: {"step": ..., "exp_avg": full tensor, ...}},
-     "param_groups": [{"lr": ..., "iterations": ..., "params": [fqn, ...]}, ...]}
+     "param_groups": [{"lr": ..., "iterations": ..., "params": [fqn, ...]}, ...],
+     "bigtrain_ema": {"steps": int, "average": {fqn: full tensor}}}   # use_ema only
+
+The last is `use_ema`'s moving average (bigtrain.parallel.update_rules.EmaState), gathered
+whole as the moments are, so that the next fit continues it as Keras's would.
 
 `fqn` is the parameter's name in the plain network (DDP's `module.` prefix dropped, as in
 checkpoints). FSDP2 and tensor-parallel DTensors are gathered by torch; ZeRO (zero1) ranks
@@ -32,6 +36,7 @@ import torch.distributed as dist
 
 from bigtrain.engine import checkpoint_state as cs
 from bigtrain.parallel.lazy_types import is_zero_optimizer
+from bigtrain.parallel.update_rules import _EMA_KEY as EMA_KEY
 
 
 def carries(strategy) -> bool:
@@ -68,6 +73,11 @@ def gather_full(strategy, module, optimizer) -> bytes | None:
             full = _merge_partitions(_cpu(local), strategy.env.is_main)
         else:  # DTensors gathered; rank 0 alone keeps the CPU copy
             full = sd.get_optimizer_state_dict(module, inner, options=_options(cpu_offload=True))
+    zero = is_zero_optimizer(optimizer)
+    ema = _merge_ema(_gather_ema(strategy, module, inner, strategy.env.is_main or zero),
+                     zero, strategy.env.is_main)
+    if ema is not None and strategy.env.is_main:
+        full = {**full, EMA_KEY: ema}
     return _pack(full) if strategy.env.is_main else None
 
 
@@ -107,6 +117,7 @@ def load_full(strategy, module, optimizer, full: dict) -> None:
     its shard of each DTensor, its ZeRO partition, or all of it under DDP. Every rank
     must call it (torch creates missing state with a zero step first)."""
     inner = cs.inner_optimizer(optimizer)
+    ema = full.get(EMA_KEY)
     full = {"state": full["state"], "param_groups": _keep_kernels(full["param_groups"], inner)}
     for group, saved in zip(inner.param_groups, full["param_groups"]):
         for k, v in saved.items():  # keys a hook adds at the first step ("keras_step"):
@@ -125,6 +136,8 @@ def load_full(strategy, module, optimizer, full: dict) -> None:
             group.update({k: v for k, v in saved.items() if k != "params"})
     if inner is not optimizer:  # ZeRO exposes the global groups; keep lr & co. in step
         optimizer._sync_param_groups(inner.param_groups, optimizer.param_groups)
+    if ema is not None:  # after the loads, whose hook marked the average as restarting
+        _load_ema(strategy, module, inner, ema)
 
 
 def _load_scalars(optimizer, net, full: dict) -> None:
@@ -164,7 +177,12 @@ def full_of_plain(optimizer, net) -> dict:
     state = {order[i]: {k: v.detach().cpu().clone() if torch.is_tensor(v) else v
                         for k, v in s.items()} for i, s in sd["state"].items()}
     groups = [{**g, "params": [order[i] for i in g["params"]]} for g in sd["param_groups"]]
-    return {"state": state, "param_groups": groups}
+    full = {"state": state, "param_groups": groups}
+    if EMA_KEY in sd:  # use_ema's average, by position like the state
+        ema = sd[EMA_KEY]
+        full[EMA_KEY] = {"steps": ema["steps"], "average": {
+            order[int(i)]: v.detach().cpu().clone() for i, v in ema["average"].items()}}
+    return full
 
 
 def load_into_plain(optimizer, net, full: dict) -> bool:
@@ -186,5 +204,66 @@ def load_into_plain(optimizer, net, full: dict) -> bool:
         return False
     for fqn, s in full["state"].items():
         state[index[fqn]] = s
-    optimizer.load_state_dict({"state": state, "param_groups": out_groups})
+    plain = {"state": state, "param_groups": out_groups}
+    if EMA_KEY in full:  # taken by the average's load hook (update_rules.EmaState)
+        ema = full[EMA_KEY]
+        plain[EMA_KEY] = {"steps": ema["steps"], "average": {
+            index[fqn]: v for fqn, v in ema["average"].items() if fqn in index}}
+    optimizer.load_state_dict(plain)
     return True
+
+
+def _params(optimizer) -> list:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def _gather_ema(strategy, module, inner, keep: bool) -> dict | None:
+    """This rank's view of the whole average, on CPU: under DDP and ZeRO the average of
+    each parameter it steps, under DTensors (FSDP2, tensor parallel) every parameter's
+    average made whole (one all-gather per parameter: every rank must call it; a rank
+    that does not `keep` the copies takes part and drops them). None without use_ema, or
+    where the average restarts and has not stepped yet."""
+    from torch.distributed.tensor import DTensor
+    ema = getattr(inner, "_bigtrain_ema", None)
+    if ema is None or ema.restarts or not ema.steps:
+        return None  # the same on every rank: they step together
+    names, average = _names(strategy.unwrap(module)), {}
+    for p in _params(inner):
+        avg = ema.average.get(p)
+        if avg is not None and isinstance(p, DTensor):  # avg: this rank's shard
+            avg = DTensor.from_local(avg, p.device_mesh, p.placements, shape=p.shape,
+                                     stride=p.stride()).full_tensor()
+        if avg is not None and keep and id(p) in names:
+            average[names[id(p)]] = avg.detach().cpu().clone()
+    return {"steps": ema.steps, "average": average}
+
+
+def _merge_ema(local: dict | None, zero: bool, is_main: bool) -> dict | None:
+    """ZeRO: every rank's partition of the average to rank 0 (others hold all of it)."""
+    if not zero:
+        return local
+    parts = [None] * dist.get_world_size() if is_main else None
+    dist.gather_object(local, parts, dst=0)
+    if not is_main or any(part is None for part in parts):
+        return None
+    return {"steps": parts[0]["steps"],
+            "average": {k: v for part in parts for k, v in part["average"].items()}}
+
+
+def _load_ema(strategy, module, inner, saved: dict) -> None:
+    """Give this rank's EmaState its share of the carried average: each parameter's
+    average cut as the parameter is (no communication: every rank holds all of it)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    ema = getattr(inner, "_bigtrain_ema", None)
+    if ema is None:
+        return
+    names, average = _names(strategy.unwrap(module)), {}
+    for i, p in enumerate(_params(inner)):
+        avg = saved["average"].get(names.get(id(p)))
+        if avg is None:
+            return  # an average over other parameters: it restarts (and says so)
+        if isinstance(p, DTensor):
+            avg = distribute_tensor(avg.to(p.device_mesh.device_type), p.device_mesh,
+                                    p.placements, src_data_rank=None).to_local()
+        average[i] = avg
+    ema.load_from(inner, {EMA_KEY: {"steps": int(saved["steps"]), "average": average}})

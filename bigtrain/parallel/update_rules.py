@@ -198,9 +198,10 @@ class EmaState:
     and the average by the parameter's position in the param groups), so that a second fit,
     which loads the first fit's optimizer state, continues the average and Keras's momentum
     (zero only at the very first step) instead of restarting them; model files keep it
-    too (`ema_tensors`). Collective state dicts (the ranks' gather and load) keep only
-    "state" and "param_groups": a fit that loads such a state restarts the average and
-    says so."""
+    too (`ema_tensors`), and the ranks of a fit on several processes hand it back whole
+    (bigtrain.engine.carry_state). A torch collective state dict keeps only "state" and
+    "param_groups": a fit that loads such a state without the average restarts the
+    average and says so."""
 
     def __init__(self, rules: UpdateRules):
         self.rules, self.average, self.steps = rules, {}, 0
@@ -240,9 +241,9 @@ class EmaState:
             self.restarts = False
             if not dist.is_initialized() or dist.get_rank() == 0:
                 warnings.warn("use_ema: this fit continues an optimizer state that came "
-                              "without its moving average of the weights (a fit on several "
-                              "processes hands it back without it), so the average restarts "
-                              "from the current weights, where Keras's would continue; to "
+                              "without its moving average of the weights, so the average "
+                              "restarts from the current weights, where Keras's would "
+                              "continue; to "
                               "average exactly, fit once with more epochs", UserWarning,
                               stacklevel=2)
         momentum = self.rules.ema_momentum if self.steps else 0.0
