@@ -86,12 +86,17 @@ class Feed:
     """Step batches of one epoch: `steps` (None when the stream's length is unknown) and
     `next()` -> (global batch size, StepBatch), or None when the stream has ended.
     `agree`: on several ranks, a `ShortestStream` that open-ended feeds ask before each
-    step whether every rank still has a batch (None: this rank decides alone)."""
+    step whether every rank still has a batch (None: this rank decides alone). `plain`: for
+    arrays in the `_plain` case on one unsharded rank, a zero-argument function giving
+    `(x, y, order)`, the whole inputs and targets and each left step's sample indices, which
+    the batches are `index_select`s of (a loop may take them itself: no call per step);
+    None otherwise."""
 
-    def __init__(self, batches, steps: int | None):
+    def __init__(self, batches, steps: int | None, plain=None):
         self._it, self.steps = iter(batches), steps
         self._ahead = None
         self.agree = None
+        self.plain = plain
 
     def step_numbers(self, first: int, epoch: int = 0):
         """Step indices from `first`; open-ended feeds stop where the stream ends (on
@@ -219,7 +224,9 @@ def feed_epoch(data, plan: EpochPlan) -> Feed:
         return Feed(_background(data, plan), steps)
     device = plan.device
     if _plain(data, plan):
-        return Feed(_plain_batches(data, plan), steps)
+        whole = plan.shard[1] == 1 and plan.replicas == 1  # each step: one batch, weight 1
+        return Feed(_plain_batches(data, plan), steps,
+                    (lambda: _plain_parts(data, plan)) if whole else None)
 
     def batches_now():
         for n, parts, weights in _index_batches(data, plan):
@@ -242,10 +249,9 @@ def _plain_batches(data: ArrayData, plan: EpochPlan):
     """The batches `batches_now` would build in the `_plain` case, with fewer Python calls
     per step: each rank's rows taken by two index_selects. (Each call costs a small model's
     step its full time on a CPU: bench_fit's probe.)"""
-    # the Input's dtype and shape met once for the whole array, not per step
-    x, y = fit_inputs(data.xs[0], data.inputs), data.ys[0]
+    x, y, order = _plain_parts(data, plan)
     index, shards = plan.shard
-    for gidx in _step_indices(data, plan, x.device):
+    for gidx in order:
         n = gidx.shape[0]
         if shards > 1:
             lo, hi = shard_bounds(n, index, shards)
@@ -253,6 +259,13 @@ def _plain_batches(data: ArrayData, plan: EpochPlan):
         weight = gidx.shape[0] / n * plan.replicas
         yield n, StepBatch(micro=[(x.index_select(0, gidx), y.index_select(0, gidx), None)],
                            weights=[weight])
+
+
+def _plain_parts(data: ArrayData, plan: EpochPlan) -> tuple:
+    """(inputs, targets, global batches of sample indices left in the epoch) of the `_plain`
+    case; the Input's dtype and shape met once for the whole array, not per step."""
+    x = fit_inputs(data.xs[0], data.inputs)
+    return x, data.ys[0], _step_indices(data, plan, x.device)
 
 
 def _background(data, plan: EpochPlan):

@@ -20,6 +20,7 @@ from bigtrain.engine.carry import carried_optimizer, final_rate, final_steps, lo
 from bigtrain.engine.carry_state import gather_full
 from bigtrain.engine.comm_probe import backward_compute_seconds
 from bigtrain.engine.data import epoch_window, num_batches, sample_count
+from bigtrain.engine.epoch_steps import EpochSteps, run_steps
 from bigtrain.engine.evaluate import evaluate
 from bigtrain.engine.feed import (EpochPlan, ShortestStream, feed_epoch, input_sample,
                                   stream_ends)
@@ -30,7 +31,6 @@ from bigtrain.engine.callbacks.run_monitor import RunMonitor
 from bigtrain.engine.live import LiveWeights
 from bigtrain.engine.resume import Progress, resume
 from bigtrain.engine.run_profile import write_local_record
-from bigtrain.engine.step import train_step
 from bigtrain.engine.steps import Tally, autocast_factory, safe_loss
 from bigtrain.engine.task import TrainTask
 from bigtrain.parallel.base import Strategy
@@ -102,48 +102,18 @@ def _train_epoch(task, strategy, ctx, module, optimizer, callbacks, epoch, timin
     finite = (FiniteCheck(cfg, epoch, progress.skip, strategy, tally)
               if cfg.terminate_on_nan else None)
     _carry_tally(progress, tally, strategy.env.is_main)
-    timer = timing.timer
-    mark = ctx.mark_fn()
-    batch = None
     module.train()
-    for step in feed.step_numbers(progress.skip, epoch):
-        mark("callbacks (batch begin)", progress.step)
-        if begin_hooks:
-            callbacks.on_train_batch_begin(step)
-        if sync.batch_begin:  # a rate rank 0's hook set must hold for this step everywhere
-            sync.share()
-        if timer is not None:
-            timer.begin_step(timing.steps)
-        mark("data")
-        _, batch = feed.next()
-        # strategies refine it: forward, backward, optimizer step, communication
-        mark("train step", phase="other")
-        outputs, loss = train_step(strategy, ctx, module, optimizer, batch, loss_fn, autocast)
-        mark("metrics")
-        timing.steps += 1
-        tally.add(batch, outputs, loss)
-        if finite is not None:
-            finite.after_step(step, mark)
-        mark("callbacks (batch end)")
-        if global_logs:
-            logs = tally.logs(strategy.all_reduce(tally.state()))
-        else:
-            logs = tally.running_logs() if want_logs else {}
-        if end_hooks:
-            callbacks.on_train_batch_end(step, logs)
-        if sync.batch_end:
-            sync.share()
-        mark("checkpoint" if progress.checkpointer else "step end")
-        progress.after_step(epoch, step, feed.steps)
-        if sync.owner.stop_training:  # set in a batch hook: stop after this batch (Keras)
-            break
+    batch = run_steps(EpochSteps(
+        strategy, ctx, module, optimizer, feed, task.compute_loss, loss_fn, autocast, tally,
+        finite, progress, callbacks, sync, timing, epoch, begin_hooks, end_hooks, want_logs,
+        global_logs))
     progress.skip = 0
     if batch is not None:  # for the end-of-fit communication probe; kept here, not per
         timing.last_batch = batch  # step, where it held a step's inputs through the next
     if finite is not None:
-        mark("loss check all-reduce")
+        ctx.mark("loss check all-reduce")
         finite.check(next_last=0)
-    mark("metrics all-reduce")
+    ctx.mark("metrics all-reduce")
     return tally.logs(strategy.all_reduce(tally.state()))
 
 

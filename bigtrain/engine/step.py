@@ -50,6 +50,7 @@ def train_step(strategy: Strategy, ctx: StepContext, module, optimizer, batch: S
         return strategy.train_step(module, optimizer, batch, compute_loss, autocast, ctx)
     if strategy.reads_step_clock:
         ctx.begin_step()
+    marks = ctx.reads_marks()  # nothing reads them: no call per mark
     outputs, total = [], 0.0
     last = len(batch.micro) - 1
     whole = last == 0 and batch.weights[0] == 1.0  # the common case: no loss rescaling
@@ -57,18 +58,19 @@ def train_step(strategy: Strategy, ctx: StepContext, module, optimizer, batch: S
         scale = None if whole else w
         if i == last:  # gradients synchronise in this backward
             out, loss = _micro_step(strategy, ctx, module, (x, y, sw), scale, compute_loss,
-                                    autocast, "backward (+ gradient sync)")
+                                    autocast, "backward (+ gradient sync)" if marks else None)
         else:
             with strategy.no_sync(module):
                 out, loss = _micro_step(strategy, ctx, module, (x, y, sw), scale, compute_loss,
-                                        autocast, "backward")
+                                        autocast, "backward" if marks else None)
         held = out.detach() if isinstance(out, torch.Tensor) else out
         if held is not out and hasattr(out, "_keras_mask"):  # masked metrics read it
             held._keras_mask = out._keras_mask
         outputs.append(held)
         total = loss.detach() if whole else total + loss.detach() * w
     strategy.sync_grads(module, optimizer, batch, ctx)
-    ctx.mark("optimizer step")
+    if marks:
+        ctx.mark("optimizer step")
     strategy.optimizer_step(optimizer, ctx)
     optimizer.zero_grad(set_to_none=True)
     return outputs, total if whole else total / max(sum(batch.weights), 1e-12)
@@ -76,9 +78,11 @@ def train_step(strategy: Strategy, ctx: StepContext, module, optimizer, batch: S
 
 def _micro_step(strategy, ctx, module, micro, scale, compute_loss, autocast, backward_op):
     """Forward and backward of one micro-batch `(x, y, sample_weight)`, its loss times
-    `scale` (None: as is); returns (outputs, unscaled loss)."""
+    `scale` (None: as is); returns (outputs, unscaled loss). `backward_op`: the mark
+    before backward (None: nothing reads marks, and "forward" is not marked either)."""
     x, y, sw = micro
-    ctx.mark("forward")
+    if backward_op is not None:
+        ctx.mark("forward")
     if autocast is contextlib.nullcontext:  # full precision: no context to enter
         out = call_module(module, x)
         loss = compute_loss(out, y, sw)
@@ -86,6 +90,7 @@ def _micro_step(strategy, ctx, module, micro, scale, compute_loss, autocast, bac
         with autocast():
             out = call_module(module, x)
             loss = compute_loss(out, y, sw)
-    ctx.mark(backward_op)
+    if backward_op is not None:
+        ctx.mark(backward_op)
     strategy.backward(ctx.scale(loss if scale is None else loss * scale))
     return out, loss

@@ -77,10 +77,11 @@ class _Ring:
         self.out = torch.empty((self.STEPS, *out.shape), dtype=out.dtype, device=out.device)
         self._slots = list(zip(self.y.unbind(0), self.out.unbind(0)))
         self.held = 0
+        # what a step's (targets, outputs) must be to go in: (shapes, dtypes)
+        self.key = (y.shape, out.shape, y.dtype, out.dtype)
 
     def fits(self, y: torch.Tensor, out: torch.Tensor) -> bool:
-        return (y.shape == self.y.shape[1:] and out.shape == self.out.shape[1:]
-                and y.dtype == self.y.dtype and out.dtype == self.out.dtype)
+        return (y.shape, out.shape, y.dtype, out.dtype) == self.key
 
     def put(self, y: torch.Tensor, out: torch.Tensor) -> bool:
         """Copy one step in; True when the ring is full."""
@@ -205,6 +206,32 @@ class Tally:
         self.count += n
         self.steps += 1
         if len(self._loss_rows) == self.LOSS_SLOTS:
+            self._fold_losses()
+
+    def add_one(self, y: torch.Tensor, out, mean_loss: torch.Tensor) -> None:
+        """`add` for a step of one micro-batch without sample weights: targets `y` (a
+        tensor), its outputs `out` (detached) and mean loss (detached). An output that fits
+        its ring goes straight in, with the checks `update_metrics` would make on it made
+        inline (no call per check); any other goes through `update_metrics`."""
+        ring = self._rings[0] if self._rings else None
+        if (ring is not None and type(out) is torch.Tensor and not out.requires_grad
+                and (y.shape, out.shape, y.dtype, out.dtype) == ring.key
+                and getattr(out, "_keras_mask", None) is None):
+            slot_y, slot_out = ring._slots[ring.held]  # as `_Ring.put`
+            slot_y.copy_(y)
+            slot_out.copy_(out)
+            ring.held += 1
+            if ring.held == ring.STEPS:
+                self._read_held(0)
+        elif self._any:
+            self.update_metrics(y, out, None)
+        n, held = y.shape[0], self._loss_rows
+        self._loss_slots[len(held)].copy_(
+            mean_loss if mean_loss.dim() == 0 else mean_loss.reshape(()))
+        held.append(n)
+        self.count += n
+        self.steps += 1
+        if len(held) == self.LOSS_SLOTS:
             self._fold_losses()
 
     def _fold_losses(self) -> None:

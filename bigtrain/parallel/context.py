@@ -64,10 +64,14 @@ class StepContext:
         if timer is not None and timer.active:  # a step the timer samples
             timer.enter(op, phase)
 
+    def reads_marks(self) -> bool:
+        """Whether anything reads marks (a watchdog's heartbeat or a phase timer); without,
+        a loop that marks every step skips the calls (one process without a run record)."""
+        return self.heartbeat is not None or self.timer is not None
+
     def mark_fn(self):
-        """`mark`, or a no-op where nothing reads marks (no watchdog, no phase timer: one
-        process without a run record), for a loop that marks every step."""
-        return self.mark if self.heartbeat is not None or self.timer is not None else _no_mark
+        """`mark`, or a no-op where nothing reads marks (`reads_marks`)."""
+        return self.mark if self.reads_marks() else _no_mark
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
         """`loss` times the float16 loss scale (as is without a GradScaler)."""
