@@ -106,10 +106,11 @@ def _counted_step(optimizer, args, kwargs) -> None:
     """Step pre-hook: with a schedule, this step's rate from it; then count the step (it
     runs before every other pre-hook, so weight decay and SGD's momentum see this step's
     rate)."""
-    step = _iterations(optimizer)
+    groups = optimizer.param_groups
+    step = int(groups[0].get("iterations", 0))  # _iterations, written out: every step
     if optimizer.schedule is not None:
-        set_lrs(optimizer, [rate_at(optimizer.schedule, step)] * len(optimizer.param_groups))
-    for group in optimizer.param_groups:
+        set_lrs(optimizer, [rate_at(optimizer.schedule, step)] * len(groups))
+    for group in groups:
         group["iterations"] = step + 1
 
 

@@ -19,8 +19,6 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from bigtrain.api.loss_functions import _class_ids
-
 _CLASS_ID_LOSSES = ("categorical_crossentropy", "sparse_categorical_crossentropy")
 #: float dtypes a mixed-precision forward (autocast, FSDP's bf16 parameters) outputs in
 LOW_PRECISION = (torch.float16, torch.bfloat16)
@@ -73,24 +71,26 @@ class LossSpec:
     _checked: bool = field(default=False, repr=False, compare=False)
 
     def __call__(self, y_true, y_pred, sample_weight=None) -> torch.Tensor:
-        y_pred = float32_output(y_pred)
+        # the tests below are written out rather than called: this runs every step
+        if isinstance(y_pred, torch.Tensor) and y_pred.dtype in LOW_PRECISION:
+            y_pred = float32_output(y_pred)
         if self.masked:
             return self._masked_loss(y_true, y_pred, sample_weight)
-        if sample_weight is None and self._fusable(y_true, y_pred):
+        options = self.options
+        if (sample_weight is None and self.from_logits and y_pred.dim() == 2
+                and self.name in _CLASS_ID_LOSSES
+                and self.reduction in ("sum_over_batch_size", "mean")
+                and options.get("axis", -1) in (-1, 1) and options.get("ignore_class") is None
+                and not y_true.is_floating_point() and y_true.shape != y_pred.shape):
+            # class ids (loss_functions._class_ids) into one fused op, fwd and bwd
             ids = y_true if y_true.dim() == 1 else y_true.reshape(-1)
             # torch's kernel takes int64 ids only; int32/uint8 labels are cast (B values)
-            return F.cross_entropy(y_pred, ids.long(),  # one fused op, fwd and bwd
-                                   label_smoothing=self.options.get("label_smoothing", 0.0))
+            return F.cross_entropy(y_pred, ids.long(),
+                                   label_smoothing=options.get("label_smoothing", 0.0))
         per = self._per_sample(y_true, y_pred)
         if per.dim() == 0:
             return self._scalar(per, y_true, y_pred, sample_weight)
         return self._reduce(per, y_true, sample_weight)
-
-    def _fusable(self, y_true, y_pred) -> bool:
-        return (self.from_logits and y_pred.dim() == 2 and self.name in _CLASS_ID_LOSSES
-                and self.reduction in ("sum_over_batch_size", "mean")
-                and self.options.get("axis", -1) in (-1, 1)
-                and self.options.get("ignore_class") is None and _class_ids(y_true, y_pred))
 
     def _per_sample(self, y_true, y_pred) -> torch.Tensor:
         if self.name is None:

@@ -239,24 +239,20 @@ class _Added(threading.local):
     any = False
 
 
-_added = _Added()
+#: per thread: whether a layer ever added a loss (GraphModule.forward reads it inline)
+ADDED = _Added()
 
 
 def keep_added(module: torch.nn.Module, losses: list) -> None:
     """Keep `losses` on `module` until its next outermost call (add_loss)."""
     module.__dict__.setdefault(ADDED_LOSSES, []).extend(losses)
-    _added.any = True
-
-
-def any_added() -> bool:
-    """Whether a layer of this thread has ever added a loss."""
-    return _added.any
+    ADDED.any = True
 
 
 def added_losses(module: torch.nn.Module) -> list[torch.Tensor]:
     """The losses every layer in `module` added in its latest call (Keras's `model.losses`
     without the weight penalties), in module order."""
-    if not _added.any:
+    if not ADDED.any:
         return []
     return [loss for m in module.modules() for loss in m.__dict__.get(ADDED_LOSSES, ())]
 
@@ -273,9 +269,14 @@ class LayerLossTask(TrainTask):
     activity: bool = False  # a layer has an activity_regularizer (refuses tensor too)
 
     def compute_loss(self, outputs, targets, sample_weight):
-        loss = super().compute_loss(outputs, targets, sample_weight)
-        for extra in added_losses(self.module):
-            loss = loss + extra.sum().to(loss.dtype)
+        losses = self.losses
+        if len(losses) == 1 and self.loss_weights[0] == 1.0:  # TrainTask's, without a frame
+            loss = losses[0](targets, outputs, sample_weight)
+        else:
+            loss = TrainTask.compute_loss(self, outputs, targets, sample_weight)
+        if ADDED.any:  # else no layer of this thread ever added one: no walk over the modules
+            for extra in added_losses(self.module):
+                loss = loss + extra.sum().to(loss.dtype)
         return loss
 
     def strategy_refusal(self, strategy) -> str | None:

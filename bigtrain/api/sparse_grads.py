@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import torch
 
@@ -46,7 +47,8 @@ def watch_sparse_grads(optimizer: torch.optim.Optimizer, rules_active: bool) -> 
         rules_active: Keras's clipping, weight decay or EMA hooks will run before the
             update (they read dense gradients).
     """
-    optimizer.register_step_pre_hook(_SparseWatch(rules_active))
+    watch = _SparseWatch(rules_active)
+    watch.hook_id = optimizer.register_step_pre_hook(watch).id
 
 
 class _SparseWatch:
@@ -60,12 +62,15 @@ class _SparseWatch:
         self.unseen: dict | None = None  # id -> (parameter, its group), no gradient seen yet
         self.sparse: list[tuple[torch.nn.Parameter, dict]] = []
         self.warned = False
+        self.hook_id: int | None = None  # its key in the optimizer's step pre-hooks
 
     def __call__(self, opt, args, kwargs) -> None:
         if self.unseen is None:
             self.unseen = {id(p): (p, g) for g in opt.param_groups for p in g["params"]}
         if self.unseen:
             self._classify()
+            if not self.unseen and not self.sparse:
+                self._leave(opt)  # every parameter's gradient is dense: nothing left to do
         densified = False
         for p, group in self.sparse:
             if p.grad is None or not p.grad.is_sparse:
@@ -91,3 +96,13 @@ class _SparseWatch:
                 del self.unseen[key]
                 if p.grad.is_sparse:
                     self.sparse.append((p, group))
+
+    def _leave(self, opt) -> None:
+        """Remove this hook, where that is safe now: the optimizer's step is iterating over
+        its pre-hooks (an OrderedDict), which allows deleting the entry it has just
+        reached when that is the last one (the iterator has no next key to check) and
+        raises for any other. Elsewhere the hook stays, and costs one call a step."""
+        hooks = opt.__dict__.get("_optimizer_step_pre_hooks")
+        if type(hooks) is OrderedDict and hooks and next(reversed(hooks)) == self.hook_id \
+                and hooks[self.hook_id] is self:
+            del hooks[self.hook_id]

@@ -311,6 +311,20 @@ class Layer(layer_losses.LayerLosses, GraphPlace, LayerWeights, nn.Module):
         return f"name={self.name!r}"
 
 
+@functools.cache
+def runs_direct(cls: type) -> bool:
+    """Whether a graph may run a hook-free, built layer of class `cls` as `layer.call(x)`,
+    skipping `Layer.__call__`, torch's `Module.__call__`, `forward` and `run_call`: a class
+    of bigtrain's own (a user's call may read `training` or set masks), with Layer's
+    `__call__` and `forward`, that makes no mask and takes one input. The graph checks the
+    rest per call (hooks, a mask on the input, an activity regularizer), so the result is
+    exactly that of `layer(x)`."""
+    return (cls.__module__.startswith("bigtrain.") and issubclass(cls, Layer)
+            and cls.__call__ is Layer.__call__ and cls.forward is Layer.forward
+            and not cls.makes_mask and not cls.takes_list and not cls.takes_mask
+            and not subclassing.call_takes_training(cls))
+
+
 def weight_rules_of(net: nn.Module) -> keras_regularizers.WeightRules:
     """The regularized and constrained weights of every layer in `net` (for fit)."""
     return keras_regularizers.WeightRules(

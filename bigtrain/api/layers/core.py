@@ -11,11 +11,15 @@ import numbers
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules import module as _tm  # torch's global module hooks
 
-from bigtrain.api.activations import HALVES_LAST_AXIS, get_activation
+from bigtrain.api.activations import ACTIVATIONS, HALVES_LAST_AXIS, get_activation
 from bigtrain.api.layers.base import Layer
 from bigtrain.api.layers.padding import data_format_of
 from bigtrain.api.layers.weight_options import WeightOptions
+
+
+_IDENTITY = ACTIVATIONS["linear"]  # Keras's "linear" (and activation=None): y as it is
 
 
 def _same(t):
@@ -98,10 +102,25 @@ class Dense(Layer):
             [("linear.bias", _same, _same)] if self.use_bias else [])
 
     def call(self, x):
+        linear = self._modules["linear"]  # self.linear, without Module.__getattr__'s frame
         if not x.is_floating_point():  # Input(dtype="int32"): Keras's matmul promotes it
-            x = x.to(self.linear.weight.dtype)
-        y = self.linear(x)
-        return y if self.defer_activation else self.activation(y)
+            x = x.to(linear.weight.dtype)
+        if (type(linear) is not nn.Linear or linear._compiled_call_impl is not None
+                or linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
+                or linear._backward_pre_hooks or "forward" in linear.__dict__
+                or _tm._global_forward_hooks or _tm._global_forward_pre_hooks
+                or _tm._global_backward_hooks or _tm._global_backward_pre_hooks
+                or torch._C._get_tracing_state()):  # hooks (tensor parallel, FSDP): the call
+            y = linear(x)
+            return y if self.defer_activation else self.activation(y)
+        # a plain nn.Linear without hooks: its forward, without Module.__call__'s frames
+        params = linear._parameters  # where Linear.forward's self.weight reads them
+        y = F.linear(x, params["weight"], params["bias"])
+        if self.defer_activation or self.activation is _IDENTITY:
+            return y
+        if self.activation is F.relu:  # y is this call's own (no hook saw it) and linear's
+            return torch.relu_(y)      # backward does not read it: relu in place, exact
+        return self.activation(y)
 
     def get_config(self):
         if self.activation_name is None:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from bigtrain.api.activations import ACTIVATIONS
-from bigtrain.api.regularizers import ADDED_LOSSES, added_losses, any_added, keep_added
+from bigtrain.api.regularizers import ADDED, ADDED_LOSSES, added_losses, keep_added
 
 
 class _CallState(threading.local):
@@ -33,24 +33,25 @@ class _CallState(threading.local):
     inside = False
 
 
-_state = _CallState()
+#: per thread: an outermost call is running (GraphModule.forward's fast path sets it too)
+CALLS = _CallState()
 
 
 def run_call(module: nn.Module, call, args: tuple, kwargs: dict):
     """`call(*args, **kwargs)` for `module` (a Layer's call, a graph's forward): as the
     outermost call it first clears the losses `module` and its sublayers added before;
     then a Layer with an activity_regularizer adds the penalty of its outputs."""
-    if _state.inside:
+    if CALLS.inside:
         out = call(*args, **kwargs)
     else:
-        if any_added():  # else there is nothing to clear: no walk over the modules
+        if ADDED.any:  # else there is nothing to clear: no walk over the modules
             for m in module.modules():
                 m.__dict__.pop(ADDED_LOSSES, None)
-        _state.inside = True
+        CALLS.inside = True
         try:
             out = call(*args, **kwargs)
         finally:
-            _state.inside = False
+            CALLS.inside = False
     regularizer = module.__dict__.get("activity_regularizer")
     if regularizer is not None:
         _add_activity_penalty(module, regularizer, out)
@@ -103,12 +104,17 @@ def losses_of(module: nn.Module) -> list[torch.Tensor]:
 def may_add_losses(net: nn.Module) -> bool:
     """Whether a layer of `net` may add losses in the forward: it has an
     activity_regularizer, or its class (one of the user's) names add_loss in a method."""
-    return has_activity_regularizer(net) or any(_names_add_loss(type(m))
-                                                for m in net.modules())
+    for m in net.modules():  # one walk, a loop rather than any(generator): fit asks twice
+        if m.__dict__.get("activity_regularizer") is not None or _names_add_loss(type(m)):
+            return True
+    return False
 
 
 def has_activity_regularizer(net: nn.Module) -> bool:
-    return any(m.__dict__.get("activity_regularizer") is not None for m in net.modules())
+    for m in net.modules():
+        if m.__dict__.get("activity_regularizer") is not None:
+            return True
+    return False
 
 
 @functools.cache
