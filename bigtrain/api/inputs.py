@@ -310,11 +310,15 @@ def _compact_one_hot(y, spec: LossSpec, metric_names: list):
     if any(not isinstance(m, str) for m in metric_names):
         return y
     if spec.name != "categorical_crossentropy" or not spec.from_logits or \
-            not isinstance(y, torch.Tensor) or y.dim() != 2 or not y.is_floating_point():
+            not isinstance(y, torch.Tensor) or y.dim() != 2 or not y.is_floating_point() \
+            or y.shape[1] == 0:
         return y
-    if not bool(((y == 0) | (y == 1)).all()) or not bool((y.sum(1) == 1).all()):
+    # exactly one-hot: one non-zero per row (n in all) and each row's largest value 1;
+    # two passes over the labels (NaN counts as non-zero and is no row's maximum 1)
+    top, ids = y.max(1)
+    if int(torch.count_nonzero(y)) != y.shape[0] or not bool((top == 1).all()):
         return y  # soft labels stay as they are
-    return y.argmax(1)
+    return ids
 
 
 def per_output_weights(sample_weight, output_names: list[str]):
