@@ -177,6 +177,21 @@ def test_relu_runs_in_place_only_when_no_hook_holds_the_linear_output():
     assert out._version == 0 and (kept[0] < 0).any()  # the hook's tensor left as it was
 
 
+@pytest.mark.parametrize("name", ["weight", "bias"])
+def test_a_linear_weight_set_as_a_plain_tensor_is_the_one_used(name):
+    """`del linear.weight; linear.weight = tensor` (functional weights, as MAML-style
+    code sets them) leaves it out of `_parameters`: nn.Linear's forward reads the
+    attribute, and so must the Dense."""
+    layer = Dense(3, activation="relu")
+    x = torch.randn(4, 6)
+    layer(x)
+    value = getattr(layer.linear, name).detach() * 2 + 0.5
+    delattr(layer.linear, name)
+    setattr(layer.linear, name, value)
+    w, b = layer.linear.weight, layer.linear.bias
+    torch.testing.assert_close(layer(x), torch.relu(x @ w.T + b), rtol=0, atol=0)
+
+
 def test_activity_regularizer_set_after_build_still_adds_its_loss():
     model = _model()
     x = torch.from_numpy(X[:8])

@@ -105,16 +105,17 @@ class Dense(Layer):
         linear = self._modules["linear"]  # self.linear, without Module.__getattr__'s frame
         if not x.is_floating_point():  # Input(dtype="int32"): Keras's matmul promotes it
             x = x.to(linear.weight.dtype)
+        params = linear._parameters  # where Linear.forward's self.weight reads them
         if (type(linear) is not nn.Linear or linear._compiled_call_impl is not None
                 or linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
                 or linear._backward_pre_hooks or "forward" in linear.__dict__
+                or "weight" not in params or "bias" not in params  # a plain tensor attribute
                 or _tm._global_forward_hooks or _tm._global_forward_pre_hooks
                 or _tm._global_backward_hooks or _tm._global_backward_pre_hooks
                 or torch._C._get_tracing_state()):  # hooks (tensor parallel, FSDP): the call
             y = linear(x)
             return y if self.defer_activation else self.activation(y)
         # a plain nn.Linear without hooks: its forward, without Module.__call__'s frames
-        params = linear._parameters  # where Linear.forward's self.weight reads them
         y = F.linear(x, params["weight"], params["bias"])
         if self.defer_activation or self.activation is _IDENTITY:
             return y
