@@ -124,3 +124,34 @@ def graph_inputs(inputs) -> list:
                              "bigtrain reads a dict of arrays by the Inputs' names: key each "
                              f"Input by its name, or create it as Input(..., name={key!r})")
     return [inputs[key] for key in sorted(inputs)]
+
+
+def build_inner_layers(model, sample) -> None:
+    """Build the bigtrain layers inside a wrapped torch module that are not built yet, by
+    one forward of `sample()` (a few rows of the inputs as a step gets them, or None for a
+    stream; called only when a layer needs it) without gradients and in inference mode, so
+    that the optimizer fit makes next holds their weights. Keras builds a model before its
+    optimizer; a layer built at its first call inside the first step was left out of that
+    optimizer and did not train."""
+    import torch
+    from bigtrain.api.layers.base import Layer
+    from bigtrain.parallel.microbatch import call_module
+    net = model.net
+    if net is None or isinstance(net, GraphModule):
+        return
+    unbuilt = [m for m in net.modules() if isinstance(m, Layer) and not m.built]
+    if not unbuilt:
+        return
+    sample = sample()
+    if sample is None:
+        raise ValueError(f"{type(net).__name__} holds bigtrain layers that are not built yet "
+                         f"({unbuilt[0].name!r} ...), and fit reads this data as a stream: "
+                         "build them first by calling the model once on a sample batch, "
+                         "e.g. model(x[:2]), or give the layers their input shapes")
+    was = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            call_module(net, sample)
+    finally:
+        net.train(was)

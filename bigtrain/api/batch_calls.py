@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from bigtrain.api import steps_data, training
-from bigtrain.api.architecture import build_on_data
+from bigtrain.api.architecture import build_inner_layers, build_on_data
 from bigtrain.api.compile_metrics import keras_order
 from bigtrain.api.fit_args import class_weight_to_sample_weight
 from bigtrain.api.inputs import _compact_one_hot, input_specs, prepare_data
@@ -240,6 +240,7 @@ def train_on_batch(model, x, y=None, sample_weight=None, class_weight=None,
         sample_weight = class_weight_to_sample_weight(ys, class_weight, None)
     runner = runner_for(model, "train_on_batch")
     batch = _batch(model, runner, x, y, sample_weight)
+    build_inner_layers(model, lambda: batch.micro[0][0])  # before the optimizer is made
     optimizer = _optimizer(model, runner)
     module = model.net
     module.train()  # every layer (a fresh one infers, as Keras's layer(x))

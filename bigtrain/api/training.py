@@ -13,7 +13,7 @@ import torch
 
 from bigtrain.api import validation as check
 from bigtrain.api.activations import ACTIVATIONS
-from bigtrain.api.architecture import build_on_data
+from bigtrain.api.architecture import build_inner_layers, build_on_data
 from bigtrain.api.call_hooks import batch_outputs, hook_list
 from bigtrain.api.capture import stop_if_capturing
 from bigtrain.api.compile_metrics import compiled_metrics, fresh_metrics, keras_order
@@ -32,7 +32,7 @@ from bigtrain.api.optimizer_decay import resolve_spec
 from bigtrain.api.optimizers import OptimizerSpec, get_optimizer
 from bigtrain.api.regularizers import LayerLossTask, RegularizedTask, refuse_strategy
 from bigtrain.engine.data import ArrayData
-from bigtrain.engine.feed import check_stream
+from bigtrain.engine.feed import check_stream, input_sample
 from bigtrain.engine.task import FitConfig, TrainTask
 from bigtrain.parallel.update_rules import UpdateRules
 
@@ -304,6 +304,8 @@ def fit(model, x=None, y=None, *, batch_size=None, epochs=1, verbose=1, callback
     elif validation_split:
         data, val = data.split(validation_split)
     data = _with_class_weight(data, class_weight)
+    # bigtrain layers inside a torch module: built before the optimizer is made
+    build_inner_layers(model, lambda: input_sample(data, torch.device("cpu")))
     check.refuse_inexact_losses(model, _processes(devices), accumulate_steps)
     split = accumulate_steps > 1 or _processes(devices) > 1
     regularized, adds_losses = bool(weight_rules_of(model.net)), may_add_losses(model.net)
