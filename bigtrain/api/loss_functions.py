@@ -8,6 +8,7 @@ down, reads on its own.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -92,14 +93,103 @@ def cosine_similarity(y_true, y_pred, from_logits=False, axis=-1):
     return -(unit(y_true) * unit(y_pred)).sum(axis)
 
 
+def _same_shape(y_true, y_pred):
+    """Targets in the prediction's shape and dtype, as Keras's loss wrapper gives them."""
+    return y_true.reshape(y_pred.shape).to(y_pred.dtype)
+
+
+def _mean_last(per):
+    return per.mean(-1) if per.dim() > 1 else per
+
+
+def mean_absolute_percentage_error(y_true, y_pred, from_logits=False):
+    """Keras's: 100 |t - p| / max(|t|, epsilon), averaged over the last axis."""
+    y_true = _same_shape(y_true, y_pred)
+    eps = y_pred.new_tensor(EPSILON)
+    return 100.0 * _mean_last(((y_true - y_pred) / torch.maximum(y_true.abs(), eps)).abs())
+
+
+def mean_squared_logarithmic_error(y_true, y_pred, from_logits=False):
+    """Keras's: (log(max(p, eps) + 1) - log(max(t, eps) + 1))^2; negatives read as eps."""
+    y_true = _same_shape(y_true, y_pred)
+    eps = y_pred.new_tensor(EPSILON)
+    d = torch.log(torch.maximum(y_pred, eps) + 1.0) - torch.log(torch.maximum(y_true, eps) + 1.0)
+    return _mean_last(d * d)
+
+
+def kl_divergence(y_true, y_pred, from_logits=False):
+    """Keras's: sum t log(t / p) over the last axis, both clipped to [epsilon, 1]."""
+    y_true = _same_shape(y_true, y_pred).clip(EPSILON, 1)
+    y_pred = y_pred.clip(EPSILON, 1)
+    per = y_true * torch.log(y_true / y_pred)
+    return per.sum(-1) if per.dim() > 1 else per
+
+
+def poisson(y_true, y_pred, from_logits=False):
+    """Keras's: p - t log(p + epsilon)."""
+    y_true = _same_shape(y_true, y_pred)
+    return _mean_last(y_pred - y_true * torch.log(y_pred + EPSILON))
+
+
+def log_cosh(y_true, y_pred, from_logits=False):
+    """Keras's log(cosh(e)) as e + softplus(-2e) - log 2, which stays finite for large e."""
+    e = y_pred - _same_shape(y_true, y_pred)
+    return _mean_last(e + F.softplus(e * -2.0) - math.log(2.0))
+
+
+def _signs(y_true, y_pred):
+    """Keras's hinge labels: 0/1 labels become -1/1 when every label of the batch is 0 or
+    1; other labels (-1/1) stay as they are."""
+    y_true = _same_shape(y_true, y_pred)
+    binary = ((y_true == 0) | (y_true == 1)).all()
+    return torch.where(binary, 2.0 * y_true - 1.0, y_true)
+
+
+def _positive(x):
+    """max(x, 0) as Keras's torch backend takes it (torch.maximum: a tie splits the
+    gradient), so that training follows Keras's to the bit where it can."""
+    return torch.maximum(x, x.new_zeros(()))
+
+
+def hinge(y_true, y_pred, from_logits=False):
+    """Keras's: max(1 - t p, 0), the labels -1/1 (or 0/1)."""
+    return _mean_last(_positive(1.0 - _signs(y_true, y_pred) * y_pred))
+
+
+def squared_hinge(y_true, y_pred, from_logits=False):
+    """Keras's: max(1 - t p, 0)^2, the labels -1/1 (or 0/1)."""
+    m = _positive(1.0 - _signs(y_true, y_pred) * y_pred)
+    return _mean_last(m * m)
+
+
+def categorical_hinge(y_true, y_pred, from_logits=False):
+    """Keras's: max(max((1 - t) p) - sum(t p) + 1, 0) over the class axis, one-hot t."""
+    y_true = _same_shape(y_true, y_pred)
+    if y_pred.dim() == 1:  # one class column: (B,) -> (B, 1)
+        y_true, y_pred = y_true[:, None], y_pred[:, None]
+    pos = (y_true * y_pred).sum(-1)
+    neg = ((1.0 - y_true) * y_pred).amax(-1)
+    return _positive(neg - pos + 1.0)
+
+
 LOSSES: dict[str, Callable] = {
     "categorical_crossentropy": categorical_crossentropy,
     "sparse_categorical_crossentropy": sparse_categorical_crossentropy,
     "binary_crossentropy": binary_crossentropy,
-    "mse": mean_squared_error, "mean_squared_error": mean_squared_error,
-    "mae": mean_absolute_error, "mean_absolute_error": mean_absolute_error,
+    "mse": mean_squared_error, "mae": mean_absolute_error,
     "huber": huber, "cosine_similarity": cosine_similarity,
+    "mape": mean_absolute_percentage_error, "msle": mean_squared_logarithmic_error,
+    "kl_divergence": kl_divergence, "poisson": poisson, "log_cosh": log_cosh,
+    "hinge": hinge, "squared_hinge": squared_hinge, "categorical_hinge": categorical_hinge,
 }
+#: Keras's other names for the losses above -> bigtrain's name (the LossSpec's name)
+ALIASES = {"mean_squared_error": "mse", "MSE": "mse", "mean_absolute_error": "mae",
+           "MAE": "mae", "bce": "binary_crossentropy", "BCE": "binary_crossentropy",
+           "mean_absolute_percentage_error": "mape", "MAPE": "mape",
+           "mean_squared_logarithmic_error": "msle", "MSLE": "msle",
+           "kld": "kl_divergence", "KLD": "kl_divergence",
+           "kullback_leibler_divergence": "kl_divergence", "logcosh": "log_cosh"}
+LOSSES.update({alias: LOSSES[name] for alias, name in ALIASES.items()})
 #: losses that can read logits, and the activation they absorb
 LOGIT_LOSSES = {"categorical_crossentropy": "softmax", "sparse_categorical_crossentropy": "softmax",
                 "binary_crossentropy": "sigmoid"}
@@ -108,4 +198,8 @@ KERAS_TWINS = {"CategoricalCrossentropy": "categorical_crossentropy",
                "SparseCategoricalCrossentropy": "sparse_categorical_crossentropy",
                "BinaryCrossentropy": "binary_crossentropy", "MeanSquaredError": "mse",
                "MeanAbsoluteError": "mae", "Huber": "huber",
-               "CosineSimilarity": "cosine_similarity"}
+               "CosineSimilarity": "cosine_similarity",
+               "MeanAbsolutePercentageError": "mape", "MeanSquaredLogarithmicError": "msle",
+               "KLDivergence": "kl_divergence", "Poisson": "poisson", "LogCosh": "log_cosh",
+               "Hinge": "hinge", "SquaredHinge": "squared_hinge",
+               "CategoricalHinge": "categorical_hinge"}

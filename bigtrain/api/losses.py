@@ -16,10 +16,13 @@ import inspect
 
 import torch
 
-from bigtrain.api.loss_functions import (KERAS_TWINS, LOGIT_LOSSES, LOSSES, binary_crossentropy,
-                                         categorical_crossentropy, cosine_similarity, huber,
-                                         mean_absolute_error, mean_squared_error,
-                                         sparse_categorical_crossentropy)
+from bigtrain.api.loss_functions import (ALIASES, KERAS_TWINS, LOGIT_LOSSES, LOSSES,
+                                         binary_crossentropy, categorical_crossentropy,
+                                         categorical_hinge, cosine_similarity, hinge, huber,
+                                         kl_divergence, log_cosh, mean_absolute_error,
+                                         mean_absolute_percentage_error, mean_squared_error,
+                                         mean_squared_logarithmic_error, poisson,
+                                         sparse_categorical_crossentropy, squared_hinge)
 from bigtrain.api.loss_spec import LossSpec, _label
 
 __all__ = ["LOSSES", "LOGIT_LOSSES", "KERAS_TWINS", "REDUCTIONS", "LossSpec", "KerasFunction",
@@ -27,8 +30,15 @@ __all__ = ["LOSSES", "LOGIT_LOSSES", "KERAS_TWINS", "REDUCTIONS", "LossSpec", "K
            "sparse_categorical_crossentropy", "binary_crossentropy", "mean_squared_error",
            "mean_absolute_error", "huber", "cosine_similarity", "CategoricalCrossentropy",
            "SparseCategoricalCrossentropy", "BinaryCrossentropy", "MeanSquaredError",
-           "MeanAbsoluteError", "Huber", "CosineSimilarity"]
+           "MeanAbsoluteError", "Huber", "CosineSimilarity", "mean_absolute_percentage_error",
+           "mean_squared_logarithmic_error", "kl_divergence", "poisson", "log_cosh", "hinge",
+           "squared_hinge", "categorical_hinge", "MeanAbsolutePercentageError",
+           "MeanSquaredLogarithmicError", "KLDivergence", "Poisson", "LogCosh", "Hinge",
+           "SquaredHinge", "CategoricalHinge"]
 
+#: Keras 3's loss names that need Keras itself (bigtrain runs Keras's function with them)
+KERAS_ONLY = ("binary_focal_crossentropy", "categorical_focal_crossentropy", "ctc", "dice",
+              "tversky", "circle", "categorical_generalized_cross_entropy")
 #: Keras's reductions fit can train on; "mean" is Keras's other name for the first
 REDUCTIONS = ("sum_over_batch_size", "mean", "sum", "mean_with_sample_weight")
 
@@ -60,7 +70,7 @@ def named_loss(name: str, from_logits=False, reduction="sum_over_batch_size",
                         f"{', '.join(['from_logits', *allowed, 'reduction', 'name'])}")
     _check_reduction(reduction, owner)
     kept = {k: v for k, v in options.items() if v != allowed[k]}
-    canonical = {"mean_squared_error": "mse", "mean_absolute_error": "mae"}.get(name, name)
+    canonical = ALIASES.get(name, name)
     return LossSpec(canonical, fn, bool(from_logits), options=kept, reduction=reduction)
 
 
@@ -123,7 +133,10 @@ def get_loss(loss) -> LossSpec:
     if keras_fn is not None:  # "mape", "kl_divergence", "binary_focal_crossentropy", ...
         return _from_keras(keras_fn) if _is_keras_loss(keras_fn) else \
             LossSpec(None, KerasFunction(keras_fn, {}))
-    raise ValueError(f"unknown loss {loss!r}; valid names: {', '.join(sorted(LOSSES))}, "
+    hint = (f"; {loss!r} is Keras's: it runs when Keras 3 imports on the torch backend "
+            "(pip install keras, and KERAS_BACKEND=torch in the environment)"
+            if loss in KERAS_ONLY else "")
+    raise ValueError(f"unknown loss {loss!r}{hint}; valid names: {', '.join(sorted(LOSSES))}, "
                      "a Keras or bigtrain loss object, or a callable (y_true, y_pred) -> "
                      "loss per sample")
 
@@ -159,3 +172,11 @@ MeanSquaredError = _loss_class("mse", "MeanSquaredError")
 MeanAbsoluteError = _loss_class("mae", "MeanAbsoluteError")
 Huber = _loss_class("huber", "Huber")
 CosineSimilarity = _loss_class("cosine_similarity", "CosineSimilarity")
+MeanAbsolutePercentageError = _loss_class("mape", "MeanAbsolutePercentageError")
+MeanSquaredLogarithmicError = _loss_class("msle", "MeanSquaredLogarithmicError")
+KLDivergence = _loss_class("kl_divergence", "KLDivergence")
+Poisson = _loss_class("poisson", "Poisson")
+LogCosh = _loss_class("log_cosh", "LogCosh")
+Hinge = _loss_class("hinge", "Hinge")
+SquaredHinge = _loss_class("squared_hinge", "SquaredHinge")
+CategoricalHinge = _loss_class("categorical_hinge", "CategoricalHinge")
