@@ -105,3 +105,20 @@ def test_a_scheduled_rate_reads_the_same_under_zero1():
     one = run()
     assert one == pytest.approx([0.1 * 0.5 ** 1.5, 0.1 * 0.5 ** 3])  # 6 and 12 steps
     assert run(strategy="zero1", devices=2, timeout=60) == pytest.approx(one)
+
+
+class FreezeHidden(Callback):
+    """Keras's fine-tuning move, on rank 0 only: freeze a layer in the middle of a fit."""
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 3:
+            self.model.layers[1].trainable = False
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero3"])
+def test_rank0_trainable_change_is_refused_on_every_rank(strategy):
+    """Rank 0 froze the layer alone: under ddp its gradient all-reduces no longer matched
+    the other rank's and gloo aborted rank 0 (SIGABRT, "exit code -6"), with nothing naming
+    the cause; every rank now stops with the reason and the fix."""
+    with pytest.raises(Exception, match="changed which weights train"):
+        _fit(FreezeHidden(), 2, strategy=strategy, devices=2, timeout=60)

@@ -168,12 +168,31 @@ class Rank0Changes:
         groups = self.optimizer.param_groups  # none under a parameter server's workers
         return [float(g["lr"]) for g in groups] if all("lr" in g for g in groups) else []
 
+    def _trainable(self) -> int:
+        """How many of the optimizer's parameters train now (a layer's `trainable`)."""
+        return sum(p.requires_grad for g in self.optimizer.param_groups for p in g["params"])
+
     def _exchange(self, stop: bool, new_weights: bool, gather: bool, lrs: list[float]):
-        values = torch.tensor([float(stop), float(new_weights), float(gather), *lrs],
-                              dtype=torch.float64, device=self.device)
+        """Rank 0's values for every rank; the last three slots, which every rank fills,
+        check that all ranks train the same weights: (this rank's count of trainable
+        parameters, rank 0's count, 1), summed."""
+        trainable = float(self._trainable())
+        values = torch.tensor([float(stop), float(new_weights), float(gather), *lrs,
+                               trainable, trainable, 1.0], dtype=torch.float64,
+                              device=self.device)
         if not self.is_main:
-            values.zero_()
-        return self.all_reduce(values).tolist()
+            values[:-3].zero_()
+            values[-2] = 0.0
+        values = self.all_reduce(values).tolist()
+        counts, values = values[-3:], values[:-3]
+        if counts[0] != counts[1] * counts[2]:  # every rank sees the same sums: all raise
+            raise RuntimeError(
+                "a callback changed which weights train (a layer's trainable) during a fit "
+                f"on {int(counts[2])} processes: callbacks run on rank 0 only, so the other "
+                "ranks would still train those weights and their gradient all-reduces would "
+                "no longer match. Set trainable before fit (then compile again), or train "
+                "the two phases as two fits")
+        return values
 
     def gather(self, live) -> dict[str, torch.Tensor]:
         """Rank 0, inside a rank-0-only hook: the full state of `live` (the fit's
