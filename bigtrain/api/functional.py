@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.modules import module as _tm  # torch's global module hooks
 
-from bigtrain.api.layers.base import KerasTensor, Layer, Node, _fmt, runs_direct, train_mode
+from bigtrain.api.layers.base import (KerasTensor, Layer, Node, _fmt, hook_free, runs_direct,
+                                      train_mode)
 from bigtrain.api.layers.layer_losses import CALLS, run_call
 from bigtrain.api.regularizers import ADDED
 from bigtrain.api.layers.input_layer import InputLayer
@@ -211,9 +211,7 @@ class GraphModule(nn.Module):
         leave it off: their mode wins, as Keras 3's `training=` does over the graph's."""
         chain = self._chain_layers
         if (chain is None or self._masked or len(xs) != 1 or CALLS.inside or ADDED.any
-                or not isinstance(xs[0], torch.Tensor) or _tm._global_forward_hooks
-                or _tm._global_forward_pre_hooks or _tm._global_backward_hooks
-                or _tm._global_backward_pre_hooks or torch._C._get_tracing_state()):
+                or not isinstance(xs[0], torch.Tensor)):
             # the outermost call: it clears the losses the layers added before (add_loss)
             return run_call(self, self._run, xs, {"recorded_modes": recorded_modes})
         # a chain, the outermost call with no loss to clear (none was ever added): run_call's
@@ -223,11 +221,7 @@ class GraphModule(nn.Module):
         try:
             x = xs[0]
             for layer in chain:
-                if (runs_direct(type(layer)) and layer.built
-                        and layer._compiled_call_impl is None and not (
-                            layer._forward_hooks or layer._forward_pre_hooks
-                            or layer._backward_hooks or layer._backward_pre_hooks)
-                        and "forward" not in layer.__dict__
+                if (runs_direct(type(layer)) and layer.built and hook_free(layer)
                         and layer.__dict__.get("activity_regularizer") is None
                         and getattr(x, "_keras_mask", None) is None):
                     x = layer.call(x)

@@ -14,6 +14,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _tm  # torch's global module hooks
 
 from bigtrain.api import regularizers as keras_regularizers
 from bigtrain.api.layers import layer_losses, subclassing
@@ -309,6 +310,18 @@ class Layer(layer_losses.LayerLosses, GraphPlace, LayerWeights, nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}"
+
+
+def hook_free(module: nn.Module) -> bool:
+    """Whether `module(x)` comes to exactly `module.forward(x)`: no hooks of its own or
+    torch's global ones, not compiled, `forward` not replaced on the instance, no JIT trace
+    running (what torch's Module.__call__ checks before its own fast path). A caller on the
+    step's path may then call `forward` (or, for a Layer, `call`) without __call__'s frames."""
+    return not (module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or module._compiled_call_impl is not None
+                or "forward" in module.__dict__ or _tm._global_forward_hooks
+                or _tm._global_forward_pre_hooks or _tm._global_backward_hooks
+                or _tm._global_backward_pre_hooks or torch._C._get_tracing_state())
 
 
 @functools.cache

@@ -11,10 +11,9 @@ import numbers
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules import module as _tm  # torch's global module hooks
 
 from bigtrain.api.activations import ACTIVATIONS, HALVES_LAST_AXIS, get_activation
-from bigtrain.api.layers.base import Layer
+from bigtrain.api.layers.base import Layer, hook_free
 from bigtrain.api.layers.padding import data_format_of
 from bigtrain.api.layers.weight_options import WeightOptions
 
@@ -106,13 +105,8 @@ class Dense(Layer):
         if not x.is_floating_point():  # Input(dtype="int32"): Keras's matmul promotes it
             x = x.to(linear.weight.dtype)
         params = linear._parameters  # where Linear.forward's self.weight reads them
-        if (type(linear) is not nn.Linear or linear._compiled_call_impl is not None
-                or linear._forward_hooks or linear._forward_pre_hooks or linear._backward_hooks
-                or linear._backward_pre_hooks or "forward" in linear.__dict__
-                or "weight" not in params or "bias" not in params  # a plain tensor attribute
-                or _tm._global_forward_hooks or _tm._global_forward_pre_hooks
-                or _tm._global_backward_hooks or _tm._global_backward_pre_hooks
-                or torch._C._get_tracing_state()):  # hooks (tensor parallel, FSDP): the call
+        if (type(linear) is not nn.Linear or not hook_free(linear)  # tensor parallel, FSDP
+                or "weight" not in params or "bias" not in params):  # a plain tensor attribute
             y = linear(x)
             return y if self.defer_activation else self.activation(y)
         # a plain nn.Linear without hooks: its forward, without Module.__call__'s frames
